@@ -1,0 +1,298 @@
+//! Shared helpers for the end-to-end tests: a Ballast process started from a YAML string, and
+//! small backends on real sockets. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest any single wait in these tests may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Lines a process has printed, with a condition variable to wait for more.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    more: Condvar,
+    closed: AtomicBool,
+}
+
+/// A running `ballast run` process.
+pub struct Ballast {
+    child: Child,
+    log: Arc<Lines>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Ballast {
+    /// Starts `ballast run` on `yaml` and waits until it is running.
+    pub fn start(yaml: &str) -> Ballast {
+        Self::start_with_level(yaml, "info")
+    }
+
+    /// As [`Ballast::start`], with a log level.
+    pub fn start_with_level(yaml: &str, level: &str) -> Ballast {
+        let config = write_config(yaml);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["run", "--log-level", level, "--config"])
+            .arg(config.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ballast");
+        let log = Arc::new(Lines::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("BALLAST_TEST_ECHO").is_some() {
+                    eprintln!("ballast: {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.more.notify_all();
+            }
+            sink.closed.store(true, Ordering::Release);
+            sink.more.notify_all();
+        });
+        let b = Ballast {
+            child,
+            log,
+            _config: config,
+        };
+        b.wait_log("ballast running", WAIT);
+        b
+    }
+
+    /// The address listener `name` is bound to (from the start-up log).
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        let prefix = format!("listener {name} (");
+        let line = self.wait_log(&prefix, WAIT);
+        let rest = &line[line.find(&prefix).unwrap() + prefix.len()..];
+        let addr = rest
+            .split(" on ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        addr.parse().unwrap()
+    }
+
+    /// Waits until a log line contains `needle`; returns it. Panics with the log on timeout.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_after(needle, 0, timeout)
+    }
+
+    /// As [`Ballast::wait_log`], looking only at lines from index `from` on.
+    pub fn wait_log_after(&self, needle: &str, from: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || self.log.closed.load(Ordering::Acquire) {
+                panic!(
+                    "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.log.more.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Number of log lines so far (a mark for [`Ballast::wait_log_after`]).
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().unwrap().len()
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes `yaml` to a temporary file.
+pub fn write_config(yaml: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .prefix("ballast-test-")
+        .suffix(".yaml")
+        .tempfile()
+        .unwrap();
+    f.write_all(yaml.as_bytes()).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+/// What a backend does with each accepted connection.
+pub type Handler = Arc<dyn Fn(TcpStream) + Send + Sync>;
+
+/// A TCP server on 127.0.0.1 running `handler` on a thread per connection.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts on a free port.
+    pub fn start(handler: Handler) -> Backend {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// Starts on `addr` (e.g. to restart a stopped backend on its old port).
+    pub fn start_on(addr: SocketAddr, handler: Handler) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Acquire) {
+                    return; // drops the listener: new connects are refused
+                }
+                let Ok(conn) = conn else { continue };
+                a.fetch_add(1, Ordering::Relaxed);
+                let h = handler.clone();
+                std::thread::spawn(move || h(conn));
+            }
+        });
+        Backend {
+            addr,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops accepting and closes the listening socket; returns once it is closed.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes `name\n` and closes.
+pub fn named(name: &'static str) -> Handler {
+    Arc::new(move |mut s: TcpStream| {
+        let _ = s.write_all(format!("{name}\n").as_bytes());
+    })
+}
+
+/// Echoes every byte until EOF, then shuts down its write side.
+pub fn echo() -> Handler {
+    Arc::new(|mut s: TcpStream| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    })
+}
+
+/// Connects to `addr` and reads everything until EOF, with bounded waits.
+pub fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT)?;
+    s.set_read_timeout(Some(WAIT))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// A connected client with bounded reads and writes.
+pub fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to ballast");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// A config with one listener `l` on a free port in front of group `g` with these targets.
+pub fn config(
+    algorithm: &str,
+    targets: &[(SocketAddr, u32)],
+    extra_listener: &str,
+    health: &str,
+) -> String {
+    let mut yaml = format!(
+        "workers: 2\nshutdown_timeout: 5s\nlisteners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: g\n{extra_listener}\
+         target_groups:\n  - name: g\n    algorithm: {algorithm}\n{health}    targets:\n"
+    );
+    for (addr, weight) in targets {
+        yaml += &format!("      - address: {addr}\n        weight: {weight}\n");
+    }
+    yaml
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

@@ -1,0 +1,93 @@
+//! `weighted_round_robin`: smooth weighted round robin.
+//!
+//! The algorithm is nginx's (`ngx_http_upstream_get_peer`, 2012): each step adds every
+//! target's weight to its running score, picks the highest score, and subtracts the total weight
+//! from the winner. Over one cycle of `sum(weights)` steps each target is picked exactly
+//! `weight` times, interleaved rather than in bursts: 1:2:3 gives `c b a c b c`, never `c c c`.
+
+use super::schedule::Schedule;
+use super::{eligible, Balancer};
+use crate::target::TargetGroup;
+
+/// Smooth weighted round robin over the healthy targets, one cycle shared by all workers.
+#[derive(Debug, Default)]
+pub struct WeightedRoundRobin {
+    schedule: Schedule,
+}
+
+impl Balancer for WeightedRoundRobin {
+    fn pick(&mut self, group: &TargetGroup, exclude: &[usize]) -> Option<usize> {
+        self.schedule.pick(group, exclude, |g, health| {
+            let members = eligible(health);
+            let weights: Vec<u32> = members.iter().map(|&i| g.targets[i].weight).collect();
+            smooth_cycle(&weights)
+                .into_iter()
+                .map(|k| members[k])
+                .collect()
+        })
+    }
+}
+
+/// One full cycle of smooth weighted round robin over `weights` (indices into `weights`).
+/// Weights are first divided by their greatest common divisor, so 100:200 cycles like 1:2.
+/// Length: `sum(weights) / gcd`. Empty input gives an empty cycle.
+pub fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
+    let g = weights.iter().fold(0u32, |a, &w| gcd(a, w)).max(1);
+    let w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
+    let total: i64 = w.iter().sum();
+    let mut score = vec![0i64; w.len()];
+    let mut cycle = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (s, wi) in score.iter_mut().zip(&w) {
+            *s += wi;
+        }
+        // Ties go to the lowest index, so every worker builds the same cycle.
+        let best = (0..w.len()).fold(0, |b, i| if score[i] > score[b] { i } else { b });
+        score[best] -= total;
+        cycle.push(best);
+    }
+    cycle
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::tests::group;
+
+    #[test]
+    fn cycle_is_exact_and_smooth() {
+        let c = smooth_cycle(&[1, 2, 3]);
+        assert_eq!(c, [2, 1, 0, 2, 1, 2]);
+        assert_eq!(smooth_cycle(&[100, 200, 300]), c, "gcd reduced");
+        assert!(smooth_cycle(&[]).is_empty());
+        // Never more than ceil(w / others) in a row for the heaviest.
+        let c = smooth_cycle(&[1, 1, 10]);
+        let longest = c.split(|&i| i != 2).map(|run| run.len()).max().unwrap();
+        assert!(longest <= 5, "{c:?}");
+    }
+
+    #[test]
+    fn proportions_over_many_cycles_and_health_changes() {
+        let g = group(&[1, 2, 3]);
+        let mut b = WeightedRoundRobin::default();
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[b.pick(&g, &[]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [50, 100, 150]);
+        g.set_healthy(2, false);
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[b.pick(&g, &[]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [10, 20, 0]);
+    }
+}

@@ -1,0 +1,221 @@
+//! The YAML file as written: raw structs that mirror the file one to one.
+//!
+//! Every struct denies unknown keys, and the value types that can be checked on their own
+//! (addresses, durations, thresholds) are checked while parsing, so `serde_yaml` attaches the
+//! key path, line and column to the error. Checks that need the whole file (duplicate names,
+//! references between listeners and groups) live in [`super::validate`].
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Worker threads (event loops); default: one per available core.
+    pub workers: Option<NonZeroU32>,
+    /// How long a graceful stop waits for open connections.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+    /// At least one listener.
+    pub listeners: Vec<FileListener>,
+    /// The target groups the listeners name.
+    pub target_groups: Vec<FileTargetGroup>,
+}
+
+/// One `listeners:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub name: String,
+    pub protocol: FileProtocol,
+    pub bind: Address,
+    pub target_group: String,
+    pub max_connections: Option<NonZeroU32>,
+    pub connect_timeout: Option<PositiveDuration>,
+    pub idle_timeout: Option<PositiveDuration>,
+    pub retries: Option<u32>,
+    pub forwarding: Option<FileForwarding>,
+}
+
+/// `protocol:` of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileProtocol {
+    Tcp,
+    Udp,
+}
+
+/// `forwarding:` of a TCP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileForwarding {
+    Auto,
+    Splice,
+    Buffered,
+}
+
+/// One `target_groups:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetGroup {
+    pub name: String,
+    pub algorithm: Option<FileAlgorithm>,
+    pub health_check: Option<FileHealthCheck>,
+    pub targets: Vec<FileTarget>,
+}
+
+/// `algorithm:` of a target group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAlgorithm {
+    RoundRobin,
+    WeightedRoundRobin,
+}
+
+/// `health_check:` of a target group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    pub protocol: Option<FileHealthProtocol>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub interval: Option<PositiveDuration>,
+    pub timeout: Option<PositiveDuration>,
+    pub healthy_threshold: Option<NonZeroU32>,
+    pub unhealthy_threshold: Option<NonZeroU32>,
+}
+
+/// `health_check.protocol:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileHealthProtocol {
+    Tcp,
+    Http,
+}
+
+/// One `targets:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTarget {
+    pub address: Address,
+    pub weight: Option<NonZeroU32>,
+}
+
+/// A socket address written as `ip:port` or `host:port` (resolved once, at load; the first
+/// address the resolver returns is used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Address;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address such as 127.0.0.1:5432 or db.internal:5432")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                parse_address(s).map(Address).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(format!(
+            "bad address `{text}`: expected ip:port or host:port"
+        ));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("bad address `{text}`: the name resolves to no address")),
+        Err(e) => Err(format!("bad address `{text}`: {e}")),
+    }
+}
+
+/// A duration written as `500ms`, `2s`, `5m` (humantime syntax) that must be greater than zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositiveDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for PositiveDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = PositiveDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration greater than zero such as 500ms, 2s or 5m")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
+                    E::custom(format!(
+                        "bad duration `{s}`: {e} (write e.g. 500ms, 2s, 5m)"
+                    ))
+                })?;
+                if d.is_zero() {
+                    return Err(E::custom(format!(
+                        "duration `{s}` must be greater than zero"
+                    )));
+                }
+                Ok(PositiveDuration(d))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "bad duration `{v}`: give a unit, e.g. {v}s or {v}ms"
+                )))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_i64(v as i64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "bad duration `{v}`: give a unit, e.g. 500ms"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_accepts_ip_and_host_forms() {
+        assert_eq!(
+            parse_address("127.0.0.1:80").unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            parse_address("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(parse_address("localhost:80").unwrap().port(), 80);
+        assert!(parse_address("127.0.0.1").unwrap_err().contains("ip:port"));
+        assert!(parse_address("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn durations_need_units_and_must_be_positive() {
+        let ok: PositiveDuration = serde_yaml::from_str("500ms").unwrap();
+        assert_eq!(ok.0, Duration::from_millis(500));
+        for bad in ["0s", "-1s", "5", "fast"] {
+            assert!(
+                serde_yaml::from_str::<PositiveDuration>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Configuration: the YAML file ([`file`]) and the validated [`Config`] built from it.
+//!
+//! Loading happens in two layers. `serde_yaml` parses the text into the raw `File*` structs,
+//! which refuse unknown keys and check single values (addresses, durations, thresholds) with the
+//! key path, line and column in the message. [`validate`] then checks the file as a whole and
+//! builds a [`Config`], which cannot hold an invalid value: every listener names a group that
+//! exists (by index), every group has at least one target, every duration is positive.
+
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// Default `connect_timeout` of a listener.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `idle_timeout` of a listener.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `retries` of a listener.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default `shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated configuration. Immutable once built.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub path: PathBuf,
+    /// Number of worker threads (event loops), at least 1.
+    pub workers: usize,
+    /// How long a graceful stop waits for open connections before closing them.
+    pub shutdown_timeout: Duration,
+    /// Listeners, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Target groups, in file order; listeners refer to them by index.
+    pub target_groups: Vec<TargetGroupConfig>,
+}
+
+/// Transport protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP: a connection per client, proxied byte for byte.
+    Tcp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// How a TCP listener moves bytes between client and target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Start with a pooled buffer; switch a direction to `splice(2)` once one read fills the
+    /// buffer (bulk data), as HAProxy's `splice-auto` does. The default.
+    Auto,
+    /// Always `splice(2)` through a per-direction pipe (zero-copy, two syscalls per chunk).
+    Splice,
+    /// Always `read`/`write` through a pooled user-space buffer.
+    Buffered,
+}
+
+/// One validated listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Unique name.
+    pub name: String,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Address to listen on; port 0 picks a free port (logged at start).
+    pub bind: SocketAddr,
+    /// Index into [`Config::target_groups`].
+    pub target_group: usize,
+    /// Most open client connections across all workers; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// How long one connect attempt to a target may take.
+    pub connect_timeout: Duration,
+    /// No bytes either way for this long closes the connection.
+    pub idle_timeout: Duration,
+    /// Further targets tried after a failed connect.
+    pub retries: u32,
+    /// Byte-moving strategy.
+    pub forwarding: Forwarding,
+}
+
+/// Balancing algorithm of a target group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Each healthy target in turn, ignoring weights.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's), in proportion to weights.
+    WeightedRoundRobin,
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+        })
+    }
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// Passes when a TCP connect completes.
+    Tcp,
+    /// Passes when `GET path` answers with a 2xx or 3xx status.
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+}
+
+/// A validated health check.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// What to check.
+    pub kind: HealthCheckKind,
+    /// Port to probe; `None` is the target's own port.
+    pub port: Option<u16>,
+    /// Time between the starts of two checks of one target.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive passes that make an unhealthy target healthy (≥ 1).
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy target unhealthy (≥ 1).
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Tcp,
+            port: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// One validated target group.
+#[derive(Debug, Clone)]
+pub struct TargetGroupConfig {
+    /// Unique name.
+    pub name: String,
+    /// Balancing algorithm.
+    pub algorithm: Algorithm,
+    /// Health check run by the prober.
+    pub health_check: HealthCheckConfig,
+    /// At least one target.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// One validated target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share for weighted algorithms (≥ 1).
+    pub weight: u32,
+}
+
+/// Why a configuration was refused. Every message names the file; parse errors also name the
+/// key path, line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML did not parse into the schema (syntax, unknown key, missing field, bad value).
+    #[error("bad config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde_yaml's message: `key.path: what at line L column C`.
+        message: String,
+    },
+    /// The file parsed but breaks a rule that spans keys (duplicate names, missing group, …).
+    #[error("bad config {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Key path, e.g. `listeners[1].name`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads, parses and validates the file at `path`.
+///
+/// # Errors
+/// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Parse`] when it is not
+/// valid YAML for the schema, [`ConfigError::Invalid`] when it breaks a cross-key rule.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text`, naming `path` in errors.
+///
+/// # Errors
+/// As [`load`], less [`ConfigError::Read`].
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    validate(path, raw)
+}

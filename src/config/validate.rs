@@ -1,0 +1,299 @@
+//! Whole-file checks: from the raw [`FileConfig`] to a [`Config`] that cannot be invalid.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::file::*;
+use super::*;
+
+/// Builds a [`Config`] from the parsed file.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key for: no listeners, duplicate listener or group
+/// names, a listener naming a missing group, an empty target list, a `udp` listener (not yet
+/// supported), an `http` check without `path` (or a `path` on a `tcp` check), port 0 in a target
+/// or health check, or a health-check `timeout` longer than its `interval`.
+pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    if raw.listeners.is_empty() {
+        return Err(invalid(
+            "listeners".into(),
+            "at least one listener is needed".into(),
+        ));
+    }
+
+    let mut group_index = HashMap::new();
+    let mut target_groups = Vec::with_capacity(raw.target_groups.len());
+    for (i, g) in raw.target_groups.into_iter().enumerate() {
+        let key = format!("target_groups[{i}]");
+        if g.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "must not be empty".into()));
+        }
+        if group_index.insert(g.name.clone(), i).is_some() {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("duplicate target group name `{}`", g.name),
+            ));
+        }
+        if g.targets.is_empty() {
+            return Err(invalid(
+                format!("{key}.targets"),
+                format!(
+                    "target group `{}` has no targets; list at least one",
+                    g.name
+                ),
+            ));
+        }
+        let mut targets = Vec::with_capacity(g.targets.len());
+        for (j, t) in g.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}].address");
+            if t.address.0.port() == 0 {
+                return Err(invalid(tkey, "target port must not be 0".into()));
+            }
+            if targets
+                .iter()
+                .any(|x: &TargetConfig| x.address == t.address.0)
+            {
+                return Err(invalid(
+                    tkey,
+                    format!("duplicate target {} in group `{}`", t.address.0, g.name),
+                ));
+            }
+            targets.push(TargetConfig {
+                address: t.address.0,
+                weight: t.weight.map_or(1, |w| w.get()),
+            });
+        }
+        let health_check = health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;
+        target_groups.push(TargetGroupConfig {
+            name: g.name,
+            algorithm: match g.algorithm.unwrap_or(FileAlgorithm::RoundRobin) {
+                FileAlgorithm::RoundRobin => Algorithm::RoundRobin,
+                FileAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+            },
+            health_check,
+            targets,
+        });
+    }
+
+    let mut listener_names = HashMap::new();
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if l.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "must not be empty".into()));
+        }
+        if listener_names.insert(l.name.clone(), i).is_some() {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            ));
+        }
+        let protocol = match l.protocol {
+            FileProtocol::Tcp => Protocol::Tcp,
+            FileProtocol::Udp => {
+                return Err(invalid(
+                    format!("{key}.protocol"),
+                    "udp listeners are not supported yet; use tcp".into(),
+                ))
+            }
+        };
+        let Some(&target_group) = group_index.get(&l.target_group) else {
+            return Err(invalid(
+                format!("{key}.target_group"),
+                format!(
+                    "listener `{}` names target group `{}`, which is not defined",
+                    l.name, l.target_group
+                ),
+            ));
+        };
+        if let Some(other) = listeners
+            .iter()
+            .find(|x: &&ListenerConfig| x.bind == l.bind.0 && l.bind.0.port() != 0)
+        {
+            return Err(invalid(
+                format!("{key}.bind"),
+                format!("{} is already bound by listener `{}`", l.bind.0, other.name),
+            ));
+        }
+        listeners.push(ListenerConfig {
+            name: l.name,
+            protocol,
+            bind: l.bind.0,
+            target_group,
+            max_connections: l.max_connections.map(|n| n.get() as usize),
+            connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            idle_timeout: l.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+            retries: l.retries.unwrap_or(DEFAULT_RETRIES),
+            forwarding: match l.forwarding.unwrap_or(FileForwarding::Auto) {
+                FileForwarding::Auto => Forwarding::Auto,
+                FileForwarding::Splice => Forwarding::Splice,
+                FileForwarding::Buffered => Forwarding::Buffered,
+            },
+        });
+    }
+
+    let workers = match raw.workers {
+        Some(n) => n.get() as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    Ok(Config {
+        path: path.to_path_buf(),
+        workers,
+        shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        listeners,
+        target_groups,
+    })
+}
+
+fn health_check(
+    group_key: &str,
+    raw: Option<FileHealthCheck>,
+) -> Result<HealthCheckConfig, (String, String)> {
+    let defaults = HealthCheckConfig::default();
+    let Some(h) = raw else {
+        return Ok(defaults);
+    };
+    let key = format!("{group_key}.health_check");
+    let kind = match (h.protocol.unwrap_or(FileHealthProtocol::Tcp), h.path) {
+        (FileHealthProtocol::Tcp, None) => HealthCheckKind::Tcp,
+        (FileHealthProtocol::Tcp, Some(_)) => {
+            return Err((
+                format!("{key}.path"),
+                "`path` applies to http checks only; set `protocol: http` or remove it".into(),
+            ))
+        }
+        (FileHealthProtocol::Http, None) => {
+            return Err((
+                format!("{key}.path"),
+                "http checks need a `path`, e.g. /healthz".into(),
+            ))
+        }
+        (FileHealthProtocol::Http, Some(p)) if !p.starts_with('/') => {
+            return Err((format!("{key}.path"), format!("`{p}` must start with /")))
+        }
+        (FileHealthProtocol::Http, Some(p)) if p.chars().any(|c| c.is_whitespace()) => {
+            return Err((format!("{key}.path"), "must not contain whitespace".into()))
+        }
+        (FileHealthProtocol::Http, Some(path)) => HealthCheckKind::Http { path },
+    };
+    if h.port == Some(0) {
+        return Err((format!("{key}.port"), "must not be 0".into()));
+    }
+    let interval = h.interval.map_or(defaults.interval, |d| d.0);
+    let timeout = h.timeout.map_or(defaults.timeout, |d| d.0);
+    if timeout > interval {
+        return Err((
+            format!("{key}.timeout"),
+            format!(
+                "timeout ({}) must not exceed interval ({})",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    Ok(HealthCheckConfig {
+        kind,
+        port: h.port,
+        interval,
+        timeout,
+        healthy_threshold: h
+            .healthy_threshold
+            .map_or(defaults.healthy_threshold, |n| n.get()),
+        unhealthy_threshold: h
+            .unhealthy_threshold
+            .map_or(defaults.unhealthy_threshold, |n| n.get()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+workers: 2
+shutdown_timeout: 10s
+listeners:
+  - name: pg
+    protocol: tcp
+    bind: 127.0.0.1:6432
+    target_group: pg
+    max_connections: 100
+    connect_timeout: 3s
+target_groups:
+  - name: pg
+    algorithm: weighted_round_robin
+    health_check:
+      protocol: http
+      path: /healthz
+      interval: 2s
+      timeout: 500ms
+      healthy_threshold: 3
+    targets:
+      - address: 127.0.0.1:5432
+        weight: 2
+      - address: 127.0.0.1:5433
+";
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("test.yaml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_file_fills_defaults() {
+        let c = parse_str(GOOD).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        let l = &c.listeners[0];
+        assert_eq!(l.max_connections, Some(100));
+        assert_eq!(l.connect_timeout, Duration::from_secs(3));
+        assert_eq!(l.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(l.retries, 2);
+        let g = &c.target_groups[l.target_group];
+        assert_eq!(g.algorithm, Algorithm::WeightedRoundRobin);
+        assert_eq!(g.health_check.healthy_threshold, 3);
+        assert_eq!(g.health_check.unhealthy_threshold, 2);
+        assert_eq!(g.targets[0].weight, 2);
+        assert_eq!(g.targets[1].weight, 1);
+    }
+
+    #[test]
+    fn parse_errors_name_file_key_and_line() {
+        let e = err(&GOOD.replace("max_connections: 100", "max_conections: 100"));
+        assert!(e.contains("test.yaml"), "{e}");
+        assert!(e.contains("unknown field `max_conections`"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
+        let e = err(&GOOD.replace("interval: 2s", "interval: 0s"));
+        assert!(e.contains("target_groups[0].health_check.interval"), "{e}");
+        assert!(e.contains("greater than zero"), "{e}");
+        let e = err(&GOOD.replace("healthy_threshold: 3", "healthy_threshold: 0"));
+        assert!(e.contains("healthy_threshold"), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:5433", "127.0.0.1:notaport"));
+        assert!(e.contains("targets[1].address"), "{e}");
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        let two = GOOD.replace(
+            "target_groups:",
+            "  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:6433\n    target_group: pg\ntarget_groups:",
+        );
+        assert!(err(&two).contains("listeners[1].name: duplicate listener name `pg`"));
+        let e = err(&GOOD.replace("target_group: pg", "target_group: nope"));
+        assert!(e.contains("listeners[0].target_group"), "{e}");
+        let e = err(&GOOD.replace("protocol: tcp", "protocol: udp"));
+        assert!(e.contains("udp listeners are not supported yet"), "{e}");
+        let e = err(&GOOD.replace("timeout: 500ms", "timeout: 5s"));
+        assert!(e.contains("must not exceed interval"), "{e}");
+        let e = err(&GOOD.replace("path: /healthz", "port: 8080"));
+        assert!(e.contains("http checks need a `path`"), "{e}");
+    }
+}

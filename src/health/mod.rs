@@ -1,0 +1,247 @@
+//! The prober: one thread that runs every target group's health checks on their own schedule.
+//!
+//! Each target has a slot: when its next check is due, the check's non-blocking state machine
+//! ([`probe::Probe`]) and its deadline. One mio `Poll` drives every check in flight; the poll
+//! timeout is the nearest due time or deadline. Results go through [`threshold::Thresholds`];
+//! a transition flips the target's shared health atomic, which the workers read without a
+//! lock. Unhealthy targets keep being checked, so they come back after `healthy_threshold`
+//! passes.
+
+pub mod probe;
+pub mod threshold;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::target::Shared;
+use probe::{Outcome, Probe};
+use threshold::{Thresholds, Transition};
+
+const WAKER: Token = Token(usize::MAX);
+
+/// Handle to the running prober thread.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    /// Starts the prober thread for every target of every group in `shared`.
+    ///
+    /// # Errors
+    /// When the poll or its waker cannot be created, or the thread cannot be spawned.
+    pub fn start(shared: Arc<Shared>) -> io::Result<Prober> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut state = ProberLoop::new(shared, poll, stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ballast-prober".into())
+            .spawn(move || state.run())?;
+        Ok(Prober {
+            stop,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One target's checking state.
+struct Slot {
+    group: usize,
+    target: usize,
+    /// Address checked: the target's, or its host with the check's `port`.
+    address: SocketAddr,
+    next_due: Instant,
+    in_flight: Option<(Probe, Instant)>,
+    thresholds: Thresholds,
+}
+
+struct ProberLoop {
+    shared: Arc<Shared>,
+    poll: Poll,
+    stop: Arc<AtomicBool>,
+    slots: Vec<Slot>,
+}
+
+impl ProberLoop {
+    fn new(shared: Arc<Shared>, poll: Poll, stop: Arc<AtomicBool>) -> Self {
+        let now = Instant::now();
+        let mut slots = Vec::new();
+        for (gi, group) in shared.groups.iter().enumerate() {
+            let hc = &group.config.health_check;
+            for (ti, target) in group.targets.iter().enumerate() {
+                let mut address = target.address;
+                if let Some(port) = hc.port {
+                    address.set_port(port);
+                }
+                slots.push(Slot {
+                    group: gi,
+                    target: ti,
+                    address,
+                    // First checks at once, so a dead target is found within its thresholds.
+                    next_due: now,
+                    in_flight: None,
+                    thresholds: Thresholds::new(hc.healthy_threshold, hc.unhealthy_threshold),
+                });
+            }
+        }
+        ProberLoop {
+            shared,
+            poll,
+            stop,
+            slots,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            self.start_due(now);
+            self.expire(now);
+            let timeout = self
+                .slots
+                .iter()
+                .map(|s| s.in_flight.as_ref().map_or(s.next_due, |(_, d)| *d))
+                .min()
+                .map(|t| t.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("health prober: poll failed: {e}; checks paused for 1s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                let i = event.token().0;
+                if i == WAKER.0 || i >= self.slots.len() {
+                    continue;
+                }
+                let outcome = match self.slots[i].in_flight.as_mut() {
+                    Some((probe, _)) => probe.handle_event(event),
+                    None => None,
+                };
+                if let Some(outcome) = outcome {
+                    self.finish(i, outcome);
+                }
+            }
+        }
+    }
+
+    fn start_due(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.in_flight.is_some() || slot.next_due > now {
+                continue;
+            }
+            let hc = &self.shared.groups[slot.group].config.health_check;
+            // Keep the schedule on its grid, but never fire a backlog of missed checks.
+            slot.next_due += hc.interval;
+            if slot.next_due <= now {
+                slot.next_due = now + hc.interval;
+            }
+            let started = Probe::start(slot.address, &hc.kind).and_then(|mut p| {
+                self.poll.registry().register(
+                    p.stream(),
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(p)
+            });
+            match started {
+                Ok(p) => slot.in_flight = Some((p, now + hc.timeout)),
+                Err(e) => self.finish(i, Outcome::Fail(probe::describe(&e))),
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if matches!(&self.slots[i].in_flight, Some((_, deadline)) if *deadline <= now) {
+                let timeout = self.shared.groups[self.slots[i].group]
+                    .config
+                    .health_check
+                    .timeout;
+                let reason = format!("timed out after {}", humantime::format_duration(timeout));
+                self.finish(i, Outcome::Fail(reason));
+            }
+        }
+    }
+
+    fn finish(&mut self, i: usize, outcome: Outcome) {
+        let slot = &mut self.slots[i];
+        if let Some((mut probe, _)) = slot.in_flight.take() {
+            let _ = self.poll.registry().deregister(probe.stream());
+        }
+        let group = &self.shared.groups[slot.group];
+        let address = group.targets[slot.target].address;
+        let passed = outcome == Outcome::Pass;
+        log::debug!(
+            "target group {}: check of {address} ({}): {outcome:?}",
+            group.name(),
+            slot.address
+        );
+        let Some(transition) = slot.thresholds.record(passed) else {
+            return;
+        };
+        let all_down_before = group.health().iter().all(|h| !h);
+        group.set_healthy(slot.target, slot.thresholds.is_healthy());
+        match (transition, &outcome) {
+            (Transition::BecameUnhealthy { failures }, Outcome::Fail(reason)) => log::info!(
+                "target group {}: {address} is now unhealthy after {failures} failed checks: {reason}",
+                group.name()
+            ),
+            (Transition::BecameHealthy { passes }, _) => log::info!(
+                "target group {}: {address} is now healthy after {passes} passed checks",
+                group.name()
+            ),
+            (Transition::BecameUnhealthy { failures }, Outcome::Pass) => {
+                debug_assert!(false, "a pass cannot make a target unhealthy");
+                log::info!(
+                    "target group {}: {address} is now unhealthy after {failures} failed checks",
+                    group.name()
+                )
+            }
+        }
+        let all_down = group.health().iter().all(|h| !h);
+        if all_down && !all_down_before {
+            log::warn!(
+                "target group {}: every target is unhealthy; failing open (sending to all {} targets)",
+                group.name(),
+                group.targets.len()
+            );
+        } else if all_down_before && !all_down {
+            log::info!(
+                "target group {}: a healthy target is back; no longer failing open",
+                group.name()
+            );
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! # Ballast
+//!
+//! An L4 (TCP) load balancer. Clients connect to a **listener**; each listener forwards to one
+//! **target group**: targets with weights, a balancing algorithm, and a health check.
+//! Forwarding is NAT-style in user space: Ballast accepts the client, connects to a target it
+//! picks, and moves bytes both ways until both sides are done.
+//!
+//! ```text
+//!              ┌──────────── worker 0 (mio Poll) ───────────┐
+//!  clients ──▶ │ SO_REUSEPORT listeners → accept → pick     │ ──▶ targets
+//!              │ target → connect → pump both ways          │
+//!              │ connection table (slab + 5-tuple index)    │
+//!              └────────────────────────────────────────────┘
+//!              ┌──────────── worker 1 … N-1 (same) ─────────┐
+//!              └────────────────────────────────────────────┘
+//!    prober thread: every health check on its own schedule; flips health atomics
+//!    main thread:   CLI, config, binds, signals, graceful stop
+//! ```
+//!
+//! ## Threads and what they share
+//! - [`worker`]: one per core. Each owns its poll, its own SO_REUSEPORT socket per listener (the
+//!   kernel spreads accepts), and its [`conntrack`] table. No lock on the data path.
+//! - [`health`]: the prober thread. It runs TCP and HTTP checks, counts consecutive results
+//!   ([`health::threshold`]) and flips target health in [`target`]'s atomics.
+//! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM.
+//!
+//! Shared state ([`target::Shared`]) is atomics in an `Arc`: per-target health and counters,
+//! per-listener connection counts, and each group's round-robin cursor.
+//!
+//! ## The path of one TCP connection
+//! 1. A listener is readable: the worker accepts (at most a budget per wake) after reserving a
+//!    place under the listener's `max_connections`.
+//! 2. The group's [`balancer`] picks a healthy target; a non-blocking connect starts.
+//! 3. The target socket becomes writable: `take_error` tells whether the connect worked. A
+//!    failure (refused, unreachable, `connect_timeout`) tries the next target, up to `retries`.
+//! 4. Established: [`tcp::pump`] moves bytes both ways through a pooled buffer, switching to
+//!    `splice(2)` once a direction carries bulk data. A direction whose destination is full
+//!    stops reading its source; nothing is dropped or reordered.
+//! 5. EOF from one side becomes `shutdown(Write)` on the other; the reverse direction flows on.
+//! 6. Both directions done, a reset, or `idle_timeout` closes both sockets and removes the
+//!    table entry.
+#![deny(missing_docs)]
+
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod conntrack;
+pub mod health;
+pub mod net;
+pub mod runtime;
+pub mod target;
+pub mod tcp;
+pub mod worker;

@@ -1,0 +1,115 @@
+//! `ballast`: parses the command line, sets up logging, runs, and maps errors to exit codes
+//! (0 ok, 2 bad usage or bad config, 1 runtime failure).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use ballast::cli::{Cli, Command};
+use ballast::config::{self, Config};
+use ballast::runtime::{self, RunError};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(level) = cli.log_level {
+        logger.filter_level(level);
+    }
+    logger.format_timestamp_millis().init();
+
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                print_plan(&c);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let c = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime::run(c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e @ RunError::Bind { .. }) => {
+                    log::error!("{e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn print_plan(c: &Config) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "config {} is valid", c.path.display());
+    let _ = writeln!(
+        out,
+        "workers: {}, shutdown_timeout: {}",
+        c.workers,
+        humantime::format_duration(c.shutdown_timeout)
+    );
+    for l in &c.listeners {
+        let g = &c.target_groups[l.target_group];
+        let max = l
+            .max_connections
+            .map_or("unlimited".to_string(), |m| m.to_string());
+        let _ = writeln!(
+            out,
+            "listener {} ({}) on {} -> target group {} (max_connections {max}, connect_timeout {}, \
+             idle_timeout {}, retries {})",
+            l.name,
+            l.protocol,
+            l.bind,
+            g.name,
+            humantime::format_duration(l.connect_timeout),
+            humantime::format_duration(l.idle_timeout),
+            l.retries
+        );
+    }
+    for g in &c.target_groups {
+        let hc = &g.health_check;
+        let check = match &hc.kind {
+            config::HealthCheckKind::Tcp => "tcp".to_string(),
+            config::HealthCheckKind::Http { path } => format!("http GET {path}"),
+        };
+        let _ = writeln!(
+            out,
+            "target group {} ({}): health check {check}{} every {}, timeout {}, healthy after {}, \
+             unhealthy after {}",
+            g.name,
+            g.algorithm,
+            hc.port.map_or(String::new(), |p| format!(" on port {p}")),
+            humantime::format_duration(hc.interval),
+            humantime::format_duration(hc.timeout),
+            hc.healthy_threshold,
+            hc.unhealthy_threshold
+        );
+        for t in &g.targets {
+            let _ = writeln!(out, "  target {} weight {}", t.address, t.weight);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Targets and target groups as the running process shares them between threads.
+//!
+//! Configuration is immutable; what changes at run time is small and lock-free: each target's
+//! health (flipped by the prober), its active-connection count and traffic counters (updated by
+//! the workers), and each group's round-robin position (shared by the workers so the split is
+//! exact across them). Everything here is atomics in an `Arc`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Config, ListenerConfig, TargetGroupConfig};
+
+/// Run-time state of one target.
+#[derive(Debug)]
+pub struct Target {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share for weighted algorithms (≥ 1).
+    pub weight: u32,
+    healthy: AtomicBool,
+    /// Open connections to this target, across all workers.
+    pub active: AtomicU64,
+    /// Connections established to this target since start.
+    pub total: AtomicU64,
+    /// Connect attempts that failed (refused, unreachable, timed out).
+    pub connect_failures: AtomicU64,
+    /// Bytes sent from clients to this target.
+    pub bytes_to_target: AtomicU64,
+    /// Bytes sent from this target to clients.
+    pub bytes_from_target: AtomicU64,
+}
+
+impl Target {
+    /// Whether the prober currently counts this target healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
+
+/// Run-time state of one target group.
+#[derive(Debug)]
+pub struct TargetGroup {
+    /// The group's validated configuration.
+    pub config: TargetGroupConfig,
+    /// Targets, in config order (indices match `config.targets`).
+    pub targets: Vec<Target>,
+    /// Shared position of the group's round-robin schedules.
+    pub cursor: AtomicUsize,
+    /// Bumped after every health change, so workers know to rebuild their schedules.
+    health_generation: AtomicU64,
+}
+
+impl TargetGroup {
+    fn new(config: &TargetGroupConfig) -> Self {
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| Target {
+                address: t.address,
+                weight: t.weight,
+                // Targets start healthy: traffic flows at once, and the prober takes a target
+                // out after `unhealthy_threshold` failures.
+                healthy: AtomicBool::new(true),
+                active: AtomicU64::new(0),
+                total: AtomicU64::new(0),
+                connect_failures: AtomicU64::new(0),
+                bytes_to_target: AtomicU64::new(0),
+                bytes_from_target: AtomicU64::new(0),
+            })
+            .collect();
+        TargetGroup {
+            config: config.clone(),
+            targets,
+            cursor: AtomicUsize::new(0),
+            health_generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Marks target `index` healthy or not; returns whether that changed anything.
+    ///
+    /// # Panics
+    /// If `index` is out of range.
+    pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
+        let was = self.targets[index].healthy.swap(healthy, Ordering::AcqRel);
+        if was != healthy {
+            self.health_generation.fetch_add(1, Ordering::Release);
+        }
+        was != healthy
+    }
+
+    /// A number that changes whenever any target's health changes.
+    pub fn health_generation(&self) -> u64 {
+        self.health_generation.load(Ordering::Acquire)
+    }
+
+    /// Health of every target, in order.
+    pub fn health(&self) -> Vec<bool> {
+        self.targets.iter().map(Target::is_healthy).collect()
+    }
+}
+
+/// Run-time state of one listener shared by the workers.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// The listener's validated configuration.
+    pub config: ListenerConfig,
+    /// Open client connections across all workers (for `max_connections`).
+    pub active: AtomicUsize,
+    /// Client connections accepted since start.
+    pub accepted: AtomicU64,
+}
+
+/// Everything the threads share: built once from a [`Config`].
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration this state was built from.
+    pub config: Config,
+    /// One per configured listener, same order.
+    pub listeners: Vec<ListenerState>,
+    /// One per configured target group, same order.
+    pub groups: Vec<TargetGroup>,
+}
+
+impl Shared {
+    /// Builds the shared state for `config`, every target healthy and every counter zero.
+    pub fn new(config: Config) -> Arc<Self> {
+        let groups = config.target_groups.iter().map(TargetGroup::new).collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerState {
+                config: l.clone(),
+                active: AtomicUsize::new(0),
+                accepted: AtomicU64::new(0),
+            })
+            .collect();
+        Arc::new(Shared {
+            config,
+            listeners,
+            groups,
+        })
+    }
+}

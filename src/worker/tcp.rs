@@ -1,0 +1,359 @@
+//! The worker's side of a TCP connection: accept → pick a target → connect (with retries) →
+//! pump → close. The connection itself ([`Connection`]) knows nothing of the poll or of the
+//! balancer; this file wires it to both.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::timers::Due;
+use super::{Ready, Slot, Worker, PUMP_BUDGET};
+use crate::config::Protocol;
+use crate::conntrack::FiveTuple;
+use crate::health::probe::describe;
+use crate::tcp::{Connection, State};
+
+impl Worker {
+    pub(super) fn handle_accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) {
+        let config = &self.shared.listeners[i].config;
+        // A balancer must not add Nagle's delay: the client already chose its own.
+        let _ = stream.set_nodelay(true);
+        let local = self.listeners[i].local;
+        let listener = if local.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(local)
+        } else {
+            local
+        };
+        let tuple = FiveTuple {
+            protocol: Protocol::Tcp,
+            client: peer,
+            listener,
+        };
+        self.next_id += 1;
+        let id = self.next_id;
+        let conn = Connection::new(
+            id,
+            i,
+            config.target_group,
+            tuple,
+            stream,
+            config.forwarding,
+            self.now,
+        );
+        // The one timer entry of a connection must never be later than its real deadline
+        // (entries only move later): the earlier of the two timeouts covers both states.
+        let first_check = config.connect_timeout.min(config.idle_timeout);
+        let key = match self.table.insert(tuple, conn) {
+            Ok(key) => key,
+            Err(_) => {
+                debug_assert!(false, "two live TCP connections with one 5-tuple: {tuple}");
+                self.shared.listeners[i]
+                    .active
+                    .fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
+        let conn = self.table.get_mut(key).expect("just inserted");
+        // Optimistic: the client may have sent its first bytes already.
+        conn.front_ready.readable = true;
+        conn.front_ready.writable = true;
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.front,
+            Slot::Front(key).token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("{tuple}: cannot register the client socket: {e}");
+            self.close(key, "register failed");
+            return;
+        }
+        self.timers
+            .schedule(self.now + first_check, Due { key, id });
+        if !self.connect_next(key) {
+            self.give_up(key);
+        }
+    }
+
+    /// Starts a connect to the next target the balancer picks, skipping targets already tried.
+    /// Returns false when no attempt is left (`retries` used up, or no target left to try).
+    fn connect_next(&mut self, key: usize) -> bool {
+        loop {
+            let Some(conn) = self.table.get_mut(key) else {
+                return false;
+            };
+            let config = &self.shared.listeners[conn.listener].config;
+            if conn.tried.len() > config.retries as usize {
+                return false;
+            }
+            let group = &self.shared.groups[conn.group];
+            let Some(t) = self.balancers[conn.group].pick(group, &conn.tried) else {
+                return false;
+            };
+            conn.tried.push(t);
+            conn.target = Some(t);
+            conn.attempt_started = self.now;
+            let address = group.targets[t].address;
+            let started = TcpStream::connect(address).and_then(|mut s| {
+                s.set_nodelay(true)?;
+                self.poll.registry().register(
+                    &mut s,
+                    Slot::Back(key).token(),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(s)
+            });
+            match started {
+                Ok(s) => {
+                    conn.back = Some(s);
+                    conn.back_ready = Default::default();
+                    return true;
+                }
+                Err(e) => {
+                    group.targets[t]
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::debug!("{}: connect to {address} failed: {e}", conn.tuple);
+                    conn.last_error = Some(format!("{address}: {}", describe(&e)));
+                }
+            }
+        }
+    }
+
+    /// The current connect attempt failed with `reason`: try the next target or give up.
+    fn connect_failed(&mut self, key: usize, reason: String) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        if let Some(mut back) = conn.back.take() {
+            let _ = self.poll.registry().deregister(&mut back);
+        }
+        if let Some(t) = conn.target {
+            let target = &self.shared.groups[conn.group].targets[t];
+            target.connect_failures.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "{}: connect to {} failed: {reason}",
+                conn.tuple,
+                target.address
+            );
+            conn.last_error = Some(format!("{}: {reason}", target.address));
+        }
+        if !self.connect_next(key) {
+            self.give_up(key);
+        }
+    }
+
+    fn give_up(&mut self, key: usize) {
+        if let Some(conn) = self.table.get_mut(key) {
+            let listener = &self.shared.listeners[conn.listener].config;
+            log::warn!(
+                "listener {}: closing client {}: no target accepted the connection after {} \
+                 attempt(s) (last: {})",
+                listener.name,
+                conn.tuple.client,
+                conn.tried.len(),
+                conn.last_error.as_deref().unwrap_or("no target to try")
+            );
+        }
+        self.close(key, "no target");
+    }
+
+    pub(super) fn handle_front_event(&mut self, key: usize, event: &Event) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        mark(&mut conn.front_ready, event);
+        if conn.state() == State::Established {
+            self.drive(key);
+        }
+    }
+
+    pub(super) fn handle_back_event(&mut self, key: usize, event: &Event) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        mark(&mut conn.back_ready, event);
+        match conn.state() {
+            State::Established => self.drive(key),
+            State::Connecting => {
+                let Some(back) = conn.back.as_ref() else {
+                    return;
+                };
+                let result = match back.take_error() {
+                    Ok(Some(e)) | Err(e) => Err(describe(&e)),
+                    Ok(None) => match back.peer_addr() {
+                        Ok(_) => Ok(()),
+                        // Spurious wake-up, or a stale event for an earlier attempt's socket.
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                            if event.is_error() {
+                                Err("connect failed".to_string())
+                            } else {
+                                return;
+                            }
+                        }
+                        Err(e) => Err(describe(&e)),
+                    },
+                };
+                match result {
+                    Ok(()) => self.established(key),
+                    Err(reason) => self.connect_failed(key, reason),
+                }
+            }
+        }
+    }
+
+    fn established(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        conn.set_state(State::Established);
+        conn.last_active = self.now;
+        conn.back_ready.readable = true;
+        conn.back_ready.writable = true;
+        if let Some(t) = conn.target {
+            let target = &self.shared.groups[conn.group].targets[t];
+            target.active.fetch_add(1, Ordering::Relaxed);
+            target.total.fetch_add(1, Ordering::Relaxed);
+            log::debug!("{}: connected to {}", conn.tuple, target.address);
+        }
+        self.drive(key);
+    }
+
+    /// Moves bytes both ways until both would block; closes the connection when it is done.
+    pub(super) fn drive(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let Some(back) = conn.back.as_mut() else {
+            return;
+        };
+        let up = conn.up.pump(
+            &mut conn.front,
+            &mut conn.front_ready,
+            back,
+            &mut conn.back_ready,
+            &mut self.pool,
+            PUMP_BUDGET,
+        );
+        let down = conn.down.pump(
+            back,
+            &mut conn.back_ready,
+            &mut conn.front,
+            &mut conn.front_ready,
+            &mut self.pool,
+            PUMP_BUDGET,
+        );
+        let (up, down) = match (up, down) {
+            (Ok(up), Ok(down)) => (up, down),
+            (Err(e), _) | (_, Err(e)) => {
+                let reason = describe(&e);
+                self.close(key, &reason);
+                return;
+            }
+        };
+        if up.bytes + down.bytes > 0 {
+            conn.last_active = self.now;
+            if let Some(t) = conn.target {
+                let target = &self.shared.groups[conn.group].targets[t];
+                target
+                    .bytes_to_target
+                    .fetch_add(up.bytes as u64, Ordering::Relaxed);
+                target
+                    .bytes_from_target
+                    .fetch_add(down.bytes as u64, Ordering::Relaxed);
+            }
+        }
+        if conn.finished() {
+            self.close(key, "done");
+        } else if up.more || down.more {
+            let id = conn.id;
+            self.ready.push_back(Ready::Conn { key, id });
+        }
+    }
+
+    /// Deregisters and closes both sockets, releases buffers, updates counters and removes the
+    /// table entry.
+    pub(super) fn close(&mut self, key: usize, reason: &str) {
+        let Some(mut conn) = self.table.remove(key) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut conn.front);
+        if let Some(back) = conn.back.as_mut() {
+            let _ = registry.deregister(back);
+        }
+        conn.up.close(&mut self.pool);
+        conn.down.close(&mut self.pool);
+        let listener = &self.shared.listeners[conn.listener];
+        let before = listener.active.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "listener active count below zero");
+        if self.listeners[conn.listener].full {
+            self.ready.push_back(Ready::Listener(conn.listener));
+        }
+        let target = conn
+            .target
+            .map(|t| &self.shared.groups[conn.group].targets[t]);
+        if let (State::Established, Some(target)) = (conn.state(), target) {
+            let before = target.active.fetch_sub(1, Ordering::Relaxed);
+            debug_assert!(before > 0, "target active count below zero");
+        }
+        log::debug!(
+            "{}: closed ({reason}) after {:?}; target {}; {} bytes up, {} bytes down",
+            conn.tuple,
+            self.now.saturating_duration_since(conn.started),
+            target.map_or("none".to_string(), |t| t.address.to_string()),
+            conn.up.bytes,
+            conn.down.bytes
+        );
+    }
+
+    /// Acts on due deadlines: connect timeouts retry, idle connections close. Entries whose
+    /// connection moved its deadline are pushed back.
+    pub(super) fn run_timers(&mut self) {
+        while let Some(due) = self.timers.pop_due(self.now) {
+            let Some(conn) = self.table.get_mut(due.key) else {
+                continue;
+            };
+            if conn.id != due.id {
+                continue;
+            }
+            let config = &self.shared.listeners[conn.listener].config;
+            let (deadline, connecting) = match conn.state() {
+                State::Connecting => (conn.attempt_started + config.connect_timeout, true),
+                State::Established => (conn.last_active + config.idle_timeout, false),
+            };
+            let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
+            if deadline > self.now {
+                self.timers.schedule(deadline, due);
+                continue;
+            }
+            if connecting {
+                let reason = format!(
+                    "connect timed out after {}",
+                    humantime::format_duration(connect_timeout)
+                );
+                self.connect_failed(due.key, reason);
+                if let Some(conn) = self.table.get_mut(due.key) {
+                    let next = connect_timeout.min(idle_timeout);
+                    self.timers.schedule(conn.attempt_started + next, due);
+                }
+            } else {
+                let reason = format!("idle for {}", humantime::format_duration(idle_timeout));
+                self.close(due.key, &reason);
+            }
+        }
+    }
+}
+
+/// Records what a readiness event says about a socket. Errors and hang-ups count as both
+/// readable and writable, so the next syscall finds out what happened.
+fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
+    if event.is_readable() || event.is_read_closed() || event.is_error() {
+        ready.readable = true;
+    }
+    if event.is_writable() || event.is_write_closed() || event.is_error() {
+        ready.writable = true;
+    }
+}
