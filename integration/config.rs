@@ -1,1 +1,229 @@
+//! Every bad configuration is refused with exit code 2 and one message naming the file, the
+//! key and, where the YAML parser gives one, the line.
+
 mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use common::write_config;
+
+const GOOD: &str = "\
+listeners:
+  - name: pg
+    protocol: tcp
+    bind: 127.0.0.1:0
+    target_group: pg
+target_groups:
+  - name: pg
+    health_check:
+      interval: 2s
+      healthy_threshold: 2
+    targets:
+      - address: 127.0.0.1:5432
+";
+
+fn ballast(args: &[&str], yaml: &str) -> (Output, String, String) {
+    let file = write_config(yaml);
+    let path = file.path().display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out, stderr, path)
+}
+
+/// `ballast check` on `yaml` must exit 2 with a message containing the file and each of `want`.
+fn refused(yaml: &str, want: &[&str]) {
+    let (out, stderr, path) = ballast(&["check"], yaml);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&path),
+        "message does not name the file: {stderr}"
+    );
+    for w in want {
+        assert!(stderr.contains(w), "message lacks {w:?}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
+}
+
+#[test]
+fn good_config_checks_and_prints_the_plan() {
+    let (out, stderr, _) = ballast(&["check"], GOOD);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("listener pg (tcp) on 127.0.0.1:0 -> target group pg"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target 127.0.0.1:5432 weight 1"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn unknown_key() {
+    refused(
+        &GOOD.replace(
+            "    target_group: pg\n",
+            "    target_group: pg\n    max_conns: 5\n",
+        ),
+        &["listeners[0]", "unknown field `max_conns`", "line 6"],
+    );
+}
+
+#[test]
+fn missing_field() {
+    refused(
+        &GOOD.replace("    target_group: pg\n", ""),
+        &["listeners[0]", "missing field `target_group`", "line 2"],
+    );
+}
+
+#[test]
+fn bad_address() {
+    refused(
+        &GOOD.replace("127.0.0.1:5432", "127.0.0.1:99999"),
+        &[
+            "target_groups[0].targets[0].address",
+            "bad address",
+            "line 12",
+        ],
+    );
+    refused(
+        &GOOD.replace("bind: 127.0.0.1:0", "bind: nowhere"),
+        &["listeners[0].bind", "ip:port", "line 4"],
+    );
+}
+
+#[test]
+fn zero_and_negative_interval() {
+    refused(
+        &GOOD.replace("interval: 2s", "interval: 0s"),
+        &[
+            "target_groups[0].health_check.interval",
+            "greater than zero",
+            "line 9",
+        ],
+    );
+    refused(
+        &GOOD.replace("interval: 2s", "interval: -2s"),
+        &[
+            "target_groups[0].health_check.interval",
+            "bad duration",
+            "line 9",
+        ],
+    );
+}
+
+#[test]
+fn zero_threshold() {
+    refused(
+        &GOOD.replace("healthy_threshold: 2", "healthy_threshold: 0"),
+        &["target_groups[0].health_check.healthy_threshold", "line 10"],
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let two_listeners = GOOD.replace(
+        "target_groups:",
+        "  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: pg\ntarget_groups:",
+    );
+    refused(
+        &two_listeners,
+        &["listeners[1].name", "duplicate listener name `pg`"],
+    );
+    let two_groups = format!("{GOOD}  - name: pg\n    targets:\n      - address: 127.0.0.1:5433\n");
+    refused(
+        &two_groups,
+        &["target_groups[1].name", "duplicate target group name `pg`"],
+    );
+}
+
+#[test]
+fn listener_naming_a_missing_group() {
+    refused(
+        &GOOD.replace("    target_group: pg", "    target_group: mysql"),
+        &["listeners[0].target_group", "`mysql`", "not defined"],
+    );
+}
+
+#[test]
+fn empty_target_list() {
+    refused(
+        &GOOD.replace(
+            "    targets:\n      - address: 127.0.0.1:5432\n",
+            "    targets: []\n",
+        ),
+        &["target_groups[0].targets", "no targets"],
+    );
+}
+
+#[test]
+fn udp_is_refused_clearly_for_now() {
+    refused(
+        &GOOD.replace("protocol: tcp", "protocol: udp"),
+        &[
+            "listeners[0].protocol",
+            "udp listeners are not supported yet",
+        ],
+    );
+}
+
+#[test]
+fn yaml_syntax_error_and_missing_file() {
+    refused(
+        &GOOD.replace("  - name: pg\n    protocol", "  - name: pg\n   protocol"),
+        &["line"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["check", "--config", "/nonexistent/ballast.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ballast.yaml"));
+}
+
+#[test]
+fn run_refuses_a_bad_file_with_exit_2_and_nothing_started() {
+    let (out, stderr, path) = ballast(&["run"], &GOOD.replace("interval: 2s", "interval: 0s"));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&path) && stderr.contains("interval"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bind_address_in_use() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let yaml = GOOD.replace("bind: 127.0.0.1:0", &format!("bind: {addr}"));
+    let (out, stderr, path) = ballast(&["run"], &yaml);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind listener pg on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&path), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        !stderr.contains("ballast running"),
+        "half-started: {stderr}"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

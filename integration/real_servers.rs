@@ -1,1 +1,159 @@
+//! Real servers behind Ballast, driven by their own clients: iperf3 and Redis.
+//! `.ci/run` installs iperf3 and redis-server; without them these tests fail and say so.
+
 mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A server process killed (by PID) when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn need(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: run `bash .ci/run` or `apt-get install {tool}`"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until something accepts on `addr`.
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn front(target: SocketAddr) -> Ballast {
+    let health = "    health_check: {protocol: tcp, interval: 5s, timeout: 1s}\n";
+    Ballast::start(&config("round_robin", &[(target, 1)], "", health))
+}
+
+#[test]
+fn iperf3_through_ballast() {
+    need("iperf3");
+    let port = free_port();
+    let _server = Server(
+        Command::new("iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // iperf3 -s takes one test at a time and would count our probe as a client: wait by
+    // connecting once, before Ballast starts probing it.
+    wait_listening(target);
+    let lb = front(target);
+    let addr = lb.addr("l");
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-t",
+            "2",
+            "-J",
+        ])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 failed: {json}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("iperf3 -J output");
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no end.sum_received.bytes in {json}"));
+    assert!(bytes > 0, "iperf3 moved no bytes");
+}
+
+#[test]
+fn redis_benchmark_through_ballast() {
+    need("redis-server");
+    need("redis-benchmark");
+    let port = free_port();
+    let _server = Server(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(target);
+    let lb = front(target);
+    let lport = lb.addr("l").port().to_string();
+    let set = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &lport, "SET", "ballast", "works"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+    let get = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &lport, "GET", "ballast"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "works");
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &lport,
+            "-t",
+            "set,get",
+            "-n",
+            "20000",
+            "--csv",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed: {stdout}\n{stderr}"
+    );
+    assert!(!stderr.to_lowercase().contains("error"), "{stderr}");
+    for test in ["\"SET\"", "\"GET\""] {
+        assert!(stdout.contains(test), "no {test} result: {stdout}");
+    }
+}

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -101,35 +101,33 @@ pub fn bind_all(config: &Config) -> Result<Vec<Vec<std::net::TcpListener>>, RunE
     Ok(per_worker)
 }
 
-/// Runs Ballast with `config` until SIGINT or SIGTERM, then stops gracefully: listeners close,
-/// open connections get up to `shutdown_timeout` to finish.
+/// A started Ballast: workers and prober running. Stop it with [`Running::stop`].
+pub struct Running {
+    shared: Arc<Shared>,
+    handles: Vec<WorkerHandle>,
+    prober: Option<Prober>,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+}
+
+/// Binds every listener, then starts the prober and the workers.
 ///
 /// # Errors
-/// [`RunError::Bind`] when a listener cannot be bound; [`RunError::Io`] when a thread, poll or
-/// signal handler cannot be set up; [`RunError::WorkerDied`] when a worker ends on its own.
-pub fn run(config: Config) -> Result<(), RunError> {
+/// [`RunError::Bind`] when a listener cannot be bound (nothing is started then);
+/// [`RunError::Io`] when a thread or poll cannot be set up.
+pub fn start(config: Config) -> Result<Running, RunError> {
     let sockets = bind_all(&config)?;
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();
-
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(RunError::io("cannot install signal handlers"))?;
-    let signal_tx = events_tx.clone();
-    std::thread::Builder::new()
-        .name("ballast-signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if signal_tx.send(Event::Signal(signal)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(RunError::io("cannot start the signal thread"))?;
-
     let prober = Prober::start(shared.clone()).map_err(RunError::io("cannot start the prober"))?;
-
-    let mut handles = Vec::with_capacity(workers);
+    let mut running = Running {
+        shared: shared.clone(),
+        handles: Vec::with_capacity(workers),
+        prober: Some(prober),
+        events_tx: events_tx.clone(),
+        events,
+    };
     for (id, sockets) in sockets.into_iter().enumerate() {
         let poll = Poll::new().map_err(RunError::io("cannot create a poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::io("waker"))?);
@@ -153,47 +151,94 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 }
             })
             .map_err(RunError::io("cannot start a worker"))?;
-        handles.push(WorkerHandle {
+        running.handles.push(WorkerHandle {
             commands: commands_tx,
             waker,
             thread,
         });
     }
     log::info!("ballast running with {workers} workers");
+    Ok(running)
+}
 
-    let mut result = Ok(());
-    for event in events.iter() {
-        match event {
-            Event::Signal(SIGHUP) => {
-                log::warn!("SIGHUP: hot reload is not available yet; the running config stays")
-            }
-            Event::Signal(signal) => {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                log::info!(
-                    "{name}: stopping; open connections get up to {}",
-                    humantime::format_duration(shared.config.shutdown_timeout)
-                );
-                break;
-            }
-            Event::WorkerExited(id) => {
-                log::error!("worker {id} stopped unexpectedly; stopping");
-                result = Err(RunError::WorkerDied(id));
-                break;
+impl Running {
+    /// The state shared with the workers and the prober (health, counters).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Blocks until one of `signals` is SIGINT or SIGTERM (SIGHUP is logged and ignored for
+    /// now) or a worker ends on its own.
+    ///
+    /// # Errors
+    /// [`RunError::Io`] when the signal thread cannot start;
+    /// [`RunError::WorkerDied`] when a worker ended.
+    pub fn wait_for_signal(&self, mut signals: Signals) -> Result<(), RunError> {
+        let signal_tx = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name("ballast-signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if signal_tx.send(Event::Signal(signal)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(RunError::io("cannot start the signal thread"))?;
+        for event in self.events.iter() {
+            match event {
+                Event::Signal(SIGHUP) => {
+                    log::warn!("SIGHUP: hot reload is not available yet; the running config stays")
+                }
+                Event::Signal(signal) => {
+                    let name = if signal == SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    };
+                    log::info!(
+                        "{name}: stopping; open connections get up to {}",
+                        humantime::format_duration(self.shared.config.shutdown_timeout)
+                    );
+                    return Ok(());
+                }
+                Event::WorkerExited(id) => {
+                    log::error!("worker {id} stopped unexpectedly; stopping");
+                    return Err(RunError::WorkerDied(id));
+                }
             }
         }
+        Ok(())
     }
-    for h in &handles {
-        let _ = h.commands.send(Command::Stop);
-        let _ = h.waker.wake();
+
+    /// Stops gracefully: listeners close at once, open connections get up to
+    /// `shutdown_timeout` to finish; returns when every thread has ended.
+    pub fn stop(mut self) {
+        for h in &self.handles {
+            let _ = h.commands.send(Command::Stop);
+            let _ = h.waker.wake();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.thread.join();
+        }
+        if let Some(p) = self.prober.take() {
+            p.stop();
+        }
+        log::info!("stopped");
     }
-    for h in handles {
-        let _ = h.thread.join();
-    }
-    prober.stop();
-    log::info!("stopped");
+}
+
+/// Runs Ballast with `config` until SIGINT or SIGTERM, then stops gracefully.
+///
+/// # Errors
+/// As [`start`] and [`Running::wait_for_signal`], and [`RunError::Io`] when the signal
+/// handlers cannot be installed.
+pub fn run(config: Config) -> Result<(), RunError> {
+    // Handlers first: a SIGTERM right after "running" is logged must stop us gracefully.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(RunError::io("cannot install signal handlers"))?;
+    let running = start(config)?;
+    let result = running.wait_for_signal(signals);
+    running.stop();
     result
 }
