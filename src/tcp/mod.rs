@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 
 use crate::config::Forwarding;
 use crate::conntrack::FiveTuple;
-use pump::{Half, Readiness};
+use pump::{Endpoint, Half};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +50,9 @@ pub struct Connection {
     /// The table key.
     pub tuple: FiveTuple,
     /// The client side.
-    pub front: TcpStream,
+    pub front: Endpoint,
     /// The target side, once a connect has started.
-    pub back: Option<TcpStream>,
+    pub back: Option<Endpoint>,
     /// Index of the current (or last tried) target in its group.
     pub target: Option<usize>,
     /// Targets tried for this connection, in order.
@@ -60,10 +60,6 @@ pub struct Connection {
     /// Why the last connect attempt failed, for the log line when every attempt has.
     pub last_error: Option<String>,
     state: State,
-    /// Readiness of the client socket.
-    pub front_ready: Readiness,
-    /// Readiness of the target socket.
-    pub back_ready: Readiness,
     /// Client → target.
     pub up: Half,
     /// Target → client.
@@ -92,14 +88,12 @@ impl Connection {
             listener,
             group,
             tuple,
-            front,
+            front: Endpoint::new(front),
             back: None,
             target: None,
             tried: Vec::new(),
             last_error: None,
             state: State::Connecting,
-            front_ready: Readiness::default(),
-            back_ready: Readiness::default(),
             up: Half::new(forwarding),
             down: Half::new(forwarding),
             started: now,

@@ -50,6 +50,25 @@ pub struct Readiness {
     pub writable: bool,
 }
 
+/// One socket of a connection with what is known of its readiness.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Whether it may be read or written without blocking.
+    pub ready: Readiness,
+}
+
+impl Endpoint {
+    /// A socket of unknown readiness (both flags false: wait for an event).
+    pub fn new(stream: TcpStream) -> Endpoint {
+        Endpoint {
+            stream,
+            ready: Readiness::default(),
+        }
+    }
+}
+
 /// A pipe used as the in-kernel buffer for `splice(2)`.
 #[derive(Debug)]
 struct Pipe {
@@ -162,19 +181,20 @@ impl Half {
     }
 
     /// Moves bytes from `src` to `dst` until both would block, the direction is finished, or
-    /// `budget` bytes were written.
+    /// `budget` bytes were written. `reverse_done` says the other direction has finished: then
+    /// the connection closes as soon as this one does, and the close itself passes on the EOF,
+    /// so the `shutdown(Write)` is skipped.
     ///
     /// # Errors
     /// Any I/O error other than `WouldBlock`/`Interrupted` (a reset, a broken pipe): the
     /// connection cannot go on.
     pub fn pump(
         &mut self,
-        src: &mut TcpStream,
-        src_ready: &mut Readiness,
-        dst: &mut TcpStream,
-        dst_ready: &mut Readiness,
+        src: &mut Endpoint,
+        dst: &mut Endpoint,
         pool: &mut BufferPool,
         budget: usize,
+        reverse_done: bool,
     ) -> io::Result<Pumped> {
         let mut out = Pumped::default();
         loop {
@@ -183,11 +203,11 @@ impl Half {
                 return Ok(out);
             }
             let mut progress = false;
-            if !self.eof && src_ready.readable {
-                progress |= self.fill(src, src_ready, pool)?;
+            if !self.eof && src.ready.readable {
+                progress |= self.fill(&mut src.stream, &mut src.ready, pool)?;
             }
-            if self.pending() > 0 && dst_ready.writable {
-                let n = self.flush(dst, dst_ready, pool)?;
+            if self.pending() > 0 && dst.ready.writable {
+                let n = self.flush(&mut dst.stream, &mut dst.ready, pool)?;
                 out.bytes += n;
                 self.bytes += n as u64;
                 progress |= n > 0;
@@ -195,10 +215,12 @@ impl Half {
             if self.eof && self.pending() == 0 && !self.shut {
                 self.shut = true;
                 self.release(pool);
-                match dst.shutdown(Shutdown::Write) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return Err(e),
+                if !reverse_done {
+                    match dst.stream.shutdown(Shutdown::Write) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             if !progress {
@@ -247,6 +269,12 @@ impl Half {
                 match src.read(&mut buf[*end..]) {
                     Ok(n) => {
                         *end += n;
+                        // A short read emptied the socket: epoll reports the next arrival
+                        // anyway, so skip the read that would only say WouldBlock (as tokio
+                        // does on Linux).
+                        if n > 0 && n < room {
+                            ready.readable = false;
+                        }
                         // A read that fills the whole room is bulk data: splice pays off.
                         if n == room && self.mode == Forwarding::Auto {
                             self.mode = Forwarding::Splice;
@@ -299,9 +327,16 @@ impl Half {
     ) -> io::Result<usize> {
         let result = match &mut self.carrier {
             Carrier::Idle => return Ok(0),
-            Carrier::Buffer { buf, start, end } => dst.write(&buf[*start..*end]).inspect(|&n| {
-                *start += n;
-            }),
+            Carrier::Buffer { buf, start, end } => {
+                let len = *end - *start;
+                dst.write(&buf[*start..*end]).inspect(|&n| {
+                    *start += n;
+                    // A short write filled the socket's send buffer: wait for writable.
+                    if n < len {
+                        ready.writable = false;
+                    }
+                })
+            }
             Carrier::Pipe(p) => {
                 splice(p.read.as_raw_fd(), dst.as_raw_fd(), p.pending).inspect(|&n| p.pending -= n)
             }

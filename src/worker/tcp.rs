@@ -15,13 +15,13 @@ use super::{Ready, Slot, Worker, PUMP_BUDGET};
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
 use crate::health::probe::describe;
+use crate::tcp::pump::Endpoint;
 use crate::tcp::{Connection, State};
 
 impl Worker {
     pub(super) fn handle_accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) {
         let config = &self.shared.listeners[i].config;
-        // A balancer must not add Nagle's delay: the client already chose its own.
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listening socket (see net::reuseport_tcp_listener).
         let local = self.listeners[i].local;
         let listener = if local.ip().is_unspecified() {
             stream.local_addr().unwrap_or(local)
@@ -59,10 +59,10 @@ impl Worker {
         };
         let conn = self.table.get_mut(key).expect("just inserted");
         // Optimistic: the client may have sent its first bytes already.
-        conn.front_ready.readable = true;
-        conn.front_ready.writable = true;
+        conn.front.ready.readable = true;
+        conn.front.ready.writable = true;
         if let Err(e) = self.poll.registry().register(
-            &mut conn.front,
+            &mut conn.front.stream,
             Slot::Front(key).token(),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -107,8 +107,7 @@ impl Worker {
             });
             match started {
                 Ok(s) => {
-                    conn.back = Some(s);
-                    conn.back_ready = Default::default();
+                    conn.back = Some(Endpoint::new(s));
                     return true;
                 }
                 Err(e) => {
@@ -128,7 +127,7 @@ impl Worker {
             return;
         };
         if let Some(mut back) = conn.back.take() {
-            let _ = self.poll.registry().deregister(&mut back);
+            let _ = self.poll.registry().deregister(&mut back.stream);
         }
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
@@ -164,7 +163,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        mark(&mut conn.front_ready, event);
+        mark(&mut conn.front.ready, event);
         if conn.state() == State::Established {
             self.drive(key);
         }
@@ -174,15 +173,20 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        mark(&mut conn.back_ready, event);
-        match conn.state() {
+        let state = conn.state();
+        let Some(back) = conn.back.as_mut() else {
+            return;
+        };
+        mark(&mut back.ready, event);
+        match state {
             State::Established => self.drive(key),
             State::Connecting => {
-                let Some(back) = conn.back.as_ref() else {
-                    return;
-                };
+                let back = &back.stream;
                 let result = match back.take_error() {
                     Ok(Some(e)) | Err(e) => Err(describe(&e)),
+                    // Linux signals EPOLLOUT on a connecting socket only once the connect has
+                    // finished, and a failure leaves SO_ERROR set: no getpeername needed.
+                    Ok(None) if event.is_writable() => Ok(()),
                     Ok(None) => match back.peer_addr() {
                         Ok(_) => Ok(()),
                         // Spurious wake-up, or a stale event for an earlier attempt's socket.
@@ -210,8 +214,10 @@ impl Worker {
         };
         conn.set_state(State::Established);
         conn.last_active = self.now;
-        conn.back_ready.readable = true;
-        conn.back_ready.writable = true;
+        if let Some(back) = conn.back.as_mut() {
+            back.ready.readable = true;
+            back.ready.writable = true;
+        }
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
             target.active.fetch_add(1, Ordering::Relaxed);
@@ -231,19 +237,17 @@ impl Worker {
         };
         let up = conn.up.pump(
             &mut conn.front,
-            &mut conn.front_ready,
             back,
-            &mut conn.back_ready,
             &mut self.pool,
             PUMP_BUDGET,
+            conn.down.done(),
         );
         let down = conn.down.pump(
             back,
-            &mut conn.back_ready,
             &mut conn.front,
-            &mut conn.front_ready,
             &mut self.pool,
             PUMP_BUDGET,
+            conn.up.done(),
         );
         let (up, down) = match (up, down) {
             (Ok(up), Ok(down)) => (up, down),
@@ -276,14 +280,11 @@ impl Worker {
     /// Deregisters and closes both sockets, releases buffers, updates counters and removes the
     /// table entry.
     pub(super) fn close(&mut self, key: usize, reason: &str) {
+        // No deregister: closing a socket removes it from epoll (we never dup fds), and
+        // two epoll_ctl calls per connection are measurable at high connection rates.
         let Some(mut conn) = self.table.remove(key) else {
             return;
         };
-        let registry = self.poll.registry();
-        let _ = registry.deregister(&mut conn.front);
-        if let Some(back) = conn.back.as_mut() {
-            let _ = registry.deregister(back);
-        }
         conn.up.close(&mut self.pool);
         conn.down.close(&mut self.pool);
         let listener = &self.shared.listeners[conn.listener];

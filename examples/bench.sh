@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Ballast vs direct on loopback, in one run: iperf3 single stream and -P 4, and wrk with
+# `Connection: close` (a new connection per request) and keep-alive. Each round runs direct and
+# Ballast back to back so machine drift hits both alike; compare the printed ratios, never
+# absolute figures across runs or machines.
+#
+#   cargo build --release && bash examples/bench.sh          # ROUNDS=3 SECS=4 by default
+#   FORWARDING=buffered bash examples/bench.sh               # auto (default) | splice | buffered
+#
+# Needs iperf3, wrk, nginx (the HTTP origin), python3. For HAProxy and nginx stream side by side
+# use ../shared/bench/peers/run.sh. Ports: origins 15201 (iperf3), 18080 (HTTP); Ballast
+# 16003, 16103. Every process started here is stopped on exit.
+set -u
+ROUNDS=${ROUNDS:-3}; SECS=${SECS:-4}; FORWARDING=${FORWARDING:-auto}
+BIN=${BALLAST_BIN:-target/release/ballast}
+WORKERS=${WORKERS:-2}
+for tool in iperf3 wrk nginx python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (apt-get install $tool)"; exit 2; }
+done
+[ -x "$BIN" ] || { echo "bench: $BIN not found; run cargo build --release"; exit 2; }
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+
+cat >"$dir/origin.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/origin.pid;
+error_log $dir/origin.err warn;
+events { worker_connections 65536; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:18080 reuseport backlog=65535;
+        keepalive_requests 1000000;
+        location / { return 200 "hello\n"; }
+    }
+}
+CONF
+cat >"$dir/ballast.yaml" <<CONF
+workers: $WORKERS
+listeners:
+  - {name: iperf, protocol: tcp, bind: "127.0.0.1:16003", target_group: iperf, forwarding: $FORWARDING}
+  - {name: http, protocol: tcp, bind: "127.0.0.1:16103", target_group: http, forwarding: $FORWARDING}
+target_groups:
+  - name: iperf
+    health_check: {protocol: tcp, interval: 60s, timeout: 1s}
+    targets: [{address: "127.0.0.1:15201"}]
+  - name: http
+    health_check: {protocol: tcp, interval: 60s, timeout: 1s}
+    targets: [{address: "127.0.0.1:18080"}]
+CONF
+
+iperf3 -s -B 127.0.0.1 -p 15201 >/dev/null 2>&1 & pids+=($!)
+nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
+"$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!)
+ready() { python3 - "$@" <<'PY'
+import socket, sys, time
+deadline = time.time() + 10
+for port in sys.argv[1:]:
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), 0.2).close(); break
+        except OSError:
+            if time.time() > deadline: sys.exit("port %s not ready" % port)
+            time.sleep(0.05)
+PY
+}
+# iperf3 -s counts a bare connect as a failed test; connecting to it only once is harmless.
+ready 18080 16103 || exit 1
+sleep 0.5
+
+gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["end"]["sum_received"]["bits_per_second"]/1e9,2))' 2>/dev/null || echo NA; }
+rps() { awk '/Requests\/sec/{print $2}'; }
+ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('NA' if 'NA' in (a,b) or not a or not b or float(b)==0 else round(float(a)/float(b),2))" "$1" "$2"; }
+measure() { # port_iperf port_http -> "i1 i4 close keepalive"
+  local i1 i4 cl ka
+  i1=$(iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J 2>/dev/null | gbps)
+  i4=$(iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -P 4 -J 2>/dev/null | gbps)
+  cl=$(wrk -t1 -c50 -d"${SECS}s" -H "Connection: close" "http://127.0.0.1:$2/" 2>/dev/null | rps)
+  ka=$(wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$2/" 2>/dev/null | rps)
+  echo "$i1 $i4 $cl $ka"
+}
+echo "forwarding=$FORWARDING workers=$WORKERS rounds=$ROUNDS secs=$SECS"
+for r in $(seq "$ROUNDS"); do
+  read -r d1 d4 dc dk <<<"$(measure 15201 18080)"
+  read -r b1 b4 bc bk <<<"$(measure 16003 16103)"
+  echo "round=$r direct: iperf1_gbps=$d1 iperf4_gbps=$d4 close_rps=$dc keepalive_rps=$dk"
+  echo "round=$r ballast: iperf1_gbps=$b1 iperf4_gbps=$b4 close_rps=$bc keepalive_rps=$bk"
+  echo "round=$r ratio ballast/direct: iperf1=$(ratio "$b1" "$d1") iperf4=$(ratio "$b4" "$d4") close=$(ratio "$bc" "$dc") keepalive=$(ratio "$bk" "$dk")"
+done
