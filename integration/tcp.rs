@@ -347,7 +347,7 @@ fn sigterm_lets_open_connections_finish_then_exits_0() {
     s.write_all(b"before").unwrap();
     s.read_exact(&mut [0u8; 6]).unwrap();
     lb.terminate();
-    lb.wait_log("stopped accepting", WAIT);
+    lb.wait_log("stopped accepting on every listener", WAIT);
     // New clients are refused; the open one still works.
     assert!(
         TcpStream::connect(addr).is_err(),
@@ -364,4 +364,29 @@ fn sigterm_lets_open_connections_finish_then_exits_0() {
     s.shutdown(Shutdown::Write).unwrap();
     let status = lb.wait_exit(WAIT).expect("exit after the last connection");
     assert_eq!(status.code(), Some(0));
+}
+
+/// Regression: a target's last bytes and its FIN often arrive in one readiness event. Reading
+/// the bytes must not end the reading, or the EOF is never seen and the client hangs.
+#[test]
+fn data_and_fin_in_one_event_are_both_passed_on() {
+    let target = Backend::start(named("last words"));
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let addr = lb.addr("l");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let mut s = client(addr);
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    let mut got = String::new();
+                    s.read_to_string(&mut got).expect("EOF passed on");
+                    assert_eq!(got, "last words\n");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
 }

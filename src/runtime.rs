@@ -214,10 +214,29 @@ impl Running {
     /// Stops gracefully: listeners close at once, open connections get up to
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
+        let (closed_tx, closed) = unbounded();
         for h in &self.handles {
-            let _ = h.commands.send(Command::Stop);
+            let _ = h.commands.send(Command::Stop(closed_tx.clone()));
             let _ = h.waker.wake();
         }
+        drop(closed_tx);
+        // Every live worker answers once its listening sockets are closed; a worker that has
+        // ended never will, hence the bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let acks = (0..self.handles.len())
+            .take_while(|_| closed.recv_deadline(deadline).is_ok())
+            .count();
+        let open: usize = self
+            .shared
+            .listeners
+            .iter()
+            .map(|l| l.active.load(std::sync::atomic::Ordering::Acquire))
+            .sum();
+        log::info!(
+            "stopped accepting on every listener ({acks} workers); waiting up to {} for {open} \
+             open connections",
+            humantime::format_duration(self.shared.config.shutdown_timeout)
+        );
         for h in self.handles.drain(..) {
             let _ = h.thread.join();
         }

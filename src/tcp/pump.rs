@@ -48,6 +48,9 @@ pub struct Readiness {
     pub readable: bool,
     /// Writing may make progress.
     pub writable: bool,
+    /// The peer's FIN (or an error) has been reported: reads must go on until they return 0,
+    /// because no further event will come for it.
+    pub read_closed: bool,
 }
 
 /// One socket of a connection with what is known of its readiness.
@@ -271,8 +274,8 @@ impl Half {
                         *end += n;
                         // A short read emptied the socket: epoll reports the next arrival
                         // anyway, so skip the read that would only say WouldBlock (as tokio
-                        // does on Linux).
-                        if n > 0 && n < room {
+                        // does on Linux). Not after a reported FIN: its one event is spent.
+                        if n > 0 && n < room && !ready.read_closed {
                             ready.readable = false;
                         }
                         // A read that fills the whole room is bulk data: splice pays off.

@@ -81,10 +81,11 @@ impl Slot {
 }
 
 /// A command from the main thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Command {
-    /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit.
-    Stop,
+    /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit. The
+    /// worker sends its id on the channel once its listening sockets are closed.
+    Stop(crossbeam_channel::Sender<usize>),
 }
 
 /// Work that must run again without waiting for an event.
@@ -244,7 +245,10 @@ impl Worker {
     fn handle_commands(&mut self) {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Stop) => self.begin_stop(),
+                Ok(Command::Stop(closed)) => {
+                    self.begin_stop();
+                    let _ = closed.send(self.id);
+                }
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -268,14 +272,11 @@ impl Worker {
         }
         let timeout = self.shared.config.shutdown_timeout;
         self.stop_deadline = Some(self.now + timeout);
-        if !self.table.is_empty() {
-            log::info!(
-                "worker {}: stopped accepting; waiting up to {} for {} open connections",
-                self.id,
-                humantime::format_duration(timeout),
-                self.table.len()
-            );
-        }
+        log::debug!(
+            "worker {}: stopped accepting; {} open connections",
+            self.id,
+            self.table.len()
+        );
     }
 
     fn run_ready(&mut self) {

@@ -354,6 +354,9 @@ fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
     if event.is_readable() || event.is_read_closed() || event.is_error() {
         ready.readable = true;
     }
+    if event.is_read_closed() || event.is_error() {
+        ready.read_closed = true;
+    }
     if event.is_writable() || event.is_write_closed() || event.is_error() {
         ready.writable = true;
     }
