@@ -5,13 +5,13 @@
 # absolute figures across runs or machines.
 #
 #   cargo build --release && bash examples/bench.sh          # ROUNDS=3 SECS=4 by default
-#   FORWARDING=buffered bash examples/bench.sh               # auto (default) | splice | buffered
+#   MODES="auto splice buffered" bash examples/bench.sh      # one Ballast per forwarding mode
 #
 # Needs iperf3, wrk, nginx (the HTTP origin), python3. For HAProxy and nginx stream side by side
 # use ../shared/bench/peers/run.sh. Ports: origins 15201 (iperf3), 18080 (HTTP); Ballast
-# 16003, 16103. Every process started here is stopped on exit.
+# 16003+i and 16103+i for the i-th mode. Every process started here is stopped on exit.
 set -u
-ROUNDS=${ROUNDS:-3}; SECS=${SECS:-4}; FORWARDING=${FORWARDING:-auto}
+ROUNDS=${ROUNDS:-3}; SECS=${SECS:-4}; MODES=${MODES:-auto}
 BIN=${BALLAST_BIN:-target/release/ballast}
 WORKERS=${WORKERS:-2}
 for tool in iperf3 wrk nginx python3; do
@@ -38,11 +38,14 @@ http {
     }
 }
 CONF
-cat >"$dir/ballast.yaml" <<CONF
+# One Ballast per forwarding mode, mode i on ports 16003+i (iperf3) and 16103+i (HTTP).
+i=0
+for mode in $MODES; do
+  cat >"$dir/ballast-$mode.yaml" <<CONF
 workers: $WORKERS
 listeners:
-  - {name: iperf, protocol: tcp, bind: "127.0.0.1:16003", target_group: iperf, forwarding: $FORWARDING}
-  - {name: http, protocol: tcp, bind: "127.0.0.1:16103", target_group: http, forwarding: $FORWARDING}
+  - {name: iperf, protocol: tcp, bind: "127.0.0.1:$((16003 + i))", target_group: iperf, forwarding: $mode}
+  - {name: http, protocol: tcp, bind: "127.0.0.1:$((16103 + i))", target_group: http, forwarding: $mode}
 target_groups:
   - name: iperf
     health_check: {protocol: tcp, interval: 60s, timeout: 1s}
@@ -51,10 +54,14 @@ target_groups:
     health_check: {protocol: tcp, interval: 60s, timeout: 1s}
     targets: [{address: "127.0.0.1:18080"}]
 CONF
+  i=$((i + 1))
+done
 
 iperf3 -s -B 127.0.0.1 -p 15201 >/dev/null 2>&1 & pids+=($!)
 nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
-"$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!)
+for mode in $MODES; do
+  "$BIN" run --config "$dir/ballast-$mode.yaml" --log-level warn >"$dir/ballast-$mode.log" 2>&1 & pids+=($!)
+done
 ready() { python3 - "$@" <<'PY'
 import socket, sys, time
 deadline = time.time() + 10
@@ -68,7 +75,7 @@ for port in sys.argv[1:]:
 PY
 }
 # iperf3 -s counts a bare connect as a failed test; connecting to it only once is harmless.
-ready 18080 16103 || exit 1
+ready 18080 $(seq 16103 $((16102 + $(wc -w <<<"$MODES")))) || exit 1
 sleep 0.5
 
 gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["end"]["sum_received"]["bits_per_second"]/1e9,2))' 2>/dev/null || echo NA; }
@@ -82,11 +89,15 @@ measure() { # port_iperf port_http -> "i1 i4 close keepalive"
   ka=$(wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$2/" 2>/dev/null | rps)
   echo "$i1 $i4 $cl $ka"
 }
-echo "forwarding=$FORWARDING workers=$WORKERS rounds=$ROUNDS secs=$SECS"
+echo "modes=[$MODES] workers=$WORKERS rounds=$ROUNDS secs=$SECS"
 for r in $(seq "$ROUNDS"); do
   read -r d1 d4 dc dk <<<"$(measure 15201 18080)"
-  read -r b1 b4 bc bk <<<"$(measure 16003 16103)"
   echo "round=$r direct: iperf1_gbps=$d1 iperf4_gbps=$d4 close_rps=$dc keepalive_rps=$dk"
-  echo "round=$r ballast: iperf1_gbps=$b1 iperf4_gbps=$b4 close_rps=$bc keepalive_rps=$bk"
-  echo "round=$r ratio ballast/direct: iperf1=$(ratio "$b1" "$d1") iperf4=$(ratio "$b4" "$d4") close=$(ratio "$bc" "$dc") keepalive=$(ratio "$bk" "$dk")"
+  i=0
+  for mode in $MODES; do
+    read -r b1 b4 bc bk <<<"$(measure $((16003 + i)) $((16103 + i)))"
+    echo "round=$r ballast-$mode: iperf1_gbps=$b1 iperf4_gbps=$b4 close_rps=$bc keepalive_rps=$bk"
+    echo "round=$r ratio ballast-$mode/direct: iperf1=$(ratio "$b1" "$d1") iperf4=$(ratio "$b4" "$d4") close=$(ratio "$bc" "$dc") keepalive=$(ratio "$bk" "$dk")"
+    i=$((i + 1))
+  done
 done

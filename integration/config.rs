@@ -227,3 +227,27 @@ fn bad_usage_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+                .arg("check")
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{}: {stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "expected quickstart, postgres, redis and iperf configs"
+    );
+}

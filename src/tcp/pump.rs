@@ -16,6 +16,10 @@ use crate::config::Forwarding;
 
 /// Size of one pooled buffer, bytes.
 pub const BUFFER_SIZE: usize = 64 * 1024;
+/// Capacity asked for each splice pipe, bytes. Pages are taken only as data fills the pipe.
+/// 256 KiB moved iperf3 single-stream from ~0.66× to ~0.77× of direct over the 64 KiB default
+/// (one run, three rounds, loopback, 2 cores); 1 MiB did no better.
+pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Free buffers of one worker, reused across connections so idle connections hold none.
 #[derive(Debug, Default)]
@@ -91,6 +95,16 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Best effort: past the user's pipe-user-pages-soft limit the kernel refuses, and the
+        // pipe keeps its default size (read back below).
+        // SAFETY: F_SETPIPE_SZ on an open pipe fd has no memory effects.
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
         // SAFETY: F_GETPIPE_SZ on an open pipe fd has no memory effects.
         let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
         Ok(Pipe {
