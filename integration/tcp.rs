@@ -390,3 +390,64 @@ fn data_and_fin_in_one_event_are_both_passed_on() {
         c.join().unwrap();
     }
 }
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_crashes() {
+    let echo = Backend::start(echo());
+    let yaml = config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS);
+    // Room for the process's own fds and a few dozen connections, no more.
+    let lb = Ballast::start_with(&yaml, "info", Some(64));
+    let addr = lb.addr("l");
+    // Past the limit the kernel still completes handshakes into the backlog; Ballast cannot
+    // accept (EMFILE) or cannot open the target socket. Either way no client may hang forever
+    // and the process must survive.
+    let mut conns = Vec::new();
+    for _ in 0..60 {
+        let mut s = client(addr);
+        let _ = s.write_all(b"x");
+        s.set_nonblocking(true).unwrap();
+        conns.push((s, false));
+    }
+    lb.wait_log("Too many open files", WAIT);
+    // Give the served ones a window to answer: a "not served" verdict needs one.
+    let cpu_before = lb.cpu_time();
+    let window = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < window {
+        for (s, served) in conns.iter_mut().filter(|(_, served)| !served) {
+            *served = matches!(s.read(&mut [0u8; 1]), Ok(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cpu = lb.cpu_time() - cpu_before;
+    assert!(
+        cpu < Duration::from_millis(500),
+        "spinning at the fd limit: {cpu:?} CPU in 2s"
+    );
+    let served = conns.iter().filter(|(_, served)| *served).count();
+    assert!(
+        served > 0 && served < 60,
+        "served {served} of 60 under a 64-fd limit"
+    );
+    drop(conns);
+    // Once descriptors are free again, new clients are served.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = client(addr);
+        s.write_all(b"y").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut got = [0u8; 1];
+        if s.read_exact(&mut got).is_ok() {
+            assert_eq!(&got, b"y");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving again after fds were freed"
+        );
+    }
+    let errors = lb.log().matches("accept failed").count();
+    assert!(
+        errors <= 2,
+        "accept errors logged {errors} times: at most once per worker per 10s"
+    );
+}

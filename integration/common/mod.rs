@@ -36,8 +36,30 @@ impl Ballast {
 
     /// As [`Ballast::start`], with a log level.
     pub fn start_with_level(yaml: &str, level: &str) -> Ballast {
+        Self::start_with(yaml, level, None)
+    }
+
+    /// As [`Ballast::start`], with a log level and optionally a lower open-file limit.
+    pub fn start_with(yaml: &str, level: &str, fd_limit: Option<u64>) -> Ballast {
         let config = write_config(yaml);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ballast"));
+        if let Some(limit) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["run", "--log-level", level, "--config"])
             .arg(config.path())
             .stdin(Stdio::null())
@@ -128,6 +150,17 @@ impl Ballast {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .unwrap()
             .count()
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     /// Sends SIGTERM.

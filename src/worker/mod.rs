@@ -42,6 +42,9 @@ const ACCEPT_BUDGET: usize = 64;
 const PUMP_BUDGET: usize = 512 * 1024;
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Accept errors (EMFILE and the like) come in bursts: log at most one line per listener and
+/// worker this often, with the count of those not logged.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a listener at `max_connections` re-checks for room freed by other workers.
 const FULL_RECHECK: Duration = Duration::from_millis(20);
 
@@ -104,8 +107,10 @@ struct ListenerSlot {
     paused_until: Option<Instant>,
     /// At `max_connections`: accept again when a connection closes.
     full: bool,
-    /// Accept errors since the burst began (logged once per burst).
-    error_burst: Option<u64>,
+    /// When an accept error was last logged (at most one line per [`ERROR_LOG_EVERY`]).
+    error_logged: Option<Instant>,
+    /// Accept errors not logged since then.
+    errors_unlogged: u64,
 }
 
 /// The event loop of one worker thread.
@@ -150,7 +155,8 @@ impl Worker {
                 local,
                 paused_until: None,
                 full: false,
-                error_burst: None,
+                error_logged: None,
+                errors_unlogged: 0,
             });
         }
         let balancers = shared
@@ -332,12 +338,6 @@ impl Worker {
             slot.full = false;
             match socket.accept() {
                 Ok((stream, peer)) => {
-                    if let Some(errors) = slot.error_burst.take() {
-                        log::info!(
-                            "listener {}: accepting again after {errors} accept errors",
-                            state.config.name
-                        );
-                    }
                     state
                         .accepted
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -353,17 +353,21 @@ impl Worker {
                         _ => {
                             // EMFILE, ENFILE, ENOBUFS, ENOMEM…: retrying at once would spin.
                             slot.paused_until = Some(self.now + ACCEPT_BACKOFF);
-                            match &mut slot.error_burst {
-                                Some(n) => *n += 1,
-                                None => {
-                                    slot.error_burst = Some(1);
-                                    log::warn!(
-                                        "listener {}: accept failed: {e}; pausing accepts for {}ms \
-                                         (further errors in this burst are not logged)",
-                                        state.config.name,
-                                        ACCEPT_BACKOFF.as_millis()
-                                    );
-                                }
+                            if slot
+                                .error_logged
+                                .is_some_and(|t| self.now.duration_since(t) < ERROR_LOG_EVERY)
+                            {
+                                slot.errors_unlogged += 1;
+                            } else {
+                                log::warn!(
+                                    "listener {}: accept failed: {e}; pausing accepts for {}ms \
+                                     ({} more accept errors since the last report)",
+                                    state.config.name,
+                                    ACCEPT_BACKOFF.as_millis(),
+                                    slot.errors_unlogged
+                                );
+                                slot.error_logged = Some(self.now);
+                                slot.errors_unlogged = 0;
                             }
                             return;
                         }
