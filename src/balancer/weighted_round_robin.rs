@@ -31,6 +31,12 @@ impl Balancer for WeightedRoundRobin {
 /// One full cycle of smooth weighted round robin over `weights` (indices into `weights`).
 /// Weights are first divided by their greatest common divisor, so 100:200 cycles like 1:2.
 /// Length: `sum(weights) / gcd`. Empty input gives an empty cycle.
+///
+/// ```
+/// use ballast::balancer::weighted_round_robin::smooth_cycle;
+/// assert_eq!(smooth_cycle(&[1, 2, 3]), [2, 1, 0, 2, 1, 2]);
+/// assert_eq!(smooth_cycle(&[5, 5]), [0, 1]);
+/// ```
 pub fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
     let g = weights.iter().fold(0u32, |a, &w| gcd(a, w)).max(1);
     let w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();

@@ -218,6 +218,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates `text`, naming `path` in errors.
 ///
+/// ```
+/// use std::path::Path;
+/// let yaml = "
+/// listeners:
+///   - {name: web, protocol: tcp, bind: '127.0.0.1:8080', target_group: web}
+/// target_groups:
+///   - name: web
+///     targets: [{address: '127.0.0.1:9000'}]
+/// ";
+/// let config = ballast::config::parse(Path::new("web.yaml"), yaml).unwrap();
+/// assert_eq!(config.listeners[0].retries, 2);
+///
+/// let err = ballast::config::parse(Path::new("web.yaml"), &yaml.replace("9000", "0")).unwrap_err();
+/// assert!(err.to_string().contains("target_groups[0].targets[0].address"));
+/// ```
+///
 /// # Errors
 /// As [`load`], less [`ConfigError::Read`].
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
