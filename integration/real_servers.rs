@@ -68,9 +68,10 @@ fn iperf3_through_ballast() {
     );
     let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(target);
-    // iperf3 -s reads a cookie from every new connection while it waits for a test's data
-    // streams: a health probe landing then aborts the test ("control socket has closed
-    // unexpectedly"). So the check goes to a side port, as conf/iperf.yaml recommends.
+    // iperf3 -s takes every connection for a test and, when one ends (a probe's connect and
+    // close does), closes and re-opens its listening socket: a connect in that gap is refused,
+    // one in the old backlog is reset. So the check goes to a side port, as conf/iperf.yaml
+    // recommends.
     let side = Backend::start(std::sync::Arc::new(|_| {}));
     let lb = front(target, Some(side.addr.port()));
     let addr = lb.addr("l");

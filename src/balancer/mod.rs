@@ -35,6 +35,17 @@ pub fn for_algorithm(algorithm: Algorithm) -> Box<dyn Balancer> {
     }
 }
 
+/// The targets a retry must avoid: those tried since every target of the group was last tried.
+/// With `tried` in attempt order and `targets` targets, a connection first tries distinct
+/// targets; once all have failed it may try them again, in a new round (so a one-target group
+/// still gets its `retries`, as HAProxy retries the same server).
+pub fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
+    if targets == 0 {
+        return tried;
+    }
+    &tried[(tried.len() / targets) * targets..]
+}
+
 /// The targets a pick may choose from: the healthy ones, or all of them when none is healthy
 /// (fail open: a health check that is wrong about every target must not take the service down).
 pub fn eligible(health: &[bool]) -> Vec<usize> {
@@ -48,6 +59,17 @@ pub fn eligible(health: &[bool]) -> Vec<usize> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::retry_exclusions;
+
+    #[test]
+    fn retries_avoid_tried_targets_until_all_were_tried() {
+        assert_eq!(retry_exclusions(&[], 3), &[] as &[usize]);
+        assert_eq!(retry_exclusions(&[2, 0], 3), &[2, 0]);
+        assert_eq!(retry_exclusions(&[2, 0, 1], 3), &[] as &[usize]);
+        assert_eq!(retry_exclusions(&[2, 0, 1, 2], 3), &[2]);
+        assert_eq!(retry_exclusions(&[0, 0], 1), &[] as &[usize]);
+    }
+
     use std::path::Path;
 
     use crate::config;

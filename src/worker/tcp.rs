@@ -12,6 +12,7 @@ use mio::Interest;
 
 use super::timers::Due;
 use super::{Ready, Slot, Worker, PUMP_BUDGET};
+use crate::balancer;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
 use crate::health::probe::describe;
@@ -89,7 +90,8 @@ impl Worker {
                 return false;
             }
             let group = &self.shared.groups[conn.group];
-            let Some(t) = self.balancers[conn.group].pick(group, &conn.tried) else {
+            let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
+            let Some(t) = self.balancers[conn.group].pick(group, exclude) else {
                 return false;
             };
             conn.tried.push(t);
