@@ -12,6 +12,26 @@ use common::*;
 /// A server process killed (by PID) when dropped.
 struct Server(Child);
 
+impl Server {
+    /// Starts `program` with `args` (`{port}` replaced by a free port) and waits until it
+    /// listens on 127.0.0.1 there.
+    fn start(program: &str, args: &[&str]) -> (Server, SocketAddr) {
+        need(program);
+        let port = free_port().to_string();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port)).collect();
+        let child = Command::new(program)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server(child);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_listening(addr);
+        (server, addr)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -56,18 +76,7 @@ fn front(target: SocketAddr, health_port: Option<u16>) -> Ballast {
 
 #[test]
 fn iperf3_through_ballast() {
-    need("iperf3");
-    let port = free_port();
-    let _server = Server(
-        Command::new("iperf3")
-            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(target);
+    let (_server, target) = Server::start("iperf3", &["-s", "-B", "127.0.0.1", "-p", "{port}"]);
     // iperf3 -s takes every connection for a test and, when one ends (a probe's connect and
     // close does), closes and re-opens its listening socket: a connect in that gap is refused,
     // one in the old backlog is reset. So the check goes to a side port, as conf/iperf.yaml
@@ -100,28 +109,20 @@ fn iperf3_through_ballast() {
 
 #[test]
 fn redis_benchmark_through_ballast() {
-    need("redis-server");
     need("redis-benchmark");
-    let port = free_port();
-    let _server = Server(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (_server, target) = Server::start(
+        "redis-server",
+        &[
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
     );
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(target);
     let lb = front(target, None);
     let lport = lb.addr("l").port().to_string();
     let set = Command::new("redis-cli")

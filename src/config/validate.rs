@@ -30,15 +30,8 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
     let mut target_groups = Vec::with_capacity(raw.target_groups.len());
     for (i, g) in raw.target_groups.into_iter().enumerate() {
         let key = format!("target_groups[{i}]");
-        if g.name.is_empty() {
-            return Err(invalid(format!("{key}.name"), "must not be empty".into()));
-        }
-        if group_index.insert(g.name.clone(), i).is_some() {
-            return Err(invalid(
-                format!("{key}.name"),
-                format!("duplicate target group name `{}`", g.name),
-            ));
-        }
+        unique_name(&mut group_index, &g.name, i, "target group")
+            .map_err(|m| invalid(format!("{key}.name"), m))?;
         if g.targets.is_empty() {
             return Err(invalid(
                 format!("{key}.targets"),
@@ -84,15 +77,8 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for (i, l) in raw.listeners.into_iter().enumerate() {
         let key = format!("listeners[{i}]");
-        if l.name.is_empty() {
-            return Err(invalid(format!("{key}.name"), "must not be empty".into()));
-        }
-        if listener_names.insert(l.name.clone(), i).is_some() {
-            return Err(invalid(
-                format!("{key}.name"),
-                format!("duplicate listener name `{}`", l.name),
-            ));
-        }
+        unique_name(&mut listener_names, &l.name, i, "listener")
+            .map_err(|m| invalid(format!("{key}.name"), m))?;
         let protocol = match l.protocol {
             FileProtocol::Tcp => Protocol::Tcp,
             FileProtocol::Udp => {
@@ -148,6 +134,22 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         listeners,
         target_groups,
     })
+}
+
+/// Records `name` (of a `what`, at `index`) and refuses it when empty or seen before.
+fn unique_name(
+    seen: &mut HashMap<String, usize>,
+    name: &str,
+    index: usize,
+    what: &str,
+) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if seen.insert(name.to_string(), index).is_some() {
+        return Err(format!("duplicate {what} name `{name}`"));
+    }
+    Ok(())
 }
 
 fn health_check(
