@@ -29,7 +29,7 @@ pub struct BufferPool {
 
 impl BufferPool {
     /// Most buffers kept free; beyond this, returned buffers are freed.
-    const MAX_FREE: usize = 1024;
+    const MAX_FREE: usize = 256;
 
     fn take(&mut self) -> Box<[u8]> {
         self.free
@@ -288,9 +288,15 @@ impl Half {
                         *end += n;
                         // A short read emptied the socket: epoll reports the next arrival
                         // anyway, so skip the read that would only say WouldBlock (as tokio
-                        // does on Linux). Not after a reported FIN: its one event is spent.
-                        if n > 0 && n < room && !ready.read_closed {
-                            ready.readable = false;
+                        // does on Linux). After a reported FIN no event will come, but none
+                        // is needed: everything sent before the FIN is queued before it, so
+                        // an emptied socket is at EOF and the read that returns 0 is saved.
+                        if n > 0 && n < room {
+                            if ready.read_closed {
+                                self.eof = true;
+                            } else {
+                                ready.readable = false;
+                            }
                         }
                         // A read that fills the whole room is bulk data: splice pays off.
                         if n == room && self.mode == Forwarding::Auto {

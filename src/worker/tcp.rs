@@ -183,24 +183,17 @@ impl Worker {
         match state {
             State::Established => self.drive(key),
             State::Connecting => {
-                let back = &back.stream;
-                let result = match back.take_error() {
-                    Ok(Some(e)) | Err(e) => Err(describe(&e)),
-                    // Linux signals EPOLLOUT on a connecting socket only once the connect has
-                    // finished, and a failure leaves SO_ERROR set: no getpeername needed.
-                    Ok(None) if event.is_writable() => Ok(()),
-                    Ok(None) => match back.peer_addr() {
-                        Ok(_) => Ok(()),
-                        // Spurious wake-up, or a stale event for an earlier attempt's socket.
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                            if event.is_error() {
-                                Err("connect failed".to_string())
-                            } else {
-                                return;
-                            }
-                        }
-                        Err(e) => Err(describe(&e)),
-                    },
+                // Linux reports EPOLLOUT on a connecting socket only once the connect has
+                // finished, and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means
+                // connected, with no syscall to ask.
+                let clean = event.is_writable() && !event.is_error() && !event.is_write_closed();
+                let result = if clean {
+                    Ok(())
+                } else {
+                    match connect_outcome(&back.stream, event) {
+                        Some(result) => result,
+                        None => return,
+                    }
                 };
                 match result {
                     Ok(()) => self.established(key),
@@ -348,6 +341,25 @@ impl Worker {
             }
         }
     }
+}
+
+/// Asks a connecting socket how its connect ended: `None` while it is still in progress (a
+/// spurious wake-up), else `Ok` or the reason it failed.
+fn connect_outcome(stream: &TcpStream, event: &Event) -> Option<Result<(), String>> {
+    Some(match stream.take_error() {
+        Ok(Some(e)) | Err(e) => Err(describe(&e)),
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                if event.is_error() {
+                    Err("connect failed".to_string())
+                } else {
+                    return None;
+                }
+            }
+            Err(e) => Err(describe(&e)),
+        },
+    })
 }
 
 /// Records what a readiness event says about a socket. Errors and hang-ups count as both
