@@ -166,13 +166,79 @@ fn empty_target_list() {
 }
 
 #[test]
-fn udp_is_refused_clearly_for_now() {
+fn udp_and_tcp_settings_stay_with_their_protocol() {
+    let udp = GOOD.replace("protocol: tcp", "protocol: udp");
     refused(
-        &GOOD.replace("protocol: tcp", "protocol: udp"),
+        &udp.replace(
+            "    target_group: pg\n",
+            "    target_group: pg\n    max_connections: 5\n",
+        ),
         &[
-            "listeners[0].protocol",
-            "udp listeners are not supported yet",
+            "listeners[0].max_connections",
+            "for udp use `udp.max_sessions`",
         ],
+    );
+    refused(
+        &GOOD.replace(
+            "    target_group: pg\n",
+            "    target_group: pg\n    udp: {max_sessions: 5}\n",
+        ),
+        &["listeners[0].udp", "apply to udp listeners only"],
+    );
+    refused(
+        &udp.replace(
+            "    target_group: pg\n",
+            "    target_group: pg\n    udp: {max_sesions: 5}\n",
+        ),
+        &["listeners[0].udp", "unknown field `max_sesions`"],
+    );
+    refused(
+        &GOOD.replace(
+            "      interval: 2s\n",
+            "      protocol: udp\n      interval: 2s\n",
+        ),
+        &[
+            "target_groups[0].health_check.send",
+            "need a `send` payload",
+        ],
+    );
+    refused(
+        &GOOD.replace(
+            "      interval: 2s\n",
+            "      send: ping\n      interval: 2s\n",
+        ),
+        &[
+            "target_groups[0].health_check.send",
+            "applies to udp checks only",
+        ],
+    );
+    refused(
+        &GOOD.replace(
+            "      interval: 2s\n",
+            "      protocol: udp\n      send: {hex: 'zz'}\n      interval: 2s\n",
+        ),
+        &["target_groups[0].health_check.send", "bad hex digits"],
+    );
+}
+
+#[test]
+fn a_tcp_and_a_udp_listener_may_share_a_port() {
+    let yaml = GOOD.replace(
+        "target_groups:",
+        "  - name: pg-udp\n    protocol: udp\n    bind: 127.0.0.1:7000\n    target_group: pg\ntarget_groups:",
+    )
+    .replace("bind: 127.0.0.1:0", "bind: 127.0.0.1:7000");
+    let (out, stderr, _) = ballast(&["check"], &yaml);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("listener pg-udp (udp) on 127.0.0.1:7000"),
+        "{stdout}"
+    );
+    let clash = yaml.replace("protocol: udp", "protocol: tcp");
+    refused(
+        &clash,
+        &["listeners[1].bind", "already bound by listener `pg`"],
     );
 }
 

@@ -50,4 +50,6 @@ pub mod net;
 pub mod runtime;
 pub mod target;
 pub mod tcp;
+pub mod timers;
+pub mod udp;
 pub mod worker;

@@ -74,20 +74,35 @@ fn print_plan(c: &Config) {
     );
     for l in &c.listeners {
         let g = &c.target_groups[l.target_group];
-        let max = l
-            .max_connections
-            .map_or("unlimited".to_string(), |m| m.to_string());
+        let settings = match &l.udp {
+            Some(u) => format!(
+                "session_idle_timeout {}, max_sessions {}, max_responses {}, on_unhealthy {:?}, \
+                 batch {}",
+                humantime::format_duration(u.session_idle_timeout),
+                u.max_sessions,
+                if u.max_responses == 0 {
+                    "unlimited".to_string()
+                } else {
+                    u.max_responses.to_string()
+                },
+                u.on_unhealthy,
+                u.batch
+            ),
+            None => format!(
+                "max_connections {}, connect_timeout {}, idle_timeout {}, retries {}, \
+                 forwarding {:?}",
+                l.max_connections
+                    .map_or("unlimited".to_string(), |m| m.to_string()),
+                humantime::format_duration(l.connect_timeout),
+                humantime::format_duration(l.idle_timeout),
+                l.retries,
+                l.forwarding
+            ),
+        };
         let _ = writeln!(
             out,
-            "listener {} ({}) on {} -> target group {} (max_connections {max}, connect_timeout {}, \
-             idle_timeout {}, retries {})",
-            l.name,
-            l.protocol,
-            l.bind,
-            g.name,
-            humantime::format_duration(l.connect_timeout),
-            humantime::format_duration(l.idle_timeout),
-            l.retries
+            "listener {} ({}) on {} -> target group {} ({settings})",
+            l.name, l.protocol, l.bind, g.name,
         );
     }
     for g in &c.target_groups {
@@ -95,6 +110,11 @@ fn print_plan(c: &Config) {
         let check = match &hc.kind {
             config::HealthCheckKind::Tcp => "tcp".to_string(),
             config::HealthCheckKind::Http { path } => format!("http GET {path}"),
+            config::HealthCheckKind::Udp { send, expect } => format!(
+                "udp ({} bytes out, reply must contain {} bytes)",
+                send.len(),
+                expect.len()
+            ),
         };
         let _ = writeln!(
             out,

@@ -30,3 +30,48 @@ pub fn reuseport_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListe
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
+
+/// Socket buffer size asked for UDP sockets, bytes: bursts of small datagrams overflow the
+/// default (about 208 KiB) long before the worker falls behind on average. The kernel caps it
+/// at `net.core.rmem_max` / `wmem_max`.
+pub const UDP_BUFFER: usize = 4 << 20;
+
+/// A non-blocking UDP socket on `addr` with SO_REUSEADDR and SO_REUSEPORT, so each worker binds
+/// its own and the kernel hashes each flow (its 4-tuple) to one of them.
+///
+/// # Errors
+/// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
+/// address without SO_REUSEPORT).
+pub fn reuseport_udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer still works, it only drops bursts sooner.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A non-blocking UDP socket on an ephemeral port, connected to `target`: the upstream side of
+/// one UDP session (the NAT mapping).
+///
+/// # Errors
+/// When the socket cannot be created, bound or connected.
+pub fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    socket.connect(&target.into())?;
+    Ok(socket.into())
+}

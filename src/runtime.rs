@@ -14,9 +14,9 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::health::Prober;
-use crate::net::reuseport_tcp_listener;
+use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
 use crate::target::Shared;
 use crate::worker::{Command, Worker, WAKER};
 
@@ -66,18 +66,46 @@ struct WorkerHandle {
     thread: JoinHandle<()>,
 }
 
+/// One worker's socket for one listener, bound and (for TCP) listening.
+#[derive(Debug)]
+pub enum Bound {
+    /// A TCP listener's listening socket.
+    Tcp(std::net::TcpListener),
+    /// A UDP listener's socket.
+    Udp(std::net::UdpSocket),
+}
+
+impl Bound {
+    fn bind(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
+        Ok(match protocol {
+            Protocol::Tcp => Bound::Tcp(reuseport_tcp_listener(addr)?),
+            Protocol::Udp => Bound::Udp(reuseport_udp_socket(addr)?),
+        })
+    }
+
+    /// The address the socket is bound to.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(s) => s.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
 /// Binds one socket per listener per worker. Port 0 is resolved by the first bind, and the
 /// other workers bind the port it got.
 ///
 /// # Errors
 /// [`RunError::Bind`] naming the listener.
-pub fn bind_all(config: &Config) -> Result<Vec<Vec<std::net::TcpListener>>, RunError> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..config.workers).map(|_| Vec::new()).collect();
+pub fn bind_all(config: &Config) -> Result<Vec<Vec<Bound>>, RunError> {
+    let mut per_worker: Vec<Vec<Bound>> = (0..config.workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         let mut addr = l.bind;
         for sockets in per_worker.iter_mut() {
-            let socket = reuseport_tcp_listener(addr).map_err(|source| RunError::Bind {
+            let socket = Bound::bind(l.protocol, addr).map_err(|source| RunError::Bind {
                 name: l.name.clone(),
                 addr: l.bind,
                 path: config.path.display().to_string(),

@@ -110,10 +110,13 @@ impl TargetGroup {
 pub struct ListenerState {
     /// The listener's validated configuration.
     pub config: ListenerConfig,
-    /// Open client connections across all workers (for `max_connections`).
+    /// Open client connections (TCP) or sessions (UDP) across all workers, for
+    /// `max_connections` and `udp.max_sessions`.
     pub active: AtomicUsize,
-    /// Client connections accepted since start.
+    /// Client connections accepted (TCP) or sessions created (UDP) since start.
     pub accepted: AtomicU64,
+    /// Datagrams dropped (UDP): new flows past `max_sessions`, no target, full socket buffers.
+    pub dropped: AtomicU64,
 }
 
 /// Everything the threads share: built once from a [`Config`].
@@ -138,6 +141,7 @@ impl Shared {
                 config: l.clone(),
                 active: AtomicUsize::new(0),
                 accepted: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
             })
             .collect();
         Arc::new(Shared {

@@ -41,6 +41,26 @@ pub struct FileListener {
     pub idle_timeout: Option<PositiveDuration>,
     pub retries: Option<u32>,
     pub forwarding: Option<FileForwarding>,
+    pub udp: Option<FileUdp>,
+}
+
+/// `udp:` of a UDP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUdp {
+    pub session_idle_timeout: Option<PositiveDuration>,
+    pub max_sessions: Option<NonZeroU32>,
+    pub max_responses: Option<u32>,
+    pub on_unhealthy: Option<FileOnUnhealthy>,
+    pub batch: Option<NonZeroU32>,
+}
+
+/// `udp.on_unhealthy:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOnUnhealthy {
+    Rebalance,
+    Keep,
 }
 
 /// `protocol:` of a listener.
@@ -89,6 +109,8 @@ pub struct FileHealthCheck {
     pub timeout: Option<PositiveDuration>,
     pub healthy_threshold: Option<NonZeroU32>,
     pub unhealthy_threshold: Option<NonZeroU32>,
+    pub send: Option<Payload>,
+    pub expect: Option<Payload>,
 }
 
 /// `health_check.protocol:`.
@@ -97,6 +119,58 @@ pub struct FileHealthCheck {
 pub enum FileHealthProtocol {
     Tcp,
     Http,
+    Udp,
+}
+
+/// Bytes written as text (`send: "ping"`) or as hex (`send: {hex: "00 01 ff"}`; spaces are
+/// ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(pub Vec<u8>);
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("text such as \"ping\", or {hex: \"70 69 6e 67\"}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Payload(s.as_bytes().to_vec()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let Some((key, value)) = map.next_entry::<String, String>()? else {
+                    return Err(de::Error::custom("expected {hex: \"...\"}"));
+                };
+                if key != "hex" {
+                    return Err(de::Error::custom(format!(
+                        "unknown payload form `{key}`; write text, or {{hex: \"...\"}}"
+                    )));
+                }
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(
+                        "a payload takes one form: {hex: \"...\"}",
+                    ));
+                }
+                parse_hex(&value).map(Payload).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("hex `{text}` has an odd number of digits"));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).unwrap_or("??");
+            u8::from_str_radix(pair, 16).map_err(|_| format!("bad hex digits `{pair}` in `{text}`"))
+        })
+        .collect()
 }
 
 /// One `targets:` entry.
@@ -205,6 +279,17 @@ mod tests {
         assert_eq!(parse_address("localhost:80").unwrap().port(), 80);
         assert!(parse_address("127.0.0.1").unwrap_err().contains("ip:port"));
         assert!(parse_address("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn payloads_as_text_or_hex() {
+        let p: Payload = serde_yaml::from_str("ping").unwrap();
+        assert_eq!(p.0, b"ping");
+        let p: Payload = serde_yaml::from_str("{hex: '00 ff 10'}").unwrap();
+        assert_eq!(p.0, [0, 255, 16]);
+        assert!(serde_yaml::from_str::<Payload>("{hex: 'abc'}").is_err());
+        assert!(serde_yaml::from_str::<Payload>("{hex: 'zz'}").is_err());
+        assert!(serde_yaml::from_str::<Payload>("{base64: 'AA=='}").is_err());
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Default `shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `udp.session_idle_timeout`.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `udp.max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+/// Default `udp.batch`: datagrams moved per `recvmmsg`/`sendmmsg` call.
+pub const DEFAULT_UDP_BATCH: usize = 32;
 
 /// A validated configuration. Immutable once built.
 #[derive(Debug, Clone)]
@@ -44,12 +50,15 @@ pub struct Config {
 pub enum Protocol {
     /// TCP: a connection per client, proxied byte for byte.
     Tcp,
+    /// UDP: a session per client flow, proxied datagram for datagram.
+    Udp,
 }
 
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
         })
     }
 }
@@ -85,8 +94,46 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Further targets tried after a failed connect.
     pub retries: u32,
-    /// Byte-moving strategy.
+    /// Byte-moving strategy (TCP).
     pub forwarding: Forwarding,
+    /// Session settings; `Some` exactly for UDP listeners.
+    pub udp: Option<UdpSettings>,
+}
+
+/// What happens to a UDP session whose target turns unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    /// The session moves to a healthy target at its next datagram from the client.
+    Rebalance,
+    /// The session stays with its target until it ends.
+    Keep,
+}
+
+/// Settings of a UDP listener's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// No datagram either way for this long ends a session and closes its upstream socket.
+    pub session_idle_timeout: Duration,
+    /// Most sessions across all workers; datagrams of new flows past it are dropped.
+    pub max_sessions: usize,
+    /// Replies after which a session ends (1 for DNS); 0 is unlimited.
+    pub max_responses: u32,
+    /// What a session does when its target turns unhealthy.
+    pub on_unhealthy: OnUnhealthy,
+    /// Datagrams per `recvmmsg`/`sendmmsg` call (≥ 1; 1 uses plain `recvfrom`/`sendto`).
+    pub batch: usize,
+}
+
+impl Default for UdpSettings {
+    fn default() -> Self {
+        UdpSettings {
+            session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_responses: 0,
+            on_unhealthy: OnUnhealthy::Rebalance,
+            batch: DEFAULT_UDP_BATCH,
+        }
+    }
 }
 
 /// Balancing algorithm of a target group.
@@ -116,6 +163,14 @@ pub enum HealthCheckKind {
     Http {
         /// Request path, starting with `/`.
         path: String,
+    },
+    /// Sends `send` in one datagram; passes when a reply arrives within the timeout that
+    /// contains `expect` (any reply when `expect` is empty).
+    Udp {
+        /// The probe datagram.
+        send: Vec<u8>,
+        /// Bytes the reply must contain.
+        expect: Vec<u8>,
     },
 }
 

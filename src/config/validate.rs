@@ -10,9 +10,9 @@ use super::*;
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming the key for: no listeners, duplicate listener or group
-/// names, a listener naming a missing group, an empty target list, a `udp` listener (not yet
-/// supported), an `http` check without `path` (or a `path` on a `tcp` check), port 0 in a target
-/// or health check, or a health-check `timeout` longer than its `interval`.
+/// names, a listener naming a missing group, an empty target list, an `http` check without `path` (or a `path` on a `tcp` check), port 0 in a target
+/// or health check, a health-check `timeout` longer than its `interval`, TCP-only keys on a
+/// UDP listener (and `udp:` on a TCP one), a udp check without `send`.
 pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
     let invalid = |key: String, message: String| ConfigError::Invalid {
         path: path.to_path_buf(),
@@ -81,11 +81,44 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             .map_err(|m| invalid(format!("{key}.name"), m))?;
         let protocol = match l.protocol {
             FileProtocol::Tcp => Protocol::Tcp,
-            FileProtocol::Udp => {
+            FileProtocol::Udp => Protocol::Udp,
+        };
+        let udp = match (protocol, l.udp) {
+            (Protocol::Tcp, Some(_)) => {
                 return Err(invalid(
-                    format!("{key}.protocol"),
-                    "udp listeners are not supported yet; use tcp".into(),
+                    format!("{key}.udp"),
+                    "`udp` settings apply to udp listeners only".into(),
                 ))
+            }
+            (Protocol::Tcp, None) => None,
+            (Protocol::Udp, raw) => {
+                let tcp_only = [
+                    (
+                        "max_connections",
+                        l.max_connections.is_some(),
+                        "udp.max_sessions",
+                    ),
+                    ("connect_timeout", l.connect_timeout.is_some(), ""),
+                    (
+                        "idle_timeout",
+                        l.idle_timeout.is_some(),
+                        "udp.session_idle_timeout",
+                    ),
+                    ("retries", l.retries.is_some(), ""),
+                    ("forwarding", l.forwarding.is_some(), ""),
+                ];
+                if let Some((name, _, instead)) = tcp_only.iter().find(|(_, set, _)| *set) {
+                    let hint = if instead.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; for udp use `{instead}`")
+                    };
+                    return Err(invalid(
+                        format!("{key}.{name}"),
+                        format!("`{name}` applies to tcp listeners only{hint}"),
+                    ));
+                }
+                Some(udp_settings(raw))
             }
         };
         let Some(&target_group) = group_index.get(&l.target_group) else {
@@ -97,10 +130,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 ),
             ));
         };
-        if let Some(other) = listeners
-            .iter()
-            .find(|x: &&ListenerConfig| x.bind == l.bind.0 && l.bind.0.port() != 0)
-        {
+        if let Some(other) = listeners.iter().find(|x: &&ListenerConfig| {
+            x.bind == l.bind.0 && x.protocol == protocol && l.bind.0.port() != 0
+        }) {
             return Err(invalid(
                 format!("{key}.bind"),
                 format!("{} is already bound by listener `{}`", l.bind.0, other.name),
@@ -120,6 +152,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 FileForwarding::Splice => Forwarding::Splice,
                 FileForwarding::Buffered => Forwarding::Buffered,
             },
+            udp,
         });
     }
 
@@ -134,6 +167,27 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         listeners,
         target_groups,
     })
+}
+
+fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {
+    let defaults = UdpSettings::default();
+    let Some(u) = raw else {
+        return defaults;
+    };
+    UdpSettings {
+        session_idle_timeout: u
+            .session_idle_timeout
+            .map_or(defaults.session_idle_timeout, |d| d.0),
+        max_sessions: u
+            .max_sessions
+            .map_or(defaults.max_sessions, |n| n.get() as usize),
+        max_responses: u.max_responses.unwrap_or(defaults.max_responses),
+        on_unhealthy: match u.on_unhealthy {
+            Some(FileOnUnhealthy::Keep) => OnUnhealthy::Keep,
+            Some(FileOnUnhealthy::Rebalance) | None => OnUnhealthy::Rebalance,
+        },
+        batch: u.batch.map_or(defaults.batch, |n| n.get() as usize),
+    }
 }
 
 /// Records `name` (of a `what`, at `index`) and refuses it when empty or seen before.
@@ -161,7 +215,41 @@ fn health_check(
         return Ok(defaults);
     };
     let key = format!("{group_key}.health_check");
-    let kind = match (h.protocol.unwrap_or(FileHealthProtocol::Tcp), h.path) {
+    let protocol = h.protocol.unwrap_or(FileHealthProtocol::Tcp);
+    if protocol != FileHealthProtocol::Udp {
+        for (name, set) in [("send", h.send.is_some()), ("expect", h.expect.is_some())] {
+            if set {
+                return Err((
+                    format!("{key}.{name}"),
+                    format!(
+                        "`{name}` applies to udp checks only; set `protocol: udp` or remove it"
+                    ),
+                ));
+            }
+        }
+    }
+    let kind = match (protocol, h.path) {
+        (FileHealthProtocol::Udp, Some(_)) => {
+            return Err((
+                format!("{key}.path"),
+                "`path` applies to http checks only".into(),
+            ))
+        }
+        (FileHealthProtocol::Udp, None) => {
+            let Some(send) = h.send else {
+                return Err((
+                    format!("{key}.send"),
+                    "udp checks need a `send` payload (text, or {hex: \"...\"})".into(),
+                ));
+            };
+            if send.0.is_empty() {
+                return Err((format!("{key}.send"), "must not be empty".into()));
+            }
+            HealthCheckKind::Udp {
+                send: send.0,
+                expect: h.expect.map_or(Vec::new(), |e| e.0),
+            }
+        }
         (FileHealthProtocol::Tcp, None) => HealthCheckKind::Tcp,
         (FileHealthProtocol::Tcp, Some(_)) => {
             return Err((
@@ -292,7 +380,10 @@ target_groups:
         let e = err(&GOOD.replace("target_group: pg", "target_group: nope"));
         assert!(e.contains("listeners[0].target_group"), "{e}");
         let e = err(&GOOD.replace("protocol: tcp", "protocol: udp"));
-        assert!(e.contains("udp listeners are not supported yet"), "{e}");
+        assert!(
+            e.contains("listeners[0].max_connections: `max_connections` applies to tcp"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("timeout: 500ms", "timeout: 5s"));
         assert!(e.contains("must not exceed interval"), "{e}");
         let e = err(&GOOD.replace("path: /healthz", "port: 8080"));

@@ -169,7 +169,7 @@ impl ProberLoop {
             }
             let started = Probe::start(slot.address, &hc.kind).and_then(|mut p| {
                 self.poll.registry().register(
-                    p.stream(),
+                    p.source(),
                     Token(i),
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
@@ -198,7 +198,7 @@ impl ProberLoop {
     fn finish(&mut self, i: usize, outcome: Outcome) {
         let slot = &mut self.slots[i];
         if let Some((mut probe, _)) = slot.in_flight.take() {
-            let _ = self.poll.registry().deregister(probe.stream());
+            let _ = self.poll.registry().deregister(probe.source());
         }
         let group = &self.shared.groups[slot.group];
         let address = group.targets[slot.target].address;

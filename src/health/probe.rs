@@ -3,8 +3,8 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-use mio::event::Event;
-use mio::net::TcpStream;
+use mio::event::{Event, Source};
+use mio::net::{TcpStream, UdpSocket};
 
 use crate::config::HealthCheckKind;
 
@@ -20,6 +20,9 @@ pub enum Outcome {
     Fail(String),
 }
 
+/// Largest UDP reply examined, bytes.
+const MAX_UDP_REPLY: usize = 65536;
+
 #[derive(Debug)]
 enum Phase {
     Connecting,
@@ -27,24 +30,52 @@ enum Phase {
     Reading { head: Vec<u8> },
 }
 
-/// A check of one target: connect, and for HTTP send `GET path` and read the status line.
+#[derive(Debug)]
+enum Socket {
+    Tcp {
+        stream: TcpStream,
+        request: Option<Vec<u8>>,
+        phase: Phase,
+    },
+    Udp {
+        socket: UdpSocket,
+        expect: Vec<u8>,
+    },
+}
+
+/// A check of one target: a TCP connect; for HTTP, `GET path` and the status line; for UDP, a
+/// datagram out and one back.
 #[derive(Debug)]
 pub struct Probe {
-    stream: TcpStream,
-    request: Option<Vec<u8>>,
-    phase: Phase,
+    socket: Socket,
 }
 
 impl Probe {
-    /// Starts a non-blocking connect to `addr`. Register [`Probe::stream`] for readable and
-    /// writable events and feed them to [`Probe::handle_event`].
+    /// Starts a check of `addr`: a non-blocking connect (TCP, HTTP) or the probe datagram
+    /// (UDP). Register [`Probe::source`] for readable and writable events and feed them to
+    /// [`Probe::handle_event`].
     ///
     /// # Errors
-    /// When the socket cannot be created or the connect fails at once (e.g. no route).
+    /// When the socket cannot be created, or the connect or send fails at once (e.g. no route).
     pub fn start(addr: SocketAddr, kind: &HealthCheckKind) -> io::Result<Probe> {
+        if let HealthCheckKind::Udp { send, expect } = kind {
+            let local = match addr {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+            };
+            let socket = UdpSocket::bind(local)?;
+            socket.connect(addr)?;
+            socket.send(send)?;
+            return Ok(Probe {
+                socket: Socket::Udp {
+                    socket,
+                    expect: expect.clone(),
+                },
+            });
+        }
         let stream = TcpStream::connect(addr)?;
         let request = match kind {
-            HealthCheckKind::Tcp => None,
+            HealthCheckKind::Tcp | HealthCheckKind::Udp { .. } => None,
             HealthCheckKind::Http { path } => Some(
                 format!(
                     "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ballast-health-check\r\n\
@@ -54,15 +85,20 @@ impl Probe {
             ),
         };
         Ok(Probe {
-            stream,
-            request,
-            phase: Phase::Connecting,
+            socket: Socket::Tcp {
+                stream,
+                request,
+                phase: Phase::Connecting,
+            },
         })
     }
 
     /// The socket to register with the poll.
-    pub fn stream(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    pub fn source(&mut self) -> &mut dyn Source {
+        match &mut self.socket {
+            Socket::Tcp { stream, .. } => stream,
+            Socket::Udp { socket, .. } => socket,
+        }
     }
 
     /// Advances the check on a readiness event; returns the outcome once it is known.
@@ -74,11 +110,53 @@ impl Probe {
     }
 
     fn advance(&mut self, event: &Event) -> io::Result<Option<Outcome>> {
-        if let Phase::Connecting = self.phase {
-            if let Some(e) = self.stream.take_error()? {
+        match &mut self.socket {
+            Socket::Udp { socket, expect } => advance_udp(socket, expect),
+            Socket::Tcp {
+                stream,
+                request,
+                phase,
+            } => advance_tcp(stream, request.as_deref(), phase, event),
+        }
+    }
+}
+
+/// Reads the reply to a UDP probe.
+fn advance_udp(socket: &UdpSocket, expect: &[u8]) -> io::Result<Option<Outcome>> {
+    let mut reply = vec![0u8; MAX_UDP_REPLY];
+    loop {
+        return match socket.recv(&mut reply) {
+            Ok(n) if expect.is_empty() || contains(&reply[..n], expect) => Ok(Some(Outcome::Pass)),
+            Ok(n) => Ok(Some(Outcome::Fail(format!(
+                "the {n}-byte reply lacks the expected bytes"
+            )))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Some(Outcome::Fail(
+                "connection refused (ICMP port unreachable)".into(),
+            ))),
+            Err(e) => Err(e),
+        };
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Advances a TCP or HTTP check.
+fn advance_tcp(
+    stream: &mut TcpStream,
+    request: Option<&[u8]>,
+    phase: &mut Phase,
+    event: &Event,
+) -> io::Result<Option<Outcome>> {
+    {
+        if let Phase::Connecting = phase {
+            if let Some(e) = stream.take_error()? {
                 return Err(e);
             }
-            match self.stream.peer_addr() {
+            match stream.peer_addr() {
                 Ok(_) => {}
                 // Spurious wake-up: the connect is still in progress.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected && !event.is_error() => {
@@ -86,24 +164,24 @@ impl Probe {
                 }
                 Err(e) => return Err(e),
             }
-            if self.request.is_none() {
+            if request.is_none() {
                 return Ok(Some(Outcome::Pass));
             }
-            self.phase = Phase::Sending { written: 0 };
+            *phase = Phase::Sending { written: 0 };
         }
-        if let Phase::Sending { written } = &mut self.phase {
-            let request = self.request.as_deref().unwrap_or_default();
+        if let Phase::Sending { written } = phase {
+            let request = request.unwrap_or_default();
             while *written < request.len() {
-                match self.stream.write(&request[*written..]) {
+                match stream.write(&request[*written..]) {
                     Ok(n) => *written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
-            self.phase = Phase::Reading { head: Vec::new() };
+            *phase = Phase::Reading { head: Vec::new() };
         }
-        if let Phase::Reading { head } = &mut self.phase {
+        if let Phase::Reading { head } = phase {
             let mut chunk = [0u8; 1024];
             loop {
                 if let Some(outcome) = parse_status(head) {
@@ -112,7 +190,7 @@ impl Probe {
                 if head.len() >= MAX_STATUS_LINE {
                     return Ok(Some(Outcome::Fail("no HTTP status line".into())));
                 }
-                match self.stream.read(&mut chunk) {
+                match stream.read(&mut chunk) {
                     Ok(0) => {
                         return Ok(Some(Outcome::Fail(
                             "connection closed before the HTTP status line".into(),

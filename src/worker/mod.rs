@@ -2,15 +2,16 @@
 //! connection table. Nothing on this path takes a lock.
 //!
 //! Token plan (see [`Slot`]): `0` is the waker, `1..=MAX_LISTENERS` the listeners, and from
-//! [`CONN_BASE`] on two tokens per connection, `CONN_BASE + 2k` for the client side and
-//! `CONN_BASE + 2k + 1` for the target side of the connection with slab key `k`.
+//! [`CONN_BASE`] on three tokens per slab key `k`: `CONN_BASE + 3k` for the client side and
+//! `CONN_BASE + 3k + 1` for the target side of TCP connection `k`, and `CONN_BASE + 3k + 2`
+//! for the upstream socket of UDP session `k` (sessions have their own table and keys).
 //!
 //! Every drain loop is capped (accepts per wake, bytes per direction per wake); work left over
 //! goes on a ready queue that the next loop turn runs before sleeping, because with
 //! edge-triggered readiness no new event would come for it.
 
 mod tcp;
-pub mod timers;
+mod udp;
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,15 +20,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::balancer::{self, Balancer};
 use crate::conntrack::ConnTable;
+use crate::runtime::Bound;
 use crate::target::Shared;
 use crate::tcp::pump::BufferPool;
 use crate::tcp::Connection;
-use timers::Timers;
+use crate::timers::Timers;
+use crate::udp::batch::Batch;
+use crate::udp::session::SessionTable;
 
 /// The waker's token.
 pub const WAKER: Token = Token(0);
@@ -59,6 +63,8 @@ pub enum Slot {
     Front(usize),
     /// Target side of the connection with this slab key.
     Back(usize),
+    /// Upstream socket of the UDP session with this key.
+    Session(usize),
 }
 
 impl Slot {
@@ -67,8 +73,11 @@ impl Slot {
         match token.0 {
             0 => Slot::Waker,
             t if t < CONN_BASE => Slot::Listener(t - 1),
-            t if (t - CONN_BASE).is_multiple_of(2) => Slot::Front((t - CONN_BASE) / 2),
-            t => Slot::Back((t - CONN_BASE) / 2),
+            t => match (t - CONN_BASE) % 3 {
+                0 => Slot::Front((t - CONN_BASE) / 3),
+                1 => Slot::Back((t - CONN_BASE) / 3),
+                _ => Slot::Session((t - CONN_BASE) / 3),
+            },
         }
     }
 
@@ -77,8 +86,9 @@ impl Slot {
         Token(match self {
             Slot::Waker => 0,
             Slot::Listener(i) => 1 + i,
-            Slot::Front(k) => CONN_BASE + 2 * k,
-            Slot::Back(k) => CONN_BASE + 2 * k + 1,
+            Slot::Front(k) => CONN_BASE + 3 * k,
+            Slot::Back(k) => CONN_BASE + 3 * k + 1,
+            Slot::Session(k) => CONN_BASE + 3 * k + 2,
         })
     }
 }
@@ -96,21 +106,52 @@ pub enum Command {
 enum Ready {
     Listener(usize),
     Conn { key: usize, id: u64 },
+    Session { key: usize, id: u64 },
+}
+
+/// Lets through one log line per [`ERROR_LOG_EVERY`] for a recurring event, counting the rest.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogLimiter {
+    /// Counts one event; returns `Some(events not logged since the last line)` when this one
+    /// may be logged.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// A worker's socket for one listener.
+#[derive(Debug)]
+enum ListenSocket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
 }
 
 /// One listener as this worker holds it.
 #[derive(Debug)]
 struct ListenerSlot {
-    socket: Option<TcpListener>,
+    socket: Option<ListenSocket>,
     local: SocketAddr,
     /// Accepting paused after a resource error, until then.
     paused_until: Option<Instant>,
     /// At `max_connections`: accept again when a connection closes.
     full: bool,
-    /// When an accept error was last logged (at most one line per [`ERROR_LOG_EVERY`]).
-    error_logged: Option<Instant>,
-    /// Accept errors not logged since then.
-    errors_unlogged: u64,
+    /// Accept errors (TCP), at most one line per [`ERROR_LOG_EVERY`].
+    accept_errors: LogLimiter,
+    /// Dropped datagrams (UDP), likewise.
+    drops: LogLimiter,
 }
 
 /// The event loop of one worker thread.
@@ -120,6 +161,9 @@ pub struct Worker {
     shared: Arc<Shared>,
     listeners: Vec<ListenerSlot>,
     table: ConnTable<Connection>,
+    sessions: SessionTable<UdpSocket>,
+    /// Datagram buffers, when the worker has UDP listeners.
+    batch: Option<Batch>,
     balancers: Vec<Box<dyn Balancer>>,
     timers: Timers,
     pool: BufferPool,
@@ -131,8 +175,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `sockets` (one per configured listener, in order, already bound and
-    /// listening, non-blocking) that takes commands from `commands`. The caller makes the
+    /// A worker over `sockets` (one per configured listener, in order, already bound and,
+    /// for TCP, listening; non-blocking) that takes commands from `commands`. The caller makes the
     /// waker on `poll`'s registry with [`WAKER`].
     ///
     /// # Errors
@@ -141,24 +185,42 @@ impl Worker {
         id: usize,
         poll: Poll,
         shared: Arc<Shared>,
-        sockets: Vec<std::net::TcpListener>,
+        sockets: Vec<Bound>,
         commands: Receiver<Command>,
     ) -> io::Result<Worker> {
         let mut listeners = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
             let local = socket.local_addr()?;
-            let mut socket = TcpListener::from_std(socket);
-            poll.registry()
-                .register(&mut socket, Slot::Listener(i).token(), Interest::READABLE)?;
+            let token = Slot::Listener(i).token();
+            let socket = match socket {
+                Bound::Tcp(s) => {
+                    let mut s = TcpListener::from_std(s);
+                    poll.registry()
+                        .register(&mut s, token, Interest::READABLE)?;
+                    ListenSocket::Tcp(s)
+                }
+                Bound::Udp(s) => {
+                    let mut s = UdpSocket::from_std(s);
+                    poll.registry()
+                        .register(&mut s, token, Interest::READABLE)?;
+                    ListenSocket::Udp(s)
+                }
+            };
             listeners.push(ListenerSlot {
                 socket: Some(socket),
                 local,
                 paused_until: None,
                 full: false,
-                error_logged: None,
-                errors_unlogged: 0,
+                accept_errors: LogLimiter::default(),
+                drops: LogLimiter::default(),
             });
         }
+        let batch = shared
+            .listeners
+            .iter()
+            .filter_map(|l| l.config.udp.as_ref().map(|u| u.batch))
+            .max()
+            .map(Batch::new);
         let balancers = shared
             .groups
             .iter()
@@ -170,6 +232,8 @@ impl Worker {
             shared,
             listeners,
             table: ConnTable::default(),
+            sessions: SessionTable::default(),
+            batch,
             balancers,
             timers: Timers::default(),
             pool: BufferPool::default(),
@@ -200,16 +264,18 @@ impl Worker {
             for event in events.iter() {
                 match Slot::of(event.token()) {
                     Slot::Waker => self.handle_commands(),
-                    Slot::Listener(i) => self.accept(i),
+                    Slot::Listener(i) => self.handle_listener(i),
                     Slot::Front(key) => self.handle_front_event(key, event),
                     Slot::Back(key) => self.handle_back_event(key, event),
+                    Slot::Session(key) => self.handle_session_event(key),
                 }
             }
             self.run_ready();
             self.run_timers();
+            self.expire_sessions();
             self.resume_listeners();
             if let Some(deadline) = self.stop_deadline {
-                if self.table.is_empty() {
+                if self.table.is_empty() && self.sessions.is_empty() {
                     log::debug!("worker {}: every connection finished", self.id);
                     return Ok(());
                 }
@@ -233,6 +299,9 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.next();
+        if let Some(t) = self.sessions.next_deadline() {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for slot in &self.listeners {
             if let Some(t) = slot.paused_until {
@@ -270,12 +339,20 @@ impl Worker {
             return;
         }
         for slot in &mut self.listeners {
-            if let Some(mut socket) = slot.socket.take() {
-                let _ = self.poll.registry().deregister(&mut socket);
+            match slot.socket.take() {
+                Some(ListenSocket::Tcp(mut s)) => {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+                Some(ListenSocket::Udp(mut s)) => {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+                None => {}
             }
             slot.full = false;
             slot.paused_until = None;
         }
+        // Replies leave through the listener sockets, now closed: UDP sessions end here.
+        self.end_all_sessions("stopping");
         let timeout = self.shared.config.shutdown_timeout;
         self.stop_deadline = Some(self.now + timeout);
         log::debug!(
@@ -288,10 +365,15 @@ impl Worker {
     fn run_ready(&mut self) {
         for _ in 0..self.ready.len() {
             match self.ready.pop_front() {
-                Some(Ready::Listener(i)) => self.accept(i),
+                Some(Ready::Listener(i)) => self.handle_listener(i),
                 Some(Ready::Conn { key, id }) => {
                     if self.table.get_mut(key).is_some_and(|c| c.id == id) {
                         self.drive(key);
+                    }
+                }
+                Some(Ready::Session { key, id }) => {
+                    if self.sessions.get_mut(key).is_some_and(|s| s.id == id) {
+                        self.handle_session_event(key);
                     }
                 }
                 None => break,
@@ -304,10 +386,19 @@ impl Worker {
             let slot = &mut self.listeners[i];
             if slot.paused_until.is_some_and(|t| t <= self.now) {
                 slot.paused_until = None;
-                self.accept(i);
+                self.handle_listener(i);
             } else if slot.full {
                 self.accept(i);
             }
+        }
+    }
+
+    /// Listener `i` is readable (or has work left over).
+    fn handle_listener(&mut self, i: usize) {
+        match self.listeners[i].socket {
+            Some(ListenSocket::Tcp(_)) => self.accept(i),
+            Some(ListenSocket::Udp(_)) => self.handle_datagrams(i),
+            None => {}
         }
     }
 
@@ -318,7 +409,7 @@ impl Worker {
         let max = state.config.max_connections;
         for _ in 0..ACCEPT_BUDGET {
             let slot = &mut self.listeners[i];
-            let Some(socket) = slot.socket.as_ref() else {
+            let Some(ListenSocket::Tcp(socket)) = slot.socket.as_ref() else {
                 return;
             };
             if slot.paused_until.is_some() {
@@ -353,21 +444,13 @@ impl Worker {
                         _ => {
                             // EMFILE, ENFILE, ENOBUFS, ENOMEM…: retrying at once would spin.
                             slot.paused_until = Some(self.now + ACCEPT_BACKOFF);
-                            if slot
-                                .error_logged
-                                .is_some_and(|t| self.now.duration_since(t) < ERROR_LOG_EVERY)
-                            {
-                                slot.errors_unlogged += 1;
-                            } else {
+                            if let Some(unlogged) = slot.accept_errors.allow(self.now) {
                                 log::warn!(
                                     "listener {}: accept failed: {e}; pausing accepts for {}ms \
-                                     ({} more accept errors since the last report)",
+                                     ({unlogged} more accept errors since the last report)",
                                     state.config.name,
                                     ACCEPT_BACKOFF.as_millis(),
-                                    slot.errors_unlogged
                                 );
-                                slot.error_logged = Some(self.now);
-                                slot.errors_unlogged = 0;
                             }
                             return;
                         }

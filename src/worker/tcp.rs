@@ -10,7 +10,6 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::timers::Due;
 use super::{Ready, Slot, Worker, PUMP_BUDGET};
 use crate::balancer;
 use crate::config::Protocol;
@@ -18,6 +17,7 @@ use crate::conntrack::FiveTuple;
 use crate::health::probe::describe;
 use crate::tcp::pump::Endpoint;
 use crate::tcp::{Connection, State};
+use crate::timers::Due;
 
 impl Worker {
     pub(super) fn handle_accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) {

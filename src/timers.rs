@@ -1,4 +1,4 @@
-//! Connection deadlines: an ordered heap checked lazily.
+//! Deadlines of connections and sessions: an ordered heap checked lazily.
 //!
 //! Each connection has one entry at a time. Entries are not moved when a connection's deadline
 //! moves (that would cost a heap update per byte); when an entry comes due, the worker

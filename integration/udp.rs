@@ -1,0 +1,274 @@
+//! End-to-end UDP load balancing through a real `ballast` process on 127.0.0.1.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A UDP check that runs once at start and then every minute: out of the way of fd counts.
+const NO_CHECKS: &str =
+    "    health_check: {protocol: udp, send: ping, interval: 60s, timeout: 1s}\n";
+
+/// Sends datagram `seq` (4 bytes, big-endian, then `pad` bytes) and returns the reply's
+/// `(target id, upstream port, seq)`.
+fn parse_tagged(reply: &[u8]) -> (u8, u16, u32) {
+    assert!(reply.len() >= 7, "short reply {reply:?}");
+    (
+        reply[0],
+        u16::from_be_bytes([reply[1], reply[2]]),
+        u32::from_be_bytes(reply[3..7].try_into().unwrap()),
+    )
+}
+
+#[test]
+fn fifty_flows_of_a_thousand_datagrams_stay_whole_ordered_and_pinned() {
+    let targets: Vec<UdpBackend> = (1..=3)
+        .map(|id| UdpBackend::start(udp_tagged(id)))
+        .collect();
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
+    let lb = Ballast::start(&udp_config(&addrs, "session_idle_timeout: 30s", NO_CHECKS));
+    let listener = lb.addr("l");
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                let mut buf = [0u8; 2048];
+                let mut seen = HashSet::new();
+                const WINDOW: u32 = 8;
+                let mut next_reply = 0u32;
+                for seq in 0u32..1000 {
+                    let mut datagram = seq.to_be_bytes().to_vec();
+                    datagram.extend_from_slice(&[0xab; 60]);
+                    s.send_to(&datagram, listener).unwrap();
+                    while seq + 1 - next_reply >= WINDOW || (seq == 999 && next_reply < 1000) {
+                        let (n, from) = s.recv_from(&mut buf).expect("reply lost");
+                        assert_eq!(from, listener, "reply not from the listener's address");
+                        assert_eq!(n, 3 + 64, "datagram boundaries kept");
+                        let (id, port, got) = parse_tagged(&buf[..n]);
+                        assert_eq!(got, next_reply, "replies in order");
+                        seen.insert((id, port));
+                        next_reply += 1;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut flows_per_target: HashMap<u8, usize> = HashMap::new();
+    for c in clients {
+        let seen = c.join().unwrap();
+        // One target and one upstream socket for the whole flow: had the flow moved to the
+        // other worker, a second session with another upstream port would show here.
+        assert_eq!(
+            seen.len(),
+            1,
+            "flow moved between targets or workers: {seen:?}"
+        );
+        let (id, _) = seen.into_iter().next().unwrap();
+        *flows_per_target.entry(id).or_insert(0) += 1;
+    }
+    let mut counts: Vec<usize> = flows_per_target.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, [16, 17, 17], "{flows_per_target:?}");
+}
+
+#[test]
+fn empty_and_largest_datagrams_pass_intact() {
+    let echo = UdpBackend::start(udp_echo());
+    let lb = Ballast::start(&udp_config(&[echo.addr], "", NO_CHECKS));
+    let s = udp_client(lb.addr("l"));
+    let mut buf = vec![0u8; 65536];
+    for len in [0usize, 1, 1472, 65507] {
+        let datagram: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        s.send(&datagram).unwrap();
+        let n = s.recv(&mut buf).expect("reply");
+        assert_eq!(&buf[..n], &datagram[..], "{len}-byte datagram changed");
+    }
+}
+
+#[test]
+fn idle_sessions_end_and_close_their_sockets() {
+    let echo = UdpBackend::start(udp_echo());
+    let yaml = udp_config(&[echo.addr], "session_idle_timeout: 300ms", NO_CHECKS);
+    let lb = Ballast::start_with_level(&yaml, "debug");
+    let addr = lb.addr("l");
+    lb.wait_log("check of", WAIT); // the one check at start is over: its socket is closed
+    let baseline = lb.fd_count();
+    let clients: Vec<_> = (0..20).map(|_| udp_client(addr)).collect();
+    for c in &clients {
+        c.send(b"hi").unwrap();
+        assert_eq!(c.recv(&mut [0u8; 8]).unwrap(), 2);
+    }
+    assert_eq!(
+        lb.fd_count(),
+        baseline + 20,
+        "one upstream socket per session"
+    );
+    let deadline = Instant::now() + WAIT;
+    while lb.fd_count() != baseline {
+        assert!(
+            Instant::now() < deadline,
+            "sessions did not expire: {} fds",
+            lb.fd_count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A flow that comes back gets a new session.
+    clients[0].send(b"again").unwrap();
+    assert_eq!(clients[0].recv(&mut [0u8; 8]).unwrap(), 5);
+}
+
+#[test]
+fn max_sessions_drops_new_flows_and_keeps_the_old_ones() {
+    let echo = UdpBackend::start(udp_echo());
+    let lb = Ballast::start(&udp_config(&[echo.addr], "max_sessions: 10", NO_CHECKS));
+    let addr = lb.addr("l");
+    let clients: Vec<_> = (0..10).map(|_| udp_client(addr)).collect();
+    for c in &clients {
+        c.send(b"1").unwrap();
+        c.recv(&mut [0u8; 8]).unwrap();
+    }
+    let eleventh = udp_client(addr);
+    eleventh
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    eleventh.send(b"11").unwrap();
+    assert!(
+        eleventh.recv(&mut [0u8; 8]).is_err(),
+        "the 11th flow was served"
+    );
+    lb.wait_log("max_sessions (10) reached", WAIT);
+    for c in &clients {
+        c.send(b"2").unwrap();
+        assert_eq!(
+            c.recv(&mut [0u8; 8]).unwrap(),
+            1,
+            "an existing flow stopped working"
+        );
+    }
+}
+
+/// Two targets checked every 200ms; kills the first and returns, per flow, the target id of
+/// the first reply after the kill (or None when a flow got no reply within `window`).
+struct Killed {
+    lb: Ballast,
+    /// Per flow, the target id of the first reply after the kill, if any.
+    after: Vec<Option<u8>>,
+    /// From the kill to the log line saying the target is unhealthy.
+    unhealthy_after: Duration,
+    /// The four flows.
+    clients: Vec<std::net::UdpSocket>,
+    /// Both targets (the first restarted), kept alive for the rest of the test.
+    _targets: (UdpBackend, UdpBackend),
+}
+
+fn kill_a_target(on_unhealthy: &str) -> Killed {
+    let mut one = UdpBackend::start(udp_tagged(1));
+    let two = UdpBackend::start(udp_tagged(2));
+    let health = "    health_check: {protocol: udp, send: ping, expect: pong, interval: 200ms, \
+                  timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 2}\n";
+    let lb = Ballast::start_with_level(
+        &udp_config(
+            &[one.addr, two.addr],
+            &format!("on_unhealthy: {on_unhealthy}"),
+            health,
+        ),
+        "debug",
+    );
+    let addr = lb.addr("l");
+    let clients: Vec<_> = (0..4).map(|_| udp_client(addr)).collect();
+    let mut before = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        c.send(&(i as u32).to_be_bytes()).unwrap();
+        let mut buf = [0u8; 16];
+        let n = c.recv(&mut buf).unwrap();
+        before.push(parse_tagged(&buf[..n]).0);
+    }
+    assert_eq!(
+        before.iter().filter(|&&id| id == 1).count(),
+        2,
+        "{before:?}"
+    );
+    let one_addr = one.addr;
+    let killed = Instant::now();
+    let _ = addr;
+    one.stop();
+    lb.wait_log(&format!("{one_addr} is now unhealthy"), WAIT);
+    let unhealthy_after = killed.elapsed();
+    let mut after = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        c.send(&(100 + i as u32).to_be_bytes()).unwrap();
+        let mut buf = [0u8; 16];
+        after.push(c.recv(&mut buf).ok().map(|n| parse_tagged(&buf[..n]).0));
+    }
+    // The flows on the dead target: under `keep` they stay there, so restarting it on its
+    // port brings their replies back from it.
+    let restarted = UdpBackend::start_on(one_addr, udp_tagged(1));
+    Killed {
+        lb,
+        after,
+        unhealthy_after,
+        clients,
+        _targets: (restarted, two),
+    }
+}
+
+#[test]
+fn rebalance_moves_flows_off_a_dead_target() {
+    let k = kill_a_target("rebalance");
+    // unhealthy_threshold × interval plus one interval
+    let bound = Duration::from_millis(2 * 200 + 200);
+    assert!(
+        k.unhealthy_after <= bound + Duration::from_millis(150),
+        "{:?}",
+        k.unhealthy_after
+    );
+    assert_eq!(
+        k.after,
+        vec![Some(2); 4],
+        "every flow answered by the live target"
+    );
+}
+
+#[test]
+fn keep_leaves_flows_on_their_target_and_icmp_disturbs_no_one() {
+    let k = kill_a_target("keep");
+    // Flows on the live target were not disturbed by the dead one's ICMP errors; flows on
+    // the dead one got nothing.
+    assert_eq!(
+        k.after.iter().filter(|r| **r == Some(2)).count(),
+        2,
+        "{:?}",
+        k.after
+    );
+    assert_eq!(
+        k.after.iter().filter(|r| r.is_none()).count(),
+        2,
+        "{:?}",
+        k.after
+    );
+    // Kept flows are back on their target as soon as it is (no health change needed).
+    for (c, r) in k.clients.iter().zip(&k.after) {
+        if r.is_none() {
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            c.send(&9u32.to_be_bytes()).unwrap();
+            let mut buf = [0u8; 16];
+            let n = c
+                .recv(&mut buf)
+                .expect("kept flow answered by its restarted target");
+            assert_eq!(parse_tagged(&buf[..n]).0, 1);
+        }
+    }
+    // The listener keeps serving new flows.
+    let fresh = udp_client(k.lb.addr("l"));
+    fresh.send(&7u32.to_be_bytes()).unwrap();
+    let mut buf = [0u8; 16];
+    let n = fresh.recv(&mut buf).unwrap();
+    assert!(parse_tagged(&buf[..n]).0 > 0);
+}

@@ -1,0 +1,287 @@
+//! The UDP session table of one worker: sessions keyed by 5-tuple, ended after an idle time.
+//!
+//! No I/O and no clock: the socket type is a parameter (the worker uses a mio `UdpSocket`,
+//! tests use `()`), and every call that depends on time takes `now`. Idle expiry uses the
+//! lazily checked deadline heap of [`crate::timers`], so a wake-up never scans the table.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::conntrack::{ConnTable, FiveTuple};
+use crate::timers::{Due, Timers};
+
+/// One client flow and its NAT mapping.
+#[derive(Debug)]
+pub struct Session<T> {
+    /// Unique within the worker (slab keys are reused; ids are not).
+    pub id: u64,
+    /// Index of the listener the flow arrived on.
+    pub listener: usize,
+    /// Index of the target group.
+    pub group: usize,
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// Index of the target in its group.
+    pub target: usize,
+    /// The upstream socket, connected to the target.
+    pub upstream: T,
+    /// No datagram either way for this long ends the session.
+    pub idle_timeout: Duration,
+    /// Replies after which the session ends; 0 is unlimited.
+    pub max_responses: u32,
+    /// Replies passed to the client so far.
+    pub responses: u32,
+    /// When the session began.
+    pub started: Instant,
+    /// When a datagram last passed either way.
+    pub last_active: Instant,
+    /// Datagrams and bytes client → target.
+    pub up: Traffic,
+    /// Datagrams and bytes target → client.
+    pub down: Traffic,
+}
+
+/// Datagram and byte counts of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Datagrams passed.
+    pub datagrams: u64,
+    /// Payload bytes passed.
+    pub bytes: u64,
+}
+
+impl Traffic {
+    /// Counts one datagram of `len` bytes.
+    pub fn add(&mut self, len: usize) {
+        self.datagrams += 1;
+        self.bytes += len as u64;
+    }
+}
+
+impl<T> Session<T> {
+    /// A new session for `client` on `listener`, pinned to `target` of `group`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        listener: usize,
+        group: usize,
+        client: SocketAddr,
+        target: usize,
+        upstream: T,
+        idle_timeout: Duration,
+        max_responses: u32,
+        now: Instant,
+    ) -> Self {
+        Session {
+            id: 0,
+            listener,
+            group,
+            client,
+            target,
+            upstream,
+            idle_timeout,
+            max_responses,
+            responses: 0,
+            started: now,
+            last_active: now,
+            up: Traffic::default(),
+            down: Traffic::default(),
+        }
+    }
+
+    /// How many more replies may pass before the session ends (`u32::MAX` when unlimited).
+    pub fn replies_left(&self) -> u32 {
+        if self.max_responses == 0 {
+            u32::MAX
+        } else {
+            self.max_responses.saturating_sub(self.responses)
+        }
+    }
+
+    /// True once `max_responses` replies have passed.
+    pub fn replies_done(&self) -> bool {
+        self.replies_left() == 0
+    }
+
+    /// When the session ends unless a datagram passes first.
+    pub fn deadline(&self) -> Instant {
+        self.last_active + self.idle_timeout
+    }
+}
+
+/// Sessions by 5-tuple, with idle expiry.
+#[derive(Debug)]
+pub struct SessionTable<T> {
+    table: ConnTable<Session<T>>,
+    timers: Timers,
+    next_id: u64,
+}
+
+impl<T> Default for SessionTable<T> {
+    fn default() -> Self {
+        SessionTable {
+            table: ConnTable::default(),
+            timers: Timers::default(),
+            next_id: 0,
+        }
+    }
+}
+
+impl<T> SessionTable<T> {
+    /// The key of the session for `tuple`.
+    pub fn find(&self, tuple: &FiveTuple) -> Option<usize> {
+        self.table.find(tuple)
+    }
+
+    /// Adds `session` (its id is assigned here) and returns its key.
+    ///
+    /// # Errors
+    /// Gives the session back when one with the same 5-tuple exists.
+    pub fn insert(
+        &mut self,
+        tuple: FiveTuple,
+        mut session: Session<T>,
+    ) -> Result<usize, Box<Session<T>>> {
+        self.next_id += 1;
+        session.id = self.next_id;
+        let (id, deadline) = (session.id, session.deadline());
+        let key = self.table.insert(tuple, session).map_err(Box::new)?;
+        self.timers.schedule(deadline, Due { key, id });
+        Ok(key)
+    }
+
+    /// The session with `key`.
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Session<T>> {
+        self.table.get_mut(key)
+    }
+
+    /// Removes the session with `key`.
+    pub fn remove(&mut self, key: usize) -> Option<Session<T>> {
+        self.table.remove(key)
+    }
+
+    /// Removes and returns every session idle past its timeout at `now`. Sessions that were
+    /// active since their deadline was scheduled are rescheduled, not removed.
+    pub fn expire(&mut self, now: Instant) -> Vec<Session<T>> {
+        let mut ended = Vec::new();
+        while let Some(due) = self.timers.pop_due(now) {
+            let Some(session) = self.table.get_mut(due.key) else {
+                continue;
+            };
+            if session.id != due.id {
+                continue; // the key was reused by a later session with its own entry
+            }
+            let deadline = session.deadline();
+            if deadline > now {
+                self.timers.schedule(deadline, due);
+            } else if let Some(s) = self.table.remove(due.key) {
+                ended.push(s);
+            }
+        }
+        ended
+    }
+
+    /// The earliest time [`SessionTable::expire`] may end a session.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Removes and returns every session.
+    pub fn drain(&mut self) -> Vec<Session<T>> {
+        self.table
+            .keys()
+            .into_iter()
+            .filter_map(|k| self.table.remove(k))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+
+    fn tuple(port: u16) -> FiveTuple {
+        FiveTuple {
+            protocol: Protocol::Udp,
+            client: SocketAddr::from(([127, 0, 0, 1], port)),
+            listener: SocketAddr::from(([127, 0, 0, 1], 53)),
+        }
+    }
+
+    fn session(port: u16, now: Instant, max_responses: u32) -> Session<()> {
+        Session::new(
+            0,
+            0,
+            tuple(port).client,
+            0,
+            (),
+            Duration::from_secs(30),
+            max_responses,
+            now,
+        )
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_active_ones_do_not() {
+        let t0 = Instant::now();
+        let mut table = SessionTable::default();
+        let a = table.insert(tuple(1), session(1, t0, 0)).unwrap();
+        let _b = table.insert(tuple(2), session(2, t0, 0)).unwrap();
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(30)));
+        // a sees traffic at 20s; b does not.
+        table.get_mut(a).unwrap().last_active = t0 + Duration::from_secs(20);
+        assert!(table.expire(t0 + Duration::from_secs(29)).is_empty());
+        let ended = table.expire(t0 + Duration::from_secs(30));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].client.port(), 2);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(50)));
+        let ended = table.expire(t0 + Duration::from_secs(50));
+        assert_eq!(ended[0].client.port(), 1);
+        assert!(table.is_empty());
+        assert_eq!(table.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_reused_key_is_not_expired_by_its_predecessor_entry() {
+        let t0 = Instant::now();
+        let mut table = SessionTable::default();
+        let a = table.insert(tuple(1), session(1, t0, 0)).unwrap();
+        table.remove(a);
+        let later = t0 + Duration::from_secs(10);
+        let b = table.insert(tuple(2), session(2, later, 0)).unwrap();
+        assert_eq!(a, b, "slab reuses the key");
+        assert!(table.expire(t0 + Duration::from_secs(30)).is_empty());
+        assert_eq!(table.expire(later + Duration::from_secs(30)).len(), 1);
+    }
+
+    #[test]
+    fn duplicate_tuples_are_refused() {
+        let t0 = Instant::now();
+        let mut table = SessionTable::default();
+        table.insert(tuple(1), session(1, t0, 0)).unwrap();
+        assert!(table.insert(tuple(1), session(1, t0, 0)).is_err());
+        assert_eq!(table.find(&tuple(1)), Some(0));
+    }
+
+    #[test]
+    fn max_responses_counts_down() {
+        let t0 = Instant::now();
+        let mut s = session(1, t0, 2);
+        assert_eq!(s.replies_left(), 2);
+        s.responses = 2;
+        assert!(s.replies_done());
+        let unlimited = session(1, t0, 0);
+        assert_eq!(unlimited.replies_left(), u32::MAX);
+    }
+}

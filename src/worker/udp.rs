@@ -1,0 +1,350 @@
+//! The worker's side of UDP: datagrams from a listener to their session's target, replies
+//! back to the client from the listener's socket, sessions created, rebalanced and ended.
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use mio::net::UdpSocket;
+use mio::Interest;
+
+use super::{ListenSocket, Ready, Slot, Worker};
+use crate::config::{OnUnhealthy, Protocol};
+use crate::conntrack::FiveTuple;
+use crate::net::connected_udp_socket;
+use crate::udp::batch::Batch;
+use crate::udp::session::Session;
+
+/// `recvmmsg` calls per socket per wake before yielding to other work.
+const RECV_ROUNDS: usize = 16;
+
+impl Worker {
+    /// Reads datagrams from UDP listener `i` and sends each up its session's socket.
+    pub(super) fn handle_datagrams(&mut self, i: usize) {
+        let Some(ListenSocket::Udp(socket)) = &self.listeners[i].socket else {
+            return;
+        };
+        let fd = socket.as_raw_fd();
+        let Some(vlen) = self.shared.listeners[i]
+            .config
+            .udp
+            .as_ref()
+            .map(|u| u.batch)
+        else {
+            return;
+        };
+        // Taken out for the loop, so sessions and counters can be borrowed meanwhile.
+        let Some(mut batch) = self.batch.take() else {
+            return;
+        };
+        let mut drained = false;
+        for _ in 0..RECV_ROUNDS {
+            let n = match batch.recv(fd, vlen) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::debug!("listener {i}: recv failed: {e}");
+                    }
+                    drained = true;
+                    break;
+                }
+            };
+            // Consecutive datagrams of one client go up in one sendmmsg.
+            let mut start = 0;
+            while start < n {
+                let client = batch.source(start);
+                let mut end = start + 1;
+                while end < n && batch.source(end) == client {
+                    end += 1;
+                }
+                match client.and_then(|c| self.session_for(i, c)) {
+                    Some(key) => self.send_up(key, &mut batch, start..end),
+                    None => self.count_drops(i, end - start, "no session"),
+                }
+                start = end;
+            }
+            if n < vlen {
+                drained = true; // a short batch emptied the socket
+                break;
+            }
+        }
+        self.batch = Some(batch);
+        if !drained {
+            self.ready.push_back(Ready::Listener(i));
+        }
+    }
+
+    /// The session of `client` on listener `i`: found, or created for the first datagram of a
+    /// flow. `None` (the datagram is dropped) at `max_sessions`, or when no upstream socket
+    /// can be made.
+    fn session_for(&mut self, i: usize, client: SocketAddr) -> Option<usize> {
+        let tuple = FiveTuple {
+            protocol: Protocol::Udp,
+            client,
+            listener: self.listeners[i].local,
+        };
+        if let Some(key) = self.sessions.find(&tuple) {
+            self.maybe_rebalance(key);
+            return Some(key);
+        }
+        let shared = self.shared.clone();
+        let state = &shared.listeners[i];
+        let settings = state.config.udp.as_ref()?;
+        let before = state.active.fetch_add(1, Ordering::AcqRel);
+        if before >= settings.max_sessions {
+            state.active.fetch_sub(1, Ordering::AcqRel);
+            if let Some(unlogged) = self.listeners[i].drops.allow(self.now) {
+                log::warn!(
+                    "listener {}: max_sessions ({}) reached; dropping datagrams of new flows \
+                     ({unlogged} more dropped since the last report)",
+                    state.config.name,
+                    settings.max_sessions
+                );
+            }
+            return None;
+        }
+        let g = state.config.target_group;
+        let group = &shared.groups[g];
+        let target = self.balancers[g].pick(group, &[]);
+        let socket = target.map(|t| connected_udp_socket(group.targets[t].address));
+        let (t, socket) = match (target, socket) {
+            (Some(t), Some(Ok(s))) => (t, UdpSocket::from_std(s)),
+            (_, other) => {
+                state.active.fetch_sub(1, Ordering::AcqRel);
+                if let Some(Err(e)) = other {
+                    log::warn!("{tuple}: cannot open an upstream socket: {e}");
+                }
+                return None;
+            }
+        };
+        let session = Session::new(
+            i,
+            g,
+            client,
+            t,
+            socket,
+            settings.session_idle_timeout,
+            settings.max_responses,
+            self.now,
+        );
+        let Ok(key) = self.sessions.insert(tuple, session) else {
+            state.active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        };
+        let target = &group.targets[t];
+        target.active.fetch_add(1, Ordering::Relaxed);
+        target.total.fetch_add(1, Ordering::Relaxed);
+        state.accepted.fetch_add(1, Ordering::Relaxed);
+        let session = self.sessions.get_mut(key)?;
+        if let Err(e) = self.poll.registry().register(
+            &mut session.upstream,
+            Slot::Session(key).token(),
+            Interest::READABLE,
+        ) {
+            log::warn!("{tuple}: cannot register the upstream socket: {e}");
+            self.end_session(key, "register failed");
+            return None;
+        }
+        log::debug!("{tuple}: new session to {}", target.address);
+        Some(key)
+    }
+
+    /// With `on_unhealthy: rebalance`, moves a session whose target turned unhealthy to a
+    /// healthy one by connecting its upstream socket there (the client sees nothing change).
+    fn maybe_rebalance(&mut self, key: usize) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let listener = &self.shared.listeners[session.listener].config;
+        if listener.udp.as_ref().map(|u| u.on_unhealthy) != Some(OnUnhealthy::Rebalance) {
+            return;
+        }
+        let group = &self.shared.groups[session.group];
+        let old = session.target;
+        if group.targets[old].is_healthy() {
+            return;
+        }
+        let Some(t) = self.balancers[session.group].pick(group, &[old]) else {
+            return;
+        };
+        if !group.targets[t].is_healthy() {
+            return; // every target is down: stay where we are (fail open)
+        }
+        if let Err(e) = session.upstream.connect(group.targets[t].address) {
+            log::debug!(
+                "session of {}: cannot move to {}: {e}",
+                session.client,
+                group.targets[t].address
+            );
+            return;
+        }
+        session.target = t;
+        group.targets[old].active.fetch_sub(1, Ordering::Relaxed);
+        group.targets[t].active.fetch_add(1, Ordering::Relaxed);
+        log::debug!(
+            "session of {}: moved from unhealthy {} to {}",
+            session.client,
+            group.targets[old].address,
+            group.targets[t].address
+        );
+    }
+
+    /// Sends datagrams `range` of `batch` up session `key`'s socket.
+    fn send_up(&mut self, key: usize, batch: &mut Batch, range: Range<usize>) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let fd = session.upstream.as_raw_fd();
+        let mut result = batch.send(fd, range.clone(), None);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
+            // The target's ICMP port unreachable for an earlier datagram was reported by this
+            // call instead of sending: try once more.
+            result = batch.send(fd, range.clone(), None);
+        }
+        let sent = result.unwrap_or(0);
+        let mut bytes = 0;
+        for i in range.start..range.start + sent {
+            let len = batch.payload(i).len();
+            session.up.add(len);
+            bytes += len as u64;
+        }
+        session.last_active = self.now;
+        let (listener, group, target) = (session.listener, session.group, session.target);
+        self.shared.groups[group].targets[target]
+            .bytes_to_target
+            .fetch_add(bytes, Ordering::Relaxed);
+        if sent < range.len() {
+            self.count_drops(
+                listener,
+                range.len() - sent,
+                "upstream socket full or refused",
+            );
+        }
+    }
+
+    /// Replies arrived on session `key`'s upstream socket: send them to the client from the
+    /// listener's socket, and end the session after `max_responses`.
+    pub(super) fn handle_session_event(&mut self, key: usize) {
+        let Some(mut batch) = self.batch.take() else {
+            return;
+        };
+        let mut drained = false;
+        for _ in 0..RECV_ROUNDS {
+            let Some(session) = self.sessions.get_mut(key) else {
+                drained = true;
+                break;
+            };
+            let (listener, client) = (session.listener, session.client);
+            let vlen = self.shared.listeners[listener]
+                .config
+                .udp
+                .as_ref()
+                .map_or(1, |u| u.batch);
+            let max = vlen.min(session.replies_left() as usize);
+            let n = match batch.recv(session.upstream.as_raw_fd(), max) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The target's ICMP port unreachable: reported once, then reading goes on.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::debug!("session of {client}: upstream recv failed: {e}");
+                    }
+                    drained = true;
+                    break;
+                }
+            };
+            let Some(ListenSocket::Udp(socket)) = &self.listeners[listener].socket else {
+                drained = true;
+                break;
+            };
+            let sent = batch
+                .send(socket.as_raw_fd(), 0..n, Some(client))
+                .unwrap_or(0);
+            let mut bytes = 0;
+            for i in 0..sent {
+                let len = batch.payload(i).len();
+                session.down.add(len);
+                bytes += len as u64;
+            }
+            session.responses = session.responses.saturating_add(n as u32);
+            session.last_active = self.now;
+            let done = session.replies_done();
+            let (group, target) = (session.group, session.target);
+            self.shared.groups[group].targets[target]
+                .bytes_from_target
+                .fetch_add(bytes, Ordering::Relaxed);
+            if sent < n {
+                self.count_drops(listener, n - sent, "listener socket full");
+            }
+            if done {
+                self.end_session(key, "max_responses");
+                drained = true;
+                break;
+            }
+            if n < max {
+                drained = true;
+                break;
+            }
+        }
+        self.batch = Some(batch);
+        if !drained {
+            if let Some(id) = self.sessions.get_mut(key).map(|s| s.id) {
+                self.ready.push_back(Ready::Session { key, id });
+            }
+        }
+    }
+
+    fn count_drops(&mut self, listener: usize, n: usize, why: &str) {
+        let state = &self.shared.listeners[listener];
+        state.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        log::trace!(
+            "listener {}: dropped {n} datagrams: {why}",
+            state.config.name
+        );
+    }
+
+    /// Ends sessions idle past their timeout.
+    pub(super) fn expire_sessions(&mut self) {
+        for session in self.sessions.expire(self.now) {
+            self.finish_session(session, "idle");
+        }
+    }
+
+    /// Ends every session (the worker is stopping).
+    pub(super) fn end_all_sessions(&mut self, reason: &str) {
+        for session in self.sessions.drain() {
+            self.finish_session(session, reason);
+        }
+    }
+
+    fn end_session(&mut self, key: usize, reason: &str) {
+        if let Some(session) = self.sessions.remove(key) {
+            self.finish_session(session, reason);
+        }
+    }
+
+    /// Counters and log for a session leaving the table; dropping it closes its socket.
+    fn finish_session(&mut self, session: Session<UdpSocket>, reason: &str) {
+        let before = self.shared.listeners[session.listener]
+            .active
+            .fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "session count below zero");
+        let target = &self.shared.groups[session.group].targets[session.target];
+        target.active.fetch_sub(1, Ordering::Relaxed);
+        log::debug!(
+            "udp {} session ended ({reason}) after {:?}; target {}; {} datagrams / {} bytes up, \
+             {} datagrams / {} bytes down",
+            session.client,
+            self.now.saturating_duration_since(session.started),
+            target.address,
+            session.up.datagrams,
+            session.up.bytes,
+            session.down.datagrams,
+            session.down.bytes
+        );
+    }
+}
