@@ -162,3 +162,129 @@ fn redis_benchmark_through_ballast() {
         assert!(stdout.contains(test), "no {test} result: {stdout}");
     }
 }
+
+/// A DNS query for `a.ballast.test` type A (id 0x1234, recursion desired), in hex.
+const QUERY_A: &str = "12 34 01 00 00 01 00 00 00 00 00 00 \
+                       01 61 07 62 61 6c 6c 61 73 74 04 74 65 73 74 00 00 01 00 01";
+
+fn dnsmasq(name: &str) -> (Server, SocketAddr) {
+    Server::start(
+        "dnsmasq",
+        &[
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file=",
+            "--host-record=a.ballast.test,127.0.0.53",
+            &format!("--txt-record=who.ballast.test,{name}"),
+        ],
+    )
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    need("dig");
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "dig",
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "+tries=1",
+            "+timeout=3",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dig failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn dns_through_ballast_with_two_dnsmasq_servers() {
+    let (_dns1, a1) = dnsmasq("dns1");
+    let (_dns2, a2) = dnsmasq("dns2");
+    let yaml = format!(
+        "listeners:\n  - name: dns\n    protocol: udp\n    bind: 127.0.0.1:0\n    target_group: dns\n\
+         \x20   udp: {{max_responses: 1, session_idle_timeout: 5s}}\n\
+         target_groups:\n  - name: dns\n    health_check: {{protocol: udp, send: {{hex: '{QUERY_A}'}}, \
+         expect: {{hex: '7f 00 00 35'}}, interval: 1s, timeout: 500ms}}\n\
+         \x20   targets:\n      - address: {a1}\n      - address: {a2}\n"
+    );
+    let lb = Ballast::start(&yaml);
+    let port = lb.addr("dns").port();
+    assert_eq!(dig(port, &["a.ballast.test"]).trim(), "127.0.0.53");
+    let who: Vec<String> = (0..4)
+        .map(|_| dig(port, &["who.ballast.test", "TXT"]).trim().to_string())
+        .collect();
+    assert!(who.contains(&"\"dns1\"".to_string()), "{who:?}");
+    assert!(who.contains(&"\"dns2\"".to_string()), "{who:?}");
+    // 2,000 queries, each its own flow (dig opens a socket per query), none lost.
+    let batch = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(batch.path(), "a.ballast.test\n".repeat(2000)).unwrap();
+    let answers = dig(port, &["-f", batch.path().to_str().unwrap()]);
+    let good = answers.lines().filter(|l| *l == "127.0.0.53").count();
+    assert_eq!(
+        good,
+        2000,
+        "lost or wrong answers:\n{}",
+        answers
+            .lines()
+            .filter(|l| *l != "127.0.0.53")
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn iperf3_udp_through_a_tcp_and_a_udp_listener_on_one_port() {
+    let (_server, target) = Server::start("iperf3", &["-s", "-B", "127.0.0.1", "-p", "{port}"]);
+    let side = Backend::start(std::sync::Arc::new(|_| {}));
+    let port = free_port();
+    let yaml = format!(
+        "listeners:\n\
+         \x20 - {{name: iperf-tcp, protocol: tcp, bind: '127.0.0.1:{port}', target_group: iperf}}\n\
+         \x20 - {{name: iperf-udp, protocol: udp, bind: '127.0.0.1:{port}', target_group: iperf}}\n\
+         target_groups:\n  - name: iperf\n    health_check: {{protocol: tcp, port: {}, interval: 5s, timeout: 1s}}\n\
+         \x20   targets: [{{address: '{target}'}}]\n",
+        side.addr.port()
+    );
+    let _lb = Ballast::start(&yaml);
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "-b",
+            "20M",
+            "-l",
+            "1400",
+            "-t",
+            "2",
+            "-J",
+        ])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 -u failed: {json}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("iperf3 -J output");
+    let sum = &report["end"]["sum"];
+    let packets = sum["packets"].as_u64().unwrap_or(0);
+    let lost = sum["lost_percent"].as_f64().unwrap_or(100.0);
+    assert!(packets > 1000, "too few packets: {sum}");
+    assert!(lost < 5.0, "{lost}% lost at 20 Mbit/s on loopback: {sum}");
+}
