@@ -17,6 +17,16 @@ use socket2::SockAddr;
 /// Bytes per slot: the largest UDP datagram fits.
 pub const SLOT: usize = 65536;
 
+/// `UDP_SEGMENT` from `linux/udp.h` (not in the libc crate): the segment size of a UDP GSO send.
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most segments in one GSO send (`UDP_MAX_SEGMENTS` in the kernel).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes in one GSO send: one IPv4 datagram's worth.
+const GSO_MAX_BYTES: usize = 65507;
+
+/// Cleared for good the first time the kernel refuses a GSO send.
+static GSO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Preallocated buffers and headers for up to `capacity` datagrams.
 pub struct Batch {
     data: Vec<u8>,
@@ -25,6 +35,10 @@ pub struct Batch {
     name_lens: Vec<libc::socklen_t>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// One control-message buffer per header, for the GSO segment size.
+    cmsgs: Vec<[u64; 4]>,
+    /// Datagrams in each header of the last send.
+    group: Vec<usize>,
     dest: libc::sockaddr_storage,
 }
 
@@ -66,6 +80,8 @@ impl Batch {
                 capacity
             ],
             hdrs: vec![zero_hdr; capacity],
+            cmsgs: vec![[0u64; 4]; capacity],
+            group: vec![0; capacity],
             dest: zero_name,
         }
     }
@@ -145,6 +161,92 @@ impl Batch {
         addr.as_socket()
     }
 
+    /// One `sendmmsg` of slots `range`, grouped: a run of equal-sized datagrams (the last may
+    /// be shorter) goes as one UDP GSO message with `UDP_SEGMENT`, which the kernel splits back
+    /// into the same datagrams after one trip through the IP stack instead of one per datagram.
+    /// Returns how many datagrams (not messages) were sent.
+    fn send_groups(
+        &mut self,
+        fd: RawFd,
+        range: Range<usize>,
+        name: *mut libc::c_void,
+        name_len: libc::socklen_t,
+    ) -> io::Result<usize> {
+        use std::sync::atomic::Ordering;
+        let gso = GSO.load(Ordering::Relaxed);
+        let base = self.data.as_mut_ptr();
+        for i in range.clone() {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: slot i lies inside `data`.
+                iov_base: unsafe { base.add(i * SLOT) }.cast(),
+                iov_len: self.lens[i],
+            };
+        }
+        let mut groups = 0;
+        let mut i = range.start;
+        while i < range.end {
+            let size = self.lens[i];
+            let mut j = i + 1;
+            if gso && size > 0 {
+                while j < range.end
+                    && j - i < GSO_MAX_SEGMENTS
+                    && self.lens[j] <= size
+                    && self.lens[j] > 0
+                    && (j - i + 1) * size <= GSO_MAX_BYTES
+                {
+                    j += 1;
+                    if self.lens[j - 1] < size {
+                        break; // a shorter datagram can only end a group
+                    }
+                }
+            }
+            let hdr = &mut self.hdrs[groups].msg_hdr;
+            hdr.msg_name = name;
+            hdr.msg_namelen = name_len;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = j - i;
+            hdr.msg_flags = 0;
+            if j - i > 1 {
+                hdr.msg_control = self.cmsgs[groups].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE of a u16 (24 bytes) fits the 32-byte buffer.
+                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+                // SAFETY: msg_control points at a zeroed, aligned buffer of msg_controllen bytes.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
+                }
+            } else {
+                hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
+            self.group[groups] = j - i;
+            groups += 1;
+            i = j;
+        }
+        // SAFETY: headers 0..groups point at filled slots, their iovecs, cmsgs and a valid
+        // (or null) name.
+        let n = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), groups as libc::c_uint, 0) };
+        match os_result(n as isize) {
+            Ok(n) => Ok(self.group[..n].iter().sum()),
+            Err(e)
+                if gso
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                    )
+                    && self.group[..groups].iter().any(|&g| g > 1) =>
+            {
+                log::info!("UDP GSO refused by the kernel ({e}); sending datagram by datagram");
+                GSO.store(false, Ordering::Relaxed);
+                self.send_groups(fd, range, name, name_len)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends the datagrams in slots `range`, in order, on `fd`: to `dest`, or to the
     /// connected peer when `dest` is `None`. Returns how many were sent before the socket
     /// would block (the rest are not sent: UDP drops rather than queues).
@@ -193,31 +295,7 @@ impl Batch {
                 };
                 os_result(n).map(|_| 1)
             } else {
-                for i in sent..range.end {
-                    self.iovs[i] = libc::iovec {
-                        // SAFETY: slot i lies inside `data`.
-                        iov_base: unsafe { base.add(i * SLOT) }.cast(),
-                        iov_len: self.lens[i],
-                    };
-                    let hdr = &mut self.hdrs[i].msg_hdr;
-                    hdr.msg_name = name;
-                    hdr.msg_namelen = name_len;
-                    hdr.msg_iov = &mut self.iovs[i];
-                    hdr.msg_iovlen = 1;
-                    hdr.msg_control = std::ptr::null_mut();
-                    hdr.msg_controllen = 0;
-                    hdr.msg_flags = 0;
-                }
-                // SAFETY: headers sent..end point at filled slots and a valid (or null) name.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        self.hdrs.as_mut_ptr().add(sent),
-                        (range.end - sent) as libc::c_uint,
-                        0,
-                    )
-                };
-                os_result(n as isize)
+                self.send_groups(fd, sent..range.end, name, name_len)
             };
             match n {
                 Ok(n) => sent += n,
@@ -282,6 +360,40 @@ mod tests {
     #[test]
     fn batched_datagrams_keep_boundaries_and_order() {
         roundtrip(32);
+    }
+
+    #[test]
+    fn equal_sized_runs_go_as_gso_and_arrive_as_the_same_datagrams() {
+        let (a, b) = pair();
+        let mut sizes = vec![64usize; 70];
+        sizes.push(10); // a shorter last datagram may end a group
+        sizes.extend([64, 64, 0, 64]); // an empty one may not: it would vanish in a group
+        for (i, &len) in sizes.iter().enumerate() {
+            a.send_to(&vec![i as u8; len], b.local_addr().unwrap())
+                .unwrap();
+        }
+        // Forward each received run back to a in one grouped send.
+        let mut batch = Batch::new(128);
+        let mut forwarded = 0;
+        while forwarded < sizes.len() {
+            let n = batch.recv(b.as_raw_fd(), 128).unwrap();
+            assert_eq!(
+                batch
+                    .send(b.as_raw_fd(), 0..n, a.local_addr().ok())
+                    .unwrap(),
+                n
+            );
+            forwarded += n;
+        }
+        let mut buf = vec![0u8; SLOT];
+        for (i, &len) in sizes.iter().enumerate() {
+            let (n, _) = a.recv_from(&mut buf).unwrap();
+            assert_eq!(n, len, "datagram {i}: size");
+            assert!(
+                buf[..n].iter().all(|&x| x == i as u8),
+                "datagram {i}: content"
+            );
+        }
     }
 
     #[test]
