@@ -76,7 +76,7 @@ fn print_plan(c: &Config) {
         let g = &c.target_groups[l.target_group];
         let settings = match &l.udp {
             Some(u) => format!(
-                "session_idle_timeout {}, max_sessions {}, max_responses {}, on_unhealthy {:?}, \
+                "session_idle_timeout {}, max_sessions {}, max_responses {}, on_unhealthy {}, \
                  batch {}",
                 humantime::format_duration(u.session_idle_timeout),
                 u.max_sessions,
@@ -90,7 +90,7 @@ fn print_plan(c: &Config) {
             ),
             None => format!(
                 "max_connections {}, connect_timeout {}, idle_timeout {}, retries {}, \
-                 forwarding {:?}",
+                 forwarding {}",
                 l.max_connections
                     .map_or("unlimited".to_string(), |m| m.to_string()),
                 humantime::format_duration(l.connect_timeout),

@@ -100,6 +100,25 @@ pub struct ListenerConfig {
     pub udp: Option<UdpSettings>,
 }
 
+impl std::fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Forwarding::Auto => "auto",
+            Forwarding::Splice => "splice",
+            Forwarding::Buffered => "buffered",
+        })
+    }
+}
+
+impl std::fmt::Display for OnUnhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnUnhealthy::Rebalance => "rebalance",
+            OnUnhealthy::Keep => "keep",
+        })
+    }
+}
+
 /// What happens to a UDP session whose target turns unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnhealthy {
