@@ -116,6 +116,13 @@ pub fn bind_all(config: &Config) -> Result<Vec<Vec<Bound>>, RunError> {
             }
             sockets.push(socket);
         }
+        if l.protocol == Protocol::Udp && addr.ip().is_unspecified() {
+            log::warn!(
+                "listener {}: bound to {addr}: replies leave from the address the kernel's route \
+                 picks, which may not be the one a client sent to; bind a specific address",
+                l.name
+            );
+        }
         let group = &config.target_groups[l.target_group];
         log::info!(
             "listener {} ({}) on {addr} -> target group {} ({}, {} targets)",
