@@ -68,6 +68,26 @@ fn wait_listening(addr: SocketAddr) {
     }
 }
 
+/// Runs `iperf3 -c 127.0.0.1 -p port ARGS -J` (bounded) and returns its JSON report.
+fn iperf3_client(port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-J",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 {args:?} failed: {json}");
+    serde_json::from_str(&json).expect("iperf3 -J output")
+}
+
 fn front(target: SocketAddr, health_port: Option<u16>) -> Ballast {
     let port = health_port.map_or(String::new(), |p| format!(", port: {p}"));
     let health = format!("    health_check: {{protocol: tcp, interval: 5s, timeout: 1s{port}}}\n");
@@ -84,26 +104,10 @@ fn iperf3_through_ballast() {
     let side = Backend::start(std::sync::Arc::new(|_| {}));
     let lb = front(target, Some(side.addr.port()));
     let addr = lb.addr("l");
-    let out = Command::new("timeout")
-        .args([
-            "30",
-            "iperf3",
-            "-c",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-            "-t",
-            "2",
-            "-J",
-        ])
-        .output()
-        .unwrap();
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "iperf3 failed: {json}");
-    let report: serde_json::Value = serde_json::from_str(&json).expect("iperf3 -J output");
+    let report = iperf3_client(addr.port(), &["-t", "2"]);
     let bytes = report["end"]["sum_received"]["bytes"]
         .as_u64()
-        .unwrap_or_else(|| panic!("no end.sum_received.bytes in {json}"));
+        .unwrap_or_else(|| panic!("no end.sum_received.bytes in {report}"));
     assert!(bytes > 0, "iperf3 moved no bytes");
 }
 
@@ -260,28 +264,7 @@ fn iperf3_udp_through_a_tcp_and_a_udp_listener_on_one_port() {
         side.addr.port()
     );
     let _lb = Ballast::start(&yaml);
-    let out = Command::new("timeout")
-        .args([
-            "30",
-            "iperf3",
-            "-c",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-u",
-            "-b",
-            "20M",
-            "-l",
-            "1400",
-            "-t",
-            "2",
-            "-J",
-        ])
-        .output()
-        .unwrap();
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "iperf3 -u failed: {json}");
-    let report: serde_json::Value = serde_json::from_str(&json).expect("iperf3 -J output");
+    let report = iperf3_client(port, &["-u", "-b", "20M", "-l", "1400", "-t", "2"]);
     let sum = &report["end"]["sum"];
     let packets = sum["packets"].as_u64().unwrap_or(0);
     let lost = sum["lost_percent"].as_f64().unwrap_or(100.0);

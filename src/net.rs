@@ -17,18 +17,25 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
 /// address without SO_REUSEPORT) or cannot listen.
 pub fn reuseport_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// A non-blocking, close-on-exec socket for `addr` with SO_REUSEADDR and SO_REUSEPORT (and
+/// IPV6_V6ONLY for IPv6, so `[::]` and `0.0.0.0` listeners can coexist), not yet bound.
+fn reuseport_socket(addr: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Socket buffer size asked for UDP sockets, bytes: bursts of small datagrams overflow the
@@ -43,17 +50,10 @@ pub const UDP_BUFFER: usize = 4 << 20;
 /// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
 /// address without SO_REUSEPORT).
 pub fn reuseport_udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
+    let socket = reuseport_socket(addr, Type::DGRAM, Protocol::UDP)?;
     // Best effort: a smaller buffer still works, it only drops bursts sooner.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER);
     let _ = socket.set_send_buffer_size(UDP_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.set_cloexec(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
