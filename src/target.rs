@@ -19,7 +19,8 @@ pub struct Target {
     /// Relative share for weighted algorithms (≥ 1).
     pub weight: u32,
     healthy: AtomicBool,
-    /// Open connections to this target, across all workers.
+    /// Open connections (connecting or established) and UDP sessions to this target, across
+    /// all workers.
     pub active: AtomicU64,
     /// Connections established to this target since start.
     pub total: AtomicU64,

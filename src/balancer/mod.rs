@@ -9,20 +9,35 @@
 //! computes the same cycle for the same healthy set, so N workers together walk one cycle and
 //! the split across targets is exact, with no lock.
 
+pub mod hash;
+pub mod least_connections;
+pub mod power_of_two;
+pub mod random;
 pub mod round_robin;
 pub mod schedule;
+pub mod source_hash;
 pub mod weighted_round_robin;
 
+use std::sync::atomic::Ordering;
+
 use crate::config::Algorithm;
+use crate::conntrack::FiveTuple;
 use crate::target::TargetGroup;
+
+/// What is known of a new connection or flow when a target is picked.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    /// Its 5-tuple (the client's address is what `source_hash` keys on).
+    pub tuple: FiveTuple,
+}
 
 /// Picks targets for new connections of one target group.
 pub trait Balancer: Send {
-    /// Returns the index (into `group.targets`) of the target for a new connection, never one in
+    /// Returns the index (into `group.targets`) of the target for `request`, never one in
     /// `exclude` (targets that already failed this connection). Prefers healthy targets; when
     /// every target is unhealthy, picks among all (fail open). Returns `None` only when every
     /// target is excluded.
-    fn pick(&mut self, group: &TargetGroup, exclude: &[usize]) -> Option<usize>;
+    fn pick(&mut self, group: &TargetGroup, request: &Request, exclude: &[usize]) -> Option<usize>;
 }
 
 /// Builds the balancer for `algorithm`.
@@ -32,7 +47,65 @@ pub fn for_algorithm(algorithm: Algorithm) -> Box<dyn Balancer> {
         Algorithm::WeightedRoundRobin => {
             Box::new(weighted_round_robin::WeightedRoundRobin::default())
         }
+        Algorithm::LeastConnections => Box::new(least_connections::LeastConnections),
+        Algorithm::Random => Box::new(random::Random::new(hash::Rng::from_entropy())),
+        Algorithm::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(hash::Rng::from_entropy())),
+        Algorithm::SourceHash => Box::new(source_hash::SourceHash),
     }
+}
+
+/// The targets a pick may choose from: the healthy ones not in `exclude`, or, when there are
+/// none, every target not in `exclude` (fail open).
+pub fn candidates(group: &TargetGroup, exclude: &[usize]) -> Vec<usize> {
+    let untried = |i: &usize| !exclude.contains(i);
+    let healthy: Vec<usize> = (0..group.targets.len())
+        .filter(|&i| group.targets[i].is_healthy())
+        .filter(untried)
+        .collect();
+    if healthy.is_empty() {
+        (0..group.targets.len()).filter(untried).collect()
+    } else {
+        healthy
+    }
+}
+
+/// Active connections of target `i` (across workers).
+fn active(group: &TargetGroup, i: usize) -> u64 {
+    group.targets[i].active.load(Ordering::Relaxed)
+}
+
+/// Whether target `a` is less loaded than target `b`: fewer active connections per unit of
+/// weight (compared by cross-multiplying, no division).
+fn less_loaded(group: &TargetGroup, a: usize, b: usize) -> bool {
+    let (wa, wb) = (
+        u128::from(group.targets[a].weight),
+        u128::from(group.targets[b].weight),
+    );
+    u128::from(active(group, a)) * wb < u128::from(active(group, b)) * wa
+}
+
+/// A candidate chosen with probability proportional to its weight.
+fn weighted_choice(
+    group: &TargetGroup,
+    candidates: &[usize],
+    rng: &mut hash::Rng,
+) -> Option<usize> {
+    let total: u64 = candidates
+        .iter()
+        .map(|&i| u64::from(group.targets[i].weight))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = rng.below(total);
+    for &i in candidates {
+        let w = u64::from(group.targets[i].weight);
+        if point < w {
+            return Some(i);
+        }
+        point -= w;
+    }
+    candidates.last().copied()
 }
 
 /// The targets a retry must avoid: those tried since every target of the group was last tried.
@@ -74,6 +147,17 @@ pub(crate) mod tests {
 
     use crate::config;
     use crate::target::{Shared, TargetGroup};
+
+    /// A request from 127.0.0.1:`port`.
+    pub fn request(port: u16) -> super::Request {
+        super::Request {
+            tuple: crate::conntrack::FiveTuple {
+                protocol: crate::config::Protocol::Tcp,
+                client: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                listener: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            },
+        }
+    }
 
     /// A group of targets on 127.0.0.1:1001.. with these weights.
     pub fn group(weights: &[u32]) -> TargetGroup {

@@ -1,7 +1,7 @@
 //! `round_robin`: each eligible target in turn, weights ignored.
 
 use super::schedule::Schedule;
-use super::{eligible, Balancer};
+use super::{eligible, Balancer, Request};
 use crate::target::TargetGroup;
 
 /// Round robin over the healthy targets, one cycle shared by all workers of the group.
@@ -11,7 +11,7 @@ pub struct RoundRobin {
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&mut self, group: &TargetGroup, exclude: &[usize]) -> Option<usize> {
+    fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
         self.schedule
             .pick(group, exclude, |_, health| eligible(health))
     }
@@ -20,16 +20,20 @@ impl Balancer for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::tests::group;
+    use crate::balancer::tests::{group, request};
 
     #[test]
     fn cycles_over_healthy_targets_only() {
         let g = group(&[1, 5, 1]);
         let mut a = RoundRobin::default();
-        let picks: Vec<_> = (0..6).map(|_| a.pick(&g, &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| a.pick(&g, &request(1), &[]).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         g.set_healthy(1, false);
-        let picks: Vec<_> = (0..4).map(|_| a.pick(&g, &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| a.pick(&g, &request(1), &[]).unwrap())
+            .collect();
         assert!(picks.iter().all(|&i| i != 1));
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2);
     }
@@ -41,7 +45,7 @@ mod tests {
         let mut counts = [0; 3];
         for k in 0..300 {
             let w: &mut RoundRobin = if k % 7 < 3 { &mut a } else { &mut b };
-            counts[w.pick(&g, &[]).unwrap()] += 1;
+            counts[w.pick(&g, &request(1), &[]).unwrap()] += 1;
         }
         assert_eq!(counts, [100, 100, 100]);
     }
@@ -51,19 +55,19 @@ mod tests {
         let g = group(&[1, 1, 1]);
         let mut a = RoundRobin::default();
         for _ in 0..5 {
-            assert_eq!(a.pick(&g, &[0, 2]), Some(1));
+            assert_eq!(a.pick(&g, &request(1), &[0, 2]), Some(1));
         }
-        assert_eq!(a.pick(&g, &[0, 1, 2]), None);
+        assert_eq!(a.pick(&g, &request(1), &[0, 1, 2]), None);
         for i in 0..3 {
             g.set_healthy(i, false);
         }
         let mut seen = [false; 3];
         for _ in 0..3 {
-            seen[a.pick(&g, &[]).unwrap()] = true;
+            seen[a.pick(&g, &request(1), &[]).unwrap()] = true;
         }
         assert_eq!(seen, [true; 3], "all unhealthy: every target used");
         // A healthy target exhausted by retries falls back to an unhealthy one.
         g.set_healthy(0, true);
-        assert_eq!(a.pick(&g, &[0]).map(|i| i != 0), Some(true));
+        assert_eq!(a.pick(&g, &request(1), &[0]).map(|i| i != 0), Some(true));
     }
 }

@@ -6,7 +6,7 @@
 //! `weight` times, interleaved rather than in bursts: 1:2:3 gives `c b a c b c`, never `c c c`.
 
 use super::schedule::Schedule;
-use super::{eligible, Balancer};
+use super::{eligible, Balancer, Request};
 use crate::target::TargetGroup;
 
 /// Smooth weighted round robin over the healthy targets, one cycle shared by all workers.
@@ -16,7 +16,7 @@ pub struct WeightedRoundRobin {
 }
 
 impl Balancer for WeightedRoundRobin {
-    fn pick(&mut self, group: &TargetGroup, exclude: &[usize]) -> Option<usize> {
+    fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
         self.schedule.pick(group, exclude, |g, health| {
             let members = eligible(health);
             let weights: Vec<u32> = members.iter().map(|&i| g.targets[i].weight).collect();
@@ -66,7 +66,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::tests::group;
+    use crate::balancer::tests::{group, request};
 
     #[test]
     fn cycle_is_exact_and_smooth() {
@@ -86,13 +86,13 @@ mod tests {
         let mut b = WeightedRoundRobin::default();
         let mut counts = [0; 3];
         for _ in 0..300 {
-            counts[b.pick(&g, &[]).unwrap()] += 1;
+            counts[b.pick(&g, &request(1), &[]).unwrap()] += 1;
         }
         assert_eq!(counts, [50, 100, 150]);
         g.set_healthy(2, false);
         let mut counts = [0; 3];
         for _ in 0..30 {
-            counts[b.pick(&g, &[]).unwrap()] += 1;
+            counts[b.pick(&g, &request(1), &[]).unwrap()] += 1;
         }
         assert_eq!(counts, [10, 20, 0]);
     }

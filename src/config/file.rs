@@ -96,6 +96,10 @@ pub struct FileTargetGroup {
 pub enum FileAlgorithm {
     RoundRobin,
     WeightedRoundRobin,
+    LeastConnections,
+    Random,
+    PowerOfTwo,
+    SourceHash,
 }
 
 /// `health_check:` of a target group.

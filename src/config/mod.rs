@@ -162,6 +162,14 @@ pub enum Algorithm {
     RoundRobin,
     /// Smooth weighted round robin (nginx's), in proportion to weights.
     WeightedRoundRobin,
+    /// Fewest active connections per unit of weight, ties in rotation.
+    LeastConnections,
+    /// A weighted random target.
+    Random,
+    /// Two weighted random targets; the one with fewer active connections per weight wins.
+    PowerOfTwo,
+    /// The client IP picks the target (rendezvous hashing).
+    SourceHash,
 }
 
 impl std::fmt::Display for Algorithm {
@@ -169,6 +177,10 @@ impl std::fmt::Display for Algorithm {
         f.write_str(match self {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::Random => "random",
+            Algorithm::PowerOfTwo => "power_of_two",
+            Algorithm::SourceHash => "source_hash",
         })
     }
 }

@@ -67,6 +67,10 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             algorithm: match g.algorithm.unwrap_or(FileAlgorithm::RoundRobin) {
                 FileAlgorithm::RoundRobin => Algorithm::RoundRobin,
                 FileAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+                FileAlgorithm::LeastConnections => Algorithm::LeastConnections,
+                FileAlgorithm::Random => Algorithm::Random,
+                FileAlgorithm::PowerOfTwo => Algorithm::PowerOfTwo,
+                FileAlgorithm::SourceHash => Algorithm::SourceHash,
             },
             health_check,
             targets,

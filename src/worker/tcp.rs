@@ -91,7 +91,8 @@ impl Worker {
             }
             let group = &self.shared.groups[conn.group];
             let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
-            let Some(t) = self.balancers[conn.group].pick(group, exclude) else {
+            let request = balancer::Request { tuple: conn.tuple };
+            let Some(t) = self.balancers[conn.group].pick(group, &request, exclude) else {
                 return false;
             };
             conn.tried.push(t);
@@ -110,6 +111,9 @@ impl Worker {
             match started {
                 Ok(s) => {
                     conn.back = Some(Endpoint::new(s));
+                    // Counted from the connect on, so least_connections sees a burst of new
+                    // connections before any of them is established.
+                    group.targets[t].active.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 Err(e) => {
@@ -128,11 +132,14 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        if let Some(mut back) = conn.back.take() {
+        let had_back = conn.back.take().map(|mut back| {
             let _ = self.poll.registry().deregister(&mut back.stream);
-        }
+        });
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
+            if had_back.is_some() {
+                target.active.fetch_sub(1, Ordering::Relaxed);
+            }
             target.connect_failures.fetch_add(1, Ordering::Relaxed);
             log::debug!(
                 "{}: connect to {} failed: {reason}",
@@ -215,7 +222,6 @@ impl Worker {
         }
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
-            target.active.fetch_add(1, Ordering::Relaxed);
             target.total.fetch_add(1, Ordering::Relaxed);
             log::debug!("{}: connected to {}", conn.tuple, target.address);
         }
@@ -291,7 +297,7 @@ impl Worker {
         let target = conn
             .target
             .map(|t| &self.shared.groups[conn.group].targets[t]);
-        if let (State::Established, Some(target)) = (conn.state(), target) {
+        if let (Some(_), Some(target)) = (&conn.back, target) {
             let before = target.active.fetch_sub(1, Ordering::Relaxed);
             debug_assert!(before > 0, "target active count below zero");
         }

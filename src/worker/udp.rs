@@ -11,6 +11,7 @@ use mio::net::UdpSocket;
 use mio::Interest;
 
 use super::{ListenSocket, Ready, Slot, Worker};
+use crate::balancer::Request;
 use crate::config::{OnUnhealthy, Protocol};
 use crate::conntrack::FiveTuple;
 use crate::net::connected_udp_socket;
@@ -108,7 +109,7 @@ impl Worker {
         }
         let g = state.config.target_group;
         let group = &shared.groups[g];
-        let target = self.balancers[g].pick(group, &[]);
+        let target = self.balancers[g].pick(group, &Request { tuple }, &[]);
         let socket = target.map(|t| connected_udp_socket(group.targets[t].address));
         let (t, socket) = match (target, socket) {
             (Some(t), Some(Ok(s))) => (t, UdpSocket::from_std(s)),
@@ -167,7 +168,14 @@ impl Worker {
         if group.targets[old].is_healthy() {
             return;
         }
-        let Some(t) = self.balancers[session.group].pick(group, &[old]) else {
+        let request = Request {
+            tuple: FiveTuple {
+                protocol: Protocol::Udp,
+                client: session.client,
+                listener: self.listeners[session.listener].local,
+            },
+        };
+        let Some(t) = self.balancers[session.group].pick(group, &request, &[old]) else {
             return;
         };
         if !group.targets[t].is_healthy() {

@@ -1,0 +1,87 @@
+//! Balancing algorithms end to end: which target real connections land on.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// Says its name, then echoes until EOF.
+fn named_echo(name: &'static str) -> Handler {
+    Arc::new(move |mut s: TcpStream| {
+        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Opens a connection and returns it with the name of the target it reached.
+fn open(addr: SocketAddr) -> (TcpStream, String) {
+    let s = client(addr);
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .expect("target name");
+    (s, line.trim().to_string())
+}
+
+fn counts(conns: &[(TcpStream, String)]) -> [usize; 3] {
+    let mut c = [0; 3];
+    for (_, name) in conns {
+        c[["a", "b", "c"].iter().position(|n| n == name).unwrap()] += 1;
+    }
+    c
+}
+
+#[test]
+fn least_connections_fills_the_target_that_lost_connections() {
+    let (a, b, c) = (
+        Backend::start(named_echo("a")),
+        Backend::start(named_echo("b")),
+        Backend::start(named_echo("c")),
+    );
+    let yaml = config(
+        "least_connections",
+        &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
+        "",
+        NO_CHECKS,
+    );
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("l");
+    let mut conns: Vec<(TcpStream, String)> = (0..90).map(|_| open(addr)).collect();
+    let spread = counts(&conns);
+    assert!(
+        spread.iter().max().unwrap() - spread.iter().min().unwrap() <= 1,
+        "90 long-lived connections: {spread:?}"
+    );
+    // Close 20 of a's connections. Each close is complete once the client reads EOF: Ballast
+    // passes the target's EOF on by closing the client socket, after updating its counts.
+    let mut closed = 0;
+    conns.retain_mut(|(s, name)| {
+        if name == "a" && closed < 20 {
+            closed += 1;
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).expect("EOF after the close");
+            false
+        } else {
+            true
+        }
+    });
+    // The next 20 must all go to a, the least loaded.
+    let fresh: Vec<(TcpStream, String)> = (0..20).map(|_| open(addr)).collect();
+    assert_eq!(counts(&fresh), [20, 0, 0], "new connections went elsewhere");
+    conns.extend(fresh);
+    let spread = counts(&conns);
+    assert_eq!(spread, [30, 30, 30], "{spread:?}");
+}

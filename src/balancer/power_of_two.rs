@@ -1,0 +1,49 @@
+//! `power_of_two`: two random choices, the less loaded wins (Mitzenmacher, "The Power of Two
+//! Choices in Randomized Load Balancing", IEEE TPDS 2001).
+
+use super::hash::Rng;
+use super::{candidates, less_loaded, weighted_choice, Balancer, Request};
+use crate::target::TargetGroup;
+
+/// Two weighted random draws; the one with fewer active connections per weight wins (the first
+/// on a tie).
+#[derive(Debug)]
+pub struct PowerOfTwo {
+    rng: Rng,
+}
+
+impl PowerOfTwo {
+    /// A balancer drawing from `rng`.
+    pub fn new(rng: Rng) -> Self {
+        PowerOfTwo { rng }
+    }
+}
+
+impl Balancer for PowerOfTwo {
+    fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
+        let pool = candidates(group, exclude);
+        let a = weighted_choice(group, &pool, &mut self.rng)?;
+        let b = weighted_choice(group, &pool, &mut self.rng)?;
+        Some(if less_loaded(group, b, a) { b } else { a })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::tests::{group, request};
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn never_picks_the_most_loaded_of_two() {
+        let g = group(&[1, 1]);
+        g.targets[0].active.store(10, Ordering::Relaxed);
+        let mut p = PowerOfTwo::new(Rng::new(3));
+        let mut counts = [0; 2];
+        for _ in 0..1000 {
+            counts[p.pick(&g, &request(1), &[]).unwrap()] += 1;
+        }
+        // Target 0 wins only when both draws are 0: about a quarter of the time.
+        assert!(counts[0] > 150 && counts[0] < 350, "{counts:?}");
+    }
+}
