@@ -85,3 +85,59 @@ fn least_connections_fills_the_target_that_lost_connections() {
     let spread = counts(&conns);
     assert_eq!(spread, [30, 30, 30], "{spread:?}");
 }
+
+/// All of one client's connections land on one target, and all move together to one other
+/// target when it dies; `extra` is the group's algorithm settings.
+fn client_stays_together(algorithm: &str, extra: &str) {
+    let mut backends: Vec<Backend> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| Backend::start(named_echo(n)))
+        .collect();
+    let health = format!(
+        "{extra}    health_check: {{protocol: tcp, interval: 200ms, timeout: 100ms, \
+         unhealthy_threshold: 1}}\n"
+    );
+    let targets: Vec<(SocketAddr, u32)> = backends.iter().map(|b| (b.addr, 1)).collect();
+    let lb = Ballast::start(&config(algorithm, &targets, "", &health));
+    let addr = lb.addr("l");
+    let names: Vec<String> = (0..30).map(|_| open(addr).1).collect();
+    assert!(
+        names.iter().all(|n| *n == names[0]),
+        "{algorithm}: {names:?}"
+    );
+    let first = ["a", "b", "c"].iter().position(|n| *n == names[0]).unwrap();
+    let dead = backends[first].addr;
+    backends[first].stop();
+    lb.wait_log(&format!("{dead} is now unhealthy"), WAIT);
+    let names: Vec<String> = (0..30).map(|_| open(addr).1).collect();
+    assert!(
+        names.iter().all(|n| *n == names[0]),
+        "{algorithm} after a death: {names:?}"
+    );
+    assert_ne!(names[0], ["a", "b", "c"][first]);
+}
+
+#[test]
+fn source_hash_keeps_a_client_on_one_target() {
+    client_stays_together("source_hash", "");
+}
+
+#[test]
+fn maglev_by_source_ip_keeps_a_client_on_one_target() {
+    client_stays_together("maglev", "    hash_key: source_ip\n");
+}
+
+#[test]
+fn maglev_by_five_tuple_spreads_one_clients_connections() {
+    let backends: Vec<Backend> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| Backend::start(named_echo(n)))
+        .collect();
+    let targets: Vec<(SocketAddr, u32)> = backends.iter().map(|b| (b.addr, 1)).collect();
+    let lb = Ballast::start(&config("maglev", &targets, "", NO_CHECKS));
+    let addr = lb.addr("l");
+    let conns: Vec<(TcpStream, String)> = (0..90).map(|_| open(addr)).collect();
+    let spread = counts(&conns);
+    // Each connection's 5-tuple differs (its port): 90 hash to all three, near evenly.
+    assert!(spread.iter().all(|&c| c >= 15), "{spread:?}");
+}

@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{Config, ListenerConfig, TargetGroupConfig};
+use arc_swap::ArcSwap;
+
+use crate::balancer::maglev::MaglevTable;
+use crate::config::{Algorithm, Config, ListenerConfig, TargetGroupConfig};
 
 /// Run-time state of one target.
 #[derive(Debug)]
@@ -50,6 +53,8 @@ pub struct TargetGroup {
     pub cursor: AtomicUsize,
     /// Bumped after every health change, so workers know to rebuild their schedules.
     health_generation: AtomicU64,
+    /// The `maglev` lookup table, rebuilt by whoever changes health and swapped in whole.
+    maglev: Option<ArcSwap<MaglevTable>>,
 }
 
 impl TargetGroup {
@@ -70,12 +75,23 @@ impl TargetGroup {
                 bytes_from_target: AtomicU64::new(0),
             })
             .collect();
-        TargetGroup {
+        let mut group = TargetGroup {
             config: config.clone(),
             targets,
             cursor: AtomicUsize::new(0),
             health_generation: AtomicU64::new(0),
+            maglev: None,
+        };
+        if config.algorithm == Algorithm::Maglev {
+            let table = MaglevTable::for_group(&group, config.maglev_table_size);
+            group.maglev = Some(ArcSwap::from_pointee(table));
         }
+        group
+    }
+
+    /// The current `maglev` table (`None` for other algorithms).
+    pub fn maglev_table(&self) -> Option<Arc<MaglevTable>> {
+        self.maglev.as_ref().map(|t| t.load_full())
     }
 
     /// The group's name.
@@ -90,6 +106,14 @@ impl TargetGroup {
     pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
         let was = self.targets[index].healthy.swap(healthy, Ordering::AcqRel);
         if was != healthy {
+            // Off the data path: this runs on the prober thread; workers keep using the old
+            // table until the new one is stored.
+            if let Some(table) = &self.maglev {
+                table.store(Arc::new(MaglevTable::for_group(
+                    self,
+                    self.config.maglev_table_size,
+                )));
+            }
             self.health_generation.fetch_add(1, Ordering::Release);
         }
         was != healthy

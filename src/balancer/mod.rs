@@ -11,6 +11,7 @@
 
 pub mod hash;
 pub mod least_connections;
+pub mod maglev;
 pub mod power_of_two;
 pub mod random;
 pub mod round_robin;
@@ -20,7 +21,7 @@ pub mod weighted_round_robin;
 
 use std::sync::atomic::Ordering;
 
-use crate::config::Algorithm;
+use crate::config::{Algorithm, HashKey};
 use crate::conntrack::FiveTuple;
 use crate::target::TargetGroup;
 
@@ -40,8 +41,8 @@ pub trait Balancer: Send {
     fn pick(&mut self, group: &TargetGroup, request: &Request, exclude: &[usize]) -> Option<usize>;
 }
 
-/// Builds the balancer for `algorithm`.
-pub fn for_algorithm(algorithm: Algorithm) -> Box<dyn Balancer> {
+/// Builds the balancer for `algorithm` (`hash_key` is what `maglev` hashes).
+pub fn for_algorithm(algorithm: Algorithm, hash_key: HashKey) -> Box<dyn Balancer> {
     match algorithm {
         Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::default()),
         Algorithm::WeightedRoundRobin => {
@@ -51,6 +52,7 @@ pub fn for_algorithm(algorithm: Algorithm) -> Box<dyn Balancer> {
         Algorithm::Random => Box::new(random::Random::new(hash::Rng::from_entropy())),
         Algorithm::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(hash::Rng::from_entropy())),
         Algorithm::SourceHash => Box::new(source_hash::SourceHash),
+        Algorithm::Maglev => Box::new(maglev::Maglev::new(hash_key)),
     }
 }
 

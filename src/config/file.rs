@@ -86,6 +86,8 @@ pub enum FileForwarding {
 pub struct FileTargetGroup {
     pub name: String,
     pub algorithm: Option<FileAlgorithm>,
+    pub hash_key: Option<FileHashKey>,
+    pub maglev_table_size: Option<usize>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
 }
@@ -100,6 +102,15 @@ pub enum FileAlgorithm {
     Random,
     PowerOfTwo,
     SourceHash,
+    Maglev,
+}
+
+/// `hash_key:` of a maglev group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileHashKey {
+    FiveTuple,
+    SourceIp,
 }
 
 /// `health_check:` of a target group.

@@ -170,7 +170,21 @@ pub enum Algorithm {
     PowerOfTwo,
     /// The client IP picks the target (rendezvous hashing).
     SourceHash,
+    /// Google's Maglev lookup table over a hash of the 5-tuple or the client IP.
+    Maglev,
 }
+
+/// What `maglev` hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKey {
+    /// The whole 5-tuple: each connection or flow on its own.
+    FiveTuple,
+    /// The client IP: all of a client's connections to one target.
+    SourceIp,
+}
+
+/// Default `maglev_table_size`: a prime, ≥ 100 × targets for groups of up to 655 targets.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: usize = 65537;
 
 impl std::fmt::Display for Algorithm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,6 +195,7 @@ impl std::fmt::Display for Algorithm {
             Algorithm::Random => "random",
             Algorithm::PowerOfTwo => "power_of_two",
             Algorithm::SourceHash => "source_hash",
+            Algorithm::Maglev => "maglev",
         })
     }
 }
@@ -242,6 +257,10 @@ pub struct TargetGroupConfig {
     pub name: String,
     /// Balancing algorithm.
     pub algorithm: Algorithm,
+    /// What `maglev` hashes.
+    pub hash_key: HashKey,
+    /// Slots in the `maglev` table (a prime ≥ 100 × targets).
+    pub maglev_table_size: usize,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// At least one target.

@@ -62,16 +62,48 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             });
         }
         let health_check = health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;
+        let algorithm = match g.algorithm.unwrap_or(FileAlgorithm::RoundRobin) {
+            FileAlgorithm::RoundRobin => Algorithm::RoundRobin,
+            FileAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+            FileAlgorithm::LeastConnections => Algorithm::LeastConnections,
+            FileAlgorithm::Random => Algorithm::Random,
+            FileAlgorithm::PowerOfTwo => Algorithm::PowerOfTwo,
+            FileAlgorithm::SourceHash => Algorithm::SourceHash,
+            FileAlgorithm::Maglev => Algorithm::Maglev,
+        };
+        if algorithm != Algorithm::Maglev {
+            for (name, set) in [
+                ("hash_key", g.hash_key.is_some()),
+                ("maglev_table_size", g.maglev_table_size.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        format!("{key}.{name}"),
+                        format!("`{name}` applies to `algorithm: maglev` only"),
+                    ));
+                }
+            }
+        }
+        let maglev_table_size = g.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+        if algorithm == Algorithm::Maglev {
+            let least = 100 * targets.len();
+            if !crate::balancer::maglev::is_prime(maglev_table_size) || maglev_table_size < least {
+                return Err(invalid(
+                    format!("{key}.maglev_table_size"),
+                    format!(
+                        "must be a prime of at least 100 × targets ({least}); 65537 serves up to 655 targets"
+                    ),
+                ));
+            }
+        }
         target_groups.push(TargetGroupConfig {
             name: g.name,
-            algorithm: match g.algorithm.unwrap_or(FileAlgorithm::RoundRobin) {
-                FileAlgorithm::RoundRobin => Algorithm::RoundRobin,
-                FileAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
-                FileAlgorithm::LeastConnections => Algorithm::LeastConnections,
-                FileAlgorithm::Random => Algorithm::Random,
-                FileAlgorithm::PowerOfTwo => Algorithm::PowerOfTwo,
-                FileAlgorithm::SourceHash => Algorithm::SourceHash,
+            algorithm,
+            hash_key: match g.hash_key {
+                Some(FileHashKey::SourceIp) => HashKey::SourceIp,
+                Some(FileHashKey::FiveTuple) | None => HashKey::FiveTuple,
             },
+            maglev_table_size,
             health_check,
             targets,
         });
@@ -392,5 +424,31 @@ target_groups:
         assert!(e.contains("must not exceed interval"), "{e}");
         let e = err(&GOOD.replace("path: /healthz", "port: 8080"));
         assert!(e.contains("http checks need a `path`"), "{e}");
+        let maglev = GOOD.replace("weighted_round_robin", "maglev");
+        let c = parse_str(&maglev.replace(
+            "    health_check:",
+            "    hash_key: source_ip\n    health_check:",
+        ))
+        .unwrap();
+        assert_eq!(c.target_groups[0].hash_key, HashKey::SourceIp);
+        assert_eq!(c.target_groups[0].maglev_table_size, 65537);
+        let e = err(&GOOD.replace(
+            "    health_check:",
+            "    hash_key: source_ip\n    health_check:",
+        ));
+        assert!(
+            e.contains("target_groups[0].hash_key: `hash_key` applies to `algorithm: maglev` only"),
+            "{e}"
+        );
+        let e = err(&maglev.replace(
+            "    health_check:",
+            "    maglev_table_size: 65536\n    health_check:",
+        ));
+        assert!(e.contains("must be a prime"), "{e}");
+        let e = err(&maglev.replace(
+            "    health_check:",
+            "    maglev_table_size: 101\n    health_check:",
+        ));
+        assert!(e.contains("at least 100 × targets (200)"), "{e}");
     }
 }

@@ -224,7 +224,7 @@ impl Worker {
         let balancers = shared
             .groups
             .iter()
-            .map(|g| balancer::for_algorithm(g.config.algorithm))
+            .map(|g| balancer::for_algorithm(g.config.algorithm, g.config.hash_key))
             .collect();
         Ok(Worker {
             id,
