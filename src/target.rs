@@ -21,6 +21,8 @@ pub struct Target {
     pub address: SocketAddr,
     /// Relative share for weighted algorithms (≥ 1).
     pub weight: u32,
+    /// Used only when no primary target is healthy.
+    pub backup: bool,
     healthy: AtomicBool,
     /// Open connections (connecting or established) and UDP sessions to this target, across
     /// all workers.
@@ -65,6 +67,7 @@ impl TargetGroup {
             .map(|t| Target {
                 address: t.address,
                 weight: t.weight,
+                backup: t.backup,
                 // Targets start healthy: traffic flows at once, and the prober takes a target
                 // out after `unhealthy_threshold` failures.
                 healthy: AtomicBool::new(true),

@@ -56,16 +56,24 @@ pub fn for_algorithm(algorithm: Algorithm, hash_key: HashKey) -> Box<dyn Balance
     }
 }
 
-/// The targets a pick may choose from: the healthy ones not in `exclude`, or, when there are
-/// none, every target not in `exclude` (fail open).
+/// The [`eligible`] targets not in `exclude`; when a retry has excluded all of those, any
+/// healthy target not yet tried, then any target not yet tried.
 pub fn candidates(group: &TargetGroup, exclude: &[usize]) -> Vec<usize> {
+    let health = group.health();
     let untried = |i: &usize| !exclude.contains(i);
-    let healthy: Vec<usize> = (0..group.targets.len())
-        .filter(|&i| group.targets[i].is_healthy())
+    let pool: Vec<usize> = eligible(group, &health)
+        .into_iter()
+        .filter(untried)
+        .collect();
+    if !pool.is_empty() {
+        return pool;
+    }
+    let healthy: Vec<usize> = (0..health.len())
+        .filter(|&i| health[i])
         .filter(untried)
         .collect();
     if healthy.is_empty() {
-        (0..group.targets.len()).filter(untried).collect()
+        (0..health.len()).filter(untried).collect()
     } else {
         healthy
     }
@@ -121,20 +129,63 @@ pub fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
     &tried[(tried.len() / targets) * targets..]
 }
 
-/// The targets a pick may choose from: the healthy ones, or all of them when none is healthy
-/// (fail open: a health check that is wrong about every target must not take the service down).
-pub fn eligible(health: &[bool]) -> Vec<usize> {
-    let healthy: Vec<usize> = (0..health.len()).filter(|&i| health[i]).collect();
-    if healthy.is_empty() {
-        (0..health.len()).collect()
-    } else {
-        healthy
+/// The targets a pick may choose from, given every target's `health`: the healthy primaries;
+/// when none, the healthy backups (`backup: true`); when none either, every target (fail open:
+/// a health check that is wrong about every target must not take the service down).
+pub fn eligible(group: &TargetGroup, health: &[bool]) -> Vec<usize> {
+    let healthy = |backup: bool| -> Vec<usize> {
+        (0..health.len())
+            .filter(|&i| health[i] && group.targets[i].backup == backup)
+            .collect()
+    };
+    let primaries = healthy(false);
+    if !primaries.is_empty() {
+        return primaries;
     }
+    let backups = healthy(true);
+    if !backups.is_empty() {
+        return backups;
+    }
+    (0..health.len()).collect()
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::retry_exclusions;
+
+    use crate::config::HashKey;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the algorithm, a backup is never picked while a primary is healthy, and
+        /// a healthy backup is picked when no primary is.
+        #[test]
+        fn backups_only_when_no_primary_is_healthy(
+            targets in prop::collection::vec((1u32..4, any::<bool>(), any::<bool>()), 1..8),
+            port in any::<u16>(),
+        ) {
+            for algorithm in ["round_robin", "weighted_round_robin", "least_connections",
+                              "random", "power_of_two", "source_hash", "maglev"] {
+                let spec: Vec<(u32, bool)> = targets.iter().map(|t| (t.0, t.1)).collect();
+                let g = group_with(algorithm, &spec);
+                for (i, t) in targets.iter().enumerate() {
+                    g.set_healthy(i, t.2);
+                }
+                let algo = g.config.algorithm;
+                let mut b = super::for_algorithm(algo, HashKey::FiveTuple);
+                let pick = b.pick(&g, &request(port), &[]).unwrap();
+                let primary_up = targets.iter().any(|t| !t.1 && t.2);
+                let backup_up = targets.iter().any(|t| t.1 && t.2);
+                if primary_up {
+                    prop_assert!(!targets[pick].1, "{} picked backup {}", algo, pick);
+                } else if backup_up {
+                    prop_assert!(targets[pick].1 && targets[pick].2, "{} skipped the backups", algo);
+                }
+            }
+        }
+    }
 
     #[test]
     fn retries_avoid_tried_targets_until_all_were_tried() {
@@ -163,13 +214,19 @@ pub(crate) mod tests {
 
     /// A group of targets on 127.0.0.1:1001.. with these weights.
     pub fn group(weights: &[u32]) -> TargetGroup {
-        let mut yaml = String::from(
-            "listeners:\n  - {name: l, protocol: tcp, bind: '127.0.0.1:1', target_group: g}\n\
-             target_groups:\n  - name: g\n    targets:\n",
+        let targets: Vec<(u32, bool)> = weights.iter().map(|&w| (w, false)).collect();
+        group_with("round_robin", &targets)
+    }
+
+    /// A group with `algorithm` over targets on 127.0.0.1:1001.. as `(weight, backup)`.
+    pub fn group_with(algorithm: &str, targets: &[(u32, bool)]) -> TargetGroup {
+        let mut yaml = format!(
+            "listeners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:1', target_group: g}}\n\
+             target_groups:\n  - name: g\n    algorithm: {algorithm}\n    targets:\n"
         );
-        for (i, w) in weights.iter().enumerate() {
+        for (i, (w, backup)) in targets.iter().enumerate() {
             yaml += &format!(
-                "      - {{address: '127.0.0.1:{}', weight: {w}}}\n",
+                "      - {{address: '127.0.0.1:{}', weight: {w}, backup: {backup}}}\n",
                 1001 + i
             );
         }

@@ -12,8 +12,7 @@ pub struct RoundRobin {
 
 impl Balancer for RoundRobin {
     fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
-        self.schedule
-            .pick(group, exclude, |_, health| eligible(health))
+        self.schedule.pick(group, exclude, eligible)
     }
 }
 

@@ -18,7 +18,7 @@ pub struct WeightedRoundRobin {
 impl Balancer for WeightedRoundRobin {
     fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
         self.schedule.pick(group, exclude, |g, health| {
-            let members = eligible(health);
+            let members = eligible(g, health);
             let weights: Vec<u32> = members.iter().map(|&i| g.targets[i].weight).collect();
             smooth_cycle(&weights)
                 .into_iter()

@@ -194,6 +194,7 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 pub struct FileTarget {
     pub address: Address,
     pub weight: Option<NonZeroU32>,
+    pub backup: Option<bool>,
 }
 
 /// A socket address written as `ip:port` or `host:port` (resolved once, at load; the first

@@ -274,6 +274,8 @@ pub struct TargetConfig {
     pub address: SocketAddr,
     /// Relative share for weighted algorithms (≥ 1).
     pub weight: u32,
+    /// Used only when no primary (non-backup) target is healthy.
+    pub backup: bool,
 }
 
 /// Why a configuration was refused. Every message names the file; parse errors also name the

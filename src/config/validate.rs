@@ -59,6 +59,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             targets.push(TargetConfig {
                 address: t.address.0,
                 weight: t.weight.map_or(1, |w| w.get()),
+                backup: t.backup.unwrap_or(false),
             });
         }
         let health_check = health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;
