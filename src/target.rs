@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::balancer::maglev::MaglevTable;
+use crate::balancer::table::LookupTable;
+use crate::balancer::{maglev, source_hash};
 use crate::config::{Algorithm, Config, ListenerConfig, TargetGroupConfig};
 
 /// Run-time state of one target.
@@ -55,8 +56,9 @@ pub struct TargetGroup {
     pub cursor: AtomicUsize,
     /// Bumped after every health change, so workers know to rebuild their schedules.
     health_generation: AtomicU64,
-    /// The `maglev` lookup table, rebuilt by whoever changes health and swapped in whole.
-    maglev: Option<ArcSwap<MaglevTable>>,
+    /// The lookup table of `maglev` and `source_hash`, rebuilt by whoever changes health (the
+    /// prober thread) and swapped in whole.
+    table: Option<ArcSwap<LookupTable>>,
 }
 
 impl TargetGroup {
@@ -83,18 +85,24 @@ impl TargetGroup {
             targets,
             cursor: AtomicUsize::new(0),
             health_generation: AtomicU64::new(0),
-            maglev: None,
+            table: None,
         };
-        if config.algorithm == Algorithm::Maglev {
-            let table = MaglevTable::for_group(&group, config.maglev_table_size);
-            group.maglev = Some(ArcSwap::from_pointee(table));
-        }
+        group.table = group.build_table().map(ArcSwap::from_pointee);
         group
     }
 
-    /// The current `maglev` table (`None` for other algorithms).
-    pub fn maglev_table(&self) -> Option<Arc<MaglevTable>> {
-        self.maglev.as_ref().map(|t| t.load_full())
+    /// A fresh lookup table for the current health, for the algorithms that use one.
+    fn build_table(&self) -> Option<LookupTable> {
+        match self.config.algorithm {
+            Algorithm::Maglev => Some(maglev::for_group(self, self.config.maglev_table_size)),
+            Algorithm::SourceHash => Some(source_hash::for_group(self)),
+            _ => None,
+        }
+    }
+
+    /// The current lookup table (`None` for algorithms without one).
+    pub fn lookup_table(&self) -> Option<Arc<LookupTable>> {
+        self.table.as_ref().map(|t| t.load_full())
     }
 
     /// The group's name.
@@ -111,11 +119,8 @@ impl TargetGroup {
         if was != healthy {
             // Off the data path: this runs on the prober thread; workers keep using the old
             // table until the new one is stored.
-            if let Some(table) = &self.maglev {
-                table.store(Arc::new(MaglevTable::for_group(
-                    self,
-                    self.config.maglev_table_size,
-                )));
+            if let (Some(table), Some(fresh)) = (&self.table, self.build_table()) {
+                table.store(Arc::new(fresh));
             }
             self.health_generation.fetch_add(1, Ordering::Release);
         }

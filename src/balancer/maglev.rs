@@ -15,90 +15,61 @@
 use std::sync::Arc;
 
 use super::hash::{fnv1a, hash_ip, hash_tuple, mix};
+use super::table::LookupTable;
 use super::{candidates, Balancer, Request};
 use crate::config::HashKey;
 use crate::target::TargetGroup;
 
-/// A built lookup table: slot → target index (into the group's targets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MaglevTable {
-    slots: Vec<u32>,
-}
-
-impl MaglevTable {
-    /// Builds the table of `size` slots (`size` prime) over `targets`: `(name, weight, index)`
-    /// for each eligible target, `index` being what the table returns. An empty list gives an
-    /// empty table.
-    pub fn build(size: usize, targets: &[(String, u32, usize)]) -> MaglevTable {
-        if targets.is_empty() {
-            return MaglevTable { slots: Vec::new() };
-        }
-        let m = size as u64;
-        // Algorithm 1 of the paper: offset in [0, M), skip in [1, M).
-        let walks: Vec<(u64, u64)> = targets
-            .iter()
-            .map(|(name, _, _)| {
-                let h = fnv1a(name.as_bytes(), 0);
-                (mix(h) % m, mix(h ^ 0x5bd1_e995) % (m - 1) + 1)
-            })
-            .collect();
-        let mut next = vec![0u64; targets.len()];
-        let mut slots = vec![u32::MAX; size];
-        let mut filled = 0;
-        'rounds: loop {
-            for (t, (_, weight, index)) in targets.iter().enumerate() {
-                for _ in 0..*weight {
-                    let (offset, skip) = walks[t];
-                    let mut c = (offset + next[t] * skip) % m;
-                    while slots[c as usize] != u32::MAX {
-                        next[t] += 1;
-                        c = (offset + next[t] * skip) % m;
-                    }
-                    slots[c as usize] = *index as u32;
+/// Builds the Maglev table of `size` slots (`size` prime) over `targets`: `(name, weight,
+/// index)` for each eligible target, `index` being what the table returns. An empty list gives
+/// an empty table.
+pub fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTable {
+    if targets.is_empty() {
+        return LookupTable::new(Vec::new());
+    }
+    let m = size as u64;
+    // Algorithm 1 of the paper: offset in [0, M), skip in [1, M).
+    let walks: Vec<(u64, u64)> = targets
+        .iter()
+        .map(|(name, _, _)| {
+            let h = fnv1a(name.as_bytes(), 0);
+            (mix(h) % m, mix(h ^ 0x5bd1_e995) % (m - 1) + 1)
+        })
+        .collect();
+    let mut next = vec![0u64; targets.len()];
+    let mut slots = vec![u32::MAX; size];
+    let mut filled = 0;
+    'rounds: loop {
+        for (t, (_, weight, index)) in targets.iter().enumerate() {
+            for _ in 0..*weight {
+                let (offset, skip) = walks[t];
+                let mut c = (offset + next[t] * skip) % m;
+                while slots[c as usize] != u32::MAX {
                     next[t] += 1;
-                    filled += 1;
-                    if filled == size {
-                        break 'rounds;
-                    }
+                    c = (offset + next[t] * skip) % m;
+                }
+                slots[c as usize] = *index as u32;
+                next[t] += 1;
+                filled += 1;
+                if filled == size {
+                    break 'rounds;
                 }
             }
         }
-        MaglevTable { slots }
     }
+    LookupTable::new(slots)
+}
 
-    /// The table for `group`'s eligible (healthy, or all when none is) targets.
-    pub fn for_group(group: &TargetGroup, size: usize) -> MaglevTable {
-        let targets: Vec<(String, u32, usize)> = candidates(group, &[])
-            .into_iter()
-            .map(|i| {
-                let t = &group.targets[i];
-                (t.address.to_string(), t.weight, i)
-            })
-            .collect();
-        MaglevTable::build(size, &targets)
-    }
-
-    /// The target index in slot `hash % size`, or `None` for an empty table.
-    pub fn lookup(&self, hash: u64) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        Some(self.slots[(hash % self.slots.len() as u64) as usize] as usize)
-    }
-
-    /// Number of slots held by each target index below `n`.
-    pub fn shares(&self, n: usize) -> Vec<usize> {
-        let mut counts = vec![0; n];
-        for &s in &self.slots {
-            counts[s as usize] += 1;
-        }
-        counts
-    }
-
-    /// All slots, in order.
-    pub fn slots(&self) -> &[u32] {
-        &self.slots
-    }
+/// The Maglev table for `group`'s eligible targets.
+pub fn for_group(group: &TargetGroup, size: usize) -> LookupTable {
+    let targets: Vec<(String, u32, usize)> = candidates(group, &[])
+        .into_iter()
+        .map(|i| {
+            let t = &group.targets[i];
+            (t.address.to_string(), t.weight, i)
+        })
+        .collect();
+    build(size, &targets)
 }
 
 /// Looks connections up in the group's current table.
@@ -116,7 +87,7 @@ impl Maglev {
 
 impl Balancer for Maglev {
     fn pick(&mut self, group: &TargetGroup, request: &Request, exclude: &[usize]) -> Option<usize> {
-        let table: Arc<MaglevTable> = group.maglev_table()?;
+        let table: Arc<LookupTable> = group.lookup_table()?;
         let hash = match self.key {
             HashKey::FiveTuple => hash_tuple(&request.tuple),
             HashKey::SourceIp => hash_ip(request.tuple.client.ip()),
@@ -126,10 +97,8 @@ impl Balancer for Maglev {
             return Some(first);
         }
         // A retry: the next slots in order, then anything not yet tried.
-        let len = table.slots().len() as u64;
-        (1..len)
-            .map(|k| table.slots()[((hash % len + k) % len) as usize] as usize)
-            .find(|i| !exclude.contains(i))
+        table
+            .lookup_from(hash, |i| !exclude.contains(&i))
             .or_else(|| candidates(group, exclude).first().copied())
     }
 }
@@ -157,7 +126,7 @@ mod tests {
 
     #[test]
     fn small_table_by_hand() {
-        let t = MaglevTable::build(7, &targets(3));
+        let t = build(7, &targets(3));
         assert_eq!(t.slots().len(), 7);
         let shares = t.shares(3);
         assert!(shares.iter().all(|&s| s == 2 || s == 3), "{shares:?}");
@@ -168,7 +137,7 @@ mod tests {
     fn weights_scale_shares() {
         let mut ts = targets(3);
         ts[2].1 = 2;
-        let shares = MaglevTable::build(M, &ts).shares(3);
+        let shares = build(M, &ts).shares(3);
         let ideal = M as f64 / 4.0;
         assert!(
             (shares[2] as f64 - 2.0 * ideal).abs() / (2.0 * ideal) < 0.01,
@@ -185,13 +154,13 @@ mod tests {
         fn balanced_and_minimally_disruptive(n in 3usize..=50, gone in 0usize..50) {
             let gone = gone % n;
             let all = targets(n);
-            let table = MaglevTable::build(M, &all);
+            let table = build(M, &all);
             let ideal = M as f64 / n as f64;
             for (i, &s) in table.shares(n).iter().enumerate() {
                 prop_assert!((s as f64 - ideal).abs() / ideal <= 0.01, "target {i}: {s} vs {ideal}");
             }
             let rest: Vec<_> = all.iter().filter(|t| t.2 != gone).cloned().collect();
-            let after = MaglevTable::build(M, &rest);
+            let after = build(M, &rest);
             let moved = table.slots().iter().zip(after.slots()).filter(|(a, b)| a != b).count();
             let bound = M as f64 * (1.0 / n as f64 + 0.01);
             prop_assert!(moved as f64 <= bound, "moved {moved} of {M}, bound {bound}");

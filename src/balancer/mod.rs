@@ -17,6 +17,7 @@ pub mod random;
 pub mod round_robin;
 pub mod schedule;
 pub mod source_hash;
+pub mod table;
 pub mod weighted_round_robin;
 
 use std::sync::atomic::Ordering;
@@ -48,11 +49,58 @@ pub fn for_algorithm(algorithm: Algorithm, hash_key: HashKey) -> Box<dyn Balance
         Algorithm::WeightedRoundRobin => {
             Box::new(weighted_round_robin::WeightedRoundRobin::default())
         }
-        Algorithm::LeastConnections => Box::new(least_connections::LeastConnections),
+        Algorithm::LeastConnections => Box::new(least_connections::LeastConnections::default()),
         Algorithm::Random => Box::new(random::Random::new(hash::Rng::from_entropy())),
         Algorithm::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(hash::Rng::from_entropy())),
         Algorithm::SourceHash => Box::new(source_hash::SourceHash),
         Algorithm::Maglev => Box::new(maglev::Maglev::new(hash_key)),
+    }
+}
+
+/// One worker's copy of a group's [`eligible`] targets with their weights and running weight
+/// sums, rebuilt only when the group's health changes, so a pick without exclusions reads no
+/// health and allocates nothing.
+#[derive(Debug, Default)]
+pub struct EligibleCache {
+    generation: Option<u64>,
+    members: Vec<(usize, u32)>,
+    prefix: Vec<u64>,
+}
+
+impl EligibleCache {
+    /// Brings the cache up to date with `group`'s health.
+    pub fn refresh(&mut self, group: &TargetGroup) -> &Self {
+        let generation = group.health_generation();
+        if self.generation != Some(generation) {
+            self.members = eligible(group, &group.health())
+                .into_iter()
+                .map(|i| (i, group.targets[i].weight))
+                .collect();
+            let mut sum = 0;
+            self.prefix = self
+                .members
+                .iter()
+                .map(|&(_, w)| {
+                    sum += u64::from(w);
+                    sum
+                })
+                .collect();
+            self.generation = Some(generation);
+        }
+        self
+    }
+
+    /// `(target index, weight)` of each eligible target.
+    pub fn members(&self) -> &[(usize, u32)] {
+        &self.members
+    }
+
+    /// A member drawn with probability proportional to its weight.
+    pub fn draw(&self, rng: &mut hash::Rng) -> Option<usize> {
+        let total = *self.prefix.last()?;
+        let point = rng.below(total);
+        let k = self.prefix.partition_point(|&p| p <= point);
+        self.members.get(k).map(|&(i, _)| i)
     }
 }
 
@@ -86,7 +134,7 @@ fn active(group: &TargetGroup, i: usize) -> u64 {
 
 /// Whether target `a` is less loaded than target `b`: fewer active connections per unit of
 /// weight (compared by cross-multiplying, no division).
-fn less_loaded(group: &TargetGroup, a: usize, b: usize) -> bool {
+pub(crate) fn less_loaded(group: &TargetGroup, a: usize, b: usize) -> bool {
     let (wa, wb) = (
         u128::from(group.targets[a].weight),
         u128::from(group.targets[b].weight),

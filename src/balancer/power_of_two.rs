@@ -2,7 +2,7 @@
 //! Choices in Randomized Load Balancing", IEEE TPDS 2001).
 
 use super::hash::Rng;
-use super::{candidates, less_loaded, weighted_choice, Balancer, Request};
+use super::{candidates, less_loaded, weighted_choice, Balancer, EligibleCache, Request};
 use crate::target::TargetGroup;
 
 /// Two weighted random draws; the one with fewer active connections per weight wins (the first
@@ -10,20 +10,31 @@ use crate::target::TargetGroup;
 #[derive(Debug)]
 pub struct PowerOfTwo {
     rng: Rng,
+    cache: EligibleCache,
 }
 
 impl PowerOfTwo {
     /// A balancer drawing from `rng`.
     pub fn new(rng: Rng) -> Self {
-        PowerOfTwo { rng }
+        PowerOfTwo {
+            rng,
+            cache: EligibleCache::default(),
+        }
     }
 }
 
 impl Balancer for PowerOfTwo {
     fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
-        let pool = candidates(group, exclude);
-        let a = weighted_choice(group, &pool, &mut self.rng)?;
-        let b = weighted_choice(group, &pool, &mut self.rng)?;
+        let (a, b) = if exclude.is_empty() {
+            let cache = self.cache.refresh(group);
+            (cache.draw(&mut self.rng)?, cache.draw(&mut self.rng)?)
+        } else {
+            let pool = candidates(group, exclude);
+            (
+                weighted_choice(group, &pool, &mut self.rng)?,
+                weighted_choice(group, &pool, &mut self.rng)?,
+            )
+        };
         Some(if less_loaded(group, b, a) { b } else { a })
     }
 }

@@ -1,24 +1,31 @@
 //! `random`: a target drawn at random, in proportion to weights.
 
 use super::hash::Rng;
-use super::{candidates, weighted_choice, Balancer, Request};
+use super::{candidates, weighted_choice, Balancer, EligibleCache, Request};
 use crate::target::TargetGroup;
 
 /// Weighted random choice among the candidates; each worker has its own generator.
 #[derive(Debug)]
 pub struct Random {
     rng: Rng,
+    cache: EligibleCache,
 }
 
 impl Random {
     /// A balancer drawing from `rng`.
     pub fn new(rng: Rng) -> Self {
-        Random { rng }
+        Random {
+            rng,
+            cache: EligibleCache::default(),
+        }
     }
 }
 
 impl Balancer for Random {
     fn pick(&mut self, group: &TargetGroup, _: &Request, exclude: &[usize]) -> Option<usize> {
+        if exclude.is_empty() {
+            return self.cache.refresh(group).draw(&mut self.rng);
+        }
         weighted_choice(group, &candidates(group, exclude), &mut self.rng)
     }
 }

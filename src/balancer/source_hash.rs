@@ -2,35 +2,77 @@
 //! random weight: Thaler and Ravishankar, IEEE/ACM ToN 1998; weights as in Schindelhauer and
 //! Schomaker, "Weighted Distributed Hash Tables", SPAA 2005: score = -w / ln(u)).
 //!
-//! Every target gets a score from a hash of (client IP, target address); the highest wins. The
-//! hash is fixed (FNV-1a + SplitMix64), so every worker, every restart and every Ballast node
-//! maps a client the same way; when a target leaves, only the clients whose best it was move.
+//! Client IPs hash (FNV-1a + SplitMix64, fixed) into one of [`BUCKETS`] buckets, and each
+//! bucket goes to the target with the highest score for it. The bucket winners are computed off
+//! the data path into a lookup table (at start, and on the prober thread when health changes),
+//! so a pick is one hash and one load. Every worker, every restart and every Ballast node maps
+//! a client the same way; when a target leaves, only the buckets it won move — only the clients
+//! that were on it.
 
 use std::net::SocketAddr;
 
 use super::hash::{fnv1a, hash_ip, mix};
+use super::table::LookupTable;
 use super::{candidates, Balancer, Request};
 use crate::target::TargetGroup;
+
+/// Buckets of client IPs: enough that each of a few hundred targets gets its weight's share
+/// within a few percent.
+pub const BUCKETS: usize = 65536;
 
 /// Weighted rendezvous hashing of the client IP over the candidates.
 #[derive(Debug, Default)]
 pub struct SourceHash;
 
-/// The score of `target` (weight `weight`) for a client whose IP hashes to `key`.
-pub fn score(key: u64, target: SocketAddr, weight: u32) -> f64 {
-    let h = mix(fnv1a(target.to_string().as_bytes(), key));
+/// A target's fixed hash seed, from its address.
+fn seed(target: SocketAddr) -> u64 {
+    fnv1a(target.to_string().as_bytes(), 0)
+}
+
+/// The score of a target (its `seed` and `weight`) for `bucket`: highest wins.
+fn score(bucket: u64, seed: u64, weight: u32) -> f64 {
+    let h = mix(seed ^ mix(bucket));
     // u in (0, 1): never 0, so ln(u) < 0 and the score is positive.
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -f64::from(weight) / u.ln()
 }
 
+/// The winner of `bucket` among `targets` (`(seed, weight, index)`).
+fn winner(bucket: u64, targets: &[(u64, u32, usize)]) -> Option<usize> {
+    targets
+        .iter()
+        .max_by(|a, b| score(bucket, a.0, a.1).total_cmp(&score(bucket, b.0, b.1)))
+        .map(|t| t.2)
+}
+
+fn scored(group: &TargetGroup, pool: &[usize]) -> Vec<(u64, u32, usize)> {
+    pool.iter()
+        .map(|&i| (seed(group.targets[i].address), group.targets[i].weight, i))
+        .collect()
+}
+
+/// The bucket table for `group`'s eligible targets.
+pub fn for_group(group: &TargetGroup) -> LookupTable {
+    let targets = scored(group, &candidates(group, &[]));
+    if targets.is_empty() {
+        return LookupTable::new(Vec::new());
+    }
+    let slots = (0..BUCKETS as u64)
+        .map(|b| winner(b, &targets).unwrap_or(0) as u32)
+        .collect();
+    LookupTable::new(slots)
+}
+
 impl Balancer for SourceHash {
     fn pick(&mut self, group: &TargetGroup, request: &Request, exclude: &[usize]) -> Option<usize> {
-        let key = hash_ip(request.tuple.client.ip());
-        candidates(group, exclude).into_iter().max_by(|&a, &b| {
-            let (ta, tb) = (&group.targets[a], &group.targets[b]);
-            score(key, ta.address, ta.weight).total_cmp(&score(key, tb.address, tb.weight))
-        })
+        let bucket = hash_ip(request.tuple.client.ip()) % BUCKETS as u64;
+        if let Some(t) = group.lookup_table().and_then(|table| table.lookup(bucket)) {
+            if !exclude.contains(&t) {
+                return Some(t);
+            }
+        }
+        // A retry: the bucket's winner among the targets not yet tried.
+        winner(bucket, &scored(group, &candidates(group, exclude)))
     }
 }
 
