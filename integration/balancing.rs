@@ -141,3 +141,12 @@ fn maglev_by_five_tuple_spreads_one_clients_connections() {
     // Each connection's 5-tuple differs (its port): 90 hash to all three, near evenly.
     assert!(spread.iter().all(|&c| c >= 15), "{spread:?}");
 }
+
+#[test]
+fn stickiness_keeps_a_client_on_its_target_until_it_turns_unhealthy() {
+    // round_robin alone would spread the client's connections over all three.
+    client_stays_together(
+        "round_robin",
+        "    stickiness: {timeout: 1m, max_entries: 1000}\n",
+    );
+}

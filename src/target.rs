@@ -8,9 +8,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::balancer::sticky::StickyTable;
 use crate::balancer::table::LookupTable;
 use crate::balancer::{maglev, source_hash};
 use crate::config::{Algorithm, Config, ListenerConfig, TargetGroupConfig};
@@ -56,6 +58,10 @@ pub struct TargetGroup {
     pub cursor: AtomicUsize,
     /// Bumped after every health change, so workers know to rebuild their schedules.
     health_generation: AtomicU64,
+    /// Client IP → target, when the group has `stickiness`.
+    pub sticky: Option<StickyTable>,
+    /// When the group was built: the zero of the sticky table's clock.
+    pub epoch: Instant,
     /// The lookup table of `maglev` and `source_hash`, rebuilt by whoever changes health (the
     /// prober thread) and swapped in whole.
     table: Option<ArcSwap<LookupTable>>,
@@ -86,6 +92,10 @@ impl TargetGroup {
             cursor: AtomicUsize::new(0),
             health_generation: AtomicU64::new(0),
             table: None,
+            sticky: config
+                .stickiness
+                .map(|st| StickyTable::new(st.max_entries, st.timeout)),
+            epoch: Instant::now(),
         };
         group.table = group.build_table().map(ArcSwap::from_pointee);
         group

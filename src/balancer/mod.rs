@@ -17,6 +17,7 @@ pub mod random;
 pub mod round_robin;
 pub mod schedule;
 pub mod source_hash;
+pub mod sticky;
 pub mod table;
 pub mod weighted_round_robin;
 
@@ -175,6 +176,41 @@ pub fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
         return tried;
     }
     &tried[(tried.len() / targets) * targets..]
+}
+
+/// Picks a target of `group` for `request`: the client's sticky target when the group has
+/// `stickiness` and the entry is fresh, the target healthy and not in `exclude`; otherwise
+/// `balancer`'s pick. `now` is the caller's clock.
+pub fn choose(
+    group: &TargetGroup,
+    balancer: &mut dyn Balancer,
+    now: std::time::Instant,
+    request: &Request,
+    exclude: &[usize],
+) -> Option<usize> {
+    if let Some(sticky) = &group.sticky {
+        let now_ms = now.saturating_duration_since(group.epoch).as_millis() as u64;
+        if let Some(t) = sticky.get(request.tuple.client.ip(), now_ms) {
+            if t < group.targets.len() && group.targets[t].is_healthy() && !exclude.contains(&t) {
+                return Some(t);
+            }
+        }
+    }
+    balancer.pick(group, request, exclude)
+}
+
+/// Records that `client` reached `target` (a connection established, a session created), for
+/// stickiness.
+pub fn remember(
+    group: &TargetGroup,
+    client: std::net::IpAddr,
+    target: usize,
+    now: std::time::Instant,
+) {
+    if let Some(sticky) = &group.sticky {
+        let now_ms = now.saturating_duration_since(group.epoch).as_millis() as u64;
+        sticky.put(client, target, now_ms);
+    }
 }
 
 /// The targets a pick may choose from, given every target's `health`: the healthy primaries;

@@ -88,6 +88,7 @@ pub struct FileTargetGroup {
     pub algorithm: Option<FileAlgorithm>,
     pub hash_key: Option<FileHashKey>,
     pub maglev_table_size: Option<usize>,
+    pub stickiness: Option<FileStickiness>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
 }
@@ -103,6 +104,14 @@ pub enum FileAlgorithm {
     PowerOfTwo,
     SourceHash,
     Maglev,
+}
+
+/// `stickiness:` of a target group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStickiness {
+    pub timeout: Option<PositiveDuration>,
+    pub max_entries: Option<NonZeroU32>,
 }
 
 /// `hash_key:` of a maglev group.

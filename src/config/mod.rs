@@ -174,6 +174,16 @@ pub enum Algorithm {
     Maglev,
 }
 
+/// Session persistence: a client IP keeps its target while the target is healthy and the
+/// entry is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stickiness {
+    /// An entry unused for this long expires.
+    pub timeout: Duration,
+    /// Most entries kept (the table is bounded; rounded up to a power of two).
+    pub max_entries: usize,
+}
+
 /// What `maglev` hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashKey {
@@ -261,6 +271,8 @@ pub struct TargetGroupConfig {
     pub hash_key: HashKey,
     /// Slots in the `maglev` table (a prime ≥ 100 × targets).
     pub maglev_table_size: usize,
+    /// Session persistence by client IP, when configured.
+    pub stickiness: Option<Stickiness>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// At least one target.

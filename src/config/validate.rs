@@ -105,6 +105,21 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 Some(FileHashKey::FiveTuple) | None => HashKey::FiveTuple,
             },
             maglev_table_size,
+            stickiness: match g.stickiness {
+                Some(st) => {
+                    if targets.len() > 1 << 16 {
+                        return Err(invalid(
+                            format!("{key}.stickiness"),
+                            "stickiness supports groups of up to 65,536 targets".into(),
+                        ));
+                    }
+                    Some(Stickiness {
+                        timeout: st.timeout.map_or(Duration::from_secs(600), |d| d.0),
+                        max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
+                    })
+                }
+                None => None,
+            },
             health_check,
             targets,
         });

@@ -92,7 +92,8 @@ impl Worker {
             let group = &self.shared.groups[conn.group];
             let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
             let request = balancer::Request { tuple: conn.tuple };
-            let Some(t) = self.balancers[conn.group].pick(group, &request, exclude) else {
+            let balancer = self.balancers[conn.group].as_mut();
+            let Some(t) = balancer::choose(group, balancer, self.now, &request, exclude) else {
                 return false;
             };
             conn.tried.push(t);
@@ -221,8 +222,10 @@ impl Worker {
             back.ready.writable = true;
         }
         if let Some(t) = conn.target {
-            let target = &self.shared.groups[conn.group].targets[t];
+            let group = &self.shared.groups[conn.group];
+            let target = &group.targets[t];
             target.total.fetch_add(1, Ordering::Relaxed);
+            balancer::remember(group, conn.tuple.client.ip(), t, self.now);
             log::debug!("{}: connected to {}", conn.tuple, target.address);
         }
         self.drive(key);

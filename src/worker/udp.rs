@@ -11,7 +11,7 @@ use mio::net::UdpSocket;
 use mio::Interest;
 
 use super::{ListenSocket, Ready, Slot, Worker};
-use crate::balancer::Request;
+use crate::balancer::{choose, remember, Request};
 use crate::config::{OnUnhealthy, Protocol};
 use crate::conntrack::FiveTuple;
 use crate::net::connected_udp_socket;
@@ -109,7 +109,16 @@ impl Worker {
         }
         let g = state.config.target_group;
         let group = &shared.groups[g];
-        let target = self.balancers[g].pick(group, &Request { tuple }, &[]);
+        let target = choose(
+            group,
+            self.balancers[g].as_mut(),
+            self.now,
+            &Request { tuple },
+            &[],
+        );
+        if let Some(t) = target {
+            remember(group, client.ip(), t, self.now);
+        }
         let socket = target.map(|t| connected_udp_socket(group.targets[t].address));
         let (t, socket) = match (target, socket) {
             (Some(t), Some(Ok(s))) => (t, UdpSocket::from_std(s)),
