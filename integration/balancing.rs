@@ -150,3 +150,48 @@ fn stickiness_keeps_a_client_on_its_target_until_it_turns_unhealthy() {
         "    stickiness: {timeout: 1m, max_entries: 1000}\n",
     );
 }
+
+#[test]
+fn slow_start_ramps_a_returning_targets_share_up() {
+    let a = Backend::start(named_echo("a"));
+    let b_addr = dead_addr();
+    let health = "    slow_start: 2s\n    health_check: {protocol: tcp, interval: 100ms, \
+                  timeout: 50ms, healthy_threshold: 1, unhealthy_threshold: 1}\n";
+    let lb = Ballast::start(&config(
+        "round_robin",
+        &[(a.addr, 1), (b_addr, 1)],
+        "",
+        health,
+    ));
+    let addr = lb.addr("l");
+    lb.wait_log(&format!("{b_addr} is now unhealthy"), WAIT);
+    let _b = Backend::start_on(b_addr, named_echo("b"));
+    lb.wait_log(&format!("{b_addr} is now healthy"), WAIT);
+    let t0 = std::time::Instant::now();
+    // b's share per 0.5 s window over the 2 s ramp (and a little after).
+    let mut windows = [(0usize, 0usize); 5];
+    while t0.elapsed() < std::time::Duration::from_millis(2500) {
+        let w = (t0.elapsed().as_millis() / 500) as usize;
+        let (s, name) = open(addr);
+        drop(s);
+        if w < windows.len() {
+            windows[w].0 += usize::from(name == "b");
+            windows[w].1 += 1;
+        }
+    }
+    let shares: Vec<f64> = windows
+        .iter()
+        .map(|(b, n)| *b as f64 / (*n).max(1) as f64)
+        .collect();
+    for pair in shares.windows(2).take(3) {
+        assert!(pair[0] < pair[1], "b's share did not rise: {shares:?}");
+    }
+    assert!(
+        shares[0] < 0.2,
+        "b started with too big a share: {shares:?}"
+    );
+    assert!(
+        shares[4] > 0.4,
+        "b did not reach its full share: {shares:?}"
+    );
+}

@@ -27,6 +27,9 @@ pub struct Target {
     /// Used only when no primary target is healthy.
     pub backup: bool,
     healthy: AtomicBool,
+    /// When the target last turned healthy, in ms since the group's epoch; `u64::MAX` when it
+    /// has been healthy since the start (no slow start then).
+    healthy_since_ms: AtomicU64,
     /// Open connections (connecting or established) and UDP sessions to this target, across
     /// all workers.
     pub active: AtomicU64,
@@ -79,6 +82,7 @@ impl TargetGroup {
                 // Targets start healthy: traffic flows at once, and the prober takes a target
                 // out after `unhealthy_threshold` failures.
                 healthy: AtomicBool::new(true),
+                healthy_since_ms: AtomicU64::new(u64::MAX),
                 active: AtomicU64::new(0),
                 total: AtomicU64::new(0),
                 connect_failures: AtomicU64::new(0),
@@ -125,7 +129,13 @@ impl TargetGroup {
     /// # Panics
     /// If `index` is out of range.
     pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
-        let was = self.targets[index].healthy.swap(healthy, Ordering::AcqRel);
+        let target = &self.targets[index];
+        if healthy && !target.is_healthy() {
+            // Before the flip, so no worker sees the target healthy without its ramp.
+            let now_ms = self.epoch.elapsed().as_millis() as u64;
+            target.healthy_since_ms.store(now_ms, Ordering::Release);
+        }
+        let was = target.healthy.swap(healthy, Ordering::AcqRel);
         if was != healthy {
             // Off the data path: this runs on the prober thread; workers keep using the old
             // table until the new one is stored.
@@ -135,6 +145,22 @@ impl TargetGroup {
             self.health_generation.fetch_add(1, Ordering::Release);
         }
         was != healthy
+    }
+
+    /// The share of its picks target `index` keeps at `now` under `slow_start`: from 1/20
+    /// right after it turned healthy up to 1 (full) once `slow_start` has passed; 1 without
+    /// slow start or for targets healthy since the start.
+    pub fn slow_start_share(&self, index: usize, now: Instant) -> f64 {
+        let Some(ramp) = self.config.slow_start else {
+            return 1.0;
+        };
+        let since = self.targets[index].healthy_since_ms.load(Ordering::Acquire);
+        if since == u64::MAX {
+            return 1.0;
+        }
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let elapsed = now_ms.saturating_sub(since) as f64;
+        (elapsed / ramp.as_millis() as f64).clamp(0.05, 1.0)
     }
 
     /// A number that changes whenever any target's health changes.

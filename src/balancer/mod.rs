@@ -178,25 +178,74 @@ pub fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
     &tried[(tried.len() / targets) * targets..]
 }
 
-/// Picks a target of `group` for `request`: the client's sticky target when the group has
-/// `stickiness` and the entry is fresh, the target healthy and not in `exclude`; otherwise
-/// `balancer`'s pick. `now` is the caller's clock.
-pub fn choose(
-    group: &TargetGroup,
-    balancer: &mut dyn Balancer,
-    now: std::time::Instant,
-    request: &Request,
-    exclude: &[usize],
-) -> Option<usize> {
-    if let Some(sticky) = &group.sticky {
-        let now_ms = now.saturating_duration_since(group.epoch).as_millis() as u64;
-        if let Some(t) = sticky.get(request.tuple.client.ip(), now_ms) {
-            if t < group.targets.len() && group.targets[t].is_healthy() && !exclude.contains(&t) {
-                return Some(t);
-            }
+/// One worker's chooser for one target group: stickiness first, then the group's algorithm,
+/// then slow start's damping of targets that just turned healthy.
+pub struct Picker {
+    balancer: Box<dyn Balancer>,
+    /// Per target: slow start's accumulated share, in picks (see [`Picker::choose`]).
+    credits: Vec<f64>,
+}
+
+impl std::fmt::Debug for Picker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Picker").finish_non_exhaustive()
+    }
+}
+
+impl Picker {
+    /// A chooser for `group` using its configured algorithm.
+    pub fn new(group: &TargetGroup) -> Picker {
+        Picker {
+            balancer: for_algorithm(group.config.algorithm, group.config.hash_key),
+            credits: vec![0.0; group.targets.len()],
         }
     }
-    balancer.pick(group, request, exclude)
+
+    /// Picks a target of `group` for `request`, never one in `exclude`:
+    /// 1. the client's sticky target, when the group has `stickiness` and the entry is fresh,
+    ///    the target healthy and not excluded;
+    /// 2. else the algorithm's pick;
+    /// 3. in `slow_start`, a target that turned healthy `t` ago takes only a share
+    ///    `max(t / slow_start, 1/20)` of its picks: each pick adds that share to its credit and
+    ///    it is kept only when the credit reaches a whole pick, else the algorithm picks again
+    ///    without it. Deterministic, so the ramp is smooth, not noisy.
+    ///
+    /// `now` is the caller's clock.
+    pub fn choose(
+        &mut self,
+        group: &TargetGroup,
+        now: std::time::Instant,
+        request: &Request,
+        exclude: &[usize],
+    ) -> Option<usize> {
+        if let Some(sticky) = &group.sticky {
+            let now_ms = now.saturating_duration_since(group.epoch).as_millis() as u64;
+            if let Some(t) = sticky.get(request.tuple.client.ip(), now_ms) {
+                if t < group.targets.len() && group.targets[t].is_healthy() && !exclude.contains(&t)
+                {
+                    return Some(t);
+                }
+            }
+        }
+        let t = self.balancer.pick(group, request, exclude)?;
+        let share = group.slow_start_share(t, now);
+        if share >= 1.0 {
+            return Some(t);
+        }
+        self.credits[t] += share;
+        if self.credits[t] >= 1.0 {
+            self.credits[t] -= 1.0;
+            return Some(t);
+        }
+        let mut without: Vec<usize> = exclude.to_vec();
+        without.push(t);
+        Some(self.balancer.pick(group, request, &without).unwrap_or(t))
+    }
+
+    /// The algorithm alone (no stickiness, no slow start): for moving a UDP session.
+    pub fn balancer(&mut self) -> &mut dyn Balancer {
+        self.balancer.as_mut()
+    }
 }
 
 /// Records that `client` reached `target` (a connection established, a session created), for

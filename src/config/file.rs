@@ -89,6 +89,7 @@ pub struct FileTargetGroup {
     pub hash_key: Option<FileHashKey>,
     pub maglev_table_size: Option<usize>,
     pub stickiness: Option<FileStickiness>,
+    pub slow_start: Option<PositiveDuration>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
 }

@@ -273,6 +273,8 @@ pub struct TargetGroupConfig {
     pub maglev_table_size: usize,
     /// Session persistence by client IP, when configured.
     pub stickiness: Option<Stickiness>,
+    /// How long a target that turns healthy takes to ramp up to its full share.
+    pub slow_start: Option<Duration>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// At least one target.

@@ -120,6 +120,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 }
                 None => None,
             },
+            slow_start: g.slow_start.map(|d| d.0),
             health_check,
             targets,
         });

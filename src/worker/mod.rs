@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::balancer::{self, Balancer};
+use crate::balancer::Picker;
 use crate::conntrack::ConnTable;
 use crate::runtime::Bound;
 use crate::target::Shared;
@@ -164,7 +164,7 @@ pub struct Worker {
     sessions: SessionTable<UdpSocket>,
     /// Datagram buffers, when the worker has UDP listeners.
     batch: Option<Batch>,
-    balancers: Vec<Box<dyn Balancer>>,
+    pickers: Vec<Picker>,
     timers: Timers,
     pool: BufferPool,
     ready: VecDeque<Ready>,
@@ -221,11 +221,7 @@ impl Worker {
             .filter_map(|l| l.config.udp.as_ref().map(|u| u.batch))
             .max()
             .map(Batch::new);
-        let balancers = shared
-            .groups
-            .iter()
-            .map(|g| balancer::for_algorithm(g.config.algorithm, g.config.hash_key))
-            .collect();
+        let pickers = shared.groups.iter().map(Picker::new).collect();
         Ok(Worker {
             id,
             poll,
@@ -234,7 +230,7 @@ impl Worker {
             table: ConnTable::default(),
             sessions: SessionTable::default(),
             batch,
-            balancers,
+            pickers,
             timers: Timers::default(),
             pool: BufferPool::default(),
             ready: VecDeque::new(),

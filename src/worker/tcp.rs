@@ -92,8 +92,8 @@ impl Worker {
             let group = &self.shared.groups[conn.group];
             let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
             let request = balancer::Request { tuple: conn.tuple };
-            let balancer = self.balancers[conn.group].as_mut();
-            let Some(t) = balancer::choose(group, balancer, self.now, &request, exclude) else {
+            let picker = &mut self.pickers[conn.group];
+            let Some(t) = picker.choose(group, self.now, &request, exclude) else {
                 return false;
             };
             conn.tried.push(t);

@@ -11,7 +11,7 @@ use mio::net::UdpSocket;
 use mio::Interest;
 
 use super::{ListenSocket, Ready, Slot, Worker};
-use crate::balancer::{choose, remember, Request};
+use crate::balancer::{remember, Request};
 use crate::config::{OnUnhealthy, Protocol};
 use crate::conntrack::FiveTuple;
 use crate::net::connected_udp_socket;
@@ -109,13 +109,7 @@ impl Worker {
         }
         let g = state.config.target_group;
         let group = &shared.groups[g];
-        let target = choose(
-            group,
-            self.balancers[g].as_mut(),
-            self.now,
-            &Request { tuple },
-            &[],
-        );
+        let target = self.pickers[g].choose(group, self.now, &Request { tuple }, &[]);
         if let Some(t) = target {
             remember(group, client.ip(), t, self.now);
         }
@@ -184,7 +178,10 @@ impl Worker {
                 listener: self.listeners[session.listener].local,
             },
         };
-        let Some(t) = self.balancers[session.group].pick(group, &request, &[old]) else {
+        let Some(t) = self.pickers[session.group]
+            .balancer()
+            .pick(group, &request, &[old])
+        else {
             return;
         };
         if !group.targets[t].is_healthy() {
