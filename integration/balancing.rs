@@ -195,3 +195,41 @@ fn slow_start_ramps_a_returning_targets_share_up() {
         "b did not reach its full share: {shares:?}"
     );
 }
+
+/// Reads a request line, waits `delay`, answers with its name and closes.
+fn delayed(name: &'static str, delay_ms: u64) -> Handler {
+    Arc::new(move |s: TcpStream| {
+        let mut line = String::new();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms)); // the slow target itself
+        let _ = (&s).write_all(format!("{name}\n").as_bytes());
+    })
+}
+
+#[test]
+fn least_response_time_prefers_the_fast_target() {
+    let fast = Backend::start(delayed("fast", 0));
+    let slow = Backend::start(delayed("slow", 50));
+    let lb = Ballast::start(&config(
+        "least_response_time",
+        &[(fast.addr, 1), (slow.addr, 1)],
+        "",
+        NO_CHECKS,
+    ));
+    let addr = lb.addr("l");
+    let mut fast_count = 0;
+    for _ in 0..60 {
+        let mut s = client(addr);
+        s.write_all(b"ping\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        fast_count += usize::from(answer.trim() == "fast");
+    }
+    assert!(
+        fast_count >= 50,
+        "only {fast_count} of 60 went to the fast target"
+    );
+}

@@ -37,6 +37,7 @@ fn picks(c: &mut Criterion) {
         "power_of_two",
         "source_hash",
         "maglev",
+        "least_response_time",
     ] {
         let cfg = config::parse(Path::new("bench.yaml"), &group_yaml(algorithm)).unwrap();
         let shared = Shared::new(cfg);

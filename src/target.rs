@@ -41,9 +41,34 @@ pub struct Target {
     pub bytes_to_target: AtomicU64,
     /// Bytes sent from this target to clients.
     pub bytes_from_target: AtomicU64,
+    /// Moving average of the target's response time in µs (0: no sample yet); see
+    /// [`Target::record_response`].
+    response_ewma_us: AtomicU64,
 }
 
+/// Weight of a new sample in the response-time average.
+const EWMA_ALPHA: f64 = 0.3;
+
 impl Target {
+    /// Folds one response time into the target's exponentially weighted moving average
+    /// (α = 0.3). Concurrent updates from several workers may lose one another; an average
+    /// does not mind.
+    pub fn record_response(&self, sample: std::time::Duration) {
+        let sample_us = (sample.as_micros() as u64).max(1);
+        let old = self.response_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample_us
+        } else {
+            (old as f64 + EWMA_ALPHA * (sample_us as f64 - old as f64)).max(1.0) as u64
+        };
+        self.response_ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// The moving average of response times in µs; 0 before the first sample.
+    pub fn response_ewma_us(&self) -> u64 {
+        self.response_ewma_us.load(Ordering::Relaxed)
+    }
+
     /// Whether the prober currently counts this target healthy.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
@@ -88,6 +113,7 @@ impl TargetGroup {
                 connect_failures: AtomicU64::new(0),
                 bytes_to_target: AtomicU64::new(0),
                 bytes_from_target: AtomicU64::new(0),
+                response_ewma_us: AtomicU64::new(0),
             })
             .collect();
         let mut group = TargetGroup {

@@ -11,6 +11,7 @@
 
 pub mod hash;
 pub mod least_connections;
+pub mod least_response_time;
 pub mod maglev;
 pub mod power_of_two;
 pub mod random;
@@ -55,6 +56,7 @@ pub fn for_algorithm(algorithm: Algorithm, hash_key: HashKey) -> Box<dyn Balance
         Algorithm::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(hash::Rng::from_entropy())),
         Algorithm::SourceHash => Box::new(source_hash::SourceHash),
         Algorithm::Maglev => Box::new(maglev::Maglev::new(hash_key)),
+        Algorithm::LeastResponseTime => Box::new(least_response_time::LeastResponseTime::default()),
     }
 }
 

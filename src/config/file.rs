@@ -105,6 +105,7 @@ pub enum FileAlgorithm {
     PowerOfTwo,
     SourceHash,
     Maglev,
+    LeastResponseTime,
 }
 
 /// `stickiness:` of a target group.

@@ -172,6 +172,8 @@ pub enum Algorithm {
     SourceHash,
     /// Google's Maglev lookup table over a hash of the 5-tuple or the client IP.
     Maglev,
+    /// Lowest moving average of the target's response time, weighted by active connections.
+    LeastResponseTime,
 }
 
 /// Session persistence: a client IP keeps its target while the target is healthy and the
@@ -206,6 +208,7 @@ impl std::fmt::Display for Algorithm {
             Algorithm::PowerOfTwo => "power_of_two",
             Algorithm::SourceHash => "source_hash",
             Algorithm::Maglev => "maglev",
+            Algorithm::LeastResponseTime => "least_response_time",
         })
     }
 }

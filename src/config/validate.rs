@@ -71,6 +71,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             FileAlgorithm::PowerOfTwo => Algorithm::PowerOfTwo,
             FileAlgorithm::SourceHash => Algorithm::SourceHash,
             FileAlgorithm::Maglev => Algorithm::Maglev,
+            FileAlgorithm::LeastResponseTime => Algorithm::LeastResponseTime,
         };
         if algorithm != Algorithm::Maglev {
             for (name, set) in [

@@ -70,6 +70,10 @@ pub struct Connection {
     pub attempt_started: Instant,
     /// When bytes last moved either way (or the connection was established).
     pub last_active: Instant,
+    /// When the first bytes went to the target (the request, for client-first protocols).
+    pub first_up: Option<Instant>,
+    /// Whether the target's first bytes back have been timed (for least_response_time).
+    pub responded: bool,
 }
 
 impl Connection {
@@ -99,6 +103,8 @@ impl Connection {
             started: now,
             attempt_started: now,
             last_active: now,
+            first_up: None,
+            responded: false,
         }
     }
 

@@ -263,8 +263,18 @@ impl Worker {
         };
         if up.bytes + down.bytes > 0 {
             conn.last_active = self.now;
+            if up.bytes > 0 && conn.first_up.is_none() {
+                conn.first_up = Some(self.now);
+            }
             if let Some(t) = conn.target {
                 let target = &self.shared.groups[conn.group].targets[t];
+                if down.bytes > 0 && !conn.responded {
+                    // The target's first answer: from the request, or from the connect's
+                    // start when the target speaks first.
+                    conn.responded = true;
+                    let from = conn.first_up.unwrap_or(conn.attempt_started);
+                    target.record_response(self.now.saturating_duration_since(from));
+                }
                 target
                     .bytes_to_target
                     .fetch_add(up.bytes as u64, Ordering::Relaxed);

@@ -284,6 +284,11 @@ impl Worker {
                 session.down.add(len);
                 bytes += len as u64;
             }
+            if session.responses == 0 {
+                // The first reply: the target's response time, for least_response_time.
+                self.shared.groups[session.group].targets[session.target]
+                    .record_response(self.now.saturating_duration_since(session.started));
+            }
             session.responses = session.responses.saturating_add(n as u32);
             session.last_active = self.now;
             let done = session.replies_done();
