@@ -233,3 +233,41 @@ fn least_response_time_prefers_the_fast_target() {
         "only {fast_count} of 60 went to the fast target"
     );
 }
+
+#[test]
+fn full_targets_are_skipped_and_clients_wait_when_all_are_full() {
+    let a = Backend::start(named_echo("a"));
+    let b = Backend::start(named_echo("b"));
+    let yaml = format!(
+        "workers: 2\nlisteners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n    algorithm: round_robin\n{NO_CHECKS}    targets:\n\
+         \x20     - {{address: '{}', max_connections: 2}}\n\
+         \x20     - {{address: '{}', max_connections: 1}}\n",
+        a.addr, b.addr
+    );
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("l");
+    let mut open_conns: Vec<(TcpStream, String)> = (0..3).map(|_| open(addr)).collect();
+    let names: Vec<&str> = open_conns.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "a").count(), 2, "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "b").count(), 1, "{names:?}");
+    // The fourth is left in the backlog: connected by the kernel, not served.
+    let fourth = client(addr);
+    fourth
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut reader = BufReader::new(fourth.try_clone().unwrap());
+    let mut line = String::new();
+    assert!(
+        reader.read_line(&mut line).is_err(),
+        "served past every max_connections: {line}"
+    );
+    // b's connection ends; the fourth is accepted and goes to b.
+    let pos = open_conns.iter().position(|(_, n)| n == "b").unwrap();
+    let (mut s, _) = open_conns.remove(pos);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.read_to_end(&mut Vec::new()).unwrap();
+    fourth.set_read_timeout(Some(WAIT)).unwrap();
+    reader.read_line(&mut line).expect("served once b had room");
+    assert_eq!(line.trim(), "b");
+}

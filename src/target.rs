@@ -26,6 +26,8 @@ pub struct Target {
     pub weight: u32,
     /// Used only when no primary target is healthy.
     pub backup: bool,
+    /// Most open connections to this target across all workers.
+    pub max_connections: Option<u64>,
     healthy: AtomicBool,
     /// When the target last turned healthy, in ms since the group's epoch; `u64::MAX` when it
     /// has been healthy since the start (no slow start then).
@@ -69,6 +71,12 @@ impl Target {
         self.response_ewma_us.load(Ordering::Relaxed)
     }
 
+    /// Whether the target is at its `max_connections`.
+    pub fn is_full(&self) -> bool {
+        self.max_connections
+            .is_some_and(|max| self.active.load(Ordering::Relaxed) >= max)
+    }
+
     /// Whether the prober currently counts this target healthy.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
@@ -104,6 +112,7 @@ impl TargetGroup {
                 address: t.address,
                 weight: t.weight,
                 backup: t.backup,
+                max_connections: t.max_connections,
                 // Targets start healthy: traffic flows at once, and the prober takes a target
                 // out after `unhealthy_threshold` failures.
                 healthy: AtomicBool::new(true),
@@ -187,6 +196,18 @@ impl TargetGroup {
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let elapsed = now_ms.saturating_sub(since) as f64;
         (elapsed / ramp.as_millis() as f64).clamp(0.05, 1.0)
+    }
+
+    /// Whether a new connection can go anywhere: some eligible target is below its
+    /// `max_connections` (always true when no target has a limit). Listeners check this before
+    /// accepting, so clients wait in the backlog rather than being accepted and dropped.
+    pub fn has_room(&self) -> bool {
+        if self.targets.iter().all(|t| t.max_connections.is_none()) {
+            return true;
+        }
+        crate::balancer::eligible(self, &self.health())
+            .into_iter()
+            .any(|i| !self.targets[i].is_full())
     }
 
     /// A number that changes whenever any target's health changes.

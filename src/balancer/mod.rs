@@ -205,8 +205,9 @@ impl Picker {
 
     /// Picks a target of `group` for `request`, never one in `exclude`:
     /// 1. the client's sticky target, when the group has `stickiness` and the entry is fresh,
-    ///    the target healthy and not excluded;
-    /// 2. else the algorithm's pick;
+    ///    the target healthy, not full and not excluded;
+    /// 2. else the algorithm's pick among the targets not excluded and below their
+    ///    `max_connections` (`None` when only full ones are left);
     /// 3. in `slow_start`, a target that turned healthy `t` ago takes only a share
     ///    `max(t / slow_start, 1/20)` of its picks: each pick adds that share to its credit and
     ///    it is kept only when the credit reaches a whole pick, else the algorithm picks again
@@ -223,13 +224,31 @@ impl Picker {
         if let Some(sticky) = &group.sticky {
             let now_ms = now.saturating_duration_since(group.epoch).as_millis() as u64;
             if let Some(t) = sticky.get(request.tuple.client.ip(), now_ms) {
-                if t < group.targets.len() && group.targets[t].is_healthy() && !exclude.contains(&t)
+                if t < group.targets.len()
+                    && group.targets[t].is_healthy()
+                    && !group.targets[t].is_full()
+                    && !exclude.contains(&t)
                 {
                     return Some(t);
                 }
             }
         }
+        // Targets at their max_connections are out of the running, like tried ones.
+        let with_full: Vec<usize>;
+        let exclude = if group.targets.iter().any(|t| t.max_connections.is_some()) {
+            with_full = exclude
+                .iter()
+                .copied()
+                .chain((0..group.targets.len()).filter(|&i| group.targets[i].is_full()))
+                .collect();
+            &with_full[..]
+        } else {
+            exclude
+        };
         let t = self.balancer.pick(group, request, exclude)?;
+        if exclude.contains(&t) {
+            return None; // only full or tried targets were left
+        }
         let share = group.slow_start_share(t, now);
         if share >= 1.0 {
             return Some(t);

@@ -206,6 +206,7 @@ pub struct FileTarget {
     pub address: Address,
     pub weight: Option<NonZeroU32>,
     pub backup: Option<bool>,
+    pub max_connections: Option<NonZeroU32>,
 }
 
 /// A socket address written as `ip:port` or `host:port` (resolved once, at load; the first

@@ -293,6 +293,8 @@ pub struct TargetConfig {
     pub weight: u32,
     /// Used only when no primary (non-backup) target is healthy.
     pub backup: bool,
+    /// Most open connections (or UDP sessions) to this target across all workers.
+    pub max_connections: Option<u64>,
 }
 
 /// Why a configuration was refused. Every message names the file; parse errors also name the

@@ -60,6 +60,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 address: t.address.0,
                 weight: t.weight.map_or(1, |w| w.get()),
                 backup: t.backup.unwrap_or(false),
+                max_connections: t.max_connections.map(|n| u64::from(n.get())),
             });
         }
         let health_check = health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;

@@ -411,6 +411,11 @@ impl Worker {
             if slot.paused_until.is_some() {
                 return;
             }
+            // Every target at its max_connections: leave the client in the backlog.
+            if !shared.groups[state.config.target_group].has_room() {
+                slot.full = true;
+                return;
+            }
             // Reserve a place first, so workers together never exceed max_connections.
             let before = state
                 .active
