@@ -51,6 +51,20 @@ fn need(tool: &str) {
     );
 }
 
+/// A port free for both TCP and UDP below the kernel's ephemeral range (32768 and up by
+/// default). A UDP listener's SO_REUSEPORT group admits any socket of the same user that asks
+/// for the same port with SO_REUSEPORT — as dig's own sockets do — so a listener on an
+/// ephemeral port can have a client's socket join it and read datagrams meant for Ballast.
+fn port_below_ephemeral() -> u16 {
+    let start = 20000 + (std::process::id() % 5000) as u16;
+    (start..32000)
+        .find(|&p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        })
+        .expect("a free port below 32000")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -219,11 +233,12 @@ fn dns_through_ballast_with_two_dnsmasq_servers() {
     let (_dns1, a1) = dnsmasq("dns1");
     let (_dns2, a2) = dnsmasq("dns2");
     let yaml = format!(
-        "listeners:\n  - name: dns\n    protocol: udp\n    bind: 127.0.0.1:0\n    target_group: dns\n\
+        "listeners:\n  - name: dns\n    protocol: udp\n    bind: 127.0.0.1:{}\n    target_group: dns\n\
          \x20   udp: {{max_responses: 1, session_idle_timeout: 5s}}\n\
          target_groups:\n  - name: dns\n    health_check: {{protocol: udp, send: {{hex: '{QUERY_A}'}}, \
          expect: {{hex: '7f 00 00 35'}}, interval: 1s, timeout: 500ms}}\n\
-         \x20   targets:\n      - address: {a1}\n      - address: {a2}\n"
+         \x20   targets:\n      - address: {a1}\n      - address: {a2}\n",
+        port_below_ephemeral()
     );
     let lb = Ballast::start(&yaml);
     let port = lb.addr("dns").port();
