@@ -80,6 +80,30 @@ mod tests {
         assert!(longest <= 5, "{c:?}");
     }
 
+    proptest::proptest! {
+        /// Over each full cycle every target gets exactly its weight (after the gcd), and the
+        /// shared cursor keeps that true across workers taking turns at random.
+        #[test]
+        fn exact_proportions_over_each_cycle(
+            weights in proptest::collection::vec(1u32..12, 1..10),
+            turns in proptest::collection::vec(proptest::bool::ANY, 1..200),
+        ) {
+            let g = group(&weights);
+            let gcd = weights.iter().fold(0, |a, &w| super::gcd(a, w));
+            let cycle: u32 = weights.iter().map(|w| w / gcd).sum();
+            let (mut a, mut b) = (WeightedRoundRobin::default(), WeightedRoundRobin::default());
+            for round in 0..3 {
+                let mut counts = vec![0u32; weights.len()];
+                for k in 0..cycle as usize {
+                    let w = if turns[(round * 7 + k) % turns.len()] { &mut a } else { &mut b };
+                    counts[w.pick(&g, &request(1), &[]).unwrap()] += 1;
+                }
+                let want: Vec<u32> = weights.iter().map(|w| w / gcd).collect();
+                proptest::prop_assert_eq!(counts, want);
+            }
+        }
+    }
+
     #[test]
     fn proportions_over_many_cycles_and_health_changes() {
         let g = group(&[1, 2, 3]);
