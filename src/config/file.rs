@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use super::{Algorithm, Forwarding, HashKey, OnUnhealthy};
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +42,7 @@ pub struct FileListener {
     pub connect_timeout: Option<PositiveDuration>,
     pub idle_timeout: Option<PositiveDuration>,
     pub retries: Option<u32>,
-    pub forwarding: Option<FileForwarding>,
+    pub forwarding: Option<Forwarding>,
     pub udp: Option<FileUdp>,
 }
 
@@ -51,16 +53,8 @@ pub struct FileUdp {
     pub session_idle_timeout: Option<PositiveDuration>,
     pub max_sessions: Option<NonZeroU32>,
     pub max_responses: Option<u32>,
-    pub on_unhealthy: Option<FileOnUnhealthy>,
+    pub on_unhealthy: Option<OnUnhealthy>,
     pub batch: Option<NonZeroU32>,
-}
-
-/// `udp.on_unhealthy:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileOnUnhealthy {
-    Rebalance,
-    Keep,
 }
 
 /// `protocol:` of a listener.
@@ -71,41 +65,18 @@ pub enum FileProtocol {
     Udp,
 }
 
-/// `forwarding:` of a TCP listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileForwarding {
-    Auto,
-    Splice,
-    Buffered,
-}
-
 /// One `target_groups:` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTargetGroup {
     pub name: String,
-    pub algorithm: Option<FileAlgorithm>,
-    pub hash_key: Option<FileHashKey>,
+    pub algorithm: Option<Algorithm>,
+    pub hash_key: Option<HashKey>,
     pub maglev_table_size: Option<usize>,
     pub stickiness: Option<FileStickiness>,
     pub slow_start: Option<PositiveDuration>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
-}
-
-/// `algorithm:` of a target group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileAlgorithm {
-    RoundRobin,
-    WeightedRoundRobin,
-    LeastConnections,
-    Random,
-    PowerOfTwo,
-    SourceHash,
-    Maglev,
-    LeastResponseTime,
 }
 
 /// `stickiness:` of a target group.
@@ -114,14 +85,6 @@ pub enum FileAlgorithm {
 pub struct FileStickiness {
     pub timeout: Option<PositiveDuration>,
     pub max_entries: Option<NonZeroU32>,
-}
-
-/// `hash_key:` of a maglev group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileHashKey {
-    FiveTuple,
-    SourceIp,
 }
 
 /// `health_check:` of a target group.

@@ -64,7 +64,8 @@ impl std::fmt::Display for Protocol {
 }
 
 /// How a TCP listener moves bytes between client and target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Start with a pooled buffer; switch a direction to `splice(2)` once one read fills the
     /// buffer (bulk data), as HAProxy's `splice-auto` does. The default.
@@ -120,7 +121,8 @@ impl std::fmt::Display for OnUnhealthy {
 }
 
 /// What happens to a UDP session whose target turns unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnUnhealthy {
     /// The session moves to a healthy target at its next datagram from the client.
     Rebalance,
@@ -156,7 +158,8 @@ impl Default for UdpSettings {
 }
 
 /// Balancing algorithm of a target group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Each healthy target in turn, ignoring weights.
     RoundRobin,
@@ -187,7 +190,8 @@ pub struct Stickiness {
 }
 
 /// What `maglev` hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HashKey {
     /// The whole 5-tuple: each connection or flow on its own.
     FiveTuple,

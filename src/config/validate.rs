@@ -64,16 +64,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             });
         }
         let health_check = health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;
-        let algorithm = match g.algorithm.unwrap_or(FileAlgorithm::RoundRobin) {
-            FileAlgorithm::RoundRobin => Algorithm::RoundRobin,
-            FileAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
-            FileAlgorithm::LeastConnections => Algorithm::LeastConnections,
-            FileAlgorithm::Random => Algorithm::Random,
-            FileAlgorithm::PowerOfTwo => Algorithm::PowerOfTwo,
-            FileAlgorithm::SourceHash => Algorithm::SourceHash,
-            FileAlgorithm::Maglev => Algorithm::Maglev,
-            FileAlgorithm::LeastResponseTime => Algorithm::LeastResponseTime,
-        };
+        let algorithm = g.algorithm.unwrap_or(Algorithm::RoundRobin);
         if algorithm != Algorithm::Maglev {
             for (name, set) in [
                 ("hash_key", g.hash_key.is_some()),
@@ -102,10 +93,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         target_groups.push(TargetGroupConfig {
             name: g.name,
             algorithm,
-            hash_key: match g.hash_key {
-                Some(FileHashKey::SourceIp) => HashKey::SourceIp,
-                Some(FileHashKey::FiveTuple) | None => HashKey::FiveTuple,
-            },
+            hash_key: g.hash_key.unwrap_or(HashKey::FiveTuple),
             maglev_table_size,
             stickiness: match g.stickiness {
                 Some(st) => {
@@ -202,11 +190,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
             idle_timeout: l.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
             retries: l.retries.unwrap_or(DEFAULT_RETRIES),
-            forwarding: match l.forwarding.unwrap_or(FileForwarding::Auto) {
-                FileForwarding::Auto => Forwarding::Auto,
-                FileForwarding::Splice => Forwarding::Splice,
-                FileForwarding::Buffered => Forwarding::Buffered,
-            },
+            forwarding: l.forwarding.unwrap_or(Forwarding::Auto),
             udp,
         });
     }
@@ -237,10 +221,7 @@ fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {
             .max_sessions
             .map_or(defaults.max_sessions, |n| n.get() as usize),
         max_responses: u.max_responses.unwrap_or(defaults.max_responses),
-        on_unhealthy: match u.on_unhealthy {
-            Some(FileOnUnhealthy::Keep) => OnUnhealthy::Keep,
-            Some(FileOnUnhealthy::Rebalance) | None => OnUnhealthy::Rebalance,
-        },
+        on_unhealthy: u.on_unhealthy.unwrap_or(OnUnhealthy::Rebalance),
         batch: u.batch.map_or(defaults.batch, |n| n.get() as usize),
     }
 }
