@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Ballast: an L4 (TCP) load balancer.
+/// Ballast: an L4 (TCP and UDP) load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "ballast", version, about)]
 pub struct Cli {

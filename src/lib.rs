@@ -1,9 +1,11 @@
 //! # Ballast
 //!
-//! An L4 (TCP) load balancer. Clients connect to a **listener**; each listener forwards to one
-//! **target group**: targets with weights, a balancing algorithm, and a health check.
-//! Forwarding is NAT-style in user space: Ballast accepts the client, connects to a target it
-//! picks, and moves bytes both ways until both sides are done.
+//! An L4 (TCP and UDP) load balancer. Clients reach a **listener**; each listener forwards to
+//! one **target group**: targets with weights, a balancing algorithm, and a health check.
+//! Forwarding is NAT-style in user space. TCP: Ballast accepts the client, connects to a target
+//! it picks, and moves bytes both ways until both sides are done. UDP: a client flow's first
+//! datagram creates a **session** with its own upstream socket pinned to one target; replies go
+//! back from the listener's address ([`udp`]).
 //!
 //! ```text
 //!              ┌──────────── worker 0 (mio Poll) ───────────┐
@@ -20,12 +22,14 @@
 //! ## Threads and what they share
 //! - [`worker`]: one per core. Each owns its poll, its own SO_REUSEPORT socket per listener (the
 //!   kernel spreads accepts), and its [`conntrack`] table. No lock on the data path.
-//! - [`health`]: the prober thread. It runs TCP and HTTP checks, counts consecutive results
-//!   ([`health::threshold`]) and flips target health in [`target`]'s atomics.
+//! - [`health`]: the prober thread. It runs TCP, HTTP and UDP checks, counts consecutive
+//!   results ([`health::threshold`]) and flips target health in [`target`]'s atomics; on a
+//!   change it also rebuilds the lookup tables of `maglev` and `source_hash` ([`balancer`]).
 //! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM.
 //!
 //! Shared state ([`target::Shared`]) is atomics in an `Arc`: per-target health and counters,
-//! per-listener connection counts, and each group's round-robin cursor.
+//! per-listener connection counts, each group's round-robin cursor, stickiness table and
+//! lookup table (swapped whole with `arc-swap`).
 //!
 //! ## The path of one TCP connection
 //! 1. A listener is readable: the worker accepts (at most a budget per wake) after reserving a
@@ -39,6 +43,14 @@
 //! 5. EOF from one side becomes `shutdown(Write)` on the other; the reverse direction flows on.
 //! 6. Both directions done, a reset, or `idle_timeout` closes both sockets and removes the
 //!    table entry.
+//!
+//! ## The path of one UDP datagram
+//! 1. A UDP listener is readable: `recvmmsg` fills up to `batch` preallocated slots.
+//! 2. Each client's datagrams find its session by 5-tuple, or create one (a target from the
+//!    group's [`balancer::Picker`], a connected upstream socket), up to `max_sessions`.
+//! 3. They go up that socket in one `sendmmsg`, equal-sized runs as one UDP GSO message.
+//! 4. Replies on the upstream socket go back to the client from the listener's socket; the
+//!    session ends after `max_responses` replies or `session_idle_timeout` of silence.
 #![deny(missing_docs)]
 
 pub mod balancer;
