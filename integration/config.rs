@@ -317,3 +317,15 @@ fn shipped_example_configs_are_valid() {
         "expected quickstart, postgres, redis and iperf configs"
     );
 }
+
+#[test]
+fn access_log_that_cannot_be_opened_exits_2() {
+    let yaml = format!("access_log: /nonexistent/dir/access.log\n{GOOD}");
+    let (out, stderr, path) = ballast(&["run"], &yaml);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot open access_log /nonexistent/dir/access.log"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&path), "{stderr}");
+}

@@ -451,3 +451,45 @@ fn running_out_of_file_descriptors_neither_spins_nor_crashes() {
         "accept errors logged {errors} times: at most once per worker per 10s"
     );
 }
+
+#[test]
+fn access_log_has_a_line_per_finished_connection() {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let yaml = format!(
+        "access_log: {}\n{}",
+        path.display(),
+        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
+    );
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("l");
+    for i in 0..5u8 {
+        let mut s = client(addr);
+        s.write_all(&vec![i; 100 + usize::from(i)]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        s.read_to_end(&mut Vec::new()).unwrap();
+    }
+    // Lines are written once per event-loop turn: wait (bounded) for all five.
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 5 || Instant::now() >= deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    for i in 0..5 {
+        let want = format!("bytes_up={} bytes_down={} reason=done", 100 + i, 100 + i);
+        assert!(
+            lines.iter().any(|l| l.contains(&want)),
+            "no line with {want}: {text}"
+        );
+    }
+    for l in &lines {
+        assert!(l.contains(" tcp listener=l client=127.0.0.1:"), "{l}");
+        assert!(l.contains(&format!("target={}", echo.addr)), "{l}");
+    }
+}

@@ -272,3 +272,34 @@ fn keep_leaves_flows_on_their_target_and_icmp_disturbs_no_one() {
     let n = fresh.recv(&mut buf).unwrap();
     assert!(parse_tagged(&buf[..n]).0 > 0);
 }
+
+#[test]
+fn access_log_has_a_line_per_session() {
+    let echo = UdpBackend::start(udp_echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let yaml = format!(
+        "access_log: {}\n{}",
+        path.display(),
+        udp_config(&[echo.addr], "max_responses: 1", NO_CHECKS)
+    );
+    let lb = Ballast::start(&yaml);
+    let c = udp_client(lb.addr("l"));
+    c.send(b"0123456789").unwrap();
+    assert_eq!(c.recv(&mut [0u8; 16]).unwrap(), 10);
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.is_empty() || Instant::now() >= deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(text.contains(" udp listener=l client="), "{text}");
+    assert!(
+        text.contains(
+            "bytes_up=10 bytes_down=10 datagrams_up=1 datagrams_down=1 reason=max_responses"
+        ),
+        "{text}"
+    );
+}

@@ -53,6 +53,7 @@
 //!    session ends after `max_responses` replies or `session_idle_timeout` of silence.
 #![deny(missing_docs)]
 
+pub mod access_log;
 pub mod balancer;
 pub mod cli;
 pub mod config;

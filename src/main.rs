@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             };
             match runtime::run(c) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ RunError::Bind { .. }) => {
+                Err(e @ (RunError::Bind { .. } | RunError::AccessLog { .. })) => {
                     log::error!("{e}");
                     ExitCode::from(2)
                 }

@@ -14,6 +14,7 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::access_log::{AccessLog, Sink};
 use crate::config::{Config, Protocol};
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
@@ -40,6 +41,16 @@ pub enum RunError {
     Io {
         /// What was being done.
         what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The access log file could not be opened (a configuration problem: exit code 2).
+    #[error("cannot open access_log {path} (config {config}): {source}")]
+    AccessLog {
+        /// The access log path.
+        path: String,
+        /// The config file.
+        config: String,
         /// The OS error.
         source: io::Error,
     },
@@ -167,7 +178,16 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         let poll = Poll::new().map_err(RunError::io("cannot create a poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::io("waker"))?);
         let (commands_tx, commands) = unbounded();
-        let worker = Worker::new(id, poll, shared.clone(), sockets, commands)
+        let access =
+            AccessLog::open(&shared.config.access_log).map_err(|source| RunError::AccessLog {
+                path: match &shared.config.access_log {
+                    Sink::File(p) => p.display().to_string(),
+                    other => format!("{other:?}"),
+                },
+                config: shared.config.path.display().to_string(),
+                source,
+            })?;
+        let worker = Worker::new(id, poll, shared.clone(), sockets, commands, access)
             .map_err(RunError::io("cannot register listeners"))?;
         let exit_tx = events_tx.clone();
         let thread = std::thread::Builder::new()

@@ -24,6 +24,8 @@ pub struct FileConfig {
     /// How long a graceful stop waits for open connections.
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// `off`, `stderr`, or a file path.
+    pub access_log: Option<String>,
     /// At least one listener.
     pub listeners: Vec<FileListener>,
     /// The target groups the listeners name.

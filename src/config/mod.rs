@@ -39,6 +39,8 @@ pub struct Config {
     pub workers: usize,
     /// How long a graceful stop waits for open connections before closing them.
     pub shutdown_timeout: Duration,
+    /// Where access-log lines go.
+    pub access_log: crate::access_log::Sink,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Target groups, in file order; listeners refer to them by index.

@@ -203,6 +203,17 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         workers,
         shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        access_log: match raw.access_log.as_deref() {
+            None | Some("stderr") => crate::access_log::Sink::Stderr,
+            Some("off") => crate::access_log::Sink::Off,
+            Some("") => {
+                return Err(invalid(
+                    "access_log".into(),
+                    "give `off`, `stderr` or a file path".into(),
+                ))
+            }
+            Some(path) => crate::access_log::Sink::File(path.into()),
+        },
         listeners,
         target_groups,
     })

@@ -23,6 +23,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::access_log::AccessLog;
 use crate::balancer::Picker;
 use crate::conntrack::ConnTable;
 use crate::runtime::Bound;
@@ -170,13 +171,15 @@ pub struct Worker {
     ready: VecDeque<Ready>,
     commands: Receiver<Command>,
     stop_deadline: Option<Instant>,
+    access: AccessLog,
     next_id: u64,
     now: Instant,
 }
 
 impl Worker {
     /// A worker over `sockets` (one per configured listener, in order, already bound and,
-    /// for TCP, listening; non-blocking) that takes commands from `commands`. The caller makes the
+    /// for TCP, listening; non-blocking) that takes commands from `commands` and writes its
+    /// access-log lines to `access`. The caller makes the
     /// waker on `poll`'s registry with [`WAKER`].
     ///
     /// # Errors
@@ -187,6 +190,7 @@ impl Worker {
         shared: Arc<Shared>,
         sockets: Vec<Bound>,
         commands: Receiver<Command>,
+        access: AccessLog,
     ) -> io::Result<Worker> {
         let mut listeners = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
@@ -236,6 +240,7 @@ impl Worker {
             ready: VecDeque::new(),
             commands,
             stop_deadline: None,
+            access,
             next_id: 0,
             now: Instant::now(),
         })
@@ -270,9 +275,11 @@ impl Worker {
             self.run_timers();
             self.expire_sessions();
             self.resume_listeners();
+            self.access.flush();
             if let Some(deadline) = self.stop_deadline {
                 if self.table.is_empty() && self.sessions.is_empty() {
                     log::debug!("worker {}: every connection finished", self.id);
+                    self.access.flush();
                     return Ok(());
                 }
                 if self.now >= deadline {
@@ -284,6 +291,7 @@ impl Worker {
                     for key in self.table.keys() {
                         self.close(key, "shutdown timeout");
                     }
+                    self.access.flush();
                     return Ok(());
                 }
             }

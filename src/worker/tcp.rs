@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::{Ready, Slot, Worker, PUMP_BUDGET};
+use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
@@ -314,14 +315,19 @@ impl Worker {
             let before = target.active.fetch_sub(1, Ordering::Relaxed);
             debug_assert!(before > 0, "target active count below zero");
         }
-        log::debug!(
-            "{}: closed ({reason}) after {:?}; target {}; {} bytes up, {} bytes down",
-            conn.tuple,
-            self.now.saturating_duration_since(conn.started),
-            target.map_or("none".to_string(), |t| t.address.to_string()),
-            conn.up.bytes,
-            conn.down.bytes
-        );
+        self.access.record(&Entry {
+            protocol: "tcp",
+            listener: &listener.config.name,
+            client: conn.tuple.client,
+            target: target
+                .filter(|_| conn.state() == State::Established)
+                .map(|t| t.address),
+            duration: self.now.saturating_duration_since(conn.started),
+            bytes_up: conn.up.bytes,
+            bytes_down: conn.down.bytes,
+            datagrams: None,
+            reason,
+        });
     }
 
     /// Acts on due deadlines: connect timeouts retry, idle connections close. Entries whose

@@ -11,6 +11,7 @@ use mio::net::UdpSocket;
 use mio::Interest;
 
 use super::{ListenSocket, Ready, Slot, Worker};
+use crate::access_log::Entry;
 use crate::balancer::{remember, Request};
 use crate::config::{OnUnhealthy, Protocol};
 use crate::conntrack::FiveTuple;
@@ -354,16 +355,16 @@ impl Worker {
         debug_assert!(before > 0, "session count below zero");
         let target = &self.shared.groups[session.group].targets[session.target];
         target.active.fetch_sub(1, Ordering::Relaxed);
-        log::debug!(
-            "udp {} session ended ({reason}) after {:?}; target {}; {} datagrams / {} bytes up, \
-             {} datagrams / {} bytes down",
-            session.client,
-            self.now.saturating_duration_since(session.started),
-            target.address,
-            session.up.datagrams,
-            session.up.bytes,
-            session.down.datagrams,
-            session.down.bytes
-        );
+        self.access.record(&Entry {
+            protocol: "udp",
+            listener: &self.shared.listeners[session.listener].config.name,
+            client: session.client,
+            target: Some(target.address),
+            duration: self.now.saturating_duration_since(session.started),
+            bytes_up: session.up.bytes,
+            bytes_down: session.down.bytes,
+            datagrams: Some((session.up.datagrams, session.down.datagrams)),
+            reason,
+        });
     }
 }
