@@ -23,6 +23,10 @@ const UDP_SEGMENT: libc::c_int = 103;
 const GSO_MAX_SEGMENTS: usize = 64;
 /// Most payload bytes in one GSO send: one IPv4 datagram's worth.
 const GSO_MAX_BYTES: usize = 65507;
+/// Largest datagram sent by GSO: the UDP payload of a 1,500-byte MTU. The kernel refuses a
+/// segment that would not fit the path MTU (EINVAL), where a plain send would fragment, so
+/// bigger datagrams go one by one.
+const GSO_MAX_SEGMENT: usize = 1472;
 
 /// Cleared for good the first time the kernel refuses a GSO send.
 static GSO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
@@ -187,7 +191,7 @@ impl Batch {
         while i < range.end {
             let size = self.lens[i];
             let mut j = i + 1;
-            if gso && size > 0 {
+            if gso && size > 0 && size <= GSO_MAX_SEGMENT {
                 while j < range.end
                     && j - i < GSO_MAX_SEGMENTS
                     && self.lens[j] <= size
