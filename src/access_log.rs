@@ -88,12 +88,11 @@ impl AccessLog {
         self.out.is_some()
     }
 
-    /// Buffers the line for `entry`.
+    /// Buffers the line for `entry` (no allocation: it is formatted straight into the buffer).
     pub fn record(&mut self, entry: &Entry) {
-        let Some(out) = self.out.as_mut() else {
-            return;
-        };
-        let _ = out.write_all(format_line(SystemTime::now(), entry).as_bytes());
+        if let Some(out) = self.out.as_mut() {
+            let _ = write_line(out, SystemTime::now(), entry);
+        }
     }
 
     /// Writes buffered lines out; called once per event-loop turn. A failed write drops them
@@ -109,23 +108,61 @@ impl AccessLog {
     }
 }
 
-/// The line for `entry` at `now`, newline included.
-pub fn format_line(now: SystemTime, e: &Entry) -> String {
-    let target = e.target.map_or("-".to_string(), |t| t.to_string());
-    let datagrams = e.datagrams.map_or(String::new(), |(up, down)| {
-        format!(" datagrams_up={up} datagrams_down={down}")
-    });
-    format!(
-        "{} {} listener={} client={} target={target} duration_ms={} bytes_up={} bytes_down={}{datagrams} reason={}\n",
+/// Writes the line for `entry` at `now`, newline included.
+///
+/// # Errors
+/// As `out`'s writes.
+pub fn write_line(out: &mut impl Write, now: SystemTime, e: &Entry) -> io::Result<()> {
+    write!(
+        out,
+        "{} {} listener={} client={} target={} duration_ms={} bytes_up={} bytes_down={}",
         humantime::format_rfc3339_millis(now),
         e.protocol,
         e.listener,
         e.client,
+        Target(e.target),
         e.duration.as_millis(),
         e.bytes_up,
         e.bytes_down,
-        e.reason.replace(' ', "_"),
-    )
+    )?;
+    if let Some((up, down)) = e.datagrams {
+        write!(out, " datagrams_up={up} datagrams_down={down}")?;
+    }
+    writeln!(out, " reason={}", Underscored(e.reason))
+}
+
+/// The line for `entry` at `now`, as a string.
+pub fn format_line(now: SystemTime, e: &Entry) -> String {
+    let mut line = Vec::new();
+    let _ = write_line(&mut line, now, e);
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// A target address, or `-` for none.
+struct Target(Option<SocketAddr>);
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Text with its spaces written as underscores, so a value stays one logfmt token.
+struct Underscored<'a>(&'a str);
+
+impl std::fmt::Display for Underscored<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.0.split(' ').enumerate() {
+            if i > 0 {
+                f.write_str("_")?;
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
