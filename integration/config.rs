@@ -320,7 +320,8 @@ fn shipped_example_configs_are_valid() {
 
 #[test]
 fn access_log_that_cannot_be_opened_exits_2() {
-    let yaml = format!("access_log: /nonexistent/dir/access.log\n{GOOD}");
+    let yaml =
+        format!("access_log: /nonexistent/dir/access.log\nadmin: {{bind: 127.0.0.1:0}}\n{GOOD}");
     let (out, stderr, path) = ballast(&["run"], &yaml);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(

@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 
 pub mod access_log;
+pub mod admin;
 pub mod balancer;
 pub mod cli;
 pub mod config;

@@ -50,7 +50,11 @@ fn main() -> ExitCode {
             };
             match runtime::run(c) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ (RunError::Bind { .. } | RunError::AccessLog { .. })) => {
+                Err(
+                    e @ (RunError::Bind { .. }
+                    | RunError::AccessLog { .. }
+                    | RunError::AdminBind { .. }),
+                ) => {
                     log::error!("{e}");
                     ExitCode::from(2)
                 }

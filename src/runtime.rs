@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::access_log::{AccessLog, Sink};
+use crate::admin::Admin;
 use crate::config::{Config, Protocol};
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
@@ -42,6 +43,16 @@ pub enum RunError {
         /// What was being done.
         what: String,
         /// The OS error.
+        source: io::Error,
+    },
+    /// The admin API's address could not be bound (a configuration problem: exit code 2).
+    #[error("cannot bind the admin API on {addr} (config {config}): {source}")]
+    AdminBind {
+        /// Address from the config.
+        addr: SocketAddr,
+        /// The config file.
+        config: String,
+        /// The error.
         source: io::Error,
     },
     /// The access log file could not be opened (a configuration problem: exit code 2).
@@ -152,6 +163,7 @@ pub struct Running {
     shared: Arc<Shared>,
     handles: Vec<WorkerHandle>,
     prober: Option<Prober>,
+    admin: Option<Admin>,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
 }
@@ -166,11 +178,17 @@ pub fn start(config: Config) -> Result<Running, RunError> {
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();
+    let admin = Admin::start(shared.clone()).map_err(|source| RunError::AdminBind {
+        addr: shared.config.admin.bind,
+        config: shared.config.path.display().to_string(),
+        source,
+    })?;
     let prober = Prober::start(shared.clone()).map_err(RunError::io("cannot start the prober"))?;
     let mut running = Running {
         shared: shared.clone(),
         handles: Vec::with_capacity(workers),
         prober: Some(prober),
+        admin: Some(admin),
         events_tx: events_tx.clone(),
         events,
     };
@@ -297,6 +315,9 @@ impl Running {
         }
         if let Some(p) = self.prober.take() {
             p.stop();
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop();
         }
         log::info!("stopped");
     }

@@ -41,7 +41,13 @@ impl Ballast {
 
     /// As [`Ballast::start`], with a log level and optionally a lower open-file limit.
     pub fn start_with(yaml: &str, level: &str, fd_limit: Option<u64>) -> Ballast {
-        let config = write_config(yaml);
+        // Tests run side by side: each Ballast gets its admin API on a free port.
+        let yaml = if yaml.contains("admin:") {
+            yaml.to_string()
+        } else {
+            format!("admin: {{bind: '127.0.0.1:0'}}\n{yaml}")
+        };
+        let config = write_config(&yaml);
         let mut command = Command::new(env!("CARGO_BIN_EXE_ballast"));
         if let Some(limit) = fd_limit {
             use std::os::unix::process::CommandExt;
@@ -104,6 +110,17 @@ impl Ballast {
             .next()
             .unwrap();
         addr.parse().unwrap()
+    }
+
+    /// The admin API's address (from the start-up log).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_log("admin API on http://", WAIT);
+        line.rsplit("http://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Waits until a log line contains `needle`; returns it. Panics with the log on timeout.

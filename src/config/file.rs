@@ -26,10 +26,20 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<Duration>,
     /// `off`, `stderr`, or a file path.
     pub access_log: Option<String>,
+    /// The admin API.
+    pub admin: Option<FileAdmin>,
     /// At least one listener.
     pub listeners: Vec<FileListener>,
     /// The target groups the listeners name.
     pub target_groups: Vec<FileTargetGroup>,
+}
+
+/// `admin:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub bind: Option<Address>,
+    pub token_file: Option<String>,
 }
 
 /// One `listeners:` entry.

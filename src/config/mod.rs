@@ -41,10 +41,24 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Where access-log lines go.
     pub access_log: crate::access_log::Sink,
+    /// The admin API.
+    pub admin: AdminConfig,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Target groups, in file order; listeners refer to them by index.
     pub target_groups: Vec<TargetGroupConfig>,
+}
+
+/// Default `admin.bind`.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9100";
+
+/// The admin API's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the HTTP API listens; port 0 picks a free port (logged at start).
+    pub bind: SocketAddr,
+    /// The bearer token every request must carry, read from `token_file` at load.
+    pub token: Option<String>,
 }
 
 /// Transport protocol of a listener.

@@ -199,8 +199,10 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         Some(n) => n.get() as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let admin = admin(raw.admin).map_err(|(k, m)| invalid(k, m))?;
     Ok(Config {
         path: path.to_path_buf(),
+        admin,
         workers,
         shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         access_log: match raw.access_log.as_deref() {
@@ -217,6 +219,42 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         listeners,
         target_groups,
     })
+}
+
+fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
+    let raw = raw.unwrap_or(FileAdmin {
+        bind: None,
+        token_file: None,
+    });
+    let bind = raw.bind.map_or_else(
+        || DEFAULT_ADMIN_BIND.parse().expect("a valid default"),
+        |a| a.0,
+    );
+    let token = match raw.token_file {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                (
+                    "admin.token_file".to_string(),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(("admin.token_file".into(), format!("{file} is empty")));
+            }
+            Some(token)
+        }
+    };
+    if !bind.ip().is_loopback() && token.is_none() {
+        return Err((
+            "admin.bind".into(),
+            format!(
+                "{bind} is reachable from other hosts: set admin.token_file, or bind 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(AdminConfig { bind, token })
 }
 
 fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {

@@ -1,0 +1,129 @@
+//! `GET /metrics`: the shared counters in Prometheus text exposition, encoded by the official
+//! client crate (prometheus-client). Values are read from the atomics at scrape time into a
+//! fresh registry, so the data path keeps its plain atomics.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::target::Shared;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target_group: String,
+    target: String,
+}
+
+/// The exposition text for everything in `shared`.
+pub fn encode(shared: &Shared) -> String {
+    let mut registry = Registry::with_prefix("ballast");
+    let l_active = Family::<ListenerLabels, Gauge>::default();
+    let l_accepted = Family::<ListenerLabels, Counter>::default();
+    let l_dropped = Family::<ListenerLabels, Counter>::default();
+    for l in &shared.listeners {
+        let labels = ListenerLabels {
+            listener: l.config.name.clone(),
+            protocol: l.config.protocol.to_string(),
+        };
+        l_active
+            .get_or_create(&labels)
+            .set(l.active.load(Ordering::Relaxed) as i64);
+        l_accepted
+            .get_or_create(&labels)
+            .inc_by(l.accepted.load(Ordering::Relaxed));
+        l_dropped
+            .get_or_create(&labels)
+            .inc_by(l.dropped.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "listener_active",
+        "Open TCP connections or UDP sessions of the listener",
+        l_active,
+    );
+    registry.register(
+        "listener_accepted",
+        "TCP connections accepted or UDP sessions created by the listener",
+        l_accepted,
+    );
+    registry.register(
+        "listener_dropped_datagrams",
+        "UDP datagrams dropped (max_sessions, no target, full socket buffers)",
+        l_dropped,
+    );
+
+    let t_healthy = Family::<TargetLabels, Gauge>::default();
+    let t_active = Family::<TargetLabels, Gauge>::default();
+    let t_total = Family::<TargetLabels, Counter>::default();
+    let t_failures = Family::<TargetLabels, Counter>::default();
+    let t_bytes_in = Family::<TargetLabels, Counter>::default();
+    let t_bytes_out = Family::<TargetLabels, Counter>::default();
+    for g in &shared.groups {
+        for t in &g.targets {
+            let labels = TargetLabels {
+                target_group: g.name().to_string(),
+                target: t.address.to_string(),
+            };
+            t_healthy
+                .get_or_create(&labels)
+                .set(i64::from(t.is_healthy()));
+            t_active
+                .get_or_create(&labels)
+                .set(t.active.load(Ordering::Relaxed) as i64);
+            t_total
+                .get_or_create(&labels)
+                .inc_by(t.total.load(Ordering::Relaxed));
+            t_failures
+                .get_or_create(&labels)
+                .inc_by(t.connect_failures.load(Ordering::Relaxed));
+            t_bytes_in
+                .get_or_create(&labels)
+                .inc_by(t.bytes_to_target.load(Ordering::Relaxed));
+            t_bytes_out
+                .get_or_create(&labels)
+                .inc_by(t.bytes_from_target.load(Ordering::Relaxed));
+        }
+    }
+    registry.register(
+        "target_healthy",
+        "1 when the target passes its health check",
+        t_healthy,
+    );
+    registry.register(
+        "target_active",
+        "Open connections (connecting or established) and UDP sessions to the target",
+        t_active,
+    );
+    registry.register(
+        "target_connections",
+        "TCP connections established and UDP sessions created to the target",
+        t_total,
+    );
+    registry.register(
+        "target_connect_failures",
+        "Connect attempts to the target that failed",
+        t_failures,
+    );
+    registry.register(
+        "target_bytes_sent",
+        "Bytes sent from clients to the target",
+        t_bytes_in,
+    );
+    registry.register(
+        "target_bytes_received",
+        "Bytes sent from the target to clients",
+        t_bytes_out,
+    );
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}

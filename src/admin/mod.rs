@@ -1,0 +1,149 @@
+//! The admin API: a small HTTP server (tiny_http) on its own thread, JSON in and out.
+//!
+//! - `GET /healthz`: Ballast's own liveness.
+//! - `GET /targets`: per group and target: health, weight, backup, active and total
+//!   connections, bytes each way, connect failures.
+//! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
+//!
+//! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
+//! otherwise). Errors are `{"error": "..."}` with a 4xx status.
+
+pub mod metrics;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde_json::json;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::target::Shared;
+
+/// The running admin server.
+pub struct Admin {
+    server: Arc<Server>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl Admin {
+    /// Binds `shared.config.admin.bind` and serves on a new thread.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the thread cannot start.
+    pub fn start(shared: Arc<Shared>) -> io::Result<Admin> {
+        let bind = shared.config.admin.bind;
+        let server = Arc::new(Server::http(bind).map_err(|e| io::Error::other(e.to_string()))?);
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| io::Error::other("admin server has no IP address"))?;
+        let s = server.clone();
+        let thread = std::thread::Builder::new()
+            .name("ballast-admin".into())
+            .spawn(move || {
+                for request in s.incoming_requests() {
+                    handle(&shared, request);
+                }
+            })?;
+        log::info!("admin API on http://{addr}");
+        Ok(Admin {
+            server,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// Where the API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and waits for the thread.
+    pub fn stop(mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn json_response(status: u16, body: serde_json::Value) -> Response<io::Cursor<Vec<u8>>> {
+    Response::from_data(body.to_string().into_bytes())
+        .with_status_code(status)
+        .with_header(Header::from_bytes("Content-Type", "application/json").expect("valid header"))
+}
+
+fn error(status: u16, message: &str) -> Response<io::Cursor<Vec<u8>>> {
+    json_response(status, json!({ "error": message }))
+}
+
+fn authorized(shared: &Shared, request: &Request) -> bool {
+    let Some(token) = &shared.config.admin.token else {
+        return true;
+    };
+    request.headers().iter().any(|h| {
+        h.field.equiv("Authorization")
+            && h.value.as_str().strip_prefix("Bearer ") == Some(token.as_str())
+    })
+}
+
+fn handle(shared: &Shared, request: Request) {
+    let response = if !authorized(shared, &request) {
+        error(401, "missing or wrong bearer token")
+    } else {
+        let path = request.url().split('?').next().unwrap_or("").to_string();
+        match (request.method(), path.as_str()) {
+            (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
+            (Method::Get, "/targets") => json_response(200, targets(shared)),
+            (Method::Get, "/metrics") => Response::from_data(metrics::encode(shared).into_bytes())
+                .with_header(
+                    Header::from_bytes(
+                        "Content-Type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .expect("valid header"),
+                ),
+            (_, "/healthz" | "/targets" | "/metrics") => error(405, "method not allowed"),
+            _ => error(404, &format!("no such endpoint: {path}")),
+        }
+    };
+    if let Err(e) = request.respond(response) {
+        log::debug!("admin API: cannot answer: {e}");
+    }
+}
+
+/// The `GET /targets` document.
+fn targets(shared: &Shared) -> serde_json::Value {
+    let groups: Vec<serde_json::Value> = shared
+        .groups
+        .iter()
+        .map(|g| {
+            let targets: Vec<serde_json::Value> = g
+                .targets
+                .iter()
+                .map(|t| {
+                    json!({
+                        "address": t.address.to_string(),
+                        "weight": t.weight,
+                        "backup": t.backup,
+                        "health": if t.is_healthy() { "healthy" } else { "unhealthy" },
+                        "active": t.active.load(Ordering::Relaxed),
+                        "total": t.total.load(Ordering::Relaxed),
+                        "connect_failures": t.connect_failures.load(Ordering::Relaxed),
+                        "bytes_to_target": t.bytes_to_target.load(Ordering::Relaxed),
+                        "bytes_from_target": t.bytes_from_target.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            json!({
+                "name": g.name(),
+                "algorithm": g.config.algorithm.to_string(),
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({ "target_groups": groups })
+}
