@@ -16,6 +16,7 @@
 //!              ┌──────────── worker 1 … N-1 (same) ─────────┐
 //!              └────────────────────────────────────────────┘
 //!    prober thread: every health check on its own schedule; flips health atomics
+//!    admin thread:  HTTP API (/healthz, /targets, /metrics) over the shared atomics
 //!    main thread:   CLI, config, binds, signals, graceful stop
 //! ```
 //!
