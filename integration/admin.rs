@@ -113,3 +113,94 @@ fn a_non_loopback_admin_without_a_token_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// `POST path` with an empty body; returns (status, body).
+fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// A connection through `addr` and the name of the target that answered it.
+fn open(addr: SocketAddr) -> (TcpStream, String) {
+    let s = client(addr);
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut r = s.try_clone().unwrap();
+    while r.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        name.push(byte[0]);
+    }
+    (s, String::from_utf8(name).unwrap())
+}
+
+#[test]
+fn a_drained_target_gets_no_new_connections_and_keeps_its_open_ones() {
+    let (a, b) = (
+        Backend::start(named_echo("a")),
+        Backend::start(named_echo("b")),
+    );
+    let lb = Ballast::start(&config(
+        "round_robin",
+        &[(a.addr, 1), (b.addr, 1)],
+        "",
+        NO_CHECKS,
+    ));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut on_a = loop {
+        let (s, name) = open(addr);
+        if name == "a" {
+            break s;
+        }
+    };
+    let (status, body) = post(admin, &format!("/target-groups/g/targets/{}/drain", a.addr));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"admin_state\":\"draining\""), "{body}");
+    for _ in 0..20 {
+        assert_eq!(open(addr).1, "b", "a draining target got a new connection");
+    }
+    // The open connection to a goes on, and /targets counts it.
+    on_a.write_all(b"still here").unwrap();
+    let mut echo = [0u8; 10];
+    on_a.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still here");
+    let doc: serde_json::Value = serde_json::from_str(&get(admin, "/targets", None).1).unwrap();
+    let target_a = &doc["target_groups"][0]["targets"][0];
+    assert_eq!(target_a["admin_state"], "draining");
+    assert_eq!(target_a["active"], 1, "{doc}");
+    // Enabled again, it takes its turn.
+    assert_eq!(
+        post(
+            admin,
+            &format!("/target-groups/g/targets/{}/enable", a.addr)
+        )
+        .0,
+        200
+    );
+    let names: Vec<String> = (0..4).map(|_| open(addr).1).collect();
+    assert!(names.contains(&"a".to_string()), "{names:?}");
+    // Bad requests change nothing and say why.
+    let (status, body) = post(admin, "/target-groups/nope/targets/1.2.3.4:5/drain");
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown target group `nope`"), "{body}");
+    let (status, body) = post(admin, "/target-groups/g/targets/127.0.0.1:1/drain");
+    assert_eq!(status, 404);
+    assert!(body.contains("has no target"), "{body}");
+    assert_eq!(
+        get(
+            admin,
+            &format!("/target-groups/g/targets/{}/drain", a.addr),
+            None
+        )
+        .0,
+        405
+    );
+}

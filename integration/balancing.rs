@@ -10,21 +10,6 @@ use common::*;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
 
-/// Says its name, then echoes until EOF.
-fn named_echo(name: &'static str) -> Handler {
-    Arc::new(move |mut s: TcpStream| {
-        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
-            return;
-        }
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 || s.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    })
-}
-
 /// Opens a connection and returns it with the name of the target it reached.
 fn open(addr: SocketAddr) -> (TcpStream, String) {
     let s = client(addr);

@@ -6,7 +6,7 @@
 //! exact across them). Everything here is atomics in an `Arc`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +26,8 @@ pub struct Target {
     pub weight: u32,
     /// Used only when no primary target is healthy.
     pub backup: bool,
+    /// [`AdminState`] as a number: set through the admin API.
+    admin_state: AtomicU8,
     /// Most open connections to this target across all workers.
     pub max_connections: Option<u64>,
     healthy: AtomicBool,
@@ -46,6 +48,24 @@ pub struct Target {
     /// Moving average of the target's response time in µs (0: no sample yet); see
     /// [`Target::record_response`].
     response_ewma_us: AtomicU64,
+}
+
+/// Whether a target takes new connections, as operators set it through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes new connections (when healthy).
+    Active = 0,
+    /// Takes no new connections or sessions; existing ones go on.
+    Draining = 1,
+}
+
+impl std::fmt::Display for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdminState::Active => "active",
+            AdminState::Draining => "draining",
+        })
+    }
 }
 
 /// Weight of a new sample in the response-time average.
@@ -75,6 +95,19 @@ impl Target {
     pub fn is_full(&self) -> bool {
         self.max_connections
             .is_some_and(|max| self.active.load(Ordering::Relaxed) >= max)
+    }
+
+    /// The target's admin state.
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin_state.load(Ordering::Acquire) {
+            0 => AdminState::Active,
+            _ => AdminState::Draining,
+        }
+    }
+
+    /// Whether the target may take new connections at all (its admin state is active).
+    pub fn in_service(&self) -> bool {
+        self.admin_state() == AdminState::Active
     }
 
     /// Whether the prober currently counts this target healthy.
@@ -112,6 +145,7 @@ impl TargetGroup {
                 address: t.address,
                 weight: t.weight,
                 backup: t.backup,
+                admin_state: AtomicU8::new(AdminState::Active as u8),
                 max_connections: t.max_connections,
                 // Targets start healthy: traffic flows at once, and the prober takes a target
                 // out after `unhealthy_threshold` failures.
@@ -172,14 +206,33 @@ impl TargetGroup {
         }
         let was = target.healthy.swap(healthy, Ordering::AcqRel);
         if was != healthy {
-            // Off the data path: this runs on the prober thread; workers keep using the old
-            // table until the new one is stored.
-            if let (Some(table), Some(fresh)) = (&self.table, self.build_table()) {
-                table.store(Arc::new(fresh));
-            }
-            self.health_generation.fetch_add(1, Ordering::Release);
+            self.eligibility_changed();
         }
         was != healthy
+    }
+
+    /// Sets target `index`'s admin state; returns whether that changed anything.
+    ///
+    /// # Panics
+    /// If `index` is out of range.
+    pub fn set_admin_state(&self, index: usize, state: AdminState) -> bool {
+        let was = self.targets[index]
+            .admin_state
+            .swap(state as u8, Ordering::AcqRel);
+        if was != state as u8 {
+            self.eligibility_changed();
+        }
+        was != state as u8
+    }
+
+    /// Health or admin state changed: rebuild the lookup table and tell the workers' caches.
+    fn eligibility_changed(&self) {
+        // Off the data path: this runs on the prober or admin thread; workers keep using the
+        // old table until the new one is stored.
+        if let (Some(table), Some(fresh)) = (&self.table, self.build_table()) {
+            table.store(Arc::new(fresh));
+        }
+        self.health_generation.fetch_add(1, Ordering::Release);
     }
 
     /// The share of its picks target `index` keeps at `now` under `slow_start`: from 1/20

@@ -289,6 +289,21 @@ pub fn named(name: &'static str) -> Handler {
     })
 }
 
+/// Says its name (a line), then echoes until EOF.
+pub fn named_echo(name: &'static str) -> Handler {
+    Arc::new(move |mut s: TcpStream| {
+        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 /// Echoes every byte until EOF, then shuts down its write side.
 pub fn echo() -> Handler {
     Arc::new(|mut s: TcpStream| {

@@ -4,6 +4,9 @@
 //! - `GET /targets`: per group and target: health, weight, backup, active and total
 //!   connections, bytes each way, connect failures.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
+//! - `POST /target-groups/{group}/targets/{address}/drain`: the target takes no new
+//!   connections or sessions; existing ones go on (`GET /targets` shows how many remain).
+//! - `POST /target-groups/{group}/targets/{address}/enable`: back in service.
 //!
 //! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
 //! otherwise). Errors are `{"error": "..."}` with a 4xx status.
@@ -19,7 +22,7 @@ use std::thread::JoinHandle;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::target::Shared;
+use crate::target::{AdminState, Shared};
 
 /// The running admin server.
 pub struct Admin {
@@ -107,6 +110,9 @@ fn handle(shared: &Shared, request: Request) {
                     .expect("valid header"),
                 ),
             (_, "/healthz" | "/targets" | "/metrics") => error(405, "method not allowed"),
+            (method, _) if path.starts_with("/target-groups/") => {
+                target_action(shared, method, &path)
+            }
             _ => error(404, &format!("no such endpoint: {path}")),
         }
     };
@@ -115,29 +121,72 @@ fn handle(shared: &Shared, request: Request) {
     }
 }
 
+/// `POST /target-groups/{group}/targets/{address}/{drain|enable}`.
+fn target_action(shared: &Shared, method: &Method, path: &str) -> Response<io::Cursor<Vec<u8>>> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["target-groups", group, "targets", address, action] = parts[..] else {
+        return error(404, &format!("no such endpoint: {path}"));
+    };
+    if *method != Method::Post {
+        return error(405, "use POST");
+    }
+    let state = match action {
+        "drain" => AdminState::Draining,
+        "enable" => AdminState::Active,
+        other => return error(404, &format!("unknown action `{other}`: drain or enable")),
+    };
+    let Some(g) = shared.groups.iter().find(|g| g.name() == group) else {
+        return error(404, &format!("unknown target group `{group}`"));
+    };
+    let address = percent_decode(address);
+    let Some(i) = g
+        .targets
+        .iter()
+        .position(|t| t.address.to_string() == address)
+    else {
+        return error(
+            404,
+            &format!("target group `{group}` has no target `{address}`"),
+        );
+    };
+    if g.set_admin_state(i, state) {
+        log::info!("target group {group}: {address} is now {state} (admin API)");
+    }
+    json_response(200, target_json(&g.targets[i]))
+}
+
+/// Undoes the percent-encoding a client may apply to `[`, `]` and `:` in an address.
+fn percent_decode(s: &str) -> String {
+    s.replace("%5B", "[")
+        .replace("%5b", "[")
+        .replace("%5D", "]")
+        .replace("%5d", "]")
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+}
+
+fn target_json(t: &crate::target::Target) -> serde_json::Value {
+    json!({
+        "address": t.address.to_string(),
+        "weight": t.weight,
+        "backup": t.backup,
+        "health": if t.is_healthy() { "healthy" } else { "unhealthy" },
+        "admin_state": t.admin_state().to_string(),
+        "active": t.active.load(Ordering::Relaxed),
+        "total": t.total.load(Ordering::Relaxed),
+        "connect_failures": t.connect_failures.load(Ordering::Relaxed),
+        "bytes_to_target": t.bytes_to_target.load(Ordering::Relaxed),
+        "bytes_from_target": t.bytes_from_target.load(Ordering::Relaxed),
+    })
+}
+
 /// The `GET /targets` document.
 fn targets(shared: &Shared) -> serde_json::Value {
     let groups: Vec<serde_json::Value> = shared
         .groups
         .iter()
         .map(|g| {
-            let targets: Vec<serde_json::Value> = g
-                .targets
-                .iter()
-                .map(|t| {
-                    json!({
-                        "address": t.address.to_string(),
-                        "weight": t.weight,
-                        "backup": t.backup,
-                        "health": if t.is_healthy() { "healthy" } else { "unhealthy" },
-                        "active": t.active.load(Ordering::Relaxed),
-                        "total": t.total.load(Ordering::Relaxed),
-                        "connect_failures": t.connect_failures.load(Ordering::Relaxed),
-                        "bytes_to_target": t.bytes_to_target.load(Ordering::Relaxed),
-                        "bytes_from_target": t.bytes_from_target.load(Ordering::Relaxed),
-                    })
-                })
-                .collect();
+            let targets: Vec<serde_json::Value> = g.targets.iter().map(target_json).collect();
             json!({
                 "name": g.name(),
                 "algorithm": g.config.algorithm.to_string(),

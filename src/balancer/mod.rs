@@ -119,12 +119,17 @@ pub fn candidates(group: &TargetGroup, exclude: &[usize]) -> Vec<usize> {
     if !pool.is_empty() {
         return pool;
     }
+    let in_service = |i: &usize| group.targets[*i].in_service();
     let healthy: Vec<usize> = (0..health.len())
         .filter(|&i| health[i])
         .filter(untried)
+        .filter(in_service)
         .collect();
     if healthy.is_empty() {
-        (0..health.len()).filter(untried).collect()
+        (0..health.len())
+            .filter(untried)
+            .filter(in_service)
+            .collect()
     } else {
         healthy
     }
@@ -226,6 +231,7 @@ impl Picker {
             if let Some(t) = sticky.get(request.tuple.client.ip(), now_ms) {
                 if t < group.targets.len()
                     && group.targets[t].is_healthy()
+                    && group.targets[t].in_service()
                     && !group.targets[t].is_full()
                     && !exclude.contains(&t)
                 {
@@ -290,6 +296,7 @@ pub fn eligible(group: &TargetGroup, health: &[bool]) -> Vec<usize> {
     let healthy = |backup: bool| -> Vec<usize> {
         (0..health.len())
             .filter(|&i| health[i] && group.targets[i].backup == backup)
+            .filter(|&i| group.targets[i].in_service())
             .collect()
     };
     let primaries = healthy(false);
@@ -300,7 +307,10 @@ pub fn eligible(group: &TargetGroup, health: &[bool]) -> Vec<usize> {
     if !backups.is_empty() {
         return backups;
     }
-    (0..health.len()).collect()
+    // Fail open over the targets in service; draining ones never take new connections.
+    (0..health.len())
+        .filter(|&i| group.targets[i].in_service())
+        .collect()
 }
 
 #[cfg(test)]
@@ -336,6 +346,42 @@ pub(crate) mod tests {
                     prop_assert!(!targets[pick].1, "{} picked backup {}", algo, pick);
                 } else if backup_up {
                     prop_assert!(targets[pick].1 && targets[pick].2, "{} skipped the backups", algo);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the algorithm and health, a draining target is never picked for a new
+        /// connection, even on a retry; with every target draining there is no pick.
+        #[test]
+        fn draining_targets_are_never_picked(
+            targets in prop::collection::vec((any::<bool>(), any::<bool>()), 1..8),
+            port in any::<u16>(),
+            tried in 0usize..8,
+        ) {
+            for algorithm in ["round_robin", "weighted_round_robin", "least_connections",
+                              "random", "power_of_two", "source_hash", "maglev",
+                              "least_response_time"] {
+                let g = group_with(algorithm, &vec![(1, false); targets.len()]);
+                for (i, (healthy, draining)) in targets.iter().enumerate() {
+                    g.set_healthy(i, *healthy);
+                    if *draining {
+                        g.set_admin_state(i, crate::target::AdminState::Draining);
+                    }
+                }
+                let mut b = super::for_algorithm(g.config.algorithm, HashKey::FiveTuple);
+                let exclude: Vec<usize> = (0..tried.min(targets.len())).collect();
+                let pick = b.pick(&g, &request(port), &exclude);
+                let all_draining = targets.iter().all(|t| t.1);
+                match pick {
+                    None => prop_assert!(
+                        all_draining || (0..targets.len()).all(|i| targets[i].1 || exclude.contains(&i)),
+                        "{} picked nothing", algorithm
+                    ),
+                    Some(p) => prop_assert!(!targets[p].1, "{} picked draining {}", algorithm, p),
                 }
             }
         }

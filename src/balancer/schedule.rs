@@ -41,7 +41,7 @@ impl Schedule {
             }
         }
         let health = group.health();
-        let untried = |&i: &usize| !exclude.contains(&i);
+        let untried = |&i: &usize| !exclude.contains(&i) && group.targets[i].in_service();
         (0..health.len())
             .filter(|&i| health[i])
             .find(untried)
