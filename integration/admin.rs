@@ -204,3 +204,41 @@ fn a_drained_target_gets_no_new_connections_and_keeps_its_open_ones() {
         405
     );
 }
+
+#[test]
+fn connections_lists_the_workers_tables() {
+    let echo = Backend::start(echo());
+    let lb = Ballast::start(&config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut conns: Vec<TcpStream> = (0..3).map(|_| client(addr)).collect();
+    for c in conns.iter_mut() {
+        c.write_all(b"hello").unwrap();
+        c.read_exact(&mut [0u8; 5]).unwrap();
+    }
+    let (status, body) = get(admin, "/connections", None);
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = doc["connections"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{body}");
+    let clients: Vec<String> = conns
+        .iter()
+        .map(|c| c.local_addr().unwrap().to_string())
+        .collect();
+    for entry in list {
+        assert_eq!(entry["protocol"], "tcp");
+        assert_eq!(entry["listener"], "l");
+        assert_eq!(entry["target"], echo.addr.to_string());
+        assert_eq!(entry["bytes_up"], 5);
+        assert_eq!(entry["bytes_down"], 5);
+        assert!(
+            clients.contains(&entry["client"].as_str().unwrap().to_string()),
+            "{entry}"
+        );
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&get(admin, "/connections?limit=2", None).1).unwrap();
+    assert_eq!(doc["connections"].as_array().unwrap().len(), 2);
+    let (status, body) = get(admin, "/connections?limit=many", None);
+    assert_eq!(status, 400);
+    assert!(body.contains("limit must be a whole number"), "{body}");
+}

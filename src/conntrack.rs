@@ -87,6 +87,11 @@ impl<T> ConnTable<T> {
         self.entries.is_empty()
     }
 
+    /// Every entry.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, (_, v))| v)
+    }
+
     /// Keys of every entry.
     pub fn keys(&self) -> Vec<usize> {
         self.entries.iter().map(|(k, _)| k).collect()

@@ -20,7 +20,7 @@ use crate::config::{Config, Protocol};
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
 use crate::target::Shared;
-use crate::worker::{Command, Worker, WAKER};
+use crate::worker::{Command, Worker, WorkerLink, WAKER};
 
 /// Why the process could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +83,7 @@ enum Event {
 }
 
 struct WorkerHandle {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
+    link: WorkerLink,
     thread: JoinHandle<()>,
 }
 
@@ -178,11 +177,25 @@ pub fn start(config: Config) -> Result<Running, RunError> {
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();
-    let admin = Admin::start(shared.clone()).map_err(|source| RunError::AdminBind {
-        addr: shared.config.admin.bind,
-        config: shared.config.path.display().to_string(),
-        source,
-    })?;
+    // Polls, wakers and command channels first, so the admin API can reach every worker.
+    let mut parts = Vec::with_capacity(workers);
+    let mut links = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let poll = Poll::new().map_err(RunError::io("cannot create a poll"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::io("waker"))?);
+        let (commands_tx, commands) = unbounded();
+        links.push(WorkerLink {
+            commands: commands_tx,
+            waker,
+        });
+        parts.push((poll, commands));
+    }
+    let admin =
+        Admin::start(shared.clone(), links.clone()).map_err(|source| RunError::AdminBind {
+            addr: shared.config.admin.bind,
+            config: shared.config.path.display().to_string(),
+            source,
+        })?;
     let prober = Prober::start(shared.clone()).map_err(RunError::io("cannot start the prober"))?;
     let mut running = Running {
         shared: shared.clone(),
@@ -192,10 +205,11 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         events_tx: events_tx.clone(),
         events,
     };
-    for (id, sockets) in sockets.into_iter().enumerate() {
-        let poll = Poll::new().map_err(RunError::io("cannot create a poll"))?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::io("waker"))?);
-        let (commands_tx, commands) = unbounded();
+    for (id, (sockets, ((poll, commands), link))) in sockets
+        .into_iter()
+        .zip(parts.into_iter().zip(links))
+        .enumerate()
+    {
         let access =
             AccessLog::open(&shared.config.access_log).map_err(|source| RunError::AccessLog {
                 path: match &shared.config.access_log {
@@ -224,11 +238,7 @@ pub fn start(config: Config) -> Result<Running, RunError> {
                 }
             })
             .map_err(RunError::io("cannot start a worker"))?;
-        running.handles.push(WorkerHandle {
-            commands: commands_tx,
-            waker,
-            thread,
-        });
+        running.handles.push(WorkerHandle { link, thread });
     }
     log::info!("ballast running with {workers} workers");
     Ok(running)
@@ -289,8 +299,7 @@ impl Running {
     pub fn stop(mut self) {
         let (closed_tx, closed) = unbounded();
         for h in &self.handles {
-            let _ = h.commands.send(Command::Stop(closed_tx.clone()));
-            let _ = h.waker.wake();
+            h.link.send(Command::Stop(closed_tx.clone()));
         }
         drop(closed_tx);
         // Every live worker answers once its listening sockets are closed; a worker that has

@@ -4,6 +4,8 @@
 //! - `GET /targets`: per group and target: health, weight, backup, active and total
 //!   connections, bytes each way, connect failures.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
+//! - `GET /connections?limit=N`: the workers' connection tables (asked over their command
+//!   channels, each woken through its poll's waker).
 //! - `POST /target-groups/{group}/targets/{address}/drain`: the target takes no new
 //!   connections or sessions; existing ones go on (`GET /targets` shows how many remain).
 //! - `POST /target-groups/{group}/targets/{address}/enable`: back in service.
@@ -23,6 +25,7 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::target::{AdminState, Shared};
+use crate::worker::{Command, WorkerLink};
 
 /// The running admin server.
 pub struct Admin {
@@ -36,7 +39,7 @@ impl Admin {
     ///
     /// # Errors
     /// When the address cannot be bound or the thread cannot start.
-    pub fn start(shared: Arc<Shared>) -> io::Result<Admin> {
+    pub fn start(shared: Arc<Shared>, workers: Vec<WorkerLink>) -> io::Result<Admin> {
         let bind = shared.config.admin.bind;
         let server = Arc::new(Server::http(bind).map_err(|e| io::Error::other(e.to_string()))?);
         let addr = server
@@ -48,7 +51,7 @@ impl Admin {
             .name("ballast-admin".into())
             .spawn(move || {
                 for request in s.incoming_requests() {
-                    handle(&shared, request);
+                    handle(&shared, &workers, request);
                 }
             })?;
         log::info!("admin API on http://{addr}");
@@ -93,7 +96,7 @@ fn authorized(shared: &Shared, request: &Request) -> bool {
     })
 }
 
-fn handle(shared: &Shared, request: Request) {
+fn handle(shared: &Shared, workers: &[WorkerLink], request: Request) {
     let response = if !authorized(shared, &request) {
         error(401, "missing or wrong bearer token")
     } else {
@@ -101,6 +104,10 @@ fn handle(shared: &Shared, request: Request) {
         match (request.method(), path.as_str()) {
             (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
             (Method::Get, "/targets") => json_response(200, targets(shared)),
+            (Method::Get, "/connections") => match limit(request.url()) {
+                Ok(limit) => json_response(200, connections(workers, limit)),
+                Err(message) => error(400, &message),
+            },
             (Method::Get, "/metrics") => Response::from_data(metrics::encode(shared).into_bytes())
                 .with_header(
                     Header::from_bytes(
@@ -109,7 +116,9 @@ fn handle(shared: &Shared, request: Request) {
                     )
                     .expect("valid header"),
                 ),
-            (_, "/healthz" | "/targets" | "/metrics") => error(405, "method not allowed"),
+            (_, "/healthz" | "/targets" | "/metrics" | "/connections") => {
+                error(405, "method not allowed")
+            }
             (method, _) if path.starts_with("/target-groups/") => {
                 target_action(shared, method, &path)
             }
@@ -119,6 +128,60 @@ fn handle(shared: &Shared, request: Request) {
     if let Err(e) = request.respond(response) {
         log::debug!("admin API: cannot answer: {e}");
     }
+}
+
+/// `limit=N` from a query string; 1,000 when absent.
+fn limit(url: &str) -> Result<usize, String> {
+    let Some(query) = url.split_once('?').map(|(_, q)| q) else {
+        return Ok(1000);
+    };
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("limit=") {
+            return v
+                .parse()
+                .map_err(|_| format!("limit must be a whole number, not `{v}`"));
+        }
+    }
+    Ok(1000)
+}
+
+/// `GET /connections`: every worker's connection table, at most `limit` entries in all.
+fn connections(workers: &[WorkerLink], limit: usize) -> serde_json::Value {
+    let (reply, replies) = crossbeam_channel::unbounded();
+    let asked = workers
+        .iter()
+        .filter(|w| {
+            w.send(Command::Snapshot {
+                limit,
+                reply: reply.clone(),
+            })
+        })
+        .count();
+    drop(reply);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut entries = Vec::new();
+    for _ in 0..asked {
+        let Ok(batch) = replies.recv_deadline(deadline) else {
+            break; // a worker that does not answer in time is left out, not waited for
+        };
+        entries.extend(batch);
+    }
+    entries.truncate(limit);
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|c| {
+            json!({
+                "protocol": c.protocol.to_string(),
+                "client": c.client.to_string(),
+                "listener": c.listener,
+                "target": c.target.map(|t| t.to_string()),
+                "age_ms": c.age.as_millis() as u64,
+                "bytes_up": c.bytes_up,
+                "bytes_down": c.bytes_down,
+            })
+        })
+        .collect();
+    json!({ "connections": list })
 }
 
 /// `POST /target-groups/{group}/targets/{address}/{drain|enable}`.

@@ -195,6 +195,11 @@ impl<T> SessionTable<T> {
         self.table.is_empty()
     }
 
+    /// Every session.
+    pub fn iter(&self) -> impl Iterator<Item = &Session<T>> {
+        self.table.iter()
+    }
+
     /// Removes and returns every session.
     pub fn drain(&mut self) -> Vec<Session<T>> {
         self.table

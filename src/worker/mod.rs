@@ -25,6 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::access_log::AccessLog;
 use crate::balancer::Picker;
+use crate::config::Protocol;
 use crate::conntrack::ConnTable;
 use crate::runtime::Bound;
 use crate::target::Shared;
@@ -94,12 +95,55 @@ impl Slot {
     }
 }
 
-/// A command from the main thread.
+/// A command from the main or admin thread.
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit. The
     /// worker sends its id on the channel once its listening sockets are closed.
     Stop(crossbeam_channel::Sender<usize>),
+    /// Send up to `limit` entries of the connection table (TCP connections, then UDP
+    /// sessions) on `reply`.
+    Snapshot {
+        /// Most entries to send.
+        limit: usize,
+        /// Where to send them.
+        reply: crossbeam_channel::Sender<Vec<ConnInfo>>,
+    },
+}
+
+/// One connection-table entry as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The listener's name.
+    pub listener: String,
+    /// The target, once one is connected (TCP) or chosen (UDP).
+    pub target: Option<SocketAddr>,
+    /// Since accept or the flow's first datagram.
+    pub age: Duration,
+    /// Bytes client → target.
+    pub bytes_up: u64,
+    /// Bytes target → client.
+    pub bytes_down: u64,
+}
+
+/// How another thread reaches a worker: its command channel and the waker of its poll.
+#[derive(Debug, Clone)]
+pub struct WorkerLink {
+    /// Commands to the worker.
+    pub commands: crossbeam_channel::Sender<Command>,
+    /// Wakes the worker's poll so it reads its commands.
+    pub waker: Arc<mio::Waker>,
+}
+
+impl WorkerLink {
+    /// Sends `command` and wakes the worker; false when the worker is gone.
+    pub fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+    }
 }
 
 /// Work that must run again without waiting for an event.
@@ -328,6 +372,9 @@ impl Worker {
                     self.begin_stop();
                     let _ = closed.send(self.id);
                 }
+                Ok(Command::Snapshot { limit, reply }) => {
+                    let _ = reply.send(self.snapshot(limit));
+                }
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -336,6 +383,41 @@ impl Worker {
                 }
             }
         }
+    }
+
+    fn snapshot(&mut self, limit: usize) -> Vec<ConnInfo> {
+        let mut out = Vec::new();
+        for key in self.table.keys().into_iter().take(limit) {
+            let Some(conn) = self.table.get_mut(key) else {
+                continue;
+            };
+            let target = conn
+                .target
+                .filter(|_| conn.state() == crate::tcp::State::Established)
+                .map(|t| self.shared.groups[conn.group].targets[t].address);
+            out.push(ConnInfo {
+                protocol: Protocol::Tcp,
+                client: conn.tuple.client,
+                listener: self.shared.listeners[conn.listener].config.name.clone(),
+                target,
+                age: self.now.saturating_duration_since(conn.started),
+                bytes_up: conn.up.bytes,
+                bytes_down: conn.down.bytes,
+            });
+        }
+        let left = limit.saturating_sub(out.len());
+        for s in self.sessions.iter().take(left) {
+            out.push(ConnInfo {
+                protocol: Protocol::Udp,
+                client: s.client,
+                listener: self.shared.listeners[s.listener].config.name.clone(),
+                target: Some(self.shared.groups[s.group].targets[s.target].address),
+                age: self.now.saturating_duration_since(s.started),
+                bytes_up: s.up.bytes,
+                bytes_down: s.down.bytes,
+            });
+        }
+        out
     }
 
     fn begin_stop(&mut self) {
