@@ -242,3 +242,53 @@ fn connections_lists_the_workers_tables() {
     assert_eq!(status, 400);
     assert!(body.contains("limit must be a whole number"), "{body}");
 }
+
+#[test]
+fn disable_closes_what_is_left_after_the_drain_timeout() {
+    let (a, b) = (
+        Backend::start(named_echo("a")),
+        Backend::start(named_echo("b")),
+    );
+    let health = format!("    drain_timeout: 300ms\n{NO_CHECKS}");
+    let lb = Ballast::start(&config(
+        "round_robin",
+        &[(a.addr, 1), (b.addr, 1)],
+        "",
+        &health,
+    ));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut on_a = loop {
+        let (s, name) = open(addr);
+        if name == "a" {
+            break s;
+        }
+    };
+    let disabled = std::time::Instant::now();
+    let (status, body) = post(
+        admin,
+        &format!("/target-groups/g/targets/{}/disable", a.addr),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"admin_state\":\"disabled\""), "{body}");
+    assert_eq!(open(addr).1, "b");
+    // Still open during the drain timeout...
+    on_a.write_all(b"x").unwrap();
+    on_a.read_exact(&mut [0u8; 1]).unwrap();
+    // ...and closed once it has passed.
+    let mut rest = Vec::new();
+    let r = on_a.read_to_end(&mut rest);
+    let closed_after = disabled.elapsed();
+    // EOF or a reset: closed by Ballast, not a read timeout.
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    assert!(
+        closed_after >= std::time::Duration::from_millis(250)
+            && closed_after < std::time::Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    lb.wait_log("drain_timeout passed", WAIT);
+}

@@ -57,6 +57,8 @@ pub enum AdminState {
     Active = 0,
     /// Takes no new connections or sessions; existing ones go on.
     Draining = 1,
+    /// Drained, and what was still open after the group's `drain_timeout` was closed.
+    Disabled = 2,
 }
 
 impl std::fmt::Display for AdminState {
@@ -64,6 +66,7 @@ impl std::fmt::Display for AdminState {
         f.write_str(match self {
             AdminState::Active => "active",
             AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
         })
     }
 }
@@ -101,7 +104,8 @@ impl Target {
     pub fn admin_state(&self) -> AdminState {
         match self.admin_state.load(Ordering::Acquire) {
             0 => AdminState::Active,
-            _ => AdminState::Draining,
+            1 => AdminState::Draining,
+            _ => AdminState::Disabled,
         }
     }
 

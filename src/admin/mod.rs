@@ -8,6 +8,8 @@
 //!   channels, each woken through its poll's waker).
 //! - `POST /target-groups/{group}/targets/{address}/drain`: the target takes no new
 //!   connections or sessions; existing ones go on (`GET /targets` shows how many remain).
+//! - `POST /target-groups/{group}/targets/{address}/disable`: drain, then close what is still
+//!   open after the group's `drain_timeout`.
 //! - `POST /target-groups/{group}/targets/{address}/enable`: back in service.
 //!
 //! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
@@ -96,7 +98,7 @@ fn authorized(shared: &Shared, request: &Request) -> bool {
     })
 }
 
-fn handle(shared: &Shared, workers: &[WorkerLink], request: Request) {
+fn handle(shared: &Arc<Shared>, workers: &[WorkerLink], request: Request) {
     let response = if !authorized(shared, &request) {
         error(401, "missing or wrong bearer token")
     } else {
@@ -120,7 +122,7 @@ fn handle(shared: &Shared, workers: &[WorkerLink], request: Request) {
                 error(405, "method not allowed")
             }
             (method, _) if path.starts_with("/target-groups/") => {
-                target_action(shared, method, &path)
+                target_action(shared, workers, method, &path)
             }
             _ => error(404, &format!("no such endpoint: {path}")),
         }
@@ -185,7 +187,12 @@ fn connections(workers: &[WorkerLink], limit: usize) -> serde_json::Value {
 }
 
 /// `POST /target-groups/{group}/targets/{address}/{drain|enable}`.
-fn target_action(shared: &Shared, method: &Method, path: &str) -> Response<io::Cursor<Vec<u8>>> {
+fn target_action(
+    shared: &Arc<Shared>,
+    workers: &[WorkerLink],
+    method: &Method,
+    path: &str,
+) -> Response<io::Cursor<Vec<u8>>> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let ["target-groups", group, "targets", address, action] = parts[..] else {
         return error(404, &format!("no such endpoint: {path}"));
@@ -196,11 +203,18 @@ fn target_action(shared: &Shared, method: &Method, path: &str) -> Response<io::C
     let state = match action {
         "drain" => AdminState::Draining,
         "enable" => AdminState::Active,
-        other => return error(404, &format!("unknown action `{other}`: drain or enable")),
+        "disable" => AdminState::Disabled,
+        other => {
+            return error(
+                404,
+                &format!("unknown action `{other}`: drain, disable or enable"),
+            )
+        }
     };
-    let Some(g) = shared.groups.iter().find(|g| g.name() == group) else {
+    let Some(gi) = shared.groups.iter().position(|g| g.name() == group) else {
         return error(404, &format!("unknown target group `{group}`"));
     };
+    let g = &shared.groups[gi];
     let address = percent_decode(address);
     let Some(i) = g
         .targets
@@ -214,8 +228,41 @@ fn target_action(shared: &Shared, method: &Method, path: &str) -> Response<io::C
     };
     if g.set_admin_state(i, state) {
         log::info!("target group {group}: {address} is now {state} (admin API)");
+        if state == AdminState::Disabled {
+            close_after_drain_timeout(shared, workers, gi, i);
+        }
     }
     json_response(200, target_json(&g.targets[i]))
+}
+
+/// After the group's `drain_timeout`, closes whatever is still open to target `index` of
+/// group `g` — unless it was enabled again meanwhile. A timer thread waits, so the API answers
+/// at once.
+fn close_after_drain_timeout(shared: &Arc<Shared>, workers: &[WorkerLink], g: usize, index: usize) {
+    let wait = shared.groups[g].config.drain_timeout;
+    let (shared, workers) = (shared.clone(), workers.to_vec());
+    let spawned = std::thread::Builder::new()
+        .name("ballast-disable".into())
+        .spawn(move || {
+            std::thread::sleep(wait); // the drain_timeout itself, not a stand-in for an event
+            let target = &shared.groups[g].targets[index];
+            if target.admin_state() == AdminState::Disabled {
+                log::info!(
+                    "target group {}: {}: drain_timeout passed; closing what is still open",
+                    shared.groups[g].name(),
+                    target.address
+                );
+                for w in &workers {
+                    w.send(Command::CloseTarget {
+                        group: g,
+                        target: index,
+                    });
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the disable timer: {e}");
+    }
 }
 
 /// Undoes the percent-encoding a client may apply to `[`, `]` and `:` in an address.

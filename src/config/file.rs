@@ -87,6 +87,7 @@ pub struct FileTargetGroup {
     pub maglev_table_size: Option<usize>,
     pub stickiness: Option<FileStickiness>,
     pub slow_start: Option<PositiveDuration>,
+    pub drain_timeout: Option<PositiveDuration>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
 }

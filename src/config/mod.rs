@@ -298,6 +298,8 @@ pub struct TargetGroupConfig {
     pub stickiness: Option<Stickiness>,
     /// How long a target that turns healthy takes to ramp up to its full share.
     pub slow_start: Option<Duration>,
+    /// How long `disable` lets a target's open connections finish before closing them.
+    pub drain_timeout: Duration,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// At least one target.

@@ -111,6 +111,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 None => None,
             },
             slow_start: g.slow_start.map(|d| d.0),
+            drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             health_check,
             targets,
         });

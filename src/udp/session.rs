@@ -200,6 +200,19 @@ impl<T> SessionTable<T> {
         self.table.iter()
     }
 
+    /// Removes and returns the sessions `pick` selects.
+    pub fn drain_where(&mut self, pick: impl Fn(&Session<T>) -> bool) -> Vec<Session<T>> {
+        let keys: Vec<usize> = self
+            .table
+            .keys()
+            .into_iter()
+            .filter(|&k| self.table.get_mut(k).is_some_and(|s| pick(s)))
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.table.remove(k))
+            .collect()
+    }
+
     /// Removes and returns every session.
     pub fn drain(&mut self) -> Vec<Session<T>> {
         self.table

@@ -101,6 +101,14 @@ pub enum Command {
     /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit. The
     /// worker sends its id on the channel once its listening sockets are closed.
     Stop(crossbeam_channel::Sender<usize>),
+    /// Close every connection and end every session to target `target` of group `group`
+    /// (a disabled target's drain_timeout has passed).
+    CloseTarget {
+        /// Group index.
+        group: usize,
+        /// Target index in the group.
+        target: usize,
+    },
     /// Send up to `limit` entries of the connection table (TCP connections, then UDP
     /// sessions) on `reply`.
     Snapshot {
@@ -375,6 +383,7 @@ impl Worker {
                 Ok(Command::Snapshot { limit, reply }) => {
                     let _ = reply.send(self.snapshot(limit));
                 }
+                Ok(Command::CloseTarget { group, target }) => self.close_target(group, target),
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -383,6 +392,24 @@ impl Worker {
                 }
             }
         }
+    }
+
+    fn close_target(&mut self, group: usize, target: usize) {
+        let on_target = |g: usize, t: Option<usize>| g == group && t == Some(target);
+        let keys: Vec<usize> = self
+            .table
+            .keys()
+            .into_iter()
+            .filter(|&k| {
+                self.table
+                    .get_mut(k)
+                    .is_some_and(|c| on_target(c.group, c.target))
+            })
+            .collect();
+        for key in keys {
+            self.close(key, "disabled");
+        }
+        self.end_sessions_where(|s| on_target(s.group, Some(s.target)), "disabled");
     }
 
     fn snapshot(&mut self, limit: usize) -> Vec<ConnInfo> {

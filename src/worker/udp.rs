@@ -334,6 +334,17 @@ impl Worker {
         }
     }
 
+    /// Ends the sessions `pick` selects.
+    pub(super) fn end_sessions_where(
+        &mut self,
+        pick: impl Fn(&Session<UdpSocket>) -> bool,
+        reason: &str,
+    ) {
+        for session in self.sessions.drain_where(pick) {
+            self.finish_session(session, reason);
+        }
+    }
+
     /// Ends every session (the worker is stopping).
     pub(super) fn end_all_sessions(&mut self, reason: &str) {
         for session in self.sessions.drain() {
