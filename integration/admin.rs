@@ -9,17 +9,30 @@ use common::*;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
 
-/// `GET path` with an optional bearer token; returns (status, body).
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+/// `METHOD path` (HTTP/1.0, empty body) with an optional bearer token; returns (status,
+/// body).
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n{auth}\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
+}
+
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    http(addr, "GET", path, token)
+}
+
+fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "POST", path, None)
 }
 
 #[test]
@@ -114,34 +127,6 @@ fn a_non_loopback_admin_without_a_token_is_refused_at_start() {
     );
 }
 
-/// `POST path` with an empty body; returns (status, body).
-fn post(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
-/// A connection through `addr` and the name of the target that answered it.
-fn open(addr: SocketAddr) -> (TcpStream, String) {
-    let s = client(addr);
-    let mut name = Vec::new();
-    let mut byte = [0u8; 1];
-    let mut r = s.try_clone().unwrap();
-    while r.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        name.push(byte[0]);
-    }
-    (s, String::from_utf8(name).unwrap())
-}
-
 #[test]
 fn a_drained_target_gets_no_new_connections_and_keeps_its_open_ones() {
     let (a, b) = (
@@ -156,7 +141,7 @@ fn a_drained_target_gets_no_new_connections_and_keeps_its_open_ones() {
     ));
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     let mut on_a = loop {
-        let (s, name) = open(addr);
+        let (s, name) = open_named(addr);
         if name == "a" {
             break s;
         }
@@ -165,7 +150,11 @@ fn a_drained_target_gets_no_new_connections_and_keeps_its_open_ones() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"admin_state\":\"draining\""), "{body}");
     for _ in 0..20 {
-        assert_eq!(open(addr).1, "b", "a draining target got a new connection");
+        assert_eq!(
+            open_named(addr).1,
+            "b",
+            "a draining target got a new connection"
+        );
     }
     // The open connection to a goes on, and /targets counts it.
     on_a.write_all(b"still here").unwrap();
@@ -185,7 +174,7 @@ fn a_drained_target_gets_no_new_connections_and_keeps_its_open_ones() {
         .0,
         200
     );
-    let names: Vec<String> = (0..4).map(|_| open(addr).1).collect();
+    let names: Vec<String> = (0..4).map(|_| open_named(addr).1).collect();
     assert!(names.contains(&"a".to_string()), "{names:?}");
     // Bad requests change nothing and say why.
     let (status, body) = post(admin, "/target-groups/nope/targets/1.2.3.4:5/drain");
@@ -258,7 +247,7 @@ fn disable_closes_what_is_left_after_the_drain_timeout() {
     ));
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     let mut on_a = loop {
-        let (s, name) = open(addr);
+        let (s, name) = open_named(addr);
         if name == "a" {
             break s;
         }
@@ -270,7 +259,7 @@ fn disable_closes_what_is_left_after_the_drain_timeout() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"admin_state\":\"disabled\""), "{body}");
-    assert_eq!(open(addr).1, "b");
+    assert_eq!(open_named(addr).1, "b");
     // Still open during the drain timeout...
     on_a.write_all(b"x").unwrap();
     on_a.read_exact(&mut [0u8; 1]).unwrap();

@@ -10,16 +10,6 @@ use common::*;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
 
-/// Opens a connection and returns it with the name of the target it reached.
-fn open(addr: SocketAddr) -> (TcpStream, String) {
-    let s = client(addr);
-    let mut line = String::new();
-    BufReader::new(s.try_clone().unwrap())
-        .read_line(&mut line)
-        .expect("target name");
-    (s, line.trim().to_string())
-}
-
 fn counts(conns: &[(TcpStream, String)]) -> [usize; 3] {
     let mut c = [0; 3];
     for (_, name) in conns {
@@ -43,7 +33,7 @@ fn least_connections_fills_the_target_that_lost_connections() {
     );
     let lb = Ballast::start(&yaml);
     let addr = lb.addr("l");
-    let mut conns: Vec<(TcpStream, String)> = (0..90).map(|_| open(addr)).collect();
+    let mut conns: Vec<(TcpStream, String)> = (0..90).map(|_| open_named(addr)).collect();
     let spread = counts(&conns);
     assert!(
         spread.iter().max().unwrap() - spread.iter().min().unwrap() <= 1,
@@ -64,7 +54,7 @@ fn least_connections_fills_the_target_that_lost_connections() {
         }
     });
     // The next 20 must all go to a, the least loaded.
-    let fresh: Vec<(TcpStream, String)> = (0..20).map(|_| open(addr)).collect();
+    let fresh: Vec<(TcpStream, String)> = (0..20).map(|_| open_named(addr)).collect();
     assert_eq!(counts(&fresh), [20, 0, 0], "new connections went elsewhere");
     conns.extend(fresh);
     let spread = counts(&conns);
@@ -85,7 +75,7 @@ fn client_stays_together(algorithm: &str, extra: &str) {
     let targets: Vec<(SocketAddr, u32)> = backends.iter().map(|b| (b.addr, 1)).collect();
     let lb = Ballast::start(&config(algorithm, &targets, "", &health));
     let addr = lb.addr("l");
-    let names: Vec<String> = (0..30).map(|_| open(addr).1).collect();
+    let names: Vec<String> = (0..30).map(|_| open_named(addr).1).collect();
     assert!(
         names.iter().all(|n| *n == names[0]),
         "{algorithm}: {names:?}"
@@ -94,7 +84,7 @@ fn client_stays_together(algorithm: &str, extra: &str) {
     let dead = backends[first].addr;
     backends[first].stop();
     lb.wait_log(&format!("{dead} is now unhealthy"), WAIT);
-    let names: Vec<String> = (0..30).map(|_| open(addr).1).collect();
+    let names: Vec<String> = (0..30).map(|_| open_named(addr).1).collect();
     assert!(
         names.iter().all(|n| *n == names[0]),
         "{algorithm} after a death: {names:?}"
@@ -121,7 +111,7 @@ fn maglev_by_five_tuple_spreads_one_clients_connections() {
     let targets: Vec<(SocketAddr, u32)> = backends.iter().map(|b| (b.addr, 1)).collect();
     let lb = Ballast::start(&config("maglev", &targets, "", NO_CHECKS));
     let addr = lb.addr("l");
-    let conns: Vec<(TcpStream, String)> = (0..90).map(|_| open(addr)).collect();
+    let conns: Vec<(TcpStream, String)> = (0..90).map(|_| open_named(addr)).collect();
     let spread = counts(&conns);
     // Each connection's 5-tuple differs (its port): 90 hash to all three, near evenly.
     assert!(spread.iter().all(|&c| c >= 15), "{spread:?}");
@@ -157,7 +147,7 @@ fn slow_start_ramps_a_returning_targets_share_up() {
     let mut windows = [(0usize, 0usize); 5];
     while t0.elapsed() < std::time::Duration::from_millis(2500) {
         let w = (t0.elapsed().as_millis() / 500) as usize;
-        let (s, name) = open(addr);
+        let (s, name) = open_named(addr);
         drop(s);
         if w < windows.len() {
             windows[w].0 += usize::from(name == "b");
@@ -232,7 +222,7 @@ fn full_targets_are_skipped_and_clients_wait_when_all_are_full() {
     );
     let lb = Ballast::start(&yaml);
     let addr = lb.addr("l");
-    let mut open_conns: Vec<(TcpStream, String)> = (0..3).map(|_| open(addr)).collect();
+    let mut open_conns: Vec<(TcpStream, String)> = (0..3).map(|_| open_named(addr)).collect();
     let names: Vec<&str> = open_conns.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names.iter().filter(|n| **n == "a").count(), 2, "{names:?}");
     assert_eq!(names.iter().filter(|n| **n == "b").count(), 1, "{names:?}");

@@ -80,7 +80,7 @@ fn killed_target_goes_unhealthy_in_time_and_comes_back() {
     let b_addr = b.addr;
     let load = Load::start(lb.addr("l"));
     // Let traffic reach every target first.
-    wait_until(|| b.accepted.load(Ordering::Relaxed) >= 3);
+    wait_until("traffic", || b.accepted.load(Ordering::Relaxed) >= 3);
 
     let mark = lb.log_len();
     let killed = Instant::now();
@@ -100,7 +100,7 @@ fn killed_target_goes_unhealthy_in_time_and_comes_back() {
     let unhealthy_at = Instant::now();
 
     // While b is down, a and c keep serving and b gets nothing.
-    wait_until(|| {
+    wait_until("traffic", || {
         load.answers
             .lock()
             .unwrap()
@@ -124,7 +124,7 @@ fn killed_target_goes_unhealthy_in_time_and_comes_back() {
         took <= bound + Duration::from_millis(150),
         "healthy after {took:?}, bound {bound:?}"
     );
-    wait_until(|| b2.accepted.load(Ordering::Relaxed) >= 5);
+    wait_until("traffic", || b2.accepted.load(Ordering::Relaxed) >= 5);
     let (failures, answers) = load.finish();
 
     assert_eq!(failures, 0, "client connections failed while a target died");
@@ -175,16 +175,4 @@ fn http_check_follows_the_status_code() {
     assert!(line.contains("WARN"), "{line}");
     *status.lock().unwrap() = 302;
     lb.wait_log(&format!("{} is now healthy", target.addr), WAIT);
-}
-
-/// Waits (bounded) until `cond` holds.
-fn wait_until(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

@@ -470,15 +470,7 @@ fn access_log_has_a_line_per_finished_connection() {
         s.shutdown(Shutdown::Write).unwrap();
         s.read_to_end(&mut Vec::new()).unwrap();
     }
-    // Lines are written once per event-loop turn: wait (bounded) for all five.
-    let deadline = Instant::now() + WAIT;
-    let text = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().count() >= 5 || Instant::now() >= deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let text = wait_for_lines(&path, 5);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
     for i in 0..5 {

@@ -108,15 +108,9 @@ fn idle_sessions_end_and_close_their_sockets() {
         baseline + 20,
         "one upstream socket per session"
     );
-    let deadline = Instant::now() + WAIT;
-    while lb.fd_count() != baseline {
-        assert!(
-            Instant::now() < deadline,
-            "sessions did not expire: {} fds",
-            lb.fd_count()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("sessions expire and close their sockets", || {
+        lb.fd_count() == baseline
+    });
     // A flow that comes back gets a new session.
     clients[0].send(b"again").unwrap();
     assert_eq!(clients[0].recv(&mut [0u8; 8]).unwrap(), 5);
@@ -287,14 +281,7 @@ fn access_log_has_a_line_per_session() {
     let c = udp_client(lb.addr("l"));
     c.send(b"0123456789").unwrap();
     assert_eq!(c.recv(&mut [0u8; 16]).unwrap(), 10);
-    let deadline = Instant::now() + WAIT;
-    let text = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if !text.is_empty() || Instant::now() >= deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let text = wait_for_lines(&path, 1);
     assert!(text.contains(" udp listener=l client="), "{text}");
     assert!(
         text.contains(

@@ -356,6 +356,39 @@ pub fn config(
     yaml
 }
 
+/// Waits (bounded by [`WAIT`]) until `cond` holds; panics naming `what` otherwise. For
+/// states no event announces (a file's contents, an fd count), so it polls.
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The file at `path` once it has at least `lines` lines (bounded wait; the access log is
+/// written once per event-loop turn).
+pub fn wait_for_lines(path: &std::path::Path, lines: usize) -> String {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    wait_until(&format!("{lines} lines in {}", path.display()), || {
+        read().lines().count() >= lines
+    });
+    read()
+}
+
+/// A connection through `addr` and the name its target sent first (a line, read byte by
+/// byte so nothing after it is consumed).
+pub fn open_named(addr: SocketAddr) -> (TcpStream, String) {
+    let s = client(addr);
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut r = s.try_clone().unwrap();
+    while r.read(&mut byte).expect("target name") == 1 && byte[0] != b'\n' {
+        name.push(byte[0]);
+    }
+    (s, String::from_utf8(name).unwrap())
+}
+
 /// An address on 127.0.0.1 where nothing listens (bound, then closed).
 pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
