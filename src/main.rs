@@ -76,6 +76,21 @@ fn print_plan(c: &Config) {
         c.workers,
         humantime::format_duration(c.shutdown_timeout)
     );
+    let access = match &c.access_log {
+        ballast::access_log::Sink::Off => "off".to_string(),
+        ballast::access_log::Sink::Stderr => "stderr".to_string(),
+        ballast::access_log::Sink::File(p) => p.display().to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "admin API on {}{}, access log: {access}",
+        c.admin.bind,
+        if c.admin.token.is_some() {
+            " (token required)"
+        } else {
+            ""
+        }
+    );
     for l in &c.listeners {
         let g = &c.target_groups[l.target_group];
         let settings = match &l.udp {
@@ -132,8 +147,30 @@ fn print_plan(c: &Config) {
             hc.healthy_threshold,
             hc.unhealthy_threshold
         );
+        let mut extras = vec![format!(
+            "drain_timeout {}",
+            humantime::format_duration(g.drain_timeout)
+        )];
+        if let Some(d) = g.slow_start {
+            extras.push(format!("slow_start {}", humantime::format_duration(d)));
+        }
+        if let Some(st) = g.stickiness {
+            extras.push(format!(
+                "stickiness {} / {} entries",
+                humantime::format_duration(st.timeout),
+                st.max_entries
+            ));
+        }
+        let _ = writeln!(out, "  {}", extras.join(", "));
         for t in &g.targets {
-            let _ = writeln!(out, "  target {} weight {}", t.address, t.weight);
+            let mut flags = String::new();
+            if t.backup {
+                flags += " backup";
+            }
+            if let Some(max) = t.max_connections {
+                flags += &format!(" max_connections {max}");
+            }
+            let _ = writeln!(out, "  target {} weight {}{flags}", t.address, t.weight);
         }
     }
 }
