@@ -1,5 +1,14 @@
 //! `least_connections`: the target with the fewest active connections per unit of weight,
 //! counted across all workers (the targets' shared atomics), ties broken in rotation.
+//!
+//! A pick is one pass over the eligible targets (about 85 ns for 100 targets; see the README).
+//! To keep that pass free of divisions and wide multiplications, each target's load
+//! `active / weight` is compared as the 64-bit integer `active × scale`, where `scale` is
+//! `L / weight` for `L` the least common multiple of the eligible targets' weights: exact, and
+//! equal ratios give equal keys, so ties rotate. Only when `L` exceeds 2^32 (several large,
+//! coprime weights) is `scale` `2^32 / weight` rounded down; the order is then still exact
+//! while `active < 2^32 / (w₁ × w₂)` for the two targets compared, since two distinct ratios
+//! differ by at least `1 / (w₁ × w₂)`.
 
 use std::sync::atomic::Ordering;
 
@@ -11,6 +20,9 @@ use crate::target::TargetGroup;
 #[derive(Debug, Default)]
 pub struct LeastConnections {
     cache: EligibleCache,
+    /// `(target index, scale)` per member of `cache`, rebuilt with it.
+    scaled: Vec<(usize, u64)>,
+    generation: Option<u64>,
 }
 
 impl Balancer for LeastConnections {
@@ -20,28 +32,69 @@ impl Balancer for LeastConnections {
                 .into_iter()
                 .map(|i| (i, group.targets[i].weight))
                 .collect();
-            return least_loaded(group, &pool);
+            return least_loaded(group, &scaled(&pool));
         }
-        least_loaded(group, self.cache.refresh(group).members())
+        let generation = group.health_generation();
+        if self.generation != Some(generation) {
+            self.scaled = scaled(self.cache.refresh(group).members());
+            self.generation = Some(generation);
+        }
+        least_loaded(group, &self.scaled)
     }
 }
 
-/// The least loaded of `pool` (`(index, weight)`), scanning from the group's rotating cursor.
-fn least_loaded(group: &TargetGroup, pool: &[(usize, u32)]) -> Option<usize> {
+/// `(index, scale)` for each `(index, weight)`: see the module docs.
+fn scaled(members: &[(usize, u32)]) -> Vec<(usize, u64)> {
+    const LIMIT: u64 = 1 << 32;
+    let lcm = members.iter().try_fold(1u64, |l, &(_, w)| {
+        let w = u64::from(w);
+        let next = l / gcd(l, w) * w;
+        (next <= LIMIT).then_some(next)
+    });
+    let numerator = lcm.unwrap_or(LIMIT);
+    members
+        .iter()
+        .map(|&(i, w)| (i, numerator / u64::from(w)))
+        .collect()
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The least loaded of `pool` (`(index, scale)`), scanning from the group's rotating cursor
+/// so the first minimum found is the next in rotation.
+fn least_loaded(group: &TargetGroup, pool: &[(usize, u64)]) -> Option<usize> {
     let n = pool.len();
     if n == 0 {
         return None;
     }
     let start = group.cursor.fetch_add(1, Ordering::Relaxed) % n;
-    let (mut best, mut best_active, mut best_weight) = (pool[start].0, u64::MAX, 1u32);
-    for &(i, w) in pool[start..].iter().chain(&pool[..start]) {
-        let active = group.targets[i].active.load(Ordering::Relaxed);
-        // active / w < best_active / best_weight, cross-multiplied: exact, no division.
-        if u128::from(active) * u128::from(best_weight) < u128::from(best_active) * u128::from(w) {
-            (best, best_active, best_weight) = (i, active, w);
-        }
+    let targets = &group.targets[..];
+    // Two halves scanned separately (a chained iterator costs a branch per element); a
+    // minimum in the first half wins ties against one in the second, which is the rotation.
+    let (head, tail) = pool.split_at(start);
+    let (a, a_key) = min_key(targets, tail);
+    let (b, b_key) = min_key(targets, head);
+    Some(if b_key < a_key { b } else { a })
+}
+
+/// The first `(index, key)` with the smallest key in `pool` (`usize::MAX, u64::MAX` if empty).
+fn min_key(targets: &[crate::target::Target], pool: &[(usize, u64)]) -> (usize, u64) {
+    let (mut best, mut best_key) = (usize::MAX, u64::MAX);
+    for &(i, scale) in pool {
+        // `as u32` is exact: each connection or session holds a file descriptor, and Linux caps
+        // a process's open files below 2^31 (fs.nr_open). With `scale` ≤ 2^32 the product fits.
+        let key = u64::from(targets[i].active.load(Ordering::Relaxed) as u32) * scale;
+        // Branch-free select: the winner changes rarely, a mispredicted branch costs more.
+        let less = key < best_key;
+        best = if less { i } else { best };
+        best_key = if less { key } else { best_key };
     }
-    Some(best)
+    (best, best_key)
 }
 
 #[cfg(test)]
@@ -68,6 +121,29 @@ mod tests {
             LeastConnections::default().pick(&g, &request(1), &[1]),
             Some(0)
         );
+    }
+
+    #[test]
+    fn scales_are_the_lcm_over_the_weight_or_a_fixed_point_fallback() {
+        assert_eq!(scaled(&[(0, 1), (1, 2), (2, 3)]), [(0, 6), (1, 3), (2, 2)]);
+        // Coprime weights whose product passes 2^32: 2^32 / weight.
+        let big = [(0, 65_521), (1, 65_519), (2, 65_497)];
+        let s = scaled(&big);
+        assert_eq!(s[0].1, (1u64 << 32) / 65_521);
+        assert!(s.iter().all(|&(_, scale)| scale <= 1 << 32));
+    }
+
+    #[test]
+    fn equal_ratios_of_different_weights_take_turns() {
+        let g = group(&[1, 2]);
+        set_active(&g, &[3, 6]);
+        let mut counts = [0; 2];
+        for _ in 0..4 {
+            counts[LeastConnections::default()
+                .pick(&g, &request(1), &[])
+                .unwrap()] += 1;
+        }
+        assert_eq!(counts, [2, 2]);
     }
 
     #[test]
