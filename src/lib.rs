@@ -60,6 +60,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod conntrack;
+pub mod control;
 pub mod health;
 pub mod net;
 pub mod runtime;

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -16,7 +17,8 @@ use signal_hook::iterator::Signals;
 
 use crate::access_log::{AccessLog, Sink};
 use crate::admin::Admin;
-use crate::config::{Config, Protocol};
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::control::Control;
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
 use crate::target::Shared;
@@ -122,14 +124,42 @@ impl Bound {
 /// # Errors
 /// [`RunError::Bind`] naming the listener.
 pub fn bind_all(config: &Config) -> Result<Vec<Vec<Bound>>, RunError> {
-    let mut per_worker: Vec<Vec<Bound>> = (0..config.workers).map(|_| Vec::new()).collect();
-    for l in &config.listeners {
+    let listeners: Vec<&ListenerConfig> = config.listeners.iter().collect();
+    let sockets = bind_listeners(&listeners, config.workers, &config.path)?;
+    for (i, l) in config.listeners.iter().enumerate() {
+        let group = &config.target_groups[l.target_group];
+        let addr = sockets[0][i].local_addr().unwrap_or(l.bind);
+        log::info!(
+            "listener {} ({}) on {addr} -> target group {} ({}, {} targets)",
+            l.name,
+            l.protocol,
+            group.name,
+            group.algorithm,
+            group.targets.len()
+        );
+    }
+    Ok(sockets)
+}
+
+/// Binds `listeners` for `workers` workers: per worker, one socket per listener in order.
+/// Port 0 is resolved by the first bind, and the other workers bind the port it got. `path`
+/// is the config file, for messages.
+///
+/// # Errors
+/// [`RunError::Bind`] naming the listener; sockets bound so far are closed.
+pub fn bind_listeners(
+    listeners: &[&ListenerConfig],
+    workers: usize,
+    path: &Path,
+) -> Result<Vec<Vec<Bound>>, RunError> {
+    let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in listeners {
         let mut addr = l.bind;
         for sockets in per_worker.iter_mut() {
             let socket = Bound::bind(l.protocol, addr).map_err(|source| RunError::Bind {
                 name: l.name.clone(),
                 addr: l.bind,
-                path: config.path.display().to_string(),
+                path: path.display().to_string(),
                 source,
             })?;
             if addr.port() == 0 {
@@ -144,22 +174,13 @@ pub fn bind_all(config: &Config) -> Result<Vec<Vec<Bound>>, RunError> {
                 l.name
             );
         }
-        let group = &config.target_groups[l.target_group];
-        log::info!(
-            "listener {} ({}) on {addr} -> target group {} ({}, {} targets)",
-            l.name,
-            l.protocol,
-            group.name,
-            group.algorithm,
-            group.targets.len()
-        );
     }
     Ok(per_worker)
 }
 
 /// A started Ballast: workers and prober running. Stop it with [`Running::stop`].
 pub struct Running {
-    shared: Arc<Shared>,
+    control: Arc<Control>,
     handles: Vec<WorkerHandle>,
     prober: Option<Prober>,
     admin: Option<Admin>,
@@ -190,15 +211,15 @@ pub fn start(config: Config) -> Result<Running, RunError> {
         });
         parts.push((poll, commands));
     }
-    let admin =
-        Admin::start(shared.clone(), links.clone()).map_err(|source| RunError::AdminBind {
-            addr: shared.config.admin.bind,
-            config: shared.config.path.display().to_string(),
-            source,
-        })?;
-    let prober = Prober::start(shared.clone()).map_err(RunError::io("cannot start the prober"))?;
+    let control = Control::new(shared.clone(), links.clone());
+    let admin = Admin::start(control.clone()).map_err(|source| RunError::AdminBind {
+        addr: shared.config.admin.bind,
+        config: shared.config.path.display().to_string(),
+        source,
+    })?;
+    let prober = Prober::start(control.clone()).map_err(RunError::io("cannot start the prober"))?;
     let mut running = Running {
-        shared: shared.clone(),
+        control,
         handles: Vec::with_capacity(workers),
         prober: Some(prober),
         admin: Some(admin),
@@ -245,13 +266,14 @@ pub fn start(config: Config) -> Result<Running, RunError> {
 }
 
 impl Running {
-    /// The state shared with the workers and the prober (health, counters).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The current generation of the state shared with the workers and the prober (health,
+    /// counters).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.control.shared()
     }
 
-    /// Blocks until one of `signals` is SIGINT or SIGTERM (SIGHUP is logged and ignored for
-    /// now) or a worker ends on its own.
+    /// Blocks until one of `signals` is SIGINT or SIGTERM, or a worker ends on its own; a
+    /// SIGHUP reloads the configuration file meanwhile.
     ///
     /// # Errors
     /// [`RunError::Io`] when the signal thread cannot start;
@@ -271,7 +293,9 @@ impl Running {
         for event in self.events.iter() {
             match event {
                 Event::Signal(SIGHUP) => {
-                    log::warn!("SIGHUP: hot reload is not available yet; the running config stays")
+                    log::info!("SIGHUP: reloading the configuration");
+                    // Errors are logged by reload; the running configuration stays.
+                    let _ = self.control.reload();
                 }
                 Event::Signal(signal) => {
                     let name = if signal == SIGINT {
@@ -281,7 +305,7 @@ impl Running {
                     };
                     log::info!(
                         "{name}: stopping; open connections get up to {}",
-                        humantime::format_duration(self.shared.config.shutdown_timeout)
+                        humantime::format_duration(self.shared().config.shutdown_timeout)
                     );
                     return Ok(());
                 }
@@ -308,8 +332,8 @@ impl Running {
         let acks = (0..self.handles.len())
             .take_while(|_| closed.recv_deadline(deadline).is_ok())
             .count();
-        let open: usize = self
-            .shared
+        let shared = self.shared();
+        let open: usize = shared
             .listeners
             .iter()
             .map(|l| l.active.load(std::sync::atomic::Ordering::Acquire))
@@ -317,7 +341,7 @@ impl Running {
         log::info!(
             "stopped accepting on every listener ({acks} workers); waiting up to {} for {open} \
              open connections",
-            humantime::format_duration(self.shared.config.shutdown_timeout)
+            humantime::format_duration(shared.config.shutdown_timeout)
         );
         for h in self.handles.drain(..) {
             let _ = h.thread.join();

@@ -1,9 +1,16 @@
 //! Targets and target groups as the running process shares them between threads.
 //!
-//! Configuration is immutable; what changes at run time is small and lock-free: each target's
-//! health (flipped by the prober), its active-connection count and traffic counters (updated by
-//! the workers), and each group's round-robin position (shared by the workers so the split is
-//! exact across them). Everything here is atomics in an `Arc`.
+//! A [`Shared`] is one *generation* of the running configuration: immutable once built, shared
+//! in an `Arc`. A hot reload or a target added through the admin API builds the next generation
+//! with [`Shared::successor`] and hands it to every thread. Indices never move between
+//! generations: a target, group or listener keeps its index for the life of the process (one
+//! that is removed stays as a tombstone, [`AdminState::Removed`]), so a connection that
+//! recorded `(group, target)` indices finds the same target in any later generation.
+//!
+//! What changes while a generation runs is small and lock-free: each target's [`TargetState`]
+//! (health flipped by the prober, admin state, connection and traffic counters updated by the
+//! workers) and each group's round-robin position. A target's state lives in its own `Arc`,
+//! carried from one generation to the next, so counters survive a reload.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -15,9 +22,10 @@ use arc_swap::ArcSwap;
 use crate::balancer::sticky::StickyTable;
 use crate::balancer::table::LookupTable;
 use crate::balancer::{maglev, source_hash};
-use crate::config::{Algorithm, Config, ListenerConfig, TargetGroupConfig};
+use crate::config::{Algorithm, Config, ListenerConfig, TargetConfig, TargetGroupConfig};
 
-/// Run-time state of one target.
+/// One target as a generation sees it: its configured parameters, and its run-time state
+/// (shared with the other generations; `Target` dereferences to it).
 #[derive(Debug)]
 pub struct Target {
     /// Where to connect.
@@ -26,10 +34,23 @@ pub struct Target {
     pub weight: u32,
     /// Used only when no primary target is healthy.
     pub backup: bool,
-    /// [`AdminState`] as a number: set through the admin API.
-    admin_state: AtomicU8,
     /// Most open connections to this target across all workers.
     pub max_connections: Option<u64>,
+    state: Arc<TargetState>,
+}
+
+impl std::ops::Deref for Target {
+    type Target = TargetState;
+    fn deref(&self) -> &TargetState {
+        &self.state
+    }
+}
+
+/// The run-time state of one target, kept across reloads while the target stays in its group.
+#[derive(Debug)]
+pub struct TargetState {
+    /// [`AdminState`] as a number: set through the admin API.
+    admin_state: AtomicU8,
     healthy: AtomicBool,
     /// When the target last turned healthy, in ms since the group's epoch; `u64::MAX` when it
     /// has been healthy since the start (no slow start then).
@@ -46,8 +67,27 @@ pub struct Target {
     /// Bytes sent from this target to clients.
     pub bytes_from_target: AtomicU64,
     /// Moving average of the target's response time in µs (0: no sample yet); see
-    /// [`Target::record_response`].
+    /// [`TargetState::record_response`].
     response_ewma_us: AtomicU64,
+    /// What the prober last saw, for the admin API and metrics.
+    pub checks: crate::health::record::CheckRecord,
+}
+
+impl TargetState {
+    fn new(healthy: bool) -> Arc<TargetState> {
+        Arc::new(TargetState {
+            admin_state: AtomicU8::new(AdminState::Active as u8),
+            healthy: AtomicBool::new(healthy),
+            healthy_since_ms: AtomicU64::new(u64::MAX),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            bytes_to_target: AtomicU64::new(0),
+            bytes_from_target: AtomicU64::new(0),
+            response_ewma_us: AtomicU64::new(0),
+            checks: Default::default(),
+        })
+    }
 }
 
 /// Whether a target takes new connections, as operators set it through the admin API.
@@ -59,6 +99,9 @@ pub enum AdminState {
     Draining = 1,
     /// Drained, and what was still open after the group's `drain_timeout` was closed.
     Disabled = 2,
+    /// No longer in its group (a reload dropped it, or `DELETE` through the admin API): takes
+    /// nothing new, is not checked, and disappears from the API once its connections end.
+    Removed = 3,
 }
 
 impl std::fmt::Display for AdminState {
@@ -67,6 +110,7 @@ impl std::fmt::Display for AdminState {
             AdminState::Active => "active",
             AdminState::Draining => "draining",
             AdminState::Disabled => "disabled",
+            AdminState::Removed => "removed",
         })
     }
 }
@@ -74,7 +118,7 @@ impl std::fmt::Display for AdminState {
 /// Weight of a new sample in the response-time average.
 const EWMA_ALPHA: f64 = 0.3;
 
-impl Target {
+impl TargetState {
     /// Folds one response time into the target's exponentially weighted moving average
     /// (α = 0.3). Concurrent updates from several workers may lose one another; an average
     /// does not mind.
@@ -94,10 +138,13 @@ impl Target {
         self.response_ewma_us.load(Ordering::Relaxed)
     }
 
-    /// Whether the target is at its `max_connections`.
-    pub fn is_full(&self) -> bool {
-        self.max_connections
-            .is_some_and(|max| self.active.load(Ordering::Relaxed) >= max)
+    /// Sets the admin state; returns whether that changed it.
+    fn set_admin_state(&self, state: AdminState) -> bool {
+        let was = self.admin_state.swap(state as u8, Ordering::AcqRel);
+        if was != state as u8 {
+            self.checks.state_changed();
+        }
+        was != state as u8
     }
 
     /// The target's admin state.
@@ -105,7 +152,8 @@ impl Target {
         match self.admin_state.load(Ordering::Acquire) {
             0 => AdminState::Active,
             1 => AdminState::Draining,
-            _ => AdminState::Disabled,
+            2 => AdminState::Disabled,
+            _ => AdminState::Removed,
         }
     }
 
@@ -120,62 +168,131 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Whether the target is at its `max_connections`.
+    pub fn is_full(&self) -> bool {
+        self.max_connections
+            .is_some_and(|max| self.active.load(Ordering::Relaxed) >= max)
+    }
+
+    fn with_state(config: &TargetConfig, state: Arc<TargetState>) -> Target {
+        Target {
+            address: config.address,
+            weight: config.weight,
+            backup: config.backup,
+            max_connections: config.max_connections,
+            state,
+        }
+    }
+}
+
 /// Run-time state of one target group.
 #[derive(Debug)]
 pub struct TargetGroup {
-    /// The group's validated configuration.
+    /// The group's validated configuration (its `targets` list is the file's; see `targets`).
     pub config: TargetGroupConfig,
-    /// Targets, in config order (indices match `config.targets`).
+    /// Targets by index: those of the first generation in config order, then targets added
+    /// later. An index never changes; removed targets stay, as [`AdminState::Removed`].
     pub targets: Vec<Target>,
     /// Shared position of the group's round-robin schedules.
     pub cursor: AtomicUsize,
     /// Bumped after every health change, so workers know to rebuild their schedules.
     health_generation: AtomicU64,
-    /// Client IP → target, when the group has `stickiness`.
-    pub sticky: Option<StickyTable>,
-    /// When the group was built: the zero of the sticky table's clock.
+    /// Client IP → target, when the group has `stickiness` (kept across reloads).
+    pub sticky: Option<Arc<StickyTable>>,
+    /// When the group was first built: the zero of the sticky table's and slow start's clocks.
     pub epoch: Instant,
     /// The lookup table of `maglev` and `source_hash`, rebuilt by whoever changes health (the
     /// prober thread) and swapped in whole.
     table: Option<ArcSwap<LookupTable>>,
+    /// The group is gone from the configuration (kept so indices stay valid).
+    pub removed: bool,
 }
 
 impl TargetGroup {
     fn new(config: &TargetGroupConfig) -> Self {
+        // Targets start healthy: traffic flows at once, and the prober takes a target out
+        // after `unhealthy_threshold` failures.
         let targets = config
             .targets
             .iter()
-            .map(|t| Target {
-                address: t.address,
-                weight: t.weight,
-                backup: t.backup,
-                admin_state: AtomicU8::new(AdminState::Active as u8),
-                max_connections: t.max_connections,
-                // Targets start healthy: traffic flows at once, and the prober takes a target
-                // out after `unhealthy_threshold` failures.
-                healthy: AtomicBool::new(true),
-                healthy_since_ms: AtomicU64::new(u64::MAX),
-                active: AtomicU64::new(0),
-                total: AtomicU64::new(0),
-                connect_failures: AtomicU64::new(0),
-                bytes_to_target: AtomicU64::new(0),
-                bytes_from_target: AtomicU64::new(0),
-                response_ewma_us: AtomicU64::new(0),
-            })
+            .map(|t| Target::with_state(t, TargetState::new(true)))
             .collect();
+        Self::assemble(config, targets, None, Instant::now(), false)
+    }
+
+    fn assemble(
+        config: &TargetGroupConfig,
+        targets: Vec<Target>,
+        sticky: Option<Arc<StickyTable>>,
+        epoch: Instant,
+        removed: bool,
+    ) -> Self {
+        let sticky = match (config.stickiness, sticky) {
+            (Some(st), Some(old)) if old.matches(st.max_entries, st.timeout) => Some(old),
+            (Some(st), _) => Some(Arc::new(StickyTable::new(st.max_entries, st.timeout))),
+            (None, _) => None,
+        };
         let mut group = TargetGroup {
             config: config.clone(),
             targets,
             cursor: AtomicUsize::new(0),
             health_generation: AtomicU64::new(0),
             table: None,
-            sticky: config
-                .stickiness
-                .map(|st| StickyTable::new(st.max_entries, st.timeout)),
-            epoch: Instant::now(),
+            sticky,
+            epoch,
+            removed,
         };
         group.table = group.build_table().map(ArcSwap::from_pointee);
         group
+    }
+
+    /// This group in the next generation, configured by `config` (`None`: the group was
+    /// removed). Targets keep their index and state; targets no longer configured become
+    /// [`AdminState::Removed`]; configured targets not yet present are appended, unhealthy
+    /// until they pass `healthy_threshold` checks (so a new target takes traffic only once it
+    /// answers); a removed target configured again is back in service, likewise unhealthy
+    /// until checked. Marks the removals and revivals on the shared states at once.
+    fn successor(&self, config: Option<&TargetGroupConfig>) -> TargetGroup {
+        let removed = config.is_none();
+        let config = config.unwrap_or(&self.config);
+        let wanted = |address: SocketAddr| {
+            config
+                .targets
+                .iter()
+                .find(|t| t.address == address && !removed)
+        };
+        let mut targets: Vec<Target> = Vec::with_capacity(self.targets.len());
+        for old in &self.targets {
+            let state = old.state.clone();
+            match wanted(old.address) {
+                Some(t) => {
+                    if state.admin_state() == AdminState::Removed {
+                        state.healthy.store(false, Ordering::Release);
+                        state.set_admin_state(AdminState::Active);
+                    }
+                    targets.push(Target::with_state(t, state));
+                }
+                None => {
+                    state.set_admin_state(AdminState::Removed);
+                    targets.push(Target {
+                        address: old.address,
+                        weight: old.weight,
+                        backup: old.backup,
+                        max_connections: old.max_connections,
+                        state,
+                    });
+                }
+            }
+        }
+        if !removed {
+            for t in &config.targets {
+                if !targets.iter().any(|x| x.address == t.address) {
+                    targets.push(Target::with_state(t, TargetState::new(false)));
+                }
+            }
+        }
+        Self::assemble(config, targets, self.sticky.clone(), self.epoch, removed)
     }
 
     /// A fresh lookup table for the current health, for the algorithms that use one.
@@ -210,6 +327,7 @@ impl TargetGroup {
         }
         let was = target.healthy.swap(healthy, Ordering::AcqRel);
         if was != healthy {
+            target.checks.state_changed();
             self.eligibility_changed();
         }
         was != healthy
@@ -220,13 +338,11 @@ impl TargetGroup {
     /// # Panics
     /// If `index` is out of range.
     pub fn set_admin_state(&self, index: usize, state: AdminState) -> bool {
-        let was = self.targets[index]
-            .admin_state
-            .swap(state as u8, Ordering::AcqRel);
-        if was != state as u8 {
+        let changed = self.targets[index].set_admin_state(state);
+        if changed {
             self.eligibility_changed();
         }
-        was != state as u8
+        changed
     }
 
     /// Health or admin state changed: rebuild the lookup table and tell the workers' caches.
@@ -274,15 +390,32 @@ impl TargetGroup {
 
     /// Health of every target, in order.
     pub fn health(&self) -> Vec<bool> {
-        self.targets.iter().map(Target::is_healthy).collect()
+        self.targets.iter().map(|t| t.is_healthy()).collect()
     }
 }
 
-/// Run-time state of one listener shared by the workers.
+/// One listener as a generation sees it; dereferences to its counters, which are kept across
+/// reloads while the listener keeps its name, protocol and address.
 #[derive(Debug)]
 pub struct ListenerState {
-    /// The listener's validated configuration.
+    /// The listener's validated configuration, its `target_group` an index into
+    /// [`Shared::groups`].
     pub config: ListenerConfig,
+    /// The listener is gone from the configuration: workers have closed its sockets.
+    pub removed: bool,
+    stats: Arc<ListenerStats>,
+}
+
+impl std::ops::Deref for ListenerState {
+    type Target = ListenerStats;
+    fn deref(&self) -> &ListenerStats {
+        &self.stats
+    }
+}
+
+/// A listener's counters, shared by the workers.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
     /// Open client connections (TCP) or sessions (UDP) across all workers, for
     /// `max_connections` and `udp.max_sessions`.
     pub active: AtomicUsize,
@@ -290,21 +423,26 @@ pub struct ListenerState {
     pub accepted: AtomicU64,
     /// Datagrams dropped (UDP): new flows past `max_sessions`, no target, full socket buffers.
     pub dropped: AtomicU64,
+    /// Connect attempts after a failed one (TCP).
+    pub retries: AtomicU64,
 }
 
-/// Everything the threads share: built once from a [`Config`].
+/// Everything the threads share: one generation, built from a [`Config`].
 #[derive(Debug)]
 pub struct Shared {
-    /// The configuration this state was built from.
+    /// The configuration this generation was built from, as written (file order).
     pub config: Config,
-    /// One per configured listener, same order.
+    /// Listeners by index (the first generation's in config order, then those added later;
+    /// removed ones stay, with `removed` set).
     pub listeners: Vec<ListenerState>,
-    /// One per configured target group, same order.
+    /// Target groups by index, likewise.
     pub groups: Vec<TargetGroup>,
+    /// 0 for the first generation, then 1, 2, … for each applied change.
+    pub generation: u64,
 }
 
 impl Shared {
-    /// Builds the shared state for `config`, every target healthy and every counter zero.
+    /// Builds the first generation for `config`, every target healthy and every counter zero.
     pub fn new(config: Config) -> Arc<Self> {
         let groups = config.target_groups.iter().map(TargetGroup::new).collect();
         let listeners = config
@@ -312,15 +450,115 @@ impl Shared {
             .iter()
             .map(|l| ListenerState {
                 config: l.clone(),
-                active: AtomicUsize::new(0),
-                accepted: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
+                removed: false,
+                stats: Arc::default(),
             })
             .collect();
         Arc::new(Shared {
             config,
             listeners,
             groups,
+            generation: 0,
         })
+    }
+
+    /// The next generation for `config`, matching groups and listeners by name (see
+    /// [`TargetGroup`] for targets). A listener whose protocol or bind address changed counts
+    /// as removed and added again. Returns it with the indices of the listeners that are new
+    /// (they need sockets). Marks removed and revived targets on their shared state at once:
+    /// call it only to apply the result.
+    pub fn successor(&self, config: Config) -> (Shared, Vec<usize>) {
+        let mut groups: Vec<TargetGroup> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let next = config
+                    .target_groups
+                    .iter()
+                    .find(|c| c.name == g.config.name && !g.removed);
+                g.successor(next)
+            })
+            .collect();
+        for c in &config.target_groups {
+            if !groups.iter().any(|g| g.config.name == c.name && !g.removed) {
+                groups.push(TargetGroup::new(c)); // targets start healthy, as at start
+            }
+        }
+        // Listeners name groups by their index in `config`; ours are by name.
+        let layout = |mut l: ListenerConfig| {
+            let name = &config.target_groups[l.target_group].name;
+            l.target_group = groups
+                .iter()
+                .position(|g| &g.config.name == name && !g.removed)
+                .expect("every configured group has an index");
+            l
+        };
+        let mut listeners: Vec<ListenerState> = self
+            .listeners
+            .iter()
+            .map(|old| {
+                let next = config
+                    .listeners
+                    .iter()
+                    .find(|c| !old.removed && same_socket(c, &old.config));
+                ListenerState {
+                    config: next.map_or_else(|| old.config.clone(), |c| layout(c.clone())),
+                    removed: next.is_none(),
+                    stats: old.stats.clone(),
+                }
+            })
+            .collect();
+        let mut added = Vec::new();
+        for i in self.added_listeners(&config) {
+            added.push(listeners.len());
+            listeners.push(ListenerState {
+                config: layout(config.listeners[i].clone()),
+                removed: false,
+                stats: Arc::default(),
+            });
+        }
+        let next = Shared {
+            config,
+            listeners,
+            groups,
+            generation: self.generation + 1,
+        };
+        (next, added)
+    }
+
+    /// Indices (into `config.listeners`) of the listeners that [`Shared::successor`] would
+    /// add: those with no live listener of the same name, protocol and address.
+    pub fn added_listeners(&self, config: &Config) -> Vec<usize> {
+        (0..config.listeners.len())
+            .filter(|&i| {
+                !self
+                    .listeners
+                    .iter()
+                    .any(|l| !l.removed && same_socket(&l.config, &config.listeners[i]))
+            })
+            .collect()
+    }
+
+    /// The group named `name` (not removed), with its index.
+    pub fn group(&self, name: &str) -> Option<(usize, &TargetGroup)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .find(|(_, g)| !g.removed && g.config.name == name)
+    }
+}
+
+/// Whether two listener configurations can share sockets (same name, protocol and address).
+fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    a.name == b.name && a.protocol == b.protocol && a.bind == b.bind
+}
+
+impl TargetGroup {
+    /// The target at `address` that is not removed, with its index.
+    pub fn target(&self, address: SocketAddr) -> Option<(usize, &Target)> {
+        self.targets
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.address == address && t.admin_state() != AdminState::Removed)
     }
 }

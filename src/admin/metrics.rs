@@ -4,12 +4,14 @@
 
 use std::sync::atomic::Ordering;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::health::record::CheckSnapshot;
 use crate::target::Shared;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,13 +26,41 @@ struct TargetLabels {
     target: String,
 }
 
+/// Every target's check-latency histogram, read from its [`CheckRecord`] at scrape time
+/// (prometheus-client's own `Histogram` is observed in place, which the prober's plain atomics
+/// are not).
+///
+/// [`CheckRecord`]: crate::health::record::CheckRecord
+#[derive(Debug, Default)]
+struct CheckLatencies(Vec<(TargetLabels, CheckSnapshot)>);
+
+impl TypedMetric for CheckLatencies {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CheckLatencies {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, s) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(s.latency_sum_s, s.count, &s.buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// The exposition text for everything in `shared`.
 pub fn encode(shared: &Shared) -> String {
     let mut registry = Registry::with_prefix("ballast");
     let l_active = Family::<ListenerLabels, Gauge>::default();
     let l_accepted = Family::<ListenerLabels, Counter>::default();
     let l_dropped = Family::<ListenerLabels, Counter>::default();
-    for l in &shared.listeners {
+    let l_retries = Family::<ListenerLabels, Counter>::default();
+    for l in shared.listeners.iter().filter(|l| !l.removed) {
         let labels = ListenerLabels {
             listener: l.config.name.clone(),
             protocol: l.config.protocol.to_string(),
@@ -44,6 +74,9 @@ pub fn encode(shared: &Shared) -> String {
         l_dropped
             .get_or_create(&labels)
             .inc_by(l.dropped.load(Ordering::Relaxed));
+        l_retries
+            .get_or_create(&labels)
+            .inc_by(l.retries.load(Ordering::Relaxed));
     }
     registry.register(
         "listener_active",
@@ -60,6 +93,11 @@ pub fn encode(shared: &Shared) -> String {
         "UDP datagrams dropped (max_sessions, no target, full socket buffers)",
         l_dropped,
     );
+    registry.register(
+        "listener_retries",
+        "Connect attempts after a failed one (TCP)",
+        l_retries,
+    );
 
     let t_healthy = Family::<TargetLabels, Gauge>::default();
     let t_active = Family::<TargetLabels, Gauge>::default();
@@ -67,8 +105,13 @@ pub fn encode(shared: &Shared) -> String {
     let t_failures = Family::<TargetLabels, Counter>::default();
     let t_bytes_in = Family::<TargetLabels, Counter>::default();
     let t_bytes_out = Family::<TargetLabels, Counter>::default();
-    for g in &shared.groups {
-        for t in &g.targets {
+    let mut latencies = CheckLatencies::default();
+    for g in shared.groups.iter().filter(|g| !g.removed) {
+        let live = |t: &&crate::target::Target| {
+            t.admin_state() != crate::target::AdminState::Removed
+                || t.active.load(Ordering::Relaxed) > 0
+        };
+        for t in g.targets.iter().filter(live) {
             let labels = TargetLabels {
                 target_group: g.name().to_string(),
                 target: t.address.to_string(),
@@ -91,6 +134,7 @@ pub fn encode(shared: &Shared) -> String {
             t_bytes_out
                 .get_or_create(&labels)
                 .inc_by(t.bytes_from_target.load(Ordering::Relaxed));
+            latencies.0.push((labels, t.checks.snapshot()));
         }
     }
     registry.register(
@@ -122,6 +166,11 @@ pub fn encode(shared: &Shared) -> String {
         "target_bytes_received",
         "Bytes sent from the target to clients",
         t_bytes_out,
+    );
+    registry.register(
+        "target_check_latency_seconds",
+        "Time health checks of the target took (a timed-out check counts its timeout)",
+        latencies,
     );
     let mut text = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -1,19 +1,28 @@
 //! The admin API: a small HTTP server (tiny_http) on its own thread, JSON in and out.
 //!
 //! - `GET /healthz`: Ballast's own liveness.
-//! - `GET /targets`: per group and target: health, weight, backup, active and total
-//!   connections, bytes each way, connect failures.
+//! - `GET /targets`: per group and target: health, admin state, weight, backup, active and
+//!   total connections, bytes each way, connect failures, the last check's result and time,
+//!   the time of the last state change.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
 //! - `GET /connections?limit=N`: the workers' connection tables (asked over their command
 //!   channels, each woken through its poll's waker).
+//! - `POST /target-groups/{group}/targets` with `{"address": "host:port", "weight": 1,
+//!   "backup": false, "max_connections": N}` (all but `address` optional): adds a target; it
+//!   takes traffic once it passes the group's health check. 201; 409 if already there.
+//! - `DELETE /target-groups/{group}/targets/{address}`: removes a target: it takes nothing
+//!   new, its connections go on, what is left after the group's `drain_timeout` is closed.
 //! - `POST /target-groups/{group}/targets/{address}/drain`: the target takes no new
 //!   connections or sessions; existing ones go on (`GET /targets` shows how many remain).
 //! - `POST /target-groups/{group}/targets/{address}/disable`: drain, then close what is still
 //!   open after the group's `drain_timeout`.
 //! - `POST /target-groups/{group}/targets/{address}/enable`: back in service.
+//! - `POST /reload`: re-read the configuration file (as SIGHUP); 400 with the message when it
+//!   is invalid, and the running configuration stays.
 //!
 //! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
-//! otherwise). Errors are `{"error": "..."}` with a 4xx status.
+//! otherwise). Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
+//! live until the next reload, which applies the file as written.
 
 pub mod metrics;
 
@@ -26,6 +35,8 @@ use std::thread::JoinHandle;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::config::TargetConfig;
+use crate::control::{ChangeError, Control, Summary};
 use crate::target::{AdminState, Shared};
 use crate::worker::{Command, WorkerLink};
 
@@ -37,12 +48,12 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `shared.config.admin.bind` and serves on a new thread.
+    /// Binds the current configuration's `admin.bind` and serves on a new thread.
     ///
     /// # Errors
     /// When the address cannot be bound or the thread cannot start.
-    pub fn start(shared: Arc<Shared>, workers: Vec<WorkerLink>) -> io::Result<Admin> {
-        let bind = shared.config.admin.bind;
+    pub fn start(control: Arc<Control>) -> io::Result<Admin> {
+        let bind = control.shared().config.admin.bind;
         let server = Arc::new(Server::http(bind).map_err(|e| io::Error::other(e.to_string()))?);
         let addr = server
             .server_addr()
@@ -53,7 +64,7 @@ impl Admin {
             .name("ballast-admin".into())
             .spawn(move || {
                 for request in s.incoming_requests() {
-                    handle(&shared, &workers, request);
+                    handle(&control, request);
                 }
             })?;
         log::info!("admin API on http://{addr}");
@@ -98,19 +109,26 @@ fn authorized(shared: &Shared, request: &Request) -> bool {
     })
 }
 
-fn handle(shared: &Arc<Shared>, workers: &[WorkerLink], request: Request) {
-    let response = if !authorized(shared, &request) {
+/// Largest request body read (a target is a few dozen bytes).
+const MAX_BODY: u64 = 64 * 1024;
+
+type Reply = Response<io::Cursor<Vec<u8>>>;
+
+fn handle(control: &Arc<Control>, mut request: Request) {
+    let shared = control.shared();
+    let response = if !authorized(&shared, &request) {
         error(401, "missing or wrong bearer token")
     } else {
         let path = request.url().split('?').next().unwrap_or("").to_string();
-        match (request.method(), path.as_str()) {
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
             (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
-            (Method::Get, "/targets") => json_response(200, targets(shared)),
+            (Method::Get, "/targets") => json_response(200, targets(&shared)),
             (Method::Get, "/connections") => match limit(request.url()) {
-                Ok(limit) => json_response(200, connections(workers, limit)),
+                Ok(limit) => json_response(200, connections(control.workers(), limit)),
                 Err(message) => error(400, &message),
             },
-            (Method::Get, "/metrics") => Response::from_data(metrics::encode(shared).into_bytes())
+            (Method::Get, "/metrics") => Response::from_data(metrics::encode(&shared).into_bytes())
                 .with_header(
                     Header::from_bytes(
                         "Content-Type",
@@ -118,17 +136,51 @@ fn handle(shared: &Arc<Shared>, workers: &[WorkerLink], request: Request) {
                     )
                     .expect("valid header"),
                 ),
-            (_, "/healthz" | "/targets" | "/metrics" | "/connections") => {
+            (Method::Post, "/reload") => changed(control.reload(), 200),
+            (_, "/healthz" | "/targets" | "/metrics" | "/connections" | "/reload") => {
                 error(405, "method not allowed")
             }
-            (method, _) if path.starts_with("/target-groups/") => {
-                target_action(shared, workers, method, &path)
+            (_, _) if path.starts_with("/target-groups/") => {
+                let body = read_body(&mut request);
+                target_request(control, &method, &path, body)
             }
             _ => error(404, &format!("no such endpoint: {path}")),
         }
     };
     if let Err(e) = request.respond(response) {
         log::debug!("admin API: cannot answer: {e}");
+    }
+}
+
+/// The request body as text, at most [`MAX_BODY`] bytes.
+fn read_body(request: &mut Request) -> Result<String, String> {
+    use std::io::Read;
+    let mut body = String::new();
+    request
+        .as_reader()
+        .take(MAX_BODY + 1)
+        .read_to_string(&mut body)
+        .map_err(|e| format!("cannot read the request body: {e}"))?;
+    if body.len() as u64 > MAX_BODY {
+        return Err(format!("request body over {MAX_BODY} bytes"));
+    }
+    Ok(body)
+}
+
+/// The answer to a configuration change: the summary with `status`, or the error's 4xx.
+fn changed(result: Result<Summary, ChangeError>, status: u16) -> Reply {
+    match result {
+        Ok(s) => json_response(
+            status,
+            json!({
+                "generation": s.generation,
+                "listeners_added": s.listeners_added,
+                "listeners_removed": s.listeners_removed,
+                "targets_added": s.targets_added,
+                "targets_removed": s.targets_removed,
+            }),
+        ),
+        Err(e) => error(e.status(), &e.to_string()),
     }
 }
 
@@ -186,82 +238,95 @@ fn connections(workers: &[WorkerLink], limit: usize) -> serde_json::Value {
     json!({ "connections": list })
 }
 
-/// `POST /target-groups/{group}/targets/{address}/{drain|enable}`.
-fn target_action(
-    shared: &Arc<Shared>,
-    workers: &[WorkerLink],
-    method: &Method,
-    path: &str,
-) -> Response<io::Cursor<Vec<u8>>> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ["target-groups", group, "targets", address, action] = parts[..] else {
-        return error(404, &format!("no such endpoint: {path}"));
-    };
-    if *method != Method::Post {
-        return error(405, "use POST");
-    }
-    let state = match action {
-        "drain" => AdminState::Draining,
-        "enable" => AdminState::Active,
-        "disable" => AdminState::Disabled,
-        other => {
-            return error(
-                404,
-                &format!("unknown action `{other}`: drain, disable or enable"),
-            )
-        }
-    };
-    let Some(gi) = shared.groups.iter().position(|g| g.name() == group) else {
-        return error(404, &format!("unknown target group `{group}`"));
-    };
-    let g = &shared.groups[gi];
-    let address = percent_decode(address);
-    let Some(i) = g
-        .targets
-        .iter()
-        .position(|t| t.address.to_string() == address)
-    else {
-        return error(
-            404,
-            &format!("target group `{group}` has no target `{address}`"),
-        );
-    };
-    if g.set_admin_state(i, state) {
-        log::info!("target group {group}: {address} is now {state} (admin API)");
-        if state == AdminState::Disabled {
-            close_after_drain_timeout(shared, workers, gi, i);
-        }
-    }
-    json_response(200, target_json(&g.targets[i]))
+/// The body of `POST /target-groups/{group}/targets`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTarget {
+    address: String,
+    weight: Option<u32>,
+    backup: Option<bool>,
+    max_connections: Option<u64>,
 }
 
-/// After the group's `drain_timeout`, closes whatever is still open to target `index` of
-/// group `g` — unless it was enabled again meanwhile. A timer thread waits, so the API answers
-/// at once.
-fn close_after_drain_timeout(shared: &Arc<Shared>, workers: &[WorkerLink], g: usize, index: usize) {
-    let wait = shared.groups[g].config.drain_timeout;
-    let (shared, workers) = (shared.clone(), workers.to_vec());
-    let spawned = std::thread::Builder::new()
-        .name("ballast-disable".into())
-        .spawn(move || {
-            std::thread::sleep(wait); // the drain_timeout itself, not a stand-in for an event
-            let target = &shared.groups[g].targets[index];
-            if target.admin_state() == AdminState::Disabled {
-                log::info!(
-                    "target group {}: {}: drain_timeout passed; closing what is still open",
-                    shared.groups[g].name(),
-                    target.address
-                );
-                for w in &workers {
-                    w.send(Command::CloseTarget {
-                        group: g,
-                        target: index,
-                    });
-                }
+impl NewTarget {
+    fn parse(body: &str) -> Result<TargetConfig, String> {
+        let t: NewTarget = serde_json::from_str(body).map_err(|e| format!("bad JSON body: {e}"))?;
+        if t.weight == Some(0) {
+            return Err("weight must be at least 1".into());
+        }
+        if t.max_connections == Some(0) {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(TargetConfig {
+            address: resolve(&t.address)?,
+            weight: t.weight.unwrap_or(1),
+            backup: t.backup.unwrap_or(false),
+            max_connections: t.max_connections,
+        })
+    }
+}
+
+/// `ip:port` or `host:port` (the first address the resolver returns, as in the config file).
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("`{address}` is not an address such as 10.0.0.5:5432"))
+}
+
+/// Everything under `/target-groups/`.
+fn target_request(
+    control: &Arc<Control>,
+    method: &Method,
+    path: &str,
+    body: Result<String, String>,
+) -> Reply {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, &parts[..]) {
+        (Method::Post, ["target-groups", group, "targets"]) => {
+            match body.and_then(|b| NewTarget::parse(&b)) {
+                Ok(target) => changed(control.add_target(group, target), 201),
+                Err(message) => error(400, &message),
             }
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the disable timer: {e}");
+        }
+        (_, ["target-groups", _, "targets"]) => error(405, "use POST"),
+        (Method::Delete, ["target-groups", group, "targets", address]) => {
+            match resolve(&percent_decode(address)) {
+                Ok(address) => changed(control.remove_target(group, address), 200),
+                Err(message) => error(400, &message),
+            }
+        }
+        (_, ["target-groups", _, "targets", _]) => error(405, "use DELETE"),
+        (Method::Post, ["target-groups", group, "targets", address, action]) => {
+            let state = match *action {
+                "drain" => AdminState::Draining,
+                "enable" => AdminState::Active,
+                "disable" => AdminState::Disabled,
+                other => {
+                    return error(
+                        404,
+                        &format!("unknown action `{other}`: drain, disable or enable"),
+                    )
+                }
+            };
+            let address = match resolve(&percent_decode(address)) {
+                Ok(a) => a,
+                Err(message) => return error(400, &message),
+            };
+            match control.set_admin_state(group, address, state) {
+                Ok((g, t, _)) => {
+                    json_response(200, target_json(&control.shared().groups[g].targets[t]))
+                }
+                Err(e) => error(e.status(), &e.to_string()),
+            }
+        }
+        (_, ["target-groups", _, "targets", _, _]) => error(405, "use POST"),
+        _ => error(404, &format!("no such endpoint: {path}")),
     }
 }
 
@@ -276,6 +341,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn target_json(t: &crate::target::Target) -> serde_json::Value {
+    let checks = t.checks.snapshot();
     json!({
         "address": t.address.to_string(),
         "weight": t.weight,
@@ -287,16 +353,30 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
         "connect_failures": t.connect_failures.load(Ordering::Relaxed),
         "bytes_to_target": t.bytes_to_target.load(Ordering::Relaxed),
         "bytes_from_target": t.bytes_from_target.load(Ordering::Relaxed),
+        "last_check": {
+            "result": checks.last_passed.map(|p| if p { "pass" } else { "fail" }),
+            "at_unix_ms": (checks.last_check_ms > 0).then_some(checks.last_check_ms),
+        },
+        "last_state_change_unix_ms": (checks.last_change_ms > 0).then_some(checks.last_change_ms),
     })
 }
 
-/// The `GET /targets` document.
+/// The `GET /targets` document: groups in the configuration, and their targets (removed ones
+/// only while connections to them remain).
 fn targets(shared: &Shared) -> serde_json::Value {
     let groups: Vec<serde_json::Value> = shared
         .groups
         .iter()
+        .filter(|g| !g.removed)
         .map(|g| {
-            let targets: Vec<serde_json::Value> = g.targets.iter().map(target_json).collect();
+            let targets: Vec<serde_json::Value> = g
+                .targets
+                .iter()
+                .filter(|t| {
+                    t.admin_state() != AdminState::Removed || t.active.load(Ordering::Relaxed) > 0
+                })
+                .map(target_json)
+                .collect();
             json!({
                 "name": g.name(),
                 "algorithm": g.config.algorithm.to_string(),
@@ -304,5 +384,5 @@ fn targets(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "target_groups": groups })
+    json!({ "target_groups": groups, "generation": shared.generation })
 }

@@ -29,11 +29,25 @@ impl StickyTable {
     /// A table of at least `max_entries` entries (a power of two) keeping entries for
     /// `timeout` after their last use.
     pub fn new(max_entries: usize, timeout: Duration) -> StickyTable {
-        let size = max_entries.max(1).next_power_of_two();
+        let (size, timeout_ticks) = StickyTable::new_shape(max_entries, timeout);
         StickyTable {
             words: (0..size).map(|_| AtomicU64::new(0)).collect(),
-            timeout_ticks: (timeout.as_millis() as u64).div_ceil(TICK_MS).max(1),
+            timeout_ticks,
         }
+    }
+
+    /// Whether a table built with `max_entries` and `timeout` would be this one's shape (so a
+    /// reload that keeps the group's stickiness keeps its entries).
+    pub fn matches(&self, max_entries: usize, timeout: Duration) -> bool {
+        let other = StickyTable::new_shape(max_entries, timeout);
+        other == (self.words.len(), self.timeout_ticks)
+    }
+
+    fn new_shape(max_entries: usize, timeout: Duration) -> (usize, u64) {
+        (
+            max_entries.max(1).next_power_of_two(),
+            (timeout.as_millis() as u64).div_ceil(TICK_MS).max(1),
+        )
     }
 
     fn slot(&self, ip: IpAddr) -> (usize, u64) {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::validate;
+pub use validate::{check_group, validate};
 
 /// Default `connect_timeout` of a listener.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

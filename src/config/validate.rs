@@ -6,6 +6,35 @@ use std::path::Path;
 use super::file::*;
 use super::*;
 
+/// The rules of a group that depend on its target list, checked again when the admin API adds
+/// a target: a `maglev` table must be a prime of at least 100 × targets; `stickiness` takes up
+/// to 65,536 targets.
+///
+/// # Errors
+/// `(key under the group, message)`.
+pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, String)> {
+    let n = group.targets.len();
+    if group.algorithm == Algorithm::Maglev {
+        let least = 100 * n;
+        let size = group.maglev_table_size;
+        if !crate::balancer::maglev::is_prime(size) || size < least {
+            return Err((
+                "maglev_table_size",
+                format!(
+                    "must be a prime of at least 100 × targets ({least}); 65537 serves up to 655 targets"
+                ),
+            ));
+        }
+    }
+    if group.stickiness.is_some() && n > 1 << 16 {
+        return Err((
+            "stickiness",
+            "stickiness supports groups of up to 65,536 targets".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Builds a [`Config`] from the parsed file.
 ///
 /// # Errors
@@ -79,42 +108,22 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             }
         }
         let maglev_table_size = g.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
-        if algorithm == Algorithm::Maglev {
-            let least = 100 * targets.len();
-            if !crate::balancer::maglev::is_prime(maglev_table_size) || maglev_table_size < least {
-                return Err(invalid(
-                    format!("{key}.maglev_table_size"),
-                    format!(
-                        "must be a prime of at least 100 × targets ({least}); 65537 serves up to 655 targets"
-                    ),
-                ));
-            }
-        }
         target_groups.push(TargetGroupConfig {
             name: g.name,
             algorithm,
             hash_key: g.hash_key.unwrap_or(HashKey::FiveTuple),
             maglev_table_size,
-            stickiness: match g.stickiness {
-                Some(st) => {
-                    if targets.len() > 1 << 16 {
-                        return Err(invalid(
-                            format!("{key}.stickiness"),
-                            "stickiness supports groups of up to 65,536 targets".into(),
-                        ));
-                    }
-                    Some(Stickiness {
-                        timeout: st.timeout.map_or(Duration::from_secs(600), |d| d.0),
-                        max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
-                    })
-                }
-                None => None,
-            },
+            stickiness: g.stickiness.map(|st| Stickiness {
+                timeout: st.timeout.map_or(Duration::from_secs(600), |d| d.0),
+                max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
+            }),
             slow_start: g.slow_start.map(|d| d.0),
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             health_check,
             targets,
         });
+        let group = target_groups.last().expect("just pushed");
+        check_group(group).map_err(|m| invalid(format!("{key}.{}", m.0), m.1))?;
     }
 
     let mut listener_names = HashMap::new();

@@ -8,6 +8,7 @@
 //! passes.
 
 pub mod probe;
+pub mod record;
 pub mod threshold;
 
 use std::io;
@@ -19,11 +20,21 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::target::Shared;
+use crate::control::Control;
+use crate::target::{AdminState, Shared};
 use probe::{Outcome, Probe};
 use threshold::{Thresholds, Transition};
 
 const WAKER: Token = Token(usize::MAX);
+
+/// Whether every target of `group` still in it is unhealthy (the group fails open then).
+fn all_down(group: &crate::target::TargetGroup) -> bool {
+    group
+        .targets
+        .iter()
+        .filter(|t| t.admin_state() != AdminState::Removed)
+        .all(|t| !t.is_healthy())
+}
 
 /// Handle to the running prober thread.
 pub struct Prober {
@@ -33,15 +44,17 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts the prober thread for every target of every group in `shared`.
+    /// Starts the prober thread for every target of every group of `control`'s current
+    /// generation, following later generations (it registers its waker with `control`).
     ///
     /// # Errors
     /// When the poll or its waker cannot be created, or the thread cannot be spawned.
-    pub fn start(shared: Arc<Shared>) -> io::Result<Prober> {
+    pub fn start(control: Arc<Control>) -> io::Result<Prober> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        control.set_prober_waker(waker.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let mut state = ProberLoop::new(shared, poll, stop.clone());
+        let mut state = ProberLoop::new(control, poll, stop.clone());
         let thread = std::thread::Builder::new()
             .name("ballast-prober".into())
             .spawn(move || state.run())?;
@@ -79,11 +92,14 @@ struct Slot {
     /// Address checked: the target's, or its host with the check's `port`.
     address: SocketAddr,
     next_due: Instant,
-    in_flight: Option<(Probe, Instant)>,
+    /// The check running: its probe, when it started, its deadline.
+    in_flight: Option<(Probe, Instant, Instant)>,
     thresholds: Thresholds,
 }
 
 struct ProberLoop {
+    control: Arc<Control>,
+    /// The generation the slots were built for.
     shared: Arc<Shared>,
     poll: Poll,
     stop: Arc<AtomicBool>,
@@ -91,45 +107,99 @@ struct ProberLoop {
 }
 
 impl ProberLoop {
-    fn new(shared: Arc<Shared>, poll: Poll, stop: Arc<AtomicBool>) -> Self {
+    fn new(control: Arc<Control>, poll: Poll, stop: Arc<AtomicBool>) -> Self {
+        let shared = control.shared();
+        let mut prober = ProberLoop {
+            control,
+            shared: shared.clone(),
+            poll,
+            stop,
+            slots: Vec::new(),
+        };
+        prober.resync(shared);
+        prober
+    }
+
+    /// Rebuilds the slots for generation `shared`: a target checked before keeps its slot
+    /// (schedule, check in flight, consecutive results); a new target is checked at once;
+    /// removed targets and groups are no longer checked.
+    fn resync(&mut self, shared: Arc<Shared>) {
         let now = Instant::now();
-        let mut slots = Vec::new();
+        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(Some)
+            .collect();
         for (gi, group) in shared.groups.iter().enumerate() {
+            if group.removed {
+                continue;
+            }
             let hc = &group.config.health_check;
             for (ti, target) in group.targets.iter().enumerate() {
+                if target.admin_state() == AdminState::Removed {
+                    continue;
+                }
                 let mut address = target.address;
                 if let Some(port) = hc.port {
                     address.set_port(port);
                 }
-                slots.push(Slot {
-                    group: gi,
-                    target: ti,
-                    address,
-                    // First checks at once, so a dead target is found within its thresholds.
-                    next_due: now,
-                    in_flight: None,
-                    thresholds: Thresholds::new(hc.healthy_threshold, hc.unhealthy_threshold),
+                let kept = old
+                    .iter_mut()
+                    .find(|s| {
+                        s.as_ref()
+                            .is_some_and(|s| (s.group, s.target, s.address) == (gi, ti, address))
+                    })
+                    .and_then(Option::take);
+                let thresholds = Thresholds::new(hc.healthy_threshold, hc.unhealthy_threshold);
+                self.slots.push(match kept {
+                    Some(slot) => Slot {
+                        thresholds: thresholds.starting(slot.thresholds.is_healthy()),
+                        ..slot
+                    },
+                    None => Slot {
+                        group: gi,
+                        target: ti,
+                        address,
+                        // First checks at once, so a dead target is found within its
+                        // thresholds and a new one is taken in as soon as it passes.
+                        next_due: now,
+                        in_flight: None,
+                        thresholds: thresholds.starting(target.is_healthy()),
+                    },
                 });
             }
         }
-        ProberLoop {
-            shared,
-            poll,
-            stop,
-            slots,
+        // Checks of targets no longer checked are dropped; those kept get their new token.
+        for slot in old.into_iter().flatten() {
+            if let Some((mut probe, _, _)) = slot.in_flight {
+                let _ = self.poll.registry().deregister(probe.source());
+            }
         }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some((probe, _, _)) = slot.in_flight.as_mut() {
+                let _ = self.poll.registry().reregister(
+                    probe.source(),
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+            }
+        }
+        self.shared = shared;
     }
 
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Acquire) {
+            let current = self.control.shared();
+            if current.generation != self.shared.generation {
+                self.resync(current);
+            }
             let now = Instant::now();
             self.start_due(now);
             self.expire(now);
             let timeout = self
                 .slots
                 .iter()
-                .map(|s| s.in_flight.as_ref().map_or(s.next_due, |(_, d)| *d))
+                .map(|s| s.in_flight.as_ref().map_or(s.next_due, |(_, _, d)| *d))
                 .min()
                 .map(|t| t.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -145,7 +215,7 @@ impl ProberLoop {
                     continue;
                 }
                 let outcome = match self.slots[i].in_flight.as_mut() {
-                    Some((probe, _)) => probe.handle_event(event),
+                    Some((probe, _, _)) => probe.handle_event(event),
                     None => None,
                 };
                 if let Some(outcome) = outcome {
@@ -176,7 +246,7 @@ impl ProberLoop {
                 Ok(p)
             });
             match started {
-                Ok(p) => slot.in_flight = Some((p, now + hc.timeout)),
+                Ok(p) => slot.in_flight = Some((p, now, now + hc.timeout)),
                 Err(e) => self.finish(i, Outcome::Fail(probe::describe(&e))),
             }
         }
@@ -184,7 +254,7 @@ impl ProberLoop {
 
     fn expire(&mut self, now: Instant) {
         for i in 0..self.slots.len() {
-            if matches!(&self.slots[i].in_flight, Some((_, deadline)) if *deadline <= now) {
+            if matches!(&self.slots[i].in_flight, Some((_, _, deadline)) if *deadline <= now) {
                 let timeout = self.shared.groups[self.slots[i].group]
                     .config
                     .health_check
@@ -197,12 +267,19 @@ impl ProberLoop {
 
     fn finish(&mut self, i: usize, outcome: Outcome) {
         let slot = &mut self.slots[i];
-        if let Some((mut probe, _)) = slot.in_flight.take() {
-            let _ = self.poll.registry().deregister(probe.source());
-        }
+        let started = match slot.in_flight.take() {
+            Some((mut probe, started, _)) => {
+                let _ = self.poll.registry().deregister(probe.source());
+                started
+            }
+            None => Instant::now(), // the check could not even start
+        };
         let group = &self.shared.groups[slot.group];
         let address = group.targets[slot.target].address;
         let passed = outcome == Outcome::Pass;
+        group.targets[slot.target]
+            .checks
+            .record(passed, started.elapsed());
         log::debug!(
             "target group {}: check of {address} ({}): {outcome:?}",
             group.name(),
@@ -211,8 +288,9 @@ impl ProberLoop {
         let Some(transition) = slot.thresholds.record(passed) else {
             return;
         };
-        let all_down_before = group.health().iter().all(|h| !h);
-        group.set_healthy(slot.target, slot.thresholds.is_healthy());
+        let all_down_before = all_down(group);
+        self.control
+            .set_healthy(slot.group, slot.target, slot.thresholds.is_healthy());
         match (transition, &outcome) {
             (Transition::BecameUnhealthy { failures }, Outcome::Fail(reason)) => log::info!(
                 "target group {}: {address} is now unhealthy after {failures} failed checks: {reason}",
@@ -230,7 +308,7 @@ impl ProberLoop {
                 )
             }
         }
-        let all_down = group.health().iter().all(|h| !h);
+        let all_down = all_down(group);
         if all_down && !all_down_before {
             log::warn!(
                 "target group {}: every target is unhealthy; failing open (sending to all {} targets)",

@@ -36,6 +36,13 @@ impl Thresholds {
         }
     }
 
+    /// The same thresholds for a target whose health is currently `healthy` (a target added
+    /// at run time starts unhealthy).
+    pub fn starting(mut self, healthy: bool) -> Self {
+        self.healthy = healthy;
+        self
+    }
+
     /// Current health.
     pub fn is_healthy(&self) -> bool {
         self.healthy

@@ -96,7 +96,7 @@ impl Slot {
 }
 
 /// A command from the main or admin thread.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Command {
     /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit. The
     /// worker sends its id on the channel once its listening sockets are closed.
@@ -108,6 +108,16 @@ pub enum Command {
         group: usize,
         /// Target index in the group.
         target: usize,
+    },
+    /// Switch to the next generation of the configuration: `sockets` are this worker's
+    /// sockets for the listeners it adds (by listener index); listeners marked removed close
+    /// (their TCP connections go on; their UDP sessions end, as replies leave through the
+    /// listener's socket).
+    Reload {
+        /// The new generation.
+        shared: Arc<Shared>,
+        /// `(listener index, socket)` for each new listener.
+        sockets: Vec<(usize, Bound)>,
     },
     /// Send up to `limit` entries of the connection table (TCP connections, then UDP
     /// sessions) on `reply`.
@@ -185,6 +195,17 @@ impl LogLimiter {
     }
 }
 
+/// The largest `udp.batch` of `shared`'s UDP listeners (the size of a worker's datagram
+/// buffers); `None` without UDP listeners.
+fn udp_batch_size(shared: &Shared) -> Option<usize> {
+    shared
+        .listeners
+        .iter()
+        .filter(|l| !l.removed)
+        .filter_map(|l| l.config.udp.as_ref().map(|u| u.batch))
+        .max()
+}
+
 /// A worker's socket for one listener.
 #[derive(Debug)]
 enum ListenSocket {
@@ -205,6 +226,63 @@ struct ListenerSlot {
     accept_errors: LogLimiter,
     /// Dropped datagrams (UDP), likewise.
     drops: LogLimiter,
+}
+
+impl ListenerSlot {
+    /// Registers `socket`, the socket of listener `index`, with `poll`.
+    fn register(poll: &Poll, index: usize, socket: Bound) -> io::Result<ListenerSlot> {
+        let local = socket.local_addr()?;
+        let token = Slot::Listener(index).token();
+        let socket = match socket {
+            Bound::Tcp(s) => {
+                let mut s = TcpListener::from_std(s);
+                poll.registry()
+                    .register(&mut s, token, Interest::READABLE)?;
+                ListenSocket::Tcp(s)
+            }
+            Bound::Udp(s) => {
+                let mut s = UdpSocket::from_std(s);
+                poll.registry()
+                    .register(&mut s, token, Interest::READABLE)?;
+                ListenSocket::Udp(s)
+            }
+        };
+        Ok(ListenerSlot {
+            socket: Some(socket),
+            local,
+            paused_until: None,
+            full: false,
+            accept_errors: LogLimiter::default(),
+            drops: LogLimiter::default(),
+        })
+    }
+
+    /// A slot without a socket (an index this worker never had a socket for).
+    fn closed() -> ListenerSlot {
+        ListenerSlot {
+            socket: None,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            paused_until: None,
+            full: false,
+            accept_errors: LogLimiter::default(),
+            drops: LogLimiter::default(),
+        }
+    }
+
+    /// Deregisters and closes the socket, if open.
+    fn close(&mut self, poll: &Poll) {
+        match self.socket.take() {
+            Some(ListenSocket::Tcp(mut s)) => {
+                let _ = poll.registry().deregister(&mut s);
+            }
+            Some(ListenSocket::Udp(mut s)) => {
+                let _ = poll.registry().deregister(&mut s);
+            }
+            None => {}
+        }
+        self.full = false;
+        self.paused_until = None;
+    }
 }
 
 /// The event loop of one worker thread.
@@ -246,37 +324,9 @@ impl Worker {
     ) -> io::Result<Worker> {
         let mut listeners = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
-            let local = socket.local_addr()?;
-            let token = Slot::Listener(i).token();
-            let socket = match socket {
-                Bound::Tcp(s) => {
-                    let mut s = TcpListener::from_std(s);
-                    poll.registry()
-                        .register(&mut s, token, Interest::READABLE)?;
-                    ListenSocket::Tcp(s)
-                }
-                Bound::Udp(s) => {
-                    let mut s = UdpSocket::from_std(s);
-                    poll.registry()
-                        .register(&mut s, token, Interest::READABLE)?;
-                    ListenSocket::Udp(s)
-                }
-            };
-            listeners.push(ListenerSlot {
-                socket: Some(socket),
-                local,
-                paused_until: None,
-                full: false,
-                accept_errors: LogLimiter::default(),
-                drops: LogLimiter::default(),
-            });
+            listeners.push(ListenerSlot::register(&poll, i, socket)?);
         }
-        let batch = shared
-            .listeners
-            .iter()
-            .filter_map(|l| l.config.udp.as_ref().map(|u| u.batch))
-            .max()
-            .map(Batch::new);
+        let batch = udp_batch_size(&shared).map(Batch::new);
         let pickers = shared.groups.iter().map(Picker::new).collect();
         Ok(Worker {
             id,
@@ -384,6 +434,7 @@ impl Worker {
                     let _ = reply.send(self.snapshot(limit));
                 }
                 Ok(Command::CloseTarget { group, target }) => self.close_target(group, target),
+                Ok(Command::Reload { shared, sockets }) => self.reload(shared, sockets),
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -391,6 +442,45 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    fn reload(&mut self, shared: Arc<Shared>, sockets: Vec<(usize, Bound)>) {
+        for (index, socket) in sockets {
+            if self.stop_deadline.is_some() {
+                break; // stopping: new listeners would only be closed again
+            }
+            match ListenerSlot::register(&self.poll, index, socket) {
+                Ok(slot) => {
+                    while self.listeners.len() <= index {
+                        self.listeners.push(ListenerSlot::closed());
+                    }
+                    self.listeners[index] = slot;
+                }
+                Err(e) => log::error!(
+                    "worker {}: cannot register listener {}: {e}",
+                    self.id,
+                    shared.listeners[index].config.name
+                ),
+            }
+        }
+        let mut closed = Vec::new();
+        for (i, state) in shared.listeners.iter().enumerate() {
+            if state.removed && self.listeners.get(i).is_some_and(|s| s.socket.is_some()) {
+                self.listeners[i].close(&self.poll);
+                closed.push(i);
+            }
+        }
+        self.end_sessions_where(|s| closed.contains(&s.listener), "listener removed");
+        let want = udp_batch_size(&shared);
+        if want.is_some_and(|w| self.batch.as_ref().is_none_or(|b| b.capacity() < w)) {
+            self.batch = want.map(Batch::new);
+        }
+        self.pickers = shared.groups.iter().map(Picker::new).collect();
+        self.shared = shared;
+        // New listeners may have clients waiting already; edge-triggered, so look now.
+        for i in 0..self.listeners.len() {
+            self.ready.push_back(Ready::Listener(i));
         }
     }
 
@@ -452,17 +542,7 @@ impl Worker {
             return;
         }
         for slot in &mut self.listeners {
-            match slot.socket.take() {
-                Some(ListenSocket::Tcp(mut s)) => {
-                    let _ = self.poll.registry().deregister(&mut s);
-                }
-                Some(ListenSocket::Udp(mut s)) => {
-                    let _ = self.poll.registry().deregister(&mut s);
-                }
-                None => {}
-            }
-            slot.full = false;
-            slot.paused_until = None;
+            slot.close(&self.poll);
         }
         // Replies leave through the listener sockets, now closed: UDP sessions end here.
         self.end_all_sessions("stopping");

@@ -97,6 +97,11 @@ impl Worker {
             let Some(t) = picker.choose(group, self.now, &request, exclude) else {
                 return false;
             };
+            if !conn.tried.is_empty() {
+                self.shared.listeners[conn.listener]
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             conn.tried.push(t);
             conn.target = Some(t);
             conn.attempt_started = self.now;

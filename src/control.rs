@@ -1,0 +1,382 @@
+//! The control plane: the one place that changes the running configuration.
+//!
+//! [`Control`] holds the current generation ([`Shared`]) in an `ArcSwap` and serialises every
+//! change behind a mutex (never taken on the data path): hot reload from the file (SIGHUP,
+//! `POST /reload`), targets added and removed through the admin API, admin states, and the
+//! prober's health flips. A change builds the next generation, binds the sockets of new
+//! listeners first (so a bad address fails the change with nothing applied), stores it, and
+//! hands it to every worker over its command channel, waking its poll.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, ConfigError, TargetConfig};
+use crate::runtime::{bind_listeners, RunError};
+use crate::target::{AdminState, Shared};
+use crate::worker::{Command, WorkerLink};
+
+/// Why a change was refused; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The new file does not load (read, parse or validation error, naming file and key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A new listener's address cannot be bound.
+    #[error(transparent)]
+    Bind(#[from] RunError),
+    /// The request itself is wrong (bad address, last target of a group, …).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such group or target.
+    #[error("{0}")]
+    NotFound(String),
+    /// The target is already in the group.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ChangeError {
+    /// The HTTP status the admin API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ChangeError::NotFound(_) => 404,
+            ChangeError::Conflict(_) => 409,
+            _ => 400,
+        }
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The generation now running.
+    pub generation: u64,
+    /// Listener names added, removed.
+    pub listeners_added: Vec<String>,
+    /// Listener names removed (their open connections go on).
+    pub listeners_removed: Vec<String>,
+    /// `group/address` of targets added.
+    pub targets_added: Vec<String>,
+    /// `group/address` of targets removed (they drain).
+    pub targets_removed: Vec<String>,
+}
+
+/// The running configuration and the way to change it.
+pub struct Control {
+    current: ArcSwap<Shared>,
+    lock: Mutex<()>,
+    workers: Vec<WorkerLink>,
+    prober: OnceLock<Arc<mio::Waker>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("generation", &self.shared().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Control over `shared` (the first generation), reaching the workers through `workers`.
+    pub fn new(shared: Arc<Shared>, workers: Vec<WorkerLink>) -> Arc<Control> {
+        Arc::new(Control {
+            current: ArcSwap::new(shared),
+            lock: Mutex::new(()),
+            workers,
+            prober: OnceLock::new(),
+        })
+    }
+
+    /// The current generation.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.current.load_full()
+    }
+
+    /// The workers' command links.
+    pub fn workers(&self) -> &[WorkerLink] {
+        &self.workers
+    }
+
+    /// Registers the prober's waker, so it learns of new generations at once.
+    pub fn set_prober_waker(&self, waker: Arc<mio::Waker>) {
+        let _ = self.prober.set(waker);
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves nothing half-done that matters here: every
+        // change is built aside and stored in one step.
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads the configuration file and applies it (SIGHUP, `POST /reload`).
+    ///
+    /// # Errors
+    /// As [`Control::apply`]; the running configuration stays.
+    pub fn reload(&self) -> Result<Summary, ChangeError> {
+        let path = self.shared().config.path.clone();
+        let result = config::load(&path)
+            .map_err(ChangeError::from)
+            .and_then(|config| self.apply(config));
+        match &result {
+            Ok(s) => log::info!(
+                "reloaded {}: generation {}; listeners +{:?} -{:?}; targets +{:?} -{:?}",
+                path.display(),
+                s.generation,
+                s.listeners_added,
+                s.listeners_removed,
+                s.targets_added,
+                s.targets_removed
+            ),
+            Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+        }
+        result
+    }
+
+    /// Applies `config` as the next generation: listeners added and removed, groups and
+    /// targets updated, algorithms rebuilt. Open connections and sessions keep their targets;
+    /// removed targets drain. `workers`, `admin` and `access_log` take a restart: a change to
+    /// them is logged and ignored.
+    ///
+    /// # Errors
+    /// [`ChangeError::Bind`] when a new listener cannot be bound; nothing changes then.
+    pub fn apply(&self, config: Config) -> Result<Summary, ChangeError> {
+        let _guard = self.locked();
+        self.apply_locked(config)
+    }
+
+    fn apply_locked(&self, mut config: Config) -> Result<Summary, ChangeError> {
+        let old = self.shared();
+        for (what, changed) in [
+            ("workers", config.workers != old.config.workers),
+            ("admin", config.admin != old.config.admin),
+            ("access_log", config.access_log != old.config.access_log),
+        ] {
+            if changed {
+                log::warn!("reload: a change to `{what}` takes a restart; keeping the running one");
+            }
+        }
+        config.workers = old.config.workers;
+        config.admin = old.config.admin.clone();
+        config.access_log = old.config.access_log.clone();
+
+        let added: Vec<&config::ListenerConfig> = old
+            .added_listeners(&config)
+            .into_iter()
+            .map(|i| &config.listeners[i])
+            .collect();
+        let mut sockets = bind_listeners(&added, config.workers, &config.path)?;
+
+        let (next, added) = old.successor(config);
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        for (w, link) in self.workers.iter().enumerate() {
+            let mine: Vec<_> = added
+                .iter()
+                .copied()
+                .zip(std::mem::take(&mut sockets[w]))
+                .collect();
+            link.send(Command::Reload {
+                shared: next.clone(),
+                sockets: mine,
+            });
+        }
+        if let Some(w) = self.prober.get() {
+            let _ = w.wake();
+        }
+        Ok(summarize(&old, &next))
+    }
+
+    /// Adds `target` to group `group` (it takes traffic once it passes `healthy_threshold`
+    /// checks).
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group, [`ChangeError::Conflict`] when the
+    /// address is already a target of the group, [`ChangeError::Invalid`] when the group's
+    /// rules refuse it (port 0, a `maglev_table_size` too small for one more target).
+    pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
+        let _guard = self.locked();
+        let mut config = self.shared().config.clone();
+        let g = group_config(&mut config, group)?;
+        if target.address.port() == 0 {
+            return Err(ChangeError::Invalid("target port must not be 0".into()));
+        }
+        if g.targets.iter().any(|t| t.address == target.address) {
+            return Err(ChangeError::Conflict(format!(
+                "target group `{group}` already has target {}",
+                target.address
+            )));
+        }
+        g.targets.push(target);
+        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        self.apply_locked(config)
+    }
+
+    /// Removes `address` from group `group`: it takes nothing new, its open connections go
+    /// on, and whatever is still open after the group's `drain_timeout` is closed.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group or target, [`ChangeError::Invalid`]
+    /// for a group's last target.
+    pub fn remove_target(
+        self: &Arc<Self>,
+        group: &str,
+        address: SocketAddr,
+    ) -> Result<Summary, ChangeError> {
+        let _guard = self.locked();
+        let mut config = self.shared().config.clone();
+        let g = group_config(&mut config, group)?;
+        let Some(pos) = g.targets.iter().position(|t| t.address == address) else {
+            return Err(no_target(group, address));
+        };
+        if g.targets.len() == 1 {
+            return Err(ChangeError::Invalid(format!(
+                "{address} is the last target of `{group}`; a group needs at least one"
+            )));
+        }
+        g.targets.remove(pos);
+        let drain = g.drain_timeout;
+        let summary = self.apply_locked(config)?;
+        let shared = self.shared();
+        if let Some((gi, _)) = shared.group(group) {
+            if let Some(ti) = shared.groups[gi]
+                .targets
+                .iter()
+                .position(|t| t.address == address)
+            {
+                self.close_after(gi, ti, drain, AdminState::Removed);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Sets the admin state of `address` in `group`; returns `(group index, target index,
+    /// whether it changed)`. Disabling also closes what is still open after the group's
+    /// `drain_timeout`.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group or target.
+    pub fn set_admin_state(
+        self: &Arc<Self>,
+        group: &str,
+        address: SocketAddr,
+        state: AdminState,
+    ) -> Result<(usize, usize, bool), ChangeError> {
+        let _guard = self.locked();
+        let shared = self.shared();
+        let (gi, g) = shared
+            .group(group)
+            .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?;
+        let (ti, _) = g.target(address).ok_or_else(|| no_target(group, address))?;
+        let changed = g.set_admin_state(ti, state);
+        if changed {
+            log::info!("target group {group}: {address} is now {state} (admin API)");
+            if state == AdminState::Disabled {
+                self.close_after(gi, ti, g.config.drain_timeout, AdminState::Disabled);
+            }
+        }
+        Ok((gi, ti, changed))
+    }
+
+    /// The prober's verdict on target `target` of group `group`; returns whether it changed.
+    pub fn set_healthy(&self, group: usize, target: usize, healthy: bool) -> bool {
+        let _guard = self.locked();
+        self.shared().groups[group].set_healthy(target, healthy)
+    }
+
+    /// After `wait`, closes whatever is still open to target `index` of group `g`, if it is
+    /// still in state `expect` (not enabled or re-added meanwhile). A timer thread waits, so
+    /// the caller answers at once.
+    fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
+        let control = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ballast-drain".into())
+            .spawn(move || {
+                std::thread::sleep(wait); // the drain_timeout itself, not a stand-in for an event
+                let shared = control.shared();
+                let (group, target) = (&shared.groups[g], &shared.groups[g].targets[index]);
+                if target.admin_state() == expect
+                    && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
+                {
+                    log::info!(
+                        "target group {}: {}: drain_timeout passed; closing what is still open",
+                        group.name(),
+                        target.address
+                    );
+                    for w in &control.workers {
+                        w.send(Command::CloseTarget {
+                            group: g,
+                            target: index,
+                        });
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the drain timer: {e}");
+        }
+    }
+}
+
+fn group_config<'c>(
+    config: &'c mut Config,
+    group: &str,
+) -> Result<&'c mut config::TargetGroupConfig, ChangeError> {
+    config
+        .target_groups
+        .iter_mut()
+        .find(|g| g.name == group)
+        .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))
+}
+
+fn no_target(group: &str, address: SocketAddr) -> ChangeError {
+    ChangeError::NotFound(format!("target group `{group}` has no target `{address}`"))
+}
+
+/// What changed from `old` to `next`.
+fn summarize(old: &Shared, next: &Shared) -> Summary {
+    let live_listeners = |s: &Shared| -> Vec<String> {
+        s.listeners
+            .iter()
+            .filter(|l| !l.removed)
+            .map(|l| format!("{}@{}", l.config.name, l.config.bind))
+            .collect()
+    };
+    let live_targets = |s: &Shared| -> Vec<String> {
+        s.groups
+            .iter()
+            .filter(|g| !g.removed)
+            .flat_map(|g| {
+                g.targets
+                    .iter()
+                    .filter(|t| t.admin_state() != AdminState::Removed)
+                    .map(move |t| format!("{}/{}", g.name(), t.address))
+            })
+            .collect()
+    };
+    let diff = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    let (l0, l1) = (live_listeners(old), live_listeners(next));
+    // Targets of `old` as they were before the change marked them removed: its config.
+    let t0: Vec<String> = old
+        .config
+        .target_groups
+        .iter()
+        .flat_map(|g| {
+            g.targets
+                .iter()
+                .map(move |t| format!("{}/{}", g.name, t.address))
+        })
+        .collect();
+    let t1 = live_targets(next);
+    Summary {
+        generation: next.generation,
+        listeners_added: diff(&l1, &l0),
+        listeners_removed: diff(&l0, &l1),
+        targets_added: diff(&t1, &t0),
+        targets_removed: diff(&t0, &t1),
+    }
+}
