@@ -1,8 +1,11 @@
 //! Command-line interface (clap derive).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::DEFAULT_ADMIN_URL;
 
 /// Ballast: an L4 (TCP and UDP) load balancer.
 #[derive(Debug, Parser)]
@@ -16,10 +19,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the admin API of a running Ballast is.
+#[derive(Debug, Clone, Args)]
+pub struct Api {
+    /// Base URL of the admin API.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
+    pub admin: String,
+    /// File holding the bearer token (as `admin.token_file` in the config).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// One target of one group.
+#[derive(Debug, Clone, Args)]
+pub struct TargetRef {
+    /// Target group name.
+    pub group: String,
+    /// Target address, as `GET /targets` lists it (e.g. 10.0.0.5:5432).
+    pub address: String,
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the load balancer until SIGINT or SIGTERM.
+    /// Run the load balancer until SIGINT or SIGTERM (SIGHUP reloads the config).
     Run {
         /// YAML configuration file.
         #[arg(long, short, value_name = "FILE")]
@@ -30,5 +57,107 @@ pub enum Command {
         /// YAML configuration file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// List target groups and targets of a running Ballast: health, state, connections.
+    Targets {
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List open connections and UDP sessions of a running Ballast.
+    Connections {
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+        /// Most entries to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending new connections to a target; open ones go on.
+    Drain {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+        /// Wait until the target's active connections reach 0 (exit 1 if `--timeout` passes).
+        #[arg(long)]
+        wait: bool,
+        /// Longest `--wait`.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Put a drained or disabled target back in service.
+    Enable {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Drain a target, then close what is still open after the group's drain_timeout.
+    Disable {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Add a target to a group (it takes traffic once it passes its health check).
+    Add {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+        /// Relative share for weighted algorithms.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Use only when no primary target is healthy.
+        #[arg(long)]
+        backup: bool,
+    },
+    /// Remove a target from a group: it drains, and what is open after drain_timeout is closed.
+    Remove {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Re-read the configuration file of a running Ballast (as SIGHUP).
+    Reload {
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Rolling deploy: for each target of a group, drain, run a command, wait healthy, enable.
+    Deploy {
+        /// Target group to deploy.
+        #[arg(long)]
+        group: String,
+        /// Shell command run for each target; `{address}` is replaced by its address.
+        #[arg(long, value_name = "CMD")]
+        exec: String,
+        /// Longest wait for a target's connections to finish before running the command.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+        drain_timeout: Duration,
+        /// Longest wait for a target to pass its health check after the command.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        wait_healthy: Duration,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
     },
 }

@@ -163,12 +163,22 @@ impl Control {
         config.admin = old.config.admin.clone();
         config.access_log = old.config.access_log.clone();
 
-        let added: Vec<&config::ListenerConfig> = old
-            .added_listeners(&config)
-            .into_iter()
-            .map(|i| &config.listeners[i])
-            .collect();
+        let added_at = old.added_listeners(&config);
+        let added: Vec<&config::ListenerConfig> =
+            added_at.iter().map(|&i| &config.listeners[i]).collect();
         let mut sockets = bind_listeners(&added, config.workers, &config.path)?;
+        for (k, &i) in added_at.iter().enumerate() {
+            let l = &mut config.listeners[i];
+            // Port 0 resolved: later reloads compare against the port it got.
+            l.bind = sockets[0][k].local_addr().unwrap_or(l.bind);
+            log::info!(
+                "listener {} ({}) on {} -> target group {} (added by reload)",
+                l.name,
+                l.protocol,
+                l.bind,
+                config.target_groups[l.target_group].name
+            );
+        }
 
         let (next, added) = old.successor(config);
         let next = Arc::new(next);

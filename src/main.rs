@@ -30,6 +30,21 @@ fn main() -> ExitCode {
     logger.format_timestamp_millis().init();
 
     match cli.command {
+        ref api_command @ (Command::Targets { .. }
+        | Command::Connections { .. }
+        | Command::Drain { .. }
+        | Command::Enable { .. }
+        | Command::Disable { .. }
+        | Command::Add { .. }
+        | Command::Remove { .. }
+        | Command::Reload { .. }
+        | Command::Deploy { .. }) => match ballast::ctl::run(api_command, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 print_plan(&c);

@@ -195,6 +195,11 @@ pub struct Running {
 /// [`RunError::Io`] when a thread or poll cannot be set up.
 pub fn start(config: Config) -> Result<Running, RunError> {
     let sockets = bind_all(&config)?;
+    let mut config = config;
+    for (l, socket) in config.listeners.iter_mut().zip(&sockets[0]) {
+        // Port 0 resolved, so a reload can tell the listener is the same.
+        l.bind = socket.local_addr().unwrap_or(l.bind);
+    }
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();

@@ -443,6 +443,7 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the first generation for `config`, every target healthy and every counter zero.
+    /// Listeners' `bind` should be the addresses they got (port 0 resolved).
     pub fn new(config: Config) -> Arc<Self> {
         let groups = config.target_groups.iter().map(TargetGroup::new).collect();
         let listeners = config
@@ -534,7 +535,7 @@ impl Shared {
                 !self
                     .listeners
                     .iter()
-                    .any(|l| !l.removed && same_socket(&l.config, &config.listeners[i]))
+                    .any(|l| !l.removed && same_socket(&config.listeners[i], &l.config))
             })
             .collect()
     }
@@ -548,9 +549,12 @@ impl Shared {
     }
 }
 
-/// Whether two listener configurations can share sockets (same name, protocol and address).
-fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    a.name == b.name && a.protocol == b.protocol && a.bind == b.bind
+/// Whether the running listener `old` (its `bind` the address it got) serves `new` as
+/// configured: same name and protocol, and the same address, or the same IP when `new` asks for
+/// port 0 (any port: the one it has will do).
+fn same_socket(new: &ListenerConfig, old: &ListenerConfig) -> bool {
+    let address = new.bind == old.bind || (new.bind.port() == 0 && new.bind.ip() == old.bind.ip());
+    new.name == old.name && new.protocol == old.protocol && address
 }
 
 impl TargetGroup {

@@ -41,13 +41,7 @@ impl Ballast {
 
     /// As [`Ballast::start`], with a log level and optionally a lower open-file limit.
     pub fn start_with(yaml: &str, level: &str, fd_limit: Option<u64>) -> Ballast {
-        // Tests run side by side: each Ballast gets its admin API on a free port.
-        let yaml = if yaml.contains("admin:") {
-            yaml.to_string()
-        } else {
-            format!("admin: {{bind: '127.0.0.1:0'}}\n{yaml}")
-        };
-        let config = write_config(&yaml);
+        let config = write_config(&with_admin(yaml));
         let mut command = Command::new(env!("CARGO_BIN_EXE_ballast"));
         if let Some(limit) = fd_limit {
             use std::os::unix::process::CommandExt;
@@ -182,8 +176,24 @@ impl Ballast {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// The configuration file it runs from.
+    pub fn config_path(&self) -> &std::path::Path {
+        self._config.path()
+    }
+
+    /// Rewrites its configuration file with `yaml` (for a reload; the admin API stays where it
+    /// is, as a reload keeps it).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(self.config_path(), with_admin(yaml)).unwrap();
     }
 
     /// Waits for the process to exit, at most `timeout`.
@@ -208,6 +218,39 @@ impl Drop for Ballast {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `yaml` with an admin API on a free port unless it sets `admin:` (tests run side by side).
+fn with_admin(yaml: &str) -> String {
+    if yaml.contains("admin:") {
+        yaml.to_string()
+    } else {
+        format!("admin: {{bind: '127.0.0.1:0'}}\n{yaml}")
+    }
+}
+
+/// `METHOD path` over HTTP/1.0 with an optional bearer token and body; returns (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
 }
 
 /// Writes `yaml` to a temporary file.
@@ -358,7 +401,7 @@ pub fn config(
 
 /// Waits (bounded by [`WAIT`]) until `cond` holds; panics naming `what` otherwise. For
 /// states no event announces (a file's contents, an fd count), so it polls.
-pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
         assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");

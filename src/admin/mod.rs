@@ -356,6 +356,8 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
         "last_check": {
             "result": checks.last_passed.map(|p| if p { "pass" } else { "fail" }),
             "at_unix_ms": (checks.last_check_ms > 0).then_some(checks.last_check_ms),
+            "consecutive_passes": checks.consecutive_passes,
+            "checks": checks.count,
         },
         "last_state_change_unix_ms": (checks.last_change_ms > 0).then_some(checks.last_change_ms),
     })
@@ -380,6 +382,7 @@ fn targets(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": g.name(),
                 "algorithm": g.config.algorithm.to_string(),
+                "healthy_threshold": g.config.health_check.healthy_threshold,
                 "targets": targets,
             })
         })

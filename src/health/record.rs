@@ -23,6 +23,8 @@ pub struct CheckRecord {
     /// Checks per latency bucket (non-cumulative; the last is +Inf).
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
     sum_us: AtomicU64,
+    /// Passes since the last failure.
+    consecutive_passes: AtomicU64,
 }
 
 /// A copy of a [`CheckRecord`] at one moment.
@@ -38,6 +40,8 @@ pub struct CheckSnapshot {
     pub latency_sum_s: f64,
     /// Number of checks.
     pub count: u64,
+    /// Checks passed since the last failure.
+    pub consecutive_passes: u64,
     /// `(upper bound in seconds, checks in this bucket)`, non-cumulative, +Inf last.
     pub buckets: Vec<(f64, u64)>,
 }
@@ -55,6 +59,11 @@ impl CheckRecord {
         self.last_result
             .store(if passed { 1 } else { 2 }, Ordering::Relaxed);
         self.last_check_ms.store(unix_ms(), Ordering::Relaxed);
+        if passed {
+            self.consecutive_passes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.consecutive_passes.store(0, Ordering::Relaxed);
+        }
         let s = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS_S
             .iter()
@@ -86,6 +95,7 @@ impl CheckRecord {
             last_change_ms: self.last_change_ms.load(Ordering::Relaxed),
             latency_sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
             count: counts.iter().sum(),
+            consecutive_passes: self.consecutive_passes.load(Ordering::Relaxed),
             buckets: LATENCY_BUCKETS_S
                 .iter()
                 .copied()
@@ -115,5 +125,8 @@ mod tests {
         assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 1)));
         assert!((s.latency_sum_s - 10.0303).abs() < 1e-9);
         assert!(s.last_check_ms > 0);
+        assert_eq!(s.consecutive_passes, 0);
+        r.record(true, Duration::from_millis(1));
+        assert_eq!(r.snapshot().consecutive_passes, 1);
     }
 }

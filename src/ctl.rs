@@ -1,0 +1,218 @@
+//! The CLI subcommands that talk to a running Ballast over its admin API: `targets`,
+//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `reload`, `deploy`.
+//! Output goes to stdout; errors are returned for `main` to print (exit 1).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cli::{Api, Command, TargetRef};
+use crate::client::{find_target, target_path, AdminClient, ClientError};
+use crate::deploy::{deploy, DeployError, DeployPlan};
+
+/// Why a subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The API refused or could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The deploy stopped.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// `drain --wait` ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+fn client(api: &Api) -> Result<AdminClient, ClientError> {
+    AdminClient::new(&api.admin, api.token_file.as_deref())
+}
+
+/// Runs `command` (one of the API subcommands; `run` and `check` are `main`'s), printing to
+/// `out`.
+///
+/// # Errors
+/// As [`CtlError`].
+///
+/// # Panics
+/// On `run` or `check`.
+pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
+    match command {
+        Command::Targets { api, json } => {
+            let doc = client(api)?.get("/targets")?;
+            if *json {
+                let _ = writeln!(out, "{doc:#}");
+            } else {
+                print_targets(&doc, out);
+            }
+        }
+        Command::Connections { api, limit, json } => {
+            let doc = client(api)?.get(&format!("/connections?limit={limit}"))?;
+            if *json {
+                let _ = writeln!(out, "{doc:#}");
+            } else {
+                print_connections(&doc, out);
+            }
+        }
+        Command::Drain {
+            target,
+            api,
+            wait,
+            timeout,
+        } => {
+            let c = client(api)?;
+            let t = c.post(&path(target, "/drain"), None)?;
+            let _ = writeln!(out, "{}: {}", target.address, t["admin_state"]);
+            if *wait {
+                wait_drained(&c, target, *timeout, out)?;
+            }
+        }
+        Command::Enable { target, api } | Command::Disable { target, api } => {
+            let action = if matches!(command, Command::Enable { .. }) {
+                "/enable"
+            } else {
+                "/disable"
+            };
+            let t = client(api)?.post(&path(target, action), None)?;
+            let _ = writeln!(out, "{}: {}", target.address, t["admin_state"]);
+        }
+        Command::Add {
+            target,
+            api,
+            weight,
+            backup,
+        } => {
+            let body = json!({"address": target.address, "weight": weight, "backup": backup});
+            let s = client(api)?.post(
+                &format!("/target-groups/{}/targets", target.group),
+                Some(&body),
+            )?;
+            let _ = writeln!(
+                out,
+                "added {:?} (generation {})",
+                s["targets_added"], s["generation"]
+            );
+        }
+        Command::Remove { target, api } => {
+            let s = client(api)?.delete(&path(target, ""))?;
+            let _ = writeln!(out, "removed {:?}; it drains", s["targets_removed"]);
+        }
+        Command::Reload { api } => {
+            let s = client(api)?.post("/reload", None)?;
+            let _ = writeln!(
+                out,
+                "reloaded: generation {}; listeners +{} -{}; targets +{} -{}",
+                s["generation"],
+                s["listeners_added"],
+                s["listeners_removed"],
+                s["targets_added"],
+                s["targets_removed"]
+            );
+        }
+        Command::Deploy {
+            group,
+            exec,
+            drain_timeout,
+            wait_healthy,
+            api,
+        } => {
+            let plan = DeployPlan {
+                group: group.clone(),
+                exec: exec.clone(),
+                drain_timeout: *drain_timeout,
+                wait_healthy: *wait_healthy,
+            };
+            deploy(&client(api)?, &plan, out)?;
+        }
+        Command::Run { .. } | Command::Check { .. } => {
+            unreachable!("`run` and `check` do not use the admin API")
+        }
+    }
+    Ok(())
+}
+
+fn path(target: &TargetRef, suffix: &str) -> String {
+    target_path(&target.group, &target.address, suffix)
+}
+
+/// Polls until the target's active connections reach 0, at most `timeout`.
+fn wait_drained(
+    c: &AdminClient,
+    target: &TargetRef,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let doc = c.get("/targets")?;
+        let active = find_target(&doc, &target.group, &target.address)
+            .and_then(|t| t["active"].as_u64())
+            .unwrap_or(0);
+        if active == 0 {
+            let _ = writeln!(out, "{}: drained", target.address);
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CtlError::Timeout(format!(
+                "{}: still {active} connections after {}",
+                target.address,
+                humantime::format_duration(timeout)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_targets(doc: &Value, out: &mut dyn Write) {
+    let _ = writeln!(
+        out,
+        "{:<16} {:<24} {:<9} {:<9} {:>7} {:>9} {:>6}  LAST CHECK",
+        "GROUP", "TARGET", "HEALTH", "STATE", "ACTIVE", "TOTAL", "WEIGHT"
+    );
+    for g in doc["target_groups"].as_array().into_iter().flatten() {
+        for t in g["targets"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<24} {:<9} {:<9} {:>7} {:>9} {:>6}  {}",
+                text(&g["name"]),
+                text(&t["address"]),
+                text(&t["health"]),
+                text(&t["admin_state"]),
+                text(&t["active"]),
+                text(&t["total"]),
+                text(&t["weight"]),
+                text(&t["last_check"]["result"]),
+            );
+        }
+    }
+}
+
+fn print_connections(doc: &Value, out: &mut dyn Write) {
+    let _ = writeln!(
+        out,
+        "{:<5} {:<24} {:<16} {:<24} {:>9} {:>12} {:>12}",
+        "PROTO", "CLIENT", "LISTENER", "TARGET", "AGE_MS", "BYTES_UP", "BYTES_DOWN"
+    );
+    for c in doc["connections"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<24} {:<16} {:<24} {:>9} {:>12} {:>12}",
+            text(&c["protocol"]),
+            text(&c["client"]),
+            text(&c["listener"]),
+            text(&c["target"]),
+            text(&c["age_ms"]),
+            text(&c["bytes_up"]),
+            text(&c["bytes_down"]),
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! `ballast deploy`: the rolling deploy, target by target, over the admin API.
+//!
+//! For each target of the group, in the order `GET /targets` lists them: drain it; wait until
+//! its active connections reach 0 or `drain_timeout` passes; run the command with `{address}`
+//! replaced by the target's address; wait until its health check has passed
+//! `healthy_threshold` times since the command ended (at most `wait_healthy`); enable it. The
+//! first failure stops the deploy: that target is left disabled, the rest untouched. One line
+//! per step goes to `out`.
+//!
+//! The waits poll the API every 100 ms: the API has no event stream, and each wait is bounded.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::{find_target, target_path, AdminClient, ClientError};
+
+/// How often the waits ask the API.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What `ballast deploy` was asked to do.
+#[derive(Debug, Clone)]
+pub struct DeployPlan {
+    /// The target group to deploy.
+    pub group: String,
+    /// Shell command run (by `sh -c`) for each target, `{address}` replaced by its address.
+    pub exec: String,
+    /// Longest wait for a draining target's connections to finish.
+    pub drain_timeout: Duration,
+    /// Longest wait for a restarted target to pass its health checks.
+    pub wait_healthy: Duration,
+}
+
+/// Why the deploy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The admin API refused a request or could not be reached.
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    /// The group does not exist or has no targets.
+    #[error("target group `{0}` is unknown or has no targets")]
+    NoTargets(String),
+    /// A step failed for `target`; it is left disabled and the targets after it untouched.
+    #[error(
+        "deploy stopped at {target}: {why}; {target} is left disabled; not deployed: {rest:?}"
+    )]
+    Step {
+        /// The target whose step failed.
+        target: String,
+        /// What failed.
+        why: String,
+        /// Targets not deployed.
+        rest: Vec<String>,
+    },
+}
+
+/// Runs `plan` against the API behind `client`, printing progress to `out`.
+///
+/// # Errors
+/// [`DeployError::Step`] at the first failed step (the target is disabled first), or
+/// [`DeployError::Api`] / [`DeployError::NoTargets`] before anything changed.
+pub fn deploy(
+    client: &AdminClient,
+    plan: &DeployPlan,
+    out: &mut dyn Write,
+) -> Result<(), DeployError> {
+    let doc = client.get("/targets")?;
+    let group = doc["target_groups"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|g| g["name"] == plan.group.as_str()))
+        .ok_or_else(|| DeployError::NoTargets(plan.group.clone()))?;
+    let threshold = group["healthy_threshold"].as_u64().unwrap_or(1);
+    let addresses: Vec<String> = group["targets"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| t["admin_state"] != "removed")
+                .filter_map(|t| t["address"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if addresses.is_empty() {
+        return Err(DeployError::NoTargets(plan.group.clone()));
+    }
+    let n = addresses.len();
+    for (i, address) in addresses.iter().enumerate() {
+        let step = Step {
+            client,
+            plan,
+            address,
+            label: format!("[{}/{n}] {address}", i + 1),
+        };
+        if let Err(why) = step.run(threshold, out) {
+            let _ = writeln!(out, "{}: failed: {why}; disabling it", step.label);
+            if let Err(e) = client.post(&target_path(&plan.group, address, "/disable"), None) {
+                let _ = writeln!(out, "{}: cannot disable it: {e}", step.label);
+            }
+            return Err(DeployError::Step {
+                target: address.clone(),
+                why,
+                rest: addresses[i + 1..].to_vec(),
+            });
+        }
+    }
+    let _ = writeln!(out, "deploy of {} done: {n} targets", plan.group);
+    Ok(())
+}
+
+struct Step<'a> {
+    client: &'a AdminClient,
+    plan: &'a DeployPlan,
+    address: &'a str,
+    label: String,
+}
+
+impl Step<'_> {
+    fn run(&self, threshold: u64, out: &mut dyn Write) -> Result<(), String> {
+        let say = |out: &mut dyn Write, what: String| {
+            let _ = writeln!(out, "{}: {what}", self.label);
+            let _ = out.flush();
+        };
+        self.post("/drain")?;
+        say(out, "draining".into());
+        let started = Instant::now();
+        let active = self.wait_for(self.plan.drain_timeout, |t| t["active"] == 0)?;
+        if active {
+            say(
+                out,
+                format!("drained in {:.1}s", started.elapsed().as_secs_f64()),
+            );
+        } else {
+            let open = self.target()?["active"].as_u64().unwrap_or(0);
+            say(
+                out,
+                format!(
+                    "drain timeout ({}) passed with {open} connections open; going on",
+                    humantime::format_duration(self.plan.drain_timeout)
+                ),
+            );
+        }
+
+        let command = self.plan.exec.replace("{address}", self.address);
+        say(out, format!("running `{command}`"));
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+        if !status.success() {
+            return Err(format!("`{command}` failed ({status})"));
+        }
+
+        // Checks counted from here: passes from before the command prove nothing.
+        let checks_before = self.target()?["last_check"]["checks"].as_u64().unwrap_or(0);
+        say(out, format!("waiting for {threshold} passed health checks"));
+        let healthy = self.wait_for(self.plan.wait_healthy, |t| {
+            let c = &t["last_check"];
+            t["health"] == "healthy"
+                && c["checks"].as_u64().unwrap_or(0) >= checks_before + threshold
+                && c["consecutive_passes"].as_u64().unwrap_or(0) >= threshold
+        })?;
+        if !healthy {
+            return Err(format!(
+                "not healthy within {}",
+                humantime::format_duration(self.plan.wait_healthy)
+            ));
+        }
+        self.post("/enable")?;
+        say(out, "healthy; enabled".into());
+        Ok(())
+    }
+
+    fn post(&self, action: &str) -> Result<(), String> {
+        self.client
+            .post(&target_path(&self.plan.group, self.address, action), None)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn target(&self) -> Result<Value, String> {
+        let doc = self.client.get("/targets").map_err(|e| e.to_string())?;
+        find_target(&doc, &self.plan.group, self.address)
+            .cloned()
+            .ok_or_else(|| format!("{} is no longer in {}", self.address, self.plan.group))
+    }
+
+    /// Polls the target until `done` holds (true) or `limit` passes (false).
+    fn wait_for(&self, limit: Duration, done: impl Fn(&Value) -> bool) -> Result<bool, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if done(&self.target()?) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
