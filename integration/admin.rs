@@ -51,26 +51,37 @@ fn healthz_targets_and_metrics_match_the_traffic() {
         "\"a\\n\" five times: {body}"
     );
 
-    let (status, text) = get(admin, "/metrics", None);
-    assert_eq!(status, 200);
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+    wait_until("the first check of a finished", || {
+        let doc: serde_json::Value = serde_json::from_str(&get(admin, "/targets", None).1).unwrap();
+        doc["target_groups"][0]["targets"][0]["last_check"]["checks"] == 1
+    });
+    let (scrape, text) = scrape(admin);
     let value = |name: &str, target: SocketAddr| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && s.labels.get("target") == Some(&target.to_string()))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
+        sample(&scrape, name, "target", &target.to_string())
             .unwrap_or_else(|| panic!("no {name} for {target}:\n{text}"))
     };
     assert_eq!(value("ballast_target_connections_total", a.addr), 5.0);
     assert_eq!(value("ballast_target_bytes_received_total", b.addr), 10.0);
     assert_eq!(value("ballast_target_healthy", a.addr), 1.0);
+    // The first check runs at start: one latency in the histogram, under the 1 s timeout.
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "ballast_target_check_latency_seconds"
+                && s.labels.get("target") == Some(&a.addr.to_string())
+        })
+        .map(|s| s.value.clone());
+    match histogram {
+        Some(prometheus_parse::Value::Histogram(buckets)) => {
+            let le_1s = buckets.iter().find(|b| b.less_than == 1.0).unwrap();
+            assert_eq!(le_1s.count, 1.0, "{text}");
+        }
+        other => panic!(
+            "no check latency histogram for {}: {other:?}\n{text}",
+            a.addr
+        ),
+    }
     assert_eq!(get(admin, "/nope", None).0, 404);
 }
 

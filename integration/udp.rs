@@ -292,3 +292,38 @@ fn access_log_has_a_line_per_session() {
         "{text}"
     );
 }
+
+#[test]
+fn metrics_count_sessions_and_datagrams() {
+    let echo = UdpBackend::start(udp_echo());
+    let lb = Ballast::start(&udp_config(&[echo.addr], "", NO_CHECKS));
+    let c = udp_client(lb.addr("l"));
+    for i in 0..10u8 {
+        c.send(&[i; 20]).unwrap();
+        assert_eq!(c.recv(&mut [0u8; 32]).unwrap(), 20);
+    }
+    let (scrape, text) = scrape(lb.admin_addr());
+    let listener = |name: &str| sample(&scrape, name, "listener", "l").unwrap_or(f64::NAN);
+    assert_eq!(
+        listener("ballast_listener_datagrams_up_total"),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(
+        listener("ballast_listener_datagrams_down_total"),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(
+        listener("ballast_listener_accepted_total"),
+        1.0,
+        "one session: {text}"
+    );
+    assert_eq!(listener("ballast_listener_active"), 1.0, "{text}");
+    let target = |name: &str| sample(&scrape, name, "target", &echo.addr.to_string());
+    assert_eq!(
+        target("ballast_target_bytes_sent_total"),
+        Some(200.0),
+        "{text}"
+    );
+}

@@ -425,6 +425,10 @@ pub struct ListenerStats {
     pub dropped: AtomicU64,
     /// Connect attempts after a failed one (TCP).
     pub retries: AtomicU64,
+    /// Datagrams forwarded client → target (UDP).
+    pub datagrams_up: AtomicU64,
+    /// Datagrams forwarded target → client (UDP).
+    pub datagrams_down: AtomicU64,
 }
 
 /// Everything the threads share: one generation, built from a [`Config`].

@@ -253,6 +253,35 @@ pub fn http(
     (status, body)
 }
 
+/// `GET /metrics` from the admin API at `admin`, parsed by a Prometheus text-format parser.
+pub fn scrape(admin: SocketAddr) -> (prometheus_parse::Scrape, String) {
+    let (status, text) = http(admin, "GET", "/metrics", None, "");
+    assert_eq!(status, 200, "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+    (parsed, text)
+}
+
+/// The value of the sample `name` whose label `key` is `value` (counters, gauges; a
+/// histogram's `_count` and `_sum` are untyped samples of their own name).
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get(key) == Some(value))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
 /// Writes `yaml` to a temporary file.
 pub fn write_config(yaml: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new()

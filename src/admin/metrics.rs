@@ -60,6 +60,8 @@ pub fn encode(shared: &Shared) -> String {
     let l_accepted = Family::<ListenerLabels, Counter>::default();
     let l_dropped = Family::<ListenerLabels, Counter>::default();
     let l_retries = Family::<ListenerLabels, Counter>::default();
+    let l_up = Family::<ListenerLabels, Counter>::default();
+    let l_down = Family::<ListenerLabels, Counter>::default();
     for l in shared.listeners.iter().filter(|l| !l.removed) {
         let labels = ListenerLabels {
             listener: l.config.name.clone(),
@@ -77,6 +79,13 @@ pub fn encode(shared: &Shared) -> String {
         l_retries
             .get_or_create(&labels)
             .inc_by(l.retries.load(Ordering::Relaxed));
+        if l.config.protocol == crate::config::Protocol::Udp {
+            l_up.get_or_create(&labels)
+                .inc_by(l.datagrams_up.load(Ordering::Relaxed));
+            l_down
+                .get_or_create(&labels)
+                .inc_by(l.datagrams_down.load(Ordering::Relaxed));
+        }
     }
     registry.register(
         "listener_active",
@@ -92,6 +101,16 @@ pub fn encode(shared: &Shared) -> String {
         "listener_dropped_datagrams",
         "UDP datagrams dropped (max_sessions, no target, full socket buffers)",
         l_dropped,
+    );
+    registry.register(
+        "listener_datagrams_up",
+        "UDP datagrams forwarded from clients to targets",
+        l_up,
+    );
+    registry.register(
+        "listener_datagrams_down",
+        "UDP datagrams forwarded from targets to clients",
+        l_down,
     );
     registry.register(
         "listener_retries",

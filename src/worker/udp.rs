@@ -231,6 +231,9 @@ impl Worker {
         self.shared.groups[group].targets[target]
             .bytes_to_target
             .fetch_add(bytes, Ordering::Relaxed);
+        self.shared.listeners[listener]
+            .datagrams_up
+            .fetch_add(sent as u64, Ordering::Relaxed);
         if sent < range.len() {
             self.count_drops(
                 listener,
@@ -297,6 +300,9 @@ impl Worker {
             self.shared.groups[group].targets[target]
                 .bytes_from_target
                 .fetch_add(bytes, Ordering::Relaxed);
+            self.shared.listeners[listener]
+                .datagrams_down
+                .fetch_add(sent as u64, Ordering::Relaxed);
             if sent < n {
                 self.count_drops(listener, n - sent, "listener socket full");
             }
