@@ -337,3 +337,41 @@ fn bad_requests_get_a_4xx_with_a_message_and_change_nothing() {
     }
     assert_eq!(target_states(admin), before, "nothing changed");
 }
+
+#[test]
+fn udp_sessions_keep_their_target_across_a_reload() {
+    let (one, two) = (
+        UdpBackend::start(udp_tagged(1)),
+        UdpBackend::start(udp_tagged(2)),
+    );
+    let checks =
+        "    health_check: {protocol: udp, send: ping, expect: pong, interval: 200ms, timeout: 150ms}\n";
+    let lb = Ballast::start(&udp_config(&[one.addr], "", checks));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let c = udp_client(addr);
+    let mut buf = [0u8; 64];
+    let mut ask = |c: &std::net::UdpSocket| {
+        c.send(b"hello").unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        buf[..n][0]
+    };
+    assert_eq!(ask(&c), 1);
+
+    // Target 2 joins (round robin: new flows alternate once it is healthy).
+    let both = udp_config(&[one.addr, two.addr], "", checks)
+        .replace("bind: 127.0.0.1:0", &format!("bind: {addr}"));
+    lb.rewrite_config(&both);
+    let (status, body) = http(admin, "POST", "/reload", None, "");
+    assert_eq!(status, 200, "{body}");
+    let mut other = None;
+    wait_until("a new flow lands on the new target", || {
+        let fresh = udp_client(addr);
+        if ask(&fresh) == 2 {
+            other = Some(fresh);
+        }
+        other.is_some()
+    });
+    for _ in 0..20 {
+        assert_eq!(ask(&c), 1, "the open session stays on its target");
+    }
+}

@@ -169,6 +169,11 @@ impl TargetState {
 }
 
 impl Target {
+    /// The target's run-time state, shared with the other generations.
+    pub fn state(&self) -> &Arc<TargetState> {
+        &self.state
+    }
+
     /// Whether the target is at its `max_connections`.
     pub fn is_full(&self) -> bool {
         self.max_connections

@@ -13,15 +13,17 @@
 use std::sync::atomic::Ordering;
 
 use super::{candidates, Balancer, EligibleCache, Request};
-use crate::target::TargetGroup;
+use std::sync::Arc;
+
+use crate::target::{TargetGroup, TargetState};
 
 /// Fewest active connections per weight; among equals, the next in a rotation shared by the
 /// workers (the group's cursor), so equal targets take turns instead of the first one winning.
 #[derive(Debug, Default)]
 pub struct LeastConnections {
     cache: EligibleCache,
-    /// `(target index, scale)` per member of `cache`, rebuilt with it.
-    scaled: Vec<(usize, u64)>,
+    /// One per member of `cache`, rebuilt with it.
+    scaled: Vec<Member>,
     generation: Option<u64>,
 }
 
@@ -32,19 +34,28 @@ impl Balancer for LeastConnections {
                 .into_iter()
                 .map(|i| (i, group.targets[i].weight))
                 .collect();
-            return least_loaded(group, &scaled(&pool));
+            return least_loaded(group, &scaled(group, &pool));
         }
         let generation = group.health_generation();
         if self.generation != Some(generation) {
-            self.scaled = scaled(self.cache.refresh(group).members());
+            self.scaled = scaled(group, self.cache.refresh(group).members());
             self.generation = Some(generation);
         }
         least_loaded(group, &self.scaled)
     }
 }
 
-/// `(index, scale)` for each `(index, weight)`: see the module docs.
-fn scaled(members: &[(usize, u32)]) -> Vec<(usize, u64)> {
+/// A target in the scan: its index, the scale of its load (see the module docs), and its
+/// state, held directly so the scan reads each counter with one load.
+#[derive(Debug, Clone)]
+struct Member {
+    index: usize,
+    scale: u64,
+    state: Arc<TargetState>,
+}
+
+/// A [`Member`] for each `(index, weight)` of `group`.
+fn scaled(group: &TargetGroup, members: &[(usize, u32)]) -> Vec<Member> {
     const LIMIT: u64 = 1 << 32;
     let lcm = members.iter().try_fold(1u64, |l, &(_, w)| {
         let w = u64::from(w);
@@ -54,7 +65,11 @@ fn scaled(members: &[(usize, u32)]) -> Vec<(usize, u64)> {
     let numerator = lcm.unwrap_or(LIMIT);
     members
         .iter()
-        .map(|&(i, w)| (i, numerator / u64::from(w)))
+        .map(|&(i, w)| Member {
+            index: i,
+            scale: numerator / u64::from(w),
+            state: group.targets[i].state().clone(),
+        })
         .collect()
 }
 
@@ -65,33 +80,32 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// The least loaded of `pool` (`(index, scale)`), scanning from the group's rotating cursor
-/// so the first minimum found is the next in rotation.
-fn least_loaded(group: &TargetGroup, pool: &[(usize, u64)]) -> Option<usize> {
+/// The least loaded of `pool`, scanning from the group's rotating cursor so the first minimum
+/// found is the next in rotation.
+fn least_loaded(group: &TargetGroup, pool: &[Member]) -> Option<usize> {
     let n = pool.len();
     if n == 0 {
         return None;
     }
     let start = group.cursor.fetch_add(1, Ordering::Relaxed) % n;
-    let targets = &group.targets[..];
     // Two halves scanned separately (a chained iterator costs a branch per element); a
     // minimum in the first half wins ties against one in the second, which is the rotation.
     let (head, tail) = pool.split_at(start);
-    let (a, a_key) = min_key(targets, tail);
-    let (b, b_key) = min_key(targets, head);
+    let (a, a_key) = min_key(tail);
+    let (b, b_key) = min_key(head);
     Some(if b_key < a_key { b } else { a })
 }
 
 /// The first `(index, key)` with the smallest key in `pool` (`usize::MAX, u64::MAX` if empty).
-fn min_key(targets: &[crate::target::Target], pool: &[(usize, u64)]) -> (usize, u64) {
+fn min_key(pool: &[Member]) -> (usize, u64) {
     let (mut best, mut best_key) = (usize::MAX, u64::MAX);
-    for &(i, scale) in pool {
+    for m in pool {
         // `as u32` is exact: each connection or session holds a file descriptor, and Linux caps
         // a process's open files below 2^31 (fs.nr_open). With `scale` ≤ 2^32 the product fits.
-        let key = u64::from(targets[i].active.load(Ordering::Relaxed) as u32) * scale;
+        let key = u64::from(m.state.active.load(Ordering::Relaxed) as u32) * m.scale;
         // Branch-free select: the winner changes rarely, a mispredicted branch costs more.
         let less = key < best_key;
-        best = if less { i } else { best };
+        best = if less { m.index } else { best };
         best_key = if less { key } else { best_key };
     }
     (best, best_key)
@@ -125,10 +139,16 @@ mod tests {
 
     #[test]
     fn scales_are_the_lcm_over_the_weight_or_a_fixed_point_fallback() {
-        assert_eq!(scaled(&[(0, 1), (1, 2), (2, 3)]), [(0, 6), (1, 3), (2, 2)]);
+        let g = group(&[1, 2, 3]);
+        let scales = |weights: &[(usize, u32)]| -> Vec<(usize, u64)> {
+            scaled(&g, weights)
+                .iter()
+                .map(|m| (m.index, m.scale))
+                .collect()
+        };
+        assert_eq!(scales(&[(0, 1), (1, 2), (2, 3)]), [(0, 6), (1, 3), (2, 2)]);
         // Coprime weights whose product passes 2^32: 2^32 / weight.
-        let big = [(0, 65_521), (1, 65_519), (2, 65_497)];
-        let s = scaled(&big);
+        let s = scales(&[(0, 65_521), (1, 65_519), (2, 65_497)]);
         assert_eq!(s[0].1, (1u64 << 32) / 65_521);
         assert!(s.iter().all(|&(_, scale)| scale <= 1 << 32));
     }
