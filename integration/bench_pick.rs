@@ -9,7 +9,7 @@ use std::path::Path;
 use ballast::balancer::{self, Request};
 use ballast::config::{self, Protocol};
 use ballast::conntrack::FiveTuple;
-use ballast::target::Shared;
+use ballast::shared::Shared;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn group_yaml(algorithm: &str) -> String {

@@ -375,3 +375,28 @@ fn udp_sessions_keep_their_target_across_a_reload() {
         assert_eq!(ask(&c), 1, "the open session stays on its target");
     }
 }
+
+#[test]
+fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
+    let a = Backend::start(named("a"));
+    let yaml = config("round_robin", &[(a.addr, 1)], "", CHECKS);
+    let lb = Ballast::start(&yaml);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    // A port held by a socket without SO_REUSEPORT: Ballast's bind fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "  - {{name: m, protocol: tcp, bind: '{}', target_group: g}}\n",
+        taken.local_addr().unwrap()
+    );
+    lb.rewrite_config(&config("round_robin", &[(a.addr, 1)], &extra, CHECKS));
+    let (status, body) = http(admin, "POST", "/reload", None, "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot bind listener m"), "{body}");
+    let (_, targets) = http(admin, "GET", "/targets", None, "");
+    assert_eq!(
+        json(&targets)["generation"],
+        0,
+        "nothing applied: {targets}"
+    );
+    assert_eq!(fetch(addr).unwrap(), "a\n");
+}

@@ -15,7 +15,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::runtime::{bind_listeners, RunError};
-use crate::target::{AdminState, Shared};
+use crate::shared::Shared;
+use crate::target::AdminState;
 use crate::worker::{Command, WorkerLink};
 
 /// Why a change was refused; nothing was changed.
@@ -164,6 +165,13 @@ impl Control {
         config.access_log = old.config.access_log.clone();
 
         let added_at = old.added_listeners(&config);
+        if old.listeners.len() + added_at.len() > crate::worker::MAX_LISTENERS {
+            // Removed listeners keep their index (and token) until a restart.
+            return Err(ChangeError::Invalid(format!(
+                "more than {} listeners added since start; restart Ballast to add more",
+                crate::worker::MAX_LISTENERS
+            )));
+        }
         let added: Vec<&config::ListenerConfig> =
             added_at.iter().map(|&i| &config.listeners[i]).collect();
         let mut sockets = bind_listeners(&added, config.workers, &config.path)?;

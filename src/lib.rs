@@ -26,11 +26,20 @@
 //! - [`health`]: the prober thread. It runs TCP, HTTP and UDP checks, counts consecutive
 //!   results ([`health::threshold`]) and flips target health in [`target`]'s atomics; on a
 //!   change it also rebuilds the lookup tables of `maglev` and `source_hash` ([`balancer`]).
-//! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM.
+//! - [`admin`]: the HTTP admin API on its own thread; it reads the shared state and asks the
+//!   workers for their connection tables over their command channels.
+//! - [`control`]: not a thread but the one place that changes the running configuration (hot
+//!   reload, targets added and removed, admin states, the prober's health flips), behind a
+//!   mutex no data path takes.
+//! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM
+//!   (SIGHUP reloads).
 //!
-//! Shared state ([`target::Shared`]) is atomics in an `Arc`: per-target health and counters,
-//! per-listener connection counts, each group's round-robin cursor, stickiness table and
-//! lookup table (swapped whole with `arc-swap`).
+//! Shared state ([`shared::Shared`]) is one *generation* of the configuration in an `Arc`,
+//! with atomics for what changes while it runs: per-target health and counters, per-listener
+//! connection counts, each group's round-robin cursor, stickiness table and lookup table
+//! (swapped whole with `arc-swap`). A reload builds the next generation aside and sends it to
+//! each worker, which switches between two events; indices of listeners, groups and targets
+//! never change, so connections in flight keep finding their target.
 //!
 //! ## The path of one TCP connection
 //! 1. A listener is readable: the worker accepts (at most a budget per wake) after reserving a
@@ -67,6 +76,7 @@ pub mod deploy;
 pub mod health;
 pub mod net;
 pub mod runtime;
+pub mod shared;
 pub mod target;
 pub mod tcp;
 pub mod timers;

@@ -21,7 +21,7 @@ use crate::config::{Config, ListenerConfig, Protocol};
 use crate::control::Control;
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
-use crate::target::Shared;
+use crate::shared::Shared;
 use crate::worker::{Command, Worker, WorkerLink, WAKER};
 
 /// Why the process could not start or keep running.

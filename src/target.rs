@@ -1,11 +1,9 @@
 //! Targets and target groups as the running process shares them between threads.
 //!
-//! A [`Shared`] is one *generation* of the running configuration: immutable once built, shared
-//! in an `Arc`. A hot reload or a target added through the admin API builds the next generation
-//! with [`Shared::successor`] and hands it to every thread. Indices never move between
-//! generations: a target, group or listener keeps its index for the life of the process (one
-//! that is removed stays as a tombstone, [`AdminState::Removed`]), so a connection that
-//! recorded `(group, target)` indices finds the same target in any later generation.
+//! Groups and targets belong to one generation ([`Shared`](crate::shared::Shared)); a target keeps its index in its
+//! group for the life of the process (a removed one stays as a tombstone,
+//! [`AdminState::Removed`]), so a connection that recorded `(group, target)` indices finds the
+//! same target in any later generation.
 //!
 //! What changes while a generation runs is small and lock-free: each target's [`TargetState`]
 //! (health flipped by the prober, admin state, connection and traffic counters updated by the
@@ -22,7 +20,7 @@ use arc_swap::ArcSwap;
 use crate::balancer::sticky::StickyTable;
 use crate::balancer::table::LookupTable;
 use crate::balancer::{maglev, source_hash};
-use crate::config::{Algorithm, Config, ListenerConfig, TargetConfig, TargetGroupConfig};
+use crate::config::{Algorithm, TargetConfig, TargetGroupConfig};
 
 /// One target as a generation sees it: its configured parameters, and its run-time state
 /// (shared with the other generations; `Target` dereferences to it).
@@ -215,7 +213,7 @@ pub struct TargetGroup {
 }
 
 impl TargetGroup {
-    fn new(config: &TargetGroupConfig) -> Self {
+    pub(crate) fn new(config: &TargetGroupConfig) -> Self {
         // Targets start healthy: traffic flows at once, and the prober takes a target out
         // after `unhealthy_threshold` failures.
         let targets = config
@@ -258,7 +256,7 @@ impl TargetGroup {
     /// until they pass `healthy_threshold` checks (so a new target takes traffic only once it
     /// answers); a removed target configured again is back in service, likewise unhealthy
     /// until checked. Marks the removals and revivals on the shared states at once.
-    fn successor(&self, config: Option<&TargetGroupConfig>) -> TargetGroup {
+    pub(crate) fn successor(&self, config: Option<&TargetGroupConfig>) -> TargetGroup {
         let removed = config.is_none();
         let config = config.unwrap_or(&self.config);
         let wanted = |address: SocketAddr| {
@@ -397,173 +395,6 @@ impl TargetGroup {
     pub fn health(&self) -> Vec<bool> {
         self.targets.iter().map(|t| t.is_healthy()).collect()
     }
-}
-
-/// One listener as a generation sees it; dereferences to its counters, which are kept across
-/// reloads while the listener keeps its name, protocol and address.
-#[derive(Debug)]
-pub struct ListenerState {
-    /// The listener's validated configuration, its `target_group` an index into
-    /// [`Shared::groups`].
-    pub config: ListenerConfig,
-    /// The listener is gone from the configuration: workers have closed its sockets.
-    pub removed: bool,
-    stats: Arc<ListenerStats>,
-}
-
-impl std::ops::Deref for ListenerState {
-    type Target = ListenerStats;
-    fn deref(&self) -> &ListenerStats {
-        &self.stats
-    }
-}
-
-/// A listener's counters, shared by the workers.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Open client connections (TCP) or sessions (UDP) across all workers, for
-    /// `max_connections` and `udp.max_sessions`.
-    pub active: AtomicUsize,
-    /// Client connections accepted (TCP) or sessions created (UDP) since start.
-    pub accepted: AtomicU64,
-    /// Datagrams dropped (UDP): new flows past `max_sessions`, no target, full socket buffers.
-    pub dropped: AtomicU64,
-    /// Connect attempts after a failed one (TCP).
-    pub retries: AtomicU64,
-    /// Datagrams forwarded client → target (UDP).
-    pub datagrams_up: AtomicU64,
-    /// Datagrams forwarded target → client (UDP).
-    pub datagrams_down: AtomicU64,
-}
-
-/// Everything the threads share: one generation, built from a [`Config`].
-#[derive(Debug)]
-pub struct Shared {
-    /// The configuration this generation was built from, as written (file order).
-    pub config: Config,
-    /// Listeners by index (the first generation's in config order, then those added later;
-    /// removed ones stay, with `removed` set).
-    pub listeners: Vec<ListenerState>,
-    /// Target groups by index, likewise.
-    pub groups: Vec<TargetGroup>,
-    /// 0 for the first generation, then 1, 2, … for each applied change.
-    pub generation: u64,
-}
-
-impl Shared {
-    /// Builds the first generation for `config`, every target healthy and every counter zero.
-    /// Listeners' `bind` should be the addresses they got (port 0 resolved).
-    pub fn new(config: Config) -> Arc<Self> {
-        let groups = config.target_groups.iter().map(TargetGroup::new).collect();
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| ListenerState {
-                config: l.clone(),
-                removed: false,
-                stats: Arc::default(),
-            })
-            .collect();
-        Arc::new(Shared {
-            config,
-            listeners,
-            groups,
-            generation: 0,
-        })
-    }
-
-    /// The next generation for `config`, matching groups and listeners by name (see
-    /// [`TargetGroup`] for targets). A listener whose protocol or bind address changed counts
-    /// as removed and added again. Returns it with the indices of the listeners that are new
-    /// (they need sockets). Marks removed and revived targets on their shared state at once:
-    /// call it only to apply the result.
-    pub fn successor(&self, config: Config) -> (Shared, Vec<usize>) {
-        let mut groups: Vec<TargetGroup> = self
-            .groups
-            .iter()
-            .map(|g| {
-                let next = config
-                    .target_groups
-                    .iter()
-                    .find(|c| c.name == g.config.name && !g.removed);
-                g.successor(next)
-            })
-            .collect();
-        for c in &config.target_groups {
-            if !groups.iter().any(|g| g.config.name == c.name && !g.removed) {
-                groups.push(TargetGroup::new(c)); // targets start healthy, as at start
-            }
-        }
-        // Listeners name groups by their index in `config`; ours are by name.
-        let layout = |mut l: ListenerConfig| {
-            let name = &config.target_groups[l.target_group].name;
-            l.target_group = groups
-                .iter()
-                .position(|g| &g.config.name == name && !g.removed)
-                .expect("every configured group has an index");
-            l
-        };
-        let mut listeners: Vec<ListenerState> = self
-            .listeners
-            .iter()
-            .map(|old| {
-                let next = config
-                    .listeners
-                    .iter()
-                    .find(|c| !old.removed && same_socket(c, &old.config));
-                ListenerState {
-                    config: next.map_or_else(|| old.config.clone(), |c| layout(c.clone())),
-                    removed: next.is_none(),
-                    stats: old.stats.clone(),
-                }
-            })
-            .collect();
-        let mut added = Vec::new();
-        for i in self.added_listeners(&config) {
-            added.push(listeners.len());
-            listeners.push(ListenerState {
-                config: layout(config.listeners[i].clone()),
-                removed: false,
-                stats: Arc::default(),
-            });
-        }
-        let next = Shared {
-            config,
-            listeners,
-            groups,
-            generation: self.generation + 1,
-        };
-        (next, added)
-    }
-
-    /// Indices (into `config.listeners`) of the listeners that [`Shared::successor`] would
-    /// add: those with no live listener of the same name, protocol and address.
-    pub fn added_listeners(&self, config: &Config) -> Vec<usize> {
-        (0..config.listeners.len())
-            .filter(|&i| {
-                !self
-                    .listeners
-                    .iter()
-                    .any(|l| !l.removed && same_socket(&config.listeners[i], &l.config))
-            })
-            .collect()
-    }
-
-    /// The group named `name` (not removed), with its index.
-    pub fn group(&self, name: &str) -> Option<(usize, &TargetGroup)> {
-        self.groups
-            .iter()
-            .enumerate()
-            .find(|(_, g)| !g.removed && g.config.name == name)
-    }
-}
-
-/// Whether the running listener `old` (its `bind` the address it got) serves `new` as
-/// configured: same name and protocol, and the same address, or the same IP when `new` asks for
-/// port 0 (any port: the one it has will do).
-fn same_socket(new: &ListenerConfig, old: &ListenerConfig) -> bool {
-    let address = new.bind == old.bind || (new.bind.port() == 0 && new.bind.ip() == old.bind.ip());
-    new.name == old.name && new.protocol == old.protocol && address
 }
 
 impl TargetGroup {

@@ -37,7 +37,8 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::config::TargetConfig;
 use crate::control::{ChangeError, Control, Summary};
-use crate::target::{AdminState, Shared};
+use crate::shared::Shared;
+use crate::target::AdminState;
 use crate::worker::{Command, WorkerLink};
 
 /// The running admin server.

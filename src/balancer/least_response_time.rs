@@ -1,6 +1,6 @@
 //! `least_response_time`: the lowest moving average of response time, weighted by load.
 //!
-//! A target's score is its response-time EWMA (see [`crate::target::Target::record_response`]:
+//! A target's score is its response-time EWMA (see [`crate::target::TargetState::record_response`]:
 //! for TCP, the time from the connect's start, or from the first bytes sent to the target when
 //! the client speaks first, to the target's first bytes back; for UDP, from the session's first
 //! datagram to the first reply) times its active connections plus one, divided by its weight.

@@ -399,7 +399,8 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use crate::config;
-    use crate::target::{Shared, TargetGroup};
+    use crate::shared::Shared;
+    use crate::target::TargetGroup;
 
     /// A request from 127.0.0.1:`port`.
     pub fn request(port: u16) -> super::Request {

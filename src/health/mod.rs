@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::control::Control;
-use crate::target::{AdminState, Shared};
+use crate::shared::Shared;
+use crate::target::AdminState;
 use probe::{Outcome, Probe};
 use threshold::{Thresholds, Transition};
 

@@ -28,7 +28,7 @@ use crate::balancer::Picker;
 use crate::config::Protocol;
 use crate::conntrack::ConnTable;
 use crate::runtime::Bound;
-use crate::target::Shared;
+use crate::shared::Shared;
 use crate::tcp::pump::BufferPool;
 use crate::tcp::Connection;
 use crate::timers::Timers;

@@ -1,0 +1,308 @@
+//! One *generation* of the running configuration, as every thread shares it: listeners,
+//! target groups and targets, immutable once built, in an `Arc`.
+//!
+//! A hot reload or a target added through the admin API builds the next generation with
+//! [`Shared::successor`] and hands it to every thread. Indices never move between generations:
+//! a listener, group or target keeps its index for the life of the process (one that is
+//! removed stays as a tombstone), so whatever recorded an index finds the same thing in any
+//! later generation. What changes while a generation runs (health, admin states, counters)
+//! lives in atomics shared by all generations.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+
+use crate::config::{Config, ListenerConfig};
+use crate::target::TargetGroup;
+
+/// One listener as a generation sees it; dereferences to its counters, which are kept across
+/// reloads while the listener keeps its name, protocol and address.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// The listener's validated configuration, its `target_group` an index into
+    /// [`Shared::groups`].
+    pub config: ListenerConfig,
+    /// The listener is gone from the configuration: workers have closed its sockets.
+    pub removed: bool,
+    stats: Arc<ListenerStats>,
+}
+
+impl std::ops::Deref for ListenerState {
+    type Target = ListenerStats;
+    fn deref(&self) -> &ListenerStats {
+        &self.stats
+    }
+}
+
+/// A listener's counters, shared by the workers.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Open client connections (TCP) or sessions (UDP) across all workers, for
+    /// `max_connections` and `udp.max_sessions`.
+    pub active: AtomicUsize,
+    /// Client connections accepted (TCP) or sessions created (UDP) since start.
+    pub accepted: AtomicU64,
+    /// Datagrams dropped (UDP): new flows past `max_sessions`, no target, full socket buffers.
+    pub dropped: AtomicU64,
+    /// Connect attempts after a failed one (TCP).
+    pub retries: AtomicU64,
+    /// Datagrams forwarded client → target (UDP).
+    pub datagrams_up: AtomicU64,
+    /// Datagrams forwarded target → client (UDP).
+    pub datagrams_down: AtomicU64,
+}
+
+/// Everything the threads share: one generation, built from a [`Config`].
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration this generation was built from, as written (file order).
+    pub config: Config,
+    /// Listeners by index (the first generation's in config order, then those added later;
+    /// removed ones stay, with `removed` set).
+    pub listeners: Vec<ListenerState>,
+    /// Target groups by index, likewise.
+    pub groups: Vec<TargetGroup>,
+    /// 0 for the first generation, then 1, 2, … for each applied change.
+    pub generation: u64,
+}
+
+impl Shared {
+    /// Builds the first generation for `config`, every target healthy and every counter zero.
+    /// Listeners' `bind` should be the addresses they got (port 0 resolved).
+    pub fn new(config: Config) -> Arc<Self> {
+        let groups = config.target_groups.iter().map(TargetGroup::new).collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerState {
+                config: l.clone(),
+                removed: false,
+                stats: Arc::default(),
+            })
+            .collect();
+        Arc::new(Shared {
+            config,
+            listeners,
+            groups,
+            generation: 0,
+        })
+    }
+
+    /// The next generation for `config`, matching groups and listeners by name (see
+    /// [`TargetGroup`] for targets). A listener whose protocol or bind address changed counts
+    /// as removed and added again. Returns it with the indices of the listeners that are new
+    /// (they need sockets). Marks removed and revived targets on their shared state at once:
+    /// call it only to apply the result.
+    pub fn successor(&self, config: Config) -> (Shared, Vec<usize>) {
+        let mut groups: Vec<TargetGroup> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let next = config
+                    .target_groups
+                    .iter()
+                    .find(|c| c.name == g.config.name && !g.removed);
+                g.successor(next)
+            })
+            .collect();
+        for c in &config.target_groups {
+            if !groups.iter().any(|g| g.config.name == c.name && !g.removed) {
+                groups.push(TargetGroup::new(c)); // targets start healthy, as at start
+            }
+        }
+        // Listeners name groups by their index in `config`; ours are by name.
+        let layout = |mut l: ListenerConfig| {
+            let name = &config.target_groups[l.target_group].name;
+            l.target_group = groups
+                .iter()
+                .position(|g| &g.config.name == name && !g.removed)
+                .expect("every configured group has an index");
+            l
+        };
+        let mut listeners: Vec<ListenerState> = self
+            .listeners
+            .iter()
+            .map(|old| {
+                let next = config
+                    .listeners
+                    .iter()
+                    .find(|c| !old.removed && same_socket(c, &old.config));
+                ListenerState {
+                    config: next.map_or_else(|| old.config.clone(), |c| layout(c.clone())),
+                    removed: next.is_none(),
+                    stats: old.stats.clone(),
+                }
+            })
+            .collect();
+        let mut added = Vec::new();
+        for i in self.added_listeners(&config) {
+            added.push(listeners.len());
+            listeners.push(ListenerState {
+                config: layout(config.listeners[i].clone()),
+                removed: false,
+                stats: Arc::default(),
+            });
+        }
+        let next = Shared {
+            config,
+            listeners,
+            groups,
+            generation: self.generation + 1,
+        };
+        (next, added)
+    }
+
+    /// Indices (into `config.listeners`) of the listeners that [`Shared::successor`] would
+    /// add: those with no live listener of the same name, protocol and address.
+    pub fn added_listeners(&self, config: &Config) -> Vec<usize> {
+        (0..config.listeners.len())
+            .filter(|&i| {
+                !self
+                    .listeners
+                    .iter()
+                    .any(|l| !l.removed && same_socket(&config.listeners[i], &l.config))
+            })
+            .collect()
+    }
+
+    /// The group named `name` (not removed), with its index.
+    pub fn group(&self, name: &str) -> Option<(usize, &TargetGroup)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .find(|(_, g)| !g.removed && g.config.name == name)
+    }
+}
+
+/// Whether the running listener `old` (its `bind` the address it got) serves `new` as
+/// configured: same name and protocol, and the same address, or the same IP when `new` asks for
+/// port 0 (any port: the one it has will do).
+fn same_socket(new: &ListenerConfig, old: &ListenerConfig) -> bool {
+    let address = new.bind == old.bind || (new.bind.port() == 0 && new.bind.ip() == old.bind.ip());
+    new.name == old.name && new.protocol == old.protocol && address
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::config;
+    use crate::target::AdminState;
+
+    /// Listeners `(name, bind)` in front of group `g`, and groups `(name, algorithm, ports)`
+    /// of targets on 127.0.0.1.
+    fn config(listeners: &[(&str, &str)], groups: &[(&str, &str, &[u16])]) -> Config {
+        let mut yaml = "listeners:\n".to_string();
+        for (name, bind) in listeners {
+            yaml += &format!(
+                "  - {{name: {name}, protocol: tcp, bind: '{bind}', target_group: {}}}\n",
+                groups[0].0
+            );
+        }
+        yaml += "target_groups:\n";
+        for (name, algorithm, ports) in groups {
+            yaml += &format!("  - name: {name}\n    algorithm: {algorithm}\n    targets:\n");
+            for p in *ports {
+                yaml += &format!("      - {{address: '127.0.0.1:{p}'}}\n");
+            }
+        }
+        config::parse(Path::new("t.yaml"), &yaml).unwrap()
+    }
+
+    fn addresses(g: &TargetGroup) -> Vec<(u16, AdminState)> {
+        g.targets
+            .iter()
+            .map(|t| (t.address.port(), t.admin_state()))
+            .collect()
+    }
+
+    #[test]
+    fn targets_keep_their_index_and_state_across_generations() {
+        let first = Shared::new(config(
+            &[("l", "127.0.0.1:7000")],
+            &[("g", "round_robin", &[1, 2, 3])],
+        ));
+        first.groups[0].targets[1]
+            .active
+            .store(5, Ordering::Relaxed);
+        first.groups[0].set_admin_state(2, AdminState::Draining);
+
+        // 1 goes, 4 comes, the algorithm changes.
+        let (second, added) = first.successor(config(
+            &[("l", "127.0.0.1:7000")],
+            &[("g", "least_connections", &[2, 3, 4])],
+        ));
+        assert!(added.is_empty(), "same listener, same sockets");
+        let g = &second.groups[0];
+        use AdminState::*;
+        assert_eq!(
+            addresses(g),
+            [(1, Removed), (2, Active), (3, Draining), (4, Active)]
+        );
+        assert_eq!(g.config.algorithm, config::Algorithm::LeastConnections);
+        assert_eq!(
+            g.targets[1].active.load(Ordering::Relaxed),
+            5,
+            "counters carried"
+        );
+        assert!(
+            !g.targets[3].is_healthy(),
+            "a new target waits for its checks"
+        );
+        assert!(g.targets[1].is_healthy());
+        assert_eq!(
+            first.groups[0].targets[0].admin_state(),
+            Removed,
+            "the state is shared: older generations see the removal"
+        );
+
+        // 1 comes back: same index, in service, unhealthy until checked.
+        let (third, _) = second.successor(config(
+            &[("l", "127.0.0.1:7000")],
+            &[("g", "least_connections", &[1, 2, 3, 4])],
+        ));
+        let g = &third.groups[0];
+        assert_eq!(
+            addresses(g),
+            [(1, Active), (2, Active), (3, Draining), (4, Active)]
+        );
+        assert!(!g.targets[0].is_healthy());
+        assert_eq!(third.generation, 2);
+    }
+
+    #[test]
+    fn groups_and_listeners_are_matched_by_name_and_address() {
+        let first = Shared::new(config(
+            &[("l", "127.0.0.1:7000"), ("m", "127.0.0.1:7001")],
+            &[("g", "round_robin", &[1]), ("h", "round_robin", &[2])],
+        ));
+        first.listeners[0].accepted.store(9, Ordering::Relaxed);
+        // m moves to another port; n is new; h goes, k comes; l asks for port 0 (any: it keeps
+        // the one it has).
+        let (next, added) = first.successor(config(
+            &[
+                ("l", "127.0.0.1:0"),
+                ("m", "127.0.0.1:7002"),
+                ("n", "127.0.0.1:7003"),
+            ],
+            &[("g", "round_robin", &[1]), ("k", "round_robin", &[3])],
+        ));
+        let live: Vec<(&str, bool)> = next
+            .listeners
+            .iter()
+            .map(|l| (l.config.name.as_str(), l.removed))
+            .collect();
+        assert_eq!(
+            live,
+            [("l", false), ("m", true), ("m", false), ("n", false)]
+        );
+        assert_eq!(added, [2, 3], "indices of the listeners that need sockets");
+        assert_eq!(next.listeners[0].accepted.load(Ordering::Relaxed), 9);
+        let groups: Vec<(&str, bool)> = next.groups.iter().map(|g| (g.name(), g.removed)).collect();
+        assert_eq!(groups, [("g", false), ("h", true), ("k", false)]);
+        assert_eq!(next.groups[1].targets[0].admin_state(), AdminState::Removed);
+        assert_eq!(next.group("k").map(|(i, _)| i), Some(2));
+        assert_eq!(next.group("h").map(|(i, _)| i), None);
+    }
+}
