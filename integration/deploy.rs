@@ -412,3 +412,30 @@ fn a_stream_longer_than_the_drain_timeout_is_closed_cleanly_not_hung() {
         assert!(message.contains("of 512000 bytes"), "{message}");
     }
 }
+
+#[test]
+fn cli_sends_the_token_from_token_file() {
+    let a = Backend::start(named("a"));
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("token"), dir.path().join("wrong"));
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&bad, "guess\n").unwrap();
+    let yaml = format!(
+        "admin: {{bind: '127.0.0.1:0', token_file: '{}'}}\n{}",
+        good.display(),
+        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    );
+    let lb = Ballast::start(&yaml);
+    let admin = lb.admin_addr();
+    let with = |file: &std::path::Path| {
+        ballast(admin, &["targets", "--token-file", file.to_str().unwrap()])
+    };
+    let out = with(&good);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&a.addr.to_string()));
+    let out = with(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    let out = ballast(admin, &["reload"]);
+    assert_eq!(out.status.code(), Some(1), "no token: refused");
+}
