@@ -307,20 +307,11 @@ fn a_failed_step_stops_the_deploy_and_leaves_that_target_disabled() {
         "says where it stopped and what is left: {err}"
     );
     assert_eq!(fleet.restarts.load(Ordering::SeqCst), 1);
-    let (_, body) = http(admin, "GET", "/targets", None, "");
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let state = |a: SocketAddr| {
-        doc["target_groups"][0]["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["address"] == a.to_string())
-            .unwrap()["admin_state"]
-            .clone()
-    };
-    assert_eq!(state(addrs[0]), "active");
-    assert_eq!(state(addrs[1]), "disabled");
-    assert_eq!(state(addrs[2]), "active", "untouched");
+    assert_eq!(
+        states(admin, &addrs),
+        ["active", "disabled", "active"],
+        "the failed one disabled, the rest untouched"
+    );
 }
 
 #[test]
@@ -438,4 +429,68 @@ fn cli_sends_the_token_from_token_file() {
     assert!(stderr(&out).contains("401"), "{}", stderr(&out));
     let out = ballast(admin, &["reload"]);
     assert_eq!(out.status.code(), Some(1), "no token: refused");
+}
+
+/// `admin_state` of each of `addrs`, from `GET /targets`.
+fn states(admin: SocketAddr, addrs: &[SocketAddr]) -> Vec<String> {
+    let (_, body) = http(admin, "GET", "/targets", None, "");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let targets = doc["target_groups"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    addrs
+        .iter()
+        .map(|a| {
+            let t = targets
+                .iter()
+                .find(|t| t["address"] == a.to_string())
+                .unwrap();
+            t["admin_state"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_hung_command_is_killed_and_stops_the_deploy() {
+    let fleet = Fleet::start();
+    let lb = Ballast::start(&fleet_config(&fleet));
+    let admin = lb.admin_addr();
+    let out = ballast(
+        admin,
+        &[
+            "deploy",
+            "--group",
+            "g",
+            "--exec",
+            "sleep 30",
+            "--exec-timeout",
+            "300ms",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("still running after 300ms; killed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        states(admin, &fleet.addrs()),
+        ["disabled", "active", "active"]
+    );
+}
+
+#[test]
+fn a_target_disabled_before_the_deploy_is_deployed_and_left_disabled() {
+    let fleet = Fleet::start();
+    let lb = Ballast::start(&fleet_config(&fleet));
+    let admin = lb.admin_addr();
+    let addrs = fleet.addrs();
+    let path = format!("/target-groups/g/targets/{}/disable", addrs[1]);
+    assert_eq!(http(admin, "POST", &path, None, "").0, 200);
+    let out = deploy_fleet(admin, &fleet, "5s");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(fleet.restarts.load(Ordering::SeqCst), 3);
+    assert!(stdout(&out).contains("left disabled, as it was before the deploy"));
+    assert_eq!(states(admin, &addrs), ["active", "disabled", "active"]);
 }

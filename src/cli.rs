@@ -156,6 +156,9 @@ pub enum Command {
         /// Longest wait for a target to pass its health check after the command.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
         wait_healthy: Duration,
+        /// Longest run of the command for one target; past it, it is killed and the deploy stops.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+        exec_timeout: Duration,
         /// Where the admin API is.
         #[command(flatten)]
         api: Api,

@@ -115,6 +115,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
             exec,
             drain_timeout,
             wait_healthy,
+            exec_timeout,
             api,
         } => {
             let plan = DeployPlan {
@@ -122,6 +123,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 exec: exec.clone(),
                 drain_timeout: *drain_timeout,
                 wait_healthy: *wait_healthy,
+                exec_timeout: *exec_timeout,
             };
             deploy(&client(api)?, &plan, out)?;
         }

@@ -3,9 +3,10 @@
 //! For each target of the group, in the order `GET /targets` lists them: drain it; wait until
 //! its active connections reach 0 or `drain_timeout` passes; run the command with `{address}`
 //! replaced by the target's address; wait until its health check has passed
-//! `healthy_threshold` times since the command ended (at most `wait_healthy`); enable it. The
-//! first failure stops the deploy: that target is left disabled, the rest untouched. One line
-//! per step goes to `out`.
+//! `healthy_threshold` times since the command ended (at most `wait_healthy`); enable it (a
+//! target that was disabled before the deploy is deployed but left disabled). The command runs
+//! at most `exec_timeout`. The first failure stops the deploy: that target is left disabled,
+//! the rest untouched. One line per step goes to `out`.
 //!
 //! The waits poll the API every 100 ms: the API has no event stream, and each wait is bounded.
 
@@ -31,6 +32,8 @@ pub struct DeployPlan {
     pub drain_timeout: Duration,
     /// Longest wait for a restarted target to pass its health checks.
     pub wait_healthy: Duration,
+    /// Longest run of the command; past it the command is killed and the step fails.
+    pub exec_timeout: Duration,
 }
 
 /// Why the deploy stopped.
@@ -108,6 +111,38 @@ pub fn deploy(
     Ok(())
 }
 
+/// Runs `command` with `sh -c`, stdin closed, output to ours; fails on a non-zero exit or when
+/// it runs past `limit`. It runs in its own process group, so a timeout kills all it started,
+/// not just the shell.
+fn run_command(command: &str, limit: Duration) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("`{command}` failed ({status})")),
+            Ok(None) if Instant::now() >= deadline => {
+                // SAFETY: kill(2) on the process group we created (its id is the child's pid).
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(format!(
+                    "`{command}` still running after {}; killed",
+                    humantime::format_duration(limit)
+                ));
+            }
+            Ok(None) => std::thread::sleep(POLL),
+            Err(e) => return Err(format!("cannot wait for `{command}`: {e}")),
+        }
+    }
+}
+
 struct Step<'a> {
     client: &'a AdminClient,
     plan: &'a DeployPlan,
@@ -121,8 +156,17 @@ impl Step<'_> {
             let _ = writeln!(out, "{}: {what}", self.label);
             let _ = out.flush();
         };
-        self.post("/drain")?;
-        say(out, "draining".into());
+        // An operator took this one out of service: deploy it, but leave it out.
+        let was_disabled = self.target()?["admin_state"] == "disabled";
+        if was_disabled {
+            say(
+                out,
+                "disabled before the deploy: takes no new connections".into(),
+            );
+        } else {
+            self.post("/drain")?;
+            say(out, "draining".into());
+        }
         let started = Instant::now();
         let active = self.wait_for(self.plan.drain_timeout, |t| t["active"] == 0)?;
         if active {
@@ -143,15 +187,7 @@ impl Step<'_> {
 
         let command = self.plan.exec.replace("{address}", self.address);
         say(out, format!("running `{command}`"));
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| format!("cannot run `{command}`: {e}"))?;
-        if !status.success() {
-            return Err(format!("`{command}` failed ({status})"));
-        }
+        run_command(&command, self.plan.exec_timeout)?;
 
         // Checks counted from here: passes from before the command prove nothing.
         let checks_before = self.target()?["last_check"]["checks"].as_u64().unwrap_or(0);
@@ -168,8 +204,15 @@ impl Step<'_> {
                 humantime::format_duration(self.plan.wait_healthy)
             ));
         }
-        self.post("/enable")?;
-        say(out, "healthy; enabled".into());
+        if was_disabled {
+            say(
+                out,
+                "healthy; left disabled, as it was before the deploy".into(),
+            );
+        } else {
+            self.post("/enable")?;
+            say(out, "healthy; enabled".into());
+        }
         Ok(())
     }
 
