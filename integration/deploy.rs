@@ -222,19 +222,27 @@ impl Load {
     }
 }
 
-/// `ballast deploy` of group `g`, restarting each target of `fleet`.
-fn deploy_fleet(admin: SocketAddr, fleet: &Fleet, drain_timeout: &str) -> Output {
-    let exec = fleet.restart_command();
+/// `ballast deploy --group g --exec EXEC --wait-healthy 20s EXTRA…`.
+fn deploy(admin: SocketAddr, exec: &str, extra: &[&str]) -> Output {
     let args = [
         "deploy",
         "--group",
         "g",
         "--exec",
-        &exec,
-        "--drain-timeout",
-        drain_timeout,
+        exec,
+        "--wait-healthy",
+        "20s",
     ];
-    ballast(admin, &[&args[..], &["--wait-healthy", "20s"]].concat())
+    ballast(admin, &[&args[..], extra].concat())
+}
+
+/// `ballast deploy` of group `g`, restarting each target of `fleet`.
+fn deploy_fleet(admin: SocketAddr, fleet: &Fleet, drain_timeout: &str) -> Output {
+    deploy(
+        admin,
+        &fleet.restart_command(),
+        &["--drain-timeout", drain_timeout],
+    )
 }
 
 fn fleet_config(fleet: &Fleet) -> String {
@@ -287,18 +295,7 @@ fn a_failed_step_stops_the_deploy_and_leaves_that_target_disabled() {
         addrs[1],
         fleet.restart_command()
     );
-    let out = ballast(
-        admin,
-        &[
-            "deploy",
-            "--group",
-            "g",
-            "--exec",
-            &exec,
-            "--wait-healthy",
-            "20s",
-        ],
-    );
+    let out = deploy(admin, &exec, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(
@@ -456,18 +453,7 @@ fn a_hung_command_is_killed_and_stops_the_deploy() {
     let fleet = Fleet::start();
     let lb = Ballast::start(&fleet_config(&fleet));
     let admin = lb.admin_addr();
-    let out = ballast(
-        admin,
-        &[
-            "deploy",
-            "--group",
-            "g",
-            "--exec",
-            "sleep 30",
-            "--exec-timeout",
-            "300ms",
-        ],
-    );
+    let out = deploy(admin, "sleep 30", &["--exec-timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("still running after 300ms; killed"),
