@@ -7,7 +7,7 @@
 //!
 //! Fields are `key=value` (logfmt), in this order; `target=-` when no target was reached.
 //! `bytes_up` go client → target, `bytes_down` target → client. `reason` is why it ended:
-//! `done` (both sides finished), `idle`, `max_responses`, `no target`, `shutdown timeout`,
+//! `done` (both sides finished), `idle`, `max_responses`, `no target`, `disabled`, `listener removed`, `shutdown timeout`,
 //! `stopping`, or the socket error (`connection reset by peer`, …).
 //!
 //! Each worker buffers its lines and writes them once per event-loop turn, in one `write` of
