@@ -267,17 +267,11 @@ impl NewTarget {
     }
 }
 
-/// `ip:port` or `host:port` (the first address the resolver returns, as in the config file).
+/// A target address from a request path or body: percent-decoded (clients may encode `[`, `]`
+/// and `:`), then parsed as the config file parses addresses.
 fn resolve(address: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    if let Ok(a) = address.parse() {
-        return Ok(a);
-    }
-    address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("`{address}` is not an address such as 10.0.0.5:5432"))
+    let decoded = percent_encoding::percent_decode_str(address).decode_utf8_lossy();
+    crate::config::parse_address(&decoded)
 }
 
 /// Everything under `/target-groups/`.
@@ -297,7 +291,7 @@ fn target_request(
         }
         (_, ["target-groups", _, "targets"]) => error(405, "use POST"),
         (Method::Delete, ["target-groups", group, "targets", address]) => {
-            match resolve(&percent_decode(address)) {
+            match resolve(address) {
                 Ok(address) => changed(control.remove_target(group, address), 200),
                 Err(message) => error(400, &message),
             }
@@ -315,7 +309,7 @@ fn target_request(
                     )
                 }
             };
-            let address = match resolve(&percent_decode(address)) {
+            let address = match resolve(address) {
                 Ok(a) => a,
                 Err(message) => return error(400, &message),
             };
@@ -329,16 +323,6 @@ fn target_request(
         (_, ["target-groups", _, "targets", _, _]) => error(405, "use POST"),
         _ => error(404, &format!("no such endpoint: {path}")),
     }
-}
-
-/// Undoes the percent-encoding a client may apply to `[`, `]` and `:` in an address.
-fn percent_decode(s: &str) -> String {
-    s.replace("%5B", "[")
-        .replace("%5b", "[")
-        .replace("%5D", "]")
-        .replace("%5d", "]")
-        .replace("%3A", ":")
-        .replace("%3a", ":")
 }
 
 fn target_json(t: &crate::target::Target) -> serde_json::Value {

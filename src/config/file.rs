@@ -206,7 +206,12 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
-fn parse_address(text: &str) -> Result<SocketAddr, String> {
+/// `ip:port`, or `host:port` resolved now (the first address the resolver returns), as a
+/// target or bind address is written in the config and in admin API requests.
+///
+/// # Errors
+/// A message naming `text`: no port, a name that does not resolve.
+pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
