@@ -172,21 +172,7 @@ impl Control {
                 crate::worker::MAX_LISTENERS
             )));
         }
-        let added: Vec<&config::ListenerConfig> =
-            added_at.iter().map(|&i| &config.listeners[i]).collect();
-        let mut sockets = bind_listeners(&added, config.workers, &config.path)?;
-        for (k, &i) in added_at.iter().enumerate() {
-            let l = &mut config.listeners[i];
-            // Port 0 resolved: later reloads compare against the port it got.
-            l.bind = sockets[0][k].local_addr().unwrap_or(l.bind);
-            log::info!(
-                "listener {} ({}) on {} -> target group {} (added by reload)",
-                l.name,
-                l.protocol,
-                l.bind,
-                config.target_groups[l.target_group].name
-            );
-        }
+        let mut sockets = bind_listeners(&mut config, &added_at)?;
 
         let (next, added) = old.successor(config);
         let next = Arc::new(next);

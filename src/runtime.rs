@@ -6,7 +6,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -17,7 +16,7 @@ use signal_hook::iterator::Signals;
 
 use crate::access_log::{AccessLog, Sink};
 use crate::admin::Admin;
-use crate::config::{Config, ListenerConfig, Protocol};
+use crate::config::{Config, Protocol};
 use crate::control::Control;
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
@@ -118,17 +117,48 @@ impl Bound {
     }
 }
 
-/// Binds one socket per listener per worker. Port 0 is resolved by the first bind, and the
-/// other workers bind the port it got.
+/// Binds every listener of `config` for every worker: see [`bind_listeners`].
 ///
 /// # Errors
 /// [`RunError::Bind`] naming the listener.
-pub fn bind_all(config: &Config) -> Result<Vec<Vec<Bound>>, RunError> {
-    let listeners: Vec<&ListenerConfig> = config.listeners.iter().collect();
-    let sockets = bind_listeners(&listeners, config.workers, &config.path)?;
-    for (i, l) in config.listeners.iter().enumerate() {
+pub fn bind_all(config: &mut Config) -> Result<Vec<Vec<Bound>>, RunError> {
+    let all: Vec<usize> = (0..config.listeners.len()).collect();
+    bind_listeners(config, &all)
+}
+
+/// Binds listeners `which` (indices into `config.listeners`) for `config.workers` workers: per
+/// worker, one socket per listener in that order. Port 0 is resolved by the first bind, the
+/// other workers bind the port it got, and the listener's `bind` is set to it (so a reload can
+/// tell the listener is the same). Logs one line per listener.
+///
+/// # Errors
+/// [`RunError::Bind`] naming the listener; sockets bound so far are closed.
+pub fn bind_listeners(config: &mut Config, which: &[usize]) -> Result<Vec<Vec<Bound>>, RunError> {
+    let mut per_worker: Vec<Vec<Bound>> = (0..config.workers).map(|_| Vec::new()).collect();
+    for &i in which {
+        let l = &mut config.listeners[i];
+        let mut addr = l.bind;
+        for sockets in per_worker.iter_mut() {
+            let socket = Bound::bind(l.protocol, addr).map_err(|source| RunError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                path: config.path.display().to_string(),
+                source,
+            })?;
+            if addr.port() == 0 {
+                addr = socket.local_addr().map_err(RunError::io("local address"))?;
+            }
+            sockets.push(socket);
+        }
+        l.bind = addr;
+        if l.protocol == Protocol::Udp && addr.ip().is_unspecified() {
+            log::warn!(
+                "listener {}: bound to {addr}: replies leave from the address the kernel's route \
+                 picks, which may not be the one a client sent to; bind a specific address",
+                l.name
+            );
+        }
         let group = &config.target_groups[l.target_group];
-        let addr = sockets[0][i].local_addr().unwrap_or(l.bind);
         log::info!(
             "listener {} ({}) on {addr} -> target group {} ({}, {} targets)",
             l.name,
@@ -137,43 +167,6 @@ pub fn bind_all(config: &Config) -> Result<Vec<Vec<Bound>>, RunError> {
             group.algorithm,
             group.targets.len()
         );
-    }
-    Ok(sockets)
-}
-
-/// Binds `listeners` for `workers` workers: per worker, one socket per listener in order.
-/// Port 0 is resolved by the first bind, and the other workers bind the port it got. `path`
-/// is the config file, for messages.
-///
-/// # Errors
-/// [`RunError::Bind`] naming the listener; sockets bound so far are closed.
-pub fn bind_listeners(
-    listeners: &[&ListenerConfig],
-    workers: usize,
-    path: &Path,
-) -> Result<Vec<Vec<Bound>>, RunError> {
-    let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
-    for l in listeners {
-        let mut addr = l.bind;
-        for sockets in per_worker.iter_mut() {
-            let socket = Bound::bind(l.protocol, addr).map_err(|source| RunError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                path: path.display().to_string(),
-                source,
-            })?;
-            if addr.port() == 0 {
-                addr = socket.local_addr().map_err(RunError::io("local address"))?;
-            }
-            sockets.push(socket);
-        }
-        if l.protocol == Protocol::Udp && addr.ip().is_unspecified() {
-            log::warn!(
-                "listener {}: bound to {addr}: replies leave from the address the kernel's route \
-                 picks, which may not be the one a client sent to; bind a specific address",
-                l.name
-            );
-        }
     }
     Ok(per_worker)
 }
@@ -193,13 +186,8 @@ pub struct Running {
 /// # Errors
 /// [`RunError::Bind`] when a listener cannot be bound (nothing is started then);
 /// [`RunError::Io`] when a thread or poll cannot be set up.
-pub fn start(config: Config) -> Result<Running, RunError> {
-    let sockets = bind_all(&config)?;
-    let mut config = config;
-    for (l, socket) in config.listeners.iter_mut().zip(&sockets[0]) {
-        // Port 0 resolved, so a reload can tell the listener is the same.
-        l.bind = socket.local_addr().unwrap_or(l.bind);
-    }
+pub fn start(mut config: Config) -> Result<Running, RunError> {
+    let sockets = bind_all(&mut config)?;
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();

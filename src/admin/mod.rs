@@ -290,12 +290,10 @@ fn target_request(
             }
         }
         (_, ["target-groups", _, "targets"]) => error(405, "use POST"),
-        (Method::Delete, ["target-groups", group, "targets", address]) => {
-            match resolve(address) {
-                Ok(address) => changed(control.remove_target(group, address), 200),
-                Err(message) => error(400, &message),
-            }
-        }
+        (Method::Delete, ["target-groups", group, "targets", address]) => match resolve(address) {
+            Ok(address) => changed(control.remove_target(group, address), 200),
+            Err(message) => error(400, &message),
+        },
         (_, ["target-groups", _, "targets", _]) => error(405, "use DELETE"),
         (Method::Post, ["target-groups", group, "targets", address, action]) => {
             let state = match *action {
