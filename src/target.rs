@@ -256,19 +256,12 @@ impl TargetGroup {
     /// until they pass `healthy_threshold` checks (so a new target takes traffic only once it
     /// answers); a removed target configured again is back in service, likewise unhealthy
     /// until checked. Marks the removals and revivals on the shared states at once.
-    pub(crate) fn successor(&self, config: Option<&TargetGroupConfig>) -> TargetGroup {
-        let removed = config.is_none();
-        let config = config.unwrap_or(&self.config);
-        let wanted = |address: SocketAddr| {
-            config
-                .targets
-                .iter()
-                .find(|t| t.address == address && !removed)
-        };
+    pub(crate) fn successor(&self, next: Option<&TargetGroupConfig>) -> TargetGroup {
+        let wanted: &[TargetConfig] = next.map_or(&[], |c| &c.targets);
         let mut targets: Vec<Target> = Vec::with_capacity(self.targets.len());
         for old in &self.targets {
             let state = old.state.clone();
-            match wanted(old.address) {
+            match wanted.iter().find(|t| t.address == old.address) {
                 Some(t) => {
                     if state.admin_state() == AdminState::Removed {
                         state.healthy.store(false, Ordering::Release);
@@ -278,24 +271,23 @@ impl TargetGroup {
                 }
                 None => {
                     state.set_admin_state(AdminState::Removed);
-                    targets.push(Target {
-                        address: old.address,
-                        weight: old.weight,
-                        backup: old.backup,
-                        max_connections: old.max_connections,
-                        state,
-                    });
+                    targets.push(Target { state, ..*old });
                 }
             }
         }
-        if !removed {
-            for t in &config.targets {
-                if !targets.iter().any(|x| x.address == t.address) {
-                    targets.push(Target::with_state(t, TargetState::new(false)));
-                }
+        for t in wanted {
+            if !targets.iter().any(|x| x.address == t.address) {
+                targets.push(Target::with_state(t, TargetState::new(false)));
             }
         }
-        Self::assemble(config, targets, self.sticky.clone(), self.epoch, removed)
+        let config = next.unwrap_or(&self.config);
+        Self::assemble(
+            config,
+            targets,
+            self.sticky.clone(),
+            self.epoch,
+            next.is_none(),
+        )
     }
 
     /// A fresh lookup table for the current health, for the algorithms that use one.
