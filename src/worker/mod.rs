@@ -195,6 +195,11 @@ impl LogLimiter {
     }
 }
 
+/// A descriptor to hold in reserve: an unbound UDP socket (no port, no file system).
+fn reserve_descriptor() -> io::Result<socket2::Socket> {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+}
+
 /// The largest `udp.batch` of `shared`'s UDP listeners (the size of a worker's datagram
 /// buffers); `None` without UDP listeners.
 fn udp_batch_size(shared: &Shared) -> Option<usize> {
@@ -299,6 +304,13 @@ pub struct Worker {
     timers: Timers,
     pool: BufferPool,
     ready: VecDeque<Ready>,
+    /// Some listener paused accepting after running out of descriptors (see
+    /// [`Worker::descriptors_freed`]).
+    starved: bool,
+    /// A descriptor held in reserve (an unbound socket): released when opening a target
+    /// socket for an accepted client meets EMFILE, so no accepted client is closed for want of
+    /// one; accepting waits until it is held again.
+    reserve: Option<socket2::Socket>,
     commands: Receiver<Command>,
     stop_deadline: Option<Instant>,
     access: AccessLog,
@@ -340,6 +352,8 @@ impl Worker {
             timers: Timers::default(),
             pool: BufferPool::default(),
             ready: VecDeque::new(),
+            starved: false,
+            reserve: Some(reserve_descriptor()?),
             commands,
             stop_deadline: None,
             access,
@@ -586,6 +600,38 @@ impl Worker {
         }
     }
 
+    /// Stops accepting on listener `i` for [`ACCEPT_BACKOFF`] after `e`, a resource error
+    /// (EMFILE and the like) met by `what`; clients meanwhile wait in the listen backlog.
+    /// Logs at most one line per [`ERROR_LOG_EVERY`], with the count of those not logged.
+    fn pause_accepts(&mut self, i: usize, what: &str, e: &io::Error) {
+        self.starved = true;
+        let slot = &mut self.listeners[i];
+        slot.paused_until = Some(self.now + ACCEPT_BACKOFF);
+        if let Some(unlogged) = slot.accept_errors.allow(self.now) {
+            log::warn!(
+                "listener {}: {what}: {}; pausing accepts for {}ms ({unlogged} more such errors \
+                 since the last report)",
+                self.shared.listeners[i].config.name,
+                crate::health::probe::describe(e),
+                ACCEPT_BACKOFF.as_millis(),
+            );
+        }
+    }
+
+    /// A connection or session closed, freeing descriptors: listeners paused by
+    /// [`Worker::pause_accepts`] accept again now rather than at the end of their pause.
+    /// (Closes in other workers free descriptors too; the pause's end covers those.)
+    fn descriptors_freed(&mut self) {
+        if !std::mem::take(&mut self.starved) {
+            return;
+        }
+        for (i, slot) in self.listeners.iter_mut().enumerate() {
+            if slot.paused_until.take().is_some() {
+                self.ready.push_back(Ready::Listener(i));
+            }
+        }
+    }
+
     /// Listener `i` is readable (or has work left over).
     fn handle_listener(&mut self, i: usize) {
         match self.listeners[i].socket {
@@ -601,13 +647,19 @@ impl Worker {
         let state = &shared.listeners[i];
         let max = state.config.max_connections;
         for _ in 0..ACCEPT_BUDGET {
+            if self.listeners[i].paused_until.is_some() {
+                return;
+            }
+            if self.reserve.is_none() {
+                match reserve_descriptor() {
+                    Ok(reserve) => self.reserve = Some(reserve),
+                    Err(e) => return self.pause_accepts(i, "no descriptor to hold in reserve", &e),
+                }
+            }
             let slot = &mut self.listeners[i];
             let Some(ListenSocket::Tcp(socket)) = slot.socket.as_ref() else {
                 return;
             };
-            if slot.paused_until.is_some() {
-                return;
-            }
             // Every target at its max_connections: leave the client in the backlog.
             if !shared.groups[state.config.target_group].has_room() {
                 slot.full = true;
@@ -641,15 +693,7 @@ impl Worker {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
                         _ => {
                             // EMFILE, ENFILE, ENOBUFS, ENOMEM…: retrying at once would spin.
-                            slot.paused_until = Some(self.now + ACCEPT_BACKOFF);
-                            if let Some(unlogged) = slot.accept_errors.allow(self.now) {
-                                log::warn!(
-                                    "listener {}: accept failed: {e}; pausing accepts for {}ms \
-                                     ({unlogged} more accept errors since the last report)",
-                                    state.config.name,
-                                    ACCEPT_BACKOFF.as_millis(),
-                                );
-                            }
+                            self.pause_accepts(i, "accept failed", &e);
                             return;
                         }
                     }

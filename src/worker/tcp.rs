@@ -74,28 +74,27 @@ impl Worker {
         }
         self.timers
             .schedule(self.now + first_check, Due { key, id });
-        if !self.connect_next(key) {
-            self.give_up(key);
-        }
+        self.connect_next(key);
     }
 
-    /// Starts a connect to the next target the balancer picks, skipping targets already tried.
-    /// Returns false when no attempt is left (`retries` used up, or no target left to try).
-    fn connect_next(&mut self, key: usize) -> bool {
+    /// Starts a connect to the next target the balancer picks, skipping targets already tried;
+    /// closes the client when no attempt is left (`retries` used up, or no target left to
+    /// try) or when Ballast itself is out of descriptors or memory.
+    fn connect_next(&mut self, key: usize) {
         loop {
             let Some(conn) = self.table.get_mut(key) else {
-                return false;
+                return;
             };
             let config = &self.shared.listeners[conn.listener].config;
             if conn.tried.len() > config.retries as usize {
-                return false;
+                return self.give_up(key);
             }
             let group = &self.shared.groups[conn.group];
             let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
             let request = balancer::Request { tuple: conn.tuple };
             let picker = &mut self.pickers[conn.group];
             let Some(t) = picker.choose(group, self.now, &request, exclude) else {
-                return false;
+                return self.give_up(key);
             };
             if !conn.tried.is_empty() {
                 self.shared.listeners[conn.listener]
@@ -106,22 +105,31 @@ impl Worker {
             conn.target = Some(t);
             conn.attempt_started = self.now;
             let address = group.targets[t].address;
-            let started = TcpStream::connect(address).and_then(|mut s| {
-                s.set_nodelay(true)?;
-                self.poll.registry().register(
-                    &mut s,
-                    Slot::Back(key).token(),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(s)
-            });
+            let mut started = open_back(&self.poll, address, key);
+            if started.as_ref().is_err_and(is_resource_exhaustion) && self.reserve.take().is_some()
+            {
+                // What the reserve descriptor is for: this client, already accepted, still gets
+                // its target socket. Accepting waits until the reserve can be held again.
+                started = open_back(&self.poll, address, key);
+            }
             match started {
                 Ok(s) => {
                     conn.back = Some(Endpoint::new(s));
                     // Counted from the connect on, so least_connections sees a burst of new
                     // connections before any of them is established.
                     group.targets[t].active.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return;
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Out of descriptors even so (a retry, or another worker took the one the
+                    // reserve freed). Not the target's fault, and every other target would fail
+                    // the same way: close this client, and leave the next ones in the listen
+                    // backlog until descriptors free up.
+                    conn.target = None;
+                    let listener = conn.listener;
+                    self.close(key, &describe(&e));
+                    // After the close, which would otherwise end the pause at once.
+                    return self.pause_accepts(listener, "cannot open a socket to a target", &e);
                 }
                 Err(e) => {
                     group.targets[t]
@@ -155,9 +163,7 @@ impl Worker {
             );
             conn.last_error = Some(format!("{}: {reason}", target.address));
         }
-        if !self.connect_next(key) {
-            self.give_up(key);
-        }
+        self.connect_next(key);
     }
 
     fn give_up(&mut self, key: usize) {
@@ -307,6 +313,7 @@ impl Worker {
         };
         conn.up.close(&mut self.pool);
         conn.down.close(&mut self.pool);
+        self.descriptors_freed();
         let listener = &self.shared.listeners[conn.listener];
         let before = listener.active.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before > 0, "listener active count below zero");
@@ -404,4 +411,26 @@ fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
     if event.is_writable() || event.is_write_closed() || event.is_error() {
         ready.writable = true;
     }
+}
+
+/// Opens a non-blocking connect to `address` and registers it as the target side of
+/// connection `key`.
+fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect(address)?;
+    s.set_nodelay(true)?;
+    poll.registry().register(
+        &mut s,
+        Slot::Back(key).token(),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    Ok(s)
+}
+
+/// Whether `e` means this process ran out of descriptors or kernel memory (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM), as opposed to a fault of the peer.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

@@ -370,6 +370,7 @@ impl Worker {
             .active
             .fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before > 0, "session count below zero");
+        self.descriptors_freed();
         let target = &self.shared.groups[session.group].targets[session.target];
         target.active.fetch_sub(1, Ordering::Relaxed);
         self.access.record(&Entry {
