@@ -286,6 +286,35 @@ fn bind_address_in_use() {
 }
 
 #[test]
+fn interface_names_linux_refuses_and_unknown_interfaces() {
+    let with = |name: &str| {
+        GOOD.replace(
+            "bind: 127.0.0.1:0",
+            &format!("bind: 0.0.0.0:0\n    interface: {name}"),
+        )
+    };
+    refused(
+        &with("averyveryverylongname"),
+        &["listeners[0].interface", "15 bytes"],
+    );
+    refused(&with("'a b'"), &["listeners[0].interface", "space"]);
+    refused(&with("''"), &["listeners[0].interface", "1 to 15"]);
+    // A well-formed name that no interface has: known only at bind time, still exit 2.
+    let (out, stderr, path) = ballast(&["run"], &with("nosuchif0"));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot bind listener pg"), "{stderr}");
+    assert!(
+        stderr.contains("no network interface named `nosuchif0`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&path), "{stderr}");
+    assert!(
+        !stderr.contains("ballast running"),
+        "half-started: {stderr}"
+    );
+}
+
+#[test]
 fn bad_usage_exits_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args(["run"])

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -326,4 +326,78 @@ fn metrics_count_sessions_and_datagrams() {
         Some(200.0),
         "{text}"
     );
+}
+
+#[test]
+fn a_wildcard_listener_replies_from_the_address_each_client_sent_to() {
+    let echo = UdpBackend::start(udp_echo());
+    // 0.0.0.0 on the loopback interface: every 127.x.y.z address, nothing off this machine.
+    let yaml = udp_config(&[echo.addr], "", NO_CHECKS)
+        .replace("bind: 127.0.0.1:0", "bind: 0.0.0.0:0\n    interface: lo")
+        .replace(
+            "target_groups:",
+            "  - {name: l6, protocol: udp, bind: '[::]:0', interface: lo, target_group: g}\n\
+             target_groups:",
+        );
+    let lb = Ballast::start(&yaml);
+    let port = lb.addr("l").port();
+    let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let mut buf = [0u8; 64];
+
+    // One client socket, three host addresses: three flows, each answered from its own.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    for round in 0..3u8 {
+        for (i, ip) in ["127.0.0.2", "127.0.0.3", "127.0.0.1"].iter().enumerate() {
+            client.send_to(&[i as u8, round], at(ip)).unwrap();
+            let (n, from) = client.recv_from(&mut buf).expect("reply lost");
+            assert_eq!(from, at(ip), "reply not from the address sent to");
+            assert_eq!(&buf[..n], &[i as u8, round]);
+        }
+    }
+    // A burst: replies leave in batches (GSO where the sizes allow), each with its source.
+    for seq in 0..50u8 {
+        client.send_to(&[9, seq], at("127.0.0.2")).unwrap();
+    }
+    for seq in 0..50u8 {
+        let (n, from) = client.recv_from(&mut buf).expect("reply lost");
+        assert_eq!((from, &buf[..n]), (at("127.0.0.2"), &[9, seq][..]));
+    }
+    // IPv6 takes its own control messages (IPV6_PKTINFO).
+    let v6 = UdpSocket::bind("[::1]:0").unwrap();
+    v6.set_read_timeout(Some(WAIT)).unwrap();
+    let l6: SocketAddr = format!("[::1]:{}", lb.addr("l6").port()).parse().unwrap();
+    v6.connect(l6).unwrap();
+    v6.send(b"six").unwrap();
+    let n = v6.recv(&mut buf).expect("IPv6 reply lost");
+    assert_eq!(&buf[..n], b"six");
+
+    // A connected socket (as DNS resolvers and game clients use) takes replies only from the
+    // address it is connected to: it hears back at all only if the source is right.
+    let connected = UdpSocket::bind("127.0.0.1:0").unwrap();
+    connected.set_read_timeout(Some(WAIT)).unwrap();
+    connected.connect(at("127.0.0.4")).unwrap();
+    connected.send(b"hello").unwrap();
+    let n = connected
+        .recv(&mut buf)
+        .expect("reply dropped: wrong source address");
+    assert_eq!(&buf[..n], b"hello");
+
+    // Each flow is its own session, keyed by the address the client used.
+    let (status, body) = http(lb.admin_addr(), "GET", "/connections", None, "");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut locals: Vec<String> = doc["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["local"].as_str().unwrap().to_string())
+        .collect();
+    locals.sort();
+    let mut want: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        .iter()
+        .map(|ip| at(ip).to_string())
+        .collect();
+    want.push(l6.to_string());
+    assert_eq!(locals, want, "{body}");
 }

@@ -136,7 +136,10 @@ fn print_plan(c: &Config) {
         let _ = writeln!(
             out,
             "listener {} ({}) on {} -> target group {} ({settings})",
-            l.name, l.protocol, l.bind, g.name,
+            l.name,
+            l.protocol,
+            l.endpoint(),
+            g.name,
         );
     }
     for g in &c.target_groups {

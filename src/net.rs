@@ -1,4 +1,6 @@
-//! Socket set-up that the standard library does not offer: SO_REUSEPORT listeners.
+//! Socket set-up that the standard library does not offer: SO_REUSEPORT listeners, bound to
+//! one network interface when asked, and destination addresses of datagrams on wildcard UDP
+//! listeners.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,11 +15,17 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// across them. TCP_NODELAY is set on the listener: Linux copies it to every accepted socket,
 /// which saves a `setsockopt` per connection (a balancer must not add Nagle's delay).
 ///
+/// With `interface` (a name such as `lo` or `eth0`), only connections arriving on that
+/// interface are accepted (SO_BINDTODEVICE).
+///
 /// # Errors
 /// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
-/// address without SO_REUSEPORT) or cannot listen.
-pub fn reuseport_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP)?;
+/// address without SO_REUSEPORT; `ENODEV` for an unknown interface) or cannot listen.
+pub fn reuseport_tcp_listener(
+    addr: SocketAddr,
+    interface: Option<&str>,
+) -> io::Result<std::net::TcpListener> {
+    let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP, interface)?;
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -25,9 +33,18 @@ pub fn reuseport_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListe
 }
 
 /// A non-blocking, close-on-exec socket for `addr` with SO_REUSEADDR and SO_REUSEPORT (and
-/// IPV6_V6ONLY for IPv6, so `[::]` and `0.0.0.0` listeners can coexist), not yet bound.
-fn reuseport_socket(addr: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Socket> {
+/// IPV6_V6ONLY for IPv6, so `[::]` and `0.0.0.0` listeners can coexist), bound to `interface`
+/// when given (SO_BINDTODEVICE), not yet bound to `addr`.
+fn reuseport_socket(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+    interface: Option<&str>,
+) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
+    if let Some(name) = interface {
+        socket.bind_device(Some(name.as_bytes()))?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -44,18 +61,52 @@ fn reuseport_socket(addr: SocketAddr, kind: Type, protocol: Protocol) -> io::Res
 pub const UDP_BUFFER: usize = 4 << 20;
 
 /// A non-blocking UDP socket on `addr` with SO_REUSEADDR and SO_REUSEPORT, so each worker binds
-/// its own and the kernel hashes each flow (its 4-tuple) to one of them.
+/// its own and the kernel hashes each flow (its 4-tuple) to one of them; bound to `interface`
+/// as for TCP. On a wildcard address (`0.0.0.0`, `[::]`) the socket reports each datagram's
+/// destination address (IP_PKTINFO, IPV6_RECVPKTINFO), which replies then leave from.
 ///
 /// # Errors
 /// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
-/// address without SO_REUSEPORT).
-pub fn reuseport_udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = reuseport_socket(addr, Type::DGRAM, Protocol::UDP)?;
+/// address without SO_REUSEPORT; `ENODEV` for an unknown interface).
+pub fn reuseport_udp_socket(
+    addr: SocketAddr,
+    interface: Option<&str>,
+) -> io::Result<std::net::UdpSocket> {
+    let socket = reuseport_socket(addr, Type::DGRAM, Protocol::UDP, interface)?;
+    if addr.ip().is_unspecified() {
+        let (level, name) = if addr.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        };
+        set_flag(&socket, level, name)?;
+    }
     // Best effort: a smaller buffer still works, it only drops bursts sooner.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER);
     let _ = socket.set_send_buffer_size(UDP_BUFFER);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Sets the integer socket option `level`/`name` to 1 (socket2 has no call for these).
+fn set_flag(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a pointer to a c_int of the length given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A non-blocking UDP socket on an ephemeral port, connected to `target`: the upstream side of

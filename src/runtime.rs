@@ -98,10 +98,17 @@ pub enum Bound {
 }
 
 impl Bound {
-    fn bind(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
-        Ok(match protocol {
-            Protocol::Tcp => Bound::Tcp(reuseport_tcp_listener(addr)?),
-            Protocol::Udp => Bound::Udp(reuseport_udp_socket(addr)?),
+    fn bind(protocol: Protocol, addr: SocketAddr, interface: Option<&str>) -> io::Result<Bound> {
+        let bound = match protocol {
+            Protocol::Tcp => reuseport_tcp_listener(addr, interface).map(Bound::Tcp),
+            Protocol::Udp => reuseport_udp_socket(addr, interface).map(Bound::Udp),
+        };
+        bound.map_err(|e| match interface {
+            Some(name) if e.raw_os_error() == Some(libc::ENODEV) => io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no network interface named `{name}` (`interface`)"),
+            ),
+            _ => e,
         })
     }
 
@@ -139,30 +146,26 @@ pub fn bind_listeners(config: &mut Config, which: &[usize]) -> Result<Vec<Vec<Bo
         let l = &mut config.listeners[i];
         let mut addr = l.bind;
         for sockets in per_worker.iter_mut() {
-            let socket = Bound::bind(l.protocol, addr).map_err(|source| RunError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                path: config.path.display().to_string(),
-                source,
-            })?;
+            let interface = l.interface.as_deref();
+            let socket =
+                Bound::bind(l.protocol, addr, interface).map_err(|source| RunError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    path: config.path.display().to_string(),
+                    source,
+                })?;
             if addr.port() == 0 {
                 addr = socket.local_addr().map_err(RunError::io("local address"))?;
             }
             sockets.push(socket);
         }
         l.bind = addr;
-        if l.protocol == Protocol::Udp && addr.ip().is_unspecified() {
-            log::warn!(
-                "listener {}: bound to {addr}: replies leave from the address the kernel's route \
-                 picks, which may not be the one a client sent to; bind a specific address",
-                l.name
-            );
-        }
         let group = &config.target_groups[l.target_group];
         log::info!(
-            "listener {} ({}) on {addr} -> target group {} ({}, {} targets)",
+            "listener {} ({}) on {} -> target group {} ({}, {} targets)",
             l.name,
             l.protocol,
+            l.endpoint(),
             group.name,
             group.algorithm,
             group.targets.len()

@@ -178,7 +178,10 @@ impl Shared {
 /// port 0 (any port: the one it has will do).
 fn same_socket(new: &ListenerConfig, old: &ListenerConfig) -> bool {
     let address = new.bind == old.bind || (new.bind.port() == 0 && new.bind.ip() == old.bind.ip());
-    new.name == old.name && new.protocol == old.protocol && address
+    new.name == old.name
+        && new.protocol == old.protocol
+        && address
+        && new.interface == old.interface
 }
 
 #[cfg(test)]

@@ -229,6 +229,7 @@ fn connections(workers: &[WorkerLink], limit: usize) -> serde_json::Value {
                 "protocol": c.protocol.to_string(),
                 "client": c.client.to_string(),
                 "listener": c.listener,
+                "local": c.local.to_string(),
                 "target": c.target.map(|t| t.to_string()),
                 "age_ms": c.age.as_millis() as u64,
                 "bytes_up": c.bytes_up,

@@ -49,6 +49,7 @@ pub struct FileListener {
     pub name: String,
     pub protocol: FileProtocol,
     pub bind: Address,
+    pub interface: Option<String>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,

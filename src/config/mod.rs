@@ -102,6 +102,9 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     /// Address to listen on; port 0 picks a free port (logged at start).
     pub bind: SocketAddr,
+    /// Network interface the listener is bound to (SO_BINDTODEVICE): only traffic arriving
+    /// on it is taken. `None`: every interface that has `bind`'s address.
+    pub interface: Option<String>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.
@@ -116,6 +119,17 @@ pub struct ListenerConfig {
     pub forwarding: Forwarding,
     /// Session settings; `Some` exactly for UDP listeners.
     pub udp: Option<UdpSettings>,
+}
+
+impl ListenerConfig {
+    /// Where the listener listens, for logs: `bind`, and the interface when it has one
+    /// (`0.0.0.0:53 (interface eth0)`).
+    pub fn endpoint(&self) -> String {
+        match &self.interface {
+            Some(name) => format!("{} (interface {name})", self.bind),
+            None => self.bind.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for Forwarding {

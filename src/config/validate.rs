@@ -191,10 +191,14 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 format!("{} is already bound by listener `{}`", l.bind.0, other.name),
             ));
         }
+        if let Some(name) = &l.interface {
+            check_interface(name).map_err(|m| invalid(format!("{key}.interface"), m))?;
+        }
         listeners.push(ListenerConfig {
             name: l.name,
             protocol,
             bind: l.bind.0,
+            interface: l.interface,
             target_group,
             max_connections: l.max_connections.map(|n| n.get() as usize),
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
@@ -393,6 +397,25 @@ fn health_check(
             .unhealthy_threshold
             .map_or(defaults.unhealthy_threshold, |n| n.get()),
     })
+}
+
+/// A network interface name as Linux takes it: 1 to 15 bytes (IFNAMSIZ less the NUL), no
+/// `/`, whitespace or NUL. Whether the interface exists is known only at bind time.
+fn check_interface(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "interface name `{name}` must be 1 to 15 bytes long (Linux's IFNAMSIZ)"
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '\0' || c.is_whitespace())
+    {
+        return Err(format!(
+            "interface name `{name}` has a `/`, a space or a NUL, which Linux refuses"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

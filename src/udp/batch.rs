@@ -5,10 +5,15 @@
 //! slots; sending points the headers at a run of filled slots, so a datagram is never copied
 //! in user space and nothing is allocated per datagram. With `max == 1` the plain
 //! `recvfrom`/`send`/`sendto` calls are used instead (the unbatched path, kept for measuring).
+//!
+//! On a wildcard listener (`0.0.0.0`, `[::]`) the kernel tells each datagram's destination
+//! address in an `IP_PKTINFO` / `IPV6_PKTINFO` control message ([`Batch::recv`] with
+//! `want_local`), and a reply names its source address the same way ([`Batch::send`] with
+//! `from`), so it leaves from the address the client sent to (`ip(7)`, `ipv6(7)`).
 
 use std::io;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::RawFd;
 
@@ -39,8 +44,11 @@ pub struct Batch {
     name_lens: Vec<libc::socklen_t>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
-    /// One control-message buffer per header, for the GSO segment size.
-    cmsgs: Vec<[u64; 4]>,
+    /// One control-message buffer per header: the destination address of a received
+    /// datagram; the GSO segment size and the source address of a send.
+    cmsgs: Vec<Control>,
+    /// The destination address of each received datagram, when asked for.
+    locals: Vec<Option<IpAddr>>,
     /// Datagrams in each header of the last send.
     group: Vec<usize>,
     dest: libc::sockaddr_storage,
@@ -55,6 +63,10 @@ impl std::fmt::Debug for Batch {
         write!(f, "Batch {{ capacity: {} }}", self.capacity())
     }
 }
+
+/// Room for a `UDP_SEGMENT` message (24 bytes) and an `in6_pktinfo` one (40 bytes), aligned
+/// for `cmsghdr`.
+type Control = [u64; 8];
 
 fn os_result(n: isize) -> io::Result<usize> {
     if n < 0 {
@@ -84,7 +96,8 @@ impl Batch {
                 capacity
             ],
             hdrs: vec![zero_hdr; capacity],
-            cmsgs: vec![[0u64; 4]; capacity],
+            cmsgs: vec![[0u64; 8]; capacity],
+            locals: vec![None; capacity],
             group: vec![0; capacity],
             dest: zero_name,
         }
@@ -96,15 +109,17 @@ impl Batch {
     }
 
     /// Receives up to `max` datagrams (at most the capacity) from the non-blocking socket
-    /// `fd` into slots `0..n`; returns `n` (≥ 1).
+    /// `fd` into slots `0..n`; returns `n` (≥ 1). With `want_local`, also the address each
+    /// was sent to ([`Batch::local`]); `fd` must have `IP_PKTINFO` (IPv4) or
+    /// `IPV6_RECVPKTINFO` (IPv6) set, see [`crate::net::reuseport_udp_socket`].
     ///
     /// # Errors
     /// `WouldBlock` when nothing is waiting; any other error of `recvmmsg`/`recvfrom` (for a
     /// connected socket, `ConnectionRefused` reports an ICMP port unreachable).
-    pub fn recv(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd, max: usize, want_local: bool) -> io::Result<usize> {
         let max = max.clamp(1, self.capacity());
         let base = self.data.as_mut_ptr();
-        if max == 1 {
+        if max == 1 && !want_local {
             self.name_lens[0] = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             // SAFETY: slot 0 and names[0] are valid for writes of the lengths given.
             let n = unsafe {
@@ -131,8 +146,13 @@ impl Batch {
             hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
+            if want_local {
+                hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+                hdr.msg_controllen = mem::size_of::<Control>();
+            } else {
+                hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
             hdr.msg_flags = 0;
         }
         // SAFETY: the first `max` headers point at valid, writable buffers and names.
@@ -149,8 +169,20 @@ impl Batch {
         for i in 0..n {
             self.lens[i] = self.hdrs[i].msg_len as usize;
             self.name_lens[i] = self.hdrs[i].msg_hdr.msg_namelen;
+            // Read now: a send reuses the control buffers.
+            self.locals[i] = if want_local {
+                pktinfo_destination(&self.hdrs[i].msg_hdr)
+            } else {
+                None
+            };
         }
         Ok(n)
+    }
+
+    /// The address received datagram `i` was sent to: `Some` when [`Batch::recv`] was asked
+    /// for it and the kernel gave it.
+    pub fn local(&self, i: usize) -> Option<IpAddr> {
+        self.locals[i]
     }
 
     /// The payload of received datagram `i`.
@@ -175,6 +207,7 @@ impl Batch {
         range: Range<usize>,
         name: *mut libc::c_void,
         name_len: libc::socklen_t,
+        from: Option<IpAddr>,
     ) -> io::Result<usize> {
         use std::sync::atomic::Ordering;
         let gso = GSO.load(Ordering::Relaxed);
@@ -210,22 +243,8 @@ impl Batch {
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = j - i;
             hdr.msg_flags = 0;
-            if j - i > 1 {
-                hdr.msg_control = self.cmsgs[groups].as_mut_ptr().cast();
-                // SAFETY: CMSG_SPACE of a u16 (24 bytes) fits the 32-byte buffer.
-                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
-                // SAFETY: msg_control points at a zeroed, aligned buffer of msg_controllen bytes.
-                unsafe {
-                    let cmsg = libc::CMSG_FIRSTHDR(hdr);
-                    (*cmsg).cmsg_level = libc::SOL_UDP;
-                    (*cmsg).cmsg_type = UDP_SEGMENT;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
-                }
-            } else {
-                hdr.msg_control = std::ptr::null_mut();
-                hdr.msg_controllen = 0;
-            }
+            let segment = (j - i > 1).then_some(size as u16);
+            fill_control(hdr, &mut self.cmsgs[groups], segment, from);
             self.group[groups] = j - i;
             groups += 1;
             i = j;
@@ -245,24 +264,28 @@ impl Batch {
             {
                 log::info!("UDP GSO refused by the kernel ({e}); sending datagram by datagram");
                 GSO.store(false, Ordering::Relaxed);
-                self.send_groups(fd, range, name, name_len)
+                self.send_groups(fd, range, name, name_len, from)
             }
             Err(e) => Err(e),
         }
     }
 
     /// Sends the datagrams in slots `range`, in order, on `fd`: to `dest`, or to the
-    /// connected peer when `dest` is `None`. Returns how many were sent before the socket
-    /// would block (the rest are not sent: UDP drops rather than queues).
+    /// connected peer when `dest` is `None`; from source address `from` when given (for a
+    /// socket bound to a wildcard address), else from the kernel's choice. Returns how many
+    /// were sent before the socket would block (the rest are not sent: UDP drops rather than
+    /// queues).
     ///
     /// # Errors
     /// Any error other than `WouldBlock`/`Interrupted` on the first datagram not yet sent
-    /// (e.g. `ConnectionRefused` after an ICMP port unreachable on a connected socket).
+    /// (e.g. `ConnectionRefused` after an ICMP port unreachable on a connected socket;
+    /// `EINVAL` when `from` is not an address of this host).
     pub fn send(
         &mut self,
         fd: RawFd,
         range: Range<usize>,
         dest: Option<SocketAddr>,
+        from: Option<IpAddr>,
     ) -> io::Result<usize> {
         let (name, name_len) = match dest {
             Some(addr) => {
@@ -285,7 +308,7 @@ impl Batch {
         let base = self.data.as_mut_ptr();
         let mut sent = range.start;
         while sent < range.end {
-            let n = if range.end - sent == 1 || self.capacity() == 1 {
+            let n = if from.is_none() && (range.end - sent == 1 || self.capacity() == 1) {
                 // SAFETY: slot `sent` holds lens[sent] bytes; name is null or valid for name_len.
                 let n = unsafe {
                     libc::sendto(
@@ -299,7 +322,7 @@ impl Batch {
                 };
                 os_result(n).map(|_| 1)
             } else {
-                self.send_groups(fd, sent..range.end, name, name_len)
+                self.send_groups(fd, sent..range.end, name, name_len, from)
             };
             match n {
                 Ok(n) => sent += n,
@@ -310,6 +333,105 @@ impl Batch {
         }
         Ok(sent - range.start)
     }
+}
+
+/// Points `hdr`'s control buffer at `buf` and writes into it a `UDP_SEGMENT` message for a
+/// GSO send of `segment`-byte datagrams and an `IP_PKTINFO` / `IPV6_PKTINFO` message naming
+/// source address `from`, each when given; no control buffer when neither is.
+fn fill_control(
+    hdr: &mut libc::msghdr,
+    buf: &mut Control,
+    segment: Option<u16>,
+    from: Option<IpAddr>,
+) {
+    if segment.is_none() && from.is_none() {
+        hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_controllen = 0;
+        return;
+    }
+    *buf = [0; 8];
+    hdr.msg_control = buf.as_mut_ptr().cast();
+    let pktinfo_len = match from {
+        Some(IpAddr::V4(_)) => mem::size_of::<libc::in_pktinfo>(),
+        Some(IpAddr::V6(_)) => mem::size_of::<libc::in6_pktinfo>(),
+        None => 0,
+    };
+    // SAFETY: CMSG_SPACE is arithmetic; the sum is at most 24 + 40 bytes, the buffer's size.
+    hdr.msg_controllen = unsafe {
+        segment.map_or(0, |_| libc::CMSG_SPACE(2))
+            + from.map_or(0, |_| libc::CMSG_SPACE(pktinfo_len as u32))
+    } as usize;
+    debug_assert!(hdr.msg_controllen <= mem::size_of::<Control>());
+    // SAFETY: msg_control points at a zeroed, aligned buffer of msg_controllen bytes, with room
+    // for every message written (CMSG_NXTHDR returns null past the end).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        if let Some(size) = segment {
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+        match from {
+            Some(IpAddr::V4(ip)) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(pktinfo_len as u32) as usize;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(ip.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+            }
+            Some(IpAddr::V6(ip)) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(pktinfo_len as u32) as usize;
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+            }
+            None => {}
+        }
+    }
+}
+
+/// The destination address in a received message's `IP_PKTINFO` / `IPV6_PKTINFO` control
+/// message, if it has one.
+fn pktinfo_destination(hdr: &libc::msghdr) -> Option<IpAddr> {
+    if hdr.msg_control.is_null() || hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled msg_controllen bytes of msg_control with well-formed control
+    // messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside them, and CMSG_DATA of a message of
+    // the matching level and type holds the struct read (unaligned reads).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                return Some(IpAddr::V4(Ipv4Addr::from(
+                    info.ipi_addr.s_addr.to_ne_bytes(),
+                )));
+            }
+            if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -336,7 +458,7 @@ mod tests {
         let mut batch = Batch::new(batch_size);
         let mut got = Vec::new();
         while got.len() < sizes.len() {
-            let n = batch.recv(b.as_raw_fd(), batch_size).unwrap();
+            let n = batch.recv(b.as_raw_fd(), batch_size, false).unwrap();
             for i in 0..n {
                 assert_eq!(batch.source(i), Some(a.local_addr().unwrap()));
                 got.push(batch.payload(i).to_vec());
@@ -344,7 +466,7 @@ mod tests {
             // Echo what was received back to a, in order, in one call.
             assert_eq!(
                 batch
-                    .send(b.as_raw_fd(), 0..n, a.local_addr().ok())
+                    .send(b.as_raw_fd(), 0..n, a.local_addr().ok(), None)
                     .unwrap(),
                 n
             );
@@ -356,7 +478,10 @@ mod tests {
             assert_eq!(n, len, "echo {i} intact");
         }
         assert_eq!(
-            batch.recv(b.as_raw_fd(), batch_size).unwrap_err().kind(),
+            batch
+                .recv(b.as_raw_fd(), batch_size, false)
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::WouldBlock
         );
     }
@@ -380,10 +505,10 @@ mod tests {
         let mut batch = Batch::new(128);
         let mut forwarded = 0;
         while forwarded < sizes.len() {
-            let n = batch.recv(b.as_raw_fd(), 128).unwrap();
+            let n = batch.recv(b.as_raw_fd(), 128, false).unwrap();
             assert_eq!(
                 batch
-                    .send(b.as_raw_fd(), 0..n, a.local_addr().ok())
+                    .send(b.as_raw_fd(), 0..n, a.local_addr().ok(), None)
                     .unwrap(),
                 n
             );
@@ -403,5 +528,55 @@ mod tests {
     #[test]
     fn unbatched_path_does_the_same() {
         roundtrip(1);
+    }
+
+    /// A wildcard socket on the loopback interface (nothing off this machine reaches it).
+    fn wildcard(ip: &str) -> UdpSocket {
+        let addr = format!("{ip}:0").parse().unwrap();
+        crate::net::reuseport_udp_socket(addr, Some("lo")).unwrap()
+    }
+
+    #[test]
+    fn wildcard_sockets_learn_the_destination_and_reply_from_it_in_gso_runs() {
+        for (any, to, client) in [
+            ("0.0.0.0", "127.0.0.2", "127.0.0.1:0"),
+            ("[::]", "::1", "[::1]:0"),
+        ] {
+            let b = wildcard(any);
+            let a = UdpSocket::bind(client).unwrap();
+            a.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let to: IpAddr = to.parse().unwrap();
+            let dest = SocketAddr::new(to, b.local_addr().unwrap().port());
+            // Equal sizes, so the reply goes as GSO runs carrying the source address too.
+            for i in 0..40u8 {
+                a.send_to(&[i; 100], dest).unwrap();
+            }
+            let mut batch = Batch::new(64);
+            let mut got = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while got < 40 {
+                assert!(std::time::Instant::now() < deadline, "{got} of 40 arrived");
+                let n = match batch.recv(b.as_raw_fd(), 64, true) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("{e}"),
+                };
+                for i in 0..n {
+                    assert_eq!(batch.local(i), Some(to), "destination of datagram {i}");
+                }
+                let sent = batch
+                    .send(b.as_raw_fd(), 0..n, a.local_addr().ok(), Some(to))
+                    .unwrap();
+                assert_eq!(sent, n);
+                got += n;
+            }
+            let mut buf = [0u8; 200];
+            for i in 0..40u8 {
+                let (n, from) = a.recv_from(&mut buf).unwrap();
+                assert_eq!(from, dest, "reply {i} from the address sent to");
+                assert_eq!(&buf[..n], &[i; 100][..]);
+            }
+        }
     }
 }

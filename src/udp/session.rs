@@ -4,7 +4,7 @@
 //! tests use `()`), and every call that depends on time takes `now`. Idle expiry uses the
 //! lazily checked deadline heap of [`crate::timers`], so a wake-up never scans the table.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::conntrack::{ConnTable, FiveTuple};
@@ -21,6 +21,9 @@ pub struct Session<T> {
     pub group: usize,
     /// The client's address and port.
     pub client: SocketAddr,
+    /// The address the client sent to, when the listener is bound to a wildcard address:
+    /// replies leave from it. `None` on a listener bound to one address.
+    pub reply_from: Option<IpAddr>,
     /// Index of the target in its group.
     pub target: usize,
     /// The upstream socket, connected to the target.
@@ -76,6 +79,7 @@ impl<T> Session<T> {
             listener,
             group,
             client,
+            reply_from: None,
             target,
             upstream,
             idle_timeout,

@@ -138,6 +138,9 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// The listener's name.
     pub listener: String,
+    /// The address the client connected or sent to (the listener side of the 5-tuple; on a
+    /// wildcard listener, the host address the client used).
+    pub local: SocketAddr,
     /// The target, once one is connected (TCP) or chosen (UDP).
     pub target: Option<SocketAddr>,
     /// Since accept or the flow's first datagram.
@@ -530,6 +533,7 @@ impl Worker {
                 protocol: Protocol::Tcp,
                 client: conn.tuple.client,
                 listener: self.shared.listeners[conn.listener].config.name.clone(),
+                local: conn.tuple.listener,
                 target,
                 age: self.now.saturating_duration_since(conn.started),
                 bytes_up: conn.up.bytes,
@@ -542,6 +546,7 @@ impl Worker {
                 protocol: Protocol::Udp,
                 client: s.client,
                 listener: self.shared.listeners[s.listener].config.name.clone(),
+                local: udp::session_address(self.listeners[s.listener].local, s.reply_from),
                 target: Some(self.shared.groups[s.group].targets[s.target].address),
                 age: self.now.saturating_duration_since(s.started),
                 bytes_up: s.up.bytes,

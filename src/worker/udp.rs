@@ -2,7 +2,7 @@
 //! back to the client from the listener's socket, sessions created, rebalanced and ended.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -29,6 +29,9 @@ impl Worker {
             return;
         };
         let fd = socket.as_raw_fd();
+        // A wildcard listener learns each datagram's destination, to key its session by the
+        // real 5-tuple and reply from that address.
+        let wildcard = self.listeners[i].local.ip().is_unspecified();
         let Some(vlen) = self.shared.listeners[i]
             .config
             .udp
@@ -43,7 +46,7 @@ impl Worker {
         };
         let mut drained = false;
         for _ in 0..RECV_ROUNDS {
-            let n = match batch.recv(fd, vlen) {
+            let n = match batch.recv(fd, vlen, wildcard) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -54,15 +57,15 @@ impl Worker {
                     break;
                 }
             };
-            // Consecutive datagrams of one client go up in one sendmmsg.
+            // Consecutive datagrams of one flow go up in one sendmmsg.
             let mut start = 0;
             while start < n {
-                let client = batch.source(start);
+                let flow = (batch.source(start), batch.local(start));
                 let mut end = start + 1;
-                while end < n && batch.source(end) == client {
+                while end < n && (batch.source(end), batch.local(end)) == flow {
                     end += 1;
                 }
-                match client.and_then(|c| self.session_for(i, c)) {
+                match flow.0.and_then(|c| self.session_for(i, c, flow.1)) {
                     Some(key) => self.send_up(key, &mut batch, start..end),
                     None => self.count_drops(i, end - start, "no session"),
                 }
@@ -80,13 +83,18 @@ impl Worker {
     }
 
     /// The session of `client` on listener `i`: found, or created for the first datagram of a
-    /// flow. `None` (the datagram is dropped) at `max_sessions`, or when no upstream socket
-    /// can be made.
-    fn session_for(&mut self, i: usize, client: SocketAddr) -> Option<usize> {
+    /// flow. `local` is the address the client sent to, known on a wildcard listener. `None`
+    /// (the datagram is dropped) at `max_sessions`, or when no upstream socket can be made.
+    fn session_for(
+        &mut self,
+        i: usize,
+        client: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> Option<usize> {
         let tuple = FiveTuple {
             protocol: Protocol::Udp,
             client,
-            listener: self.listeners[i].local,
+            listener: session_address(self.listeners[i].local, local),
         };
         if let Some(key) = self.sessions.find(&tuple) {
             self.maybe_rebalance(key);
@@ -135,6 +143,10 @@ impl Worker {
             settings.max_responses,
             self.now,
         );
+        let session = Session {
+            reply_from: local,
+            ..session
+        };
         let Ok(key) = self.sessions.insert(tuple, session) else {
             state.active.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -176,7 +188,10 @@ impl Worker {
             tuple: FiveTuple {
                 protocol: Protocol::Udp,
                 client: session.client,
-                listener: self.listeners[session.listener].local,
+                listener: session_address(
+                    self.listeners[session.listener].local,
+                    session.reply_from,
+                ),
             },
         };
         let Some(t) = self.pickers[session.group]
@@ -213,11 +228,11 @@ impl Worker {
             return;
         };
         let fd = session.upstream.as_raw_fd();
-        let mut result = batch.send(fd, range.clone(), None);
+        let mut result = batch.send(fd, range.clone(), None, None);
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
             // The target's ICMP port unreachable for an earlier datagram was reported by this
             // call instead of sending: try once more.
-            result = batch.send(fd, range.clone(), None);
+            result = batch.send(fd, range.clone(), None, None);
         }
         let sent = result.unwrap_or(0);
         let mut bytes = 0;
@@ -255,14 +270,14 @@ impl Worker {
                 drained = true;
                 break;
             };
-            let (listener, client) = (session.listener, session.client);
+            let (listener, client, from) = (session.listener, session.client, session.reply_from);
             let vlen = self.shared.listeners[listener]
                 .config
                 .udp
                 .as_ref()
                 .map_or(1, |u| u.batch);
             let max = vlen.min(session.replies_left() as usize);
-            let n = match batch.recv(session.upstream.as_raw_fd(), max) {
+            let n = match batch.recv(session.upstream.as_raw_fd(), max, false) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The target's ICMP port unreachable: reported once, then reading goes on.
@@ -280,7 +295,7 @@ impl Worker {
                 break;
             };
             let sent = batch
-                .send(socket.as_raw_fd(), 0..n, Some(client))
+                .send(socket.as_raw_fd(), 0..n, Some(client), from)
                 .unwrap_or(0);
             let mut bytes = 0;
             for i in 0..sent {
@@ -385,4 +400,10 @@ impl Worker {
             reason,
         });
     }
+}
+
+/// The listener side of a UDP 5-tuple: `bound`, the listener's address, with `local` (the
+/// address the client sent to) in place of a wildcard address.
+pub(super) fn session_address(bound: SocketAddr, local: Option<IpAddr>) -> SocketAddr {
+    SocketAddr::new(local.unwrap_or(bound.ip()), bound.port())
 }
