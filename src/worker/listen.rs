@@ -1,0 +1,240 @@
+//! The listener side of a worker: its sockets for the listeners, accepting TCP clients within
+//! budgets and limits, and pausing when descriptors run out (EMFILE and the like), with one
+//! descriptor held in reserve so an accepted client always gets its target socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Interest, Poll};
+
+use super::{Ready, Slot, Worker};
+use crate::runtime::Bound;
+
+/// Accepts per listener per wake before yielding to other work.
+const ACCEPT_BUDGET: usize = 64;
+/// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Accept errors (EMFILE and the like) come in bursts: log at most one line per listener and
+/// worker this often, with the count of those not logged.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often a listener at `max_connections` re-checks for room freed by other workers.
+pub(super) const FULL_RECHECK: Duration = Duration::from_millis(20);
+
+/// Lets through one log line per [`ERROR_LOG_EVERY`] for a recurring event, counting the rest.
+#[derive(Debug, Default)]
+pub(super) struct LogLimiter {
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogLimiter {
+    /// Counts one event; returns `Some(events not logged since the last line)` when this one
+    /// may be logged.
+    pub(super) fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// A descriptor to hold in reserve: an unbound UDP socket (no port, no file system).
+pub(super) fn reserve_descriptor() -> io::Result<socket2::Socket> {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+}
+
+/// A worker's socket for one listener.
+#[derive(Debug)]
+pub(super) enum ListenSocket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// One listener as this worker holds it.
+#[derive(Debug)]
+pub(super) struct ListenerSlot {
+    pub(super) socket: Option<ListenSocket>,
+    pub(super) local: SocketAddr,
+    /// Accepting paused after a resource error, until then.
+    pub(super) paused_until: Option<Instant>,
+    /// At `max_connections`: accept again when a connection closes.
+    pub(super) full: bool,
+    /// Accept errors (TCP), at most one line per [`ERROR_LOG_EVERY`].
+    pub(super) accept_errors: LogLimiter,
+    /// Dropped datagrams (UDP), likewise.
+    pub(super) drops: LogLimiter,
+}
+
+impl ListenerSlot {
+    /// Registers `socket`, the socket of listener `index`, with `poll`.
+    pub(super) fn register(poll: &Poll, index: usize, socket: Bound) -> io::Result<ListenerSlot> {
+        let local = socket.local_addr()?;
+        let token = Slot::Listener(index).token();
+        let socket = match socket {
+            Bound::Tcp(s) => {
+                let mut s = TcpListener::from_std(s);
+                poll.registry()
+                    .register(&mut s, token, Interest::READABLE)?;
+                ListenSocket::Tcp(s)
+            }
+            Bound::Udp(s) => {
+                let mut s = UdpSocket::from_std(s);
+                poll.registry()
+                    .register(&mut s, token, Interest::READABLE)?;
+                ListenSocket::Udp(s)
+            }
+        };
+        Ok(ListenerSlot {
+            socket: Some(socket),
+            local,
+            paused_until: None,
+            full: false,
+            accept_errors: LogLimiter::default(),
+            drops: LogLimiter::default(),
+        })
+    }
+
+    /// A slot without a socket (an index this worker never had a socket for).
+    pub(super) fn closed() -> ListenerSlot {
+        ListenerSlot {
+            socket: None,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            paused_until: None,
+            full: false,
+            accept_errors: LogLimiter::default(),
+            drops: LogLimiter::default(),
+        }
+    }
+
+    /// Deregisters and closes the socket, if open.
+    pub(super) fn close(&mut self, poll: &Poll) {
+        match self.socket.take() {
+            Some(ListenSocket::Tcp(mut s)) => {
+                let _ = poll.registry().deregister(&mut s);
+            }
+            Some(ListenSocket::Udp(mut s)) => {
+                let _ = poll.registry().deregister(&mut s);
+            }
+            None => {}
+        }
+        self.full = false;
+        self.paused_until = None;
+    }
+}
+
+impl Worker {
+    pub(super) fn resume_listeners(&mut self) {
+        for i in 0..self.listeners.len() {
+            let slot = &mut self.listeners[i];
+            if slot.paused_until.is_some_and(|t| t <= self.now) {
+                slot.paused_until = None;
+                self.handle_listener(i);
+            } else if slot.full {
+                self.accept(i);
+            }
+        }
+    }
+
+    /// Stops accepting on listener `i` for [`ACCEPT_BACKOFF`] after `e`, a resource error
+    /// (EMFILE and the like) met by `what`; clients meanwhile wait in the listen backlog.
+    /// Logs at most one line per [`ERROR_LOG_EVERY`], with the count of those not logged.
+    pub(super) fn pause_accepts(&mut self, i: usize, what: &str, e: &io::Error) {
+        self.starved = true;
+        let slot = &mut self.listeners[i];
+        slot.paused_until = Some(self.now + ACCEPT_BACKOFF);
+        if let Some(unlogged) = slot.accept_errors.allow(self.now) {
+            log::warn!(
+                "listener {}: {what}: {}; pausing accepts for {}ms ({unlogged} more such errors \
+                 since the last report)",
+                self.shared.listeners[i].config.name,
+                crate::health::probe::describe(e),
+                ACCEPT_BACKOFF.as_millis(),
+            );
+        }
+    }
+
+    /// A connection or session closed, freeing descriptors: listeners paused by
+    /// [`Worker::pause_accepts`] accept again now rather than at the end of their pause.
+    /// (Closes in other workers free descriptors too; the pause's end covers those.)
+    pub(super) fn descriptors_freed(&mut self) {
+        if !std::mem::take(&mut self.starved) {
+            return;
+        }
+        for (i, slot) in self.listeners.iter_mut().enumerate() {
+            if slot.paused_until.take().is_some() {
+                self.ready.push_back(Ready::Listener(i));
+            }
+        }
+    }
+
+    /// Listener `i` is readable (or has work left over).
+    pub(super) fn handle_listener(&mut self, i: usize) {
+        match self.listeners[i].socket {
+            Some(ListenSocket::Tcp(_)) => self.accept(i),
+            Some(ListenSocket::Udp(_)) => self.handle_datagrams(i),
+            None => {}
+        }
+    }
+
+    /// Accepts up to [`ACCEPT_BUDGET`] clients on listener `i`.
+    pub(super) fn accept(&mut self, i: usize) {
+        let shared = self.shared.clone();
+        let state = &shared.listeners[i];
+        let max = state.config.max_connections;
+        for _ in 0..ACCEPT_BUDGET {
+            if self.listeners[i].paused_until.is_some() {
+                return;
+            }
+            if self.reserve.is_none() {
+                match reserve_descriptor() {
+                    Ok(reserve) => self.reserve = Some(reserve),
+                    Err(e) => return self.pause_accepts(i, "no descriptor to hold in reserve", &e),
+                }
+            }
+            let slot = &mut self.listeners[i];
+            let Some(ListenSocket::Tcp(socket)) = slot.socket.as_ref() else {
+                return;
+            };
+            // Every target at its max_connections: leave the client in the backlog.
+            if !shared.groups[state.config.target_group].has_room() {
+                slot.full = true;
+                return;
+            }
+            // Reserve a place first, so workers together never exceed max_connections.
+            let before = state.active.fetch_add(1, Ordering::AcqRel);
+            if max.is_some_and(|m| before >= m) {
+                state.active.fetch_sub(1, Ordering::AcqRel);
+                slot.full = true;
+                return;
+            }
+            slot.full = false;
+            match socket.accept() {
+                Ok((stream, peer)) => {
+                    state.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.handle_accepted(i, stream, peer);
+                }
+                Err(e) => {
+                    state.active.fetch_sub(1, Ordering::AcqRel);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
+                        _ => {
+                            // EMFILE, ENFILE, ENOBUFS, ENOMEM…: retrying at once would spin.
+                            self.pause_accepts(i, "accept failed", &e);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        self.ready.push_back(Ready::Listener(i));
+    }
+}
