@@ -420,6 +420,10 @@ fn out_of_file_descriptors(limit: u64) {
     // Which call meets EMFILE first (accept or the target socket) depends on timing; both log
     // the error in the same words.
     lb.wait_log("too many open files", WAIT);
+    // An admin request while descriptors are out: its server must not stop for good.
+    let admin = lb.admin_addr();
+    let mut during = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    during.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
     // Give the served ones a window to answer: a "not served" verdict needs one.
     let cpu_before = lb.cpu_time();
     let window = Instant::now() + Duration::from_secs(2);
@@ -475,7 +479,15 @@ fn out_of_file_descriptors(limit: u64) {
         dropped <= 2,
         "{dropped} accepted clients closed for want of a descriptor:\n{log}"
     );
-    let (scrape, text) = scrape(lb.admin_addr());
+    drop(during);
+    // The admin API shares the descriptor limit (its server dups each connection): until the
+    // last clients' descriptors are closed it may drop a request, so ask until it answers.
+    let deadline = Instant::now() + WAIT;
+    while try_http(admin, "GET", "/healthz", None, "").is_err() {
+        assert!(Instant::now() < deadline, "admin API not answering again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (scrape, text) = scrape(admin);
     let failures = sample(
         &scrape,
         "ballast_target_connect_failures_total",

@@ -230,6 +230,7 @@ fn with_admin(yaml: &str) -> String {
 }
 
 /// `METHOD path` over HTTP/1.0 with an optional bearer token and body; returns (status, body).
+/// Panics when no HTTP response comes back (see [`try_http`]).
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -237,20 +238,33 @@ pub fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    try_http(addr, method, path, token, body).unwrap()
+}
+
+/// As [`http`]; an error when the connection fails or closes without a response.
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT)?;
+    s.set_read_timeout(Some(WAIT))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {}\r\n{auth}\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    Ok((status, body))
 }
 
 /// `GET /metrics` from the admin API at `admin`, parsed by a Prometheus text-format parser.

@@ -1,4 +1,5 @@
-//! The admin API: a small HTTP server (tiny_http) on its own thread, JSON in and out.
+//! The admin API: a small HTTP server (tiny_http, kept accepting by [`server`]) on its own
+//! thread, JSON in and out.
 //!
 //! - `GET /healthz`: Ballast's own liveness.
 //! - `GET /targets`: per group and target: health, admin state, weight, backup, active and
@@ -25,15 +26,17 @@
 //! live until the next reload, which applies the file as written.
 
 pub mod metrics;
+pub mod server;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
+use tiny_http::{Header, Method, Request, Response};
 
 use crate::config::TargetConfig;
 use crate::control::{ChangeError, Control, Summary};
@@ -41,9 +44,12 @@ use crate::shared::Shared;
 use crate::target::AdminState;
 use crate::worker::{Command, WorkerLink};
 
+/// How long the admin thread waits for a request before looking at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
 /// The running admin server.
 pub struct Admin {
-    server: Arc<Server>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
@@ -55,22 +61,22 @@ impl Admin {
     /// When the address cannot be bound or the thread cannot start.
     pub fn start(control: Arc<Control>) -> io::Result<Admin> {
         let bind = control.shared().config.admin.bind;
-        let server = Arc::new(Server::http(bind).map_err(|e| io::Error::other(e.to_string()))?);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("admin server has no IP address"))?;
-        let s = server.clone();
+        let mut server = server::Supervised::bind(bind)?;
+        let addr = server.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ballast-admin".into())
             .spawn(move || {
-                for request in s.incoming_requests() {
-                    handle(&control, request);
+                while !stopping.load(Ordering::Acquire) {
+                    if let Some(request) = server.next(STOP_CHECK) {
+                        handle(&control, request);
+                    }
                 }
             })?;
         log::info!("admin API on http://{addr}");
         Ok(Admin {
-            server,
+            stop,
             thread: Some(thread),
             addr,
         })
@@ -83,7 +89,7 @@ impl Admin {
 
     /// Stops serving and waits for the thread.
     pub fn stop(mut self) {
-        self.server.unblock();
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
