@@ -133,7 +133,7 @@ impl Worker {
                 return None;
             }
         };
-        let session = Session::new(
+        let mut session = Session::new(
             i,
             g,
             client,
@@ -143,10 +143,7 @@ impl Worker {
             settings.max_responses,
             self.now,
         );
-        let session = Session {
-            reply_from: local,
-            ..session
-        };
+        session.reply_from = local;
         let Ok(key) = self.sessions.insert(tuple, session) else {
             state.active.fetch_sub(1, Ordering::AcqRel);
             return None;
