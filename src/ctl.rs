@@ -201,16 +201,17 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
 fn print_connections(doc: &Value, out: &mut dyn Write) {
     let _ = writeln!(
         out,
-        "{:<5} {:<24} {:<16} {:<24} {:>9} {:>12} {:>12}",
-        "PROTO", "CLIENT", "LISTENER", "TARGET", "AGE_MS", "BYTES_UP", "BYTES_DOWN"
+        "{:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
+        "PROTO", "CLIENT", "LISTENER", "LOCAL", "TARGET", "AGE_MS", "BYTES_UP", "BYTES_DOWN"
     );
     for c in doc["connections"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<5} {:<24} {:<16} {:<24} {:>9} {:>12} {:>12}",
+            "{:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
             text(&c["protocol"]),
             text(&c["client"]),
             text(&c["listener"]),
+            text(&c["local"]),
             text(&c["target"]),
             text(&c["age_ms"]),
             text(&c["bytes_up"]),
