@@ -200,20 +200,7 @@ fn a_dead_target_is_retried_around_before_health_checks_notice() {
 
 #[test]
 fn a_silent_target_times_out_and_the_next_one_serves() {
-    // A listener with a full backlog that never accepts: SYNs to it go unanswered.
-    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    silent
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    silent.listen(0).unwrap();
-    let silent_addr = silent.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        let _ = s.connect(&silent_addr.into());
-        fillers.push(s);
-    }
+    let (silent_addr, _held) = silent_target();
     let a = Backend::start(named("a"));
     let yaml = config(
         "round_robin",

@@ -7,8 +7,9 @@
 //!
 //! Fields are `key=value` (logfmt), in this order; `target=-` when no target was reached.
 //! `bytes_up` go client → target, `bytes_down` target → client. `reason` is why it ended:
-//! `done` (both sides finished), `idle`, `max_responses`, `no target`, `disabled`, `listener removed`, `shutdown timeout`,
-//! `stopping`, or the socket error (`connection reset by peer`, …).
+//! `done` (both sides finished), `client_reset` / `target_reset` (that side aborted first; the
+//! other side was reset), `idle`, `max_responses`, `no target`, `disabled`, `listener removed`,
+//! `shutdown timeout`, `stopping`, or a local error (`too many open files`, …).
 //!
 //! Each worker buffers its lines and writes them once per event-loop turn, in one `write` of
 //! whole lines (the file is opened for appending), so workers never interleave within a line

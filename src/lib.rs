@@ -51,8 +51,11 @@
 //!    `splice(2)` once a direction carries bulk data. A direction whose destination is full
 //!    stops reading its source; nothing is dropped or reordered.
 //! 5. EOF from one side becomes `shutdown(Write)` on the other; the reverse direction flows on.
-//! 6. Both directions done, a reset, or `idle_timeout` closes both sockets and removes the
-//!    table entry.
+//!    Each direction ends on its own: a side that resets (or can no longer take data) ends the
+//!    direction toward it, while what it sent before still reaches the other side, which is
+//!    then reset, not closed with a FIN ([`tcp`]).
+//! 6. Both directions over, or `idle_timeout`, closes both sockets and removes the table entry.
+//!    A client Ballast gives up on (no target, connect timeout, stop, disable) is reset.
 //!
 //! ## The path of one UDP datagram
 //! 1. A UDP listener is readable: `recvmmsg` fills up to `batch` preallocated slots.

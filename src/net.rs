@@ -27,6 +27,9 @@ pub fn reuseport_tcp_listener(
 ) -> io::Result<std::net::TcpListener> {
     let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP, interface)?;
     socket.set_nodelay(true)?;
+    // Urgent data stays in the stream (not taken out as one out-of-band byte, which would
+    // truncate what the target sees); copied to accepted sockets like TCP_NODELAY.
+    socket.set_out_of_band_inline(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())

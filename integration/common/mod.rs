@@ -475,6 +475,34 @@ pub fn open_named(addr: SocketAddr) -> (TcpStream, String) {
     (s, String::from_utf8(name).unwrap())
 }
 
+/// An address on 127.0.0.1 whose connects never complete: a listener with a full backlog that
+/// never accepts, so SYNs to it go unanswered. Keep the returned sockets alive meanwhile.
+pub fn silent_target() -> (SocketAddr, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let silent = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    silent
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    silent.listen(0).unwrap();
+    let addr = silent.local_addr().unwrap().as_socket().unwrap();
+    let mut held = vec![silent];
+    for _ in 0..4 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        held.push(s);
+    }
+    (addr, held)
+}
+
+/// Closes `s` with a reset (RST) instead of a FIN: `SO_LINGER {on, 0}`, then close.
+pub fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
 /// An address on 127.0.0.1 where nothing listens (bound, then closed).
 pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

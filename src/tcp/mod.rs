@@ -1,10 +1,24 @@
 //! One proxied TCP connection: its state machine and its two directions.
 //!
 //! ```text
-//!   accept ──▶ Connecting ──(connect ok)──▶ Established ──(both directions done)──▶ closed
-//!                 │  ▲                             │
-//!                 └──┘ connect failed: next target └──(reset, idle timeout, stop)──▶ closed
+//!   accept ──▶ Connecting ──(connect ok)──▶ Established ──(both directions over)──▶ closed
+//!                 │  ▲   │                         │            │
+//!                 └──┘   │ client reset,           │            └─(a side aborted: its peer's
+//!      connect failed:   │ no target left          │               unacknowledged bytes first)
+//!      next target       ▼                         ▼                      ▼
+//!                   closed with RST      (idle timeout: FIN;        Closing ──▶ closed with RST
+//!                                         stop, disable: RST)
 //! ```
+//!
+//! How a connection ends is what the two ends see, so it is chosen with care:
+//! - both directions passed on their EOF: both sockets close normally (FIN);
+//! - one side *aborted* (a reset, or it could no longer take data): what it sent before is
+//!   delivered, then the other side is reset (`SO_LINGER {1, 0}`), so an aborted upload is not
+//!   taken for a complete one, nor a crashed target's truncated answer for a whole one. A reset
+//!   discards unacknowledged bytes, so the worker first waits in [`State::Closing`] until the
+//!   peer has acknowledged what was written (bounded);
+//! - Ballast gives up (no target accepted, connect timeout, shutdown timeout, a disabled target):
+//!   reset, because a clean EOF would read as an empty answer.
 //!
 //! The worker owns the sockets' registration and the target choice; this module owns what a
 //! connection knows about itself and how bytes move ([`pump`]).
@@ -13,8 +27,6 @@ pub mod pump;
 
 use std::fmt;
 use std::time::Instant;
-
-use mio::net::TcpStream;
 
 use crate::config::Forwarding;
 use crate::conntrack::FiveTuple;
@@ -27,6 +39,9 @@ pub enum State {
     Connecting,
     /// Connected to the target; bytes flow.
     Established,
+    /// Both directions are over and a side is to be reset: waiting (bounded) until the bytes
+    /// already written to it are acknowledged, which a reset would discard.
+    Closing,
 }
 
 impl fmt::Display for State {
@@ -34,6 +49,7 @@ impl fmt::Display for State {
         f.write_str(match self {
             State::Connecting => "connecting",
             State::Established => "established",
+            State::Closing => "closing",
         })
     }
 }
@@ -74,6 +90,55 @@ pub struct Connection {
     pub first_up: Option<Instant>,
     /// Whether the target's first bytes back have been timed (for least_response_time).
     pub responded: bool,
+    /// Which side aborted first, once one has (the access log's `client_reset` or
+    /// `target_reset`).
+    pub first_abort: Option<Side>,
+    /// In [`State::Closing`]: what is left to do.
+    pub closing: Option<Closing>,
+}
+
+/// A side of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client.
+    Front,
+    /// The target.
+    Back,
+}
+
+/// Which sockets to reset when closing (the others close with a FIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reset {
+    /// Reset the client.
+    pub front: bool,
+    /// Reset the target.
+    pub back: bool,
+}
+
+impl Reset {
+    /// Close both normally.
+    pub const NONE: Reset = Reset {
+        front: false,
+        back: false,
+    };
+    /// Reset both.
+    pub const BOTH: Reset = Reset {
+        front: true,
+        back: true,
+    };
+}
+
+/// A connection waiting to reset a side until its written bytes are acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct Closing {
+    /// The access log's reason.
+    pub reason: &'static str,
+    /// Which sockets to reset.
+    pub reset: Reset,
+    /// Reset then, acknowledged or not.
+    pub until: Instant,
+    /// When the next check is scheduled (one timer entry at a time).
+    pub recheck_at: Instant,
 }
 
 impl Connection {
@@ -83,7 +148,7 @@ impl Connection {
         listener: usize,
         group: usize,
         tuple: FiveTuple,
-        front: TcpStream,
+        front: Endpoint,
         forwarding: Forwarding,
         now: Instant,
     ) -> Self {
@@ -92,7 +157,7 @@ impl Connection {
             listener,
             group,
             tuple,
-            front: Endpoint::new(front),
+            front,
             back: None,
             target: None,
             tried: Vec::new(),
@@ -105,6 +170,8 @@ impl Connection {
             last_active: now,
             first_up: None,
             responded: false,
+            first_abort: None,
+            closing: None,
         }
     }
 
@@ -119,8 +186,36 @@ impl Connection {
         self.state = state;
     }
 
-    /// True when both directions have passed on their EOF.
+    /// True when both directions are over.
     pub fn finished(&self) -> bool {
         self.up.done() && self.down.done()
+    }
+
+    /// Notes which side aborted first, once one has.
+    pub fn note_aborts(&mut self) {
+        if self.first_abort.is_none() {
+            if self.front.aborted {
+                self.first_abort = Some(Side::Front);
+            } else if self.back.as_ref().is_some_and(|b| b.aborted) {
+                self.first_abort = Some(Side::Back);
+            }
+        }
+    }
+
+    /// How a finished connection closes: which sockets to reset (a side whose peer aborted and
+    /// that did not abort itself) and the access log's reason.
+    pub fn ending(&self) -> (Reset, &'static str) {
+        let front = self.front.aborted;
+        let back = self.back.as_ref().is_some_and(|b| b.aborted);
+        let reset = Reset {
+            front: back && !front,
+            back: front && !back,
+        };
+        let reason = match self.first_abort {
+            None => "done",
+            Some(Side::Front) => "client_reset",
+            Some(Side::Back) => "target_reset",
+        };
+        (reset, reason)
     }
 }

@@ -5,6 +5,16 @@
 //! bytes; while they are unwritten its source is not read, so the kernel's receive window
 //! closes on the sender. A partial write keeps the rest for the next writable event. EOF from
 //! the source becomes `shutdown(Write)` on the destination once everything read was written.
+//!
+//! Each direction ends on its own, and an error is never a clean end:
+//! - an error reading the source (a reset) marks the source [`Endpoint::aborted`]: what was read
+//!   before it is still written, then the direction ends *without* a `shutdown(Write)`: the
+//!   destination is to be reset, not told "end of stream" (the worker does that on close);
+//! - an error writing the destination marks the destination aborted and ends the direction at
+//!   once (its bytes cannot be delivered); the other direction goes on reading what the
+//!   destination sent before it went away.
+//!
+//! No error is returned: the endpoints' `aborted` flags carry them to the worker.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -55,6 +65,12 @@ pub struct Readiness {
     /// The peer's FIN (or an error) has been reported: reads must go on until they return 0,
     /// because no further event will come for it.
     pub read_closed: bool,
+    /// An error (EPOLLERR: a reset, most often) has been reported: reads go on until they
+    /// return it, so a reset is never mistaken for an EOF.
+    pub error: bool,
+    /// Urgent data (EPOLLPRI) has been seen: reads stop short at the urgent mark (SO_OOBINLINE
+    /// keeps the byte in the stream), so a short read no longer means the socket is empty.
+    pub urgent: bool,
 }
 
 /// One socket of a connection with what is known of its readiness.
@@ -64,15 +80,53 @@ pub struct Endpoint {
     pub stream: TcpStream,
     /// Whether it may be read or written without blocking.
     pub ready: Readiness,
+    /// The worker's tag for this socket's registration (see `worker::Tag`).
+    pub tag: u32,
+    /// The peer reset the connection or can no longer take data: a read or write on it failed
+    /// with something other than `WouldBlock`/`Interrupted`. The first such error is in
+    /// `error`.
+    pub aborted: bool,
+    /// The first error a read or write met, for the logs.
+    pub error: Option<io::ErrorKind>,
 }
 
 impl Endpoint {
-    /// A socket of unknown readiness (both flags false: wait for an event).
-    pub fn new(stream: TcpStream) -> Endpoint {
+    /// A socket of unknown readiness (both flags false: wait for an event), registered with
+    /// `tag`.
+    pub fn new(stream: TcpStream, tag: u32) -> Endpoint {
         Endpoint {
             stream,
             ready: Readiness::default(),
+            tag,
+            aborted: false,
+            error: None,
         }
+    }
+
+    /// Marks the endpoint aborted by `e` (see [`Endpoint::aborted`]).
+    pub fn abort(&mut self, e: &io::Error) {
+        log::trace!("endpoint aborted: {e}");
+        self.aborted = true;
+        self.error.get_or_insert(e.kind());
+    }
+
+    /// Bytes written to the socket and not yet acknowledged by the peer (SIOCOUTQ): what a
+    /// reset would throw away. 0 when it cannot be asked.
+    pub fn unacknowledged(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which is valid.
+        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r < 0 {
+            0
+        } else {
+            n.max(0) as usize
+        }
+    }
+
+    /// Makes the coming close send a reset (RST) instead of a FIN: `SO_LINGER {on, 0}`, which
+    /// also discards whatever is unsent.
+    pub fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
     }
 }
 
@@ -163,10 +217,13 @@ pub struct Pumped {
 pub struct Half {
     carrier: Carrier,
     mode: Forwarding,
-    /// The source sent EOF.
+    /// Nothing more will come from the source: it sent EOF, or reading it failed.
     pub eof: bool,
     /// The destination's write side was shut down (EOF passed on).
     pub shut: bool,
+    /// The direction is over: its EOF passed on, its source aborted and everything read from
+    /// it written, or its destination aborted (what was left unwritten is dropped).
+    pub over: bool,
     /// Bytes written to the destination so far.
     pub bytes: u64,
 }
@@ -179,13 +236,14 @@ impl Half {
             mode,
             eof: false,
             shut: false,
+            over: false,
             bytes: 0,
         }
     }
 
-    /// True once EOF was read and passed on: this direction is finished.
+    /// True once the direction is over (see [`Half::over`]).
     pub fn done(&self) -> bool {
-        self.shut
+        self.over
     }
 
     /// Bytes read from the source and not yet written.
@@ -197,14 +255,12 @@ impl Half {
         }
     }
 
-    /// Moves bytes from `src` to `dst` until both would block, the direction is finished, or
-    /// `budget` bytes were written. `reverse_done` says the other direction has finished: then
-    /// the connection closes as soon as this one does, and the close itself passes on the EOF,
-    /// so the `shutdown(Write)` is skipped.
+    /// Moves bytes from `src` to `dst` until both would block, the direction is over, or
+    /// `budget` bytes were written. `reverse_done` says the other direction is over: then the
+    /// connection closes as soon as this one is, and the close itself passes on the EOF, so the
+    /// `shutdown(Write)` is skipped.
     ///
-    /// # Errors
-    /// Any I/O error other than `WouldBlock`/`Interrupted` (a reset, a broken pipe): the
-    /// connection cannot go on.
+    /// Errors end up in `src.aborted` / `dst.aborted` (see the module docs), never returned.
     pub fn pump(
         &mut self,
         src: &mut Endpoint,
@@ -212,47 +268,57 @@ impl Half {
         pool: &mut BufferPool,
         budget: usize,
         reverse_done: bool,
-    ) -> io::Result<Pumped> {
+    ) -> Pumped {
         let mut out = Pumped::default();
         loop {
+            if self.over {
+                return out;
+            }
+            if dst.aborted {
+                // Nothing can reach the destination any more: drop what is left, stop reading.
+                self.end(pool);
+                return out;
+            }
             if out.bytes >= budget {
-                out.more = !self.shut;
-                return Ok(out);
+                out.more = true;
+                return out;
             }
             let mut progress = false;
             if !self.eof && src.ready.readable {
-                progress |= self.fill(&mut src.stream, &mut src.ready, pool)?;
+                progress |= self.fill(src, pool);
             }
             if self.pending() > 0 && dst.ready.writable {
-                let n = self.flush(&mut dst.stream, &mut dst.ready, pool)?;
+                let n = self.flush(dst, pool);
                 out.bytes += n;
                 self.bytes += n as u64;
                 progress |= n > 0;
             }
-            if self.eof && self.pending() == 0 && !self.shut {
-                self.shut = true;
-                self.release(pool);
-                if !reverse_done {
+            if self.eof && self.pending() == 0 && !dst.aborted {
+                if !src.aborted && !reverse_done {
                     match dst.stream.shutdown(Shutdown::Write) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                        Err(e) => return Err(e),
+                        Err(e) => dst.abort(&e),
                     }
                 }
+                self.shut = !src.aborted;
+                self.end(pool);
+                return out;
             }
             if !progress {
-                return Ok(out);
+                return out;
             }
         }
     }
 
-    /// Reads once from `src`; returns whether anything happened (bytes or EOF).
-    fn fill(
-        &mut self,
-        src: &mut TcpStream,
-        ready: &mut Readiness,
-        pool: &mut BufferPool,
-    ) -> io::Result<bool> {
+    /// Ends the direction, giving back what it holds.
+    fn end(&mut self, pool: &mut BufferPool) {
+        self.over = true;
+        self.release(pool);
+    }
+
+    /// Reads once from `src`; returns whether anything happened (bytes, EOF or an error).
+    fn fill(&mut self, src: &mut Endpoint, pool: &mut BufferPool) -> bool {
         if let Carrier::Idle = self.carrier {
             self.carrier = match self.mode {
                 Forwarding::Splice => match Pipe::new() {
@@ -273,17 +339,19 @@ impl Half {
                 };
             }
         }
+        let ready = &mut src.ready;
         let result = match &mut self.carrier {
-            Carrier::Idle => unreachable!("a carrier was just set"),
+            // A carrier was just set; nothing to read into otherwise.
+            Carrier::Idle => return false,
             Carrier::Buffer { buf, start, end } => {
                 if *start == *end {
                     (*start, *end) = (0, 0);
                 }
                 if *end == buf.len() {
-                    return Ok(false);
+                    return false;
                 }
                 let room = buf.len() - *end;
-                match src.read(&mut buf[*end..]) {
+                match src.stream.read(&mut buf[*end..]) {
                     Ok(n) => {
                         *end += n;
                         // A short read emptied the socket: epoll reports the next arrival
@@ -291,7 +359,9 @@ impl Half {
                         // does on Linux). After a reported FIN no event will come, but none
                         // is needed: everything sent before the FIN is queued before it, so
                         // an emptied socket is at EOF and the read that returns 0 is saved.
-                        if n > 0 && n < room {
+                        // Not after an error (the read that returns it must happen) nor after
+                        // urgent data (reads stop short at the urgent mark).
+                        if n > 0 && n < room && !ready.error && !ready.urgent {
                             if ready.read_closed {
                                 self.eof = true;
                             } else {
@@ -309,9 +379,10 @@ impl Half {
             }
             Carrier::Pipe(p) => {
                 if p.pending >= p.capacity {
-                    return Ok(false);
+                    return false;
                 }
-                match splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity - p.pending) {
+                let fd = src.stream.as_raw_fd();
+                match splice(fd, p.write.as_raw_fd(), p.capacity - p.pending) {
                     Ok(n) => {
                         p.pending += n;
                         Ok(n)
@@ -319,7 +390,7 @@ impl Half {
                     // With bytes in the pipe, EAGAIN may mean the pipe is out of slots rather
                     // than the socket empty: keep `readable` and retry after the next flush.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && p.pending > 0 => {
-                        return Ok(false)
+                        return false
                     }
                     Err(e) => Err(e),
                 }
@@ -328,31 +399,34 @@ impl Half {
         match result {
             Ok(0) => {
                 self.eof = true;
-                Ok(true)
+                true
             }
-            Ok(_) => Ok(true),
+            Ok(_) => true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready.readable = false;
+                src.ready.readable = false;
                 self.release_if_empty(pool);
-                Ok(false)
+                false
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => Err(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                // A reset (or worse): nothing more comes from this side. What was read before
+                // it is still written; the destination is then reset, not shut down.
+                src.abort(&e);
+                self.eof = true;
+                true
+            }
         }
     }
 
     /// Writes once to `dst`; returns the bytes written.
-    fn flush(
-        &mut self,
-        dst: &mut TcpStream,
-        ready: &mut Readiness,
-        pool: &mut BufferPool,
-    ) -> io::Result<usize> {
+    fn flush(&mut self, dst: &mut Endpoint, pool: &mut BufferPool) -> usize {
+        let ready = &mut dst.ready;
+        let stream = &mut dst.stream;
         let result = match &mut self.carrier {
-            Carrier::Idle => return Ok(0),
+            Carrier::Idle => return 0,
             Carrier::Buffer { buf, start, end } => {
                 let len = *end - *start;
-                dst.write(&buf[*start..*end]).inspect(|&n| {
+                stream.write(&buf[*start..*end]).inspect(|&n| {
                     *start += n;
                     // A short write filled the socket's send buffer: wait for writable.
                     if n < len {
@@ -360,21 +434,25 @@ impl Half {
                     }
                 })
             }
-            Carrier::Pipe(p) => {
-                splice(p.read.as_raw_fd(), dst.as_raw_fd(), p.pending).inspect(|&n| p.pending -= n)
-            }
+            Carrier::Pipe(p) => splice(p.read.as_raw_fd(), stream.as_raw_fd(), p.pending)
+                .inspect(|&n| p.pending -= n),
         };
         match result {
             Ok(n) => {
                 self.release_if_empty(pool);
-                Ok(n)
+                n
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready.writable = false;
-                Ok(0)
+                dst.ready.writable = false;
+                0
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => Err(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                // The destination is gone (EPIPE, ECONNRESET): this direction cannot go on;
+                // `pump` drops what is left.
+                dst.abort(&e);
+                0
+            }
         }
     }
 
@@ -392,14 +470,13 @@ impl Half {
         match std::mem::replace(&mut self.carrier, Carrier::Idle) {
             Carrier::Buffer { buf, .. } => pool.give(buf),
             // Pipes stay with the connection until it ends: bulk directions stay bulk.
-            Carrier::Pipe(p) if !self.shut => self.carrier = Carrier::Pipe(p),
+            Carrier::Pipe(p) if !self.over => self.carrier = Carrier::Pipe(p),
             _ => {}
         }
     }
 
     /// Returns any held buffer to the pool (the connection is ending).
     pub fn close(&mut self, pool: &mut BufferPool) {
-        self.shut = true;
-        self.release(pool);
+        self.end(pool);
     }
 }

@@ -71,6 +71,8 @@ pub(super) struct ListenerSlot {
     pub(super) accept_errors: LogLimiter,
     /// Dropped datagrams (UDP), likewise.
     pub(super) drops: LogLimiter,
+    /// Clients reset because no target accepted them, likewise.
+    pub(super) give_ups: LogLimiter,
 }
 
 impl ListenerSlot {
@@ -99,6 +101,7 @@ impl ListenerSlot {
             full: false,
             accept_errors: LogLimiter::default(),
             drops: LogLimiter::default(),
+            give_ups: LogLimiter::default(),
         })
     }
 
@@ -111,6 +114,7 @@ impl ListenerSlot {
             full: false,
             accept_errors: LogLimiter::default(),
             drops: LogLimiter::default(),
+            give_ups: LogLimiter::default(),
         }
     }
 

@@ -4,7 +4,18 @@
 //! Token plan (see [`Slot`]): `0` is the waker, `1..=MAX_LISTENERS` the listeners, and from
 //! [`CONN_BASE`] on three tokens per slab key `k`: `CONN_BASE + 3k` for the client side and
 //! `CONN_BASE + 3k + 1` for the target side of TCP connection `k`, and `CONN_BASE + 3k + 2`
-//! for the upstream socket of UDP session `k` (sessions have their own table and keys).
+//! for the upstream socket of UDP session `k` (sessions have their own table and keys). These
+//! fill the token's low [`TAG_SHIFT`] bits; the bits above hold a *tag*, a number the worker
+//! gives each socket it registers ([`Tag`]), kept beside the socket.
+//!
+//! Why tags: slab keys are reused at once, and one `poll` batch can hold an event for a socket
+//! that an earlier event of the same batch closed (edge-triggered epoll keeps reporting
+//! RDHUP/ERR). Had the key been handed to a new client meanwhile, that stale event would be
+//! applied to it: a short read taken as EOF, a connecting target taken as established. An event
+//! whose tag is not its socket's current tag is dropped. (Freeing keys only after the batch, as
+//! sozu does, would do as well but holds every closed entry until the batch ends; tokio packs a
+//! generation into its tokens the same way.) Tags wrap after 2^24 registrations, far more than
+//! one batch (1,024 events) can span.
 //!
 //! Every drain loop is capped (accepts per wake, bytes per direction per wake); work left over
 //! goes on a ready queue that the next loop turn runs before sleeping, because with
@@ -47,6 +58,22 @@ pub const CONN_BASE: usize = 1 << 20;
 
 /// Bytes per direction per wake before yielding to other connections.
 const PUMP_BUDGET: usize = 512 * 1024;
+/// Bits of a token below its tag.
+pub const TAG_SHIFT: u32 = 40;
+/// Mask of a tag's bits (24: the rest of a 64-bit token).
+pub const TAG_MASK: u32 = (1 << 24) - 1;
+const _: () = assert!(usize::BITS == 64, "the token plan needs 64-bit tokens");
+
+/// The number a worker gives a socket when it registers it, carried in the socket's tokens:
+/// an event whose tag differs from the socket's current one is stale (see the module docs).
+pub type Tag = u32;
+
+/// The tag of a UDP session's upstream socket: the low bits of the session's id, unique per
+/// worker.
+fn session_tag(id: u64) -> Tag {
+    id as Tag & TAG_MASK
+}
+
 /// What a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
@@ -54,36 +81,44 @@ pub enum Slot {
     Waker,
     /// Listener index.
     Listener(usize),
-    /// Client side of the connection with this slab key.
-    Front(usize),
-    /// Target side of the connection with this slab key.
-    Back(usize),
-    /// Upstream socket of the UDP session with this key.
-    Session(usize),
+    /// Client side of the connection with this slab key, and the socket's tag.
+    Front(usize, Tag),
+    /// Target side of the connection with this slab key, and the socket's tag.
+    Back(usize, Tag),
+    /// Upstream socket of the UDP session with this key, and the socket's tag.
+    Session(usize, Tag),
 }
 
 impl Slot {
     /// The slot a token stands for.
     pub fn of(token: Token) -> Slot {
-        match token.0 {
+        let tag = (token.0 >> TAG_SHIFT) as Tag & TAG_MASK;
+        match token.0 & ((1 << TAG_SHIFT) - 1) {
             0 => Slot::Waker,
             t if t < CONN_BASE => Slot::Listener(t - 1),
             t => match (t - CONN_BASE) % 3 {
-                0 => Slot::Front((t - CONN_BASE) / 3),
-                1 => Slot::Back((t - CONN_BASE) / 3),
-                _ => Slot::Session((t - CONN_BASE) / 3),
+                0 => Slot::Front((t - CONN_BASE) / 3, tag),
+                1 => Slot::Back((t - CONN_BASE) / 3, tag),
+                _ => Slot::Session((t - CONN_BASE) / 3, tag),
             },
         }
     }
 
     /// The token for this slot.
     pub fn token(self) -> Token {
+        let tagged = |k: usize, side: usize, tag: Tag| {
+            debug_assert!(
+                CONN_BASE + 3 * k + side < 1 << TAG_SHIFT,
+                "slab key {k} too large"
+            );
+            (((tag & TAG_MASK) as usize) << TAG_SHIFT) | (CONN_BASE + 3 * k + side)
+        };
         Token(match self {
             Slot::Waker => 0,
             Slot::Listener(i) => 1 + i,
-            Slot::Front(k) => CONN_BASE + 3 * k,
-            Slot::Back(k) => CONN_BASE + 3 * k + 1,
-            Slot::Session(k) => CONN_BASE + 3 * k + 2,
+            Slot::Front(k, tag) => tagged(k, 0, tag),
+            Slot::Back(k, tag) => tagged(k, 1, tag),
+            Slot::Session(k, tag) => tagged(k, 2, tag),
         })
     }
 }
@@ -204,6 +239,8 @@ pub struct Worker {
     stop_deadline: Option<Instant>,
     access: AccessLog,
     next_id: u64,
+    /// The tag for the next socket registered (see [`Tag`]).
+    next_tag: Tag,
     now: Instant,
 }
 
@@ -247,6 +284,7 @@ impl Worker {
             stop_deadline: None,
             access,
             next_id: 0,
+            next_tag: 0,
             now: Instant::now(),
         })
     }
@@ -271,9 +309,17 @@ impl Worker {
                 match Slot::of(event.token()) {
                     Slot::Waker => self.handle_commands(),
                     Slot::Listener(i) => self.handle_listener(i),
-                    Slot::Front(key) => self.handle_front_event(key, event),
-                    Slot::Back(key) => self.handle_back_event(key, event),
-                    Slot::Session(key) => self.handle_session_event(key),
+                    Slot::Front(key, tag) => self.handle_front_event(key, tag, event),
+                    Slot::Back(key, tag) => self.handle_back_event(key, tag, event),
+                    Slot::Session(key, tag) => {
+                        if self
+                            .sessions
+                            .get_mut(key)
+                            .is_some_and(|s| session_tag(s.id) == tag)
+                        {
+                            self.handle_session_event(key);
+                        }
+                    }
                 }
             }
             self.run_ready();
@@ -294,7 +340,7 @@ impl Worker {
                         self.table.len()
                     );
                     for key in self.table.keys() {
-                        self.close(key, "shutdown timeout");
+                        self.close(key, "shutdown timeout", crate::tcp::Reset::BOTH);
                     }
                     self.access.flush();
                     return Ok(());
@@ -400,7 +446,7 @@ impl Worker {
             })
             .collect();
         for key in keys {
-            self.close(key, "disabled");
+            self.close(key, "disabled", crate::tcp::Reset::BOTH);
         }
         self.end_sessions_where(|s| on_target(s.group, Some(s.target)), "disabled");
     }
@@ -458,6 +504,12 @@ impl Worker {
             self.id,
             self.table.len()
         );
+    }
+
+    /// A fresh tag for a socket about to be registered.
+    fn new_tag(&mut self) -> Tag {
+        self.next_tag = self.next_tag.wrapping_add(1);
+        self.next_tag
     }
 
     fn run_ready(&mut self) {

@@ -10,18 +10,32 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::{Ready, Slot, Worker, PUMP_BUDGET};
+use std::time::Duration;
+
+use super::{Ready, Slot, Tag, Worker, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
 use crate::health::probe::describe;
-use crate::tcp::pump::Endpoint;
-use crate::tcp::{Connection, State};
+use crate::tcp::pump::{Endpoint, Pumped};
+use crate::tcp::{Closing, Connection, Reset, State};
 use crate::timers::Due;
+
+/// Interest in both sockets of a connection: PRIORITY too, so urgent data is noticed (reads
+/// stop short at the urgent mark, see `Readiness::urgent`).
+const CONN_INTEREST: Interest = Interest::READABLE
+    .add(Interest::WRITABLE)
+    .add(Interest::PRIORITY);
+/// Longest a side waits in `Closing` for its bytes to be acknowledged before it is reset (and
+/// never longer than the listener's `idle_timeout`).
+const RESET_LINGER: Duration = Duration::from_secs(5);
+/// How often a `Closing` connection asks whether its bytes are acknowledged (no event says so).
+const RESET_RECHECK: Duration = Duration::from_millis(5);
 
 impl Worker {
     pub(super) fn handle_accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) {
+        let tag = self.new_tag();
         let config = &self.shared.listeners[i].config;
         // TCP_NODELAY comes from the listening socket (see net::reuseport_tcp_listener).
         let local = self.listeners[i].local;
@@ -42,13 +56,16 @@ impl Worker {
             i,
             config.target_group,
             tuple,
-            stream,
+            Endpoint::new(stream, tag),
             config.forwarding,
             self.now,
         );
         // The one timer entry of a connection must never be later than its real deadline
         // (entries only move later): the earlier of the two timeouts covers both states.
         let first_check = config.connect_timeout.min(config.idle_timeout);
+        if let Some(old) = self.table.find(&tuple) {
+            self.client_reused_port(old);
+        }
         let key = match self.table.insert(tuple, conn) {
             Ok(key) => key,
             Err(_) => {
@@ -59,17 +76,19 @@ impl Worker {
                 return;
             }
         };
-        let conn = self.table.get_mut(key).expect("just inserted");
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
         // Optimistic: the client may have sent its first bytes already.
         conn.front.ready.readable = true;
         conn.front.ready.writable = true;
         if let Err(e) = self.poll.registry().register(
             &mut conn.front.stream,
-            Slot::Front(key).token(),
-            Interest::READABLE | Interest::WRITABLE,
+            Slot::Front(key, tag).token(),
+            CONN_INTEREST,
         ) {
             log::warn!("{tuple}: cannot register the client socket: {e}");
-            self.close(key, "register failed");
+            self.close(key, "register failed", Reset::BOTH);
             return;
         }
         self.timers
@@ -105,29 +124,30 @@ impl Worker {
             conn.target = Some(t);
             conn.attempt_started = self.now;
             let address = group.targets[t].address;
-            let mut started = open_back(&self.poll, address, key);
-            if started.as_ref().is_err_and(is_resource_exhaustion) && self.reserve.take().is_some()
-            {
+            self.next_tag = self.next_tag.wrapping_add(1);
+            let tag = self.next_tag;
+            let mut started = open_back(&self.poll, address, key, tag);
+            if started.as_ref().is_err_and(is_out_of_descriptors) && self.reserve.take().is_some() {
                 // What the reserve descriptor is for: this client, already accepted, still gets
                 // its target socket. Accepting waits until the reserve can be held again.
-                started = open_back(&self.poll, address, key);
+                started = open_back(&self.poll, address, key, tag);
             }
             match started {
                 Ok(s) => {
-                    conn.back = Some(Endpoint::new(s));
+                    conn.back = Some(Endpoint::new(s, tag));
                     // Counted from the connect on, so least_connections sees a burst of new
                     // connections before any of them is established.
                     group.targets[t].active.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                Err(e) if is_resource_exhaustion(&e) => {
+                Err(e) if is_local_exhaustion(&e) => {
                     // Out of descriptors even so (a retry, or another worker took the one the
-                    // reserve freed). Not the target's fault, and every other target would fail
-                    // the same way: close this client, and leave the next ones in the listen
-                    // backlog until descriptors free up.
+                    // reserve freed), or out of local ports (EADDRNOTAVAIL). Not the target's
+                    // fault, and every other target would likely fail the same way: reset this
+                    // client, and leave the next ones in the listen backlog a while.
                     conn.target = None;
                     let listener = conn.listener;
-                    self.close(key, &describe(&e));
+                    self.close(key, &describe(&e), Reset::BOTH);
                     // After the close, which would otherwise end the pause at once.
                     return self.pause_accepts(listener, "cannot open a socket to a target", &e);
                 }
@@ -166,41 +186,95 @@ impl Worker {
         self.connect_next(key);
     }
 
-    fn give_up(&mut self, key: usize) {
-        if let Some(conn) = self.table.get_mut(key) {
-            let listener = &self.shared.listeners[conn.listener].config;
-            log::warn!(
-                "listener {}: closing client {}: no target accepted the connection after {} \
-                 attempt(s) (last: {})",
-                listener.name,
-                conn.tuple.client,
-                conn.tried.len(),
-                conn.last_error.as_deref().unwrap_or("no target to try")
-            );
-        }
-        self.close(key, "no target");
-    }
-
-    pub(super) fn handle_front_event(&mut self, key: usize, event: &Event) {
+    /// The kernel accepted a new client with the 5-tuple of connection `key`, so that one is
+    /// over on the client's side: the client reset it and reused its port at once, before this
+    /// worker saw the reset. The old connection delivers to its target what the client sent
+    /// before, then its target is reset; it leaves the table now (without waiting for the
+    /// target to acknowledge, as its 5-tuple is needed).
+    fn client_reused_port(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        mark(&mut conn.front.ready, event);
+        log::debug!(
+            "{}: port reused by a new client; ending the old connection",
+            conn.tuple
+        );
+        conn.front.aborted = true;
+        conn.front.ready.readable = true;
+        conn.front.ready.error = true;
+        conn.note_aborts();
         if conn.state() == State::Established {
             self.drive(key);
         }
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let (reset, reason) = match conn.closing {
+            Some(c) => (c.reset, c.reason),
+            None => (Reset::BOTH, "client_reset"),
+        };
+        self.close(key, reason, reset);
     }
 
-    pub(super) fn handle_back_event(&mut self, key: usize, event: &Event) {
+    /// No target accepted the client: it is reset (a clean EOF would read as an empty answer).
+    fn give_up(&mut self, key: usize) {
+        if let Some(conn) = self.table.get_mut(key) {
+            let (i, client, tried) = (conn.listener, conn.tuple.client, conn.tried.len());
+            let last = conn.last_error.take();
+            if let Some(unlogged) = self.listeners[i].give_ups.allow(self.now) {
+                log::warn!(
+                    "listener {}: resetting client {client}: no target accepted the connection \
+                     after {tried} attempt(s) (last: {}; {unlogged} more such clients since the \
+                     last report)",
+                    self.shared.listeners[i].config.name,
+                    last.as_deref().unwrap_or("no target to try"),
+                );
+            }
+        }
+        self.close(key, "no target", Reset::BOTH);
+    }
+
+    pub(super) fn handle_front_event(&mut self, key: usize, tag: Tag, event: &Event) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        if conn.front.tag != tag {
+            return; // for a socket closed earlier in this batch (see the token plan)
+        }
+        mark(&mut conn.front.ready, event);
+        match conn.state() {
+            State::Established => self.drive(key),
+            State::Connecting if event.is_error() => {
+                // A client that resets while its target connect is pending: free both
+                // descriptors now, and reset the target side, which may already be connected.
+                if let Ok(Some(e)) | Err(e) = conn.front.stream.take_error() {
+                    log::debug!("{}: client gone while connecting: {e}", conn.tuple);
+                    conn.front.aborted = true;
+                    self.close(
+                        key,
+                        "client_reset",
+                        Reset {
+                            front: false,
+                            back: true,
+                        },
+                    );
+                }
+            }
+            State::Connecting | State::Closing => {}
+        }
+    }
+
+    pub(super) fn handle_back_event(&mut self, key: usize, tag: Tag, event: &Event) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
         let state = conn.state();
-        let Some(back) = conn.back.as_mut() else {
-            return;
+        let Some(back) = conn.back.as_mut().filter(|b| b.tag == tag) else {
+            return; // for a socket closed earlier in this batch (see the token plan)
         };
         mark(&mut back.ready, event);
         match state {
+            State::Closing => {}
             State::Established => self.drive(key),
             State::Connecting => {
                 // Linux reports EPOLLOUT on a connecting socket only once the connect has
@@ -243,7 +317,8 @@ impl Worker {
         self.drive(key);
     }
 
-    /// Moves bytes both ways until both would block; closes the connection when it is done.
+    /// Moves bytes both ways until both would block; ends the connection when both
+    /// directions are over.
     pub(super) fn drive(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
@@ -251,28 +326,25 @@ impl Worker {
         let Some(back) = conn.back.as_mut() else {
             return;
         };
-        let up = conn.up.pump(
-            &mut conn.front,
-            back,
-            &mut self.pool,
-            PUMP_BUDGET,
-            conn.down.done(),
-        );
-        let down = conn.down.pump(
-            back,
-            &mut conn.front,
-            &mut self.pool,
-            PUMP_BUDGET,
-            conn.up.done(),
-        );
-        let (up, down) = match (up, down) {
-            (Ok(up), Ok(down)) => (up, down),
-            (Err(e), _) | (_, Err(e)) => {
-                let reason = describe(&e);
-                self.close(key, &reason);
-                return;
+        let (mut up, mut down) = (Pumped::default(), Pumped::default());
+        // A side found aborted by one direction changes what the other does (it reads what
+        // that side sent before it went away, or stops): pump again, at most once per side.
+        for _ in 0..3 {
+            let aborted = (conn.front.aborted, back.aborted);
+            let pool = &mut self.pool;
+            let u = conn
+                .up
+                .pump(&mut conn.front, back, pool, PUMP_BUDGET, conn.down.done());
+            let d = conn
+                .down
+                .pump(back, &mut conn.front, pool, PUMP_BUDGET, conn.up.done());
+            (up.bytes, up.more) = (up.bytes + u.bytes, u.more);
+            (down.bytes, down.more) = (down.bytes + d.bytes, d.more);
+            if aborted == (conn.front.aborted, back.aborted) {
+                break;
             }
-        };
+        }
+        conn.note_aborts();
         if up.bytes + down.bytes > 0 {
             conn.last_active = self.now;
             if up.bytes > 0 && conn.first_up.is_none() {
@@ -296,21 +368,50 @@ impl Worker {
             }
         }
         if conn.finished() {
-            self.close(key, "done");
+            self.finish(key);
         } else if up.more || down.more {
             let id = conn.id;
             self.ready.push_back(Ready::Conn { key, id });
         }
     }
 
-    /// Deregisters and closes both sockets, releases buffers, updates counters and removes the
-    /// table entry.
-    pub(super) fn close(&mut self, key: usize, reason: &str) {
+    /// Both directions are over: close, resetting a side whose peer aborted, once the bytes
+    /// written to it are acknowledged (a reset discards them), waiting in `Closing` if needed.
+    fn finish(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let (reset, reason) = conn.ending();
+        if reset == Reset::NONE || unacknowledged(conn, reset) == 0 {
+            return self.close(key, reason, reset);
+        }
+        let idle = self.shared.listeners[conn.listener].config.idle_timeout;
+        let recheck_at = self.now + RESET_RECHECK;
+        conn.closing = Some(Closing {
+            reason,
+            reset,
+            until: self.now + RESET_LINGER.min(idle),
+            recheck_at,
+        });
+        conn.set_state(State::Closing);
+        let id = conn.id;
+        self.timers.schedule(recheck_at, Due { key, id });
+    }
+
+    /// Deregisters and closes both sockets (resetting those `reset` names), releases buffers,
+    /// updates counters and removes the table entry.
+    pub(super) fn close(&mut self, key: usize, reason: &str, reset: Reset) {
         // No deregister: closing a socket removes it from epoll (we never dup fds), and
         // two epoll_ctl calls per connection are measurable at high connection rates.
         let Some(mut conn) = self.table.remove(key) else {
             return;
         };
+        if reset.front {
+            conn.front.reset_on_close();
+        }
+        if let Some(back) = conn.back.as_ref().filter(|_| reset.back) {
+            back.reset_on_close();
+        }
         conn.up.close(&mut self.pool);
         conn.down.close(&mut self.pool);
         self.descriptors_freed();
@@ -332,7 +433,7 @@ impl Worker {
             listener: &listener.config.name,
             client: conn.tuple.client,
             target: target
-                .filter(|_| conn.state() == State::Established)
+                .filter(|_| conn.state() != State::Connecting)
                 .map(|t| t.address),
             duration: self.now.saturating_duration_since(conn.started),
             bytes_up: conn.up.bytes,
@@ -353,16 +454,20 @@ impl Worker {
                 continue;
             }
             let config = &self.shared.listeners[conn.listener].config;
-            let (deadline, connecting) = match conn.state() {
-                State::Connecting => (conn.attempt_started + config.connect_timeout, true),
-                State::Established => (conn.last_active + config.idle_timeout, false),
-            };
             let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
+            let deadline = match conn.state() {
+                State::Connecting => conn.attempt_started + connect_timeout,
+                State::Established => conn.last_active + idle_timeout,
+                State::Closing => {
+                    self.recheck_closing(due);
+                    continue;
+                }
+            };
             if deadline > self.now {
                 self.timers.schedule(deadline, due);
                 continue;
             }
-            if connecting {
+            if conn.state() == State::Connecting {
                 let reason = format!(
                     "connect timed out after {}",
                     humantime::format_duration(connect_timeout)
@@ -373,11 +478,45 @@ impl Worker {
                     self.timers.schedule(conn.attempt_started + next, due);
                 }
             } else {
-                let reason = format!("idle for {}", humantime::format_duration(idle_timeout));
-                self.close(due.key, &reason);
+                // Idle on both sides: a normal close (FIN) to both; nothing was cut short.
+                self.close(due.key, "idle", Reset::NONE);
             }
         }
     }
+
+    /// A `Closing` connection's timer entry: reset and close once the bytes written to the
+    /// side to reset are acknowledged, or its linger is up; else ask again soon. Entries other
+    /// than the one rescheduled last are dropped, so there is one at a time.
+    fn recheck_closing(&mut self, due: Due) {
+        let Some(conn) = self.table.get_mut(due.key) else {
+            return;
+        };
+        let Some(mut closing) = conn.closing else {
+            return;
+        };
+        if self.now >= closing.until || unacknowledged(conn, closing.reset) == 0 {
+            return self.close(due.key, closing.reason, closing.reset);
+        }
+        if closing.recheck_at <= self.now {
+            closing.recheck_at = self.now + RESET_RECHECK;
+            conn.closing = Some(closing);
+            self.timers.schedule(closing.recheck_at, due);
+        }
+    }
+}
+
+/// Bytes written to the sides `reset` names and not yet acknowledged.
+fn unacknowledged(conn: &Connection, reset: Reset) -> usize {
+    let front = if reset.front {
+        conn.front.unacknowledged()
+    } else {
+        0
+    };
+    let back = match &conn.back {
+        Some(b) if reset.back => b.unacknowledged(),
+        _ => 0,
+    };
+    front + back
 }
 
 /// Asks a connecting socket how its connect ended: `None` while it is still in progress (a
@@ -402,11 +541,17 @@ fn connect_outcome(stream: &TcpStream, event: &Event) -> Option<Result<(), Strin
 /// Records what a readiness event says about a socket. Errors and hang-ups count as both
 /// readable and writable, so the next syscall finds out what happened.
 fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
-    if event.is_readable() || event.is_read_closed() || event.is_error() {
+    if event.is_readable() || event.is_read_closed() || event.is_error() || event.is_priority() {
         ready.readable = true;
     }
     if event.is_read_closed() || event.is_error() {
         ready.read_closed = true;
+    }
+    if event.is_error() {
+        ready.error = true;
+    }
+    if event.is_priority() {
+        ready.urgent = true;
     }
     if event.is_writable() || event.is_write_closed() || event.is_error() {
         ready.writable = true;
@@ -414,23 +559,28 @@ fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
 }
 
 /// Opens a non-blocking connect to `address` and registers it as the target side of
-/// connection `key`.
-fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize) -> io::Result<TcpStream> {
+/// connection `key` with `tag`. TCP_NODELAY (no Nagle delay added) and SO_OOBINLINE (urgent
+/// data stays in the stream) are set, as the listener sets them for accepted clients.
+fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize, tag: Tag) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect(address)?;
     s.set_nodelay(true)?;
-    poll.registry().register(
-        &mut s,
-        Slot::Back(key).token(),
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
+    socket2::SockRef::from(&s).set_out_of_band_inline(true)?;
+    poll.registry()
+        .register(&mut s, Slot::Back(key, tag).token(), CONN_INTEREST)?;
     Ok(s)
 }
 
 /// Whether `e` means this process ran out of descriptors or kernel memory (EMFILE, ENFILE,
-/// ENOBUFS, ENOMEM), as opposed to a fault of the peer.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
+/// ENOBUFS, ENOMEM): what the reserve descriptor is for.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// Whether `e` is this host's shortage rather than the target's fault: out of descriptors or
+/// memory ([`is_out_of_descriptors`]), or out of local ports (EADDRNOTAVAIL).
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    is_out_of_descriptors(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }

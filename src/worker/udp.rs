@@ -155,7 +155,7 @@ impl Worker {
         let session = self.sessions.get_mut(key)?;
         if let Err(e) = self.poll.registry().register(
             &mut session.upstream,
-            Slot::Session(key).token(),
+            Slot::Session(key, super::session_tag(session.id)).token(),
             Interest::READABLE,
         ) {
             log::warn!("{tuple}: cannot register the upstream socket: {e}");

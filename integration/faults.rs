@@ -1,0 +1,364 @@
+//! Faults tell the truth: bytes and aborts pass through Ballast as they would between the two
+//! ends directly. A reset stays a reset, a failure never looks like a clean answer, and what one
+//! side sent before it went away still reaches the other.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// Ballast in front of `targets` with an access log; returns it and the log's path.
+fn start(targets: &[SocketAddr], listener: &str) -> (Ballast, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let weighted: Vec<(SocketAddr, u32)> = targets.iter().map(|&a| (a, 1)).collect();
+    let yaml = format!(
+        "access_log: {}\n{}",
+        dir.path().join("access.log").display(),
+        config("round_robin", &weighted, listener, NO_CHECKS)
+    );
+    (Ballast::start(&yaml), dir)
+}
+
+/// The access log's lines once it has `n`.
+fn access_lines(dir: &tempfile::TempDir, n: usize) -> String {
+    wait_for_lines(&dir.path().join("access.log"), n)
+}
+
+/// Reads until EOF or an error; returns the bytes and how it ended.
+fn read_all(s: &mut TcpStream) -> (Vec<u8>, Result<(), ErrorKind>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, Ok(())),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (out, Err(e.kind())),
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn an_upload_answered_early_still_gets_the_whole_answer() {
+    // The target reads 1 KiB of a large upload, answers 10 KiB and closes (with the rest of the
+    // upload unread, its close is a reset). The client, still sending, must get the answer.
+    for round in 0..10 {
+        let answer = pattern(10 * 1024);
+        let sent = answer.clone();
+        let target = Backend::start(Arc::new(move |mut s: TcpStream| {
+            let mut first = [0u8; 1024];
+            if s.read_exact(&mut first).is_ok() {
+                let _ = s.write_all(&sent);
+            }
+        }));
+        let (lb, _dir) = start(&[target.addr], "");
+        let s = client(lb.addr("l"));
+        let mut w = s.try_clone().unwrap();
+        let uploader = std::thread::spawn(move || {
+            let chunk = vec![b'u'; 64 * 1024];
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline && w.write_all(&chunk).is_ok() {}
+        });
+        let mut r = s;
+        let (got, _end) = read_all(&mut r);
+        uploader.join().unwrap();
+        assert_eq!(got.len(), answer.len(), "round {round}: answer cut short");
+        assert!(got == answer, "round {round}: answer changed");
+    }
+}
+
+#[test]
+fn a_client_reset_reaches_the_target_as_a_reset() {
+    const REQUEST: &[u8] = b"BEGIN; INSERT half a transaction";
+    let (got_tx, got_rx) = crossbeam_channel::bounded(1);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let target = Backend::start(Arc::new(move |mut s: TcpStream| {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut first = [0u8; REQUEST.len()];
+        // Health checks connect and close without a byte: not the client.
+        if s.read_exact(&mut first).is_ok() {
+            let _ = got_tx.send(first.to_vec());
+            let _ = tx.send(read_all(&mut s));
+        }
+    }));
+    let (lb, dir) = start(&[target.addr], "");
+    let mut s = client(lb.addr("l"));
+    s.write_all(REQUEST).unwrap();
+    // The target has the request's first part; now the client aborts.
+    let first = got_rx.recv_timeout(WAIT).expect("target got the bytes");
+    assert_eq!(first, REQUEST);
+    reset(s);
+    let (rest, end) = rx.recv_timeout(WAIT).expect("target saw the end");
+    assert!(rest.is_empty());
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the target must see the client's abort, not a clean end of a complete request"
+    );
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=client_reset"), "{log}");
+}
+
+#[test]
+fn a_target_reset_reaches_the_client_after_its_bytes() {
+    // Written and reset at once: Ballast may well see the bytes and the reset in one event.
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        if s.write_all(&pattern(1000)).is_ok() {
+            reset(s);
+        }
+    }));
+    let (lb, dir) = start(&[target.addr], "");
+    let mut s = client(lb.addr("l"));
+    let (got, end) = read_all(&mut s);
+    assert_eq!(got, pattern(1000), "the bytes before the reset");
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "a crashed target's truncated answer must not end like a whole one"
+    );
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=target_reset"), "{log}");
+}
+
+#[test]
+fn a_normal_half_close_ends_with_fin_on_both_sides() {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let target = Backend::start(Arc::new(move |mut s: TcpStream| {
+        let (got, end) = read_all(&mut s);
+        if got.is_empty() {
+            return; // a health check
+        }
+        let _ = s.write_all(&got);
+        let _ = s.shutdown(Shutdown::Write);
+        // Wait for Ballast to close; a reset here would show as an error.
+        let (rest, close) = read_all(&mut s);
+        let _ = tx.send((got.len(), end, rest.len(), close));
+    }));
+    let (lb, dir) = start(&[target.addr], "");
+    let mut s = client(lb.addr("l"));
+    s.write_all(&pattern(5000)).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let (got, end) = read_all(&mut s);
+    assert_eq!(got, pattern(5000));
+    assert_eq!(end, Ok(()), "client: clean EOF");
+    drop(s);
+    let (n, end, rest, close) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!((n, end), (5000, Ok(())), "target: whole request, then EOF");
+    assert_eq!(
+        (rest, close),
+        (0, Ok(())),
+        "target: a clean close, no reset"
+    );
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=done"), "{log}");
+}
+
+#[test]
+fn a_client_no_target_accepts_is_reset_not_closed() {
+    let (lb, dir) = start(&[dead_addr(), dead_addr()], "");
+    let mut s = client(lb.addr("l"));
+    let (got, end) = read_all(&mut s);
+    assert!(got.is_empty());
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "an empty clean EOF would read as an empty answer"
+    );
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=no_target"), "{log}");
+}
+
+#[test]
+fn a_client_that_resets_while_its_connect_is_pending_is_freed_at_once() {
+    let (silent, _held) = silent_target();
+    let (lb, dir) = start(&[silent], "    connect_timeout: 30s\n");
+    let before = lb.fd_count();
+    let s = client(lb.addr("l"));
+    // Accepted and connecting: the client socket and the target socket.
+    wait_until("client and target sockets open", || {
+        lb.fd_count() >= before + 2
+    });
+    let started = Instant::now();
+    reset(s);
+    wait_until("both descriptors freed", || lb.fd_count() <= before);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "freed only after {:?} (connect_timeout is 30s)",
+        started.elapsed()
+    );
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=client_reset"), "{log}");
+}
+
+#[test]
+fn urgent_data_neither_stalls_nor_truncates_a_stream() {
+    let echo = Backend::start(echo());
+    let (lb, _dir) = start(&[echo.addr], "");
+    let mut s = client(lb.addr("l"));
+    s.write_all(b"abc").unwrap();
+    // SAFETY: send(2) on an open socket with a valid one-byte buffer.
+    let n = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::send(s.as_raw_fd(), b"U".as_ptr().cast(), 1, libc::MSG_OOB)
+    };
+    assert_eq!(n, 1);
+    s.write_all(b"def").unwrap();
+    // No EOF: a reader that stopped at the urgent mark would wait for more data forever.
+    let mut got = [0u8; 7];
+    s.read_exact(&mut got)
+        .expect("all seven bytes, the urgent one in place");
+    assert_eq!(&got, b"abcUdef");
+}
+
+/// What happened to one streaming client.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: AtomicUsize,
+    /// Ended with an error (reset, refused): a failure the client can tell from an answer.
+    errors: AtomicUsize,
+    /// Ended with a clean EOF and wrong or missing bytes: a lie.
+    bad: AtomicUsize,
+    first_bad: Mutex<Option<String>>,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.first_error.lock().unwrap().get_or_insert(what);
+    }
+}
+
+/// One echo stream of a random 1..=256 KiB payload: write, half-close, read the echo, compare
+/// SHA-256 digests.
+fn stream_once(addr: SocketAddr, rng: &mut impl rand::RngCore, tally: &Tally) {
+    use sha2::{Digest, Sha256};
+    let len = 1 + (rng.next_u32() as usize % (256 * 1024));
+    let mut payload = vec![0u8; len];
+    rng.fill_bytes(&mut payload);
+    let s = match TcpStream::connect_timeout(&addr, WAIT) {
+        Ok(s) => s,
+        Err(e) => return tally.error(format!("connect: {e}")),
+    };
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&payload)
+            .and_then(|()| w.shutdown(Shutdown::Write))
+            .map(|()| Sha256::digest(&payload))
+    });
+    let mut r = s;
+    let (echoed, end) = read_all(&mut r);
+    let written = writer.join().unwrap();
+    match (end, written) {
+        (Ok(()), Ok(digest)) if Sha256::digest(&echoed) == digest => {
+            tally.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        (Ok(()), Ok(_)) => {
+            tally.bad.fetch_add(1, Ordering::Relaxed);
+            tally
+                .first_bad
+                .lock()
+                .unwrap()
+                .get_or_insert(format!("clean EOF after {} of {len} bytes", echoed.len()));
+        }
+        // A socket's error is reported to one call only: the writer may have taken the reset
+        // the reader would otherwise have seen. Either way this client saw it.
+        (Ok(()), Err(e)) => tally.error(format!("write: {e}")),
+        (Err(e), _) => tally.error(format!("read: {e:?} after {} bytes", echoed.len())),
+    }
+}
+
+/// 16 clients streaming while 4 more connect and reset over and over, for `secs`; `pause`
+/// between resets per resetting client (`None`: as fast as they can).
+fn churn(secs: u64, pause: Option<Duration>) -> (Arc<Tally>, usize) {
+    // One churn at a time: the paced one must not run beside the overload.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let echo = Backend::start(echo());
+    let (lb, _dir) = start(&[echo.addr], "    idle_timeout: 30s\n");
+    let addr = lb.addr("l");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let resets = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for seed in 0..16u64 {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+            while !stop.load(Ordering::Relaxed) {
+                stream_once(addr, &mut rng, &tally);
+            }
+        }));
+    }
+    for _ in 0..4 {
+        let (stop, resets) = (stop.clone(), resets.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut s) = TcpStream::connect_timeout(&addr, WAIT) {
+                    let _ = s.write_all(b"x");
+                    reset(s);
+                    resets.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(p) = pause {
+                    std::thread::sleep(p);
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    (tally, resets.load(Ordering::Relaxed))
+}
+
+#[test]
+fn churn_paced_resets_leave_every_stream_whole() {
+    let (tally, resets) = churn(20, Some(Duration::from_millis(2)));
+    let (ok, errors, bad) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.bad.load(Ordering::Relaxed),
+    );
+    eprintln!("paced churn: {ok} streams whole, {errors} errors, {bad} bad, {resets} resets");
+    assert!(ok >= 100, "too few streams to mean anything: {ok}");
+    assert!(resets >= 1000, "too few resets to mean anything: {resets}");
+    assert_eq!(
+        (errors, bad),
+        (0, 0),
+        "first bad: {:?}; first error: {:?}",
+        tally.first_bad.lock().unwrap(),
+        tally.first_error.lock().unwrap()
+    );
+}
+
+#[test]
+fn churn_overload_may_fail_streams_but_never_with_a_clean_eof() {
+    let (tally, resets) = churn(20, None);
+    let (ok, errors, bad) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.bad.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "overload churn: {ok} streams whole, {errors} errors (first: {:?}), {bad} bad, {resets} \
+         resets",
+        tally.first_error.lock().unwrap()
+    );
+    assert!(ok + errors >= 100, "too few streams to mean anything");
+    assert_eq!(bad, 0, "first bad: {:?}", tally.first_bad.lock().unwrap());
+}
