@@ -359,3 +359,32 @@ fn access_log_that_cannot_be_opened_exits_2() {
     );
     assert!(stderr.contains(&path), "{stderr}");
 }
+
+#[test]
+fn unbounded_values_are_refused_with_their_key() {
+    let weight = GOOD.replace(
+        "      - address: 127.0.0.1:5432\n",
+        "      - address: 127.0.0.1:5432\n        weight: 4000000000\n",
+    );
+    refused(
+        &weight,
+        &["target_groups[0].targets[0].weight", "expected 1 to 10000"],
+    );
+    let weight = weight.replace("4000000000", "10001");
+    refused(&weight, &["targets[0].weight", "expected 1 to 10000"]);
+    refused(
+        &GOOD.replace("interval: 2s", "interval: 100000000h"),
+        &["target_groups[0].health_check.interval", "too long"],
+    );
+    refused(
+        &format!("shutdown_timeout: 99999days\n{GOOD}"),
+        &["shutdown_timeout", "too long"],
+    );
+    let udp = GOOD.replace("protocol: tcp", "protocol: udp").replace(
+        "target_group: pg\n",
+        "target_group: pg\n    udp: {batch: 2000}\n",
+    );
+    refused(&udp, &["listeners[0].udp.batch", "expected 1 to 1024"]);
+    let (out, stderr, _) = ballast(&["check"], &udp.replace("2000", "1024"));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -362,3 +362,20 @@ fn churn_overload_may_fail_streams_but_never_with_a_clean_eof() {
     assert!(ok + errors >= 100, "too few streams to mean anything");
     assert_eq!(bad, 0, "first bad: {:?}", tally.first_bad.lock().unwrap());
 }
+
+#[test]
+fn limits_beyond_the_open_file_limit_are_warned_about_at_start() {
+    let echo = Backend::start(echo());
+    let yaml = config(
+        "round_robin",
+        &[(echo.addr, 1)],
+        "    max_connections: 1000\n",
+        NO_CHECKS,
+    );
+    let lb = Ballast::start_with(&yaml, "info", Some(256));
+    let line = lb.wait_log("the open-file limit is 256", WAIT);
+    assert!(line.contains("LimitNOFILE"), "{line}");
+    // Within the limit: no warning.
+    let lb = Ballast::start_with(&yaml.replace("1000", "50"), "info", Some(256));
+    assert!(!lb.log().contains("open-file limit"), "{}", lb.log());
+}

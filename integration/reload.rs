@@ -285,6 +285,18 @@ fn bad_requests_get_a_4xx_with_a_message_and_change_nothing() {
         (
             "POST",
             "/target-groups/g/targets".into(),
+            r#"{"address": "127.0.0.1:1", "weight": 4000000000}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/target-groups/g/targets".into(),
+            r#"{"address": "127.0.0.1:1", "weight": 10001}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/target-groups/g/targets".into(),
             r#"{"address": "127.0.0.1:0"}"#,
             400,
         ),

@@ -39,8 +39,8 @@ pub struct TargetRef {
     pub address: String,
 }
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s, true)
 }
 
 /// Subcommands.

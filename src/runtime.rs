@@ -174,6 +174,43 @@ pub fn bind_listeners(config: &mut Config, which: &[usize]) -> Result<Vec<Vec<Bo
     Ok(per_worker)
 }
 
+/// Descriptors the configured limits may hold at once: two per TCP connection under each
+/// listener's `max_connections` (client and target sockets) and one per UDP session under
+/// `udp.max_sessions`, plus each worker's own (poll, waker, listening sockets, reserve).
+/// `None` when a TCP listener has no `max_connections` (nothing bounds it).
+pub fn descriptors_needed(config: &Config) -> Option<u64> {
+    let mut need = config.workers as u64 * (4 + config.listeners.len() as u64);
+    for l in &config.listeners {
+        need += match l.protocol {
+            Protocol::Tcp => 2 * l.max_connections? as u64,
+            Protocol::Udp => l.udp.as_ref().map_or(0, |u| u.max_sessions as u64),
+        };
+    }
+    Some(need)
+}
+
+/// Warns when the open-file limit (RLIMIT_NOFILE) is below what `config`'s limits may need
+/// ([`descriptors_needed`]), naming what to raise: past it, accepting pauses on EMFILE.
+fn check_descriptor_limit(config: &Config) {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return;
+    }
+    if let Some(need) = descriptors_needed(config).filter(|&n| n > rl.rlim_cur) {
+        log::warn!(
+            "the open-file limit is {} but max_connections and udp.max_sessions may need {need} \
+             descriptors (more while splice pipes are in use): raise it (`ulimit -n`, systemd \
+             LimitNOFILE=) to at least {}, or accepting will pause when it runs out",
+            rl.rlim_cur,
+            need * 2
+        );
+    }
+}
+
 /// A started Ballast: workers and prober running. Stop it with [`Running::stop`].
 pub struct Running {
     control: Arc<Control>,
@@ -190,6 +227,7 @@ pub struct Running {
 /// [`RunError::Bind`] when a listener cannot be bound (nothing is started then);
 /// [`RunError::Io`] when a thread or poll cannot be set up.
 pub fn start(mut config: Config) -> Result<Running, RunError> {
+    check_descriptor_limit(&config);
     let sockets = bind_all(&mut config)?;
     let workers = config.workers;
     let shared = Shared::new(config);

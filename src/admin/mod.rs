@@ -259,8 +259,9 @@ struct NewTarget {
 impl NewTarget {
     fn parse(body: &str) -> Result<TargetConfig, String> {
         let t: NewTarget = serde_json::from_str(body).map_err(|e| format!("bad JSON body: {e}"))?;
-        if t.weight == Some(0) {
-            return Err("weight must be at least 1".into());
+        let max = crate::config::MAX_WEIGHT;
+        if t.weight.is_some_and(|w| w == 0 || u64::from(w) > max) {
+            return Err(format!("weight must be 1 to {max}"));
         }
         if t.max_connections == Some(0) {
             return Err("max_connections must be at least 1".into());

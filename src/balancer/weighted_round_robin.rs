@@ -28,9 +28,15 @@ impl Balancer for WeightedRoundRobin {
     }
 }
 
+/// Longest cycle built, entries: a bound on each worker's memory (8 bytes an entry) and on the
+/// rebuild's time (`O(MAX_CYCLE × targets)`), whatever the weights (each up to 10,000).
+pub const MAX_CYCLE: u64 = 1 << 16;
+
 /// One full cycle of smooth weighted round robin over `weights` (indices into `weights`).
 /// Weights are first divided by their greatest common divisor, so 100:200 cycles like 1:2.
-/// Length: `sum(weights) / gcd`. Empty input gives an empty cycle.
+/// Length: `sum(weights) / gcd`, exact shares, up to [`MAX_CYCLE`]; beyond it the weights are
+/// scaled down in proportion (each at least 1), so each share is within one pick per cycle of
+/// exact. Empty input gives an empty cycle.
 ///
 /// ```
 /// use ballast::balancer::weighted_round_robin::smooth_cycle;
@@ -39,7 +45,13 @@ impl Balancer for WeightedRoundRobin {
 /// ```
 pub fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
     let g = weights.iter().fold(0u32, |a, &w| gcd(a, w)).max(1);
-    let w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
+    let mut w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
+    let sum: i64 = w.iter().sum();
+    if sum as u64 > MAX_CYCLE {
+        // Room for the floor of 1 each target keeps (at most MAX_CYCLE / 2 targets assumed).
+        let room = (MAX_CYCLE as i64 - w.len() as i64).max(MAX_CYCLE as i64 / 2);
+        w = w.iter().map(|&x| (x * room / sum).max(1)).collect();
+    }
     let total: i64 = w.iter().sum();
     let mut score = vec![0i64; w.len()];
     let mut cycle = Vec::with_capacity(total as usize);
@@ -66,6 +78,34 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_weights_give_a_bounded_cycle_with_near_exact_shares() {
+        // 300 targets with weights up to 10,000: Σ ≈ 1.5 million, far above the bound.
+        let weights: Vec<u32> = (0..300).map(|i| 1 + (i * 7919) % 10_000).collect();
+        let cycle = smooth_cycle(&weights);
+        assert!(cycle.len() as u64 <= MAX_CYCLE, "{}", cycle.len());
+        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        let mut counts = vec![0usize; weights.len()];
+        for &i in &cycle {
+            counts[i] += 1;
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            let want = f64::from(w) / total * cycle.len() as f64;
+            assert!(
+                (counts[i] as f64 - want).abs() <= 1.0 + want * 0.01,
+                "target {i} (weight {w}): {} picks, want {want:.1}",
+                counts[i]
+            );
+        }
+    }
+
+    #[test]
+    fn small_weights_stay_exact() {
+        let cycle = smooth_cycle(&[10_000, 1]);
+        assert_eq!(cycle.len(), 10_001);
+        assert_eq!(cycle.iter().filter(|&&i| i == 1).count(), 1);
+    }
     use crate::balancer::tests::{group, request};
 
     #[test]

@@ -21,9 +21,8 @@ use super::{Algorithm, Forwarding, HashKey, OnUnhealthy};
 pub struct FileConfig {
     /// Worker threads (event loops); default: one per available core.
     pub workers: Option<NonZeroU32>,
-    /// How long a graceful stop waits for open connections.
-    #[serde(default, with = "humantime_serde")]
-    pub shutdown_timeout: Option<Duration>,
+    /// How long a graceful stop waits for open connections (zero allowed).
+    pub shutdown_timeout: Option<BoundedDuration>,
     /// `off`, `stderr`, or a file path.
     pub access_log: Option<String>,
     /// The admin API.
@@ -67,7 +66,7 @@ pub struct FileUdp {
     pub max_sessions: Option<NonZeroU32>,
     pub max_responses: Option<u32>,
     pub on_unhealthy: Option<OnUnhealthy>,
-    pub batch: Option<NonZeroU32>,
+    pub batch: Option<Bounded<1, { MAX_BATCH }>>,
 }
 
 /// `protocol:` of a listener.
@@ -181,7 +180,7 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 #[serde(deny_unknown_fields)]
 pub struct FileTarget {
     pub address: Address,
-    pub weight: Option<NonZeroU32>,
+    pub weight: Option<Bounded<1, { MAX_WEIGHT }>>,
     pub backup: Option<bool>,
     pub max_connections: Option<NonZeroU32>,
 }
@@ -229,7 +228,96 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// A duration written as `500ms`, `2s`, `5m` (humantime syntax) that must be greater than zero.
+/// Largest target weight (config and admin API): weights are relative, and a bound keeps every
+/// sum and product of weights far from overflow.
+pub const MAX_WEIGHT: u64 = 10_000;
+/// Largest `udp.batch`: the kernel's `recvmmsg`/`sendmmsg` cap (UIO_MAXIOV); a larger batch
+/// would be cut short and taken for a drained socket.
+pub const MAX_BATCH: u64 = 1024;
+/// Longest duration any setting takes: 30 days. Deadlines are `Instant + duration`, which
+/// panics on overflow; nothing a balancer waits for is longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// An integer in `MIN..=MAX`; out of range is a parse error naming the bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Checked inside the visitor, so the error carries the key path and line.
+        struct V<const MIN: u64, const MAX: u64>;
+        impl<const MIN: u64, const MAX: u64> de::Visitor<'_> for V<MIN, MAX> {
+            type Value = Bounded<MIN, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an integer from {MIN} to {MAX}")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if (MIN..=MAX).contains(&v) {
+                    Ok(Bounded(v))
+                } else {
+                    Err(E::custom(format!(
+                        "{v} is out of range: expected {MIN} to {MAX}"
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "{v} is out of range: expected {MIN} to {MAX}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_u64(V::<MIN, MAX>)
+    }
+}
+
+/// Parses a duration setting: humantime syntax (`500ms`, `2s`, `5m`), at most
+/// [`MAX_DURATION`], and greater than zero unless `zero_ok`.
+///
+/// # Errors
+/// A message quoting `text`.
+pub fn parse_duration(text: &str, zero_ok: bool) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("bad duration `{text}`: {e} (write e.g. 500ms, 2s, 5m)"))?;
+    if d.is_zero() && !zero_ok {
+        return Err(format!("duration `{text}` must be greater than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{text}` is too long: at most {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration written as `0s`, `500ms`, `2s`, `5m` (humantime syntax), at most
+/// [`MAX_DURATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundedDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for BoundedDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = BoundedDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 0s, 500ms, 2s or 5m")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                parse_duration(s, true)
+                    .map(BoundedDuration)
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A duration written as `500ms`, `2s`, `5m` (humantime syntax) that must be greater than zero
+/// and at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PositiveDuration(pub Duration);
 
@@ -242,17 +330,9 @@ impl<'de> Deserialize<'de> for PositiveDuration {
                 f.write_str("a duration greater than zero such as 500ms, 2s or 5m")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                let d = humantime::parse_duration(s.trim()).map_err(|e| {
-                    E::custom(format!(
-                        "bad duration `{s}`: {e} (write e.g. 500ms, 2s, 5m)"
-                    ))
-                })?;
-                if d.is_zero() {
-                    return Err(E::custom(format!(
-                        "duration `{s}` must be greater than zero"
-                    )));
-                }
-                Ok(PositiveDuration(d))
+                parse_duration(s, false)
+                    .map(PositiveDuration)
+                    .map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 Err(E::custom(format!(

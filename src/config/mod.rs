@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::parse_address;
+pub use file::{parse_address, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
 pub use validate::{check_group, validate};
 
 /// Default `connect_timeout` of a listener.

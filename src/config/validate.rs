@@ -87,7 +87,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             }
             targets.push(TargetConfig {
                 address: t.address.0,
-                weight: t.weight.map_or(1, |w| w.get()),
+                weight: t.weight.map_or(1, |w| w.0 as u32),
                 backup: t.backup.unwrap_or(false),
                 max_connections: t.max_connections.map(|n| u64::from(n.get())),
             });
@@ -218,7 +218,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         admin,
         workers,
-        shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        shutdown_timeout: raw
+            .shutdown_timeout
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         access_log: match raw.access_log.as_deref() {
             None | Some("stderr") => crate::access_log::Sink::Stderr,
             Some("off") => crate::access_log::Sink::Off,
@@ -285,7 +287,7 @@ fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {
             .map_or(defaults.max_sessions, |n| n.get() as usize),
         max_responses: u.max_responses.unwrap_or(defaults.max_responses),
         on_unhealthy: u.on_unhealthy.unwrap_or(OnUnhealthy::Rebalance),
-        batch: u.batch.map_or(defaults.batch, |n| n.get() as usize),
+        batch: u.batch.map_or(defaults.batch, |n| n.0 as usize),
     }
 }
 
