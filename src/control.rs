@@ -8,12 +8,13 @@
 //! hands it to every worker over its command channel, waking its poll.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, ConfigError, TargetConfig};
+use crate::fault::{Faults, Restarts};
 use crate::runtime::{bind_listeners, RunError};
 use crate::shared::Shared;
 use crate::target::AdminState;
@@ -69,8 +70,13 @@ pub struct Summary {
 pub struct Control {
     current: ArcSwap<Shared>,
     lock: Mutex<()>,
-    workers: Vec<WorkerLink>,
+    /// Replaced when a worker is restarted (under `lock`); read by the admin API.
+    workers: RwLock<Vec<WorkerLink>>,
     prober: OnceLock<Arc<mio::Waker>>,
+    /// Threads restarted after a panic.
+    pub restarts: Restarts,
+    /// Panics asked for by tests (debug builds and the `fault-injection` feature only).
+    pub faults: Faults,
 }
 
 impl std::fmt::Debug for Control {
@@ -87,8 +93,10 @@ impl Control {
         Arc::new(Control {
             current: ArcSwap::new(shared),
             lock: Mutex::new(()),
-            workers,
+            workers: RwLock::new(workers),
             prober: OnceLock::new(),
+            restarts: Restarts::default(),
+            faults: Faults::default(),
         })
     }
 
@@ -97,9 +105,32 @@ impl Control {
         self.current.load_full()
     }
 
-    /// The workers' command links.
-    pub fn workers(&self) -> &[WorkerLink] {
-        &self.workers
+    /// The workers' command links (a copy: a restarted worker gets a new one).
+    pub fn workers(&self) -> Vec<WorkerLink> {
+        self.workers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces worker `id` (whose thread ended in a panic): `start` builds and starts the new
+    /// worker for the current generation and returns its link. Runs under the change lock, so
+    /// no reload can slip between the generation `start` sees and the link stored.
+    ///
+    /// # Errors
+    /// As `start`; the old link stays then.
+    pub fn replace_worker<E>(
+        &self,
+        id: usize,
+        start: impl FnOnce(&Arc<Shared>) -> Result<WorkerLink, E>,
+    ) -> Result<(), E> {
+        let _locked = self.locked();
+        let link = start(&self.shared())?;
+        let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = workers.get_mut(id) {
+            *slot = link;
+        }
+        Ok(())
     }
 
     /// Registers the prober's waker, so it learns of new generations at once.
@@ -177,7 +208,7 @@ impl Control {
         let (next, added) = old.successor(config);
         let next = Arc::new(next);
         self.current.store(next.clone());
-        for (w, link) in self.workers.iter().enumerate() {
+        for (w, link) in self.workers().iter().enumerate() {
             let mine: Vec<_> = added
                 .iter()
                 .copied()
@@ -310,7 +341,7 @@ impl Control {
                         group.name(),
                         target.address
                     );
-                    for w in &control.workers {
+                    for w in &control.workers() {
                         w.send(Command::CloseTarget {
                             group: g,
                             target: index,

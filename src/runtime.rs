@@ -6,11 +6,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -21,7 +21,10 @@ use crate::control::Control;
 use crate::health::Prober;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
 use crate::shared::Shared;
-use crate::worker::{Command, Worker, WorkerLink, WAKER};
+use crate::supervise::{
+    fatal, new_worker, spawn_worker, RestartBudget, MAX_RESTARTS, RESTART_WINDOW,
+};
+use crate::worker::{Command, WorkerLink};
 
 /// Why the process could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,7 @@ impl RunError {
 
 enum Event {
     Signal(i32),
-    WorkerExited(usize),
+    WorkerExited { id: usize, crashed: bool },
 }
 
 struct WorkerHandle {
@@ -219,6 +222,27 @@ pub struct Running {
     admin: Option<Admin>,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
+    budget: RestartBudget,
+}
+
+/// The access log as `shared` configures it, opened for one worker.
+fn open_access_log(shared: &Shared) -> Result<AccessLog, RunError> {
+    AccessLog::open(&shared.config.access_log).map_err(|source| RunError::AccessLog {
+        path: match &shared.config.access_log {
+            Sink::File(p) => p.display().to_string(),
+            other => format!("{other:?}"),
+        },
+        config: shared.config.path.display().to_string(),
+        source,
+    })
+}
+
+/// What worker `id`'s thread calls as it ends: tells the main thread.
+fn exit_reporter(id: usize, events: &Sender<Event>) -> impl FnOnce(bool) + Send + 'static {
+    let events = events.clone();
+    move |crashed| {
+        let _ = events.send(Event::WorkerExited { id, crashed });
+    }
 }
 
 /// Binds every listener, then starts the prober and the workers.
@@ -232,20 +256,18 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();
-    // Polls, wakers and command channels first, so the admin API can reach every worker.
-    let mut parts = Vec::with_capacity(workers);
-    let mut links = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let poll = Poll::new().map_err(RunError::io("cannot create a poll"))?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::io("waker"))?);
-        let (commands_tx, commands) = unbounded();
-        links.push(WorkerLink {
-            commands: commands_tx,
-            waker,
-        });
-        parts.push((poll, commands));
+    // Workers and their links first, so the admin API can reach every worker.
+    let mut built = Vec::with_capacity(workers);
+    for (id, sockets) in sockets.into_iter().enumerate() {
+        let access = open_access_log(&shared)?;
+        let sockets = sockets.into_iter().enumerate().collect();
+        built.push(
+            new_worker(id, &shared, sockets, access)
+                .map_err(RunError::io("cannot set up a worker"))?,
+        );
     }
-    let control = Control::new(shared.clone(), links.clone());
+    let links = built.iter().map(|(_, link)| link.clone()).collect();
+    let control = Control::new(shared.clone(), links);
     let admin = Admin::start(control.clone()).map_err(|source| RunError::AdminBind {
         addr: shared.config.admin.bind,
         config: shared.config.path.display().to_string(),
@@ -259,39 +281,10 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
         admin: Some(admin),
         events_tx: events_tx.clone(),
         events,
+        budget: RestartBudget::default(),
     };
-    for (id, (sockets, ((poll, commands), link))) in sockets
-        .into_iter()
-        .zip(parts.into_iter().zip(links))
-        .enumerate()
-    {
-        let access =
-            AccessLog::open(&shared.config.access_log).map_err(|source| RunError::AccessLog {
-                path: match &shared.config.access_log {
-                    Sink::File(p) => p.display().to_string(),
-                    other => format!("{other:?}"),
-                },
-                config: shared.config.path.display().to_string(),
-                source,
-            })?;
-        let worker = Worker::new(id, poll, shared.clone(), sockets, commands, access)
-            .map_err(RunError::io("cannot register listeners"))?;
-        let exit_tx = events_tx.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("ballast-worker-{id}"))
-            .spawn(move || {
-                // Tell the main thread when this worker ends, however it ends (panics too).
-                struct Exit(usize, Sender<Event>);
-                impl Drop for Exit {
-                    fn drop(&mut self) {
-                        let _ = self.1.send(Event::WorkerExited(self.0));
-                    }
-                }
-                let _exit = Exit(id, exit_tx);
-                if let Err(e) = worker.run() {
-                    log::error!("worker {id}: {e}");
-                }
-            })
+    for (id, (worker, link)) in built.into_iter().enumerate() {
+        let thread = spawn_worker(id, worker, exit_reporter(id, &events_tx))
             .map_err(RunError::io("cannot start a worker"))?;
         running.handles.push(WorkerHandle { link, thread });
     }
@@ -312,7 +305,7 @@ impl Running {
     /// # Errors
     /// [`RunError::Io`] when the signal thread cannot start;
     /// [`RunError::WorkerDied`] when a worker ended.
-    pub fn wait_for_signal(&self, mut signals: Signals) -> Result<(), RunError> {
+    pub fn wait_for_signal(&mut self, mut signals: Signals) -> Result<(), RunError> {
         let signal_tx = self.events_tx.clone();
         std::thread::Builder::new()
             .name("ballast-signals".into())
@@ -324,7 +317,8 @@ impl Running {
                 }
             })
             .map_err(RunError::io("cannot start the signal thread"))?;
-        for event in self.events.iter() {
+        let events = self.events.clone();
+        for event in events.iter() {
             match event {
                 Event::Signal(SIGHUP) => {
                     log::info!("SIGHUP: reloading the configuration");
@@ -343,13 +337,51 @@ impl Running {
                     );
                     return Ok(());
                 }
-                Event::WorkerExited(id) => {
+                Event::WorkerExited { id, crashed: true } => self.restart_worker(id),
+                Event::WorkerExited { id, crashed: false } => {
                     log::error!("worker {id} stopped unexpectedly; stopping");
                     return Err(RunError::WorkerDied(id));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Replaces worker `id`, whose thread ended in a crash (see [`crate::supervise`]): fresh
+    /// sockets for every listener of the current generation, a fresh poll, a new thread.
+    /// Aborts the process when that fails or when crashes come too often.
+    fn restart_worker(&mut self, id: usize) {
+        if !self.budget.allow(std::time::Instant::now()) {
+            fatal(&format!(
+                "worker {id} crashed more than {MAX_RESTARTS} times within {}s",
+                RESTART_WINDOW.as_secs()
+            ));
+        }
+        let events = self.events_tx.clone();
+        let mut thread = None;
+        let started = self.control.replace_worker(id, |shared| {
+            let mut sockets = Vec::new();
+            for (i, l) in shared.listeners.iter().enumerate() {
+                if !l.removed {
+                    let c = &l.config;
+                    sockets.push((i, Bound::bind(c.protocol, c.bind, c.interface.as_deref())?));
+                }
+            }
+            let access = AccessLog::open(&shared.config.access_log)?;
+            let (worker, link) = new_worker(id, shared, sockets, access)?;
+            thread = Some(spawn_worker(id, worker, exit_reporter(id, &events))?);
+            Ok::<_, io::Error>(link)
+        });
+        let thread = match (started, thread) {
+            (Ok(()), Some(thread)) => thread,
+            (Err(e), _) => fatal(&format!("worker {id} crashed and cannot be restarted: {e}")),
+            (Ok(()), None) => fatal(&format!("worker {id} crashed and was not restarted")),
+        };
+        self.control.restarts.worker.fetch_add(1, Ordering::Relaxed);
+        let link = self.control.workers()[id].clone();
+        let old = std::mem::replace(&mut self.handles[id], WorkerHandle { link, thread });
+        let _ = old.thread.join();
+        log::error!("worker {id} restarted with fresh sockets");
     }
 
     /// Stops gracefully: listeners close at once, open connections get up to
@@ -399,7 +431,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     // Handlers first: a SIGTERM right after "running" is logged must stop us gracefully.
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(RunError::io("cannot install signal handlers"))?;
-    let running = start(config)?;
+    let mut running = start(config)?;
     let result = running.wait_for_signal(signals);
     running.stop();
     result

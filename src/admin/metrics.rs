@@ -53,9 +53,27 @@ impl EncodeMetric for CheckLatencies {
     }
 }
 
-/// The exposition text for everything in `shared`.
-pub fn encode(shared: &Shared) -> String {
+/// Labels of `ballast_thread_restarts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabels {
+    thread: &'static str,
+}
+
+/// The exposition text for everything in `shared`, and the thread restarts counted in
+/// `restarts`.
+pub fn encode(shared: &Shared, restarts: &crate::fault::Restarts) -> String {
     let mut registry = Registry::with_prefix("ballast");
+    let thread_restarts = Family::<ThreadLabels, Counter>::default();
+    for (thread, n) in restarts.counts() {
+        thread_restarts
+            .get_or_create(&ThreadLabels { thread })
+            .inc_by(n);
+    }
+    registry.register(
+        "thread_restarts",
+        "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
+        thread_restarts,
+    );
     let l_active = Family::<ListenerLabels, Gauge>::default();
     let l_accepted = Family::<ListenerLabels, Counter>::default();
     let l_dropped = Family::<ListenerLabels, Counter>::default();

@@ -20,6 +20,8 @@
 //! - `POST /target-groups/{group}/targets/{address}/enable`: back in service.
 //! - `POST /reload`: re-read the configuration file (as SIGHUP); 400 with the message when it
 //!   is invalid, and the running configuration stays.
+//! - `POST /debug/panic/{worker/N|prober|admin}`: only in debug builds and with the
+//!   `fault-injection` feature ([`crate::fault`]): makes that thread panic, to test supervision.
 //!
 //! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
 //! otherwise). Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
@@ -40,6 +42,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::config::TargetConfig;
 use crate::control::{ChangeError, Control, Summary};
+use crate::fault::Faults;
 use crate::shared::Shared;
 use crate::target::AdminState;
 use crate::worker::{Command, WorkerLink};
@@ -70,7 +73,16 @@ impl Admin {
             .spawn(move || {
                 while !stopping.load(Ordering::Acquire) {
                     if let Some(request) = server.next(STOP_CHECK) {
-                        handle(&control, request);
+                        // A handler that panics costs its request (tiny_http answers 500 for a
+                        // request dropped unanswered), never the admin API.
+                        let handled =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                handle(&control, request)
+                            }));
+                        if handled.is_err() {
+                            control.restarts.admin.fetch_add(1, Ordering::Relaxed);
+                            log::error!("admin API: a request handler panicked; serving on");
+                        }
                     }
                 }
             })?;
@@ -116,6 +128,29 @@ fn authorized(shared: &Shared, request: &Request) -> bool {
     })
 }
 
+/// `POST /debug/panic/{worker/N|prober|admin}` (debug builds and the `fault-injection` feature
+/// only): makes that thread panic, to test the supervision.
+fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
+    match which.split('/').collect::<Vec<_>>()[..] {
+        ["worker", n] => match n
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| control.workers().get(n).cloned())
+        {
+            Some(link) if link.send(crate::worker::Command::Panic) => {
+                json_response(202, json!({ "panic": which }))
+            }
+            _ => error(404, &format!("no worker {n}")),
+        },
+        ["prober"] => {
+            control.faults.panic_prober();
+            json_response(202, json!({ "panic": which }))
+        }
+        ["admin"] => panic!("injected fault: admin request handler panic asked for"),
+        _ => error(404, &format!("no such thread: {which}")),
+    }
+}
+
 /// Largest request body read (a target is a few dozen bytes).
 const MAX_BODY: u64 = 64 * 1024;
 
@@ -132,20 +167,25 @@ fn handle(control: &Arc<Control>, mut request: Request) {
             (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
             (Method::Get, "/targets") => json_response(200, targets(&shared)),
             (Method::Get, "/connections") => match limit(request.url()) {
-                Ok(limit) => json_response(200, connections(control.workers(), limit)),
+                Ok(limit) => json_response(200, connections(&control.workers(), limit)),
                 Err(message) => error(400, &message),
             },
-            (Method::Get, "/metrics") => Response::from_data(metrics::encode(&shared).into_bytes())
-                .with_header(
-                    Header::from_bytes(
-                        "Content-Type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            (Method::Get, "/metrics") => {
+                Response::from_data(metrics::encode(&shared, &control.restarts).into_bytes())
+                    .with_header(
+                        Header::from_bytes(
+                            "Content-Type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .expect("valid header"),
                     )
-                    .expect("valid header"),
-                ),
+            }
             (Method::Post, "/reload") => changed(control.reload(), 200),
             (_, "/healthz" | "/targets" | "/metrics" | "/connections" | "/reload") => {
                 error(405, "method not allowed")
+            }
+            (Method::Post, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
+                inject_panic(control, &path["/debug/panic/".len()..])
             }
             (_, _) if path.starts_with("/target-groups/") => {
                 let body = read_body(&mut request);

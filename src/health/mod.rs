@@ -58,7 +58,7 @@ impl Prober {
         let mut state = ProberLoop::new(control, poll, stop.clone());
         let thread = std::thread::Builder::new()
             .name("ballast-prober".into())
-            .spawn(move || state.run())?;
+            .spawn(move || state.run_supervised())?;
         Ok(Prober {
             stop,
             waker,
@@ -187,9 +187,28 @@ impl ProberLoop {
         self.shared = shared;
     }
 
+    /// Runs the loop; a panic in it is caught, counted and logged, and the loop starts again
+    /// with fresh slots (checks in flight are dropped; target health stays as it was and the
+    /// next checks go on from there), so health states never silently freeze.
+    fn run_supervised(&mut self) {
+        loop {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+            if outcome.is_ok() {
+                return;
+            }
+            self.control.restarts.prober.fetch_add(1, Ordering::Relaxed);
+            log::error!("the prober panicked; restarting it with fresh checks");
+            self.slots.clear();
+            let shared = self.control.shared();
+            self.resync(shared.clone());
+            self.shared = shared;
+        }
+    }
+
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Acquire) {
+            self.control.faults.check_prober();
             let current = self.control.shared();
             if current.generation != self.shared.generation {
                 self.resync(current);

@@ -147,6 +147,8 @@ pub enum Command {
         /// `(listener index, socket)` for each new listener.
         sockets: Vec<(usize, Bound)>,
     },
+    /// Panic now (tests of the supervision; ignored unless `fault::Faults::ENABLED`).
+    Panic,
     /// Send up to `limit` entries of the connection table (TCP connections, then UDP
     /// sessions) on `reply`.
     Snapshot {
@@ -245,10 +247,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `sockets` (one per configured listener, in order, already bound and,
-    /// for TCP, listening; non-blocking) that takes commands from `commands` and writes its
-    /// access-log lines to `access`. The caller makes the
-    /// waker on `poll`'s registry with [`WAKER`].
+    /// A worker over `sockets` (`(listener index, socket)` for each listener of `shared` it
+    /// serves, already bound and, for TCP, listening; non-blocking) that takes commands from
+    /// `commands` and writes its access-log lines to `access`. The caller makes the waker on
+    /// `poll`'s registry with [`WAKER`].
     ///
     /// # Errors
     /// When a socket cannot be registered with `poll`.
@@ -256,13 +258,19 @@ impl Worker {
         id: usize,
         poll: Poll,
         shared: Arc<Shared>,
-        sockets: Vec<Bound>,
+        sockets: Vec<(usize, Bound)>,
         commands: Receiver<Command>,
         access: AccessLog,
     ) -> io::Result<Worker> {
-        let mut listeners = Vec::with_capacity(sockets.len());
-        for (i, socket) in sockets.into_iter().enumerate() {
+        let mut listeners: Vec<ListenerSlot> = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets {
+            while listeners.len() < i {
+                listeners.push(ListenerSlot::closed());
+            }
             listeners.push(ListenerSlot::register(&poll, i, socket)?);
+        }
+        while listeners.len() < shared.listeners.len() {
+            listeners.push(ListenerSlot::closed());
         }
         let batch = udp_batch_size(&shared).map(Batch::new);
         let pickers = shared.groups.iter().map(Picker::new).collect();
@@ -294,7 +302,7 @@ impl Worker {
     ///
     /// # Errors
     /// When polling fails for a reason other than an interrupted call.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -383,6 +391,11 @@ impl Worker {
                     let _ = reply.send(self.snapshot(limit));
                 }
                 Ok(Command::CloseTarget { group, target }) => self.close_target(group, target),
+                Ok(Command::Panic) => {
+                    if crate::fault::Faults::ENABLED {
+                        panic!("injected fault: worker {} panic asked for", self.id);
+                    }
+                }
                 Ok(Command::Reload { shared, sockets }) => self.reload(shared, sockets),
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
@@ -504,6 +517,27 @@ impl Worker {
             self.id,
             self.table.len()
         );
+    }
+
+    /// After this worker's loop ended in a panic or a poll error: resets every connection and
+    /// ends every session through the usual close paths, which give back the shared counts
+    /// it held (active connections per listener and target), so `least_connections` and
+    /// `max_connections` stay true; flushes the access log. The listening sockets close when
+    /// the worker is dropped; the other workers' go on accepting.
+    pub fn abandon(&mut self) {
+        let keys = self.table.keys();
+        log::error!(
+            "worker {}: resetting {} connections and ending {} sessions",
+            self.id,
+            keys.len(),
+            self.sessions.len()
+        );
+        self.now = Instant::now();
+        for key in keys {
+            self.close(key, "worker_restart", crate::tcp::Reset::BOTH);
+        }
+        self.end_all_sessions("worker_restart");
+        self.access.flush();
     }
 
     /// A fresh tag for a socket about to be registered.

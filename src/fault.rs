@@ -1,0 +1,54 @@
+//! Supervision's bookkeeping and, for tests only, fault injection.
+//!
+//! [`Restarts`] counts the threads replaced after a panic (workers, the prober, admin request
+//! handlers); `/metrics` shows them. [`Faults`] lets the admin API make a thread panic on
+//! purpose (`POST /debug/panic/{worker/N|prober|admin}`), so the tests can prove the
+//! supervision. It exists only in debug builds and with the `fault-injection` feature: a release
+//! build has neither the endpoint nor the checks ([`Faults::ENABLED`] is false).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Threads replaced (or, for admin requests, caught) after a panic, since start.
+#[derive(Debug, Default)]
+pub struct Restarts {
+    /// Worker threads restarted.
+    pub worker: AtomicU64,
+    /// Prober restarts.
+    pub prober: AtomicU64,
+    /// Admin API requests whose handler panicked (the admin thread goes on).
+    pub admin: AtomicU64,
+}
+
+impl Restarts {
+    /// `(thread label, count)` for each kind, as `/metrics` shows them.
+    pub fn counts(&self) -> [(&'static str, u64); 3] {
+        [
+            ("worker", self.worker.load(Ordering::Relaxed)),
+            ("prober", self.prober.load(Ordering::Relaxed)),
+            ("admin", self.admin.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// Panics asked for by a test (see the module docs); workers get theirs as a command.
+#[derive(Debug, Default)]
+pub struct Faults {
+    prober: AtomicBool,
+}
+
+impl Faults {
+    /// Whether fault injection is built in: debug builds and the `fault-injection` feature.
+    pub const ENABLED: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
+
+    /// Asks the prober to panic at its next loop turn.
+    pub fn panic_prober(&self) {
+        self.prober.store(true, Ordering::Release);
+    }
+
+    /// Panics if a prober panic was asked for (never when not [`Faults::ENABLED`]).
+    pub fn check_prober(&self) {
+        if Self::ENABLED && self.prober.swap(false, Ordering::AcqRel) {
+            panic!("injected fault: prober panic asked for through the admin API");
+        }
+    }
+}
