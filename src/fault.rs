@@ -48,7 +48,12 @@ impl Faults {
     /// Panics if a prober panic was asked for (never when not [`Faults::ENABLED`]).
     pub fn check_prober(&self) {
         if Self::ENABLED && self.prober.swap(false, Ordering::AcqRel) {
-            panic!("injected fault: prober panic asked for through the admin API");
+            injected_panic("the prober");
         }
     }
+}
+
+/// Panics on purpose, naming `thread` (tests of the supervision only).
+pub fn injected_panic(thread: &str) -> ! {
+    panic!("injected fault: {thread} panic asked for through the admin API");
 }

@@ -146,7 +146,7 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
             control.faults.panic_prober();
             json_response(202, json!({ "panic": which }))
         }
-        ["admin"] => panic!("injected fault: admin request handler panic asked for"),
+        ["admin"] => crate::fault::injected_panic("an admin request handler"),
         _ => error(404, &format!("no such thread: {which}")),
     }
 }

@@ -22,6 +22,20 @@
 //!
 //! The worker owns the sockets' registration and the target choice; this module owns what a
 //! connection knows about itself and how bytes move ([`pump`]).
+// The data path: nothing reachable from network input may panic (see README, Limits and
+// faults). Unit tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod pump;
 

@@ -350,8 +350,11 @@ impl Half {
                 if *end == buf.len() {
                     return false;
                 }
-                let room = buf.len() - *end;
-                match src.stream.read(&mut buf[*end..]) {
+                let Some(space) = buf.get_mut(*end..) else {
+                    return false;
+                };
+                let room = space.len();
+                match src.stream.read(space) {
                     Ok(n) => {
                         *end += n;
                         // A short read emptied the socket: epoll reports the next arrival
@@ -425,8 +428,11 @@ impl Half {
         let result = match &mut self.carrier {
             Carrier::Idle => return 0,
             Carrier::Buffer { buf, start, end } => {
-                let len = *end - *start;
-                stream.write(&buf[*start..*end]).inspect(|&n| {
+                let Some(bytes) = buf.get(*start..*end) else {
+                    return 0;
+                };
+                let len = bytes.len();
+                stream.write(bytes).inspect(|&n| {
                     *start += n;
                     // A short write filled the socket's send buffer: wait for writable.
                     if n < len {

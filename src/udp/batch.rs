@@ -116,6 +116,9 @@ impl Batch {
     /// # Errors
     /// `WouldBlock` when nothing is waiting; any other error of `recvmmsg`/`recvfrom` (for a
     /// connected socket, `ConnectionRefused` reports an ICMP port unreachable).
+    // Slot indices here are below `max`, or below `range.end`, clamped to the capacity, which
+    // every vector of the batch has; counts the kernel returns are at most those asked for.
+    #[allow(clippy::indexing_slicing)]
     pub fn recv(&mut self, fd: RawFd, max: usize, want_local: bool) -> io::Result<usize> {
         let max = max.clamp(1, self.capacity());
         let base = self.data.as_mut_ptr();
@@ -182,18 +185,20 @@ impl Batch {
     /// The address received datagram `i` was sent to: `Some` when [`Batch::recv`] was asked
     /// for it and the kernel gave it.
     pub fn local(&self, i: usize) -> Option<IpAddr> {
-        self.locals[i]
+        self.locals.get(i).copied().flatten()
     }
 
-    /// The payload of received datagram `i`.
+    /// The payload of received datagram `i` (empty for a slot out of range).
     pub fn payload(&self, i: usize) -> &[u8] {
-        &self.data[i * SLOT..i * SLOT + self.lens[i]]
+        let len = self.lens.get(i).copied().unwrap_or(0).min(SLOT);
+        self.data.get(i * SLOT..i * SLOT + len).unwrap_or(&[])
     }
 
     /// The source address of received datagram `i`.
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
-        // SAFETY: names[i] was filled by the kernel with name_lens[i] valid bytes.
-        let addr = unsafe { SockAddr::new(self.names[i], self.name_lens[i]) };
+        let (name, len) = (self.names.get(i)?, self.name_lens.get(i)?);
+        // SAFETY: the name was filled by the kernel with `len` valid bytes.
+        let addr = unsafe { SockAddr::new(*name, *len) };
         addr.as_socket()
     }
 
@@ -201,6 +206,9 @@ impl Batch {
     /// be shorter) goes as one UDP GSO message with `UDP_SEGMENT`, which the kernel splits back
     /// into the same datagrams after one trip through the IP stack instead of one per datagram.
     /// Returns how many datagrams (not messages) were sent.
+    // Slot indices here are below `max`, or below `range.end`, clamped to the capacity, which
+    // every vector of the batch has; counts the kernel returns are at most those asked for.
+    #[allow(clippy::indexing_slicing)]
     fn send_groups(
         &mut self,
         fd: RawFd,
@@ -280,6 +288,9 @@ impl Batch {
     /// Any error other than `WouldBlock`/`Interrupted` on the first datagram not yet sent
     /// (e.g. `ConnectionRefused` after an ICMP port unreachable on a connected socket;
     /// `EINVAL` when `from` is not an address of this host).
+    // Slot indices here are below `max`, or below `range.end`, clamped to the capacity, which
+    // every vector of the batch has; counts the kernel returns are at most those asked for.
+    #[allow(clippy::indexing_slicing)]
     pub fn send(
         &mut self,
         fd: RawFd,

@@ -11,6 +11,20 @@
 //! - [`batch`]: `recvmmsg`/`sendmmsg` over preallocated buffers: no allocation per datagram.
 //!
 //! The worker's glue (`worker/udp.rs`) ties them to the poll.
+// The data path: nothing reachable from network input may panic (see README, Limits and
+// faults). Unit tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod batch;
 pub mod session;

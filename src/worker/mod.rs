@@ -20,6 +20,19 @@
 //! Every drain loop is capped (accepts per wake, bytes per direction per wake); work left over
 //! goes on a ready queue that the next loop turn runs before sleeping, because with
 //! edge-triggered readiness no new event would come for it.
+// The data path: nothing reachable from network input may panic (see README, Limits and
+// faults). Unit tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 
 mod listen;
 mod tcp;
@@ -393,7 +406,7 @@ impl Worker {
                 Ok(Command::CloseTarget { group, target }) => self.close_target(group, target),
                 Ok(Command::Panic) => {
                     if crate::fault::Faults::ENABLED {
-                        panic!("injected fault: worker {} panic asked for", self.id);
+                        crate::fault::injected_panic(&format!("worker {}", self.id));
                     }
                 }
                 Ok(Command::Reload { shared, sockets }) => self.reload(shared, sockets),
