@@ -11,15 +11,36 @@
 //! other side was reset), `idle`, `max_responses`, `no target`, `disabled`, `listener removed`,
 //! `shutdown timeout`, `stopping`, or a local error (`too many open files`, …).
 //!
-//! Each worker buffers its lines and writes them once per event-loop turn, in one `write` of
-//! whole lines (the file is opened for appending), so workers never interleave within a line
-//! and the data path makes no syscall per connection for logging.
+//! Each worker formats its lines into a buffer (no allocation per line) and, once per
+//! event-loop turn, hands the buffer to the **writer thread** over a bounded queue without
+//! waiting ([`AccessLog::flush`]). Only the writer thread touches the file, in one `write` of
+//! whole lines per buffer (the file is opened for appending), so workers never interleave
+//! within a line and a slow disk or a full pipe never stalls forwarding: when the queue is full
+//! the buffer's lines are dropped and counted ([`DROPPED_LINES`], `/metrics`), and the writer
+//! reports drops in the log at most every 10 s. Buffers go back to the workers for reuse.
+//!
+//! [`Writer::reopen`] (SIGUSR1) makes the writer close and reopen the file by its path: the
+//! logrotate way (rename the file, then signal; or `copytruncate` without a signal).
 
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+
+/// Buffers of lines waiting for the writer thread, at most (each one worker's lines of one
+/// event-loop turn). Past this, lines are dropped rather than the worker made to wait.
+pub const QUEUE: usize = 1024;
+/// Access-log lines dropped since start because the writer could not keep up (or its writes
+/// failed). Process-wide, as the access log is.
+pub static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+/// How often the writer reports dropped lines, at most.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Where access-log lines go (`access_log:` in the config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,56 +76,215 @@ pub struct Entry<'a> {
     pub reason: &'a str,
 }
 
-/// One worker's writer.
+/// One worker's side of the access log: a buffer of formatted lines and the writer's queue.
 pub struct AccessLog {
-    out: Option<BufWriter<Box<dyn Write + Send>>>,
+    /// `None` when the access log is off.
+    queue: Option<Queue>,
+    buf: Vec<u8>,
+}
+
+struct Queue {
+    lines: Sender<Vec<u8>>,
+    spare: Receiver<Vec<u8>>,
 }
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AccessLog {{ on: {} }}", self.out.is_some())
+        write!(f, "AccessLog {{ on: {} }}", self.queue.is_some())
     }
 }
 
 impl AccessLog {
-    /// A writer for `sink`.
-    ///
-    /// # Errors
-    /// When the file cannot be opened for appending.
-    pub fn open(sink: &Sink) -> io::Result<AccessLog> {
-        let out: Option<Box<dyn Write + Send>> = match sink {
-            Sink::Off => None,
-            Sink::Stderr => Some(Box::new(io::stderr())),
-            Sink::File(path) => Some(Box::new(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            )),
-        };
-        Ok(AccessLog {
-            out: out.map(|w| BufWriter::with_capacity(64 * 1024, w)),
-        })
+    /// An access log that writes nothing.
+    pub fn off() -> AccessLog {
+        AccessLog {
+            queue: None,
+            buf: Vec::new(),
+        }
     }
 
     /// Whether lines are written at all.
     pub fn is_on(&self) -> bool {
-        self.out.is_some()
+        self.queue.is_some()
     }
 
-    /// Buffers the line for `entry` (no allocation: it is formatted straight into the buffer).
+    /// Buffers the line for `entry` (formatted straight into the buffer).
     pub fn record(&mut self, entry: &Entry) {
-        if let Some(out) = self.out.as_mut() {
-            let _ = write_line(out, SystemTime::now(), entry);
+        if self.queue.is_some() {
+            let _ = write_line(&mut self.buf, SystemTime::now(), entry);
         }
     }
 
-    /// Writes buffered lines out; called once per event-loop turn. A failed write drops them
-    /// (the access log must never stop traffic).
+    /// Hands the buffered lines to the writer thread; called once per event-loop turn. Never
+    /// waits: with the writer's queue full the lines are dropped and counted.
     pub fn flush(&mut self) {
-        if let Some(out) = self.out.as_mut() {
-            if !out.buffer().is_empty() {
-                if let Err(e) = out.flush() {
-                    log::warn!("access log: write failed: {e}");
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if self.buf.is_empty() {
+            return;
+        }
+        let next = queue.spare.try_recv().unwrap_or_default();
+        let lines = std::mem::replace(&mut self.buf, next);
+        match queue.lines.try_send(lines) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut lines) | TrySendError::Disconnected(mut lines)) => {
+                let n = lines.iter().filter(|&&b| b == b'\n').count();
+                DROPPED_LINES.fetch_add(n as u64, Ordering::Relaxed);
+                lines.clear();
+                self.buf = lines;
+            }
+        }
+    }
+}
+
+/// The access log's writer thread (none when the access log is off).
+pub struct Writer {
+    sink: Sink,
+    lines: Option<Sender<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
+    reopen: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Writer {{ sink: {:?} }}", self.sink)
+    }
+}
+
+impl Writer {
+    /// Opens `sink` and starts the writer thread.
+    ///
+    /// # Errors
+    /// When the file cannot be opened for appending, or the thread cannot start.
+    pub fn start(sink: &Sink) -> io::Result<Writer> {
+        let (lines_tx, lines) = bounded::<Vec<u8>>(QUEUE);
+        let (spare_tx, spare) = bounded::<Vec<u8>>(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer {
+            sink: sink.clone(),
+            lines: None,
+            spare,
+            reopen: reopen.clone(),
+            thread: None,
+        };
+        let Some(out) = Output::open(sink)? else {
+            return Ok(writer);
+        };
+        let sink_for_thread = sink.clone();
+        writer.thread = Some(
+            std::thread::Builder::new()
+                .name("ballast-access-log".into())
+                .spawn(move || write_loop(out, &sink_for_thread, &lines, &spare_tx, &reopen))?,
+        );
+        writer.lines = Some(lines_tx);
+        Ok(writer)
+    }
+
+    /// A worker's side of this access log.
+    pub fn handle(&self) -> AccessLog {
+        AccessLog {
+            queue: self.lines.as_ref().map(|lines| Queue {
+                lines: lines.clone(),
+                spare: self.spare.clone(),
+            }),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Asks the writer to reopen the file by its path before its next write (SIGUSR1).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        // Wake the writer if it is idle; with the queue full it reopens at its next buffer.
+        if let Some(lines) = &self.lines {
+            let _ = lines.try_send(Vec::new());
+        }
+    }
+
+    /// Writes what the workers handed over, then stops the thread. Call after the workers
+    /// have ended.
+    pub fn stop(mut self) {
+        self.lines = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where the writer thread writes.
+enum Output {
+    Stderr,
+    File(File),
+}
+
+impl Output {
+    fn open(sink: &Sink) -> io::Result<Option<Output>> {
+        Ok(match sink {
+            Sink::Off => None,
+            Sink::Stderr => Some(Output::Stderr),
+            Sink::File(path) => Some(Output::File(
+                OpenOptions::new().create(true).append(true).open(path)?,
+            )),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Output::Stderr => io::stderr().lock().write_all(bytes),
+            Output::File(f) => f.write_all(bytes),
+        }
+    }
+}
+
+/// The writer thread: writes each buffer, reopens the file when asked, reports drops. Ends
+/// when every worker's sender is gone.
+fn write_loop(
+    mut out: Output,
+    sink: &Sink,
+    lines: &Receiver<Vec<u8>>,
+    spare: &Sender<Vec<u8>>,
+    reopen: &AtomicBool,
+) {
+    let mut reported = 0u64;
+    let mut last_report: Option<Instant> = None;
+    let mut write_errors = 0u64;
+    for mut buf in lines.iter() {
+        if reopen.swap(false, Ordering::AcqRel) {
+            match Output::open(sink) {
+                Ok(Some(o)) => {
+                    out = o;
+                    log::info!("access log reopened");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!("access log: cannot reopen {sink:?}: {e}; keeping the old file")
                 }
             }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = out.write_all(&buf) {
+                write_errors += 1;
+                let n = buf.iter().filter(|&&b| b == b'\n').count();
+                DROPPED_LINES.fetch_add(n as u64, Ordering::Relaxed);
+                if write_errors == 1 || write_errors.is_power_of_two() {
+                    log::warn!("access log: write failed ({write_errors} so far): {e}");
+                }
+            }
+        }
+        let dropped = DROPPED_LINES.load(Ordering::Relaxed);
+        if dropped > reported && last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            log::warn!(
+                "access log: {} lines dropped since the last report ({dropped} in all): the \
+                 writer cannot keep up with the traffic, or its writes fail",
+                dropped - reported
+            );
+            reported = dropped;
+            last_report = Some(Instant::now());
+        }
+        buf.clear();
+        if buf.capacity() <= 1 << 20 {
+            let _ = spare.try_send(buf);
         }
     }
 }

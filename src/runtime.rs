@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::access_log::{AccessLog, Sink};
+use crate::access_log::{AccessLog, Sink, Writer};
 use crate::admin::Admin;
 use crate::config::{Config, Protocol};
 use crate::control::Control;
@@ -223,11 +223,13 @@ pub struct Running {
     events_tx: Sender<Event>,
     events: Receiver<Event>,
     budget: RestartBudget,
+    /// The access log's writer thread; stopped after the workers.
+    access: Option<Writer>,
 }
 
-/// The access log as `shared` configures it, opened for one worker.
-fn open_access_log(shared: &Shared) -> Result<AccessLog, RunError> {
-    AccessLog::open(&shared.config.access_log).map_err(|source| RunError::AccessLog {
+/// Starts the access log's writer thread as `shared` configures it.
+fn start_access_log(shared: &Shared) -> Result<Writer, RunError> {
+    Writer::start(&shared.config.access_log).map_err(|source| RunError::AccessLog {
         path: match &shared.config.access_log {
             Sink::File(p) => p.display().to_string(),
             other => format!("{other:?}"),
@@ -256,10 +258,11 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
     let workers = config.workers;
     let shared = Shared::new(config);
     let (events_tx, events) = unbounded();
+    let access = start_access_log(&shared)?;
     // Workers and their links first, so the admin API can reach every worker.
     let mut built = Vec::with_capacity(workers);
     for (id, sockets) in sockets.into_iter().enumerate() {
-        let access = open_access_log(&shared)?;
+        let access = access.handle();
         let sockets = sockets.into_iter().enumerate().collect();
         built.push(
             new_worker(id, &shared, sockets, access)
@@ -282,6 +285,7 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
         events_tx: events_tx.clone(),
         events,
         budget: RestartBudget::default(),
+        access: Some(access),
     };
     for (id, (worker, link)) in built.into_iter().enumerate() {
         let thread = spawn_worker(id, worker, exit_reporter(id, &events_tx))
@@ -320,6 +324,12 @@ impl Running {
         let events = self.events.clone();
         for event in events.iter() {
             match event {
+                Event::Signal(SIGUSR1) => {
+                    log::info!("SIGUSR1: reopening the access log");
+                    if let Some(a) = &self.access {
+                        a.reopen();
+                    }
+                }
                 Event::Signal(SIGHUP) => {
                     log::info!("SIGHUP: reloading the configuration");
                     // Errors are logged by reload; the running configuration stays.
@@ -367,7 +377,10 @@ impl Running {
                     sockets.push((i, Bound::bind(c.protocol, c.bind, c.interface.as_deref())?));
                 }
             }
-            let access = AccessLog::open(&shared.config.access_log)?;
+            let access = self
+                .access
+                .as_ref()
+                .map_or_else(AccessLog::off, Writer::handle);
             let (worker, link) = new_worker(id, shared, sockets, access)?;
             thread = Some(spawn_worker(id, worker, exit_reporter(id, &events))?);
             Ok::<_, io::Error>(link)
@@ -412,6 +425,9 @@ impl Running {
         for h in self.handles.drain(..) {
             let _ = h.thread.join();
         }
+        if let Some(a) = self.access.take() {
+            a.stop();
+        }
         if let Some(p) = self.prober.take() {
             p.stop();
         }
@@ -429,7 +445,7 @@ impl Running {
 /// handlers cannot be installed.
 pub fn run(config: Config) -> Result<(), RunError> {
     // Handlers first: a SIGTERM right after "running" is logged must stop us gracefully.
-    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .map_err(RunError::io("cannot install signal handlers"))?;
     let mut running = start(config)?;
     let result = running.wait_for_signal(signals);

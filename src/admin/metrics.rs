@@ -69,6 +69,13 @@ pub fn encode(shared: &Shared, restarts: &crate::fault::Restarts) -> String {
             .get_or_create(&ThreadLabels { thread })
             .inc_by(n);
     }
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(crate::access_log::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed));
+    registry.register(
+        "access_log_dropped_lines",
+        "Access-log lines dropped because the writer could not keep up or its writes failed",
+        dropped,
+    );
     registry.register(
         "thread_restarts",
         "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
