@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::Shutdown;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
@@ -11,14 +9,18 @@ use common::*;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
 
+/// Ballast in front of `echo` with its access log at `path`.
+fn start_logging_to(path: &std::path::Path, echo: &Backend) -> Ballast {
+    Ballast::start(&format!(
+        "access_log: {}\n{}",
+        path.display(),
+        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
+    ))
+}
+
 fn round_trip(addr: std::net::SocketAddr, i: usize) {
-    let mut s = client(addr);
     let msg = format!("hello {i}");
-    s.write_all(msg.as_bytes()).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut got = String::new();
-    s.read_to_string(&mut got).unwrap();
-    assert_eq!(got, msg);
+    assert_eq!(echo_once(addr, msg.as_bytes()), msg.as_bytes());
 }
 
 #[test]
@@ -26,12 +28,7 @@ fn sigusr1_reopens_the_access_log_file() {
     let echo = Backend::start(echo());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
-    let yaml = format!(
-        "access_log: {}\n{}",
-        path.display(),
-        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
-    );
-    let lb = Ballast::start(&yaml);
+    let lb = start_logging_to(&path, &echo);
     let addr = lb.addr("l");
     round_trip(addr, 0);
     round_trip(addr, 1);
@@ -65,12 +62,7 @@ fn an_access_log_nobody_reads_never_stalls_forwarding() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
-    let yaml = format!(
-        "access_log: {}\n{}",
-        fifo.display(),
-        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
-    );
-    let lb = Ballast::start(&yaml);
+    let lb = start_logging_to(&fifo, &echo);
     let addr = lb.addr("l");
     // ~150 bytes a line: 3,000 lines are several times what the pipe holds.
     let started = Instant::now();
@@ -93,4 +85,30 @@ fn an_access_log_nobody_reads_never_stalls_forwarding() {
                 )
         })
     });
+}
+
+#[test]
+fn access_log_has_a_line_per_finished_connection() {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let lb = start_logging_to(&path, &echo);
+    let addr = lb.addr("l");
+    for i in 0..5u8 {
+        echo_once(addr, &vec![i; 100 + usize::from(i)]);
+    }
+    let text = wait_for_lines(&path, 5);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    for i in 0..5 {
+        let want = format!("bytes_up={} bytes_down={} reason=done", 100 + i, 100 + i);
+        assert!(
+            lines.iter().any(|l| l.contains(&want)),
+            "no line with {want}: {text}"
+        );
+    }
+    for l in &lines {
+        assert!(l.contains(" tcp listener=l client=127.0.0.1:"), "{l}");
+        assert!(l.contains(&format!("target={}", echo.addr)), "{l}");
+    }
 }

@@ -483,37 +483,3 @@ fn out_of_file_descriptors(limit: u64) {
     );
     assert_eq!(failures, Some(0.0), "{text}");
 }
-
-#[test]
-fn access_log_has_a_line_per_finished_connection() {
-    let echo = Backend::start(echo());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.log");
-    let yaml = format!(
-        "access_log: {}\n{}",
-        path.display(),
-        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
-    );
-    let lb = Ballast::start(&yaml);
-    let addr = lb.addr("l");
-    for i in 0..5u8 {
-        let mut s = client(addr);
-        s.write_all(&vec![i; 100 + usize::from(i)]).unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        s.read_to_end(&mut Vec::new()).unwrap();
-    }
-    let text = wait_for_lines(&path, 5);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 5, "{text}");
-    for i in 0..5 {
-        let want = format!("bytes_up={} bytes_down={} reason=done", 100 + i, 100 + i);
-        assert!(
-            lines.iter().any(|l| l.contains(&want)),
-            "no line with {want}: {text}"
-        );
-    }
-    for l in &lines {
-        assert!(l.contains(" tcp listener=l client=127.0.0.1:"), "{l}");
-        assert!(l.contains(&format!("target={}", echo.addr)), "{l}");
-    }
-}

@@ -417,6 +417,16 @@ pub fn fetch(addr: SocketAddr) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// Sends `bytes` through `addr`, half-closes, and returns everything read back until EOF.
+pub fn echo_once(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = client(addr);
+    s.write_all(bytes).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    got
+}
+
 /// A connected client with bounded reads and writes.
 pub fn client(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to ballast");
