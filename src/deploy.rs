@@ -45,6 +45,15 @@ pub enum DeployError {
     /// The group does not exist or has no targets.
     #[error("target group `{0}` is unknown or has no targets")]
     NoTargets(String),
+    /// The API listed a target address that is not `ip:port`: it is never put into a shell
+    /// command.
+    #[error("target group `{group}` lists `{address}`, not an ip:port address; nothing deployed")]
+    BadAddress {
+        /// The group.
+        group: String,
+        /// What the API listed.
+        address: String,
+    },
     /// A step failed for `target`; it is left disabled and the targets after it untouched.
     #[error(
         "deploy stopped at {target}: {why}; {target} is left disabled; not deployed: {rest:?}"
@@ -63,7 +72,8 @@ pub enum DeployError {
 ///
 /// # Errors
 /// [`DeployError::Step`] at the first failed step (the target is disabled first), or
-/// [`DeployError::Api`] / [`DeployError::NoTargets`] before anything changed.
+/// [`DeployError::Api`] / [`DeployError::NoTargets`] / [`DeployError::BadAddress`] before
+/// anything changed.
 pub fn deploy(
     client: &AdminClient,
     plan: &DeployPlan,
@@ -84,6 +94,17 @@ pub fn deploy(
                 .collect()
         })
         .unwrap_or_default();
+    // Each address goes into a shell command: only a parsed ip:port, written back by us.
+    let addresses = addresses
+        .into_iter()
+        .map(|a| match a.parse::<std::net::SocketAddr>() {
+            Ok(parsed) => Ok(parsed.to_string()),
+            Err(_) => Err(DeployError::BadAddress {
+                group: plan.group.clone(),
+                address: a,
+            }),
+        })
+        .collect::<Result<Vec<String>, DeployError>>()?;
     if addresses.is_empty() {
         return Err(DeployError::NoTargets(plan.group.clone()));
     }
@@ -242,5 +263,49 @@ impl Step<'_> {
             }
             std::thread::sleep(POLL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+
+    #[test]
+    fn an_address_that_is_not_ip_port_never_reaches_the_shell() {
+        // A fake admin API whose /targets lists a shell command as an address.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let body = r#"{"target_groups": [{"name": "g", "healthy_threshold": 1, "targets":
+                [{"address": "127.0.0.1:1; touch /tmp/pwned", "admin_state": "active"}]}]}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.read(&mut [0u8; 1]);
+        });
+        let client = AdminClient::new(&base, None).unwrap();
+        let plan = DeployPlan {
+            group: "g".into(),
+            exec: "echo {address} > /dev/null".into(),
+            drain_timeout: Duration::from_secs(1),
+            wait_healthy: Duration::from_secs(1),
+            exec_timeout: Duration::from_secs(1),
+        };
+        let mut out = Vec::new();
+        let err = deploy(&client, &plan, &mut out).unwrap_err();
+        assert!(matches!(err, DeployError::BadAddress { .. }), "{err}");
+        assert!(err.to_string().contains("not an ip:port"), "{err}");
+        assert!(String::from_utf8_lossy(&out).find("running").is_none());
+        server.join().unwrap();
     }
 }

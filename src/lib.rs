@@ -32,7 +32,10 @@
 //!   reload, targets added and removed, admin states, the prober's health flips), behind a
 //!   mutex no data path takes.
 //! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM
-//!   (SIGHUP reloads).
+//!   (SIGHUP reloads, SIGUSR1 reopens the access log). A worker thread that panics is
+//!   replaced ([`supervise`]); the prober and admin handlers catch their own panics.
+//! - [`access_log`]: a writer thread fed by the workers over a bounded queue, so logging
+//!   never blocks forwarding.
 //!
 //! Shared state ([`shared::Shared`]) is one *generation* of the configuration in an `Arc`,
 //! with atomics for what changes while it runs: per-target health and counters, per-listener

@@ -118,14 +118,14 @@ fn error(status: u16, message: &str) -> Response<io::Cursor<Vec<u8>>> {
     json_response(status, json!({ "error": message }))
 }
 
-fn authorized(shared: &Shared, request: &Request) -> bool {
-    let Some(token) = &shared.config.admin.token else {
-        return true;
-    };
-    request.headers().iter().any(|h| {
-        h.field.equiv("Authorization")
-            && h.value.as_str().strip_prefix("Bearer ") == Some(token.as_str())
-    })
+/// The bearer token `request` carries, if any.
+fn bearer(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .map(str::to_string)
 }
 
 /// `POST /debug/panic/{worker/N|prober|admin}` (debug builds and the `fault-injection` feature
@@ -154,52 +154,76 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
 /// Largest request body read (a target is a few dozen bytes).
 const MAX_BODY: u64 = 64 * 1024;
 
-type Reply = Response<io::Cursor<Vec<u8>>>;
+/// An admin API response: status, headers and a JSON (or metrics text) body.
+pub type Reply = Response<io::Cursor<Vec<u8>>>;
 
 fn handle(control: &Arc<Control>, mut request: Request) {
-    let shared = control.shared();
-    let response = if !authorized(&shared, &request) {
-        error(401, "missing or wrong bearer token")
-    } else {
-        let path = request.url().split('?').next().unwrap_or("").to_string();
-        let method = request.method().clone();
-        match (&method, path.as_str()) {
-            (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
-            (Method::Get, "/targets") => json_response(200, targets(&shared)),
-            (Method::Get, "/connections") => match limit(request.url()) {
-                Ok(limit) => json_response(200, connections(&control.workers(), limit)),
-                Err(message) => error(400, &message),
-            },
-            (Method::Get, "/metrics") => {
-                Response::from_data(metrics::encode(&shared, &control.restarts).into_bytes())
-                    .with_header(
-                        Header::from_bytes(
-                            "Content-Type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
-                        .expect("valid header"),
-                    )
-            }
-            (Method::Post, "/reload") => changed(control.reload(), 200),
-            (_, "/healthz" | "/targets" | "/metrics" | "/connections" | "/reload") => {
-                error(405, "method not allowed")
-            }
-            (Method::Post, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
-                inject_panic(control, &path["/debug/panic/".len()..])
-            }
-            (_, _) if path.starts_with("/target-groups/") => {
-                let body = read_body(&mut request);
-                target_request(control, &method, &path, body)
-            }
-            _ => error(404, &format!("no such endpoint: {path}")),
-        }
-    };
+    let (method, url, token) = (
+        request.method().clone(),
+        request.url().to_string(),
+        bearer(&request),
+    );
+    let response = answer(control, &method, &url, token.as_deref(), || {
+        read_body(&mut request)
+    });
     if let Err(e) = request.respond(response) {
         log::debug!("admin API: cannot answer: {e}");
     }
 }
 
-/// The request body as text, at most [`MAX_BODY`] bytes.
+/// The answer to one admin API request: `method` on `url` (path and query) with the bearer
+/// `token` sent, if any; `body` reads the request body, called only by endpoints that take
+/// one. Every bad request gets a 4xx with `{"error": "..."}`; nothing here panics on input
+/// (fuzzed: `integration/fuzz`), but for the debug-only `/debug/panic/admin`.
+pub fn answer(
+    control: &Arc<Control>,
+    method: &Method,
+    url: &str,
+    token: Option<&str>,
+    body: impl FnOnce() -> Result<String, String>,
+) -> Reply {
+    let shared = control.shared();
+    if shared
+        .config
+        .admin
+        .token
+        .as_deref()
+        .is_some_and(|t| token != Some(t))
+    {
+        return error(401, "missing or wrong bearer token");
+    }
+    let path = url.split('?').next().unwrap_or("");
+    match (method, path) {
+        (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
+        (Method::Get, "/targets") => json_response(200, targets(&shared)),
+        (Method::Get, "/connections") => match limit(url) {
+            Ok(limit) => json_response(200, connections(&control.workers(), limit)),
+            Err(message) => error(400, &message),
+        },
+        (Method::Get, "/metrics") => {
+            Response::from_data(metrics::encode(&shared, &control.restarts).into_bytes())
+                .with_header(
+                    Header::from_bytes(
+                        "Content-Type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .expect("valid header"),
+                )
+        }
+        (Method::Post, "/reload") => changed(control.reload(), 200),
+        (_, "/healthz" | "/targets" | "/metrics" | "/connections" | "/reload") => {
+            error(405, "method not allowed")
+        }
+        (Method::Post, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
+            inject_panic(control, path.trim_start_matches("/debug/panic/"))
+        }
+        (_, _) if path.starts_with("/target-groups/") => {
+            target_request(control, method, path, body())
+        }
+        _ => error(404, &format!("no such endpoint: {path}")),
+    }
+}
+
 fn read_body(request: &mut Request) -> Result<String, String> {
     use std::io::Read;
     let mut body = String::new();

@@ -421,26 +421,48 @@ fn pktinfo_destination(hdr: &libc::msghdr) -> Option<IpAddr> {
     if hdr.msg_control.is_null() || hdr.msg_flags & libc::MSG_CTRUNC != 0 {
         return None;
     }
-    // SAFETY: the kernel filled msg_controllen bytes of msg_control with well-formed control
-    // messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside them, and CMSG_DATA of a message of
-    // the matching level and type holds the struct read (unaligned reads).
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
-        while !cmsg.is_null() {
-            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
-            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
-                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                return Some(IpAddr::V4(Ipv4Addr::from(
-                    info.ipi_addr.s_addr.to_ne_bytes(),
-                )));
+    // SAFETY: the kernel filled msg_controllen bytes at msg_control, a buffer of this batch
+    // at least that long (`Control`); nothing else writes it meanwhile.
+    let control = unsafe {
+        std::slice::from_raw_parts(
+            hdr.msg_control.cast::<u8>(),
+            hdr.msg_controllen.min(mem::size_of::<Control>()),
+        )
+    };
+    pktinfo_in(control)
+}
+
+/// The destination address in the `IP_PKTINFO` / `IPV6_PKTINFO` message among the control
+/// messages `control`, laid out as `recvmsg(2)` returns them (`cmsghdr`, data, padding to
+/// the header's alignment; `cmsg(3)`). Every length is checked against the slice: malformed
+/// input (short, a length past the end or below the header's) gives `None`, never a read
+/// outside it. Fuzzed (`integration/fuzz`, target `udp_control`).
+pub fn pktinfo_in(control: &[u8]) -> Option<IpAddr> {
+    const HDR: usize = mem::size_of::<libc::cmsghdr>();
+    const ALIGN: usize = mem::align_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= HDR {
+        // SAFETY: at least HDR bytes are there; cmsghdr is plain integers (any bit pattern
+        // is valid) and the read is unaligned.
+        let hdr: libc::cmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        #[allow(clippy::useless_conversion)] // size_t here; socklen_t (u32) on musl
+        let len = usize::try_from(hdr.cmsg_len).ok()?;
+        let data = rest.get(HDR..len)?;
+        match (hdr.cmsg_level, hdr.cmsg_type) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                let at = mem::offset_of!(libc::in_pktinfo, ipi_addr);
+                let octets: [u8; 4] = data.get(at..at + 4)?.try_into().ok()?;
+                return Some(IpAddr::V4(Ipv4Addr::from(octets)));
             }
-            if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
-                let info: libc::in6_pktinfo =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                let at = mem::offset_of!(libc::in6_pktinfo, ipi6_addr);
+                let octets: [u8; 16] = data.get(at..at + 16)?.try_into().ok()?;
+                return Some(IpAddr::V6(Ipv6Addr::from(octets)));
             }
-            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+            _ => {}
         }
+        let step = len.checked_add(ALIGN - 1)? & !(ALIGN - 1);
+        rest = rest.get(step..)?;
     }
     None
 }
@@ -450,6 +472,43 @@ mod tests {
     use super::*;
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn malformed_control_messages_give_none() {
+        assert_eq!(pktinfo_in(&[]), None);
+        assert_eq!(pktinfo_in(&[0xff; 7]), None);
+        // A header claiming more bytes than there are, and one claiming fewer than itself.
+        let mut bad = vec![0u8; 32];
+        bad[..8].copy_from_slice(&1000usize.to_ne_bytes());
+        assert_eq!(pktinfo_in(&bad), None);
+        bad[..8].copy_from_slice(&3usize.to_ne_bytes());
+        assert_eq!(pktinfo_in(&bad), None);
+        bad[..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(pktinfo_in(&bad), None);
+    }
+
+    #[test]
+    fn a_pktinfo_after_another_message_is_found() {
+        const HDR: usize = mem::size_of::<libc::cmsghdr>();
+        let mut control = Vec::new();
+        let mut message = |level: i32, kind: i32, data: &[u8]| {
+            let len = HDR + data.len();
+            let mut h = vec![0u8; HDR];
+            h[..8].copy_from_slice(&len.to_ne_bytes());
+            h[8..12].copy_from_slice(&level.to_ne_bytes());
+            h[12..16].copy_from_slice(&kind.to_ne_bytes());
+            control.extend_from_slice(&h);
+            control.extend_from_slice(data);
+            control.resize(control.len().next_multiple_of(8), 0);
+        };
+        message(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[9; 16]);
+        let mut info = [0u8; 12];
+        info[8..].copy_from_slice(&[127, 0, 0, 3]);
+        message(libc::IPPROTO_IP, libc::IP_PKTINFO, &info);
+        assert_eq!(pktinfo_in(&control), Some("127.0.0.3".parse().unwrap()));
+        // Cut inside the pktinfo: no address, no read past the end.
+        assert_eq!(pktinfo_in(&control[..control.len() - 8]), None);
+    }
 
     fn pair() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
