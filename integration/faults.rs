@@ -379,3 +379,37 @@ fn limits_beyond_the_open_file_limit_are_warned_about_at_start() {
     let lb = Ballast::start_with(&yaml.replace("1000", "50"), "info", Some(256));
     assert!(!lb.log().contains("open-file limit"), "{}", lb.log());
 }
+
+#[test]
+fn a_target_reset_reaches_a_client_that_is_not_reading() {
+    // The target writes 1 MiB and resets at once, while the client reads nothing until
+    // Ballast has finished with the connection (its access-log line is written): the bytes
+    // wait in buffers along the way (Ballast's, the client's) when the reset comes. The client
+    // must then read what arrived and a reset, never a FIN that makes the cut-off look whole.
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_ok() {
+            let _ = s.write_all(&pattern(1 << 20));
+            reset(s);
+        }
+    }));
+    let (lb, dir) = start(&[target.addr], "    idle_timeout: 1s\n");
+    let mut s = client(lb.addr("l"));
+    s.write_all(b"go").unwrap();
+    let log = access_lines(&dir, 1);
+    assert!(
+        log.contains("reason=target_reset") || log.contains("reason=idle"),
+        "{log}"
+    );
+    let (got, end) = read_all(&mut s);
+    assert!(
+        got.len() <= 1 << 20 && got == pattern(got.len()),
+        "bytes changed"
+    );
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "after {} bytes: must end in a reset",
+        got.len()
+    );
+}

@@ -485,7 +485,7 @@ impl Worker {
             };
             let target = conn
                 .target
-                .filter(|_| conn.state() == crate::tcp::State::Established)
+                .filter(|_| conn.state() != crate::tcp::State::Connecting)
                 .map(|t| self.shared.groups[conn.group].targets[t].address);
             out.push(ConnInfo {
                 protocol: Protocol::Tcp,

@@ -323,6 +323,9 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
+        if conn.state() == State::Closing {
+            return; // both directions are over; only the reset is left (see `finish`)
+        }
         let Some(back) = conn.back.as_mut() else {
             return;
         };
@@ -478,8 +481,13 @@ impl Worker {
                     self.timers.schedule(conn.attempt_started + next, due);
                 }
             } else {
-                // Idle on both sides: a normal close (FIN) to both; nothing was cut short.
-                self.close(due.key, "idle", Reset::NONE);
+                // Idle: a normal close (FIN), unless a side had aborted and its peer was still
+                // waiting for the bytes before the abort: that peer is reset, never told EOF.
+                let reset = self
+                    .table
+                    .get_mut(due.key)
+                    .map_or(Reset::NONE, |c| c.ending().0);
+                self.close(due.key, "idle", reset);
             }
         }
     }
