@@ -21,7 +21,10 @@
 //! goes on a ready queue that the next loop turn runs before sleeping, because with
 //! edge-triggered readiness no new event would come for it.
 // The data path: nothing reachable from network input may panic (see README, Limits and
-// faults). Unit tests may unwrap.
+// faults). Unit tests may unwrap. Indexing stays allowed here: the indices are the worker's own
+// (listener, group and target indices of a generation, which later generations only extend;
+// slot keys of its tables), never taken from the network; `tcp/` and `udp/`, which parse what
+// arrives, deny unchecked indexing too.
 #![cfg_attr(
     not(test),
     deny(
