@@ -25,7 +25,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,16 +41,7 @@ pub static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 /// How often the writer reports dropped lines, at most.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Where access-log lines go (`access_log:` in the config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    /// Not written.
-    Off,
-    /// Standard error, beside the process's own log.
-    Stderr,
-    /// Appended to this file (created if missing).
-    File(PathBuf),
-}
+pub use crate::config::AccessLogSink as Sink;
 
 /// One finished connection or session.
 #[derive(Debug, Clone)]

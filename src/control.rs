@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::bind::{bind_listeners, BindError};
 use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::fault::{Faults, Restarts};
-use crate::runtime::{bind_listeners, RunError};
 use crate::shared::Shared;
 use crate::target::AdminState;
 use crate::worker::{Command, WorkerLink};
@@ -28,7 +28,7 @@ pub enum ChangeError {
     Config(#[from] ConfigError),
     /// A new listener's address cannot be bound.
     #[error(transparent)]
-    Bind(#[from] RunError),
+    Bind(#[from] BindError),
     /// The request itself is wrong (bad address, last target of a group, …).
     #[error("{0}")]
     Invalid(String),

@@ -72,6 +72,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balancer;
+pub mod bind;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -80,6 +81,7 @@ pub mod control;
 pub mod ctl;
 pub mod deploy;
 pub mod fault;
+pub mod hash;
 pub mod health;
 pub mod net;
 pub mod runtime;

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             match runtime::run(c) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(
-                    e @ (RunError::Bind { .. }
+                    e @ (RunError::Bind(_)
                     | RunError::AccessLog { .. }
                     | RunError::AdminBind { .. }),
                 ) => {

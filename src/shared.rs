@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
+use crate::balancer::table_builder;
 use crate::config::{Config, ListenerConfig};
 use crate::target::TargetGroup;
 
@@ -69,7 +70,11 @@ impl Shared {
     /// Builds the first generation for `config`, every target healthy and every counter zero.
     /// Listeners' `bind` should be the addresses they got (port 0 resolved).
     pub fn new(config: Config) -> Arc<Self> {
-        let groups = config.target_groups.iter().map(TargetGroup::new).collect();
+        let groups = config
+            .target_groups
+            .iter()
+            .map(|c| TargetGroup::new(c, table_builder))
+            .collect();
         let listeners = config
             .listeners
             .iter()
@@ -101,12 +106,12 @@ impl Shared {
                     .target_groups
                     .iter()
                     .find(|c| c.name == g.config.name && !g.removed);
-                g.successor(next)
+                g.successor(next, table_builder)
             })
             .collect();
         for c in &config.target_groups {
             if !groups.iter().any(|g| g.config.name == c.name && !g.removed) {
-                groups.push(TargetGroup::new(c)); // targets start healthy, as at start
+                groups.push(TargetGroup::new(c, table_builder)); // healthy, as at start
             }
         }
         // Listeners name groups by their index in `config`; ours are by name.

@@ -24,7 +24,7 @@ use crossbeam_channel::unbounded;
 use mio::{Poll, Waker};
 
 use crate::access_log::AccessLog;
-use crate::runtime::Bound;
+use crate::bind::Bound;
 use crate::shared::Shared;
 use crate::worker::{Worker, WorkerLink, WAKER};
 

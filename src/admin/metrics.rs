@@ -11,8 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::health::record::CheckSnapshot;
 use crate::shared::Shared;
+use crate::target::record::CheckSnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
@@ -30,7 +30,7 @@ struct TargetLabels {
 /// (prometheus-client's own `Histogram` is observed in place, which the prober's plain atomics
 /// are not).
 ///
-/// [`CheckRecord`]: crate::health::record::CheckRecord
+/// [`CheckRecord`]: crate::target::record::CheckRecord
 #[derive(Debug, Default)]
 struct CheckLatencies(Vec<(TargetLabels, CheckSnapshot)>);
 

@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
-use super::hash::{fnv1a, hash_ip, hash_tuple, mix};
-use super::table::LookupTable;
 use super::{candidates, Balancer, Request};
 use crate::config::HashKey;
+use crate::hash::{fnv1a, hash_ip, hash_tuple, mix};
+use crate::target::table::LookupTable;
 use crate::target::TargetGroup;
 
 /// Builds the Maglev table of `size` slots (`size` prime) over `targets`: `(name, weight,
@@ -103,14 +103,6 @@ impl Balancer for Maglev {
     }
 }
 
-/// Whether `n` is prime (trial division; table sizes are small).
-pub fn is_prime(n: usize) -> bool {
-    n >= 2
-        && (2..)
-            .take_while(|d| d * d <= n)
-            .all(|d| !n.is_multiple_of(d))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +122,7 @@ mod tests {
         assert_eq!(t.slots().len(), 7);
         let shares = t.shares(3);
         assert!(shares.iter().all(|&s| s == 2 || s == 3), "{shares:?}");
+        use crate::config::validate::is_prime;
         assert!(is_prime(65537) && is_prime(7) && !is_prime(65536) && !is_prime(1));
     }
 

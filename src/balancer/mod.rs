@@ -9,7 +9,6 @@
 //! computes the same cycle for the same healthy set, so N workers together walk one cycle and
 //! the split across targets is exact, with no lock.
 
-pub mod hash;
 pub mod least_connections;
 pub mod least_response_time;
 pub mod maglev;
@@ -18,15 +17,13 @@ pub mod random;
 pub mod round_robin;
 pub mod schedule;
 pub mod source_hash;
-pub mod sticky;
-pub mod table;
 pub mod weighted_round_robin;
 
 use std::sync::atomic::Ordering;
 
 use crate::config::{Algorithm, HashKey};
 use crate::conntrack::FiveTuple;
-use crate::target::TargetGroup;
+use crate::target::{TableBuilder, TargetGroup};
 
 /// What is known of a new connection or flow when a target is picked.
 #[derive(Debug, Clone, Copy)]
@@ -52,8 +49,10 @@ pub fn for_algorithm(algorithm: Algorithm, hash_key: HashKey) -> Box<dyn Balance
             Box::new(weighted_round_robin::WeightedRoundRobin::default())
         }
         Algorithm::LeastConnections => Box::new(least_connections::LeastConnections::default()),
-        Algorithm::Random => Box::new(random::Random::new(hash::Rng::from_entropy())),
-        Algorithm::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(hash::Rng::from_entropy())),
+        Algorithm::Random => Box::new(random::Random::new(crate::hash::Rng::from_entropy())),
+        Algorithm::PowerOfTwo => Box::new(power_of_two::PowerOfTwo::new(
+            crate::hash::Rng::from_entropy(),
+        )),
         Algorithm::SourceHash => Box::new(source_hash::SourceHash),
         Algorithm::Maglev => Box::new(maglev::Maglev::new(hash_key)),
         Algorithm::LeastResponseTime => Box::new(least_response_time::LeastResponseTime::default()),
@@ -99,7 +98,7 @@ impl EligibleCache {
     }
 
     /// A member drawn with probability proportional to its weight.
-    pub fn draw(&self, rng: &mut hash::Rng) -> Option<usize> {
+    pub fn draw(&self, rng: &mut crate::hash::Rng) -> Option<usize> {
         let total = *self.prefix.last()?;
         let point = rng.below(total);
         let k = self.prefix.partition_point(|&p| p <= point);
@@ -154,7 +153,7 @@ pub(crate) fn less_loaded(group: &TargetGroup, a: usize, b: usize) -> bool {
 fn weighted_choice(
     group: &TargetGroup,
     candidates: &[usize],
-    rng: &mut hash::Rng,
+    rng: &mut crate::hash::Rng,
 ) -> Option<usize> {
     let total: u64 = candidates
         .iter()
@@ -289,28 +288,20 @@ pub fn remember(
     }
 }
 
-/// The targets a pick may choose from, given every target's `health`: the healthy primaries;
-/// when none, the healthy backups (`backup: true`); when none either, every target (fail open:
-/// a health check that is wrong about every target must not take the service down).
+/// The targets a pick may choose from, given every target's `health`: see
+/// [`TargetGroup::eligible`].
 pub fn eligible(group: &TargetGroup, health: &[bool]) -> Vec<usize> {
-    let healthy = |backup: bool| -> Vec<usize> {
-        (0..health.len())
-            .filter(|&i| health[i] && group.targets[i].backup == backup)
-            .filter(|&i| group.targets[i].in_service())
-            .collect()
-    };
-    let primaries = healthy(false);
-    if !primaries.is_empty() {
-        return primaries;
+    group.eligible(health)
+}
+
+/// The lookup table a group configured as `config` keeps, rebuilt on every health change:
+/// Maglev's (NSDI 2016, §3.4) or source_hash's rendezvous buckets; `None` for the others.
+pub fn table_builder(config: &crate::config::TargetGroupConfig) -> Option<TableBuilder> {
+    match config.algorithm {
+        Algorithm::Maglev => Some(|g| maglev::for_group(g, g.config.maglev_table_size)),
+        Algorithm::SourceHash => Some(source_hash::for_group),
+        _ => None,
     }
-    let backups = healthy(true);
-    if !backups.is_empty() {
-        return backups;
-    }
-    // Fail open over the targets in service; draining ones never take new connections.
-    (0..health.len())
-        .filter(|&i| group.targets[i].in_service())
-        .collect()
 }
 
 #[cfg(test)]

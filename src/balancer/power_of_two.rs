@@ -1,8 +1,8 @@
 //! `power_of_two`: two random choices, the less loaded wins (Mitzenmacher, "The Power of Two
 //! Choices in Randomized Load Balancing", IEEE TPDS 2001).
 
-use super::hash::Rng;
 use super::{candidates, less_loaded, weighted_choice, Balancer, EligibleCache, Request};
+use crate::hash::Rng;
 use crate::target::TargetGroup;
 
 /// Two weighted random draws; the one with fewer active connections per weight wins (the first

@@ -1,7 +1,7 @@
 //! `random`: a target drawn at random, in proportion to weights.
 
-use super::hash::Rng;
 use super::{candidates, weighted_choice, Balancer, EligibleCache, Request};
+use crate::hash::Rng;
 use crate::target::TargetGroup;
 
 /// Weighted random choice among the candidates; each worker has its own generator.

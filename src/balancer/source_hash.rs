@@ -11,9 +11,9 @@
 
 use std::net::SocketAddr;
 
-use super::hash::{fnv1a, hash_ip, mix};
-use super::table::LookupTable;
 use super::{candidates, Balancer, Request};
+use crate::hash::{fnv1a, hash_ip, mix};
+use crate::target::table::LookupTable;
 use crate::target::TargetGroup;
 
 /// Buckets of client IPs: enough that each of a few hundred targets gets its weight's share

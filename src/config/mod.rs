@@ -7,7 +7,7 @@
 //! exists (by index), every group has at least one target, every duration is positive.
 
 mod file;
-mod validate;
+pub(crate) mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,17 @@ pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `udp.session_idle_timeout`.
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where access-log lines go (`access_log:`): [`crate::access_log`] writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    /// Not written.
+    Off,
+    /// Standard error, beside the process's own log.
+    Stderr,
+    /// Appended to this file (created if missing).
+    File(std::path::PathBuf),
+}
+
 /// Default `udp.max_sessions`.
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// Default `udp.batch`: datagrams moved per `recvmmsg`/`sendmmsg` call.
@@ -41,7 +52,7 @@ pub struct Config {
     /// How long a graceful stop waits for open connections before closing them.
     pub shutdown_timeout: Duration,
     /// Where access-log lines go.
-    pub access_log: crate::access_log::Sink,
+    pub access_log: AccessLogSink,
     /// The admin API.
     pub admin: AdminConfig,
     /// Listeners, in file order.

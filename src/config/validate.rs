@@ -17,7 +17,7 @@ pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, Strin
     if group.algorithm == Algorithm::Maglev {
         let least = 100 * n;
         let size = group.maglev_table_size;
-        if !crate::balancer::maglev::is_prime(size) || size < least {
+        if !is_prime(size) || size < least {
             return Err((
                 "maglev_table_size",
                 format!(
@@ -33,6 +33,15 @@ pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, Strin
         ));
     }
     Ok(())
+}
+
+/// Whether `n` is prime (trial division; table sizes are small): `maglev_table_size` must be
+/// (Maglev, NSDI 2016, §3.4).
+pub fn is_prime(n: usize) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// Builds a [`Config`] from the parsed file.
@@ -222,15 +231,15 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         access_log: match raw.access_log.as_deref() {
-            None | Some("stderr") => crate::access_log::Sink::Stderr,
-            Some("off") => crate::access_log::Sink::Off,
+            None | Some("stderr") => super::AccessLogSink::Stderr,
+            Some("off") => super::AccessLogSink::Off,
             Some("") => {
                 return Err(invalid(
                     "access_log".into(),
                     "give `off`, `stderr` or a file path".into(),
                 ))
             }
-            Some(path) => crate::access_log::Sink::File(path.into()),
+            Some(path) => super::AccessLogSink::File(path.into()),
         },
         listeners,
         target_groups,

@@ -8,7 +8,6 @@
 //! passes.
 
 pub mod probe;
-pub mod record;
 pub mod threshold;
 
 use std::io;
@@ -267,7 +266,7 @@ impl ProberLoop {
             });
             match started {
                 Ok(p) => slot.in_flight = Some((p, now, now + hc.timeout)),
-                Err(e) => self.finish(i, Outcome::Fail(probe::describe(&e))),
+                Err(e) => self.finish(i, Outcome::Fail(crate::net::describe(&e))),
             }
         }
     }

@@ -7,6 +7,7 @@ use mio::event::{Event, Source};
 use mio::net::{TcpStream, UdpSocket};
 
 use crate::config::HealthCheckKind;
+use crate::net::describe;
 
 /// Largest HTTP response head read before giving up on finding the status line.
 const MAX_STATUS_LINE: usize = 4096;
@@ -222,20 +223,6 @@ fn parse_status(head: &[u8]) -> Option<Outcome> {
         Some(code) => Outcome::Fail(format!("HTTP status {code}")),
         None => Outcome::Fail(format!("bad HTTP status line `{}`", line.trim())),
     })
-}
-
-/// A short lower-case reason for a failed check: `connection refused`, `timed out`, ….
-pub fn describe(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = match text.find(" (os error") {
-        Some(i) => &text[..i],
-        None => &text[..],
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 #[cfg(test)]

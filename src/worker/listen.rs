@@ -11,7 +11,7 @@ use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Poll};
 
 use super::{Ready, Slot, Worker};
-use crate::runtime::Bound;
+use crate::bind::Bound;
 
 /// Accepts per listener per wake before yielding to other work.
 const ACCEPT_BUDGET: usize = 64;
@@ -159,7 +159,7 @@ impl Worker {
                 "listener {}: {what}: {}; pausing accepts for {}ms ({unlogged} more such errors \
                  since the last report)",
                 self.shared.listeners[i].config.name,
-                crate::health::probe::describe(e),
+                crate::net::describe(e),
                 ACCEPT_BACKOFF.as_millis(),
             );
         }

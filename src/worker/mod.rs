@@ -55,9 +55,9 @@ use mio::{Events, Poll, Token};
 
 use crate::access_log::AccessLog;
 use crate::balancer::Picker;
+use crate::bind::Bound;
 use crate::config::Protocol;
 use crate::conntrack::ConnTable;
-use crate::runtime::Bound;
 use crate::shared::Shared;
 use crate::tcp::pump::BufferPool;
 use crate::tcp::Connection;

@@ -17,7 +17,7 @@ use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
-use crate::health::probe::describe;
+use crate::net::describe;
 use crate::tcp::pump::{Endpoint, Pumped};
 use crate::tcp::{Closing, Connection, Reset, State};
 use crate::timers::Due;

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::hash::hash_ip;
+use crate::hash::hash_ip;
 
 /// Units of the stored time: 100 ms, so 32 bits last 13 years.
 const TICK_MS: u64 = 100;

@@ -10,6 +10,10 @@
 //! workers) and each group's round-robin position. A target's state lives in its own `Arc`,
 //! carried from one generation to the next, so counters survive a reload.
 
+pub mod record;
+pub mod sticky;
+pub mod table;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,10 +21,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::balancer::sticky::StickyTable;
-use crate::balancer::table::LookupTable;
-use crate::balancer::{maglev, source_hash};
-use crate::config::{Algorithm, TargetConfig, TargetGroupConfig};
+use crate::config::{TargetConfig, TargetGroupConfig};
+use sticky::StickyTable;
+use table::LookupTable;
 
 /// One target as a generation sees it: its configured parameters, and its run-time state
 /// (shared with the other generations; `Target` dereferences to it).
@@ -68,7 +71,7 @@ pub struct TargetState {
     /// [`TargetState::record_response`].
     response_ewma_us: AtomicU64,
     /// What the prober last saw, for the admin API and metrics.
-    pub checks: crate::health::record::CheckRecord,
+    pub checks: crate::target::record::CheckRecord,
 }
 
 impl TargetState {
@@ -210,10 +213,20 @@ pub struct TargetGroup {
     table: Option<ArcSwap<LookupTable>>,
     /// The group is gone from the configuration (kept so indices stay valid).
     pub removed: bool,
+    /// Builds `table` for the current health (from the balancer; `None`: no table).
+    table_builder: Option<TableBuilder>,
 }
 
+/// Builds a group's lookup table for its current health (`maglev`, `source_hash`).
+pub type TableBuilder = fn(&TargetGroup) -> LookupTable;
+
+/// Which [`TableBuilder`] a group configured so needs, if any: the balancer's answer, passed
+/// in so this module does not depend on the algorithms.
+pub type TableBuilders = fn(&TargetGroupConfig) -> Option<TableBuilder>;
+
 impl TargetGroup {
-    pub(crate) fn new(config: &TargetGroupConfig) -> Self {
+    /// A group for `config`, every target healthy; `tables` says which lookup table it keeps.
+    pub(crate) fn new(config: &TargetGroupConfig, tables: TableBuilders) -> Self {
         // Targets start healthy: traffic flows at once, and the prober takes a target out
         // after `unhealthy_threshold` failures.
         let targets = config
@@ -221,7 +234,7 @@ impl TargetGroup {
             .iter()
             .map(|t| Target::with_state(t, TargetState::new(true)))
             .collect();
-        Self::assemble(config, targets, None, Instant::now(), false)
+        Self::assemble(config, targets, None, Instant::now(), false, tables)
     }
 
     fn assemble(
@@ -230,6 +243,7 @@ impl TargetGroup {
         sticky: Option<Arc<StickyTable>>,
         epoch: Instant,
         removed: bool,
+        tables: TableBuilders,
     ) -> Self {
         let sticky = match (config.stickiness, sticky) {
             (Some(st), Some(old)) if old.matches(st.max_entries, st.timeout) => Some(old),
@@ -245,6 +259,7 @@ impl TargetGroup {
             sticky,
             epoch,
             removed,
+            table_builder: tables(config),
         };
         group.table = group.build_table().map(ArcSwap::from_pointee);
         group
@@ -256,7 +271,11 @@ impl TargetGroup {
     /// until they pass `healthy_threshold` checks (so a new target takes traffic only once it
     /// answers); a removed target configured again is back in service, likewise unhealthy
     /// until checked. Marks the removals and revivals on the shared states at once.
-    pub(crate) fn successor(&self, next: Option<&TargetGroupConfig>) -> TargetGroup {
+    pub(crate) fn successor(
+        &self,
+        next: Option<&TargetGroupConfig>,
+        tables: TableBuilders,
+    ) -> TargetGroup {
         let wanted: &[TargetConfig] = next.map_or(&[], |c| &c.targets);
         let mut targets: Vec<Target> = Vec::with_capacity(self.targets.len());
         for old in &self.targets {
@@ -287,16 +306,13 @@ impl TargetGroup {
             self.sticky.clone(),
             self.epoch,
             next.is_none(),
+            tables,
         )
     }
 
     /// A fresh lookup table for the current health, for the algorithms that use one.
     fn build_table(&self) -> Option<LookupTable> {
-        match self.config.algorithm {
-            Algorithm::Maglev => Some(maglev::for_group(self, self.config.maglev_table_size)),
-            Algorithm::SourceHash => Some(source_hash::for_group(self)),
-            _ => None,
-        }
+        self.table_builder.map(|build| build(self))
     }
 
     /// The current lookup table (`None` for algorithms without one).
@@ -373,9 +389,33 @@ impl TargetGroup {
         if self.targets.iter().all(|t| t.max_connections.is_none()) {
             return true;
         }
-        crate::balancer::eligible(self, &self.health())
+        self.eligible(&self.health())
             .into_iter()
             .any(|i| !self.targets[i].is_full())
+    }
+
+    /// The targets a pick may choose from, given every target's `health`: the healthy
+    /// primaries; when none, the healthy backups (`backup: true`); when none either, every
+    /// target in service (fail open: a health check that is wrong about every target must not
+    /// take the service down). Draining targets never take new connections.
+    pub fn eligible(&self, health: &[bool]) -> Vec<usize> {
+        let healthy = |backup: bool| -> Vec<usize> {
+            (0..health.len())
+                .filter(|&i| health[i] && self.targets[i].backup == backup)
+                .filter(|&i| self.targets[i].in_service())
+                .collect()
+        };
+        let primaries = healthy(false);
+        if !primaries.is_empty() {
+            return primaries;
+        }
+        let backups = healthy(true);
+        if !backups.is_empty() {
+            return backups;
+        }
+        (0..health.len())
+            .filter(|&i| self.targets[i].in_service())
+            .collect()
     }
 
     /// A number that changes whenever any target's health changes.
