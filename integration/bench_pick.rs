@@ -9,7 +9,7 @@ use std::path::Path;
 use ballast::balancer::{self, Request};
 use ballast::config::{self, Protocol};
 use ballast::conntrack::FiveTuple;
-use ballast::shared::Shared;
+use ballast::generation::Generation;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn group_yaml(algorithm: &str) -> String {
@@ -40,7 +40,7 @@ fn picks(c: &mut Criterion) {
         "least_response_time",
     ] {
         let cfg = config::parse(Path::new("bench.yaml"), &group_yaml(algorithm)).unwrap();
-        let shared = Shared::new(cfg);
+        let shared = Generation::new(cfg);
         let group = &shared.groups[0];
         let mut b = balancer::for_algorithm(group.config.algorithm, group.config.hash_key);
         let mut port = 0u16;

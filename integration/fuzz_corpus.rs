@@ -62,7 +62,8 @@ fn admin_seeds_answer() {
          '127.0.0.1:10', weight: 3}]\n",
     )
     .unwrap();
-    let control: Arc<Control> = Control::new(ballast::shared::Shared::new(config), Vec::new());
+    let control: Arc<Control> =
+        Control::new(ballast::generation::Generation::new(config), Vec::new());
     for (path, bytes) in corpus("admin") {
         let text = String::from_utf8(bytes).unwrap();
         let mut parts = text.splitn(4, '\n');

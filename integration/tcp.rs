@@ -469,11 +469,15 @@ fn out_of_file_descriptors(limit: u64) {
     // The admin API shares the descriptor limit (its server dups each connection): until the
     // last clients' descriptors are closed it may drop a request, so ask until it answers.
     let deadline = Instant::now() + WAIT;
-    while try_http(admin, "GET", "/healthz", None, "").is_err() {
-        assert!(Instant::now() < deadline, "admin API not answering again");
+    let text = loop {
+        match try_http(admin, "GET", "/metrics", None, "") {
+            Ok((200, text)) => break text,
+            _ => assert!(Instant::now() < deadline, "admin API not answering again"),
+        }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let (scrape, text) = scrape(admin);
+    };
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
     let failures = sample(
         &scrape,
         "ballast_target_connect_failures_total",

@@ -1,6 +1,6 @@
 //! The control plane: the one place that changes the running configuration.
 //!
-//! [`Control`] holds the current generation ([`Shared`]) in an `ArcSwap` and serialises every
+//! [`Control`] holds the current generation ([`Generation`]) in an `ArcSwap` and serialises every
 //! change behind a mutex (never taken on the data path): hot reload from the file (SIGHUP,
 //! `POST /reload`), targets added and removed through the admin API, admin states, and the
 //! prober's health flips. A change builds the next generation, binds the sockets of new
@@ -16,9 +16,9 @@ use arc_swap::ArcSwap;
 use crate::bind::{bind_listeners, BindError};
 use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::fault::{Faults, Restarts};
-use crate::shared::Shared;
+use crate::generation::Generation;
 use crate::target::AdminState;
-use crate::worker::{Command, WorkerLink};
+use crate::worker::{Message, WorkerLink};
 
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub struct Summary {
 
 /// The running configuration and the way to change it.
 pub struct Control {
-    current: ArcSwap<Shared>,
+    current: ArcSwap<Generation>,
     lock: Mutex<()>,
     /// Replaced when a worker is restarted (under `lock`); read by the admin API.
     workers: RwLock<Vec<WorkerLink>>,
@@ -89,7 +89,7 @@ impl std::fmt::Debug for Control {
 
 impl Control {
     /// Control over `shared` (the first generation), reaching the workers through `workers`.
-    pub fn new(shared: Arc<Shared>, workers: Vec<WorkerLink>) -> Arc<Control> {
+    pub fn new(shared: Arc<Generation>, workers: Vec<WorkerLink>) -> Arc<Control> {
         Arc::new(Control {
             current: ArcSwap::new(shared),
             lock: Mutex::new(()),
@@ -101,7 +101,7 @@ impl Control {
     }
 
     /// The current generation.
-    pub fn shared(&self) -> Arc<Shared> {
+    pub fn shared(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 
@@ -122,7 +122,7 @@ impl Control {
     pub fn replace_worker<E>(
         &self,
         id: usize,
-        start: impl FnOnce(&Arc<Shared>) -> Result<WorkerLink, E>,
+        start: impl FnOnce(&Arc<Generation>) -> Result<WorkerLink, E>,
     ) -> Result<(), E> {
         let _locked = self.locked();
         let link = start(&self.shared())?;
@@ -214,7 +214,7 @@ impl Control {
                 .copied()
                 .zip(std::mem::take(&mut sockets[w]))
                 .collect();
-            link.send(Command::Reload {
+            link.send(Message::Reload {
                 shared: next.clone(),
                 sockets: mine,
             });
@@ -342,7 +342,7 @@ impl Control {
                         target.address
                     );
                     for w in &control.workers() {
-                        w.send(Command::CloseTarget {
+                        w.send(Message::CloseTarget {
                             group: g,
                             target: index,
                         });
@@ -371,15 +371,15 @@ fn no_target(group: &str, address: SocketAddr) -> ChangeError {
 }
 
 /// What changed from `old` to `next`.
-fn summarize(old: &Shared, next: &Shared) -> Summary {
-    let live_listeners = |s: &Shared| -> Vec<String> {
+fn summarize(old: &Generation, next: &Generation) -> Summary {
+    let live_listeners = |s: &Generation| -> Vec<String> {
         s.listeners
             .iter()
             .filter(|l| !l.removed)
             .map(|l| format!("{}@{}", l.config.name, l.config.bind))
             .collect()
     };
-    let live_targets = |s: &Shared| -> Vec<String> {
+    let live_targets = |s: &Generation| -> Vec<String> {
         s.groups
             .iter()
             .filter(|g| !g.removed)

@@ -37,8 +37,8 @@
 //! - [`access_log`]: a writer thread fed by the workers over a bounded queue, so logging
 //!   never blocks forwarding.
 //!
-//! Shared state ([`shared::Shared`]) is one *generation* of the configuration in an `Arc`,
-//! with atomics for what changes while it runs: per-target health and counters, per-listener
+//! Shared state is one *generation* of the configuration ([`generation::Generation`]) in an
+//! `Arc`, with atomics for what changes while it runs: per-target health and counters, per-listener
 //! connection counts, each group's round-robin cursor, stickiness table and lookup table
 //! (swapped whole with `arc-swap`). A reload builds the next generation aside and sends it to
 //! each worker, which switches between two events; indices of listeners, groups and targets
@@ -81,11 +81,11 @@ pub mod control;
 pub mod ctl;
 pub mod deploy;
 pub mod fault;
+pub mod generation;
 pub mod hash;
 pub mod health;
 pub mod net;
 pub mod runtime;
-pub mod shared;
 pub mod supervise;
 pub mod target;
 pub mod tcp;

@@ -19,12 +19,12 @@ use crate::admin::Admin;
 use crate::bind::{bind_all, BindError, Bound};
 use crate::config::{Config, Protocol};
 use crate::control::Control;
+use crate::generation::Generation;
 use crate::health::Prober;
-use crate::shared::Shared;
 use crate::supervise::{
     fatal, new_worker, spawn_worker, RestartBudget, MAX_RESTARTS, RESTART_WINDOW,
 };
-use crate::worker::{Command, WorkerLink};
+use crate::worker::{Message, WorkerLink};
 
 /// Why the process could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +133,7 @@ pub struct Running {
 }
 
 /// Starts the access log's writer thread as `shared` configures it.
-fn start_access_log(shared: &Shared) -> Result<Writer, RunError> {
+fn start_access_log(shared: &Generation) -> Result<Writer, RunError> {
     Writer::start(&shared.config.access_log).map_err(|source| RunError::AccessLog {
         path: match &shared.config.access_log {
             Sink::File(p) => p.display().to_string(),
@@ -161,7 +161,7 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
     check_descriptor_limit(&config);
     let sockets = bind_all(&mut config)?;
     let workers = config.workers;
-    let shared = Shared::new(config);
+    let shared = Generation::new(config);
     let (events_tx, events) = unbounded();
     let access = start_access_log(&shared)?;
     // Workers and their links first, so the admin API can reach every worker.
@@ -204,7 +204,7 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
 impl Running {
     /// The current generation of the state shared with the workers and the prober (health,
     /// counters).
-    pub fn shared(&self) -> Arc<Shared> {
+    pub fn shared(&self) -> Arc<Generation> {
         self.control.shared()
     }
 
@@ -307,7 +307,7 @@ impl Running {
     pub fn stop(mut self) {
         let (closed_tx, closed) = unbounded();
         for h in &self.handles {
-            h.link.send(Command::Stop(closed_tx.clone()));
+            h.link.send(Message::Stop(closed_tx.clone()));
         }
         drop(closed_tx);
         // Every live worker answers once its listening sockets are closed; a worker that has

@@ -5,7 +5,7 @@
 //! the usual close paths (giving back the shared counts they held, see
 //! [`Worker::abandon`]), and reports the crash; the main thread then starts a new worker with a
 //! fresh poll and fresh SO_REUSEPORT sockets for the current generation, and swaps its command
-//! link in [`Control`]. Clients of the dead worker see resets, never clean ends; connections
+//! link in [`crate::control::Control`]. Clients of the dead worker see resets, never clean ends; connections
 //! queued on its listening sockets are reset by the kernel when those close.
 //!
 //! What cannot be recovered ends the process at once with a message, rather than leaving it
@@ -25,8 +25,8 @@ use mio::{Poll, Waker};
 
 use crate::access_log::AccessLog;
 use crate::bind::Bound;
-use crate::shared::Shared;
-use crate::worker::{Worker, WorkerLink, WAKER};
+use crate::generation::Generation;
+use crate::worker::{Worker, WorkerLink, WAKER_TOKEN};
 
 /// Most worker crashes tolerated within [`RESTART_WINDOW`]; one more aborts the process.
 pub const MAX_RESTARTS: usize = 5;
@@ -36,12 +36,12 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// A worker and the link other threads reach it by, before its thread starts.
 pub fn new_worker(
     id: usize,
-    shared: &Arc<Shared>,
+    shared: &Arc<Generation>,
     sockets: Vec<(usize, Bound)>,
     access: AccessLog,
 ) -> io::Result<(Worker, WorkerLink)> {
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
     let (commands_tx, commands) = unbounded();
     let worker = Worker::new(id, poll, shared.clone(), sockets, commands, access)?;
     let link = WorkerLink {

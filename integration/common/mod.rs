@@ -1,4 +1,4 @@
-//! Shared helpers for the end-to-end tests: a Ballast process started from a YAML string, and
+//! Generation helpers for the end-to-end tests: a Ballast process started from a YAML string, and
 //! small backends on real sockets. Every wait is bounded.
 #![allow(dead_code)]
 

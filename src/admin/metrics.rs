@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::shared::Shared;
+use crate::generation::Generation;
 use crate::target::record::CheckSnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +61,7 @@ struct ThreadLabels {
 
 /// The exposition text for everything in `shared`, and the thread restarts counted in
 /// `restarts`.
-pub fn encode(shared: &Shared, restarts: &crate::fault::Restarts) -> String {
+pub fn encode(shared: &Generation, restarts: &crate::fault::Restarts) -> String {
     let mut registry = Registry::with_prefix("ballast");
     let thread_restarts = Family::<ThreadLabels, Counter>::default();
     for (thread, n) in restarts.counts() {

@@ -43,9 +43,9 @@ use tiny_http::{Header, Method, Request, Response};
 use crate::config::TargetConfig;
 use crate::control::{ChangeError, Control, Summary};
 use crate::fault::Faults;
-use crate::shared::Shared;
+use crate::generation::Generation;
 use crate::target::AdminState;
-use crate::worker::{Command, WorkerLink};
+use crate::worker::{Message, WorkerLink};
 
 /// How long the admin thread waits for a request before looking at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -137,7 +137,7 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
             .ok()
             .and_then(|n| control.workers().get(n).cloned())
         {
-            Some(link) if link.send(crate::worker::Command::Panic) => {
+            Some(link) if link.send(crate::worker::Message::Panic) => {
                 json_response(202, json!({ "panic": which }))
             }
             _ => error(404, &format!("no worker {n}")),
@@ -276,7 +276,7 @@ fn connections(workers: &[WorkerLink], limit: usize) -> serde_json::Value {
     let asked = workers
         .iter()
         .filter(|w| {
-            w.send(Command::Snapshot {
+            w.send(Message::Snapshot {
                 limit,
                 reply: reply.clone(),
             })
@@ -420,7 +420,7 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
 
 /// The `GET /targets` document: groups in the configuration, and their targets (removed ones
 /// only while connections to them remain).
-fn targets(shared: &Shared) -> serde_json::Value {
+fn targets(shared: &Generation) -> serde_json::Value {
     let groups: Vec<serde_json::Value> = shared
         .groups
         .iter()

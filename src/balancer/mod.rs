@@ -390,7 +390,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use crate::config;
-    use crate::shared::Shared;
+    use crate::generation::Generation;
     use crate::target::TargetGroup;
 
     /// A request from 127.0.0.1:`port`.
@@ -423,7 +423,7 @@ pub(crate) mod tests {
             );
         }
         let cfg = config::parse(Path::new("t.yaml"), &yaml).unwrap();
-        let shared = Shared::new(cfg);
+        let shared = Generation::new(cfg);
         std::sync::Arc::try_unwrap(shared)
             .unwrap()
             .groups

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::control::Control;
-use crate::shared::Shared;
+use crate::generation::Generation;
 use crate::target::AdminState;
 use probe::{Outcome, Probe};
 use threshold::{Thresholds, Transition};
 
-const WAKER: Token = Token(usize::MAX);
+const PROBER_WAKER_TOKEN: Token = Token(usize::MAX);
 
 /// Whether every target of `group` still in it is unhealthy (the group fails open then).
 fn all_down(group: &crate::target::TargetGroup) -> bool {
@@ -51,7 +51,7 @@ impl Prober {
     /// When the poll or its waker cannot be created, or the thread cannot be spawned.
     pub fn start(control: Arc<Control>) -> io::Result<Prober> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(Waker::new(poll.registry(), PROBER_WAKER_TOKEN)?);
         control.set_prober_waker(waker.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let mut state = ProberLoop::new(control, poll, stop.clone());
@@ -86,7 +86,7 @@ impl Drop for Prober {
 }
 
 /// One target's checking state.
-struct Slot {
+struct ProbeSlot {
     group: usize,
     target: usize,
     /// Address checked: the target's, or its host with the check's `port`.
@@ -100,10 +100,10 @@ struct Slot {
 struct ProberLoop {
     control: Arc<Control>,
     /// The generation the slots were built for.
-    shared: Arc<Shared>,
+    shared: Arc<Generation>,
     poll: Poll,
     stop: Arc<AtomicBool>,
-    slots: Vec<Slot>,
+    slots: Vec<ProbeSlot>,
 }
 
 impl ProberLoop {
@@ -123,9 +123,9 @@ impl ProberLoop {
     /// Rebuilds the slots for generation `shared`: a target checked before keeps its slot
     /// (schedule, check in flight, consecutive results); a new target is checked at once;
     /// removed targets and groups are no longer checked.
-    fn resync(&mut self, shared: Arc<Shared>) {
+    fn resync(&mut self, shared: Arc<Generation>) {
         let now = Instant::now();
-        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.slots)
+        let mut old: Vec<Option<ProbeSlot>> = std::mem::take(&mut self.slots)
             .into_iter()
             .map(Some)
             .collect();
@@ -151,11 +151,11 @@ impl ProberLoop {
                     .and_then(Option::take);
                 let thresholds = Thresholds::new(hc.healthy_threshold, hc.unhealthy_threshold);
                 self.slots.push(match kept {
-                    Some(slot) => Slot {
+                    Some(slot) => ProbeSlot {
                         thresholds: thresholds.starting(slot.thresholds.is_healthy()),
                         ..slot
                     },
-                    None => Slot {
+                    None => ProbeSlot {
                         group: gi,
                         target: ti,
                         address,
@@ -230,7 +230,7 @@ impl ProberLoop {
             }
             for event in events.iter() {
                 let i = event.token().0;
-                if i == WAKER.0 || i >= self.slots.len() {
+                if i == PROBER_WAKER_TOKEN.0 || i >= self.slots.len() {
                     continue;
                 }
                 let outcome = match self.slots[i].in_flight.as_mut() {

@@ -1,6 +1,6 @@
 //! Targets and target groups as the running process shares them between threads.
 //!
-//! Groups and targets belong to one generation ([`Shared`](crate::shared::Shared)); a target keeps its index in its
+//! Groups and targets belong to one generation ([`Generation`](crate::generation::Generation)); a target keeps its index in its
 //! group for the life of the process (a removed one stays as a tombstone,
 //! [`AdminState::Removed`]), so a connection that recorded `(group, target)` indices finds the
 //! same target in any later generation.
@@ -200,7 +200,7 @@ pub struct TargetGroup {
     /// Targets by index: those of the first generation in config order, then targets added
     /// later. An index never changes; removed targets stay, as [`AdminState::Removed`].
     pub targets: Vec<Target>,
-    /// Shared position of the group's round-robin schedules.
+    /// Generation position of the group's round-robin schedules.
     pub cursor: AtomicUsize,
     /// Bumped after every health change, so workers know to rebuild their schedules.
     health_generation: AtomicU64,

@@ -46,7 +46,7 @@ pub struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     /// One control-message buffer per header: the destination address of a received
     /// datagram; the GSO segment size and the source address of a send.
-    cmsgs: Vec<Control>,
+    cmsgs: Vec<CmsgBuffer>,
     /// The destination address of each received datagram, when asked for.
     locals: Vec<Option<IpAddr>>,
     /// Datagrams in each header of the last send.
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Batch {
 
 /// Room for a `UDP_SEGMENT` message (24 bytes) and an `in6_pktinfo` one (40 bytes), aligned
 /// for `cmsghdr`.
-type Control = [u64; 8];
+type CmsgBuffer = [u64; 8];
 
 fn os_result(n: isize) -> io::Result<usize> {
     if n < 0 {
@@ -151,7 +151,7 @@ impl Batch {
             hdr.msg_iovlen = 1;
             if want_local {
                 hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
-                hdr.msg_controllen = mem::size_of::<Control>();
+                hdr.msg_controllen = mem::size_of::<CmsgBuffer>();
             } else {
                 hdr.msg_control = std::ptr::null_mut();
                 hdr.msg_controllen = 0;
@@ -351,7 +351,7 @@ impl Batch {
 /// source address `from`, each when given; no control buffer when neither is.
 fn fill_control(
     hdr: &mut libc::msghdr,
-    buf: &mut Control,
+    buf: &mut CmsgBuffer,
     segment: Option<u16>,
     from: Option<IpAddr>,
 ) {
@@ -372,7 +372,7 @@ fn fill_control(
         segment.map_or(0, |_| libc::CMSG_SPACE(2))
             + from.map_or(0, |_| libc::CMSG_SPACE(pktinfo_len as u32))
     } as usize;
-    debug_assert!(hdr.msg_controllen <= mem::size_of::<Control>());
+    debug_assert!(hdr.msg_controllen <= mem::size_of::<CmsgBuffer>());
     // SAFETY: msg_control points at a zeroed, aligned buffer of msg_controllen bytes, with room
     // for every message written (CMSG_NXTHDR returns null past the end).
     unsafe {
@@ -422,11 +422,11 @@ fn pktinfo_destination(hdr: &libc::msghdr) -> Option<IpAddr> {
         return None;
     }
     // SAFETY: the kernel filled msg_controllen bytes at msg_control, a buffer of this batch
-    // at least that long (`Control`); nothing else writes it meanwhile.
+    // at least that long (`CmsgBuffer`); nothing else writes it meanwhile.
     let control = unsafe {
         std::slice::from_raw_parts(
             hdr.msg_control.cast::<u8>(),
-            hdr.msg_controllen.min(mem::size_of::<Control>()),
+            hdr.msg_controllen.min(mem::size_of::<CmsgBuffer>()),
         )
     };
     pktinfo_in(control)

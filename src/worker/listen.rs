@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Poll};
 
-use super::{Ready, Slot, Worker};
+use super::{Ready, TokenSlot, Worker};
 use crate::bind::Bound;
 
 /// Accepts per listener per wake before yielding to other work.
@@ -79,7 +79,7 @@ impl ListenerSlot {
     /// Registers `socket`, the socket of listener `index`, with `poll`.
     pub(super) fn register(poll: &Poll, index: usize, socket: Bound) -> io::Result<ListenerSlot> {
         let local = socket.local_addr()?;
-        let token = Slot::Listener(index).token();
+        let token = TokenSlot::Listener(index).token();
         let socket = match socket {
             Bound::Tcp(s) => {
                 let mut s = TcpListener::from_std(s);

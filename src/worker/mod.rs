@@ -1,7 +1,7 @@
 //! A worker: one thread, one mio `Poll`, its own SO_REUSEPORT listening sockets and its own
 //! connection table. Nothing on this path takes a lock.
 //!
-//! Token plan (see [`Slot`]): `0` is the waker, `1..=MAX_LISTENERS` the listeners, and from
+//! Token plan (see [`TokenSlot`]): `0` is the waker, `1..=MAX_LISTENERS` the listeners, and from
 //! [`CONN_BASE`] on three tokens per slab key `k`: `CONN_BASE + 3k` for the client side and
 //! `CONN_BASE + 3k + 1` for the target side of TCP connection `k`, and `CONN_BASE + 3k + 2`
 //! for the upstream socket of UDP session `k` (sessions have their own table and keys). These
@@ -58,7 +58,7 @@ use crate::balancer::Picker;
 use crate::bind::Bound;
 use crate::config::Protocol;
 use crate::conntrack::ConnTable;
-use crate::shared::Shared;
+use crate::generation::Generation;
 use crate::tcp::pump::BufferPool;
 use crate::tcp::Connection;
 use crate::timers::Timers;
@@ -66,7 +66,7 @@ use crate::udp::batch::Batch;
 use crate::udp::session::SessionTable;
 
 /// The waker's token.
-pub const WAKER: Token = Token(0);
+pub const WAKER_TOKEN: Token = Token(0);
 /// Most listeners one worker serves.
 pub const MAX_LISTENERS: usize = 1 << 16;
 /// First connection token.
@@ -92,7 +92,7 @@ fn session_tag(id: u64) -> Tag {
 
 /// What a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
+pub enum TokenSlot {
     /// The worker's waker (commands are waiting).
     Waker,
     /// Listener index.
@@ -105,17 +105,17 @@ pub enum Slot {
     Session(usize, Tag),
 }
 
-impl Slot {
+impl TokenSlot {
     /// The slot a token stands for.
-    pub fn of(token: Token) -> Slot {
+    pub fn of(token: Token) -> TokenSlot {
         let tag = (token.0 >> TAG_SHIFT) as Tag & TAG_MASK;
         match token.0 & ((1 << TAG_SHIFT) - 1) {
-            0 => Slot::Waker,
-            t if t < CONN_BASE => Slot::Listener(t - 1),
+            0 => TokenSlot::Waker,
+            t if t < CONN_BASE => TokenSlot::Listener(t - 1),
             t => match (t - CONN_BASE) % 3 {
-                0 => Slot::Front((t - CONN_BASE) / 3, tag),
-                1 => Slot::Back((t - CONN_BASE) / 3, tag),
-                _ => Slot::Session((t - CONN_BASE) / 3, tag),
+                0 => TokenSlot::Front((t - CONN_BASE) / 3, tag),
+                1 => TokenSlot::Back((t - CONN_BASE) / 3, tag),
+                _ => TokenSlot::Session((t - CONN_BASE) / 3, tag),
             },
         }
     }
@@ -130,18 +130,18 @@ impl Slot {
             (((tag & TAG_MASK) as usize) << TAG_SHIFT) | (CONN_BASE + 3 * k + side)
         };
         Token(match self {
-            Slot::Waker => 0,
-            Slot::Listener(i) => 1 + i,
-            Slot::Front(k, tag) => tagged(k, 0, tag),
-            Slot::Back(k, tag) => tagged(k, 1, tag),
-            Slot::Session(k, tag) => tagged(k, 2, tag),
+            TokenSlot::Waker => 0,
+            TokenSlot::Listener(i) => 1 + i,
+            TokenSlot::Front(k, tag) => tagged(k, 0, tag),
+            TokenSlot::Back(k, tag) => tagged(k, 1, tag),
+            TokenSlot::Session(k, tag) => tagged(k, 2, tag),
         })
     }
 }
 
 /// A command from the main or admin thread.
 #[derive(Debug)]
-pub enum Command {
+pub enum Message {
     /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit. The
     /// worker sends its id on the channel once its listening sockets are closed.
     Stop(crossbeam_channel::Sender<usize>),
@@ -159,7 +159,7 @@ pub enum Command {
     /// listener's socket).
     Reload {
         /// The new generation.
-        shared: Arc<Shared>,
+        shared: Arc<Generation>,
         /// `(listener index, socket)` for each new listener.
         sockets: Vec<(usize, Bound)>,
     },
@@ -201,14 +201,14 @@ pub struct ConnInfo {
 #[derive(Debug, Clone)]
 pub struct WorkerLink {
     /// Commands to the worker.
-    pub commands: crossbeam_channel::Sender<Command>,
+    pub commands: crossbeam_channel::Sender<Message>,
     /// Wakes the worker's poll so it reads its commands.
     pub waker: Arc<mio::Waker>,
 }
 
 impl WorkerLink {
     /// Sends `command` and wakes the worker; false when the worker is gone.
-    pub fn send(&self, command: Command) -> bool {
+    pub fn send(&self, command: Message) -> bool {
         self.commands.send(command).is_ok() && self.waker.wake().is_ok()
     }
 }
@@ -223,7 +223,7 @@ enum Ready {
 
 /// The largest `udp.batch` of `shared`'s UDP listeners (the size of a worker's datagram
 /// buffers); `None` without UDP listeners.
-fn udp_batch_size(shared: &Shared) -> Option<usize> {
+fn udp_batch_size(shared: &Generation) -> Option<usize> {
     shared
         .listeners
         .iter()
@@ -236,7 +236,7 @@ fn udp_batch_size(shared: &Shared) -> Option<usize> {
 pub struct Worker {
     id: usize,
     poll: Poll,
-    shared: Arc<Shared>,
+    shared: Arc<Generation>,
     listeners: Vec<ListenerSlot>,
     table: ConnTable<Connection>,
     sessions: SessionTable<UdpSocket>,
@@ -253,7 +253,7 @@ pub struct Worker {
     /// socket for an accepted client meets EMFILE, so no accepted client is closed for want of
     /// one; accepting waits until it is held again.
     reserve: Option<socket2::Socket>,
-    commands: Receiver<Command>,
+    commands: Receiver<Message>,
     stop_deadline: Option<Instant>,
     access: AccessLog,
     next_id: u64,
@@ -266,16 +266,16 @@ impl Worker {
     /// A worker over `sockets` (`(listener index, socket)` for each listener of `shared` it
     /// serves, already bound and, for TCP, listening; non-blocking) that takes commands from
     /// `commands` and writes its access-log lines to `access`. The caller makes the waker on
-    /// `poll`'s registry with [`WAKER`].
+    /// `poll`'s registry with [`WAKER_TOKEN`].
     ///
     /// # Errors
     /// When a socket cannot be registered with `poll`.
     pub fn new(
         id: usize,
         poll: Poll,
-        shared: Arc<Shared>,
+        shared: Arc<Generation>,
         sockets: Vec<(usize, Bound)>,
-        commands: Receiver<Command>,
+        commands: Receiver<Message>,
         access: AccessLog,
     ) -> io::Result<Worker> {
         let mut listeners: Vec<ListenerSlot> = Vec::with_capacity(sockets.len());
@@ -313,7 +313,7 @@ impl Worker {
         })
     }
 
-    /// Runs the event loop until a [`Command::Stop`] has been handled and every connection has
+    /// Runs the event loop until a [`Message::Stop`] has been handled and every connection has
     /// finished (or `shutdown_timeout` has passed).
     ///
     /// # Errors
@@ -330,12 +330,12 @@ impl Worker {
             }
             self.now = Instant::now();
             for event in events.iter() {
-                match Slot::of(event.token()) {
-                    Slot::Waker => self.handle_commands(),
-                    Slot::Listener(i) => self.handle_listener(i),
-                    Slot::Front(key, tag) => self.handle_front_event(key, tag, event),
-                    Slot::Back(key, tag) => self.handle_back_event(key, tag, event),
-                    Slot::Session(key, tag) => {
+                match TokenSlot::of(event.token()) {
+                    TokenSlot::Waker => self.handle_commands(),
+                    TokenSlot::Listener(i) => self.handle_listener(i),
+                    TokenSlot::Front(key, tag) => self.handle_front_event(key, tag, event),
+                    TokenSlot::Back(key, tag) => self.handle_back_event(key, tag, event),
+                    TokenSlot::Session(key, tag) => {
                         if self
                             .sessions
                             .get_mut(key)
@@ -399,20 +399,20 @@ impl Worker {
     fn handle_commands(&mut self) {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Stop(closed)) => {
+                Ok(Message::Stop(closed)) => {
                     self.begin_stop();
                     let _ = closed.send(self.id);
                 }
-                Ok(Command::Snapshot { limit, reply }) => {
+                Ok(Message::Snapshot { limit, reply }) => {
                     let _ = reply.send(self.snapshot(limit));
                 }
-                Ok(Command::CloseTarget { group, target }) => self.close_target(group, target),
-                Ok(Command::Panic) => {
+                Ok(Message::CloseTarget { group, target }) => self.close_target(group, target),
+                Ok(Message::Panic) => {
                     if crate::fault::Faults::ENABLED {
                         crate::fault::injected_panic(&format!("worker {}", self.id));
                     }
                 }
-                Ok(Command::Reload { shared, sockets }) => self.reload(shared, sockets),
+                Ok(Message::Reload { shared, sockets }) => self.reload(shared, sockets),
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -423,7 +423,7 @@ impl Worker {
         }
     }
 
-    fn reload(&mut self, shared: Arc<Shared>, sockets: Vec<(usize, Bound)>) {
+    fn reload(&mut self, shared: Arc<Generation>, sockets: Vec<(usize, Bound)>) {
         for (index, socket) in sockets {
             if self.stop_deadline.is_some() {
                 break; // stopping: new listeners would only be closed again

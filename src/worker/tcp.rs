@@ -12,7 +12,7 @@ use mio::Interest;
 
 use std::time::Duration;
 
-use super::{Ready, Slot, Tag, Worker, PUMP_BUDGET};
+use super::{Ready, Tag, TokenSlot, Worker, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::Protocol;
@@ -84,7 +84,7 @@ impl Worker {
         conn.front.ready.writable = true;
         if let Err(e) = self.poll.registry().register(
             &mut conn.front.stream,
-            Slot::Front(key, tag).token(),
+            TokenSlot::Front(key, tag).token(),
             CONN_INTEREST,
         ) {
             log::warn!("{tuple}: cannot register the client socket: {e}");
@@ -574,7 +574,7 @@ fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize, tag: Tag) -> io:
     s.set_nodelay(true)?;
     socket2::SockRef::from(&s).set_out_of_band_inline(true)?;
     poll.registry()
-        .register(&mut s, Slot::Back(key, tag).token(), CONN_INTEREST)?;
+        .register(&mut s, TokenSlot::Back(key, tag).token(), CONN_INTEREST)?;
     Ok(s)
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use mio::net::UdpSocket;
 use mio::Interest;
 
-use super::{ListenSocket, Ready, Slot, Worker};
+use super::{ListenSocket, Ready, TokenSlot, Worker};
 use crate::access_log::Entry;
 use crate::balancer::{remember, Request};
 use crate::config::{OnUnhealthy, Protocol};
@@ -155,7 +155,7 @@ impl Worker {
         let session = self.sessions.get_mut(key)?;
         if let Err(e) = self.poll.registry().register(
             &mut session.upstream,
-            Slot::Session(key, super::session_tag(session.id)).token(),
+            TokenSlot::Session(key, super::session_tag(session.id)).token(),
             Interest::READABLE,
         ) {
             log::warn!("{tuple}: cannot register the upstream socket: {e}");

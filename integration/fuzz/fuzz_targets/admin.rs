@@ -23,7 +23,7 @@ fn control() -> &'static Arc<Control> {
     CONTROL.get_or_init(|| {
         let config = ballast::config::parse(std::path::Path::new("fuzz.yaml"), CONFIG)
             .expect("the fuzz target's config is valid");
-        Control::new(ballast::shared::Shared::new(config), Vec::new())
+        Control::new(ballast::generation::Generation::new(config), Vec::new())
     })
 }
 

@@ -2,7 +2,7 @@
 //! target groups and targets, immutable once built, in an `Arc`.
 //!
 //! A hot reload or a target added through the admin API builds the next generation with
-//! [`Shared::successor`] and hands it to every thread. Indices never move between generations:
+//! [`Generation::successor`] and hands it to every thread. Indices never move between generations:
 //! a listener, group or target keeps its index for the life of the process (one that is
 //! removed stays as a tombstone), so whatever recorded an index finds the same thing in any
 //! later generation. What changes while a generation runs (health, admin states, counters)
@@ -20,7 +20,7 @@ use crate::target::TargetGroup;
 #[derive(Debug)]
 pub struct ListenerState {
     /// The listener's validated configuration, its `target_group` an index into
-    /// [`Shared::groups`].
+    /// [`Generation::groups`].
     pub config: ListenerConfig,
     /// The listener is gone from the configuration: workers have closed its sockets.
     pub removed: bool,
@@ -54,7 +54,7 @@ pub struct ListenerStats {
 
 /// Everything the threads share: one generation, built from a [`Config`].
 #[derive(Debug)]
-pub struct Shared {
+pub struct Generation {
     /// The configuration this generation was built from, as written (file order).
     pub config: Config,
     /// Listeners by index (the first generation's in config order, then those added later;
@@ -66,7 +66,7 @@ pub struct Shared {
     pub generation: u64,
 }
 
-impl Shared {
+impl Generation {
     /// Builds the first generation for `config`, every target healthy and every counter zero.
     /// Listeners' `bind` should be the addresses they got (port 0 resolved).
     pub fn new(config: Config) -> Arc<Self> {
@@ -84,7 +84,7 @@ impl Shared {
                 stats: Arc::default(),
             })
             .collect();
-        Arc::new(Shared {
+        Arc::new(Generation {
             config,
             listeners,
             groups,
@@ -97,7 +97,7 @@ impl Shared {
     /// as removed and added again. Returns it with the indices of the listeners that are new
     /// (they need sockets). Marks removed and revived targets on their shared state at once:
     /// call it only to apply the result.
-    pub fn successor(&self, config: Config) -> (Shared, Vec<usize>) {
+    pub fn successor(&self, config: Config) -> (Generation, Vec<usize>) {
         let mut groups: Vec<TargetGroup> = self
             .groups
             .iter()
@@ -147,7 +147,7 @@ impl Shared {
                 stats: Arc::default(),
             });
         }
-        let next = Shared {
+        let next = Generation {
             config,
             listeners,
             groups,
@@ -156,7 +156,7 @@ impl Shared {
         (next, added)
     }
 
-    /// Indices (into `config.listeners`) of the listeners that [`Shared::successor`] would
+    /// Indices (into `config.listeners`) of the listeners that [`Generation::successor`] would
     /// add: those with no live listener of the same name, protocol and address.
     pub fn added_listeners(&self, config: &Config) -> Vec<usize> {
         (0..config.listeners.len())
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn targets_keep_their_index_and_state_across_generations() {
-        let first = Shared::new(config(
+        let first = Generation::new(config(
             &[("l", "127.0.0.1:7000")],
             &[("g", "round_robin", &[1, 2, 3])],
         ));
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn groups_and_listeners_are_matched_by_name_and_address() {
-        let first = Shared::new(config(
+        let first = Generation::new(config(
             &[("l", "127.0.0.1:7000"), ("m", "127.0.0.1:7001")],
             &[("g", "round_robin", &[1]), ("h", "round_robin", &[2])],
         ));
