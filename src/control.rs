@@ -18,7 +18,7 @@ use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::fault::{Faults, Restarts};
 use crate::generation::Generation;
 use crate::target::AdminState;
-use crate::worker::{Message, WorkerLink};
+use crate::worker::{ConnInfo, Message, WorkerLink};
 
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,42 @@ impl Control {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Every worker's connection table, at most `limit` entries in all: each worker is asked
+    /// over its channel (woken through its poll) and answers between two events; one that does
+    /// not answer within a second is left out rather than waited for.
+    pub fn connections(&self, limit: usize) -> Vec<ConnInfo> {
+        let (reply, replies) = crossbeam_channel::unbounded();
+        let asked = self
+            .workers()
+            .iter()
+            .filter(|w| {
+                w.send(Message::Snapshot {
+                    limit,
+                    reply: reply.clone(),
+                })
+            })
+            .count();
+        drop(reply);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut entries = Vec::new();
+        for _ in 0..asked {
+            let Ok(batch) = replies.recv_deadline(deadline) else {
+                break;
+            };
+            entries.extend(batch);
+        }
+        entries.truncate(limit);
+        entries
+    }
+
+    /// Asks worker `n` to panic (tests of the supervision; see [`Faults`]); false when there
+    /// is no such worker.
+    pub fn panic_worker(&self, n: usize) -> bool {
+        self.workers()
+            .get(n)
+            .is_some_and(|link| link.send(Message::Panic))
     }
 
     /// Replaces worker `id` (whose thread ended in a panic): `start` builds and starts the new

@@ -45,7 +45,6 @@ use crate::control::{ChangeError, Control, Summary};
 use crate::fault::Faults;
 use crate::generation::Generation;
 use crate::target::AdminState;
-use crate::worker::{Message, WorkerLink};
 
 /// How long the admin thread waits for a request before looking at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -132,14 +131,8 @@ fn bearer(request: &Request) -> Option<String> {
 /// only): makes that thread panic, to test the supervision.
 fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
     match which.split('/').collect::<Vec<_>>()[..] {
-        ["worker", n] => match n
-            .parse::<usize>()
-            .ok()
-            .and_then(|n| control.workers().get(n).cloned())
-        {
-            Some(link) if link.send(crate::worker::Message::Panic) => {
-                json_response(202, json!({ "panic": which }))
-            }
+        ["worker", n] => match n.parse::<usize>() {
+            Ok(i) if control.panic_worker(i) => json_response(202, json!({ "panic": which })),
             _ => error(404, &format!("no worker {n}")),
         },
         ["prober"] => {
@@ -197,7 +190,7 @@ pub fn answer(
         (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
         (Method::Get, "/targets") => json_response(200, targets(&shared)),
         (Method::Get, "/connections") => match limit(url) {
-            Ok(limit) => json_response(200, connections(&control.workers(), limit)),
+            Ok(limit) => json_response(200, connections(control, limit)),
             Err(message) => error(400, &message),
         },
         (Method::Get, "/metrics") => {
@@ -271,27 +264,8 @@ fn limit(url: &str) -> Result<usize, String> {
 }
 
 /// `GET /connections`: every worker's connection table, at most `limit` entries in all.
-fn connections(workers: &[WorkerLink], limit: usize) -> serde_json::Value {
-    let (reply, replies) = crossbeam_channel::unbounded();
-    let asked = workers
-        .iter()
-        .filter(|w| {
-            w.send(Message::Snapshot {
-                limit,
-                reply: reply.clone(),
-            })
-        })
-        .count();
-    drop(reply);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    let mut entries = Vec::new();
-    for _ in 0..asked {
-        let Ok(batch) = replies.recv_deadline(deadline) else {
-            break; // a worker that does not answer in time is left out, not waited for
-        };
-        entries.extend(batch);
-    }
-    entries.truncate(limit);
+fn connections(control: &Control, limit: usize) -> serde_json::Value {
+    let entries = control.connections(limit);
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|c| {
