@@ -214,6 +214,7 @@ fn connections_lists_the_workers_tables() {
         assert_eq!(entry["protocol"], "tcp");
         assert_eq!(entry["listener"], "l");
         assert_eq!(entry["target"], echo.addr.to_string());
+        assert_eq!(entry["stage"], "established");
         assert_eq!(entry["bytes_up"], 5);
         assert_eq!(entry["bytes_down"], 5);
         assert!(

@@ -275,6 +275,7 @@ fn connections(control: &Control, limit: usize) -> serde_json::Value {
                 "listener": c.listener,
                 "local": c.local.to_string(),
                 "target": c.target.map(|t| t.to_string()),
+                "stage": c.stage,
                 "age_ms": c.age.as_millis() as u64,
                 "bytes_up": c.bytes_up,
                 "bytes_down": c.bytes_down,

@@ -15,7 +15,7 @@
 //! - one side *aborted* (a reset, or it could no longer take data): what it sent before is
 //!   delivered, then the other side is reset (`SO_LINGER {1, 0}`), so an aborted upload is not
 //!   taken for a complete one, nor a crashed target's truncated answer for a whole one. A reset
-//!   discards unacknowledged bytes, so the worker first waits in [`State::Closing`] until the
+//!   discards unacknowledged bytes, so the worker first waits in [`Stage::Closing`] until the
 //!   peer has acknowledged what was written (bounded);
 //! - Ballast gives up (no target accepted, connect timeout, shutdown timeout, a disabled target):
 //!   reset, because a clean EOF would read as an empty answer.
@@ -46,9 +46,18 @@ use crate::config::Forwarding;
 use crate::conntrack::FiveTuple;
 use pump::{Endpoint, Half};
 
-/// Where a connection is in its life.
+/// Where a connection is in its life: its stage. Each stage's events are handled in one
+/// place (`worker::tcp`, `handle_front_event` / `handle_back_event`), and every change goes
+/// through [`Connection::set_stage`].
+///
+/// Adding a stage (reading a PROXY protocol header, peeking a TLS ClientHello) means a variant
+/// here, its arm in those two handlers, and the transition out of it: nothing else moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub enum Stage {
+    /// Accepted; reading what must be read from the client before a target is chosen (nothing
+    /// yet: a PROXY protocol header or a TLS ClientHello in later versions). Left at once for
+    /// `Connecting` today.
+    Preamble,
     /// A non-blocking connect to `target` is in flight.
     Connecting,
     /// Connected to the target; bytes flow.
@@ -58,12 +67,20 @@ pub enum State {
     Closing,
 }
 
-impl fmt::Display for State {
+impl Stage {
+    /// Whether the connection got as far as a target (established, or closing after it).
+    pub fn reached_target(self) -> bool {
+        matches!(self, Stage::Established | Stage::Closing)
+    }
+}
+
+impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            State::Connecting => "connecting",
-            State::Established => "established",
-            State::Closing => "closing",
+            Stage::Preamble => "preamble",
+            Stage::Connecting => "connecting",
+            Stage::Established => "established",
+            Stage::Closing => "closing",
         })
     }
 }
@@ -89,7 +106,7 @@ pub struct Connection {
     pub tried: Vec<usize>,
     /// Why the last connect attempt failed, for the log line when every attempt has.
     pub last_error: Option<String>,
-    state: State,
+    stage: Stage,
     /// Client → target.
     pub up: Half,
     /// Target → client.
@@ -107,7 +124,7 @@ pub struct Connection {
     /// Which side aborted first, once one has (the access log's `client_reset` or
     /// `target_reset`).
     pub first_abort: Option<Side>,
-    /// In [`State::Closing`]: what is left to do.
+    /// In [`Stage::Closing`]: what is left to do.
     pub closing: Option<Closing>,
 }
 
@@ -176,7 +193,7 @@ impl Connection {
             target: None,
             tried: Vec::new(),
             last_error: None,
-            state: State::Connecting,
+            stage: Stage::Preamble,
             up: Half::new(forwarding),
             down: Half::new(forwarding),
             started: now,
@@ -189,15 +206,15 @@ impl Connection {
         }
     }
 
-    /// The current state.
-    pub fn state(&self) -> State {
-        self.state
+    /// The current stage.
+    pub fn stage(&self) -> Stage {
+        self.stage
     }
 
-    /// Moves to `state`, logging the transition at trace level.
-    pub fn set_state(&mut self, state: State) {
-        log::trace!("{} [{}]: {} -> {}", self.tuple, self.id, self.state, state);
-        self.state = state;
+    /// Moves to `stage`, logging the transition at trace level.
+    pub fn set_stage(&mut self, stage: Stage) {
+        log::trace!("{} [{}]: {} -> {}", self.tuple, self.id, self.stage, stage);
+        self.stage = stage;
     }
 
     /// True when both directions are over.

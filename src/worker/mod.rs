@@ -189,6 +189,9 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The target, once one is connected (TCP) or chosen (UDP).
     pub target: Option<SocketAddr>,
+    /// Where the connection is in its life (`preamble`, `connecting`, `established`,
+    /// `closing`); `session` for a UDP session.
+    pub stage: String,
     /// Since accept or the flow's first datagram.
     pub age: Duration,
     /// Bytes client → target.
@@ -488,7 +491,7 @@ impl Worker {
             };
             let target = conn
                 .target
-                .filter(|_| conn.state() != crate::tcp::State::Connecting)
+                .filter(|_| conn.stage().reached_target())
                 .map(|t| self.shared.groups[conn.group].targets[t].address);
             out.push(ConnInfo {
                 protocol: Protocol::Tcp,
@@ -496,6 +499,7 @@ impl Worker {
                 listener: self.shared.listeners[conn.listener].config.name.clone(),
                 local: conn.tuple.listener,
                 target,
+                stage: conn.stage().to_string(),
                 age: self.now.saturating_duration_since(conn.started),
                 bytes_up: conn.up.bytes,
                 bytes_down: conn.down.bytes,
@@ -509,6 +513,7 @@ impl Worker {
                 listener: self.shared.listeners[s.listener].config.name.clone(),
                 local: udp::session_address(self.listeners[s.listener].local, s.reply_from),
                 target: Some(self.shared.groups[s.group].targets[s.target].address),
+                stage: "session".to_string(),
                 age: self.now.saturating_duration_since(s.started),
                 bytes_up: s.up.bytes,
                 bytes_down: s.down.bytes,

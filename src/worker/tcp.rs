@@ -19,7 +19,7 @@ use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
 use crate::net::describe;
 use crate::tcp::pump::{Endpoint, Pumped};
-use crate::tcp::{Closing, Connection, Reset, State};
+use crate::tcp::{Closing, Connection, Reset, Stage};
 use crate::timers::Due;
 
 /// Interest in both sockets of a connection: PRIORITY too, so urgent data is noticed (reads
@@ -93,6 +93,18 @@ impl Worker {
         }
         self.timers
             .schedule(self.now + first_check, Due { key, id });
+        self.handle_preamble(key);
+    }
+
+    /// The `Preamble` stage: reads what must be read from the client before a target is
+    /// chosen. Nothing yet, so it is complete at once; a PROXY protocol header or a TLS
+    /// ClientHello will be read here (called again on each client event until complete),
+    /// before the move to `Connecting`.
+    fn handle_preamble(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        conn.set_stage(Stage::Connecting);
         self.connect_next(key);
     }
 
@@ -203,7 +215,7 @@ impl Worker {
         conn.front.ready.readable = true;
         conn.front.ready.error = true;
         conn.note_aborts();
-        if conn.state() == State::Established {
+        if conn.stage() == Stage::Established {
             self.drive(key);
         }
         let Some(conn) = self.table.get_mut(key) else {
@@ -242,9 +254,9 @@ impl Worker {
             return; // for a socket closed earlier in this batch (see the token plan)
         }
         mark(&mut conn.front.ready, event);
-        match conn.state() {
-            State::Established => self.drive(key),
-            State::Connecting if event.is_error() => {
+        match conn.stage() {
+            Stage::Established => self.drive(key),
+            Stage::Preamble | Stage::Connecting if event.is_error() => {
                 // A client that resets while its target connect is pending: free both
                 // descriptors now, and reset the target side, which may already be connected.
                 if let Ok(Some(e)) | Err(e) = conn.front.stream.take_error() {
@@ -260,7 +272,8 @@ impl Worker {
                     );
                 }
             }
-            State::Connecting | State::Closing => {}
+            Stage::Preamble => self.handle_preamble(key),
+            Stage::Connecting | Stage::Closing => {}
         }
     }
 
@@ -268,15 +281,15 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let state = conn.state();
+        let state = conn.stage();
         let Some(back) = conn.back.as_mut().filter(|b| b.tag == tag) else {
             return; // for a socket closed earlier in this batch (see the token plan)
         };
         mark(&mut back.ready, event);
         match state {
-            State::Closing => {}
-            State::Established => self.drive(key),
-            State::Connecting => {
+            Stage::Preamble | Stage::Closing => {}
+            Stage::Established => self.drive(key),
+            Stage::Connecting => {
                 // Linux reports EPOLLOUT on a connecting socket only once the connect has
                 // finished, and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means
                 // connected, with no syscall to ask.
@@ -301,7 +314,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        conn.set_state(State::Established);
+        conn.set_stage(Stage::Established);
         conn.last_active = self.now;
         if let Some(back) = conn.back.as_mut() {
             back.ready.readable = true;
@@ -323,7 +336,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        if conn.state() == State::Closing {
+        if conn.stage() == Stage::Closing {
             return; // both directions are over; only the reset is left (see `finish`)
         }
         let Some(back) = conn.back.as_mut() else {
@@ -396,7 +409,7 @@ impl Worker {
             until: self.now + RESET_LINGER.min(idle),
             recheck_at,
         });
-        conn.set_state(State::Closing);
+        conn.set_stage(Stage::Closing);
         let id = conn.id;
         self.timers.schedule(recheck_at, Due { key, id });
     }
@@ -436,7 +449,7 @@ impl Worker {
             listener: &listener.config.name,
             client: conn.tuple.client,
             target: target
-                .filter(|_| conn.state() != State::Connecting)
+                .filter(|_| conn.stage().reached_target())
                 .map(|t| t.address),
             duration: self.now.saturating_duration_since(conn.started),
             bytes_up: conn.up.bytes,
@@ -458,10 +471,11 @@ impl Worker {
             }
             let config = &self.shared.listeners[conn.listener].config;
             let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
-            let deadline = match conn.state() {
-                State::Connecting => conn.attempt_started + connect_timeout,
-                State::Established => conn.last_active + idle_timeout,
-                State::Closing => {
+            let deadline = match conn.stage() {
+                // Until the preamble has a timeout of its own, connect_timeout bounds it too.
+                Stage::Preamble | Stage::Connecting => conn.attempt_started + connect_timeout,
+                Stage::Established => conn.last_active + idle_timeout,
+                Stage::Closing => {
                     self.recheck_closing(due);
                     continue;
                 }
@@ -470,7 +484,9 @@ impl Worker {
                 self.timers.schedule(deadline, due);
                 continue;
             }
-            if conn.state() == State::Connecting {
+            if conn.stage() == Stage::Preamble {
+                self.close(due.key, "preamble_timeout", Reset::BOTH);
+            } else if conn.stage() == Stage::Connecting {
                 let reason = format!(
                     "connect timed out after {}",
                     humantime::format_duration(connect_timeout)
