@@ -38,6 +38,7 @@
 )]
 
 pub mod pump;
+pub mod transport;
 
 use std::fmt;
 use std::time::Instant;

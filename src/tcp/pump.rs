@@ -16,12 +16,12 @@
 //!
 //! No error is returned: the endpoints' `aborted` flags carry them to the worker.
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::net::TcpStream;
 
+use super::transport::{Plain, Transport};
 use crate::config::Forwarding;
 
 /// Size of one pooled buffer, bytes.
@@ -78,6 +78,8 @@ pub struct Readiness {
 pub struct Endpoint {
     /// The socket.
     pub stream: TcpStream,
+    /// How bytes cross this side ([`Plain`] TCP today).
+    pub transport: Box<dyn Transport>,
     /// Whether it may be read or written without blocking.
     pub ready: Readiness,
     /// The worker's tag for this socket's registration (see `worker::Tag`).
@@ -91,11 +93,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A socket of unknown readiness (both flags false: wait for an event), registered with
-    /// `tag`.
+    /// A plain TCP socket of unknown readiness (both flags false: wait for an event),
+    /// registered with `tag`.
     pub fn new(stream: TcpStream, tag: u32) -> Endpoint {
         Endpoint {
             stream,
+            // A zero-sized `Plain` in a box allocates nothing.
+            transport: Box::new(Plain),
             ready: Readiness::default(),
             tag,
             aborted: false,
@@ -270,6 +274,11 @@ impl Half {
         reverse_done: bool,
     ) -> Pumped {
         let mut out = Pumped::default();
+        if self.mode != Forwarding::Buffered
+            && !(src.transport.can_splice() && dst.transport.can_splice())
+        {
+            self.mode = Forwarding::Buffered; // splice only between two plain sockets
+        }
         loop {
             if self.over {
                 return out;
@@ -295,7 +304,7 @@ impl Half {
             }
             if self.eof && self.pending() == 0 && !dst.aborted {
                 if !src.aborted && !reverse_done {
-                    match dst.stream.shutdown(Shutdown::Write) {
+                    match dst.transport.shutdown_write(&mut dst.stream) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                         Err(e) => dst.abort(&e),
@@ -354,7 +363,7 @@ impl Half {
                     return false;
                 };
                 let room = space.len();
-                match src.stream.read(space) {
+                match src.transport.read(&mut src.stream, space) {
                     Ok(n) => {
                         *end += n;
                         // A short read emptied the socket: epoll reports the next arrival
@@ -425,6 +434,7 @@ impl Half {
     fn flush(&mut self, dst: &mut Endpoint, pool: &mut BufferPool) -> usize {
         let ready = &mut dst.ready;
         let stream = &mut dst.stream;
+        let transport = &mut dst.transport;
         let result = match &mut self.carrier {
             Carrier::Idle => return 0,
             Carrier::Buffer { buf, start, end } => {
@@ -432,7 +442,7 @@ impl Half {
                     return 0;
                 };
                 let len = bytes.len();
-                stream.write(bytes).inspect(|&n| {
+                transport.write(stream, bytes).inspect(|&n| {
                     *start += n;
                     // A short write filled the socket's send buffer: wait for writable.
                     if n < len {
