@@ -8,7 +8,7 @@
 //! later generation. What changes while a generation runs (health, admin states, counters)
 //! lives in atomics shared by all generations.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::balancer::table_builder;
@@ -50,6 +50,30 @@ pub struct ListenerStats {
     pub datagrams_up: AtomicU64,
     /// Datagrams forwarded target → client (UDP).
     pub datagrams_down: AtomicU64,
+}
+
+/// A place under a listener's `max_connections` (TCP) or `udp.max_sessions` (UDP), held by
+/// one connection or session and given back when dropped: every way out (a close, a failed
+/// accept, a worker that panics and unwinds) gives it back, with no decrement to pair by hand.
+#[derive(Debug)]
+pub struct ListenerPlace(Arc<ListenerStats>);
+
+impl Drop for ListenerPlace {
+    fn drop(&mut self) {
+        let before = self.0.active.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "listener active count below zero");
+    }
+}
+
+impl ListenerState {
+    /// Takes a place, unless `max` are taken already across all workers (`None`: no limit).
+    /// Reserved before accepting, so workers together never exceed the limit.
+    pub fn reserve(&self, max: Option<usize>) -> Option<ListenerPlace> {
+        let before = self.stats.active.fetch_add(1, Ordering::AcqRel);
+        let place = ListenerPlace(self.stats.clone());
+        // Over the limit: dropping `place` gives the place straight back.
+        max.is_none_or(|m| before < m).then_some(place)
+    }
 }
 
 /// Everything the threads share: one generation, built from a [`Config`].
@@ -223,6 +247,28 @@ mod tests {
             .iter()
             .map(|t| (t.address.port(), t.admin_state()))
             .collect()
+    }
+
+    #[test]
+    fn places_are_given_back_when_dropped_and_never_exceed_the_limit() {
+        let g = Generation::new(config(&[("l", "127.0.0.1:7000")], &[("g", "random", &[1])]));
+        let (l, t) = (&g.listeners[0], &g.groups[0].targets[0]);
+        let a = l.reserve(Some(2)).expect("first place");
+        let b = l.reserve(Some(2)).expect("second place");
+        assert!(l.reserve(Some(2)).is_none(), "a third past max 2");
+        assert_eq!(
+            l.active.load(Ordering::Relaxed),
+            2,
+            "a refused place is given back"
+        );
+        let held = (t.hold(), t.hold());
+        assert_eq!(t.active.load(Ordering::Relaxed), 2);
+        drop((a, held));
+        assert_eq!(l.active.load(Ordering::Relaxed), 1);
+        assert_eq!(t.active.load(Ordering::Relaxed), 0);
+        drop(b);
+        assert_eq!(l.active.load(Ordering::Relaxed), 0);
+        assert!(l.reserve(None).is_some(), "no limit");
     }
 
     #[test]

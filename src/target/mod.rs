@@ -169,7 +169,26 @@ impl TargetState {
     }
 }
 
+/// One open connection or UDP session to a target, counted in its `active` gauge and
+/// given back when dropped (see [`Target::hold`]).
+#[derive(Debug)]
+pub struct TargetPlace(Arc<TargetState>);
+
+impl Drop for TargetPlace {
+    fn drop(&mut self) {
+        let before = self.0.active.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "target active count below zero");
+    }
+}
+
 impl Target {
+    /// Counts one more connection or session to this target until the place is dropped
+    /// (`least_connections` and `max_connections` read the count).
+    pub fn hold(&self) -> TargetPlace {
+        self.state.active.fetch_add(1, Ordering::Relaxed);
+        TargetPlace(self.state.clone())
+    }
+
     /// The target's run-time state, shared with the other generations.
     pub fn state(&self) -> &Arc<TargetState> {
         &self.state

@@ -45,6 +45,8 @@ use std::time::Instant;
 
 use crate::config::Forwarding;
 use crate::conntrack::FiveTuple;
+use crate::generation::ListenerPlace;
+use crate::target::TargetPlace;
 use pump::{Endpoint, Half};
 
 /// Where a connection is in its life: its stage. Each stage's events are handled in one
@@ -127,6 +129,11 @@ pub struct Connection {
     pub first_abort: Option<Side>,
     /// In [`Stage::Closing`]: what is left to do.
     pub closing: Option<Closing>,
+    /// Its place under the listener's `max_connections` (set at accept; given back when the
+    /// connection is dropped).
+    pub place: Option<ListenerPlace>,
+    /// Its count in the current target's `active` gauge, from the connect on.
+    pub target_place: Option<TargetPlace>,
 }
 
 /// A side of a connection.
@@ -204,6 +211,8 @@ impl Connection {
             responded: false,
             first_abort: None,
             closing: None,
+            place: None,
+            target_place: None,
         }
     }
 

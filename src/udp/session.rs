@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::conntrack::{ConnTable, FiveTuple};
+use crate::generation::ListenerPlace;
+use crate::target::TargetPlace;
 use crate::timers::{Due, Timers};
 
 /// One client flow and its NAT mapping.
@@ -42,6 +44,10 @@ pub struct Session<T> {
     pub up: Traffic,
     /// Datagrams and bytes target → client.
     pub down: Traffic,
+    /// Its place under the listener's `max_sessions` (given back when the session is dropped).
+    pub place: Option<ListenerPlace>,
+    /// Its count in its target's `active` gauge.
+    pub target_place: Option<TargetPlace>,
 }
 
 /// Datagram and byte counts of one direction.
@@ -89,6 +95,8 @@ impl<T> Session<T> {
             last_active: now,
             up: Traffic::default(),
             down: Traffic::default(),
+            place: None,
+            target_place: None,
         }
     }
 

@@ -213,20 +213,18 @@ impl Worker {
                 return;
             }
             // Reserve a place first, so workers together never exceed max_connections.
-            let before = state.active.fetch_add(1, Ordering::AcqRel);
-            if max.is_some_and(|m| before >= m) {
-                state.active.fetch_sub(1, Ordering::AcqRel);
+            let Some(place) = state.reserve(max) else {
                 slot.full = true;
                 return;
-            }
+            };
             slot.full = false;
             match socket.accept() {
                 Ok((stream, peer)) => {
                     state.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.handle_accepted(i, stream, peer);
+                    self.handle_accepted(i, stream, peer, place);
                 }
                 Err(e) => {
-                    state.active.fetch_sub(1, Ordering::AcqRel);
+                    drop(place);
                     match e.kind() {
                         io::ErrorKind::WouldBlock => return,
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}

@@ -17,6 +17,7 @@ use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
+use crate::generation::ListenerPlace;
 use crate::net::describe;
 use crate::tcp::pump::{Endpoint, Pumped};
 use crate::tcp::{Closing, Connection, Reset, Stage};
@@ -34,7 +35,13 @@ const RESET_LINGER: Duration = Duration::from_secs(5);
 const RESET_RECHECK: Duration = Duration::from_millis(5);
 
 impl Worker {
-    pub(super) fn handle_accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn handle_accepted(
+        &mut self,
+        i: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        place: ListenerPlace,
+    ) {
         let tag = self.new_tag();
         let config = &self.shared.listeners[i].config;
         // TCP_NODELAY comes from the listening socket (see net::reuseport_tcp_listener).
@@ -51,7 +58,7 @@ impl Worker {
         };
         self.next_id += 1;
         let id = self.next_id;
-        let conn = Connection::new(
+        let mut conn = Connection::new(
             id,
             i,
             config.target_group,
@@ -60,6 +67,7 @@ impl Worker {
             config.forwarding,
             self.now,
         );
+        conn.place = Some(place);
         // The one timer entry of a connection must never be later than its real deadline
         // (entries only move later): the earlier of the two timeouts covers both states.
         let first_check = config.connect_timeout.min(config.idle_timeout);
@@ -70,10 +78,7 @@ impl Worker {
             Ok(key) => key,
             Err(_) => {
                 debug_assert!(false, "two live TCP connections with one 5-tuple: {tuple}");
-                self.shared.listeners[i]
-                    .active
-                    .fetch_sub(1, Ordering::AcqRel);
-                return;
+                return; // the connection and its place are dropped
             }
         };
         let Some(conn) = self.table.get_mut(key) else {
@@ -149,7 +154,7 @@ impl Worker {
                     conn.back = Some(Endpoint::new(s, tag));
                     // Counted from the connect on, so least_connections sees a burst of new
                     // connections before any of them is established.
-                    group.targets[t].active.fetch_add(1, Ordering::Relaxed);
+                    conn.target_place = Some(group.targets[t].hold());
                     return;
                 }
                 Err(e) if is_local_exhaustion(&e) => {
@@ -179,14 +184,12 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let had_back = conn.back.take().map(|mut back| {
+        if let Some(mut back) = conn.back.take() {
             let _ = self.poll.registry().deregister(&mut back.stream);
-        });
+        }
+        conn.target_place = None;
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
-            if had_back.is_some() {
-                target.active.fetch_sub(1, Ordering::Relaxed);
-            }
             target.connect_failures.fetch_add(1, Ordering::Relaxed);
             log::debug!(
                 "{}: connect to {} failed: {reason}",
@@ -431,19 +434,16 @@ impl Worker {
         conn.up.close(&mut self.pool);
         conn.down.close(&mut self.pool);
         self.descriptors_freed();
+        // Give back its places under the listener's and the target's limits now.
+        conn.place = None;
+        conn.target_place = None;
         let listener = &self.shared.listeners[conn.listener];
-        let before = listener.active.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(before > 0, "listener active count below zero");
         if self.listeners[conn.listener].full {
             self.ready.push_back(Ready::Listener(conn.listener));
         }
         let target = conn
             .target
             .map(|t| &self.shared.groups[conn.group].targets[t]);
-        if let (Some(_), Some(target)) = (&conn.back, target) {
-            let before = target.active.fetch_sub(1, Ordering::Relaxed);
-            debug_assert!(before > 0, "target active count below zero");
-        }
         self.access.record(&Entry {
             protocol: "tcp",
             listener: &listener.config.name,

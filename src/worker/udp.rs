@@ -103,9 +103,7 @@ impl Worker {
         let shared = self.shared.clone();
         let state = &shared.listeners[i];
         let settings = state.config.udp.as_ref()?;
-        let before = state.active.fetch_add(1, Ordering::AcqRel);
-        if before >= settings.max_sessions {
-            state.active.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = state.reserve(Some(settings.max_sessions)) else {
             if let Some(unlogged) = self.listeners[i].drops.allow(self.now) {
                 log::warn!(
                     "listener {}: max_sessions ({}) reached; dropping datagrams of new flows \
@@ -115,7 +113,7 @@ impl Worker {
                 );
             }
             return None;
-        }
+        };
         let g = state.config.target_group;
         let group = &shared.groups[g];
         let target = self.pickers[g].choose(group, self.now, &Request { tuple }, &[]);
@@ -126,7 +124,6 @@ impl Worker {
         let (t, socket) = match (target, socket) {
             (Some(t), Some(Ok(s))) => (t, UdpSocket::from_std(s)),
             (_, other) => {
-                state.active.fetch_sub(1, Ordering::AcqRel);
                 if let Some(Err(e)) = other {
                     log::warn!("{tuple}: cannot open an upstream socket: {e}");
                 }
@@ -144,12 +141,12 @@ impl Worker {
             self.now,
         );
         session.reply_from = local;
+        session.place = Some(place);
+        session.target_place = Some(group.targets[t].hold());
         let Ok(key) = self.sessions.insert(tuple, session) else {
-            state.active.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return None; // the session and its places are dropped
         };
         let target = &group.targets[t];
-        target.active.fetch_add(1, Ordering::Relaxed);
         target.total.fetch_add(1, Ordering::Relaxed);
         state.accepted.fetch_add(1, Ordering::Relaxed);
         let session = self.sessions.get_mut(key)?;
@@ -209,8 +206,7 @@ impl Worker {
             return;
         }
         session.target = t;
-        group.targets[old].active.fetch_sub(1, Ordering::Relaxed);
-        group.targets[t].active.fetch_add(1, Ordering::Relaxed);
+        session.target_place = Some(group.targets[t].hold()); // the old one is given back
         log::debug!(
             "session of {}: moved from unhealthy {} to {}",
             session.client,
@@ -377,14 +373,12 @@ impl Worker {
     }
 
     /// Counters and log for a session leaving the table; dropping it closes its socket.
-    fn finish_session(&mut self, session: Session<UdpSocket>, reason: &str) {
-        let before = self.shared.listeners[session.listener]
-            .active
-            .fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(before > 0, "session count below zero");
+    fn finish_session(&mut self, mut session: Session<UdpSocket>, reason: &str) {
+        // Give back its places under the listener's and the target's limits.
+        session.place = None;
+        session.target_place = None;
         self.descriptors_freed();
         let target = &self.shared.groups[session.group].targets[session.target];
-        target.active.fetch_sub(1, Ordering::Relaxed);
         self.access.record(&Entry {
             protocol: "udp",
             listener: &self.shared.listeners[session.listener].config.name,
