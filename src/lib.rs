@@ -26,11 +26,12 @@
 //! - [`health`]: the prober thread. It runs TCP, HTTP and UDP checks, counts consecutive
 //!   results ([`health::threshold`]) and flips target health in [`target`]'s atomics; on a
 //!   change it also rebuilds the lookup tables of `maglev` and `source_hash` ([`balancer`]).
-//! - [`admin`]: the HTTP admin API on its own thread; it reads the shared state and asks the
-//!   workers for their connection tables over their command channels.
+//! - [`admin`]: the HTTP admin API on its own thread; it reads the shared state and asks
+//!   [`control`] for the workers' connection tables.
 //! - [`control`]: not a thread but the one place that changes the running configuration (hot
 //!   reload, targets added and removed, admin states, the prober's health flips), behind a
-//!   mutex no data path takes.
+//!   mutex no data path takes, and the one that talks to the workers ([`worker::Message`]
+//!   over each worker's channel, waking its poll).
 //! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM
 //!   (SIGHUP reloads, SIGUSR1 reopens the access log). A worker thread that panics is
 //!   replaced ([`supervise`]); the prober and admin handlers catch their own panics.
@@ -44,10 +45,27 @@
 //! each worker, which switches between two events; indices of listeners, groups and targets
 //! never change, so connections in flight keep finding their target.
 //!
+//! ## Layers
+//! Modules import only downward (a test, `integration/layers.rs`, keeps it so):
+//!
+//! ```text
+//!   main, ctl, cli, deploy, client          the command line and the admin API's client
+//!   runtime → supervise                     start, signals, stop; replacing crashed workers
+//!   admin → control                         the HTTP API; the control plane
+//!   health                                  the prober thread
+//!   worker → tcp, udp, access_log, bind     the event loop; connections; sessions; logging
+//!   generation → balancer → target          one generation; the algorithms; groups, targets
+//!   config, conntrack, net, hash, timers, fault     the ground floor
+//! ```
+//!
 //! ## The path of one TCP connection
+//! A connection goes through stages ([`tcp::Stage`]): `Preamble` (whatever must be read from
+//! the client before a target is chosen; nothing yet), `Connecting`, `Established`, `Closing`.
+//! Each side's bytes cross a [`tcp::transport::Transport`] (plain TCP today).
 //! 1. A listener is readable: the worker accepts (at most a budget per wake) after reserving a
-//!    place under the listener's `max_connections`.
-//! 2. The group's [`balancer`] picks a healthy target; a non-blocking connect starts.
+//!    place under the listener's `max_connections` (a guard, given back when dropped).
+//! 2. The preamble is complete; the group's [`balancer`] picks a healthy target; a
+//!    non-blocking connect starts.
 //! 3. The target socket becomes writable: `take_error` tells whether the connect worked. A
 //!    failure (refused, unreachable, `connect_timeout`) tries the next target, up to `retries`.
 //! 4. Established: [`tcp::pump`] moves bytes both ways through a pooled buffer, switching to
