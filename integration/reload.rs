@@ -412,3 +412,31 @@ fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
     );
     assert_eq!(fetch(addr).unwrap(), "a\n");
 }
+
+#[test]
+fn the_service_manager_hears_ready_reloading_and_stopping() {
+    let a = Backend::start(named("a"));
+    let mut lb = Ballast::start(&config("round_robin", &[(a.addr, 1)], "", CHECKS));
+    let first = lb.notifications.messages();
+    assert!(first[0].contains("READY=1"), "{first:?}");
+    assert!(
+        first[0].contains(&format!("MAINPID={}", lb.pid())),
+        "{first:?}"
+    );
+    lb.signal(libc::SIGHUP);
+    let reloaded = lb.notifications.wait(WAIT, |s| {
+        let i = s
+            .messages
+            .iter()
+            .position(|m| m.contains("RELOADING=1\nMONOTONIC_USEC="))?;
+        s.messages[i + 1..]
+            .iter()
+            .any(|m| m.contains("READY=1"))
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "{:?}", lb.notifications.messages());
+    lb.terminate();
+    let stopping = lb.notifications.wait(WAIT, |s| s.stopping.then_some(()));
+    assert!(stopping.is_some(), "{:?}", lb.notifications.messages());
+    assert!(lb.wait_exit(WAIT).is_some_and(|s| s.success()));
+}

@@ -244,6 +244,7 @@ impl Control {
         let (next, added) = old.successor(config);
         let next = Arc::new(next);
         self.current.store(next.clone());
+        crate::notify::changed(&next);
         for (w, link) in self.workers().iter().enumerate() {
             let mine: Vec<_> = added
                 .iter()

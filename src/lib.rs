@@ -103,6 +103,7 @@ pub mod generation;
 pub mod hash;
 pub mod health;
 pub mod net;
+pub mod notify;
 pub mod runtime;
 pub mod supervise;
 pub mod target;

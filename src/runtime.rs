@@ -198,6 +198,7 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
         running.handles.push(WorkerHandle { link, thread });
     }
     log::info!("ballast running with {workers} workers");
+    crate::notify::ready(&running.shared(), running.admin.as_ref().map(Admin::addr));
     Ok(running)
 }
 
@@ -237,8 +238,12 @@ impl Running {
                 }
                 Event::Signal(SIGHUP) => {
                     log::info!("SIGHUP: reloading the configuration");
-                    // Errors are logged by reload; the running configuration stays.
-                    let _ = self.control.reload();
+                    crate::notify::reloading();
+                    // Errors are logged by reload; the running configuration stays, and the
+                    // service manager hears it is ready again.
+                    if self.control.reload().is_err() {
+                        crate::notify::changed(&self.shared());
+                    }
                 }
                 Event::Signal(signal) => {
                     let name = if signal == SIGINT {
@@ -305,6 +310,7 @@ impl Running {
     /// Stops gracefully: listeners close at once, open connections get up to
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
+        crate::notify::stopping();
         let (closed_tx, closed) = unbounded();
         for h in &self.handles {
             h.link.send(Message::Stop(closed_tx.clone()));

@@ -2,6 +2,8 @@
 //! small backends on real sockets. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod notify;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -25,6 +27,8 @@ struct Lines {
 pub struct Ballast {
     child: Child,
     log: Arc<Lines>,
+    /// What it tells through `NOTIFY_SOCKET`: readiness, its admin and listener addresses.
+    pub notifications: notify::Notifications,
     _config: tempfile::NamedTempFile,
 }
 
@@ -59,7 +63,9 @@ impl Ballast {
                 });
             }
         }
+        let notifications = notify::Notifications::new();
         let mut child = command
+            .env("NOTIFY_SOCKET", notifications.path())
             .args(["run", "--log-level", level, "--config"])
             .arg(config.path())
             .stdin(Stdio::null())
@@ -85,36 +91,30 @@ impl Ballast {
         let b = Ballast {
             child,
             log,
+            notifications,
             _config: config,
         };
-        b.wait_log("ballast running", WAIT);
+        if b.notifications
+            .wait(WAIT, |s| s.ready.then_some(()))
+            .is_none()
+        {
+            panic!("ballast sent no READY=1 within {WAIT:?}; log:\n{}", b.log());
+        }
         b
     }
 
-    /// The address listener `name` is bound to (from the start-up log).
+    /// The address listener `name` is bound to (as `NOTIFY_SOCKET` last reported it).
     pub fn addr(&self, name: &str) -> SocketAddr {
-        let prefix = format!("listener {name} (");
-        let line = self.wait_log(&prefix, WAIT);
-        let rest = &line[line.find(&prefix).unwrap() + prefix.len()..];
-        let addr = rest
-            .split(" on ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap();
-        addr.parse().unwrap()
+        self.notifications
+            .wait(WAIT, |s| s.listeners.get(name).copied())
+            .unwrap_or_else(|| panic!("no listener {name} reported; log:\n{}", self.log()))
     }
 
-    /// The admin API's address (from the start-up log).
+    /// The admin API's address (as `NOTIFY_SOCKET` reported it).
     pub fn admin_addr(&self) -> SocketAddr {
-        let line = self.wait_log("admin API on http://", WAIT);
-        line.rsplit("http://")
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        self.notifications
+            .wait(WAIT, |s| s.admin)
+            .unwrap_or_else(|| panic!("no admin address reported; log:\n{}", self.log()))
     }
 
     /// Waits until a log line contains `needle`; returns it. Panics with the log on timeout.
