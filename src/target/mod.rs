@@ -219,7 +219,7 @@ pub struct TargetGroup {
     /// Targets by index: those of the first generation in config order, then targets added
     /// later. An index never changes; removed targets stay, as [`AdminState::Removed`].
     pub targets: Vec<Target>,
-    /// Generation position of the group's round-robin schedules.
+    /// Shared position of the group's round-robin schedules.
     pub cursor: AtomicUsize,
     /// Bumped after every health change, so workers know to rebuild their schedules.
     health_generation: AtomicU64,

@@ -1,0 +1,226 @@
+//! A `ballast run` process started from a YAML string: its log, its notifications, signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::configs::write_config;
+use super::notify;
+use super::waits::WAIT;
+
+/// Lines a process has printed, with a condition variable to wait for more.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    more: Condvar,
+    closed: AtomicBool,
+}
+
+/// A running `ballast run` process.
+pub struct Ballast {
+    child: Child,
+    log: Arc<Lines>,
+    /// What it tells through `NOTIFY_SOCKET`: readiness, its admin and listener addresses.
+    pub notifications: notify::Notifications,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Ballast {
+    /// Starts `ballast run` on `yaml` and waits until it is running.
+    pub fn start(yaml: &str) -> Ballast {
+        Self::start_with_level(yaml, "info")
+    }
+
+    /// As [`Ballast::start`], with a log level.
+    pub fn start_with_level(yaml: &str, level: &str) -> Ballast {
+        Self::start_with(yaml, level, None)
+    }
+
+    /// As [`Ballast::start`], with a log level and optionally a lower open-file limit.
+    pub fn start_with(yaml: &str, level: &str, fd_limit: Option<u64>) -> Ballast {
+        let config = write_config(&with_admin(yaml));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ballast"));
+        if let Some(limit) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let notifications = notify::Notifications::new();
+        let mut child = command
+            .env("NOTIFY_SOCKET", notifications.path())
+            .args(["run", "--log-level", level, "--config"])
+            .arg(config.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ballast");
+        let log = Arc::new(Lines::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("BALLAST_TEST_ECHO").is_some() {
+                    eprintln!("ballast: {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.more.notify_all();
+            }
+            sink.closed.store(true, Ordering::Release);
+            sink.more.notify_all();
+        });
+        let b = Ballast {
+            child,
+            log,
+            notifications,
+            _config: config,
+        };
+        if b.notifications
+            .wait(WAIT, |s| s.ready.then_some(()))
+            .is_none()
+        {
+            panic!("ballast sent no READY=1 within {WAIT:?}; log:\n{}", b.log());
+        }
+        b
+    }
+
+    /// The address listener `name` is bound to (as `NOTIFY_SOCKET` last reported it).
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.notifications
+            .wait(WAIT, |s| s.listeners.get(name).copied())
+            .unwrap_or_else(|| panic!("no listener {name} reported; log:\n{}", self.log()))
+    }
+
+    /// The admin API's address (as `NOTIFY_SOCKET` reported it).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.notifications
+            .wait(WAIT, |s| s.admin)
+            .unwrap_or_else(|| panic!("no admin address reported; log:\n{}", self.log()))
+    }
+
+    /// Waits until a log line contains `needle`; returns it. Panics with the log on timeout.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_after(needle, 0, timeout)
+    }
+
+    /// As [`Ballast::wait_log`], looking only at lines from index `from` on.
+    pub fn wait_log_after(&self, needle: &str, from: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || self.log.closed.load(Ordering::Acquire) {
+                panic!(
+                    "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.log.more.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Number of log lines so far (a mark for [`Ballast::wait_log_after`]).
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().unwrap().len()
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// The configuration file it runs from.
+    pub fn config_path(&self) -> &std::path::Path {
+        self._config.path()
+    }
+
+    /// Rewrites its configuration file with `yaml` (for a reload; the admin API stays where it
+    /// is, as a reload keeps it).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(self.config_path(), with_admin(yaml)).unwrap();
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `yaml` with an admin API on a free port unless it sets `admin:` (tests run side by side).
+fn with_admin(yaml: &str) -> String {
+    if yaml.contains("admin:") {
+        yaml.to_string()
+    } else {
+        format!("admin: {{bind: '127.0.0.1:0'}}\n{yaml}")
+    }
+}
