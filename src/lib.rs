@@ -86,6 +86,7 @@
 //! 4. Replies on the upstream socket go back to the client from the listener's socket; the
 //!    session ends after `max_responses` replies or `session_idle_timeout` of silence.
 #![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod access_log;
 pub mod admin;

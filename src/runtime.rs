@@ -119,6 +119,15 @@ fn check_descriptor_limit(config: &Config) {
     }
 }
 
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("workers", &self.handles.len())
+            .field("generation", &self.shared().generation)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A started Ballast: workers and prober running. Stop it with [`Running::stop`].
 pub struct Running {
     control: Arc<Control>,

@@ -50,6 +50,7 @@ use crate::target::AdminState;
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// The running admin server.
+#[derive(Debug)]
 pub struct Admin {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

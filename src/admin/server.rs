@@ -53,6 +53,15 @@ pub struct Supervised {
     unlogged: u64,
 }
 
+impl std::fmt::Debug for Supervised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervised")
+            .field("listener", &self.listener)
+            .field("serving", &self.server.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Supervised {
     /// Binds `addr` (port 0 picks a free port) and starts serving on it.
     ///

@@ -394,7 +394,7 @@ pub(crate) mod tests {
     use crate::target::TargetGroup;
 
     /// A request from 127.0.0.1:`port`.
-    pub fn request(port: u16) -> super::Request {
+    pub(crate) fn request(port: u16) -> super::Request {
         super::Request {
             tuple: crate::conntrack::FiveTuple {
                 protocol: crate::config::Protocol::Tcp,
@@ -405,13 +405,13 @@ pub(crate) mod tests {
     }
 
     /// A group of targets on 127.0.0.1:1001.. with these weights.
-    pub fn group(weights: &[u32]) -> TargetGroup {
+    pub(crate) fn group(weights: &[u32]) -> TargetGroup {
         let targets: Vec<(u32, bool)> = weights.iter().map(|&w| (w, false)).collect();
         group_with("round_robin", &targets)
     }
 
     /// A group with `algorithm` over targets on 127.0.0.1:1001.. as `(weight, backup)`.
-    pub fn group_with(algorithm: &str, targets: &[(u32, bool)]) -> TargetGroup {
+    pub(crate) fn group_with(algorithm: &str, targets: &[(u32, bool)]) -> TargetGroup {
         let mut yaml = format!(
             "listeners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:1', target_group: g}}\n\
              target_groups:\n  - name: g\n    algorithm: {algorithm}\n    targets:\n"

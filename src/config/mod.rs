@@ -64,13 +64,22 @@ pub struct Config {
 /// Default `admin.bind`.
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9100";
 
-/// The admin API's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The admin API's settings (`Debug` leaves the token out).
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Where the HTTP API listens; port 0 picks a free port (logged at start).
     pub bind: SocketAddr,
     /// The bearer token every request must carry, read from `token_file` at load.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Transport protocol of a listener.
@@ -416,4 +425,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         message: e.to_string(),
     })?;
     validate(path, raw)
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::AdminConfig;
+
+    #[test]
+    fn the_admin_token_never_shows_in_debug_output() {
+        let admin = AdminConfig {
+            bind: "127.0.0.1:9100".parse().unwrap(),
+            token: Some("s3cret-token".into()),
+        };
+        let shown = format!("{admin:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("9100"),
+            "{shown}"
+        );
+    }
 }

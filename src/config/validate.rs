@@ -37,7 +37,7 @@ pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, Strin
 
 /// Whether `n` is prime (trial division; table sizes are small): `maglev_table_size` must be
 /// (Maglev, NSDI 2016, §3.4).
-pub fn is_prime(n: usize) -> bool {
+pub(crate) fn is_prime(n: usize) -> bool {
     n >= 2
         && (2..)
             .take_while(|d| d * d <= n)

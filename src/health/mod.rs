@@ -37,6 +37,7 @@ fn all_down(group: &crate::target::TargetGroup) -> bool {
 }
 
 /// Handle to the running prober thread.
+#[derive(Debug)]
 pub struct Prober {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,

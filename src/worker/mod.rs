@@ -235,6 +235,16 @@ fn udp_batch_size(shared: &Generation) -> Option<usize> {
         .max()
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("connections", &self.table.len())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The event loop of one worker thread.
 pub struct Worker {
     id: usize,
