@@ -22,6 +22,15 @@ use crate::udp::session::Session;
 /// `recvmmsg` calls per socket per wake before yielding to other work.
 const RECV_ROUNDS: usize = 16;
 
+/// Which way datagrams of a session go.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    /// Client → target.
+    Up,
+    /// Target → client.
+    Down,
+}
+
 impl Worker {
     /// Reads datagrams from UDP listener `i` and sends each up its session's socket.
     pub(super) fn handle_datagrams(&mut self, i: usize) {
@@ -228,26 +237,48 @@ impl Worker {
             result = batch.send(fd, range.clone(), None, None);
         }
         let sent = result.unwrap_or(0);
+        self.account(key, Way::Up, batch, range, sent);
+    }
+
+    /// Counts what session `key` moved one way: `sent` of the datagrams in `range` of `batch`
+    /// (the first `sent` of them), into the session's traffic, its target's bytes and its
+    /// listener's datagrams; the rest as drops. The one bookkeeping of both ways.
+    fn account(&mut self, key: usize, way: Way, batch: &Batch, range: Range<usize>, sent: usize) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let traffic = match way {
+            Way::Up => &mut session.up,
+            Way::Down => &mut session.down,
+        };
         let mut bytes = 0;
         for i in range.start..range.start + sent {
             let len = batch.payload(i).len();
-            session.up.add(len);
+            traffic.add(len);
             bytes += len as u64;
         }
         session.last_active = self.now;
         let (listener, group, target) = (session.listener, session.group, session.target);
-        self.shared.groups[group].targets[target]
-            .bytes_to_target
-            .fetch_add(bytes, Ordering::Relaxed);
-        self.shared.listeners[listener]
-            .datagrams_up
-            .fetch_add(sent as u64, Ordering::Relaxed);
-        if sent < range.len() {
-            self.count_drops(
-                listener,
-                range.len() - sent,
+        let (target, listener_state) = (
+            &self.shared.groups[group].targets[target],
+            &self.shared.listeners[listener],
+        );
+        let (target_bytes, datagrams, why) = match way {
+            Way::Up => (
+                &target.bytes_to_target,
+                &listener_state.datagrams_up,
                 "upstream socket full or refused",
-            );
+            ),
+            Way::Down => (
+                &target.bytes_from_target,
+                &listener_state.datagrams_down,
+                "listener socket full",
+            ),
+        };
+        target_bytes.fetch_add(bytes, Ordering::Relaxed);
+        datagrams.fetch_add(sent as u64, Ordering::Relaxed);
+        if sent < range.len() {
+            self.count_drops(listener, range.len() - sent, why);
         }
     }
 
@@ -290,30 +321,14 @@ impl Worker {
             let sent = batch
                 .send(socket.as_raw_fd(), 0..n, Some(client), from)
                 .unwrap_or(0);
-            let mut bytes = 0;
-            for i in 0..sent {
-                let len = batch.payload(i).len();
-                session.down.add(len);
-                bytes += len as u64;
-            }
             if session.responses == 0 {
                 // The first reply: the target's response time, for least_response_time.
                 self.shared.groups[session.group].targets[session.target]
                     .record_response(self.now.saturating_duration_since(session.started));
             }
             session.responses = session.responses.saturating_add(n as u32);
-            session.last_active = self.now;
             let done = session.replies_done();
-            let (group, target) = (session.group, session.target);
-            self.shared.groups[group].targets[target]
-                .bytes_from_target
-                .fetch_add(bytes, Ordering::Relaxed);
-            self.shared.listeners[listener]
-                .datagrams_down
-                .fetch_add(sent as u64, Ordering::Relaxed);
-            if sent < n {
-                self.count_drops(listener, n - sent, "listener socket full");
-            }
+            self.account(key, Way::Down, &batch, 0..n, sent);
             if done {
                 self.end_session(key, "max_responses");
                 drained = true;
