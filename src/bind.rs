@@ -71,7 +71,7 @@ impl Bound {
 ///
 /// # Errors
 /// [`BindError`] naming the listener.
-pub fn bind_all(config: &mut Config) -> Result<Vec<Vec<Bound>>, BindError> {
+pub(crate) fn bind_all(config: &mut Config) -> Result<Vec<Vec<Bound>>, BindError> {
     let all: Vec<usize> = (0..config.listeners.len()).collect();
     bind_listeners(config, &all)
 }
@@ -83,7 +83,10 @@ pub fn bind_all(config: &mut Config) -> Result<Vec<Vec<Bound>>, BindError> {
 ///
 /// # Errors
 /// [`BindError`] naming the listener; sockets bound so far are closed.
-pub fn bind_listeners(config: &mut Config, which: &[usize]) -> Result<Vec<Vec<Bound>>, BindError> {
+pub(crate) fn bind_listeners(
+    config: &mut Config,
+    which: &[usize],
+) -> Result<Vec<Vec<Bound>>, BindError> {
     let mut per_worker: Vec<Vec<Bound>> = (0..config.workers).map(|_| Vec::new()).collect();
     for &i in which {
         let l = &mut config.listeners[i];

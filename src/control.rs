@@ -141,7 +141,7 @@ impl Control {
         entries
     }
 
-    /// Asks worker `n` to panic (tests of the supervision; see [`Faults`]); false when there
+    /// Asks worker `n` to panic (tests of the supervision; see `fault::Faults`); false when there
     /// is no such worker.
     pub fn panic_worker(&self, n: usize) -> bool {
         self.workers()

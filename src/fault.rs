@@ -54,6 +54,6 @@ impl Faults {
 }
 
 /// Panics on purpose, naming `thread` (tests of the supervision only).
-pub fn injected_panic(thread: &str) -> ! {
+pub(crate) fn injected_panic(thread: &str) -> ! {
     panic!("injected fault: {thread} panic asked for through the admin API");
 }

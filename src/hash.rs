@@ -8,7 +8,7 @@ use crate::conntrack::FiveTuple;
 
 /// FNV-1a, 64-bit (Fowler, Noll, Vo), over `bytes`, starting from `seed` (the FNV offset basis
 /// when 0).
-pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
     let mut h = if seed == 0 {
         0xcbf2_9ce4_8422_2325
     } else {
@@ -23,14 +23,14 @@ pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
 
 /// SplitMix64's finalizer (Steele, Lea, Flood, OOPSLA 2014): spreads FNV's weak low bits over
 /// all 64.
-pub fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
 /// Hash of an IP address (v4 and v6 alike by their octets).
-pub fn hash_ip(ip: IpAddr) -> u64 {
+pub(crate) fn hash_ip(ip: IpAddr) -> u64 {
     match ip {
         IpAddr::V4(v4) => mix(fnv1a(&v4.octets(), 0)),
         IpAddr::V6(v6) => mix(fnv1a(&v6.octets(), 0)),
@@ -38,7 +38,7 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
 }
 
 /// Hash of a 5-tuple: protocol, client ip and port, listener ip and port.
-pub fn hash_tuple(t: &FiveTuple) -> u64 {
+pub(crate) fn hash_tuple(t: &FiveTuple) -> u64 {
     let mut h = fnv1a(&[t.protocol as u8], 0);
     for addr in [t.client, t.listener] {
         h = match addr.ip() {

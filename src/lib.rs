@@ -21,7 +21,7 @@
 //! ```
 //!
 //! ## Threads and what they share
-//! - [`worker`]: one per core. Each owns its poll, its own SO_REUSEPORT socket per listener (the
+//! - `worker`: one per core. Each owns its poll, its own SO_REUSEPORT socket per listener (the
 //!   kernel spreads accepts), and its [`conntrack`] table. No lock on the data path.
 //! - [`health`]: the prober thread. It runs TCP, HTTP and UDP checks, counts consecutive
 //!   results ([`health::threshold`]) and flips target health in [`target`]'s atomics; on a
@@ -30,11 +30,11 @@
 //!   [`control`] for the workers' connection tables.
 //! - [`control`]: not a thread but the one place that changes the running configuration (hot
 //!   reload, targets added and removed, admin states, the prober's health flips), behind a
-//!   mutex no data path takes, and the one that talks to the workers ([`worker::Message`]
+//!   mutex no data path takes, and the one that talks to the workers (`worker::Message`
 //!   over each worker's channel, waking its poll).
 //! - [`runtime`]: binds everything before any thread starts, then waits for SIGINT/SIGTERM
 //!   (SIGHUP reloads, SIGUSR1 reopens the access log). A worker thread that panics is
-//!   replaced ([`supervise`]); the prober and admin handlers catch their own panics.
+//!   replaced (`supervise`); the prober and admin handlers catch their own panics.
 //! - [`access_log`]: a writer thread fed by the workers over a bounded queue, so logging
 //!   never blocks forwarding.
 //!
@@ -59,22 +59,22 @@
 //! ```
 //!
 //! ## The path of one TCP connection
-//! A connection goes through stages ([`tcp::Stage`]): `Preamble` (whatever must be read from
+//! A connection goes through stages (`tcp::Stage`): `Preamble` (whatever must be read from
 //! the client before a target is chosen; nothing yet), `Connecting`, `Established`, `Closing`.
-//! Each side's bytes cross a [`tcp::transport::Transport`] (plain TCP today).
+//! Each side's bytes cross a `tcp::transport::Transport` (plain TCP today).
 //! 1. A listener is readable: the worker accepts (at most a budget per wake) after reserving a
 //!    place under the listener's `max_connections` (a guard, given back when dropped).
 //! 2. The preamble is complete; the group's [`balancer`] picks a healthy target; a
 //!    non-blocking connect starts.
 //! 3. The target socket becomes writable: `take_error` tells whether the connect worked. A
 //!    failure (refused, unreachable, `connect_timeout`) tries the next target, up to `retries`.
-//! 4. Established: [`tcp::pump`] moves bytes both ways through a pooled buffer, switching to
+//! 4. Established: `tcp::pump` moves bytes both ways through a pooled buffer, switching to
 //!    `splice(2)` once a direction carries bulk data. A direction whose destination is full
 //!    stops reading its source; nothing is dropped or reordered.
 //! 5. EOF from one side becomes `shutdown(Write)` on the other; the reverse direction flows on.
 //!    Each direction ends on its own: a side that resets (or can no longer take data) ends the
 //!    direction toward it, while what it sent before still reaches the other side, which is
-//!    then reset, not closed with a FIN ([`tcp`]).
+//!    then reset, not closed with a FIN (`tcp`).
 //! 6. Both directions over, or `idle_timeout`, closes both sockets and removes the table entry.
 //!    A client Ballast gives up on (no target, connect timeout, stop, disable) is reset.
 //!
@@ -91,7 +91,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balancer;
-pub mod bind;
+pub(crate) mod bind;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -99,16 +99,16 @@ pub mod conntrack;
 pub mod control;
 pub mod ctl;
 pub mod deploy;
-pub mod fault;
+pub(crate) mod fault;
 pub mod generation;
-pub mod hash;
+pub(crate) mod hash;
 pub mod health;
-pub mod net;
-pub mod notify;
+pub(crate) mod net;
+pub(crate) mod notify;
 pub mod runtime;
-pub mod supervise;
+pub(crate) mod supervise;
 pub mod target;
-pub mod tcp;
-pub mod timers;
+pub(crate) mod tcp;
+pub(crate) mod timers;
 pub mod udp;
-pub mod worker;
+pub(crate) mod worker;

@@ -9,7 +9,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// A short lower-case reason for an I/O error, for logs and check results: `connection
 /// refused`, `timed out`, … (the OS error number left out).
-pub fn describe(e: &io::Error) -> String {
+pub(crate) fn describe(e: &io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error") {
         Some(i) => &text[..i],
@@ -23,7 +23,7 @@ pub fn describe(e: &io::Error) -> String {
 }
 
 /// Backlog asked of `listen(2)`; the kernel caps it at `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: i32 = 4096;
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
 /// A non-blocking TCP listening socket on `addr` with SO_REUSEADDR and SO_REUSEPORT, so each
 /// worker can bind its own socket to the same address and the kernel spreads new connections
@@ -36,7 +36,7 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// # Errors
 /// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
 /// address without SO_REUSEPORT; `ENODEV` for an unknown interface) or cannot listen.
-pub fn reuseport_tcp_listener(
+pub(crate) fn reuseport_tcp_listener(
     addr: SocketAddr,
     interface: Option<&str>,
 ) -> io::Result<std::net::TcpListener> {
@@ -76,7 +76,7 @@ fn reuseport_socket(
 /// Socket buffer size asked for UDP sockets, bytes: bursts of small datagrams overflow the
 /// default (about 208 KiB) long before the worker falls behind on average. The kernel caps it
 /// at `net.core.rmem_max` / `wmem_max`.
-pub const UDP_BUFFER: usize = 4 << 20;
+pub(crate) const UDP_BUFFER: usize = 4 << 20;
 
 /// A non-blocking UDP socket on `addr` with SO_REUSEADDR and SO_REUSEPORT, so each worker binds
 /// its own and the kernel hashes each flow (its 4-tuple) to one of them; bound to `interface`
@@ -86,7 +86,7 @@ pub const UDP_BUFFER: usize = 4 << 20;
 /// # Errors
 /// When the socket cannot be created or bound (e.g. `AddrInUse` when another process holds the
 /// address without SO_REUSEPORT; `ENODEV` for an unknown interface).
-pub fn reuseport_udp_socket(
+pub(crate) fn reuseport_udp_socket(
     addr: SocketAddr,
     interface: Option<&str>,
 ) -> io::Result<std::net::UdpSocket> {
@@ -132,7 +132,7 @@ fn set_flag(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io::Resul
 ///
 /// # Errors
 /// When the socket cannot be created, bound or connected.
-pub fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(target),
         Type::DGRAM,

@@ -16,7 +16,7 @@ use crate::generation::Generation;
 
 /// Sends `message` (newline-separated `KEY=value` assignments) to `NOTIFY_SOCKET`, if set: a
 /// path, or an abstract socket name written with a leading `@`.
-pub fn send(message: &str) {
+pub(crate) fn send(message: &str) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -48,7 +48,7 @@ fn listeners(generation: &Generation) -> String {
 }
 
 /// Ready to serve: every listener bound, every thread started.
-pub fn ready(generation: &Generation, admin: Option<SocketAddr>) {
+pub(crate) fn ready(generation: &Generation, admin: Option<SocketAddr>) {
     let admin = admin.map_or(String::new(), |a| format!("X_BALLAST_ADMIN={a}\n"));
     send(&format!(
         "READY=1\nSTATUS=serving {} listeners with {} workers\n{admin}{}\nMAINPID={}",
@@ -60,7 +60,7 @@ pub fn ready(generation: &Generation, admin: Option<SocketAddr>) {
 }
 
 /// A reload (SIGHUP) begins; `CLOCK_MONOTONIC` as `Type=notify-reload` asks.
-pub fn reloading() {
+pub(crate) fn reloading() {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -73,7 +73,7 @@ pub fn reloading() {
 
 /// A change (reload, target or listener added) is applied: ready again, with the listeners
 /// now served.
-pub fn changed(generation: &Generation) {
+pub(crate) fn changed(generation: &Generation) {
     send(&format!(
         "READY=1\nSTATUS=generation {} applied\n{}",
         generation.generation,
@@ -82,6 +82,6 @@ pub fn changed(generation: &Generation) {
 }
 
 /// A graceful stop begins.
-pub fn stopping() {
+pub(crate) fn stopping() {
     send("STOPPING=1\nSTATUS=stopping");
 }

@@ -29,12 +29,12 @@ use crate::generation::Generation;
 use crate::worker::{Worker, WorkerLink, WAKER_TOKEN};
 
 /// Most worker crashes tolerated within [`RESTART_WINDOW`]; one more aborts the process.
-pub const MAX_RESTARTS: usize = 5;
+pub(crate) const MAX_RESTARTS: usize = 5;
 /// The window [`MAX_RESTARTS`] is counted over.
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// A worker and the link other threads reach it by, before its thread starts.
-pub fn new_worker(
+pub(crate) fn new_worker(
     id: usize,
     shared: &Arc<Generation>,
     sockets: Vec<(usize, Bound)>,
@@ -56,7 +56,7 @@ pub fn new_worker(
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn spawn_worker(
+pub(crate) fn spawn_worker(
     id: usize,
     mut worker: Worker,
     on_exit: impl FnOnce(bool) + Send + 'static,
@@ -88,13 +88,13 @@ pub fn spawn_worker(
 
 /// Counts crashes in a sliding window (see [`MAX_RESTARTS`]).
 #[derive(Debug, Default)]
-pub struct RestartBudget {
+pub(crate) struct RestartBudget {
     crashes: VecDeque<Instant>,
 }
 
 impl RestartBudget {
     /// Counts a crash at `now`; false when it is one too many.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         while self
             .crashes
             .front()
@@ -109,7 +109,7 @@ impl RestartBudget {
 
 /// Logs `why` and aborts the process at once: a state that cannot be recovered must not keep
 /// running half alive.
-pub fn fatal(why: &str) -> ! {
+pub(crate) fn fatal(why: &str) -> ! {
     log::error!("{why}: aborting");
     eprintln!("ballast: {why}: aborting");
     std::process::abort();

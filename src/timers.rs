@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// A due entry: the connection's slab key and id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Due {
+pub(crate) struct Due {
     /// Slab key in the connection table.
     pub key: usize,
     /// The connection's unique id (to tell a reused key from the original).
@@ -20,36 +20,32 @@ pub struct Due {
 
 /// Deadlines, earliest first. No I/O, no clock: callers pass `now`.
 #[derive(Debug, Default)]
-pub struct Timers {
+pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, Due)>>,
 }
 
 impl Timers {
     /// Schedules `due` at `at`.
-    pub fn schedule(&mut self, at: Instant, due: Due) {
+    pub(crate) fn schedule(&mut self, at: Instant, due: Due) {
         self.heap.push(Reverse((at, due)));
     }
 
     /// The earliest scheduled time.
-    pub fn next(&self) -> Option<Instant> {
+    pub(crate) fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Removes and returns the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Due> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse((_, d))| d),
             _ => None,
         }
     }
 
-    /// Number of scheduled entries.
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
     /// Whether nothing is scheduled.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 }

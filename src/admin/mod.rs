@@ -21,7 +21,7 @@
 //! - `POST /reload`: re-read the configuration file (as SIGHUP); 400 with the message when it
 //!   is invalid, and the running configuration stays.
 //! - `POST /debug/panic/{worker/N|prober|admin}`: only in debug builds and with the
-//!   `fault-injection` feature ([`crate::fault`]): makes that thread panic, to test supervision.
+//!   `fault-injection` feature (`fault`): makes that thread panic, to test supervision.
 //!
 //! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
 //! otherwise). Errors are `{"error": "..."}` with a 4xx status. Changes made through the API

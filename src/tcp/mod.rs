@@ -37,8 +37,8 @@
     )
 )]
 
-pub mod pump;
-pub mod transport;
+pub(crate) mod pump;
+pub(crate) mod transport;
 
 use std::fmt;
 use std::time::Instant;
@@ -56,7 +56,7 @@ use pump::{Endpoint, Half};
 /// Adding a stage (reading a PROXY protocol header, peeking a TLS ClientHello) means a variant
 /// here, its arm in those two handlers, and the transition out of it: nothing else moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Accepted; reading what must be read from the client before a target is chosen (nothing
     /// yet: a PROXY protocol header or a TLS ClientHello in later versions). Left at once for
     /// `Connecting` today.
@@ -72,7 +72,7 @@ pub enum Stage {
 
 impl Stage {
     /// Whether the connection got as far as a target (established, or closing after it).
-    pub fn reached_target(self) -> bool {
+    pub(crate) fn reached_target(self) -> bool {
         matches!(self, Stage::Established | Stage::Closing)
     }
 }
@@ -90,7 +90,7 @@ impl fmt::Display for Stage {
 
 /// A client connection and its connection to a target.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// Unique within the worker for its lifetime (slab keys are reused; ids are not).
     pub id: u64,
     /// Index of the listener that accepted it.
@@ -138,7 +138,7 @@ pub struct Connection {
 
 /// A side of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The client.
     Front,
     /// The target.
@@ -147,7 +147,7 @@ pub enum Side {
 
 /// Which sockets to reset when closing (the others close with a FIN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Reset {
+pub(crate) struct Reset {
     /// Reset the client.
     pub front: bool,
     /// Reset the target.
@@ -156,12 +156,12 @@ pub struct Reset {
 
 impl Reset {
     /// Close both normally.
-    pub const NONE: Reset = Reset {
+    pub(crate) const NONE: Reset = Reset {
         front: false,
         back: false,
     };
     /// Reset both.
-    pub const BOTH: Reset = Reset {
+    pub(crate) const BOTH: Reset = Reset {
         front: true,
         back: true,
     };
@@ -169,7 +169,7 @@ impl Reset {
 
 /// A connection waiting to reset a side until its written bytes are acknowledged.
 #[derive(Debug, Clone, Copy)]
-pub struct Closing {
+pub(crate) struct Closing {
     /// The access log's reason.
     pub reason: &'static str,
     /// Which sockets to reset.
@@ -182,7 +182,7 @@ pub struct Closing {
 
 impl Connection {
     /// A newly accepted client, not yet connecting.
-    pub fn new(
+    pub(crate) fn new(
         id: u64,
         listener: usize,
         group: usize,
@@ -217,23 +217,23 @@ impl Connection {
     }
 
     /// The current stage.
-    pub fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         self.stage
     }
 
     /// Moves to `stage`, logging the transition at trace level.
-    pub fn set_stage(&mut self, stage: Stage) {
+    pub(crate) fn set_stage(&mut self, stage: Stage) {
         log::trace!("{} [{}]: {} -> {}", self.tuple, self.id, self.stage, stage);
         self.stage = stage;
     }
 
     /// True when both directions are over.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.up.done() && self.down.done()
     }
 
     /// Notes which side aborted first, once one has.
-    pub fn note_aborts(&mut self) {
+    pub(crate) fn note_aborts(&mut self) {
         if self.first_abort.is_none() {
             if self.front.aborted {
                 self.first_abort = Some(Side::Front);
@@ -245,7 +245,7 @@ impl Connection {
 
     /// How a finished connection closes: which sockets to reset (a side whose peer aborted and
     /// that did not abort itself) and the access log's reason.
-    pub fn ending(&self) -> (Reset, &'static str) {
+    pub(crate) fn ending(&self) -> (Reset, &'static str) {
         let front = self.front.aborted;
         let back = self.back.as_ref().is_some_and(|b| b.aborted);
         let reset = Reset {

@@ -25,15 +25,15 @@ use super::transport::{Plain, Transport};
 use crate::config::Forwarding;
 
 /// Size of one pooled buffer, bytes.
-pub const BUFFER_SIZE: usize = 64 * 1024;
+pub(crate) const BUFFER_SIZE: usize = 64 * 1024;
 /// Capacity asked for each splice pipe, bytes. Pages are taken only as data fills the pipe.
 /// 256 KiB moved iperf3 single-stream from ~0.66× to ~0.77× of direct over the 64 KiB default
 /// (one run, three rounds, loopback, 2 cores); 1 MiB did no better.
-pub const PIPE_SIZE: usize = 256 * 1024;
+pub(crate) const PIPE_SIZE: usize = 256 * 1024;
 
 /// Free buffers of one worker, reused across connections so idle connections hold none.
 #[derive(Debug, Default)]
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     free: Vec<Box<[u8]>>,
 }
 
@@ -57,7 +57,7 @@ impl BufferPool {
 /// Whether a socket may have data to read / room to write, as the last events and syscalls
 /// left it. Set by events, cleared by `WouldBlock`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Reading may make progress.
     pub readable: bool,
     /// Writing may make progress.
@@ -75,7 +75,7 @@ pub struct Readiness {
 
 /// One socket of a connection with what is known of its readiness.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The socket.
     pub stream: TcpStream,
     /// How bytes cross this side ([`Plain`] TCP today).
@@ -95,7 +95,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// A plain TCP socket of unknown readiness (both flags false: wait for an event),
     /// registered with `tag`.
-    pub fn new(stream: TcpStream, tag: u32) -> Endpoint {
+    pub(crate) fn new(stream: TcpStream, tag: u32) -> Endpoint {
         Endpoint {
             stream,
             // A zero-sized `Plain` in a box allocates nothing.
@@ -108,7 +108,7 @@ impl Endpoint {
     }
 
     /// Marks the endpoint aborted by `e` (see [`Endpoint::aborted`]).
-    pub fn abort(&mut self, e: &io::Error) {
+    pub(crate) fn abort(&mut self, e: &io::Error) {
         log::trace!("endpoint aborted: {e}");
         self.aborted = true;
         self.error.get_or_insert(e.kind());
@@ -116,7 +116,7 @@ impl Endpoint {
 
     /// Bytes written to the socket and not yet acknowledged by the peer (SIOCOUTQ): what a
     /// reset would throw away. 0 when it cannot be asked.
-    pub fn unacknowledged(&self) -> usize {
+    pub(crate) fn unacknowledged(&self) -> usize {
         let mut n: libc::c_int = 0;
         // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which is valid.
         let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
@@ -129,7 +129,7 @@ impl Endpoint {
 
     /// Makes the coming close send a reset (RST) instead of a FIN: `SO_LINGER {on, 0}`, which
     /// also discards whatever is unsent.
-    pub fn reset_on_close(&self) {
+    pub(crate) fn reset_on_close(&self) {
         let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
     }
 }
@@ -209,7 +209,7 @@ enum Carrier {
 
 /// What one [`Half::pump`] call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pumped {
+pub(crate) struct Pumped {
     /// Bytes written to the destination.
     pub bytes: usize,
     /// The byte budget ran out with more to do: call again soon (no event will come).
@@ -218,7 +218,7 @@ pub struct Pumped {
 
 /// One direction of a connection.
 #[derive(Debug)]
-pub struct Half {
+pub(crate) struct Half {
     carrier: Carrier,
     mode: Forwarding,
     /// Nothing more will come from the source: it sent EOF, or reading it failed.
@@ -234,7 +234,7 @@ pub struct Half {
 
 impl Half {
     /// A direction that moves bytes as `mode` says.
-    pub fn new(mode: Forwarding) -> Half {
+    pub(crate) fn new(mode: Forwarding) -> Half {
         Half {
             carrier: Carrier::Idle,
             mode,
@@ -246,12 +246,12 @@ impl Half {
     }
 
     /// True once the direction is over (see [`Half::over`]).
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.over
     }
 
     /// Bytes read from the source and not yet written.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         match &self.carrier {
             Carrier::Idle => 0,
             Carrier::Buffer { start, end, .. } => end - start,
@@ -265,7 +265,7 @@ impl Half {
     /// `shutdown(Write)` is skipped.
     ///
     /// Errors end up in `src.aborted` / `dst.aborted` (see the module docs), never returned.
-    pub fn pump(
+    pub(crate) fn pump(
         &mut self,
         src: &mut Endpoint,
         dst: &mut Endpoint,
@@ -492,7 +492,7 @@ impl Half {
     }
 
     /// Returns any held buffer to the pool (the connection is ending).
-    pub fn close(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn close(&mut self, pool: &mut BufferPool) {
         self.end(pool);
     }
 }

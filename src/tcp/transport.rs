@@ -17,7 +17,7 @@ use mio::net::TcpStream;
 /// How bytes cross one side of a connection. `socket` is that side's TCP socket
 /// (non-blocking); the methods follow `Read`/`Write`/`shutdown` semantics: `WouldBlock` when
 /// they cannot make progress now, `Ok(0)` from `read` at the end of the stream.
-pub trait Transport: fmt::Debug + Send {
+pub(crate) trait Transport: fmt::Debug + Send {
     /// Reads bytes for the other side into `buf`.
     ///
     /// # Errors
@@ -43,7 +43,7 @@ pub trait Transport: fmt::Debug + Send {
 
 /// Plain TCP: the socket's own bytes.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Plain;
+pub(crate) struct Plain;
 
 impl Transport for Plain {
     fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {

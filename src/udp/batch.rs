@@ -111,7 +111,7 @@ impl Batch {
     /// Receives up to `max` datagrams (at most the capacity) from the non-blocking socket
     /// `fd` into slots `0..n`; returns `n` (≥ 1). With `want_local`, also the address each
     /// was sent to ([`Batch::local`]); `fd` must have `IP_PKTINFO` (IPv4) or
-    /// `IPV6_RECVPKTINFO` (IPv6) set, see [`crate::net::reuseport_udp_socket`].
+    /// `IPV6_RECVPKTINFO` (IPv6) set, see `net::reuseport_udp_socket`.
     ///
     /// # Errors
     /// `WouldBlock` when nothing is waiting; any other error of `recvmmsg`/`recvfrom` (for a

@@ -2,7 +2,7 @@
 //!
 //! No I/O and no clock: the socket type is a parameter (the worker uses a mio `UdpSocket`,
 //! tests use `()`), and every call that depends on time takes `now`. Idle expiry uses the
-//! lazily checked deadline heap of [`crate::timers`], so a wake-up never scans the table.
+//! lazily checked deadline heap of `timers`, so a wake-up never scans the table.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

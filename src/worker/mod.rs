@@ -66,23 +66,23 @@ use crate::udp::batch::Batch;
 use crate::udp::session::SessionTable;
 
 /// The waker's token.
-pub const WAKER_TOKEN: Token = Token(0);
+pub(crate) const WAKER_TOKEN: Token = Token(0);
 /// Most listeners one worker serves.
-pub const MAX_LISTENERS: usize = 1 << 16;
+pub(crate) const MAX_LISTENERS: usize = 1 << 16;
 /// First connection token.
-pub const CONN_BASE: usize = 1 << 20;
+pub(crate) const CONN_BASE: usize = 1 << 20;
 
 /// Bytes per direction per wake before yielding to other connections.
 const PUMP_BUDGET: usize = 512 * 1024;
 /// Bits of a token below its tag.
-pub const TAG_SHIFT: u32 = 40;
+pub(crate) const TAG_SHIFT: u32 = 40;
 /// Mask of a tag's bits (24: the rest of a 64-bit token).
-pub const TAG_MASK: u32 = (1 << 24) - 1;
+pub(crate) const TAG_MASK: u32 = (1 << 24) - 1;
 const _: () = assert!(usize::BITS == 64, "the token plan needs 64-bit tokens");
 
 /// The number a worker gives a socket when it registers it, carried in the socket's tokens:
 /// an event whose tag differs from the socket's current one is stale (see the module docs).
-pub type Tag = u32;
+pub(crate) type Tag = u32;
 
 /// The tag of a UDP session's upstream socket: the low bits of the session's id, unique per
 /// worker.
@@ -92,7 +92,7 @@ fn session_tag(id: u64) -> Tag {
 
 /// What a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSlot {
+pub(crate) enum TokenSlot {
     /// The worker's waker (commands are waiting).
     Waker,
     /// Listener index.
@@ -107,7 +107,7 @@ pub enum TokenSlot {
 
 impl TokenSlot {
     /// The slot a token stands for.
-    pub fn of(token: Token) -> TokenSlot {
+    pub(crate) fn of(token: Token) -> TokenSlot {
         let tag = (token.0 >> TAG_SHIFT) as Tag & TAG_MASK;
         match token.0 & ((1 << TAG_SHIFT) - 1) {
             0 => TokenSlot::Waker,
@@ -121,7 +121,7 @@ impl TokenSlot {
     }
 
     /// The token for this slot.
-    pub fn token(self) -> Token {
+    pub(crate) fn token(self) -> Token {
         let tagged = |k: usize, side: usize, tag: Tag| {
             debug_assert!(
                 CONN_BASE + 3 * k + side < 1 << TAG_SHIFT,
@@ -246,7 +246,7 @@ impl std::fmt::Debug for Worker {
 }
 
 /// The event loop of one worker thread.
-pub struct Worker {
+pub(crate) struct Worker {
     id: usize,
     poll: Poll,
     shared: Arc<Generation>,
@@ -283,7 +283,7 @@ impl Worker {
     ///
     /// # Errors
     /// When a socket cannot be registered with `poll`.
-    pub fn new(
+    pub(crate) fn new(
         id: usize,
         poll: Poll,
         shared: Arc<Generation>,
@@ -331,7 +331,7 @@ impl Worker {
     ///
     /// # Errors
     /// When polling fails for a reason other than an interrupted call.
-    pub fn run(&mut self) -> io::Result<()> {
+    pub(crate) fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -555,7 +555,7 @@ impl Worker {
     /// it held (active connections per listener and target), so `least_connections` and
     /// `max_connections` stay true; flushes the access log. The listening sockets close when
     /// the worker is dropped; the other workers' go on accepting.
-    pub fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         let keys = self.table.keys();
         log::error!(
             "worker {}: resetting {} connections and ending {} sessions",
