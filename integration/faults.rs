@@ -31,6 +31,12 @@ fn access_lines(dir: &tempfile::TempDir, n: usize) -> String {
     wait_for_lines(&dir.path().join("access.log"), n)
 }
 
+/// Asserts that the one connection in the access log ended with `reason`.
+fn assert_ended_with(dir: &tempfile::TempDir, reason: &str) {
+    let log = access_lines(dir, 1);
+    assert!(log.contains(&format!("reason={reason}")), "{log}");
+}
+
 /// Reads until EOF or an error; returns the bytes and how it ended.
 fn read_all(s: &mut TcpStream) -> (Vec<u8>, Result<(), ErrorKind>) {
     let mut out = Vec::new();
@@ -106,8 +112,7 @@ fn a_client_reset_reaches_the_target_as_a_reset() {
         Err(ErrorKind::ConnectionReset),
         "the target must see the client's abort, not a clean end of a complete request"
     );
-    let log = access_lines(&dir, 1);
-    assert!(log.contains("reason=client_reset"), "{log}");
+    assert_ended_with(&dir, "client_reset");
 }
 
 #[test]
@@ -127,8 +132,7 @@ fn a_target_reset_reaches_the_client_after_its_bytes() {
         Err(ErrorKind::ConnectionReset),
         "a crashed target's truncated answer must not end like a whole one"
     );
-    let log = access_lines(&dir, 1);
-    assert!(log.contains("reason=target_reset"), "{log}");
+    assert_ended_with(&dir, "target_reset");
 }
 
 #[test]
@@ -160,8 +164,7 @@ fn a_normal_half_close_ends_with_fin_on_both_sides() {
         (0, Ok(())),
         "target: a clean close, no reset"
     );
-    let log = access_lines(&dir, 1);
-    assert!(log.contains("reason=done"), "{log}");
+    assert_ended_with(&dir, "done");
 }
 
 #[test]
@@ -181,8 +184,7 @@ fn a_client_no_target_accepts_is_reset_not_closed() {
         Err(ErrorKind::ConnectionReset),
         "an empty clean EOF would read as an empty answer"
     );
-    let log = access_lines(&dir, 1);
-    assert!(log.contains("reason=no_target"), "{log}");
+    assert_ended_with(&dir, "no_target");
 }
 
 #[test]
@@ -203,8 +205,7 @@ fn a_client_that_resets_while_its_connect_is_pending_is_freed_at_once() {
         "freed only after {:?} (connect_timeout is 30s)",
         started.elapsed()
     );
-    let log = access_lines(&dir, 1);
-    assert!(log.contains("reason=client_reset"), "{log}");
+    assert_ended_with(&dir, "client_reset");
 }
 
 #[test]

@@ -299,6 +299,39 @@ pub fn parse_duration(text: &str, zero_ok: bool) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Reads a duration setting as [`parse_duration`] does, inside the deserializer so the error
+/// carries the key path and line; a bare number is refused with a hint to add a unit.
+struct DurationVisitor {
+    zero_ok: bool,
+}
+
+impl de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(if self.zero_ok {
+            "a duration such as 0s, 500ms, 2s or 5m"
+        } else {
+            "a duration greater than zero such as 500ms, 2s or 5m"
+        })
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        parse_duration(s, self.zero_ok).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Err(E::custom(format!(
+            "bad duration `{v}`: give a unit, e.g. {v}s or {v}ms"
+        )))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        self.visit_i64(v as i64)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Err(E::custom(format!(
+            "bad duration `{v}`: give a unit, e.g. 500ms"
+        )))
+    }
+}
+
 /// A duration written as `0s`, `500ms`, `2s`, `5m` (humantime syntax), at most
 /// [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,19 +339,8 @@ pub struct BoundedDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for BoundedDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = BoundedDuration;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as 0s, 500ms, 2s or 5m")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                parse_duration(s, true)
-                    .map(BoundedDuration)
-                    .map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
+        d.deserialize_any(DurationVisitor { zero_ok: true })
+            .map(BoundedDuration)
     }
 }
 
@@ -329,32 +351,8 @@ pub struct PositiveDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for PositiveDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = PositiveDuration;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration greater than zero such as 500ms, 2s or 5m")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                parse_duration(s, false)
-                    .map(PositiveDuration)
-                    .map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "bad duration `{v}`: give a unit, e.g. {v}s or {v}ms"
-                )))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_i64(v as i64)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "bad duration `{v}`: give a unit, e.g. 500ms"
-                )))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(DurationVisitor { zero_ok: false })
+            .map(PositiveDuration)
     }
 }
 

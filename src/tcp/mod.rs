@@ -167,13 +167,10 @@ impl Reset {
     };
 }
 
-/// A connection waiting to reset a side until its written bytes are acknowledged.
+/// A connection waiting to reset a side until its written bytes are acknowledged (which side,
+/// and why, is [`Connection::ending`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Closing {
-    /// The access log's reason.
-    pub reason: &'static str,
-    /// Which sockets to reset.
-    pub reset: Reset,
     /// Reset then, acknowledged or not.
     pub until: Instant,
     /// When the next check is scheduled (one timer entry at a time).

@@ -85,11 +85,8 @@ pub(crate) struct Endpoint {
     /// The worker's tag for this socket's registration (see `worker::Tag`).
     pub tag: u32,
     /// The peer reset the connection or can no longer take data: a read or write on it failed
-    /// with something other than `WouldBlock`/`Interrupted`. The first such error is in
-    /// `error`.
+    /// with something other than `WouldBlock`/`Interrupted`.
     pub aborted: bool,
-    /// The first error a read or write met, for the logs.
-    pub error: Option<io::ErrorKind>,
 }
 
 impl Endpoint {
@@ -103,7 +100,6 @@ impl Endpoint {
             ready: Readiness::default(),
             tag,
             aborted: false,
-            error: None,
         }
     }
 
@@ -111,7 +107,6 @@ impl Endpoint {
     pub(crate) fn abort(&mut self, e: &io::Error) {
         log::trace!("endpoint aborted: {e}");
         self.aborted = true;
-        self.error.get_or_insert(e.kind());
     }
 
     /// Bytes written to the socket and not yet acknowledged by the peer (SIOCOUTQ): what a
@@ -223,8 +218,6 @@ pub(crate) struct Half {
     mode: Forwarding,
     /// Nothing more will come from the source: it sent EOF, or reading it failed.
     pub eof: bool,
-    /// The destination's write side was shut down (EOF passed on).
-    pub shut: bool,
     /// The direction is over: its EOF passed on, its source aborted and everything read from
     /// it written, or its destination aborted (what was left unwritten is dropped).
     pub over: bool,
@@ -239,7 +232,6 @@ impl Half {
             carrier: Carrier::Idle,
             mode,
             eof: false,
-            shut: false,
             over: false,
             bytes: 0,
         }
@@ -310,7 +302,6 @@ impl Half {
                         Err(e) => dst.abort(&e),
                     }
                 }
-                self.shut = !src.aborted;
                 self.end(pool);
                 return out;
             }

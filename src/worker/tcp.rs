@@ -5,12 +5,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::Interest;
-
-use std::time::Duration;
 
 use super::{Ready, Tag, TokenSlot, Worker, PUMP_BUDGET};
 use crate::access_log::Entry;
@@ -118,6 +117,7 @@ impl Worker {
     /// try) or when Ballast itself is out of descriptors or memory.
     fn connect_next(&mut self, key: usize) {
         loop {
+            let tag = self.new_tag();
             let Some(conn) = self.table.get_mut(key) else {
                 return;
             };
@@ -141,8 +141,6 @@ impl Worker {
             conn.target = Some(t);
             conn.attempt_started = self.now;
             let address = group.targets[t].address;
-            self.next_tag = self.next_tag.wrapping_add(1);
-            let tag = self.next_tag;
             let mut started = open_back(&self.poll, address, key, tag);
             if started.as_ref().is_err_and(is_out_of_descriptors) && self.reserve.take().is_some() {
                 // What the reserve descriptor is for: this client, already accepted, still gets
@@ -224,10 +222,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let (reset, reason) = match conn.closing {
-            Some(c) => (c.reset, c.reason),
-            None => (Reset::BOTH, "client_reset"),
-        };
+        let (reset, reason) = conn.ending();
         self.close(key, reason, reset);
     }
 
@@ -284,12 +279,12 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let state = conn.stage();
+        let stage = conn.stage();
         let Some(back) = conn.back.as_mut().filter(|b| b.tag == tag) else {
             return; // for a socket closed earlier in this batch (see the token plan)
         };
         mark(&mut back.ready, event);
-        match state {
+        match stage {
             Stage::Preamble | Stage::Closing => {}
             Stage::Established => self.drive(key),
             Stage::Connecting => {
@@ -407,8 +402,6 @@ impl Worker {
         let idle = self.shared.listeners[conn.listener].config.idle_timeout;
         let recheck_at = self.now + RESET_RECHECK;
         conn.closing = Some(Closing {
-            reason,
-            reset,
             until: self.now + RESET_LINGER.min(idle),
             recheck_at,
         });
@@ -518,8 +511,9 @@ impl Worker {
         let Some(mut closing) = conn.closing else {
             return;
         };
-        if self.now >= closing.until || unacknowledged(conn, closing.reset) == 0 {
-            return self.close(due.key, closing.reason, closing.reset);
+        let (reset, reason) = conn.ending();
+        if self.now >= closing.until || unacknowledged(conn, reset) == 0 {
+            return self.close(due.key, reason, reset);
         }
         if closing.recheck_at <= self.now {
             closing.recheck_at = self.now + RESET_RECHECK;
