@@ -138,6 +138,6 @@ fn an_admin_handler_that_panics_costs_one_request_only() {
         answered.as_ref().map_or(true, |(status, _)| *status == 500),
         "{answered:?}"
     );
-    assert_eq!(http(admin, "GET", "/healthz", None, "").0, 200);
+    assert_eq!(http(admin, "GET", "/livez", None, "").0, 200);
     assert_eq!(restarts(admin, "admin"), 1.0);
 }

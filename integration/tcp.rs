@@ -409,7 +409,7 @@ fn out_of_file_descriptors(limit: u64) {
     // An admin request while descriptors are out: its server must not stop for good.
     let admin = lb.admin_addr();
     let mut during = TcpStream::connect_timeout(&admin, WAIT).unwrap();
-    during.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    during.write_all(b"GET /livez HTTP/1.0\r\n\r\n").unwrap();
     // Give the served ones a window to answer: a "not served" verdict needs one.
     let cpu_before = lb.cpu_time();
     let window = Instant::now() + Duration::from_secs(2);

@@ -5,8 +5,8 @@
 use std::io;
 use std::net::SocketAddr;
 
-use crate::config::{Config, Protocol};
-use crate::net::{reuseport_tcp_listener, reuseport_udp_socket};
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::net::{reuseport_tcp_listener, reuseport_udp_socket, ListenOptions};
 
 /// A listener's address could not be bound (a configuration problem: exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -32,25 +32,38 @@ pub enum Bound {
 }
 
 impl Bound {
-    /// A fresh SO_REUSEPORT socket for a listener of `protocol` on `addr` (bound to
-    /// `interface` when given; see [`crate::net`]).
+    /// A fresh SO_REUSEPORT socket for `listener` on `addr` (its `bind`, or the port the
+    /// first worker's socket got for port 0), with its `interface` and `freebind`; see
+    /// [`crate::net`].
     ///
     /// # Errors
-    /// As the bind; an unknown interface is named.
-    pub fn bind(
-        protocol: Protocol,
-        addr: SocketAddr,
-        interface: Option<&str>,
-    ) -> io::Result<Bound> {
-        let bound = match protocol {
-            Protocol::Tcp => reuseport_tcp_listener(addr, interface).map(Bound::Tcp),
-            Protocol::Udp => reuseport_udp_socket(addr, interface).map(Bound::Udp),
+    /// As the bind; an unknown interface is named, and an address no interface holds points
+    /// to `freebind`.
+    pub fn bind(listener: &ListenerConfig, addr: SocketAddr) -> io::Result<Bound> {
+        let interface = listener.interface.as_deref();
+        let options = ListenOptions {
+            interface,
+            freebind: listener.freebind,
+        };
+        let bound = match listener.protocol {
+            Protocol::Tcp => reuseport_tcp_listener(addr, options).map(Bound::Tcp),
+            Protocol::Udp => reuseport_udp_socket(addr, options).map(Bound::Udp),
         };
         bound.map_err(|e| match interface {
             Some(name) if e.raw_os_error() == Some(libc::ENODEV) => io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("no network interface named `{name}` (`interface`)"),
             ),
+            _ if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && !listener.freebind => {
+                io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!(
+                        "{e}: no interface holds {}; set `freebind: true` to listen before it \
+                         arrives (a VIP on a standby node)",
+                        addr.ip()
+                    ),
+                )
+            }
             _ => e,
         })
     }
@@ -76,10 +89,9 @@ pub(crate) fn bind_all(config: &mut Config) -> Result<Vec<Vec<Bound>>, BindError
     bind_listeners(config, &all)
 }
 
-/// Binds listeners `which` (indices into `config.listeners`) for `config.workers` workers: per
-/// worker, one socket per listener in that order. Port 0 is resolved by the first bind, the
-/// other workers bind the port it got, and the listener's `bind` is set to it (so a reload can
-/// tell the listener is the same). Logs one line per listener.
+/// Binds listeners `which` (indices into `config.listeners`) for `config.workers` workers: see
+/// [`bind_each`]. Each listener's `bind` is set to the address it got (so a reload can tell
+/// the listener is the same). Logs one line per listener.
 ///
 /// # Errors
 /// [`BindError`] naming the listener; sockets bound so far are closed.
@@ -87,28 +99,10 @@ pub(crate) fn bind_listeners(
     config: &mut Config,
     which: &[usize],
 ) -> Result<Vec<Vec<Bound>>, BindError> {
-    let mut per_worker: Vec<Vec<Bound>> = (0..config.workers).map(|_| Vec::new()).collect();
-    for &i in which {
+    let chosen: Vec<&ListenerConfig> = which.iter().map(|&i| &config.listeners[i]).collect();
+    let (sockets, addrs) = bind_each(&chosen, config.workers, &config.path)?;
+    for (&i, addr) in which.iter().zip(addrs) {
         let l = &mut config.listeners[i];
-        let mut addr = l.bind;
-        for sockets in per_worker.iter_mut() {
-            let interface = l.interface.as_deref();
-            let socket = Bound::bind(l.protocol, addr, interface).map_err(|source| BindError {
-                name: l.name.clone(),
-                addr: l.bind,
-                path: config.path.display().to_string(),
-                source,
-            })?;
-            if addr.port() == 0 {
-                addr = socket.local_addr().map_err(|source| BindError {
-                    name: l.name.clone(),
-                    addr: l.bind,
-                    path: config.path.display().to_string(),
-                    source,
-                })?;
-            }
-            sockets.push(socket);
-        }
         l.bind = addr;
         let group = &config.target_groups[l.target_group];
         log::info!(
@@ -121,5 +115,39 @@ pub(crate) fn bind_listeners(
             group.targets.len()
         );
     }
-    Ok(per_worker)
+    Ok(sockets)
+}
+
+/// Binds `listeners` for `workers` workers: per worker, one socket per listener in that
+/// order, and the address each listener got. Port 0 is resolved by the first bind; the other
+/// workers bind the port it got.
+///
+/// # Errors
+/// [`BindError`] naming the listener and `path` (the config file); sockets bound so far are
+/// closed.
+pub(crate) fn bind_each(
+    listeners: &[&ListenerConfig],
+    workers: usize,
+    path: &std::path::Path,
+) -> Result<(Vec<Vec<Bound>>, Vec<SocketAddr>), BindError> {
+    let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let mut addr = l.bind;
+        let fail = |source| BindError {
+            name: l.name.clone(),
+            addr: l.bind,
+            path: path.display().to_string(),
+            source,
+        };
+        for sockets in per_worker.iter_mut() {
+            let socket = Bound::bind(l, addr).map_err(fail)?;
+            if addr.port() == 0 {
+                addr = socket.local_addr().map_err(fail)?;
+            }
+            sockets.push(socket);
+        }
+        addrs.push(addr);
+    }
+    Ok((per_worker, addrs))
 }

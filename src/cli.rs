@@ -23,10 +23,10 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Api {
     /// Base URL of the admin API.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL, global = true)]
     pub admin: String,
     /// File holding the bearer token (as `admin.token_file` in the config).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
 }
 
@@ -41,6 +41,22 @@ pub struct TargetRef {
 
 fn duration(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s, true)
+}
+
+/// `ballast node …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeAction {
+    /// `/healthz` fails at once (the VIP or route moves away); listeners keep accepting for
+    /// the grace, then close; open connections go on.
+    Drain {
+        /// How long listeners keep accepting (default: the config's `shutdown_grace`).
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        grace: Option<Duration>,
+    },
+    /// Serve again after a drain (listeners are bound again if they had closed).
+    Enable,
+    /// Print the node's state: serving, draining, drained or stopping, and readiness.
+    Status,
 }
 
 /// Subcommands.
@@ -138,6 +154,28 @@ pub enum Command {
     },
     /// Re-read the configuration file of a running Ballast (as SIGHUP).
     Reload {
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Exit 0 when the running Ballast is ready to serve (`GET /healthz` answers 200), 1 with
+    /// the reasons otherwise: for keepalived's `track_script` and BGP speakers' checks.
+    Health {
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+        /// Longest wait for the answer (no answer: exit 1).
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+        timeout: Duration,
+        /// Print nothing when ready.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// The node's own service state: drain it before maintenance, enable it after.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodeAction,
         /// Where the admin API is.
         #[command(flatten)]
         api: Api,

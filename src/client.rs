@@ -78,6 +78,12 @@ impl AdminClient {
         })
     }
 
+    /// The same client with requests timing out after `timeout` instead.
+    pub fn with_timeout(mut self, timeout: Duration) -> AdminClient {
+        self.agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        self
+    }
+
     /// `GET path`.
     ///
     /// # Errors

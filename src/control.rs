@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::bind::{bind_listeners, BindError};
+use crate::bind::{bind_each, bind_listeners, BindError};
 use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::fault::{Faults, Restarts};
 use crate::generation::Generation;
+use crate::node::{draining_until, Node, Service};
 use crate::target::AdminState;
 use crate::worker::{ConnInfo, Message, WorkerLink};
 
@@ -77,6 +78,8 @@ pub struct Control {
     pub restarts: Restarts,
     /// Panics asked for by tests (debug builds and the `fault-injection` feature only).
     pub faults: Faults,
+    /// The node's service state (drain) and readiness.
+    pub node: Node,
 }
 
 impl std::fmt::Debug for Control {
@@ -97,6 +100,7 @@ impl Control {
             prober: OnceLock::new(),
             restarts: Restarts::default(),
             faults: Faults::default(),
+            node: Node::default(),
         })
     }
 
@@ -169,6 +173,95 @@ impl Control {
         Ok(())
     }
 
+    /// Node drain (`POST /node/drain`, `ballast node drain`, SIGTERM with `shutdown_grace`):
+    /// `/healthz` fails at once; listeners keep accepting for `grace`, then close (UDP
+    /// sessions end with them, as their replies leave through the listeners' sockets); open
+    /// connections go on. Returns the state after the call; draining an already draining or
+    /// drained node changes nothing.
+    pub fn drain_node(self: &Arc<Self>, grace: Duration) -> Service {
+        let _guard = self.locked();
+        let (now, _) = self.node.service();
+        if now != Service::Serving {
+            return now;
+        }
+        let next = draining_until(grace);
+        let Some(epoch) = self.node.set(next, None) else {
+            return self.node.service().0;
+        };
+        log::info!(
+            "node drain: /healthz fails now; listeners close in {}",
+            humantime::format_duration(grace)
+        );
+        crate::notify::status(&format!(
+            "draining: listeners close in {}",
+            humantime::format_duration(grace)
+        ));
+        if grace.is_zero() {
+            self.close_listeners(epoch);
+            return self.node.service().0;
+        }
+        let spawned = self.after("ballast-grace", grace, move |control| {
+            let _guard = control.locked();
+            control.close_listeners(epoch);
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the drain grace timer ({e}); closing listeners now");
+            self.close_listeners(epoch);
+        }
+        next
+    }
+
+    /// The end of a drain's grace: closes every worker's listeners if the node is still in
+    /// the drain begun at transition `epoch`. Called under the change lock.
+    fn close_listeners(&self, epoch: u64) {
+        if self.node.set(Service::Drained, Some(epoch)).is_none() {
+            return; // enabled (or stopping) meanwhile
+        }
+        for w in &self.workers() {
+            w.send(Message::CloseListeners);
+        }
+        log::info!("node drained: listeners closed; open connections go on");
+        crate::notify::status("drained: not accepting");
+    }
+
+    /// Undoes a node drain (`POST /node/enable`, `ballast node enable`): a draining node is
+    /// ready again at once; a drained one binds every listener afresh first.
+    ///
+    /// # Errors
+    /// [`ChangeError::Bind`] when a listener cannot be bound again (the node stays drained);
+    /// [`ChangeError::Invalid`] while the process is stopping.
+    pub fn enable_node(&self) -> Result<Service, ChangeError> {
+        let _guard = self.locked();
+        let (now, epoch) = self.node.service();
+        match now {
+            Service::Serving => {}
+            Service::Draining { .. } => {
+                self.node.set(Service::Serving, Some(epoch));
+            }
+            Service::Drained => {
+                let shared = self.shared();
+                let live: Vec<usize> = (0..shared.listeners.len())
+                    .filter(|&i| !shared.listeners[i].removed)
+                    .collect();
+                let configs: Vec<_> = live.iter().map(|&i| &shared.listeners[i].config).collect();
+                let (sockets, _) = bind_each(&configs, shared.config.workers, &shared.config.path)?;
+                self.node.set(Service::Serving, Some(epoch));
+                for (link, sockets) in self.workers().iter().zip(sockets) {
+                    link.send(Message::Reload {
+                        shared: shared.clone(),
+                        sockets: live.iter().copied().zip(sockets).collect(),
+                    });
+                }
+            }
+            Service::Stopping => {
+                return Err(ChangeError::Invalid("the process is stopping".into()));
+            }
+        }
+        log::info!("node enabled: serving");
+        crate::notify::changed(&self.shared());
+        Ok(Service::Serving)
+    }
+
     /// Registers the prober's waker, so it learns of new generations at once.
     pub fn set_prober_waker(&self, waker: Arc<mio::Waker>) {
         let _ = self.prober.set(waker);
@@ -239,7 +332,13 @@ impl Control {
                 crate::worker::MAX_LISTENERS
             )));
         }
-        let mut sockets = bind_listeners(&mut config, &added_at)?;
+        // A drained node binds nothing: `enable_node` opens every listener.
+        let bind_now = if self.node.accepting() {
+            &added_at[..]
+        } else {
+            &[]
+        };
+        let mut sockets = bind_listeners(&mut config, bind_now)?;
 
         let (next, added) = old.successor(config);
         let next = Arc::new(next);
@@ -363,32 +462,49 @@ impl Control {
     /// still in state `expect` (not enabled or re-added meanwhile). A timer thread waits, so
     /// the caller answers at once.
     fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
-        let control = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("ballast-drain".into())
-            .spawn(move || {
-                std::thread::sleep(wait); // the drain_timeout itself, not a stand-in for an event
-                let shared = control.shared();
-                let (group, target) = (&shared.groups[g], &shared.groups[g].targets[index]);
-                if target.admin_state() == expect
-                    && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
-                {
-                    log::info!(
-                        "target group {}: {}: drain_timeout passed; closing what is still open",
-                        group.name(),
-                        target.address
-                    );
-                    for w in &control.workers() {
-                        w.send(Message::CloseTarget {
-                            group: g,
-                            target: index,
-                        });
-                    }
+        let spawned = self.after("ballast-drain", wait, move |control| {
+            let shared = control.shared();
+            let (group, target) = (&shared.groups[g], &shared.groups[g].targets[index]);
+            if target.admin_state() == expect
+                && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
+            {
+                log::info!(
+                    "target group {}: {}: drain_timeout passed; closing what is still open",
+                    group.name(),
+                    target.address
+                );
+                for w in &control.workers() {
+                    w.send(Message::CloseTarget {
+                        group: g,
+                        target: index,
+                    });
                 }
-            });
+            }
+        });
         if let Err(e) = spawned {
             log::warn!("cannot start the drain timer: {e}");
         }
+    }
+
+    /// Runs `then` on a new thread named `name` after `wait` (a grace or a drain_timeout,
+    /// not a stand-in for an event), so the caller answers at once.
+    ///
+    /// # Errors
+    /// When the thread cannot start.
+    fn after(
+        self: &Arc<Self>,
+        name: &str,
+        wait: Duration,
+        then: impl FnOnce(&Arc<Control>) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let control = self.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                std::thread::sleep(wait);
+                then(&control);
+            })
+            .map(drop)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The CLI subcommands that talk to a running Ballast over its admin API: `targets`,
-//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `reload`, `deploy`.
+//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `reload`, `deploy`, `health`,
+//! `node`.
 //! Output goes to stdout; errors are returned for `main` to print (exit 1).
 
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli::{Api, Command, TargetRef};
+use crate::cli::{Api, Command, NodeAction, TargetRef};
 use crate::client::{find_target, target_path, AdminClient, ClientError};
 use crate::deploy::{deploy, DeployError, DeployPlan};
 
@@ -23,6 +24,9 @@ pub enum CtlError {
     /// `drain --wait` ran out of time.
     #[error("{0}")]
     Timeout(String),
+    /// `ballast health`: the node answered that it is not ready.
+    #[error("not ready: {}", .0.join("; "))]
+    NotReady(Vec<String>),
 }
 
 fn client(api: &Api) -> Result<AdminClient, ClientError> {
@@ -127,11 +131,77 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
             };
             deploy(&client(api)?, &plan, out)?;
         }
+        Command::Health {
+            api,
+            timeout,
+            quiet,
+        } => {
+            health(&client(api)?.with_timeout(*timeout))?;
+            if !quiet {
+                let _ = writeln!(out, "ready");
+            }
+        }
+        Command::Node { action, api } => {
+            let c = client(api)?;
+            let doc = match action {
+                NodeAction::Drain { grace } => {
+                    let query =
+                        grace.map_or(String::new(), |g| format!("?grace={}ms", g.as_millis()));
+                    c.post(&format!("/node/drain{query}"), None)?
+                }
+                NodeAction::Enable => c.post("/node/enable", None)?,
+                NodeAction::Status => c.get("/node")?,
+            };
+            print_node(&doc, out);
+        }
         Command::Run { .. } | Command::Check { .. } => {
             unreachable!("`run` and `check` do not use the admin API")
         }
     }
     Ok(())
+}
+
+/// `GET /healthz`: `Ok` on 200; the reasons on 503.
+fn health(c: &AdminClient) -> Result<(), CtlError> {
+    match c.get("/healthz") {
+        Ok(_) => Ok(()),
+        Err(ClientError::Status {
+            status: 503,
+            message,
+        }) => {
+            let doc: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
+            let reasons = doc["reasons"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![message]);
+            Err(CtlError::NotReady(reasons))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One line for `GET /node` (and a drain's or enable's answer), then the reasons.
+fn print_node(doc: &Value, out: &mut dyn Write) {
+    let mut line = format!(
+        "node: {}, {}",
+        doc["service"].as_str().unwrap_or("?"),
+        if doc["ready"] == true {
+            "ready"
+        } else {
+            "not ready"
+        }
+    );
+    if let Some(ms) = doc["listeners_close_in_ms"].as_u64() {
+        line += &format!(", listeners close in {ms} ms");
+    }
+    let _ = writeln!(out, "{line}");
+    for r in doc["reasons"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  {}", r.as_str().unwrap_or_default());
+    }
 }
 
 fn path(target: &TargetRef, suffix: &str) -> String {

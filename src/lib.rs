@@ -104,6 +104,7 @@ pub mod generation;
 pub(crate) mod hash;
 pub mod health;
 pub(crate) mod net;
+pub mod node;
 pub(crate) mod notify;
 pub mod runtime;
 pub(crate) mod supervise;

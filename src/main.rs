@@ -38,6 +38,8 @@ fn main() -> ExitCode {
         | Command::Add { .. }
         | Command::Remove { .. }
         | Command::Reload { .. }
+        | Command::Health { .. }
+        | Command::Node { .. }
         | Command::Deploy { .. }) => match ballast::ctl::run(api_command, &mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

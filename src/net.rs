@@ -38,9 +38,9 @@ pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 /// address without SO_REUSEPORT; `ENODEV` for an unknown interface) or cannot listen.
 pub(crate) fn reuseport_tcp_listener(
     addr: SocketAddr,
-    interface: Option<&str>,
+    options: ListenOptions<'_>,
 ) -> io::Result<std::net::TcpListener> {
-    let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP, interface)?;
+    let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP, options)?;
     socket.set_nodelay(true)?;
     // Urgent data stays in the stream (not taken out as one out-of-band byte, which would
     // truncate what the target sees); copied to accepted sockets like TCP_NODELAY.
@@ -50,18 +50,34 @@ pub(crate) fn reuseport_tcp_listener(
     Ok(socket.into())
 }
 
+/// How a listening socket is bound besides its address.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListenOptions<'a> {
+    /// SO_BINDTODEVICE: only traffic arriving on this interface.
+    pub(crate) interface: Option<&'a str>,
+    /// IP_FREEBIND / IPV6_FREEBIND: the address need not be on any interface yet.
+    pub(crate) freebind: bool,
+}
+
 /// A non-blocking, close-on-exec socket for `addr` with SO_REUSEADDR and SO_REUSEPORT (and
-/// IPV6_V6ONLY for IPv6, so `[::]` and `0.0.0.0` listeners can coexist), bound to `interface`
-/// when given (SO_BINDTODEVICE), not yet bound to `addr`.
+/// IPV6_V6ONLY for IPv6, so `[::]` and `0.0.0.0` listeners can coexist), with `options`
+/// applied, not yet bound to `addr`.
 fn reuseport_socket(
     addr: SocketAddr,
     kind: Type,
     protocol: Protocol,
-    interface: Option<&str>,
+    options: ListenOptions<'_>,
 ) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
-    if let Some(name) = interface {
+    if let Some(name) = options.interface {
         socket.bind_device(Some(name.as_bytes()))?;
+    }
+    if options.freebind {
+        if addr.is_ipv6() {
+            socket.set_freebind_ipv6(true)?;
+        } else {
+            socket.set_freebind(true)?;
+        }
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -88,9 +104,9 @@ pub(crate) const UDP_BUFFER: usize = 4 << 20;
 /// address without SO_REUSEPORT; `ENODEV` for an unknown interface).
 pub(crate) fn reuseport_udp_socket(
     addr: SocketAddr,
-    interface: Option<&str>,
+    options: ListenOptions<'_>,
 ) -> io::Result<std::net::UdpSocket> {
-    let socket = reuseport_socket(addr, Type::DGRAM, Protocol::UDP, interface)?;
+    let socket = reuseport_socket(addr, Type::DGRAM, Protocol::UDP, options)?;
     if addr.ip().is_unspecified() {
         let (level, name) = if addr.is_ipv6() {
             (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)

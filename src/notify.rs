@@ -81,6 +81,11 @@ pub(crate) fn changed(generation: &Generation) {
     ));
 }
 
+/// A change of state worth showing in `systemctl status` (a node drain).
+pub(crate) fn status(message: &str) {
+    send(&format!("STATUS={message}"));
+}
+
 /// A graceful stop begins.
 pub(crate) fn stopping() {
     send("STOPPING=1\nSTATUS=stopping");

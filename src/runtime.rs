@@ -153,10 +153,18 @@ fn start_access_log(shared: &Generation) -> Result<Writer, RunError> {
     })
 }
 
-/// What worker `id`'s thread calls as it ends: tells the main thread.
-fn exit_reporter(id: usize, events: &Sender<Event>) -> impl FnOnce(bool) + Send + 'static {
-    let events = events.clone();
+/// What worker `id`'s thread calls as it ends: counts a crashed worker down (readiness) and
+/// tells the main thread.
+fn exit_reporter(
+    id: usize,
+    events: &Sender<Event>,
+    control: &Arc<Control>,
+) -> impl FnOnce(bool) + Send + 'static {
+    let (events, control) = (events.clone(), control.clone());
     move |crashed| {
+        if crashed {
+            control.node.worker_down();
+        }
         let _ = events.send(Event::WorkerExited { id, crashed });
     }
 }
@@ -202,8 +210,9 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
         access: Some(access),
     };
     for (id, (worker, link)) in built.into_iter().enumerate() {
-        let thread = spawn_worker(id, worker, exit_reporter(id, &events_tx))
-            .map_err(RunError::io("cannot start a worker"))?;
+        let reporter = exit_reporter(id, &events_tx, &running.control);
+        let thread =
+            spawn_worker(id, worker, reporter).map_err(RunError::io("cannot start a worker"))?;
         running.handles.push(WorkerHandle { link, thread });
     }
     log::info!("ballast running with {workers} workers");
@@ -237,7 +246,22 @@ impl Running {
             })
             .map_err(RunError::io("cannot start the signal thread"))?;
         let events = self.events.clone();
-        for event in events.iter() {
+        // Set once SIGTERM begins a drain with `shutdown_grace`: the stop comes at its end.
+        let mut grace_ends: Option<std::time::Instant> = None;
+        loop {
+            let event = match grace_ends {
+                Some(deadline) => match events.recv_deadline(deadline) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        log::info!("shutdown_grace over: stopping");
+                        return Ok(());
+                    }
+                },
+                None => match events.recv() {
+                    Ok(event) => event,
+                    Err(_) => return Ok(()),
+                },
+            };
             match event {
                 Event::Signal(SIGUSR1) => {
                     log::info!("SIGUSR1: reopening the access log");
@@ -253,6 +277,20 @@ impl Running {
                     if self.control.reload().is_err() {
                         crate::notify::changed(&self.shared());
                     }
+                }
+                Event::Signal(SIGTERM)
+                    if grace_ends.is_none()
+                        && !self.shared().config.shutdown_grace.is_zero()
+                        && self.control.node.accepting() =>
+                {
+                    let grace = self.shared().config.shutdown_grace;
+                    log::info!(
+                        "SIGTERM: /healthz fails now; accepting for shutdown_grace {} more, \
+                         then stopping (SIGINT or a second SIGTERM stops at once)",
+                        humantime::format_duration(grace)
+                    );
+                    self.control.drain_node(grace);
+                    grace_ends = Some(std::time::Instant::now() + grace);
                 }
                 Event::Signal(signal) => {
                     let name = if signal == SIGINT {
@@ -273,7 +311,6 @@ impl Running {
                 }
             }
         }
-        Ok(())
     }
 
     /// Replaces worker `id`, whose thread ended in a crash (see [`crate::supervise`]): fresh
@@ -286,14 +323,17 @@ impl Running {
                 RESTART_WINDOW.as_secs()
             ));
         }
-        let events = self.events_tx.clone();
+        let reporter = exit_reporter(id, &self.events_tx, &self.control);
         let mut thread = None;
         let started = self.control.replace_worker(id, |shared| {
+            // Under the change lock, so no drain or enable slips in between.
+            let accepting = self.control.node.accepting();
             let mut sockets = Vec::new();
             for (i, l) in shared.listeners.iter().enumerate() {
-                if !l.removed {
+                // A drained node's workers hold no listening sockets.
+                if !l.removed && accepting {
                     let c = &l.config;
-                    sockets.push((i, Bound::bind(c.protocol, c.bind, c.interface.as_deref())?));
+                    sockets.push((i, Bound::bind(c, c.bind)?));
                 }
             }
             let access = self
@@ -301,7 +341,7 @@ impl Running {
                 .as_ref()
                 .map_or_else(AccessLog::off, Writer::handle);
             let (worker, link) = new_worker(id, shared, sockets, access)?;
-            thread = Some(spawn_worker(id, worker, exit_reporter(id, &events))?);
+            thread = Some(spawn_worker(id, worker, reporter)?);
             Ok::<_, io::Error>(link)
         });
         let thread = match (started, thread) {
@@ -310,6 +350,7 @@ impl Running {
             (Ok(()), None) => fatal(&format!("worker {id} crashed and was not restarted")),
         };
         self.control.restarts.worker.fetch_add(1, Ordering::Relaxed);
+        self.control.node.worker_up();
         let link = self.control.workers()[id].clone();
         let old = std::mem::replace(&mut self.handles[id], WorkerHandle { link, thread });
         let _ = old.thread.join();
@@ -319,6 +360,7 @@ impl Running {
     /// Stops gracefully: listeners close at once, open connections get up to
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
+        self.control.node.stopping();
         crate::notify::stopping();
         let (closed_tx, closed) = unbounded();
         for h in &self.handles {

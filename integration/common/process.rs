@@ -224,3 +224,17 @@ fn with_admin(yaml: &str) -> String {
         format!("admin: {{bind: '127.0.0.1:0'}}\n{yaml}")
     }
 }
+
+/// Runs `ballast run` on `yaml`, which must be refused at start (exit code 2); returns its
+/// standard error.
+pub fn run_refused(yaml: &str) -> String {
+    let file = write_config(yaml);
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["run", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}

@@ -1,7 +1,17 @@
 //! The admin API: a small HTTP server (tiny_http, kept accepting by [`server`]) on its own
 //! thread, JSON in and out.
 //!
-//! - `GET /healthz`: Ballast's own liveness.
+//! - `GET /healthz`: readiness, for whatever routes clients to this node (keepalived's
+//!   `track_script`, a BGP speaker's check, a cloud balancer): 200 `{"status": "ready"}` only
+//!   while the node serves; 503 `{"status": "unavailable", "reasons": [...]}` while it drains,
+//!   is drained or stopping, a worker is being restarted, or a listener with `readiness:
+//!   healthy_target` (the default) has no healthy target in service ([`crate::node`]).
+//! - `GET /livez`: liveness: 200 whenever the admin thread answers, ready or not.
+//! - `GET /node`: the node's service state (`serving`, `draining`, `drained`, `stopping`),
+//!   whether it is ready, and why not.
+//! - `POST /node/drain[?grace=DURATION]`: node drain: `/healthz` fails at once, listeners keep
+//!   accepting for the grace (default `shutdown_grace`), then close; open connections go on.
+//!   202. `POST /node/enable`: serving again (listeners bound afresh if they had closed).
 //! - `GET /targets`: per group and target: health, admin state, weight, backup, active and
 //!   total connections, bytes each way, connect failures, the last check's result and time,
 //!   the time of the last state change.
@@ -23,8 +33,8 @@
 //! - `POST /debug/panic/{worker/N|prober|admin}`: only in debug builds and with the
 //!   `fault-injection` feature (`fault`): makes that thread panic, to test supervision.
 //!
-//! With `admin.token_file`, every request needs `Authorization: Bearer <token>` (401
-//! otherwise). Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
+//! With `admin.token_file`, every request but `GET /healthz` and `GET /livez` (which checkers
+//! call without secrets) needs `Authorization: Bearer <token>` (401 otherwise). Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
 //! live until the next reload, which applies the file as written.
 
 pub mod metrics;
@@ -177,18 +187,40 @@ pub fn answer(
     body: impl FnOnce() -> Result<String, String>,
 ) -> Reply {
     let shared = control.shared();
-    if shared
-        .config
-        .admin
-        .token
-        .as_deref()
-        .is_some_and(|t| token != Some(t))
+    let path = url.split('?').next().unwrap_or("");
+    let open = *method == Method::Get && matches!(path, "/healthz" | "/livez");
+    if !open
+        && shared
+            .config
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| token != Some(t))
     {
         return error(401, "missing or wrong bearer token");
     }
-    let path = url.split('?').next().unwrap_or("");
     match (method, path) {
-        (Method::Get, "/healthz") => json_response(200, json!({ "status": "ok" })),
+        (Method::Get, "/healthz") => {
+            let reasons = control.node.readiness(&shared);
+            if reasons.is_empty() {
+                json_response(200, json!({ "status": "ready" }))
+            } else {
+                json_response(503, json!({ "status": "unavailable", "reasons": reasons }))
+            }
+        }
+        (Method::Get, "/livez") => json_response(200, json!({ "status": "alive" })),
+        (Method::Get, "/node") => json_response(200, node_json(control, &shared)),
+        (Method::Post, "/node/drain") => match query_duration(url, "grace") {
+            Ok(grace) => {
+                control.drain_node(grace.unwrap_or(shared.config.shutdown_grace));
+                json_response(202, node_json(control, &shared))
+            }
+            Err(message) => error(400, &message),
+        },
+        (Method::Post, "/node/enable") => match control.enable_node() {
+            Ok(_) => json_response(200, node_json(control, &control.shared())),
+            Err(e) => error(e.status(), &e.to_string()),
+        },
         (Method::Get, "/targets") => json_response(200, targets(&shared)),
         (Method::Get, "/connections") => match limit(url) {
             Ok(limit) => json_response(200, connections(control, limit)),
@@ -205,9 +237,11 @@ pub fn answer(
                 )
         }
         (Method::Post, "/reload") => changed(control.reload(), 200),
-        (_, "/healthz" | "/targets" | "/metrics" | "/connections" | "/reload") => {
-            error(405, "method not allowed")
-        }
+        (
+            _,
+            "/healthz" | "/livez" | "/node" | "/node/drain" | "/node/enable" | "/targets"
+            | "/metrics" | "/connections" | "/reload",
+        ) => error(405, "method not allowed"),
         (Method::Post, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
             inject_panic(control, path.trim_start_matches("/debug/panic/"))
         }
@@ -249,19 +283,46 @@ fn changed(result: Result<Summary, ChangeError>, status: u16) -> Reply {
     }
 }
 
+/// The value of `key=` in `url`'s query string, if present.
+fn query<'u>(url: &'u str, key: &str) -> Option<&'u str> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// `limit=N` from a query string; 1,000 when absent.
 fn limit(url: &str) -> Result<usize, String> {
-    let Some(query) = url.split_once('?').map(|(_, q)| q) else {
-        return Ok(1000);
-    };
-    for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("limit=") {
-            return v
-                .parse()
-                .map_err(|_| format!("limit must be a whole number, not `{v}`"));
-        }
+    match query(url, "limit") {
+        None => Ok(1000),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("limit must be a whole number, not `{v}`")),
     }
-    Ok(1000)
+}
+
+/// `key=DURATION` (`10s`, `500ms`, `0s`) from a query string, if present.
+fn query_duration(url: &str, key: &str) -> Result<Option<Duration>, String> {
+    query(url, key)
+        .map(|v| crate::config::parse_duration(v, true).map_err(|e| format!("{key}: {e}")))
+        .transpose()
+}
+
+/// `GET /node`, and the answer to a node drain or enable.
+fn node_json(control: &Control, shared: &Generation) -> serde_json::Value {
+    let (service, _) = control.node.service();
+    let reasons = control.node.readiness(shared);
+    let mut doc = json!({
+        "service": service.to_string(),
+        "ready": reasons.is_empty(),
+        "reasons": reasons,
+    });
+    if let crate::node::Service::Draining { until } = service {
+        doc["listeners_close_in_ms"] = json!(until
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis() as u64);
+    }
+    doc
 }
 
 /// `GET /connections`: every worker's connection table, at most `limit` entries in all.

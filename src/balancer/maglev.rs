@@ -23,6 +23,11 @@ use crate::target::TargetGroup;
 /// Builds the Maglev table of `size` slots (`size` prime) over `targets`: `(name, weight,
 /// index)` for each eligible target, `index` being what the table returns. An empty list gives
 /// an empty table.
+///
+/// The table depends only on the set of `(name, weight)` pairs and `size`: targets take
+/// their turns in the order of their names, not in the order given, so nodes whose
+/// configurations list the same targets in another order (or that added them through the
+/// admin API in another order) build the same table.
 pub fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTable {
     if targets.is_empty() {
         return LookupTable::new(Vec::new());
@@ -39,8 +44,11 @@ pub fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTable {
     let mut next = vec![0u64; targets.len()];
     let mut slots = vec![u32::MAX; size];
     let mut filled = 0;
+    let mut turns: Vec<usize> = (0..targets.len()).collect();
+    turns.sort_by(|&a, &b| targets[a].0.cmp(&targets[b].0));
     'rounds: loop {
-        for (t, (_, weight, index)) in targets.iter().enumerate() {
+        for &t in &turns {
+            let (_, weight, index) = &targets[t];
             for _ in 0..*weight {
                 let (offset, skip) = walks[t];
                 let mut c = (offset + next[t] * skip) % m;
@@ -136,6 +144,27 @@ mod tests {
             (shares[2] as f64 - 2.0 * ideal).abs() / (2.0 * ideal) < 0.01,
             "{shares:?}"
         );
+    }
+
+    /// The table maps keys to the same target names whatever order the targets come in.
+    #[test]
+    fn order_of_targets_does_not_matter() {
+        let mut ts = targets(7);
+        ts[3].1 = 3;
+        let names = |t: &[(String, u32, usize)], table: &LookupTable| -> Vec<String> {
+            table
+                .slots()
+                .iter()
+                .map(|&i| t.iter().find(|x| x.2 == i as usize).unwrap().0.clone())
+                .collect()
+        };
+        let before = names(&ts, &build(M, &ts));
+        ts.reverse();
+        for (i, t) in ts.iter_mut().enumerate() {
+            t.2 = i; // other indices, as on a node whose file lists them in another order
+        }
+        ts.swap(1, 5);
+        assert_eq!(before, names(&ts, &build(M, &ts)));
     }
 
     proptest! {

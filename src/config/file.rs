@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use super::{Algorithm, Forwarding, HashKey, OnUnhealthy};
+use super::{Algorithm, Forwarding, HashKey, OnUnhealthy, Readiness};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -23,6 +23,11 @@ pub struct FileConfig {
     pub workers: Option<NonZeroU32>,
     /// How long a graceful stop waits for open connections (zero allowed).
     pub shutdown_timeout: Option<BoundedDuration>,
+    /// How long listeners keep accepting after SIGTERM, `/healthz` already failing (zero
+    /// allowed).
+    pub shutdown_grace: Option<BoundedDuration>,
+    /// UNIX socket path on which a new process takes the listening sockets over.
+    pub upgrade_socket: Option<String>,
     /// `off`, `stderr`, or a file path.
     pub access_log: Option<String>,
     /// The admin API.
@@ -49,6 +54,8 @@ pub struct FileListener {
     pub protocol: FileProtocol,
     pub bind: Address,
     pub interface: Option<String>,
+    pub freebind: Option<bool>,
+    pub readiness: Option<Readiness>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,

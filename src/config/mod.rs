@@ -51,6 +51,13 @@ pub struct Config {
     pub workers: usize,
     /// How long a graceful stop waits for open connections before closing them.
     pub shutdown_timeout: Duration,
+    /// After SIGTERM (or `POST /node/drain`), how long listeners keep accepting while
+    /// `/healthz` already answers 503, so a VIP or route moves away before the node stops
+    /// taking clients; zero (the default) stops accepting at once.
+    pub shutdown_grace: Duration,
+    /// Where a running Ballast hands its listening sockets to a new process
+    /// (`ballast run --upgrade-from PATH`); `None`: no handover.
+    pub upgrade_socket: Option<PathBuf>,
     /// Where access-log lines go.
     pub access_log: AccessLogSink,
     /// The admin API.
@@ -113,6 +120,28 @@ pub enum Forwarding {
     Buffered,
 }
 
+/// What a listener needs for the node to count as ready (`GET /healthz`, `ballast health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Its sockets are open and its target group has at least one healthy target in service
+    /// (backup targets count). The default: a node that cannot reach any target steps aside.
+    #[default]
+    HealthyTarget,
+    /// Its sockets are open; the targets' health does not matter (when every node shares the
+    /// targets, withdrawing every node at once gains nothing).
+    Listening,
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Readiness::HealthyTarget => "healthy_target",
+            Readiness::Listening => "listening",
+        })
+    }
+}
+
 /// One validated listener.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -125,6 +154,12 @@ pub struct ListenerConfig {
     /// Network interface the listener is bound to (SO_BINDTODEVICE): only traffic arriving
     /// on it is taken. `None`: every interface that has `bind`'s address.
     pub interface: Option<String>,
+    /// IP_FREEBIND / IPV6_FREEBIND: bind `bind` even when no interface holds the address yet
+    /// (a standby node listening on a VIP keepalived has not moved to it), as
+    /// `net.ipv4.ip_nonlocal_bind = 1` does for the whole host.
+    pub freebind: bool,
+    /// What `/healthz` requires of this listener besides its sockets being open.
+    pub readiness: Readiness,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.

@@ -208,6 +208,8 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             protocol,
             bind: l.bind.0,
             interface: l.interface,
+            freebind: l.freebind.unwrap_or(false),
+            readiness: l.readiness.unwrap_or_default(),
             target_group,
             max_connections: l.max_connections.map(|n| n.get() as usize),
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
@@ -230,6 +232,17 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         shutdown_timeout: raw
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        shutdown_grace: raw.shutdown_grace.map_or(Duration::ZERO, |d| d.0),
+        upgrade_socket: match raw.upgrade_socket.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(invalid(
+                    "upgrade_socket".into(),
+                    "give a path for the UNIX socket, or leave the key out".into(),
+                ))
+            }
+            Some(p) => Some(p.into()),
+        },
         access_log: match raw.access_log.as_deref() {
             None | Some("stderr") => super::AccessLogSink::Stderr,
             Some("off") => super::AccessLogSink::Off,

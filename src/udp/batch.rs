@@ -603,7 +603,14 @@ mod tests {
     /// A wildcard socket on the loopback interface (nothing off this machine reaches it).
     fn wildcard(ip: &str) -> UdpSocket {
         let addr = format!("{ip}:0").parse().unwrap();
-        crate::net::reuseport_udp_socket(addr, Some("lo")).unwrap()
+        crate::net::reuseport_udp_socket(
+            addr,
+            crate::net::ListenOptions {
+                interface: Some("lo"),
+                freebind: false,
+            },
+        )
+        .unwrap()
     }
 
     #[test]

@@ -163,6 +163,12 @@ pub enum Message {
         /// `(listener index, socket)` for each new listener.
         sockets: Vec<(usize, Bound)>,
     },
+    /// Close every listening socket and end every UDP session (a node drain's grace is
+    /// over); TCP connections go on. A `Reload` with sockets opens listeners again.
+    CloseListeners,
+    /// Send a duplicate of each of this worker's listening sockets, by listener index (a
+    /// handover to a new process: the sockets, and their backlogs, outlive this process).
+    ShareSockets(crossbeam_channel::Sender<Vec<(usize, std::os::fd::OwnedFd)>>),
     /// Panic now (tests of the supervision; ignored unless `fault::Faults::ENABLED`).
     Panic,
     /// Send up to `limit` entries of the connection table (TCP connections, then UDP
@@ -426,6 +432,10 @@ impl Worker {
                     }
                 }
                 Ok(Message::Reload { shared, sockets }) => self.reload(shared, sockets),
+                Ok(Message::CloseListeners) => self.close_listeners("node_drained"),
+                Ok(Message::ShareSockets(reply)) => {
+                    let _ = reply.send(self.share_sockets());
+                }
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -536,11 +546,7 @@ impl Worker {
         if self.stop_deadline.is_some() {
             return;
         }
-        for slot in &mut self.listeners {
-            slot.close(&self.poll);
-        }
-        // Replies leave through the listener sockets, now closed: UDP sessions end here.
-        self.end_all_sessions("stopping");
+        self.close_listeners("stopping");
         let timeout = self.shared.config.shutdown_timeout;
         self.stop_deadline = Some(self.now + timeout);
         log::debug!(
@@ -548,6 +554,35 @@ impl Worker {
             self.id,
             self.table.len()
         );
+    }
+
+    /// Closes every listening socket; UDP sessions end with them (their replies leave
+    /// through the listeners' sockets), logged with `reason`.
+    fn close_listeners(&mut self, reason: &str) {
+        for slot in &mut self.listeners {
+            slot.close(&self.poll);
+        }
+        self.end_all_sessions(reason);
+    }
+
+    /// A duplicate of each open listening socket, by listener index (`dup(2)`: the same
+    /// socket, with its backlog, under a second descriptor). A socket that cannot be
+    /// duplicated (EMFILE) is left out and logged; the taker binds a fresh one then.
+    fn share_sockets(&self) -> Vec<(usize, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        let mut out = Vec::new();
+        for (i, slot) in self.listeners.iter().enumerate() {
+            let fd = match &slot.socket {
+                Some(ListenSocket::Tcp(s)) => s.as_fd().try_clone_to_owned(),
+                Some(ListenSocket::Udp(s)) => s.as_fd().try_clone_to_owned(),
+                None => continue,
+            };
+            match fd {
+                Ok(fd) => out.push((i, fd)),
+                Err(e) => log::error!("worker {}: cannot share listener {i}: {e}", self.id),
+            }
+        }
+        out
     }
 
     /// After this worker's loop ended in a panic or a poll error: resets every connection and

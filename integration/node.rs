@@ -1,0 +1,209 @@
+//! The node as keepalived, a BGP speaker or an operator sees it: readiness (`/healthz`,
+//! `ballast health`), node drain and enable (`ballast node`), SIGTERM with `shutdown_grace`,
+//! and `freebind`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+const FAST_CHECKS: &str = "    health_check: {protocol: tcp, interval: 100ms, timeout: 100ms, \
+                           healthy_threshold: 1, unhealthy_threshold: 1}\n";
+
+/// Runs the `ballast` binary with `args` against the admin API at `admin`: (exit code,
+/// stdout + stderr).
+fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .args(["--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn healthz(admin: SocketAddr) -> (u16, String) {
+    http(admin, "GET", "/healthz", None, "")
+}
+
+/// A connection through `addr` reaches a target (`named` or `named_echo` "a") and comes
+/// back whole.
+fn served(addr: SocketAddr) -> bool {
+    let attempt = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, WAIT)?;
+        s.set_read_timeout(Some(WAIT))?;
+        s.write_all(b"ping")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    attempt().is_ok_and(|s| s.starts_with("a\n"))
+}
+
+#[test]
+fn healthz_fails_with_the_reason_when_a_group_has_no_healthy_target() {
+    let mut target = Backend::start(named_echo("a"));
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", FAST_CHECKS));
+    let admin = lb.admin_addr();
+    assert_eq!(healthz(admin), (200, r#"{"status":"ready"}"#.into()));
+    assert_eq!(cli(admin, &["health"]), (0, "ready\n".into()));
+    target.stop();
+    wait_until("/healthz turns 503", || healthz(admin).0 == 503);
+    let (_, body) = healthz(admin);
+    assert!(
+        body.contains("listener l: target group g has no healthy target in service"),
+        "{body}"
+    );
+    let (code, text) = cli(admin, &["health"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no healthy target"), "{text}");
+    // Liveness is another question: the process is fine.
+    assert_eq!(http(admin, "GET", "/livez", None, "").0, 200);
+    // The target comes back: ready again.
+    let _back = Backend::start_on(target.addr, named_echo("a"));
+    wait_until("/healthz turns 200", || healthz(admin).0 == 200);
+}
+
+#[test]
+fn a_listener_marked_listening_is_ready_without_healthy_targets() {
+    let mut target = Backend::start(named_echo("a"));
+    let yaml = config(
+        "round_robin",
+        &[(target.addr, 1)],
+        "    readiness: listening\n",
+        FAST_CHECKS,
+    );
+    let lb = Ballast::start(&yaml);
+    let admin = lb.admin_addr();
+    target.stop();
+    wait_until("the target is marked unhealthy", || {
+        http(admin, "GET", "/targets", None, "")
+            .1
+            .contains("\"unhealthy\"")
+    });
+    assert_eq!(healthz(admin).0, 200);
+}
+
+#[test]
+fn health_fails_when_nothing_answers() {
+    let (code, text) = cli(dead_addr(), &["health", "--timeout", "500ms"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("cannot reach the admin API"), "{text}");
+}
+
+#[test]
+fn node_drain_fails_healthz_at_once_keeps_accepting_for_the_grace_then_closes() {
+    let target = Backend::start(named_echo("a"));
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    // A connection open before the drain must live through it.
+    let mut open = client(addr);
+    open.write_all(b"1").unwrap();
+    let mut buf = [0u8; 16];
+    let n = open.read(&mut buf).unwrap();
+    assert!(n > 0);
+
+    let started = Instant::now();
+    let (code, text) = cli(admin, &["node", "drain", "--grace", "2s"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("node: draining, not ready"), "{text}");
+    assert_eq!(healthz(admin).0, 503, "healthz must fail at once");
+    assert!(healthz(admin).1.contains("node draining"));
+    // Clients arriving by old routes during the grace are served.
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(served(addr), "refused during the grace");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until("listeners close after the grace", || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+    });
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let (_, status) = cli(admin, &["node", "status"]);
+    assert!(status.starts_with("node: drained, not ready"), "{status}");
+    // The connection opened before goes on.
+    open.write_all(b"2").unwrap();
+    let n = open.read(&mut buf).unwrap();
+    assert!(n > 0, "the open connection ended");
+
+    let (code, text) = cli(admin, &["node", "enable"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("node: serving, ready"), "{text}");
+    assert!(served(addr), "not accepting after enable");
+    assert_eq!(healthz(admin).0, 200);
+}
+
+#[test]
+fn node_enable_during_the_grace_keeps_the_listeners() {
+    let target = Backend::start(named_echo("a"));
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    assert_eq!(http(admin, "POST", "/node/drain?grace=1s", None, "").0, 202);
+    assert_eq!(healthz(admin).0, 503);
+    assert_eq!(http(admin, "POST", "/node/enable", None, "").0, 200);
+    assert_eq!(healthz(admin).0, 200);
+    // Past the old grace, still accepting: the stale timer did nothing.
+    std::thread::sleep(Duration::from_millis(1300)); // longer than the cancelled grace
+    assert!(served(addr));
+    assert_eq!(
+        http(admin, "POST", "/node/drain?grace=forever", None, "").0,
+        400
+    );
+}
+
+#[test]
+fn sigterm_with_shutdown_grace_fails_healthz_then_keeps_accepting_then_exits() {
+    let target = Backend::start(named_echo("a"));
+    let yaml = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "shutdown_timeout: 5s\n",
+        "shutdown_timeout: 5s\nshutdown_grace: 2s\n",
+        1,
+    );
+    let mut lb = Ballast::start(&yaml);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let started = Instant::now();
+    lb.terminate();
+    wait_until("healthz fails after SIGTERM", || {
+        try_http(admin, "GET", "/healthz", None, "").is_ok_and(|(s, _)| s == 503)
+    });
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(served(addr), "refused during shutdown_grace");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = lb.wait_exit(WAIT).expect("exits after the grace");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "stopped before the grace ended"
+    );
+}
+
+#[test]
+fn freebind_listens_on_an_address_no_interface_holds() {
+    let target = Backend::start(named_echo("a"));
+    // 192.0.2.0/24 is TEST-NET-1: on no interface of this machine.
+    let listener =
+        "  - name: vip\n    protocol: tcp\n    bind: 192.0.2.10:0\n    target_group: g\n";
+    let yaml = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "target_groups:",
+        &format!("{listener}    freebind: true\ntarget_groups:"),
+        1,
+    );
+    let lb = Ballast::start(&yaml);
+    assert_eq!(lb.addr("vip").ip().to_string(), "192.0.2.10");
+    drop(lb);
+
+    let refused = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "target_groups:",
+        &format!("{listener}target_groups:"),
+        1,
+    );
+    let stderr = run_refused(&refused);
+    assert!(stderr.contains("set `freebind: true`"), "{stderr}");
+}
