@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::config::{Config, ListenerConfig, Protocol};
+use crate::handover::Inherited;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket, ListenOptions};
 
 /// A listener's address could not be bound (a configuration problem: exit code 2).
@@ -80,13 +81,17 @@ impl Bound {
     }
 }
 
-/// Binds every listener of `config` for every worker: see [`bind_listeners`].
+/// Binds every listener of `config` for every worker: see [`bind_listeners`]. With
+/// `inherited` (an upgrade), a listener uses the sockets handed over for it first.
 ///
 /// # Errors
 /// [`BindError`] naming the listener.
-pub(crate) fn bind_all(config: &mut Config) -> Result<Vec<Vec<Bound>>, BindError> {
+pub(crate) fn bind_all(
+    config: &mut Config,
+    inherited: Option<&mut Inherited>,
+) -> Result<Vec<Vec<Bound>>, BindError> {
     let all: Vec<usize> = (0..config.listeners.len()).collect();
-    bind_listeners(config, &all)
+    bind_listeners_from(config, &all, inherited)
 }
 
 /// Binds listeners `which` (indices into `config.listeners`) for `config.workers` workers: see
@@ -99,8 +104,17 @@ pub(crate) fn bind_listeners(
     config: &mut Config,
     which: &[usize],
 ) -> Result<Vec<Vec<Bound>>, BindError> {
+    bind_listeners_from(config, which, None)
+}
+
+/// As [`bind_listeners`], taking handed-over sockets from `inherited` first.
+fn bind_listeners_from(
+    config: &mut Config,
+    which: &[usize],
+    inherited: Option<&mut Inherited>,
+) -> Result<Vec<Vec<Bound>>, BindError> {
     let chosen: Vec<&ListenerConfig> = which.iter().map(|&i| &config.listeners[i]).collect();
-    let (sockets, addrs) = bind_each(&chosen, config.workers, &config.path)?;
+    let (sockets, addrs) = bind_each_from(&chosen, config.workers, &config.path, inherited)?;
     for (&i, addr) in which.iter().zip(addrs) {
         let l = &mut config.listeners[i];
         l.bind = addr;
@@ -130,6 +144,18 @@ pub(crate) fn bind_each(
     workers: usize,
     path: &std::path::Path,
 ) -> Result<(Vec<Vec<Bound>>, Vec<SocketAddr>), BindError> {
+    bind_each_from(listeners, workers, path, None)
+}
+
+/// As [`bind_each`]; a listener uses the sockets `inherited` hands over for it (same
+/// protocol, address and interface) before binding fresh ones beside them, which join the
+/// same SO_REUSEPORT group.
+fn bind_each_from(
+    listeners: &[&ListenerConfig],
+    workers: usize,
+    path: &std::path::Path,
+    mut inherited: Option<&mut Inherited>,
+) -> Result<(Vec<Vec<Bound>>, Vec<SocketAddr>), BindError> {
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::with_capacity(listeners.len());
     for l in listeners {
@@ -140,8 +166,24 @@ pub(crate) fn bind_each(
             path: path.display().to_string(),
             source,
         };
+        let mut taken = match inherited.as_deref_mut() {
+            Some(i) => i.sockets_for(&l.name, l.protocol, l.bind, l.interface.as_deref()),
+            None => Vec::new(),
+        };
+        if let Some(first) = taken.first() {
+            addr = first.local_addr().map_err(fail)?;
+            log::info!(
+                "upgrade: listener {} takes over {} sockets on {addr}",
+                l.name,
+                taken.len()
+            );
+        }
+        taken.reverse();
         for sockets in per_worker.iter_mut() {
-            let socket = Bound::bind(l, addr).map_err(fail)?;
+            let socket = match taken.pop() {
+                Some(s) => s,
+                None => Bound::bind(l, addr).map_err(fail)?,
+            };
             if addr.port() == 0 {
                 addr = socket.local_addr().map_err(fail)?;
             }

@@ -67,6 +67,10 @@ pub enum Command {
         /// YAML configuration file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from the Ballast serving this `upgrade_socket`
+        /// (zero-downtime restart or upgrade); it stops accepting once this one serves.
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate the configuration and print what `run` would start.
     Check {

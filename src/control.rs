@@ -17,6 +17,7 @@ use crate::bind::{bind_each, bind_listeners, BindError};
 use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::fault::{Faults, Restarts};
 use crate::generation::Generation;
+use crate::handover::{by_listener, ListenerInfo};
 use crate::node::{draining_until, Node, Service};
 use crate::target::AdminState;
 use crate::worker::{ConnInfo, Message, WorkerLink};
@@ -143,6 +144,34 @@ impl Control {
         }
         entries.truncate(limit);
         entries
+    }
+
+    /// Duplicates of every worker's listening sockets, grouped by listener in listener order,
+    /// for a handover ([`crate::handover`]): each worker is asked over its channel; one that
+    /// does not answer within a second is left out (the new process binds fresh sockets
+    /// beside the ones it got).
+    pub(crate) fn share_sockets(&self) -> Vec<(ListenerInfo, Vec<std::os::fd::OwnedFd>)> {
+        let (reply, replies) = crossbeam_channel::unbounded();
+        let asked = self
+            .workers()
+            .iter()
+            .filter(|w| w.send(Message::ShareSockets(reply.clone())))
+            .count();
+        drop(reply);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let answers: Vec<_> = (0..asked)
+            .map_while(|_| replies.recv_deadline(deadline).ok())
+            .collect();
+        let shared = self.shared();
+        by_listener(answers, |i| {
+            let l = shared.listeners.get(i).filter(|l| !l.removed)?;
+            Some(ListenerInfo {
+                name: l.config.name.clone(),
+                protocol: l.config.protocol,
+                bind: l.config.bind,
+                interface: l.config.interface.clone(),
+            })
+        })
     }
 
     /// Asks worker `n` to panic (tests of the supervision; see `fault::Faults`); false when there

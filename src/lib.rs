@@ -101,6 +101,7 @@ pub mod ctl;
 pub mod deploy;
 pub(crate) mod fault;
 pub mod generation;
+pub mod handover;
 pub(crate) mod hash;
 pub mod health;
 pub(crate) mod net;

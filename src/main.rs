@@ -57,7 +57,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            upgrade_from,
+        } => {
             let c = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -65,11 +68,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime::run(c) {
+            match runtime::run(c, upgrade_from.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(
                     e @ (RunError::Bind(_)
                     | RunError::AccessLog { .. }
+                    | RunError::UpgradeSocket { .. }
                     | RunError::AdminBind { .. }),
                 ) => {
                     log::error!("{e}");

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +21,7 @@ use crate::bind::{bind_all, BindError, Bound};
 use crate::config::{Config, Protocol};
 use crate::control::Control;
 use crate::generation::Generation;
+use crate::handover::{fit_workers, HandoverError, Inherited, Offer};
 use crate::health::Prober;
 use crate::supervise::{
     fatal, new_worker, spawn_worker, RestartBudget, MAX_RESTARTS, RESTART_WINDOW,
@@ -63,6 +65,20 @@ pub enum RunError {
     /// A worker thread ended unexpectedly.
     #[error("worker {0} stopped unexpectedly")]
     WorkerDied(usize),
+    /// `upgrade_socket` cannot be served: another Ballast serves it, or it cannot be bound
+    /// (a configuration problem: exit code 2).
+    #[error("upgrade_socket {path} (config {config}): {source}")]
+    UpgradeSocket {
+        /// The path.
+        path: String,
+        /// The config file.
+        config: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// `--upgrade-from`: the running process's sockets could not be taken over.
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
 }
 
 impl RunError {
@@ -74,7 +90,12 @@ impl RunError {
 
 enum Event {
     Signal(i32),
-    WorkerExited { id: usize, crashed: bool },
+    WorkerExited {
+        id: usize,
+        crashed: bool,
+    },
+    /// A new process has taken the listening sockets over (`upgrade_socket`).
+    HandedOver,
 }
 
 struct WorkerHandle {
@@ -139,6 +160,11 @@ pub struct Running {
     budget: RestartBudget,
     /// The access log's writer thread; stopped after the workers.
     access: Option<Writer>,
+    /// `upgrade_socket`, when configured.
+    offer: Option<Offer>,
+    /// A new process serves the listening sockets now: stop without telling the service
+    /// manager (it follows the new process's MAINPID).
+    handed_over: bool,
 }
 
 /// Starts the access log's writer thread as `shared` configures it.
@@ -174,9 +200,33 @@ fn exit_reporter(
 /// # Errors
 /// [`RunError::Bind`] when a listener cannot be bound (nothing is started then);
 /// [`RunError::Io`] when a thread or poll cannot be set up.
-pub fn start(mut config: Config) -> Result<Running, RunError> {
+pub fn start(config: Config) -> Result<Running, RunError> {
+    start_from(config, None)
+}
+
+/// As [`start`]; with `inherited` (`--upgrade-from`), listeners use the sockets a running
+/// Ballast handed over, and once this process is ready it tells that one to stop accepting
+/// ([`crate::handover`]).
+///
+/// # Errors
+/// As [`start`], and [`RunError::UpgradeSocket`] when `upgrade_socket` cannot be served.
+pub fn start_from(
+    mut config: Config,
+    mut inherited: Option<Inherited>,
+) -> Result<Running, RunError> {
     check_descriptor_limit(&config);
-    let sockets = bind_all(&mut config)?;
+    match (&inherited, &config.upgrade_socket) {
+        (Some(i), _) => fit_workers(&mut config, i),
+        (None, Some(path)) => {
+            Offer::check_free(path).map_err(|source| RunError::UpgradeSocket {
+                path: path.display().to_string(),
+                config: config.path.display().to_string(),
+                source,
+            })?
+        }
+        (None, None) => {}
+    }
+    let sockets = bind_all(&mut config, inherited.as_mut())?;
     let workers = config.workers;
     let shared = Generation::new(config);
     let (events_tx, events) = unbounded();
@@ -208,6 +258,8 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
         events,
         budget: RestartBudget::default(),
         access: Some(access),
+        offer: None,
+        handed_over: false,
     };
     for (id, (worker, link)) in built.into_iter().enumerate() {
         let reporter = exit_reporter(id, &events_tx, &running.control);
@@ -217,10 +269,40 @@ pub fn start(mut config: Config) -> Result<Running, RunError> {
     }
     log::info!("ballast running with {workers} workers");
     crate::notify::ready(&running.shared(), running.admin.as_ref().map(Admin::addr));
+    if let Some(i) = inherited {
+        match i.finish() {
+            Ok(pid) => log::info!("upgrade: serving; process {pid} stops accepting and drains"),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    running.offer = running.serve_upgrades()?;
     Ok(running)
 }
 
 impl Running {
+    /// Serves `upgrade_socket`, when configured.
+    fn serve_upgrades(&self) -> Result<Option<Offer>, RunError> {
+        let shared = self.shared();
+        let Some(path) = &shared.config.upgrade_socket else {
+            return Ok(None);
+        };
+        let control = self.control.clone();
+        let events = self.events_tx.clone();
+        Offer::serve(
+            path,
+            move || control.share_sockets(),
+            move || {
+                let _ = events.send(Event::HandedOver);
+            },
+        )
+        .map(Some)
+        .map_err(|source| RunError::UpgradeSocket {
+            path: path.display().to_string(),
+            config: shared.config.path.display().to_string(),
+            source,
+        })
+    }
+
     /// The current generation of the state shared with the workers and the prober (health,
     /// counters).
     pub fn shared(&self) -> Arc<Generation> {
@@ -304,6 +386,15 @@ impl Running {
                     );
                     return Ok(());
                 }
+                Event::HandedOver => {
+                    log::info!(
+                        "upgrade: a new process serves the listeners; stopping accepting, open \
+                         connections get up to {}",
+                        humantime::format_duration(self.shared().config.shutdown_timeout)
+                    );
+                    self.handed_over = true;
+                    return Ok(());
+                }
                 Event::WorkerExited { id, crashed: true } => self.restart_worker(id),
                 Event::WorkerExited { id, crashed: false } => {
                     log::error!("worker {id} stopped unexpectedly; stopping");
@@ -361,7 +452,12 @@ impl Running {
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
         self.control.node.stopping();
-        crate::notify::stopping();
+        if !self.handed_over {
+            crate::notify::stopping();
+        }
+        if let Some(offer) = self.offer.take() {
+            offer.remove();
+        }
         let (closed_tx, closed) = unbounded();
         for h in &self.handles {
             h.link.send(Message::Stop(closed_tx.clone()));
@@ -400,16 +496,22 @@ impl Running {
     }
 }
 
-/// Runs Ballast with `config` until SIGINT or SIGTERM, then stops gracefully.
+/// Runs Ballast with `config` until SIGINT or SIGTERM (or a new process takes over), then
+/// stops gracefully. With `upgrade_from`, first takes the listening sockets of the Ballast
+/// serving that `upgrade_socket`.
 ///
 /// # Errors
-/// As [`start`] and [`Running::wait_for_signal`], and [`RunError::Io`] when the signal
-/// handlers cannot be installed.
-pub fn run(config: Config) -> Result<(), RunError> {
+/// As [`start_from`] and [`Running::wait_for_signal`], [`RunError::Handover`] when the sockets
+/// cannot be taken over, and [`RunError::Io`] when the signal handlers cannot be installed.
+pub fn run(config: Config, upgrade_from: Option<&Path>) -> Result<(), RunError> {
     // Handlers first: a SIGTERM right after "running" is logged must stop us gracefully.
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .map_err(RunError::io("cannot install signal handlers"))?;
-    let mut running = start(config)?;
+    let inherited = upgrade_from.map(Inherited::take).transpose()?;
+    if let Some(i) = &inherited {
+        log::info!("upgrade: took the listening sockets of process {}", i.pid);
+    }
+    let mut running = start_from(config, inherited)?;
     let result = running.wait_for_signal(signals);
     running.stop();
     result

@@ -39,8 +39,17 @@ impl Ballast {
         Self::start_with(yaml, level, None)
     }
 
+    /// As [`Ballast::start`], with more arguments to `ballast run` (e.g. `--upgrade-from`).
+    pub fn start_with_args(yaml: &str, args: &[&str]) -> Ballast {
+        Self::launch(yaml, "info", None, args)
+    }
+
     /// As [`Ballast::start`], with a log level and optionally a lower open-file limit.
     pub fn start_with(yaml: &str, level: &str, fd_limit: Option<u64>) -> Ballast {
+        Self::launch(yaml, level, fd_limit, &[])
+    }
+
+    fn launch(yaml: &str, level: &str, fd_limit: Option<u64>, args: &[&str]) -> Ballast {
         let config = write_config(&with_admin(yaml));
         let mut command = Command::new(env!("CARGO_BIN_EXE_ballast"));
         if let Some(limit) = fd_limit {
@@ -64,6 +73,7 @@ impl Ballast {
             .env("NOTIFY_SOCKET", notifications.path())
             .args(["run", "--log-level", level, "--config"])
             .arg(config.path())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -228,7 +238,7 @@ fn with_admin(yaml: &str) -> String {
 /// Runs `ballast run` on `yaml`, which must be refused at start (exit code 2); returns its
 /// standard error.
 pub fn run_refused(yaml: &str) -> String {
-    let file = write_config(yaml);
+    let file = write_config(&with_admin(yaml));
     let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args(["run", "--config"])
         .arg(file.path())

@@ -1,0 +1,218 @@
+//! Zero-downtime restart and upgrade: `ballast run --upgrade-from SOCKET` takes the listening
+//! sockets of the running process over (SCM_RIGHTS), which then stops accepting and drains.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// A config in front of `target` on a fixed port (a free one found now: the new process
+/// must configure the same address), serving `upgrade_socket` at `socket`.
+fn upgradable(target: SocketAddr, socket: &std::path::Path, listener_extra: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config("round_robin", &[(target, 1)], listener_extra, NO_CHECKS)
+        .replacen("bind: 127.0.0.1:0", &format!("bind: 127.0.0.1:{port}"), 1)
+        .replacen(
+            "shutdown_timeout: 5s\n",
+            &format!(
+                "shutdown_timeout: 20s\nupgrade_socket: {}\n",
+                socket.display()
+            ),
+            1,
+        )
+}
+
+/// One request through `addr`: bytes out, the same bytes back, a clean end.
+fn round_trip(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(payload).map_err(|e| format!("write: {e}"))?;
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).map_err(|e| format!("read: {e}"))?;
+    if back != payload {
+        return Err(format!("{} bytes back of {}", back.len(), payload.len()));
+    }
+    Ok(())
+}
+
+#[test]
+fn clients_waiting_in_the_backlog_are_served_by_the_new_process() {
+    let target = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    // One connection at a time: further clients wait in the backlog of the old process.
+    let yaml = upgradable(target.addr, &socket, "    max_connections: 1\n");
+    let mut old = Ballast::start(&yaml);
+    let addr = old.addr("l");
+    let mut holder = client(addr);
+    holder.write_all(b"held").unwrap();
+    let mut buf = [0u8; 4];
+    holder.read_exact(&mut buf).unwrap();
+    let waiting: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut s = client(addr);
+            s.write_all(format!("waiting {i:02}").as_bytes()).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(
+        sample(
+            &scrape(old.admin_addr()).0,
+            "ballast_listener_active",
+            "listener",
+            "l"
+        ),
+        Some(1.0),
+        "the others must wait in the backlog"
+    );
+
+    let new = Ballast::start_with_args(&yaml, &["--upgrade-from", socket.to_str().unwrap()]);
+    old.wait_log("upgrade: a new process serves the listeners", WAIT);
+    // The old process still holds its connection, and ends when it does.
+    holder.write_all(b"more").unwrap();
+    holder.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"more");
+    for (i, mut s) in waiting.into_iter().enumerate() {
+        let mut back = String::new();
+        s.read_to_string(&mut back)
+            .unwrap_or_else(|e| panic!("waiting client {i}: {e}"));
+        assert_eq!(back, format!("waiting {i:02}"));
+    }
+    drop(holder);
+    let status = old
+        .wait_exit(WAIT)
+        .expect("the old process exits once drained");
+    assert!(status.success(), "{status:?}");
+    assert!(new.log().contains("takes over 2 sockets"), "{}", new.log());
+    assert_eq!(http(new.admin_addr(), "GET", "/healthz", None, "").0, 200);
+    // The new process serves the upgrade socket in turn.
+    assert!(socket.exists());
+}
+
+#[test]
+fn upgrade_under_load_fails_no_connection_and_cuts_no_stream() {
+    let target = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let yaml = upgradable(target.addr, &socket, "");
+    let mut old = Ballast::start(&yaml);
+    let addr = old.addr("l");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+
+    // ~200 new connections per second, from two threads.
+    let churn: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    match round_trip(addr, format!("thread {t} request").as_bytes()) {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.push(e);
+                            failures.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                errors
+            })
+        })
+        .collect();
+    // 20 long streams, each sending a numbered chunk every 20 ms and checking the echo.
+    let streams: Vec<_> = (0..20)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                let mut s = client(addr);
+                let mut chunks = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let chunk = format!("stream {i:02} chunk {chunks:06}\n");
+                    s.write_all(chunk.as_bytes())
+                        .map_err(|e| format!("write: {e}"))?;
+                    let mut back = vec![0u8; chunk.len()];
+                    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+                    if back != chunk.as_bytes() {
+                        return Err(format!("stream {i}: chunk {chunks} came back altered"));
+                    }
+                    chunks += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                s.shutdown(Shutdown::Write)
+                    .map_err(|e| format!("shutdown: {e}"))?;
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).map_err(|e| format!("end: {e}"))?;
+                Ok(chunks)
+            })
+        })
+        .collect();
+
+    wait_until("traffic flows", || done.load(Ordering::Relaxed) > 50);
+    let new = Ballast::start_with_args(&yaml, &["--upgrade-from", socket.to_str().unwrap()]);
+    old.wait_log("upgrade: a new process serves the listeners", WAIT);
+    let handed = done.load(Ordering::Relaxed);
+    wait_until("the new process serves", || {
+        done.load(Ordering::Relaxed) > handed + 200
+    });
+    stop.store(true, Ordering::Release);
+    let errors: Vec<String> = churn.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    for (i, s) in streams.into_iter().enumerate() {
+        let chunks = s
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        assert!(chunks > 10, "stream {i}: {chunks} chunks");
+    }
+    // Its streams done, the old process exits well before its shutdown_timeout.
+    let started = Instant::now();
+    let status = old
+        .wait_exit(WAIT)
+        .expect("the old process exits once drained");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(round_trip(new.addr("l"), b"after").is_ok());
+}
+
+#[test]
+fn a_second_process_without_upgrade_from_is_refused_and_a_bad_socket_is_an_error() {
+    let target = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let yaml = upgradable(target.addr, &socket, "");
+    let _running = Ballast::start(&yaml);
+    let stderr = run_refused(&yaml);
+    assert!(stderr.contains("start with `--upgrade-from"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["run", "--upgrade-from"])
+        .arg(dir.path().join("nothing.sock"))
+        .arg("--config")
+        .arg(write_config(&yaml).path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
