@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod configs;
+pub mod netns;
 pub mod notify;
 pub mod process;
 pub mod tcp_backends;
