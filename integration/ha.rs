@@ -180,6 +180,10 @@ fn vrrp_pair_moves_the_vip_when_the_active_ballast_dies_and_keeps_it_when_it_ret
         "failover took {took:?}\n{}",
         lab.logs()
     );
+    eprintln!(
+        "vrrp: connections succeed again {:?} after the kill",
+        killed.elapsed()
+    );
     assert!(holds(&lab, "b", "eth0", "10.77.0.100"));
     assert!(!holds(&lab, "a", "eth0", "10.77.0.100"));
     assert!(connect_from(&ns_c, vip, WAIT)
@@ -234,7 +238,10 @@ fn next_hops(lab: &Lab) -> usize {
 /// stopped; returns every failure.
 struct Load {
     stop: Arc<AtomicBool>,
-    failures: Arc<Mutex<Vec<String>>>,
+    /// When each failed connection began and ended, and why.
+    failures: Arc<Mutex<Vec<(Instant, Instant, String)>>>,
+    /// When each served connection began, and the node the target saw.
+    served: Arc<Mutex<Vec<(Instant, String)>>>,
     done: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -244,15 +251,24 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, f, d, ns) = (stop.clone(), failures.clone(), done.clone(), ns.to_string());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (s, f, d, ok, ns) = (
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
+            served.clone(),
+            ns.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             in_netns(&ns, move || {
                 while !s.load(Ordering::Acquire) {
+                    let began = Instant::now();
                     match exchange(vip, Duration::from_secs(3)) {
-                        Ok(_) => {
+                        Ok(who) => {
+                            ok.lock().unwrap().push((began, who));
                             d.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => f.lock().unwrap().push(e),
+                        Err(e) => f.lock().unwrap().push((began, Instant::now(), e)),
                     }
                     std::thread::sleep(Duration::from_millis(10)); // the pace: ~100/s
                 }
@@ -261,12 +277,22 @@ impl Load {
         Load {
             stop,
             failures,
+            served,
             done,
             thread: Some(thread),
         }
     }
 
-    fn finish(mut self) -> (usize, Vec<String>) {
+    /// Connections begun after `since` that node `who` served.
+    fn served_by(&self, who: &str, since: Instant) -> usize {
+        let served = self.served.lock().unwrap();
+        served
+            .iter()
+            .filter(|(t, w)| *t >= since && w == who)
+            .count()
+    }
+
+    fn finish(mut self) -> (usize, Vec<(Instant, Instant, String)>) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
@@ -317,7 +343,7 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
         &["-f", "-c", &router_conf, "-s", &ctl("r"), "-P", &pid("r")],
     );
     let (node_conf, config) = (recipe("bgp/bird-node.conf"), recipe("bgp/ballast.yaml"));
-    let mut ballast = Vec::new();
+    let (mut ballast, mut checks) = (Vec::new(), Vec::new());
     for n in ["n1", "n2", "n3"] {
         lab.ip(n, &["addr", "add", "10.88.100.1/32", "dev", "lo"]);
         ballast.push(start_ballast(&mut lab, n, &config));
@@ -327,7 +353,7 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
             "bird",
             &["-f", "-c", &node_conf, "-s", &ctl(n), "-P", &pid(n)],
         );
-        lab.spawn(
+        checks.push(lab.spawn(
             n,
             &format!("route-check-{n}"),
             "env",
@@ -337,7 +363,7 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
                 &recipe("bgp/route-check.sh"),
                 &ctl(n),
             ],
-        );
+        ));
     }
     wait_for(
         "the router has three next hops for the VIP",
@@ -362,6 +388,9 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
     wait_for("load flows", WAIT, || {
         load.done.load(Ordering::Relaxed) > 50
     });
+    // The route's withdrawal is held back for a moment (n1's route-check paused), as when
+    // routers converge slowly: flows keep arriving at n1, which must serve them.
+    lab.process(checks[0]).signal(libc::SIGSTOP);
     let drained = Instant::now();
     run(
         "ip",
@@ -376,27 +405,67 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
             "3s",
         ],
     );
-    wait_for("n1's route is withdrawn", Duration::from_secs(3), || {
-        next_hops(&lab) == 2
+    let at_drain = load.done.load(Ordering::Relaxed);
+    wait_for("load goes on while the route stays", WAIT, || {
+        load.done.load(Ordering::Relaxed) > at_drain + 40
     });
+    assert_eq!(next_hops(&lab), 3);
+    let late = load.served_by("10.88.0.11", drained);
+    assert!(late > 0, "no connection reached n1 after its drain began");
+    lab.process(checks[0]).signal(libc::SIGCONT);
+    // When the router's next hops change: between the last look that saw three and the
+    // first that saw two, looking every few milliseconds.
+    let mut last_seen_three = Instant::now();
+    while next_hops(&lab) == 3 {
+        last_seen_three = Instant::now();
+        assert!(
+            drained.elapsed() < Duration::from_secs(3),
+            "not withdrawn within the grace"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let switch = (last_seen_three, Instant::now());
+    let withdrawn = drained.elapsed();
+    eprintln!(
+        "ecmp: route withdrawn {withdrawn:?} after the drain began; {late} connections served \
+         by n1 meanwhile"
+    );
     assert!(
-        drained.elapsed() < Duration::from_secs(3),
+        withdrawn < Duration::from_secs(3),
         "withdrawn only after the grace"
     );
     let ns_1 = lab.ns("n1");
     wait_for("n1 stops accepting", WAIT, || {
         run("ip", &["netns", "exec", &ns_1, BALLAST, "node", "status"]).contains("drained")
     });
-    let at_drain = load.done.load(Ordering::Relaxed);
+    let after = load.done.load(Ordering::Relaxed);
     wait_for("load goes on after the drain", WAIT, || {
-        load.done.load(Ordering::Relaxed) > at_drain + 50
+        load.done.load(Ordering::Relaxed) > after + 50
     });
     let (done, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} of {done} failed: {failures:?}",
-        failures.len()
+    // Plain ECMP (hash-threshold) remaps part of the hash space when a next hop leaves: the
+    // packets of a connection in flight at that instant may go on to another node, which
+    // resets it. No L4 balancer without shared state can prevent that (see the README);
+    // every other connection must succeed.
+    let (at_switch, unexplained): (Vec<_>, Vec<_>) = failures
+        .into_iter()
+        .partition(|(began, ended, _)| *began <= switch.1 && *ended >= switch.0);
+    eprintln!(
+        "ecmp: {done} connections during the drain; {} failed, in flight as the router's \
+         next hops changed ({:?} window)",
+        at_switch.len(),
+        switch.1 - switch.0
     );
+    let messages = |v: &[(Instant, Instant, String)]| -> Vec<String> {
+        v.iter().map(|f| f.2.clone()).collect()
+    };
+    assert!(
+        unexplained.is_empty(),
+        "{} of {done} failed outside the route change: {:?}",
+        unexplained.len(),
+        messages(&unexplained)
+    );
+    assert!(at_switch.len() <= 3, "{:?}", messages(&at_switch));
 
     // n2 vanishes (its link goes down, nothing says goodbye): its route goes within the BGP
     // hold time (3 s), and new connections succeed after it.
@@ -405,6 +474,10 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
     wait_for("n2's route is gone", Duration::from_secs(10), || {
         next_hops(&lab) == 1
     });
+    eprintln!(
+        "ecmp: a vanished node's route gone after {:?}",
+        vanished.elapsed()
+    );
     assert!(
         vanished.elapsed() <= Duration::from_secs(5),
         "took {:?}, hold time is 3 s",

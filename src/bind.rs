@@ -166,8 +166,15 @@ fn bind_each_from(
             path: path.display().to_string(),
             source,
         };
-        let mut taken = match inherited.as_deref_mut() {
-            Some(i) => i.sockets_for(&l.name, l.protocol, l.bind, l.interface.as_deref()),
+        let mut taken: Vec<Bound> = match inherited.as_deref_mut() {
+            Some(i) => i
+                .sockets_for(&l.name, l.protocol, l.bind, l.interface.as_deref())
+                .into_iter()
+                .map(|fd| match l.protocol {
+                    Protocol::Tcp => Bound::Tcp(fd.into()),
+                    Protocol::Udp => Bound::Udp(fd.into()),
+                })
+                .collect(),
             None => Vec::new(),
         };
         if let Some(first) = taken.first() {

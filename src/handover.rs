@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bind::Bound;
 use crate::config::{Config, Protocol};
 
 /// Descriptors sent per message (the kernel's SCM_MAX_FD is 253).
@@ -170,7 +169,7 @@ impl Inherited {
         protocol: Protocol,
         bind: SocketAddr,
         interface: Option<&str>,
-    ) -> Vec<Bound> {
+    ) -> Vec<OwnedFd> {
         let Some((_, fds)) = self.listeners.iter_mut().find(|(d, fds)| {
             !fds.is_empty()
                 && d.protocol == protocol.to_string()
@@ -181,12 +180,6 @@ impl Inherited {
             return Vec::new();
         };
         std::mem::take(fds)
-            .into_iter()
-            .map(|fd| match protocol {
-                Protocol::Tcp => Bound::Tcp(std::net::TcpListener::from(fd)),
-                Protocol::Udp => Bound::Udp(std::net::UdpSocket::from(fd)),
-            })
-            .collect()
     }
 
     /// Step 3's end: tells the running process this one serves now, so it stops accepting.

@@ -93,9 +93,13 @@ fn print_plan(c: &Config) {
     let _ = writeln!(out, "config {} is valid", c.path.display());
     let _ = writeln!(
         out,
-        "workers: {}, shutdown_timeout: {}",
+        "workers: {}, shutdown_timeout: {}, shutdown_grace: {}, upgrade_socket: {}",
         c.workers,
-        humantime::format_duration(c.shutdown_timeout)
+        humantime::format_duration(c.shutdown_timeout),
+        humantime::format_duration(c.shutdown_grace),
+        c.upgrade_socket
+            .as_ref()
+            .map_or("none".to_string(), |p| p.display().to_string())
     );
     let access = match &c.access_log {
         ballast::access_log::Sink::Off => "off".to_string(),
@@ -141,11 +145,13 @@ fn print_plan(c: &Config) {
         };
         let _ = writeln!(
             out,
-            "listener {} ({}) on {} -> target group {} ({settings})",
+            "listener {} ({}) on {}{} -> target group {} ({settings}, readiness {})",
             l.name,
             l.protocol,
             l.endpoint(),
+            if l.freebind { " (freebind)" } else { "" },
             g.name,
+            l.readiness
         );
     }
     for g in &c.target_groups {
