@@ -16,7 +16,8 @@
 //!              ┌──────────── worker 1 … N-1 (same) ─────────┐
 //!              └────────────────────────────────────────────┘
 //!    prober thread: every health check on its own schedule; flips health atomics
-//!    admin thread:  HTTP API (/healthz, /targets, /metrics) over the shared atomics
+//!    admin thread:  HTTP API (/healthz, /targets, /metrics, /node) over the shared atomics
+//!    upgrade thread: hands the listening sockets to a new process (`upgrade_socket`)
 //!    main thread:   CLI, config, binds, signals, graceful stop
 //! ```
 //!
@@ -37,6 +38,11 @@
 //!   replaced (`supervise`); the prober and admin handlers catch their own panics.
 //! - [`access_log`]: a writer thread fed by the workers over a bounded queue, so logging
 //!   never blocks forwarding.
+//! - [`node`]: the node's service state (serving, draining, drained, stopping) and its
+//!   readiness (`/healthz`), for keepalived, BGP speakers and DNS; [`control`] drives a drain.
+//! - [`handover`]: with `upgrade_socket`, a thread that passes duplicates of every listening
+//!   socket to a new process (`ballast run --upgrade-from`) over SCM_RIGHTS, then tells the
+//!   runtime to stop accepting and drain.
 //!
 //! Shared state is one *generation* of the configuration ([`generation::Generation`]) in an
 //! `Arc`, with atomics for what changes while it runs: per-target health and counters, per-listener
@@ -51,9 +57,10 @@
 //! ```text
 //!   main, ctl, cli, deploy, client          the command line and the admin API's client
 //!   runtime → supervise                     start, signals, stop; replacing crashed workers
-//!   admin → control                         the HTTP API; the control plane
+//!   admin → control → node                  the HTTP API; the control plane; node state
 //!   health                                  the prober thread
 //!   worker → tcp, udp, access_log, bind     the event loop; connections; sessions; logging
+//!   bind → handover                         binding listeners, or taking them over
 //!   generation → balancer → target          one generation; the algorithms; groups, targets
 //!   config, conntrack, net, hash, timers, fault     the ground floor
 //! ```
