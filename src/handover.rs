@@ -13,7 +13,7 @@
 //! 2. R asks each worker for duplicates of its listening sockets and sends a header (4-byte
 //!    big-endian length, then JSON: `{"pid", "listeners": [{"name", "protocol", "bind",
 //!    "interface", "sockets"}]}`), then the descriptors in that order, at most
-//!    [`FDS_PER_MESSAGE`] per `sendmsg` (SCM_RIGHTS, one data byte each).
+//!    64 per `sendmsg` (SCM_RIGHTS, one data byte each).
 //! 3. N binds its configuration, using a handed-over socket wherever a listener has the same
 //!    protocol, address and interface (fresh sockets for the rest), starts, says READY (with
 //!    its `MAINPID`) and sends `taken\n`.
