@@ -116,6 +116,23 @@ fn node_drain_fails_healthz_at_once_keeps_accepting_for_the_grace_then_closes() 
     assert!(text.starts_with("node: draining, not ready"), "{text}");
     assert_eq!(healthz(admin).0, 503, "healthz must fail at once");
     assert!(healthz(admin).1.contains("node draining"));
+    let (metrics, _) = scrape(admin);
+    assert_eq!(
+        sample(&metrics, "ballast_node_state", "state", "draining"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "ballast_node_state", "state", "serving"),
+        Some(0.0)
+    );
+    let ready = metrics
+        .samples
+        .iter()
+        .find(|x| x.metric == "ballast_node_ready");
+    assert!(
+        matches!(ready.map(|x| &x.value), Some(prometheus_parse::Value::Gauge(v)) if *v == 0.0),
+        "{ready:?}"
+    );
     // Clients arriving by old routes during the grace are served.
     while started.elapsed() < Duration::from_millis(1500) {
         assert!(served(addr), "refused during the grace");

@@ -59,10 +59,38 @@ struct ThreadLabels {
     thread: &'static str,
 }
 
-/// The exposition text for everything in `shared`, and the thread restarts counted in
-/// `restarts`.
-pub fn encode(shared: &Generation, restarts: &crate::fault::Restarts) -> String {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    state: &'static str,
+}
+
+/// The exposition text for everything in `shared`, the thread restarts counted in
+/// `restarts`, and the node's state and readiness (`node`).
+pub fn encode(
+    shared: &Generation,
+    restarts: &crate::fault::Restarts,
+    node: &crate::node::Node,
+) -> String {
     let mut registry = Registry::with_prefix("ballast");
+    let ready = Gauge::<i64>::default();
+    ready.set(i64::from(node.readiness(shared).is_empty()));
+    registry.register(
+        "node_ready",
+        "1 while GET /healthz answers 200 (serving, workers running, healthy targets), else 0",
+        ready,
+    );
+    let state = Family::<NodeLabels, Gauge>::default();
+    let now = node.service().0.to_string();
+    for s in ["serving", "draining", "drained", "stopping"] {
+        state
+            .get_or_create(&NodeLabels { state: s })
+            .set(i64::from(now == s));
+    }
+    registry.register(
+        "node_state",
+        "1 for the node's current service state (node drain: serving, draining, drained; stopping)",
+        state,
+    );
     let thread_restarts = Family::<ThreadLabels, Counter>::default();
     for (thread, n) in restarts.counts() {
         thread_restarts

@@ -226,16 +226,16 @@ pub fn answer(
             Ok(limit) => json_response(200, connections(control, limit)),
             Err(message) => error(400, &message),
         },
-        (Method::Get, "/metrics") => {
-            Response::from_data(metrics::encode(&shared, &control.restarts).into_bytes())
-                .with_header(
-                    Header::from_bytes(
-                        "Content-Type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .expect("valid header"),
-                )
-        }
+        (Method::Get, "/metrics") => Response::from_data(
+            metrics::encode(&shared, &control.restarts, &control.node).into_bytes(),
+        )
+        .with_header(
+            Header::from_bytes(
+                "Content-Type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .expect("valid header"),
+        ),
         (Method::Post, "/reload") => changed(control.reload(), 200),
         (
             _,
