@@ -9,8 +9,8 @@
 //! `bytes_up` go client → target, `bytes_down` target → client. `reason` is why it ended:
 //! `done` (both sides finished), `client_reset` / `target_reset` (that side aborted first; the
 //! other side was reset), `idle`, `max_responses`, `no target`, `disabled`, `listener removed`,
-//! `shutdown timeout`, `stopping`, `worker_restart`, `node_drained`, `preamble_timeout`, or a local error
-//! (`too many open files`, …).
+//! `shutdown timeout`, `stopping`, `worker_restart`, `node_drained`, `preamble_timeout`, or a
+//! local error (`too many open files`, …).
 //!
 //! Each worker formats its lines into a buffer (no allocation per line) and, once per
 //! event-loop turn, hands the buffer to the **writer thread** over a bounded queue without
