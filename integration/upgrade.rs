@@ -98,6 +98,12 @@ fn clients_waiting_in_the_backlog_are_served_by_the_new_process() {
         .expect("the old process exits once drained");
     assert!(status.success(), "{status:?}");
     assert!(new.log().contains("takes over 2 sockets"), "{}", new.log());
+    // For a service manager: the new process says READY with its own MAINPID; the old one,
+    // whose place it took, never says STOPPING (systemd would take the service as stopping).
+    let said = new.notifications.messages().join("\n");
+    assert!(said.contains(&format!("MAINPID={}", new.pid())), "{said}");
+    let old_said = old.notifications.messages().join("\n");
+    assert!(!old_said.contains("STOPPING=1"), "{old_said}");
     assert_eq!(http(new.admin_addr(), "GET", "/healthz", None, "").0, 200);
     // The new process serves the upgrade socket in turn.
     assert!(socket.exists());
