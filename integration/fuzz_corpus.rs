@@ -76,3 +76,38 @@ fn admin_seeds_answer() {
         assert!((200..500).contains(&status), "{}: {status}", path.display());
     }
 }
+
+#[test]
+fn proxy_header_seeds_keep_their_meaning() {
+    use ballast::proxy_protocol::{parse, Parsed};
+    for (path, bytes) in corpus("proxy_header") {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let got = parse(&bytes);
+        let client = |p: &Parsed| match p {
+            Parsed::Header {
+                addresses: Some((c, _)),
+                ..
+            } => Some(c.to_string()),
+            _ => None,
+        };
+        match name.as_str() {
+            "v1_tcp4" | "v2_ipv4" | "v2_udp" | "v2_tlvs" => {
+                assert_eq!(client(&got).as_deref(), Some("192.0.2.7:41000"), "{name}")
+            }
+            "v1_tcp6" => assert_eq!(client(&got).as_deref(), Some("[2001:db8::7]:41000")),
+            "v2_ipv6" => assert_eq!(client(&got).as_deref(), Some("[::]:41000")),
+            "v1_unknown" | "v2_local" => assert!(
+                matches!(
+                    got,
+                    Parsed::Header {
+                        addresses: None,
+                        ..
+                    }
+                ),
+                "{name}: {got:?}"
+            ),
+            "v1_truncated" => assert_eq!(got, Parsed::Incomplete, "{name}"),
+            _ => assert!(matches!(got, Parsed::Invalid(_)), "{name}: {got:?}"),
+        }
+    }
+}

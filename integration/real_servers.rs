@@ -65,14 +65,6 @@ fn port_below_ephemeral() -> u16 {
         .expect("a free port below 32000")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits (bounded) until something accepts on `addr`.
 fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + WAIT;

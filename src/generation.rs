@@ -50,6 +50,57 @@ pub struct ListenerStats {
     pub datagrams_up: AtomicU64,
     /// Datagrams forwarded target → client (UDP).
     pub datagrams_down: AtomicU64,
+    /// Clients refused before any target was touched, by [`Refusal`] (its index).
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl ListenerStats {
+    /// Counts one client (or datagram) refused for `why`.
+    pub fn refuse(&self, why: Refusal) {
+        self.refuse_many(why, 1);
+    }
+
+    /// Counts `n` datagrams refused for `why`.
+    pub fn refuse_many(&self, why: Refusal, n: usize) {
+        if let Some(c) = self.refused.get(why as usize) {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a client was refused at the front door (counted per listener in `/metrics` as
+/// `ballast_listener_refused_total{reason}`, never logged one by one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its address is outside `allow` or inside `deny` (TCP connection or UDP datagram).
+    Denied,
+    /// `accept_proxy_protocol`: the peer is not in `trusted`.
+    UntrustedProxy,
+    /// `accept_proxy_protocol`: no valid PROXY header (malformed, oversize, or the client
+    /// closed first).
+    BadProxyHeader,
+    /// `accept_proxy_protocol`: the header was not complete within its timeout.
+    ProxyTimeout,
+}
+
+impl Refusal {
+    /// Every reason, in counter order.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Denied,
+        Refusal::UntrustedProxy,
+        Refusal::BadProxyHeader,
+        Refusal::ProxyTimeout,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied",
+            Refusal::UntrustedProxy => "untrusted_proxy",
+            Refusal::BadProxyHeader => "bad_proxy_header",
+            Refusal::ProxyTimeout => "proxy_timeout",
+        }
+    }
 }
 
 /// A place under a listener's `max_connections` (TCP) or `udp.max_sessions` (UDP), held by

@@ -153,6 +153,26 @@ fn print_plan(c: &Config) {
             g.name,
             l.readiness
         );
+        let nets = |v: &[ipnet::IpNet]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(a) = &l.accept_proxy {
+            let _ = writeln!(
+                out,
+                "  reads a PROXY protocol header (v1 or v2) within {} from [{}] only",
+                humantime::format_duration(a.timeout),
+                nets(&a.trusted)
+            );
+        }
+        if !l.access.allow.is_empty() {
+            let _ = writeln!(out, "  allow [{}]", nets(&l.access.allow));
+        }
+        if !l.access.deny.is_empty() {
+            let _ = writeln!(out, "  deny [{}]", nets(&l.access.deny));
+        }
     }
     for g in &c.target_groups {
         let hc = &g.health_check;
@@ -181,6 +201,16 @@ fn print_plan(c: &Config) {
             "drain_timeout {}",
             humantime::format_duration(g.drain_timeout)
         )];
+        if let Some(v) = g.proxy_protocol {
+            extras.push(format!(
+                "sends PROXY protocol {v}{}",
+                if hc.proxy_protocol.is_some() {
+                    " (health checks too)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if let Some(d) = g.slow_start {
             extras.push(format!("slow_start {}", humantime::format_duration(d)));
         }

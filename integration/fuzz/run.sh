@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${SECS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config udp_control admin)
+[ ${#targets[@]} -gt 0 ] || targets=(config udp_control admin proxy_header)
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build --fuzz-dir integration/fuzz -s none
 for t in "${targets[@]}"; do

@@ -60,6 +60,13 @@ struct ThreadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    protocol: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     state: &'static str,
 }
@@ -115,7 +122,21 @@ pub fn encode(
     let l_retries = Family::<ListenerLabels, Counter>::default();
     let l_up = Family::<ListenerLabels, Counter>::default();
     let l_down = Family::<ListenerLabels, Counter>::default();
+    let l_refused = Family::<RefusedLabels, Counter>::default();
     for l in shared.listeners.iter().filter(|l| !l.removed) {
+        for why in crate::generation::Refusal::ALL {
+            let n = l
+                .refused
+                .get(why as usize)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            l_refused
+                .get_or_create(&RefusedLabels {
+                    listener: l.config.name.clone(),
+                    protocol: l.config.protocol.to_string(),
+                    reason: why.as_str(),
+                })
+                .inc_by(n);
+        }
         let labels = ListenerLabels {
             listener: l.config.name.clone(),
             protocol: l.config.protocol.to_string(),
@@ -164,6 +185,12 @@ pub fn encode(
         "listener_datagrams_down",
         "UDP datagrams forwarded from targets to clients",
         l_down,
+    );
+    registry.register(
+        "listener_refused",
+        "Clients refused before any target was touched: denied (allow/deny; UDP counts \
+         datagrams), untrusted_proxy, bad_proxy_header, proxy_timeout",
+        l_refused,
     );
     registry.register(
         "listener_retries",

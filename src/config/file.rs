@@ -56,6 +56,9 @@ pub struct FileListener {
     pub interface: Option<String>,
     pub freebind: Option<bool>,
     pub readiness: Option<Readiness>,
+    pub accept_proxy_protocol: Option<FileAcceptProxy>,
+    pub allow: Option<Vec<Cidr>>,
+    pub deny: Option<Vec<Cidr>>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,
@@ -63,6 +66,49 @@ pub struct FileListener {
     pub retries: Option<u32>,
     pub forwarding: Option<Forwarding>,
     pub udp: Option<FileUdp>,
+}
+
+/// `accept_proxy_protocol:` of a TCP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcceptProxy {
+    pub trusted: Vec<Cidr>,
+    pub timeout: Option<PositiveDuration>,
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or one address (`/32`,
+/// `/128`); host bits are cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Cidr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a network such as 10.0.0.0/8 or 2001:db8::/32, or one address")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                parse_cidr(s).map(Cidr).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (one host); host bits are cleared.
+///
+/// # Errors
+/// A message quoting `text`.
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("`{text}` is not a network (10.0.0.0/8, 2001:db8::/32) or an address"))
 }
 
 /// `udp:` of a UDP listener.
@@ -95,6 +141,7 @@ pub struct FileTargetGroup {
     pub stickiness: Option<FileStickiness>,
     pub slow_start: Option<PositiveDuration>,
     pub drain_timeout: Option<PositiveDuration>,
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
 }
@@ -120,6 +167,7 @@ pub struct FileHealthCheck {
     pub unhealthy_threshold: Option<NonZeroU32>,
     pub send: Option<Payload>,
     pub expect: Option<Payload>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `health_check.protocol:`.

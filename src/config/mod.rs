@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{parse_address, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
+pub use file::{parse_address, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
 pub use validate::{check_group, validate};
 
 /// Default `connect_timeout` of a listener.
@@ -120,6 +120,59 @@ pub enum Forwarding {
     Buffered,
 }
 
+/// `accept_proxy_protocol:` of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// Peers allowed to send a header (the balancers in front); any other peer is closed.
+    pub trusted: Vec<ipnet::IpNet>,
+    /// How long a client may take to send its whole header.
+    pub timeout: Duration,
+}
+
+impl AcceptProxy {
+    /// Whether `peer` may send a PROXY header (an IPv4-mapped address counts as IPv4).
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        in_any(&self.trusted, peer)
+    }
+}
+
+/// Whether one of `nets` holds `ip`, an IPv4-mapped IPv6 address taken as its IPv4 address
+/// (what a dual-stack socket reports for IPv4 clients).
+fn in_any(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// Default `accept_proxy_protocol.timeout`.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `allow:` and `deny:` of a listener: a client is let in when no `deny` network holds it and,
+/// if `allow` is not empty, an `allow` network does (deny wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRules {
+    /// Networks let in; empty: every client not denied.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Networks refused.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl AccessRules {
+    /// Whether `ip` may connect. An IPv4-mapped IPv6 address is judged as the IPv4 address.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        !in_any(&self.deny, ip) && (self.allow.is_empty() || in_any(&self.allow, ip))
+    }
+
+    /// Whether there is any rule to check.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
+
 /// What a listener needs for the node to count as ready (`GET /healthz`, `ballast health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +213,11 @@ pub struct ListenerConfig {
     pub freebind: bool,
     /// What `/healthz` requires of this listener besides its sockets being open.
     pub readiness: Readiness,
+    /// Read a PROXY protocol header (v1 or v2) from each client first (TCP): `None` when the
+    /// listener takes clients directly.
+    pub accept_proxy: Option<AcceptProxy>,
+    /// Which clients may connect (TCP) or open sessions (UDP).
+    pub access: AccessRules,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.
@@ -338,6 +396,9 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     /// Consecutive failures that make a healthy target unhealthy (≥ 1).
     pub unhealthy_threshold: u32,
+    /// A PROXY protocol header sent first (v2 LOCAL or v1 UNKNOWN): by default whenever the
+    /// group sends one, as targets that require it refuse checks without it.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 impl Default for HealthCheckConfig {
@@ -349,6 +410,7 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
             unhealthy_threshold: 2,
+            proxy_protocol: None,
         }
     }
 }
@@ -370,6 +432,9 @@ pub struct TargetGroupConfig {
     pub slow_start: Option<Duration>,
     /// How long `disable` lets a target's open connections finish before closing them.
     pub drain_timeout: Duration,
+    /// The PROXY protocol header sent to targets before any client byte (TCP) or before each
+    /// datagram (UDP, v2 only); `None`: none.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// At least one target.

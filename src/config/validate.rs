@@ -101,7 +101,20 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 max_connections: t.max_connections.map(|n| u64::from(n.get())),
             });
         }
-        let health_check = health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;
+        let check_sends = g.health_check.as_ref().and_then(|h| h.proxy_protocol);
+        let mut health_check =
+            health_check(&key, g.health_check).map_err(|(k, m)| invalid(k, m))?;
+        health_check.proxy_protocol =
+            match (g.proxy_protocol, check_sends) {
+                (Some(v), None | Some(true)) => Some(v),
+                (None, Some(true)) => return Err(invalid(
+                    format!("{key}.health_check.proxy_protocol"),
+                    "checks send the group's PROXY protocol version: set `proxy_protocol: v1 | \
+                     v2` on the group"
+                        .into(),
+                )),
+                (_, Some(false)) | (None, None) => None,
+            };
         let algorithm = g.algorithm.unwrap_or(Algorithm::RoundRobin);
         if algorithm != Algorithm::Maglev {
             for (name, set) in [
@@ -128,6 +141,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             }),
             slow_start: g.slow_start.map(|d| d.0),
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            proxy_protocol: g.proxy_protocol,
             health_check,
             targets,
         });
@@ -203,6 +217,54 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         if let Some(name) = &l.interface {
             check_interface(name).map_err(|m| invalid(format!("{key}.interface"), m))?;
         }
+        if protocol == Protocol::Udp {
+            if l.accept_proxy_protocol.is_some() {
+                return Err(invalid(
+                    format!("{key}.accept_proxy_protocol"),
+                    "reading PROXY protocol headers applies to tcp listeners only".into(),
+                ));
+            }
+            if target_groups[target_group].proxy_protocol
+                == Some(crate::proxy_protocol::Version::V1)
+            {
+                return Err(invalid(
+                    format!("{key}.target_group"),
+                    format!(
+                        "udp listener `{}` uses target group `{}`, whose `proxy_protocol: v1` is \
+                         TCP-only; use v2 (which has a UDP form)",
+                        l.name, l.target_group
+                    ),
+                ));
+            }
+        }
+        let accept_proxy =
+            match l.accept_proxy_protocol {
+                None => None,
+                Some(a) if a.trusted.is_empty() => return Err(invalid(
+                    format!("{key}.accept_proxy_protocol.trusted"),
+                    "list the networks of the balancers in front (e.g. [10.0.0.0/8]); a header \
+                     from anyone else is refused"
+                        .into(),
+                )),
+                Some(a) => Some(AcceptProxy {
+                    trusted: a.trusted.into_iter().map(|c| c.0).collect(),
+                    timeout: a.timeout.map_or(DEFAULT_PROXY_TIMEOUT, |d| d.0),
+                }),
+            };
+        let access = AccessRules {
+            allow: l
+                .allow
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+            deny: l
+                .deny
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+        };
         listeners.push(ListenerConfig {
             name: l.name,
             protocol,
@@ -210,6 +272,8 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             interface: l.interface,
             freebind: l.freebind.unwrap_or(false),
             readiness: l.readiness.unwrap_or_default(),
+            accept_proxy,
+            access,
             target_group,
             max_connections: l.max_connections.map(|n| n.get() as usize),
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
@@ -410,6 +474,7 @@ fn health_check(
         ));
     }
     Ok(HealthCheckConfig {
+        proxy_protocol: None, // set from the group's
         kind,
         port: h.port,
         interval,

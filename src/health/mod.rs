@@ -257,14 +257,15 @@ impl ProberLoop {
             if slot.next_due <= now {
                 slot.next_due = now + hc.interval;
             }
-            let started = Probe::start(slot.address, &hc.kind).and_then(|mut p| {
-                self.poll.registry().register(
-                    p.source(),
-                    Token(i),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(p)
-            });
+            let started =
+                Probe::start(slot.address, &hc.kind, hc.proxy_protocol).and_then(|mut p| {
+                    self.poll.registry().register(
+                        p.source(),
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    Ok(p)
+                });
             match started {
                 Ok(p) => slot.in_flight = Some((p, now, now + hc.timeout)),
                 Err(e) => self.finish(i, Outcome::Fail(crate::net::describe(&e))),

@@ -35,7 +35,10 @@ enum Phase {
 enum Socket {
     Tcp {
         stream: TcpStream,
+        /// Bytes to send once connected (a PROXY header, an HTTP request), if any.
         request: Option<Vec<u8>>,
+        /// Whether an HTTP status line is awaited after the request (else sent is passed).
+        http: bool,
         phase: Phase,
     },
     Udp {
@@ -53,12 +56,19 @@ pub struct Probe {
 
 impl Probe {
     /// Starts a check of `addr`: a non-blocking connect (TCP, HTTP) or the probe datagram
-    /// (UDP). Register [`Probe::source`] for readable and writable events and feed them to
-    /// [`Probe::handle_event`].
+    /// (UDP), each preceded by a PROXY protocol header when `proxy` says which (v2 LOCAL or
+    /// v1 UNKNOWN, [`crate::proxy_protocol::local_header`]; a TCP check then passes once the
+    /// header is sent). Register [`Probe::source`] for readable and writable events and feed
+    /// them to [`Probe::handle_event`].
     ///
     /// # Errors
     /// When the socket cannot be created, or the connect or send fails at once (e.g. no route).
-    pub fn start(addr: SocketAddr, kind: &HealthCheckKind) -> io::Result<Probe> {
+    pub fn start(
+        addr: SocketAddr,
+        kind: &HealthCheckKind,
+        proxy: Option<crate::proxy_protocol::Version>,
+    ) -> io::Result<Probe> {
+        let header = proxy.map_or(Vec::new(), crate::proxy_protocol::local_header);
         if let HealthCheckKind::Udp { send, expect } = kind {
             let local = match addr {
                 SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -66,7 +76,7 @@ impl Probe {
             };
             let socket = UdpSocket::bind(local)?;
             socket.connect(addr)?;
-            socket.send(send)?;
+            socket.send(&[&header[..], send].concat())?;
             return Ok(Probe {
                 socket: Socket::Udp {
                     socket,
@@ -75,20 +85,25 @@ impl Probe {
             });
         }
         let stream = TcpStream::connect(addr)?;
-        let request = match kind {
-            HealthCheckKind::Tcp | HealthCheckKind::Udp { .. } => None,
-            HealthCheckKind::Http { path } => Some(
-                format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ballast-health-check\r\n\
-                     Accept: */*\r\nConnection: close\r\n\r\n"
-                )
-                .into_bytes(),
-            ),
+        let mut request = header;
+        let http = match kind {
+            HealthCheckKind::Tcp | HealthCheckKind::Udp { .. } => false,
+            HealthCheckKind::Http { path } => {
+                request.extend_from_slice(
+                    format!(
+                        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ballast-health-check\r\n\
+                         Accept: */*\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                true
+            }
         };
         Ok(Probe {
             socket: Socket::Tcp {
                 stream,
-                request,
+                request: (!request.is_empty()).then_some(request),
+                http,
                 phase: Phase::Connecting,
             },
         })
@@ -116,8 +131,9 @@ impl Probe {
             Socket::Tcp {
                 stream,
                 request,
+                http,
                 phase,
-            } => advance_tcp(stream, request.as_deref(), phase, event),
+            } => advance_tcp(stream, request.as_deref(), *http, phase, event),
         }
     }
 }
@@ -149,6 +165,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn advance_tcp(
     stream: &mut TcpStream,
     request: Option<&[u8]>,
+    http: bool,
     phase: &mut Phase,
     event: &Event,
 ) -> io::Result<Option<Outcome>> {
@@ -179,6 +196,9 @@ fn advance_tcp(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
+            }
+            if !http {
+                return Ok(Some(Outcome::Pass)); // a TCP check with a PROXY header
             }
             *phase = Phase::Reading { head: Vec::new() };
         }

@@ -41,6 +41,7 @@ pub(crate) mod pump;
 pub(crate) mod transport;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::config::Forwarding;
@@ -134,6 +135,11 @@ pub(crate) struct Connection {
     pub place: Option<ListenerPlace>,
     /// Its count in the current target's `active` gauge, from the connect on.
     pub target_place: Option<TargetPlace>,
+    /// What a trusted PROXY protocol header said: (client, the address the client used).
+    /// Then *the* client for logs, stickiness, hashing and headers passed on.
+    pub origin: Option<(SocketAddr, SocketAddr)>,
+    /// Bytes read in the preamble (a PROXY header, and what followed it) until it is complete.
+    pub preamble: Vec<u8>,
 }
 
 /// A side of a connection.
@@ -210,6 +216,27 @@ impl Connection {
             closing: None,
             place: None,
             target_place: None,
+            origin: None,
+            preamble: Vec::new(),
+        }
+    }
+
+    /// The client: as a PROXY protocol header declared it, else the socket's peer.
+    pub(crate) fn client(&self) -> SocketAddr {
+        self.origin.map_or(self.tuple.client, |(c, _)| c)
+    }
+
+    /// The address the client connected to: as a PROXY header declared it, else ours.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.origin.map_or(self.tuple.listener, |(_, l)| l)
+    }
+
+    /// The 5-tuple the balancer hashes: the declared client's when a PROXY header gave one.
+    pub(crate) fn request_tuple(&self) -> FiveTuple {
+        FiveTuple {
+            protocol: self.tuple.protocol,
+            client: self.client(),
+            listener: self.local(),
         }
     }
 

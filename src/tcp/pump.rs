@@ -242,6 +242,29 @@ impl Half {
         self.over
     }
 
+    /// Puts `bytes` first in line for the destination, before anything read from the source
+    /// (a PROXY protocol header; client bytes read in the preamble). Call before the first
+    /// pump, at most one buffer's worth in all.
+    ///
+    /// # Errors
+    /// When the direction already holds a pipe, or the bytes do not fit in one buffer.
+    pub(crate) fn preload(&mut self, bytes: &[u8], pool: &mut BufferPool) -> Result<(), ()> {
+        if let Carrier::Idle = self.carrier {
+            self.carrier = Carrier::Buffer {
+                buf: pool.take(),
+                start: 0,
+                end: 0,
+            };
+        }
+        let Carrier::Buffer { buf, end, .. } = &mut self.carrier else {
+            return Err(());
+        };
+        let room = buf.get_mut(*end..*end + bytes.len()).ok_or(())?;
+        room.copy_from_slice(bytes);
+        *end += bytes.len();
+        Ok(())
+    }
+
     /// Bytes read from the source and not yet written.
     pub(crate) fn pending(&self) -> usize {
         match &self.carrier {

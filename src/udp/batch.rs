@@ -278,6 +278,47 @@ impl Batch {
         }
     }
 
+    /// Sends the datagrams in slots `range`, in order, on the connected socket `fd`, each
+    /// with `prefix` before its payload in the same datagram (a PROXY protocol v2 header), one
+    /// `writev` per datagram (no GSO: the segments would no longer be the slots). Returns how
+    /// many were sent before the socket would block.
+    ///
+    /// # Errors
+    /// As [`Batch::send`].
+    pub fn send_prefixed(
+        &mut self,
+        fd: RawFd,
+        range: Range<usize>,
+        prefix: &[u8],
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        for i in range {
+            let payload = self.payload(i);
+            let iov = [
+                libc::iovec {
+                    iov_base: prefix.as_ptr().cast_mut().cast(),
+                    iov_len: prefix.len(),
+                },
+                libc::iovec {
+                    iov_base: payload.as_ptr().cast_mut().cast(),
+                    iov_len: payload.len(),
+                },
+            ];
+            loop {
+                // SAFETY: both iovecs point at live buffers of their lengths; writev only reads.
+                let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+                match os_result(n) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || sent > 0 => return Ok(sent),
+                    Err(e) => return Err(e),
+                }
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
     /// Sends the datagrams in slots `range`, in order, on `fd`: to `dest`, or to the
     /// connected peer when `dest` is `None`; from source address `from` when given (for a
     /// socket bound to a wildcard address), else from the kernel's choice. Returns how many

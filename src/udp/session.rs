@@ -48,6 +48,9 @@ pub struct Session<T> {
     pub place: Option<ListenerPlace>,
     /// Its count in its target's `active` gauge.
     pub target_place: Option<TargetPlace>,
+    /// The PROXY protocol v2 header put before each datagram up (`proxy_protocol: v2` on
+    /// the group), built once for the session.
+    pub proxy_header: Option<Box<[u8]>>,
 }
 
 /// Datagram and byte counts of one direction.
@@ -97,6 +100,7 @@ impl<T> Session<T> {
             down: Traffic::default(),
             place: None,
             target_place: None,
+            proxy_header: None,
         }
     }
 

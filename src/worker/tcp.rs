@@ -16,7 +16,7 @@ use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
-use crate::generation::ListenerPlace;
+use crate::generation::{ListenerPlace, Refusal};
 use crate::net::describe;
 use crate::tcp::pump::{Endpoint, Pumped};
 use crate::tcp::{Closing, Connection, Reset, Stage};
@@ -41,8 +41,25 @@ impl Worker {
         peer: SocketAddr,
         place: ListenerPlace,
     ) {
+        let shared = self.shared.clone();
+        let state = &shared.listeners[i];
+        let config = &state.config;
+        // The front door, before anything is set up: with `accept_proxy_protocol` the peer
+        // must be a trusted balancer (the access rules then judge the client its header
+        // declares); without it, the access rules judge the peer.
+        let refusal = match &config.accept_proxy {
+            Some(a) if !a.trusts(peer.ip()) => Some(Refusal::UntrustedProxy),
+            None if !config.access.admits(peer.ip()) => Some(Refusal::Denied),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            state.refuse(why);
+            // A reset: nothing was forwarded, and a refused client must not read an EOF as
+            // an answer (nor leave a TIME_WAIT behind).
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            return; // `stream` and `place` are dropped here
+        }
         let tag = self.new_tag();
-        let config = &self.shared.listeners[i].config;
         // TCP_NODELAY comes from the listening socket (see net::reuseport_tcp_listener).
         let local = self.listeners[i].local;
         let listener = if local.ip().is_unspecified() {
@@ -68,8 +85,13 @@ impl Worker {
         );
         conn.place = Some(place);
         // The one timer entry of a connection must never be later than its real deadline
-        // (entries only move later): the earlier of the two timeouts covers both states.
-        let first_check = config.connect_timeout.min(config.idle_timeout);
+        // (entries only move later): the earliest of the timeouts covers every stage.
+        let first_check = config
+            .accept_proxy
+            .as_ref()
+            .map_or(config.connect_timeout, |a| a.timeout)
+            .min(config.connect_timeout)
+            .min(config.idle_timeout);
         if let Some(old) = self.table.find(&tuple) {
             self.client_reused_port(old);
         }
@@ -101,15 +123,61 @@ impl Worker {
     }
 
     /// The `Preamble` stage: reads what must be read from the client before a target is
-    /// chosen. Nothing yet, so it is complete at once; a PROXY protocol header or a TLS
-    /// ClientHello will be read here (called again on each client event until complete),
-    /// before the move to `Connecting`.
+    /// chosen (called again on each client event until complete): the PROXY protocol header
+    /// on listeners with `accept_proxy_protocol`, after which the access rules judge the
+    /// client it declares. Then puts what goes to the target first — the group's PROXY header,
+    /// and client bytes read past the incoming header — and moves to `Connecting`.
     fn handle_preamble(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
+        let state = &self.shared.listeners[conn.listener];
+        if state.config.accept_proxy.is_some() {
+            match read_proxy_header(conn) {
+                HeaderRead::Wait => return,
+                HeaderRead::ClientGone => {
+                    return self.close(key, "client_reset", Reset::NONE);
+                }
+                HeaderRead::Refused(why) => {
+                    log::debug!("{}: refused: {why}", conn.tuple);
+                    state.refuse(Refusal::BadProxyHeader);
+                    return self.refuse(key);
+                }
+                HeaderRead::Done => {}
+            }
+            if !state.config.access.admits(conn.client().ip()) {
+                state.refuse(Refusal::Denied);
+                return self.refuse(key);
+            }
+        }
+        let mut first = match self.shared.groups[conn.group].config.proxy_protocol {
+            Some(v) => crate::proxy_protocol::header(v, conn.client(), conn.local(), false),
+            None => Vec::new(),
+        };
+        first.append(&mut std::mem::take(&mut conn.preamble));
+        if !first.is_empty() && conn.up.preload(&first, &mut self.pool).is_err() {
+            // Cannot happen (a header and at most MAX_HEADER bytes fit one buffer); never
+            // forward a stream with a hole in it.
+            return self.close(key, "preamble_overflow", Reset::BOTH);
+        }
         conn.set_stage(Stage::Connecting);
         self.connect_next(key);
+    }
+
+    /// Closes a client refused at the front door (see [`Refusal`]): reset, counted by the
+    /// caller, and no access-log line (a flood of refused clients must not become a flood of
+    /// log lines).
+    fn refuse(&mut self, key: usize) {
+        let Some(mut conn) = self.table.remove(key) else {
+            return;
+        };
+        conn.front.reset_on_close();
+        conn.up.close(&mut self.pool);
+        conn.down.close(&mut self.pool);
+        self.descriptors_freed();
+        if self.listeners[conn.listener].full {
+            self.ready.push_back(Ready::Listener(conn.listener));
+        }
     }
 
     /// Starts a connect to the next target the balancer picks, skipping targets already tried;
@@ -127,7 +195,9 @@ impl Worker {
             }
             let group = &self.shared.groups[conn.group];
             let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
-            let request = balancer::Request { tuple: conn.tuple };
+            let request = balancer::Request {
+                tuple: conn.request_tuple(),
+            };
             let picker = &mut self.pickers[conn.group];
             let Some(t) = picker.choose(group, self.now, &request, exclude) else {
                 return self.give_up(key);
@@ -322,7 +392,7 @@ impl Worker {
             let group = &self.shared.groups[conn.group];
             let target = &group.targets[t];
             target.total.fetch_add(1, Ordering::Relaxed);
-            balancer::remember(group, conn.tuple.client.ip(), t, self.now);
+            balancer::remember(group, conn.client().ip(), t, self.now);
             log::debug!("{}: connected to {}", conn.tuple, target.address);
         }
         self.drive(key);
@@ -440,7 +510,7 @@ impl Worker {
         self.access.record(&Entry {
             protocol: "tcp",
             listener: &listener.config.name,
-            client: conn.tuple.client,
+            client: conn.client(),
             target: target
                 .filter(|_| conn.stage().reached_target())
                 .map(|t| t.address),
@@ -465,8 +535,14 @@ impl Worker {
             let config = &self.shared.listeners[conn.listener].config;
             let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
             let deadline = match conn.stage() {
-                // Until the preamble has a timeout of its own, connect_timeout bounds it too.
-                Stage::Preamble | Stage::Connecting => conn.attempt_started + connect_timeout,
+                Stage::Preamble => {
+                    conn.started
+                        + config
+                            .accept_proxy
+                            .as_ref()
+                            .map_or(connect_timeout, |a| a.timeout)
+                }
+                Stage::Connecting => conn.attempt_started + connect_timeout,
                 Stage::Established => conn.last_active + idle_timeout,
                 Stage::Closing => {
                     self.recheck_closing(due);
@@ -478,7 +554,13 @@ impl Worker {
                 continue;
             }
             if conn.stage() == Stage::Preamble {
-                self.close(due.key, "preamble_timeout", Reset::BOTH);
+                let state = &self.shared.listeners[conn.listener];
+                if state.config.accept_proxy.is_some() {
+                    state.refuse(Refusal::ProxyTimeout);
+                    self.refuse(due.key);
+                } else {
+                    self.close(due.key, "preamble_timeout", Reset::BOTH);
+                }
             } else if conn.stage() == Stage::Connecting {
                 let reason = format!(
                     "connect timed out after {}",
@@ -601,4 +683,56 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 /// memory ([`is_out_of_descriptors`]), or out of local ports (EADDRNOTAVAIL).
 fn is_local_exhaustion(e: &io::Error) -> bool {
     is_out_of_descriptors(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}
+
+/// How reading a PROXY protocol header went.
+enum HeaderRead {
+    /// Not complete yet: wait for the next client event (or the timeout).
+    Wait,
+    /// A header was read; `conn.origin` holds what it declared, `conn.preamble` what followed.
+    Done,
+    /// Not a valid header (or the client closed before finishing it).
+    Refused(String),
+    /// The client reset.
+    ClientGone,
+}
+
+/// Reads the client's PROXY protocol header into `conn.preamble`, at most
+/// [`crate::proxy_protocol::MAX_HEADER`] bytes, until it is whole or the socket is empty.
+fn read_proxy_header(conn: &mut Connection) -> HeaderRead {
+    use crate::proxy_protocol::{parse, Parsed, MAX_HEADER};
+    use std::io::Read;
+    let mut chunk = [0u8; MAX_HEADER];
+    loop {
+        match parse(&conn.preamble) {
+            Parsed::Header { len, addresses } => {
+                if addresses.is_some() {
+                    conn.origin = addresses;
+                }
+                conn.preamble.drain(..len.min(conn.preamble.len()));
+                return HeaderRead::Done;
+            }
+            Parsed::Invalid(why) => return HeaderRead::Refused(why),
+            Parsed::Incomplete => {}
+        }
+        let room = MAX_HEADER.saturating_sub(conn.preamble.len());
+        let Some(buf) = chunk.get_mut(..room) else {
+            return HeaderRead::Refused("header too long".into());
+        };
+        match conn.front.stream.read(buf) {
+            Ok(0) => return HeaderRead::Refused("closed before a whole PROXY header".into()),
+            Ok(n) => conn
+                .preamble
+                .extend_from_slice(buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.front.ready.readable = false;
+                return HeaderRead::Wait;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                conn.front.abort(&e);
+                return HeaderRead::ClientGone;
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::access_log::Entry;
 use crate::balancer::{remember, Request};
 use crate::config::{OnUnhealthy, Protocol};
 use crate::conntrack::FiveTuple;
+use crate::generation::Refusal;
 use crate::net::connected_udp_socket;
 use crate::udp::batch::Batch;
 use crate::udp::session::Session;
@@ -74,9 +75,13 @@ impl Worker {
                 while end < n && (batch.source(end), batch.local(end)) == flow {
                     end += 1;
                 }
-                match flow.0.and_then(|c| self.session_for(i, c, flow.1)) {
-                    Some(key) => self.send_up(key, &mut batch, start..end),
-                    None => self.count_drops(i, end - start, "no session"),
+                if flow.0.is_some_and(|c| self.refuses(i, c, flow.1)) {
+                    self.shared.listeners[i].refuse_many(Refusal::Denied, end - start);
+                } else {
+                    match flow.0.and_then(|c| self.session_for(i, c, flow.1)) {
+                        Some(key) => self.send_up(key, &mut batch, start..end),
+                        None => self.count_drops(i, end - start, "no session"),
+                    }
                 }
                 start = end;
             }
@@ -89,6 +94,23 @@ impl Worker {
         if !drained {
             self.ready.push_back(Ready::Listener(i));
         }
+    }
+
+    /// The front door for UDP: whether listener `i`'s access rules refuse a datagram from
+    /// `client` (to `local`) that has no session yet. Datagrams of an existing session pass
+    /// (rules are judged at a flow's first datagram). Refused datagrams are counted, never
+    /// logged one by one.
+    fn refuses(&self, i: usize, client: SocketAddr, local: Option<IpAddr>) -> bool {
+        let access = &self.shared.listeners[i].config.access;
+        if access.is_empty() || access.admits(client.ip()) {
+            return false;
+        }
+        let tuple = FiveTuple {
+            protocol: Protocol::Udp,
+            client,
+            listener: session_address(self.listeners[i].local, local),
+        };
+        self.sessions.find(&tuple).is_none()
     }
 
     /// The session of `client` on listener `i`: found, or created for the first datagram of a
@@ -151,6 +173,9 @@ impl Worker {
         );
         session.reply_from = local;
         session.place = Some(place);
+        session.proxy_header = group.config.proxy_protocol.map(|v| {
+            crate::proxy_protocol::header(v, client, tuple.listener, true).into_boxed_slice()
+        });
         session.target_place = Some(group.targets[t].hold());
         let Ok(key) = self.sessions.insert(tuple, session) else {
             return None; // the session and its places are dropped
@@ -230,11 +255,16 @@ impl Worker {
             return;
         };
         let fd = session.upstream.as_raw_fd();
-        let mut result = batch.send(fd, range.clone(), None, None);
+        let header = session.proxy_header.as_deref();
+        let send = |batch: &mut Batch| match header {
+            Some(h) => batch.send_prefixed(fd, range.clone(), h),
+            None => batch.send(fd, range.clone(), None, None),
+        };
+        let mut result = send(batch);
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
             // The target's ICMP port unreachable for an earlier datagram was reported by this
             // call instead of sending: try once more.
-            result = batch.send(fd, range.clone(), None, None);
+            result = send(batch);
         }
         let sent = result.unwrap_or(0);
         self.account(key, Way::Up, batch, range, sent);
