@@ -427,3 +427,86 @@ fn read_line_with(child: &mut Child, needle: &str) -> String {
     rx.recv_timeout(WAIT)
         .unwrap_or_else(|_| panic!("no line with `{needle}`"))
 }
+
+#[test]
+fn one_source_with_thousands_of_idle_connections_is_held_to_its_limit() {
+    let extra = "    per_source: {max_connections: 50}\n";
+    let (lb, _target, _served) = behind(extra, echo());
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut idle = Vec::new();
+    for _ in 0..5000 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        if s.connect_timeout(&addr.into(), WAIT).is_ok() {
+            idle.push(s);
+        }
+    }
+    wait_until("the rest refused", || {
+        refused(admin, "source_limit") >= 4950.0
+    });
+    let active = sample(&scrape(admin).0, "ballast_listener_active", "listener", "l");
+    assert_eq!(active, Some(50.0), "open connections of the listener");
+    // Another source is served normally meanwhile.
+    for i in 0..20 {
+        let (_, out) = exchange_from("127.0.0.3", addr, format!("req {i}").as_bytes()).unwrap();
+        assert_eq!(out, format!("req {i}"));
+    }
+    assert_eq!(refused(admin, "source_limit"), 4950.0);
+    drop(idle);
+}
+
+#[test]
+fn a_connection_rate_per_source_holds_within_ten_percent_over_ten_seconds() {
+    let extra = "    per_source: {connection_rate: 20/s, burst: 20}\n";
+    let (lb, _target, _served) = behind(extra, echo());
+    let addr = lb.addr("l");
+    let start = std::time::Instant::now();
+    let (mut ok, mut tried) = (0u32, 0u32);
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        tried += 1;
+        if exchange_from("127.0.0.2", addr, b"x").is_ok_and(|(_, o)| o == "x") {
+            ok += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // 20 at once, then 20 per second: 220 over 10 s.
+    let expected = 20.0 + 20.0 * start.elapsed().as_secs_f64();
+    assert!(
+        (f64::from(ok) - expected).abs() <= expected * 0.1,
+        "{ok} of {tried} admitted, {expected:.0} expected"
+    );
+    assert!(
+        tried > 2 * ok,
+        "the test must try faster than the rate: {tried} tries"
+    );
+    // Another source has its own bucket.
+    assert!(exchange_from("127.0.0.3", addr, b"y").is_ok_and(|(_, o)| o == "y"));
+}
+
+#[test]
+fn udp_sessions_per_source_are_bounded_and_other_sources_still_served() {
+    let udp_target = UdpBackend::start(udp_echo());
+    let yaml = udp_config(&[udp_target.addr], "", "").replacen(
+        "    udp: {",
+        "    per_source: {max_sessions: 10}\n    udp: {",
+        1,
+    );
+    let lb = Ballast::start(&yaml);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let flood: Vec<UdpSocket> = (0..1000)
+        .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
+        .collect();
+    for s in &flood {
+        s.send_to(b"flood", addr).unwrap();
+    }
+    wait_until("990 refused", || refused(admin, "source_limit") == 990.0);
+    let active = sample(&scrape(admin).0, "ballast_listener_active", "listener", "l");
+    assert_eq!(active, Some(10.0));
+    let other = UdpSocket::bind("127.0.0.3:0").unwrap();
+    other.set_read_timeout(Some(WAIT)).unwrap();
+    other.send_to(b"legit", addr).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = other.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"legit");
+}

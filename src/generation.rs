@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::balancer::table_builder;
 use crate::config::{Config, ListenerConfig};
+use crate::per_source::SourceLimits;
 use crate::target::TargetGroup;
 
 /// One listener as a generation sees it; dereferences to its counters, which are kept across
@@ -24,6 +25,8 @@ pub struct ListenerState {
     pub config: ListenerConfig,
     /// The listener is gone from the configuration: workers have closed its sockets.
     pub removed: bool,
+    /// Its per-source tables (`per_source:`), kept across reloads while the limits stay.
+    pub sources: Option<Arc<SourceLimits>>,
     stats: Arc<ListenerStats>,
 }
 
@@ -81,15 +84,30 @@ pub enum Refusal {
     BadProxyHeader,
     /// `accept_proxy_protocol`: the header was not complete within its timeout.
     ProxyTimeout,
+    /// `per_source`: the source has `max_connections` / `max_sessions` open.
+    SourceLimit,
+    /// `per_source`: the source's `connection_rate` is used up.
+    SourceRate,
+}
+
+impl From<crate::per_source::Over> for Refusal {
+    fn from(over: crate::per_source::Over) -> Refusal {
+        match over {
+            crate::per_source::Over::Open => Refusal::SourceLimit,
+            crate::per_source::Over::Rate => Refusal::SourceRate,
+        }
+    }
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::Denied,
         Refusal::UntrustedProxy,
         Refusal::BadProxyHeader,
         Refusal::ProxyTimeout,
+        Refusal::SourceLimit,
+        Refusal::SourceRate,
     ];
 
     /// The `reason` label.
@@ -99,6 +117,8 @@ impl Refusal {
             Refusal::UntrustedProxy => "untrusted_proxy",
             Refusal::BadProxyHeader => "bad_proxy_header",
             Refusal::ProxyTimeout => "proxy_timeout",
+            Refusal::SourceLimit => "source_limit",
+            Refusal::SourceRate => "source_rate",
         }
     }
 }
@@ -124,6 +144,19 @@ impl ListenerState {
         let place = ListenerPlace(self.stats.clone());
         // Over the limit: dropping `place` gives the place straight back.
         max.is_none_or(|m| before < m).then_some(place)
+    }
+}
+
+/// The per-source tables for listener `config`: `old`'s when its limits are the same (open
+/// connections stay counted across a reload), fresh ones otherwise.
+fn source_tables(
+    config: &ListenerConfig,
+    old: Option<&Arc<SourceLimits>>,
+) -> Option<Arc<SourceLimits>> {
+    let limits = config.per_source.as_ref()?;
+    match old {
+        Some(t) if t.limits() == limits => Some(t.clone()),
+        _ => Some(Arc::new(SourceLimits::new(limits.clone()))),
     }
 }
 
@@ -156,6 +189,7 @@ impl Generation {
             .map(|l| ListenerState {
                 config: l.clone(),
                 removed: false,
+                sources: source_tables(l, None),
                 stats: Arc::default(),
             })
             .collect();
@@ -206,8 +240,10 @@ impl Generation {
                     .listeners
                     .iter()
                     .find(|c| !old.removed && same_socket(c, &old.config));
+                let config = next.map_or_else(|| old.config.clone(), |c| layout(c.clone()));
                 ListenerState {
-                    config: next.map_or_else(|| old.config.clone(), |c| layout(c.clone())),
+                    sources: source_tables(&config, old.sources.as_ref()),
+                    config,
                     removed: next.is_none(),
                     stats: old.stats.clone(),
                 }
@@ -216,8 +252,10 @@ impl Generation {
         let mut added = Vec::new();
         for i in self.added_listeners(&config) {
             added.push(listeners.len());
+            let c = layout(config.listeners[i].clone());
             listeners.push(ListenerState {
-                config: layout(config.listeners[i].clone()),
+                sources: source_tables(&c, None),
+                config: c,
                 removed: false,
                 stats: Arc::default(),
             });

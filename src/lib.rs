@@ -114,6 +114,7 @@ pub mod health;
 pub(crate) mod net;
 pub mod node;
 pub(crate) mod notify;
+pub mod per_source;
 pub mod proxy_protocol;
 pub mod runtime;
 pub(crate) mod supervise;

@@ -59,6 +59,7 @@ pub struct FileListener {
     pub accept_proxy_protocol: Option<FileAcceptProxy>,
     pub allow: Option<Vec<Cidr>>,
     pub deny: Option<Vec<Cidr>>,
+    pub per_source: Option<FilePerSource>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,
@@ -66,6 +67,50 @@ pub struct FileListener {
     pub retries: Option<u32>,
     pub forwarding: Option<Forwarding>,
     pub udp: Option<FileUdp>,
+}
+
+/// `per_source:` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePerSource {
+    pub max_connections: Option<NonZeroU32>,
+    pub max_sessions: Option<NonZeroU32>,
+    pub connection_rate: Option<RateText>,
+    pub burst: Option<NonZeroU32>,
+    pub ipv4_prefix: Option<Bounded<1, 32>>,
+    pub ipv6_prefix: Option<Bounded<1, 128>>,
+    pub table_size: Option<Bounded<64, { 1 << 24 }>>,
+}
+
+/// A rate written `20/s` or `600/m`: (count, period in ms).
+#[derive(Debug, Clone, Copy)]
+pub struct RateText(pub u32, pub u32);
+
+impl<'de> Deserialize<'de> for RateText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RateText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate such as 20/s or 600/m")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                let bad = || E::custom(format!("`{s}` is not a rate: write e.g. 20/s or 600/m"));
+                let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+                let n: u32 = n.trim().parse().map_err(|_| bad())?;
+                let per_ms = match unit.trim() {
+                    "s" => 1000,
+                    "m" | "min" => 60_000,
+                    _ => return Err(bad()),
+                };
+                if n == 0 || n > 1_000_000 {
+                    return Err(E::custom(format!("`{s}`: the count must be 1 to 1000000")));
+                }
+                Ok(RateText(n, per_ms))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// `accept_proxy_protocol:` of a TCP listener.

@@ -218,6 +218,8 @@ pub struct ListenerConfig {
     pub accept_proxy: Option<AcceptProxy>,
     /// Which clients may connect (TCP) or open sessions (UDP).
     pub access: AccessRules,
+    /// Limits per client source (`per_source:`), when set.
+    pub per_source: Option<crate::per_source::Limits>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.

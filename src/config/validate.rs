@@ -1,6 +1,7 @@
 //! Whole-file checks: from the raw [`FileConfig`] to a [`Config`] that cannot be invalid.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::Path;
 
 use super::file::*;
@@ -251,6 +252,43 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                     timeout: a.timeout.map_or(DEFAULT_PROXY_TIMEOUT, |d| d.0),
                 }),
             };
+        let per_source = match l.per_source {
+            None => None,
+            Some(p) => {
+                let (open, wrong, instead) = match protocol {
+                    Protocol::Tcp => (
+                        p.max_connections,
+                        p.max_sessions.is_some(),
+                        "max_connections",
+                    ),
+                    Protocol::Udp => (p.max_sessions, p.max_connections.is_some(), "max_sessions"),
+                };
+                if wrong {
+                    return Err(invalid(
+                        format!("{key}.per_source"),
+                        format!("a {protocol} listener limits sources with `{instead}`"),
+                    ));
+                }
+                if p.burst.is_some() && p.connection_rate.is_none() {
+                    return Err(invalid(
+                        format!("{key}.per_source.burst"),
+                        "`burst` goes with `connection_rate`".into(),
+                    ));
+                }
+                Some(crate::per_source::Limits {
+                    max_open: open.map(NonZeroU32::get),
+                    rate: p.connection_rate.map(|r| crate::per_source::Rate {
+                        count: r.0,
+                        per_ms: r.1,
+                        // Default burst: one period's worth, at least one.
+                        burst: p.burst.map_or(r.0.max(1), NonZeroU32::get),
+                    }),
+                    ipv4_prefix: p.ipv4_prefix.map_or(32, |b| b.0 as u8),
+                    ipv6_prefix: p.ipv6_prefix.map_or(64, |b| b.0 as u8),
+                    table_size: p.table_size.map_or(65_536, |b| b.0 as usize),
+                })
+            }
+        };
         let access = AccessRules {
             allow: l
                 .allow
@@ -274,6 +312,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             readiness: l.readiness.unwrap_or_default(),
             accept_proxy,
             access,
+            per_source,
             target_group,
             max_connections: l.max_connections.map(|n| n.get() as usize),
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),

@@ -140,6 +140,8 @@ pub(crate) struct Connection {
     pub origin: Option<(SocketAddr, SocketAddr)>,
     /// Bytes read in the preamble (a PROXY header, and what followed it) until it is complete.
     pub preamble: Vec<u8>,
+    /// Its place under the listener's `per_source.max_connections` (given back when dropped).
+    pub source_place: Option<crate::per_source::SourcePlace>,
 }
 
 /// A side of a connection.
@@ -218,6 +220,7 @@ impl Connection {
             target_place: None,
             origin: None,
             preamble: Vec::new(),
+            source_place: None,
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Session<T> {
     pub place: Option<ListenerPlace>,
     /// Its count in its target's `active` gauge.
     pub target_place: Option<TargetPlace>,
+    /// Its place under `per_source.max_sessions` (given back when dropped).
+    pub source_place: Option<crate::per_source::SourcePlace>,
     /// The PROXY protocol v2 header put before each datagram up (`proxy_protocol: v2` on
     /// the group), built once for the session.
     pub proxy_header: Option<Box<[u8]>>,
@@ -101,6 +103,7 @@ impl<T> Session<T> {
             place: None,
             target_place: None,
             proxy_header: None,
+            source_place: None,
         }
     }
 

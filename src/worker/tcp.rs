@@ -150,6 +150,17 @@ impl Worker {
                 return self.refuse(key);
             }
         }
+        // Per-source limits, on the client the preamble settled on. Past one, the client is
+        // reset at once rather than left in the backlog, which every source shares.
+        if let Some(t) = &state.sources {
+            match t.admit(conn.client().ip(), self.now) {
+                Ok(place) => conn.source_place = place,
+                Err(over) => {
+                    state.refuse(Refusal::from(over));
+                    return self.refuse(key);
+                }
+            }
+        }
         let mut first = match self.shared.groups[conn.group].config.proxy_protocol {
             Some(v) => crate::proxy_protocol::header(v, conn.client(), conn.local(), false),
             None => Vec::new(),

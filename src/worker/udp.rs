@@ -78,9 +78,12 @@ impl Worker {
                 if flow.0.is_some_and(|c| self.refuses(i, c, flow.1)) {
                     self.shared.listeners[i].refuse_many(Refusal::Denied, end - start);
                 } else {
-                    match flow.0.and_then(|c| self.session_for(i, c, flow.1)) {
-                        Some(key) => self.send_up(key, &mut batch, start..end),
-                        None => self.count_drops(i, end - start, "no session"),
+                    match flow.0.map(|c| self.session_for(i, c, flow.1)) {
+                        Some(Ok(key)) => self.send_up(key, &mut batch, start..end),
+                        Some(Err(Some(why))) => {
+                            self.shared.listeners[i].refuse_many(why, end - start)
+                        }
+                        Some(Err(None)) | None => self.count_drops(i, end - start, "no session"),
                     }
                 }
                 start = end;
@@ -121,7 +124,7 @@ impl Worker {
         i: usize,
         client: SocketAddr,
         local: Option<IpAddr>,
-    ) -> Option<usize> {
+    ) -> Result<usize, Option<Refusal>> {
         let tuple = FiveTuple {
             protocol: Protocol::Udp,
             client,
@@ -129,11 +132,19 @@ impl Worker {
         };
         if let Some(key) = self.sessions.find(&tuple) {
             self.maybe_rebalance(key);
-            return Some(key);
+            return Ok(key);
         }
         let shared = self.shared.clone();
         let state = &shared.listeners[i];
-        let settings = state.config.udp.as_ref()?;
+        let settings = state.config.udp.as_ref().ok_or(None)?;
+        // Per-source limits, at a flow's first datagram (a place held by the session).
+        let source_place = match &state.sources {
+            None => None,
+            Some(t) => match t.admit(client.ip(), self.now) {
+                Ok(place) => place,
+                Err(over) => return Err(Some(Refusal::from(over))),
+            },
+        };
         let Some(place) = state.reserve(Some(settings.max_sessions)) else {
             if let Some(unlogged) = self.listeners[i].drops.allow(self.now) {
                 log::warn!(
@@ -143,7 +154,7 @@ impl Worker {
                     settings.max_sessions
                 );
             }
-            return None;
+            return Err(None);
         };
         let g = state.config.target_group;
         let group = &shared.groups[g];
@@ -158,7 +169,7 @@ impl Worker {
                 if let Some(Err(e)) = other {
                     log::warn!("{tuple}: cannot open an upstream socket: {e}");
                 }
-                return None;
+                return Err(None);
             }
         };
         let mut session = Session::new(
@@ -173,17 +184,18 @@ impl Worker {
         );
         session.reply_from = local;
         session.place = Some(place);
+        session.source_place = source_place;
         session.proxy_header = group.config.proxy_protocol.map(|v| {
             crate::proxy_protocol::header(v, client, tuple.listener, true).into_boxed_slice()
         });
         session.target_place = Some(group.targets[t].hold());
         let Ok(key) = self.sessions.insert(tuple, session) else {
-            return None; // the session and its places are dropped
+            return Err(None); // the session and its places are dropped
         };
         let target = &group.targets[t];
         target.total.fetch_add(1, Ordering::Relaxed);
         state.accepted.fetch_add(1, Ordering::Relaxed);
-        let session = self.sessions.get_mut(key)?;
+        let session = self.sessions.get_mut(key).ok_or(None)?;
         if let Err(e) = self.poll.registry().register(
             &mut session.upstream,
             TokenSlot::Session(key, super::session_tag(session.id)).token(),
@@ -191,10 +203,10 @@ impl Worker {
         ) {
             log::warn!("{tuple}: cannot register the upstream socket: {e}");
             self.end_session(key, "register failed");
-            return None;
+            return Err(None);
         }
         log::debug!("{tuple}: new session to {}", target.address);
-        Some(key)
+        Ok(key)
     }
 
     /// With `on_unhealthy: rebalance`, moves a session whose target turned unhealthy to a
