@@ -510,3 +510,60 @@ fn udp_sessions_per_source_are_bounded_and_other_sources_still_served() {
     let (n, _) = other.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"legit");
 }
+
+#[test]
+fn a_udp_flood_from_20000_ports_keeps_answered_sessions_and_lets_a_new_flow_in() {
+    // The target answers only "legit" datagrams, naming the upstream port they came from:
+    // the flood's sessions stay unreplied.
+    let udp_target = UdpBackend::start(Arc::new(|d: &[u8], from: SocketAddr| {
+        d.starts_with(b"legit")
+            .then(|| format!("via {}", from.port()).into_bytes())
+    }));
+    let yaml = udp_config(
+        &[udp_target.addr],
+        "max_sessions: 500, unreplied_timeout: 30s",
+        "",
+    );
+    let lb = Ballast::start(&yaml);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let ask = |s: &UdpSocket, what: &[u8]| -> Vec<u8> {
+        s.send_to(what, addr).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    let legit: Vec<(UdpSocket, Vec<u8>)> = (0..5)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let via = ask(&s, b"legit hello");
+            (s, via)
+        })
+        .collect();
+    for i in 0..20_000 {
+        let s = UdpSocket::bind("127.0.0.3:0").unwrap();
+        s.send_to(b"flood", addr).unwrap();
+        if i % 1000 == 999 {
+            // Bounded table: never more than max_sessions, whatever the flood.
+            let active = sample(&scrape(admin).0, "ballast_listener_active", "listener", "l");
+            assert!(active.is_some_and(|a| a <= 500.0), "{active:?}");
+        }
+    }
+    wait_until("the flood has passed through", || {
+        sample(
+            &scrape(admin).0,
+            "ballast_listener_evicted_sessions_total",
+            "listener",
+            "l",
+        )
+        .is_some_and(|e| e >= 15_000.0)
+    });
+    // Answered sessions were never evicted: the same upstream socket still carries them.
+    for (s, via) in &legit {
+        assert_eq!(&ask(s, b"legit again"), via);
+    }
+    // A new legitimate flow is still served.
+    let newcomer = UdpSocket::bind("127.0.0.4:0").unwrap();
+    newcomer.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(ask(&newcomer, b"legit newcomer").starts_with(b"via "));
+}

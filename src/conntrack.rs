@@ -67,6 +67,11 @@ impl<T> ConnTable<T> {
         Some(value)
     }
 
+    /// The entry with `key`, to read.
+    pub fn get(&self, key: usize) -> Option<&T> {
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
     /// The entry with `key`.
     pub fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         self.entries.get_mut(key).map(|(_, v)| v)

@@ -53,6 +53,8 @@ pub struct ListenerStats {
     pub datagrams_up: AtomicU64,
     /// Datagrams forwarded target → client (UDP).
     pub datagrams_down: AtomicU64,
+    /// UDP sessions ended unanswered to make room for a new flow (the table was full).
+    pub evicted: AtomicU64,
     /// Clients refused before any target was touched, by [`Refusal`] (its index).
     pub refused: [AtomicU64; Refusal::ALL.len()],
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use crate::config::{PerSource as Limits, Rate};
 use crate::hash::hash_ip;
 
 /// Words tried per source.
@@ -24,40 +25,6 @@ const UNIT: u64 = 256;
 /// Bits of the bucket's time (milliseconds, wrapping) and of its tokens.
 const TIME_BITS: u32 = 24;
 const TOKEN_BITS: u32 = 24;
-
-/// `per_source:` as validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Most open connections (TCP) or sessions (UDP) per source.
-    pub max_open: Option<u32>,
-    /// New connections (or sessions) per source: a token bucket refilled with `count` tokens
-    /// every `per_ms` milliseconds, holding at most `burst`.
-    pub rate: Option<Rate>,
-    /// Prefix lengths that make a source.
-    pub ipv4_prefix: u8,
-    /// As above, for IPv6.
-    pub ipv6_prefix: u8,
-    /// Words per table (a power of two).
-    pub table_size: usize,
-}
-
-/// A token bucket's rate (`20/s`, `600/m`) and burst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Tokens per period.
-    pub count: u32,
-    /// The period, milliseconds (1,000 or 60,000).
-    pub per_ms: u32,
-    /// Most tokens saved up (new connections in one go).
-    pub burst: u32,
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = if self.per_ms == 60_000 { "m" } else { "s" };
-        write!(f, "{}/{unit} (burst {})", self.count, self.burst)
-    }
-}
 
 /// Why a source was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,7 @@ pub fn encode(
     let l_up = Family::<ListenerLabels, Counter>::default();
     let l_down = Family::<ListenerLabels, Counter>::default();
     let l_refused = Family::<RefusedLabels, Counter>::default();
+    let l_evicted = Family::<ListenerLabels, Counter>::default();
     for l in shared.listeners.iter().filter(|l| !l.removed) {
         for why in crate::generation::Refusal::ALL {
             let n = l
@@ -154,6 +155,9 @@ pub fn encode(
             .get_or_create(&labels)
             .inc_by(l.retries.load(Ordering::Relaxed));
         if l.config.protocol == crate::config::Protocol::Udp {
+            l_evicted
+                .get_or_create(&labels)
+                .inc_by(l.evicted.load(Ordering::Relaxed));
             l_up.get_or_create(&labels)
                 .inc_by(l.datagrams_up.load(Ordering::Relaxed));
             l_down
@@ -185,6 +189,11 @@ pub fn encode(
         "listener_datagrams_down",
         "UDP datagrams forwarded from targets to clients",
         l_down,
+    );
+    registry.register(
+        "listener_evicted_sessions",
+        "UDP sessions ended unanswered to make room for a new flow when max_sessions was reached",
+        l_evicted,
     );
     registry.register(
         "listener_refused",

@@ -161,6 +161,7 @@ pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
 #[serde(deny_unknown_fields)]
 pub struct FileUdp {
     pub session_idle_timeout: Option<PositiveDuration>,
+    pub unreplied_timeout: Option<PositiveDuration>,
     pub max_sessions: Option<NonZeroU32>,
     pub max_responses: Option<u32>,
     pub on_unhealthy: Option<OnUnhealthy>,

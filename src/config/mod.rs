@@ -120,6 +120,40 @@ pub enum Forwarding {
     Buffered,
 }
 
+/// `per_source:` of a listener, as validated ([`crate::per_source`] enforces it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerSource {
+    /// Most open connections (TCP) or sessions (UDP) per source.
+    pub max_open: Option<u32>,
+    /// New connections (or sessions) per source: a token bucket refilled with `count` tokens
+    /// every `per_ms` milliseconds, holding at most `burst`.
+    pub rate: Option<Rate>,
+    /// Prefix lengths that make a source.
+    pub ipv4_prefix: u8,
+    /// As above, for IPv6.
+    pub ipv6_prefix: u8,
+    /// Words per table (a power of two).
+    pub table_size: usize,
+}
+
+/// A token bucket's rate (`20/s`, `600/m`) and burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens per period.
+    pub count: u32,
+    /// The period, milliseconds (1,000 or 60,000).
+    pub per_ms: u32,
+    /// Most tokens saved up (new connections in one go).
+    pub burst: u32,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.per_ms == 60_000 { "m" } else { "s" };
+        write!(f, "{}/{unit} (burst {})", self.count, self.burst)
+    }
+}
+
 /// `accept_proxy_protocol:` of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptProxy {
@@ -219,7 +253,7 @@ pub struct ListenerConfig {
     /// Which clients may connect (TCP) or open sessions (UDP).
     pub access: AccessRules,
     /// Limits per client source (`per_source:`), when set.
-    pub per_source: Option<crate::per_source::Limits>,
+    pub per_source: Option<PerSource>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.
@@ -289,7 +323,14 @@ pub struct UdpSettings {
     pub on_unhealthy: OnUnhealthy,
     /// Datagrams per `recvmmsg`/`sendmmsg` call (≥ 1; 1 uses plain `recvfrom`/`sendto`).
     pub batch: usize,
+    /// A session the target has not answered yet ends this long after its last datagram
+    /// (as conntrack's unreplied UDP timeout), and is the first evicted when the table is
+    /// full.
+    pub unreplied_timeout: Duration,
 }
+
+/// Default `udp.unreplied_timeout`.
+pub const DEFAULT_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for UdpSettings {
     fn default() -> Self {
@@ -299,6 +340,7 @@ impl Default for UdpSettings {
             max_responses: 0,
             on_unhealthy: OnUnhealthy::Rebalance,
             batch: DEFAULT_UDP_BATCH,
+            unreplied_timeout: DEFAULT_UNREPLIED_TIMEOUT,
         }
     }
 }

@@ -275,9 +275,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                         "`burst` goes with `connection_rate`".into(),
                     ));
                 }
-                Some(crate::per_source::Limits {
+                Some(PerSource {
                     max_open: open.map(NonZeroU32::get),
-                    rate: p.connection_rate.map(|r| crate::per_source::Rate {
+                    rate: p.connection_rate.map(|r| Rate {
                         count: r.0,
                         per_ms: r.1,
                         // Default burst: one period's worth, at least one.
@@ -411,6 +411,9 @@ fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {
             .max_sessions
             .map_or(defaults.max_sessions, |n| n.get() as usize),
         max_responses: u.max_responses.unwrap_or(defaults.max_responses),
+        unreplied_timeout: u
+            .unreplied_timeout
+            .map_or(defaults.unreplied_timeout, |d| d.0),
         on_unhealthy: u.on_unhealthy.unwrap_or(OnUnhealthy::Rebalance),
         batch: u.batch.map_or(defaults.batch, |n| n.0 as usize),
     }

@@ -32,6 +32,9 @@ pub struct Session<T> {
     pub upstream: T,
     /// No datagram either way for this long ends the session.
     pub idle_timeout: Duration,
+    /// Until the first reply, the session ends this long after its last datagram
+    /// (`udp.unreplied_timeout`; the shorter of the two applies).
+    pub unreplied_timeout: Option<Duration>,
     /// Replies after which the session ends; 0 is unlimited.
     pub max_responses: u32,
     /// Replies passed to the client so far.
@@ -94,6 +97,7 @@ impl<T> Session<T> {
             target,
             upstream,
             idle_timeout,
+            unreplied_timeout: None,
             max_responses,
             responses: 0,
             started: now,
@@ -123,7 +127,16 @@ impl<T> Session<T> {
 
     /// When the session ends unless a datagram passes first.
     pub fn deadline(&self) -> Instant {
-        self.last_active + self.idle_timeout
+        let timeout = match self.unreplied_timeout {
+            Some(u) if !self.replied() => u.min(self.idle_timeout),
+            _ => self.idle_timeout,
+        };
+        self.last_active + timeout
+    }
+
+    /// Whether the target has answered yet.
+    pub fn replied(&self) -> bool {
+        self.down.datagrams > 0
     }
 }
 
@@ -133,6 +146,10 @@ pub struct SessionTable<T> {
     table: ConnTable<Session<T>>,
     timers: Timers,
     next_id: u64,
+    /// Per listener, sessions in the order they began, `(key, id)`: the oldest unreplied
+    /// one is found at the front (entries of ended or replied sessions are skipped, and
+    /// compacted away when they outnumber the live ones).
+    by_age: Vec<std::collections::VecDeque<(usize, u64)>>,
 }
 
 impl<T> Default for SessionTable<T> {
@@ -141,6 +158,7 @@ impl<T> Default for SessionTable<T> {
             table: ConnTable::default(),
             timers: Timers::default(),
             next_id: 0,
+            by_age: Vec::new(),
         }
     }
 }
@@ -162,10 +180,38 @@ impl<T> SessionTable<T> {
     ) -> Result<usize, Box<Session<T>>> {
         self.next_id += 1;
         session.id = self.next_id;
-        let (id, deadline) = (session.id, session.deadline());
+        let (id, deadline, listener) = (session.id, session.deadline(), session.listener);
         let key = self.table.insert(tuple, session).map_err(Box::new)?;
         self.timers.schedule(deadline, Due { key, id });
+        if self.by_age.len() <= listener {
+            self.by_age.resize_with(listener + 1, Default::default);
+        }
+        let live = self.table.len();
+        if let Some(queue) = self.by_age.get_mut(listener) {
+            queue.push_back((key, id));
+            if queue.len() > 2 * live + 64 {
+                let table = &self.table;
+                queue.retain(|&(k, i)| table.get(k).is_some_and(|s| s.id == i && !s.replied()));
+            }
+        }
         Ok(key)
+    }
+
+    /// Removes and returns the oldest session of `listener` that has had no reply (to make
+    /// room for a new flow when the table is full: a flood of spoofed or unanswered flows
+    /// then pushes out only its own kind, never sessions the target answers).
+    pub fn evict_unreplied(&mut self, listener: usize) -> Option<Session<T>> {
+        let queue = self.by_age.get_mut(listener)?;
+        while let Some((key, id)) = queue.pop_front() {
+            if self
+                .table
+                .get(key)
+                .is_some_and(|s| s.id == id && !s.replied())
+            {
+                return self.table.remove(key);
+            }
+        }
+        None
     }
 
     /// The session with `key`.
@@ -239,6 +285,70 @@ impl<T> SessionTable<T> {
             .into_iter()
             .filter_map(|k| self.table.remove(k))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    use super::*;
+    use crate::config::Protocol;
+
+    fn flow(port: u16, now: Instant) -> (FiveTuple, Session<()>) {
+        let client = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = Session::new(0, 0, client, 0, (), Duration::from_secs(30), 0, now);
+        s.unreplied_timeout = Some(Duration::from_secs(2));
+        let tuple = FiveTuple {
+            protocol: Protocol::Udp,
+            client,
+            listener: SocketAddr::from(([127, 0, 0, 1], 53)),
+        };
+        (tuple, s)
+    }
+
+    #[test]
+    fn the_oldest_unreplied_session_goes_first_and_answered_ones_never() {
+        let now = Instant::now();
+        let mut t = SessionTable::default();
+        let keys: Vec<usize> = (1..=4)
+            .map(|p| {
+                let (tuple, s) = flow(p, now);
+                t.insert(tuple, s).unwrap()
+            })
+            .collect();
+        t.get_mut(keys[0]).unwrap().down.add(10); // port 1 was answered
+        assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 2);
+        assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 3);
+        assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 4);
+        assert!(t.evict_unreplied(0).is_none());
+        assert_eq!(t.len(), 1);
+        assert!(t.evict_unreplied(7).is_none(), "another listener");
+    }
+
+    #[test]
+    fn unreplied_sessions_expire_early_answered_ones_at_idle_timeout() {
+        let now = Instant::now();
+        let mut t = SessionTable::default();
+        let (a, s) = flow(1, now);
+        let ka = t.insert(a, s).unwrap();
+        let (b, s) = flow(2, now);
+        t.insert(b, s).unwrap();
+        t.get_mut(ka).unwrap().down.add(10);
+        let ended = t.expire(now + Duration::from_secs(3));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].client.port(), 2);
+        assert_eq!(t.expire(now + Duration::from_secs(31)).len(), 1);
+    }
+
+    #[test]
+    fn the_age_queue_stays_bounded_under_churn() {
+        let now = Instant::now();
+        let mut t = SessionTable::default();
+        for p in 0..10_000u16 {
+            let (tuple, s) = flow(p, now);
+            let k = t.insert(tuple, s).unwrap();
+            t.remove(k);
+        }
+        assert!(t.by_age[0].len() <= 64 + 2, "{}", t.by_age[0].len());
     }
 }
 

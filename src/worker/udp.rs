@@ -145,7 +145,17 @@ impl Worker {
                 Err(over) => return Err(Some(Refusal::from(over))),
             },
         };
-        let Some(place) = state.reserve(Some(settings.max_sessions)) else {
+        let mut place = state.reserve(Some(settings.max_sessions));
+        if place.is_none() {
+            // Full: the oldest session no reply has come to makes room, so a flood of
+            // unanswered flows pushes out its own kind and never an answered session.
+            if let Some(old) = self.sessions.evict_unreplied(i) {
+                state.evicted.fetch_add(1, Ordering::Relaxed);
+                self.finish_session(old, "evicted");
+                place = state.reserve(Some(settings.max_sessions));
+            }
+        }
+        let Some(place) = place else {
             if let Some(unlogged) = self.listeners[i].drops.allow(self.now) {
                 log::warn!(
                     "listener {}: max_sessions ({}) reached; dropping datagrams of new flows \
@@ -167,7 +177,16 @@ impl Worker {
             (Some(t), Some(Ok(s))) => (t, UdpSocket::from_std(s)),
             (_, other) => {
                 if let Some(Err(e)) = other {
-                    log::warn!("{tuple}: cannot open an upstream socket: {e}");
+                    // EMFILE, no local port…: counted with the drops, logged at most once
+                    // per interval, however hard the flood.
+                    if let Some(unlogged) = self.listeners[i].give_ups.allow(self.now) {
+                        log::warn!(
+                            "listener {}: cannot open an upstream socket: {} ({unlogged} more \
+                             such failures since the last report)",
+                            state.config.name,
+                            crate::net::describe(&e)
+                        );
+                    }
                 }
                 return Err(None);
             }
@@ -183,6 +202,7 @@ impl Worker {
             self.now,
         );
         session.reply_from = local;
+        session.unreplied_timeout = Some(settings.unreplied_timeout);
         session.place = Some(place);
         session.source_place = source_place;
         session.proxy_header = group.config.proxy_protocol.map(|v| {
@@ -401,7 +421,12 @@ impl Worker {
     /// Ends sessions idle past their timeout.
     pub(super) fn expire_sessions(&mut self) {
         for session in self.sessions.expire(self.now) {
-            self.finish_session(session, "idle");
+            let reason = if session.replied() {
+                "idle"
+            } else {
+                "unreplied"
+            };
+            self.finish_session(session, reason);
         }
     }
 
