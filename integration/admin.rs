@@ -87,16 +87,7 @@ fn healthz_targets_and_metrics_match_the_traffic() {
 
 #[test]
 fn a_token_is_required_when_configured() {
-    let echo = Backend::start(echo());
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret\n").unwrap();
-    let yaml = format!(
-        "admin: {{bind: '127.0.0.1:0', token_file: '{}'}}\n{}",
-        token_file.display(),
-        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
-    );
-    let lb = Ballast::start(&yaml);
+    let (lb, _echo, _dir) = start_with_token("");
     let admin = lb.admin_addr();
     let (status, body) = get(admin, "/targets", None);
     assert_eq!(status, 401);
@@ -271,4 +262,130 @@ fn disable_closes_what_is_left_after_the_drain_timeout() {
         "closed after {closed_after:?}"
     );
     lb.wait_log("drain_timeout passed", WAIT);
+}
+
+/// Ballast in front of an echo target, its admin API requiring the token `s3cret` (`extra`:
+/// more admin keys); the temporary directory holds the token file.
+fn start_with_token(extra: &str) -> (Ballast, Backend, tempfile::TempDir) {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = with_token(
+        dir.path(),
+        extra,
+        &config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS),
+    );
+    (Ballast::start(&yaml), echo, dir)
+}
+
+/// A raw request to the admin API (no helper's defaults): the status line's code, or 0 when
+/// the connection closed without one.
+fn raw(admin: std::net::SocketAddr, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn cross_site_style_changes_are_refused_without_a_token() {
+    let echo = Backend::start(echo());
+    let lb = Ballast::start(&config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS));
+    let admin = lb.admin_addr();
+    let drain = format!("/target-groups/g/targets/{}/drain", echo.addr);
+    // A form post from a web page: no JSON content type.
+    let form = format!(
+        "POST {drain} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(admin, &form), 415);
+    // A DNS-rebound page: JSON, but its own host name.
+    let rebound = format!(
+        "POST {drain} HTTP/1.1\r\nHost: evil.example:{}\r\nContent-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    assert_eq!(raw(admin, &rebound), 403);
+    // Nothing changed; reads stay open to any Host.
+    let (_, body) = get(admin, "/targets", None);
+    assert!(body.contains("\"admin_state\":\"active\""), "{body}");
+    let read = "GET /targets HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(admin, read), 200);
+    // The API's own clients (the CLI, the test helper) send JSON and the address.
+    assert_eq!(post(admin, &drain).0, 200);
+}
+
+#[test]
+fn idle_connections_and_an_endless_header_do_not_keep_an_authorised_request_waiting() {
+    use std::io::Write;
+    let (lb, _echo, _dir) = start_with_token("");
+    let admin = lb.admin_addr();
+    let idle: Vec<std::net::TcpStream> = (0..2000)
+        .map(|_| std::net::TcpStream::connect_timeout(&admin, WAIT).unwrap())
+        .collect();
+    // An endless header line, written as fast as the server takes it.
+    let endless = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, WAIT).unwrap();
+        s.set_write_timeout(Some(WAIT)).unwrap();
+        let _ = s.write_all(b"GET /targets HTTP/1.1\r\nX-Endless: ");
+        let chunk = [b'a'; 4096];
+        let mut sent = 0usize;
+        while s.write_all(&chunk).is_ok() && sent < 64 << 20 {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(get(admin, "/targets", Some("s3cret")).0, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let sent = endless.join().unwrap();
+    // The server stops reading past its head limit (16 KiB) and closes; what the kernel's
+    // socket buffers took on loopback is a few MiB at most, far from the 64 MiB offered.
+    assert!(
+        sent < 32 << 20,
+        "the server kept reading an endless header: {sent} bytes"
+    );
+    drop(idle);
+}
+
+#[test]
+fn the_unix_socket_serves_the_api_to_its_owner_only() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let socket = std::env::temp_dir().join(format!("ballast-admin-{}.sock", std::process::id()));
+    let (lb, echo, _dir) = start_with_token(&format!(", unix: '{}'", socket.display()));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // No token over the socket: its permissions are the authentication.
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /targets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(&echo.addr.to_string()), "{out}");
+    let mut lb = lb;
+    lb.terminate();
+    lb.wait_exit(WAIT).expect("stops");
+    assert!(!socket.exists(), "removed at a graceful stop");
+}
+
+#[test]
+fn a_token_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write_token(&token_file, "s3cret");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = run_refused(&format!(
+        "admin: {{bind: '127.0.0.1:0', token_file: '{}'}}\n{}",
+        token_file.display(),
+        config("round_robin", &[(dead_addr(), 1)], "", NO_CHECKS)
+    ));
+    assert!(stderr.contains("chmod 600"), "{stderr}");
 }

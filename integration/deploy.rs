@@ -406,12 +406,11 @@ fn cli_sends_the_token_from_token_file() {
     let a = Backend::start(named("a"));
     let dir = tempfile::tempdir().unwrap();
     let (good, bad) = (dir.path().join("token"), dir.path().join("wrong"));
-    std::fs::write(&good, "s3cret\n").unwrap();
     std::fs::write(&bad, "guess\n").unwrap();
-    let yaml = format!(
-        "admin: {{bind: '127.0.0.1:0', token_file: '{}'}}\n{}",
-        good.display(),
-        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    let yaml = with_token(
+        dir.path(),
+        "",
+        &config("round_robin", &[(a.addr, 1)], "", CHECKS),
     );
     let lb = Ballast::start(&yaml);
     let admin = lb.admin_addr();

@@ -466,7 +466,7 @@ fn out_of_file_descriptors(limit: u64) {
         "{dropped} accepted clients closed for want of a descriptor:\n{log}"
     );
     drop(during);
-    // The admin API shares the descriptor limit (its server dups each connection): until the
+    // The admin API shares the descriptor limit (it backs off on EMFILE): until the
     // last clients' descriptors are closed it may drop a request, so ask until it answers.
     let deadline = Instant::now() + WAIT;
     let text = loop {

@@ -110,15 +110,19 @@ impl AdminClient {
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.agent.request(method, &url);
+        // Always JSON: the API refuses changes without it when it has no token (cross-site
+        // requests cannot send it).
+        let mut request = self
+            .agent
+            .request(method, &url)
+            .set("Content-Type", "application/json");
         if let Some(t) = &self.token {
             request = request.set("Authorization", &format!("Bearer {t}"));
         }
         let result = match body {
-            Some(b) => request
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => request.call(),
+            Some(b) => request.send_string(&b.to_string()),
+            None if method == "GET" => request.call(),
+            None => request.send_string(""),
         };
         match result {
             Ok(response) => {

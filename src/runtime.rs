@@ -346,10 +346,10 @@ impl Running {
             };
             match event {
                 Event::Signal(SIGUSR1) => {
-                    log::info!("SIGUSR1: reopening the access log");
                     if let Some(a) = &self.access {
                         a.reopen();
                     }
+                    log::info!("SIGUSR1: reopening the access log");
                 }
                 Event::Signal(SIGHUP) => {
                     log::info!("SIGHUP: reloading the configuration");

@@ -30,7 +30,8 @@ pub fn try_http(
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{auth}\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();

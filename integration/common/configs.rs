@@ -43,3 +43,21 @@ pub fn udp_config(targets: &[SocketAddr], udp: &str, health: &str) -> String {
     }
     yaml
 }
+
+/// Writes a token file as the config requires it: readable by its owner only (mode 0600).
+pub fn write_token(path: &std::path::Path, token: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `yaml` with an admin API on a free loopback port that requires the token `s3cret`, its
+/// file (mode 0600) written in `dir`; `extra` adds admin keys (e.g. `, unix: '/path'`).
+pub fn with_token(dir: &std::path::Path, extra: &str, yaml: &str) -> String {
+    let file = dir.join("token");
+    write_token(&file, "s3cret");
+    format!(
+        "admin: {{bind: '127.0.0.1:0', token_file: '{}'{extra}}}\n{yaml}",
+        file.display()
+    )
+}

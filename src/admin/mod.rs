@@ -38,17 +38,16 @@
 //! live until the next reload, which applies the file as written.
 
 pub mod metrics;
-pub mod server;
+mod server;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use hyper::Method;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response};
 
 use crate::config::TargetConfig;
 use crate::control::{ChangeError, Control, Summary};
@@ -56,86 +55,73 @@ use crate::fault::Faults;
 use crate::generation::Generation;
 use crate::target::AdminState;
 
-/// How long the admin thread waits for a request before looking at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(200);
-
 /// The running admin server.
 #[derive(Debug)]
 pub struct Admin {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    addr: SocketAddr,
+    server: server::Server,
 }
 
 impl Admin {
-    /// Binds the current configuration's `admin.bind` and serves on a new thread.
+    /// Binds the current configuration's `admin.bind` (and `admin.unix`, if set) and serves
+    /// on a new thread.
     ///
     /// # Errors
-    /// When the address cannot be bound or the thread cannot start.
+    /// When an address cannot be bound or the thread cannot start.
     pub fn start(control: Arc<Control>) -> io::Result<Admin> {
-        let bind = control.shared().config.admin.bind;
-        let mut server = server::Supervised::bind(bind)?;
-        let addr = server.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ballast-admin".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::Acquire) {
-                    if let Some(request) = server.next(STOP_CHECK) {
-                        // A handler that panics costs its request (tiny_http answers 500 for a
-                        // request dropped unanswered), never the admin API.
-                        let handled =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                handle(&control, request)
-                            }));
-                        if handled.is_err() {
-                            control.restarts.admin.fetch_add(1, Ordering::Relaxed);
-                            log::error!("admin API: a request handler panicked; serving on");
-                        }
-                    }
-                }
-            })?;
-        log::info!("admin API on http://{addr}");
-        Ok(Admin {
-            stop,
-            thread: Some(thread),
-            addr,
-        })
+        let admin = control.shared().config.admin.clone();
+        let server = server::Server::start(control, admin.bind, admin.unix.as_deref())?;
+        log::info!("admin API on http://{}", server.addr());
+        if let Some(path) = &admin.unix {
+            log::info!("admin API on unix:{}", path.display());
+        }
+        Ok(Admin { server })
     }
 
-    /// Where the API listens.
+    /// Where the API listens (TCP).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops serving and waits for the thread.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 
-fn json_response(status: u16, body: serde_json::Value) -> Response<io::Cursor<Vec<u8>>> {
-    Response::from_data(body.to_string().into_bytes())
-        .with_status_code(status)
-        .with_header(Header::from_bytes("Content-Type", "application/json").expect("valid header"))
+/// An admin API response: status, content type and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body: JSON, or the metrics text.
+    pub body: Vec<u8>,
 }
 
-fn error(status: u16, message: &str) -> Response<io::Cursor<Vec<u8>>> {
+fn json_response(status: u16, body: serde_json::Value) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn error(status: u16, message: &str) -> Reply {
     json_response(status, json!({ "error": message }))
 }
 
-/// The bearer token `request` carries, if any.
-fn bearer(request: &Request) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
-        .map(str::to_string)
+/// Whether `token` (the bearer token sent, if any) opens `path` under `shared`'s
+/// configuration: always without a configured token, and for `GET /healthz` and `/livez`;
+/// else it must equal the configured token, compared in constant time (`subtle`).
+pub fn authorized(shared: &Generation, method: &Method, path: &str, token: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let open = *method == Method::GET && matches!(path, "/healthz" | "/livez");
+    match shared.config.admin.token.as_deref() {
+        None => true,
+        Some(_) if open => true,
+        Some(want) => token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(want.as_bytes()))),
+    }
 }
 
 /// `POST /debug/panic/{worker/N|prober|admin}` (debug builds and the `fault-injection` feature
@@ -155,25 +141,8 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
     }
 }
 
-/// Largest request body read (a target is a few dozen bytes).
-const MAX_BODY: u64 = 64 * 1024;
-
-/// An admin API response: status, headers and a JSON (or metrics text) body.
-pub type Reply = Response<io::Cursor<Vec<u8>>>;
-
-fn handle(control: &Arc<Control>, mut request: Request) {
-    let (method, url, token) = (
-        request.method().clone(),
-        request.url().to_string(),
-        bearer(&request),
-    );
-    let response = answer(control, &method, &url, token.as_deref(), || {
-        read_body(&mut request)
-    });
-    if let Err(e) = request.respond(response) {
-        log::debug!("admin API: cannot answer: {e}");
-    }
-}
+/// Largest request body read, bytes (a target is a few dozen).
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// The answer to one admin API request: `method` on `url` (path and query) with the bearer
 /// `token` sent, if any; `body` reads the request body, called only by endpoints that take
@@ -188,19 +157,11 @@ pub fn answer(
 ) -> Reply {
     let shared = control.shared();
     let path = url.split('?').next().unwrap_or("");
-    let open = *method == Method::Get && matches!(path, "/healthz" | "/livez");
-    if !open
-        && shared
-            .config
-            .admin
-            .token
-            .as_deref()
-            .is_some_and(|t| token != Some(t))
-    {
+    if !authorized(&shared, method, path, token) {
         return error(401, "missing or wrong bearer token");
     }
     match (method, path) {
-        (Method::Get, "/healthz") => {
+        (&Method::GET, "/healthz") => {
             let reasons = control.node.readiness(&shared);
             if reasons.is_empty() {
                 json_response(200, json!({ "status": "ready" }))
@@ -208,41 +169,36 @@ pub fn answer(
                 json_response(503, json!({ "status": "unavailable", "reasons": reasons }))
             }
         }
-        (Method::Get, "/livez") => json_response(200, json!({ "status": "alive" })),
-        (Method::Get, "/node") => json_response(200, node_json(control, &shared)),
-        (Method::Post, "/node/drain") => match query_duration(url, "grace") {
+        (&Method::GET, "/livez") => json_response(200, json!({ "status": "alive" })),
+        (&Method::GET, "/node") => json_response(200, node_json(control, &shared)),
+        (&Method::POST, "/node/drain") => match query_duration(url, "grace") {
             Ok(grace) => {
                 control.drain_node(grace.unwrap_or(shared.config.shutdown_grace));
                 json_response(202, node_json(control, &shared))
             }
             Err(message) => error(400, &message),
         },
-        (Method::Post, "/node/enable") => match control.enable_node() {
+        (&Method::POST, "/node/enable") => match control.enable_node() {
             Ok(_) => json_response(200, node_json(control, &control.shared())),
             Err(e) => error(e.status(), &e.to_string()),
         },
-        (Method::Get, "/targets") => json_response(200, targets(&shared)),
-        (Method::Get, "/connections") => match limit(url) {
+        (&Method::GET, "/targets") => json_response(200, targets(&shared)),
+        (&Method::GET, "/connections") => match limit(url) {
             Ok(limit) => json_response(200, connections(control, limit)),
             Err(message) => error(400, &message),
         },
-        (Method::Get, "/metrics") => Response::from_data(
-            metrics::encode(&shared, &control.restarts, &control.node).into_bytes(),
-        )
-        .with_header(
-            Header::from_bytes(
-                "Content-Type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .expect("valid header"),
-        ),
-        (Method::Post, "/reload") => changed(control.reload(), 200),
+        (&Method::GET, "/metrics") => Reply {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: metrics::encode(&shared, &control.restarts, &control.node).into_bytes(),
+        },
+        (&Method::POST, "/reload") => changed(control.reload(), 200),
         (
             _,
             "/healthz" | "/livez" | "/node" | "/node/drain" | "/node/enable" | "/targets"
             | "/metrics" | "/connections" | "/reload",
         ) => error(405, "method not allowed"),
-        (Method::Post, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
+        (&Method::POST, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
             inject_panic(control, path.trim_start_matches("/debug/panic/"))
         }
         (_, _) if path.starts_with("/target-groups/") => {
@@ -250,20 +206,6 @@ pub fn answer(
         }
         _ => error(404, &format!("no such endpoint: {path}")),
     }
-}
-
-fn read_body(request: &mut Request) -> Result<String, String> {
-    use std::io::Read;
-    let mut body = String::new();
-    request
-        .as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_string(&mut body)
-        .map_err(|e| format!("cannot read the request body: {e}"))?;
-    if body.len() as u64 > MAX_BODY {
-        return Err(format!("request body over {MAX_BODY} bytes"));
-    }
-    Ok(body)
 }
 
 /// The answer to a configuration change: the summary with `status`, or the error's 4xx.
@@ -392,19 +334,19 @@ fn target_request(
 ) -> Reply {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, &parts[..]) {
-        (Method::Post, ["target-groups", group, "targets"]) => {
+        (&Method::POST, ["target-groups", group, "targets"]) => {
             match body.and_then(|b| NewTarget::parse(&b)) {
                 Ok(target) => changed(control.add_target(group, target), 201),
                 Err(message) => error(400, &message),
             }
         }
         (_, ["target-groups", _, "targets"]) => error(405, "use POST"),
-        (Method::Delete, ["target-groups", group, "targets", address]) => match resolve(address) {
+        (&Method::DELETE, ["target-groups", group, "targets", address]) => match resolve(address) {
             Ok(address) => changed(control.remove_target(group, address), 200),
             Err(message) => error(400, &message),
         },
         (_, ["target-groups", _, "targets", _]) => error(405, "use DELETE"),
-        (Method::Post, ["target-groups", group, "targets", address, action]) => {
+        (&Method::POST, ["target-groups", group, "targets", address, action]) => {
             let state = match *action {
                 "drain" => AdminState::Draining,
                 "enable" => AdminState::Active,

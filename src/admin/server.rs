@@ -1,156 +1,363 @@
-//! Keeps the admin API's HTTP server accepting when descriptors run out.
+//! The admin API's HTTP server: hyper (HTTP/1.1) on a one-thread tokio runtime of its own,
+//! so no client can hold a thread or much memory before it is authenticated:
+//! - a connection is a task, not a thread; at most [`MAX_CONNECTIONS`] at once (past that a
+//!   new one is closed at once, counted in the log);
+//! - request heads are bounded ([`MAX_HEAD`] bytes, [`MAX_HEADERS`] headers) and must arrive
+//!   within [`HEADER_TIMEOUT`]; an endless header line is cut off, not buffered;
+//! - the token is checked from the head before any body is read; bodies are at most
+//!   [`super::MAX_BODY`];
+//! - handlers (which may wait on the workers or read the config file) run on a small blocking
+//!   pool, each inside `catch_unwind`: a panic costs its request a 500, never the server;
+//! - accept errors (EMFILE when descriptors run out) pause accepting briefly instead of
+//!   ending the server; clients wait in the listen backlog meanwhile.
 //!
-//! tiny_http 0.12 ends its accept thread at the first accept error (EMFILE, when Ballast is out
-//! of descriptors) and panics in it when the `try_clone` of an accepted connection fails the
-//! same way; either way the server accepts nothing more, and its listening socket closes with
-//! the thread. So Ballast holds the listening socket itself, hands tiny_http a duplicate, notices
-//! the end of the accept thread (an error from `recv`, or a panic in tiny_http's code seen by a
-//! panic hook) and starts a new server on the same socket: clients wait in the listen backlog
-//! meanwhile, and the API answers again as soon as descriptors are free.
+//! With no token configured, requests that change anything (POST, DELETE) must carry
+//! `Content-Type: application/json` and a `Host` naming the API's own address, which a web
+//! page in a browser on the same host cannot forge (cross-site requests, DNS rebinding). The
+//! optional UNIX socket (`admin.unix`, mode 0600) is guarded by its file permissions instead.
 
+use std::convert::Infallible;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tiny_http::{Request, Server};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
 
-/// Wait before starting a new server after the last one stopped accepting.
-const RESTART_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one log line this often about restarts, with the count of the others.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+use super::{answer, authorized, error, Method, Reply, MAX_BODY};
+use crate::control::Control;
 
-/// Set by the panic hook when code in tiny_http panics (its accept thread is then gone).
-static TINY_HTTP_PANICKED: AtomicBool = AtomicBool::new(false);
+/// Connections served at once (TCP and UNIX together).
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// Largest request head, bytes (hyper's read buffer).
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields in a request.
+pub(crate) const MAX_HEADERS: usize = 64;
+/// A request head must be read within this long.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after an accept error (EMFILE and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Handler threads (blocking pool).
+const HANDLER_THREADS: usize = 4;
 
-/// Wraps the process's panic hook once: a panic located in tiny_http's sources sets
-/// [`TINY_HTTP_PANICKED`]; every panic is still reported by the previous hook.
-fn watch_tiny_http_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info
-                .location()
-                .is_some_and(|l| l.file().contains("tiny_http"))
-            {
-                TINY_HTTP_PANICKED.store(true, Ordering::Release);
-            }
-            previous(info);
-        }));
-    });
+/// Where a request came in.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// The TCP socket bound to this address.
+    Tcp(SocketAddr),
+    /// The UNIX socket.
+    Unix,
 }
 
-/// The admin API's listening socket and the tiny_http server accepting on it, restarted when
-/// it stops accepting.
-pub struct Supervised {
-    listener: TcpListener,
-    server: Option<Server>,
-    /// No new server before then.
-    retry_at: Option<Instant>,
-    logged: Option<Instant>,
-    unlogged: u64,
+/// The running server: its thread and the way to stop it.
+#[derive(Debug)]
+pub(crate) struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    unix: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Supervised {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervised")
-            .field("listener", &self.listener)
-            .field("serving", &self.server.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Supervised {
-    /// Binds `addr` (port 0 picks a free port) and starts serving on it.
+impl Server {
+    /// Binds `bind` (and `unix`, mode 0600, replacing a stale file) and serves on a new thread.
     ///
     /// # Errors
-    /// When the address cannot be bound (e.g. `AddrInUse`) or the first server cannot start.
-    pub fn bind(addr: SocketAddr) -> io::Result<Supervised> {
-        watch_tiny_http_panics();
-        let listener = TcpListener::bind(addr)?;
-        let server = serve(&listener)?;
-        Ok(Supervised {
-            listener,
-            server: Some(server),
-            retry_at: None,
-            logged: None,
-            unlogged: 0,
+    /// When an address cannot be bound or the thread cannot start.
+    pub(crate) fn start(
+        control: Arc<Control>,
+        bind: SocketAddr,
+        unix: Option<&Path>,
+    ) -> io::Result<Server> {
+        let tcp = std::net::TcpListener::bind(bind)?;
+        tcp.set_nonblocking(true)?;
+        let addr = tcp.local_addr()?;
+        let unix_listener = match unix {
+            None => None,
+            Some(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+        };
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("ballast-admin".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .max_blocking_threads(HANDLER_THREADS)
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(serve(control, tcp, unix_listener, stopped)),
+                    Err(e) => log::error!("admin API: cannot start its runtime: {e}"),
+                }
+            })?;
+        Ok(Server {
+            addr,
+            stop,
+            thread: Some(thread),
+            unix: unix.map(Path::to_path_buf),
         })
     }
 
-    /// The bound address.
-    ///
-    /// # Errors
-    /// As `getsockname(2)`.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// Where the API listens (TCP).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// The next request, waiting at most about `timeout`; `None` when none came (or while
-    /// the server is being restarted).
-    pub fn next(&mut self, timeout: Duration) -> Option<Request> {
-        if TINY_HTTP_PANICKED.swap(false, Ordering::AcqRel) && self.server.is_some() {
-            self.stopped("a panic in its accept thread");
+    /// Stops accepting, ends the connections, waits for the thread; removes the UNIX socket.
+    pub(crate) fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        let Some(server) = &self.server else {
-            self.restart(timeout);
-            return None;
-        };
-        match server.recv_timeout(timeout) {
-            Ok(request) => request,
-            Err(e) => {
-                self.stopped(&format!("accept failed: {e}"));
-                None
-            }
-        }
-    }
-
-    /// The server stopped accepting (`why`): drop it, and start another after
-    /// [`RESTART_BACKOFF`].
-    fn stopped(&mut self, why: &str) {
-        // Dropping the server closes only its duplicate of the listening socket.
-        self.server = None;
-        self.retry_at = Some(Instant::now() + RESTART_BACKOFF);
-        let now = Instant::now();
-        if self
-            .logged
-            .is_some_and(|t| now.duration_since(t) < LOG_EVERY)
-        {
-            self.unlogged += 1;
-            return;
-        }
-        self.logged = Some(now);
-        log::warn!(
-            "admin API stopped accepting ({why}); serving again in {}ms on the same socket \
-             ({} more such restarts since the last report)",
-            RESTART_BACKOFF.as_millis(),
-            std::mem::take(&mut self.unlogged)
-        );
-    }
-
-    /// Starts a new server once the backoff has passed, sleeping at most `timeout` for it.
-    fn restart(&mut self, timeout: Duration) {
-        if let Some(at) = self.retry_at {
-            let now = Instant::now();
-            if now < at {
-                std::thread::sleep((at - now).min(timeout));
-                return;
-            }
-        }
-        match serve(&self.listener) {
-            Ok(server) => {
-                self.server = Some(server);
-                self.retry_at = None;
-            }
-            // Still out of descriptors (the duplicate needs one): try again later.
-            Err(e) => self.stopped(&format!("cannot restart: {e}")),
+        if let Some(path) = &self.unix {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
 
-/// A tiny_http server accepting on a duplicate of `listener`.
-fn serve(listener: &TcpListener) -> io::Result<Server> {
-    Server::from_listener(listener.try_clone()?, None).map_err(|e| io::Error::other(e.to_string()))
+/// Accepts on both sockets until `stopped` turns true.
+async fn serve(
+    control: Arc<Control>,
+    tcp: std::net::TcpListener,
+    unix: Option<std::os::unix::net::UnixListener>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tcp = match tokio::net::TcpListener::from_std(tcp) {
+        Ok(l) => l,
+        Err(e) => return log::error!("admin API: cannot serve its socket: {e}"),
+    };
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+    let unix = unix.and_then(|l| tokio::net::UnixListener::from_std(l).ok());
+    let mut refused = Throttle::default();
+    loop {
+        let accepted: io::Result<(Box<dyn Connection>, Origin)> = tokio::select! {
+            a = tcp.accept() => a.map(|(s, _)| (Box::new(s) as Box<dyn Connection>, Origin::Tcp(local))),
+            a = accept_unix(unix.as_ref()) => a.map(|s| (Box::new(s) as Box<dyn Connection>, Origin::Unix)),
+            _ = stopped.changed() => return,
+        };
+        let (stream, origin) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                if refused.allow() {
+                    log::warn!("admin API: accept failed ({e}); trying again in 100 ms");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if refused.allow() {
+                log::warn!("admin API: {MAX_CONNECTIONS} connections open; closing new ones");
+            }
+            continue; // `stream` is dropped: closed
+        };
+        let control = control.clone();
+        let mut stopping = stopped.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(control.clone(), request, origin));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .max_headers(MAX_HEADERS);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stopping.changed() => connection.as_mut().graceful_shutdown(),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A socket hyper can serve.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// The next UNIX connection, or never when there is no UNIX socket.
+async fn accept_unix(l: Option<&tokio::net::UnixListener>) -> io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// At most one log line per 10 s about refused or failed accepts.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle(Option<std::time::Instant>);
+
+impl Throttle {
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .0
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+        {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}
+
+/// One request: the cross-site checks, the token (before any body is read), the body
+/// (bounded), then [`answer`] on the blocking pool.
+async fn handle(
+    control: Arc<Control>,
+    request: Request<Incoming>,
+    origin: Origin,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let url = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let path = parts.uri.path().to_string();
+    let shared = control.shared();
+    let token = bearer(&parts.headers);
+    if let Origin::Tcp(local) = origin {
+        if let Err(reply) = same_origin(&shared, &method, &parts.headers, local) {
+            return Ok(respond(reply));
+        }
+        if !authorized(&shared, &method, &path, token.as_deref()) {
+            return Ok(respond(error(401, "missing or wrong bearer token")));
+        }
+    }
+    // Over the UNIX socket the file's permissions authenticate: the configured token stands
+    // in for the one not sent.
+    let token = match origin {
+        Origin::Unix => shared.config.admin.token.clone(),
+        Origin::Tcp(_) => token,
+    };
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => String::from_utf8(b.to_bytes().to_vec())
+            .map_err(|_| "the request body is not UTF-8".to_string()),
+        Err(_) => Err(format!(
+            "cannot read the request body (at most {MAX_BODY} bytes)"
+        )),
+    };
+    let handled = tokio::task::spawn_blocking(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            answer(&control, &method, &url, token.as_deref(), || body)
+        }));
+        if result.is_err() {
+            control.restarts.admin.fetch_add(1, Ordering::Relaxed);
+            log::error!("admin API: a request handler panicked; serving on");
+        }
+        result
+    })
+    .await;
+    Ok(respond(match handled {
+        Ok(Ok(reply)) => reply,
+        _ => error(500, "the request failed inside Ballast (see its log)"),
+    }))
+}
+
+/// With no token configured, a request that changes something must show it comes from a
+/// client of the API rather than from a web page: `Content-Type: application/json` (a form
+/// or a simple cross-site request cannot send it without a CORS preflight, which this API
+/// never answers) and a `Host` naming the API's own address (a DNS-rebound page sends its
+/// own name). Reads stay open to any Host (`curl` by name works).
+fn same_origin(
+    shared: &crate::generation::Generation,
+    method: &Method,
+    headers: &HeaderMap,
+    local: SocketAddr,
+) -> Result<(), Reply> {
+    if shared.config.admin.token.is_some() || matches!(*method, Method::GET | Method::HEAD) {
+        return Ok(());
+    }
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        return Err(error(
+            415,
+            "changes need `Content-Type: application/json` (cross-site requests are refused)",
+        ));
+    }
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !allowed_hosts(local)
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+    {
+        return Err(error(
+            403,
+            &format!("Host `{host}` is not this API's address ({local}); refused"),
+        ));
+    }
+    Ok(())
+}
+
+/// The `Host` values that name the API at `local`: its address, and on loopback the usual
+/// loopback names, with the port.
+fn allowed_hosts(local: SocketAddr) -> Vec<String> {
+    let port = local.port();
+    let mut hosts = vec![local.to_string()];
+    if local.ip().is_loopback() {
+        hosts.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    hosts
+}
+
+/// The bearer token in `headers`, if any.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+}
+
+fn respond(reply: Reply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(reply.content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_apis_accept_their_usual_names() {
+        let hosts = allowed_hosts("127.0.0.1:9100".parse().unwrap());
+        assert!(hosts.contains(&"localhost:9100".to_string()));
+        assert!(!hosts.iter().any(|h| h.starts_with("evil")));
+        let hosts = allowed_hosts("10.0.0.5:9100".parse().unwrap());
+        assert_eq!(hosts, vec!["10.0.0.5:9100".to_string()]);
+    }
 }

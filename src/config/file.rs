@@ -44,6 +44,7 @@ pub struct FileConfig {
 pub struct FileAdmin {
     pub bind: Option<Address>,
     pub token_file: Option<String>,
+    pub unix: Option<String>,
 }
 
 /// One `listeners:` entry.

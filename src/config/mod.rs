@@ -78,6 +78,9 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// The bearer token every request must carry, read from `token_file` at load.
     pub token: Option<String>,
+    /// A UNIX socket (mode 0600) serving the same API, as HAProxy's stats socket: its file
+    /// permissions are its authentication (no token asked there).
+    pub unix: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("unix", &self.unix)
             .finish()
     }
 }
@@ -580,6 +584,7 @@ mod debug_tests {
         let admin = AdminConfig {
             bind: "127.0.0.1:9100".parse().unwrap(),
             token: Some("s3cret-token".into()),
+            unix: None,
         };
         let shown = format!("{admin:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

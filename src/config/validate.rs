@@ -366,6 +366,7 @@ fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
     let raw = raw.unwrap_or(FileAdmin {
         bind: None,
         token_file: None,
+        unix: None,
     });
     let bind = raw.bind.map_or_else(
         || DEFAULT_ADMIN_BIND.parse().expect("a valid default"),
@@ -374,6 +375,24 @@ fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
     let token = match raw.token_file {
         None => None,
         Some(file) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file)
+                .map(|m| m.permissions().mode())
+                .map_err(|e| {
+                    (
+                        "admin.token_file".to_string(),
+                        format!("cannot read {file}: {e}"),
+                    )
+                })?;
+            if mode & 0o077 != 0 {
+                return Err((
+                    "admin.token_file".into(),
+                    format!(
+                        "{file} can be read by group or others (mode {:o}): `chmod 600 {file}`",
+                        mode & 0o777
+                    ),
+                ));
+            }
             let text = std::fs::read_to_string(&file).map_err(|e| {
                 (
                     "admin.token_file".to_string(),
@@ -395,7 +414,17 @@ fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
             ),
         ));
     }
-    Ok(AdminConfig { bind, token })
+    let unix = match raw.unix.as_deref() {
+        None => None,
+        Some("") => {
+            return Err((
+                "admin.unix".into(),
+                "give a path, or leave the key out".into(),
+            ))
+        }
+        Some(p) => Some(p.into()),
+    };
+    Ok(AdminConfig { bind, token, unix })
 }
 
 fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {

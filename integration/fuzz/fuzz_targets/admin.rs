@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
     );
-    let Ok(method) = method.parse::<tiny_http::Method>() else {
+    let Ok(method) = method.parse::<ballast::admin::Method>() else {
         return;
     };
     if url.contains("/debug/") || url.contains("/reload") {
