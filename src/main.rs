@@ -108,8 +108,12 @@ fn print_plan(c: &Config) {
     };
     let _ = writeln!(
         out,
-        "admin API on {}{}, access log: {access}",
+        "admin API on {}{}{}, access log: {access}",
         c.admin.bind,
+        c.admin
+            .unix
+            .as_ref()
+            .map_or(String::new(), |p| format!(" and unix:{}", p.display())),
         if c.admin.token.is_some() {
             " (token required)"
         } else {
@@ -172,6 +176,23 @@ fn print_plan(c: &Config) {
         }
         if !l.access.deny.is_empty() {
             let _ = writeln!(out, "  deny [{}]", nets(&l.access.deny));
+        }
+        if let Some(p) = &l.per_source {
+            let mut limits = Vec::new();
+            if let Some(n) = p.max_open {
+                limits.push(format!("{n} open"));
+            }
+            if let Some(r) = p.rate {
+                limits.push(format!("{r} new"));
+            }
+            let _ = writeln!(
+                out,
+                "  per source (/{} or /{}): {}; table of {} entries",
+                p.ipv4_prefix,
+                p.ipv6_prefix,
+                limits.join(", "),
+                p.table_size
+            );
         }
     }
     for g in &c.target_groups {
