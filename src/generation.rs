@@ -90,6 +90,9 @@ pub enum Refusal {
     SourceLimit,
     /// `per_source`: the source's `connection_rate` is used up.
     SourceRate,
+    /// `routes` with `without_server_name: close`: no route for the client's ClientHello (no
+    /// TLS, no server name, an unknown one, or none in time).
+    NoRoute,
 }
 
 impl From<crate::per_source::Over> for Refusal {
@@ -103,13 +106,14 @@ impl From<crate::per_source::Over> for Refusal {
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::Denied,
         Refusal::UntrustedProxy,
         Refusal::BadProxyHeader,
         Refusal::ProxyTimeout,
         Refusal::SourceLimit,
         Refusal::SourceRate,
+        Refusal::NoRoute,
     ];
 
     /// The `reason` label.
@@ -121,6 +125,7 @@ impl Refusal {
             Refusal::ProxyTimeout => "proxy_timeout",
             Refusal::SourceLimit => "source_limit",
             Refusal::SourceRate => "source_rate",
+            Refusal::NoRoute => "no_route",
         }
     }
 }
@@ -226,12 +231,20 @@ impl Generation {
             }
         }
         // Listeners name groups by their index in `config`; ours are by name.
-        let layout = |mut l: ListenerConfig| {
-            let name = &config.target_groups[l.target_group].name;
-            l.target_group = groups
+        let index = |i: usize| {
+            let name = &config.target_groups[i].name;
+            groups
                 .iter()
                 .position(|g| &g.config.name == name && !g.removed)
-                .expect("every configured group has an index");
+                .expect("every configured group has an index")
+        };
+        let layout = |mut l: ListenerConfig| {
+            l.target_group = index(l.target_group);
+            if let Some(sni) = l.sni.as_mut() {
+                for r in &mut sni.routes {
+                    r.target_group = index(r.target_group);
+                }
+            }
             l
         };
         let mut listeners: Vec<ListenerState> = self

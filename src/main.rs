@@ -177,6 +177,24 @@ fn print_plan(c: &Config) {
         if !l.access.deny.is_empty() {
             let _ = writeln!(out, "  deny [{}]", nets(&l.access.deny));
         }
+        if let Some(sni) = &l.sni {
+            for r in &sni.routes {
+                let _ = writeln!(
+                    out,
+                    "  route server_name {} -> target group {}",
+                    r.server_name, c.target_groups[r.target_group].name
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  other names, no ClientHello within {} or not TLS: {}",
+                humantime::format_duration(sni.timeout),
+                match sni.otherwise {
+                    config::NoServerName::Default => format!("target group {}", g.name),
+                    config::NoServerName::Close => "reset".to_string(),
+                }
+            );
+        }
         if let Some(p) = &l.per_source {
             let mut limits = Vec::new();
             if let Some(n) = p.max_open {

@@ -61,6 +61,9 @@ pub struct FileListener {
     pub allow: Option<Vec<Cidr>>,
     pub deny: Option<Vec<Cidr>>,
     pub per_source: Option<FilePerSource>,
+    pub routes: Option<Vec<FileRoute>>,
+    pub client_hello_timeout: Option<PositiveDuration>,
+    pub without_server_name: Option<super::NoServerName>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,
@@ -68,6 +71,14 @@ pub struct FileListener {
     pub retries: Option<u32>,
     pub forwarding: Option<Forwarding>,
     pub udp: Option<FileUdp>,
+}
+
+/// One `routes:` entry of a TCP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub server_name: String,
+    pub target_group: String,
 }
 
 /// `per_source:` of a listener.

@@ -158,6 +158,55 @@ impl std::fmt::Display for Rate {
     }
 }
 
+/// `routes:` of a TCP listener: the target group by the server name of the client's TLS
+/// ClientHello, read without consuming it ([`crate::sni`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoutes {
+    /// In file order; the first exact match wins, then the first wildcard match.
+    pub routes: Vec<SniRoute>,
+    /// How long a client may take to send its whole ClientHello.
+    pub timeout: Duration,
+    /// What happens to a client with no server name, no ClientHello in time, or no TLS.
+    pub otherwise: NoServerName,
+}
+
+/// One route: a server name (lowercase; `*.example.com` covers one label) and its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// The name, or `*.` and a suffix.
+    pub server_name: String,
+    /// Index into the target groups.
+    pub target_group: usize,
+}
+
+impl SniRoutes {
+    /// The group for `name`: an exact route, else a wildcard route, else `None`.
+    pub fn group_for(&self, name: &str) -> Option<usize> {
+        let exact = self.routes.iter().find(|r| r.server_name == name);
+        exact
+            .or_else(|| {
+                self.routes.iter().find(|r| {
+                    r.server_name.starts_with("*.") && crate::sni::matches(&r.server_name, name)
+                })
+            })
+            .map(|r| r.target_group)
+    }
+}
+
+/// `without_server_name:` of a listener with `routes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoServerName {
+    /// To the listener's `target_group` (the default route).
+    #[default]
+    Default,
+    /// Reset.
+    Close,
+}
+
+/// Default `client_hello_timeout`.
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// `accept_proxy_protocol:` of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptProxy {
@@ -258,6 +307,9 @@ pub struct ListenerConfig {
     pub access: AccessRules,
     /// Limits per client source (`per_source:`), when set.
     pub per_source: Option<PerSource>,
+    /// SNI routing without termination (`routes:`), when set; `target_group` is then the
+    /// default route.
+    pub sni: Option<SniRoutes>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.

@@ -289,6 +289,71 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 })
             }
         };
+        let sni = match l.routes {
+            None => {
+                for (name, set) in [
+                    ("client_hello_timeout", l.client_hello_timeout.is_some()),
+                    ("without_server_name", l.without_server_name.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            format!("{key}.{name}"),
+                            format!("`{name}` goes with `routes`"),
+                        ));
+                    }
+                }
+                None
+            }
+            Some(_) if protocol == Protocol::Udp => {
+                return Err(invalid(
+                    format!("{key}.routes"),
+                    "SNI routes apply to tcp listeners only".into(),
+                ))
+            }
+            Some(raw_routes) => {
+                let mut routes = Vec::with_capacity(raw_routes.len());
+                for (j, r) in raw_routes.into_iter().enumerate() {
+                    let rkey = format!("{key}.routes[{j}]");
+                    let name = r.server_name.trim().to_ascii_lowercase();
+                    let bare = name.strip_prefix("*.").unwrap_or(&name);
+                    if bare.is_empty()
+                        || bare.contains('*')
+                        || !bare
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                    {
+                        return Err(invalid(
+                            format!("{rkey}.server_name"),
+                            format!(
+                                "`{}` is not a host name (letters, digits, `-`, `.`; a wildcard \
+                                 only as a leading `*.`)",
+                                r.server_name
+                            ),
+                        ));
+                    }
+                    let Some(&g) = group_index.get(&r.target_group) else {
+                        return Err(invalid(
+                            format!("{rkey}.target_group"),
+                            format!(
+                                "route names target group `{}`, which is not defined",
+                                r.target_group
+                            ),
+                        ));
+                    };
+                    routes.push(SniRoute {
+                        server_name: name,
+                        target_group: g,
+                    });
+                }
+                Some(SniRoutes {
+                    routes,
+                    timeout: l
+                        .client_hello_timeout
+                        .map_or(DEFAULT_CLIENT_HELLO_TIMEOUT, |d| d.0),
+                    otherwise: l.without_server_name.unwrap_or_default(),
+                })
+            }
+        };
         let access = AccessRules {
             allow: l
                 .allow
@@ -313,6 +378,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             accept_proxy,
             access,
             per_source,
+            sni,
             target_group,
             max_connections: l.max_connections.map(|n| n.get() as usize),
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),

@@ -142,6 +142,9 @@ pub(crate) struct Connection {
     pub preamble: Vec<u8>,
     /// Its place under the listener's `per_source.max_connections` (given back when dropped).
     pub source_place: Option<crate::per_source::SourcePlace>,
+    /// The preamble's checks are done (PROXY header read, access rules and per-source limits
+    /// passed): later calls of the preamble go on from there.
+    pub front_door_passed: bool,
 }
 
 /// A side of a connection.
@@ -221,6 +224,7 @@ impl Connection {
             origin: None,
             preamble: Vec::new(),
             source_place: None,
+            front_door_passed: false,
         }
     }
 

@@ -14,6 +14,7 @@ use mio::Interest;
 use super::{Ready, Tag, TokenSlot, Worker, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
+use crate::config::NoServerName;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
 use crate::generation::{ListenerPlace, Refusal};
@@ -86,10 +87,7 @@ impl Worker {
         conn.place = Some(place);
         // The one timer entry of a connection must never be later than its real deadline
         // (entries only move later): the earliest of the timeouts covers every stage.
-        let first_check = config
-            .accept_proxy
-            .as_ref()
-            .map_or(config.connect_timeout, |a| a.timeout)
+        let first_check = preamble_timeout(config)
             .min(config.connect_timeout)
             .min(config.idle_timeout);
         if let Some(old) = self.table.find(&tuple) {
@@ -132,42 +130,70 @@ impl Worker {
             return;
         };
         let state = &self.shared.listeners[conn.listener];
-        if state.config.accept_proxy.is_some() {
-            match read_proxy_header(conn) {
-                HeaderRead::Wait => return,
-                HeaderRead::ClientGone => {
-                    return self.close(key, "client_reset", Reset::NONE);
+        if !conn.front_door_passed {
+            if state.config.accept_proxy.is_some() {
+                match read_proxy_header(conn) {
+                    HeaderRead::Wait => return,
+                    HeaderRead::ClientGone => {
+                        return self.close(key, "client_reset", Reset::NONE);
+                    }
+                    HeaderRead::Refused(why) => {
+                        log::debug!("{}: refused: {why}", conn.tuple);
+                        state.refuse(Refusal::BadProxyHeader);
+                        return self.refuse(key);
+                    }
+                    HeaderRead::Done => {}
                 }
-                HeaderRead::Refused(why) => {
-                    log::debug!("{}: refused: {why}", conn.tuple);
-                    state.refuse(Refusal::BadProxyHeader);
-                    return self.refuse(key);
-                }
-                HeaderRead::Done => {}
-            }
-            if !state.config.access.admits(conn.client().ip()) {
-                state.refuse(Refusal::Denied);
-                return self.refuse(key);
-            }
-        }
-        // Per-source limits, on the client the preamble settled on. Past one, the client is
-        // reset at once rather than left in the backlog, which every source shares.
-        if let Some(t) = &state.sources {
-            match t.admit(conn.client().ip(), self.now) {
-                Ok(place) => conn.source_place = place,
-                Err(over) => {
-                    state.refuse(Refusal::from(over));
+                if !state.config.access.admits(conn.client().ip()) {
+                    state.refuse(Refusal::Denied);
                     return self.refuse(key);
                 }
             }
+            // Per-source limits, on the client the preamble settled on. Past one, the client
+            // is reset at once rather than left in the backlog, which every source shares.
+            if let Some(t) = &state.sources {
+                match t.admit(conn.client().ip(), self.now) {
+                    Ok(place) => conn.source_place = place,
+                    Err(over) => {
+                        state.refuse(Refusal::from(over));
+                        return self.refuse(key);
+                    }
+                }
+            }
+            conn.front_door_passed = true;
         }
+        if let Some(sni) = &state.config.sni {
+            let name = match read_client_hello(conn) {
+                HelloRead::Wait => return,
+                HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
+                HelloRead::Done(name) => name,
+            };
+            match name.as_deref().and_then(|n| sni.group_for(n)) {
+                Some(g) => conn.group = g,
+                None if sni.otherwise == NoServerName::Close => {
+                    state.refuse(Refusal::NoRoute);
+                    return self.refuse(key);
+                }
+                None => {} // the default route: the listener's target group
+            }
+        }
+        self.finish_preamble(key);
+    }
+
+    /// The preamble is complete: puts what goes to the target first — the group's PROXY
+    /// header, and the client bytes the preamble read (past an incoming PROXY header; a
+    /// ClientHello, unchanged) — and moves to `Connecting`.
+    fn finish_preamble(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
         let mut first = match self.shared.groups[conn.group].config.proxy_protocol {
             Some(v) => crate::proxy_protocol::header(v, conn.client(), conn.local(), false),
             None => Vec::new(),
         };
         first.append(&mut std::mem::take(&mut conn.preamble));
         if !first.is_empty() && conn.up.preload(&first, &mut self.pool).is_err() {
-            // Cannot happen (a header and at most MAX_HEADER bytes fit one buffer); never
+            // Cannot happen (a header and at most MAX_HELLO bytes fit one buffer); never
             // forward a stream with a hole in it.
             return self.close(key, "preamble_overflow", Reset::BOTH);
         }
@@ -546,13 +572,7 @@ impl Worker {
             let config = &self.shared.listeners[conn.listener].config;
             let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
             let deadline = match conn.stage() {
-                Stage::Preamble => {
-                    conn.started
-                        + config
-                            .accept_proxy
-                            .as_ref()
-                            .map_or(connect_timeout, |a| a.timeout)
-                }
+                Stage::Preamble => conn.started + preamble_timeout(config),
                 Stage::Connecting => conn.attempt_started + connect_timeout,
                 Stage::Established => conn.last_active + idle_timeout,
                 Stage::Closing => {
@@ -566,11 +586,24 @@ impl Worker {
             }
             if conn.stage() == Stage::Preamble {
                 let state = &self.shared.listeners[conn.listener];
-                if state.config.accept_proxy.is_some() {
-                    state.refuse(Refusal::ProxyTimeout);
-                    self.refuse(due.key);
-                } else {
-                    self.close(due.key, "preamble_timeout", Reset::BOTH);
+                match (&state.config.sni, conn.front_door_passed) {
+                    (_, false) if state.config.accept_proxy.is_some() => {
+                        state.refuse(Refusal::ProxyTimeout);
+                        self.refuse(due.key);
+                    }
+                    // No whole ClientHello in time: what was read goes to the default route.
+                    (Some(sni), true) if sni.otherwise == NoServerName::Default => {
+                        self.finish_preamble(due.key);
+                        if let Some(conn) = self.table.get_mut(due.key) {
+                            let next = connect_timeout.min(idle_timeout);
+                            self.timers.schedule(conn.attempt_started + next, due);
+                        }
+                    }
+                    (Some(_), true) => {
+                        state.refuse(Refusal::NoRoute);
+                        self.refuse(due.key);
+                    }
+                    _ => self.close(due.key, "preamble_timeout", Reset::BOTH),
                 }
             } else if conn.stage() == Stage::Connecting {
                 let reason = format!(
@@ -696,6 +729,92 @@ fn is_local_exhaustion(e: &io::Error) -> bool {
     is_out_of_descriptors(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
+/// How long a client of listener `config` may take over its preamble: the PROXY header's
+/// timeout and the ClientHello's, as configured; `connect_timeout` when neither is.
+fn preamble_timeout(config: &crate::config::ListenerConfig) -> Duration {
+    let proxy = config.accept_proxy.as_ref().map(|a| a.timeout);
+    let hello = config.sni.as_ref().map(|s| s.timeout);
+    match (proxy, hello) {
+        (None, None) => config.connect_timeout,
+        (p, h) => p.unwrap_or_default() + h.unwrap_or_default(),
+    }
+}
+
+/// How reading a ClientHello went.
+enum HelloRead {
+    /// Not complete yet (and nothing wrong so far).
+    Wait,
+    /// Done: the server name, or `None` (no SNI, not TLS, closed early, too long).
+    Done(Option<String>),
+    /// The client reset.
+    ClientGone,
+}
+
+/// Reads the client's TLS ClientHello into `conn.preamble` (kept, to go to the target
+/// unchanged), at most [`crate::sni::MAX_HELLO`] bytes, until its server name is known.
+fn read_client_hello(conn: &mut Connection) -> HelloRead {
+    use crate::sni::{peek, Hello, MAX_HELLO};
+    loop {
+        match peek(&conn.preamble) {
+            Hello::Complete(name) => return HelloRead::Done(name),
+            Hello::NotTls => return HelloRead::Done(None),
+            Hello::Incomplete => {}
+        }
+        match fill_preamble(conn, MAX_HELLO) {
+            Fill::More => {}
+            Fill::Wait => return HelloRead::Wait,
+            Fill::Eof | Fill::Full => return HelloRead::Done(None),
+            Fill::Gone => return HelloRead::ClientGone,
+        }
+    }
+}
+
+/// What one read into `conn.preamble` did.
+enum Fill {
+    /// Bytes were added.
+    More,
+    /// The socket is empty for now.
+    Wait,
+    /// The client half-closed.
+    Eof,
+    /// `max` bytes are held already.
+    Full,
+    /// The client reset (its endpoint is marked aborted).
+    Gone,
+}
+
+/// Reads once from the client into `conn.preamble`, up to `max` bytes held in all.
+fn fill_preamble(conn: &mut Connection, max: usize) -> Fill {
+    use std::io::Read;
+    let mut chunk = [0u8; 4096];
+    let room = max.saturating_sub(conn.preamble.len()).min(chunk.len());
+    if room == 0 {
+        return Fill::Full;
+    }
+    let Some(buf) = chunk.get_mut(..room) else {
+        return Fill::Full;
+    };
+    loop {
+        return match conn.front.stream.read(buf) {
+            Ok(0) => Fill::Eof,
+            Ok(n) => {
+                conn.preamble
+                    .extend_from_slice(buf.get(..n).unwrap_or_default());
+                Fill::More
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.front.ready.readable = false;
+                Fill::Wait
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                conn.front.abort(&e);
+                Fill::Gone
+            }
+        };
+    }
+}
+
 /// How reading a PROXY protocol header went.
 enum HeaderRead {
     /// Not complete yet: wait for the next client event (or the timeout).
@@ -712,8 +831,6 @@ enum HeaderRead {
 /// [`crate::proxy_protocol::MAX_HEADER`] bytes, until it is whole or the socket is empty.
 fn read_proxy_header(conn: &mut Connection) -> HeaderRead {
     use crate::proxy_protocol::{parse, Parsed, MAX_HEADER};
-    use std::io::Read;
-    let mut chunk = [0u8; MAX_HEADER];
     loop {
         match parse(&conn.preamble) {
             Parsed::Header { len, addresses } => {
@@ -726,24 +843,12 @@ fn read_proxy_header(conn: &mut Connection) -> HeaderRead {
             Parsed::Invalid(why) => return HeaderRead::Refused(why),
             Parsed::Incomplete => {}
         }
-        let room = MAX_HEADER.saturating_sub(conn.preamble.len());
-        let Some(buf) = chunk.get_mut(..room) else {
-            return HeaderRead::Refused("header too long".into());
-        };
-        match conn.front.stream.read(buf) {
-            Ok(0) => return HeaderRead::Refused("closed before a whole PROXY header".into()),
-            Ok(n) => conn
-                .preamble
-                .extend_from_slice(buf.get(..n).unwrap_or_default()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.front.ready.readable = false;
-                return HeaderRead::Wait;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                conn.front.abort(&e);
-                return HeaderRead::ClientGone;
-            }
+        match fill_preamble(conn, MAX_HEADER) {
+            Fill::More => {}
+            Fill::Wait => return HeaderRead::Wait,
+            Fill::Eof => return HeaderRead::Refused("closed before a whole PROXY header".into()),
+            Fill::Full => return HeaderRead::Refused("header too long".into()),
+            Fill::Gone => return HeaderRead::ClientGone,
         }
     }
 }

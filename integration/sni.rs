@@ -1,0 +1,165 @@
+//! SNI routing without termination: the ClientHello's server name picks the target group, and
+//! the TLS session is between the client and the target (the client verifies the target's own
+//! certificate, which Ballast never holds). Certificates are made in the test with rcgen; the
+//! TLS ends are rustls.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// A test CA and leaf certificates it signs.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    /// A certificate for `names` and its key.
+    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// A TLS server on 127.0.0.1 with a certificate for `names`: answers each line with
+/// `{tag}:{line}`.
+fn tls_target(pki: &Pki, names: &[&str], tag: &'static str) -> SocketAddr {
+    let (chain, key) = pki.leaf(names);
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(WAIT));
+                let Ok(tls) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
+                let mut line = String::new();
+                while matches!(stream.read_line(&mut line), Ok(n) if n > 0) {
+                    let reply = format!("{tag}:{line}");
+                    if stream.get_mut().write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS client of `addr` asking for `name` and verifying the certificate against the test
+/// CA: what the server answers to one line, or the handshake's error.
+fn ask(pki: &Pki, addr: SocketAddr, name: &str) -> Result<String, String> {
+    let tcp = TcpStream::connect_timeout(&addr, WAIT).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let server = ServerName::try_from(name.to_string()).unwrap();
+    let tls = rustls::ClientConnection::new(pki.client_config(), server).unwrap();
+    let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
+    stream
+        .get_mut()
+        .write_all(b"hello\n")
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    stream.read_line(&mut line).map_err(|e| e.to_string())?;
+    Ok(line)
+}
+
+/// A test CA, and Ballast (listener `l`, more listener keys in `extra`) routing
+/// `a.example.com` to a TLS target `a`, `*.wild.example` to a TLS target `w` (certificate for
+/// `x.wild.example`), and everything else to a plain `named_echo("plain")` server.
+fn router(extra: &str) -> (Pki, Ballast, Backend) {
+    let pki = Pki::new();
+    let a = tls_target(&pki, &["a.example.com"], "a");
+    let w = tls_target(&pki, &["x.wild.example"], "w");
+    let plain = Backend::start(named_echo("plain"));
+    let default = plain.addr;
+    let yaml = format!(
+        "workers: 2\nlisteners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
+         target_group: default\n    routes:\n      - {{server_name: a.example.com, target_group: a}}\n      \
+         - {{server_name: '*.wild.example', target_group: w}}\n{extra}target_groups:\n  \
+         - name: default\n{NO_CHECKS}    targets: [{{address: '{default}'}}]\n  \
+         - name: a\n{NO_CHECKS}    targets: [{{address: '{a}'}}]\n  \
+         - name: w\n{NO_CHECKS}    targets: [{{address: '{w}'}}]\n"
+    );
+    (pki, Ballast::start(&yaml), plain)
+}
+
+#[test]
+fn server_names_pick_the_group_and_the_handshake_is_the_targets() {
+    let (pki, lb, _plain) = router("");
+    let addr = lb.addr("l");
+    // The client verifies the certificate for the name it asked: only the target holds it.
+    assert_eq!(ask(&pki, addr, "a.example.com").unwrap(), "a:hello\n");
+    assert_eq!(ask(&pki, addr, "x.wild.example").unwrap(), "w:hello\n");
+    // A name no route has goes to the default route (a plain server here: no handshake).
+    assert!(ask(&pki, addr, "nobody.example.com").is_err());
+    // A client that is not TLS at all: the default route, bytes unchanged.
+    assert_eq!(echo_once(addr, b"not tls"), b"plain\nnot tls");
+}
+
+#[test]
+fn without_server_name_close_resets_clients_no_route_takes() {
+    let extra = "    without_server_name: close\n    client_hello_timeout: 300ms\n";
+    let (pki, lb, _plain) = router(extra);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    assert_eq!(ask(&pki, addr, "a.example.com").unwrap(), "a:hello\n");
+    let mut s = client(addr);
+    s.write_all(b"not tls").unwrap();
+    let mut buf = [0u8; 8];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    // A client that says nothing: closed after client_hello_timeout.
+    let mut silent = client(addr);
+    assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)));
+    wait_until("both refused", || {
+        sample(
+            &scrape(admin).0,
+            "ballast_listener_refused_total",
+            "reason",
+            "no_route",
+        ) == Some(2.0)
+    });
+    assert!(ask(&pki, addr, "nobody.example.com").is_err());
+}
