@@ -115,16 +115,36 @@ fn router(extra: &str) -> (Pki, Ballast, Backend) {
     let a = tls_target(&pki, &["a.example.com"], "a");
     let w = tls_target(&pki, &["x.wild.example"], "w");
     let plain = Backend::start(named_echo("plain"));
-    let default = plain.addr;
-    let yaml = format!(
+    let lb = Ballast::start(&router_yaml(plain.addr, a, w, extra, false));
+    (pki, lb, plain)
+}
+
+/// The config of [`router`]; `reordered` lists the groups in another order, after a new one.
+fn router_yaml(
+    default: SocketAddr,
+    a: SocketAddr,
+    w: SocketAddr,
+    extra: &str,
+    reordered: bool,
+) -> String {
+    let groups = [
+        format!("  - name: default\n{NO_CHECKS}    targets: [{{address: '{default}'}}]\n"),
+        format!("  - name: a\n{NO_CHECKS}    targets: [{{address: '{a}'}}]\n"),
+        format!("  - name: w\n{NO_CHECKS}    targets: [{{address: '{w}'}}]\n"),
+    ];
+    let groups = if reordered {
+        format!(
+            "  - name: new\n{NO_CHECKS}    targets: [{{address: '{default}'}}]\n{}{}{}",
+            groups[2], groups[1], groups[0]
+        )
+    } else {
+        groups.concat()
+    };
+    format!(
         "workers: 2\nlisteners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
          target_group: default\n    routes:\n      - {{server_name: a.example.com, target_group: a}}\n      \
-         - {{server_name: '*.wild.example', target_group: w}}\n{extra}target_groups:\n  \
-         - name: default\n{NO_CHECKS}    targets: [{{address: '{default}'}}]\n  \
-         - name: a\n{NO_CHECKS}    targets: [{{address: '{a}'}}]\n  \
-         - name: w\n{NO_CHECKS}    targets: [{{address: '{w}'}}]\n"
-    );
-    (pki, Ballast::start(&yaml), plain)
+         - {{server_name: '*.wild.example', target_group: w}}\n{extra}target_groups:\n{groups}"
+    )
 }
 
 #[test]
@@ -162,4 +182,20 @@ fn without_server_name_close_resets_clients_no_route_takes() {
         ) == Some(2.0)
     });
     assert!(ask(&pki, addr, "nobody.example.com").is_err());
+}
+
+#[test]
+fn routes_follow_their_groups_across_a_reload_that_reorders_them() {
+    let pki = Pki::new();
+    let a = tls_target(&pki, &["a.example.com"], "a");
+    let w = tls_target(&pki, &["x.wild.example"], "w");
+    let plain = Backend::start(named_echo("plain"));
+    let lb = Ballast::start(&router_yaml(plain.addr, a, w, "", false));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    assert_eq!(ask(&pki, addr, "a.example.com").unwrap(), "a:hello\n");
+    lb.rewrite_config(&router_yaml(plain.addr, a, w, "", true));
+    assert_eq!(http(admin, "POST", "/reload", None, "").0, 200);
+    assert_eq!(ask(&pki, addr, "a.example.com").unwrap(), "a:hello\n");
+    assert_eq!(ask(&pki, addr, "x.wild.example").unwrap(), "w:hello\n");
+    assert_eq!(echo_once(addr, b"not tls"), b"plain\nnot tls");
 }
