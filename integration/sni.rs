@@ -57,6 +57,17 @@ impl Pki {
 /// A TLS server on 127.0.0.1 with a certificate for `names`: answers each line with
 /// `{tag}:{line}`.
 fn tls_target(pki: &Pki, names: &[&str], tag: &'static str) -> SocketAddr {
+    serve_tls(pki, names, tag, |_| true)
+}
+
+/// As [`tls_target`], running `before` on each connection first (the handshake follows only
+/// when it returns true).
+fn serve_tls(
+    pki: &Pki,
+    names: &[&str],
+    tag: &'static str,
+    before: impl Fn(&mut TcpStream) -> bool + Send + Sync + 'static,
+) -> SocketAddr {
     let (chain, key) = pki.leaf(names);
     let config = Arc::new(
         rustls::ServerConfig::builder()
@@ -66,12 +77,16 @@ fn tls_target(pki: &Pki, names: &[&str], tag: &'static str) -> SocketAddr {
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let before = Arc::new(before);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(tcp) = conn else { continue };
-            let config = config.clone();
+            let Ok(mut tcp) = conn else { continue };
+            let (config, before) = (config.clone(), before.clone());
             std::thread::spawn(move || {
                 let _ = tcp.set_read_timeout(Some(WAIT));
+                if !before(&mut tcp) {
+                    return;
+                }
                 let Ok(tls) = rustls::ServerConnection::new(config) else {
                     return;
                 };
@@ -198,4 +213,59 @@ fn routes_follow_their_groups_across_a_reload_that_reorders_them() {
     assert_eq!(ask(&pki, addr, "a.example.com").unwrap(), "a:hello\n");
     assert_eq!(ask(&pki, addr, "x.wild.example").unwrap(), "w:hello\n");
     assert_eq!(echo_once(addr, b"not tls"), b"plain\nnot tls");
+}
+
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// A PostgreSQL-like TLS target: expects an SSLRequest, answers `answer` (`S` or `N`), then
+/// (after `S`) a TLS handshake for `names` and lines answered `pg:{line}`.
+fn postgres_target(pki: &Pki, names: &[&str], answer: u8) -> SocketAddr {
+    serve_tls(pki, names, "pg", move |tcp| {
+        let mut request = [0u8; 8];
+        // A health check, or not PostgreSQL, sends no SSLRequest.
+        tcp.read_exact(&mut request).is_ok()
+            && request == SSL_REQUEST
+            && tcp.write_all(&[answer]).is_ok()
+            && answer == b'S'
+    })
+}
+
+#[test]
+fn postgres_clients_sslrequest_is_answered_then_routed_by_name_and_replayed() {
+    let pki = Pki::new();
+    let refusing = postgres_target(&pki, &["db.example.com"], b'N');
+    let db = postgres_target(&pki, &["db.example.com"], b'S');
+    let plain = Backend::start(named_echo("plain"));
+    let yaml = format!(
+        "workers: 2\nlisteners:\n  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
+         target_group: default\n    postgres_starttls: true\n    routes:\n      \
+         - {{server_name: db.example.com, target_group: db}}\ntarget_groups:\n  \
+         - name: default\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n  \
+         - name: db\n    algorithm: round_robin\n{NO_CHECKS}    targets: [{{address: '{refusing}'}}, {{address: '{db}'}}]\n",
+        plain.addr
+    );
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("pg");
+    for _ in 0..4 {
+        // As libpq with sslmode=require: SSLRequest, `S`, then TLS with SNI.
+        let mut tcp = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.write_all(&SSL_REQUEST).unwrap();
+        let mut welcome = [0u8; 1];
+        tcp.read_exact(&mut welcome).unwrap();
+        assert_eq!(&welcome, b"S");
+        let name = ServerName::try_from("db.example.com").unwrap();
+        let tls = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+        let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
+        stream.get_mut().write_all(b"select 1\n").unwrap();
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        // The target refusing TLS (`N`) counts as a failed connect: the next one serves.
+        assert_eq!(line, "pg:select 1\n");
+    }
+    // A client without an SSLRequest (plain PostgreSQL) takes the default route unchanged.
+    assert_eq!(
+        echo_once(addr, b"\0\0\0\x08plain"),
+        b"plain\n\0\0\0\x08plain"
+    );
 }

@@ -185,6 +185,12 @@ fn print_plan(c: &Config) {
                     r.server_name, c.target_groups[r.target_group].name
                 );
             }
+            if sni.postgres_starttls {
+                let _ = writeln!(
+                    out,
+                    "  answers PostgreSQL's SSLRequest, routes by the SNI that follows"
+                );
+            }
             let _ = writeln!(
                 out,
                 "  other names, no ClientHello within {} or not TLS: {}",

@@ -64,6 +64,7 @@ pub struct FileListener {
     pub routes: Option<Vec<FileRoute>>,
     pub client_hello_timeout: Option<PositiveDuration>,
     pub without_server_name: Option<super::NoServerName>,
+    pub postgres_starttls: Option<bool>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,

@@ -168,6 +168,10 @@ pub struct SniRoutes {
     pub timeout: Duration,
     /// What happens to a client with no server name, no ClientHello in time, or no TLS.
     pub otherwise: NoServerName,
+    /// PostgreSQL clients (`sslmode=require`) open with an SSLRequest before their
+    /// ClientHello: Ballast answers `S`, reads the ClientHello, and replays the SSLRequest
+    /// to the target, whose `S` it does not pass on.
+    pub postgres_starttls: bool,
 }
 
 /// One route: a server name (lowercase; `*.example.com` covers one label) and its group.

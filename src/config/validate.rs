@@ -294,6 +294,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 for (name, set) in [
                     ("client_hello_timeout", l.client_hello_timeout.is_some()),
                     ("without_server_name", l.without_server_name.is_some()),
+                    ("postgres_starttls", l.postgres_starttls.is_some()),
                 ] {
                     if set {
                         return Err(invalid(
@@ -351,6 +352,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                         .client_hello_timeout
                         .map_or(DEFAULT_CLIENT_HELLO_TIMEOUT, |d| d.0),
                     otherwise: l.without_server_name.unwrap_or_default(),
+                    postgres_starttls: l.postgres_starttls.unwrap_or(false),
                 })
             }
         };

@@ -64,6 +64,10 @@ pub(crate) enum Stage {
     Preamble,
     /// A non-blocking connect to `target` is in flight.
     Connecting,
+    /// Connected; the target has been sent what must precede the client's bytes and its
+    /// answer is awaited (PostgreSQL's SSLRequest, answered `S`, on `postgres_starttls`
+    /// listeners). A refusal counts as a failed connect: the next target is tried.
+    TargetPreamble,
     /// Connected to the target; bytes flow.
     Established,
     /// Both directions are over and a side is to be reset: waiting (bounded) until the bytes
@@ -83,6 +87,7 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Preamble => "preamble",
             Stage::Connecting => "connecting",
+            Stage::TargetPreamble => "target_preamble",
             Stage::Established => "established",
             Stage::Closing => "closing",
         })
@@ -140,6 +145,10 @@ pub(crate) struct Connection {
     pub origin: Option<(SocketAddr, SocketAddr)>,
     /// Bytes read in the preamble (a PROXY header, and what followed it) until it is complete.
     pub preamble: Vec<u8>,
+    /// `postgres_starttls`: whether the client's first 8 bytes have been looked at, and
+    /// whether they were an SSLRequest (answered `S` by Ballast; the target is sent one too,
+    /// and its `S` is not passed on).
+    pub postgres: Option<bool>,
     /// Its place under the listener's `per_source.max_connections` (given back when dropped).
     pub source_place: Option<crate::per_source::SourcePlace>,
     /// The preamble's checks are done (PROXY header read, access rules and per-source limits
@@ -223,6 +232,7 @@ impl Connection {
             target_place: None,
             origin: None,
             preamble: Vec::new(),
+            postgres: None,
             source_place: None,
             front_door_passed: false,
         }

@@ -163,6 +163,13 @@ impl Worker {
             conn.front_door_passed = true;
         }
         if let Some(sni) = &state.config.sni {
+            if sni.postgres_starttls && conn.postgres.is_none() {
+                match read_ssl_request(conn) {
+                    HelloRead::Wait => return,
+                    HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
+                    HelloRead::Done(_) => {}
+                }
+            }
             let name = match read_client_hello(conn) {
                 HelloRead::Wait => return,
                 HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
@@ -292,6 +299,8 @@ impl Worker {
         if let Some(mut back) = conn.back.take() {
             let _ = self.poll.registry().deregister(&mut back.stream);
         }
+        // From `TargetPreamble` too: the next attempt starts with a connect.
+        conn.set_stage(Stage::Connecting);
         conn.target_place = None;
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
@@ -361,7 +370,7 @@ impl Worker {
         mark(&mut conn.front.ready, event);
         match conn.stage() {
             Stage::Established => self.drive(key),
-            Stage::Preamble | Stage::Connecting if event.is_error() => {
+            Stage::Preamble | Stage::Connecting | Stage::TargetPreamble if event.is_error() => {
                 // A client that resets while its target connect is pending: free both
                 // descriptors now, and reset the target side, which may already be connected.
                 if let Ok(Some(e)) | Err(e) = conn.front.stream.take_error() {
@@ -378,7 +387,7 @@ impl Worker {
                 }
             }
             Stage::Preamble => self.handle_preamble(key),
-            Stage::Connecting | Stage::Closing => {}
+            Stage::Connecting | Stage::TargetPreamble | Stage::Closing => {}
         }
     }
 
@@ -408,10 +417,65 @@ impl Worker {
                     }
                 };
                 match result {
+                    Ok(()) if conn.postgres == Some(true) => self.start_target_preamble(key),
                     Ok(()) => self.established(key),
                     Err(reason) => self.connect_failed(key, reason),
                 }
             }
+            Stage::TargetPreamble => self.handle_target_preamble(key),
+        }
+    }
+
+    /// `postgres_starttls`: the client's SSLRequest was answered by Ballast; the target gets
+    /// one too before the ClientHello (which waits in the up direction).
+    fn start_target_preamble(&mut self, key: usize) {
+        use std::io::Write;
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let Some(back) = conn.back.as_mut() else {
+            return;
+        };
+        // A fresh connection's send buffer takes 8 bytes at once.
+        match back.stream.write(&SSL_REQUEST) {
+            Ok(8) => {
+                conn.set_stage(Stage::TargetPreamble);
+                self.handle_target_preamble(key);
+            }
+            Ok(n) => self.connect_failed(key, format!("SSLRequest cut short ({n} of 8 bytes)")),
+            Err(e) => self.connect_failed(key, describe(&e)),
+        }
+    }
+
+    /// Reads the target's one-byte answer to the SSLRequest: `S` goes on (established, the
+    /// byte not passed on: the client had Ballast's); anything else is a failed connect.
+    fn handle_target_preamble(&mut self, key: usize) {
+        use std::io::Read;
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let Some(back) = conn.back.as_mut() else {
+            return;
+        };
+        let mut answer = [0u8; 1];
+        let result = loop {
+            match back.stream.read(&mut answer) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(1) if answer == *b"S" => self.established(key),
+            Ok(1) => self.connect_failed(
+                key,
+                format!(
+                    "refused TLS: answered {:?} to the SSLRequest",
+                    char::from(answer[0])
+                ),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(_) => self.connect_failed(key, "closed before answering the SSLRequest".into()),
+            Err(e) => self.connect_failed(key, describe(&e)),
         }
     }
 
@@ -573,7 +637,7 @@ impl Worker {
             let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
             let deadline = match conn.stage() {
                 Stage::Preamble => conn.started + preamble_timeout(config),
-                Stage::Connecting => conn.attempt_started + connect_timeout,
+                Stage::Connecting | Stage::TargetPreamble => conn.attempt_started + connect_timeout,
                 Stage::Established => conn.last_active + idle_timeout,
                 Stage::Closing => {
                     self.recheck_closing(due);
@@ -605,7 +669,7 @@ impl Worker {
                     }
                     _ => self.close(due.key, "preamble_timeout", Reset::BOTH),
                 }
-            } else if conn.stage() == Stage::Connecting {
+            } else if matches!(conn.stage(), Stage::Connecting | Stage::TargetPreamble) {
                 let reason = format!(
                     "connect timed out after {}",
                     humantime::format_duration(connect_timeout)
@@ -767,6 +831,41 @@ fn read_client_hello(conn: &mut Connection) -> HelloRead {
             Fill::Gone => return HelloRead::ClientGone,
         }
     }
+}
+
+/// PostgreSQL's SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// `postgres_starttls`: reads the client's first 8 bytes; an SSLRequest is answered `S` (TLS
+/// welcome) and taken out, so the ClientHello follows; anything else stays, to be routed as a
+/// client without a ClientHello. Sets `conn.postgres`.
+fn read_ssl_request(conn: &mut Connection) -> HelloRead {
+    use std::io::Write;
+    while conn.preamble.len() < SSL_REQUEST.len() {
+        match fill_preamble(conn, SSL_REQUEST.len()) {
+            Fill::More => {}
+            Fill::Wait => return HelloRead::Wait,
+            Fill::Eof | Fill::Full => break,
+            Fill::Gone => return HelloRead::ClientGone,
+        }
+        if conn.preamble.get(..conn.preamble.len()) != SSL_REQUEST.get(..conn.preamble.len()) {
+            break; // not an SSLRequest
+        }
+    }
+    let is_request = conn.preamble.starts_with(&SSL_REQUEST);
+    if is_request {
+        // The client waits for this one byte before it sends anything more.
+        match conn.front.stream.write(b"S") {
+            Ok(1) => conn.preamble.drain(..SSL_REQUEST.len()).for_each(drop),
+            Ok(_) => return HelloRead::ClientGone,
+            Err(e) => {
+                conn.front.abort(&e);
+                return HelloRead::ClientGone;
+            }
+        }
+    }
+    conn.postgres = Some(is_request);
+    HelloRead::Done(None)
 }
 
 /// What one read into `conn.preamble` did.
