@@ -8,6 +8,7 @@ pub mod admin;
 pub mod configs;
 pub mod netns;
 pub mod notify;
+pub mod pki;
 pub mod process;
 pub mod tcp_backends;
 pub mod udp_backends;
