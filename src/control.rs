@@ -118,50 +118,40 @@ impl Control {
             .clone()
     }
 
-    /// Every worker's connection table, at most `limit` entries in all: each worker is asked
-    /// over its channel (woken through its poll) and answers between two events; one that does
-    /// not answer within a second is left out rather than waited for.
+    /// Every worker's connection table, at most `limit` entries in all (see
+    /// [`Control::ask_workers`]).
     pub fn connections(&self, limit: usize) -> Vec<ConnInfo> {
-        let (reply, replies) = crossbeam_channel::unbounded();
-        let asked = self
-            .workers()
-            .iter()
-            .filter(|w| {
-                w.send(Message::Snapshot {
-                    limit,
-                    reply: reply.clone(),
-                })
-            })
-            .count();
-        drop(reply);
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        let mut entries = Vec::new();
-        for _ in 0..asked {
-            let Ok(batch) = replies.recv_deadline(deadline) else {
-                break;
-            };
-            entries.extend(batch);
-        }
+        let mut entries: Vec<ConnInfo> = self
+            .ask_workers(|reply| Message::Snapshot { limit, reply })
+            .into_iter()
+            .flatten()
+            .collect();
         entries.truncate(limit);
         entries
     }
 
-    /// Duplicates of every worker's listening sockets, grouped by listener in listener order,
-    /// for a handover ([`crate::handover`]): each worker is asked over its channel; one that
-    /// does not answer within a second is left out (the new process binds fresh sockets
-    /// beside the ones it got).
-    pub(crate) fn share_sockets(&self) -> Vec<(ListenerInfo, Vec<std::os::fd::OwnedFd>)> {
+    /// Sends every worker the message `ask` makes around a reply channel (each is woken
+    /// through its poll and answers between two events) and collects the answers; a worker
+    /// that does not answer within a second is left out rather than waited for.
+    fn ask_workers<T>(&self, ask: impl Fn(crossbeam_channel::Sender<T>) -> Message) -> Vec<T> {
         let (reply, replies) = crossbeam_channel::unbounded();
         let asked = self
             .workers()
             .iter()
-            .filter(|w| w.send(Message::ShareSockets(reply.clone())))
+            .filter(|w| w.send(ask(reply.clone())))
             .count();
         drop(reply);
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        let answers: Vec<_> = (0..asked)
+        (0..asked)
             .map_while(|_| replies.recv_deadline(deadline).ok())
-            .collect();
+            .collect()
+    }
+
+    /// Duplicates of every worker's listening sockets, grouped by listener in listener order,
+    /// for a handover ([`crate::handover`]); a worker that does not answer is left out (the
+    /// new process binds fresh sockets beside the ones it got).
+    pub(crate) fn share_sockets(&self) -> Vec<(ListenerInfo, Vec<std::os::fd::OwnedFd>)> {
+        let answers = self.ask_workers(Message::ShareSockets);
         let shared = self.shared();
         by_listener(answers, |i| {
             let l = shared.listeners.get(i).filter(|l| !l.removed)?;

@@ -21,7 +21,7 @@
 //!    sessions, lets its TCP connections finish up to `shutdown_timeout`, and exits. If N
 //!    closes the connection without `taken`, R goes on serving as if nothing happened.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -443,17 +443,15 @@ pub(crate) fn by_listener(
     answers: Vec<Vec<(usize, OwnedFd)>>,
     describe: impl Fn(usize) -> Option<ListenerInfo>,
 ) -> Vec<(ListenerInfo, Vec<OwnedFd>)> {
-    let mut grouped: HashMap<usize, Vec<OwnedFd>> = HashMap::new();
+    let mut grouped: BTreeMap<usize, Vec<OwnedFd>> = BTreeMap::new();
     for answer in answers {
         for (i, fd) in answer {
             grouped.entry(i).or_default().push(fd);
         }
     }
-    let mut indices: Vec<usize> = grouped.keys().copied().collect();
-    indices.sort_unstable();
-    indices
+    grouped
         .into_iter()
-        .filter_map(|i| Some((describe(i)?, grouped.remove(&i)?)))
+        .filter_map(|(i, fds)| Some((describe(i)?, fds)))
         .collect()
 }
 

@@ -121,6 +121,7 @@ pub mod sni;
 pub(crate) mod supervise;
 pub mod target;
 pub(crate) mod tcp;
+pub(crate) mod throttle;
 pub(crate) mod timers;
 pub mod udp;
 pub(crate) mod worker;

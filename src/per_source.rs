@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use crate::config::{PerSource as Limits, Rate};
+use crate::config::{PerSource, Rate};
 use crate::hash::hash_ip;
 
 /// Words tried per source.
@@ -38,7 +38,7 @@ pub enum Over {
 /// The tables of one listener.
 #[derive(Debug)]
 pub struct SourceLimits {
-    limits: Limits,
+    limits: PerSource,
     open: Arc<[AtomicU64]>,
     buckets: Box<[AtomicU64]>,
     epoch: Instant,
@@ -61,7 +61,7 @@ impl Drop for SourcePlace {
 
 impl SourceLimits {
     /// Empty tables for `limits`.
-    pub fn new(limits: Limits) -> SourceLimits {
+    pub fn new(limits: PerSource) -> SourceLimits {
         let size = limits.table_size.max(PROBES).next_power_of_two();
         let words = |on: bool| -> Vec<AtomicU64> {
             (0..if on { size } else { 0 })
@@ -77,7 +77,7 @@ impl SourceLimits {
     }
 
     /// The limits these tables enforce.
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &PerSource {
         &self.limits
     }
 
@@ -208,7 +208,7 @@ mod tests {
     use std::time::Duration;
 
     fn limits(max_open: Option<u32>, rate: Option<(u32, u32)>) -> SourceLimits {
-        SourceLimits::new(Limits {
+        SourceLimits::new(PerSource {
             max_open,
             rate: rate.map(|(count, burst)| Rate {
                 count,
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_prefix_makes_one_source() {
-        let t = SourceLimits::new(Limits {
+        let t = SourceLimits::new(PerSource {
             max_open: Some(1),
             rate: None,
             ipv4_prefix: 24,

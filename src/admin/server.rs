@@ -36,6 +36,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::{answer, authorized, error, Method, Reply, MAX_BODY};
 use crate::control::Control;
+use crate::throttle::LogLimiter;
 
 /// Connections served at once (TCP and UNIX together).
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
@@ -146,7 +147,7 @@ async fn serve(
         .local_addr()
         .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
     let unix = unix.and_then(|l| tokio::net::UnixListener::from_std(l).ok());
-    let mut refused = Throttle::default();
+    let mut refused = LogLimiter::default();
     loop {
         let accepted: io::Result<(Box<dyn Connection>, Origin)> = tokio::select! {
             a = tcp.accept() => a.map(|(s, _)| (Box::new(s) as Box<dyn Connection>, Origin::Tcp(local))),
@@ -156,16 +157,22 @@ async fn serve(
         let (stream, origin) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                if refused.allow() {
-                    log::warn!("admin API: accept failed ({e}); trying again in 100 ms");
+                if let Some(more) = refused.allow(std::time::Instant::now()) {
+                    log::warn!(
+                        "admin API: accept failed ({e}); trying again in 100 ms ({more} more \
+                         such failures since the last report)"
+                    );
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if refused.allow() {
-                log::warn!("admin API: {MAX_CONNECTIONS} connections open; closing new ones");
+            if let Some(more) = refused.allow(std::time::Instant::now()) {
+                log::warn!(
+                    "admin API: {MAX_CONNECTIONS} connections open; closing new ones ({more} \
+                     more since the last report)"
+                );
             }
             continue; // `stream` is dropped: closed
         };
@@ -198,24 +205,6 @@ async fn accept_unix(l: Option<&tokio::net::UnixListener>) -> io::Result<tokio::
     match l {
         Some(l) => l.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,
-    }
-}
-
-/// At most one log line per 10 s about refused or failed accepts.
-#[derive(Debug, Default)]
-pub(crate) struct Throttle(Option<std::time::Instant>);
-
-impl Throttle {
-    fn allow(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        if self
-            .0
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
-        {
-            return false;
-        }
-        self.0 = Some(now);
-        true
     }
 }
 

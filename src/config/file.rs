@@ -101,29 +101,47 @@ pub struct RateText(pub u32, pub u32);
 
 impl<'de> Deserialize<'de> for RateText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = RateText;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a rate such as 20/s or 600/m")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                let bad = || E::custom(format!("`{s}` is not a rate: write e.g. 20/s or 600/m"));
-                let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-                let n: u32 = n.trim().parse().map_err(|_| bad())?;
-                let per_ms = match unit.trim() {
-                    "s" => 1000,
-                    "m" | "min" => 60_000,
-                    _ => return Err(bad()),
-                };
-                if n == 0 || n > 1_000_000 {
-                    return Err(E::custom(format!("`{s}`: the count must be 1 to 1000000")));
-                }
-                Ok(RateText(n, per_ms))
-            }
-        }
-        d.deserialize_str(V)
+        from_str_with(d, "a rate such as 20/s or 600/m", parse_rate)
     }
+}
+
+/// `20/s` or `600/m` (also `/min`), the count 1 to 1,000,000.
+fn parse_rate(s: &str) -> Result<RateText, String> {
+    let bad = || format!("`{s}` is not a rate: write e.g. 20/s or 600/m");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per_ms = match unit.trim() {
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 1_000_000 {
+        return Err(format!("`{s}`: the count must be 1 to 1000000"));
+    }
+    Ok(RateText(n, per_ms))
+}
+
+/// Deserializes a string through `parse`; `expecting` names the accepted forms. The error
+/// is raised inside the visitor, so serde_yaml attaches the key path, line and column.
+fn from_str_with<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+    }
+    impl<T> de::Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            (self.parse)(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V { expecting, parse })
 }
 
 /// `accept_proxy_protocol:` of a TCP listener.
@@ -141,17 +159,11 @@ pub struct Cidr(pub ipnet::IpNet);
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Cidr;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a network such as 10.0.0.0/8 or 2001:db8::/32, or one address")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                parse_cidr(s).map(Cidr).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
+        from_str_with(
+            d,
+            "a network such as 10.0.0.0/8 or 2001:db8::/32, or one address",
+            |s| parse_cidr(s).map(Cidr),
+        )
     }
 }
 
@@ -306,17 +318,11 @@ pub struct Address(pub SocketAddr);
 
 impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Address;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an address such as 127.0.0.1:5432 or db.internal:5432")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                parse_address(s).map(Address).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
+        from_str_with(
+            d,
+            "an address such as 127.0.0.1:5432 or db.internal:5432",
+            |s| parse_address(s).map(Address),
+        )
     }
 }
 

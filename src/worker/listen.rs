@@ -12,39 +12,14 @@ use mio::{Interest, Poll};
 
 use super::{Ready, TokenSlot, Worker};
 use crate::bind::Bound;
+use crate::throttle::LogLimiter;
 
 /// Accepts per listener per wake before yielding to other work.
 const ACCEPT_BUDGET: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Accept errors (EMFILE and the like) come in bursts: log at most one line per listener and
-/// worker this often, with the count of those not logged.
-const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a listener at `max_connections` re-checks for room freed by other workers.
 pub(super) const FULL_RECHECK: Duration = Duration::from_millis(20);
-
-/// Lets through one log line per [`ERROR_LOG_EVERY`] for a recurring event, counting the rest.
-#[derive(Debug, Default)]
-pub(super) struct LogLimiter {
-    logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl LogLimiter {
-    /// Counts one event; returns `Some(events not logged since the last line)` when this one
-    /// may be logged.
-    pub(super) fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .logged
-            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY)
-        {
-            self.unlogged += 1;
-            return None;
-        }
-        self.logged = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
 
 /// A descriptor to hold in reserve: an unbound UDP socket (no port, no file system).
 pub(super) fn reserve_descriptor() -> io::Result<socket2::Socket> {
@@ -67,12 +42,14 @@ pub(super) struct ListenerSlot {
     pub(super) paused_until: Option<Instant>,
     /// At `max_connections`: accept again when a connection closes.
     pub(super) full: bool,
-    /// Accept errors (TCP), at most one line per [`ERROR_LOG_EVERY`].
+    /// Accept errors (TCP), at most one line per [`crate::throttle::LOG_EVERY`].
     pub(super) accept_errors: LogLimiter,
     /// Dropped datagrams (UDP), likewise.
     pub(super) drops: LogLimiter,
     /// Clients reset because no target accepted them, likewise.
     pub(super) give_ups: LogLimiter,
+    /// UDP upstream sockets that could not be opened (EMFILE, no local port), likewise.
+    pub(super) upstream_errors: LogLimiter,
 }
 
 impl ListenerSlot {
@@ -102,6 +79,7 @@ impl ListenerSlot {
             accept_errors: LogLimiter::default(),
             drops: LogLimiter::default(),
             give_ups: LogLimiter::default(),
+            upstream_errors: LogLimiter::default(),
         })
     }
 
@@ -115,6 +93,7 @@ impl ListenerSlot {
             accept_errors: LogLimiter::default(),
             drops: LogLimiter::default(),
             give_ups: LogLimiter::default(),
+            upstream_errors: LogLimiter::default(),
         }
     }
 
@@ -149,7 +128,7 @@ impl Worker {
 
     /// Stops accepting on listener `i` for [`ACCEPT_BACKOFF`] after `e`, a resource error
     /// (EMFILE and the like) met by `what`; clients meanwhile wait in the listen backlog.
-    /// Logs at most one line per [`ERROR_LOG_EVERY`], with the count of those not logged.
+    /// Logs at most one line per [`crate::throttle::LOG_EVERY`], with the count of those not logged.
     pub(super) fn pause_accepts(&mut self, i: usize, what: &str, e: &io::Error) {
         self.starved = true;
         let slot = &mut self.listeners[i];

@@ -42,8 +42,8 @@ impl Worker {
         peer: SocketAddr,
         place: ListenerPlace,
     ) {
-        let shared = self.shared.clone();
-        let state = &shared.listeners[i];
+        let tag = self.new_tag();
+        let state = &self.shared.listeners[i];
         let config = &state.config;
         // The front door, before anything is set up: with `accept_proxy_protocol` the peer
         // must be a trusted balancer (the access rules then judge the client its header
@@ -60,7 +60,6 @@ impl Worker {
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             return; // `stream` and `place` are dropped here
         }
-        let tag = self.new_tag();
         // TCP_NODELAY comes from the listening socket (see net::reuseport_tcp_listener).
         let local = self.listeners[i].local;
         let listener = if local.ip().is_unspecified() {
@@ -212,16 +211,11 @@ impl Worker {
     /// caller, and no access-log line (a flood of refused clients must not become a flood of
     /// log lines).
     fn refuse(&mut self, key: usize) {
-        let Some(mut conn) = self.table.remove(key) else {
-            return;
+        let front_only = Reset {
+            front: true,
+            back: false,
         };
-        conn.front.reset_on_close();
-        conn.up.close(&mut self.pool);
-        conn.down.close(&mut self.pool);
-        self.descriptors_freed();
-        if self.listeners[conn.listener].full {
-            self.ready.push_back(Ready::Listener(conn.listener));
-        }
+        self.remove(key, front_only);
     }
 
     /// Starts a connect to the next target the balancer picks, skipping targets already tried;
@@ -581,30 +575,13 @@ impl Worker {
         self.timers.schedule(recheck_at, Due { key, id });
     }
 
-    /// Deregisters and closes both sockets (resetting those `reset` names), releases buffers,
-    /// updates counters and removes the table entry.
+    /// Closes both sockets (resetting those `reset` names), releases buffers, gives back the
+    /// connection's places and removes the table entry; writes its access-log line.
     pub(super) fn close(&mut self, key: usize, reason: &str, reset: Reset) {
-        // No deregister: closing a socket removes it from epoll (we never dup fds), and
-        // two epoll_ctl calls per connection are measurable at high connection rates.
-        let Some(mut conn) = self.table.remove(key) else {
+        let Some(conn) = self.remove(key, reset) else {
             return;
         };
-        if reset.front {
-            conn.front.reset_on_close();
-        }
-        if let Some(back) = conn.back.as_ref().filter(|_| reset.back) {
-            back.reset_on_close();
-        }
-        conn.up.close(&mut self.pool);
-        conn.down.close(&mut self.pool);
-        self.descriptors_freed();
-        // Give back its places under the listener's and the target's limits now.
-        conn.place = None;
-        conn.target_place = None;
         let listener = &self.shared.listeners[conn.listener];
-        if self.listeners[conn.listener].full {
-            self.ready.push_back(Ready::Listener(conn.listener));
-        }
         let target = conn
             .target
             .map(|t| &self.shared.groups[conn.group].targets[t]);
@@ -621,6 +598,31 @@ impl Worker {
             datagrams: None,
             reason,
         });
+    }
+
+    /// Removes connection `key` from the table and closes its sockets (resetting those `reset`
+    /// names), releasing its buffers and its places under the limits at once; returns what is
+    /// left of it (for the access log).
+    fn remove(&mut self, key: usize, reset: Reset) -> Option<Connection> {
+        // No deregister: closing a socket removes it from epoll (we never dup fds), and
+        // two epoll_ctl calls per connection are measurable at high connection rates.
+        let mut conn = self.table.remove(key)?;
+        if reset.front {
+            conn.front.reset_on_close();
+        }
+        if let Some(back) = conn.back.as_ref().filter(|_| reset.back) {
+            back.reset_on_close();
+        }
+        conn.up.close(&mut self.pool);
+        conn.down.close(&mut self.pool);
+        self.descriptors_freed();
+        conn.place = None;
+        conn.target_place = None;
+        conn.source_place = None;
+        if self.listeners[conn.listener].full {
+            self.ready.push_back(Ready::Listener(conn.listener));
+        }
+        Some(conn)
     }
 
     /// Acts on due deadlines: connect timeouts retry, idle connections close. Entries whose

@@ -179,7 +179,7 @@ impl Worker {
                 if let Some(Err(e)) = other {
                     // EMFILE, no local port…: counted with the drops, logged at most once
                     // per interval, however hard the flood.
-                    if let Some(unlogged) = self.listeners[i].give_ups.allow(self.now) {
+                    if let Some(unlogged) = self.listeners[i].upstream_errors.allow(self.now) {
                         log::warn!(
                             "listener {}: cannot open an upstream socket: {} ({unlogged} more \
                              such failures since the last report)",
