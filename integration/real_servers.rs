@@ -3,53 +3,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
 
 use common::*;
-
-/// A server process killed (by PID) when dropped.
-struct Server(Child);
-
-impl Server {
-    /// Starts `program` with `args` (`{port}` replaced by a free port) and waits until it
-    /// listens on 127.0.0.1 there.
-    fn start(program: &str, args: &[&str]) -> (Server, SocketAddr) {
-        need(program);
-        let port = free_port().to_string();
-        let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port)).collect();
-        let child = Command::new(program)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server(child);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_listening(addr);
-        (server, addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is not installed: run `bash .ci/run` or `apt-get install {tool}`"
-    );
-}
 
 /// A port free for both TCP and UDP below the kernel's ephemeral range (32768 and up by
 /// default). A UDP listener's SO_REUSEPORT group admits any socket of the same user that asks
@@ -63,15 +20,6 @@ fn port_below_ephemeral() -> u16 {
                 && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
         })
         .expect("a free port below 32000")
-}
-
-/// Waits (bounded) until something accepts on `addr`.
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs `iperf3 -c 127.0.0.1 -p port ARGS -J` (bounded) and returns its JSON report.

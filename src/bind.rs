@@ -122,7 +122,7 @@ fn bind_listeners_from(
         log::info!(
             "listener {} ({}) on {} -> target group {} ({}, {} targets)",
             l.name,
-            l.protocol,
+            l.kind(),
             l.endpoint(),
             group.name,
             group.algorithm,

@@ -316,6 +316,19 @@ impl Control {
         result
     }
 
+    /// Builds every TLS configuration afresh from its files (certificates, keys, CA files),
+    /// the rest of the running configuration as it is, and applies it: new handshakes use the
+    /// new certificates, open connections keep their sessions.
+    ///
+    /// # Errors
+    /// [`ChangeError::Config`] naming the file that no longer loads; the running
+    /// certificates stay.
+    pub fn reload_certificates(&self) -> Result<Summary, ChangeError> {
+        let _guard = self.locked();
+        let config = crate::config::reload_tls(&self.shared().config)?;
+        self.apply_locked(config)
+    }
+
     /// Applies `config` as the next generation: listeners added and removed, groups and
     /// targets updated, algorithms rebuilt. Open connections and sessions keep their targets;
     /// removed targets drain. `workers`, `admin` and `access_log` take a restart: a change to

@@ -57,9 +57,89 @@ pub struct ListenerStats {
     pub evicted: AtomicU64,
     /// Clients refused before any target was touched, by [`Refusal`] (its index).
     pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// TLS handshakes completed (`protocol: tls`).
+    pub tls_handshakes: AtomicU64,
+    /// Of those, sessions resumed (a ticket or a session ID) rather than a full handshake.
+    pub tls_resumed: AtomicU64,
+    /// TLS handshakes failed, by [`HandshakeFailure`] (its index).
+    pub tls_failed: [AtomicU64; HandshakeFailure::ALL.len()],
+}
+
+/// Why a client's TLS handshake failed (counted per listener in `/metrics` as
+/// `ballast_listener_tls_handshake_failures_total{reason}`; the client is reset, no target is
+/// touched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not complete within `tls.handshake_timeout`.
+    Timeout,
+    /// The client closed or reset during the handshake.
+    ClientClosed,
+    /// Not TLS, or a malformed TLS message.
+    Malformed,
+    /// No TLS version, cipher suite, key exchange group or signature scheme in common.
+    Incompatible,
+    /// The client sent an alert: most often it refused the certificate (unknown CA, a name
+    /// that does not match).
+    ClientAlert,
+    /// `tls.alpn` is set and the client offered none of those protocols.
+    NoApplicationProtocol,
+    /// Anything else rustls refused.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in counter order.
+    pub const ALL: [HandshakeFailure; 7] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::ClientClosed,
+        HandshakeFailure::Malformed,
+        HandshakeFailure::Incompatible,
+        HandshakeFailure::ClientAlert,
+        HandshakeFailure::NoApplicationProtocol,
+        HandshakeFailure::Other,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::ClientClosed => "client_closed",
+            HandshakeFailure::Malformed => "malformed",
+            HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::ClientAlert => "client_alert",
+            HandshakeFailure::NoApplicationProtocol => "no_application_protocol",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// The reason for a failed handshake.
+    pub fn of(e: &crate::tls::io::HandshakeError) -> HandshakeFailure {
+        use crate::tls::io::HandshakeError;
+        match e {
+            HandshakeError::Closed | HandshakeError::Io(_) => HandshakeFailure::ClientClosed,
+            HandshakeError::Tls(e) => match e {
+                rustls::Error::InvalidMessage(_)
+                | rustls::Error::InappropriateMessage { .. }
+                | rustls::Error::InappropriateHandshakeMessage { .. } => {
+                    HandshakeFailure::Malformed
+                }
+                rustls::Error::PeerIncompatible(_) => HandshakeFailure::Incompatible,
+                rustls::Error::AlertReceived(_) => HandshakeFailure::ClientAlert,
+                rustls::Error::NoApplicationProtocol => HandshakeFailure::NoApplicationProtocol,
+                _ => HandshakeFailure::Other,
+            },
+        }
+    }
 }
 
 impl ListenerStats {
+    /// Counts one failed TLS handshake.
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        if let Some(c) = self.tls_failed.get(why as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts one client (or datagram) refused for `why`.
     pub fn refuse(&self, why: Refusal) {
         self.refuse_many(why, 1);

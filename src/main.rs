@@ -151,7 +151,7 @@ fn print_plan(c: &Config) {
             out,
             "listener {} ({}) on {}{} -> target group {} ({settings}, readiness {})",
             l.name,
-            l.protocol,
+            l.kind(),
             l.endpoint(),
             if l.freebind { " (freebind)" } else { "" },
             g.name,
@@ -176,6 +176,9 @@ fn print_plan(c: &Config) {
         }
         if !l.access.deny.is_empty() {
             let _ = writeln!(out, "  deny [{}]", nets(&l.access.deny));
+        }
+        if let Some(tls) = &l.tls {
+            print_tls(&mut out, tls);
         }
         if let Some(sni) = &l.sni {
             for r in &sni.routes {
@@ -256,6 +259,23 @@ fn print_plan(c: &Config) {
                 }
             ));
         }
+        if let Some(t) = &g.target_tls {
+            let ca =
+                t.ca.as_ref()
+                    .map_or("the system's CAs".to_string(), |p| p.display().to_string());
+            let name = t
+                .server_name
+                .as_deref()
+                .unwrap_or("each target's IP address");
+            extras.push(match (t.verify, &t.client_cert) {
+                (false, _) => "TLS to targets, certificates NOT verified".to_string(),
+                (true, None) => format!("TLS to targets, verified against {ca} as {name}"),
+                (true, Some(c)) => format!(
+                    "TLS to targets, verified against {ca} as {name}, client certificate {}",
+                    c.cert.display()
+                ),
+            });
+        }
         if let Some(d) = g.slow_start {
             extras.push(format!("slow_start {}", humantime::format_duration(d)));
         }
@@ -276,6 +296,58 @@ fn print_plan(c: &Config) {
                 flags += &format!(" max_connections {max}");
             }
             let _ = writeln!(out, "  target {} weight {}{flags}", t.address, t.weight);
+        }
+    }
+}
+
+/// A `tls` listener's settings and each certificate's names and validity; a warning on stderr
+/// for a certificate that has expired or expires within 14 days.
+fn print_tls(out: &mut impl std::io::Write, tls: &config::TlsListener) {
+    let alpn = if tls.alpn.is_empty() {
+        String::new()
+    } else {
+        format!(", ALPN [{}]", tls.alpn.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "  terminates TLS {}+{alpn}, handshake within {}, session tickets {}",
+        tls.min_version,
+        humantime::format_duration(tls.handshake_timeout),
+        if tls.session_tickets { "on" } else { "off" }
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let date = |secs: i64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    for (i, c) in tls.server.certificates.iter().enumerate() {
+        let left = c.not_after - now;
+        let _ = writeln!(
+            out,
+            "  certificate {}{}: {}; valid {} to {} ({})",
+            c.file.display(),
+            if i == 0 { " (default)" } else { "" },
+            c.names.join(", "),
+            date(c.not_before),
+            date(c.not_after),
+            if left < 0 {
+                "EXPIRED".to_string()
+            } else {
+                format!("{} days left", left / 86_400)
+            }
+        );
+        if left < 14 * 86_400 {
+            eprintln!(
+                "warning: certificate {} {}",
+                c.file.display(),
+                if left < 0 {
+                    format!("expired on {}", date(c.not_after))
+                } else {
+                    format!("expires on {}", date(c.not_after))
+                }
+            );
         }
     }
 }

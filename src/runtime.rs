@@ -249,6 +249,8 @@ pub fn start_from(
         source,
     })?;
     let prober = Prober::start(control.clone()).map_err(RunError::io("cannot start the prober"))?;
+    crate::cert_watch::start(&control)
+        .map_err(RunError::io("cannot start the certificate watcher"))?;
     let mut running = Running {
         control,
         handles: Vec::with_capacity(workers),

@@ -24,3 +24,12 @@ pub fn wait_for_lines(path: &std::path::Path, lines: usize) -> String {
     });
     read()
 }
+
+/// Waits (bounded) until something accepts on `addr`.
+pub fn wait_listening(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -67,6 +67,23 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeFailureLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    listener: String,
+    certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     state: &'static str,
 }
@@ -133,14 +150,14 @@ pub fn encode(
             l_refused
                 .get_or_create(&RefusedLabels {
                     listener: l.config.name.clone(),
-                    protocol: l.config.protocol.to_string(),
+                    protocol: l.config.kind().to_string(),
                     reason: why.as_str(),
                 })
                 .inc_by(n);
         }
         let labels = ListenerLabels {
             listener: l.config.name.clone(),
-            protocol: l.config.protocol.to_string(),
+            protocol: l.config.kind().to_string(),
         };
         l_active
             .get_or_create(&labels)
@@ -206,6 +223,8 @@ pub fn encode(
         "Connect attempts after a failed one (TCP)",
         l_retries,
     );
+
+    register_tls(&mut registry, shared);
 
     let t_healthy = Family::<TargetLabels, Gauge>::default();
     let t_active = Family::<TargetLabels, Gauge>::default();
@@ -283,4 +302,71 @@ pub fn encode(
     let mut text = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
     text
+}
+
+/// The `tls` listeners' handshakes, failures by reason, and each certificate's time to expiry.
+fn register_tls(registry: &mut Registry, shared: &Generation) {
+    let handshakes = Family::<TlsListenerLabels, Counter>::default();
+    let resumed = Family::<TlsListenerLabels, Counter>::default();
+    let failed = Family::<HandshakeFailureLabels, Counter>::default();
+    let expiry = Family::<CertificateLabels, Gauge>::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for l in shared.listeners.iter().filter(|l| !l.removed) {
+        let Some(tls) = &l.config.tls else {
+            continue;
+        };
+        let labels = TlsListenerLabels {
+            listener: l.config.name.clone(),
+        };
+        handshakes
+            .get_or_create(&labels)
+            .inc_by(l.tls_handshakes.load(Ordering::Relaxed));
+        resumed
+            .get_or_create(&labels)
+            .inc_by(l.tls_resumed.load(Ordering::Relaxed));
+        for why in crate::generation::HandshakeFailure::ALL {
+            let n = l
+                .tls_failed
+                .get(why as usize)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            failed
+                .get_or_create(&HandshakeFailureLabels {
+                    listener: l.config.name.clone(),
+                    reason: why.as_str(),
+                })
+                .inc_by(n);
+        }
+        for cert in &tls.server.certificates {
+            expiry
+                .get_or_create(&CertificateLabels {
+                    listener: l.config.name.clone(),
+                    certificate: cert.file.display().to_string(),
+                })
+                .set(cert.not_after - now);
+        }
+    }
+    registry.register(
+        "listener_tls_handshakes",
+        "TLS handshakes completed by the listener (protocol: tls)",
+        handshakes,
+    );
+    registry.register(
+        "listener_tls_resumed_handshakes",
+        "Of those, sessions resumed by a ticket or session ID",
+        resumed,
+    );
+    registry.register(
+        "listener_tls_handshake_failures",
+        "TLS handshakes that failed: timeout, client_closed, malformed (not TLS), incompatible \
+         (no common version or cipher), client_alert (e.g. it refused the certificate), \
+         no_application_protocol, other",
+        failed,
+    );
+    registry.register(
+        "tls_certificate_expiry_seconds",
+        "Seconds until the certificate expires (negative: expired), as loaded",
+        expiry,
+    );
 }

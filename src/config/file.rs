@@ -65,6 +65,7 @@ pub struct FileListener {
     pub client_hello_timeout: Option<PositiveDuration>,
     pub without_server_name: Option<super::NoServerName>,
     pub postgres_starttls: Option<bool>,
+    pub tls: Option<FileTls>,
     pub target_group: String,
     pub max_connections: Option<NonZeroU32>,
     pub connect_timeout: Option<PositiveDuration>,
@@ -199,6 +200,59 @@ pub struct FileUdp {
 pub enum FileProtocol {
     Tcp,
     Udp,
+    Tls,
+}
+
+/// `tls:` of a `protocol: tls` listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub certificates: Vec<FileKeyPair>,
+    pub min_version: Option<VersionText>,
+    pub alpn: Option<Vec<String>>,
+    pub handshake_timeout: Option<PositiveDuration>,
+    pub session_tickets: Option<bool>,
+}
+
+/// A certificate chain file and its key file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeyPair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `target_tls:` of a target group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<FileKeyPair>,
+    pub verify: Option<bool>,
+}
+
+/// A TLS version, `1.2` or `1.3` (a YAML number or a string).
+#[derive(Debug, Clone, Copy)]
+pub struct VersionText(pub crate::tls::TlsVersion);
+
+impl<'de> Deserialize<'de> for VersionText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = VersionText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a TLS version: 1.2 or 1.3")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<VersionText, E> {
+                s.parse().map(VersionText).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<VersionText, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One `target_groups:` entry.
@@ -213,6 +267,7 @@ pub struct FileTargetGroup {
     pub slow_start: Option<PositiveDuration>,
     pub drain_timeout: Option<PositiveDuration>,
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub target_tls: Option<FileTargetTls>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
 }

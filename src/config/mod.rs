@@ -7,13 +7,16 @@
 //! exists (by index), every group has at least one target, every duration is positive.
 
 mod file;
+mod tls;
 pub(crate) mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::{parse_address, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
+pub(crate) use tls::reload_tls;
 pub use validate::{check_group, validate};
 
 /// Default `connect_timeout` of a listener.
@@ -311,9 +314,12 @@ pub struct ListenerConfig {
     pub access: AccessRules,
     /// Limits per client source (`per_source:`), when set.
     pub per_source: Option<PerSource>,
-    /// SNI routing without termination (`routes:`), when set; `target_group` is then the
-    /// default route.
+    /// SNI routing (`routes:`), when set; `target_group` is then the default route. Without
+    /// `tls`, the ClientHello is read without consuming it (no termination); with it, the
+    /// routes pick by the server name of the terminated session.
     pub sni: Option<SniRoutes>,
+    /// `protocol: tls`: TLS terminated here, the target gets the plaintext.
+    pub tls: Option<TlsListener>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.
@@ -331,6 +337,15 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// `tcp`, `udp` or `tls`, as the file says (a `tls` listener is TCP underneath).
+    pub fn kind(&self) -> &'static str {
+        match (self.protocol, &self.tls) {
+            (_, Some(_)) => "tls",
+            (Protocol::Tcp, None) => "tcp",
+            (Protocol::Udp, None) => "udp",
+        }
+    }
+
     /// Where the listener listens, for logs: `bind`, and the interface when it has one
     /// (`0.0.0.0:53 (interface eth0)`).
     pub fn endpoint(&self) -> String {
@@ -519,6 +534,50 @@ impl Default for HealthCheckConfig {
     }
 }
 
+/// `tls:` of a `protocol: tls` listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Certificate and key files, in config order; the first is the default certificate.
+    pub certificates: Vec<crate::tls::KeyPairFiles>,
+    /// The lowest TLS version accepted.
+    pub min_version: crate::tls::TlsVersion,
+    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`, …); empty: none.
+    pub alpn: Vec<String>,
+    /// How long a client may take over its handshake, from accept.
+    pub handshake_timeout: Duration,
+    /// Session resumption by tickets (on by default).
+    pub session_tickets: bool,
+    /// Built from the files above when the config was loaded.
+    pub server: crate::tls::ServerSide,
+}
+
+/// `target_tls:` of a target group.
+#[derive(Debug, Clone)]
+pub struct TargetTls {
+    /// CA certificates (PEM) that targets' certificates must chain to; `None`: the system's.
+    pub ca: Option<PathBuf>,
+    /// The name targets' certificates must carry (and the SNI sent); `None`: the target's IP
+    /// address, as an IP SAN.
+    pub server_name: Option<String>,
+    /// The certificate presented when a target asks for one (mutual TLS).
+    pub client_cert: Option<crate::tls::KeyPairFiles>,
+    /// Whether targets' certificates are verified (default true).
+    pub verify: bool,
+    /// Built from the above when the config was loaded.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl TargetTls {
+    /// A new session toward the target at `address`.
+    ///
+    /// # Errors
+    /// rustls' (never in practice).
+    pub fn session(&self, address: std::net::IpAddr) -> Result<rustls::Connection, rustls::Error> {
+        let name = crate::tls::target_name(self.server_name.as_deref(), address);
+        crate::tls::client_session(&self.client, name)
+    }
+}
+
 /// One validated target group.
 #[derive(Debug, Clone)]
 pub struct TargetGroupConfig {
@@ -539,6 +598,8 @@ pub struct TargetGroupConfig {
     /// The PROXY protocol header sent to targets before any client byte (TCP) or before each
     /// datagram (UDP, v2 only); `None`: none.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
+    pub target_tls: Option<TargetTls>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// At least one target.

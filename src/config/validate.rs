@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use super::file::*;
+use super::tls::{target_tls, tls_listener};
 use super::*;
 
 /// The rules of a group that depend on its target list, checked again when the admin API adds
@@ -143,6 +144,10 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             slow_start: g.slow_start.map(|d| d.0),
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             proxy_protocol: g.proxy_protocol,
+            target_tls: match g.target_tls {
+                Some(raw) => Some(target_tls(&key, raw).map_err(|(k, m)| invalid(k, m))?),
+                None => None,
+            },
             health_check,
             targets,
         });
@@ -157,8 +162,26 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         unique_name(&mut listener_names, &l.name, i, "listener")
             .map_err(|m| invalid(format!("{key}.name"), m))?;
         let protocol = match l.protocol {
-            FileProtocol::Tcp => Protocol::Tcp,
+            FileProtocol::Tcp | FileProtocol::Tls => Protocol::Tcp,
             FileProtocol::Udp => Protocol::Udp,
+        };
+        let tls = match (l.protocol, l.tls) {
+            (FileProtocol::Tls, Some(raw)) => {
+                Some(tls_listener(&key, raw).map_err(|(k, m)| invalid(k, m))?)
+            }
+            (FileProtocol::Tls, None) => {
+                return Err(invalid(
+                    format!("{key}.tls"),
+                    "a tls listener needs `tls: {certificates: [{cert: FILE, key: FILE}]}`".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.tls"),
+                    "`tls` goes with `protocol: tls`".into(),
+                ))
+            }
+            (_, None) => None,
         };
         let udp = match (protocol, l.udp) {
             (Protocol::Tcp, Some(_)) => {
@@ -311,6 +334,12 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                     "SNI routes apply to tcp listeners only".into(),
                 ))
             }
+            Some(_) if tls.is_some() && l.client_hello_timeout.is_some() => {
+                return Err(invalid(
+                    format!("{key}.client_hello_timeout"),
+                    "on a tls listener `tls.handshake_timeout` covers the ClientHello".into(),
+                ))
+            }
             Some(raw_routes) => {
                 let mut routes = Vec::with_capacity(raw_routes.len());
                 for (j, r) in raw_routes.into_iter().enumerate() {
@@ -356,6 +385,26 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 })
             }
         };
+        if let Some(s) = sni
+            .as_ref()
+            .filter(|s| s.postgres_starttls && tls.is_none())
+        {
+            let groups =
+                std::iter::once(target_group).chain(s.routes.iter().map(|r| r.target_group));
+            if let Some(g) = groups
+                .map(|g| &target_groups[g])
+                .find(|g| g.target_tls.is_some())
+            {
+                return Err(invalid(
+                    format!("{key}.postgres_starttls"),
+                    format!(
+                        "target group `{}` has `target_tls`, but this listener passes the \
+                         client's own TLS through; use `protocol: tls` to terminate it here",
+                        g.name
+                    ),
+                ));
+            }
+        }
         let access = AccessRules {
             allow: l
                 .allow
@@ -381,6 +430,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             access,
             per_source,
             sni,
+            tls,
             target_group,
             max_connections: l.max_connections.map(|n| n.get() as usize),
             connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),

@@ -251,14 +251,15 @@ impl ProberLoop {
             if slot.in_flight.is_some() || slot.next_due > now {
                 continue;
             }
-            let hc = &self.shared.groups[slot.group].config.health_check;
+            let group = &self.shared.groups[slot.group].config;
+            let (hc, group_tls) = (&group.health_check, group.target_tls.as_ref());
             // Keep the schedule on its grid, but never fire a backlog of missed checks.
             slot.next_due += hc.interval;
             if slot.next_due <= now {
                 slot.next_due = now + hc.interval;
             }
-            let started =
-                Probe::start(slot.address, &hc.kind, hc.proxy_protocol).and_then(|mut p| {
+            let started = Probe::start(slot.address, &hc.kind, hc.proxy_protocol, group_tls)
+                .and_then(|mut p| {
                     self.poll.registry().register(
                         p.source(),
                         Token(i),

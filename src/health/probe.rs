@@ -27,8 +27,14 @@ const MAX_UDP_REPLY: usize = 65536;
 #[derive(Debug)]
 enum Phase {
     Connecting,
-    Sending { written: usize },
-    Reading { head: Vec<u8> },
+    /// `target_tls`: the TLS handshake (its failure is the check's, with the reason).
+    Handshake,
+    Sending {
+        written: usize,
+    },
+    Reading {
+        head: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]
@@ -39,6 +45,10 @@ enum Socket {
         request: Option<Vec<u8>>,
         /// Whether an HTTP status line is awaited after the request (else sent is passed).
         http: bool,
+        /// `target_tls`: the session, set up before the connect.
+        tls: Option<Box<rustls::Connection>>,
+        /// `target_tls`: the PROXY header, sent in the clear before the handshake.
+        preface: Vec<u8>,
         phase: Phase,
     },
     Udp {
@@ -58,7 +68,8 @@ impl Probe {
     /// Starts a check of `addr`: a non-blocking connect (TCP, HTTP) or the probe datagram
     /// (UDP), each preceded by a PROXY protocol header when `proxy` says which (v2 LOCAL or
     /// v1 UNKNOWN, [`crate::proxy_protocol::local_header`]; a TCP check then passes once the
-    /// header is sent). Register [`Probe::source`] for readable and writable events and feed
+    /// header is sent). With `tls` (the group's `target_tls`) a TCP check passes once the TLS
+    /// handshake does, and an HTTP check is HTTPS. Register [`Probe::source`] for readable and writable events and feed
     /// them to [`Probe::handle_event`].
     ///
     /// # Errors
@@ -67,6 +78,7 @@ impl Probe {
         addr: SocketAddr,
         kind: &HealthCheckKind,
         proxy: Option<crate::proxy_protocol::Version>,
+        tls: Option<&crate::config::TargetTls>,
     ) -> io::Result<Probe> {
         let header = proxy.map_or(Vec::new(), crate::proxy_protocol::local_header);
         if let HealthCheckKind::Udp { send, expect } = kind {
@@ -85,7 +97,11 @@ impl Probe {
             });
         }
         let stream = TcpStream::connect(addr)?;
-        let mut request = header;
+        // With TLS the PROXY header goes first in the clear, then the handshake.
+        let (preface, mut request) = match tls {
+            Some(_) => (header, Vec::new()),
+            None => (Vec::new(), header),
+        };
         let http = match kind {
             HealthCheckKind::Tcp | HealthCheckKind::Udp { .. } => false,
             HealthCheckKind::Http { path } => {
@@ -99,11 +115,17 @@ impl Probe {
                 true
             }
         };
+        let tls = match tls {
+            Some(t) => Some(Box::new(t.session(addr.ip()).map_err(io::Error::other)?)),
+            None => None,
+        };
         Ok(Probe {
             socket: Socket::Tcp {
                 stream,
                 request: (!request.is_empty()).then_some(request),
                 http,
+                preface,
+                tls,
                 phase: Phase::Connecting,
             },
         })
@@ -132,8 +154,13 @@ impl Probe {
                 stream,
                 request,
                 http,
+                tls,
+                preface,
                 phase,
-            } => advance_tcp(stream, request.as_deref(), *http, phase, event),
+            } => {
+                let tls = tls.as_deref_mut().map(|t| (t, &preface[..]));
+                advance_tcp(stream, request.as_deref(), *http, tls, phase, event)
+            }
         }
     }
 }
@@ -166,9 +193,15 @@ fn advance_tcp(
     stream: &mut TcpStream,
     request: Option<&[u8]>,
     http: bool,
+    tls: Option<(&mut rustls::Connection, &[u8])>,
     phase: &mut Phase,
     event: &Event,
 ) -> io::Result<Option<Outcome>> {
+    use crate::tls::io::{flush, handshake, read_plain, write_plain, Handshake};
+    let (mut tls, preface) = match tls {
+        Some((t, p)) => (Some(t), p),
+        None => (None, &[][..]),
+    };
     {
         if let Phase::Connecting = phase {
             if let Some(e) = stream.take_error()? {
@@ -182,6 +215,20 @@ fn advance_tcp(
                 }
                 Err(e) => return Err(e),
             }
+            // A fresh socket's send buffer takes a PROXY header whole.
+            if !preface.is_empty() && stream.write(preface)? < preface.len() {
+                return Ok(Some(Outcome::Fail("PROXY header cut short".into())));
+            }
+            *phase = Phase::Handshake;
+        }
+        if let Phase::Handshake = phase {
+            if let Some(t) = tls.as_deref_mut() {
+                match handshake(t, stream) {
+                    Handshake::Wait => return Ok(None),
+                    Handshake::Failed(e) => return Ok(Some(Outcome::Fail(e.to_string()))),
+                    Handshake::Done => {}
+                }
+            }
             if request.is_none() {
                 return Ok(Some(Outcome::Pass));
             }
@@ -190,7 +237,12 @@ fn advance_tcp(
         if let Phase::Sending { written } = phase {
             let request = request.unwrap_or_default();
             while *written < request.len() {
-                match stream.write(&request[*written..]) {
+                let rest = &request[*written..];
+                let sent = match tls.as_deref_mut() {
+                    Some(t) => write_plain(t, stream, rest),
+                    None => stream.write(rest),
+                };
+                match sent {
                     Ok(n) => *written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -203,6 +255,13 @@ fn advance_tcp(
             *phase = Phase::Reading { head: Vec::new() };
         }
         if let Phase::Reading { head } = phase {
+            if let Some(t) = tls.as_deref_mut() {
+                match flush(t, stream) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
             let mut chunk = [0u8; 1024];
             loop {
                 if let Some(outcome) = parse_status(head) {
@@ -211,7 +270,11 @@ fn advance_tcp(
                 if head.len() >= MAX_STATUS_LINE {
                     return Ok(Some(Outcome::Fail("no HTTP status line".into())));
                 }
-                match stream.read(&mut chunk) {
+                let got = match tls.as_deref_mut() {
+                    Some(t) => read_plain(t, stream, &mut chunk),
+                    None => stream.read(&mut chunk),
+                };
+                match got {
                     Ok(0) => {
                         return Ok(Some(Outcome::Fail(
                             "connection closed before the HTTP status line".into(),

@@ -38,6 +38,7 @@
 )]
 
 pub(crate) mod pump;
+pub(crate) mod tls;
 pub(crate) mod transport;
 
 use std::fmt;
@@ -58,15 +59,17 @@ use pump::{Endpoint, Half};
 /// here, its arm in those two handlers, and the transition out of it: nothing else moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
-    /// Accepted; reading what must be read from the client before a target is chosen (nothing
-    /// yet: a PROXY protocol header or a TLS ClientHello in later versions). Left at once for
-    /// `Connecting` today.
+    /// Accepted; reading what must be read from the client before a target is chosen: a
+    /// PROXY protocol header (`accept_proxy_protocol`), a ClientHello to route by
+    /// (`routes`), PostgreSQL's SSLRequest (`postgres_starttls`), the whole TLS handshake
+    /// (`protocol: tls`). Left at once for `Connecting` when there is none of these.
     Preamble,
     /// A non-blocking connect to `target` is in flight.
     Connecting,
     /// Connected; the target has been sent what must precede the client's bytes and its
     /// answer is awaited (PostgreSQL's SSLRequest, answered `S`, on `postgres_starttls`
-    /// listeners). A refusal counts as a failed connect: the next target is tried.
+    /// listeners; the TLS handshake of a `target_tls` group). A refusal counts as a failed
+    /// connect: the next target is tried.
     TargetPreamble,
     /// Connected to the target; bytes flow.
     Established,
@@ -151,6 +154,10 @@ pub(crate) struct Connection {
     pub postgres: Option<bool>,
     /// Its place under the listener's `per_source.max_connections` (given back when dropped).
     pub source_place: Option<crate::per_source::SourcePlace>,
+    /// A TLS handshake in progress: the client's (`protocol: tls`, in `Preamble`) or the
+    /// target's (`target_tls`, in `TargetPreamble`). Once over, the session moves into that
+    /// endpoint's transport.
+    pub tls: Option<Box<rustls::Connection>>,
     /// The preamble's checks are done (PROXY header read, access rules and per-source limits
     /// passed): later calls of the preamble go on from there.
     pub front_door_passed: bool,
@@ -234,6 +241,7 @@ impl Connection {
             preamble: Vec::new(),
             postgres: None,
             source_place: None,
+            tls: None,
             front_door_passed: false,
         }
     }

@@ -311,16 +311,24 @@ impl Half {
             if !self.eof && src.ready.readable {
                 progress |= self.fill(src, pool);
             }
-            if self.pending() > 0 && dst.ready.writable {
+            let held = dst.transport.holds_output();
+            if (self.pending() > 0 || held) && dst.ready.writable {
                 let n = self.flush(dst, pool);
                 out.bytes += n;
                 self.bytes += n as u64;
                 progress |= n > 0;
             }
-            if self.eof && self.pending() == 0 && !dst.aborted {
-                if !src.aborted && !reverse_done {
+            if self.eof && self.pending() == 0 && !dst.aborted && !dst.transport.holds_output() {
+                // A transport whose end is a message of its own (TLS close_notify) sends it
+                // even when the close would pass the EOF on: without it the peer sees a
+                // truncation.
+                if !src.aborted && (!reverse_done || dst.transport.end_is_a_message()) {
                     match dst.transport.shutdown_write(&mut dst.stream) {
                         Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            dst.ready.writable = false;
+                            return out;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                         Err(e) => dst.abort(&e),
                     }
@@ -387,7 +395,12 @@ impl Half {
                         // an emptied socket is at EOF and the read that returns 0 is saved.
                         // Not after an error (the read that returns it must happen) nor after
                         // urgent data (reads stop short at the urgent mark).
-                        if n > 0 && n < room && !ready.error && !ready.urgent {
+                        if n > 0
+                            && n < room
+                            && !ready.error
+                            && !ready.urgent
+                            && src.transport.short_read_empties()
+                        {
                             if ready.read_closed {
                                 self.eof = true;
                             } else {
@@ -450,7 +463,8 @@ impl Half {
         let stream = &mut dst.stream;
         let transport = &mut dst.transport;
         let result = match &mut self.carrier {
-            Carrier::Idle => return 0,
+            // Nothing of ours left: what the transport still holds goes out.
+            Carrier::Idle => transport.flush(stream).map(|()| 0),
             Carrier::Buffer { buf, start, end } => {
                 let Some(bytes) = buf.get(*start..*end) else {
                     return 0;

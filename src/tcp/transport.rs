@@ -3,10 +3,11 @@
 //! The pump ([`super::pump`]) moves bytes between two [`Endpoint`](super::pump::Endpoint)s
 //! and never touches a socket's bytes directly: it asks each side's [`Transport`]. Plain TCP
 //! ([`Plain`]) reads and writes the socket as it is, and lets the pump move bulk data with
-//! `splice(2)` between raw sockets. A TLS session (a later issue) will implement the same trait
+//! `splice(2)` between raw sockets. A TLS session implements the same trait
 //! over the same socket, decrypting on read and encrypting on write, and say it cannot splice;
 //! splice then stays where both ends are plain. Adding a transport is an implementation of this
-//! trait and the place that chooses it (the `Preamble` stage, for TLS); the pump does not change.
+//! trait and the place that chooses it (the `Preamble` stage, for TLS); the pump knows only
+//! the trait.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -39,6 +40,33 @@ pub(crate) trait Transport: fmt::Debug + Send {
     /// Whether the pump may move bytes by `splice(2)` on the raw socket, bypassing `read` and
     /// `write` (true only when they are the socket's own).
     fn can_splice(&self) -> bool;
+
+    /// Whether a `read` that returns fewer bytes than asked for means the socket is empty, so
+    /// the read that would say `WouldBlock` can be skipped (true for plain TCP; not where
+    /// the transport reads the socket in records of its own and returns them piecemeal).
+    fn short_read_empties(&self) -> bool {
+        true
+    }
+
+    /// Whether bytes already taken by `write` wait inside the transport, not yet on the
+    /// socket (a TLS record the full socket did not take): [`Transport::flush`] sends them.
+    fn holds_output(&self) -> bool {
+        false
+    }
+
+    /// Sends what the transport holds ([`Transport::holds_output`]).
+    ///
+    /// # Errors
+    /// `WouldBlock` when the socket is full; the socket's errors.
+    fn flush(&mut self, _socket: &mut TcpStream) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether the end of the stream is a message of the transport's own (TLS close_notify)
+    /// that must be sent even when closing the socket would pass the EOF on by itself.
+    fn end_is_a_message(&self) -> bool {
+        false
+    }
 }
 
 /// Plain TCP: the socket's own bytes.

@@ -39,6 +39,7 @@
 
 mod listen;
 mod tcp;
+mod tls;
 mod udp;
 
 use listen::{reserve_descriptor, ListenSocket, ListenerSlot, FULL_RECHECK};

@@ -11,13 +11,14 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::tls::{front_handshake, FrontTls};
 use super::{Ready, Tag, TokenSlot, Worker, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
 use crate::config::NoServerName;
 use crate::config::Protocol;
 use crate::conntrack::FiveTuple;
-use crate::generation::{ListenerPlace, Refusal};
+use crate::generation::{HandshakeFailure, ListenerPlace, Refusal};
 use crate::net::describe;
 use crate::tcp::pump::{Endpoint, Pumped};
 use crate::tcp::{Closing, Connection, Reset, Stage};
@@ -161,19 +162,38 @@ impl Worker {
             }
             conn.front_door_passed = true;
         }
-        if let Some(sni) = &state.config.sni {
-            if sni.postgres_starttls && conn.postgres.is_none() {
-                match read_ssl_request(conn) {
-                    HelloRead::Wait => return,
-                    HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
-                    HelloRead::Done(_) => {}
-                }
+        let sni = state.config.sni.as_ref();
+        if sni.is_some_and(|s| s.postgres_starttls) && conn.postgres.is_none() {
+            match read_ssl_request(conn) {
+                HelloRead::Wait => return,
+                HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
+                HelloRead::Done(_) => {}
             }
-            let name = match read_client_hello(conn) {
+            if state.config.tls.is_some() {
+                // TLS ends here: the target gets plain PostgreSQL, no SSLRequest to replay.
+                conn.postgres = Some(false);
+            }
+        }
+        let name = if let Some(tls) = &state.config.tls {
+            match front_handshake(conn, &tls.server.config, state) {
+                FrontTls::Wait => return,
+                FrontTls::Failed(why, message) => {
+                    log::debug!("{}: TLS handshake failed: {message}", conn.tuple);
+                    state.handshake_failed(why);
+                    return self.refuse(key);
+                }
+                FrontTls::Done { server_name } => server_name,
+            }
+        } else if sni.is_some() {
+            match read_client_hello(conn) {
                 HelloRead::Wait => return,
                 HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
                 HelloRead::Done(name) => name,
-            };
+            }
+        } else {
+            None
+        };
+        if let Some(sni) = sni {
             match name.as_deref().and_then(|n| sni.group_for(n)) {
                 Some(g) => conn.group = g,
                 None if sni.otherwise == NoServerName::Close => {
@@ -193,9 +213,13 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let mut first = match self.shared.groups[conn.group].config.proxy_protocol {
-            Some(v) => crate::proxy_protocol::header(v, conn.client(), conn.local(), false),
-            None => Vec::new(),
+        let group = &self.shared.groups[conn.group].config;
+        let mut first = match group.proxy_protocol {
+            // With `target_tls` the header goes in the clear before the handshake instead.
+            Some(v) if group.target_tls.is_none() => {
+                crate::proxy_protocol::header(v, conn.client(), conn.local(), false)
+            }
+            _ => Vec::new(),
         };
         first.append(&mut std::mem::take(&mut conn.preamble));
         if !first.is_empty() && conn.up.preload(&first, &mut self.pool).is_err() {
@@ -286,15 +310,17 @@ impl Worker {
     }
 
     /// The current connect attempt failed with `reason`: try the next target or give up.
-    fn connect_failed(&mut self, key: usize, reason: String) {
+    pub(super) fn connect_failed(&mut self, key: usize, reason: String) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
         if let Some(mut back) = conn.back.take() {
             let _ = self.poll.registry().deregister(&mut back.stream);
         }
-        // From `TargetPreamble` too: the next attempt starts with a connect.
+        // From `TargetPreamble` too: the next attempt starts with a connect (and a new TLS
+        // session, for `target_tls`).
         conn.set_stage(Stage::Connecting);
+        conn.tls = None;
         conn.target_place = None;
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
@@ -410,12 +436,15 @@ impl Worker {
                         None => return,
                     }
                 };
+                let target_tls = self.shared.groups[conn.group].config.target_tls.is_some();
                 match result {
                     Ok(()) if conn.postgres == Some(true) => self.start_target_preamble(key),
+                    Ok(()) if target_tls => self.start_target_tls(key),
                     Ok(()) => self.established(key),
                     Err(reason) => self.connect_failed(key, reason),
                 }
             }
+            Stage::TargetPreamble if conn.tls.is_some() => self.handle_target_tls(key),
             Stage::TargetPreamble => self.handle_target_preamble(key),
         }
     }
@@ -473,7 +502,7 @@ impl Worker {
         }
     }
 
-    fn established(&mut self, key: usize) {
+    pub(super) fn established(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
@@ -657,6 +686,10 @@ impl Worker {
                         state.refuse(Refusal::ProxyTimeout);
                         self.refuse(due.key);
                     }
+                    (_, true) if state.config.tls.is_some() => {
+                        state.handshake_failed(HandshakeFailure::Timeout);
+                        self.refuse(due.key);
+                    }
                     // No whole ClientHello in time: what was read goes to the default route.
                     (Some(sni), true) if sni.otherwise == NoServerName::Default => {
                         self.finish_preamble(due.key);
@@ -796,10 +829,15 @@ fn is_local_exhaustion(e: &io::Error) -> bool {
 }
 
 /// How long a client of listener `config` may take over its preamble: the PROXY header's
-/// timeout and the ClientHello's, as configured; `connect_timeout` when neither is.
+/// timeout and the ClientHello's (a `tls` listener's handshake timeout), as configured;
+/// `connect_timeout` when neither is.
 fn preamble_timeout(config: &crate::config::ListenerConfig) -> Duration {
     let proxy = config.accept_proxy.as_ref().map(|a| a.timeout);
-    let hello = config.sni.as_ref().map(|s| s.timeout);
+    // A TLS listener's handshake timeout covers the ClientHello (and the SSLRequest).
+    let hello = match &config.tls {
+        Some(tls) => Some(tls.handshake_timeout),
+        None => config.sni.as_ref().map(|s| s.timeout),
+    };
     match (proxy, hello) {
         (None, None) => config.connect_timeout,
         (p, h) => p.unwrap_or_default() + h.unwrap_or_default(),

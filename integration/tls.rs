@@ -1,0 +1,312 @@
+//! TLS termination (`protocol: tls`), TLS to targets (`target_tls`) and certificates that
+//! reload, with real clients: curl, openssl s_client, redis-cli and redis-benchmark over TLS,
+//! rustls clients for the byte-exact checks. Certificates are made in the test with rcgen
+//! (`common::pki`), written to files as an operator would.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::pki::Pki;
+use common::*;
+use rustls::pki_types::ServerName;
+use sha2::{Digest, Sha256};
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// A directory with the CA's certificate (`ca.pem`) and PEM files written by [`Files::leaf`].
+struct Files {
+    dir: tempfile::TempDir,
+    pki: Pki,
+}
+
+impl Files {
+    fn new() -> Files {
+        let files = Files {
+            dir: tempfile::tempdir().unwrap(),
+            pki: Pki::new(),
+        };
+        std::fs::write(files.path("ca.pem"), files.pki.ca.pem()).unwrap();
+        files
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a certificate for `names` and its key as `{stem}.pem` and `{stem}.key`;
+    /// returns the YAML `{cert: …, key: …}` for them.
+    fn leaf(&self, stem: &str, names: &[&str]) -> String {
+        let (cert, key) = self.pki.leaf_pem(names);
+        std::fs::write(self.path(&format!("{stem}.pem")), cert).unwrap();
+        std::fs::write(self.path(&format!("{stem}.key")), key).unwrap();
+        format!(
+            "{{cert: {}, key: {}}}",
+            self.path(&format!("{stem}.pem")).display(),
+            self.path(&format!("{stem}.key")).display()
+        )
+    }
+
+    fn ca(&self) -> String {
+        self.path("ca.pem").display().to_string()
+    }
+}
+
+/// A `tls` listener `l` with `certificates` (YAML list items) and `extra` keys under `tls:`,
+/// in front of `target`.
+fn tls_config(certificates: &[String], extra: &str, target: SocketAddr) -> String {
+    let certs: String = certificates
+        .iter()
+        .map(|c| format!("        - {c}\n"))
+        .collect();
+    format!(
+        "listeners:\n  - name: l\n    protocol: tls\n    bind: 127.0.0.1:0\n    target_group: g\n\
+         \x20   tls:\n      certificates:\n{certs}{extra}\
+         target_groups:\n  - name: g\n{NO_CHECKS}    targets:\n      - address: {target}\n"
+    )
+}
+
+/// An HTTP/1.1 server answering every request with `body`.
+fn http_target(body: &'static str) -> Backend {
+    Backend::start(Arc::new(move |mut s: TcpStream| {
+        let _ = s.set_read_timeout(Some(WAIT));
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }))
+}
+
+/// Runs `openssl s_client` against `addr` asking for `name`, trusting `ca`; returns its
+/// output (the certificate's subject and the verification result).
+fn s_client(addr: SocketAddr, name: &str, ca: &str) -> String {
+    let out = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect", &addr.to_string()])
+        .args(["-servername", name, "-CAfile", ca, "-verify_return_error"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A rustls client config trusting the CA in `files`.
+fn client_config(files: &Files) -> Arc<rustls::ClientConfig> {
+    files.pki.client_config()
+}
+
+/// A TLS connection to `addr` asking for `name`, handshake done.
+fn connect(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let server = ServerName::try_from(name.to_string()).unwrap();
+    let tls = rustls::ClientConnection::new(config.clone(), server).unwrap();
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream
+}
+
+/// The DNS names of the certificate a server presented.
+fn peer_names(conn: &rustls::ClientConnection) -> Vec<String> {
+    let der = &conn.peer_certificates().unwrap()[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn curl_and_openssl_reach_a_plain_target_through_a_tls_listener() {
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test"]);
+    let api = files.leaf("api", &["*.api.test"]);
+    let target = http_target("hello from the plain target");
+    let lb = Ballast::start(&tls_config(&[web, api], "", target.addr));
+    let addr = lb.addr("l");
+
+    let out = Command::new("timeout")
+        .args(["10", "curl", "-sS", "--cacert", &files.ca()])
+        .args(["--resolve", &format!("web.test:{}:127.0.0.1", addr.port())])
+        .arg(format!("https://web.test:{}/", addr.port()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the plain target"
+    );
+
+    // Each name gets its certificate; a wildcard covers one label; an unknown name (and no
+    // SNI) gets the first certificate listed.
+    let wild = s_client(addr, "v1.api.test", &files.ca());
+    assert!(wild.contains("CN = *.api.test"), "{wild}");
+    assert!(wild.contains("Verify return code: 0 (ok)"), "{wild}");
+    let other = s_client(addr, "nobody.test", &files.ca());
+    assert!(other.contains("CN = web.test"), "{other}");
+
+    // A rustls client: the name it asked for and the certificate's.
+    let config = client_config(&files);
+    let s = connect(&config, addr, "web.test");
+    assert_eq!(peer_names(&s.conn), ["web.test"]);
+    drop(s);
+
+    let (scrape, text) = scrape(lb.admin_addr());
+    let handshakes = sample(
+        &scrape,
+        "ballast_listener_tls_handshakes_total",
+        "listener",
+        "l",
+    )
+    .unwrap_or(0.0);
+    assert!(handshakes >= 4.0, "{text}");
+    let expiry = sample(
+        &scrape,
+        "ballast_tls_certificate_expiry_seconds",
+        "certificate",
+        &files.path("web.pem").display().to_string(),
+    )
+    .unwrap_or(0.0);
+    // rcgen's default validity ends in 4096.
+    assert!(expiry > 86_400.0 * 365.0, "{text}");
+}
+
+#[test]
+fn bad_client_hellos_are_reset_counted_and_never_reach_a_target() {
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test"]);
+    let target = http_target("should not be reached");
+    let lb = Ballast::start(&tls_config(
+        &[web],
+        "      handshake_timeout: 300ms\n",
+        target.addr,
+    ));
+    let addr = lb.addr("l");
+    // Plain HTTP on a TLS port.
+    let mut c = client(addr);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let result = c.read_to_end(&mut answer);
+    assert!(
+        answer.iter().all(|&b| b != b'H') && !answer.starts_with(b"HTTP"),
+        "got an answer: {answer:?}"
+    );
+    // An alert at most, then a reset (or the close that follows the alert).
+    let _ = result;
+    // A client that sends nothing: reset after the handshake timeout.
+    let mut idle = client(addr);
+    let mut buf = [0u8; 16];
+    let r = idle.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    let failures = |reason: &str| {
+        let (s, _) = scrape(lb.admin_addr());
+        sample(
+            &s,
+            "ballast_listener_tls_handshake_failures_total",
+            "reason",
+            reason,
+        )
+    };
+    wait_until("both failures counted", || {
+        failures("malformed") == Some(1.0) && failures("timeout") == Some(1.0)
+    });
+    // The target saw the health check's connect only: no connection was forwarded.
+    let (s, text) = scrape(lb.admin_addr());
+    let forwarded = sample(
+        &s,
+        "ballast_target_connections_total",
+        "target",
+        &target.addr.to_string(),
+    );
+    assert_eq!(
+        forwarded,
+        Some(0.0),
+        "a failed handshake reached the target: {text}"
+    );
+}
+
+/// 64 MiB of the same pseudo-random bytes for a given `seed`.
+fn payload(seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut bytes = vec![0u8; 64 << 20];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
+}
+
+#[test]
+fn sixty_four_mib_each_way_through_a_tls_listener_arrive_whole() {
+    // The target hashes what it reads until EOF, answers with the SHA-256, then sends
+    // 64 MiB of its own and closes.
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hash.update(&buf[..n]),
+                Err(_) => return,
+            }
+        }
+        let _ = s.write_all(&hash.finalize());
+        let _ = s.write_all(&payload(2));
+    }));
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test"]);
+    let lb = Ballast::start(&tls_config(&[web], "", target.addr));
+    let config = client_config(&files);
+    let mut s = connect(&config, lb.addr("l"), "web.test");
+    let up = payload(1);
+    s.write_all(&up).unwrap();
+    // The end of the upload: close_notify, then the FIN; Ballast passes it on as an EOF.
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut down = Vec::with_capacity(32 + (64 << 20));
+    s.read_to_end(&mut down)
+        .expect("a clean end: Ballast's close_notify after the target's FIN");
+    assert_eq!(down.len(), 32 + (64 << 20), "bytes lost or added");
+    assert_eq!(&down[..32], &Sha256::digest(&up)[..], "the upload differs");
+    assert_eq!(
+        Sha256::digest(&down[32..]),
+        Sha256::digest(payload(2)),
+        "the download differs"
+    );
+}
