@@ -6,65 +6,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream};
 
-use common::pki::Pki;
+use common::pki::{serve_tls, tls_target, Pki};
 use common::*;
 use rustls::pki_types::ServerName;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
-
-/// A TLS server on 127.0.0.1 with a certificate for `names`: answers each line with
-/// `{tag}:{line}`.
-fn tls_target(pki: &Pki, names: &[&str], tag: &'static str) -> SocketAddr {
-    serve_tls(pki, names, tag, |_| true)
-}
-
-/// As [`tls_target`], running `before` on each connection first (the handshake follows only
-/// when it returns true).
-fn serve_tls(
-    pki: &Pki,
-    names: &[&str],
-    tag: &'static str,
-    before: impl Fn(&mut TcpStream) -> bool + Send + Sync + 'static,
-) -> SocketAddr {
-    let (chain, key) = pki.leaf(names);
-    let config = Arc::new(
-        rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let before = Arc::new(before);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut tcp) = conn else { continue };
-            let (config, before) = (config.clone(), before.clone());
-            std::thread::spawn(move || {
-                let _ = tcp.set_read_timeout(Some(WAIT));
-                if !before(&mut tcp) {
-                    return;
-                }
-                let Ok(tls) = rustls::ServerConnection::new(config) else {
-                    return;
-                };
-                let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
-                let mut line = String::new();
-                while matches!(stream.read_line(&mut line), Ok(n) if n > 0) {
-                    let reply = format!("{tag}:{line}");
-                    if stream.get_mut().write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// A TLS client of `addr` asking for `name` and verifying the certificate against the test
 /// CA: what the server answers to one line, or the handshake's error.
@@ -229,4 +177,69 @@ fn postgres_clients_sslrequest_is_answered_then_routed_by_name_and_replayed() {
         echo_once(addr, b"\0\0\0\x08plain"),
         b"plain\n\0\0\0\x08plain"
     );
+}
+
+/// `openssl s_server -www` on a free port with a certificate for `name` from `pki`, files in
+/// `dir`: it answers an HTTPS GET with a status page naming its own certificate.
+fn openssl_server(pki: &Pki, dir: &std::path::Path, name: &str) -> (Server, SocketAddr) {
+    let (cert, key) = pki.leaf_pem(&[name]);
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    Server::start(
+        "openssl",
+        &[
+            "s_server",
+            "-accept",
+            "{port}",
+            "-cert",
+            cert_path.to_str().unwrap(),
+            "-key",
+            key_path.to_str().unwrap(),
+            "-www",
+            "-quiet",
+        ],
+    )
+}
+
+/// `curl https://{name}:{port}/` through `addr`, trusting `ca`: the page, or curl's error.
+fn curl(addr: SocketAddr, name: &str, ca: &std::path::Path) -> Result<String, String> {
+    let out = std::process::Command::new("timeout")
+        .args(["10", "curl", "-sS", "--cacert", ca.to_str().unwrap()])
+        .args(["--resolve", &format!("{name}:{}:127.0.0.1", addr.port())])
+        .arg(format!("https://{name}:{}/", addr.port()))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn openssl_servers_behind_routes_complete_the_handshake_with_curl() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let (_a, a) = openssl_server(&pki, dir.path(), "a.example.com");
+    let (_w, w) = openssl_server(&pki, dir.path(), "x.wild.example");
+    let plain = Backend::start(named_echo("plain"));
+    let lb = Ballast::start(&router_yaml(plain.addr, a, w, "", false));
+    let addr = lb.addr("l");
+    // curl verifies the certificate for the name it asked for, which only that s_server
+    // holds: the session is the target's, Ballast only routed it.
+    for name in ["a.example.com", "x.wild.example"] {
+        let page = curl(addr, name, &ca).unwrap();
+        // The page quotes the s_server's command line: its own certificate file.
+        assert!(page.contains(&format!("{name}.pem")), "{page}");
+    }
+    // Another name goes to the default route, a plain server: no handshake there.
+    assert!(curl(addr, "nobody.example.com", &ca).is_err());
+    // A client that is not TLS: the default route, bytes unchanged.
+    assert_eq!(echo_once(addr, b"not tls"), b"plain\nnot tls");
 }

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::pki::Pki;
+use common::pki::{tls_target, Pki};
 use common::*;
 use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
@@ -309,4 +309,184 @@ fn sixty_four_mib_each_way_through_a_tls_listener_arrive_whole() {
         Sha256::digest(payload(2)),
         "the download differs"
     );
+}
+
+/// Replaces the file at `path` with `contents` in one step (a rename), as deploy tools do.
+fn replace(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The DER of the certificate a new handshake with `addr` gets.
+fn served_certificate(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Vec<u8> {
+    let s = connect(config, addr, "web.test");
+    s.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Sends a line on an open TLS connection to an echo target and reads it back.
+fn echo_line(s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>, line: &str) {
+    s.write_all(line.as_bytes()).unwrap();
+    let mut back = vec![0u8; line.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, line.as_bytes());
+}
+
+#[test]
+fn certificates_reload_when_their_files_change_and_open_connections_stay() {
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test"]);
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&tls_config(&[web], "", target.addr));
+    let addr = lb.addr("l");
+    let config = client_config(&files);
+    let first = served_certificate(&config, addr);
+    let mut open: Vec<_> = (0..20)
+        .map(|_| connect(&config, addr, "web.test"))
+        .collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        echo_line(s, &format!("before {i}\n"));
+    }
+
+    // A new certificate and key, each file replaced whole.
+    let (cert, key) = files.pki.leaf_pem(&["web.test"]);
+    let from = lb.log_len();
+    replace(&files.path("web.key"), &key);
+    replace(&files.path("web.pem"), &cert);
+    lb.wait_log_after("certificates reloaded", from, WAIT);
+    let mut second = Vec::new();
+    wait_until("new handshakes get the new certificate", || {
+        second = served_certificate(&config, addr);
+        second != first
+    });
+    for (i, s) in open.iter_mut().enumerate() {
+        echo_line(s, &format!("after {i}\n"));
+    }
+
+    // A broken key: refused, the file named, the running certificate kept.
+    let from = lb.log_len();
+    replace(
+        &files.path("web.key"),
+        "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----\n",
+    );
+    let line = lb.wait_log_after("certificates not reloaded", from, WAIT);
+    assert!(
+        line.contains(&files.path("web.key").display().to_string()),
+        "{line}"
+    );
+    assert!(
+        line.contains("listeners[0].tls.certificates[0].key"),
+        "{line}"
+    );
+    assert_eq!(served_certificate(&config, addr), second);
+    for (i, s) in open.iter_mut().enumerate() {
+        echo_line(s, &format!("still {i}\n"));
+    }
+}
+
+/// A target group `g` of `target` with `target_tls` (`tls` is its YAML flow mapping) and
+/// quick checks, behind a plain TCP listener `l`.
+fn target_tls_config(target: SocketAddr, tls: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: g\n\
+         \x20   retries: 0\n\
+         target_groups:\n  - name: g\n    target_tls: {tls}\n\
+         \x20   health_check: {{protocol: tcp, interval: 200ms, timeout: 150ms, \
+         healthy_threshold: 1, unhealthy_threshold: 1}}\n\
+         \x20   targets:\n      - address: {target}\n"
+    )
+}
+
+#[test]
+fn target_tls_verifies_the_target_and_a_foreign_certificate_is_refused_with_the_reason() {
+    let files = Files::new();
+    let good = tls_target(&files.pki, &["db.test"], "db");
+    let tls = format!("{{ca: {}, server_name: db.test}}", files.ca());
+    let lb = Ballast::start(&target_tls_config(good, &tls));
+    let mut c = client(lb.addr("l"));
+    c.write_all(b"select 1\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&mut c).read_line(&mut reply).unwrap();
+    assert_eq!(
+        reply, "db:select 1\n",
+        "the plain client went through TLS to the target"
+    );
+    let line = lb.log();
+    assert!(!line.contains("is now unhealthy"), "{line}");
+
+    // A target whose certificate another CA signed: the check fails and says why, and a
+    // client is reset rather than sent to it.
+    let foreign = Pki::new();
+    let impostor = tls_target(&foreign, &["db.test"], "impostor");
+    let lb = Ballast::start(&target_tls_config(impostor, &tls));
+    let line = lb.wait_log(&format!("{impostor} is now unhealthy"), WAIT);
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    let mut c = client(lb.addr("l"));
+    c.write_all(b"select 1\n").unwrap();
+    let mut got = Vec::new();
+    let r = c.read_to_end(&mut got);
+    assert!(got.is_empty(), "the impostor answered: {got:?}");
+    assert!(r.is_err(), "a reset, not a clean end: {r:?}");
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_over_a_tls_listener() {
+    need("redis-benchmark");
+    let (_server, redis) = Server::start(
+        "redis-server",
+        &[
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    );
+    let files = Files::new();
+    let cert = files.leaf("redis", &["redis.test"]);
+    let lb = Ballast::start(&tls_config(&[cert], "", redis));
+    let port = lb.addr("l").port().to_string();
+    let ca = files.ca();
+    let tls_args = [
+        "--tls",
+        "--cacert",
+        &ca,
+        "--sni",
+        "redis.test",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+    ];
+    let cli = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["10", "redis-cli"])
+            .args(tls_args)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            + &String::from_utf8_lossy(&out.stderr)
+    };
+    assert_eq!(cli(&["SET", "ballast", "over tls"]), "OK");
+    assert_eq!(cli(&["GET", "ballast"]), "over tls");
+    let out = Command::new("timeout")
+        .args(["60", "redis-benchmark"])
+        .args(tls_args)
+        .args(["-t", "set,get", "-n", "20000", "-c", "50", "--csv"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed: {stdout}\n{stderr}"
+    );
+    assert!(!stderr.to_lowercase().contains("error"), "{stderr}");
+    for test in ["\"SET\"", "\"GET\""] {
+        assert!(stdout.contains(test), "no {test} result: {stdout}");
+    }
 }

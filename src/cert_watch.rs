@@ -52,28 +52,34 @@ fn stamp(path: &std::path::Path) -> Stamp {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
+/// Each file's current stamp.
+fn stamps(shared: &Generation) -> BTreeMap<PathBuf, Stamp> {
+    files(shared)
+        .into_iter()
+        .map(|p| {
+            let s = stamp(&p);
+            (p, s)
+        })
+        .collect()
+}
+
 /// Starts the watcher thread; it ends by itself once `control` is dropped.
 ///
 /// # Errors
 /// When the thread cannot be spawned.
 pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak: Weak<Control> = Arc::downgrade(control);
+    // The first look now, not a second later: a file replaced meanwhile is a change.
+    let mut seen = stamps(&control.shared());
     std::thread::Builder::new()
         .name("ballast-certs".into())
         .spawn(move || {
-            let mut seen: BTreeMap<PathBuf, Stamp> = BTreeMap::new();
             loop {
                 std::thread::sleep(INTERVAL);
                 let Some(control) = weak.upgrade() else {
                     return;
                 };
-                let now: BTreeMap<PathBuf, Stamp> = files(&control.shared())
-                    .into_iter()
-                    .map(|p| {
-                        let s = stamp(&p);
-                        (p, s)
-                    })
-                    .collect();
+                let now = stamps(&control.shared());
                 // A file new to the watch (a reload added it) is not a change.
                 let changed: Vec<_> = now
                     .iter()

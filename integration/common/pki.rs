@@ -1,6 +1,10 @@
 //! A test certificate authority (rcgen) and its leaf certificates, for TLS tests.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+
+use super::waits::WAIT;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -74,4 +78,55 @@ fn leaf_params(names: &[&str]) -> rcgen::CertificateParams {
             .push(rcgen::DnType::CommonName, *first);
     }
     params
+}
+
+/// A TLS server on 127.0.0.1 with a certificate for `names`: answers each line with
+/// `{tag}:{line}`.
+pub fn tls_target(pki: &Pki, names: &[&str], tag: &'static str) -> SocketAddr {
+    serve_tls(pki, names, tag, |_| true)
+}
+
+/// As [`tls_target`], running `before` on each connection first (the handshake follows only
+/// when it returns true).
+pub fn serve_tls(
+    pki: &Pki,
+    names: &[&str],
+    tag: &'static str,
+    before: impl Fn(&mut TcpStream) -> bool + Send + Sync + 'static,
+) -> SocketAddr {
+    let (chain, key) = pki.leaf(names);
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let before = Arc::new(before);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut tcp) = conn else { continue };
+            let (config, before) = (config.clone(), before.clone());
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(WAIT));
+                if !before(&mut tcp) {
+                    return;
+                }
+                let Ok(tls) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
+                let mut line = String::new();
+                while matches!(stream.read_line(&mut line), Ok(n) if n > 0) {
+                    let reply = format!("{tag}:{line}");
+                    if stream.get_mut().write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
 }
