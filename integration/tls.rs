@@ -119,6 +119,7 @@ fn connect(
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let tcp = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_write_timeout(Some(WAIT)).unwrap();
     let server = ServerName::try_from(name.to_string()).unwrap();
     let tls = rustls::ClientConnection::new(config.clone(), server).unwrap();
     let mut stream = rustls::StreamOwned::new(tls, tcp);
@@ -177,6 +178,25 @@ fn curl_and_openssl_reach_a_plain_target_through_a_tls_listener() {
     assert!(wild.contains("Verify return code: 0 (ok)"), "{wild}");
     let other = s_client(addr, "nobody.test", &files.ca());
     assert!(other.contains("CN = web.test"), "{other}");
+    // TLS 1.2 clients too (min_version defaults to 1.2).
+    let v12 = Command::new("timeout")
+        .args([
+            "10",
+            "openssl",
+            "s_client",
+            "-tls1_2",
+            "-connect",
+            &addr.to_string(),
+        ])
+        .args(["-servername", "web.test", "-CAfile", &files.ca()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let v12 = String::from_utf8_lossy(&v12.stdout);
+    assert!(
+        v12.contains("Protocol  : TLSv1.2") && v12.contains("Verify return code: 0 (ok)"),
+        "{v12}"
+    );
 
     // A rustls client: the name it asked for and the certificate's.
     let config = client_config(&files);
@@ -489,4 +509,141 @@ fn redis_cli_and_redis_benchmark_over_a_tls_listener() {
     for test in ["\"SET\"", "\"GET\""] {
         assert!(stdout.contains(test), "no {test} result: {stdout}");
     }
+}
+
+/// `ballast check` on `yaml`: (exit code, stdout, stderr).
+fn check(yaml: &str) -> (i32, String, String) {
+    let file = write_config(yaml);
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_names_and_expiry_and_a_mismatched_key_is_named() {
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test", "*.web.test"]);
+    let target = Backend::start(echo());
+    let (code, out, err) = check(&tls_config(
+        &[web],
+        "      min_version: 1.3\n      alpn: [h2, http/1.1]\n",
+        target.addr,
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("terminates TLS 1.3+, ALPN [h2, http/1.1]"),
+        "{out}"
+    );
+    assert!(out.contains("web.test, *.web.test; valid "), "{out}");
+    assert!(out.contains("days left"), "{out}");
+
+    // Another certificate's key beside web.pem: refused at load, the key and file named.
+    files.leaf("other", &["other.test"]);
+    let mismatched = format!(
+        "{{cert: {}, key: {}}}",
+        files.path("web.pem").display(),
+        files.path("other.key").display()
+    );
+    let (code, _, err) = check(&tls_config(&[mismatched], "", target.addr));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("listeners[0].tls.certificates[0].key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("is not the key of the certificate in"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&files.path("other.key").display().to_string()),
+        "{err}"
+    );
+    // A missing file, named.
+    let missing = format!("{{cert: {}/nope.pem, key: x}}", files.dir.path().display());
+    let (code, _, err) = check(&tls_config(&[missing], "", target.addr));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("listeners[0].tls.certificates[0].cert") && err.contains("nope.pem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn min_version_1_3_refuses_a_tls_1_2_client_and_counts_it() {
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test"]);
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&tls_config(&[web], "      min_version: 1.3\n", target.addr));
+    let addr = lb.addr("l");
+    let out = Command::new("timeout")
+        .args([
+            "10",
+            "openssl",
+            "s_client",
+            "-tls1_2",
+            "-connect",
+            &addr.to_string(),
+        ])
+        .args(["-servername", "web.test", "-CAfile", &files.ca()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a TLS 1.2 client was served");
+    let ok = s_client(addr, "web.test", &files.ca());
+    assert!(
+        ok.contains("TLSv1.3") && ok.contains("Verify return code: 0 (ok)"),
+        "{ok}"
+    );
+    wait_until("the refusal counted", || {
+        let (s, _) = scrape(lb.admin_addr());
+        sample(
+            &s,
+            "ballast_listener_tls_handshake_failures_total",
+            "reason",
+            "incompatible",
+        ) == Some(1.0)
+    });
+}
+
+#[test]
+fn a_second_connection_resumes_by_ticket_on_either_worker() {
+    let files = Files::new();
+    let web = files.leaf("web", &["web.test"]);
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&tls_config(&[web], "", target.addr));
+    let addr = lb.addr("l");
+    let config = client_config(&files);
+    let mut first = connect(&config, addr, "web.test");
+    // TLS 1.3 tickets come after the handshake: read them with the first echo.
+    echo_line(&mut first, "one\n");
+    assert_eq!(
+        first.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // Each connection lands on either worker (SO_REUSEPORT): every one resumes, as the
+    // ticket keys are the process's.
+    for i in 0..6 {
+        let mut s = connect(&config, addr, "web.test");
+        echo_line(&mut s, &format!("again {i}\n"));
+        assert_eq!(
+            s.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "connection {i}"
+        );
+    }
+    let (s, text) = scrape(lb.admin_addr());
+    let resumed = sample(
+        &s,
+        "ballast_listener_tls_resumed_handshakes_total",
+        "listener",
+        "l",
+    );
+    assert_eq!(resumed, Some(6.0), "{text}");
 }
