@@ -62,6 +62,11 @@ struct Postgres {
 impl Postgres {
     /// A fresh cluster with `ssl=on` and a certificate from `pki` for `name`.
     fn start(pki: &Pki, name: &str) -> Postgres {
+        Self::start_with(pki, name, true)
+    }
+
+    /// As [`Postgres::start`], with `ssl` on or off.
+    fn start_with(pki: &Pki, name: &str, ssl: bool) -> Postgres {
         let bin = postgres_bin();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -100,7 +105,7 @@ impl Postgres {
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
-                "ssl=on",
+                if ssl { "ssl=on" } else { "ssl=off" },
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -181,4 +186,31 @@ fn psql_with_verify_full_reaches_the_postgres_its_server_name_routes_to() {
     assert_eq!(got, format!("{} true", db.addr.port()));
     let got = psql(addr, "reports.example.com", &ca, query).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got, format!("{} true", reports.addr.port()));
+}
+
+#[test]
+fn psql_verifies_ballasts_certificate_and_postgres_gets_plain_postgresql() {
+    // TLS ends at Ballast (`protocol: tls` with `postgres_starttls`): PostgreSQL has ssl off.
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let (cert, key) = pki.leaf_pem(&["db.example.com"]);
+    std::fs::write(dir.path().join("lb.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("lb.key"), key).unwrap();
+    let db = Postgres::start_with(&pki, "unused.example.com", false);
+    let yaml = format!(
+        "listeners:\n  - name: pg\n    protocol: tls\n    bind: 127.0.0.1:0\n    \
+         target_group: db\n    postgres_starttls: true\n    tls:\n      certificates:\n        \
+         - {{cert: {0}/lb.pem, key: {0}/lb.key}}\ntarget_groups:\n  \
+         - name: db\n{NO_CHECKS}    targets: [{{address: '{1}'}}]\n",
+        dir.path().display(),
+        db.addr
+    );
+    let lb = Ballast::start(&yaml);
+    let query =
+        "select inet_server_port() || ' ' || ssl from pg_stat_ssl where pid = pg_backend_pid()";
+    // psql verified Ballast's certificate (verify-full); PostgreSQL saw no TLS.
+    let got = psql(lb.addr("pg"), "db.example.com", &ca, query).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, format!("{} false", db.addr.port()));
 }

@@ -188,7 +188,13 @@ fn print_plan(c: &Config) {
                     r.server_name, c.target_groups[r.target_group].name
                 );
             }
-            if sni.postgres_starttls {
+            if sni.postgres_starttls && l.tls.is_some() {
+                let _ = writeln!(
+                    out,
+                    "  answers PostgreSQL's SSLRequest, then terminates TLS: targets get plain \
+                     PostgreSQL"
+                );
+            } else if sni.postgres_starttls {
                 let _ = writeln!(
                     out,
                     "  answers PostgreSQL's SSLRequest, routes by the SNI that follows"
@@ -196,8 +202,14 @@ fn print_plan(c: &Config) {
             }
             let _ = writeln!(
                 out,
-                "  other names, no ClientHello within {} or not TLS: {}",
-                humantime::format_duration(sni.timeout),
+                "  {}: {}",
+                match &l.tls {
+                    Some(_) => "no SNI or another name".to_string(),
+                    None => format!(
+                        "other names, no ClientHello within {} or not TLS",
+                        humantime::format_duration(sni.timeout)
+                    ),
+                },
                 match sni.otherwise {
                     config::NoServerName::Default => format!("target group {}", g.name),
                     config::NoServerName::Close => "reset".to_string(),

@@ -1,8 +1,9 @@
 //! The TLS keys of the file: a `tls` listener's `tls:` and a group's `target_tls:`, their
 //! files loaded when the config is ([`crate::tls`] builds the rustls configurations), and
-//! built afresh for a certificate reload.
+//! built afresh for a certificate reload. Relative file paths are taken from the directory of
+//! the config file, so a config and its certificates move together.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use super::file::{FileTargetTls, FileTls};
@@ -12,7 +13,11 @@ use super::{Config, ConfigError, TargetTls, TlsListener};
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `tls:` of the listener at `key`: its files loaded, its server configuration built.
-pub(super) fn tls_listener(key: &str, raw: FileTls) -> Result<TlsListener, (String, String)> {
+pub(super) fn tls_listener(
+    key: &str,
+    raw: FileTls,
+    base: &Path,
+) -> Result<TlsListener, (String, String)> {
     let key = format!("{key}.tls");
     if raw.certificates.is_empty() {
         return Err((
@@ -32,8 +37,8 @@ pub(super) fn tls_listener(key: &str, raw: FileTls) -> Result<TlsListener, (Stri
         .certificates
         .into_iter()
         .map(|p| crate::tls::KeyPairFiles {
-            cert: p.cert.into(),
-            key: p.key.into(),
+            cert: base.join(p.cert),
+            key: base.join(p.key),
         })
         .collect();
     let min_version = raw.min_version.map(|v| v.0).unwrap_or_default();
@@ -64,7 +69,11 @@ fn build_server(
 }
 
 /// `target_tls:` of the group at `key`: its files loaded, its client configuration built.
-pub(super) fn target_tls(key: &str, raw: FileTargetTls) -> Result<TargetTls, (String, String)> {
+pub(super) fn target_tls(
+    key: &str,
+    raw: FileTargetTls,
+    base: &Path,
+) -> Result<TargetTls, (String, String)> {
     let key = format!("{key}.target_tls");
     if let Some(name) = &raw.server_name {
         if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
@@ -82,10 +91,10 @@ pub(super) fn target_tls(key: &str, raw: FileTargetTls) -> Result<TargetTls, (St
         ));
     }
     let client_cert = raw.client_cert.map(|p| crate::tls::KeyPairFiles {
-        cert: p.cert.into(),
-        key: p.key.into(),
+        cert: base.join(p.cert),
+        key: base.join(p.key),
     });
-    let ca = raw.ca.map(PathBuf::from);
+    let ca = raw.ca.map(|p| base.join(p));
     let client = crate::tls::client_config(ca.as_deref(), client_cert.as_ref(), verify)
         .map_err(|(k, m)| (format!("{key}.{k}"), m))?;
     Ok(TargetTls {

@@ -59,6 +59,8 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         key,
         message,
     };
+    // TLS files given relative are found beside the config file.
+    let base = path.parent().unwrap_or(Path::new(""));
     if raw.listeners.is_empty() {
         return Err(invalid(
             "listeners".into(),
@@ -145,7 +147,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             proxy_protocol: g.proxy_protocol,
             target_tls: match g.target_tls {
-                Some(raw) => Some(target_tls(&key, raw).map_err(|(k, m)| invalid(k, m))?),
+                Some(raw) => Some(target_tls(&key, raw, base).map_err(|(k, m)| invalid(k, m))?),
                 None => None,
             },
             health_check,
@@ -167,7 +169,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         };
         let tls = match (l.protocol, l.tls) {
             (FileProtocol::Tls, Some(raw)) => {
-                Some(tls_listener(&key, raw).map_err(|(k, m)| invalid(k, m))?)
+                Some(tls_listener(&key, raw, base).map_err(|(k, m)| invalid(k, m))?)
             }
             (FileProtocol::Tls, None) => {
                 return Err(invalid(
@@ -312,7 +314,12 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                 })
             }
         };
-        let sni = match l.routes {
+        // A tls listener may answer PostgreSQL's SSLRequest without routing by name.
+        let routes = match l.routes {
+            None if tls.is_some() && l.postgres_starttls == Some(true) => Some(Vec::new()),
+            r => r,
+        };
+        let sni = match routes {
             None => {
                 for (name, set) in [
                     ("client_hello_timeout", l.client_hello_timeout.is_some()),
@@ -322,7 +329,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                     if set {
                         return Err(invalid(
                             format!("{key}.{name}"),
-                            format!("`{name}` goes with `routes`"),
+                            format!("`{name}` goes with `routes` (or, for postgres_starttls, `protocol: tls`)"),
                         ));
                     }
                 }
