@@ -457,7 +457,9 @@ impl Running {
         if !self.handed_over {
             crate::notify::stopping();
         }
-        if let Some(offer) = self.offer.take() {
+        // After a handover the path is the new process's, whatever its inode (a file bound
+        // right after ours was removed may get our inode number back).
+        if let Some(offer) = self.offer.take().filter(|_| !self.handed_over) {
             offer.remove();
         }
         let (closed_tx, closed) = unbounded();
