@@ -14,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::bind::{bind_each, bind_listeners, BindError};
-use crate::config::{self, Config, ConfigError, TargetConfig};
+use crate::config::{self, Config, ConfigError, TargetConfig, UnhealthyConnections};
 use crate::fault::{Faults, Restarts};
 use crate::generation::Generation;
 use crate::handover::{by_listener, ListenerInfo};
@@ -485,9 +485,37 @@ impl Control {
     }
 
     /// The prober's verdict on target `target` of group `group`; returns whether it changed.
+    /// A target turning unhealthy in a group with `on_unhealthy: close` has its open TCP
+    /// connections reset.
     pub fn set_healthy(&self, group: usize, target: usize, healthy: bool) -> bool {
         let _guard = self.locked();
-        self.shared().groups[group].set_healthy(target, healthy)
+        let shared = self.shared();
+        let changed = shared.groups[group].set_healthy(target, healthy);
+        if changed
+            && !healthy
+            && shared.groups[group].config.on_unhealthy == UnhealthyConnections::Close
+        {
+            // `on_unhealthy: close`: the open TCP connections go too, reset (a primary that
+            // lost its role must take no more writes; clients reconnect elsewhere).
+            let open = shared.groups[group].targets[target]
+                .active
+                .load(std::sync::atomic::Ordering::Relaxed);
+            log::info!(
+                "target group {}: {}: unhealthy; resetting its {open} open connection(s) \
+                 (on_unhealthy: close)",
+                shared.groups[group].name(),
+                shared.groups[group].targets[target].address
+            );
+            for w in &self.workers() {
+                w.send(Message::CloseTarget {
+                    group,
+                    target,
+                    sessions: false,
+                    reason: "target_unhealthy",
+                });
+            }
+        }
+        changed
     }
 
     /// After `wait`, closes whatever is still open to target `index` of group `g`, if it is
@@ -509,6 +537,8 @@ impl Control {
                     w.send(Message::CloseTarget {
                         group: g,
                         target: index,
+                        sessions: true,
+                        reason: "disabled",
                     });
                 }
             }

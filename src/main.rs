@@ -239,6 +239,17 @@ fn print_plan(c: &Config) {
         let check = match &hc.kind {
             config::HealthCheckKind::Tcp => "tcp".to_string(),
             config::HealthCheckKind::Http { path } => format!("http GET {path}"),
+            config::HealthCheckKind::Steps { steps } => format!(
+                "tcp send/expect ({})",
+                steps
+                    .iter()
+                    .map(|s| match s {
+                        config::steps::CheckStep::Send(b) => format!("send {} bytes", b.len()),
+                        config::steps::CheckStep::Expect(e) => format!("expect {e}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             config::HealthCheckKind::Udp { send, expect } => format!(
                 "udp ({} bytes out, reply must contain {} bytes)",
                 send.len(),

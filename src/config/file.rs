@@ -267,6 +267,7 @@ pub struct FileTargetGroup {
     pub slow_start: Option<PositiveDuration>,
     pub drain_timeout: Option<PositiveDuration>,
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub on_unhealthy: Option<super::UnhealthyConnections>,
     pub target_tls: Option<FileTargetTls>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
@@ -293,7 +294,48 @@ pub struct FileHealthCheck {
     pub unhealthy_threshold: Option<NonZeroU32>,
     pub send: Option<Payload>,
     pub expect: Option<Payload>,
+    pub steps: Option<Vec<FileStep>>,
+    pub redis: Option<FileRedisCheck>,
     pub proxy_protocol: Option<bool>,
+}
+
+/// One `steps:` entry of a TCP check: `{send: …}` or `{expect: …}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStep {
+    pub send: Option<Payload>,
+    pub expect: Option<Matcher>,
+}
+
+/// `redis:` of a health check: a Redis server in the given replication role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedisCheck {
+    pub role: RedisRole,
+    pub password: Option<String>,
+}
+
+/// A Redis server's replication role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisRole {
+    /// `role:master`: takes writes.
+    Master,
+    /// `role:slave` in `INFO replication`: a replica.
+    Replica,
+}
+
+/// What an `expect` step looks for: text, `{hex: "…"}`, or `{regex: "…"}`.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Bytes(Vec<u8>),
+    Regex(String),
+}
+
+impl<'de> Deserialize<'de> for Matcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PayloadVisitor { regex: true })
+    }
 }
 
 /// `health_check.protocol:`.
@@ -312,33 +354,55 @@ pub struct Payload(pub Vec<u8>);
 
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = Payload;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("text such as \"ping\", or {hex: \"70 69 6e 67\"}")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Payload(s.as_bytes().to_vec()))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let Some((key, value)) = map.next_entry::<String, String>()? else {
-                    return Err(de::Error::custom("expected {hex: \"...\"}"));
-                };
-                if key != "hex" {
-                    return Err(de::Error::custom(format!(
-                        "unknown payload form `{key}`; write text, or {{hex: \"...\"}}"
-                    )));
-                }
-                if map.next_key::<String>()?.is_some() {
-                    return Err(de::Error::custom(
-                        "a payload takes one form: {hex: \"...\"}",
-                    ));
-                }
-                parse_hex(&value).map(Payload).map_err(de::Error::custom)
-            }
+        match d.deserialize_any(PayloadVisitor { regex: false })? {
+            Matcher::Bytes(b) => Ok(Payload(b)),
+            Matcher::Regex(_) => Err(de::Error::custom("a regex only goes in `expect`")),
         }
-        d.deserialize_any(V)
+    }
+}
+
+/// Text, `{hex: "…"}`, and (with `regex`) `{regex: "…"}`.
+struct PayloadVisitor {
+    regex: bool,
+}
+
+impl<'de> de::Visitor<'de> for PayloadVisitor {
+    type Value = Matcher;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.regex {
+            f.write_str(
+                "text such as \"+PONG\", {hex: \"2b 50\"}, or {regex: \"role:(master|slave)\"}",
+            )
+        } else {
+            f.write_str("text such as \"ping\", or {hex: \"70 69 6e 67\"}")
+        }
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Matcher::Bytes(s.as_bytes().to_vec()))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let forms = if self.regex {
+            "{hex: \"...\"} or {regex: \"...\"}"
+        } else {
+            "{hex: \"...\"}"
+        };
+        let Some((key, value)) = map.next_entry::<String, String>()? else {
+            return Err(de::Error::custom(format!("expected {forms}")));
+        };
+        if map.next_key::<String>()?.is_some() {
+            return Err(de::Error::custom(format!(
+                "a payload takes one form: {forms}"
+            )));
+        }
+        match key.as_str() {
+            "hex" => parse_hex(&value)
+                .map(Matcher::Bytes)
+                .map_err(de::Error::custom),
+            "regex" if self.regex => Ok(Matcher::Regex(value)),
+            _ => Err(de::Error::custom(format!(
+                "unknown payload form `{key}`; write text, or {forms}"
+            ))),
+        }
     }
 }
 

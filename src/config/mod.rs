@@ -7,6 +7,7 @@
 //! exists (by index), every group has at least one target, every duration is positive.
 
 mod file;
+pub mod steps;
 mod tls;
 pub(crate) mod validate;
 
@@ -375,6 +376,20 @@ impl std::fmt::Display for OnUnhealthy {
     }
 }
 
+/// `on_unhealthy:` of a target group: what happens to a target's open TCP connections when
+/// its health check marks it unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnhealthyConnections {
+    /// They go on (the default): only new connections avoid the target.
+    #[default]
+    Keep,
+    /// They are reset at once, so clients reconnect to a healthy target (a database primary
+    /// that lost its role must not take more writes; HAProxy's `on-marked-down
+    /// shutdown-sessions`).
+    Close,
+}
+
 /// What happens to a UDP session whose target turns unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -490,6 +505,12 @@ pub enum HealthCheckKind {
         /// Request path, starting with `/`.
         path: String,
     },
+    /// Connects, then runs `steps` in order (send bytes, expect a pattern); passes when the
+    /// last step does (`steps:`, `redis:`).
+    Steps {
+        /// At least one.
+        steps: Vec<steps::CheckStep>,
+    },
     /// Sends `send` in one datagram; passes when a reply arrives within the timeout that
     /// contains `expect` (any reply when `expect` is empty).
     Udp {
@@ -598,6 +619,8 @@ pub struct TargetGroupConfig {
     /// The PROXY protocol header sent to targets before any client byte (TCP) or before each
     /// datagram (UDP, v2 only); `None`: none.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// What happens to a target's open TCP connections when it turns unhealthy.
+    pub on_unhealthy: UnhealthyConnections,
     /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
     pub target_tls: Option<TargetTls>,
     /// Health check run by the prober.

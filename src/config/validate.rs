@@ -146,6 +146,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             slow_start: g.slow_start.map(|d| d.0),
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             proxy_protocol: g.proxy_protocol,
+            on_unhealthy: g.on_unhealthy.unwrap_or_default(),
             target_tls: match g.target_tls {
                 Some(raw) => Some(target_tls(&key, raw, base).map_err(|(k, m)| invalid(k, m))?),
                 None => None,
@@ -611,6 +612,27 @@ fn health_check(
             }
         }
     }
+    if protocol != FileHealthProtocol::Tcp {
+        for (name, set) in [("steps", h.steps.is_some()), ("redis", h.redis.is_some())] {
+            if set {
+                return Err((
+                    format!("{key}.{name}"),
+                    format!("`{name}` applies to tcp checks only"),
+                ));
+            }
+        }
+    }
+    let script = match (h.steps, h.redis) {
+        (Some(_), Some(_)) => {
+            return Err((
+                format!("{key}.redis"),
+                "`redis` is a ready-made list of steps: give `steps` or `redis`, not both".into(),
+            ))
+        }
+        (Some(raw), None) => Some(super::steps::steps(&format!("{key}.steps"), raw)?),
+        (None, Some(r)) => Some(super::steps::redis(&r)),
+        (None, None) => None,
+    };
     let kind = match (protocol, h.path) {
         (FileHealthProtocol::Udp, Some(_)) => {
             return Err((
@@ -633,7 +655,10 @@ fn health_check(
                 expect: h.expect.map_or(Vec::new(), |e| e.0),
             }
         }
-        (FileHealthProtocol::Tcp, None) => HealthCheckKind::Tcp,
+        (FileHealthProtocol::Tcp, None) => match script {
+            Some(steps) => HealthCheckKind::Steps { steps },
+            None => HealthCheckKind::Tcp,
+        },
         (FileHealthProtocol::Tcp, Some(_)) => {
             return Err((
                 format!("{key}.path"),

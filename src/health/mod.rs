@@ -281,7 +281,17 @@ impl ProberLoop {
                     .config
                     .health_check
                     .timeout;
-                let reason = format!("timed out after {}", humantime::format_duration(timeout));
+                let waiting = match &self.slots[i].in_flight {
+                    Some((probe, _, _)) => probe.waiting_for(),
+                    None => None,
+                };
+                let reason = match waiting {
+                    Some(w) => format!(
+                        "timed out after {} {w}",
+                        humantime::format_duration(timeout)
+                    ),
+                    None => format!("timed out after {}", humantime::format_duration(timeout)),
+                };
                 self.finish(i, Outcome::Fail(reason));
             }
         }

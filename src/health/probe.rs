@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use mio::event::{Event, Source};
 use mio::net::{TcpStream, UdpSocket};
 
+use crate::config::steps::{CheckStep, MAX_EXPECT_BYTES};
 use crate::config::HealthCheckKind;
 use crate::net::describe;
+use crate::tls::io::{flush, handshake, read_plain, write_plain, Handshake};
 
 /// Largest HTTP response head read before giving up on finding the status line.
 const MAX_STATUS_LINE: usize = 4096;
@@ -29,48 +31,55 @@ enum Phase {
     Connecting,
     /// `target_tls`: the TLS handshake (its failure is the check's, with the reason).
     Handshake,
-    Sending {
+    /// Running the steps: the PROXY header and HTTP request as sends, then `steps:`.
+    Steps {
+        index: usize,
+        /// Bytes of the current `send` written so far.
         written: usize,
+        /// Bytes received and not yet matched by an `expect`.
+        received: Vec<u8>,
     },
-    Reading {
+    /// HTTP: reading the status line.
+    Status {
         head: Vec<u8>,
     },
 }
 
+/// A TCP, HTTP or send/expect check in flight.
 #[derive(Debug)]
-enum Socket {
-    Tcp {
-        stream: TcpStream,
-        /// Bytes to send once connected (a PROXY header, an HTTP request), if any.
-        request: Option<Vec<u8>>,
-        /// Whether an HTTP status line is awaited after the request (else sent is passed).
-        http: bool,
-        /// `target_tls`: the session, set up before the connect.
-        tls: Option<Box<rustls::Connection>>,
-        /// `target_tls`: the PROXY header, sent in the clear before the handshake.
-        preface: Vec<u8>,
-        phase: Phase,
-    },
-    Udp {
-        socket: UdpSocket,
-        expect: Vec<u8>,
-    },
+struct TcpCheck {
+    stream: TcpStream,
+    /// What to do once connected: a PROXY header and an HTTP request as sends, `steps:`.
+    steps: Vec<CheckStep>,
+    /// Whether an HTTP status line is awaited after the steps (else they passing is a pass).
+    http: bool,
+    /// `target_tls`: the session, set up before the connect.
+    tls: Option<Box<rustls::Connection>>,
+    /// `target_tls`: the PROXY header, sent in the clear before the handshake.
+    preface: Vec<u8>,
+    phase: Phase,
 }
 
-/// A check of one target: a TCP connect; for HTTP, `GET path` and the status line; for UDP, a
-/// datagram out and one back.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpCheck),
+    Udp { socket: UdpSocket, expect: Vec<u8> },
+}
+
+/// A check of one target: a TCP connect; for HTTP, `GET path` and the status line; for
+/// send/expect checks, their steps; for UDP, a datagram out and one back.
 #[derive(Debug)]
 pub struct Probe {
     socket: Socket,
 }
 
 impl Probe {
-    /// Starts a check of `addr`: a non-blocking connect (TCP, HTTP) or the probe datagram
-    /// (UDP), each preceded by a PROXY protocol header when `proxy` says which (v2 LOCAL or
-    /// v1 UNKNOWN, [`crate::proxy_protocol::local_header`]; a TCP check then passes once the
-    /// header is sent). With `tls` (the group's `target_tls`) a TCP check passes once the TLS
-    /// handshake does, and an HTTP check is HTTPS. Register [`Probe::source`] for readable and writable events and feed
-    /// them to [`Probe::handle_event`].
+    /// Starts a check of `addr`: a non-blocking connect (TCP, HTTP, steps) or the probe
+    /// datagram (UDP), each preceded by a PROXY protocol header when `proxy` says which (v2
+    /// LOCAL or v1 UNKNOWN, [`crate::proxy_protocol::local_header`]; a TCP check then passes
+    /// once the header is sent). With `tls` (the group's `target_tls`) a TCP check passes once
+    /// the TLS handshake does, and HTTP and steps go over TLS. Register [`Probe::source`] for
+    /// readable and writable events and feed them to [`Probe::handle_event`].
     ///
     /// # Errors
     /// When the socket cannot be created, or the connect or send fails at once (e.g. no route).
@@ -97,21 +106,30 @@ impl Probe {
             });
         }
         let stream = TcpStream::connect(addr)?;
+        let mut steps = Vec::new();
         // With TLS the PROXY header goes first in the clear, then the handshake.
-        let (preface, mut request) = match tls {
-            Some(_) => (header, Vec::new()),
-            None => (Vec::new(), header),
+        let preface = match tls {
+            Some(_) => header,
+            None if header.is_empty() => Vec::new(),
+            None => {
+                steps.push(CheckStep::Send(header));
+                Vec::new()
+            }
         };
         let http = match kind {
             HealthCheckKind::Tcp | HealthCheckKind::Udp { .. } => false,
+            HealthCheckKind::Steps { steps: s } => {
+                steps.extend(s.iter().cloned());
+                false
+            }
             HealthCheckKind::Http { path } => {
-                request.extend_from_slice(
+                steps.push(CheckStep::Send(
                     format!(
                         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ballast-health-check\r\n\
                          Accept: */*\r\nConnection: close\r\n\r\n"
                     )
-                    .as_bytes(),
-                );
+                    .into_bytes(),
+                ));
                 true
             }
         };
@@ -120,21 +138,21 @@ impl Probe {
             None => None,
         };
         Ok(Probe {
-            socket: Socket::Tcp {
+            socket: Socket::Tcp(TcpCheck {
                 stream,
-                request: (!request.is_empty()).then_some(request),
+                steps,
                 http,
                 preface,
                 tls,
                 phase: Phase::Connecting,
-            },
+            }),
         })
     }
 
     /// The socket to register with the poll.
     pub fn source(&mut self) -> &mut dyn Source {
         match &mut self.socket {
-            Socket::Tcp { stream, .. } => stream,
+            Socket::Tcp(c) => &mut c.stream,
             Socket::Udp { socket, .. } => socket,
         }
     }
@@ -147,20 +165,34 @@ impl Probe {
         }
     }
 
+    /// What the check is waiting for, for the message when it times out: an `expect` step's
+    /// pattern and what was received instead.
+    pub fn waiting_for(&self) -> Option<String> {
+        let Socket::Tcp(check) = &self.socket else {
+            return None;
+        };
+        let Phase::Steps {
+            index, received, ..
+        } = &check.phase
+        else {
+            return None;
+        };
+        match check.steps.get(*index) {
+            Some(CheckStep::Expect(pattern)) if received.is_empty() => {
+                Some(format!("waiting for {pattern}"))
+            }
+            Some(CheckStep::Expect(pattern)) => Some(format!(
+                "waiting for {pattern}; received {}",
+                preview(received)
+            )),
+            _ => None,
+        }
+    }
+
     fn advance(&mut self, event: &Event) -> io::Result<Option<Outcome>> {
         match &mut self.socket {
             Socket::Udp { socket, expect } => advance_udp(socket, expect),
-            Socket::Tcp {
-                stream,
-                request,
-                http,
-                tls,
-                preface,
-                phase,
-            } => {
-                let tls = tls.as_deref_mut().map(|t| (t, &preface[..]));
-                advance_tcp(stream, request.as_deref(), *http, tls, phase, event)
-            }
+            Socket::Tcp(check) => check.advance(event),
         }
     }
 }
@@ -188,26 +220,42 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Advances a TCP or HTTP check.
-fn advance_tcp(
-    stream: &mut TcpStream,
-    request: Option<&[u8]>,
-    http: bool,
-    tls: Option<(&mut rustls::Connection, &[u8])>,
-    phase: &mut Phase,
-    event: &Event,
-) -> io::Result<Option<Outcome>> {
-    use crate::tls::io::{flush, handshake, read_plain, write_plain, Handshake};
-    let (mut tls, preface) = match tls {
-        Some((t, p)) => (Some(t), p),
-        None => (None, &[][..]),
-    };
-    {
-        if let Phase::Connecting = phase {
-            if let Some(e) = stream.take_error()? {
+/// The start of `bytes` as text for a failure message (at most 80 characters, line breaks
+/// shown as `\r\n`).
+fn preview(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let cut: String = text.chars().take(80).collect();
+    let more = if text.chars().count() > 80 { "…" } else { "" };
+    format!("`{}{more}`", cut.escape_debug())
+}
+
+impl TcpCheck {
+    /// Writes plaintext (through TLS when the check has it).
+    fn send(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            Some(t) => write_plain(t, &mut self.stream, bytes),
+            None => self.stream.write(bytes),
+        }
+    }
+
+    /// Reads plaintext (through TLS when the check has it); first sends what TLS holds.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            Some(t) => {
+                flush(t, &mut self.stream)?;
+                read_plain(t, &mut self.stream, buf)
+            }
+            None => self.stream.read(buf),
+        }
+    }
+
+    /// Advances the check: connect, handshake, steps, status line.
+    fn advance(&mut self, event: &Event) -> io::Result<Option<Outcome>> {
+        if let Phase::Connecting = self.phase {
+            if let Some(e) = self.stream.take_error()? {
                 return Err(e);
             }
-            match stream.peer_addr() {
+            match self.stream.peer_addr() {
                 Ok(_) => {}
                 // Spurious wake-up: the connect is still in progress.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected && !event.is_error() => {
@@ -216,78 +264,132 @@ fn advance_tcp(
                 Err(e) => return Err(e),
             }
             // A fresh socket's send buffer takes a PROXY header whole.
-            if !preface.is_empty() && stream.write(preface)? < preface.len() {
+            if !self.preface.is_empty() && self.stream.write(&self.preface)? < self.preface.len() {
                 return Ok(Some(Outcome::Fail("PROXY header cut short".into())));
             }
-            *phase = Phase::Handshake;
+            self.phase = Phase::Handshake;
         }
-        if let Phase::Handshake = phase {
-            if let Some(t) = tls.as_deref_mut() {
-                match handshake(t, stream) {
+        if let Phase::Handshake = self.phase {
+            if let Some(t) = self.tls.as_deref_mut() {
+                match handshake(t, &mut self.stream) {
                     Handshake::Wait => return Ok(None),
                     Handshake::Failed(e) => return Ok(Some(Outcome::Fail(e.to_string()))),
                     Handshake::Done => {}
                 }
             }
-            if request.is_none() {
+            self.phase = Phase::Steps {
+                index: 0,
+                written: 0,
+                received: Vec::new(),
+            };
+        }
+        if let Some(outcome) = self.run_steps()? {
+            return Ok(Some(outcome));
+        }
+        if let Phase::Status { .. } = self.phase {
+            return self.read_status();
+        }
+        Ok(None)
+    }
+
+    /// Runs the steps as far as the socket allows; `Some` once one failed or (without HTTP)
+    /// all passed. Moves to `Status` after the last one for HTTP checks.
+    fn run_steps(&mut self) -> io::Result<Option<Outcome>> {
+        let mut chunk = [0u8; 2048];
+        loop {
+            let Phase::Steps { index, written, .. } = &self.phase else {
+                return Ok(None);
+            };
+            let (index, written) = (*index, *written);
+            let Some(step) = self.steps.get(index).cloned() else {
+                if self.http {
+                    self.phase = Phase::Status { head: Vec::new() };
+                    return Ok(None);
+                }
                 return Ok(Some(Outcome::Pass));
-            }
-            *phase = Phase::Sending { written: 0 };
-        }
-        if let Phase::Sending { written } = phase {
-            let request = request.unwrap_or_default();
-            while *written < request.len() {
-                let rest = &request[*written..];
-                let sent = match tls.as_deref_mut() {
-                    Some(t) => write_plain(t, stream, rest),
-                    None => stream.write(rest),
-                };
-                match sent {
-                    Ok(n) => *written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+            };
+            match step {
+                CheckStep::Send(bytes) => {
+                    let n = match self.send(&bytes[written..]) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                        Err(e) => return Err(e),
+                    };
+                    if let Phase::Steps { index, written, .. } = &mut self.phase {
+                        *written += n;
+                        if *written == bytes.len() {
+                            (*index, *written) = (*index + 1, 0);
+                        }
+                    }
+                }
+                CheckStep::Expect(pattern) => {
+                    if let Phase::Steps {
+                        index, received, ..
+                    } = &mut self.phase
+                    {
+                        if let Some(end) = pattern.find_end(received) {
+                            received.drain(..end);
+                            *index += 1;
+                            continue;
+                        }
+                        if received.len() >= MAX_EXPECT_BYTES {
+                            return Ok(Some(Outcome::Fail(format!(
+                                "no {pattern} in the first {MAX_EXPECT_BYTES} bytes: {}",
+                                preview(received)
+                            ))));
+                        }
+                    }
+                    let got = self.recv(&mut chunk);
+                    let Phase::Steps { received, .. } = &mut self.phase else {
+                        return Ok(None);
+                    };
+                    match got {
+                        Ok(0) => {
+                            return Ok(Some(Outcome::Fail(if received.is_empty() {
+                                format!("closed before {pattern}")
+                            } else {
+                                format!("expected {pattern}, got {}", preview(received))
+                            })))
+                        }
+                        Ok(n) => received.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-            if !http {
-                return Ok(Some(Outcome::Pass)); // a TCP check with a PROXY header
-            }
-            *phase = Phase::Reading { head: Vec::new() };
         }
-        if let Phase::Reading { head } = phase {
-            if let Some(t) = tls.as_deref_mut() {
-                match flush(t, stream) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-            }
-            let mut chunk = [0u8; 1024];
-            loop {
+    }
+
+    /// Reads the HTTP status line.
+    fn read_status(&mut self) -> io::Result<Option<Outcome>> {
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Phase::Status { head } = &self.phase {
                 if let Some(outcome) = parse_status(head) {
                     return Ok(Some(outcome));
                 }
                 if head.len() >= MAX_STATUS_LINE {
                     return Ok(Some(Outcome::Fail("no HTTP status line".into())));
                 }
-                let got = match tls.as_deref_mut() {
-                    Some(t) => read_plain(t, stream, &mut chunk),
-                    None => stream.read(&mut chunk),
-                };
-                match got {
-                    Ok(0) => {
-                        return Ok(Some(Outcome::Fail(
-                            "connection closed before the HTTP status line".into(),
-                        )))
-                    }
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+            }
+            let got = self.recv(&mut chunk);
+            let Phase::Status { head } = &mut self.phase else {
+                return Ok(None);
+            };
+            match got {
+                Ok(0) => {
+                    return Ok(Some(Outcome::Fail(
+                        "connection closed before the HTTP status line".into(),
+                    )))
                 }
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        Ok(None)
     }
 }
 

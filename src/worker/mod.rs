@@ -146,13 +146,19 @@ pub enum Message {
     /// Stop accepting, let open connections finish up to `shutdown_timeout`, then exit. The
     /// worker sends its id on the channel once its listening sockets are closed.
     Stop(crossbeam_channel::Sender<usize>),
-    /// Close every connection and end every session to target `target` of group `group`
-    /// (a disabled target's drain_timeout has passed).
+    /// Reset every TCP connection to target `target` of group `group`, and end its UDP
+    /// sessions when `sessions` (a disabled target's drain_timeout has passed: `disabled`;
+    /// a target marked unhealthy in a group with `on_unhealthy: close`: `target_unhealthy`,
+    /// connections only). `reason` goes to the access log.
     CloseTarget {
         /// Group index.
         group: usize,
         /// Target index in the group.
         target: usize,
+        /// Whether UDP sessions end too.
+        sessions: bool,
+        /// The access log's reason.
+        reason: &'static str,
     },
     /// Switch to the next generation of the configuration: `sockets` are this worker's
     /// sockets for the listeners it adds (by listener index); listeners marked removed close
@@ -426,7 +432,12 @@ impl Worker {
                 Ok(Message::Snapshot { limit, reply }) => {
                     let _ = reply.send(self.snapshot(limit));
                 }
-                Ok(Message::CloseTarget { group, target }) => self.close_target(group, target),
+                Ok(Message::CloseTarget {
+                    group,
+                    target,
+                    sessions,
+                    reason,
+                }) => self.close_target(group, target, sessions, reason),
                 Ok(Message::Panic) => {
                     if crate::fault::Faults::ENABLED {
                         crate::fault::injected_panic(&format!("worker {}", self.id));
@@ -486,7 +497,7 @@ impl Worker {
         }
     }
 
-    fn close_target(&mut self, group: usize, target: usize) {
+    fn close_target(&mut self, group: usize, target: usize, sessions: bool, reason: &str) {
         let on_target = |g: usize, t: Option<usize>| g == group && t == Some(target);
         let keys: Vec<usize> = self
             .table
@@ -499,9 +510,11 @@ impl Worker {
             })
             .collect();
         for key in keys {
-            self.close(key, "disabled", crate::tcp::Reset::BOTH);
+            self.close(key, reason, crate::tcp::Reset::BOTH);
         }
-        self.end_sessions_where(|s| on_target(s.group, Some(s.target)), "disabled");
+        if sessions {
+            self.end_sessions_where(|s| on_target(s.group, Some(s.target)), reason);
+        }
     }
 
     fn snapshot(&mut self, limit: usize) -> Vec<ConnInfo> {

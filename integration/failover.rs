@@ -1,0 +1,157 @@
+//! Targets whose role changes: a Redis primary fails over to its replica. The `redis: {role:
+//! master}` check (send/expect steps) follows the role, and `on_unhealthy: close` resets the
+//! connections still open to the old primary, so clients reconnect to the new one. Real
+//! `redis-server`s (`.ci/run` installs them).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `redis-cli -p port ARGS` (bounded): its output, trimmed.
+fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args([
+            "10",
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn redis(args: &[&str]) -> (Server, SocketAddr) {
+    let mut all = vec![
+        "--port",
+        "{port}",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    all.extend_from_slice(args);
+    Server::start("redis-server", &all)
+}
+
+/// One RESP client connection: inline commands, one reply line each.
+struct Client(BufReader<TcpStream>);
+
+impl Client {
+    fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr, WAIT)?;
+        s.set_read_timeout(Some(WAIT))?;
+        Ok(Client(BufReader::new(s)))
+    }
+
+    /// Sends `command`; the reply's first line, or the error (a reset, an EOF).
+    fn ask(&mut self, command: &str) -> std::io::Result<String> {
+        self.0
+            .get_mut()
+            .write_all(format!("{command}\r\n").as_bytes())?;
+        let mut line = String::new();
+        if self.0.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim_end().to_string())
+    }
+}
+
+#[test]
+fn a_redis_failover_moves_writes_to_the_new_primary_and_resets_the_old_ones() {
+    need("redis-server");
+    let (_a, a) = redis(&[]);
+    let (_b, b) = redis(&[]);
+    assert_eq!(
+        redis_cli(b, &["REPLICAOF", "127.0.0.1", &a.port().to_string()]),
+        "OK"
+    );
+    let interval_ms = 200;
+    let yaml = format!(
+        "listeners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: redis\n\
+         target_groups:\n  - name: redis\n    on_unhealthy: close\n\
+         \x20   health_check: {{protocol: tcp, redis: {{role: master}}, interval: {interval_ms}ms, \
+         timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1}}\n\
+         \x20   targets:\n      - address: {a}\n      - address: {b}\n"
+    );
+    let lb = Ballast::start(&yaml);
+    // Targets start healthy; the replica's first check takes it out.
+    let line = lb.wait_log(&format!("{b} is now unhealthy"), WAIT);
+    assert!(
+        line.contains("role:master"),
+        "the reason names the role: {line}"
+    );
+    let addr = lb.addr("l");
+    let mut old = Client::connect(addr).unwrap();
+    assert_eq!(old.ask("SET before failover").unwrap(), "+OK");
+    assert_eq!(redis_cli(a, &["GET", "before"]), "failover");
+
+    // Failover: the replica is promoted, the old primary follows it.
+    let from = lb.log_len();
+    let swapped = Instant::now();
+    assert_eq!(redis_cli(b, &["REPLICAOF", "NO", "ONE"]), "OK");
+    assert_eq!(
+        redis_cli(a, &["REPLICAOF", "127.0.0.1", &b.port().to_string()]),
+        "OK"
+    );
+    // A writer through Ballast the whole time, reconnecting after each error.
+    let mut errors = 0;
+    let mut writes_after = 0;
+    let mut client: Option<Client> = None;
+    let window = Duration::from_millis(2 * interval_ms + interval_ms + 300);
+    let mut i = 0;
+    while writes_after < 200 {
+        assert!(
+            swapped.elapsed() < WAIT,
+            "writes never settled on the new primary"
+        );
+        i += 1;
+        let reply = match client.as_mut() {
+            Some(c) => c.ask(&format!("SET k{i} v{i}")),
+            None => Client::connect(addr).and_then(|mut c| {
+                let r = c.ask(&format!("SET k{i} v{i}"));
+                client = Some(c);
+                r
+            }),
+        };
+        match reply {
+            Ok(r) if r == "+OK" => {
+                if swapped.elapsed() > window {
+                    writes_after += 1;
+                }
+            }
+            other => {
+                // Only within the window: the old primary refusing (READONLY), a reset.
+                assert!(
+                    swapped.elapsed() <= window,
+                    "write {i} failed after the window: {other:?}"
+                );
+                errors += 1;
+                client = None;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    lb.wait_log_after(&format!("{a} is now unhealthy"), from, WAIT);
+    lb.wait_log_after(&format!("{b} is now healthy"), from, WAIT);
+    // The connection opened before the failover was reset, not left writing to a replica.
+    assert!(
+        old.ask("PING").is_err(),
+        "the old primary's connection stayed open"
+    );
+    let log = lb.log();
+    assert!(log.contains("reason=target_unhealthy"), "{log}");
+    // Every write after the window is on the new primary.
+    assert_eq!(redis_cli(b, &["GET", &format!("k{i}")]), format!("v{i}"));
+    eprintln!("failover: {errors} failed writes within {window:?} of the swap");
+}
