@@ -155,3 +155,78 @@ fn a_redis_failover_moves_writes_to_the_new_primary_and_resets_the_old_ones() {
     assert_eq!(redis_cli(b, &["GET", &format!("k{i}")]), format!("v{i}"));
     eprintln!("failover: {errors} failed writes within {window:?} of the swap");
 }
+
+/// `GET /targets` of `lb`: the target at `address` as JSON.
+fn target_json(lb: &Ballast, address: SocketAddr) -> serde_json::Value {
+    let (status, body) = http(lb.admin_addr(), "GET", "/targets", None, "");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    doc["target_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["targets"].as_array().unwrap().iter())
+        .find(|t| t["address"] == address.to_string())
+        .unwrap_or_else(|| panic!("no target {address} in {body}"))
+        .clone()
+}
+
+#[test]
+fn outlier_detection_ejects_a_target_its_active_check_calls_healthy() {
+    // The bad target's data port refuses connections while its check port (a side port)
+    // accepts them: the active check will never notice.
+    let side = Backend::start(std::sync::Arc::new(|_| {}));
+    let bad = dead_addr();
+    let good = Backend::start(named("good"));
+    let yaml = format!(
+        "listeners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: g\n\
+         \x20   retries: 1\n\
+         target_groups:\n  - name: g\n\
+         \x20   outlier_detection: {{consecutive_failures: 3, base_ejection: 1s, max_ejection: 10s}}\n\
+         \x20   health_check: {{protocol: tcp, port: {side}, interval: 60s, timeout: 1s}}\n\
+         \x20   targets:\n      - address: {bad}\n      - address: {}\n",
+        good.addr,
+        side = side.addr.port(),
+    );
+    // Both targets listen on 127.0.0.1: the check port is the side backend for both.
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("l");
+    // Every client is served (the retry goes to the good target) while the bad one fails;
+    // three failures in a row eject it (the sweep runs every 50 ms).
+    for _ in 0..6 {
+        assert_eq!(fetch(addr).unwrap(), "good\n");
+    }
+    lb.wait_log(&format!("{bad} ejected for 1s"), WAIT);
+    let t = target_json(&lb, bad);
+    assert_eq!(t["ejected"], true, "{t}");
+    assert_eq!(t["health"], "healthy", "the active check still passes: {t}");
+    // While ejected, no connection tries it.
+    let failures = t["connect_failures"].as_u64().unwrap();
+    for _ in 0..20 {
+        assert_eq!(fetch(addr).unwrap(), "good\n");
+    }
+    let t = target_json(&lb, bad);
+    if t["ejected"] == true {
+        assert_eq!(t["connect_failures"].as_u64().unwrap(), failures, "{t}");
+    }
+    // It comes back after base_ejection, fails again, and the next ejection is twice as long.
+    lb.wait_log(&format!("{bad} back after its ejection"), WAIT);
+    let deadline = Instant::now() + WAIT;
+    while !lb.log().contains(&format!("{bad} ejected for 2s")) {
+        assert!(
+            Instant::now() < deadline,
+            "no second ejection:\n{}",
+            lb.log()
+        );
+        assert_eq!(fetch(addr).unwrap(), "good\n");
+        std::thread::sleep(Duration::from_millis(10)); // paces the load, not a wait for state
+    }
+    let (scrape, text) = scrape(lb.admin_addr());
+    let ejections = sample(
+        &scrape,
+        "ballast_target_ejections_total",
+        "target",
+        &bad.to_string(),
+    );
+    assert_eq!(ejections, Some(2.0), "{text}");
+}

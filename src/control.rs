@@ -484,6 +484,13 @@ impl Control {
         Ok((gi, ti, changed))
     }
 
+    /// Outlier detection ejects target `target` of group `group` or lets it back; returns
+    /// whether that changed anything.
+    pub fn set_ejected(&self, group: usize, target: usize, ejected: bool) -> bool {
+        let _guard = self.locked();
+        self.shared().groups[group].set_ejected(target, ejected)
+    }
+
     /// The prober's verdict on target `target` of group `group`; returns whether it changed.
     /// A target turning unhealthy in a group with `on_unhealthy: close` has its open TCP
     /// connections reset.

@@ -230,6 +230,8 @@ pub fn encode(
     let t_active = Family::<TargetLabels, Gauge>::default();
     let t_total = Family::<TargetLabels, Counter>::default();
     let t_failures = Family::<TargetLabels, Counter>::default();
+    let t_ejected = Family::<TargetLabels, Gauge>::default();
+    let t_ejections = Family::<TargetLabels, Counter>::default();
     let t_bytes_in = Family::<TargetLabels, Counter>::default();
     let t_bytes_out = Family::<TargetLabels, Counter>::default();
     let mut latencies = CheckLatencies::default();
@@ -255,6 +257,14 @@ pub fn encode(
             t_failures
                 .get_or_create(&labels)
                 .inc_by(t.connect_failures.load(Ordering::Relaxed));
+            if g.config.outlier_detection.is_some() {
+                t_ejected
+                    .get_or_create(&labels)
+                    .set(i64::from(t.is_ejected()));
+                t_ejections
+                    .get_or_create(&labels)
+                    .inc_by(t.ejections.load(Ordering::Relaxed));
+            }
             t_bytes_in
                 .get_or_create(&labels)
                 .inc_by(t.bytes_to_target.load(Ordering::Relaxed));
@@ -283,6 +293,16 @@ pub fn encode(
         "target_connect_failures",
         "Connect attempts to the target that failed",
         t_failures,
+    );
+    registry.register(
+        "target_ejected",
+        "1 while outlier detection has ejected the target (no new connections)",
+        t_ejected,
+    );
+    registry.register(
+        "target_ejections",
+        "Times outlier detection ejected the target",
+        t_ejections,
     );
     registry.register(
         "target_bytes_sent",

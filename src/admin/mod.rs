@@ -385,6 +385,9 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
         "active": t.active.load(Ordering::Relaxed),
         "total": t.total.load(Ordering::Relaxed),
         "connect_failures": t.connect_failures.load(Ordering::Relaxed),
+        "ejected": t.is_ejected(),
+        "ejections": t.ejections.load(Ordering::Relaxed),
+        "consecutive_failures": t.consecutive_failures.load(Ordering::Relaxed),
         "bytes_to_target": t.bytes_to_target.load(Ordering::Relaxed),
         "bytes_from_target": t.bytes_from_target.load(Ordering::Relaxed),
         "last_check": {

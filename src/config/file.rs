@@ -268,9 +268,20 @@ pub struct FileTargetGroup {
     pub drain_timeout: Option<PositiveDuration>,
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     pub on_unhealthy: Option<super::UnhealthyConnections>,
+    pub outlier_detection: Option<FileOutlierDetection>,
     pub target_tls: Option<FileTargetTls>,
     pub health_check: Option<FileHealthCheck>,
     pub targets: Vec<FileTarget>,
+}
+
+/// `outlier_detection:` of a target group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlierDetection {
+    pub consecutive_failures: Option<NonZeroU32>,
+    pub base_ejection: Option<PositiveDuration>,
+    pub max_ejection: Option<PositiveDuration>,
+    pub max_ejected_percent: Option<Bounded<0, 100>>,
 }
 
 /// `stickiness:` of a target group.

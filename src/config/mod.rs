@@ -376,6 +376,35 @@ impl std::fmt::Display for OnUnhealthy {
     }
 }
 
+/// `outlier_detection:` of a target group: passive checks on the data path (Envoy's outlier
+/// detection, HAProxy's `observe layer4`). A target whose data connections fail
+/// `consecutive_failures` times in a row (a failed connect, or a reset from the target) is
+/// ejected — no new connections — for `base_ejection` × 2^(k−1), k its ejections with no clean
+/// connection in between, at most `max_ejection`; at most `max_ejected_percent` of the
+/// group's targets are ejected at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Failures in a row that eject (≥ 1).
+    pub consecutive_failures: u32,
+    /// The first ejection's length.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+    /// Most targets of the group ejected at once, in percent of its targets (0 to 100; at
+    /// least one target is always allowed out when the percentage allows any).
+    pub max_ejected_percent: u32,
+}
+
+impl OutlierDetection {
+    /// How long the `k`-th ejection in a row lasts (k ≥ 1).
+    pub fn ejection(&self, k: u32) -> Duration {
+        let factor = 1u32 << k.saturating_sub(1).min(16);
+        self.base_ejection
+            .saturating_mul(factor)
+            .min(self.max_ejection)
+    }
+}
+
 /// `on_unhealthy:` of a target group: what happens to a target's open TCP connections when
 /// its health check marks it unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -621,6 +650,8 @@ pub struct TargetGroupConfig {
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// What happens to a target's open TCP connections when it turns unhealthy.
     pub on_unhealthy: UnhealthyConnections,
+    /// Passive checks (`outlier_detection:`), when set.
+    pub outlier_detection: Option<OutlierDetection>,
     /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
     pub target_tls: Option<TargetTls>,
     /// Health check run by the prober.

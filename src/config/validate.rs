@@ -147,6 +147,24 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             proxy_protocol: g.proxy_protocol,
             on_unhealthy: g.on_unhealthy.unwrap_or_default(),
+            outlier_detection: match g.outlier_detection {
+                None => None,
+                Some(o) => {
+                    let od = OutlierDetection {
+                        consecutive_failures: o.consecutive_failures.map_or(5, NonZeroU32::get),
+                        base_ejection: o.base_ejection.map_or(Duration::from_secs(30), |d| d.0),
+                        max_ejection: o.max_ejection.map_or(Duration::from_secs(300), |d| d.0),
+                        max_ejected_percent: o.max_ejected_percent.map_or(50, |b| b.0 as u32),
+                    };
+                    if od.max_ejection < od.base_ejection {
+                        return Err(invalid(
+                            format!("{key}.outlier_detection.max_ejection"),
+                            "must not be shorter than base_ejection".into(),
+                        ));
+                    }
+                    Some(od)
+                }
+            },
             target_tls: match g.target_tls {
                 Some(raw) => Some(target_tls(&key, raw, base).map_err(|(k, m)| invalid(k, m))?),
                 None => None,

@@ -7,6 +7,7 @@
 //! lock. Unhealthy targets keep being checked, so they come back after `healthy_threshold`
 //! passes.
 
+mod outlier;
 pub mod probe;
 pub mod threshold;
 
@@ -105,6 +106,8 @@ struct ProberLoop {
     poll: Poll,
     stop: Arc<AtomicBool>,
     slots: Vec<ProbeSlot>,
+    /// Outlier detection's ejected targets and when they come back.
+    ejections: outlier::Ejections,
 }
 
 impl ProberLoop {
@@ -116,6 +119,7 @@ impl ProberLoop {
             poll,
             stop,
             slots: Vec::new(),
+            ejections: outlier::Ejections::default(),
         };
         prober.resync(shared);
         prober
@@ -216,12 +220,17 @@ impl ProberLoop {
             let now = Instant::now();
             self.start_due(now);
             self.expire(now);
+            let sweep = self.ejections.sweep(&self.shared, &self.control, now);
             let timeout = self
                 .slots
                 .iter()
                 .map(|s| s.in_flight.as_ref().map_or(s.next_due, |(_, _, d)| *d))
                 .min()
                 .map(|t| t.saturating_duration_since(now));
+            let timeout = match (timeout, sweep) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("health prober: poll failed: {e}; checks paused for 1s");

@@ -15,7 +15,7 @@ pub mod sticky;
 pub mod table;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -72,6 +72,15 @@ pub struct TargetState {
     response_ewma_us: AtomicU64,
     /// What the prober last saw, for the admin API and metrics.
     pub checks: crate::target::record::CheckRecord,
+    /// Passive checks (`outlier_detection`): data connections in a row that failed (a failed
+    /// connect, or the target reset the connection); a clean end sets it back to 0.
+    pub consecutive_failures: AtomicU32,
+    /// Ejected by outlier detection: no new connections until the prober lets it back.
+    ejected: AtomicBool,
+    /// Times ejected since start.
+    pub ejections: AtomicU64,
+    /// Ejections with no clean connection in between (the back-off's exponent).
+    pub ejections_in_row: AtomicU32,
 }
 
 impl TargetState {
@@ -87,6 +96,10 @@ impl TargetState {
             bytes_from_target: AtomicU64::new(0),
             response_ewma_us: AtomicU64::new(0),
             checks: Default::default(),
+            consecutive_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU64::new(0),
+            ejections_in_row: AtomicU32::new(0),
         })
     }
 }
@@ -166,6 +179,33 @@ impl TargetState {
     /// Whether the prober currently counts this target healthy.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether outlier detection has ejected the target.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Whether the balancer may pick the target for new connections, health-wise: healthy
+    /// and not ejected.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    /// A data connection to the target failed: a connect that failed, or a reset from it.
+    pub fn note_failure(&self) {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A data connection to the target ended cleanly (stores only when there is something to
+    /// clear, so the common case writes nothing shared).
+    pub fn note_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections_in_row.load(Ordering::Relaxed) != 0 {
+            self.ejections_in_row.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -363,6 +403,27 @@ impl TargetGroup {
         was != healthy
     }
 
+    /// Ejects target `index` (outlier detection) or lets it back; returns whether that
+    /// changed anything. Letting it back clears its failure count.
+    ///
+    /// # Panics
+    /// If `index` is out of range.
+    pub fn set_ejected(&self, index: usize, ejected: bool) -> bool {
+        let target = &self.targets[index];
+        if !ejected {
+            target.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        let was = target.ejected.swap(ejected, Ordering::AcqRel);
+        if was != ejected {
+            if ejected {
+                target.ejections.fetch_add(1, Ordering::Relaxed);
+                target.ejections_in_row.fetch_add(1, Ordering::Relaxed);
+            }
+            self.eligibility_changed();
+        }
+        was != ejected
+    }
+
     /// Sets target `index`'s admin state; returns whether that changed anything.
     ///
     /// # Panics
@@ -442,9 +503,10 @@ impl TargetGroup {
         self.health_generation.load(Ordering::Acquire)
     }
 
-    /// Health of every target, in order.
+    /// Health of every target, in order, as the balancer takes it: healthy and not ejected
+    /// by outlier detection ([`TargetState::is_available`]).
     pub fn health(&self) -> Vec<bool> {
-        self.targets.iter().map(|t| t.is_healthy()).collect()
+        self.targets.iter().map(|t| t.is_available()).collect()
     }
 }
 

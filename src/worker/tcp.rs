@@ -302,6 +302,7 @@ impl Worker {
                     group.targets[t]
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
+                    group.targets[t].note_failure();
                     log::debug!("{}: connect to {address} failed: {e}", conn.tuple);
                     conn.last_error = Some(format!("{address}: {}", describe(&e)));
                 }
@@ -325,6 +326,7 @@ impl Worker {
         if let Some(t) = conn.target {
             let target = &self.shared.groups[conn.group].targets[t];
             target.connect_failures.fetch_add(1, Ordering::Relaxed);
+            target.note_failure();
             log::debug!(
                 "{}: connect to {} failed: {reason}",
                 conn.tuple,
@@ -614,6 +616,14 @@ impl Worker {
         let target = conn
             .target
             .map(|t| &self.shared.groups[conn.group].targets[t]);
+        // Passive checks: a reset from the target is a failure, a clean end a success.
+        if let Some(t) = target.filter(|_| conn.stage().reached_target()) {
+            match conn.first_abort {
+                Some(crate::tcp::Side::Back) => t.note_failure(),
+                None => t.note_success(),
+                Some(crate::tcp::Side::Front) => {}
+            }
+        }
         self.access.record(&Entry {
             protocol: "tcp",
             listener: &listener.config.name,
