@@ -7,6 +7,7 @@
 //! listeners first (so a bad address fails the change with nothing applied), stores it, and
 //! hands it to every worker over its command channel, waking its poll.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -81,6 +82,8 @@ pub struct Control {
     pub faults: Faults,
     /// The node's service state (drain) and readiness.
     pub node: Node,
+    /// Targets found by `discover:`, by group name: address → weight (kept across reloads).
+    discovered: Mutex<HashMap<String, BTreeMap<SocketAddr, u32>>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -102,6 +105,7 @@ impl Control {
             restarts: Restarts::default(),
             faults: Faults::default(),
             node: Node::default(),
+            discovered: Mutex::default(),
         })
     }
 
@@ -300,7 +304,10 @@ impl Control {
         let path = self.shared().config.path.clone();
         let result = config::load(&path)
             .map_err(ChangeError::from)
-            .and_then(|config| self.apply(config));
+            .and_then(|mut config| {
+                self.keep_discovered(&mut config);
+                self.apply(config)
+            });
         match &result {
             Ok(s) => log::info!(
                 "reloaded {}: generation {}; listeners +{:?} -{:?}; targets +{:?} -{:?}",
@@ -391,6 +398,68 @@ impl Control {
             let _ = w.wake();
         }
         Ok(summarize(&old, &next))
+    }
+
+    /// The targets `discover:` found for group `group` are now `found` (address → weight):
+    /// new ones are added (taking traffic once they pass their health check), vanished ones
+    /// removed (they drain). Returns `None` when nothing changed.
+    ///
+    /// # Errors
+    /// As [`Control::add_target`]: an unknown group, a `maglev_table_size` too small.
+    pub fn set_discovered(
+        &self,
+        group: &str,
+        found: BTreeMap<SocketAddr, u32>,
+    ) -> Result<Option<Summary>, ChangeError> {
+        let _guard = self.locked();
+        let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        let before = known.get(group).cloned().unwrap_or_default();
+        if before == found {
+            return Ok(None);
+        }
+        let mut config = self.shared().config.clone();
+        let g = group_config(&mut config, group)?;
+        g.targets
+            .retain(|t| !before.contains_key(&t.address) || found.contains_key(&t.address));
+        for (&address, &weight) in &found {
+            match g.targets.iter_mut().find(|t| t.address == address) {
+                Some(t) if before.contains_key(&address) => t.weight = weight,
+                Some(_) => {} // also listed in the file: the file's settings stay
+                None => g.targets.push(TargetConfig {
+                    address,
+                    weight,
+                    backup: false,
+                    max_connections: None,
+                }),
+            }
+        }
+        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        let summary = self.apply_locked(config)?;
+        known.insert(group.to_string(), found);
+        Ok(Some(summary))
+    }
+
+    /// A reload's `config` keeps what `discover:` found for the groups that still discover.
+    fn keep_discovered(&self, config: &mut Config) {
+        let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|name, _| {
+            config
+                .target_groups
+                .iter()
+                .any(|g| &g.name == name && !g.discover.is_empty())
+        });
+        for g in &mut config.target_groups {
+            for (&address, &weight) in known.get(&g.name).into_iter().flatten() {
+                if !g.targets.iter().any(|t| t.address == address) {
+                    g.targets.push(TargetConfig {
+                        address,
+                        weight,
+                        backup: false,
+                        max_connections: None,
+                    });
+                }
+            }
+        }
     }
 
     /// Adds `target` to group `group` (it takes traffic once it passes `healthy_threshold`

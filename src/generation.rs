@@ -3,9 +3,10 @@
 //!
 //! A hot reload or a target added through the admin API builds the next generation with
 //! [`Generation::successor`] and hands it to every thread. Indices never move between generations:
-//! a listener, group or target keeps its index for the life of the process (one that is
-//! removed stays as a tombstone), so whatever recorded an index finds the same thing in any
-//! later generation. What changes while a generation runs (health, admin states, counters)
+//! a listener or group keeps its index for the life of the process (one that is removed stays as
+//! a tombstone), and a target while anything refers to it (a removed target's index goes to a
+//! new one only once its connections and sessions have ended), so whatever recorded an index
+//! finds the same thing in any later generation. What changes while a generation runs (health, admin states, counters)
 //! lives in atomics shared by all generations.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

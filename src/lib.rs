@@ -107,6 +107,7 @@ pub mod conntrack;
 pub mod control;
 pub mod ctl;
 pub mod deploy;
+pub mod discovery;
 pub(crate) mod fault;
 pub mod generation;
 pub mod handover;

@@ -251,6 +251,7 @@ pub fn start_from(
     let prober = Prober::start(control.clone()).map_err(RunError::io("cannot start the prober"))?;
     crate::cert_watch::start(&control)
         .map_err(RunError::io("cannot start the certificate watcher"))?;
+    crate::discovery::start(&control).map_err(RunError::io("cannot start DNS discovery"))?;
     let mut running = Running {
         control,
         handles: Vec::with_capacity(workers),

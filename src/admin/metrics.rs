@@ -67,6 +67,11 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    target_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsListenerLabels {
     listener: String,
 }
@@ -235,7 +240,13 @@ pub fn encode(
     let t_bytes_in = Family::<TargetLabels, Counter>::default();
     let t_bytes_out = Family::<TargetLabels, Counter>::default();
     let mut latencies = CheckLatencies::default();
+    let g_slots = Family::<GroupLabels, Gauge>::default();
     for g in shared.groups.iter().filter(|g| !g.removed) {
+        g_slots
+            .get_or_create(&GroupLabels {
+                target_group: g.name().to_string(),
+            })
+            .set(g.targets.len() as i64);
         let live = |t: &&crate::target::Target| {
             t.admin_state() != crate::target::AdminState::Removed
                 || t.active.load(Ordering::Relaxed) > 0
@@ -274,6 +285,12 @@ pub fn encode(
             latencies.0.push((labels, t.checks.snapshot()));
         }
     }
+    registry.register(
+        "target_group_slots",
+        "Target slots the group holds: its targets, and removed ones whose connections have \
+         not ended yet (a slot is reused once they have)",
+        g_slots,
+    );
     registry.register(
         "target_healthy",
         "1 when the target passes its health check",

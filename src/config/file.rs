@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub access_log: Option<String>,
     /// The admin API.
     pub admin: Option<FileAdmin>,
+    /// DNS servers for `discover:` (default: the system's).
+    pub resolvers: Option<Vec<Address>>,
     /// At least one listener.
     pub listeners: Vec<FileListener>,
     /// The target groups the listeners name.
@@ -271,7 +273,19 @@ pub struct FileTargetGroup {
     pub outlier_detection: Option<FileOutlierDetection>,
     pub target_tls: Option<FileTargetTls>,
     pub health_check: Option<FileHealthCheck>,
+    pub discover: Option<Vec<FileDiscover>>,
+    #[serde(default)]
     pub targets: Vec<FileTarget>,
+}
+
+/// One `discover:` entry of a target group: `{dns: host:port}` or `{srv: name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscover {
+    pub dns: Option<String>,
+    pub srv: Option<String>,
+    pub min_ttl: Option<PositiveDuration>,
+    pub max_ttl: Option<PositiveDuration>,
 }
 
 /// `outlier_detection:` of a target group.

@@ -6,6 +6,7 @@
 //! builds a [`Config`], which cannot hold an invalid value: every listener names a group that
 //! exists (by index), every group has at least one target, every duration is positive.
 
+mod discover;
 mod file;
 pub mod steps;
 mod tls;
@@ -70,6 +71,47 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Target groups, in file order; listeners refer to them by index.
     pub target_groups: Vec<TargetGroupConfig>,
+    /// DNS servers asked for `discover:`; empty: the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// One `discover:` source of a target group: names resolved again and again, their
+/// addresses becoming the group's targets ([`crate::discovery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Discover {
+    /// What to look up.
+    pub source: DiscoverSource,
+    /// Shortest time between two lookups, whatever the record's TTL says.
+    pub min_ttl: Duration,
+    /// Longest time between two lookups.
+    pub max_ttl: Duration,
+}
+
+/// What a `discover:` entry looks up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoverSource {
+    /// A and AAAA records of `host`, each address a target on `port`.
+    Dns {
+        /// The name.
+        host: String,
+        /// The targets' port.
+        port: u16,
+    },
+    /// SRV records of `name`: each record's target host (its A/AAAA addresses) on the
+    /// record's port, with the record's weight; only the lowest priority is used.
+    Srv {
+        /// The service name, e.g. `_pg._tcp.service.consul`.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for DiscoverSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverSource::Dns { host, port } => write!(f, "dns {host}:{port}"),
+            DiscoverSource::Srv { name } => write!(f, "srv {name}"),
+        }
+    }
 }
 
 /// Default `admin.bind`.
@@ -652,6 +694,8 @@ pub struct TargetGroupConfig {
     pub on_unhealthy: UnhealthyConnections,
     /// Passive checks (`outlier_detection:`), when set.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Where more targets come from (`discover:`): DNS names looked up again at their TTL.
+    pub discover: Vec<Discover>,
     /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
     pub target_tls: Option<TargetTls>,
     /// Health check run by the prober.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
+use super::discover::discover;
 use super::file::*;
 use super::tls::{target_tls, tls_listener};
 use super::*;
@@ -74,11 +75,13 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         let key = format!("target_groups[{i}]");
         unique_name(&mut group_index, &g.name, i, "target group")
             .map_err(|m| invalid(format!("{key}.name"), m))?;
-        if g.targets.is_empty() {
+        let discover =
+            discover(&key, g.discover.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        if g.targets.is_empty() && discover.is_empty() {
             return Err(invalid(
                 format!("{key}.targets"),
                 format!(
-                    "target group `{}` has no targets; list at least one",
+                    "target group `{}` has no targets; list at least one (or `discover` them)",
                     g.name
                 ),
             ));
@@ -147,6 +150,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
             proxy_protocol: g.proxy_protocol,
             on_unhealthy: g.on_unhealthy.unwrap_or_default(),
+            discover,
             outlier_detection: match g.outlier_detection {
                 None => None,
                 Some(o) => {
@@ -472,9 +476,16 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let admin = admin(raw.admin).map_err(|(k, m)| invalid(k, m))?;
+    let resolvers = raw
+        .resolvers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.0)
+        .collect();
     Ok(Config {
         path: path.to_path_buf(),
         admin,
+        resolvers,
         workers,
         shutdown_timeout: raw
             .shutdown_timeout

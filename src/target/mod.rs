@@ -1,9 +1,10 @@
 //! Targets and target groups as the running process shares them between threads.
 //!
 //! Groups and targets belong to one generation ([`Generation`](crate::generation::Generation)); a target keeps its index in its
-//! group for the life of the process (a removed one stays as a tombstone,
-//! [`AdminState::Removed`]), so a connection that recorded `(group, target)` indices finds the
-//! same target in any later generation.
+//! group while anything may refer to it (a removed one stays as a tombstone,
+//! [`AdminState::Removed`], until its last connection or session has ended; then a new target
+//! may take the index), so a connection that recorded `(group, target)` indices finds the same
+//! target in any later generation.
 //!
 //! What changes while a generation runs is small and lock-free: each target's [`TargetState`]
 //! (health flipped by the prober, admin state, connection and traffic counters updated by the
@@ -354,8 +355,17 @@ impl TargetGroup {
             }
         }
         for t in wanted {
-            if !targets.iter().any(|x| x.address == t.address) {
-                targets.push(Target::with_state(t, TargetState::new(false)));
+            if targets.iter().any(|x| x.address == t.address) {
+                continue;
+            }
+            let fresh = Target::with_state(t, TargetState::new(false));
+            // A removed target whose last connection has ended gives its slot to a new one,
+            // so churn (DNS discovery, the admin API) does not grow the group for ever.
+            match targets.iter().position(|x| {
+                x.admin_state() == AdminState::Removed && x.active.load(Ordering::Acquire) == 0
+            }) {
+                Some(free) => targets[free] = fresh,
+                None => targets.push(fresh),
             }
         }
         let config = next.unwrap_or(&self.config);
