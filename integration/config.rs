@@ -388,3 +388,63 @@ fn unbounded_values_are_refused_with_their_key() {
     let (out, stderr, _) = ballast(&["check"], &udp.replace("2000", "1024"));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn tls_and_target_keys_are_checked_with_their_key() {
+    let hc = "    health_check:\n      interval: 2s\n      healthy_threshold: 2\n";
+    refused(
+        &GOOD.replace("protocol: tcp", "protocol: tls"),
+        &["listeners[0].tls", "certificates"],
+    );
+    refused(
+        &GOOD.replace(
+            "    target_group: pg\ntarget",
+            "    target_group: pg\n    tls: {certificates: []}\ntarget",
+        ),
+        &["listeners[0].tls", "`tls` goes with `protocol: tls`"],
+    );
+    refused(
+        &GOOD.replace(
+            hc,
+            &format!("{hc}      steps: [{{send: PING, expect: PONG}}]\n"),
+        ),
+        &["target_groups[0].health_check.steps[0]", "one of"],
+    );
+    refused(
+        &GOOD.replace(
+            hc,
+            &format!("{hc}      steps: [{{expect: {{regex: '(unclosed'}}}}]\n"),
+        ),
+        &["health_check.steps[0].expect", "bad regex"],
+    );
+    refused(
+        &GOOD.replace(
+            hc,
+            &format!("{hc}      redis: {{role: master}}\n      steps: [{{send: x}}]\n"),
+        ),
+        &["health_check.redis", "not both"],
+    );
+    refused(
+        &GOOD.replace(
+            "    targets:",
+            "    outlier_detection: {base_ejection: 1m, max_ejection: 10s}\n    targets:",
+        ),
+        &["target_groups[0].outlier_detection.max_ejection"],
+    );
+    refused(
+        &GOOD.replace(
+            "    targets:",
+            "    discover: [{dns: no-port.example}]\n    targets:",
+        ),
+        &["target_groups[0].discover[0].dns", "host:port"],
+    );
+    // A group may start with discovered targets only.
+    let (out, stderr, _) = ballast(
+        &["check"],
+        &GOOD.replace(
+            "    targets:\n      - address: 127.0.0.1:5432\n",
+            "    discover: [{srv: _pg._tcp.example}]\n",
+        ),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -282,6 +282,26 @@ fn print_plan(c: &Config) {
                 }
             ));
         }
+        if g.on_unhealthy == config::UnhealthyConnections::Close {
+            extras.push("on_unhealthy close (open connections reset)".into());
+        }
+        if let Some(od) = &g.outlier_detection {
+            extras.push(format!(
+                "outlier detection: eject after {} failures for {} up to {}, at most {}% out",
+                od.consecutive_failures,
+                humantime::format_duration(od.base_ejection),
+                humantime::format_duration(od.max_ejection),
+                od.max_ejected_percent
+            ));
+        }
+        for d in &g.discover {
+            extras.push(format!(
+                "discover {} every {}..{}",
+                d.source,
+                humantime::format_duration(d.min_ttl),
+                humantime::format_duration(d.max_ttl)
+            ));
+        }
         if let Some(t) = &g.target_tls {
             let ca =
                 t.ca.as_ref()

@@ -84,7 +84,13 @@ pub fn steps(key: &str, raw: Vec<FileStep>) -> Result<Vec<CheckStep>, (String, S
                 (None, Some(Matcher::Bytes(b))) => Ok(CheckStep::Expect(Expect::Bytes(b))),
                 (None, Some(Matcher::Regex(r))) => regex::bytes::Regex::new(&r)
                     .map(|r| CheckStep::Expect(Expect::Regex(r)))
-                    .map_err(|e| (format!("{skey}.expect"), format!("bad regex: {e}"))),
+                    .map_err(|e| {
+                        // The crate's message spans lines (the pattern, a caret): its last line
+                        // says what is wrong.
+                        let text = e.to_string();
+                        let why = text.lines().last().unwrap_or("").trim().to_string();
+                        (format!("{skey}.expect"), format!("bad regex `{r}`: {why}"))
+                    }),
                 _ => Err((skey, "a step is one of {send: …} or {expect: …}".into())),
             }
         })
