@@ -84,6 +84,17 @@ pub struct Control {
     pub node: Node,
     /// Targets found by `discover:`, by group name: address → weight (kept across reloads).
     discovered: Mutex<HashMap<String, BTreeMap<SocketAddr, u32>>>,
+    /// What the scaling hooks saw and did, by group name (for `/metrics`).
+    pub scaling: Mutex<BTreeMap<String, ScalingStats>>,
+}
+
+/// One group's scaling: the last samples of its metrics and the commands run.
+#[derive(Debug, Default, Clone)]
+pub struct ScalingStats {
+    /// The last sample of each metric, by name.
+    pub samples: BTreeMap<&'static str, f64>,
+    /// Commands run, by (action, result): `scale_out`/`scale_in`, `ok`/`failed`/`timeout`.
+    pub runs: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl std::fmt::Debug for Control {
@@ -106,6 +117,7 @@ impl Control {
             faults: Faults::default(),
             node: Node::default(),
             discovered: Mutex::default(),
+            scaling: Mutex::default(),
         })
     }
 
@@ -407,7 +419,7 @@ impl Control {
     /// # Errors
     /// As [`Control::add_target`]: an unknown group, a `maglev_table_size` too small.
     pub fn set_discovered(
-        &self,
+        self: &Arc<Self>,
         group: &str,
         found: BTreeMap<SocketAddr, u32>,
     ) -> Result<Option<Summary>, ChangeError> {
@@ -434,7 +446,22 @@ impl Control {
             }
         }
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        let drain = g.drain_timeout;
         let summary = self.apply_locked(config)?;
+        // Vanished targets drain, then what is still open after drain_timeout is closed, as
+        // for a target removed through the API.
+        let shared = self.shared();
+        if let Some((gi, g)) = shared.group(group) {
+            for address in before.keys().filter(|a| !found.contains_key(a)) {
+                if let Some((ti, _)) =
+                    g.targets.iter().enumerate().find(|(_, t)| {
+                        t.address == *address && t.admin_state() == AdminState::Removed
+                    })
+                {
+                    self.close_after(gi, ti, drain, AdminState::Removed);
+                }
+            }
+        }
         known.insert(group.to_string(), found);
         Ok(Some(summary))
     }

@@ -465,6 +465,10 @@ mod tests {
         first.groups[0].targets[1]
             .active
             .store(5, Ordering::Relaxed);
+        // 1 still has a connection: its slot stays its own while it drains.
+        first.groups[0].targets[0]
+            .active
+            .store(1, Ordering::Relaxed);
         first.groups[0].set_admin_state(2, AdminState::Draining);
 
         // 1 goes, 4 comes, the algorithm changes.
@@ -508,6 +512,18 @@ mod tests {
         );
         assert!(!g.targets[0].is_healthy());
         assert_eq!(third.generation, 2);
+
+        // 4 goes with no connection open and 5 comes: 5 takes 4's slot.
+        let (fourth, _) = third.successor(config(
+            &[("l", "127.0.0.1:7000")],
+            &[("g", "least_connections", &[1, 2, 3, 5])],
+        ));
+        let g = &fourth.groups[0];
+        assert_eq!(
+            addresses(g),
+            [(1, Active), (2, Active), (3, Draining), (5, Active)]
+        );
+        assert!(!g.targets[3].is_healthy(), "a fresh state, not 4's");
     }
 
     #[test]

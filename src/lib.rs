@@ -119,6 +119,7 @@ pub(crate) mod notify;
 pub mod per_source;
 pub mod proxy_protocol;
 pub mod runtime;
+pub mod scaling;
 pub mod sni;
 pub(crate) mod supervise;
 pub mod target;

@@ -294,6 +294,28 @@ fn print_plan(c: &Config) {
                 od.max_ejected_percent
             ));
         }
+        if let Some(sc) = &g.scaling {
+            let rule = |name: &str, r: &Option<config::scaling::ScalingRule>| {
+                r.as_ref().map(|r| format!("{name} when {r}: `{}`", r.exec))
+            };
+            let rules: Vec<String> = [
+                rule("scale_out", &sc.scale_out),
+                rule("scale_in", &sc.scale_in),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            extras.push(format!(
+                "scaling {} targets, cooldown {}: {}",
+                if sc.min_targets == sc.max_targets {
+                    sc.min_targets.to_string()
+                } else {
+                    format!("{}..{}", sc.min_targets, sc.max_targets)
+                },
+                humantime::format_duration(sc.cooldown),
+                rules.join("; ")
+            ));
+        }
         for d in &g.discover {
             extras.push(format!(
                 "discover {} every {}..{}",

@@ -252,6 +252,7 @@ pub fn start_from(
     crate::cert_watch::start(&control)
         .map_err(RunError::io("cannot start the certificate watcher"))?;
     crate::discovery::start(&control).map_err(RunError::io("cannot start DNS discovery"))?;
+    crate::scaling::start(&control).map_err(RunError::io("cannot start the scaling hooks"))?;
     let mut running = Running {
         control,
         handles: Vec::with_capacity(workers),

@@ -67,6 +67,19 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingSampleLabels {
+    target_group: String,
+    metric: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingRunLabels {
+    target_group: String,
+    action: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     target_group: String,
 }
@@ -94,13 +107,16 @@ struct NodeLabels {
 }
 
 /// The exposition text for everything in `shared`, the thread restarts counted in
-/// `restarts`, and the node's state and readiness (`node`).
+/// `restarts`, the node's state and readiness (`node`), and the scaling hooks' samples and
+/// runs (`scaling`).
 pub fn encode(
     shared: &Generation,
     restarts: &crate::fault::Restarts,
     node: &crate::node::Node,
+    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
 ) -> String {
     let mut registry = Registry::with_prefix("ballast");
+    register_scaling(&mut registry, scaling);
     let ready = Gauge::<i64>::default();
     ready.set(i64::from(node.readiness(shared).is_empty()));
     registry.register(
@@ -405,5 +421,44 @@ fn register_tls(registry: &mut Registry, shared: &Generation) {
         "tls_certificate_expiry_seconds",
         "Seconds until the certificate expires (negative: expired), as loaded",
         expiry,
+    );
+}
+
+/// The scaling hooks' last samples and the commands they ran.
+fn register_scaling(
+    registry: &mut Registry,
+    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
+) {
+    let samples =
+        Family::<ScalingSampleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let runs = Family::<ScalingRunLabels, Counter>::default();
+    let stats = scaling.lock().map(|s| s.clone()).unwrap_or_default();
+    for (group, s) in &stats {
+        for (metric, value) in &s.samples {
+            samples
+                .get_or_create(&ScalingSampleLabels {
+                    target_group: group.clone(),
+                    metric,
+                })
+                .set(*value);
+        }
+        for ((action, result), n) in &s.runs {
+            runs.get_or_create(&ScalingRunLabels {
+                target_group: group.clone(),
+                action,
+                result,
+            })
+            .inc_by(*n);
+        }
+    }
+    registry.register(
+        "scaling_sample",
+        "The last sample of each metric a group's scaling rules watch",
+        samples,
+    );
+    registry.register(
+        "scaling_runs",
+        "Scaling commands run, by action (scale_out, scale_in) and result (ok, failed, timeout)",
+        runs,
     );
 }

@@ -271,6 +271,7 @@ pub struct FileTargetGroup {
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     pub on_unhealthy: Option<super::UnhealthyConnections>,
     pub outlier_detection: Option<FileOutlierDetection>,
+    pub scaling: Option<FileScaling>,
     pub target_tls: Option<FileTargetTls>,
     pub health_check: Option<FileHealthCheck>,
     pub discover: Option<Vec<FileDiscover>>,
@@ -286,6 +287,26 @@ pub struct FileDiscover {
     pub srv: Option<String>,
     pub min_ttl: Option<PositiveDuration>,
     pub max_ttl: Option<PositiveDuration>,
+}
+
+/// `scaling:` of a target group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileScaling {
+    pub scale_out: Option<FileScalingRule>,
+    pub scale_in: Option<FileScalingRule>,
+    pub cooldown: Option<BoundedDuration>,
+    pub min_targets: Option<NonZeroU32>,
+    pub max_targets: Option<NonZeroU32>,
+    pub timeout: Option<PositiveDuration>,
+}
+
+/// `scale_out:` / `scale_in:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileScalingRule {
+    pub when: String,
+    pub exec: String,
 }
 
 /// `outlier_detection:` of a target group.

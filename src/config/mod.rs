@@ -8,6 +8,7 @@
 
 mod discover;
 mod file;
+pub mod scaling;
 pub mod steps;
 mod tls;
 pub(crate) mod validate;
@@ -696,6 +697,8 @@ pub struct TargetGroupConfig {
     pub outlier_detection: Option<OutlierDetection>,
     /// Where more targets come from (`discover:`): DNS names looked up again at their TTL.
     pub discover: Vec<Discover>,
+    /// Scaling hooks (`scaling:`), when set.
+    pub scaling: Option<scaling::Scaling>,
     /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
     pub target_tls: Option<TargetTls>,
     /// Health check run by the prober.

@@ -151,6 +151,12 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             proxy_protocol: g.proxy_protocol,
             on_unhealthy: g.on_unhealthy.unwrap_or_default(),
             discover,
+            scaling: match g.scaling {
+                Some(raw) => {
+                    Some(super::scaling::scaling(&key, raw).map_err(|(k, m)| invalid(k, m))?)
+                }
+                None => None,
+            },
             outlier_detection: match g.outlier_detection {
                 None => None,
                 Some(o) => {
