@@ -6,6 +6,7 @@
 //! builds a [`Config`], which cannot hold an invalid value: every listener names a group that
 //! exists (by index), every group has at least one target, every duration is positive.
 
+mod check;
 mod discover;
 mod file;
 pub mod scaling;

@@ -38,6 +38,7 @@
 )]
 
 mod listen;
+mod preamble;
 mod tcp;
 mod tls;
 mod udp;
