@@ -183,7 +183,10 @@ impl Worker {
                 FrontTls::Failed(why, message) => {
                     log::debug!("{}: TLS handshake failed: {message}", conn.tuple);
                     state.handshake_failed(why);
-                    return self.refuse(key);
+                    // Closed with a FIN, not a reset: a reset would throw away the alert that
+                    // tells the client why (a bad certificate, no common version).
+                    self.remove(key, Reset::NONE);
+                    return;
                 }
                 FrontTls::Done { server_name } => server_name,
             }
