@@ -37,7 +37,9 @@ struct Source {
     failures: LogLimiter,
 }
 
-/// Starts the discovery thread; it ends by itself once `control` is dropped.
+/// Starts the discovery thread; it ends by itself once `control` is dropped. Until a group has
+/// `discover:` it only looks at the configuration once a second (no runtime, no resolver, no
+/// descriptors).
 ///
 /// # Errors
 /// When the thread cannot be spawned.
@@ -45,16 +47,7 @@ pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak = Arc::downgrade(control);
     std::thread::Builder::new()
         .name("ballast-discovery".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => return log::error!("DNS discovery off: no runtime: {e}"),
-            };
-            runtime.block_on(run(weak));
-        })
+        .spawn(move || run(weak))
         .map(drop)
 }
 
@@ -85,17 +78,49 @@ fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-async fn run(control: Weak<Control>) {
+fn run(control: Weak<Control>) {
     let mut sources: HashMap<(String, Discover), Source> = HashMap::new();
     let mut current: Option<(Vec<SocketAddr>, TokioResolver)> = None;
+    let mut runtime: Option<tokio::runtime::Runtime> = None;
     let mut setup_failed = LogLimiter::default();
+    let mut next = Duration::ZERO;
     loop {
+        std::thread::sleep(next);
+        next = IDLE;
         let Some(control) = control.upgrade() else {
             return;
         };
         let shared = control.shared();
+        if shared
+            .config
+            .target_groups
+            .iter()
+            .all(|g| g.discover.is_empty())
+        {
+            sources.clear();
+            continue;
+        }
+        if runtime.is_none() {
+            runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    if setup_failed.allow(Instant::now()).is_some() {
+                        log::error!("DNS discovery: no runtime: {e}");
+                    }
+                    continue;
+                }
+            };
+        }
+        let Some(rt) = runtime.as_ref() else {
+            continue;
+        };
         let servers = shared.config.resolvers.clone();
         if current.as_ref().is_none_or(|(s, _)| *s != servers) {
+            // Built inside the runtime: the resolver's transports belong to it.
+            let _entered = rt.enter();
             current = match resolver(&servers) {
                 Ok(r) => Some((servers, r)),
                 Err(e) => {
@@ -127,7 +152,7 @@ async fn run(control: Weak<Control>) {
                     continue;
                 }
                 let d = &key.1;
-                let result = lookup(resolver, &d.source).await;
+                let result = rt.block_on(lookup(resolver, &d.source));
                 log::debug!("target group {}: discover {}: {result:?}", key.0, d.source);
                 match result {
                     Ok((found, ttl)) => {
@@ -174,15 +199,12 @@ async fn run(control: Weak<Control>) {
                 Err(e) => log::warn!("target group {group}: discovered targets not applied: {e}"),
             }
         }
-        let next = sources
+        next = sources
             .values()
             .map(|s| s.next_due)
             .min()
             .map_or(IDLE, |t| t.saturating_duration_since(Instant::now()))
             .min(IDLE);
-        drop(shared);
-        drop(control);
-        tokio::time::sleep(next).await;
     }
 }
 
