@@ -245,7 +245,10 @@ fn print_plan(c: &Config) {
                     .iter()
                     .map(|s| match s {
                         config::steps::CheckStep::Send(b) => format!("send {} bytes", b.len()),
-                        config::steps::CheckStep::Expect(e) => format!("expect {e}"),
+                        config::steps::CheckStep::Expect(e, None) => format!("expect {e}"),
+                        config::steps::CheckStep::Expect(e, Some(u)) => {
+                            format!("expect {e} unless {u}")
+                        }
                     })
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -351,6 +351,7 @@ pub struct FileHealthCheck {
 pub struct FileStep {
     pub send: Option<Payload>,
     pub expect: Option<Matcher>,
+    pub unless: Option<Matcher>,
 }
 
 /// `redis:` of a health check: a Redis server in the given replication role.

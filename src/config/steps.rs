@@ -11,9 +11,11 @@ pub const MAX_EXPECT_BYTES: usize = 16 * 1024;
 pub enum CheckStep {
     /// Write these bytes.
     Send(Vec<u8>),
-    /// Read until the bytes received since the last `expect` contain this (at most
-    /// [`MAX_EXPECT_BYTES`]); the bytes up to the end of the match are then consumed.
-    Expect(Expect),
+    /// Read until the bytes received since the last `expect` contain the first pattern (at
+    /// most [`MAX_EXPECT_BYTES`]); the bytes up to the end of the match are then consumed.
+    /// The check fails at once if the second (`unless`) appears first — so a wrong answer is
+    /// a failure when it arrives, not at the check's timeout.
+    Expect(Expect, Option<Expect>),
 }
 
 /// What an `expect` step looks for.
@@ -76,34 +78,51 @@ pub fn steps(key: &str, raw: Vec<FileStep>) -> Result<Vec<CheckStep>, (String, S
         .enumerate()
         .map(|(i, s)| {
             let skey = format!("{key}[{i}]");
-            match (s.send, s.expect) {
-                (Some(send), None) if send.0.is_empty() => {
+            match (s.send, s.expect, s.unless) {
+                (Some(send), None, None) if send.0.is_empty() => {
                     Err((format!("{skey}.send"), "must not be empty".into()))
                 }
-                (Some(send), None) => Ok(CheckStep::Send(send.0)),
-                (None, Some(Matcher::Bytes(b))) => Ok(CheckStep::Expect(Expect::Bytes(b))),
-                (None, Some(Matcher::Regex(r))) => regex::bytes::Regex::new(&r)
-                    .map(|r| CheckStep::Expect(Expect::Regex(r)))
-                    .map_err(|e| {
-                        // The crate's message spans lines (the pattern, a caret): its last line
-                        // says what is wrong.
-                        let text = e.to_string();
-                        let why = text.lines().last().unwrap_or("").trim().to_string();
-                        (format!("{skey}.expect"), format!("bad regex `{r}`: {why}"))
-                    }),
-                _ => Err((skey, "a step is one of {send: …} or {expect: …}".into())),
+                (Some(send), None, None) => Ok(CheckStep::Send(send.0)),
+                (None, Some(expect), unless) => Ok(CheckStep::Expect(
+                    pattern(&format!("{skey}.expect"), expect)?,
+                    unless
+                        .map(|u| pattern(&format!("{skey}.unless"), u))
+                        .transpose()?,
+                )),
+                _ => Err((
+                    skey,
+                    "a step is one of {send: …} or {expect: …, unless: …}".into(),
+                )),
             }
         })
         .collect()
 }
 
+/// A pattern as written, compiled.
+fn pattern(key: &str, raw: Matcher) -> Result<Expect, (String, String)> {
+    match raw {
+        Matcher::Bytes(b) => Ok(Expect::Bytes(b)),
+        Matcher::Regex(r) => regex::bytes::Regex::new(&r)
+            .map(Expect::Regex)
+            .map_err(|e| {
+                // The crate's message spans lines (the pattern, a caret): its last line says what
+                // is wrong.
+                let text = e.to_string();
+                let why = text.lines().last().unwrap_or("").trim().to_string();
+                (key.to_string(), format!("bad regex `{r}`: {why}"))
+            }),
+    }
+}
+
 /// The steps of `redis: {role: …}`: `PING` answered `+PONG`, `INFO replication` showing the
 /// role, then `QUIT` answered `+OK` (so the server logs no dropped client).
 pub fn redis(check: &FileRedisCheck) -> Vec<CheckStep> {
-    let role: &[u8] = match check.role {
-        RedisRole::Master => b"role:master",
-        RedisRole::Replica => b"role:slave",
+    // The other role fails the check as soon as the INFO reply shows it.
+    let (role, other): (&[u8], &[u8]) = match check.role {
+        RedisRole::Master => (b"role:master", b"role:slave"),
+        RedisRole::Replica => (b"role:slave", b"role:master"),
     };
+    let expect = |b: &[u8]| CheckStep::Expect(Expect::Bytes(b.to_vec()), None);
     let mut steps = Vec::new();
     if let Some(password) = &check.password {
         // AUTH in RESP, so a password with spaces or quotes goes as it is.
@@ -111,15 +130,18 @@ pub fn redis(check: &FileRedisCheck) -> Vec<CheckStep> {
         auth.extend_from_slice(password.as_bytes());
         auth.extend_from_slice(b"\r\n");
         steps.push(CheckStep::Send(auth));
-        steps.push(CheckStep::Expect(Expect::Bytes(b"+OK".to_vec())));
+        steps.push(expect(b"+OK"));
     }
     steps.extend([
         CheckStep::Send(b"PING\r\n".to_vec()),
-        CheckStep::Expect(Expect::Bytes(b"+PONG".to_vec())),
+        expect(b"+PONG"),
         CheckStep::Send(b"INFO replication\r\n".to_vec()),
-        CheckStep::Expect(Expect::Bytes(role.to_vec())),
+        CheckStep::Expect(
+            Expect::Bytes(role.to_vec()),
+            Some(Expect::Bytes(other.to_vec())),
+        ),
         CheckStep::Send(b"QUIT\r\n".to_vec()),
-        CheckStep::Expect(Expect::Bytes(b"+OK".to_vec())),
+        expect(b"+OK"),
     ]);
     steps
 }

@@ -178,10 +178,10 @@ impl Probe {
             return None;
         };
         match check.steps.get(*index) {
-            Some(CheckStep::Expect(pattern)) if received.is_empty() => {
+            Some(CheckStep::Expect(pattern, _)) if received.is_empty() => {
                 Some(format!("waiting for {pattern}"))
             }
-            Some(CheckStep::Expect(pattern)) => Some(format!(
+            Some(CheckStep::Expect(pattern, _)) => Some(format!(
                 "waiting for {pattern}; received {}",
                 preview(received)
             )),
@@ -323,12 +323,21 @@ impl TcpCheck {
                         }
                     }
                 }
-                CheckStep::Expect(pattern) => {
+                CheckStep::Expect(pattern, unless) => {
                     if let Phase::Steps {
                         index, received, ..
                     } = &mut self.phase
                     {
-                        if let Some(end) = pattern.find_end(received) {
+                        let found = pattern.find_end(received);
+                        let refused = unless.as_ref().and_then(|u| u.find_end(received));
+                        if let (Some(bad), Some(u)) = (refused, unless.as_ref()) {
+                            if found.is_none_or(|good| bad < good) {
+                                return Ok(Some(Outcome::Fail(format!(
+                                    "got {u} instead of {pattern}"
+                                ))));
+                            }
+                        }
+                        if let Some(end) = found {
                             received.drain(..end);
                             *index += 1;
                             continue;
