@@ -16,14 +16,8 @@ set -u
 ROUNDS=${ROUNDS:-3}; SECS=${SECS:-4}; MODES=${MODES:-auto}
 BIN=${BALLAST_BIN:-target/release/ballast}
 WORKERS=${WORKERS:-2}
-for tool in iperf3 wrk nginx python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (apt-get install $tool)"; exit 2; }
-done
-[ -x "$BIN" ] || { echo "bench: $BIN not found; run cargo build --release"; exit 2; }
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
+. "$(dirname "$0")/bench_lib.sh"
+bench_start iperf3 wrk nginx python3
 
 cat >"$dir/origin.conf" <<CONF
 worker_processes 1;
@@ -67,26 +61,12 @@ nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
 for variant in $MODES; do
   "$BIN" run --config "$dir/ballast-${variant//\//-}.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!)
 done
-ready() { python3 - "$@" <<'PY'
-import socket, sys, time
-deadline = time.time() + 10
-for port in sys.argv[1:]:
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", int(port)), 0.2).close(); break
-        except OSError:
-            if time.time() > deadline: sys.exit("port %s not ready" % port)
-            time.sleep(0.05)
-PY
-}
 # iperf3 -s counts a bare connect as a failed test; connecting to it only once is harmless.
 ready 18080 $(seq 16103 $((16102 + $(wc -w <<<"$MODES")))) || exit 1
 sleep 0.5
 
 gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["end"]["sum_received"]["bits_per_second"]/1e9,2))' 2>/dev/null || echo NA; }
-rps() { awk '/Requests\/sec/{print $2}'; }
 kpps() { python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["end"]["sum"]; print(round(s["packets"]*(1-s["lost_percent"]/100)/s["seconds"]/1e3,1))' 2>/dev/null || echo NA; }
-ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('NA' if 'NA' in (a,b) or not a or not b or float(b)==0 else round(float(a)/float(b),2))" "$1" "$2"; }
 measure() { # port_iperf port_http -> "i1 i4 close keepalive udp64"
   local i1 i4 cl ka u
   i1=$(iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J 2>/dev/null | gbps)

@@ -20,14 +20,8 @@ ROUNDS=${ROUNDS:-5}; SECS=${SECS:-4}
 BIN=${BALLAST_BIN:-target/release/ballast}
 WORKERS=${WORKERS:-2}
 export PATH="$PATH:/usr/sbin"
-for tool in wrk nginx haproxy curl openssl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (apt-get install $tool)"; exit 2; }
-done
-[ -x "$BIN" ] || { echo "bench: $BIN not found; run cargo build --release"; exit 2; }
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
+. "$(dirname "$0")/bench_lib.sh"
+bench_start wrk nginx haproxy curl openssl python3
 
 # Certificates for bench.test from a throwaway CA.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/ca.key" \
@@ -104,21 +98,9 @@ CONF
 nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
 "$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!)
 haproxy -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 & pids+=($!)
-python3 - 18080 16443 16444 16543 16544 <<'PY' || { for f in "$dir"/*.log "$dir/origin.err"; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }
-import socket, sys, time
-deadline = time.time() + 10
-for port in sys.argv[1:]:
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", int(port)), 0.2).close(); break
-        except OSError:
-            if time.time() > deadline: sys.exit("port %s not ready" % port)
-            time.sleep(0.05)
-PY
+ready 18080 16443 16444 16543 16544 || { for f in "$dir"/*.log "$dir/origin.err"; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }
 sleep 0.5
 
-rps() { awk '/Requests\/sec/{print $2}'; }
-ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('NA' if 'NA' in (a,b) or not a or not b or float(b)==0 else round(float(a)/float(b),2))" "$1" "$2"; }
 # wrk does not verify certificates (its SNI is the address: both balancers serve their only
 # certificate); curl verifies bench.test against the throwaway CA.
 url() { if [ "$1" = 18080 ]; then echo "http://127.0.0.1:18080$2"; else echo "https://127.0.0.1:$1$2"; fi; }

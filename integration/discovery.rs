@@ -12,24 +12,12 @@ use common::*;
 
 /// dnsmasq on a free port answering from `hosts` (re-read on SIGHUP, TTL 1 s) and with an SRV
 /// record `_db._tcp.test` → `db.test:{srv_port}`, weight 7.
-fn dnsmasq(hosts: &Path, srv_port: u16) -> (Server, SocketAddr) {
-    Server::start(
-        "dnsmasq",
-        &[
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port={port}",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file=",
-            "--local-ttl=1",
-            &format!("--addn-hosts={}", hosts.display()),
-            &format!("--srv-host=_db._tcp.test,db.test,{srv_port},0,7"),
-        ],
-    )
+fn dnsmasq_for(hosts: &Path, srv_port: u16) -> (Server, SocketAddr) {
+    dnsmasq(&[
+        "--local-ttl=1",
+        &format!("--addn-hosts={}", hosts.display()),
+        &format!("--srv-host=_db._tcp.test,db.test,{srv_port},0,7"),
+    ])
 }
 
 /// The targets of group `group` in `GET /targets`: (address, health, admin state, weight).
@@ -63,7 +51,7 @@ fn dns_and_srv_answers_become_targets_and_follow_the_changes() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.2 db.test\n").unwrap();
-    let (mut dns, dns_addr) = dnsmasq(&hosts, port);
+    let (mut dns, dns_addr) = dnsmasq_for(&hosts, port);
     let checks = "    health_check: {protocol: tcp, interval: 200ms, timeout: 150ms, \
                   healthy_threshold: 2, unhealthy_threshold: 1}\n";
     let yaml = format!(

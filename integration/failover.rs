@@ -7,41 +7,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `redis-cli -p port ARGS` (bounded): its output, trimmed.
-fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "10",
-            "redis-cli",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn redis(args: &[&str]) -> (Server, SocketAddr) {
-    let mut all = vec![
-        "--port",
-        "{port}",
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ];
-    all.extend_from_slice(args);
-    Server::start("redis-server", &all)
+/// `redis-cli` against the server at `addr`.
+fn cli_at(addr: SocketAddr, args: &[&str]) -> String {
+    let port = addr.port().to_string();
+    redis_cli(&[&["-h", "127.0.0.1", "-p", port.as_str()][..], args].concat())
 }
 
 /// One RESP client connection: inline commands, one reply line each.
@@ -70,10 +43,10 @@ impl Client {
 #[test]
 fn a_redis_failover_moves_writes_to_the_new_primary_and_resets_the_old_ones() {
     need("redis-server");
-    let (_a, a) = redis(&[]);
-    let (_b, b) = redis(&[]);
+    let (_a, a) = redis_server(&[]);
+    let (_b, b) = redis_server(&[]);
     assert_eq!(
-        redis_cli(b, &["REPLICAOF", "127.0.0.1", &a.port().to_string()]),
+        cli_at(b, &["REPLICAOF", "127.0.0.1", &a.port().to_string()]),
         "OK"
     );
     let interval_ms = 200;
@@ -95,14 +68,14 @@ fn a_redis_failover_moves_writes_to_the_new_primary_and_resets_the_old_ones() {
     let addr = lb.addr("l");
     let mut old = Client::connect(addr).unwrap();
     assert_eq!(old.ask("SET before failover").unwrap(), "+OK");
-    assert_eq!(redis_cli(a, &["GET", "before"]), "failover");
+    assert_eq!(cli_at(a, &["GET", "before"]), "failover");
 
     // Failover: the replica is promoted, the old primary follows it.
     let from = lb.log_len();
     let swapped = Instant::now();
-    assert_eq!(redis_cli(b, &["REPLICAOF", "NO", "ONE"]), "OK");
+    assert_eq!(cli_at(b, &["REPLICAOF", "NO", "ONE"]), "OK");
     assert_eq!(
-        redis_cli(a, &["REPLICAOF", "127.0.0.1", &b.port().to_string()]),
+        cli_at(a, &["REPLICAOF", "127.0.0.1", &b.port().to_string()]),
         "OK"
     );
     // A writer through Ballast the whole time, reconnecting after each error.
@@ -153,7 +126,7 @@ fn a_redis_failover_moves_writes_to_the_new_primary_and_resets_the_old_ones() {
     let log = lb.log();
     assert!(log.contains("reason=target_unhealthy"), "{log}");
     // Every write after the window is on the new primary.
-    assert_eq!(redis_cli(b, &["GET", &format!("k{i}")]), format!("v{i}"));
+    assert_eq!(cli_at(b, &["GET", &format!("k{i}")]), format!("v{i}"));
     eprintln!("failover: {errors} failed writes within {window:?} of the swap");
 }
 

@@ -67,81 +67,27 @@ fn iperf3_through_ballast() {
 
 #[test]
 fn redis_benchmark_through_ballast() {
-    need("redis-benchmark");
-    let (_server, target) = Server::start(
-        "redis-server",
-        &[
-            "--port",
-            "{port}",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    );
+    let (_server, target) = redis_server(&[]);
     let lb = front(target, None);
     let lport = lb.addr("l").port().to_string();
-    let set = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &lport, "SET", "ballast", "works"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
-    let get = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &lport, "GET", "ballast"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "works");
-    let out = Command::new("timeout")
-        .args([
-            "60",
-            "redis-benchmark",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lport,
-            "-t",
-            "set,get",
-            "-n",
-            "20000",
-            "--csv",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed: {stdout}\n{stderr}"
+    let at = ["-h", "127.0.0.1", "-p", lport.as_str()];
+    assert_eq!(
+        redis_cli(&[&at[..], &["SET", "ballast", "works"]].concat()),
+        "OK"
     );
-    assert!(!stderr.to_lowercase().contains("error"), "{stderr}");
-    for test in ["\"SET\"", "\"GET\""] {
-        assert!(stdout.contains(test), "no {test} result: {stdout}");
-    }
+    assert_eq!(redis_cli(&[&at[..], &["GET", "ballast"]].concat()), "works");
+    assert_redis_benchmark(&at);
 }
 
 /// A DNS query for `a.ballast.test` type A (id 0x1234, recursion desired), in hex.
 const QUERY_A: &str = "12 34 01 00 00 01 00 00 00 00 00 00 \
                        01 61 07 62 61 6c 6c 61 73 74 04 74 65 73 74 00 00 01 00 01";
 
-fn dnsmasq(name: &str) -> (Server, SocketAddr) {
-    Server::start(
-        "dnsmasq",
-        &[
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port={port}",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file=",
-            "--host-record=a.ballast.test,127.0.0.53",
-            &format!("--txt-record=who.ballast.test,{name}"),
-        ],
-    )
+fn dnsmasq_named(name: &str) -> (Server, SocketAddr) {
+    dnsmasq(&[
+        "--host-record=a.ballast.test,127.0.0.53",
+        &format!("--txt-record=who.ballast.test,{name}"),
+    ])
 }
 
 fn dig(port: u16, args: &[&str]) -> String {
@@ -170,8 +116,8 @@ fn dig(port: u16, args: &[&str]) -> String {
 
 #[test]
 fn dns_through_ballast_with_two_dnsmasq_servers() {
-    let (_dns1, a1) = dnsmasq("dns1");
-    let (_dns2, a2) = dnsmasq("dns2");
+    let (_dns1, a1) = dnsmasq_named("dns1");
+    let (_dns2, a2) = dnsmasq_named("dns2");
     let yaml = format!(
         "listeners:\n  - name: dns\n    protocol: udp\n    bind: 127.0.0.1:{}\n    target_group: dns\n\
          \x20   udp: {{max_responses: 1, session_idle_timeout: 5s}}\n\

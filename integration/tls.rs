@@ -93,17 +93,24 @@ fn http_target(body: &'static str) -> Backend {
 /// Runs `openssl s_client` against `addr` asking for `name`, trusting `ca`; returns its
 /// output (the certificate's subject and the verification result).
 fn s_client(addr: SocketAddr, name: &str, ca: &str) -> String {
+    s_client_with(addr, name, ca, &[]).1
+}
+
+/// As [`s_client`], with `extra` options (`-tls1_2`): whether it succeeded, and its output.
+fn s_client_with(addr: SocketAddr, name: &str, ca: &str, extra: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
         .args(["10", "openssl", "s_client", "-connect", &addr.to_string()])
         .args(["-servername", name, "-CAfile", ca, "-verify_return_error"])
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    format!(
+    let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
+    );
+    (out.status.success(), text)
 }
 
 /// A rustls client config trusting the CA in `files`.
@@ -179,20 +186,7 @@ fn curl_and_openssl_reach_a_plain_target_through_a_tls_listener() {
     let other = s_client(addr, "nobody.test", &files.ca());
     assert!(other.contains("CN = web.test"), "{other}");
     // TLS 1.2 clients too (min_version defaults to 1.2).
-    let v12 = Command::new("timeout")
-        .args([
-            "10",
-            "openssl",
-            "s_client",
-            "-tls1_2",
-            "-connect",
-            &addr.to_string(),
-        ])
-        .args(["-servername", "web.test", "-CAfile", &files.ca()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let v12 = String::from_utf8_lossy(&v12.stdout);
+    let (_, v12) = s_client_with(addr, "web.test", &files.ca(), &["-tls1_2"]);
     assert!(
         v12.contains("Protocol  : TLSv1.2") && v12.contains("Verify return code: 0 (ok)"),
         "{v12}"
@@ -451,20 +445,7 @@ fn target_tls_verifies_the_target_and_a_foreign_certificate_is_refused_with_the_
 
 #[test]
 fn redis_cli_and_redis_benchmark_over_a_tls_listener() {
-    need("redis-benchmark");
-    let (_server, redis) = Server::start(
-        "redis-server",
-        &[
-            "--port",
-            "{port}",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    );
+    let (_server, redis) = redis_server(&[]);
     let files = Files::new();
     let cert = files.leaf("redis", &["redis.test"]);
     let lb = Ballast::start(&tls_config(&[cert], "", redis));
@@ -481,34 +462,10 @@ fn redis_cli_and_redis_benchmark_over_a_tls_listener() {
         "-p",
         &port,
     ];
-    let cli = |args: &[&str]| {
-        let out = Command::new("timeout")
-            .args(["10", "redis-cli"])
-            .args(tls_args)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + &String::from_utf8_lossy(&out.stderr)
-    };
+    let cli = |args: &[&str]| redis_cli(&[&tls_args[..], args].concat());
     assert_eq!(cli(&["SET", "ballast", "over tls"]), "OK");
     assert_eq!(cli(&["GET", "ballast"]), "over tls");
-    let out = Command::new("timeout")
-        .args(["60", "redis-benchmark"])
-        .args(tls_args)
-        .args(["-t", "set,get", "-n", "20000", "-c", "50", "--csv"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed: {stdout}\n{stderr}"
-    );
-    assert!(!stderr.to_lowercase().contains("error"), "{stderr}");
-    for test in ["\"SET\"", "\"GET\""] {
-        assert!(stdout.contains(test), "no {test} result: {stdout}");
-    }
+    assert_redis_benchmark(&[&tls_args[..], &["-c", "50"]].concat());
 }
 
 /// `ballast check` on `yaml`: (exit code, stdout, stderr).
@@ -582,20 +539,8 @@ fn min_version_1_3_refuses_a_tls_1_2_client_and_counts_it() {
     let target = Backend::start(echo());
     let lb = Ballast::start(&tls_config(&[web], "      min_version: 1.3\n", target.addr));
     let addr = lb.addr("l");
-    let out = Command::new("timeout")
-        .args([
-            "10",
-            "openssl",
-            "s_client",
-            "-tls1_2",
-            "-connect",
-            &addr.to_string(),
-        ])
-        .args(["-servername", "web.test", "-CAfile", &files.ca()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a TLS 1.2 client was served");
+    let (served, _) = s_client_with(addr, "web.test", &files.ca(), &["-tls1_2"]);
+    assert!(!served, "a TLS 1.2 client was served");
     let ok = s_client(addr, "web.test", &files.ca());
     assert!(
         ok.contains("TLSv1.3") && ok.contains("Verify return code: 0 (ok)"),

@@ -437,12 +437,7 @@ impl Control {
             match g.targets.iter_mut().find(|t| t.address == address) {
                 Some(t) if before.contains_key(&address) => t.weight = weight,
                 Some(_) => {} // also listed in the file: the file's settings stay
-                None => g.targets.push(TargetConfig {
-                    address,
-                    weight,
-                    backup: false,
-                    max_connections: None,
-                }),
+                None => g.targets.push(TargetConfig::new(address, weight)),
             }
         }
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
@@ -478,12 +473,7 @@ impl Control {
         for g in &mut config.target_groups {
             for (&address, &weight) in known.get(&g.name).into_iter().flatten() {
                 if !g.targets.iter().any(|t| t.address == address) {
-                    g.targets.push(TargetConfig {
-                        address,
-                        weight,
-                        backup: false,
-                        max_connections: None,
-                    });
+                    g.targets.push(TargetConfig::new(address, weight));
                 }
             }
         }

@@ -388,15 +388,7 @@ fn apply(control: &Arc<Control>, group: &str, out: &str) {
                     .map_err(|e| e.to_string())
                     .and_then(|address| {
                         control
-                            .add_target(
-                                group,
-                                TargetConfig {
-                                    address,
-                                    weight,
-                                    backup: false,
-                                    max_connections: None,
-                                },
-                            )
+                            .add_target(group, TargetConfig::new(address, weight))
                             .map_err(|e| e.to_string())
                     })
             }

@@ -721,6 +721,19 @@ pub struct TargetConfig {
     pub max_connections: Option<u64>,
 }
 
+impl TargetConfig {
+    /// A primary target at `address` with `weight` and no connection limit: what DNS
+    /// discovery and scaling hooks add.
+    pub fn new(address: SocketAddr, weight: u32) -> TargetConfig {
+        TargetConfig {
+            address,
+            weight,
+            backup: false,
+            max_connections: None,
+        }
+    }
+}
+
 /// Why a configuration was refused. Every message names the file; parse errors also name the
 /// key path, line and column.
 #[derive(Debug, thiserror::Error)]

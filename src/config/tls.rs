@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::file::{FileTargetTls, FileTls};
+use super::file::{FileKeyPair, FileTargetTls, FileTls};
 use super::{Config, ConfigError, TargetTls, TlsListener};
 
 /// Default `tls.handshake_timeout`.
@@ -36,10 +36,7 @@ pub(super) fn tls_listener(
     let certificates: Vec<_> = raw
         .certificates
         .into_iter()
-        .map(|p| crate::tls::KeyPairFiles {
-            cert: base.join(p.cert),
-            key: base.join(p.key),
-        })
+        .map(|p| pair(base, p))
         .collect();
     let min_version = raw.min_version.map(|v| v.0).unwrap_or_default();
     let session_tickets = raw.session_tickets.unwrap_or(true);
@@ -68,6 +65,14 @@ fn build_server(
         .map_err(|(i, part, m)| (format!("{key}.certificates[{i}].{}", part.key()), m))
 }
 
+/// A `{cert, key}` pair, relative paths taken from `base` (the config file's directory).
+fn pair(base: &Path, raw: FileKeyPair) -> crate::tls::KeyPairFiles {
+    crate::tls::KeyPairFiles {
+        cert: base.join(raw.cert),
+        key: base.join(raw.key),
+    }
+}
+
 /// `target_tls:` of the group at `key`: its files loaded, its client configuration built.
 pub(super) fn target_tls(
     key: &str,
@@ -90,10 +95,7 @@ pub(super) fn target_tls(
             "`ca` is for verifying; with `verify: false` leave it out".into(),
         ));
     }
-    let client_cert = raw.client_cert.map(|p| crate::tls::KeyPairFiles {
-        cert: base.join(p.cert),
-        key: base.join(p.key),
-    });
+    let client_cert = raw.client_cert.map(|p| pair(base, p));
     let ca = raw.ca.map(|p| base.join(p));
     let client = crate::tls::client_config(ca.as_deref(), client_cert.as_ref(), verify)
         .map_err(|(k, m)| (format!("{key}.{k}"), m))?;

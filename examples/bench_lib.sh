@@ -1,0 +1,34 @@
+# Shared by examples/bench.sh and examples/bench_tls.sh (sourced, not run): the checks before
+# a run, a scratch directory whose processes are stopped on exit, waiting for ports, rates.
+#
+#   bench_start TOOL...   checks the tools and $BIN, sets $dir and $pids, traps the cleanup
+#   ready PORT...         waits (bounded, 10 s) until 127.0.0.1:PORT accepts, for each
+#   rps                   wrk's requests per second, from its output on stdin
+#   ratio A B             A / B to 2 places, NA when either is missing or B is 0
+
+bench_start() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (apt-get install $tool)"; exit 2; }
+  done
+  [ -x "$BIN" ] || { echo "bench: $BIN not found; run cargo build --release"; exit 2; }
+  dir=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"' EXIT
+}
+
+ready() { python3 - "$@" <<'PY'
+import socket, sys, time
+deadline = time.time() + 10
+for port in sys.argv[1:]:
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), 0.2).close(); break
+        except OSError:
+            if time.time() > deadline: sys.exit("port %s not ready" % port)
+            time.sleep(0.05)
+PY
+}
+
+rps() { awk '/Requests\/sec/{print $2}'; }
+
+ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('NA' if 'NA' in (a,b) or not a or not b or float(b)==0 else round(float(a)/float(b),2))" "$1" "$2"; }
