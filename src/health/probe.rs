@@ -229,24 +229,38 @@ fn preview(bytes: &[u8]) -> String {
     format!("`{}{more}`", cut.escape_debug())
 }
 
-impl TcpCheck {
-    /// Writes plaintext (through TLS when the check has it).
-    fn send(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self.tls.as_deref_mut() {
-            Some(t) => write_plain(t, &mut self.stream, bytes),
-            None => self.stream.write(bytes),
-        }
+/// Writes plaintext to `stream` (through `tls` when the check has it).
+fn send(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::Connection>,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    match tls {
+        Some(t) => write_plain(t, stream, bytes),
+        None => stream.write(bytes),
     }
+}
 
-    /// Reads plaintext (through TLS when the check has it); first sends what TLS holds.
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.tls.as_deref_mut() {
-            Some(t) => {
-                flush(t, &mut self.stream)?;
-                read_plain(t, &mut self.stream, buf)
-            }
-            None => self.stream.read(buf),
+/// Reads plaintext from `stream` (through `tls` when the check has it, first sending what it
+/// holds).
+fn recv(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::Connection>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match tls {
+        Some(t) => {
+            flush(t, stream)?;
+            read_plain(t, stream, buf)
         }
+        None => stream.read(buf),
+    }
+}
+
+impl TcpCheck {
+    /// Reads plaintext (through TLS when the check has it).
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv(&mut self.stream, self.tls.as_deref_mut(), buf)
     }
 
     /// Advances the check: connect, handshake, steps, status line.
@@ -295,71 +309,67 @@ impl TcpCheck {
     /// Runs the steps as far as the socket allows; `Some` once one failed or (without HTTP)
     /// all passed. Moves to `Status` after the last one for HTTP checks.
     fn run_steps(&mut self) -> io::Result<Option<Outcome>> {
+        let TcpCheck {
+            stream,
+            steps,
+            http,
+            tls,
+            phase,
+            ..
+        } = self;
+        let Phase::Steps {
+            index,
+            written,
+            received,
+        } = phase
+        else {
+            return Ok(None);
+        };
         let mut chunk = [0u8; 2048];
-        loop {
-            let Phase::Steps { index, written, .. } = &self.phase else {
-                return Ok(None);
-            };
-            let (index, written) = (*index, *written);
-            let Some(step) = self.steps.get(index).cloned() else {
-                if self.http {
-                    self.phase = Phase::Status { head: Vec::new() };
-                    return Ok(None);
-                }
-                return Ok(Some(Outcome::Pass));
-            };
+        while let Some(step) = steps.get(*index) {
             match step {
                 CheckStep::Send(bytes) => {
-                    let n = match self.send(&bytes[written..]) {
-                        Ok(n) => n,
+                    match send(stream, tls.as_deref_mut(), &bytes[*written..]) {
+                        Ok(n) => *written += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
-                    };
-                    if let Phase::Steps { index, written, .. } = &mut self.phase {
-                        *written += n;
-                        if *written == bytes.len() {
-                            (*index, *written) = (*index + 1, 0);
-                        }
+                    }
+                    if *written == bytes.len() {
+                        (*index, *written) = (*index + 1, 0);
                     }
                 }
                 CheckStep::Expect(pattern, unless) => {
-                    if let Phase::Steps {
-                        index, received, ..
-                    } = &mut self.phase
-                    {
-                        let found = pattern.find_end(received);
-                        let refused = unless.as_ref().and_then(|u| u.find_end(received));
-                        if let (Some(bad), Some(u)) = (refused, unless.as_ref()) {
+                    let found = pattern.find_end(received);
+                    if let Some(u) = unless {
+                        if let Some(bad) = u.find_end(received) {
                             if found.is_none_or(|good| bad < good) {
                                 return Ok(Some(Outcome::Fail(format!(
                                     "got {u} instead of {pattern}"
                                 ))));
                             }
                         }
-                        if let Some(end) = found {
-                            received.drain(..end);
-                            *index += 1;
-                            continue;
-                        }
-                        if received.len() >= MAX_EXPECT_BYTES {
-                            return Ok(Some(Outcome::Fail(format!(
-                                "no {pattern} in the first {MAX_EXPECT_BYTES} bytes: {}",
-                                preview(received)
-                            ))));
-                        }
                     }
-                    let got = self.recv(&mut chunk);
-                    let Phase::Steps { received, .. } = &mut self.phase else {
-                        return Ok(None);
-                    };
-                    match got {
+                    if let Some(end) = found {
+                        received.drain(..end);
+                        *index += 1;
+                        continue;
+                    }
+                    if received.len() >= MAX_EXPECT_BYTES {
+                        return Ok(Some(Outcome::Fail(format!(
+                            "no {pattern} in the first {MAX_EXPECT_BYTES} bytes: {}",
+                            preview(received)
+                        ))));
+                    }
+                    match recv(stream, tls.as_deref_mut(), &mut chunk) {
+                        Ok(0) if received.is_empty() => {
+                            return Ok(Some(Outcome::Fail(format!("closed before {pattern}"))))
+                        }
                         Ok(0) => {
-                            return Ok(Some(Outcome::Fail(if received.is_empty() {
-                                format!("closed before {pattern}")
-                            } else {
-                                format!("expected {pattern}, got {}", preview(received))
-                            })))
+                            return Ok(Some(Outcome::Fail(format!(
+                                "expected {pattern}, got {}",
+                                preview(received)
+                            ))))
                         }
                         Ok(n) => received.extend_from_slice(&chunk[..n]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -369,6 +379,11 @@ impl TcpCheck {
                 }
             }
         }
+        if *http {
+            *phase = Phase::Status { head: Vec::new() };
+            return Ok(None);
+        }
+        Ok(Some(Outcome::Pass))
     }
 
     /// Reads the HTTP status line.

@@ -311,8 +311,7 @@ impl Half {
             if !self.eof && src.ready.readable {
                 progress |= self.fill(src, pool);
             }
-            let held = dst.transport.holds_output();
-            if (self.pending() > 0 || held) && dst.ready.writable {
+            if (self.pending() > 0 || dst.transport.holds_output()) && dst.ready.writable {
                 let n = self.flush(dst, pool);
                 out.bytes += n;
                 self.bytes += n as u64;
