@@ -190,7 +190,21 @@ fn a_client_no_target_accepts_is_reset_not_closed() {
 #[test]
 fn a_client_that_resets_while_its_connect_is_pending_is_freed_at_once() {
     let (silent, _held) = silent_target();
-    let (lb, dir) = start(&[silent], "    connect_timeout: 30s\n");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "access_log: {}\n{}",
+        dir.path().join("access.log").display(),
+        config(
+            "round_robin",
+            &[(silent, 1)],
+            "    connect_timeout: 30s\n",
+            NO_CHECKS
+        )
+    );
+    let lb = Ballast::start_with_level(&yaml, "debug");
+    // The check at start connects to the silent target too, and holds a socket until its
+    // timeout: the baseline is taken once it is over (logged after its socket is closed).
+    lb.wait_log("check of", WAIT);
     let before = lb.fd_count();
     let s = client(lb.addr("l"));
     // Accepted and connecting: the client socket and the target socket.
