@@ -13,7 +13,8 @@ bench_start() {
   [ -x "$BIN" ] || { echo "bench: $BIN not found; run cargo build --release"; exit 2; }
   dir=$(mktemp -d)
   pids=()
-  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"' EXIT
+  # KEEP=1 keeps the scratch directory (configs and logs) for a look after the run.
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; if [ -n "${KEEP:-}" ]; then echo "kept $dir"; else rm -rf "$dir"; fi' EXIT
 }
 
 ready() { python3 - "$@" <<'PY'
