@@ -20,6 +20,7 @@ use crate::fault::{Faults, Restarts};
 use crate::generation::Generation;
 use crate::handover::{by_listener, ListenerInfo};
 use crate::node::{draining_until, Node, Service};
+use crate::steering::Steering;
 use crate::target::AdminState;
 use crate::worker::{ConnInfo, Message, WorkerLink};
 
@@ -86,6 +87,8 @@ pub struct Control {
     discovered: Mutex<HashMap<String, BTreeMap<SocketAddr, u32>>>,
     /// What the scaling hooks saw and did, by group name (for `/metrics`).
     pub scaling: Mutex<BTreeMap<String, ScalingStats>>,
+    /// How new TCP connections are spread across workers, and the workers' loads.
+    pub(crate) steering: Arc<Steering>,
 }
 
 /// One group's scaling: the last samples of its metrics and the commands run.
@@ -108,7 +111,19 @@ impl std::fmt::Debug for Control {
 impl Control {
     /// Control over `shared` (the first generation), reaching the workers through `workers`.
     pub fn new(shared: Arc<Generation>, workers: Vec<WorkerLink>) -> Arc<Control> {
+        let steering = Arc::new(Steering::hash_only(shared.config.workers));
+        Control::with_steering(shared, workers, steering)
+    }
+
+    /// As [`Control::new`], with the process's connection steering (see [`crate::steering`]),
+    /// which restarted workers join and `/metrics` reads.
+    pub(crate) fn with_steering(
+        shared: Arc<Generation>,
+        workers: Vec<WorkerLink>,
+        steering: Arc<Steering>,
+    ) -> Arc<Control> {
         Arc::new(Control {
+            steering,
             current: ArcSwap::new(shared),
             lock: Mutex::new(()),
             workers: RwLock::new(workers),

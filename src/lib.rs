@@ -23,7 +23,9 @@
 //!
 //! ## Threads and what they share
 //! - `worker`: one per core. Each owns its poll, its own SO_REUSEPORT socket per listener (the
-//!   kernel spreads accepts), and its [`conntrack`] table. No lock on the data path.
+//!   kernel spreads accepts: to the worker with the fewest connections where `steering`'s
+//!   eBPF program can be attached, else by hash), and its [`conntrack`] table. No lock on the
+//!   data path.
 //! - [`health`]: the prober thread. It runs TCP, HTTP and UDP checks, counts consecutive
 //!   results ([`health::threshold`]) and flips target health in [`target`]'s atomics; on a
 //!   change it also rebuilds the lookup tables of `maglev` and `source_hash` ([`balancer`]).
@@ -121,6 +123,7 @@ pub mod proxy_protocol;
 pub mod runtime;
 pub mod scaling;
 pub mod sni;
+pub(crate) mod steering;
 pub(crate) mod supervise;
 pub mod target;
 pub(crate) mod tcp;

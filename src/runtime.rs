@@ -23,6 +23,7 @@ use crate::control::Control;
 use crate::generation::Generation;
 use crate::handover::{fit_workers, HandoverError, Inherited, Offer};
 use crate::health::Prober;
+use crate::steering::Steering;
 use crate::supervise::{
     fatal, new_worker, spawn_worker, RestartBudget, MAX_RESTARTS, RESTART_WINDOW,
 };
@@ -232,17 +233,18 @@ pub fn start_from(
     let (events_tx, events) = unbounded();
     let access = start_access_log(&shared)?;
     // Workers and their links first, so the admin API can reach every worker.
+    let steering = Arc::new(Steering::new(workers));
     let mut built = Vec::with_capacity(workers);
     for (id, sockets) in sockets.into_iter().enumerate() {
         let access = access.handle();
         let sockets = sockets.into_iter().enumerate().collect();
         built.push(
-            new_worker(id, &shared, sockets, access)
+            new_worker(id, &shared, sockets, access, &steering)
                 .map_err(RunError::io("cannot set up a worker"))?,
         );
     }
     let links = built.iter().map(|(_, link)| link.clone()).collect();
-    let control = Control::new(shared.clone(), links);
+    let control = Control::with_steering(shared.clone(), links, steering);
     let admin = Admin::start(control.clone()).map_err(|source| RunError::AdminBind {
         addr: shared.config.admin.bind,
         config: shared.config.path.display().to_string(),
@@ -435,7 +437,7 @@ impl Running {
                 .access
                 .as_ref()
                 .map_or_else(AccessLog::off, Writer::handle);
-            let (worker, link) = new_worker(id, shared, sockets, access)?;
+            let (worker, link) = new_worker(id, shared, sockets, access, &self.control.steering)?;
             thread = Some(spawn_worker(id, worker, reporter)?);
             Ok::<_, io::Error>(link)
         });

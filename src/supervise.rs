@@ -26,6 +26,7 @@ use mio::{Poll, Waker};
 use crate::access_log::AccessLog;
 use crate::bind::Bound;
 use crate::generation::Generation;
+use crate::steering::Steering;
 use crate::worker::{Worker, WorkerLink, WAKER_TOKEN};
 
 /// Most worker crashes tolerated within [`RESTART_WINDOW`]; one more aborts the process.
@@ -39,11 +40,20 @@ pub(crate) fn new_worker(
     shared: &Arc<Generation>,
     sockets: Vec<(usize, Bound)>,
     access: AccessLog,
+    steering: &Arc<Steering>,
 ) -> io::Result<(Worker, WorkerLink)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
     let (commands_tx, commands) = unbounded();
-    let worker = Worker::new(id, poll, shared.clone(), sockets, commands, access)?;
+    let worker = Worker::new(
+        id,
+        poll,
+        shared.clone(),
+        sockets,
+        commands,
+        access,
+        steering.clone(),
+    )?;
     let link = WorkerLink {
         commands: commands_tx,
         waker,

@@ -107,16 +107,18 @@ struct NodeLabels {
 }
 
 /// The exposition text for everything in `shared`, the thread restarts counted in
-/// `restarts`, the node's state and readiness (`node`), and the scaling hooks' samples and
-/// runs (`scaling`).
+/// `restarts`, the node's state and readiness (`node`), the scaling hooks' samples and
+/// runs (`scaling`), and the workers' loads and how connections are placed (`steering`).
 pub fn encode(
     shared: &Generation,
     restarts: &crate::fault::Restarts,
     node: &crate::node::Node,
     scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
+    steering: &crate::steering::Steering,
 ) -> String {
     let mut registry = Registry::with_prefix("ballast");
     register_scaling(&mut registry, scaling);
+    register_steering(&mut registry, steering, shared.config.workers);
     let ready = Gauge::<i64>::default();
     ready.set(i64::from(node.readiness(shared).is_empty()));
     registry.register(
@@ -460,5 +462,39 @@ fn register_scaling(
         "scaling_runs",
         "Scaling commands run, by action (scale_out, scale_in) and result (ok, failed, timeout)",
         runs,
+    );
+}
+
+/// Labels of `ballast_worker_connections`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+fn register_steering(
+    registry: &mut Registry,
+    steering: &crate::steering::Steering,
+    workers: usize,
+) {
+    let per_worker = Family::<WorkerLabels, Gauge>::default();
+    for w in 0..workers {
+        per_worker
+            .get_or_create(&WorkerLabels {
+                worker: w.to_string(),
+            })
+            .set(steering.active(w) as i64);
+    }
+    registry.register(
+        "worker_connections",
+        "Open TCP connections per worker (as the worker last published them)",
+        per_worker,
+    );
+    let load_aware = Gauge::<i64>::default();
+    load_aware.set(i64::from(steering.load_aware()));
+    registry.register(
+        "accept_steering_load_aware",
+        "1 when new TCP connections go to the worker with the fewest (reuseport eBPF program), \
+         0 when the kernel's reuseport hash places them",
+        load_aware,
     );
 }

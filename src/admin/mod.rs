@@ -190,8 +190,14 @@ pub fn answer(
         (&Method::GET, "/metrics") => Reply {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: metrics::encode(&shared, &control.restarts, &control.node, &control.scaling)
-                .into_bytes(),
+            body: metrics::encode(
+                &shared,
+                &control.restarts,
+                &control.node,
+                &control.scaling,
+                &control.steering,
+            )
+            .into_bytes(),
         },
         (&Method::POST, "/reload") => changed(control.reload(), 200),
         (

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use mio::{Interest, Poll};
 
 use super::{Ready, TokenSlot, Worker};
 use crate::bind::Bound;
+use crate::steering::Steering;
 use crate::throttle::LogLimiter;
 
 /// Accepts per listener per wake before yielding to other work.
@@ -53,12 +55,19 @@ pub(super) struct ListenerSlot {
 }
 
 impl ListenerSlot {
-    /// Registers `socket`, the socket of listener `index`, with `poll`.
-    pub(super) fn register(poll: &Poll, index: usize, socket: Bound) -> io::Result<ListenerSlot> {
+    /// Registers `socket`, the socket of listener `index`, with `poll`; a TCP socket joins
+    /// its listener's load-aware steering as worker `worker` (see [`crate::steering`]).
+    pub(super) fn register(
+        poll: &Poll,
+        index: usize,
+        socket: Bound,
+        (steering, worker): (&Steering, usize),
+    ) -> io::Result<ListenerSlot> {
         let local = socket.local_addr()?;
         let token = TokenSlot::Listener(index).token();
         let socket = match socket {
             Bound::Tcp(s) => {
+                steering.join(worker, local, s.as_raw_fd());
                 let mut s = TcpListener::from_std(s);
                 poll.registry()
                     .register(&mut s, token, Interest::READABLE)?;
@@ -205,7 +214,12 @@ impl Worker {
                 Err(e) => {
                     drop(place);
                     match e.kind() {
-                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::WouldBlock => {
+                            // Everything steered here so far is accepted (see steering).
+                            self.published = self.table.len();
+                            self.steering.accept_queue_empty(self.id, self.published);
+                            return;
+                        }
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
                         _ => {
                             // EMFILE, ENFILE, ENOBUFS, ENOMEM…: retrying at once would spin.

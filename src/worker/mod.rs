@@ -61,6 +61,7 @@ use crate::bind::Bound;
 use crate::config::Protocol;
 use crate::conntrack::ConnTable;
 use crate::generation::Generation;
+use crate::steering::Steering;
 use crate::tcp::pump::BufferPool;
 use crate::tcp::Connection;
 use crate::timers::Timers;
@@ -287,6 +288,10 @@ pub(crate) struct Worker {
     /// The tag for the next socket registered (see [`Tag`]).
     next_tag: Tag,
     now: Instant,
+    /// Where this worker publishes its load (see [`crate::steering`]).
+    steering: Arc<Steering>,
+    /// The connection count last published.
+    published: usize,
 }
 
 impl Worker {
@@ -304,13 +309,14 @@ impl Worker {
         sockets: Vec<(usize, Bound)>,
         commands: Receiver<Message>,
         access: AccessLog,
+        steering: Arc<Steering>,
     ) -> io::Result<Worker> {
         let mut listeners: Vec<ListenerSlot> = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets {
             while listeners.len() < i {
                 listeners.push(ListenerSlot::closed());
             }
-            listeners.push(ListenerSlot::register(&poll, i, socket)?);
+            listeners.push(ListenerSlot::register(&poll, i, socket, (&steering, id))?);
         }
         while listeners.len() < shared.listeners.len() {
             listeners.push(ListenerSlot::closed());
@@ -337,6 +343,8 @@ impl Worker {
             next_id: 0,
             next_tag: 0,
             now: Instant::now(),
+            steering,
+            published: 0,
         })
     }
 
@@ -378,6 +386,10 @@ impl Worker {
             self.expire_sessions();
             self.resume_listeners();
             self.access.flush();
+            if self.table.len() != self.published {
+                self.published = self.table.len();
+                self.steering.publish(self.id, self.published);
+            }
             if let Some(deadline) = self.stop_deadline {
                 if self.table.is_empty() && self.sessions.is_empty() {
                     log::debug!("worker {}: every connection finished", self.id);
@@ -464,7 +476,7 @@ impl Worker {
             if self.stop_deadline.is_some() {
                 break; // stopping: new listeners would only be closed again
             }
-            match ListenerSlot::register(&self.poll, index, socket) {
+            match ListenerSlot::register(&self.poll, index, socket, (&self.steering, self.id)) {
                 Ok(slot) => {
                     while self.listeners.len() <= index {
                         self.listeners.push(ListenerSlot::closed());

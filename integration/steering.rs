@@ -1,0 +1,109 @@
+//! Load-aware placement of new TCP connections across workers (`src/steering.rs`): each
+//! connection goes to the worker with the fewest open connections, not where the kernel's
+//! reuseport hash of its 4-tuple would put it. Read through `ballast_worker_connections`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// Open connections per worker, as `/metrics` reports them.
+fn per_worker(admin: SocketAddr) -> (f64, f64) {
+    let (scrape, _) = scrape(admin);
+    let w = |n: &str| sample(&scrape, "ballast_worker_connections", "worker", n).unwrap();
+    (w("0"), w("1"))
+}
+
+/// Opens one connection through `addr` and waits until its byte comes back (the connection
+/// reached the target) and `admin`'s counts include it (`expected` connections in all).
+fn open_one(addr: SocketAddr, admin: SocketAddr, expected: f64) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    wait_until("the workers to publish the new connection", || {
+        let (a, b) = per_worker(admin);
+        a + b == expected
+    });
+    s
+}
+
+/// Opens `n` connections one at a time and after each checks that the two workers' counts
+/// differ by at most one. Under the kernel's hash the counts walk apart: a random walk of
+/// `n` steps stays within ±1 with a chance of about 2^-(n/2) (2^-12 for 24).
+fn open_alternating(addr: SocketAddr, admin: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let (base0, base1) = per_worker(admin);
+    let mut conns = Vec::new();
+    for i in 1..=n {
+        conns.push(open_one(addr, admin, base0 + base1 + i as f64));
+        let counts = per_worker(admin);
+        assert!(
+            (counts.0 - counts.1).abs() <= 1.0,
+            "after {i} connections opened one by one the workers hold {counts:?}"
+        );
+    }
+    conns
+}
+
+#[test]
+fn connections_opened_one_by_one_alternate_between_the_workers() {
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let (_, text) = scrape(admin);
+    assert!(
+        text.contains("ballast_accept_steering_load_aware 1"),
+        "the kernel refused the steering program (root and Linux 5.5 needed): {text}"
+    );
+    let mut conns = open_alternating(addr, admin, 24);
+    // Keep the first 12 but four of one parity (one worker's, as they alternated), so the
+    // workers are left 2 and 6 apart; the next connections must all go to the one with
+    // fewer until they are level.
+    conns = conns
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i < 12 && !(i % 2 == 0 && *i < 8))
+        .map(|(_, s)| s)
+        .collect();
+    let kept = conns.len() as f64;
+    wait_until("closed connections to leave the counts", || {
+        let (a, b) = per_worker(admin);
+        a + b == kept
+    });
+    let (a, b) = per_worker(admin);
+    let gap = (a - b).abs() as usize;
+    for k in 1..=gap {
+        conns.push(open_one(addr, admin, kept + k as f64));
+    }
+    let (a2, b2) = per_worker(admin);
+    assert_eq!(
+        a2, b2,
+        "from {a} / {b}, {gap} new connections should have gone to the emptier worker"
+    );
+}
+
+#[test]
+fn listeners_bound_afresh_after_a_node_drain_are_steered_too() {
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    assert_eq!(http(admin, "POST", "/node/drain?grace=0s", None, "").0, 202);
+    wait_until("the node to be drained", || {
+        http(admin, "GET", "/node", None, "")
+            .1
+            .contains("\"drained\"")
+    });
+    assert_eq!(http(admin, "POST", "/node/enable", None, "").0, 200);
+    wait_listening(addr);
+    // wait_listening's own probe connection must be gone before counting from zero.
+    wait_until("the probe connection to close", || {
+        per_worker(admin) == (0.0, 0.0)
+    });
+    let conns = open_alternating(addr, admin, 20);
+    drop(conns);
+}

@@ -1,0 +1,479 @@
+//! Load-aware placement of new TCP connections across workers.
+//!
+//! Every worker has its own SO_REUSEPORT socket per listener, and by default the kernel picks
+//! among them by a hash of the 4-tuple: a few long connections (iperf3 `-P 4`, a pool of
+//! database clients) can land all on one worker while another idles. Where the kernel allows
+//! it, each TCP listener's reuseport group gets a small eBPF program
+//! (`BPF_PROG_TYPE_SK_REUSEPORT`, attached with `SO_ATTACH_REUSEPORT_EBPF`) that sends each
+//! new connection to the worker with the fewest connections, at SYN time, before any worker
+//! sees it: no hand-off between threads and nothing shared on the data path.
+//!
+//! A worker's load is `active + pending`, two `u64` per worker in one BPF array map mapped into
+//! this process (`BPF_F_MMAPABLE`, Linux ≥ 5.5): `active` is the worker's own count of open
+//! connections, stored by the worker (one relaxed store per event-loop turn that changed it);
+//! `pending` is incremented by the program for each SYN it steers, and zeroed by the worker
+//! when its accept queue is empty, so a burst of SYNs arriving before any accept is spread
+//! too. Ties go to the lowest worker index. The program falls back to the kernel's hash when
+//! the chosen worker holds no socket (drained, restarting): it returns `SK_PASS` without a
+//! selection.
+//!
+//! UDP listeners keep the hash: a flow's datagrams must keep reaching the worker that holds
+//! its session.
+//!
+//! Loading needs `CAP_BPF` (or root) and Linux ≥ 5.5; without them the loads are kept in plain
+//! memory (for `/metrics`), one line is logged, and the kernel's hash places connections.
+//! The technique is the kernel's `reuseport_array` selection (`bpf_sk_select_reuseport`,
+//! Linux 4.19) with loads published through an mmapped array map; HAProxy reaches the same
+//! goal in user space by passing accepted connections to its least loaded thread.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Where the loads live: the mmapped BPF array, or plain memory when BPF is unavailable.
+enum Loads {
+    Mapped {
+        map: OwnedFd,
+        ptr: *mut AtomicU64,
+        len: usize,
+        mapped_bytes: usize,
+    },
+    Plain(Box<[AtomicU64]>),
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics; it lives as long as
+// the `Loads` value and is unmapped once, in `drop`.
+unsafe impl Send for Loads {}
+// SAFETY: as above: every access goes through `AtomicU64`.
+unsafe impl Sync for Loads {}
+
+impl Loads {
+    fn slots(&self) -> &[AtomicU64] {
+        match self {
+            // SAFETY: `ptr` points at `len` u64 slots of a live MAP_SHARED mapping (8-byte
+            // aligned, page-aligned in fact), only ever accessed atomically.
+            Loads::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            Loads::Plain(slots) => slots,
+        }
+    }
+}
+
+impl Drop for Loads {
+    fn drop(&mut self) {
+        if let Loads::Mapped {
+            ptr, mapped_bytes, ..
+        } = self
+        {
+            // SAFETY: unmapping the region mapped in `Loads::map`, once.
+            unsafe { libc::munmap(ptr.cast(), *mapped_bytes) };
+        }
+    }
+}
+
+/// One listener's reuseport group: its socket array and the program that selects from it.
+struct Group {
+    sockets: OwnedFd,
+    program: OwnedFd,
+}
+
+/// The process's steering: worker loads, and one program per TCP listener address.
+pub struct Steering {
+    workers: usize,
+    loads: Loads,
+    /// By listener address; touched only when a worker registers a listening socket.
+    groups: Mutex<HashMap<SocketAddr, Group>>,
+}
+
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steering")
+            .field("workers", &self.workers)
+            .field("load_aware", &self.load_aware())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Steering {
+    /// Steering for `workers` workers: load-aware when the kernel lets this process create
+    /// the BPF map, else the kernel's hash (logged once at `info`).
+    pub(crate) fn new(workers: usize) -> Steering {
+        let loads = match map_loads(workers) {
+            Ok(loads) => loads,
+            Err(e) => {
+                log::info!(
+                    "new TCP connections are spread by the kernel's reuseport hash, not by \
+                     worker load: cannot create the BPF map ({e}; needs CAP_BPF and Linux 5.5)"
+                );
+                Loads::Plain((0..2 * workers).map(|_| AtomicU64::new(0)).collect())
+            }
+        };
+        Steering {
+            workers,
+            loads,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Steering that only keeps loads (the kernel's hash places connections): for callers
+    /// that must not touch BPF (a `Control` built outside the runtime, tests).
+    pub(crate) fn hash_only(workers: usize) -> Steering {
+        Steering {
+            workers,
+            loads: Loads::Plain((0..2 * workers).map(|_| AtomicU64::new(0)).collect()),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether new connections are placed by load (the BPF map exists).
+    pub(crate) fn load_aware(&self) -> bool {
+        matches!(self.loads, Loads::Mapped { .. })
+    }
+
+    /// Worker `worker` has `active` open TCP connections.
+    pub(crate) fn publish(&self, worker: usize, active: usize) {
+        if let Some(slot) = self.loads.slots().get(worker) {
+            slot.store(active as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker `worker` found its accept queue empty: every connection steered to it so far
+    /// is counted in its `active` (published first), so its `pending` count starts again.
+    pub(crate) fn accept_queue_empty(&self, worker: usize, active: usize) {
+        self.publish(worker, active);
+        if let Some(slot) = self.loads.slots().get(self.workers + worker) {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Open TCP connections of `worker`, as last published.
+    pub(crate) fn active(&self, worker: usize) -> u64 {
+        self.loads
+            .slots()
+            .get(worker)
+            .map_or(0, |s| s.load(Ordering::Relaxed))
+    }
+
+    /// Puts worker `worker`'s listening socket `socket` (bound to `local`) into its
+    /// listener's socket array and makes sure the group's program is attached. Failures are
+    /// logged (the kernel's hash then places this listener's connections), never returned.
+    pub(crate) fn join(&self, worker: usize, local: SocketAddr, socket: RawFd) {
+        let Loads::Mapped { map, .. } = &self.loads else {
+            return;
+        };
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let result = (|| {
+            let group = match groups.entry(local) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let sockets = create_map(MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, self.workers, 0)?;
+                    let insns = program(self.workers, map.as_raw_fd(), sockets.as_raw_fd());
+                    let program = load_program(&insns)?;
+                    e.insert(Group { sockets, program })
+                }
+            };
+            update_elem(group.sockets.as_raw_fd(), worker as u32, socket as u64)?;
+            // Attaching to any socket of the group sets the group's program; doing it for
+            // every socket covers a group whose first sockets came from another process
+            // (an upgrade) or were replaced (a worker restart).
+            let fd = group.program.as_raw_fd();
+            // SAFETY: setsockopt reads one c_int from a valid pointer.
+            let r = unsafe {
+                libc::setsockopt(
+                    socket,
+                    libc::SOL_SOCKET,
+                    SO_ATTACH_REUSEPORT_EBPF,
+                    (&fd as *const RawFd).cast(),
+                    std::mem::size_of::<RawFd>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            log::warn!(
+                "listener on {local}: worker {worker}'s connections are placed by the kernel's \
+                 hash, not by load: {e}"
+            );
+        }
+    }
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
+const PROG_TYPE_SK_REUSEPORT: u32 = 21;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// `SO_ATTACH_REUSEPORT_EBPF` (asm-generic/socket.h).
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+const FN_MAP_LOOKUP_ELEM: i32 = 1;
+const FN_SK_SELECT_REUSEPORT: i32 = 82;
+const SK_PASS: i32 = 1;
+
+/// `union bpf_attr` for BPF_MAP_CREATE (the fields used; the kernel zero-fills the rest).
+#[repr(C)]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_MAP_UPDATE_ELEM.
+#[repr(C)]
+struct MapElem {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` for BPF_PROG_LOAD (up to the log buffer).
+#[repr(C)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size passed; the kernel
+    // reads it (and for PROG_LOAD writes the log through the pointer inside, valid too).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (attr as *mut T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    entries: usize,
+    flags: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreate {
+        map_type,
+        key_size,
+        value_size,
+        max_entries: entries as u32,
+        map_flags: flags,
+    };
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn update_elem(map: RawFd, key: u32, value: u64) -> io::Result<()> {
+    let mut attr = MapElem {
+        map_fd: map as u32,
+        _pad: 0,
+        key: (&key as *const u32) as u64,
+        value: (&value as *const u64) as u64,
+        flags: 0, // BPF_ANY
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// The loads map: one element of `2 × workers` u64 (`active` then `pending`), mapped here.
+fn map_loads(workers: usize) -> io::Result<Loads> {
+    let value_size = 16 * workers;
+    let map = create_map(MAP_TYPE_ARRAY, 4, value_size as u32, 1, BPF_F_MMAPABLE)?;
+    let page = 4096;
+    let mapped_bytes = value_size.div_ceil(page) * page;
+    // SAFETY: mapping a BPF array map created mmapable, shared, over its whole value area.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            mapped_bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Loads::Mapped {
+        map,
+        ptr: ptr.cast(),
+        len: 2 * workers,
+        mapped_bytes,
+    })
+}
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: (src << 4) | dst,
+        off,
+        imm,
+    }
+}
+
+// Opcodes (linux/bpf_common.h, linux/bpf.h).
+const MOV64_X: u8 = 0xbf;
+const MOV64_K: u8 = 0xb7;
+const ADD64_K: u8 = 0x07;
+const ADD64_X: u8 = 0x0f;
+const LSH64_K: u8 = 0x67;
+const ST_W: u8 = 0x62;
+const STX_W: u8 = 0x63;
+const LDX_DW: u8 = 0x79;
+const ATOMIC_DW: u8 = 0xdb; // BPF_STX | BPF_ATOMIC | BPF_DW, imm BPF_ADD
+const LD_IMM64: u8 = 0x18;
+const JEQ_K: u8 = 0x15;
+const JNE_K: u8 = 0x55;
+const JGE_X: u8 = 0x3d;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// The program for `workers` workers (unrolled: one compare per worker), reading loads from
+/// map `loads` and selecting from socket array `sockets`. Registers: r6 ctx, r7 chosen
+/// worker, r8 its load, r9 the loads value.
+fn program(workers: usize, loads: RawFd, sockets: RawFd) -> Vec<Insn> {
+    let mut p = Vec::with_capacity(24 + 6 * workers);
+    let map_fd = |p: &mut Vec<Insn>, dst: u8, fd: RawFd| {
+        p.push(insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd));
+        p.push(insn(0, 0, 0, 0, 0));
+    };
+    p.push(insn(MOV64_X, 6, 1, 0, 0));
+    p.push(insn(ST_W, 10, 0, -4, 0)); // key 0
+    map_fd(&mut p, 1, loads);
+    p.push(insn(MOV64_X, 2, 10, 0, 0));
+    p.push(insn(ADD64_K, 2, 0, 0, -4));
+    p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM));
+    let no_value = p.len();
+    p.push(insn(JEQ_K, 0, 0, 0, 0)); // to `out`, patched below
+    p.push(insn(MOV64_X, 9, 0, 0, 0));
+    p.push(insn(MOV64_K, 7, 0, 0, 0));
+    p.push(insn(MOV64_K, 8, 0, 0, -1)); // u64::MAX
+    for k in 0..workers {
+        p.push(insn(LDX_DW, 1, 9, (8 * k) as i16, 0));
+        p.push(insn(LDX_DW, 2, 9, (8 * (workers + k)) as i16, 0));
+        p.push(insn(ADD64_X, 1, 2, 0, 0));
+        p.push(insn(JGE_X, 1, 8, 2, 0)); // not lower: keep the earlier worker
+        p.push(insn(MOV64_X, 8, 1, 0, 0));
+        p.push(insn(MOV64_K, 7, 0, 0, k as i32));
+    }
+    p.push(insn(STX_W, 10, 7, -8, 0));
+    p.push(insn(MOV64_X, 1, 6, 0, 0));
+    map_fd(&mut p, 2, sockets);
+    p.push(insn(MOV64_X, 3, 10, 0, 0));
+    p.push(insn(ADD64_K, 3, 0, 0, -8));
+    p.push(insn(MOV64_K, 4, 0, 0, 0));
+    p.push(insn(CALL, 0, 0, 0, FN_SK_SELECT_REUSEPORT));
+    let not_selected = p.len();
+    p.push(insn(JNE_K, 0, 0, 0, 0)); // to `out`, patched below
+    p.push(insn(MOV64_X, 1, 7, 0, 0));
+    p.push(insn(LSH64_K, 1, 0, 0, 3));
+    p.push(insn(ADD64_X, 1, 9, 0, 0));
+    p.push(insn(MOV64_K, 2, 0, 0, 1));
+    p.push(insn(ATOMIC_DW, 1, 2, (8 * workers) as i16, 0)); // pending[chosen] += 1
+    let out = p.len();
+    p.push(insn(MOV64_K, 0, 0, 0, SK_PASS));
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    for at in [no_value, not_selected] {
+        p[at].off = (out - at - 1) as i16;
+    }
+    p
+}
+
+fn load_program(insns: &[Insn]) -> io::Result<OwnedFd> {
+    let license = c"MIT";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgLoad {
+        prog_type: PROG_TYPE_SK_REUSEPORT,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let last = text.lines().rev().find(|l| !l.trim().is_empty());
+            Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "the kernel refused the steering program: {e} ({})",
+                    last.unwrap_or("no verifier log")
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_land_on_the_exit_block() {
+        let p = program(3, 7, 8);
+        let out = p.len() - 2;
+        for (at, i) in p.iter().enumerate() {
+            if i.code == JEQ_K || i.code == JNE_K {
+                assert_eq!(at + 1 + i.off as usize, out, "jump at {at}");
+            }
+            if i.code == JGE_X {
+                // Skips exactly the two moves that take the lower load.
+                assert_eq!(i.off, 2);
+                assert_eq!((p[at + 1].code, p[at + 2].code), (MOV64_X, MOV64_K));
+            }
+        }
+        assert_eq!(p[out].imm, SK_PASS);
+        assert_eq!(p[out + 1].code, EXIT);
+    }
+
+    #[test]
+    fn plain_loads_are_published_and_pending_reset() {
+        let s = Steering::hash_only(2);
+        s.publish(1, 5);
+        assert_eq!(s.active(1), 5);
+        s.accept_queue_empty(1, 3);
+        assert_eq!(s.active(1), 3);
+        assert_eq!(s.active(0), 0);
+        assert!(!s.load_aware());
+    }
+}
