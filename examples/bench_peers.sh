@@ -8,6 +8,7 @@
 #   cargo build --release && bash examples/bench_peers.sh      # ROUNDS=5 SECS=4 by default
 #   ROWS="keepalive close" CURVE= bash examples/bench_peers.sh  # some rows, no curve
 #   OUT=/tmp/b bash examples/bench_peers.sh                     # where results go (bench-out)
+#   BASELINE_BIN=/tmp/old/ballast bash examples/bench_peers.sh  # + an older Ballast, for before/after
 #
 # Rows (ROWS): iperf1 (iperf3 single stream), iperf4 (-P 4), udp64 (iperf3 UDP, 64-byte
 # datagrams, packets received/s; HAProxy has no UDP), keepalive (wrk, 50 connections, rps and
@@ -19,8 +20,9 @@
 #
 # Needs: iperf3 wrk nginx libnginx-mod-stream haproxy redis-server redis-tools postgresql
 # gnuplot-nox python3 (Debian packages). Balancers: 2 workers / threads each, HAProxy with
-# splice-auto. Ports 25201 25202 28080 26379 25432 (origins), 21xxx HAProxy, 22xxx nginx,
-# 23xxx Ballast. Every process started here is stopped on exit.
+# splice-auto. Ports 25201 28080 26379 25432 (origins), 21xxx HAProxy, 22xxx nginx, 23xxx
+# Ballast, 24xxx the baseline Ballast; admin APIs 29100 and 29101. Every process started here
+# is stopped on exit.
 set -u
 ROUNDS=${ROUNDS:-5}; SECS=${SECS:-4}
 ROWS=${ROWS:-"iperf1 iperf4 udp64 keepalive close redis pgbench"}
@@ -89,26 +91,34 @@ done
   echo "  server { listen 127.0.0.1:22001 udp reuseport; proxy_pass 127.0.0.1:25201; proxy_timeout 10s; }"
   echo "}"
 } >"$dir/nginx.conf"
-{
+ballast_config() { # base admin_port
   echo "workers: 2"
+  echo "admin: {bind: \"127.0.0.1:$2\"}"
   echo "listeners:"
   for k in 1 2 3 4; do
-    echo "  - {name: l$k, protocol: tcp, bind: \"127.0.0.1:$((23000 + k))\", target_group: g$k, max_connections: 7000}"
+    echo "  - {name: l$k, protocol: tcp, bind: \"127.0.0.1:$(($1 + k))\", target_group: g$k, max_connections: 7000}"
   done
-  echo "  - {name: u1, protocol: udp, bind: \"127.0.0.1:23001\", target_group: g1}"
+  echo "  - {name: u1, protocol: udp, bind: \"127.0.0.1:$(($1 + 1))\", target_group: g1}"
   echo "target_groups:"
   for k in 1 2 3 4; do
     echo "  - {name: g$k, health_check: {protocol: tcp, interval: 60s, timeout: 1s}, targets: [{address: \"127.0.0.1:${origin[$k]}\"}]}"
   done
-} >"$dir/ballast.yaml"
+}
+ballast_config 23000 29100 >"$dir/ballast.yaml"
 haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 & pids+=($!); haproxy_pid=$!
 nginx -c "$dir/nginx.conf" >/dev/null 2>&1 & pids+=($!); nginx_pid=$!
 "$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!); ballast_pid=$!
+targets="direct:0 haproxy:21000 nginx:22000 ballast:23000"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  ballast_config 24000 29101 >"$dir/baseline.yaml"
+  "$BASELINE_BIN" run --config "$dir/baseline.yaml" --log-level warn >"$dir/baseline.log" 2>&1 & pids+=($!); baseline_pid=$!
+  targets="$targets baseline:24000"
+  ready 24002 24003 24004 || exit 1
+fi
 ready 28080 26379 25432 21002 22002 23002 21003 22003 23003 21004 22004 23004 || exit 1
 pgbench -i -s 1 -q -h 127.0.0.1 -p 25432 -U postgres postgres >/dev/null 2>&1 || { echo "bench: pgbench -i failed"; exit 1; }
 sleep 0.5
 
-targets="direct:0 haproxy:21000 nginx:22000 ballast:23000"
 port() { if [ "$1" = 0 ]; then echo "${origin[$2]}"; else echo $(($1 + $2)); fi; }
 gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["end"]["sum_received"]["bits_per_second"]/1e9,2))' 2>/dev/null || echo NA; }
 kpps() { python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["end"]["sum"]; print(round(s["packets"]*(1-s["lost_percent"]/100)/s["seconds"]/1e3,1))' 2>/dev/null || echo NA; }
@@ -136,6 +146,20 @@ row() { # name base -> "key=value ..." for the chosen rows
   echo "$out"
 }
 
+# Memory first, while every balancer is fresh (later rows grow their heaps, and a process
+# that already has the memory shows no growth).
+: >"$OUT/memory.txt"
+if [ "$MEMORY" = 1 ]; then
+  for t in $targets; do
+    IFS=: read -r name base <<<"$t"
+    case $name in
+      direct) mpids="" ;; haproxy) mpids=$haproxy_pid ;; ballast) mpids=$ballast_pid ;; baseline) mpids=$baseline_pid ;;
+      nginx) mpids="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" ;;
+    esac
+    python3 "$(dirname "$0")/bench_idle.py" "$name" "$(port "$base" 3)" 2000 $mpids | tee -a "$OUT/memory.txt"
+  done
+fi
+
 : >"$OUT/rows.txt"
 echo "rounds=$ROUNDS secs=$SECS rows=[$ROWS] $(date -u +%FT%TZ)" | tee "$OUT/run.txt"
 for r in $(seq "$ROUNDS"); do
@@ -156,18 +180,6 @@ for r in $(seq "$ROUNDS"); do
     done
   done
 done
-
-: >"$OUT/memory.txt"
-if [ "$MEMORY" = 1 ]; then
-  for t in $targets; do
-    IFS=: read -r name base <<<"$t"
-    case $name in
-      direct) mpids="" ;; haproxy) mpids=$haproxy_pid ;; ballast) mpids=$ballast_pid ;;
-      nginx) mpids="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" ;;
-    esac
-    python3 "$(dirname "$0")/bench_idle.py" "$name" "$(port "$base" 3)" 2000 $mpids | tee -a "$OUT/memory.txt"
-  done
-fi
 
 python3 "$(dirname "$0")/bench_summary.py" "$OUT" | tee "$OUT/summary.md"
 if [ -s "$OUT/curve.txt" ]; then

@@ -11,6 +11,8 @@ import sys
 from collections import defaultdict
 
 TARGETS = ["direct", "haproxy", "nginx", "ballast"]
+# An older Ballast run beside (BASELINE_BIN): a column of its own, and Ballast over it.
+BASELINE = "baseline"
 ROWS = [
     ("iperf1", "iperf3 single stream", "rate"),
     ("iperf4", "iperf3 `-P 4`", "rate"),
@@ -61,16 +63,19 @@ def main():
     for fields in parse(f"{out}/rows.txt"):
         by_round[fields["round"]][fields["target"]] = fields
     rounds = sorted(by_round, key=int)
+    baseline = any(BASELINE in by_round[r] for r in rounds)
+    targets = TARGETS + ([BASELINE] if baseline else [])
     print(f"Medians of {len(rounds)} rounds (per-round ratio to direct; latency in ms).\n")
-    print("| row | direct | Ballast | HAProxy | nginx | Ballast ÷ HAProxy |")
-    print("|---|---:|---:|---:|---:|---:|")
+    extra = " Ballast before | Ballast ÷ before |" if baseline else ""
+    print("| row | direct | Ballast | HAProxy | nginx | Ballast ÷ HAProxy |" + extra)
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if baseline else ""))
     for key, label, kind in ROWS:
         per = defaultdict(list)
-        quotient = []
+        quotient, over_baseline = [], []
         for r in rounds:
-            got = {t: number(by_round[r].get(t, {}).get(key)) for t in TARGETS}
+            got = {t: number(by_round[r].get(t, {}).get(key)) for t in targets}
             d = got["direct"]
-            for t in TARGETS:
+            for t in targets:
                 v = got[t]
                 if kind == "latency" or t == "direct":
                     per[t].append(v)
@@ -80,12 +85,17 @@ def main():
             if b is not None and h:
                 # Lower is better for latency: the quotient says how many times HAProxy's.
                 quotient.append(b / h)
+            old = got.get(BASELINE)
+            if b is not None and old:
+                over_baseline.append(b / old)
         if not any(per[t] for t in TARGETS):
             continue
         unit = "" if kind == "latency" else "×"
         cells = [fmt(median(per["direct"]), "")]
         cells += [fmt(median(per[t]), unit) for t in ("ballast", "haproxy", "nginx")]
         cells.append(fmt(median(quotient), "×"))
+        if baseline:
+            cells += [fmt(median(per[BASELINE]), unit), fmt(median(over_baseline), "×")]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
     curve = defaultdict(lambda: defaultdict(lambda: ([], [])))
@@ -102,11 +112,11 @@ def main():
                 p99 = [median(curve[conns][t][1]) for t in TARGETS]
                 f.write(f"{conns} " + " ".join("NaN" if v is None else f"{v:.2f}" for v in rps + p99) + "\n")
         print("\nKeep-alive curve, medians (rps / p99 ms):\n")
-        print("| connections | " + " | ".join(TARGETS) + " |")
-        print("|---:|" + "---:|" * len(TARGETS))
+        print("| connections | " + " | ".join(targets) + " |")
+        print("|---:|" + "---:|" * len(targets))
         for conns in sorted(curve):
             cells = []
-            for t in TARGETS:
+            for t in targets:
                 r, p = median(curve[conns][t][0]), median(curve[conns][t][1])
                 cells.append("—" if r is None else f"{r:,.0f} / {p:.2f}" if p is not None else f"{r:,.0f}")
             print(f"| {conns:,} | " + " | ".join(cells) + " |")

@@ -107,3 +107,22 @@ fn listeners_bound_afresh_after_a_node_drain_are_steered_too() {
     let conns = open_alternating(addr, admin, 20);
     drop(conns);
 }
+
+#[test]
+fn accept_steering_hash_leaves_placement_to_the_kernel() {
+    let target = Backend::start(echo());
+    let yaml = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "workers: 2\n",
+        "workers: 2\naccept_steering: hash\n",
+        1,
+    );
+    let lb = Ballast::start(&yaml);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let (_, text) = scrape(admin);
+    assert!(
+        text.contains("ballast_accept_steering_load_aware 0"),
+        "{text}"
+    );
+    // Still counted per worker, and served.
+    let _conn = open_one(addr, admin, 1.0);
+}

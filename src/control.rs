@@ -365,8 +365,8 @@ impl Control {
 
     /// Applies `config` as the next generation: listeners added and removed, groups and
     /// targets updated, algorithms rebuilt. Open connections and sessions keep their targets;
-    /// removed targets drain. `workers`, `admin` and `access_log` take a restart: a change to
-    /// them is logged and ignored.
+    /// removed targets drain. `workers`, `accept_steering`, `admin` and `access_log` take a
+    /// restart: a change to them is logged and ignored.
     ///
     /// # Errors
     /// [`ChangeError::Bind`] when a new listener cannot be bound; nothing changes then.
@@ -379,6 +379,10 @@ impl Control {
         let old = self.shared();
         for (what, changed) in [
             ("workers", config.workers != old.config.workers),
+            (
+                "accept_steering",
+                config.accept_steering != old.config.accept_steering,
+            ),
             ("admin", config.admin != old.config.admin),
             ("access_log", config.access_log != old.config.access_log),
         ] {
@@ -387,6 +391,7 @@ impl Control {
             }
         }
         config.workers = old.config.workers;
+        config.accept_steering = old.config.accept_steering;
         config.admin = old.config.admin.clone();
         config.access_log = old.config.access_log.clone();
 

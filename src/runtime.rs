@@ -18,7 +18,7 @@ use signal_hook::iterator::Signals;
 use crate::access_log::{AccessLog, Sink, Writer};
 use crate::admin::Admin;
 use crate::bind::{bind_all, BindError, Bound};
-use crate::config::{Config, Protocol};
+use crate::config::{AcceptSteering, Config, Protocol};
 use crate::control::Control;
 use crate::generation::Generation;
 use crate::handover::{fit_workers, HandoverError, Inherited, Offer};
@@ -233,7 +233,10 @@ pub fn start_from(
     let (events_tx, events) = unbounded();
     let access = start_access_log(&shared)?;
     // Workers and their links first, so the admin API can reach every worker.
-    let steering = Arc::new(Steering::new(workers));
+    let steering = Arc::new(match shared.config.accept_steering {
+        AcceptSteering::LeastConnections => Steering::new(workers),
+        AcceptSteering::Hash => Steering::hash_only(workers),
+    });
     let mut built = Vec::with_capacity(workers);
     for (id, sockets) in sockets.into_iter().enumerate() {
         let access = access.handle();

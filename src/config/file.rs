@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use super::{Algorithm, Forwarding, HashKey, OnUnhealthy, Readiness};
+use super::{AcceptSteering, Algorithm, Forwarding, HashKey, OnUnhealthy, Readiness};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -21,6 +21,8 @@ use super::{Algorithm, Forwarding, HashKey, OnUnhealthy, Readiness};
 pub struct FileConfig {
     /// Worker threads (event loops); default: one per available core.
     pub workers: Option<NonZeroU32>,
+    /// How new TCP connections are spread over the workers.
+    pub accept_steering: Option<AcceptSteering>,
     /// How long a graceful stop waits for open connections (zero allowed).
     pub shutdown_timeout: Option<BoundedDuration>,
     /// How long listeners keep accepting after SIGTERM, `/healthz` already failing (zero

@@ -56,6 +56,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Number of worker threads (event loops), at least 1.
     pub workers: usize,
+    /// How new TCP connections are spread over the workers.
+    pub accept_steering: AcceptSteering,
     /// How long a graceful stop waits for open connections before closing them.
     pub shutdown_timeout: Duration,
     /// After SIGTERM (or `POST /node/drain`), how long listeners keep accepting while
@@ -157,6 +159,18 @@ impl std::fmt::Display for Protocol {
             Protocol::Udp => "udp",
         })
     }
+}
+
+/// How new TCP connections are spread over the workers (`accept_steering:`; see
+/// [`crate::steering`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptSteering {
+    /// To the worker with the fewest open connections, by a reuseport eBPF program (the
+    /// kernel's hash where the program cannot be loaded). The default.
+    LeastConnections,
+    /// The kernel's reuseport hash of the client's address and port.
+    Hash,
 }
 
 /// How a TCP listener moves bytes between client and target.

@@ -494,6 +494,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         admin,
         resolvers,
         workers,
+        accept_steering: raw
+            .accept_steering
+            .unwrap_or(AcceptSteering::LeastConnections),
         shutdown_timeout: raw
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
@@ -683,9 +686,21 @@ target_groups:
     }
 
     #[test]
+    fn accept_steering_is_least_connections_or_hash() {
+        let hash = parse_str(&GOOD.replace("workers: 2", "workers: 2\naccept_steering: hash"));
+        assert_eq!(hash.unwrap().accept_steering, AcceptSteering::Hash);
+        let e = err(&GOOD.replace("workers: 2", "workers: 2\naccept_steering: random"));
+        assert!(
+            e.contains("accept_steering") && e.contains("least_connections"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn good_file_fills_defaults() {
         let c = parse_str(GOOD).unwrap();
         assert_eq!(c.workers, 2);
+        assert_eq!(c.accept_steering, AcceptSteering::LeastConnections);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         let l = &c.listeners[0];
         assert_eq!(l.max_connections, Some(100));
