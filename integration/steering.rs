@@ -126,3 +126,71 @@ fn accept_steering_hash_leaves_placement_to_the_kernel() {
     // Still counted per worker, and served.
     let _conn = open_one(addr, admin, 1.0);
 }
+
+/// Runs Ballast as `nobody` with the capabilities `caps` (setpriv's `+bpf,...` form; empty for
+/// none) and returns what `/metrics` says of the steering.
+fn load_aware_as_nobody(caps: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    need("setpriv");
+    // Everything `nobody` must reach: a world-readable directory, config and binary copy.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("ballast");
+    std::fs::copy(env!("CARGO_BIN_EXE_ballast"), &bin).unwrap();
+    let target = Backend::start(echo());
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "workers: 2\n",
+        &format!("workers: 2\nadmin: {{bind: \"{admin}\"}}\n"),
+        1,
+    );
+    let path = dir.path().join("ballast.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut args = vec!["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+    let (inh, ambient) = (
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    );
+    if !caps.is_empty() {
+        args.extend([inh.as_str(), ambient.as_str()]);
+    }
+    let mut child = std::process::Command::new("setpriv")
+        .args(args)
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    wait_until("the admin API of the unprivileged Ballast", || {
+        let Ok((200, text)) = try_http(admin, "GET", "/metrics", None, "") else {
+            return false;
+        };
+        line = text
+            .lines()
+            .find(|l| l.starts_with("ballast_accept_steering_load_aware "))
+            .unwrap_or_default()
+            .to_string();
+        true
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+#[test]
+fn cap_bpf_alone_is_enough_and_without_it_the_hash_is_used() {
+    assert_eq!(
+        load_aware_as_nobody("+bpf"),
+        "ballast_accept_steering_load_aware 1",
+        "as nobody with CAP_BPF (what conf/systemd/ballast.service grants)"
+    );
+    assert_eq!(
+        load_aware_as_nobody(""),
+        "ballast_accept_steering_load_aware 0",
+        "as nobody without capabilities"
+    );
+}

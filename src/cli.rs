@@ -78,6 +78,13 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a shell completion script: `ballast completions bash > /etc/bash_completion.d/ballast`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `ballast man | man -l -`.
+    Man,
     /// List target groups and targets of a running Ballast: health, state, connections.
     Targets {
         /// Where the admin API is.

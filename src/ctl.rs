@@ -40,7 +40,7 @@ fn client(api: &Api) -> Result<AdminClient, ClientError> {
 /// As [`CtlError`].
 ///
 /// # Panics
-/// On `run` or `check`.
+/// On `run`, `check`, `completions` or `man`.
 pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
     match command {
         Command::Targets { api, json } => {
@@ -154,8 +154,11 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
             };
             print_node(&doc, out);
         }
-        Command::Run { .. } | Command::Check { .. } => {
-            unreachable!("`run` and `check` do not use the admin API")
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Completions { .. }
+        | Command::Man => {
+            unreachable!("`run`, `check`, `completions` and `man` do not use the admin API")
         }
     }
     Ok(())

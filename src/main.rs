@@ -47,6 +47,21 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "ballast", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cli = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cli).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 print_plan(&c);

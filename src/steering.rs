@@ -21,7 +21,8 @@
 //! its session.
 //!
 //! Loading needs `CAP_BPF` (or root) and Linux ≥ 5.5; without them the loads are kept in plain
-//! memory (for `/metrics`), one line is logged, and the kernel's hash places connections.
+//! memory (for `/metrics`), one line is logged, and the kernel's hash places connections
+//! (`ballast_accept_steering_load_aware` 0).
 //! The technique is the kernel's `reuseport_array` selection (`bpf_sk_select_reuseport`,
 //! Linux 4.19) with loads published through an mmapped array map; HAProxy reaches the same
 //! goal in user space by passing accepted connections to its least loaded thread.
@@ -31,7 +32,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Where the loads live: the mmapped BPF array, or plain memory when BPF is unavailable.
@@ -86,6 +87,8 @@ pub struct Steering {
     loads: Loads,
     /// By listener address; touched only when a worker registers a listening socket.
     groups: Mutex<HashMap<SocketAddr, Group>>,
+    /// Some listening socket could not join (its listener falls back to the hash).
+    failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Steering {
@@ -115,6 +118,7 @@ impl Steering {
             workers,
             loads,
             groups: Mutex::new(HashMap::new()),
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -125,12 +129,14 @@ impl Steering {
             workers,
             loads: Loads::Plain((0..2 * workers).map(|_| AtomicU64::new(0)).collect()),
             groups: Mutex::new(HashMap::new()),
+            failed: AtomicBool::new(false),
         }
     }
 
-    /// Whether new connections are placed by load (the BPF map exists).
+    /// Whether new connections are placed by load: the BPF map exists and every TCP
+    /// listening socket so far joined its listener's program.
     pub(crate) fn load_aware(&self) -> bool {
-        matches!(self.loads, Loads::Mapped { .. })
+        matches!(self.loads, Loads::Mapped { .. }) && !self.failed.load(Ordering::Relaxed)
     }
 
     /// Worker `worker` has `active` open TCP connections.
@@ -196,6 +202,7 @@ impl Steering {
             Ok(())
         })();
         if let Err(e) = result {
+            self.failed.store(true, Ordering::Relaxed);
             log::warn!(
                 "listener on {local}: worker {worker}'s connections are placed by the kernel's \
                  hash, not by load: {e}"
@@ -350,7 +357,6 @@ const MOV64_X: u8 = 0xbf;
 const MOV64_K: u8 = 0xb7;
 const ADD64_K: u8 = 0x07;
 const ADD64_X: u8 = 0x0f;
-const LSH64_K: u8 = 0x67;
 const ST_W: u8 = 0x62;
 const STX_W: u8 = 0x63;
 const LDX_DW: u8 = 0x79;
@@ -367,7 +373,7 @@ const PSEUDO_MAP_FD: u8 = 1;
 /// map `loads` and selecting from socket array `sockets`. Registers: r6 ctx, r7 chosen
 /// worker, r8 its load, r9 the loads value.
 fn program(workers: usize, loads: RawFd, sockets: RawFd) -> Vec<Insn> {
-    let mut p = Vec::with_capacity(24 + 6 * workers);
+    let mut p = Vec::with_capacity(24 + 8 * workers);
     let map_fd = |p: &mut Vec<Insn>, dst: u8, fd: RawFd| {
         p.push(insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd));
         p.push(insn(0, 0, 0, 0, 0));
@@ -400,11 +406,13 @@ fn program(workers: usize, loads: RawFd, sockets: RawFd) -> Vec<Insn> {
     p.push(insn(CALL, 0, 0, 0, FN_SK_SELECT_REUSEPORT));
     let not_selected = p.len();
     p.push(insn(JNE_K, 0, 0, 0, 0)); // to `out`, patched below
-    p.push(insn(MOV64_X, 1, 7, 0, 0));
-    p.push(insn(LSH64_K, 1, 0, 0, 3));
-    p.push(insn(ADD64_X, 1, 9, 0, 0));
+                                     // pending[chosen] += 1, at a constant offset per worker: a pointer moved by a variable
+                                     // would need CAP_PERFMON besides CAP_BPF (the verifier's Spectre v1 rules).
     p.push(insn(MOV64_K, 2, 0, 0, 1));
-    p.push(insn(ATOMIC_DW, 1, 2, (8 * workers) as i16, 0)); // pending[chosen] += 1
+    for k in 0..workers {
+        p.push(insn(JNE_K, 7, 0, 1, k as i32));
+        p.push(insn(ATOMIC_DW, 9, 2, (8 * (workers + k)) as i16, 0));
+    }
     let out = p.len();
     p.push(insn(MOV64_K, 0, 0, 0, SK_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
@@ -453,8 +461,12 @@ mod tests {
         let p = program(3, 7, 8);
         let out = p.len() - 2;
         for (at, i) in p.iter().enumerate() {
-            if i.code == JEQ_K || i.code == JNE_K {
+            if i.code == JEQ_K || (i.code == JNE_K && i.regs == 0) {
                 assert_eq!(at + 1 + i.off as usize, out, "jump at {at}");
+            }
+            if i.code == JNE_K && i.regs == 7 {
+                // Each worker's increment: skip it unless this worker was chosen.
+                assert_eq!((i.off, p[at + 1].code), (1, ATOMIC_DW));
             }
             if i.code == JGE_X {
                 // Skips exactly the two moves that take the lower load.
