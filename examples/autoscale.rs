@@ -32,6 +32,14 @@ fn serve(listener: TcpListener, name: String) {
 }
 
 /// Where the hooks keep the pids of the backends they started.
+/// A client of the demo listener, with the name of the backend that greeted it.
+fn connect(listener: SocketAddr) -> std::io::Result<(TcpStream, String)> {
+    let c = TcpStream::connect(listener)?;
+    let mut name = String::new();
+    BufReader::new(&c).read_line(&mut name)?;
+    Ok((c, name.trim().to_string()))
+}
+
 fn pid_file(port: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("ballast-autoscale-{port}.pid"))
 }
@@ -133,10 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n1. Load rises: 12 clients hold connections (12 per target; the threshold is 5).");
     let mut clients = Vec::new();
     for _ in 0..12 {
-        let c = TcpStream::connect(listener)?;
-        let mut name = String::new();
-        BufReader::new(&c).read_line(&mut name)?;
-        clients.push(c);
+        clients.push(connect(listener)?.0);
     }
     wait("a second target", &|| {
         targets().iter().filter(|t| t.1 == "active").count() == 2
@@ -146,10 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("     {} {} ({} open)", t.0, t.1, t.2);
     }
     for _ in 0..4 {
-        let c = TcpStream::connect(listener)?;
-        let mut name = String::new();
-        BufReader::new(&c).read_line(&mut name)?;
-        println!("   a new client reached: {}", name.trim());
+        let (c, name) = connect(listener)?;
+        println!("   a new client reached: {name}");
         clients.push(c);
     }
 

@@ -19,21 +19,7 @@ WORKERS=${WORKERS:-2}
 . "$(dirname "$0")/bench_lib.sh"
 bench_start iperf3 wrk nginx python3
 
-cat >"$dir/origin.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/origin.pid;
-error_log $dir/origin.err warn;
-events { worker_connections 65536; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:18080 reuseport backlog=65535;
-        keepalive_requests 1000000;
-        location / { return 200 "hello\n"; }
-    }
-}
-CONF
+origin 18080
 # One Ballast per forwarding mode, mode i on ports 16003+i (iperf3) and 16103+i (HTTP).
 i=0
 for variant in $MODES; do
@@ -57,7 +43,6 @@ CONF
 done
 
 iperf3 -s -B 127.0.0.1 -p 15201 >/dev/null 2>&1 & pids+=($!)
-nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
 for variant in $MODES; do
   "$BIN" run --config "$dir/ballast-${variant//\//-}.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!)
 done
@@ -65,8 +50,6 @@ done
 ready 18080 $(seq 16103 $((16102 + $(wc -w <<<"$MODES")))) || exit 1
 sleep 0.5
 
-gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["end"]["sum_received"]["bits_per_second"]/1e9,2))' 2>/dev/null || echo NA; }
-kpps() { python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["end"]["sum"]; print(round(s["packets"]*(1-s["lost_percent"]/100)/s["seconds"]/1e3,1))' 2>/dev/null || echo NA; }
 measure() { # port_iperf port_http -> "i1 i4 close keepalive udp64"
   local i1 i4 cl ka u
   i1=$(iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J 2>/dev/null | gbps)

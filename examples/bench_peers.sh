@@ -38,23 +38,8 @@ PG=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || { echo "bench: apt-get install libnginx-mod-stream"; exit 2; }
 
 # --- origins -------------------------------------------------------------------------------
-cat >"$dir/origin.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/origin.pid;
-error_log $dir/origin.err warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:28080 reuseport backlog=65535;
-        keepalive_requests 10000000;
-        location / { return 200 "hello\n"; }
-    }
-}
-CONF
+origin 28080
 iperf3 -s -B 127.0.0.1 -p 25201 >/dev/null 2>&1 & pids+=($!)
-nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
 redis-server --port 26379 --bind 127.0.0.1 --save '' --appendonly no --maxclients 10000 >/dev/null 2>&1 & pids+=($!)
 # PostgreSQL refuses to run as root: the cluster belongs to the postgres user.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -65,7 +50,7 @@ as_pg "$PG/postgres" -D "$dir/pg/data" -k "$dir/pg" -c listen_addresses=127.0.0.
 
 # --- balancers: port base+1 iperf3 (TCP, and UDP for nginx and Ballast), +2 HTTP, +3 Redis,
 # +4 PostgreSQL ------------------------------------------------------------------------------
-origin=(0 25201 28080 26379 25432)
+origins=(0 25201 28080 26379 25432)
 cat >"$dir/haproxy.cfg" <<CONF
 global
     maxconn 7000
@@ -78,7 +63,7 @@ defaults
     option splice-auto
 CONF
 for k in 1 2 3 4; do
-  printf 'listen l%s\n    bind 127.0.0.1:%s\n    server s 127.0.0.1:%s\n' "$k" $((21000 + k)) "${origin[$k]}" >>"$dir/haproxy.cfg"
+  printf 'listen l%s\n    bind 127.0.0.1:%s\n    server s 127.0.0.1:%s\n' "$k" $((21000 + k)) "${origins[$k]}" >>"$dir/haproxy.cfg"
 done
 {
   echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
@@ -86,7 +71,7 @@ done
   echo "worker_rlimit_nofile 20000; events { worker_connections 16000; }"
   echo "stream {"
   for k in 1 2 3 4; do
-    echo "  server { listen 127.0.0.1:$((22000 + k)) reuseport; proxy_pass 127.0.0.1:${origin[$k]}; }"
+    echo "  server { listen 127.0.0.1:$((22000 + k)) reuseport; proxy_pass 127.0.0.1:${origins[$k]}; }"
   done
   echo "  server { listen 127.0.0.1:22001 udp reuseport; proxy_pass 127.0.0.1:25201; proxy_timeout 10s; }"
   echo "}"
@@ -101,7 +86,7 @@ ballast_config() { # base admin_port
   echo "  - {name: u1, protocol: udp, bind: \"127.0.0.1:$(($1 + 1))\", target_group: g1}"
   echo "target_groups:"
   for k in 1 2 3 4; do
-    echo "  - {name: g$k, health_check: {protocol: tcp, interval: 60s, timeout: 1s}, targets: [{address: \"127.0.0.1:${origin[$k]}\"}]}"
+    echo "  - {name: g$k, health_check: {protocol: tcp, interval: 60s, timeout: 1s}, targets: [{address: \"127.0.0.1:${origins[$k]}\"}]}"
   done
 }
 ballast_config 23000 29100 >"$dir/ballast.yaml"
@@ -119,9 +104,7 @@ ready 28080 26379 25432 21002 22002 23002 21003 22003 23003 21004 22004 23004 ||
 pgbench -i -s 1 -q -h 127.0.0.1 -p 25432 -U postgres postgres >/dev/null 2>&1 || { echo "bench: pgbench -i failed"; exit 1; }
 sleep 0.5
 
-port() { if [ "$1" = 0 ]; then echo "${origin[$2]}"; else echo $(($1 + $2)); fi; }
-gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["end"]["sum_received"]["bits_per_second"]/1e9,2))' 2>/dev/null || echo NA; }
-kpps() { python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["end"]["sum"]; print(round(s["packets"]*(1-s["lost_percent"]/100)/s["seconds"]/1e3,1))' 2>/dev/null || echo NA; }
+port() { if [ "$1" = 0 ]; then echo "${origins[$2]}"; else echo $(($1 + $2)); fi; }
 wrk_rps_p99() { awk '/Requests\/sec/{r=$2} / 99%/{p=$2} END{ if (p ~ /us$/) p = p / 1000; else if (p ~ /ms$/) p = p + 0; else if (p ~ /s$/) p = p * 1000; print (r ? r : "NA"), (p ? p : "NA") }'; }
 redis_rps() { # test name -> rps from redis-benchmark --csv
   awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }

@@ -88,8 +88,8 @@ def main():
             old = got.get(BASELINE)
             if b is not None and old:
                 over_baseline.append(b / old)
-        if not any(per[t] for t in TARGETS):
-            continue
+        if all(v is None for t in TARGETS for v in per[t]):
+            continue  # a row not measured in this run
         unit = "" if kind == "latency" else "×"
         cells = [fmt(median(per["direct"]), "")]
         cells += [fmt(median(per[t]), unit) for t in ("ballast", "haproxy", "nginx")]

@@ -38,23 +38,7 @@ done
 head -c $((1 << 30)) /dev/zero >"$dir/big"
 chmod 755 "$dir"; chmod 644 "$dir/big"   # nginx workers run unprivileged
 
-cat >"$dir/origin.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/origin.pid;
-error_log $dir/origin.err warn;
-events { worker_connections 65536; }
-http {
-    access_log off;
-    sendfile on;
-    server {
-        listen 127.0.0.1:18080 reuseport backlog=65535;
-        keepalive_requests 1000000;
-        location / { return 200 "hello\n"; }
-        location = /big { alias $dir/big; }
-    }
-}
-CONF
+origin 18080 "location = /big { alias $dir/big; }"
 cat >"$dir/ballast.yaml" <<CONF
 workers: $WORKERS
 access_log: "off"
@@ -95,7 +79,6 @@ backend be_http
     server h1 127.0.0.1:18080
 CONF
 
-nginx -c "$dir/origin.conf" >/dev/null 2>&1 & pids+=($!)
 "$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!)
 haproxy -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 & pids+=($!)
 ready 18080 16443 16444 16543 16544 || { for f in "$dir"/*.log "$dir/origin.err"; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }

@@ -104,16 +104,26 @@ impl Steering {
     /// Steering for `workers` workers: load-aware when the kernel lets this process create
     /// the BPF map, else the kernel's hash (logged once at `info`).
     pub(crate) fn new(workers: usize) -> Steering {
-        let loads = match map_loads(workers) {
-            Ok(loads) => loads,
+        match map_loads(workers) {
+            Ok(loads) => Steering::with_loads(workers, loads),
             Err(e) => {
                 log::info!(
                     "new TCP connections are spread by the kernel's reuseport hash, not by \
                      worker load: cannot create the BPF map ({e}; needs CAP_BPF and Linux 5.5)"
                 );
-                Loads::Plain((0..2 * workers).map(|_| AtomicU64::new(0)).collect())
+                Steering::hash_only(workers)
             }
-        };
+        }
+    }
+
+    /// Steering that only keeps loads (for `/metrics`) and leaves placement to the kernel's
+    /// hash: `accept_steering: hash`, and a `Control` built outside the runtime.
+    pub(crate) fn hash_only(workers: usize) -> Steering {
+        let loads = (0..2 * workers).map(|_| AtomicU64::new(0)).collect();
+        Steering::with_loads(workers, Loads::Plain(loads))
+    }
+
+    fn with_loads(workers: usize, loads: Loads) -> Steering {
         Steering {
             workers,
             loads,
@@ -122,15 +132,9 @@ impl Steering {
         }
     }
 
-    /// Steering that only keeps loads (the kernel's hash places connections): for callers
-    /// that must not touch BPF (a `Control` built outside the runtime, tests).
-    pub(crate) fn hash_only(workers: usize) -> Steering {
-        Steering {
-            workers,
-            loads: Loads::Plain((0..2 * workers).map(|_| AtomicU64::new(0)).collect()),
-            groups: Mutex::new(HashMap::new()),
-            failed: AtomicBool::new(false),
-        }
+    /// Number of workers whose loads are kept.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Whether new connections are placed by load: the BPF map exists and every TCP

@@ -118,7 +118,7 @@ pub fn encode(
 ) -> String {
     let mut registry = Registry::with_prefix("ballast");
     register_scaling(&mut registry, scaling);
-    register_steering(&mut registry, steering, shared.config.workers);
+    register_steering(&mut registry, steering);
     let ready = Gauge::<i64>::default();
     ready.set(i64::from(node.readiness(shared).is_empty()));
     registry.register(
@@ -471,13 +471,9 @@ struct WorkerLabels {
     worker: String,
 }
 
-fn register_steering(
-    registry: &mut Registry,
-    steering: &crate::steering::Steering,
-    workers: usize,
-) {
+fn register_steering(registry: &mut Registry, steering: &crate::steering::Steering) {
     let per_worker = Family::<WorkerLabels, Gauge>::default();
-    for w in 0..workers {
+    for w in 0..steering.workers() {
         per_worker
             .get_or_create(&WorkerLabels {
                 worker: w.to_string(),
