@@ -12,9 +12,13 @@
 //! - `POST /node/drain[?grace=DURATION]`: node drain: `/healthz` fails at once, listeners keep
 //!   accepting for the grace (default `shutdown_grace`), then close; open connections go on.
 //!   202. `POST /node/enable`: serving again (listeners bound afresh if they had closed).
+//! - `GET /`: the live status page ([`page`]): listeners, target groups and targets with
+//!   health, admin state, counters and rates, and drain / disable / enable buttons.
 //! - `GET /targets`: per group and target: health, admin state, weight, backup, active and
-//!   total connections, bytes each way, connect failures, the last check's result and time,
-//!   the time of the last state change.
+//!   total connections, bytes each way, connect failures, the last check's result, time and
+//!   latency, the time of the last state change.
+//! - `GET /listeners`: per listener: protocol, the address bound, target group and SNI
+//!   routes, open, accepted and refused connections.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
 //! - `GET /connections?limit=N`: the workers' connection tables (asked over their command
 //!   channels, each woken through its poll's waker).
@@ -34,10 +38,13 @@
 //!   `fault-injection` feature (`fault`): makes that thread panic, to test supervision.
 //!
 //! With `admin.token_file`, every request but `GET /healthz` and `GET /livez` (which checkers
-//! call without secrets) needs `Authorization: Bearer <token>` (401 otherwise). Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
+//! call without secrets) needs `Authorization: Bearer <token>`, or HTTP Basic with the token
+//! as password (what a browser sends after the status page's log-in prompt; held to the
+//! cross-site rules of [`server`]); 401 otherwise. Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
 //! live until the next reload, which applies the file as written.
 
 pub mod metrics;
+mod page;
 mod server;
 
 use std::io;
@@ -157,6 +164,12 @@ pub fn answer(
 ) -> Reply {
     let shared = control.shared();
     let path = url.split('?').next().unwrap_or("");
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = if *method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     if !authorized(&shared, method, path, token) {
         return error(401, "missing or wrong bearer token");
     }
@@ -183,6 +196,8 @@ pub fn answer(
             Err(e) => error(e.status(), &e.to_string()),
         },
         (&Method::GET, "/targets") => json_response(200, targets(&shared)),
+        (&Method::GET, "/listeners") => json_response(200, listeners(&shared)),
+        (&Method::GET, "/" | page::SCRIPT | page::STYLE) => page::asset(path),
         (&Method::GET, "/connections") => match limit(url) {
             Ok(limit) => json_response(200, connections(control, limit)),
             Err(message) => error(400, &message),
@@ -202,8 +217,19 @@ pub fn answer(
         (&Method::POST, "/reload") => changed(control.reload(), 200),
         (
             _,
-            "/healthz" | "/livez" | "/node" | "/node/drain" | "/node/enable" | "/targets"
-            | "/metrics" | "/connections" | "/reload",
+            "/healthz"
+            | "/livez"
+            | "/node"
+            | "/node/drain"
+            | "/node/enable"
+            | "/targets"
+            | "/listeners"
+            | "/metrics"
+            | "/connections"
+            | "/reload"
+            | "/"
+            | page::SCRIPT
+            | page::STYLE,
         ) => error(405, "method not allowed"),
         (&Method::POST, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
             inject_panic(control, path.trim_start_matches("/debug/panic/"))
@@ -262,6 +288,8 @@ fn node_json(control: &Control, shared: &Generation) -> serde_json::Value {
     let (service, _) = control.node.service();
     let reasons = control.node.readiness(shared);
     let mut doc = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generation": shared.generation,
         "service": service.to_string(),
         "ready": reasons.is_empty(),
         "reasons": reasons,
@@ -400,6 +428,7 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
         "last_check": {
             "result": checks.last_passed.map(|p| if p { "pass" } else { "fail" }),
             "at_unix_ms": (checks.last_check_ms > 0).then_some(checks.last_check_ms),
+            "latency_ms": (checks.count > 0).then_some(checks.last_latency_s * 1e3),
             "consecutive_passes": checks.consecutive_passes,
             "checks": checks.count,
         },
@@ -432,4 +461,33 @@ fn targets(shared: &Generation) -> serde_json::Value {
         })
         .collect();
     json!({ "target_groups": groups, "generation": shared.generation })
+}
+
+/// The `GET /listeners` document: each listener served, where it is bound (port 0 resolved),
+/// its default target group and SNI routes, and its connection counts.
+fn listeners(shared: &Generation) -> serde_json::Value {
+    let group = |i: usize| shared.groups.get(i).map(|g| g.name().to_string());
+    let list: Vec<serde_json::Value> = shared
+        .listeners
+        .iter()
+        .filter(|l| !l.removed)
+        .map(|l| {
+            let routes: Vec<serde_json::Value> = l.config.sni.iter().flat_map(|s| &s.routes)
+                .map(|r| json!({ "server_name": r.server_name, "target_group": group(r.target_group) }))
+                .collect();
+            let refused: u64 = l.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            json!({
+                "name": l.config.name,
+                "protocol": l.config.kind(),
+                "bind": l.config.endpoint(),
+                "target_group": group(l.config.target_group),
+                "routes": routes,
+                "max_connections": l.config.max_connections,
+                "active": l.active.load(Ordering::Relaxed),
+                "accepted": l.accepted.load(Ordering::Relaxed),
+                "refused": refused,
+            })
+        })
+        .collect();
+    json!({ "listeners": list, "generation": shared.generation })
 }

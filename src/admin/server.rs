@@ -223,9 +223,13 @@ async fn handle(
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let path = parts.uri.path().to_string();
     let shared = control.shared();
-    let token = bearer(&parts.headers);
+    let (token, ambient) = match credentials(&parts.headers) {
+        Some(Credentials::Bearer(t)) => (Some(t), false),
+        Some(Credentials::Basic(t)) => (Some(t), true),
+        None => (None, false),
+    };
     if let Origin::Tcp(local) = origin {
-        if let Err(reply) = same_origin(&shared, &method, &parts.headers, local) {
+        if let Err(reply) = same_origin(&shared, &method, &parts.headers, local, ambient) {
             return Ok(respond(reply));
         }
         if !authorized(&shared, &method, &path, token.as_deref()) {
@@ -262,18 +266,23 @@ async fn handle(
     }))
 }
 
-/// With no token configured, a request that changes something must show it comes from a
-/// client of the API rather than from a web page: `Content-Type: application/json` (a form
-/// or a simple cross-site request cannot send it without a CORS preflight, which this API
-/// never answers) and a `Host` naming the API's own address (a DNS-rebound page sends its
-/// own name). Reads stay open to any Host (`curl` by name works).
+/// When the browser could have sent the request on its own — no token is configured, or
+/// the token came as Basic credentials, which a browser attaches to any request to this
+/// origin once the operator has logged in to the status page — a request that changes
+/// something must show it comes from a client of the API rather than from another web
+/// page: `Content-Type: application/json` (a form or a simple cross-site request cannot send
+/// it without a CORS preflight, which this API never answers) and a `Host` naming the API's
+/// own address (a DNS-rebound page sends its own name). Reads stay open to any Host (`curl`
+/// by name works); a bearer token is never sent by a browser unasked.
 fn same_origin(
     shared: &crate::generation::Generation,
     method: &Method,
     headers: &HeaderMap,
     local: SocketAddr,
+    ambient: bool,
 ) -> Result<(), Reply> {
-    if shared.config.admin.token.is_some() || matches!(*method, Method::GET | Method::HEAD) {
+    let explicit = shared.config.admin.token.is_some() && !ambient;
+    if explicit || matches!(*method, Method::GET | Method::HEAD) {
         return Ok(());
     }
     let json = headers
@@ -317,23 +326,70 @@ fn allowed_hosts(local: SocketAddr) -> Vec<String> {
     hosts
 }
 
-/// The bearer token in `headers`, if any.
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
+/// The token a request carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `Authorization: Bearer <token>`: API clients.
+    Bearer(String),
+    /// `Authorization: Basic base64(<any user>:<token>)` (RFC 7617): what a browser sends
+    /// after the log-in prompt of the status page; the user name is ignored.
+    Basic(String),
 }
 
+/// The token in `headers`' `Authorization`, if any (a malformed one counts as none: 401).
+fn credentials(headers: &HeaderMap) -> Option<Credentials> {
+    use base64::Engine;
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(Credentials::Bearer(rest.trim().to_string()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    let (_user, password) = pair.split_once(':')?;
+    Some(Credentials::Basic(password.to_string()))
+}
+
+/// Headers on every answer: nothing here is cached or framed by another site (the status
+/// page's buttons cannot be clickjacked), content types are not sniffed, and the page may
+/// load only its own script and style.
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+         img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+];
+
+/// The challenge on a 401: browsers opening the status page show their log-in prompt (any
+/// user name, the token as password); API clients send `Authorization: Bearer`.
+const CHALLENGE: &str = "Basic realm=\"Ballast admin API\", charset=\"UTF-8\"";
+
 fn respond(reply: Reply) -> Response<Full<Bytes>> {
+    use hyper::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(reply.content_type),
-    );
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    if reply.status == 401 {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    }
     response
 }
 
@@ -348,5 +404,33 @@ mod tests {
         assert!(!hosts.iter().any(|h| h.starts_with("evil")));
         let hosts = allowed_hosts("10.0.0.5:9100".parse().unwrap());
         assert_eq!(hosts, vec!["10.0.0.5:9100".to_string()]);
+    }
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_and_basic_credentials_carry_the_token() {
+        let bearer = credentials(&with_auth("Bearer s3cret"));
+        assert_eq!(bearer, Some(Credentials::Bearer("s3cret".into())));
+        // "admin:s3cret:x" — the password may hold colons.
+        let basic = credentials(&with_auth("Basic YWRtaW46czNjcmV0Ong="));
+        assert_eq!(basic, Some(Credentials::Basic("s3cret:x".into())));
+        assert_eq!(credentials(&with_auth("Basic !!!")), None);
+        assert_eq!(credentials(&with_auth("Digest x")), None);
+        assert_eq!(credentials(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn security_headers_are_valid_header_values() {
+        let r = respond(super::super::error(401, "no"));
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        assert!(r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm="));
     }
 }

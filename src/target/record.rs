@@ -23,6 +23,8 @@ pub struct CheckRecord {
     /// Checks per latency bucket (non-cumulative; the last is +Inf).
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
     sum_us: AtomicU64,
+    /// How long the last check took, in µs.
+    last_latency_us: AtomicU64,
     /// Passes since the last failure.
     consecutive_passes: AtomicU64,
 }
@@ -38,6 +40,8 @@ pub struct CheckSnapshot {
     pub last_change_ms: u64,
     /// Sum of check latencies, in seconds.
     pub latency_sum_s: f64,
+    /// How long the last check took, in seconds (0 before the first check).
+    pub last_latency_s: f64,
     /// Number of checks.
     pub count: u64,
     /// Checks passed since the last failure.
@@ -70,8 +74,9 @@ impl CheckRecord {
             .position(|&b| s <= b)
             .unwrap_or(LATENCY_BUCKETS_S.len());
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let us = latency.as_micros() as u64;
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.last_latency_us.store(us, Ordering::Relaxed);
     }
 
     /// Notes that the target's health or admin state changed now.
@@ -94,6 +99,7 @@ impl CheckRecord {
             last_check_ms: self.last_check_ms.load(Ordering::Relaxed),
             last_change_ms: self.last_change_ms.load(Ordering::Relaxed),
             latency_sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            last_latency_s: self.last_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
             count: counts.iter().sum(),
             consecutive_passes: self.consecutive_passes.load(Ordering::Relaxed),
             buckets: LATENCY_BUCKETS_S
@@ -126,7 +132,9 @@ mod tests {
         assert!((s.latency_sum_s - 10.0303).abs() < 1e-9);
         assert!(s.last_check_ms > 0);
         assert_eq!(s.consecutive_passes, 0);
+        assert!((s.last_latency_s - 10.0).abs() < 1e-9);
         r.record(true, Duration::from_millis(1));
         assert_eq!(r.snapshot().consecutive_passes, 1);
+        assert!((r.snapshot().last_latency_s - 0.001).abs() < 1e-9);
     }
 }
