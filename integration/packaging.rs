@@ -74,7 +74,7 @@ fn the_man_page_renders_with_the_subcommands() {
 }
 
 #[test]
-fn the_systemd_unit_verifies_without_a_warning() {
+fn the_systemd_units_verify_without_a_warning() {
     need("systemd-analyze");
     need("man");
     let dir = tempfile::tempdir().unwrap();
@@ -91,8 +91,17 @@ fn the_systemd_unit_verifies_without_a_warning() {
         unit.replace("/usr/bin/ballast", env!("CARGO_BIN_EXE_ballast")),
     )
     .unwrap();
+    // The optional socket unit beside it (socket activation), verified together.
+    let socket = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/systemd/ballast.socket"),
+    )
+    .unwrap();
+    assert!(socket.contains("ListenStream="));
+    let socket_path = dir.path().join("ballast.socket");
+    std::fs::write(&socket_path, socket).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
+        .arg(&socket_path)
         .arg(&path)
         .env("MANPATH", dir.path())
         .output()

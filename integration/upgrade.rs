@@ -98,6 +98,10 @@ fn clients_waiting_in_the_backlog_are_served_by_the_new_process() {
         .expect("the old process exits once drained");
     assert!(status.success(), "{status:?}");
     assert!(new.log().contains("takes over 2 sockets"), "{}", new.log());
+    // The handed-over sockets join the new process's steering: the old one released them
+    // from its socket arrays (a socket can be in one only; EBUSY otherwise).
+    let load_aware = unlabelled(new.admin_addr(), "ballast_accept_steering_load_aware");
+    assert_eq!(load_aware, Some(1.0), "{}", new.log());
     // For a service manager: the new process says READY with its own MAINPID; the old one,
     // whose place it took, never says STOPPING (systemd would take the service as stopping).
     let said = new.notifications.messages().join("\n");

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use crate::activation::{Activated, Provided};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::handover::Inherited;
 use crate::net::{reuseport_tcp_listener, reuseport_udp_socket, ListenOptions};
@@ -32,7 +33,54 @@ pub enum Bound {
     Udp(std::net::UdpSocket),
 }
 
+/// Copies of `sockets` (TCP sockets from a service manager) for workers to share: each
+/// leaves its SO_REUSEPORT group's steering alone, so the copies are never joined to a
+/// steering array twice ([`crate::steering`] skips sockets without SO_REUSEPORT).
+fn share(sockets: &[Bound]) -> io::Result<Vec<Bound>> {
+    sockets
+        .iter()
+        .map(|s| {
+            if let Bound::Tcp(t) = s {
+                socket2::SockRef::from(t).set_reuse_port(false)?;
+            }
+            s.try_clone()
+        })
+        .collect()
+}
+
+/// Whether `socket` has SO_REUSEPORT (others may join its group).
+fn reuse_port(socket: &Bound) -> bool {
+    let r = match socket {
+        Bound::Tcp(s) => socket2::SockRef::from(s).reuse_port(),
+        Bound::Udp(s) => socket2::SockRef::from(s).reuse_port(),
+    };
+    r.unwrap_or(false)
+}
+
+/// The error of a worker's own socket bound beside a UDP socket from the service manager.
+fn beside_activated(e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{e}: a worker's own socket beside the one from the service manager; give the \
+             .socket unit `ReusePort=yes` and run Ballast as that socket's owner, pass one \
+             socket per worker, or set `workers: 1`"
+        ),
+    )
+}
+
 impl Bound {
+    /// Another descriptor of the same socket (`dup`).
+    ///
+    /// # Errors
+    /// As `dup(2)`.
+    pub fn try_clone(&self) -> io::Result<Bound> {
+        Ok(match self {
+            Bound::Tcp(s) => Bound::Tcp(s.try_clone()?),
+            Bound::Udp(s) => Bound::Udp(s.try_clone()?),
+        })
+    }
+
     /// A fresh SO_REUSEPORT socket for `listener` on `addr` (its `bind`, or the port the
     /// first worker's socket got for port 0), with its `interface` and `freebind`; see
     /// [`crate::net`].
@@ -81,17 +129,39 @@ impl Bound {
     }
 }
 
-/// Binds every listener of `config` for every worker: see [`bind_listeners`]. With
-/// `inherited` (an upgrade), a listener uses the sockets handed over for it first.
+/// Listening sockets this process was given at start, used before any is bound afresh.
+#[derive(Debug)]
+pub(crate) enum Given<'a> {
+    /// Handed over by the Ballast being upgraded (`--upgrade-from`).
+    Upgrade(&'a mut Inherited),
+    /// Passed by a service manager (`LISTEN_FDS`).
+    Activation(&'a mut Activated),
+}
+
+impl Given<'_> {
+    /// The sockets given for listener `l`.
+    fn sockets_for(&mut self, l: &ListenerConfig) -> Provided {
+        match self {
+            Given::Upgrade(i) => Provided {
+                fds: i.sockets_for(&l.name, l.protocol, l.bind, l.interface.as_deref()),
+                share: false,
+            },
+            Given::Activation(a) => a.sockets_for(&l.name, l.protocol, l.bind),
+        }
+    }
+}
+
+/// Binds every listener of `config` for every worker: see [`bind_listeners`]. With `given`
+/// sockets (an upgrade, socket activation), a listener uses those given for it first.
 ///
 /// # Errors
 /// [`BindError`] naming the listener.
 pub(crate) fn bind_all(
     config: &mut Config,
-    inherited: Option<&mut Inherited>,
+    given: Option<Given<'_>>,
 ) -> Result<Vec<Vec<Bound>>, BindError> {
     let all: Vec<usize> = (0..config.listeners.len()).collect();
-    bind_listeners_from(config, &all, inherited)
+    bind_listeners_from(config, &all, given)
 }
 
 /// Binds listeners `which` (indices into `config.listeners`) for `config.workers` workers: see
@@ -107,14 +177,14 @@ pub(crate) fn bind_listeners(
     bind_listeners_from(config, which, None)
 }
 
-/// As [`bind_listeners`], taking handed-over sockets from `inherited` first.
+/// As [`bind_listeners`], taking `given` sockets first.
 fn bind_listeners_from(
     config: &mut Config,
     which: &[usize],
-    inherited: Option<&mut Inherited>,
+    given: Option<Given<'_>>,
 ) -> Result<Vec<Vec<Bound>>, BindError> {
     let chosen: Vec<&ListenerConfig> = which.iter().map(|&i| &config.listeners[i]).collect();
-    let (sockets, addrs) = bind_each_from(&chosen, config.workers, &config.path, inherited)?;
+    let (sockets, addrs) = bind_each_from(&chosen, config.workers, &config.path, given)?;
     for (&i, addr) in which.iter().zip(addrs) {
         let l = &mut config.listeners[i];
         l.bind = addr;
@@ -147,14 +217,14 @@ pub(crate) fn bind_each(
     bind_each_from(listeners, workers, path, None)
 }
 
-/// As [`bind_each`]; a listener uses the sockets `inherited` hands over for it (same
-/// protocol, address and interface) before binding fresh ones beside them, which join the
-/// same SO_REUSEPORT group.
+/// As [`bind_each`]; a listener uses the sockets `given` for it (same protocol, address and
+/// interface, or name) before binding fresh ones beside them, which join the same
+/// SO_REUSEPORT group, or, for sockets a service manager passed for TCP, sharing those.
 fn bind_each_from(
     listeners: &[&ListenerConfig],
     workers: usize,
     path: &std::path::Path,
-    mut inherited: Option<&mut Inherited>,
+    mut given: Option<Given<'_>>,
 ) -> Result<(Vec<Vec<Bound>>, Vec<SocketAddr>), BindError> {
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::with_capacity(listeners.len());
@@ -166,30 +236,65 @@ fn bind_each_from(
             path: path.display().to_string(),
             source,
         };
-        let mut taken: Vec<Bound> = match inherited.as_deref_mut() {
-            Some(i) => i
-                .sockets_for(&l.name, l.protocol, l.bind, l.interface.as_deref())
-                .into_iter()
-                .map(|fd| match l.protocol {
-                    Protocol::Tcp => Bound::Tcp(fd.into()),
-                    Protocol::Udp => Bound::Udp(fd.into()),
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let provided = given
+            .as_mut()
+            .map_or_else(Provided::default, |g| g.sockets_for(l));
+        let mut taken: Vec<Bound> = provided
+            .fds
+            .into_iter()
+            .map(|fd| match l.protocol {
+                Protocol::Tcp => Bound::Tcp(fd.into()),
+                Protocol::Udp => Bound::Udp(fd.into()),
+            })
+            .collect();
+        let activated = matches!(given, Some(Given::Activation(_))) && !taken.is_empty();
+        let shared = provided.share && !taken.is_empty();
         if let Some(first) = taken.first() {
             addr = first.local_addr().map_err(fail)?;
-            log::info!(
-                "upgrade: listener {} takes over {} sockets on {addr}",
-                l.name,
-                taken.len()
-            );
+            if activated {
+                let sharing = if shared {
+                    ", shared by every worker (one accept queue)"
+                } else {
+                    ""
+                };
+                log::info!(
+                    "listener {} takes {} sockets from the service manager on {addr}{sharing}",
+                    l.name,
+                    taken.len(),
+                );
+            } else {
+                log::info!(
+                    "upgrade: listener {} takes over {} sockets on {addr}",
+                    l.name,
+                    taken.len()
+                );
+            }
         }
+        if activated && !shared && taken.len() < workers && !reuse_port(&taken[0]) {
+            // Bound beside it, a worker's own UDP socket would take every datagram (with
+            // SO_REUSEADDR, as service managers set it) or fail: say what to change.
+            let why = io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} workers, {} sockets, without SO_REUSEPORT",
+                    workers,
+                    taken.len()
+                ),
+            );
+            return Err(fail(beside_activated(why)));
+        }
+        let pool = if shared {
+            share(&taken).map_err(fail)?
+        } else {
+            Vec::new()
+        };
         taken.reverse();
-        for sockets in per_worker.iter_mut() {
+        for (w, sockets) in per_worker.iter_mut().enumerate() {
             let socket = match taken.pop() {
                 Some(s) => s,
-                None => Bound::bind(l, addr).map_err(fail)?,
+                None if shared => pool[w % pool.len()].try_clone().map_err(fail)?,
+                None => Bound::bind(l, addr)
+                    .map_err(|e| fail(if activated { beside_activated(e) } else { e }))?,
             };
             if addr.port() == 0 {
                 addr = socket.local_addr().map_err(fail)?;

@@ -183,6 +183,7 @@ impl Control {
     /// new process binds fresh sockets beside the ones it got).
     pub(crate) fn share_sockets(&self) -> Vec<(ListenerInfo, Vec<std::os::fd::OwnedFd>)> {
         let answers = self.ask_workers(Message::ShareSockets);
+        self.steering.release();
         let shared = self.shared();
         by_listener(answers, |i| {
             let l = shared.listeners.get(i).filter(|l| !l.removed)?;

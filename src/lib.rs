@@ -98,6 +98,7 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod access_log;
+pub mod activation;
 pub mod admin;
 pub mod balancer;
 pub(crate) mod bind;

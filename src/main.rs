@@ -89,6 +89,7 @@ fn main() -> ExitCode {
                     e @ (RunError::Bind(_)
                     | RunError::AccessLog { .. }
                     | RunError::UpgradeSocket { .. }
+                    | RunError::Activation(_)
                     | RunError::AdminBind { .. }),
                 ) => {
                     log::error!("{e}");

@@ -16,8 +16,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::access_log::{AccessLog, Sink, Writer};
+use crate::activation::{Activated, ActivationError};
 use crate::admin::Admin;
-use crate::bind::{bind_all, BindError, Bound};
+use crate::bind::{bind_all, BindError, Bound, Given};
 use crate::config::{AcceptSteering, Config, Protocol};
 use crate::control::Control;
 use crate::generation::Generation;
@@ -80,6 +81,22 @@ pub enum RunError {
     /// `--upgrade-from`: the running process's sockets could not be taken over.
     #[error(transparent)]
     Handover(#[from] HandoverError),
+    /// The sockets a service manager passed cannot be used (a configuration problem: exit
+    /// code 2).
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+}
+
+/// Listening sockets a process starts with, besides those it binds.
+#[derive(Debug, Default)]
+pub enum Sockets {
+    /// None: every listener is bound afresh.
+    #[default]
+    None,
+    /// Handed over by the running Ballast (`--upgrade-from`, [`crate::handover`]).
+    Upgrade(Inherited),
+    /// Passed by a service manager (`LISTEN_FDS`, [`crate::activation`]).
+    Activation(Activated),
 }
 
 impl RunError {
@@ -202,32 +219,42 @@ fn exit_reporter(
 /// [`RunError::Bind`] when a listener cannot be bound (nothing is started then);
 /// [`RunError::Io`] when a thread or poll cannot be set up.
 pub fn start(config: Config) -> Result<Running, RunError> {
-    start_from(config, None)
+    start_from(config, Sockets::None)
 }
 
-/// As [`start`]; with `inherited` (`--upgrade-from`), listeners use the sockets a running
-/// Ballast handed over, and once this process is ready it tells that one to stop accepting
-/// ([`crate::handover`]).
+/// As [`start`], with `given` sockets: handed over by a running Ballast (`--upgrade-from`;
+/// once this process is ready it tells that one to stop accepting, [`crate::handover`]), or
+/// passed by a service manager ([`crate::activation`]; those no listener takes are closed).
 ///
 /// # Errors
 /// As [`start`], and [`RunError::UpgradeSocket`] when `upgrade_socket` cannot be served.
-pub fn start_from(
-    mut config: Config,
-    mut inherited: Option<Inherited>,
-) -> Result<Running, RunError> {
+pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, RunError> {
     check_descriptor_limit(&config);
-    match (&inherited, &config.upgrade_socket) {
-        (Some(i), _) => fit_workers(&mut config, i),
-        (None, Some(path)) => {
-            Offer::check_free(path).map_err(|source| RunError::UpgradeSocket {
-                path: path.display().to_string(),
-                config: config.path.display().to_string(),
-                source,
-            })?
-        }
-        (None, None) => {}
+    match (&given, &config.upgrade_socket) {
+        (Sockets::Upgrade(i), _) => fit_workers(&mut config, i),
+        (_, Some(path)) => Offer::check_free(path).map_err(|source| RunError::UpgradeSocket {
+            path: path.display().to_string(),
+            config: config.path.display().to_string(),
+            source,
+        })?,
+        (_, None) => {}
     }
-    let sockets = bind_all(&mut config, inherited.as_mut())?;
+    let sockets = bind_all(
+        &mut config,
+        match &mut given {
+            Sockets::None => None,
+            Sockets::Upgrade(i) => Some(Given::Upgrade(i)),
+            Sockets::Activation(a) => Some(Given::Activation(a)),
+        },
+    )?;
+    let inherited = match given {
+        Sockets::Upgrade(i) => Some(i),
+        Sockets::Activation(a) => {
+            a.finish();
+            None
+        }
+        Sockets::None => None,
+    };
     let workers = config.workers;
     let shared = Generation::new(config);
     let (events_tx, events) = unbounded();
@@ -518,11 +545,19 @@ pub fn run(config: Config, upgrade_from: Option<&Path>) -> Result<(), RunError> 
     // Handlers first: a SIGTERM right after "running" is logged must stop us gracefully.
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .map_err(RunError::io("cannot install signal handlers"))?;
-    let inherited = upgrade_from.map(Inherited::take).transpose()?;
-    if let Some(i) = &inherited {
-        log::info!("upgrade: took the listening sockets of process {}", i.pid);
-    }
-    let mut running = start_from(config, inherited)?;
+    let activated = Activated::from_env()?;
+    let given = match (upgrade_from.map(Inherited::take).transpose()?, activated) {
+        (Some(i), activated) => {
+            log::info!("upgrade: took the listening sockets of process {}", i.pid);
+            if let Some(a) = activated {
+                a.finish();
+            }
+            Sockets::Upgrade(i)
+        }
+        (None, Some(a)) => Sockets::Activation(a),
+        (None, None) => Sockets::None,
+    };
+    let mut running = start_from(config, given)?;
     let result = running.wait_for_signal(signals);
     running.stop();
     result

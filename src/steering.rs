@@ -167,6 +167,28 @@ impl Steering {
             .map_or(0, |s| s.load(Ordering::Relaxed))
     }
 
+    /// Takes every listening socket out of this process's socket arrays, before they are
+    /// handed to a new process (an upgrade): a socket can be in one array only, so the new
+    /// process could not put them in its own (EBUSY) while ours hold them. Until the new
+    /// process attaches its program, the kernel's hash places new connections (a program's
+    /// empty slot falls back to it). If the handover then fails, this process goes on with
+    /// the hash.
+    pub(crate) fn release(&self) {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for (local, group) in groups.iter() {
+            for worker in 0..self.workers {
+                if let Err(e) = delete_elem(group.sockets.as_raw_fd(), worker as u32) {
+                    // ENOENT: that worker's socket never joined.
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        log::warn!(
+                            "listener on {local}: cannot release worker {worker}'s socket: {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Puts worker `worker`'s listening socket `socket` (bound to `local`) into its
     /// listener's socket array and makes sure the group's program is attached. Failures are
     /// logged (the kernel's hash then places this listener's connections), never returned.
@@ -174,6 +196,17 @@ impl Steering {
         let Loads::Mapped { map, .. } = &self.loads else {
             return;
         };
+        // A socket without SO_REUSEPORT is shared by the workers (socket activation): one
+        // accept queue, which every worker takes from; there is nothing to steer.
+        // SAFETY: `socket` is the caller's open listening socket, borrowed for this call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
+        if !socket2::SockRef::from(&borrowed)
+            .reuse_port()
+            .unwrap_or(true)
+        {
+            log::debug!("listener on {local}: one accept queue shared by the workers");
+            return;
+        }
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| {
             let group = match groups.entry(local) {
@@ -217,6 +250,7 @@ impl Steering {
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
@@ -307,6 +341,17 @@ fn update_elem(map: RawFd, key: u32, value: u64) -> io::Result<()> {
         flags: 0, // BPF_ANY
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+fn delete_elem(map: RawFd, key: u32) -> io::Result<()> {
+    let mut attr = MapElem {
+        map_fd: map as u32,
+        _pad: 0,
+        key: (&key as *const u32) as u64,
+        value: 0,
+        flags: 0,
+    };
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
 }
 
 /// The loads map: one element of `2 × workers` u64 (`active` then `pending`), mapped here.

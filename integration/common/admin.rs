@@ -72,3 +72,17 @@ pub fn sample(
             _ => None,
         })
 }
+
+/// The value of the gauge or counter `name` that has no labels, from a live Ballast's
+/// `/metrics` at `admin`.
+pub fn unlabelled(admin: SocketAddr, name: &str) -> Option<f64> {
+    let (scrape, _) = scrape(admin);
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.is_empty())
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => Some(v),
+            _ => None,
+        })
+}

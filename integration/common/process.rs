@@ -49,9 +49,44 @@ impl Ballast {
         Self::launch(yaml, level, fd_limit, &[])
     }
 
+    /// As [`Ballast::start`], under systemd's `systemd-socket-activate` with `activate` (its
+    /// `--listen`, `--datagram`, `--fdname` arguments): it binds those sockets, and starts
+    /// Ballast with them (`LISTEN_FDS`) on the first connection or datagram, which `trigger`
+    /// sends. Returns once Ballast is ready.
+    pub fn start_activated(yaml: &str, activate: &[&str], trigger: impl FnOnce()) -> Ballast {
+        Self::launch_as(yaml, "info", None, &[], activate, trigger)
+    }
+
     fn launch(yaml: &str, level: &str, fd_limit: Option<u64>, args: &[&str]) -> Ballast {
+        Self::launch_as(yaml, level, fd_limit, args, &[], || {})
+    }
+
+    /// Starts `ballast run`, directly or (with `activate`) under `systemd-socket-activate`,
+    /// calls `trigger`, and waits until Ballast is ready.
+    fn launch_as(
+        yaml: &str,
+        level: &str,
+        fd_limit: Option<u64>,
+        args: &[&str],
+        activate: &[&str],
+        trigger: impl FnOnce(),
+    ) -> Ballast {
         let config = write_config(&with_admin(yaml));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ballast"));
+        let notifications = notify::Notifications::new();
+        let mut command = if activate.is_empty() {
+            Command::new(env!("CARGO_BIN_EXE_ballast"))
+        } else {
+            super::servers::need("systemd-socket-activate");
+            // It passes the launched program only the variables it is told to.
+            let mut c = Command::new("systemd-socket-activate");
+            c.args(activate)
+                .arg(format!(
+                    "--setenv=NOTIFY_SOCKET={}",
+                    notifications.path().display()
+                ))
+                .arg(env!("CARGO_BIN_EXE_ballast"));
+            c
+        };
         if let Some(limit) = fd_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
@@ -68,7 +103,6 @@ impl Ballast {
                 });
             }
         }
-        let notifications = notify::Notifications::new();
         let mut child = command
             .env("NOTIFY_SOCKET", notifications.path())
             .args(["run", "--log-level", level, "--config"])
@@ -100,6 +134,11 @@ impl Ballast {
             notifications,
             _config: config,
         };
+        if !activate.is_empty() {
+            // Its sockets are bound once it says so; only then can `trigger` reach them.
+            b.wait_log("Listening on", WAIT);
+        }
+        trigger();
         if b.notifications
             .wait(WAIT, |s| s.ready.then_some(()))
             .is_none()

@@ -1,0 +1,130 @@
+//! Socket activation: systemd's own `systemd-socket-activate` binds the listener's socket,
+//! and on the first connection or datagram starts Ballast with it as descriptor 3
+//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`). That first client is served (it waited in
+//! the passed socket's queue), traffic flows, a socket named after a listener serves it
+//! whatever its address, and what cannot work is refused with what to change.
+
+mod common;
+
+use std::io::{BufRead, Read};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+/// A loopback address with a port free at this moment.
+fn free(udp: bool) -> SocketAddr {
+    if udp {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+}
+
+const NO_CHECKS: &str =
+    "    health_check: {protocol: udp, send: ping, interval: 60s, timeout: 1s}\n";
+
+#[test]
+fn a_passed_tcp_socket_serves_its_first_client_and_every_worker_shares_it() {
+    let target = Backend::start(named("a"));
+    let addr = free(false);
+    let yaml = config("round_robin", &[(target.addr, 1)], "", "")
+        .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
+    let mut first = None;
+    let listen = format!("--listen={addr}");
+    let lb = Ballast::start_activated(&yaml, &[&listen], || {
+        // Accepted by the manager's socket before Ballast runs; waits in its queue.
+        first = Some(TcpStream::connect(addr).unwrap());
+    });
+    let mut first = first.unwrap();
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = String::new();
+    first.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply.trim(), "a", "the client that started Ballast");
+    assert_eq!(lb.addr("l"), addr);
+    for _ in 0..20 {
+        assert_eq!(fetch(addr).unwrap().trim(), "a");
+    }
+    let log = lb.log();
+    assert!(
+        log.contains("listener l takes 1 sockets from the service manager")
+            && log.contains("shared by every worker"),
+        "{log}"
+    );
+    // The shared socket is no reuseport group to steer; that is no steering failure.
+    let load_aware = unlabelled(lb.admin_addr(), "ballast_accept_steering_load_aware");
+    assert_eq!(load_aware, Some(1.0), "{}", log);
+}
+
+#[test]
+fn a_udp_socket_named_after_its_listener_serves_it_from_the_first_datagram() {
+    let echo = UdpBackend::start(udp_echo());
+    let addr = free(true);
+    // The listener asks for port 0: the name, not the address, matches the passed socket.
+    let yaml = udp_config(&[echo.addr], "", NO_CHECKS).replace("workers: 2", "workers: 1");
+    let client = udp_client(addr);
+    let (listen, name) = (format!("--listen={addr}"), "--fdname=l");
+    let lb = Ballast::start_activated(&yaml, &["--datagram", &listen, name], || {
+        client.send(b"first").unwrap();
+    });
+    let mut buf = [0u8; 64];
+    let n = client
+        .recv(&mut buf)
+        .expect("the datagram that started Ballast");
+    assert_eq!(&buf[..n], b"first");
+    assert_eq!(lb.addr("l"), addr);
+    client.send(b"second").unwrap();
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"second");
+    assert!(lb.log().contains("udp socket on"), "{}", lb.log());
+}
+
+#[test]
+fn a_udp_socket_that_two_workers_cannot_share_is_refused_with_what_to_change() {
+    need("systemd-socket-activate");
+    let echo = UdpBackend::start(udp_echo());
+    let addr = free(true);
+    let yaml = udp_config(&[echo.addr], "", NO_CHECKS)
+        .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
+    let file = write_config(&yaml);
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["--datagram", &format!("--listen={addr}")])
+        .arg(env!("CARGO_BIN_EXE_ballast"))
+        .args(["run", "--config"])
+        .arg(file.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap(); // "Listening on …": the socket is bound
+    assert!(line.starts_with("Listening on"), "{line}");
+    udp_client(addr).send(b"start").unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("Ballast still runs with a UDP socket it cannot share");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let stderr = line + &rest;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ReusePort=yes") && stderr.contains("workers: 1"),
+        "{stderr}"
+    );
+}
