@@ -448,3 +448,111 @@ fn tls_and_target_keys_are_checked_with_their_key() {
     );
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// `ballast schema`, parsed.
+fn generated_schema() -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).expect("the schema is JSON")
+}
+
+#[test]
+fn the_committed_schema_is_the_one_the_config_types_generate() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ballast.schema.json");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        committed == generated_schema(),
+        "conf/ballast.schema.json is stale: run `cargo run -- schema > conf/ballast.schema.json`"
+    );
+}
+
+#[test]
+fn every_shipped_config_names_the_schema_and_validates_against_it() {
+    let schema = generated_schema();
+    let validator = jsonschema::draft7::new(&schema).expect("a valid draft-07 schema");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=ballast.schema.json\n"),
+            "{} does not name the schema for editors",
+            path.display()
+        );
+        let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} configs");
+    // The schema is as strict as the loader where it can be: unknown keys, bad enums, ranges.
+    for bad in [
+        "listeners: [{name: a, protocol: tcp, bind: '127.0.0.1:1', target_group: g, max_conns: 5}]\ntarget_groups: [{name: g, targets: [{address: '127.0.0.1:2'}]}]",
+        "listeners: [{name: a, protocol: sctp, bind: '127.0.0.1:1', target_group: g}]\ntarget_groups: [{name: g, targets: [{address: '127.0.0.1:2'}]}]",
+        "listeners: [{name: a, protocol: tcp, bind: '127.0.0.1:1', target_group: g}]\ntarget_groups: [{name: g, targets: [{address: '127.0.0.1:2', weight: 0}]}]",
+        "listeners: [{name: a, protocol: tcp, bind: '127.0.0.1:1', target_group: g}]\ntarget_groups: [{name: g, health_check: {interval: soon}, targets: [{address: '127.0.0.1:2'}]}]",
+    ] {
+        let doc: serde_json::Value = serde_yaml::from_str(bad).unwrap();
+        assert!(!validator.is_valid(&doc), "the schema takes {bad}");
+        assert_eq!(run_check(bad), Some(2), "ballast check takes {bad}");
+    }
+}
+
+/// `ballast check --config` on `yaml`: its exit code.
+fn run_check(yaml: &str) -> Option<i32> {
+    let file = write_config(yaml);
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap()
+        .status
+        .code()
+}
+
+#[test]
+fn check_explain_tells_a_keys_meaning_form_and_neighbours() {
+    let explain = |key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["check", "--explain", key])
+            .output()
+            .unwrap()
+    };
+    let out = explain("listeners.per_source.ipv4_prefix");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("default 32") && text.contains("from 1 to 32"),
+        "{text}"
+    );
+    let out = explain("target_groups.health_check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("interval: Default 2s") && text.contains("unhealthy_threshold"),
+        "{text}"
+    );
+    let out = explain("target_groups.algorithm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("one of round_robin |") && text.contains("maglev"),
+        "{text}"
+    );
+    let out = explain("listeners.bnd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no key `bnd` in listeners") && err.contains("bind"),
+        "{err}"
+    );
+}

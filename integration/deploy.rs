@@ -364,6 +364,9 @@ fn cli_subcommands_over_the_api() {
     let out = drain.join().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("drained"), "{}", stdout(&out));
+    // Piped, the wait's progress comes as plain lines.
+    let progress = format!("{a}: draining: 1 connection open (", a = a.addr);
+    assert!(stdout(&out).contains(&progress), "{}", stdout(&out));
 
     let out = ballast(admin, &["enable", "g", &a.addr.to_string()]);
     assert!(stdout(&out).contains("active"), "{}", stdout(&out));
@@ -478,4 +481,52 @@ fn a_target_disabled_before_the_deploy_is_deployed_and_left_disabled() {
     assert_eq!(fleet.restarts.load(Ordering::SeqCst), 3);
     assert!(stdout(&out).contains("left disabled, as it was before the deploy"));
     assert_eq!(states(admin, &addrs), ["active", "disabled", "active"]);
+}
+
+#[test]
+fn on_a_terminal_drain_wait_redraws_one_progress_line() {
+    need("script");
+    let a = Backend::start(named_echo("a"));
+    let lb = Ballast::start(&config("round_robin", &[(a.addr, 1)], "", CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let (conn, name) = open_named(addr);
+    assert_eq!(name, "a");
+    // `script` gives the command a pseudo-terminal and copies what it draws to our pipe.
+    let command = format!(
+        "{} drain g {} --wait --timeout 20s --admin http://{admin}",
+        env!("CARGO_BIN_EXE_ballast"),
+        a.addr
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drawn = Arc::new(Mutex::new(Vec::new()));
+    let mut pty = child.stdout.take().unwrap();
+    let sink = drawn.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pty.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&drawn.lock().unwrap()).into_owned();
+    wait_until("the spinner's line", || {
+        text().contains("draining: 1 connection open")
+    });
+    drop(conn);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let out = text();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("drained"), "{out}");
+    // Redrawn in place (carriage return, erase line), then cleared: not one line per poll.
+    assert!(out.contains("\r\u{1b}[2K"), "{out:?}");
+    let plain = format!("{}: draining: 1 connection open (0s)\r\n", a.addr);
+    assert!(!out.contains(&plain), "{out:?}");
 }

@@ -112,3 +112,102 @@ fn the_systemd_units_verify_without_a_warning() {
         "systemd-analyze verify: {out:?}"
     );
 }
+
+/// Runs `program` with `args`; its stdout, after asserting it succeeded.
+fn output(program: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{program} {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_debian_package_holds_the_binary_units_config_man_page_and_completions() {
+    need("cargo-deb");
+    need("dpkg-deb");
+    need("man");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    // From the debug build this test run has just made (cargo test built it).
+    let out = Command::new("bash")
+        .arg(manifest.join("examples/package_deb.sh"))
+        .arg("--output")
+        .arg(dir.path())
+        .env("PROFILE", "dev")
+        .env("BUILT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "package_deb.sh: {stderr}");
+    let deb = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .unwrap_or_else(|| panic!("no .deb made: {stderr}"));
+    let deb = deb.as_os_str();
+
+    let contents = output("dpkg-deb", &["--contents".as_ref(), deb]);
+    for file in [
+        "./usr/bin/ballast",
+        "/systemd/system/ballast.service",
+        "/systemd/system/ballast.socket",
+        "./etc/ballast/ballast.yaml",
+        "./usr/share/man/man1/ballast.1.gz",
+        "./usr/share/bash-completion/completions/ballast",
+        "./usr/share/zsh/vendor-completions/_ballast",
+        "./usr/share/fish/vendor_completions.d/ballast.fish",
+        "./usr/share/doc/ballast/monitoring/alerts.yml",
+        "./usr/share/doc/ballast/copyright",
+    ] {
+        assert!(
+            contents.contains(file),
+            "{file} not in the package:\n{contents}"
+        );
+    }
+    let info = output("dpkg-deb", &["--info".as_ref(), deb]);
+    assert!(
+        info.contains("Package: ballast") && info.contains("Depends: libc6"),
+        "{info}"
+    );
+
+    // Control files: the config is a conffile (kept over upgrades); postinst has the unit
+    // handling, and neither enables nor starts the service.
+    let control = dir.path().join("control");
+    output(
+        "dpkg-deb",
+        &["--control".as_ref(), deb, control.as_os_str()],
+    );
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
+    assert!(
+        conffiles.contains("/etc/ballast/ballast.yaml"),
+        "{conffiles}"
+    );
+    let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
+    let once = postinst
+        .matches("deb-systemd-helper update-state ballast.service")
+        .count();
+    assert_eq!(once, 1, "{postinst}");
+    // Not started on install, not restarted on upgrade (that would close connections).
+    for never in [
+        "deb-systemd-invoke start",
+        "try-restart",
+        "restart ballast.service",
+    ] {
+        assert!(!postinst.contains(never), "{never}: {postinst}");
+    }
+
+    // What it installs works: the binary, the default config, the man page.
+    let root = dir.path().join("root");
+    output("dpkg-deb", &["-x".as_ref(), deb, root.as_os_str()]);
+    let bin = root.join("usr/bin/ballast");
+    let version = output(bin.to_str().unwrap(), &["--version".as_ref()]);
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    let config = root.join("etc/ballast/ballast.yaml");
+    output(
+        bin.to_str().unwrap(),
+        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
+    );
+    let page = root.join("usr/share/man/man1/ballast.1.gz");
+    let man = output("man", &["-l".as_ref(), page.as_os_str()]);
+    assert!(man.contains("SYNOPSIS"), "{man}");
+}

@@ -75,9 +75,16 @@ pub enum Command {
     /// Validate the configuration and print what `run` would start.
     Check {
         /// YAML configuration file.
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
+        #[arg(long, short, value_name = "FILE", required_unless_present = "explain")]
+        config: Option<PathBuf>,
+        /// Explain a configuration key instead: its meaning, form and defaults, and for a
+        /// section its keys (e.g. `listeners.tls.min_version`, `target_groups.health_check`;
+        /// `.` for the top level). From the same types that read the file.
+        #[arg(long, value_name = "KEY")]
+        explain: Option<String>,
     },
+    /// Print the configuration file's JSON Schema (for YAML language servers and editors).
+    Schema,
     /// Print a shell completion script: `ballast completions bash > /etc/bash_completion.d/ballast`.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.

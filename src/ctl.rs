@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::cli::{Api, Command, NodeAction, TargetRef};
 use crate::client::{find_target, target_path, AdminClient, ClientError};
 use crate::deploy::{deploy, DeployError, DeployPlan};
+use crate::progress::{connections_open, Progress};
 
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ fn client(api: &Api) -> Result<AdminClient, ClientError> {
 /// As [`CtlError`].
 ///
 /// # Panics
-/// On `run`, `check`, `completions` or `man`.
+/// On `run`, `check`, `completions`, `man` or `schema`.
 pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
     match command {
         Command::Targets { api, json } => {
@@ -157,7 +158,8 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
         Command::Run { .. }
         | Command::Check { .. }
         | Command::Completions { .. }
-        | Command::Man => {
+        | Command::Man
+        | Command::Schema => {
             unreachable!("`run`, `check`, `completions` and `man` do not use the admin API")
         }
     }
@@ -219,12 +221,14 @@ fn wait_drained(
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
     let deadline = Instant::now() + timeout;
+    let mut progress = Progress::start(&target.address);
     loop {
         let doc = c.get("/targets")?;
         let active = find_target(&doc, &target.group, &target.address)
             .and_then(|t| t["active"].as_u64())
             .unwrap_or(0);
         if active == 0 {
+            drop(progress);
             let _ = writeln!(out, "{}: drained", target.address);
             return Ok(());
         }
@@ -235,6 +239,7 @@ fn wait_drained(
                 humantime::format_duration(timeout)
             )));
         }
+        progress.update(&format!("draining: {}", connections_open(active)), out);
         std::thread::sleep(Duration::from_millis(100));
     }
 }

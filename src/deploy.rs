@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::client::{find_target, target_path, AdminClient, ClientError};
+use crate::progress::{connections_open, Progress};
 
 /// How often the waits ask the API.
 const POLL: Duration = Duration::from_millis(100);
@@ -189,7 +190,17 @@ impl Step<'_> {
             say(out, "draining".into());
         }
         let started = Instant::now();
-        let active = self.wait_for(self.plan.drain_timeout, |t| t["active"] == 0)?;
+        let active = self.wait_for(
+            self.plan.drain_timeout,
+            |t| t["active"] == 0,
+            |t| {
+                format!(
+                    "draining: {}",
+                    connections_open(t["active"].as_u64().unwrap_or(0))
+                )
+            },
+            out,
+        )?;
         if active {
             say(
                 out,
@@ -213,12 +224,26 @@ impl Step<'_> {
         // Checks counted from here: passes from before the command prove nothing.
         let checks_before = self.target()?["last_check"]["checks"].as_u64().unwrap_or(0);
         say(out, format!("waiting for {threshold} passed health checks"));
-        let healthy = self.wait_for(self.plan.wait_healthy, |t| {
+        let passed = |t: &Value| {
             let c = &t["last_check"];
-            t["health"] == "healthy"
-                && c["checks"].as_u64().unwrap_or(0) >= checks_before + threshold
-                && c["consecutive_passes"].as_u64().unwrap_or(0) >= threshold
-        })?;
+            let since = c["checks"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(checks_before);
+            since.min(c["consecutive_passes"].as_u64().unwrap_or(0))
+        };
+        let healthy = self.wait_for(
+            self.plan.wait_healthy,
+            |t| t["health"] == "healthy" && passed(t) >= threshold,
+            |t| {
+                format!(
+                    "{}: {} of {threshold} checks passed",
+                    t["health"].as_str().unwrap_or("?"),
+                    passed(t).min(threshold)
+                )
+            },
+            out,
+        )?;
         if !healthy {
             return Err(format!(
                 "not healthy within {}",
@@ -251,13 +276,23 @@ impl Step<'_> {
             .ok_or_else(|| format!("{} is no longer in {}", self.address, self.plan.group))
     }
 
-    /// Polls the target until `done` holds (true) or `limit` passes (false).
-    fn wait_for(&self, limit: Duration, done: impl Fn(&Value) -> bool) -> Result<bool, String> {
+    /// Polls the target until `done` holds (true) or `limit` passes (false), showing
+    /// `status` of it as live progress ([`Progress`]).
+    fn wait_for(
+        &self,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+        status: impl Fn(&Value) -> String,
+        out: &mut dyn Write,
+    ) -> Result<bool, String> {
         let deadline = Instant::now() + limit;
+        let mut progress = Progress::start(&self.label);
         loop {
-            if done(&self.target()?) {
+            let target = self.target()?;
+            if done(&target) {
                 return Ok(true);
             }
+            progress.update(&status(&target), out);
             if Instant::now() >= deadline {
                 return Ok(false);
             }

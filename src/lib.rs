@@ -120,6 +120,7 @@ pub(crate) mod net;
 pub mod node;
 pub(crate) mod notify;
 pub mod per_source;
+pub mod progress;
 pub mod proxy_protocol;
 pub mod runtime;
 pub mod scaling;

@@ -62,7 +62,30 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match config::load(&config) {
+        Command::Schema => {
+            println!("{:#}", config::schema::schema());
+            ExitCode::SUCCESS
+        }
+        Command::Check {
+            explain: Some(key), ..
+        } => match config::schema::explain(&key) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check { config: None, .. } => {
+            eprintln!("error: check needs --config FILE or --explain KEY");
+            ExitCode::from(2)
+        }
+        Command::Check {
+            config: Some(config),
+            ..
+        } => match config::load(&config) {
             Ok(c) => {
                 print_plan(&c);
                 ExitCode::SUCCESS

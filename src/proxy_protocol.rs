@@ -16,7 +16,7 @@ use ppp::{HeaderResult, PartialResult};
 pub const MAX_HEADER: usize = 1024;
 
 /// Which version a target group sends (`proxy_protocol:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Version {
     /// The text header, `PROXY TCP4 <src> <dst> <sport> <dport>\r\n` (TCP only).

@@ -10,13 +10,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::{AcceptSteering, Algorithm, Forwarding, HashKey, OnUnhealthy, Readiness};
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Worker threads (event loops); default: one per available core.
@@ -43,60 +44,113 @@ pub struct FileConfig {
 }
 
 /// `admin:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
+    /// Default 127.0.0.1:9100; a non-loopback address needs token_file.
     pub bind: Option<Address>,
+    /// Optional: requests then need `Authorization: Bearer <token>` (the file must be mode
+    /// 0600).
     pub token_file: Option<String>,
+    /// Optional: the same API on a UNIX socket (mode 0600).
     pub unix: Option<String>,
 }
 
 /// One `listeners:` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileListener {
+    /// Unique.
     pub name: String,
+    /// Tcp | udp | tls (a tcp and a udp listener may share an address); tls: TLS ends here,
+    /// targets get plain TCP (see "TLS" below).
     pub protocol: FileProtocol,
+    /// `ip:port` or `host:port`; port 0 picks a free port (logged at start).
     pub bind: Address,
+    /// Optional: only traffic arriving on this interface (SO_BINDTODEVICE); with bind 0.0.0.0
+    /// or [::], every address of that interface.
     pub interface: Option<String>,
+    /// Optional: bind an address no interface holds yet (IP_FREEBIND), e.g. a VIP keepalived
+    /// will move here; the host-wide alternative is `sysctl net.ipv4.ip_nonlocal_bind=1`
+    /// (net.ipv6.ip_nonlocal_bind).
     pub freebind: Option<bool>,
+    /// Optional: what /healthz needs of this listener: healthy_target (default: a healthy
+    /// target in service in its group) | listening.
     pub readiness: Option<Readiness>,
+    /// Optional, tcp only: a balancer in front sends a PROXY header (v1 or v2).
     pub accept_proxy_protocol: Option<FileAcceptProxy>,
+    /// Optional: only these clients (CIDRs or addresses); default everyone.
     pub allow: Option<Vec<Cidr>>,
+    /// Optional: never these (deny wins over allow); refused TCP clients are reset, refused UDP
+    /// datagrams dropped, before any target is touched.
     pub deny: Option<Vec<Cidr>>,
+    /// Optional: limits per client source, shared by all workers.
     pub per_source: Option<FilePerSource>,
+    /// Optional, tcp only: SNI routing without termination (below).
     pub routes: Option<Vec<FileRoute>>,
+    /// With routes, default 3s: the ClientHello must arrive by then.
     pub client_hello_timeout: Option<PositiveDuration>,
+    /// With routes: default (to target_group) | close (reset).
     pub without_server_name: Option<super::NoServerName>,
+    /// With routes: answer PostgreSQL's SSLRequest, route by the SNI that follows, replay the
+    /// SSLRequest to the target; on a tls listener (routes then optional): answer it,
+    /// terminate, targets get plain.
     pub postgres_starttls: Option<bool>,
+    /// TLS only (required there).
     pub tls: Option<FileTls>,
+    /// A target_groups[].name.
     pub target_group: String,
+    /// Optional, default unlimited; at the limit Ballast stops accepting and new clients wait
+    /// in the listen backlog (counted across all workers).
     pub max_connections: Option<NonZeroU32>,
+    /// Optional, default 5s: one connect attempt to a target.
     pub connect_timeout: Option<PositiveDuration>,
+    /// Optional, default 1h: no bytes either way for this long → close.
     pub idle_timeout: Option<PositiveDuration>,
+    /// Optional, default 2: other targets tried when a connect fails.
     pub retries: Option<u32>,
+    /// Optional, default auto: auto | splice | buffered (see below) max_connections,
+    /// connect_timeout, idle_timeout, retries and forwarding are TCP-only; a udp listener takes
+    /// this block instead (every key optional, defaults shown): udp: session_idle_timeout: 30s
+    /// # no datagram either way for this long → session ends, socket closed unreplied_timeout:
+    /// 5s # a session the target has not answered yet ends after this (as # conntrack's
+    /// unreplied timeout), and is evicted first when full max_sessions: 100000 # across all
+    /// workers; datagrams of new flows past it are dropped max_responses: 0 # 0 = unlimited; 1
+    /// = DNS-style: the session ends after one reply on_unhealthy: rebalance # rebalance: move
+    /// to a healthy target at the next datagram | keep batch: 32 # datagrams per
+    /// recvmmsg/sendmmsg, 1 to 1024 (1 = plain recvfrom/sendto).
     pub forwarding: Option<Forwarding>,
+    /// UDP listeners only, every key optional: session timeouts and limits, batching.
     pub udp: Option<FileUdp>,
 }
 
 /// One `routes:` entry of a TCP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
+    /// The server name (lowercase), exact or `*.` and a suffix covering one label.
     pub server_name: String,
+    /// The target group for clients asking for that name.
     pub target_group: String,
 }
 
 /// `per_source:` of a listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilePerSource {
+    /// TCP: open connections per source (max_sessions: the same for udp).
     pub max_connections: Option<NonZeroU32>,
+    /// UDP: open sessions per source.
     pub max_sessions: Option<NonZeroU32>,
+    /// New connections (udp: sessions) per source, token bucket: N/s or N/m.
     pub connection_rate: Option<RateText>,
+    /// Optional, default one period's count: tokens saved up.
     pub burst: Option<NonZeroU32>,
+    /// Optional, default 32: a source is this prefix of the IPv4 address.
     pub ipv4_prefix: Option<Bounded<1, 32>>,
+    /// Optional, default 64: a source is this prefix of the IPv6 address.
     pub ipv6_prefix: Option<Bounded<1, 128>>,
+    /// Optional: words per table (fixed memory: 8 bytes each).
     pub table_size: Option<Bounded<64, { 1 << 24 }>>,
 }
 
@@ -150,10 +204,12 @@ fn from_str_with<'de, D: Deserializer<'de>, T>(
 }
 
 /// `accept_proxy_protocol:` of a TCP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileAcceptProxy {
+    /// Required: the only peers allowed to send one (others are reset).
     pub trusted: Vec<Cidr>,
+    /// Optional, default 3s: the whole header must arrive within it.
     pub timeout: Option<PositiveDuration>,
 }
 
@@ -187,19 +243,26 @@ pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
 }
 
 /// `udp:` of a UDP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileUdp {
+    /// Default 30s: no datagram either way for this long → the session ends, its socket closed.
     pub session_idle_timeout: Option<PositiveDuration>,
+    /// Default 5s: a session the target has not answered yet ends after this (as conntrack's
+    /// unreplied timeout), and is evicted first when full.
     pub unreplied_timeout: Option<PositiveDuration>,
+    /// Default 100000, across all workers: datagrams of new flows past it are dropped.
     pub max_sessions: Option<NonZeroU32>,
+    /// Default 0 (unlimited); 1 = DNS-style: the session ends after one reply.
     pub max_responses: Option<u32>,
+    /// Default rebalance: move a session to a healthy target at its next datagram | keep.
     pub on_unhealthy: Option<OnUnhealthy>,
+    /// Default 32: datagrams per recvmmsg/sendmmsg, 1 to 1024 (1 = plain recvfrom/sendto).
     pub batch: Option<Bounded<1, { MAX_BATCH }>>,
 }
 
 /// `protocol:` of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FileProtocol {
     Tcp,
@@ -208,31 +271,43 @@ pub enum FileProtocol {
 }
 
 /// `tls:` of a `protocol: tls` listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
+    /// Chosen by SNI: exact names, then `*.` wildcards, from each.
     pub certificates: Vec<FileKeyPair>,
+    /// Optional, default 1.2: 1.2 | 1.3.
     pub min_version: Option<VersionText>,
+    /// Optional: ALPN protocols offered, in order of preference.
     pub alpn: Option<Vec<String>>,
+    /// Optional, default 10s: from accept to a finished handshake.
     pub handshake_timeout: Option<PositiveDuration>,
+    /// Optional, default true: resumption by tickets (valid on every worker).
     pub session_tickets: Option<bool>,
 }
 
 /// A certificate chain file and its key file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileKeyPair {
+    /// PEM file: the certificate chain, leaf first (relative paths: from the config file's
+    /// directory).
     pub cert: String,
+    /// PEM file: its private key (PKCS#8, PKCS#1 or SEC1).
     pub key: String,
 }
 
 /// `target_tls:` of a target group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTargetTls {
+    /// Optional, default the system's trust store.
     pub ca: Option<String>,
+    /// Optional, default each target's IP (then an IP SAN); also the SNI.
     pub server_name: Option<String>,
+    /// Optional: for targets that ask (mTLS).
     pub client_cert: Option<FileKeyPair>,
+    /// Optional, default true; false: encrypted, not authenticated.
     pub verify: Option<bool>,
 }
 
@@ -260,112 +335,174 @@ impl<'de> Deserialize<'de> for VersionText {
 }
 
 /// One `target_groups:` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTargetGroup {
+    /// Unique.
     pub name: String,
+    /// Optional, default round_robin: round_robin | weighted_round_robin | least_connections |
+    /// random | power_of_two | source_hash | maglev | least_response_time.
     pub algorithm: Option<Algorithm>,
+    /// Maglev only, default five_tuple: five_tuple | source_ip.
     pub hash_key: Option<HashKey>,
+    /// Maglev only: a prime ≥ 100 × targets.
     pub maglev_table_size: Option<usize>,
+    /// Optional: a client IP keeps its target, whatever the algorithm.
     pub stickiness: Option<FileStickiness>,
+    /// Optional: a target that turns healthy ramps from 1/20 of its share to all of it over
+    /// this long.
     pub slow_start: Option<PositiveDuration>,
+    /// Optional, default 30s: how long `disable` lets connections finish.
     pub drain_timeout: Option<PositiveDuration>,
+    /// Optional: send a PROXY protocol header to targets: v1 | v2 (TCP: before the first client
+    /// byte; UDP, v2 only: before every datagram).
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// Optional, default keep: keep | close — close resets a target's open TCP connections when
+    /// its check marks it unhealthy (a demoted primary).
     pub on_unhealthy: Option<super::UnhealthyConnections>,
+    /// Optional: passive checks on the data path (see "Targets that come and go").
     pub outlier_detection: Option<FileOutlierDetection>,
+    /// Optional: hooks that add and remove targets (see "Targets that come and go").
     pub scaling: Option<FileScaling>,
+    /// Optional: TLS to the targets (health checks too), verified by default.
     pub target_tls: Option<FileTargetTls>,
+    /// Optional; every key has the default shown.
     pub health_check: Option<FileHealthCheck>,
+    /// Optional: targets from DNS, re-resolved at the answer's TTL.
     pub discover: Option<Vec<FileDiscover>>,
+    /// At least one, unless `discover` finds them.
     #[serde(default)]
     pub targets: Vec<FileTarget>,
 }
 
 /// One `discover:` entry of a target group: `{dns: host:port}` or `{srv: name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileDiscover {
+    /// `host:port`: every A/AAAA address of host becomes a target on this port.
     pub dns: Option<String>,
+    /// An SRV name: port and weight from each record.
     pub srv: Option<String>,
+    /// Default 5s: the answer's TTL is clamped to at least this.
     pub min_ttl: Option<PositiveDuration>,
+    /// Default 5m: and at most this.
     pub max_ttl: Option<PositiveDuration>,
 }
 
 /// `scaling:` of a target group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileScaling {
+    /// `{when: <metric> above <value> for <duration>, exec: <command>}`: asks for more targets.
     pub scale_out: Option<FileScalingRule>,
+    /// `{when: <metric> below <value> for <duration>, exec: <command>}`: asks for fewer.
     pub scale_in: Option<FileScalingRule>,
+    /// Default 1m: from the end of one command to the next.
     pub cooldown: Option<BoundedDuration>,
+    /// Default 1; max_targets default 100.
     pub min_targets: Option<NonZeroU32>,
+    /// Default 100: scale_out never runs at or past this many targets.
     pub max_targets: Option<NonZeroU32>,
+    /// Default 1m: a command running longer is killed.
     pub timeout: Option<PositiveDuration>,
 }
 
 /// `scale_out:` / `scale_in:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileScalingRule {
+    /// `<metric> above|below <value> for <duration>`; metrics: active_connections_per_target,
+    /// new_connections_per_second, mean_response_time_ms.
     pub when: String,
+    /// Command run with `sh -c`: the group's state as JSON on stdin; BALLAST_TARGET_GROUP,
+    /// BALLAST_ACTION, BALLAST_METRIC, BALLAST_VALUE, BALLAST_TARGETS (and for scale_in
+    /// BALLAST_TARGET) in its environment.
     pub exec: String,
 }
 
 /// `outlier_detection:` of a target group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileOutlierDetection {
+    /// Failed connects or resets from the target in a row that eject it.
     pub consecutive_failures: Option<NonZeroU32>,
+    /// First ejection; doubled for each ejection in a row, up to.
     pub base_ejection: Option<PositiveDuration>,
+    /// This.
     pub max_ejection: Option<PositiveDuration>,
+    /// Most of the group's targets out at once (at least one).
     pub max_ejected_percent: Option<Bounded<0, 100>>,
 }
 
 /// `stickiness:` of a target group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileStickiness {
+    /// While the target is healthy and the entry was used this recently.
     pub timeout: Option<PositiveDuration>,
+    /// The table is bounded (rounded up to a power of two).
     pub max_entries: Option<NonZeroU32>,
 }
 
 /// `health_check:` of a target group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileHealthCheck {
+    /// Default tcp. tcp: passes when a connect completes; http: GET `path`, passes on a 2xx
+    /// or 3xx status; udp: sends `send`, passes on a reply (containing `expect`, if set).
     pub protocol: Option<FileHealthProtocol>,
+    /// Optional, default: the target's own port.
     pub port: Option<u16>,
+    /// HTTP only (required there).
     pub path: Option<String>,
+    /// Default 2s: time between two checks of one target.
     pub interval: Option<PositiveDuration>,
+    /// Default 1s: one check's limit; must not exceed interval.
     pub timeout: Option<PositiveDuration>,
+    /// Default 2: consecutive passes that make an unhealthy target healthy.
     pub healthy_threshold: Option<NonZeroU32>,
+    /// Default 2: consecutive failures that make a healthy target unhealthy.
     pub unhealthy_threshold: Option<NonZeroU32>,
+    /// UDP only (required there): text, or {hex: "70 69 6e 67"}.
     pub send: Option<Payload>,
+    /// UDP only, optional: bytes the reply must contain.
     pub expect: Option<Payload>,
+    /// TCP only, optional: send/expect after the connect, in order `unless` (optional) fails
+    /// the check at once if it comes first.
     pub steps: Option<Vec<FileStep>>,
+    /// TCP only, optional, instead of steps: PING, INFO replication shows role:master (replica:
+    /// role:slave), QUIT; `password` sends AUTH.
     pub redis: Option<FileRedisCheck>,
+    /// Default: true when the group sends one — checks send a v2 LOCAL (v1 `PROXY UNKNOWN`)
+    /// header first; false to leave it out.
     pub proxy_protocol: Option<bool>,
 }
 
 /// One `steps:` entry of a TCP check: `{send: …}` or `{expect: …}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileStep {
+    /// Bytes to write: text, or {hex: "…"}.
     pub send: Option<Payload>,
+    /// Bytes (text, {hex: "…"}) or {regex: "…"} the reply must contain, read until found or the
+    /// timeout.
     pub expect: Option<Matcher>,
+    /// Optional, with expect: fails the check at once when this shows up first.
     pub unless: Option<Matcher>,
 }
 
 /// `redis:` of a health check: a Redis server in the given replication role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRedisCheck {
+    /// master (INFO replication shows role:master) | replica (role:slave).
     pub role: RedisRole,
+    /// Optional: sent with AUTH first.
     pub password: Option<String>,
 }
 
 /// A Redis server's replication role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RedisRole {
     /// `role:master`: takes writes.
@@ -388,7 +525,7 @@ impl<'de> Deserialize<'de> for Matcher {
 }
 
 /// `health_check.protocol:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FileHealthProtocol {
     Tcp,
@@ -470,12 +607,17 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 }
 
 /// One `targets:` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTarget {
+    /// `ip:port` or `host:port` (resolved once, at start).
     pub address: Address,
+    /// Optional, default 1 (1 to 10000); used by every algorithm but round_robin.
     pub weight: Option<Bounded<1, { MAX_WEIGHT }>>,
+    /// Optional; a backup target is used only when no primary is healthy.
     pub backup: Option<bool>,
+    /// Optional: a full target is skipped; when every target is full, listeners stop accepting
+    /// and new clients wait in the backlog.
     pub max_connections: Option<NonZeroU32>,
 }
 

@@ -10,6 +10,7 @@ mod check;
 mod discover;
 mod file;
 pub mod scaling;
+pub mod schema;
 pub mod steps;
 mod tls;
 pub(crate) mod validate;
@@ -162,8 +163,8 @@ impl std::fmt::Display for Protocol {
 }
 
 /// How new TCP connections are spread over the workers (`accept_steering:`; see
-/// [`crate::steering`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+/// "Spreading connections across workers" in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AcceptSteering {
     /// To the worker with the fewest open connections, by a reuseport eBPF program (the
@@ -174,7 +175,7 @@ pub enum AcceptSteering {
 }
 
 /// How a TCP listener moves bytes between client and target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Start with a pooled buffer; switch a direction to `splice(2)` once one read fills the
@@ -260,7 +261,7 @@ impl SniRoutes {
 }
 
 /// `without_server_name:` of a listener with `routes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NoServerName {
     /// To the listener's `target_group` (the default route).
@@ -327,7 +328,7 @@ impl AccessRules {
 }
 
 /// What a listener needs for the node to count as ready (`GET /healthz`, `ballast health`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Readiness {
     /// Its sockets are open and its target group has at least one healthy target in service
@@ -465,7 +466,7 @@ impl OutlierDetection {
 
 /// `on_unhealthy:` of a target group: what happens to a target's open TCP connections when
 /// its health check marks it unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UnhealthyConnections {
     /// They go on (the default): only new connections avoid the target.
@@ -478,7 +479,7 @@ pub enum UnhealthyConnections {
 }
 
 /// What happens to a UDP session whose target turns unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnUnhealthy {
     /// The session moves to a healthy target at its next datagram from the client.
@@ -523,7 +524,7 @@ impl Default for UdpSettings {
 }
 
 /// Balancing algorithm of a target group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Each healthy target in turn, ignoring weights.
@@ -555,7 +556,7 @@ pub struct Stickiness {
 }
 
 /// What `maglev` hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HashKey {
     /// The whole 5-tuple: each connection or flow on its own.
