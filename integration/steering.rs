@@ -57,7 +57,8 @@ fn connections_opened_one_by_one_alternate_between_the_workers() {
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     let (_, text) = scrape(admin);
     assert!(
-        text.contains("ballast_accept_steering_load_aware 1"),
+        text.contains("ballast_accept_steering_load_aware 1")
+            && text.contains("ballast_accept_steering_configured_load_aware 1"),
         "the kernel refused the steering program (root and Linux 5.5 needed): {text}"
     );
     let mut conns = open_alternating(addr, admin, 24);
@@ -120,7 +121,8 @@ fn accept_steering_hash_leaves_placement_to_the_kernel() {
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     let (_, text) = scrape(admin);
     assert!(
-        text.contains("ballast_accept_steering_load_aware 0"),
+        text.contains("ballast_accept_steering_load_aware 0")
+            && text.contains("ballast_accept_steering_configured_load_aware 0"),
         "{text}"
     );
     // Still counted per worker, and served.

@@ -89,6 +89,8 @@ pub struct Steering {
     groups: Mutex<HashMap<SocketAddr, Group>>,
     /// Some listening socket could not join (its listener falls back to the hash).
     failed: AtomicBool,
+    /// The configuration asked for load-aware placement (`least_connections`).
+    wanted: bool,
 }
 
 impl std::fmt::Debug for Steering {
@@ -104,7 +106,7 @@ impl Steering {
     /// Steering for `workers` workers: load-aware when the kernel lets this process create
     /// the BPF map, else the kernel's hash (logged once at `info`).
     pub(crate) fn new(workers: usize) -> Steering {
-        match map_loads(workers) {
+        let mut steering = match map_loads(workers) {
             Ok(loads) => Steering::with_loads(workers, loads),
             Err(e) => {
                 log::info!(
@@ -113,7 +115,9 @@ impl Steering {
                 );
                 Steering::hash_only(workers)
             }
-        }
+        };
+        steering.wanted = true;
+        steering
     }
 
     /// Steering that only keeps loads (for `/metrics`) and leaves placement to the kernel's
@@ -129,7 +133,14 @@ impl Steering {
             loads,
             groups: Mutex::new(HashMap::new()),
             failed: AtomicBool::new(false),
+            wanted: false,
         }
+    }
+
+    /// Whether the configuration asked for load-aware placement (`accept_steering:
+    /// least_connections`), whether or not the kernel allowed it.
+    pub(crate) fn wanted(&self) -> bool {
+        self.wanted
     }
 
     /// Number of workers whose loads are kept.

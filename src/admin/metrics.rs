@@ -493,4 +493,12 @@ fn register_steering(registry: &mut Registry, steering: &crate::steering::Steeri
          0 when the kernel's reuseport hash places them",
         load_aware,
     );
+    let wanted = Gauge::<i64>::default();
+    wanted.set(i64::from(steering.wanted()));
+    registry.register(
+        "accept_steering_configured_load_aware",
+        "1 when accept_steering is least_connections (load-aware placement asked for, whether \
+         or not it could be set up), 0 for hash",
+        wanted,
+    );
 }
