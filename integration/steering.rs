@@ -110,6 +110,42 @@ fn listeners_bound_afresh_after_a_node_drain_are_steered_too() {
 }
 
 #[test]
+fn a_listener_removed_by_a_reload_leaves_no_steering_descriptors_behind() {
+    let target = Backend::start(echo());
+    let extra = "  - name: m\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: g\n";
+    let yaml = config("round_robin", &[(target.addr, 1)], extra, NO_CHECKS);
+    let lb = Ballast::start(&yaml);
+    let admin = lb.admin_addr();
+    assert_eq!(fetch_echo(lb.addr("m")), "ping");
+    let l = lb.addr("l");
+    wait_until("the connection to m to close", || {
+        per_worker(admin) == (0.0, 0.0)
+    });
+    let before = lb.fd_count();
+    let without_m = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "bind: 127.0.0.1:0",
+        &format!("bind: '{l}'"),
+        1,
+    );
+    lb.rewrite_config(&without_m);
+    let (status, body) = http(admin, "POST", "/reload", None, "");
+    assert_eq!(status, 200, "{body}");
+    // m's socket per worker (2), and its socket array and program (2).
+    wait_until("m's descriptors to close", || lb.fd_count() + 4 <= before);
+    assert_eq!(fetch_echo(l), "ping");
+}
+
+/// Sends `ping` to the echo target behind `addr`; what came back.
+fn fetch_echo(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = client(addr);
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
 fn accept_steering_hash_leaves_placement_to_the_kernel() {
     let target = Backend::start(echo());
     let yaml = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(

@@ -430,6 +430,12 @@ impl Control {
         if let Some(w) = self.prober.get() {
             let _ = w.wake();
         }
+        self.steering.retain(
+            next.listeners
+                .iter()
+                .filter(|l| !l.removed)
+                .map(|l| l.config.bind),
+        );
         Ok(summarize(&old, &next))
     }
 

@@ -178,6 +178,15 @@ impl Steering {
             .map_or(0, |s| s.load(Ordering::Relaxed))
     }
 
+    /// Forgets the socket arrays and programs of addresses no listener in `live` uses any
+    /// more (listeners a reload removed): two descriptors each. Their sockets leave the
+    /// kernel's arrays as they close; a program stays attached to a group until then.
+    pub(crate) fn retain(&self, live: impl Iterator<Item = SocketAddr>) {
+        let live: std::collections::HashSet<SocketAddr> = live.collect();
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|addr, _| live.contains(addr));
+    }
+
     /// Takes every listening socket out of this process's socket arrays, before they are
     /// handed to a new process (an upgrade): a socket can be in one array only, so the new
     /// process could not put them in its own (EBUSY) while ours hold them. Until the new
