@@ -7,26 +7,11 @@
 mod common;
 
 use std::io::{BufRead, Read};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
-
-/// A loopback address with a port free at this moment.
-fn free(udp: bool) -> SocketAddr {
-    if udp {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    }
-}
 
 const NO_CHECKS: &str =
     "    health_check: {protocol: udp, send: ping, interval: 60s, timeout: 1s}\n";
@@ -34,7 +19,7 @@ const NO_CHECKS: &str =
 #[test]
 fn a_passed_tcp_socket_serves_its_first_client_and_every_worker_shares_it() {
     let target = Backend::start(named("a"));
-    let addr = free(false);
+    let addr = dead_addr();
     let yaml = config("round_robin", &[(target.addr, 1)], "", "")
         .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
     let mut first = None;
@@ -66,7 +51,7 @@ fn a_passed_tcp_socket_serves_its_first_client_and_every_worker_shares_it() {
 #[test]
 fn a_udp_socket_named_after_its_listener_serves_it_from_the_first_datagram() {
     let echo = UdpBackend::start(udp_echo());
-    let addr = free(true);
+    let addr = free_udp_addr();
     // The listener asks for port 0: the name, not the address, matches the passed socket.
     let yaml = udp_config(&[echo.addr], "", NO_CHECKS).replace("workers: 2", "workers: 1");
     let client = udp_client(addr);
@@ -90,7 +75,7 @@ fn a_udp_socket_named_after_its_listener_serves_it_from_the_first_datagram() {
 fn a_udp_socket_that_two_workers_cannot_share_is_refused_with_what_to_change() {
     need("systemd-socket-activate");
     let echo = UdpBackend::start(udp_echo());
-    let addr = free(true);
+    let addr = free_udp_addr();
     let yaml = udp_config(&[echo.addr], "", NO_CHECKS)
         .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
     let file = write_config(&yaml);

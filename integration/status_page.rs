@@ -31,11 +31,7 @@ impl Driver {
     fn start() -> Driver {
         need("chromedriver");
         need("chromium");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -50,16 +50,23 @@ fn open_alternating(addr: SocketAddr, admin: SocketAddr, n: usize) -> Vec<TcpStr
     conns
 }
 
+/// `ballast_accept_steering_load_aware` and `..._configured_load_aware` from `/metrics`.
+fn steering_gauges(admin: SocketAddr) -> (Option<f64>, Option<f64>) {
+    (
+        unlabelled(admin, "ballast_accept_steering_load_aware"),
+        unlabelled(admin, "ballast_accept_steering_configured_load_aware"),
+    )
+}
+
 #[test]
 fn connections_opened_one_by_one_alternate_between_the_workers() {
     let target = Backend::start(echo());
     let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
-    let (_, text) = scrape(admin);
-    assert!(
-        text.contains("ballast_accept_steering_load_aware 1")
-            && text.contains("ballast_accept_steering_configured_load_aware 1"),
-        "the kernel refused the steering program (root and Linux 5.5 needed): {text}"
+    assert_eq!(
+        steering_gauges(admin),
+        (Some(1.0), Some(1.0)),
+        "the kernel refused the steering program (root and Linux 5.5 needed)"
     );
     let mut conns = open_alternating(addr, admin, 24);
     // Keep the first 12 but four of one parity (one worker's, as they alternated), so the
@@ -155,12 +162,7 @@ fn accept_steering_hash_leaves_placement_to_the_kernel() {
     );
     let lb = Ballast::start(&yaml);
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
-    let (_, text) = scrape(admin);
-    assert!(
-        text.contains("ballast_accept_steering_load_aware 0")
-            && text.contains("ballast_accept_steering_configured_load_aware 0"),
-        "{text}"
-    );
+    assert_eq!(steering_gauges(admin), (Some(0.0), Some(0.0)));
     // Still counted per worker, and served.
     let _conn = open_one(addr, admin, 1.0);
 }

@@ -129,24 +129,28 @@ impl Bound {
     }
 }
 
-/// Listening sockets this process was given at start, used before any is bound afresh.
-#[derive(Debug)]
-pub(crate) enum Given<'a> {
-    /// Handed over by the Ballast being upgraded (`--upgrade-from`).
-    Upgrade(&'a mut Inherited),
-    /// Passed by a service manager (`LISTEN_FDS`).
-    Activation(&'a mut Activated),
+/// Listening sockets a process starts with, used before any is bound afresh.
+#[derive(Debug, Default)]
+pub enum Sockets {
+    /// None: every listener is bound afresh.
+    #[default]
+    None,
+    /// Handed over by the running Ballast (`--upgrade-from`, [`crate::handover`]).
+    Upgrade(Inherited),
+    /// Passed by a service manager (`LISTEN_FDS`, [`crate::activation`]).
+    Activation(Activated),
 }
 
-impl Given<'_> {
-    /// The sockets given for listener `l`.
-    fn sockets_for(&mut self, l: &ListenerConfig) -> Provided {
+impl Sockets {
+    /// The sockets given for listener `l` (each is given once).
+    fn take_for(&mut self, l: &ListenerConfig) -> Provided {
         match self {
-            Given::Upgrade(i) => Provided {
+            Sockets::None => Provided::default(),
+            Sockets::Upgrade(i) => Provided {
                 fds: i.sockets_for(&l.name, l.protocol, l.bind, l.interface.as_deref()),
                 share: false,
             },
-            Given::Activation(a) => a.sockets_for(&l.name, l.protocol, l.bind),
+            Sockets::Activation(a) => a.sockets_for(&l.name, l.protocol, l.bind),
         }
     }
 }
@@ -158,7 +162,7 @@ impl Given<'_> {
 /// [`BindError`] naming the listener.
 pub(crate) fn bind_all(
     config: &mut Config,
-    given: Option<Given<'_>>,
+    given: &mut Sockets,
 ) -> Result<Vec<Vec<Bound>>, BindError> {
     let all: Vec<usize> = (0..config.listeners.len()).collect();
     bind_listeners_from(config, &all, given)
@@ -174,14 +178,14 @@ pub(crate) fn bind_listeners(
     config: &mut Config,
     which: &[usize],
 ) -> Result<Vec<Vec<Bound>>, BindError> {
-    bind_listeners_from(config, which, None)
+    bind_listeners_from(config, which, &mut Sockets::None)
 }
 
 /// As [`bind_listeners`], taking `given` sockets first.
 fn bind_listeners_from(
     config: &mut Config,
     which: &[usize],
-    given: Option<Given<'_>>,
+    given: &mut Sockets,
 ) -> Result<Vec<Vec<Bound>>, BindError> {
     let chosen: Vec<&ListenerConfig> = which.iter().map(|&i| &config.listeners[i]).collect();
     let (sockets, addrs) = bind_each_from(&chosen, config.workers, &config.path, given)?;
@@ -214,7 +218,7 @@ pub(crate) fn bind_each(
     workers: usize,
     path: &std::path::Path,
 ) -> Result<(Vec<Vec<Bound>>, Vec<SocketAddr>), BindError> {
-    bind_each_from(listeners, workers, path, None)
+    bind_each_from(listeners, workers, path, &mut Sockets::None)
 }
 
 /// As [`bind_each`]; a listener uses the sockets `given` for it (same protocol, address and
@@ -224,7 +228,7 @@ fn bind_each_from(
     listeners: &[&ListenerConfig],
     workers: usize,
     path: &std::path::Path,
-    mut given: Option<Given<'_>>,
+    given: &mut Sockets,
 ) -> Result<(Vec<Vec<Bound>>, Vec<SocketAddr>), BindError> {
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::with_capacity(listeners.len());
@@ -236,9 +240,7 @@ fn bind_each_from(
             path: path.display().to_string(),
             source,
         };
-        let provided = given
-            .as_mut()
-            .map_or_else(Provided::default, |g| g.sockets_for(l));
+        let provided = given.take_for(l);
         let mut taken: Vec<Bound> = provided
             .fds
             .into_iter()
@@ -247,7 +249,7 @@ fn bind_each_from(
                 Protocol::Udp => Bound::Udp(fd.into()),
             })
             .collect();
-        let activated = matches!(given, Some(Given::Activation(_))) && !taken.is_empty();
+        let activated = matches!(given, Sockets::Activation(_)) && !taken.is_empty();
         let shared = provided.share && !taken.is_empty();
         if let Some(first) = taken.first() {
             addr = first.local_addr().map_err(fail)?;

@@ -160,7 +160,9 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
         | Command::Completions { .. }
         | Command::Man
         | Command::Schema => {
-            unreachable!("`run`, `check`, `completions` and `man` do not use the admin API")
+            unreachable!(
+                "`run`, `check`, `completions`, `man` and `schema` do not use the admin API"
+            )
         }
     }
     Ok(())

@@ -18,7 +18,8 @@ use signal_hook::iterator::Signals;
 use crate::access_log::{AccessLog, Sink, Writer};
 use crate::activation::{Activated, ActivationError};
 use crate::admin::Admin;
-use crate::bind::{bind_all, BindError, Bound, Given};
+pub use crate::bind::Sockets;
+use crate::bind::{bind_all, BindError, Bound};
 use crate::config::{AcceptSteering, Config, Protocol};
 use crate::control::Control;
 use crate::generation::Generation;
@@ -85,18 +86,6 @@ pub enum RunError {
     /// code 2).
     #[error(transparent)]
     Activation(#[from] ActivationError),
-}
-
-/// Listening sockets a process starts with, besides those it binds.
-#[derive(Debug, Default)]
-pub enum Sockets {
-    /// None: every listener is bound afresh.
-    #[default]
-    None,
-    /// Handed over by the running Ballast (`--upgrade-from`, [`crate::handover`]).
-    Upgrade(Inherited),
-    /// Passed by a service manager (`LISTEN_FDS`, [`crate::activation`]).
-    Activation(Activated),
 }
 
 impl RunError {
@@ -239,14 +228,7 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         })?,
         (_, None) => {}
     }
-    let sockets = bind_all(
-        &mut config,
-        match &mut given {
-            Sockets::None => None,
-            Sockets::Upgrade(i) => Some(Given::Upgrade(i)),
-            Sockets::Activation(a) => Some(Given::Activation(a)),
-        },
-    )?;
+    let sockets = bind_all(&mut config, &mut given)?;
     let inherited = match given {
         Sockets::Upgrade(i) => Some(i),
         Sockets::Activation(a) => {

@@ -98,3 +98,11 @@ pub fn udp_client(addr: SocketAddr) -> std::net::UdpSocket {
     s.set_read_timeout(Some(WAIT)).unwrap();
     s
 }
+
+/// An address on 127.0.0.1 whose UDP port is free right now (bound, then closed).
+pub fn free_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

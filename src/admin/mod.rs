@@ -40,8 +40,9 @@
 //! With `admin.token_file`, every request but `GET /healthz` and `GET /livez` (which checkers
 //! call without secrets) needs `Authorization: Bearer <token>`, or HTTP Basic with the token
 //! as password (what a browser sends after the status page's log-in prompt; held to the
-//! cross-site rules of [`server`]); 401 otherwise. Errors are `{"error": "..."}` with a 4xx status. Changes made through the API
-//! live until the next reload, which applies the file as written.
+//! cross-site rules of [`server`]); 401 otherwise. Errors are `{"error": "..."}` with a 4xx
+//! status. Changes made through the API live until the next reload, which applies the file
+//! as written.
 
 pub mod metrics;
 mod page;
@@ -472,9 +473,11 @@ fn listeners(shared: &Generation) -> serde_json::Value {
         .iter()
         .filter(|l| !l.removed)
         .map(|l| {
-            let routes: Vec<serde_json::Value> = l.config.sni.iter().flat_map(|s| &s.routes)
-                .map(|r| json!({ "server_name": r.server_name, "target_group": group(r.target_group) }))
-                .collect();
+            let route = |r: &crate::config::SniRoute| {
+                json!({ "server_name": r.server_name, "target_group": group(r.target_group) })
+            };
+            let routes: Vec<serde_json::Value> =
+                l.config.sni.iter().flat_map(|s| &s.routes).map(route).collect();
             let refused: u64 = l.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             json!({
                 "name": l.config.name,

@@ -287,7 +287,7 @@ fn form(schema: &Value) -> String {
             .filter(|v| !v.is_null())
             .map(|v| v.as_str().map_or(v.to_string(), str::to_string))
             .collect();
-        v.dedup_by(|a, b| a == b);
+        // `Option<enum>` repeats the values (a string and a number for a TLS version).
         let mut seen = std::collections::HashSet::new();
         v.retain(|x| seen.insert(x.clone()));
         parts.push(format!("one of {}", v.join(" | ")));
