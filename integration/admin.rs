@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -94,6 +95,88 @@ fn a_token_is_required_when_configured() {
     assert!(body.contains("\"error\""), "{body}");
     assert_eq!(get(admin, "/targets", Some("wrong")).0, 401);
     assert_eq!(get(admin, "/targets", Some("s3cret")).0, 200);
+    // The open endpoints stay open to HEAD, which answers as GET does (without the body).
+    for path in ["/healthz", "/livez"] {
+        assert_eq!(get(admin, path, None).0, 200, "GET {path}");
+        assert_eq!(
+            http(admin, "HEAD", path, None),
+            (200, String::new()),
+            "HEAD {path}"
+        );
+    }
+    assert_eq!(http(admin, "HEAD", "/targets", None).0, 401);
+}
+
+/// Writes a request head to a new connection to `admin` and keeps the connection.
+fn send_head(admin: SocketAddr, head: &str) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s
+}
+
+/// A body promised and never sent is given up at its deadline (408, closed); an open endpoint
+/// answers without waiting for one; and 4,500 connections holding stalled bodies or sending
+/// nothing at all (more than the API's 4,096 slots) never keep `/healthz` from answering.
+#[test]
+fn stalled_bodies_and_idle_connections_never_keep_healthz_out() {
+    let lb = Ballast::start(&config("round_robin", &[(dead_addr(), 1)], "", NO_CHECKS));
+    let admin = lb.admin_addr();
+    let stalled_post = format!(
+        "POST /node/enable HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: 10\r\n\r\n"
+    );
+    let stalled_get = "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n";
+
+    let mut post = send_head(admin, &stalled_post);
+    let started = Instant::now();
+    let mut get_one = send_head(admin, stalled_get);
+    let mut answer = [0u8; 12];
+    get_one.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200", "answered without its body");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let mut response = String::new();
+    let _ = post.read_to_string(&mut response); // ends at the close
+    assert!(response.starts_with("HTTP/1.1 408"), "{response:?}");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(8)).contains(&waited),
+        "given up after {waited:?}"
+    );
+
+    // Opened from 15 threads: a loopback SYN is now and then lost here, and a connect then
+    // waits a second for its retransmission; in parallel those seconds overlap.
+    let held: Vec<TcpStream> = std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..15)
+            .map(|t| {
+                let stalled_post = &stalled_post;
+                scope.spawn(move || {
+                    (0..300)
+                        .map(|i| match (t + i) % 2 {
+                            0 => send_head(admin, stalled_post),
+                            _ => TcpStream::connect_timeout(&admin, WAIT).unwrap(), // nothing
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        opening
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    assert_eq!(held.len(), 4500);
+    for round in 0..5 {
+        let t = Instant::now();
+        let (status, body) = get(admin, "/healthz", None);
+        assert_eq!(status, 200, "round {round}: {body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "round {round}: /healthz took {:?} with 4,500 stalled connections",
+            t.elapsed()
+        );
+    }
+    drop(held);
 }
 
 #[test]

@@ -53,6 +53,30 @@ impl Faults {
     }
 }
 
+/// How many registrations short of their wrap point a worker's wrapping counters start, from
+/// the environment variable `BALLAST_FAULT_NEAR_WRAP` (a number), read once; `None` when it is
+/// unset or fault injection is not built in ([`Faults::ENABLED`]). Lets a test proxy across a
+/// wrap in a few dozen connections instead of millions: the worker's socket tags (24 bits,
+/// wrapping after 2^24 registrations) and its UDP session ids (whose low 24 bits are their
+/// sockets' tags).
+pub(crate) fn near_wrap() -> Option<u32> {
+    static NEAR: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *NEAR.get_or_init(|| {
+        let value = std::env::var("BALLAST_FAULT_NEAR_WRAP").ok()?;
+        if !Faults::ENABLED {
+            log::warn!("BALLAST_FAULT_NEAR_WRAP ignored: fault injection is not built in");
+            return None;
+        }
+        match value.parse() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                log::warn!("BALLAST_FAULT_NEAR_WRAP={value:?} ignored: {e}");
+                None
+            }
+        }
+    })
+}
+
 /// Panics on purpose, naming `thread` (tests of the supervision only).
 pub(crate) fn injected_panic(thread: &str) -> ! {
     panic!("injected fault: {thread} panic asked for through the admin API");

@@ -49,16 +49,22 @@ impl Ballast {
         Self::launch(yaml, level, fd_limit, &[])
     }
 
+    /// As [`Ballast::start`], with these environment variables set for the process (e.g.
+    /// `BALLAST_FAULT_NEAR_WRAP`).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Ballast {
+        Self::launch_as(yaml, "info", None, &[], env, &[], || {})
+    }
+
     /// As [`Ballast::start`], under systemd's `systemd-socket-activate` with `activate` (its
     /// `--listen`, `--datagram`, `--fdname` arguments): it binds those sockets, and starts
     /// Ballast with them (`LISTEN_FDS`) on the first connection or datagram, which `trigger`
     /// sends. Returns once Ballast is ready.
     pub fn start_activated(yaml: &str, activate: &[&str], trigger: impl FnOnce()) -> Ballast {
-        Self::launch_as(yaml, "info", None, &[], activate, trigger)
+        Self::launch_as(yaml, "info", None, &[], &[], activate, trigger)
     }
 
     fn launch(yaml: &str, level: &str, fd_limit: Option<u64>, args: &[&str]) -> Ballast {
-        Self::launch_as(yaml, level, fd_limit, args, &[], || {})
+        Self::launch_as(yaml, level, fd_limit, args, &[], &[], || {})
     }
 
     /// Starts `ballast run`, directly or (with `activate`) under `systemd-socket-activate`,
@@ -68,6 +74,7 @@ impl Ballast {
         level: &str,
         fd_limit: Option<u64>,
         args: &[&str],
+        env: &[(&str, &str)],
         activate: &[&str],
         trigger: impl FnOnce(),
     ) -> Ballast {
@@ -104,6 +111,7 @@ impl Ballast {
             }
         }
         let mut child = command
+            .envs(env.iter().copied())
             .env("NOTIFY_SOCKET", notifications.path())
             .args(["run", "--log-level", level, "--config"])
             .arg(config.path())

@@ -47,6 +47,7 @@
 pub mod metrics;
 mod page;
 mod server;
+mod slots;
 
 use std::io;
 use std::net::SocketAddr;

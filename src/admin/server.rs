@@ -1,11 +1,15 @@
 //! The admin API's HTTP server: hyper (HTTP/1.1) on a one-thread tokio runtime of its own,
 //! so no client can hold a thread or much memory before it is authenticated:
-//! - a connection is a task, not a thread; at most [`MAX_CONNECTIONS`] at once (past that a
-//!   new one is closed at once, counted in the log);
+//! - a connection is a task, not a thread; at most [`MAX_CONNECTIONS`] at once: past that the
+//!   oldest connection that is only waiting (for a head, a body or its next request) is
+//!   closed to make room ([`super::slots`]), so a flood of idle or stalled connections cannot
+//!   keep a health check out;
 //! - request heads are bounded ([`MAX_HEAD`] bytes, [`MAX_HEADERS`] headers) and must arrive
 //!   within [`HEADER_TIMEOUT`]; an endless header line is cut off, not buffered;
-//! - the token is checked from the head before any body is read; bodies are at most
-//!   [`super::MAX_BODY`];
+//! - the token is checked from the head before any body is read; a body is read only for
+//!   methods that carry one (POST, PUT, PATCH, DELETE), at most [`super::MAX_BODY`] bytes,
+//!   within [`BODY_TIMEOUT`] (else 408 and the connection closes); any other request is
+//!   answered without waiting for a body it announced;
 //! - handlers (which may wait on the workers or read the config file) run on a small blocking
 //!   pool, each inside `catch_unwind`: a panic costs its request a 500, never the server;
 //! - accept errors (EMFILE when descriptors run out) pause accepting briefly instead of
@@ -32,8 +36,9 @@ use hyper::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use super::slots::{Slot, Slots, Taken};
 use super::{answer, authorized, error, Method, Reply, MAX_BODY};
 use crate::control::Control;
 use crate::throttle::LogLimiter;
@@ -46,6 +51,10 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 pub(crate) const MAX_HEADERS: usize = 64;
 /// A request head must be read within this long.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`).
+const ADMIN_BACKLOG: i32 = 4096;
+/// A request body must be read within this long.
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after an accept error (EMFILE and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Handler threads (blocking pool).
@@ -79,8 +88,7 @@ impl Server {
         bind: SocketAddr,
         unix: Option<&Path>,
     ) -> io::Result<Server> {
-        let tcp = std::net::TcpListener::bind(bind)?;
-        tcp.set_nonblocking(true)?;
+        let tcp = listen(bind)?;
         let addr = tcp.local_addr()?;
         let unix_listener = match unix {
             None => None,
@@ -131,6 +139,19 @@ impl Server {
     }
 }
 
+/// The API's TCP socket, bound and listening (non-blocking) with a backlog of
+/// [`ADMIN_BACKLOG`]: std's 128 overflows while a flood of connections is being accepted, and
+/// a health check that arrives then waits a second for its SYN's retransmission.
+fn listen(bind: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&bind.into())?;
+    socket.listen(ADMIN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// Accepts on both sockets until `stopped` turns true.
 async fn serve(
     control: Arc<Control>,
@@ -138,7 +159,8 @@ async fn serve(
     unix: Option<std::os::unix::net::UnixListener>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new(MAX_CONNECTIONS);
+    let mut evictions = LogLimiter::default();
     let tcp = match tokio::net::TcpListener::from_std(tcp) {
         Ok(l) => l,
         Err(e) => return log::error!("admin API: cannot serve its socket: {e}"),
@@ -167,19 +189,33 @@ async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if let Some(more) = refused.allow(std::time::Instant::now()) {
-                log::warn!(
-                    "admin API: {MAX_CONNECTIONS} connections open; closing new ones ({more} \
-                     more since the last report)"
-                );
+        let held = match slots.take() {
+            Taken::Free(held) => held,
+            Taken::Evicted(held) => {
+                if let Some(more) = evictions.allow(std::time::Instant::now()) {
+                    log::warn!(
+                        "admin API: {MAX_CONNECTIONS} connections open; closed the oldest idle \
+                         one to serve a new one ({more} more since the last report)"
+                    );
+                }
+                held
             }
-            continue; // `stream` is dropped: closed
+            Taken::Full => {
+                if let Some(more) = refused.allow(std::time::Instant::now()) {
+                    log::warn!(
+                        "admin API: {MAX_CONNECTIONS} requests being served; closing new \
+                         connections ({more} more since the last report)"
+                    );
+                }
+                continue; // `stream` is dropped: closed
+            }
         };
         let control = control.clone();
         let mut stopping = stopped.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| handle(control.clone(), request, origin));
+            let slot = held.slot().clone();
+            let service =
+                service_fn(move |request| handle(control.clone(), request, origin, slot.clone()));
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -190,8 +226,10 @@ async fn serve(
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = stopping.changed() => connection.as_mut().graceful_shutdown(),
+                // Evicted to make room: dropping the connection closes it.
+                _ = held.slot().evicted() => {}
             }
-            drop(permit);
+            drop(held);
         });
     }
 }
@@ -214,9 +252,17 @@ async fn handle(
     control: Arc<Control>,
     request: Request<Incoming>,
     origin: Origin,
+    slot: Arc<Slot>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
+    // HEAD is GET without the body (hyper leaves it out): judged as GET everywhere, so an
+    // open endpoint stays open to HEAD.
+    let judged = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
     let url = parts
         .uri
         .path_and_query()
@@ -229,10 +275,10 @@ async fn handle(
         None => (None, false),
     };
     if let Origin::Tcp(local) = origin {
-        if let Err(reply) = same_origin(&shared, &method, &parts.headers, local, ambient) {
+        if let Err(reply) = same_origin(&shared, &judged, &parts.headers, local, ambient) {
             return Ok(respond(reply));
         }
-        if !authorized(&shared, &method, &path, token.as_deref()) {
+        if !authorized(&shared, &judged, &path, token.as_deref()) {
             return Ok(respond(error(401, "missing or wrong bearer token")));
         }
     }
@@ -242,13 +288,30 @@ async fn handle(
         Origin::Unix => shared.config.admin.token.clone(),
         Origin::Tcp(_) => token,
     };
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => String::from_utf8(b.to_bytes().to_vec())
-            .map_err(|_| "the request body is not UTF-8".to_string()),
-        Err(_) => Err(format!(
-            "cannot read the request body (at most {MAX_BODY} bytes)"
-        )),
+    let body = if takes_body(&judged) {
+        let read = Limited::new(body, MAX_BODY).collect();
+        match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(b)) => String::from_utf8(b.to_bytes().to_vec())
+                .map_err(|_| "the request body is not UTF-8".to_string()),
+            Ok(Err(_)) => Err(format!(
+                "cannot read the request body (at most {MAX_BODY} bytes)"
+            )),
+            Err(_) => {
+                let message = format!("the request body did not arrive within {BODY_TIMEOUT:?}");
+                let mut reply = respond(error(408, &message));
+                reply.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+                return Ok(reply);
+            }
+        }
+    } else {
+        // Not read: hyper closes the connection after the answer rather than wait for it.
+        drop(body);
+        Ok(String::new())
     };
+    slot.set_busy(true);
     let handled = tokio::task::spawn_blocking(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             answer(&control, &method, &url, token.as_deref(), || body)
@@ -260,10 +323,19 @@ async fn handle(
         result
     })
     .await;
+    slot.set_busy(false);
     Ok(respond(match handled {
         Ok(Ok(reply)) => reply,
         _ => error(500, "the request failed inside Ballast (see its log)"),
     }))
+}
+
+/// Whether requests of `method` carry a body this API reads.
+fn takes_body(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 /// When the browser could have sent the request on its own — no token is configured, or

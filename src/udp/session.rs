@@ -164,6 +164,15 @@ impl<T> Default for SessionTable<T> {
 }
 
 impl<T> SessionTable<T> {
+    /// An empty table whose first session gets id `after + 1` (tests of the long life start
+    /// it next to a wrap point: see [`crate::fault::near_wrap`]).
+    pub fn with_ids_after(after: u64) -> Self {
+        SessionTable {
+            next_id: after,
+            ..Self::default()
+        }
+    }
+
     /// The key of the session for `tuple`.
     pub fn find(&self, tuple: &FiveTuple) -> Option<usize> {
         self.table.find(tuple)

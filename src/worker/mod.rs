@@ -323,13 +323,15 @@ impl Worker {
         }
         let batch = udp_batch_size(&shared).map(Batch::new);
         let pickers = shared.groups.iter().map(Picker::new).collect();
+        // Tests of the long life start the wrapping counters just short of their wrap.
+        let first_tag = crate::fault::near_wrap().map_or(0, |n| TAG_MASK - n.min(TAG_MASK));
         Ok(Worker {
             id,
             poll,
             shared,
             listeners,
             table: ConnTable::default(),
-            sessions: SessionTable::default(),
+            sessions: SessionTable::with_ids_after(first_tag.into()),
             batch,
             pickers,
             timers: Timers::default(),
@@ -341,7 +343,7 @@ impl Worker {
             stop_deadline: None,
             access,
             next_id: 0,
-            next_tag: 0,
+            next_tag: first_tag,
             now: Instant::now(),
             steering,
             published: 0,
@@ -634,8 +636,13 @@ impl Worker {
     }
 
     /// A fresh tag for a socket about to be registered.
+    ///
+    /// Tags wrap at [`TAG_MASK`], not at `u32::MAX`: a token carries only the low 24 bits, and
+    /// the event handlers compare the tag from the token with the one stored beside the
+    /// socket, so a stored tag above the mask would never match and every event of that
+    /// socket would be dropped as stale (a worker stopped serving after 2^23 connections).
     fn new_tag(&mut self) -> Tag {
-        self.next_tag = self.next_tag.wrapping_add(1);
+        self.next_tag = self.next_tag.wrapping_add(1) & TAG_MASK;
         self.next_tag
     }
 
