@@ -95,6 +95,29 @@ fn connections_opened_one_by_one_alternate_between_the_workers() {
     );
 }
 
+/// A worker that panics holding connections publishes an empty load as it goes, so its
+/// replacement is steered the next connections instead of starving beside a stale count.
+#[test]
+fn a_restarted_worker_gets_the_next_connections() {
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut conns = open_alternating(addr, admin, 20);
+    assert_eq!(per_worker(admin), (10.0, 10.0));
+    assert_eq!(
+        http(admin, "POST", "/debug/panic/worker/0", None, "").0,
+        202
+    );
+    lb.wait_log("worker 0 restarted", WAIT);
+    wait_until("the restarted worker to count 0 connections", || {
+        per_worker(admin) == (0.0, 10.0)
+    });
+    for k in 1..=10 {
+        conns.push(open_one(addr, admin, 10.0 + k as f64));
+    }
+    assert_eq!(per_worker(admin), (10.0, 10.0), "all ten to the new worker");
+}
+
 #[test]
 fn listeners_bound_afresh_after_a_node_drain_are_steered_too() {
     let target = Backend::start(echo());

@@ -49,7 +49,7 @@ pub enum NodeAction {
     /// `/healthz` fails at once (the VIP or route moves away); listeners keep accepting for
     /// the grace, then close; open connections go on.
     Drain {
-        /// How long listeners keep accepting (default: the config's `shutdown_grace`).
+        /// How long listeners keep accepting (default: the config's `node_drain_grace`, 5s).
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         grace: Option<Duration>,
     },

@@ -29,6 +29,18 @@ pub(crate) fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A per-process random key for tables that a client's address indexes (per-source limits,
+/// stickiness): SipHash-1-3 under std's `RandomState`, so nobody outside the process can
+/// compute which addresses share a word. Not for anything several nodes must agree on (the
+/// balancers' hashes above are fixed for that).
+pub(crate) type TableKey = std::collections::hash_map::RandomState;
+
+/// The keyed hash of `ip` under `key` (see [`TableKey`]).
+pub(crate) fn keyed_ip(key: &TableKey, ip: IpAddr) -> u64 {
+    use std::hash::BuildHasher;
+    key.hash_one(ip)
+}
+
 /// Hash of an IP address (v4 and v6 alike by their octets).
 pub(crate) fn hash_ip(ip: IpAddr) -> u64 {
     match ip {

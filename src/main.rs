@@ -132,10 +132,12 @@ fn print_plan(c: &Config) {
     let _ = writeln!(out, "config {} is valid", c.path.display());
     let _ = writeln!(
         out,
-        "workers: {}, shutdown_timeout: {}, shutdown_grace: {}, upgrade_socket: {}",
+        "workers: {}, shutdown_timeout: {}, shutdown_grace: {}, node_drain_grace: {}, \
+         upgrade_socket: {}",
         c.workers,
         humantime::format_duration(c.shutdown_timeout),
         humantime::format_duration(c.shutdown_grace),
+        humantime::format_duration(c.node_drain_grace),
         c.upgrade_socket
             .as_ref()
             .map_or("none".to_string(), |p| p.display().to_string())

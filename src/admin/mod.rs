@@ -10,7 +10,7 @@
 //! - `GET /node`: the node's service state (`serving`, `draining`, `drained`, `stopping`),
 //!   whether it is ready, and why not.
 //! - `POST /node/drain[?grace=DURATION]`: node drain: `/healthz` fails at once, listeners keep
-//!   accepting for the grace (default `shutdown_grace`), then close; open connections go on.
+//!   accepting for the grace (default `node_drain_grace`, 5 s), then close; open connections go on.
 //!   202. `POST /node/enable`: serving again (listeners bound afresh if they had closed).
 //! - `GET /`: the live status page ([`page`]): listeners, target groups and targets with
 //!   health, admin state, counters and rates, and drain / disable / enable buttons.
@@ -188,7 +188,7 @@ pub fn answer(
         (&Method::GET, "/node") => json_response(200, node_json(control, &shared)),
         (&Method::POST, "/node/drain") => match query_duration(url, "grace") {
             Ok(grace) => {
-                control.drain_node(grace.unwrap_or(shared.config.shutdown_grace));
+                control.drain_node(grace.unwrap_or(shared.config.node_drain_grace));
                 json_response(202, node_json(control, &shared))
             }
             Err(message) => error(400, &message),

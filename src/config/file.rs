@@ -29,6 +29,9 @@ pub struct FileConfig {
     /// How long listeners keep accepting after SIGTERM, `/healthz` already failing (zero
     /// allowed).
     pub shutdown_grace: Option<BoundedDuration>,
+    /// How long listeners keep accepting after a node drain that names no grace, `/healthz`
+    /// already failing (default 5s; zero allowed).
+    pub node_drain_grace: Option<BoundedDuration>,
     /// UNIX socket path on which a new process takes the listening sockets over.
     pub upgrade_socket: Option<String>,
     /// `off`, `stderr`, or a file path.

@@ -32,6 +32,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Default `shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `node_drain_grace`: the shipped keepalived recipe moves the VIP within about 1 s of
+/// `/healthz` failing (1 s checks, `fall 1`), the BIRD one withdraws the route within about
+/// 2 s (1 s route check, then the update reaches the router); 5 s covers both with room.
+pub const DEFAULT_NODE_DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Default `udp.session_idle_timeout`.
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where access-log lines go (`access_log:`): [`crate::access_log`] writes them.
@@ -65,6 +69,13 @@ pub struct Config {
     /// `/healthz` already answers 503, so a VIP or route moves away before the node stops
     /// taking clients; zero (the default) stops accepting at once.
     pub shutdown_grace: Duration,
+    /// After a node drain that names no grace (`ballast node drain`, `POST /node/drain`), how
+    /// long listeners keep accepting while `/healthz` already answers 503: by default
+    /// [`DEFAULT_NODE_DRAIN_GRACE`], longer than the shipped keepalived and BIRD recipes take
+    /// to move traffic away, so a drain with the defaults fails no connection still routed
+    /// here. (A drain is a planned step in a fleet; SIGTERM's `shutdown_grace` stays 0 by
+    /// default so a plain stop is prompt.)
+    pub node_drain_grace: Duration,
     /// Where a running Ballast hands its listening sockets to a new process
     /// (`ballast run --upgrade-from PATH`); `None`: no handover.
     pub upgrade_socket: Option<PathBuf>,

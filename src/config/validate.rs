@@ -501,6 +501,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         shutdown_grace: raw.shutdown_grace.map_or(Duration::ZERO, |d| d.0),
+        node_drain_grace: raw
+            .node_drain_grace
+            .map_or(DEFAULT_NODE_DRAIN_GRACE, |d| d.0),
         upgrade_socket: match raw.upgrade_socket.as_deref() {
             None => None,
             Some("") => {

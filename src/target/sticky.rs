@@ -4,7 +4,7 @@
 //! The table is shared by all workers of a group (a client's reconnects reach any worker) and
 //! takes no lock: a fixed array of `max_entries` (rounded up to a power of two) atomic words,
 //! each holding a 16-bit tag of the client's hash, the target index and the time of last use.
-//! A client maps to one word by its hash; a fresh word with its tag sends it to its target, any
+//! A client maps to one word by its hash (keyed per process: [`TableKey`]); a fresh word with its tag sends it to its target, any
 //! other word is replaced on its next pick. So the table is bounded by construction, expires
 //! entries by their age, and a collision only costs the two clients their stickiness. Time is
 //! passed in (milliseconds since start), so tests are deterministic.
@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::hash::hash_ip;
+use crate::hash::{keyed_ip, TableKey};
 
 /// Units of the stored time: 100 ms, so 32 bits last 13 years.
 const TICK_MS: u64 = 100;
@@ -23,6 +23,8 @@ const TICK_MS: u64 = 100;
 pub struct StickyTable {
     words: Box<[AtomicU64]>,
     timeout_ticks: u64,
+    /// Keyed per process, so no one can choose addresses that evict a client's entry.
+    key: TableKey,
 }
 
 impl StickyTable {
@@ -33,6 +35,7 @@ impl StickyTable {
         StickyTable {
             words: (0..size).map(|_| AtomicU64::new(0)).collect(),
             timeout_ticks,
+            key: TableKey::new(),
         }
     }
 
@@ -51,7 +54,7 @@ impl StickyTable {
     }
 
     fn slot(&self, ip: IpAddr) -> (usize, u64) {
-        let h = hash_ip(ip);
+        let h = keyed_ip(&self.key, ip);
         let slot = (h as usize) & (self.words.len() - 1);
         // Tag from the high bits (the slot used the low ones); never 0, which marks "empty".
         let tag = ((h >> 48) & 0xffff).max(1);

@@ -632,6 +632,11 @@ impl Worker {
             self.close(key, "worker_restart", crate::tcp::Reset::BOTH);
         }
         self.end_all_sessions("worker_restart");
+        // Its sockets close with it, and the SYNs steered to them with them: publish an empty
+        // worker at once (the replacement publishes only on a change from 0, so a stale count
+        // left here would keep steering every new connection away from it).
+        self.published = 0;
+        self.steering.accept_queue_empty(self.id, 0);
         self.access.flush();
     }
 
