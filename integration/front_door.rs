@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use ballast::proxy_protocol::{parse, Parsed};
+use ballast::proxy_protocol::{parse, parse_datagram, Parsed};
 use common::*;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
@@ -157,7 +157,7 @@ fn udp_sessions_put_a_v2_header_before_every_datagram() {
         if d.ends_with(b"ping") && d.len() > 4 {
             return Some(b"pong".to_vec()); // a health check, after its LOCAL header
         }
-        let reply = match parse(d) {
+        let reply = match parse_datagram(d) {
             Parsed::Header {
                 len,
                 addresses: Some((c, l)),
