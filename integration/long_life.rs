@@ -58,3 +58,125 @@ fn connections_and_sessions_are_served_across_the_tag_wrap() {
         assert_eq!(&buf[..n], what.as_bytes());
     }
 }
+
+/// `len` bytes from a seeded generator.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Sends `stream` with its byte at `mark` as urgent data (MSG_OOB): the bytes before it, the
+/// urgent byte, the rest. Returns the whole stream as the peer must see it (in line).
+fn send_with_urgent_byte(s: &mut std::net::TcpStream, stream: &[u8], mark: usize) {
+    s.write_all(&stream[..mark]).unwrap();
+    let sent = socket2::SockRef::from(&*s)
+        .send_out_of_band(&stream[mark..mark + 1])
+        .unwrap();
+    assert_eq!(sent, 1);
+    s.write_all(&stream[mark + 1..]).unwrap();
+}
+
+/// Reads `s` (urgent data in line) to its end: the SHA-256 and length of what came, or the
+/// error that ended it.
+fn read_to_end_digest(s: &mut std::net::TcpStream) -> Result<(usize, Vec<u8>), String> {
+    use sha2::{Digest, Sha256};
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .map_err(|e| format!("{e} after {} bytes", got.len()))?;
+    Ok((got.len(), Sha256::digest(&got).to_vec()))
+}
+
+/// With `forwarding: splice`, 512 KiB, one urgent byte and 512 KiB more reach the other side
+/// whole and in order (the urgent byte in line), in both directions. splice(2) stops at the
+/// urgent mark for good; a stream used to stall there.
+#[test]
+fn an_urgent_byte_on_a_spliced_stream_is_delivered_in_order_both_ways() {
+    use sha2::{Digest, Sha256};
+    const HALF: usize = 512 * 1024;
+    let up = random_bytes(2 * HALF + 1, 1);
+    let down = random_bytes(2 * HALF + 1, 2);
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let reply = down.clone();
+    let target = Backend::start(std::sync::Arc::new(move |mut s: std::net::TcpStream| {
+        socket2::SockRef::from(&s)
+            .set_out_of_band_inline(true)
+            .unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_write_timeout(Some(WAIT)).unwrap();
+        let seen = read_to_end_digest(&mut s);
+        if seen == Ok((0, Sha256::digest(b"").to_vec())) {
+            return; // the health check's connection
+        }
+        let _ = seen_tx.send(seen);
+        send_with_urgent_byte(&mut s, &reply, HALF);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }));
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - {{name: t, protocol: tcp, bind: '127.0.0.1:0', target_group: g, \
+         forwarding: splice}}\ntarget_groups:\n  - name: g\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n",
+        target.addr
+    );
+    let lb = Ballast::start(&yaml);
+    let mut c = client(lb.addr("t"));
+    socket2::SockRef::from(&c)
+        .set_out_of_band_inline(true)
+        .unwrap();
+    send_with_urgent_byte(&mut c, &up, HALF);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let upstream = seen_rx
+        .recv_timeout(WAIT)
+        .expect("the target saw the client's end");
+    assert_eq!(
+        upstream,
+        Ok((up.len(), Sha256::digest(&up).to_vec())),
+        "client to target"
+    );
+    assert_eq!(
+        read_to_end_digest(&mut c),
+        Ok((down.len(), Sha256::digest(&down).to_vec())),
+        "target to client"
+    );
+}
+
+/// A spliced connection that goes idle gives its pipes back: 50 keep-alive connections that
+/// each carried 256 KiB through `forwarding: splice` hold their two sockets each, not four
+/// pipe descriptors more (pipes are pooled per worker, at most 32 kept free).
+#[test]
+fn idle_spliced_connections_hold_no_pipes() {
+    let echo_target = Backend::start(echo());
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - {{name: t, protocol: tcp, bind: '127.0.0.1:0', target_group: g, \
+         forwarding: splice}}\ntarget_groups:\n  - name: g\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n",
+        echo_target.addr
+    );
+    let lb = Ballast::start_with_level(&yaml, "debug");
+    let addr = lb.addr("t");
+    // The start-up health check's socket must be gone before the baseline (logged after it
+    // is closed).
+    lb.wait_log("check of", WAIT);
+    let baseline = lb.fd_count();
+    let payload = random_bytes(256 * 1024, 3);
+    let held: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = client(addr);
+            let mut reader = s.try_clone().unwrap();
+            let expect = payload.clone();
+            let echoed = std::thread::spawn(move || {
+                let mut back = vec![0u8; expect.len()];
+                reader.read_exact(&mut back).unwrap();
+                back == expect
+            });
+            s.write_all(&payload).unwrap();
+            assert!(echoed.join().unwrap(), "echo differs");
+            s
+        })
+        .collect();
+    let extra = lb.fd_count() - baseline;
+    assert!(
+        extra <= 2 * 50 + 2 * 32,
+        "{extra} descriptors for 50 idle connections (2 sockets each, pipes pooled)"
+    );
+    drop(held);
+}

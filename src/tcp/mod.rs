@@ -37,6 +37,7 @@
     )
 )]
 
+pub(crate) mod pool;
 pub(crate) mod pump;
 pub(crate) mod tls;
 pub(crate) mod transport;

@@ -17,42 +17,14 @@
 //! No error is returned: the endpoints' `aborted` flags carry them to the worker.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use mio::net::TcpStream;
 
+pub(crate) use super::pool::BufferPool;
+use super::pool::{at_urgent_mark, splice, Pipe};
 use super::transport::{Plain, Transport};
 use crate::config::Forwarding;
-
-/// Size of one pooled buffer, bytes.
-pub(crate) const BUFFER_SIZE: usize = 64 * 1024;
-/// Capacity asked for each splice pipe, bytes. Pages are taken only as data fills the pipe.
-/// 256 KiB moved iperf3 single-stream from ~0.66× to ~0.77× of direct over the 64 KiB default
-/// (one run, three rounds, loopback, 2 cores); 1 MiB did no better.
-pub(crate) const PIPE_SIZE: usize = 256 * 1024;
-
-/// Free buffers of one worker, reused across connections so idle connections hold none.
-#[derive(Debug, Default)]
-pub(crate) struct BufferPool {
-    free: Vec<Box<[u8]>>,
-}
-
-impl BufferPool {
-    /// Most buffers kept free; beyond this, returned buffers are freed.
-    const MAX_FREE: usize = 256;
-
-    fn take(&mut self) -> Box<[u8]> {
-        self.free
-            .pop()
-            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
-    }
-
-    fn give(&mut self, buf: Box<[u8]>) {
-        if self.free.len() < Self::MAX_FREE {
-            self.free.push(buf);
-        }
-    }
-}
 
 /// Whether a socket may have data to read / room to write, as the last events and syscalls
 /// left it. Set by events, cleared by `WouldBlock`.
@@ -126,66 +98,6 @@ impl Endpoint {
     /// also discards whatever is unsent.
     pub(crate) fn reset_on_close(&self) {
         let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
-    }
-}
-
-/// A pipe used as the in-kernel buffer for `splice(2)`.
-#[derive(Debug)]
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    /// Bytes spliced in and not yet out.
-    pending: usize,
-    capacity: usize,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // Best effort: past the user's pipe-user-pages-soft limit the kernel refuses, and the
-        // pipe keeps its default size (read back below).
-        // SAFETY: F_SETPIPE_SZ on an open pipe fd has no memory effects.
-        unsafe {
-            libc::fcntl(
-                write.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                PIPE_SIZE as libc::c_int,
-            )
-        };
-        // SAFETY: F_GETPIPE_SZ on an open pipe fd has no memory effects.
-        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        Ok(Pipe {
-            read,
-            write,
-            pending: 0,
-            capacity: if size > 0 { size as usize } else { 65536 },
-        })
-    }
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both fds are open for the duration of the call; null offsets are allowed for
-    // pipes and sockets.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
@@ -351,8 +263,9 @@ impl Half {
     fn fill(&mut self, src: &mut Endpoint, pool: &mut BufferPool) -> bool {
         if let Carrier::Idle = self.carrier {
             self.carrier = match self.mode {
-                Forwarding::Splice => match Pipe::new() {
-                    Ok(p) => Carrier::Pipe(p),
+                Forwarding::Splice => match pool.take_pipe() {
+                    Ok(Some(p)) => Carrier::Pipe(p),
+                    Ok(None) => Carrier::Idle, // the worker's pipes are all out: a buffer
                     Err(e) => {
                         log::debug!("no pipe for splice ({e}); using a buffer");
                         self.mode = Forwarding::Buffered;
@@ -420,7 +333,35 @@ impl Half {
                     return false;
                 }
                 let fd = src.stream.as_raw_fd();
-                match splice(fd, p.write.as_raw_fd(), p.capacity - p.pending) {
+                let spliced = splice(fd, p.write.as_raw_fd(), p.capacity - p.pending);
+                // splice never crosses the urgent mark (see `at_urgent_mark`): there it says
+                // EAGAIN, or 0 once the peer's FIN is in, as if the stream had ended. Only a
+                // returned 0 and an EAGAIN after urgent data was reported are worth the look.
+                let stuck = match &spliced {
+                    Ok(0) => at_urgent_mark(fd),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && src.ready.urgent => {
+                        at_urgent_mark(fd)
+                    }
+                    _ => false,
+                };
+                match spliced {
+                    // Bytes before the mark are still in the pipe: write them first.
+                    _ if stuck && p.pending > 0 => return false,
+                    // The pipe is empty, so the next bytes may go through a buffer without
+                    // passing anything: one `recv` takes the urgent byte in line (SO_OOBINLINE)
+                    // and the direction splices again after it.
+                    _ if stuck => {
+                        src.ready.urgent = false;
+                        let buffer = Carrier::Buffer {
+                            buf: pool.take(),
+                            start: 0,
+                            end: 0,
+                        };
+                        if let Carrier::Pipe(p) = std::mem::replace(&mut self.carrier, buffer) {
+                            pool.give_pipe(p);
+                        }
+                        return true;
+                    }
                     Ok(n) => {
                         p.pending += n;
                         Ok(n)
@@ -499,22 +440,22 @@ impl Half {
         }
     }
 
-    /// Gives an empty buffer back to the pool, and trades it for a pipe once the direction has
-    /// been found to carry bulk data.
+    /// Gives an empty buffer or pipe back to the pool (a direction found to carry bulk data
+    /// takes a pipe again at its next read: its `mode` stays `Splice`).
     fn release_if_empty(&mut self, pool: &mut BufferPool) {
-        if let Carrier::Buffer { start, end, .. } = self.carrier {
-            if start == end {
-                self.release(pool);
-            }
+        if self.pending() == 0 {
+            self.release(pool);
         }
     }
 
+    /// Gives back what the direction holds; a pipe with bytes still in it stays while the
+    /// direction goes on (they are still to be written), and is closed once it is over.
     fn release(&mut self, pool: &mut BufferPool) {
         match std::mem::replace(&mut self.carrier, Carrier::Idle) {
             Carrier::Buffer { buf, .. } => pool.give(buf),
-            // Pipes stay with the connection until it ends: bulk directions stay bulk.
-            Carrier::Pipe(p) if !self.over => self.carrier = Carrier::Pipe(p),
-            _ => {}
+            Carrier::Pipe(p) if p.pending > 0 && !self.over => self.carrier = Carrier::Pipe(p),
+            Carrier::Pipe(p) => pool.give_pipe(p),
+            Carrier::Idle => {}
         }
     }
 
