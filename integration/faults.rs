@@ -434,3 +434,35 @@ fn a_target_reset_reaches_a_client_that_is_not_reading() {
         got.len()
     );
 }
+
+#[test]
+fn the_idle_timeout_resets_a_client_whose_answer_it_cuts() {
+    // The target sends 16 MiB to a client that reads nothing for longer than idle_timeout:
+    // the bytes fill the buffers along the way and the connection goes idle with most of
+    // them still on their way. The client must see what arrived and then a reset, never a
+    // FIN after ~4 MiB that reads as the whole answer.
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_ok() {
+            s.set_write_timeout(Some(WAIT)).unwrap();
+            let _ = s.write_all(&pattern(16 << 20));
+        }
+    }));
+    let (lb, dir) = start(&[target.addr], "    idle_timeout: 1s\n");
+    let mut s = client(lb.addr("l"));
+    s.write_all(b"go").unwrap();
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=idle_bytes_lost"), "{log}");
+    let (got, end) = read_all(&mut s);
+    assert!(
+        got.len() < 16 << 20 && got == pattern(got.len()),
+        "bytes changed"
+    );
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "after {} bytes: a cut answer must end in a reset",
+        got.len()
+    );
+    drop(lb);
+}

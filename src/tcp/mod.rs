@@ -309,4 +309,28 @@ impl Connection {
         };
         (reset, reason)
     }
+
+    /// How a connection closes at its idle timeout: as [`Connection::ending`], and besides
+    /// that a side is reset when bytes meant for it are lost with the close — held by Ballast
+    /// (a buffer, a pipe, a TLS record) or still unread in its peer's socket — so a cut
+    /// stream never looks complete to it. With nothing pending both get a FIN (`idle`).
+    pub(crate) fn idle_ending(&self) -> (Reset, &'static str) {
+        let (mut reset, _) = self.ending();
+        let back = self.back.as_ref();
+        let lost_to_front = self.down.pending() > 0
+            || self.front.transport.holds_output()
+            || back.is_some_and(|b| b.unread() > 0);
+        let lost_to_back = back.is_some_and(|b| {
+            !b.aborted
+                && (self.up.pending() > 0 || b.transport.holds_output() || self.front.unread() > 0)
+        });
+        reset.front |= lost_to_front && !self.front.aborted;
+        reset.back |= lost_to_back;
+        let reason = if lost_to_front || lost_to_back {
+            "idle_bytes_lost"
+        } else {
+            "idle"
+        };
+        (reset, reason)
+    }
 }

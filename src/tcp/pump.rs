@@ -94,6 +94,19 @@ impl Endpoint {
         }
     }
 
+    /// Bytes received on the socket and not yet read (SIOCINQ): what closing it would lose.
+    /// 0 when it cannot be asked.
+    pub(crate) fn unread(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD (SIOCINQ) writes one int through the pointer, which is valid.
+        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if r < 0 {
+            0
+        } else {
+            n.max(0) as usize
+        }
+    }
+
     /// Makes the coming close send a reset (RST) instead of a FIN: `SO_LINGER {on, 0}`, which
     /// also discards whatever is unsent.
     pub(crate) fn reset_on_close(&self) {

@@ -731,13 +731,13 @@ impl Worker {
                     self.timers.schedule(conn.attempt_started + next, due);
                 }
             } else {
-                // Idle: a normal close (FIN), unless a side had aborted and its peer was still
-                // waiting for the bytes before the abort: that peer is reset, never told EOF.
-                let reset = self
+                // Idle: a normal close (FIN), unless bytes for a side are lost with it or a
+                // side had aborted: that side is reset, never told EOF.
+                let (reset, reason) = self
                     .table
                     .get_mut(due.key)
-                    .map_or(Reset::NONE, |c| c.ending().0);
-                self.close(due.key, "idle", reset);
+                    .map_or((Reset::NONE, "idle"), |c| c.idle_ending());
+                self.close(due.key, reason, reset);
             }
         }
     }
