@@ -466,3 +466,36 @@ fn the_idle_timeout_resets_a_client_whose_answer_it_cuts() {
     );
     drop(lb);
 }
+
+#[test]
+fn a_client_that_resets_while_ballast_waits_to_reset_it_is_freed_at_once() {
+    // As above, with a long idle_timeout: Ballast waits (up to 5 s) for the client to
+    // acknowledge the bytes before the target's reset, so as not to discard them with its
+    // own reset. When the client resets first, nothing will be acknowledged: the connection
+    // must end at once, not hold its descriptors and places for the whole linger.
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_ok() {
+            let _ = s.write_all(&pattern(1 << 20));
+            reset(s);
+        }
+    }));
+    let (lb, dir) = start(&[target.addr], "    idle_timeout: 60s\n");
+    let admin = lb.admin_addr();
+    let s = client(lb.addr("l"));
+    (&s).write_all(b"go").unwrap();
+    wait_until("the connection waits in closing", || {
+        http(admin, "GET", "/connections", None, "")
+            .1
+            .contains("\"closing\"")
+    });
+    let reset_at = Instant::now();
+    reset(s);
+    let log = access_lines(&dir, 1);
+    let freed = reset_at.elapsed();
+    assert!(log.contains("reason=target_reset"), "{log}");
+    assert!(
+        freed < Duration::from_secs(2),
+        "freed {freed:?} after the client's reset (the linger is 5 s)"
+    );
+}

@@ -82,8 +82,13 @@ impl Endpoint {
     }
 
     /// Bytes written to the socket and not yet acknowledged by the peer (SIOCOUTQ): what a
-    /// reset would throw away. 0 when it cannot be asked.
+    /// reset would throw away. 0 when it cannot be asked, and once the connection is closed
+    /// (the peer reset it): SIOCOUTQ keeps its count after a reset, but nothing will be
+    /// acknowledged any more.
     pub(crate) fn unacknowledged(&self) -> usize {
+        if self.closed() {
+            return 0;
+        }
         let mut n: libc::c_int = 0;
         // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which is valid.
         let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
@@ -92,6 +97,27 @@ impl Endpoint {
         } else {
             n.max(0) as usize
         }
+    }
+
+    /// Whether the kernel holds the connection closed (`TCP_CLOSE` in `TCP_INFO`): the peer
+    /// reset it, or it timed out.
+    pub(crate) fn closed(&self) -> bool {
+        /// `TCP_CLOSE` of the kernel's TCP states (`<netinet/tcp.h>`).
+        const TCP_CLOSE: u8 = 7;
+        // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
+        let r = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        r == 0 && info.tcpi_state == TCP_CLOSE
     }
 
     /// Bytes received on the socket and not yet read (SIOCINQ): what closing it would lose.
