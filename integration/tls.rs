@@ -592,3 +592,67 @@ fn a_second_connection_resumes_by_ticket_on_either_worker() {
     );
     assert_eq!(resumed, Some(6.0), "{text}");
 }
+
+/// A TLS target that answers the first line with `part of an answer` and then ends its
+/// stream: with a close_notify first when `clean`, else with a bare TCP FIN (what an attacker
+/// between Ballast and the target would send to cut an answer short).
+fn target_that_ends(pki: &Pki, clean: bool) -> SocketAddr {
+    let (chain, key) = pki.leaf(&["db.test"]);
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(WAIT)).unwrap();
+                let session = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(session, tcp);
+                let mut line = String::new();
+                if BufReader::new(&mut tls).read_line(&mut line).unwrap_or(0) == 0 {
+                    return; // a health check's connection
+                }
+                tls.write_all(b"part of an answer").unwrap();
+                if clean {
+                    tls.conn.send_close_notify();
+                    tls.flush().unwrap();
+                }
+                tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+                let _ = tls.sock.read(&mut [0u8; 1]); // until Ballast closes
+            });
+        }
+    });
+    addr
+}
+
+/// With `target_tls`, a target's FIN without a close_notify (a truncation an attacker on the
+/// path could make) reaches the plain client as a reset after the bytes before it; with a
+/// close_notify, as a clean end.
+#[test]
+fn a_target_fin_without_close_notify_reaches_the_client_as_a_reset() {
+    let files = Files::new();
+    let tls = format!("{{ca: {}, server_name: db.test}}", files.ca());
+    for clean in [true, false] {
+        let target = target_that_ends(&files.pki, clean);
+        let lb = Ballast::start(&target_tls_config(target, &tls));
+        let mut c = client(lb.addr("l"));
+        c.write_all(b"select 1\n").unwrap();
+        let mut got = Vec::new();
+        let end = c.read_to_end(&mut got);
+        assert_eq!(got, b"part of an answer", "clean {clean}");
+        if clean {
+            assert!(end.is_ok(), "a close_notify is a clean end: {end:?}");
+        } else {
+            assert_eq!(
+                end.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::ConnectionReset),
+                "a bare FIN from the target is an abort"
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@ use mio::net::{TcpStream, UdpSocket};
 use crate::config::steps::{CheckStep, MAX_EXPECT_BYTES};
 use crate::config::HealthCheckKind;
 use crate::net::describe;
-use crate::tls::io::{flush, handshake, read_plain, write_plain, Handshake};
+use crate::tls::io::{flush, handshake, read_plain, write_plain, Handshake, UncleanEnd};
 
 /// Largest HTTP response head read before giving up on finding the status line.
 const MAX_STATUS_LINE: usize = 4096;
@@ -251,7 +251,7 @@ fn recv(
     match tls {
         Some(t) => {
             flush(t, stream)?;
-            read_plain(t, stream, buf)
+            read_plain(t, stream, buf, UncleanEnd::Eof)
         }
         None => stream.read(buf),
     }

@@ -10,7 +10,7 @@ use std::io;
 use mio::net::TcpStream;
 
 use super::transport::Transport;
-use crate::tls::io as tls_io;
+use crate::tls::io::{self as tls_io, UncleanEnd};
 
 /// A rustls session (client or server) over the endpoint's socket, after its handshake.
 #[derive(Debug)]
@@ -18,21 +18,34 @@ pub(crate) struct Tls {
     session: Box<rustls::Connection>,
     /// close_notify has been queued.
     close_sent: bool,
+    /// What the peer's FIN without close_notify means.
+    unclean: UncleanEnd,
 }
 
 impl Tls {
-    /// Wraps a session whose handshake is over.
-    pub(crate) fn new(session: Box<rustls::Connection>) -> Tls {
+    /// Wraps a client's session whose handshake is over: a FIN without close_notify ends
+    /// its stream (most clients close that way).
+    pub(crate) fn client(session: Box<rustls::Connection>) -> Tls {
         Tls {
             session,
             close_sent: false,
+            unclean: UncleanEnd::Eof,
+        }
+    }
+
+    /// Wraps a target's session whose handshake is over: a FIN without close_notify is an
+    /// abort, passed on to the client as a reset (a truncated answer never looks whole).
+    pub(crate) fn target(session: Box<rustls::Connection>) -> Tls {
+        Tls {
+            unclean: UncleanEnd::Abort,
+            ..Tls::client(session)
         }
     }
 }
 
 impl Transport for Tls {
     fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        tls_io::read_plain(&mut self.session, socket, buf)
+        tls_io::read_plain(&mut self.session, socket, buf, self.unclean)
     }
 
     fn write(&mut self, socket: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {

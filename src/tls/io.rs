@@ -92,25 +92,47 @@ pub fn flush<S: Write>(tls: &mut Connection, socket: &mut S) -> io::Result<()> {
     Ok(())
 }
 
+/// What a TCP FIN without a TLS close_notify before it means (RFC 8446 §6.1: a close_notify
+/// ends the data; a FIN alone may be an attacker on the path cutting the stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UncleanEnd {
+    /// The end of the stream: for clients, most of which close without a close_notify (the
+    /// bytes before it were each authenticated).
+    Eof,
+    /// An abort, passed on as a reset: for targets, whose answers an attacker between Ballast
+    /// and the target could otherwise cut short unseen.
+    Abort,
+}
+
 /// Reads decrypted bytes into `buf`: those already decrypted first, else reads the socket
 /// until a record is whole or the socket is empty.
 ///
-/// `Ok(0)` is the end of the stream: the peer's close_notify, or its FIN without one (most
-/// clients close without it; the bytes before it were each authenticated).
+/// `Ok(0)` is the end of the stream: the peer's close_notify, or, when `unclean` is
+/// [`UncleanEnd::Eof`], its FIN without one.
 ///
 /// # Errors
 /// `WouldBlock` when the socket is empty and no whole record waits; the socket's errors (a
 /// reset); `InvalidData` when a record fails (a forged or corrupted stream: an abort, never
-/// an end).
+/// an end); `ConnectionAborted` for a FIN without close_notify when `unclean` is
+/// [`UncleanEnd::Abort`].
 pub fn read_plain<S: Read + Write>(
     tls: &mut Connection,
     socket: &mut S,
     buf: &mut [u8],
+    unclean: UncleanEnd,
 ) -> io::Result<usize> {
     loop {
         match tls.reader().read(buf) {
             Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return match unclean {
+                    UncleanEnd::Eof => Ok(0),
+                    UncleanEnd::Abort => Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the peer closed without close_notify (the stream may be truncated)",
+                    )),
+                };
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

@@ -71,7 +71,7 @@ pub(super) fn front_handshake(
             if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 stats.tls_resumed.fetch_add(1, Ordering::Relaxed);
             }
-            conn.front.transport = Box::new(Tls::new(session));
+            conn.front.transport = Box::new(Tls::client(session));
             // Application data may have come with the client's last flight, decrypted and
             // waiting inside the session: no event will announce it.
             conn.front.ready.readable = true;
@@ -134,7 +134,7 @@ impl Worker {
             Handshake::Failed(e) => self.connect_failed(key, e.to_string()),
             Handshake::Done => {
                 if let Some(session) = conn.tls.take() {
-                    back.transport = Box::new(Tls::new(session));
+                    back.transport = Box::new(Tls::target(session));
                 }
                 self.established(key);
             }
