@@ -371,10 +371,7 @@ fn same_origin(
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !allowed_hosts(local)
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(host))
-    {
+    if !names_this_api(local, host) {
         return Err(error(
             403,
             &format!("Host `{host}` is not this API's address ({local}); refused"),
@@ -383,19 +380,31 @@ fn same_origin(
     Ok(())
 }
 
-/// The `Host` values that name the API at `local`: its address, and on loopback the usual
-/// loopback names, with the port.
-fn allowed_hosts(local: SocketAddr) -> Vec<String> {
+/// Whether `host` (a `Host` header) names the API at `local`: its address, on loopback the
+/// usual loopback names, and when bound to every address (`0.0.0.0`, `[::]`) any IP address
+/// literal — a browser sends an address literal only when the page was opened by that
+/// address, never for a page of another site, which would send its own name — always with
+/// the API's port.
+fn names_this_api(local: SocketAddr, host: &str) -> bool {
     let port = local.port();
-    let mut hosts = vec![local.to_string()];
-    if local.ip().is_loopback() {
-        hosts.extend([
-            format!("localhost:{port}"),
-            format!("127.0.0.1:{port}"),
-            format!("[::1]:{port}"),
-        ]);
+    let Some((name, given_port)) = host.rsplit_once(':') else {
+        return false;
+    };
+    if given_port.parse::<u16>().ok() != Some(port) {
+        return false;
     }
-    hosts
+    let literal = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name)
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let loopback_name = name.eq_ignore_ascii_case("localhost");
+    match literal {
+        _ if local.ip().is_unspecified() => literal.is_some() || loopback_name,
+        Some(ip) => ip == local.ip() || (local.ip().is_loopback() && ip.is_loopback()),
+        None => local.ip().is_loopback() && loopback_name,
+    }
 }
 
 /// The token a request carries.
@@ -471,11 +480,40 @@ mod tests {
 
     #[test]
     fn loopback_apis_accept_their_usual_names() {
-        let hosts = allowed_hosts("127.0.0.1:9100".parse().unwrap());
-        assert!(hosts.contains(&"localhost:9100".to_string()));
-        assert!(!hosts.iter().any(|h| h.starts_with("evil")));
-        let hosts = allowed_hosts("10.0.0.5:9100".parse().unwrap());
-        assert_eq!(hosts, vec!["10.0.0.5:9100".to_string()]);
+        let lo: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        for host in [
+            "localhost:9100",
+            "127.0.0.1:9100",
+            "[::1]:9100",
+            "LOCALHOST:9100",
+        ] {
+            assert!(names_this_api(lo, host), "{host}");
+        }
+        for host in [
+            "evil.test:9100",
+            "127.0.0.1:80",
+            "localhost",
+            "10.0.0.5:9100",
+        ] {
+            assert!(!names_this_api(lo, host), "{host}");
+        }
+        let one: SocketAddr = "10.0.0.5:9100".parse().unwrap();
+        assert!(names_this_api(one, "10.0.0.5:9100"));
+        assert!(!names_this_api(one, "localhost:9100"));
+        assert!(!names_this_api(one, "10.0.0.6:9100"));
+    }
+
+    #[test]
+    fn an_api_on_every_address_accepts_address_literals_never_names() {
+        for bind in ["0.0.0.0:9100", "[::]:9100"] {
+            let any: SocketAddr = bind.parse().unwrap();
+            for host in ["10.0.0.5:9100", "[2001:db8::1]:9100", "localhost:9100"] {
+                assert!(names_this_api(any, host), "{bind} {host}");
+            }
+            for host in ["evil.test:9100", "10.0.0.5:9101", "0.0.0.0"] {
+                assert!(!names_this_api(any, host), "{bind} {host}");
+            }
+        }
     }
 
     fn with_auth(value: &str) -> HeaderMap {
