@@ -1,4 +1,4 @@
-//! The admin API: a small HTTP server (tiny_http, kept accepting by [`server`]) on its own
+//! The admin API: a small HTTP server (hyper on a one-thread runtime, [`server`]) on its own
 //! thread, JSON in and out.
 //!
 //! - `GET /healthz`: readiness, for whatever routes clients to this node (keepalived's
