@@ -132,16 +132,14 @@ fn a_redis_failover_moves_writes_to_the_new_primary_and_resets_the_old_ones() {
 
 /// `GET /targets` of `lb`: the target at `address` as JSON.
 fn target_json(lb: &Ballast, address: SocketAddr) -> serde_json::Value {
-    let (status, body) = http(lb.admin_addr(), "GET", "/targets", None, "");
-    assert_eq!(status, 200, "{body}");
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let doc = get_json(lb.admin_addr(), "/targets");
     doc["target_groups"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|g| g["targets"].as_array().unwrap().iter())
         .find(|t| t["address"] == address.to_string())
-        .unwrap_or_else(|| panic!("no target {address} in {body}"))
+        .unwrap_or_else(|| panic!("no target {address} in {doc}"))
         .clone()
 }
 

@@ -142,6 +142,12 @@ fn print_plan(c: &Config) {
             .as_ref()
             .map_or("none".to_string(), |p| p.display().to_string())
     );
+    // The defaults of udp.max_sessions and udp.max_unreplied are sized from it.
+    let _ = writeln!(
+        out,
+        "open-file limit: {}",
+        ballast::config::open_file_limit().map_or("unlimited".to_string(), |n| n.to_string())
+    );
     let access = match &c.access_log {
         ballast::access_log::Sink::Off => "off".to_string(),
         ballast::access_log::Sink::Stderr => "stderr".to_string(),
@@ -165,10 +171,12 @@ fn print_plan(c: &Config) {
         let g = &c.target_groups[l.target_group];
         let settings = match &l.udp {
             Some(u) => format!(
-                "session_idle_timeout {}, max_sessions {}, max_responses {}, on_unhealthy {}, \
-                 batch {}",
+                "session_idle_timeout {}, unreplied_timeout {}, max_sessions {}, max_unreplied \
+                 {}, max_responses {}, on_unhealthy {}, batch {}",
                 humantime::format_duration(u.session_idle_timeout),
+                humantime::format_duration(u.unreplied_timeout),
                 u.max_sessions,
+                u.max_unreplied,
                 if u.max_responses == 0 {
                     "unlimited".to_string()
                 } else {

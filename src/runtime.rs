@@ -20,7 +20,7 @@ use crate::activation::{Activated, ActivationError};
 use crate::admin::Admin;
 pub use crate::bind::Sockets;
 use crate::bind::{bind_all, BindError, Bound};
-use crate::config::{AcceptSteering, Config, Protocol};
+use crate::config::{descriptors_needed, open_file_limit, AcceptSteering, Config};
 use crate::control::Control;
 use crate::generation::Generation;
 use crate::handover::{fit_workers, HandoverError, Inherited, Offer};
@@ -110,38 +110,17 @@ struct WorkerHandle {
     thread: JoinHandle<()>,
 }
 
-/// Descriptors the configured limits may hold at once: two per TCP connection under each
-/// listener's `max_connections` (client and target sockets) and one per UDP session under
-/// `udp.max_sessions`, plus each worker's own (poll, waker, listening sockets, reserve).
-/// `None` when a TCP listener has no `max_connections` (nothing bounds it).
-pub fn descriptors_needed(config: &Config) -> Option<u64> {
-    let mut need = config.workers as u64 * (4 + config.listeners.len() as u64);
-    for l in &config.listeners {
-        need += match l.protocol {
-            Protocol::Tcp => 2 * l.max_connections? as u64,
-            Protocol::Udp => l.udp.as_ref().map_or(0, |u| u.max_sessions as u64),
-        };
-    }
-    Some(need)
-}
-
 /// Warns when the open-file limit (RLIMIT_NOFILE) is below what `config`'s limits may need
 /// ([`descriptors_needed`]), naming what to raise: past it, accepting pauses on EMFILE.
 fn check_descriptor_limit(config: &Config) {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit through a valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+    let Some(limit) = open_file_limit() else {
         return;
-    }
-    if let Some(need) = descriptors_needed(config).filter(|&n| n > rl.rlim_cur) {
+    };
+    if let Some(need) = descriptors_needed(config).filter(|&n| n > limit) {
         log::warn!(
-            "the open-file limit is {} but max_connections and udp.max_sessions may need {need} \
-             descriptors (more while splice pipes are in use): raise it (`ulimit -n`, systemd \
-             LimitNOFILE=) to at least {}, or accepting will pause when it runs out",
-            rl.rlim_cur,
+            "the open-file limit is {limit} but max_connections and udp.max_sessions may need \
+             {need} descriptors (more while splice pipes are in use): raise it (`ulimit -n`, \
+             systemd LimitNOFILE=) to at least {}, or accepting will pause when it runs out",
             need * 2
         );
     }

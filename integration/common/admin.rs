@@ -44,6 +44,13 @@ pub fn try_http(
     Ok((status, body))
 }
 
+/// `GET path` from the admin API at `admin`, which must answer 200, parsed as JSON.
+pub fn get_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = http(admin, "GET", path, None, "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// `GET /metrics` from the admin API at `admin`, parsed by a Prometheus text-format parser.
 pub fn scrape(admin: SocketAddr) -> (prometheus_parse::Scrape, String) {
     let (status, text) = http(admin, "GET", "/metrics", None, "");

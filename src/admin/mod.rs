@@ -320,6 +320,7 @@ fn connections(control: &Control, limit: usize) -> serde_json::Value {
                 "age_ms": c.age.as_millis() as u64,
                 "bytes_up": c.bytes_up,
                 "bytes_down": c.bytes_down,
+                "worker": c.worker,
             })
         })
         .collect();

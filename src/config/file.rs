@@ -112,16 +112,9 @@ pub struct FileListener {
     pub idle_timeout: Option<PositiveDuration>,
     /// Optional, default 2: other targets tried when a connect fails.
     pub retries: Option<u32>,
-    /// Optional, default auto: auto | splice | buffered (see below) max_connections,
+    /// Optional, default auto: auto | splice | buffered (see the README). max_connections,
     /// connect_timeout, idle_timeout, retries and forwarding are TCP-only; a udp listener takes
-    /// this block instead (every key optional, defaults shown): udp: session_idle_timeout: 30s
-    /// # no datagram either way for this long → session ends, socket closed unreplied_timeout:
-    /// 5s # a session the target has not answered yet ends after this (as # conntrack's
-    /// unreplied timeout), and is evicted first when full max_sessions: 100000 # across all
-    /// workers; datagrams of new flows past it are dropped max_responses: 0 # 0 = unlimited; 1
-    /// = DNS-style: the session ends after one reply on_unhealthy: rebalance # rebalance: move
-    /// to a healthy target at the next datagram | keep batch: 32 # datagrams per
-    /// recvmmsg/sendmmsg, 1 to 1024 (1 = plain recvfrom/sendto).
+    /// `udp:` instead.
     pub forwarding: Option<Forwarding>,
     /// UDP listeners only, every key optional: session timeouts and limits, batching.
     pub udp: Option<FileUdp>,
@@ -254,8 +247,13 @@ pub struct FileUdp {
     /// Default 5s: a session the target has not answered yet ends after this (as conntrack's
     /// unreplied timeout), and is evicted first when full.
     pub unreplied_timeout: Option<PositiveDuration>,
-    /// Default 100000, across all workers: datagrams of new flows past it are dropped.
+    /// Default: the listener's share of the open-file limit (one descriptor a session), at
+    /// most 100000; across all workers: datagrams of new flows past it are dropped.
     pub max_sessions: Option<NonZeroU32>,
+    /// Default: an eighth of the open-file limit's share, at most max_sessions: sessions the
+    /// target has not answered yet, split evenly across the workers; past a worker's share its
+    /// oldest unanswered session ends to make room (as a SYN backlog).
+    pub max_unreplied: Option<NonZeroU32>,
     /// Default 0 (unlimited); 1 = DNS-style: the session ends after one reply.
     pub max_responses: Option<u32>,
     /// Default rebalance: move a session to a healthy target at its next datagram | keep.

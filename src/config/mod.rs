@@ -7,12 +7,14 @@
 //! exists (by index), every group has at least one target, every duration is positive.
 
 mod check;
+mod descriptors;
 mod discover;
 mod file;
 pub mod scaling;
 pub mod schema;
 pub mod steps;
 mod tls;
+mod udp;
 pub(crate) mod validate;
 
 use std::net::SocketAddr;
@@ -20,8 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use descriptors::{descriptors_needed, open_file_limit};
 pub use file::{parse_address, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
 pub(crate) use tls::reload_tls;
+pub use udp::{
+    OnUnhealthy, UdpSettings, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT,
+    DEFAULT_UDP_BATCH, DEFAULT_UNREPLIED_TIMEOUT,
+};
 pub use validate::{check_group, validate};
 
 /// Default `connect_timeout` of a listener.
@@ -36,8 +43,6 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/healthz` failing (1 s checks, `fall 1`), the BIRD one withdraws the route within about
 /// 2 s (1 s route check, then the update reaches the router); 5 s covers both with room.
 pub const DEFAULT_NODE_DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// Default `udp.session_idle_timeout`.
-pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where access-log lines go (`access_log:`): [`crate::access_log`] writes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogSink {
@@ -48,11 +53,6 @@ pub enum AccessLogSink {
     /// Appended to this file (created if missing).
     File(std::path::PathBuf),
 }
-
-/// Default `udp.max_sessions`.
-pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
-/// Default `udp.batch`: datagrams moved per `recvmmsg`/`sendmmsg` call.
-pub const DEFAULT_UDP_BATCH: usize = 32;
 
 /// A validated configuration. Immutable once built.
 #[derive(Debug, Clone)]
@@ -437,15 +437,6 @@ impl std::fmt::Display for Forwarding {
     }
 }
 
-impl std::fmt::Display for OnUnhealthy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OnUnhealthy::Rebalance => "rebalance",
-            OnUnhealthy::Keep => "keep",
-        })
-    }
-}
-
 /// `outlier_detection:` of a target group: passive checks on the data path (Envoy's outlier
 /// detection, HAProxy's `observe layer4`). A target whose data connections fail
 /// `consecutive_failures` times in a row (a failed connect, or a reset from the target) is
@@ -487,51 +478,6 @@ pub enum UnhealthyConnections {
     /// that lost its role must not take more writes; HAProxy's `on-marked-down
     /// shutdown-sessions`).
     Close,
-}
-
-/// What happens to a UDP session whose target turns unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OnUnhealthy {
-    /// The session moves to a healthy target at its next datagram from the client.
-    Rebalance,
-    /// The session stays with its target until it ends.
-    Keep,
-}
-
-/// Settings of a UDP listener's sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpSettings {
-    /// No datagram either way for this long ends a session and closes its upstream socket.
-    pub session_idle_timeout: Duration,
-    /// Most sessions across all workers; datagrams of new flows past it are dropped.
-    pub max_sessions: usize,
-    /// Replies after which a session ends (1 for DNS); 0 is unlimited.
-    pub max_responses: u32,
-    /// What a session does when its target turns unhealthy.
-    pub on_unhealthy: OnUnhealthy,
-    /// Datagrams per `recvmmsg`/`sendmmsg` call (≥ 1; 1 uses plain `recvfrom`/`sendto`).
-    pub batch: usize,
-    /// A session the target has not answered yet ends this long after its last datagram
-    /// (as conntrack's unreplied UDP timeout), and is the first evicted when the table is
-    /// full.
-    pub unreplied_timeout: Duration,
-}
-
-/// Default `udp.unreplied_timeout`.
-pub const DEFAULT_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl Default for UdpSettings {
-    fn default() -> Self {
-        UdpSettings {
-            session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            max_responses: 0,
-            on_unhealthy: OnUnhealthy::Rebalance,
-            batch: DEFAULT_UDP_BATCH,
-            unreplied_timeout: DEFAULT_UNREPLIED_TIMEOUT,
-        }
-    }
 }
 
 /// Balancing algorithm of a target group.

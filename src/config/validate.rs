@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use super::check::health_check;
+use super::descriptors::{udp_defaults, UdpExplicit};
 use super::discover::discover;
 use super::file::*;
 use super::tls::{target_tls, tls_listener};
@@ -189,6 +190,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
 
     let mut listener_names = HashMap::new();
     let mut listeners = Vec::with_capacity(raw.listeners.len());
+    // Per listener, the UDP limits it set itself: the rest are sized from the open-file limit
+    // once every listener is known.
+    let mut udp_explicit = Vec::with_capacity(raw.listeners.len());
     for (i, l) in raw.listeners.into_iter().enumerate() {
         let key = format!("listeners[{i}]");
         unique_name(&mut listener_names, &l.name, i, "listener")
@@ -250,9 +254,14 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
                         format!("`{name}` applies to tcp listeners only{hint}"),
                     ));
                 }
-                Some(udp_settings(raw))
+                let (settings, explicit) = udp_settings(raw);
+                udp_explicit.push(Some(explicit));
+                Some(settings)
             }
         };
+        if protocol == Protocol::Tcp {
+            udp_explicit.push(None);
+        }
         let Some(&target_group) = group_index.get(&l.target_group) else {
             return Err(invalid(
                 format!("{key}.target_group"),
@@ -482,6 +491,13 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         Some(n) => n.get() as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let sized = udp_defaults(&listeners, &udp_explicit, workers, open_file_limit());
+    for (l, sized) in listeners.iter_mut().zip(sized) {
+        if let (Some(u), Some((sessions, unreplied))) = (l.udp.as_mut(), sized) {
+            u.max_sessions = sessions;
+            u.max_unreplied = unreplied;
+        }
+    }
     let admin = admin(raw.admin).map_err(|(k, m)| invalid(k, m))?;
     let resolvers = raw
         .resolvers
@@ -595,25 +611,31 @@ fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
     Ok(AdminConfig { bind, token, unix })
 }
 
-fn udp_settings(raw: Option<FileUdp>) -> UdpSettings {
+/// A UDP listener's settings, and the limits it set itself (the others are sized later, see
+/// [`udp_defaults`]).
+fn udp_settings(raw: Option<FileUdp>) -> (UdpSettings, UdpExplicit) {
     let defaults = UdpSettings::default();
     let Some(u) = raw else {
-        return defaults;
+        return (defaults, UdpExplicit::default());
     };
-    UdpSettings {
+    let explicit = UdpExplicit {
+        max_sessions: u.max_sessions.map(|n| n.get() as usize),
+        max_unreplied: u.max_unreplied.map(|n| n.get() as usize),
+    };
+    let settings = UdpSettings {
         session_idle_timeout: u
             .session_idle_timeout
             .map_or(defaults.session_idle_timeout, |d| d.0),
-        max_sessions: u
-            .max_sessions
-            .map_or(defaults.max_sessions, |n| n.get() as usize),
+        max_sessions: explicit.max_sessions.unwrap_or(defaults.max_sessions),
+        max_unreplied: explicit.max_unreplied.unwrap_or(defaults.max_unreplied),
         max_responses: u.max_responses.unwrap_or(defaults.max_responses),
         unreplied_timeout: u
             .unreplied_timeout
             .map_or(defaults.unreplied_timeout, |d| d.0),
         on_unhealthy: u.on_unhealthy.unwrap_or(OnUnhealthy::Rebalance),
         batch: u.batch.map_or(defaults.batch, |n| n.0 as usize),
-    }
+    };
+    (settings, explicit)
 }
 
 /// Records `name` (of a `what`, at `index`) and refuses it when empty or seen before.

@@ -56,6 +56,9 @@ pub struct Session<T> {
     /// The PROXY protocol v2 header put before each datagram up (`proxy_protocol: v2` on
     /// the group), built once for the session.
     pub proxy_header: Option<Box<[u8]>>,
+    /// The target has answered (set once, by [`SessionTable::mark_replied`], which keeps the
+    /// table's count of unreplied sessions with it).
+    replied: bool,
 }
 
 /// Datagram and byte counts of one direction.
@@ -108,6 +111,7 @@ impl<T> Session<T> {
             target_place: None,
             proxy_header: None,
             source_place: None,
+            replied: false,
         }
     }
 
@@ -136,7 +140,7 @@ impl<T> Session<T> {
 
     /// Whether the target has answered yet.
     pub fn replied(&self) -> bool {
-        self.down.datagrams > 0
+        self.replied
     }
 }
 
@@ -150,6 +154,8 @@ pub struct SessionTable<T> {
     /// one is found at the front (entries of ended or replied sessions are skipped, and
     /// compacted away when they outnumber the live ones).
     by_age: Vec<std::collections::VecDeque<(usize, u64)>>,
+    /// Per listener, sessions the target has not answered yet (for `udp.max_unreplied`).
+    unreplied: Vec<usize>,
 }
 
 impl<T> Default for SessionTable<T> {
@@ -159,6 +165,7 @@ impl<T> Default for SessionTable<T> {
             timers: Timers::default(),
             next_id: 0,
             by_age: Vec::new(),
+            unreplied: Vec::new(),
         }
     }
 }
@@ -190,10 +197,15 @@ impl<T> SessionTable<T> {
         self.next_id += 1;
         session.id = self.next_id;
         let (id, deadline, listener) = (session.id, session.deadline(), session.listener);
+        let replied = session.replied();
         let key = self.table.insert(tuple, session).map_err(Box::new)?;
         self.timers.schedule(deadline, Due { key, id });
         if self.by_age.len() <= listener {
             self.by_age.resize_with(listener + 1, Default::default);
+            self.unreplied.resize(listener + 1, 0);
+        }
+        if let Some(n) = self.unreplied.get_mut(listener).filter(|_| !replied) {
+            *n += 1;
         }
         let live = self.table.len();
         if let Some(queue) = self.by_age.get_mut(listener) {
@@ -210,17 +222,35 @@ impl<T> SessionTable<T> {
     /// room for a new flow when the table is full: a flood of spoofed or unanswered flows
     /// then pushes out only its own kind, never sessions the target answers).
     pub fn evict_unreplied(&mut self, listener: usize) -> Option<Session<T>> {
-        let queue = self.by_age.get_mut(listener)?;
-        while let Some((key, id)) = queue.pop_front() {
+        loop {
+            let (key, id) = self.by_age.get_mut(listener)?.pop_front()?;
             if self
                 .table
                 .get(key)
                 .is_some_and(|s| s.id == id && !s.replied())
             {
-                return self.table.remove(key);
+                return self.remove(key);
             }
         }
-        None
+    }
+
+    /// Sessions of `listener` the target has not answered yet.
+    pub fn unreplied(&self, listener: usize) -> usize {
+        self.unreplied.get(listener).copied().unwrap_or(0)
+    }
+
+    /// Records that the target of session `key` has answered: it is no longer counted as
+    /// unreplied, nor evicted as such, and lives to its idle timeout. The one way a session
+    /// becomes replied.
+    pub fn mark_replied(&mut self, key: usize) {
+        let Some(s) = self.table.get_mut(key).filter(|s| !s.replied) else {
+            return;
+        };
+        s.replied = true;
+        if let Some(n) = self.unreplied.get_mut(s.listener) {
+            debug_assert!(*n > 0, "unreplied count below zero");
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// The session with `key`.
@@ -228,9 +258,15 @@ impl<T> SessionTable<T> {
         self.table.get_mut(key)
     }
 
-    /// Removes the session with `key`.
+    /// Removes the session with `key`. Every way out of the table goes through here, so the
+    /// unreplied counts stay true.
     pub fn remove(&mut self, key: usize) -> Option<Session<T>> {
-        self.table.remove(key)
+        let s = self.table.remove(key)?;
+        if let Some(n) = self.unreplied.get_mut(s.listener).filter(|_| !s.replied) {
+            debug_assert!(*n > 0, "unreplied count below zero");
+            *n = n.saturating_sub(1);
+        }
+        Some(s)
     }
 
     /// Removes and returns every session idle past its timeout at `now`. Sessions that were
@@ -247,7 +283,7 @@ impl<T> SessionTable<T> {
             let deadline = session.deadline();
             if deadline > now {
                 self.timers.schedule(deadline, due);
-            } else if let Some(s) = self.table.remove(due.key) {
+            } else if let Some(s) = self.remove(due.key) {
                 ended.push(s);
             }
         }
@@ -282,18 +318,12 @@ impl<T> SessionTable<T> {
             .into_iter()
             .filter(|&k| self.table.get_mut(k).is_some_and(|s| pick(s)))
             .collect();
-        keys.into_iter()
-            .filter_map(|k| self.table.remove(k))
-            .collect()
+        keys.into_iter().filter_map(|k| self.remove(k)).collect()
     }
 
     /// Removes and returns every session.
     pub fn drain(&mut self) -> Vec<Session<T>> {
-        self.table
-            .keys()
-            .into_iter()
-            .filter_map(|k| self.table.remove(k))
-            .collect()
+        self.drain_where(|_| true)
     }
 }
 
@@ -314,17 +344,23 @@ mod eviction_tests {
         (tuple, s)
     }
 
-    #[test]
-    fn the_oldest_unreplied_session_goes_first_and_answered_ones_never() {
-        let now = Instant::now();
+    /// A table of `n` unreplied flows from ports 1 to `n`, begun at `now`, and their keys.
+    fn flows(n: u16, now: Instant) -> (SessionTable<()>, Vec<usize>) {
         let mut t = SessionTable::default();
-        let keys: Vec<usize> = (1..=4)
+        let keys = (1..=n)
             .map(|p| {
                 let (tuple, s) = flow(p, now);
                 t.insert(tuple, s).unwrap()
             })
             .collect();
-        t.get_mut(keys[0]).unwrap().down.add(10); // port 1 was answered
+        (t, keys)
+    }
+
+    #[test]
+    fn the_oldest_unreplied_session_goes_first_and_answered_ones_never() {
+        let now = Instant::now();
+        let (mut t, keys) = flows(4, now);
+        t.mark_replied(keys[0]); // port 1 was answered
         assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 2);
         assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 3);
         assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 4);
@@ -341,11 +377,33 @@ mod eviction_tests {
         let ka = t.insert(a, s).unwrap();
         let (b, s) = flow(2, now);
         t.insert(b, s).unwrap();
-        t.get_mut(ka).unwrap().down.add(10);
+        t.mark_replied(ka);
         let ended = t.expire(now + Duration::from_secs(3));
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].client.port(), 2);
         assert_eq!(t.expire(now + Duration::from_secs(31)).len(), 1);
+    }
+
+    #[test]
+    fn unreplied_sessions_are_counted_per_listener_through_every_way_out() {
+        let now = Instant::now();
+        let (mut t, keys) = flows(5, now);
+        assert_eq!((t.unreplied(0), t.unreplied(1)), (5, 0));
+        t.mark_replied(keys[0]);
+        t.mark_replied(keys[0]); // a second reply counts nothing more
+        assert_eq!(t.unreplied(0), 4);
+        t.remove(keys[0]); // a replied one leaving changes nothing
+        assert_eq!(t.unreplied(0), 4);
+        t.remove(keys[1]);
+        assert_eq!(t.unreplied(0), 3);
+        assert!(t.evict_unreplied(0).is_some());
+        assert_eq!(t.unreplied(0), 2);
+        assert_eq!(t.expire(now + Duration::from_secs(3)).len(), 2);
+        assert_eq!(t.unreplied(0), 0);
+        let (tuple, s) = flow(9, now);
+        t.insert(tuple, s).unwrap();
+        t.drain();
+        assert_eq!(t.unreplied(0), 0);
     }
 
     #[test]

@@ -213,6 +213,9 @@ pub struct ConnInfo {
     pub bytes_up: u64,
     /// Bytes target → client.
     pub bytes_down: u64,
+    /// The worker whose table holds it (for UDP, the kernel's SO_REUSEPORT hash of the
+    /// flow's 4-tuple chose it).
+    pub worker: usize,
 }
 
 /// How another thread reaches a worker: its command channel and the waker of its poll.
@@ -552,6 +555,7 @@ impl Worker {
                 age: self.now.saturating_duration_since(conn.started),
                 bytes_up: conn.up.bytes,
                 bytes_down: conn.down.bytes,
+                worker: self.id,
             });
         }
         let left = limit.saturating_sub(out.len());
@@ -566,6 +570,7 @@ impl Worker {
                 age: self.now.saturating_duration_since(s.started),
                 bytes_up: s.up.bytes,
                 bytes_down: s.down.bytes,
+                worker: self.id,
             });
         }
         out

@@ -145,15 +145,16 @@ impl Worker {
                 Err(over) => return Err(Some(Refusal::from(over))),
             },
         };
+        // Over this worker's share of `max_unreplied` (see `unreplied_per_worker` for why a
+        // share), or with `max_sessions` full: the oldest session no reply has come to makes
+        // room, as a SYN backlog drops its oldest, so a flood of unanswered flows pushes out
+        // its own kind and never an answered session.
+        if self.sessions.unreplied(i) >= settings.unreplied_per_worker(shared.config.workers) {
+            self.evict_oldest_unreplied(i);
+        }
         let mut place = state.reserve(Some(settings.max_sessions));
-        if place.is_none() {
-            // Full: the oldest session no reply has come to makes room, so a flood of
-            // unanswered flows pushes out its own kind and never an answered session.
-            if let Some(old) = self.sessions.evict_unreplied(i) {
-                state.evicted.fetch_add(1, Ordering::Relaxed);
-                self.finish_session(old, "evicted");
-                place = state.reserve(Some(settings.max_sessions));
-            }
+        if place.is_none() && self.evict_oldest_unreplied(i) {
+            place = state.reserve(Some(settings.max_sessions));
         }
         let Some(place) = place else {
             if let Some(unlogged) = self.listeners[i].drops.allow(self.now) {
@@ -227,6 +228,19 @@ impl Worker {
         }
         log::debug!("{tuple}: new session to {}", target.address);
         Ok(key)
+    }
+
+    /// Ends listener `i`'s oldest session that has had no reply, if any (counted as
+    /// evicted); whether there was one.
+    fn evict_oldest_unreplied(&mut self, i: usize) -> bool {
+        let Some(old) = self.sessions.evict_unreplied(i) else {
+            return false;
+        };
+        self.shared.listeners[i]
+            .evicted
+            .fetch_add(1, Ordering::Relaxed);
+        self.finish_session(old, "evicted");
+        true
     }
 
     /// With `on_unhealthy: rebalance`, moves a session whose target turned unhealthy to a
@@ -383,13 +397,19 @@ impl Worker {
             let sent = batch
                 .send(socket.as_raw_fd(), 0..n, Some(client), from)
                 .unwrap_or(0);
-            if session.responses == 0 {
+            let first = session.responses == 0;
+            if first {
                 // The first reply: the target's response time, for least_response_time.
                 self.shared.groups[session.group].targets[session.target]
                     .record_response(self.now.saturating_duration_since(session.started));
             }
             session.responses = session.responses.saturating_add(n as u32);
             let done = session.replies_done();
+            if first {
+                // Answered (even if the client's side dropped the reply): no longer counted
+                // under max_unreplied, nor evicted as unanswered.
+                self.sessions.mark_replied(key);
+            }
             self.account(key, Way::Down, &batch, 0..n, sent);
             if done {
                 self.end_session(key, "max_responses");
