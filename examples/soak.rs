@@ -99,7 +99,11 @@ fn read_to_end(s: &mut TcpStream, pace: Option<Duration>) -> (Vec<u8>, bool) {
 /// Judges a stream that should have carried `want`.
 fn judge(got: &[u8], clean: bool, want: &[u8], what: &str) -> Outcome {
     if got.len() > want.len() || got != &want[..got.len()] {
-        return Outcome::Bad(format!("{what}: wrong bytes ({} of {})", got.len(), want.len()));
+        return Outcome::Bad(format!(
+            "{what}: wrong bytes ({} of {})",
+            got.len(),
+            want.len()
+        ));
     }
     match (got.len() == want.len(), clean) {
         (true, true) => Outcome::Ok,
@@ -201,15 +205,32 @@ struct Lb {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Lb {
-    fn start(bin: &str, dir: &std::path::Path, echo: &[SocketAddr], bulk: SocketAddr, udp: SocketAddr) -> Lb {
+    fn start(
+        bin: &str,
+        dir: &std::path::Path,
+        echo: &[SocketAddr],
+        bulk: SocketAddr,
+        udp: SocketAddr,
+    ) -> Lb {
         let (admin, tcp, bulk_port) = (free_port(), free_port(), free_port());
-        let udp_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let udp_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let targets = |a: &[SocketAddr]| {
-            a.iter().map(|t| format!("{{address: '{t}'}}")).collect::<Vec<_>>().join(", ")
+            a.iter()
+                .map(|t| format!("{{address: '{t}'}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let check = "health_check: {protocol: tcp, interval: 1s, timeout: 500ms}";
         let yaml = format!(
@@ -245,7 +266,11 @@ impl Lb {
         };
         let deadline = Instant::now() + WAIT;
         while http(lb.admin, "GET", "/healthz").0 != 200 {
-            assert!(Instant::now() < deadline, "ballast not ready; see {}", dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "ballast not ready; see {}",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         lb
@@ -258,7 +283,8 @@ impl Lb {
     /// Open descriptors and resident memory (KiB).
     fn footprint(&self) -> (usize, u64) {
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count());
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let rss = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -329,7 +355,9 @@ fn echo_once(addr: SocketAddr, rng: &mut impl Rng) -> Outcome {
     let mut w = s.try_clone().unwrap();
     let sent = want.clone();
     let writer = std::thread::spawn(move || {
-        w.write_all(&sent).and_then(|()| w.shutdown(Shutdown::Write)).is_ok()
+        w.write_all(&sent)
+            .and_then(|()| w.shutdown(Shutdown::Write))
+            .is_ok()
     });
     let (got, clean) = read_to_end(&mut s, None);
     let _ = writer.join();
@@ -353,7 +381,12 @@ fn keep_alive(addr: SocketAddr, rng: &mut impl Rng, stop: &AtomicBool) -> Outcom
         let mut n = 0;
         while n < got.len() {
             match s.read(&mut got[n..]) {
-                Ok(0) => return Outcome::Bad(format!("keep-alive: clean end after {n} of {}", want.len())),
+                Ok(0) => {
+                    return Outcome::Bad(format!(
+                        "keep-alive: clean end after {n} of {}",
+                        want.len()
+                    ))
+                }
                 Ok(k) => n += k,
                 Err(_) => return Outcome::Failed,
             }
@@ -366,7 +399,11 @@ fn keep_alive(addr: SocketAddr, rng: &mut impl Rng, stop: &AtomicBool) -> Outcom
 }
 
 fn bulk_once(addr: SocketAddr, rng: &mut impl Rng, slow: bool) -> Outcome {
-    let len = if slow { 2 << 20 } else { rng.gen_range(1 << 20..4 << 20) };
+    let len = if slow {
+        2 << 20
+    } else {
+        rng.gen_range(1 << 20..4 << 20)
+    };
     let seed: u32 = rng.gen();
     let urgent = if slow { len } else { rng.gen_range(0..len) };
     let Ok(mut s) = TcpStream::connect_timeout(&addr, WAIT) else {
@@ -383,7 +420,12 @@ fn bulk_once(addr: SocketAddr, rng: &mut impl Rng, slow: bool) -> Outcome {
     if got.len() == want.len() && clean && Sha256::digest(&got) != Sha256::digest(&want) {
         return Outcome::Bad("bulk: SHA-256 differs".into());
     }
-    judge(&got, clean, &want, if slow { "slow reader" } else { "bulk+urgent" })
+    judge(
+        &got,
+        clean,
+        &want,
+        if slow { "slow reader" } else { "bulk+urgent" },
+    )
 }
 
 fn reset_once(addr: SocketAddr, rng: &mut impl Rng) -> Outcome {
@@ -403,7 +445,8 @@ fn reset_once(addr: SocketAddr, rng: &mut impl Rng) -> Outcome {
 fn udp_flow(addr: SocketAddr, id: u32, stop: &AtomicBool) -> (u64, u64) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let (mut sent, mut answered) = (0, 0);
     let mut buf = [0u8; 64];
     while !stop.load(Relaxed) {
@@ -433,7 +476,9 @@ fn udp_flood(addr: SocketAddr, rate: u32, stop: &AtomicBool) -> u64 {
     let mut sent = 0;
     while !stop.load(Relaxed) {
         let round = Instant::now();
-        let sockets: Vec<UdpSocket> = (0..rate / 10).filter_map(|_| UdpSocket::bind("127.0.0.1:0").ok()).collect();
+        let sockets: Vec<UdpSocket> = (0..rate / 10)
+            .filter_map(|_| UdpSocket::bind("127.0.0.1:0").ok())
+            .collect();
         for s in &sockets {
             if s.send_to(b"spoofed", addr).is_ok() {
                 sent += 1;
@@ -452,10 +497,33 @@ fn churn(lb_admin: SocketAddr, echo: &[SocketAddr], spare: SocketAddr, stop: &At
         let t = echo[rng.gen_range(0..echo.len())];
         let ok = match steps % 4 {
             0 => http(lb_admin, "POST", "/reload").0 == 200,
-            1 => post_json(lb_admin, &format!("/target-groups/echo/targets/{t}/drain"), "") == 200
-                && post_json(lb_admin, &format!("/target-groups/echo/targets/{t}/enable"), "") == 200,
-            2 => post_json(lb_admin, "/target-groups/echo/targets", &format!("{{\"address\": \"{spare}\"}}")) == 201,
-            _ => http(lb_admin, "DELETE", &format!("/target-groups/echo/targets/{spare}")).0 == 200,
+            1 => {
+                post_json(
+                    lb_admin,
+                    &format!("/target-groups/echo/targets/{t}/drain"),
+                    "",
+                ) == 200
+                    && post_json(
+                        lb_admin,
+                        &format!("/target-groups/echo/targets/{t}/enable"),
+                        "",
+                    ) == 200
+            }
+            2 => {
+                post_json(
+                    lb_admin,
+                    "/target-groups/echo/targets",
+                    &format!("{{\"address\": \"{spare}\"}}"),
+                ) == 201
+            }
+            _ => {
+                http(
+                    lb_admin,
+                    "DELETE",
+                    &format!("/target-groups/echo/targets/{spare}"),
+                )
+                .0 == 200
+            }
         };
         if !ok {
             eprintln!("soak: churn step {} failed", steps % 4);
@@ -466,10 +534,28 @@ fn churn(lb_admin: SocketAddr, echo: &[SocketAddr], spare: SocketAddr, stop: &At
     steps
 }
 
-/// Runs the whole mix for `secs`; returns the tallies and the UDP counts.
-fn run_mix(lb: &Lb, echo: &[SocketAddr], spare: SocketAddr, secs: u64) -> (Vec<(&'static str, Arc<Tally>)>, (u64, u64), u64, u64) {
+/// What one run of the mix did.
+struct Mix {
+    /// Per stream kind, its outcomes.
+    tallies: Vec<(&'static str, Arc<Tally>)>,
+    /// UDP datagrams of the real flows sent and answered.
+    udp: (u64, u64),
+    /// Flooding flows sent.
+    flooded: u64,
+    /// Churn steps taken.
+    steps: u64,
+}
+
+/// Runs the whole mix for `secs`.
+fn run_mix(lb: &Lb, echo: &[SocketAddr], spare: SocketAddr, secs: u64) -> Mix {
     let stop = Arc::new(AtomicBool::new(false));
-    let kinds: [(&'static str, usize); 5] = [("echo", 4), ("keep-alive", 2), ("bulk+urgent", 2), ("resets", 1), ("slow reader", 2)];
+    let kinds: [(&'static str, usize); 5] = [
+        ("echo", 4),
+        ("keep-alive", 2),
+        ("bulk+urgent", 2),
+        ("resets", 1),
+        ("slow reader", 2),
+    ];
     let mut tallies = Vec::new();
     let mut threads = Vec::new();
     for (kind, n) in kinds {
@@ -479,7 +565,8 @@ fn run_mix(lb: &Lb, echo: &[SocketAddr], spare: SocketAddr, secs: u64) -> (Vec<(
             let (tally, stop) = (tally.clone(), stop.clone());
             let (tcp, bulk) = (lb.tcp, lb.bulk);
             threads.push(std::thread::spawn(move || {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 * 1000 + kind.len() as u64);
+                let mut rng =
+                    rand::rngs::StdRng::seed_from_u64(i as u64 * 1000 + kind.len() as u64);
                 while !stop.load(Relaxed) {
                     tally.record(match kind {
                         "echo" => echo_once(tcp, &mut rng),
@@ -514,10 +601,18 @@ fn run_mix(lb: &Lb, echo: &[SocketAddr], spare: SocketAddr, secs: u64) -> (Vec<(
     for t in threads {
         let _ = t.join();
     }
-    let udp = flows.into_iter().filter_map(|f| f.join().ok()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let udp = flows
+        .into_iter()
+        .filter_map(|f| f.join().ok())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let flooded = flood.join().unwrap_or(0);
     let steps = churner.join().unwrap_or(0);
-    (tallies, udp, flooded, steps)
+    Mix {
+        tallies,
+        udp,
+        flooded,
+        steps,
+    }
 }
 
 /// Waits (at most 30 s) until Ballast holds no connection and no session.
@@ -579,24 +674,41 @@ fn counters_agree(lb: &Lb) -> Result<String, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let bin = arg("--ballast").unwrap_or_else(|| "target/release/ballast".into());
-    let secs: u64 = arg("--duration").and_then(|d| d.parse().ok()).unwrap_or(600);
+    let secs: u64 = arg("--duration")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(600);
     let dir = std::path::PathBuf::from(arg("--out").unwrap_or_else(|| "target/soak".into()));
     std::fs::create_dir_all(&dir).unwrap();
 
     let echo: Vec<SocketAddr> = (0..3).map(|_| echo_target()).collect();
     let spare = echo_target();
     let lb = Lb::start(&bin, &dir, &echo, bulk_target(), udp_target());
-    eprintln!("soak: ballast pid {} ({}), {secs} s; log in {}", lb.pid(), bin, dir.display());
+    eprintln!(
+        "soak: ballast pid {} ({}), {secs} s; log in {}",
+        lb.pid(),
+        bin,
+        dir.display()
+    );
 
     // Warm-up: pools and tables reach their working size before the baseline.
-    let warm = secs.clamp(10, 30);
+    let warm = (secs / 10).clamp(20, 120);
     let _ = run_mix(&lb, &echo, spare, warm);
     let quiet_before = quiesce(&lb);
     let before = lb.footprint();
     let started = Instant::now();
-    let (tallies, (udp_sent, udp_answered), flooded, steps) = run_mix(&lb, &echo, spare, secs);
+    let Mix {
+        tallies,
+        udp: (udp_sent, udp_answered),
+        flooded,
+        steps,
+    } = run_mix(&lb, &echo, spare, secs);
     let ran = started.elapsed();
     let quiet_after = quiesce(&lb);
     let after = lb.footprint();
@@ -605,10 +717,17 @@ fn main() {
 
     let mut out = String::new();
     let mut failed = Vec::new();
-    out += &format!("soak: {:.0} s of load after a {warm} s warm-up; Ballast {bin}\n", ran.as_secs_f64());
+    out += &format!(
+        "soak: {:.0} s of load after a {warm} s warm-up; Ballast {bin}\n",
+        ran.as_secs_f64()
+    );
     out += "stream kind       ok        failed(error)  bad(wrong bytes / clean end after loss)\n";
     for (kind, t) in &tallies {
-        let (ok, f, bad) = (t.ok.load(Relaxed), t.failed.load(Relaxed), t.bad.load(Relaxed));
+        let (ok, f, bad) = (
+            t.ok.load(Relaxed),
+            t.failed.load(Relaxed),
+            t.bad.load(Relaxed),
+        );
         out += &format!("{kind:<16}  {ok:<8}  {f:<13}  {bad}\n");
         if bad > 0 {
             failed.push(format!("{bad} bad {kind} streams"));

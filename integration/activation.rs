@@ -113,3 +113,48 @@ fn a_udp_socket_that_two_workers_cannot_share_is_refused_with_what_to_change() {
         "{stderr}"
     );
 }
+
+/// A worker that crashes under socket activation comes back on the socket the service
+/// manager passed (a fresh SO_REUSEPORT socket cannot be bound beside it: the whole process
+/// used to abort), and the passed socket gets the options Ballast's own have: urgent data
+/// stays in the stream (SO_OOBINLINE on the accepted sockets).
+#[test]
+fn a_restarted_worker_serves_the_passed_socket_again_and_urgent_data_stays_in_line() {
+    use std::io::Write;
+    let target = Backend::start(std::sync::Arc::new(|s: TcpStream| {
+        socket2::SockRef::from(&s)
+            .set_out_of_band_inline(true)
+            .unwrap();
+        echo()(s)
+    }));
+    let addr = dead_addr();
+    let yaml = config("round_robin", &[(target.addr, 1)], "", "")
+        .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
+    let listen = format!("--listen={addr}");
+    let lb = Ballast::start_activated(&yaml, &[&listen], || {
+        drop(TcpStream::connect(addr).unwrap());
+    });
+    let admin = lb.admin_addr();
+    for worker in ["0", "1"] {
+        let mark = lb.log_len();
+        let (status, body) = http(
+            admin,
+            "POST",
+            &format!("/debug/panic/worker/{worker}"),
+            None,
+            "",
+        );
+        assert_eq!(status, 202, "{body}");
+        lb.wait_log_after(&format!("worker {worker} restarted"), mark, WAIT);
+    }
+    for i in 0..20 {
+        let mut s = client(addr);
+        s.write_all(b"ab").unwrap();
+        let sent = socket2::SockRef::from(&s).send_out_of_band(b"!").unwrap();
+        assert_eq!(sent, 1);
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "ab!", "connection {i} after the restarts");
+    }
+}

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use crate::activation::{Activated, Provided};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::handover::Inherited;
-use crate::net::{reuseport_tcp_listener, reuseport_udp_socket, ListenOptions};
+use crate::net::{
+    for_accepted_sockets, reuseport_tcp_listener, reuseport_udp_socket, ListenOptions,
+};
 
 /// A listener's address could not be bound (a configuration problem: exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,58 @@ impl Bound {
         match self {
             Bound::Tcp(s) => s.local_addr(),
             Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+/// Copies of the sockets of listeners that cannot be bound afresh beside them (sockets a
+/// service manager passed without SO_REUSEPORT: a worker's own socket would fail with
+/// EADDRINUSE), kept so a worker restarted after a crash gets the socket it had.
+#[derive(Debug, Default)]
+pub(crate) struct Spares {
+    /// Per such listener: its name, its address and one copy per worker.
+    kept: Vec<(String, SocketAddr, Vec<Bound>)>,
+}
+
+impl Spares {
+    /// Copies of `sockets` (per worker, one per listener of `config`, as [`bind_all`] returns
+    /// them) for the listeners whose sockets lack SO_REUSEPORT.
+    ///
+    /// # Errors
+    /// As `dup(2)`.
+    pub(crate) fn keep(config: &Config, sockets: &[Vec<Bound>]) -> io::Result<Spares> {
+        let mut kept = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if sockets
+                .first()
+                .and_then(|w| w.get(i))
+                .is_some_and(|s| !reuse_port(s))
+            {
+                let copies = sockets
+                    .iter()
+                    .filter_map(|w| w.get(i))
+                    .map(Bound::try_clone)
+                    .collect::<io::Result<Vec<_>>>()?;
+                kept.push((l.name.clone(), l.bind, copies));
+            }
+        }
+        Ok(Spares { kept })
+    }
+
+    /// The socket worker `worker` is to serve `listener` on after a restart: a copy of the one
+    /// it started with when that one cannot be bound afresh, else a fresh one ([`Bound::bind`]).
+    ///
+    /// # Errors
+    /// As `dup(2)` or the bind.
+    pub(crate) fn socket_for(&self, listener: &ListenerConfig, worker: usize) -> io::Result<Bound> {
+        let kept = self
+            .kept
+            .iter()
+            .find(|(name, addr, _)| *name == listener.name && *addr == listener.bind)
+            .and_then(|(_, _, copies)| copies.get(worker));
+        match kept {
+            Some(socket) => socket.try_clone(),
+            None => Bound::bind(listener, listener.bind),
         }
     }
 }
@@ -250,6 +304,11 @@ fn bind_each_from(
             })
             .collect();
         let activated = matches!(given, Sockets::Activation(_)) && !taken.is_empty();
+        for socket in &taken {
+            if let Bound::Tcp(t) = socket {
+                for_accepted_sockets(socket2::SockRef::from(t)).map_err(fail)?;
+            }
+        }
         let shared = provided.share && !taken.is_empty();
         if let Some(first) = taken.first() {
             addr = first.local_addr().map_err(fail)?;

@@ -41,13 +41,23 @@ pub(crate) fn reuseport_tcp_listener(
     options: ListenOptions<'_>,
 ) -> io::Result<std::net::TcpListener> {
     let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP, options)?;
-    socket.set_nodelay(true)?;
-    // Urgent data stays in the stream (not taken out as one out-of-band byte, which would
-    // truncate what the target sees); copied to accepted sockets like TCP_NODELAY.
-    socket.set_out_of_band_inline(true)?;
+    for_accepted_sockets(socket2::SockRef::from(&socket))?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Sets on a TCP listening socket what its accepted sockets must have (Linux copies both to
+/// every accepted socket, which saves a `setsockopt` per connection): TCP_NODELAY (a balancer
+/// must not add Nagle's delay) and SO_OOBINLINE (urgent data stays in the stream, not taken
+/// out as one out-of-band byte, which would truncate what the target sees). Also for sockets
+/// Ballast did not make (a service manager's).
+///
+/// # Errors
+/// As `setsockopt(2)`.
+pub(crate) fn for_accepted_sockets(socket: socket2::SockRef<'_>) -> io::Result<()> {
+    socket.set_nodelay(true)?;
+    socket.set_out_of_band_inline(true)
 }
 
 /// How a listening socket is bound besides its address.

@@ -19,7 +19,7 @@ use crate::access_log::{AccessLog, Sink, Writer};
 use crate::activation::{Activated, ActivationError};
 use crate::admin::Admin;
 pub use crate::bind::Sockets;
-use crate::bind::{bind_all, BindError, Bound};
+use crate::bind::{bind_all, BindError, Spares};
 use crate::config::{descriptors_needed, open_file_limit, AcceptSteering, Config};
 use crate::control::Control;
 use crate::generation::Generation;
@@ -148,6 +148,8 @@ pub struct Running {
     access: Option<Writer>,
     /// `upgrade_socket`, when configured.
     offer: Option<Offer>,
+    /// Sockets a restarted worker takes again rather than binding afresh.
+    spares: Spares,
     /// A new process serves the listening sockets now: stop without telling the service
     /// manager (it follows the new process's MAINPID).
     handed_over: bool,
@@ -208,6 +210,9 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         (_, None) => {}
     }
     let sockets = bind_all(&mut config, &mut given)?;
+    let spares = Spares::keep(&config, &sockets).map_err(RunError::io(
+        "cannot keep copies of the service manager's sockets",
+    ))?;
     let inherited = match given {
         Sockets::Upgrade(i) => Some(i),
         Sockets::Activation(a) => {
@@ -256,6 +261,7 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         budget: RestartBudget::default(),
         access: Some(access),
         offer: None,
+        spares,
         handed_over: false,
     };
     for (id, (worker, link)) in built.into_iter().enumerate() {
@@ -420,8 +426,7 @@ impl Running {
             for (i, l) in shared.listeners.iter().enumerate() {
                 // A drained node's workers hold no listening sockets.
                 if !l.removed && accepting {
-                    let c = &l.config;
-                    sockets.push((i, Bound::bind(c, c.bind)?));
+                    sockets.push((i, self.spares.socket_for(&l.config, id)?));
                 }
             }
             let access = self
