@@ -118,6 +118,41 @@ fn a_restarted_worker_gets_the_next_connections() {
     assert_eq!(per_worker(admin), (10.0, 10.0), "all ten to the new worker");
 }
 
+/// A handover takes the sockets out of the steering arrays (a socket can be in one only);
+/// when the new process then never says it has taken over, the old one puts them back and
+/// places by load again (it used to go on with the kernel's hash, saying load-aware).
+#[test]
+fn a_failed_upgrade_puts_the_sockets_back_into_steering() {
+    use std::os::unix::net::UnixStream;
+    let target = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let yaml = config("round_robin", &[(target.addr, 1)], "", NO_CHECKS).replacen(
+        "shutdown_timeout: 5s\n",
+        &format!(
+            "shutdown_timeout: 5s\nupgrade_socket: {}\n",
+            socket.display()
+        ),
+        1,
+    );
+    let lb = Ballast::start(&yaml);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    // A new process that asks for the sockets, reads what it is offered, and goes away.
+    let mut c = UnixStream::connect(&socket).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"take\n").unwrap();
+    let mut len = [0u8; 4];
+    c.read_exact(&mut len).unwrap();
+    let mut header = vec![0u8; u32::from_be_bytes(len) as usize];
+    c.read_exact(&mut header).unwrap();
+    drop(c);
+    lb.wait_log("serving on", WAIT); // "did not take over" or "handover broke off"
+    wait_until("placement to be load-aware again", || {
+        steering_gauges(admin).0 == Some(1.0)
+    });
+    drop(open_alternating(addr, admin, 24));
+}
+
 #[test]
 fn listeners_bound_afresh_after_a_node_drain_are_steered_too() {
     let target = Backend::start(echo());

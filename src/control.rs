@@ -196,6 +196,22 @@ impl Control {
         })
     }
 
+    /// After a handover that took the sockets out of their steering arrays failed: every
+    /// worker puts its sockets back, and placement is load-aware again.
+    pub(crate) fn rejoin_steering(&self) {
+        let joined = self.ask_workers(Message::JoinSteering).len();
+        if joined == self.workers().len() {
+            self.steering.rejoined();
+        } else {
+            log::warn!(
+                "upgrade: {} of {} workers put their sockets back into the steering arrays; \
+                 the kernel's hash places new connections",
+                joined,
+                self.workers().len()
+            );
+        }
+    }
+
     /// Asks worker `n` to panic (tests of the supervision; see `fault::Faults`); false when there
     /// is no such worker.
     pub fn panic_worker(&self, n: usize) -> bool {

@@ -251,6 +251,7 @@ impl Offer {
         path: &Path,
         share: impl Fn() -> Vec<(ListenerInfo, Vec<OwnedFd>)> + Send + 'static,
         taken: impl FnOnce() + Send + 'static,
+        failed: impl Fn() + Send + 'static,
     ) -> io::Result<Offer> {
         let _ = std::fs::remove_file(path);
         if let Some(dir) = path.parent() {
@@ -265,13 +266,22 @@ impl Offer {
             .spawn(move || {
                 for c in listener.incoming() {
                     let Ok(c) = c else { continue };
-                    match offer(c, &share) {
+                    // Whether this exchange got as far as sharing (and so releasing) the sockets.
+                    let shared = std::cell::Cell::new(false);
+                    let sharing = || {
+                        shared.set(true);
+                        share()
+                    };
+                    match offer(c, &sharing) {
                         Ok(true) => {
                             taken();
                             return;
                         }
                         Ok(false) => {}
                         Err(e) => log::warn!("upgrade: handover broke off: {e}; serving on"),
+                    }
+                    if shared.get() {
+                        failed();
                     }
                 }
             })?;

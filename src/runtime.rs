@@ -289,7 +289,7 @@ impl Running {
         let Some(path) = &shared.config.upgrade_socket else {
             return Ok(None);
         };
-        let control = self.control.clone();
+        let (control, rejoin) = (self.control.clone(), self.control.clone());
         let events = self.events_tx.clone();
         Offer::serve(
             path,
@@ -297,6 +297,7 @@ impl Running {
             move || {
                 let _ = events.send(Event::HandedOver);
             },
+            move || rejoin.rejoin_steering(),
         )
         .map(Some)
         .map_err(|source| RunError::UpgradeSocket {

@@ -89,6 +89,9 @@ pub struct Steering {
     groups: Mutex<HashMap<SocketAddr, Group>>,
     /// Some listening socket could not join (its listener falls back to the hash).
     failed: AtomicBool,
+    /// The sockets were taken out of the arrays for a handover ([`Steering::release`]) and
+    /// not put back ([`Steering::rejoined`]): the kernel's hash places connections meanwhile.
+    released: AtomicBool,
     /// The configuration asked for load-aware placement (`least_connections`).
     wanted: bool,
 }
@@ -133,6 +136,7 @@ impl Steering {
             loads,
             groups: Mutex::new(HashMap::new()),
             failed: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             wanted: false,
         }
     }
@@ -151,7 +155,9 @@ impl Steering {
     /// Whether new connections are placed by load: the BPF map exists and every TCP
     /// listening socket so far joined its listener's program.
     pub(crate) fn load_aware(&self) -> bool {
-        matches!(self.loads, Loads::Mapped { .. }) && !self.failed.load(Ordering::Relaxed)
+        matches!(self.loads, Loads::Mapped { .. })
+            && !self.failed.load(Ordering::Relaxed)
+            && !self.released.load(Ordering::Relaxed)
     }
 
     /// Worker `worker` has `active` open TCP connections.
@@ -191,9 +197,10 @@ impl Steering {
     /// handed to a new process (an upgrade): a socket can be in one array only, so the new
     /// process could not put them in its own (EBUSY) while ours hold them. Until the new
     /// process attaches its program, the kernel's hash places new connections (a program's
-    /// empty slot falls back to it). If the handover then fails, this process goes on with
-    /// the hash.
+    /// empty slot falls back to it). If the handover then fails, the workers join again
+    /// (`Control::rejoin_steering`); until then [`Steering::load_aware`] says false.
     pub(crate) fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
         let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         for (local, group) in groups.iter() {
             for worker in 0..self.workers {
@@ -207,6 +214,12 @@ impl Steering {
                 }
             }
         }
+    }
+
+    /// Every worker has put its sockets back ([`Steering::join`]) after a handover that failed:
+    /// placement is load-aware again (if every join worked).
+    pub(crate) fn rejoined(&self) {
+        self.released.store(false, Ordering::Relaxed);
     }
 
     /// Puts worker `worker`'s listening socket `socket` (bound to `local`) into its

@@ -178,6 +178,9 @@ pub enum Message {
     /// Send a duplicate of each of this worker's listening sockets, by listener index (a
     /// handover to a new process: the sockets, and their backlogs, outlive this process).
     ShareSockets(crossbeam_channel::Sender<Vec<(usize, std::os::fd::OwnedFd)>>),
+    /// Put the TCP listening sockets back into their steering arrays (a handover that took
+    /// them out failed); answers once done.
+    JoinSteering(crossbeam_channel::Sender<()>),
     /// Panic now (tests of the supervision; ignored unless `fault::Faults::ENABLED`).
     Panic,
     /// Send up to `limit` entries of the connection table (TCP connections, then UDP
@@ -466,6 +469,10 @@ impl Worker {
                 Ok(Message::ShareSockets(reply)) => {
                     let _ = reply.send(self.share_sockets());
                 }
+                Ok(Message::JoinSteering(reply)) => {
+                    self.join_steering();
+                    let _ = reply.send(());
+                }
                 Err(TryRecvError::Empty) => return,
                 // The main thread is gone: nobody can stop us any more, so stop now.
                 Err(TryRecvError::Disconnected) => {
@@ -617,6 +624,18 @@ impl Worker {
             }
         }
         out
+    }
+
+    /// Puts each TCP listening socket back into its listener's steering array.
+    fn join_steering(&self) {
+        use std::os::fd::AsRawFd;
+        for slot in &self.listeners {
+            if let Some(ListenSocket::Tcp(s)) = &slot.socket {
+                if let Ok(local) = s.local_addr() {
+                    self.steering.join(self.id, local, s.as_raw_fd());
+                }
+            }
+        }
     }
 
     /// After this worker's loop ended in a panic or a poll error: resets every connection and
