@@ -79,7 +79,10 @@ impl Ejections {
                 if ejected >= budget {
                     continue; // max_ejected_percent: the rest stay, as a failing pool beats none
                 }
-                let k = target.ejections_in_row.load(Ordering::Relaxed) + 1;
+                let k = target
+                    .ejections_in_row
+                    .load(Ordering::Relaxed)
+                    .saturating_add(1);
                 let length = od.ejection(k);
                 if control.set_ejected(g, t, true) {
                     ejected += 1;

@@ -194,8 +194,12 @@ impl TargetState {
     }
 
     /// A data connection to the target failed: a connect that failed, or a reset from it.
+    /// The count saturates: a target failing for days at thousands of connections a second
+    /// must not wrap to 0 and look fine to outlier detection.
     pub fn note_failure(&self) {
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .consecutive_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
     }
 
     /// A data connection to the target ended cleanly (stores only when there is something to
@@ -427,7 +431,11 @@ impl TargetGroup {
         if was != ejected {
             if ejected {
                 target.ejections.fetch_add(1, Ordering::Relaxed);
-                target.ejections_in_row.fetch_add(1, Ordering::Relaxed);
+                let _ = target.ejections_in_row.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |k| k.checked_add(1),
+                );
             }
             self.eligibility_changed();
         }
@@ -527,5 +535,22 @@ impl TargetGroup {
             .iter()
             .enumerate()
             .find(|(_, t)| t.address == address && t.admin_state() != AdminState::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_a_row_saturate_at_their_wrap_point() {
+        let t = TargetState::new(true);
+        t.consecutive_failures
+            .store(u32::MAX - 1, Ordering::Relaxed);
+        t.note_failure();
+        t.note_failure();
+        assert_eq!(t.consecutive_failures.load(Ordering::Relaxed), u32::MAX);
+        t.note_success();
+        assert_eq!(t.consecutive_failures.load(Ordering::Relaxed), 0);
     }
 }
