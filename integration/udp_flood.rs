@@ -165,6 +165,17 @@ fn a_flood_on_the_default_limits_keeps_descriptors_low_and_flows_served() {
         evicted.is_some_and(|e| e >= (TOTAL / 2) as f64),
         "the flood did not reach the table: evicted {evicted:?}"
     );
+    // The flood's sessions are summarised, not written to the access log one by one.
+    let log = lb.log();
+    let lines = log.matches("reason=evicted").count();
+    assert_eq!(
+        lines, 0,
+        "{lines} access-log lines for evicted flooding sessions"
+    );
+    assert!(
+        log.contains("unanswered sessions to make room"),
+        "no summary of the evictions"
+    );
 }
 
 /// Each UDP session's client and the worker holding it, from `/connections`.

@@ -52,6 +52,9 @@ pub(super) struct ListenerSlot {
     pub(super) give_ups: LogLimiter,
     /// UDP upstream sockets that could not be opened (EMFILE, no local port), likewise.
     pub(super) upstream_errors: LogLimiter,
+    /// Unanswered UDP sessions ended to make room: summarised at most once per interval
+    /// instead of an access-log line each (a spoofed flood would write one per flow).
+    pub(super) evictions: LogLimiter,
 }
 
 impl ListenerSlot {
@@ -89,6 +92,7 @@ impl ListenerSlot {
             drops: LogLimiter::default(),
             give_ups: LogLimiter::default(),
             upstream_errors: LogLimiter::default(),
+            evictions: LogLimiter::default(),
         })
     }
 
@@ -103,6 +107,7 @@ impl ListenerSlot {
             drops: LogLimiter::default(),
             give_ups: LogLimiter::default(),
             upstream_errors: LogLimiter::default(),
+            evictions: LogLimiter::default(),
         }
     }
 

@@ -480,10 +480,26 @@ impl Worker {
         session.place = None;
         session.target_place = None;
         self.descriptors_freed();
+        let listener = &self.shared.listeners[session.listener].config.name;
+        if reason == "evicted" && session.down.datagrams == 0 {
+            // Never answered and pushed out by newer flows: a flood's own kind, counted in
+            // `ballast_listener_evicted_sessions_total` and summarised here, since an access-log
+            // line per spoofed flow would turn a flood into a flood of log lines.
+            if let Some(slot) = self.listeners.get_mut(session.listener) {
+                if let Some(more) = slot.evictions.allow(self.now) {
+                    log::info!(
+                        "listener {listener}: ended {} unanswered sessions to make room for new \
+                         flows since the last report (not in the access log one by one)",
+                        more + 1
+                    );
+                }
+            }
+            return;
+        }
         let target = &self.shared.groups[session.group].targets[session.target];
         self.access.record(&Entry {
             protocol: "udp",
-            listener: &self.shared.listeners[session.listener].config.name,
+            listener,
             client: session.client,
             target: Some(target.address),
             duration: self.now.saturating_duration_since(session.started),
