@@ -499,3 +499,50 @@ fn a_client_that_resets_while_ballast_waits_to_reset_it_is_freed_at_once() {
         "freed {freed:?} after the client's reset (the linger is 5 s)"
     );
 }
+
+#[test]
+fn the_idle_timeout_resets_an_uploader_whose_upload_it_cuts() {
+    // The target never reads, and its listening socket has a 4 KiB receive buffer (so its
+    // window stays small from the handshake on); the client uploads 3 MB, half-closes and
+    // waits for an answer. Ballast reads the whole upload but can pass on only part of it:
+    // at the idle timeout the rest is in its hands. The uploader must see a reset, not a FIN
+    // that reads as an empty answer to a whole upload.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.set_recv_buffer_size(4096).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(16).unwrap();
+    let target = listener.local_addr().unwrap().as_socket().unwrap();
+    let held = std::thread::spawn(move || {
+        // Accepts the connection and holds it unread until the test ends.
+        let conns: Vec<_> = (0..2).filter_map(|_| listener.accept().ok()).collect();
+        conns
+    });
+    let (lb, dir) = start(&[target], "    idle_timeout: 1s\n");
+    let s = TcpStream::connect(lb.addr("l")).unwrap();
+    socket2::SockRef::from(&s)
+        .set_send_buffer_size(8 << 20)
+        .unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&pattern(3_000_000)).unwrap();
+    w.shutdown(Shutdown::Write).unwrap();
+    let log = access_lines(&dir, 1);
+    assert!(log.contains("reason=idle_bytes_lost"), "{log}");
+    let (got, end) = read_all(&mut s.try_clone().unwrap());
+    assert!(
+        got.is_empty(),
+        "the target sent nothing: {} bytes",
+        got.len()
+    );
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "a cut upload must end in a reset"
+    );
+    drop(lb);
+    let _ = held.join();
+}

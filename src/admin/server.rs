@@ -311,11 +311,26 @@ async fn handle(
         drop(body);
         Ok(String::new())
     };
-    slot.set_busy(true);
+    // Health checks are answered here, from a few atomics: behind the blocking pool they
+    // would wait for every request queued there (thousands of pipelined /metrics, say).
+    if judged == Method::GET && matches!(path.as_str(), "/healthz" | "/livez") {
+        return Ok(respond(answer(
+            &control,
+            &method,
+            &url,
+            token.as_deref(),
+            || body,
+        )));
+    }
+    let handling = slot.clone();
     let handled = tokio::task::spawn_blocking(move || {
+        // Busy (not evictable) only while a handler runs: a request queued behind others may
+        // be closed to make room, or a client pipelining requests could hold every slot.
+        handling.set_busy(true);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             answer(&control, &method, &url, token.as_deref(), || body)
         }));
+        handling.set_busy(false);
         if result.is_err() {
             control.restarts.admin.fetch_add(1, Ordering::Relaxed);
             log::error!("admin API: a request handler panicked; serving on");
@@ -323,7 +338,6 @@ async fn handle(
         result
     })
     .await;
-    slot.set_busy(false);
     Ok(respond(match handled {
         Ok(Ok(reply)) => reply,
         _ => error(500, "the request failed inside Ballast (see its log)"),

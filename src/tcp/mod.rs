@@ -311,9 +311,10 @@ impl Connection {
     }
 
     /// How a connection closes at its idle timeout: as [`Connection::ending`], and besides
-    /// that a side is reset when bytes meant for it are lost with the close — held by Ballast
-    /// (a buffer, a pipe, a TLS record) or still unread in its peer's socket — so a cut
-    /// stream never looks complete to it. With nothing pending both get a FIN (`idle`).
+    /// that both sides are reset when bytes meant for either are lost with the close — held
+    /// by Ballast (a buffer, a pipe, a TLS record) or still unread in its peer's socket — so a
+    /// cut stream never looks complete to the side that sent it or the side that awaited it.
+    /// With nothing pending both get a FIN (`idle`).
     pub(crate) fn idle_ending(&self) -> (Reset, &'static str) {
         let (mut reset, _) = self.ending();
         let back = self.back.as_ref();
@@ -324,13 +325,13 @@ impl Connection {
             !b.aborted
                 && (self.up.pending() > 0 || b.transport.holds_output() || self.front.unread() > 0)
         });
-        reset.front |= lost_to_front && !self.front.aborted;
-        reset.back |= lost_to_back;
-        let reason = if lost_to_front || lost_to_back {
-            "idle_bytes_lost"
-        } else {
-            "idle"
-        };
+        // Either side losing bytes resets both: the side whose stream was cut, and the side
+        // that sent them, which must not take a FIN for "all delivered" (an uploader cut off
+        // would read it as an empty answer).
+        let lost = lost_to_front || lost_to_back;
+        reset.front |= lost && !self.front.aborted;
+        reset.back |= lost && back.is_some_and(|b| !b.aborted);
+        let reason = if lost { "idle_bytes_lost" } else { "idle" };
         (reset, reason)
     }
 }
