@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
-use common::write_config;
+use common::{run_refused, write_config, Ballast};
 
 const GOOD: &str = "\
 listeners:
@@ -264,6 +264,33 @@ fn run_refuses_a_bad_file_with_exit_2_and_nothing_started() {
         stderr.contains(&path) && stderr.contains("interval"),
         "{stderr}"
     );
+}
+
+/// A second Ballast on the addresses a running one serves is refused (exit 2), TCP and UDP:
+/// SO_REUSEPORT used to let it join the first one's sockets silently, and the kernel split the
+/// clients between two processes.
+#[test]
+fn a_second_ballast_on_the_same_addresses_is_refused() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = udp.local_addr().unwrap();
+    let running = Ballast::start(&format!(
+        "workers: 2\nlisteners:\n  - {{name: t, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n  \
+         - {{name: u, protocol: udp, bind: '127.0.0.1:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n    health_check: {{protocol: udp, send: ping, interval: 60s, timeout: 1s}}\n    \
+         targets: [{{address: '{target}'}}]\n"
+    ));
+    for (name, protocol) in [("t", "tcp"), ("u", "udp")] {
+        let addr = running.addr(name);
+        let stderr = run_refused(&format!(
+            "listeners:\n  - {{name: again, protocol: {protocol}, bind: '{addr}', target_group: g}}\n\
+             target_groups:\n  - name: g\n    targets: [{{address: '{target}'}}]\n"
+        ));
+        assert!(
+            stderr.contains(&format!("cannot bind listener again on {addr}"))
+                && stderr.contains("another process already serves"),
+            "{protocol}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -59,6 +59,51 @@ fn reuse_port(socket: &Bound) -> bool {
     r.unwrap_or(false)
 }
 
+/// Fails with `AddrInUse` when another socket already serves `addr` for `listener`'s
+/// protocol: SO_REUSEPORT would otherwise let a second Ballast (or anything else of the same
+/// user with SO_REUSEPORT) join its group silently, and the kernel would split the clients
+/// between two processes. A probe socket without SO_REUSEPORT is bound and closed: that
+/// bind fails beside any socket bound there (for TCP, SO_REUSEADDR keeps connections in
+/// TIME_WAIT from counting; a listening socket still does). Used only where nothing was
+/// handed over for the listener (a restart binds beside the worker's own sockets).
+fn ensure_free(listener: &ListenerConfig, addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let kind = match listener.protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let probe = Socket::new(Domain::for_address(addr), kind, None)?;
+    if listener.protocol == Protocol::Tcp {
+        probe.set_reuse_address(true)?;
+    }
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    if let Some(name) = listener.interface.as_deref() {
+        probe.bind_device(Some(name.as_bytes()))?;
+    }
+    if listener.freebind {
+        if addr.is_ipv6() {
+            probe.set_freebind_ipv6(true)?;
+        } else {
+            probe.set_freebind(true)?;
+        }
+    }
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{e}: another process already serves {addr} ({}); stop it, or take its \
+                 sockets over with `ballast run --upgrade-from`",
+                listener.protocol
+            ),
+        )),
+        // Other errors (an unknown interface, an address no interface holds) come again,
+        // better explained, from the real bind.
+        _ => Ok(()),
+    }
+}
+
 /// The error of a worker's own socket bound beside a UDP socket from the service manager.
 fn beside_activated(e: io::Error) -> io::Error {
     io::Error::new(
@@ -343,6 +388,9 @@ fn bind_each_from(
                 ),
             );
             return Err(fail(beside_activated(why)));
+        }
+        if taken.is_empty() && addr.port() != 0 {
+            ensure_free(l, addr).map_err(fail)?;
         }
         let pool = if shared {
             share(&taken).map_err(fail)?
