@@ -9,7 +9,8 @@ use crate::activation::{Activated, Provided};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::handover::Inherited;
 use crate::net::{
-    for_accepted_sockets, reuseport_tcp_listener, reuseport_udp_socket, ListenOptions,
+    for_accepted_sockets, reuseport_tcp_listener, reuseport_udp_socket, served_elsewhere,
+    ListenOptions,
 };
 
 /// A listener's address could not be bound (a configuration problem: exit code 2).
@@ -60,47 +61,31 @@ fn reuse_port(socket: &Bound) -> bool {
 }
 
 /// Fails with `AddrInUse` when another socket already serves `addr` for `listener`'s
-/// protocol: SO_REUSEPORT would otherwise let a second Ballast (or anything else of the same
-/// user with SO_REUSEPORT) join its group silently, and the kernel would split the clients
-/// between two processes. A probe socket without SO_REUSEPORT is bound and closed: that
-/// bind fails beside any socket bound there (for TCP, SO_REUSEADDR keeps connections in
-/// TIME_WAIT from counting; a listening socket still does). Used only where nothing was
-/// handed over for the listener (a restart binds beside the worker's own sockets).
+/// protocol ([`served_elsewhere`]): SO_REUSEPORT would otherwise let a second Ballast (or
+/// anything else of the same user with SO_REUSEPORT) join its group silently, and the kernel
+/// would split the clients between two processes. Used only where nothing was handed over
+/// for the listener (a restart binds beside the worker's own sockets).
 fn ensure_free(listener: &ListenerConfig, addr: SocketAddr) -> io::Result<()> {
-    use socket2::{Domain, Socket, Type};
-    let kind = match listener.protocol {
-        Protocol::Tcp => Type::STREAM,
-        Protocol::Udp => Type::DGRAM,
-    };
-    let probe = Socket::new(Domain::for_address(addr), kind, None)?;
-    if listener.protocol == Protocol::Tcp {
-        probe.set_reuse_address(true)?;
-    }
-    if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
-    }
-    if let Some(name) = listener.interface.as_deref() {
-        probe.bind_device(Some(name.as_bytes()))?;
-    }
-    if listener.freebind {
-        if addr.is_ipv6() {
-            probe.set_freebind_ipv6(true)?;
-        } else {
-            probe.set_freebind(true)?;
-        }
-    }
-    match probe.bind(&addr.into()) {
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+    let stream = listener.protocol == Protocol::Tcp;
+    match served_elsewhere(addr, stream, listen_options(listener)) {
+        Ok(true) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
-                "{e}: another process already serves {addr} ({}); stop it, or take its \
-                 sockets over with `ballast run --upgrade-from`",
+                "address in use: another process already serves {addr} ({}); stop it, or \
+                 take its sockets over with `ballast run --upgrade-from`",
                 listener.protocol
             ),
         )),
-        // Other errors (an unknown interface, an address no interface holds) come again,
-        // better explained, from the real bind.
-        _ => Ok(()),
+        // Other errors come again, better explained, from the real bind.
+        Ok(false) | Err(_) => Ok(()),
+    }
+}
+
+/// How `listener`'s sockets are bound besides their address.
+fn listen_options(listener: &ListenerConfig) -> ListenOptions<'_> {
+    ListenOptions {
+        interface: listener.interface.as_deref(),
+        freebind: listener.freebind,
     }
 }
 
@@ -137,10 +122,7 @@ impl Bound {
     /// to `freebind`.
     pub fn bind(listener: &ListenerConfig, addr: SocketAddr) -> io::Result<Bound> {
         let interface = listener.interface.as_deref();
-        let options = ListenOptions {
-            interface,
-            freebind: listener.freebind,
-        };
+        let options = listen_options(listener);
         let bound = match listener.protocol {
             Protocol::Tcp => reuseport_tcp_listener(addr, options).map(Bound::Tcp),
             Protocol::Udp => reuseport_udp_socket(addr, options).map(Bound::Udp),

@@ -69,10 +69,9 @@ pub(crate) struct ListenOptions<'a> {
     pub(crate) freebind: bool,
 }
 
-/// A non-blocking, close-on-exec socket for `addr` with SO_REUSEADDR and SO_REUSEPORT (and
-/// IPV6_V6ONLY for IPv6, so `[::]` and `0.0.0.0` listeners can coexist), with `options`
-/// applied, not yet bound to `addr`.
-fn reuseport_socket(
+/// A non-blocking, close-on-exec socket for `addr` with IPV6_V6ONLY for IPv6 (so `[::]` and
+/// `0.0.0.0` listeners can coexist) and `options` applied, not yet bound to `addr`.
+fn listening_socket(
     addr: SocketAddr,
     kind: Type,
     protocol: Protocol,
@@ -89,14 +88,54 @@ fn reuseport_socket(
             socket.set_freebind(true)?;
         }
     }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     Ok(socket)
+}
+
+/// As [`listening_socket`], with SO_REUSEADDR and SO_REUSEPORT.
+fn reuseport_socket(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+    options: ListenOptions<'_>,
+) -> io::Result<Socket> {
+    let socket = listening_socket(addr, kind, protocol, options)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    Ok(socket)
+}
+
+/// Whether another socket already serves `addr` (TCP when `stream`, else UDP) with `options`:
+/// a probe socket without SO_REUSEPORT is bound and closed, and that bind fails with
+/// `AddrInUse` beside any socket bound there (for TCP, SO_REUSEADDR keeps connections in
+/// TIME_WAIT from counting; a listening socket still does).
+///
+/// # Errors
+/// When the probe cannot be made, or its bind fails otherwise (an unknown interface, an
+/// address no interface holds).
+pub(crate) fn served_elsewhere(
+    addr: SocketAddr,
+    stream: bool,
+    options: ListenOptions<'_>,
+) -> io::Result<bool> {
+    let (kind, protocol) = if stream {
+        (Type::STREAM, Protocol::TCP)
+    } else {
+        (Type::DGRAM, Protocol::UDP)
+    };
+    let probe = listening_socket(addr, kind, protocol, options)?;
+    if stream {
+        probe.set_reuse_address(true)?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Socket buffer size asked for UDP sockets, bytes: bursts of small datagrams overflow the

@@ -112,9 +112,10 @@ impl SourceLimits {
         &self.limits
     }
 
-    /// The words of `ip`'s source (its prefix) in a table of `len` words (a power of two):
-    /// two halves of one keyed hash ([`TableKey`]).
-    fn words(&self, ip: IpAddr, len: usize) -> [usize; WAYS] {
+    /// The words of `ip`'s source (its prefix) in either table (both have the same power-of-two
+    /// size when present): two halves of one keyed hash ([`TableKey`]).
+    fn words(&self, ip: IpAddr) -> [usize; WAYS] {
+        let len = self.open.len().max(self.buckets.len());
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
@@ -142,14 +143,15 @@ impl SourceLimits {
     /// # Errors
     /// [`Over`] when the source is at its limit (nothing is taken then).
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<Option<SourcePlace>, Over> {
+        let words = self.words(ip);
         let place = match self.limits.max_open {
-            Some(max) => Some(self.take_place(self.words(ip, self.open.len()), max)?),
+            Some(max) => Some(self.take_place(words, max)?),
             None => None,
         };
         if let Some(rate) = self.limits.rate {
             let now_ms = (now.saturating_duration_since(self.epoch).as_millis() as u64)
                 .min((1 << TIME_BITS) - 1);
-            if !self.take_tokens(self.words(ip, self.buckets.len()), rate, now_ms) {
+            if !self.take_tokens(words, rate, now_ms) {
                 return Err(Over::Rate); // `place` is dropped: given back
             }
         }
