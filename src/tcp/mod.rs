@@ -37,131 +37,162 @@
     )
 )]
 
+pub(crate) mod attempts;
+pub(crate) mod flow;
 pub(crate) mod pool;
+pub(crate) mod preamble;
 pub(crate) mod pump;
+pub(crate) mod socket;
 pub(crate) mod tls;
 pub(crate) mod transport;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::Forwarding;
+use mio::net::TcpStream;
+
 use crate::conntrack::FiveTuple;
 use crate::generation::ListenerPlace;
-use crate::target::TargetPlace;
-use pump::{Endpoint, Half};
+use crate::per_source::SourcePlace;
+pub(crate) use attempts::{Attempt, Attempts};
+pub(crate) use flow::{Closing, Flow};
+pub(crate) use preamble::Preamble;
+use pump::Endpoint;
+use socket::Socket;
 
-/// Where a connection is in its life: its stage. Each stage's events are handled in one
-/// place (`worker::tcp`, `handle_front_event` / `handle_back_event`), and every change goes
-/// through [`Connection::set_stage`].
+/// Where a connection is in its life, with what that stage alone needs: a field of one stage
+/// cannot be read in another. The worker matches on it to carry an event to the stage's
+/// handler; a transition builds the next stage from the last (see [`Attempts::establish`],
+/// [`Flow::into_closing`]).
 ///
-/// Adding a stage (reading a PROXY protocol header, peeking a TLS ClientHello) means a variant
-/// here, its arm in those two handlers, and the transition out of it: nothing else moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
+/// Adding a stage (routing by a PostgreSQL StartupMessage, say) means a variant here with
+/// its data, its arm in the worker's two event handlers and in [`Connection::deadline`], and
+/// the transitions into and out of it: nothing else moves.
+#[derive(Debug)]
+pub(crate) enum Stage<S = TcpStream> {
     /// Accepted; reading what must be read from the client before a target is chosen: a
     /// PROXY protocol header (`accept_proxy_protocol`), a ClientHello to route by
     /// (`routes`), PostgreSQL's SSLRequest (`postgres_starttls`), the whole TLS handshake
     /// (`protocol: tls`). Left at once for `Connecting` when there is none of these.
-    Preamble,
-    /// A non-blocking connect to `target` is in flight.
-    Connecting,
+    Preamble(Box<Preamble>),
+    /// A non-blocking connect to a target is in flight (or about to start: the worker is
+    /// asked for one with [`Action::Connect`]).
+    Connecting(Box<Attempts<S>>),
     /// Connected; the target has been sent what must precede the client's bytes and its
     /// answer is awaited (PostgreSQL's SSLRequest, answered `S`, on `postgres_starttls`
     /// listeners; the TLS handshake of a `target_tls` group). A refusal counts as a failed
     /// connect: the next target is tried.
-    TargetPreamble,
+    TargetPreamble(Box<Attempts<S>>),
     /// Connected to the target; bytes flow.
-    Established,
+    Established(Flow<S>),
     /// Both directions are over and a side is to be reset: waiting (bounded) until the bytes
     /// already written to it are acknowledged, which a reset would discard.
-    Closing,
+    Closing(Flow<S>, Box<Closing>),
+    /// Between two stages while a transition builds the next one from the last; never seen
+    /// outside a transition.
+    Passing,
 }
 
-impl Stage {
-    /// Whether the connection got as far as a target (established, or closing after it).
-    pub(crate) fn reached_target(self) -> bool {
-        matches!(self, Stage::Established | Stage::Closing)
+impl<S> Stage<S> {
+    /// The stage's name (`/connections`, trace logs).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Stage::Preamble(_) => "preamble",
+            Stage::Connecting(_) => "connecting",
+            Stage::TargetPreamble(_) => "target_preamble",
+            Stage::Established(_) => "established",
+            Stage::Closing(..) => "closing",
+            Stage::Passing => "passing",
+        }
+    }
+
+    /// The flow, once the connection got as far as a target (established, or closing after
+    /// it).
+    pub(crate) fn flow(&self) -> Option<&Flow<S>> {
+        match self {
+            Stage::Established(f) | Stage::Closing(f, _) => Some(f),
+            _ => None,
+        }
     }
 }
 
-impl fmt::Display for Stage {
+impl<S> fmt::Display for Stage<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage::Preamble => "preamble",
-            Stage::Connecting => "connecting",
-            Stage::TargetPreamble => "target_preamble",
-            Stage::Established => "established",
-            Stage::Closing => "closing",
-        })
+        f.write_str(self.name())
+    }
+}
+
+/// What the worker is to do next for a connection: the stages' answer to an event, a timer
+/// or a pump. The worker owns the poll, the sockets' registration, the balancer, the timers
+/// and the tables, and carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Nothing until the next event or the timer.
+    Wait,
+    /// Pick a target not yet tried and start a connect ([`Connection::connecting`]), or say
+    /// none is left ([`Action::GiveUp`]).
+    Connect,
+    /// Bytes are left to move and no event will say so (the byte budget ran out): drive
+    /// the connection again soon.
+    Again,
+    /// Run the connection's timer no later than this.
+    Schedule(Instant),
+    /// Close both sockets, resetting those named; the access log's reason.
+    Close(Reset, &'static str),
+    /// No target accepted the client (`retries` used up, or no target left to try): it is
+    /// reset, and the worker says so in its log.
+    GiveUp,
+}
+
+/// The timeouts a connection's stages wait by (its listener's, from the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    /// The whole preamble (PROXY header, ClientHello, TLS handshake).
+    pub preamble: Duration,
+    /// Each connect attempt, including the target's preamble.
+    pub connect: Duration,
+    /// Established with no byte moving either way.
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    /// The earliest of the three: the first timer of a new connection, which must never be
+    /// later than its stage's deadline (entries only move later).
+    pub(crate) fn first(&self) -> Duration {
+        self.preamble.min(self.connect).min(self.idle)
     }
 }
 
 /// A client connection and its connection to a target.
 #[derive(Debug)]
-pub(crate) struct Connection {
+pub(crate) struct Connection<S = TcpStream> {
     /// Unique within the worker for its lifetime (slab keys are reused; ids are not).
     pub id: u64,
     /// Index of the listener that accepted it.
     pub listener: usize,
-    /// Index of the target group it is balanced over.
+    /// Index of the target group it is balanced over (set by the preamble's routes).
     pub group: usize,
     /// The table key.
     pub tuple: FiveTuple,
     /// The client side.
-    pub front: Endpoint,
-    /// The target side, once a connect has started.
-    pub back: Option<Endpoint>,
-    /// Index of the current (or last tried) target in its group.
-    pub target: Option<usize>,
-    /// Targets tried for this connection, in order.
-    pub tried: Vec<usize>,
-    /// Why the last connect attempt failed, for the log line when every attempt has.
-    pub last_error: Option<String>,
-    stage: Stage,
-    /// Client → target.
-    pub up: Half,
-    /// Target → client.
-    pub down: Half,
+    pub front: Endpoint<S>,
+    /// Where it is, with what that stage needs.
+    pub stage: Stage<S>,
     /// When the client was accepted.
     pub started: Instant,
-    /// When the current connect attempt started.
-    pub attempt_started: Instant,
-    /// When bytes last moved either way (or the connection was established).
-    pub last_active: Instant,
-    /// When the first bytes went to the target (the request, for client-first protocols).
-    pub first_up: Option<Instant>,
-    /// Whether the target's first bytes back have been timed (for least_response_time).
-    pub responded: bool,
     /// Which side aborted first, once one has (the access log's `client_reset` or
     /// `target_reset`).
     pub first_abort: Option<Side>,
-    /// In [`Stage::Closing`]: what is left to do.
-    pub closing: Option<Closing>,
     /// Its place under the listener's `max_connections` (set at accept; given back when the
     /// connection is dropped).
     pub place: Option<ListenerPlace>,
-    /// Its count in the current target's `active` gauge, from the connect on.
-    pub target_place: Option<TargetPlace>,
-    /// What a trusted PROXY protocol header said: (client, the address the client used).
-    /// Then *the* client for logs, stickiness, hashing and headers passed on.
-    pub origin: Option<(SocketAddr, SocketAddr)>,
-    /// Bytes read in the preamble (a PROXY header, and what followed it) until it is complete.
-    pub preamble: Vec<u8>,
-    /// `postgres_starttls`: whether the client's first 8 bytes have been looked at, and
-    /// whether they were an SSLRequest (answered `S` by Ballast; the target is sent one too,
-    /// and its `S` is not passed on).
-    pub postgres: Option<bool>,
     /// Its place under the listener's `per_source.max_connections` (given back when dropped).
-    pub source_place: Option<crate::per_source::SourcePlace>,
-    /// A TLS handshake in progress: the client's (`protocol: tls`, in `Preamble`) or the
-    /// target's (`target_tls`, in `TargetPreamble`). Once over, the session moves into that
-    /// endpoint's transport.
-    pub tls: Option<Box<rustls::Connection>>,
-    /// The preamble's checks are done (PROXY header read, access rules and per-source limits
-    /// passed): later calls of the preamble go on from there.
-    pub front_door_passed: bool,
+    pub source_place: Option<SourcePlace>,
+    /// What a trusted PROXY protocol header said: (client, the address the client used).
+    /// Then *the* client for logs, stickiness, hashing and headers passed on. Boxed: rare,
+    /// and two addresses would double the size of every connection.
+    pub origin: Option<Box<(SocketAddr, SocketAddr)>>,
 }
 
 /// A side of a connection.
@@ -193,27 +224,27 @@ impl Reset {
         front: true,
         back: true,
     };
+    /// Reset the client only (a refusal at the front door; a client gone while connecting
+    /// resets the target only).
+    pub(crate) const FRONT: Reset = Reset {
+        front: true,
+        back: false,
+    };
+    /// Reset the target only.
+    pub(crate) const BACK: Reset = Reset {
+        front: false,
+        back: true,
+    };
 }
 
-/// A connection waiting to reset a side until its written bytes are acknowledged (which side,
-/// and why, is [`Connection::ending`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Closing {
-    /// Reset then, acknowledged or not.
-    pub until: Instant,
-    /// When the next check is scheduled (one timer entry at a time).
-    pub recheck_at: Instant,
-}
-
-impl Connection {
-    /// A newly accepted client, not yet connecting.
+impl<S: Socket> Connection<S> {
+    /// A newly accepted client, in its preamble.
     pub(crate) fn new(
         id: u64,
         listener: usize,
         group: usize,
         tuple: FiveTuple,
-        front: Endpoint,
-        forwarding: Forwarding,
+        front: Endpoint<S>,
         now: Instant,
     ) -> Self {
         Connection {
@@ -222,39 +253,27 @@ impl Connection {
             group,
             tuple,
             front,
-            back: None,
-            target: None,
-            tried: Vec::new(),
-            last_error: None,
-            stage: Stage::Preamble,
-            up: Half::new(forwarding),
-            down: Half::new(forwarding),
+            stage: Stage::Preamble(Box::default()),
             started: now,
-            attempt_started: now,
-            last_active: now,
-            first_up: None,
-            responded: false,
             first_abort: None,
-            closing: None,
             place: None,
-            target_place: None,
-            origin: None,
-            preamble: Vec::new(),
-            postgres: None,
             source_place: None,
-            tls: None,
-            front_door_passed: false,
+            origin: None,
         }
     }
 
     /// The client: as a PROXY protocol header declared it, else the socket's peer.
     pub(crate) fn client(&self) -> SocketAddr {
-        self.origin.map_or(self.tuple.client, |(c, _)| c)
+        self.origin
+            .as_deref()
+            .map_or(self.tuple.client, |&(c, _)| c)
     }
 
     /// The address the client connected to: as a PROXY header declared it, else ours.
     pub(crate) fn local(&self) -> SocketAddr {
-        self.origin.map_or(self.tuple.listener, |(_, l)| l)
+        self.origin
+            .as_deref()
+            .map_or(self.tuple.listener, |&(_, l)| l)
     }
 
     /// The 5-tuple the balancer hashes: the declared client's when a PROXY header gave one.
@@ -266,72 +285,92 @@ impl Connection {
         }
     }
 
-    /// The current stage.
-    pub(crate) fn stage(&self) -> Stage {
+    /// The target it is connecting to or connected to, if any.
+    pub(crate) fn target(&self) -> Option<usize> {
+        match &self.stage {
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => a.current.as_ref().map(|c| c.target),
+            Stage::Established(f) | Stage::Closing(f, _) => Some(f.target),
+            Stage::Preamble(_) | Stage::Passing => None,
+        }
+    }
+
+    /// The target side, in any stage that has one.
+    pub(crate) fn back(&self) -> Option<&Endpoint<S>> {
+        match &self.stage {
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => a.current.as_ref().map(|c| &c.back),
+            Stage::Established(f) | Stage::Closing(f, _) => Some(&f.back),
+            Stage::Preamble(_) | Stage::Passing => None,
+        }
+    }
+
+    /// The target side, in any stage that has one.
+    pub(crate) fn back_mut(&mut self) -> Option<&mut Endpoint<S>> {
+        match &mut self.stage {
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => {
+                a.current.as_mut().map(|c| &mut c.back)
+            }
+            Stage::Established(f) | Stage::Closing(f, _) => Some(&mut f.back),
+            Stage::Preamble(_) | Stage::Passing => None,
+        }
+    }
+
+    /// The target it reached (established, or closing after it): the access log's target.
+    pub(crate) fn reached(&self) -> Option<usize> {
+        self.stage.flow().map(|f| f.target)
+    }
+
+    /// Bytes moved so far (client → target, target → client).
+    pub(crate) fn bytes(&self) -> (u64, u64) {
         self.stage
+            .flow()
+            .map_or((0, 0), |f| (f.up.bytes, f.down.bytes))
     }
 
     /// Moves to `stage`, logging the transition at trace level.
-    pub(crate) fn set_stage(&mut self, stage: Stage) {
+    pub(crate) fn set_stage(&mut self, stage: Stage<S>) {
         log::trace!("{} [{}]: {} -> {}", self.tuple, self.id, self.stage, stage);
         self.stage = stage;
     }
 
-    /// True when both directions are over.
-    pub(crate) fn finished(&self) -> bool {
-        self.up.done() && self.down.done()
+    /// Takes the stage out for a transition (leaving [`Stage::Passing`]).
+    pub(crate) fn take_stage(&mut self) -> Stage<S> {
+        std::mem::replace(&mut self.stage, Stage::Passing)
     }
 
     /// Notes which side aborted first, once one has.
     pub(crate) fn note_aborts(&mut self) {
         if self.first_abort.is_none() {
+            let back = self.back().is_some_and(|b| b.aborted);
             if self.front.aborted {
                 self.first_abort = Some(Side::Front);
-            } else if self.back.as_ref().is_some_and(|b| b.aborted) {
+            } else if back {
                 self.first_abort = Some(Side::Back);
             }
         }
     }
 
-    /// How a finished connection closes: which sockets to reset (a side whose peer aborted and
-    /// that did not abort itself) and the access log's reason.
-    pub(crate) fn ending(&self) -> (Reset, &'static str) {
-        let front = self.front.aborted;
-        let back = self.back.as_ref().is_some_and(|b| b.aborted);
-        let reset = Reset {
-            front: back && !front,
-            back: front && !back,
-        };
-        let reason = match self.first_abort {
+    /// The access log's reason for an end with no reset of Ballast's own: which side aborted
+    /// first, if one did.
+    pub(crate) fn abort_reason(&self) -> &'static str {
+        match self.first_abort {
             None => "done",
             Some(Side::Front) => "client_reset",
             Some(Side::Back) => "target_reset",
-        };
-        (reset, reason)
+        }
     }
 
-    /// How a connection closes at its idle timeout: as [`Connection::ending`], and besides
-    /// that both sides are reset when bytes meant for either are lost with the close — held
-    /// by Ballast (a buffer, a pipe, a TLS record) or still unread in its peer's socket — so a
-    /// cut stream never looks complete to the side that sent it or the side that awaited it.
-    /// With nothing pending both get a FIN (`idle`).
-    pub(crate) fn idle_ending(&self) -> (Reset, &'static str) {
-        let (mut reset, _) = self.ending();
-        let back = self.back.as_ref();
-        let lost_to_front = self.down.pending() > 0
-            || self.front.transport.holds_output()
-            || back.is_some_and(|b| b.unread() > 0);
-        let lost_to_back = back.is_some_and(|b| {
-            !b.aborted
-                && (self.up.pending() > 0 || b.transport.holds_output() || self.front.unread() > 0)
-        });
-        // Either side losing bytes resets both: the side whose stream was cut, and the side
-        // that sent them, which must not take a FIN for "all delivered" (an uploader cut off
-        // would read it as an empty answer).
-        let lost = lost_to_front || lost_to_back;
-        reset.front |= lost && !self.front.aborted;
-        reset.back |= lost && back.is_some_and(|b| !b.aborted);
-        let reason = if lost { "idle_bytes_lost" } else { "idle" };
-        (reset, reason)
+    /// When the stage's wait is over: the preamble's timeout from the accept, the connect
+    /// timeout from the attempt's start, the idle timeout from the last byte moved, a
+    /// `Closing` connection's next check. `None` between stages.
+    pub(crate) fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        match &self.stage {
+            Stage::Preamble(_) => Some(self.started + timeouts.preamble),
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => {
+                a.current.as_ref().map(|c| c.started + timeouts.connect)
+            }
+            Stage::Established(f) => Some(f.last_active + timeouts.idle),
+            Stage::Closing(_, c) => Some(c.recheck_at),
+            Stage::Passing => None,
+        }
     }
 }

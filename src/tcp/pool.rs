@@ -137,16 +137,3 @@ pub(super) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
-
-/// Whether the next byte to read from socket `fd` is at the urgent mark (SIOCATMARK).
-/// `splice(2)` never moves the urgent byte (`tcp_read_sock` stops at the mark whatever
-/// SO_OOBINLINE says) and then returns EAGAIN for good; a `recv` with SO_OOBINLINE reads it
-/// in line, and past it the kernel forgets the mark and splicing works again.
-pub(super) fn at_urgent_mark(fd: RawFd) -> bool {
-    /// `SIOCATMARK` on Linux (`<asm-generic/sockios.h>`); the libc crate lacks it there.
-    const SIOCATMARK: libc::c_ulong = 0x8905;
-    let mut at: libc::c_int = 0;
-    // SAFETY: SIOCATMARK writes one int through the pointer, which is valid.
-    let r = unsafe { libc::ioctl(fd, SIOCATMARK as _, &mut at) };
-    r == 0 && at != 0
-}

@@ -17,12 +17,13 @@
 //! No error is returned: the endpoints' `aborted` flags carry them to the worker.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use mio::net::TcpStream;
 
 pub(crate) use super::pool::BufferPool;
-use super::pool::{at_urgent_mark, splice, Pipe};
+use super::pool::Pipe;
+use super::socket::Socket;
 use super::transport::{Plain, Transport};
 use crate::config::Forwarding;
 
@@ -47,10 +48,10 @@ pub(crate) struct Readiness {
 
 /// One socket of a connection with what is known of its readiness.
 #[derive(Debug)]
-pub(crate) struct Endpoint {
+pub(crate) struct Endpoint<S = TcpStream> {
     /// The socket.
-    pub stream: TcpStream,
-    /// How bytes cross this side ([`Plain`] TCP today).
+    pub stream: S,
+    /// How bytes cross this side ([`Plain`] TCP, or TLS once a handshake is over).
     pub transport: Box<dyn Transport>,
     /// Whether it may be read or written without blocking.
     pub ready: Readiness,
@@ -61,10 +62,10 @@ pub(crate) struct Endpoint {
     pub aborted: bool,
 }
 
-impl Endpoint {
+impl<S: Socket> Endpoint<S> {
     /// A plain TCP socket of unknown readiness (both flags false: wait for an event),
     /// registered with `tag`.
-    pub(crate) fn new(stream: TcpStream, tag: u32) -> Endpoint {
+    pub(crate) fn new(stream: S, tag: u32) -> Endpoint<S> {
         Endpoint {
             stream,
             // A zero-sized `Plain` in a box allocates nothing.
@@ -81,62 +82,20 @@ impl Endpoint {
         self.aborted = true;
     }
 
-    /// Bytes written to the socket and not yet acknowledged by the peer (SIOCOUTQ): what a
-    /// reset would throw away. 0 when it cannot be asked, and once the connection is closed
-    /// (the peer reset it): SIOCOUTQ keeps its count after a reset, but nothing will be
-    /// acknowledged any more.
+    /// Bytes written to the socket and not yet acknowledged by the peer
+    /// ([`Socket::unacknowledged`]).
     pub(crate) fn unacknowledged(&self) -> usize {
-        if self.closed() {
-            return 0;
-        }
-        let mut n: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which is valid.
-        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-        if r < 0 {
-            0
-        } else {
-            n.max(0) as usize
-        }
+        self.stream.unacknowledged()
     }
 
-    /// Whether the kernel holds the connection closed (`TCP_CLOSE` in `TCP_INFO`): the peer
-    /// reset it, or it timed out.
-    pub(crate) fn closed(&self) -> bool {
-        /// `TCP_CLOSE` of the kernel's TCP states (`<netinet/tcp.h>`).
-        const TCP_CLOSE: u8 = 7;
-        // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
-        let r = unsafe {
-            libc::getsockopt(
-                self.stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        r == 0 && info.tcpi_state == TCP_CLOSE
-    }
-
-    /// Bytes received on the socket and not yet read (SIOCINQ): what closing it would lose.
-    /// 0 when it cannot be asked.
+    /// Bytes received on the socket and not yet read ([`Socket::unread`]).
     pub(crate) fn unread(&self) -> usize {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD (SIOCINQ) writes one int through the pointer, which is valid.
-        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut n) };
-        if r < 0 {
-            0
-        } else {
-            n.max(0) as usize
-        }
+        self.stream.unread()
     }
 
-    /// Makes the coming close send a reset (RST) instead of a FIN: `SO_LINGER {on, 0}`, which
-    /// also discards whatever is unsent.
+    /// Makes the coming close send a reset (RST) instead of a FIN ([`Socket::reset_on_close`]).
     pub(crate) fn reset_on_close(&self) {
-        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
+        self.stream.reset_on_close();
     }
 }
 
@@ -231,10 +190,10 @@ impl Half {
     /// `shutdown(Write)` is skipped.
     ///
     /// Errors end up in `src.aborted` / `dst.aborted` (see the module docs), never returned.
-    pub(crate) fn pump(
+    pub(crate) fn pump<S: Socket>(
         &mut self,
-        src: &mut Endpoint,
-        dst: &mut Endpoint,
+        src: &mut Endpoint<S>,
+        dst: &mut Endpoint<S>,
         pool: &mut BufferPool,
         budget: usize,
         reverse_done: bool,
@@ -299,7 +258,7 @@ impl Half {
     }
 
     /// Reads once from `src`; returns whether anything happened (bytes, EOF or an error).
-    fn fill(&mut self, src: &mut Endpoint, pool: &mut BufferPool) -> bool {
+    fn fill<S: Socket>(&mut self, src: &mut Endpoint<S>, pool: &mut BufferPool) -> bool {
         if let Carrier::Idle = self.carrier {
             self.carrier = match self.mode {
                 Forwarding::Splice => match pool.take_pipe() {
@@ -371,15 +330,16 @@ impl Half {
                 if p.pending >= p.capacity {
                     return false;
                 }
-                let fd = src.stream.as_raw_fd();
-                let spliced = splice(fd, p.write.as_raw_fd(), p.capacity - p.pending);
+                let spliced = src
+                    .stream
+                    .splice_in(p.write.as_fd(), p.capacity - p.pending);
                 // splice never crosses the urgent mark (see `at_urgent_mark`): there it says
                 // EAGAIN, or 0 once the peer's FIN is in, as if the stream had ended. Only a
                 // returned 0 and an EAGAIN after urgent data was reported are worth the look.
                 let stuck = match &spliced {
-                    Ok(0) => at_urgent_mark(fd),
+                    Ok(0) => src.stream.at_urgent_mark(),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && src.ready.urgent => {
-                        at_urgent_mark(fd)
+                        src.stream.at_urgent_mark()
                     }
                     _ => false,
                 };
@@ -437,7 +397,7 @@ impl Half {
     }
 
     /// Writes once to `dst`; returns the bytes written.
-    fn flush(&mut self, dst: &mut Endpoint, pool: &mut BufferPool) -> usize {
+    fn flush<S: Socket>(&mut self, dst: &mut Endpoint<S>, pool: &mut BufferPool) -> usize {
         let ready = &mut dst.ready;
         let stream = &mut dst.stream;
         let transport = &mut dst.transport;
@@ -457,7 +417,8 @@ impl Half {
                     }
                 })
             }
-            Carrier::Pipe(p) => splice(p.read.as_raw_fd(), stream.as_raw_fd(), p.pending)
+            Carrier::Pipe(p) => stream
+                .splice_out(p.read.as_fd(), p.pending)
                 .inspect(|&n| p.pending -= n),
         };
         match result {

@@ -7,8 +7,7 @@
 
 use std::io;
 
-use mio::net::TcpStream;
-
+use super::socket::Socket;
 use super::transport::Transport;
 use crate::tls::io::{self as tls_io, UncleanEnd};
 
@@ -44,16 +43,21 @@ impl Tls {
 }
 
 impl Transport for Tls {
-    fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, socket: &mut dyn Socket, buf: &mut [u8]) -> io::Result<usize> {
         tls_io::read_plain(&mut self.session, socket, buf, self.unclean)
     }
 
-    fn write(&mut self, socket: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+    fn write(&mut self, socket: &mut dyn Socket, buf: &[u8]) -> io::Result<usize> {
         tls_io::write_plain(&mut self.session, socket, buf)
     }
 
-    fn shutdown_write(&mut self, socket: &mut TcpStream) -> io::Result<()> {
-        tls_io::shutdown(&mut self.session, socket, &mut self.close_sent)
+    fn shutdown_write(&mut self, socket: &mut dyn Socket) -> io::Result<()> {
+        if !self.close_sent {
+            self.session.send_close_notify();
+            self.close_sent = true;
+        }
+        tls_io::flush(&mut self.session, socket)?;
+        socket.shutdown_write()
     }
 
     fn can_splice(&self) -> bool {
@@ -68,7 +72,7 @@ impl Transport for Tls {
         self.session.wants_write()
     }
 
-    fn flush(&mut self, socket: &mut TcpStream) -> io::Result<()> {
+    fn flush(&mut self, socket: &mut dyn Socket) -> io::Result<()> {
         tls_io::flush(&mut self.session, socket)
     }
 

@@ -10,10 +10,9 @@
 //! the trait.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io;
 
-use mio::net::TcpStream;
+use super::socket::Socket;
 
 /// How bytes cross one side of a connection. `socket` is that side's TCP socket
 /// (non-blocking); the methods follow `Read`/`Write`/`shutdown` semantics: `WouldBlock` when
@@ -23,19 +22,19 @@ pub(crate) trait Transport: fmt::Debug + Send {
     ///
     /// # Errors
     /// As `read(2)` on `socket` (a reset, `WouldBlock`), or the transport's own failures.
-    fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize>;
+    fn read(&mut self, socket: &mut dyn Socket, buf: &mut [u8]) -> io::Result<usize>;
 
     /// Writes bytes from the other side; returns how many were taken.
     ///
     /// # Errors
     /// As `write(2)` on `socket` (a broken pipe, `WouldBlock`), or the transport's own.
-    fn write(&mut self, socket: &mut TcpStream, buf: &[u8]) -> io::Result<usize>;
+    fn write(&mut self, socket: &mut dyn Socket, buf: &[u8]) -> io::Result<usize>;
 
     /// Ends the stream toward this side (a FIN, after whatever the transport must send first).
     ///
     /// # Errors
     /// As `shutdown(2)`.
-    fn shutdown_write(&mut self, socket: &mut TcpStream) -> io::Result<()>;
+    fn shutdown_write(&mut self, socket: &mut dyn Socket) -> io::Result<()>;
 
     /// Whether the pump may move bytes by `splice(2)` on the raw socket, bypassing `read` and
     /// `write` (true only when they are the socket's own).
@@ -58,7 +57,7 @@ pub(crate) trait Transport: fmt::Debug + Send {
     ///
     /// # Errors
     /// `WouldBlock` when the socket is full; the socket's errors.
-    fn flush(&mut self, _socket: &mut TcpStream) -> io::Result<()> {
+    fn flush(&mut self, _socket: &mut dyn Socket) -> io::Result<()> {
         Ok(())
     }
 
@@ -74,16 +73,16 @@ pub(crate) trait Transport: fmt::Debug + Send {
 pub(crate) struct Plain;
 
 impl Transport for Plain {
-    fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, socket: &mut dyn Socket, buf: &mut [u8]) -> io::Result<usize> {
         socket.read(buf)
     }
 
-    fn write(&mut self, socket: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+    fn write(&mut self, socket: &mut dyn Socket, buf: &[u8]) -> io::Result<usize> {
         socket.write(buf)
     }
 
-    fn shutdown_write(&mut self, socket: &mut TcpStream) -> io::Result<()> {
-        socket.shutdown(Shutdown::Write)
+    fn shutdown_write(&mut self, socket: &mut dyn Socket) -> io::Result<()> {
+        socket.shutdown_write()
     }
 
     fn can_splice(&self) -> bool {
@@ -95,6 +94,8 @@ impl Transport for Plain {
 mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
+
+    use mio::net::TcpStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -107,16 +108,16 @@ mod tests {
     struct Counting(Arc<AtomicUsize>);
 
     impl Transport for Counting {
-        fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        fn read(&mut self, socket: &mut dyn Socket, buf: &mut [u8]) -> io::Result<usize> {
             let n = socket.read(buf)?;
             self.0.fetch_add(n, Ordering::Relaxed);
             Ok(n)
         }
-        fn write(&mut self, socket: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+        fn write(&mut self, socket: &mut dyn Socket, buf: &[u8]) -> io::Result<usize> {
             socket.write(buf)
         }
-        fn shutdown_write(&mut self, socket: &mut TcpStream) -> io::Result<()> {
-            socket.shutdown(Shutdown::Write)
+        fn shutdown_write(&mut self, socket: &mut dyn Socket) -> io::Result<()> {
+            socket.shutdown_write()
         }
         fn can_splice(&self) -> bool {
             false

@@ -51,7 +51,7 @@ impl std::fmt::Display for HandshakeError {
 }
 
 /// Advances the handshake of `tls` over `socket` as far as the socket allows.
-pub fn handshake<S: Read + Write>(tls: &mut Connection, socket: &mut S) -> Handshake {
+pub fn handshake<S: Read + Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> Handshake {
     loop {
         match flush(tls, socket) {
             Ok(()) => {}
@@ -61,12 +61,12 @@ pub fn handshake<S: Read + Write>(tls: &mut Connection, socket: &mut S) -> Hands
         if !tls.is_handshaking() {
             return Handshake::Done;
         }
-        match tls.read_tls(socket) {
+        match tls.read_tls(&mut &mut *socket) {
             Ok(0) => return Handshake::Failed(HandshakeError::Closed),
             Ok(_) => {
                 if let Err(e) = tls.process_new_packets() {
                     // Best effort: the alert rustls queued tells the peer why.
-                    let _ = tls.write_tls(socket);
+                    let _ = tls.write_tls(&mut &mut *socket);
                     return Handshake::Failed(HandshakeError::Tls(e));
                 }
             }
@@ -81,9 +81,9 @@ pub fn handshake<S: Read + Write>(tls: &mut Connection, socket: &mut S) -> Hands
 ///
 /// # Errors
 /// `WouldBlock` when the socket is full with some still queued; the socket's own errors.
-pub fn flush<S: Write>(tls: &mut Connection, socket: &mut S) -> io::Result<()> {
+pub fn flush<S: Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> io::Result<()> {
     while tls.wants_write() {
-        match tls.write_tls(socket) {
+        match tls.write_tls(&mut &mut *socket) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -115,7 +115,7 @@ pub enum UncleanEnd {
 /// reset); `InvalidData` when a record fails (a forged or corrupted stream: an abort, never
 /// an end); `ConnectionAborted` for a FIN without close_notify when `unclean` is
 /// [`UncleanEnd::Abort`].
-pub fn read_plain<S: Read + Write>(
+pub fn read_plain<S: Read + Write + ?Sized>(
     tls: &mut Connection,
     socket: &mut S,
     buf: &mut [u8],
@@ -136,14 +136,14 @@ pub fn read_plain<S: Read + Write>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        match tls.read_tls(socket) {
+        match tls.read_tls(&mut &mut *socket) {
             // EOF: rustls notes it; the reader then says how the stream ended.
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
         if let Err(e) = tls.process_new_packets() {
-            let _ = tls.write_tls(socket);
+            let _ = tls.write_tls(&mut &mut *socket);
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
         // A key update or an alert may want an answer; the socket takes it now or the next
@@ -166,7 +166,7 @@ pub fn read_plain<S: Read + Write>(
 /// # Errors
 /// `WouldBlock` when earlier output is still queued and the socket is full; the socket's
 /// errors.
-pub fn write_plain<S: Write>(
+pub fn write_plain<S: Write + ?Sized>(
     tls: &mut Connection,
     socket: &mut S,
     buf: &[u8],
@@ -182,22 +182,4 @@ pub fn write_plain<S: Write>(
         Err(e) => return Err(e),
     }
     Ok(n)
-}
-
-/// Ends the stream toward the peer: a close_notify alert, then the TCP FIN. Call again after
-/// `WouldBlock` (the alert is queued once).
-///
-/// # Errors
-/// `WouldBlock` when the alert cannot go out yet; the socket's errors.
-pub fn shutdown(
-    tls: &mut Connection,
-    socket: &mut mio::net::TcpStream,
-    alert_sent: &mut bool,
-) -> io::Result<()> {
-    if !*alert_sent {
-        tls.send_close_notify();
-        *alert_sent = true;
-    }
-    flush(tls, socket)?;
-    socket.shutdown(std::net::Shutdown::Write)
 }

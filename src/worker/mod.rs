@@ -37,8 +37,8 @@
     )
 )]
 
+mod connect;
 mod listen;
-mod preamble;
 mod tcp;
 mod tls;
 mod udp;
@@ -77,6 +77,11 @@ pub(crate) const CONN_BASE: usize = 1 << 20;
 
 /// Bytes per direction per wake before yielding to other connections.
 const PUMP_BUDGET: usize = 512 * 1024;
+/// Interest in both sockets of a connection: PRIORITY too, so urgent data is noticed (reads
+/// stop short at the urgent mark, see `Readiness::urgent`).
+const CONN_INTEREST: mio::Interest = mio::Interest::READABLE
+    .add(mio::Interest::WRITABLE)
+    .add(mio::Interest::PRIORITY);
 /// Bits of a token below its tag.
 pub(crate) const TAG_SHIFT: u32 = 40;
 /// Mask of a tag's bits (24: the rest of a 64-bit token).
@@ -531,7 +536,7 @@ impl Worker {
             .filter(|&k| {
                 self.table
                     .get_mut(k)
-                    .is_some_and(|c| on_target(c.group, c.target))
+                    .is_some_and(|c| on_target(c.group, c.target()))
             })
             .collect();
         for key in keys {
@@ -549,19 +554,19 @@ impl Worker {
                 continue;
             };
             let target = conn
-                .target
-                .filter(|_| conn.stage().reached_target())
+                .reached()
                 .map(|t| self.shared.groups[conn.group].targets[t].address);
+            let (bytes_up, bytes_down) = conn.bytes();
             out.push(ConnInfo {
                 protocol: Protocol::Tcp,
                 client: conn.tuple.client,
                 listener: self.shared.listeners[conn.listener].config.name.clone(),
                 local: conn.tuple.listener,
                 target,
-                stage: conn.stage().to_string(),
+                stage: conn.stage.to_string(),
                 age: self.now.saturating_duration_since(conn.started),
-                bytes_up: conn.up.bytes,
-                bytes_down: conn.down.bytes,
+                bytes_up,
+                bytes_down,
                 worker: self.id,
             });
         }

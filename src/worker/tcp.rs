@@ -1,42 +1,27 @@
-//! The worker's side of a TCP connection: accept → pick a target → connect (with retries) →
-//! pump → close. The connection itself ([`Connection`]) knows nothing of the poll or of the
-//! balancer; this file wires it to both.
+//! The worker's side of a TCP connection: accept → preamble → connect (`connect.rs`) → pump
+//! → close. The connection decides what its stages do ([`Connection`], `tcp::flow`); this
+//! file wires it to the poll, the balancer's counters, the timers and the access log, and
+//! carries out what it asks ([`Action`]).
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::Interest;
 
-use super::preamble::{
-    read_client_hello, read_proxy_header, read_ssl_request, HeaderRead, HelloRead, SSL_REQUEST,
-};
 use super::tls::{front_handshake, FrontTls};
-use super::{Ready, Tag, TokenSlot, Worker, PUMP_BUDGET};
+use super::{Ready, Tag, TokenSlot, Worker, CONN_INTEREST, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
-use crate::config::NoServerName;
-use crate::config::Protocol;
+use crate::config::{ListenerConfig, NoServerName, Protocol};
 use crate::conntrack::FiveTuple;
 use crate::generation::{HandshakeFailure, ListenerPlace, Refusal};
-use crate::net::describe;
-use crate::tcp::pump::{Endpoint, Pumped};
-use crate::tcp::{Closing, Connection, Reset, Stage};
+use crate::tcp::preamble::{read_client_hello, read_proxy_header, read_ssl_request};
+use crate::tcp::preamble::{HeaderRead, HelloRead};
+use crate::tcp::pump::{Endpoint, Readiness};
+use crate::tcp::{Action, Attempts, Connection, Reset, Stage, Timeouts};
 use crate::timers::Due;
-
-/// Interest in both sockets of a connection: PRIORITY too, so urgent data is noticed (reads
-/// stop short at the urgent mark, see `Readiness::urgent`).
-const CONN_INTEREST: Interest = Interest::READABLE
-    .add(Interest::WRITABLE)
-    .add(Interest::PRIORITY);
-/// Longest a side waits in `Closing` for its bytes to be acknowledged before it is reset (and
-/// never longer than the listener's `idle_timeout`).
-const RESET_LINGER: Duration = Duration::from_secs(5);
-/// How often a `Closing` connection asks whether its bytes are acknowledged (no event says so).
-const RESET_RECHECK: Duration = Duration::from_millis(5);
 
 impl Worker {
     pub(super) fn handle_accepted(
@@ -78,21 +63,12 @@ impl Worker {
         };
         self.next_id += 1;
         let id = self.next_id;
-        let mut conn = Connection::new(
-            id,
-            i,
-            config.target_group,
-            tuple,
-            Endpoint::new(stream, tag),
-            config.forwarding,
-            self.now,
-        );
+        let front = Endpoint::new(stream, tag);
+        let mut conn = Connection::new(id, i, config.target_group, tuple, front, self.now);
         conn.place = Some(place);
         // The one timer entry of a connection must never be later than its real deadline
         // (entries only move later): the earliest of the timeouts covers every stage.
-        let first_check = preamble_timeout(config)
-            .min(config.connect_timeout)
-            .min(config.idle_timeout);
+        let first_check = timeouts(config).first();
         if let Some(old) = self.table.find(&tuple) {
             self.client_reused_port(old);
         }
@@ -125,17 +101,21 @@ impl Worker {
 
     /// The `Preamble` stage: reads what must be read from the client before a target is
     /// chosen (called again on each client event until complete): the PROXY protocol header
-    /// on listeners with `accept_proxy_protocol`, after which the access rules judge the
-    /// client it declares. Then puts what goes to the target first — the group's PROXY header,
-    /// and client bytes read past the incoming header — and moves to `Connecting`.
+    /// on listeners with `accept_proxy_protocol`, after which the access rules and the
+    /// per-source limits judge the client it declares; PostgreSQL's SSLRequest; the TLS
+    /// handshake or the ClientHello to route by. Then on to `Connecting`.
     fn handle_preamble(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
         let state = &self.shared.listeners[conn.listener];
-        if !conn.front_door_passed {
+        let Stage::Preamble(p) = &mut conn.stage else {
+            return;
+        };
+        let front = &mut conn.front;
+        if !p.front_door_passed {
             if state.config.accept_proxy.is_some() {
-                match read_proxy_header(conn) {
+                match read_proxy_header(p, front) {
                     HeaderRead::Wait => return,
                     HeaderRead::ClientGone => {
                         return self.close(key, "client_reset", Reset::NONE);
@@ -145,7 +125,11 @@ impl Worker {
                         state.refuse(Refusal::BadProxyHeader);
                         return self.refuse(key);
                     }
-                    HeaderRead::Done => {}
+                    HeaderRead::Done(addresses) => {
+                        if let Some(a) = addresses {
+                            conn.origin = Some(Box::new(a));
+                        }
+                    }
                 }
                 if !state.config.access.admits(conn.client().ip()) {
                     state.refuse(Refusal::Denied);
@@ -163,22 +147,28 @@ impl Worker {
                     }
                 }
             }
-            conn.front_door_passed = true;
+            if let Stage::Preamble(p) = &mut conn.stage {
+                p.front_door_passed = true;
+            }
         }
+        let Stage::Preamble(p) = &mut conn.stage else {
+            return;
+        };
+        let front = &mut conn.front;
         let sni = state.config.sni.as_ref();
-        if sni.is_some_and(|s| s.postgres_starttls) && conn.postgres.is_none() {
-            match read_ssl_request(conn) {
+        if sni.is_some_and(|s| s.postgres_starttls) && p.postgres.is_none() {
+            match read_ssl_request(p, front) {
                 HelloRead::Wait => return,
                 HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
                 HelloRead::Done(_) => {}
             }
             if state.config.tls.is_some() {
                 // TLS ends here: the target gets plain PostgreSQL, no SSLRequest to replay.
-                conn.postgres = Some(false);
+                p.postgres = Some(false);
             }
         }
         let name = if let Some(tls) = &state.config.tls {
-            match front_handshake(conn, &tls.server.config, state) {
+            match front_handshake(p, front, &tls.server.config, state) {
                 FrontTls::Wait => return,
                 FrontTls::Failed(why, message) => {
                     log::debug!("{}: TLS handshake failed: {message}", conn.tuple);
@@ -191,7 +181,7 @@ impl Worker {
                 FrontTls::Done { server_name } => server_name,
             }
         } else if sni.is_some() {
-            match read_client_hello(conn) {
+            match read_client_hello(p, front) {
                 HelloRead::Wait => return,
                 HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
                 HelloRead::Done(name) => name,
@@ -212,9 +202,9 @@ impl Worker {
         self.finish_preamble(key);
     }
 
-    /// The preamble is complete: puts what goes to the target first — the group's PROXY
-    /// header, and the client bytes the preamble read (past an incoming PROXY header; a
-    /// ClientHello, unchanged) — and moves to `Connecting`.
+    /// The preamble is complete: what goes to the target first — the group's PROXY header,
+    /// and the client bytes the preamble read (past an incoming PROXY header; a ClientHello,
+    /// unchanged) — waits in the attempts, and the first connect starts.
     fn finish_preamble(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
@@ -227,13 +217,12 @@ impl Worker {
             }
             _ => Vec::new(),
         };
-        first.append(&mut std::mem::take(&mut conn.preamble));
-        if !first.is_empty() && conn.up.preload(&first, &mut self.pool).is_err() {
-            // Cannot happen (a header and at most MAX_HELLO bytes fit one buffer); never
-            // forward a stream with a hole in it.
-            return self.close(key, "preamble_overflow", Reset::BOTH);
-        }
-        conn.set_stage(Stage::Connecting);
+        let Stage::Preamble(mut p) = conn.take_stage() else {
+            return;
+        };
+        first.append(&mut p.read);
+        let attempts = Attempts::new(first, p.postgres == Some(true));
+        conn.set_stage(Stage::Connecting(Box::new(attempts)));
         self.connect_next(key);
     }
 
@@ -241,106 +230,7 @@ impl Worker {
     /// caller, and no access-log line (a flood of refused clients must not become a flood of
     /// log lines).
     fn refuse(&mut self, key: usize) {
-        let front_only = Reset {
-            front: true,
-            back: false,
-        };
-        self.remove(key, front_only);
-    }
-
-    /// Starts a connect to the next target the balancer picks, skipping targets already tried;
-    /// closes the client when no attempt is left (`retries` used up, or no target left to
-    /// try) or when Ballast itself is out of descriptors or memory.
-    fn connect_next(&mut self, key: usize) {
-        loop {
-            let tag = self.new_tag();
-            let Some(conn) = self.table.get_mut(key) else {
-                return;
-            };
-            let config = &self.shared.listeners[conn.listener].config;
-            if conn.tried.len() > config.retries as usize {
-                return self.give_up(key);
-            }
-            let group = &self.shared.groups[conn.group];
-            let exclude = balancer::retry_exclusions(&conn.tried, group.targets.len());
-            let request = balancer::Request {
-                tuple: conn.request_tuple(),
-            };
-            let picker = &mut self.pickers[conn.group];
-            let Some(t) = picker.choose(group, self.now, &request, exclude) else {
-                return self.give_up(key);
-            };
-            if !conn.tried.is_empty() {
-                self.shared.listeners[conn.listener]
-                    .retries
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            conn.tried.push(t);
-            conn.target = Some(t);
-            conn.attempt_started = self.now;
-            let address = group.targets[t].address;
-            let mut started = open_back(&self.poll, address, key, tag);
-            if started.as_ref().is_err_and(is_out_of_descriptors) && self.reserve.take().is_some() {
-                // What the reserve descriptor is for: this client, already accepted, still gets
-                // its target socket. Accepting waits until the reserve can be held again.
-                started = open_back(&self.poll, address, key, tag);
-            }
-            match started {
-                Ok(s) => {
-                    conn.back = Some(Endpoint::new(s, tag));
-                    // Counted from the connect on, so least_connections sees a burst of new
-                    // connections before any of them is established.
-                    conn.target_place = Some(group.targets[t].hold());
-                    return;
-                }
-                Err(e) if is_local_exhaustion(&e) => {
-                    // Out of descriptors even so (a retry, or another worker took the one the
-                    // reserve freed), or out of local ports (EADDRNOTAVAIL). Not the target's
-                    // fault, and every other target would likely fail the same way: reset this
-                    // client, and leave the next ones in the listen backlog a while.
-                    conn.target = None;
-                    let listener = conn.listener;
-                    self.close(key, &describe(&e), Reset::BOTH);
-                    // After the close, which would otherwise end the pause at once.
-                    return self.pause_accepts(listener, "cannot open a socket to a target", &e);
-                }
-                Err(e) => {
-                    group.targets[t]
-                        .connect_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    group.targets[t].note_failure();
-                    log::debug!("{}: connect to {address} failed: {e}", conn.tuple);
-                    conn.last_error = Some(format!("{address}: {}", describe(&e)));
-                }
-            }
-        }
-    }
-
-    /// The current connect attempt failed with `reason`: try the next target or give up.
-    pub(super) fn connect_failed(&mut self, key: usize, reason: String) {
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        if let Some(mut back) = conn.back.take() {
-            let _ = self.poll.registry().deregister(&mut back.stream);
-        }
-        // From `TargetPreamble` too: the next attempt starts with a connect (and a new TLS
-        // session, for `target_tls`).
-        conn.set_stage(Stage::Connecting);
-        conn.tls = None;
-        conn.target_place = None;
-        if let Some(t) = conn.target {
-            let target = &self.shared.groups[conn.group].targets[t];
-            target.connect_failures.fetch_add(1, Ordering::Relaxed);
-            target.note_failure();
-            log::debug!(
-                "{}: connect to {} failed: {reason}",
-                conn.tuple,
-                target.address
-            );
-            conn.last_error = Some(format!("{}: {reason}", target.address));
-        }
-        self.connect_next(key);
+        self.remove(key, Reset::FRONT);
     }
 
     /// The kernel accepted a new client with the 5-tuple of connection `key`, so that one is
@@ -360,7 +250,7 @@ impl Worker {
         conn.front.ready.readable = true;
         conn.front.ready.error = true;
         conn.note_aborts();
-        if conn.stage() == Stage::Established {
+        if matches!(conn.stage, Stage::Established(_)) {
             self.drive(key);
         }
         let Some(conn) = self.table.get_mut(key) else {
@@ -368,24 +258,6 @@ impl Worker {
         };
         let (reset, reason) = conn.ending();
         self.close(key, reason, reset);
-    }
-
-    /// No target accepted the client: it is reset (a clean EOF would read as an empty answer).
-    fn give_up(&mut self, key: usize) {
-        if let Some(conn) = self.table.get_mut(key) {
-            let (i, client, tried) = (conn.listener, conn.tuple.client, conn.tried.len());
-            let last = conn.last_error.take();
-            if let Some(unlogged) = self.listeners[i].give_ups.allow(self.now) {
-                log::warn!(
-                    "listener {}: resetting client {client}: no target accepted the connection \
-                     after {tried} attempt(s) (last: {}; {unlogged} more such clients since the \
-                     last report)",
-                    self.shared.listeners[i].config.name,
-                    last.as_deref().unwrap_or("no target to try"),
-                );
-            }
-        }
-        self.close(key, "no target", Reset::BOTH);
     }
 
     pub(super) fn handle_front_event(&mut self, key: usize, tag: Tag, event: &Event) {
@@ -396,26 +268,22 @@ impl Worker {
             return; // for a socket closed earlier in this batch (see the token plan)
         }
         mark(&mut conn.front.ready, event);
-        match conn.stage() {
-            Stage::Established => self.drive(key),
-            Stage::Preamble | Stage::Connecting | Stage::TargetPreamble if event.is_error() => {
+        match &conn.stage {
+            Stage::Established(_) => self.drive(key),
+            Stage::Preamble(_) | Stage::Connecting(_) | Stage::TargetPreamble(_)
+                if event.is_error() =>
+            {
                 // A client that resets while its target connect is pending: free both
                 // descriptors now, and reset the target side, which may already be connected.
                 if let Ok(Some(e)) | Err(e) = conn.front.stream.take_error() {
                     log::debug!("{}: client gone while connecting: {e}", conn.tuple);
                     conn.front.aborted = true;
-                    self.close(
-                        key,
-                        "client_reset",
-                        Reset {
-                            front: false,
-                            back: true,
-                        },
-                    );
+                    self.close(key, "client_reset", Reset::BACK);
                 }
             }
-            Stage::Preamble => self.handle_preamble(key),
-            Stage::Connecting | Stage::TargetPreamble | Stage::Closing => {}
+            Stage::Preamble(_) => self.handle_preamble(key),
+            Stage::Connecting(_) | Stage::TargetPreamble(_) | Stage::Closing(..) => {}
+            Stage::Passing => {}
         }
     }
 
@@ -423,104 +291,28 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let stage = conn.stage();
-        let Some(back) = conn.back.as_mut().filter(|b| b.tag == tag) else {
+        let Some(back) = conn.back_mut().filter(|b| b.tag == tag) else {
             return; // for a socket closed earlier in this batch (see the token plan)
         };
         mark(&mut back.ready, event);
-        match stage {
-            Stage::Preamble | Stage::Closing => {}
-            Stage::Established => self.drive(key),
-            Stage::Connecting => {
-                // Linux reports EPOLLOUT on a connecting socket only once the connect has
-                // finished, and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means
-                // connected, with no syscall to ask.
-                let clean = event.is_writable() && !event.is_error() && !event.is_write_closed();
-                let result = if clean {
-                    Ok(())
-                } else {
-                    match connect_outcome(&back.stream, event) {
-                        Some(result) => result,
-                        None => return,
-                    }
-                };
-                let target_tls = self.shared.groups[conn.group].config.target_tls.is_some();
-                match result {
-                    Ok(()) if conn.postgres == Some(true) => self.start_target_preamble(key),
-                    Ok(()) if target_tls => self.start_target_tls(key),
-                    Ok(()) => self.established(key),
-                    Err(reason) => self.connect_failed(key, reason),
-                }
-            }
-            Stage::TargetPreamble if conn.tls.is_some() => self.handle_target_tls(key),
-            Stage::TargetPreamble => self.handle_target_preamble(key),
+        match &conn.stage {
+            Stage::Established(_) => self.drive(key),
+            Stage::Connecting(_) => self.connect_event(key, event),
+            Stage::TargetPreamble(_) => self.target_preamble_event(key),
+            Stage::Preamble(_) | Stage::Closing(..) | Stage::Passing => {}
         }
     }
 
-    /// `postgres_starttls`: the client's SSLRequest was answered by Ballast; the target gets
-    /// one too before the ClientHello (which waits in the up direction).
-    fn start_target_preamble(&mut self, key: usize) {
-        use std::io::Write;
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        let Some(back) = conn.back.as_mut() else {
-            return;
-        };
-        // A fresh connection's send buffer takes 8 bytes at once.
-        match back.stream.write(&SSL_REQUEST) {
-            Ok(8) => {
-                conn.set_stage(Stage::TargetPreamble);
-                self.handle_target_preamble(key);
-            }
-            Ok(n) => self.connect_failed(key, format!("SSLRequest cut short ({n} of 8 bytes)")),
-            Err(e) => self.connect_failed(key, describe(&e)),
-        }
-    }
-
-    /// Reads the target's one-byte answer to the SSLRequest: `S` goes on (established, the
-    /// byte not passed on: the client had Ballast's); anything else is a failed connect.
-    fn handle_target_preamble(&mut self, key: usize) {
-        use std::io::Read;
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        let Some(back) = conn.back.as_mut() else {
-            return;
-        };
-        let mut answer = [0u8; 1];
-        let result = loop {
-            match back.stream.read(&mut answer) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        match result {
-            Ok(1) if answer == *b"S" => self.established(key),
-            Ok(1) => self.connect_failed(
-                key,
-                format!(
-                    "refused TLS: answered {:?} to the SSLRequest",
-                    char::from(answer[0])
-                ),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Ok(_) => self.connect_failed(key, "closed before answering the SSLRequest".into()),
-            Err(e) => self.connect_failed(key, describe(&e)),
-        }
-    }
-
+    /// The attempt in flight reached its target (and its preamble is over): established.
     pub(super) fn established(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        conn.set_stage(Stage::Established);
-        conn.last_active = self.now;
-        if let Some(back) = conn.back.as_mut() {
-            back.ready.readable = true;
-            back.ready.writable = true;
+        let forwarding = self.shared.listeners[conn.listener].config.forwarding;
+        if let Err(action) = conn.establish(forwarding, &mut self.pool, self.now) {
+            return self.act(key, action);
         }
-        if let Some(t) = conn.target {
+        if let Some(t) = conn.reached() {
             let group = &self.shared.groups[conn.group];
             let target = &group.targets[t];
             target.total.fetch_add(1, Ordering::Relaxed);
@@ -530,86 +322,46 @@ impl Worker {
         self.drive(key);
     }
 
-    /// Moves bytes both ways until both would block; ends the connection when both
-    /// directions are over.
+    /// Moves bytes both ways until both would block (see [`Connection::drive`]), counts them
+    /// for the target, and does what the connection says next.
     pub(super) fn drive(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        if conn.stage() == Stage::Closing {
-            return; // both directions are over; only the reset is left (see `finish`)
-        }
-        let Some(back) = conn.back.as_mut() else {
-            return;
-        };
-        let (mut up, mut down) = (Pumped::default(), Pumped::default());
-        // A side found aborted by one direction changes what the other does (it reads what
-        // that side sent before it went away, or stops): pump again, at most once per side.
-        for _ in 0..3 {
-            let aborted = (conn.front.aborted, back.aborted);
-            let pool = &mut self.pool;
-            let u = conn
-                .up
-                .pump(&mut conn.front, back, pool, PUMP_BUDGET, conn.down.done());
-            let d = conn
-                .down
-                .pump(back, &mut conn.front, pool, PUMP_BUDGET, conn.up.done());
-            (up.bytes, up.more) = (up.bytes + u.bytes, u.more);
-            (down.bytes, down.more) = (down.bytes + d.bytes, d.more);
-            if aborted == (conn.front.aborted, back.aborted) {
-                break;
+        let t = timeouts(&self.shared.listeners[conn.listener].config);
+        let (moved, action) = conn.drive(&mut self.pool, PUMP_BUDGET, self.now, &t);
+        if let Some(target) = conn
+            .reached()
+            .filter(|_| moved.up + moved.down > 0)
+            .map(|t| &self.shared.groups[conn.group].targets[t])
+        {
+            if let Some(response) = moved.response {
+                target.record_response(response);
             }
+            target
+                .bytes_to_target
+                .fetch_add(moved.up as u64, Ordering::Relaxed);
+            target
+                .bytes_from_target
+                .fetch_add(moved.down as u64, Ordering::Relaxed);
         }
-        conn.note_aborts();
-        if up.bytes + down.bytes > 0 {
-            conn.last_active = self.now;
-            if up.bytes > 0 && conn.first_up.is_none() {
-                conn.first_up = Some(self.now);
-            }
-            if let Some(t) = conn.target {
-                let target = &self.shared.groups[conn.group].targets[t];
-                if down.bytes > 0 && !conn.responded {
-                    // The target's first answer: from the request, or from the connect's
-                    // start when the target speaks first.
-                    conn.responded = true;
-                    let from = conn.first_up.unwrap_or(conn.attempt_started);
-                    target.record_response(self.now.saturating_duration_since(from));
-                }
-                target
-                    .bytes_to_target
-                    .fetch_add(up.bytes as u64, Ordering::Relaxed);
-                target
-                    .bytes_from_target
-                    .fetch_add(down.bytes as u64, Ordering::Relaxed);
-            }
-        }
-        if conn.finished() {
-            self.finish(key);
-        } else if up.more || down.more {
-            let id = conn.id;
-            self.ready.push_back(Ready::Conn { key, id });
-        }
+        self.act(key, action);
     }
 
-    /// Both directions are over: close, resetting a side whose peer aborted, once the bytes
-    /// written to it are acknowledged (a reset discards them), waiting in `Closing` if needed.
-    fn finish(&mut self, key: usize) {
+    /// Carries out what connection `key` asked for.
+    pub(super) fn act(&mut self, key: usize, action: Action) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let (reset, reason) = conn.ending();
-        if reset == Reset::NONE || unacknowledged(conn, reset) == 0 {
-            return self.close(key, reason, reset);
-        }
-        let idle = self.shared.listeners[conn.listener].config.idle_timeout;
-        let recheck_at = self.now + RESET_RECHECK;
-        conn.closing = Some(Closing {
-            until: self.now + RESET_LINGER.min(idle),
-            recheck_at,
-        });
-        conn.set_stage(Stage::Closing);
         let id = conn.id;
-        self.timers.schedule(recheck_at, Due { key, id });
+        match action {
+            Action::Wait => {}
+            Action::Connect => self.connect_next(key),
+            Action::Again => self.ready.push_back(Ready::Conn { key, id }),
+            Action::Schedule(at) => self.timers.schedule(at, Due { key, id }),
+            Action::Close(reset, reason) => self.close(key, reason, reset),
+            Action::GiveUp => self.give_up(key),
+        }
     }
 
     /// Closes both sockets (resetting those `reset` names), releases buffers, gives back the
@@ -620,26 +372,25 @@ impl Worker {
         };
         let listener = &self.shared.listeners[conn.listener];
         let target = conn
-            .target
+            .reached()
             .map(|t| &self.shared.groups[conn.group].targets[t]);
         // Passive checks: a reset from the target is a failure, a clean end a success.
-        if let Some(t) = target.filter(|_| conn.stage().reached_target()) {
+        if let Some(t) = target {
             match conn.first_abort {
                 Some(crate::tcp::Side::Back) => t.note_failure(),
                 None => t.note_success(),
                 Some(crate::tcp::Side::Front) => {}
             }
         }
+        let (bytes_up, bytes_down) = conn.bytes();
         self.access.record(&Entry {
             protocol: "tcp",
             listener: &listener.config.name,
             client: conn.client(),
-            target: target
-                .filter(|_| conn.stage().reached_target())
-                .map(|t| t.address),
+            target: target.map(|t| t.address),
             duration: self.now.saturating_duration_since(conn.started),
-            bytes_up: conn.up.bytes,
-            bytes_down: conn.down.bytes,
+            bytes_up,
+            bytes_down,
             datagrams: None,
             reason,
         });
@@ -655,23 +406,29 @@ impl Worker {
         if reset.front {
             conn.front.reset_on_close();
         }
-        if let Some(back) = conn.back.as_ref().filter(|_| reset.back) {
+        if let Some(back) = conn.back().filter(|_| reset.back) {
             back.reset_on_close();
         }
-        conn.up.close(&mut self.pool);
-        conn.down.close(&mut self.pool);
-        self.descriptors_freed();
+        if let Stage::Established(f) | Stage::Closing(f, _) = &mut conn.stage {
+            f.release(&mut self.pool);
+            f.target_place = None;
+        }
         conn.place = None;
-        conn.target_place = None;
         conn.source_place = None;
+        self.descriptors_freed();
         if self.listeners[conn.listener].full {
             self.ready.push_back(Ready::Listener(conn.listener));
         }
         Some(conn)
     }
+}
 
-    /// Acts on due deadlines: connect timeouts retry, idle connections close. Entries whose
-    /// connection moved its deadline are pushed back.
+impl Worker {
+    /// Acts on due deadlines: a preamble that took too long is refused (or, without a whole
+    /// ClientHello, sent to the default route), a connect that took too long tries the next
+    /// target, and `Established` and `Closing` connections do what their timer says
+    /// ([`Connection::flow_timer`]). Entries whose connection moved its deadline are pushed
+    /// back.
     pub(super) fn run_timers(&mut self) {
         while let Some(due) = self.timers.pop_due(self.now) {
             let Some(conn) = self.table.get_mut(due.key) else {
@@ -681,23 +438,23 @@ impl Worker {
                 continue;
             }
             let config = &self.shared.listeners[conn.listener].config;
-            let (connect_timeout, idle_timeout) = (config.connect_timeout, config.idle_timeout);
-            let deadline = match conn.stage() {
-                Stage::Preamble => conn.started + preamble_timeout(config),
-                Stage::Connecting | Stage::TargetPreamble => conn.attempt_started + connect_timeout,
-                Stage::Established => conn.last_active + idle_timeout,
-                Stage::Closing => {
-                    self.recheck_closing(due);
-                    continue;
-                }
-            };
-            if deadline > self.now {
-                self.timers.schedule(deadline, due);
+            let t = timeouts(config);
+            if conn.stage.flow().is_some() {
+                let action = conn.flow_timer(self.now, &t);
+                self.act(due.key, action);
                 continue;
             }
-            if conn.stage() == Stage::Preamble {
+            match conn.deadline(&t) {
+                Some(deadline) if deadline > self.now => {
+                    self.timers.schedule(deadline, due);
+                    continue;
+                }
+                None => continue,
+                Some(_) => {}
+            }
+            if let Stage::Preamble(p) = &conn.stage {
                 let state = &self.shared.listeners[conn.listener];
-                match (&state.config.sni, conn.front_door_passed) {
+                match (&state.config.sni, p.front_door_passed) {
                     (_, false) if state.config.accept_proxy.is_some() => {
                         state.refuse(Refusal::ProxyTimeout);
                         self.refuse(due.key);
@@ -709,10 +466,7 @@ impl Worker {
                     // No whole ClientHello in time: what was read goes to the default route.
                     (Some(sni), true) if sni.otherwise == NoServerName::Default => {
                         self.finish_preamble(due.key);
-                        if let Some(conn) = self.table.get_mut(due.key) {
-                            let next = connect_timeout.min(idle_timeout);
-                            self.timers.schedule(conn.attempt_started + next, due);
-                        }
+                        self.reschedule(due, &t);
                     }
                     (Some(_), true) => {
                         state.refuse(Refusal::NoRoute);
@@ -720,86 +474,39 @@ impl Worker {
                     }
                     _ => self.close(due.key, "preamble_timeout", Reset::BOTH),
                 }
-            } else if matches!(conn.stage(), Stage::Connecting | Stage::TargetPreamble) {
+            } else {
                 let reason = format!(
                     "connect timed out after {}",
-                    humantime::format_duration(connect_timeout)
+                    humantime::format_duration(t.connect)
                 );
                 self.connect_failed(due.key, reason);
-                if let Some(conn) = self.table.get_mut(due.key) {
-                    let next = connect_timeout.min(idle_timeout);
-                    self.timers.schedule(conn.attempt_started + next, due);
-                }
-            } else {
-                // Idle: a normal close (FIN), unless bytes for a side are lost with it or a
-                // side had aborted: that side is reset, never told EOF.
-                let (reset, reason) = self
-                    .table
-                    .get_mut(due.key)
-                    .map_or((Reset::NONE, "idle"), |c| c.idle_ending());
-                self.close(due.key, reason, reset);
+                self.reschedule(due, &t);
             }
         }
     }
 
-    /// A `Closing` connection's timer entry: reset and close once the bytes written to the
-    /// side to reset are acknowledged, or its linger is up; else ask again soon. Entries other
-    /// than the one rescheduled last are dropped, so there is one at a time.
-    fn recheck_closing(&mut self, due: Due) {
-        let Some(conn) = self.table.get_mut(due.key) else {
-            return;
+    /// A timer entry for connection `due` at its new deadline, if it is still there: for a
+    /// connect, no later than the idle timeout from its start, which an established
+    /// connection's entry must not be later than (entries only move later).
+    fn reschedule(&mut self, due: Due, t: &Timeouts) {
+        let t = &Timeouts {
+            connect: t.connect.min(t.idle),
+            ..*t
         };
-        let Some(mut closing) = conn.closing else {
-            return;
-        };
-        let (reset, reason) = conn.ending();
-        if self.now >= closing.until || unacknowledged(conn, reset) == 0 {
-            return self.close(due.key, reason, reset);
-        }
-        if closing.recheck_at <= self.now {
-            closing.recheck_at = self.now + RESET_RECHECK;
-            conn.closing = Some(closing);
-            self.timers.schedule(closing.recheck_at, due);
+        if let Some(at) = self
+            .table
+            .get_mut(due.key)
+            .filter(|c| c.id == due.id)
+            .and_then(|c| c.deadline(t))
+        {
+            self.timers.schedule(at, due);
         }
     }
-}
-
-/// Bytes written to the sides `reset` names and not yet acknowledged.
-fn unacknowledged(conn: &Connection, reset: Reset) -> usize {
-    let front = if reset.front {
-        conn.front.unacknowledged()
-    } else {
-        0
-    };
-    let back = match &conn.back {
-        Some(b) if reset.back => b.unacknowledged(),
-        _ => 0,
-    };
-    front + back
-}
-
-/// Asks a connecting socket how its connect ended: `None` while it is still in progress (a
-/// spurious wake-up), else `Ok` or the reason it failed.
-fn connect_outcome(stream: &TcpStream, event: &Event) -> Option<Result<(), String>> {
-    Some(match stream.take_error() {
-        Ok(Some(e)) | Err(e) => Err(describe(&e)),
-        Ok(None) => match stream.peer_addr() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                if event.is_error() {
-                    Err("connect failed".to_string())
-                } else {
-                    return None;
-                }
-            }
-            Err(e) => Err(describe(&e)),
-        },
-    })
 }
 
 /// Records what a readiness event says about a socket. Errors and hang-ups count as both
 /// readable and writable, so the next syscall finds out what happened.
-fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
+fn mark(ready: &mut Readiness, event: &Event) {
     if event.is_readable() || event.is_read_closed() || event.is_error() || event.is_priority() {
         ready.readable = true;
     }
@@ -817,45 +524,23 @@ fn mark(ready: &mut crate::tcp::pump::Readiness, event: &Event) {
     }
 }
 
-/// Opens a non-blocking connect to `address` and registers it as the target side of
-/// connection `key` with `tag`. TCP_NODELAY (no Nagle delay added) and SO_OOBINLINE (urgent
-/// data stays in the stream) are set, as the listener sets them for accepted clients.
-fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize, tag: Tag) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect(address)?;
-    s.set_nodelay(true)?;
-    socket2::SockRef::from(&s).set_out_of_band_inline(true)?;
-    poll.registry()
-        .register(&mut s, TokenSlot::Back(key, tag).token(), CONN_INTEREST)?;
-    Ok(s)
-}
-
-/// Whether `e` means this process ran out of descriptors or kernel memory (EMFILE, ENFILE,
-/// ENOBUFS, ENOMEM): what the reserve descriptor is for.
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// Whether `e` is this host's shortage rather than the target's fault: out of descriptors or
-/// memory ([`is_out_of_descriptors`]), or out of local ports (EADDRNOTAVAIL).
-fn is_local_exhaustion(e: &io::Error) -> bool {
-    is_out_of_descriptors(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
-}
-
-/// How long a client of listener `config` may take over its preamble: the PROXY header's
+/// The timeouts of listener `config`'s connections. The preamble's: the PROXY header's
 /// timeout and the ClientHello's (a `tls` listener's handshake timeout), as configured;
 /// `connect_timeout` when neither is.
-fn preamble_timeout(config: &crate::config::ListenerConfig) -> Duration {
+pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
     let proxy = config.accept_proxy.as_ref().map(|a| a.timeout);
     // A TLS listener's handshake timeout covers the ClientHello (and the SSLRequest).
     let hello = match &config.tls {
         Some(tls) => Some(tls.handshake_timeout),
         None => config.sni.as_ref().map(|s| s.timeout),
     };
-    match (proxy, hello) {
+    let preamble = match (proxy, hello) {
         (None, None) => config.connect_timeout,
         (p, h) => p.unwrap_or_default() + h.unwrap_or_default(),
+    };
+    Timeouts {
+        preamble,
+        connect: config.connect_timeout,
+        idle: config.idle_timeout,
     }
 }

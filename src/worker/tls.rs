@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use super::Worker;
 use crate::generation::HandshakeFailure;
+use crate::tcp::preamble::Preamble;
+use crate::tcp::pump::Endpoint;
 use crate::tcp::tls::Tls;
-use crate::tcp::{Connection, Stage};
+use crate::tcp::Stage;
 use crate::tls::io::{handshake, Handshake};
 
 /// How a client's handshake stands.
@@ -29,38 +31,39 @@ pub(super) enum FrontTls {
 /// first call. Client bytes the preamble read before (past a PROXY header or an SSLRequest)
 /// are the session's first input.
 pub(super) fn front_handshake(
-    conn: &mut Connection,
+    p: &mut Preamble,
+    front: &mut Endpoint,
     config: &Arc<rustls::ServerConfig>,
     stats: &crate::generation::ListenerStats,
 ) -> FrontTls {
-    if conn.tls.is_none() {
+    if p.tls.is_none() {
         match crate::tls::server_session(config) {
-            Ok(s) => conn.tls = Some(Box::new(s)),
+            Ok(s) => p.tls = Some(Box::new(s)),
             Err(e) => return FrontTls::Failed(HandshakeFailure::Other, e.to_string()),
         }
     }
-    let Some(session) = conn.tls.as_mut() else {
+    let Some(session) = p.tls.as_mut() else {
         return FrontTls::Wait;
     };
-    if !conn.preamble.is_empty() {
-        let mut rest = &conn.preamble[..];
+    if !p.read.is_empty() {
+        let mut rest = &p.read[..];
         while !rest.is_empty() {
             if session.read_tls(&mut rest).is_err() {
                 break; // more than rustls buffers: process_new_packets says what is wrong
             }
         }
-        conn.preamble.clear();
+        p.read.clear();
         if let Err(e) = session.process_new_packets() {
-            let _ = session.write_tls(&mut conn.front.stream);
+            let _ = session.write_tls(&mut front.stream);
             let err = crate::tls::io::HandshakeError::Tls(e);
             return FrontTls::Failed(HandshakeFailure::of(&err), err.to_string());
         }
     }
-    match handshake(session, &mut conn.front.stream) {
+    match handshake(session, &mut front.stream) {
         Handshake::Wait => FrontTls::Wait,
         Handshake::Failed(e) => FrontTls::Failed(HandshakeFailure::of(&e), e.to_string()),
         Handshake::Done => {
-            let Some(session) = conn.tls.take() else {
+            let Some(session) = p.tls.take() else {
                 return FrontTls::Wait;
             };
             let server_name = match &*session {
@@ -71,10 +74,10 @@ pub(super) fn front_handshake(
             if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 stats.tls_resumed.fetch_add(1, Ordering::Relaxed);
             }
-            conn.front.transport = Box::new(Tls::client(session));
+            front.transport = Box::new(Tls::client(session));
             // Application data may have come with the client's last flight, decrypted and
             // waiting inside the session: no event will announce it.
-            conn.front.ready.readable = true;
+            front.ready.readable = true;
             FrontTls::Done { server_name }
         }
     }
@@ -94,12 +97,11 @@ impl Worker {
             .config
             .proxy_protocol
             .map(|v| crate::proxy_protocol::header(v, conn.client(), conn.local(), false));
-        let (Some(t), Some(tls), Some(back)) = (
-            conn.target,
-            group.config.target_tls.as_ref(),
-            conn.back.as_mut(),
-        ) else {
+        let (Some(t), Some(tls)) = (conn.target(), group.config.target_tls.as_ref()) else {
             return self.established(key);
+        };
+        let Some(back) = conn.back_mut() else {
+            return;
         };
         if let Some(header) = header {
             // A fresh connection's send buffer takes a header (at most a few hundred bytes).
@@ -111,8 +113,10 @@ impl Worker {
         }
         match tls.session(group.targets[t].address.ip()) {
             Ok(s) => {
-                conn.tls = Some(Box::new(s));
-                conn.set_stage(Stage::TargetPreamble);
+                if let Stage::Connecting(mut a) = conn.take_stage() {
+                    a.tls = Some(Box::new(s));
+                    conn.set_stage(Stage::TargetPreamble(a));
+                }
                 self.handle_target_tls(key);
             }
             Err(e) => self.connect_failed(key, format!("TLS: {e}")),
@@ -126,15 +130,18 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let (Some(session), Some(back)) = (conn.tls.as_mut(), conn.back.as_mut()) else {
+        let Stage::TargetPreamble(a) = &mut conn.stage else {
             return;
         };
-        match handshake(session, &mut back.stream) {
+        let (Some(session), Some(attempt)) = (a.tls.as_mut(), a.current.as_mut()) else {
+            return;
+        };
+        match handshake(session, &mut attempt.back.stream) {
             Handshake::Wait => {}
             Handshake::Failed(e) => self.connect_failed(key, e.to_string()),
             Handshake::Done => {
-                if let Some(session) = conn.tls.take() {
-                    back.transport = Box::new(Tls::target(session));
+                if let Some(session) = a.tls.take() {
+                    attempt.back.transport = Box::new(Tls::target(session));
                 }
                 self.established(key);
             }

@@ -1,15 +1,34 @@
 //! The readers of the `Preamble` stage: what is read from a client before its target is
 //! chosen — a PROXY protocol header (`accept_proxy_protocol`), PostgreSQL's SSLRequest
 //! (`postgres_starttls`), a TLS ClientHello read without consuming it (`routes`) — each into
-//! `Connection::preamble`, at most a bounded number of bytes, going on from where the last
+//! [`Preamble::read`], at most a bounded number of bytes, going on from where the last
 //! client event left it.
 
 use std::io;
+use std::net::SocketAddr;
 
-use crate::tcp::Connection;
+use super::pump::Endpoint;
+use super::socket::Socket;
+
+/// What the `Preamble` stage has read and done so far.
+#[derive(Debug, Default)]
+pub(crate) struct Preamble {
+    /// Bytes read from the client (a PROXY header, an SSLRequest, a ClientHello, and what
+    /// followed them), until the preamble is complete.
+    pub read: Vec<u8>,
+    /// `postgres_starttls`: whether the client's first 8 bytes have been looked at, and
+    /// whether they were an SSLRequest (answered `S` by Ballast).
+    pub postgres: Option<bool>,
+    /// A `protocol: tls` listener's handshake with the client, in progress. Once over, the
+    /// session moves into the client endpoint's transport.
+    pub tls: Option<Box<rustls::Connection>>,
+    /// The front door's checks are done (PROXY header read, access rules and per-source
+    /// limits passed): later calls of the preamble go on from there.
+    pub front_door_passed: bool,
+}
 
 /// How reading a ClientHello went.
-pub(super) enum HelloRead {
+pub(crate) enum HelloRead {
     /// Not complete yet (and nothing wrong so far).
     Wait,
     /// Done: the server name, or `None` (no SNI, not TLS, closed early, too long).
@@ -18,17 +37,17 @@ pub(super) enum HelloRead {
     ClientGone,
 }
 
-/// Reads the client's TLS ClientHello into `conn.preamble` (kept, to go to the target
+/// Reads the client's TLS ClientHello into `p.read` (kept, to go to the target
 /// unchanged), at most [`crate::sni::MAX_HELLO`] bytes, until its server name is known.
-pub(super) fn read_client_hello(conn: &mut Connection) -> HelloRead {
+pub(crate) fn read_client_hello<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>) -> HelloRead {
     use crate::sni::{peek, Hello, MAX_HELLO};
     loop {
-        match peek(&conn.preamble) {
+        match peek(&p.read) {
             Hello::Complete(name) => return HelloRead::Done(name),
             Hello::NotTls => return HelloRead::Done(None),
             Hello::Incomplete => {}
         }
-        match fill_preamble(conn, MAX_HELLO) {
+        match fill_preamble(p, front, MAX_HELLO) {
             Fill::More => {}
             Fill::Wait => return HelloRead::Wait,
             Fill::Eof | Fill::Full => return HelloRead::Done(None),
@@ -38,41 +57,40 @@ pub(super) fn read_client_hello(conn: &mut Connection) -> HelloRead {
 }
 
 /// PostgreSQL's SSLRequest: length 8, code 80877103.
-pub(super) const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+pub(crate) const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 /// `postgres_starttls`: reads the client's first 8 bytes; an SSLRequest is answered `S` (TLS
 /// welcome) and taken out, so the ClientHello follows; anything else stays, to be routed as a
-/// client without a ClientHello. Sets `conn.postgres`.
-pub(super) fn read_ssl_request(conn: &mut Connection) -> HelloRead {
-    use std::io::Write;
-    while conn.preamble.len() < SSL_REQUEST.len() {
-        match fill_preamble(conn, SSL_REQUEST.len()) {
+/// client without a ClientHello. Sets `p.postgres`.
+pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>) -> HelloRead {
+    while p.read.len() < SSL_REQUEST.len() {
+        match fill_preamble(p, front, SSL_REQUEST.len()) {
             Fill::More => {}
             Fill::Wait => return HelloRead::Wait,
             Fill::Eof | Fill::Full => break,
             Fill::Gone => return HelloRead::ClientGone,
         }
-        if conn.preamble.get(..conn.preamble.len()) != SSL_REQUEST.get(..conn.preamble.len()) {
+        if p.read.get(..p.read.len()) != SSL_REQUEST.get(..p.read.len()) {
             break; // not an SSLRequest
         }
     }
-    let is_request = conn.preamble.starts_with(&SSL_REQUEST);
+    let is_request = p.read.starts_with(&SSL_REQUEST);
     if is_request {
         // The client waits for this one byte before it sends anything more.
-        match conn.front.stream.write(b"S") {
-            Ok(1) => conn.preamble.drain(..SSL_REQUEST.len()).for_each(drop),
+        match front.stream.write(b"S") {
+            Ok(1) => p.read.drain(..SSL_REQUEST.len()).for_each(drop),
             Ok(_) => return HelloRead::ClientGone,
             Err(e) => {
-                conn.front.abort(&e);
+                front.abort(&e);
                 return HelloRead::ClientGone;
             }
         }
     }
-    conn.postgres = Some(is_request);
+    p.postgres = Some(is_request);
     HelloRead::Done(None)
 }
 
-/// What one read into `conn.preamble` did.
+/// What one read into `p.read` did.
 enum Fill {
     /// Bytes were added.
     More,
@@ -86,11 +104,10 @@ enum Fill {
     Gone,
 }
 
-/// Reads once from the client into `conn.preamble`, up to `max` bytes held in all.
-fn fill_preamble(conn: &mut Connection, max: usize) -> Fill {
-    use std::io::Read;
+/// Reads once from the client into `p.read`, up to `max` bytes held in all.
+fn fill_preamble<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>, max: usize) -> Fill {
     let mut chunk = [0u8; 4096];
-    let room = max.saturating_sub(conn.preamble.len()).min(chunk.len());
+    let room = max.saturating_sub(p.read.len()).min(chunk.len());
     if room == 0 {
         return Fill::Full;
     }
@@ -98,20 +115,19 @@ fn fill_preamble(conn: &mut Connection, max: usize) -> Fill {
         return Fill::Full;
     };
     loop {
-        return match conn.front.stream.read(buf) {
+        return match front.stream.read(buf) {
             Ok(0) => Fill::Eof,
             Ok(n) => {
-                conn.preamble
-                    .extend_from_slice(buf.get(..n).unwrap_or_default());
+                p.read.extend_from_slice(buf.get(..n).unwrap_or_default());
                 Fill::More
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.front.ready.readable = false;
+                front.ready.readable = false;
                 Fill::Wait
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                conn.front.abort(&e);
+                front.abort(&e);
                 Fill::Gone
             }
         };
@@ -119,34 +135,35 @@ fn fill_preamble(conn: &mut Connection, max: usize) -> Fill {
 }
 
 /// How reading a PROXY protocol header went.
-pub(super) enum HeaderRead {
+pub(crate) enum HeaderRead {
     /// Not complete yet: wait for the next client event (or the timeout).
     Wait,
-    /// A header was read; `conn.origin` holds what it declared, `conn.preamble` what followed.
-    Done,
+    /// A header was read, with the addresses it declared (client, the address the client
+    /// used; `None` for LOCAL or UNKNOWN); `p.read` holds what followed.
+    Done(Option<(SocketAddr, SocketAddr)>),
     /// Not a valid header (or the client closed before finishing it).
     Refused(String),
     /// The client reset.
     ClientGone,
 }
 
-/// Reads the client's PROXY protocol header into `conn.preamble`, at most
+/// Reads the client's PROXY protocol header into `p.read`, at most
 /// [`crate::proxy_protocol::MAX_HEADER`] bytes, until it is whole or the socket is empty.
-pub(super) fn read_proxy_header(conn: &mut Connection) -> HeaderRead {
+pub(crate) fn read_proxy_header<S: Socket>(
+    p: &mut Preamble,
+    front: &mut Endpoint<S>,
+) -> HeaderRead {
     use crate::proxy_protocol::{parse, Parsed, MAX_HEADER};
     loop {
-        match parse(&conn.preamble) {
+        match parse(&p.read) {
             Parsed::Header { len, addresses } => {
-                if addresses.is_some() {
-                    conn.origin = addresses;
-                }
-                conn.preamble.drain(..len.min(conn.preamble.len()));
-                return HeaderRead::Done;
+                p.read.drain(..len.min(p.read.len()));
+                return HeaderRead::Done(addresses);
             }
             Parsed::Invalid(why) => return HeaderRead::Refused(why),
             Parsed::Incomplete => {}
         }
-        match fill_preamble(conn, MAX_HEADER) {
+        match fill_preamble(p, front, MAX_HEADER) {
             Fill::More => {}
             Fill::Wait => return HeaderRead::Wait,
             Fill::Eof => return HeaderRead::Refused("closed before a whole PROXY header".into()),

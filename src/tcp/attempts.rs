@@ -1,0 +1,161 @@
+//! The `Connecting` and `TargetPreamble` stages: the attempts to reach a target, one at a
+//! time, with what must go to the target before the client's bytes.
+
+use std::time::Instant;
+
+use super::pump::{BufferPool, Endpoint};
+use super::socket::Socket;
+use super::{Action, Connection, Flow, Stage};
+use crate::config::Forwarding;
+use crate::target::TargetPlace;
+
+/// The connect attempts of a connection, and what waits for the target that accepts.
+#[derive(Debug, Default)]
+pub(crate) struct Attempts<S> {
+    /// Bytes for the target before the client's: the group's PROXY header (unless it goes
+    /// before a `target_tls` handshake), and client bytes the preamble read.
+    pub first: Vec<u8>,
+    /// `postgres_starttls` without TLS termination: the target is sent an SSLRequest first,
+    /// and its `S` is not passed on (the client had Ballast's).
+    pub postgres: bool,
+    /// Targets tried for this connection, in order.
+    pub tried: Vec<usize>,
+    /// Why the last attempt failed, for the log line when every attempt has.
+    pub last_error: Option<String>,
+    /// The attempt in flight.
+    pub current: Option<Attempt<S>>,
+    /// A `target_tls` group's handshake with the target, in `TargetPreamble`.
+    pub tls: Option<Box<rustls::Connection>>,
+}
+
+/// One connect in flight.
+#[derive(Debug)]
+pub(crate) struct Attempt<S> {
+    /// The target side.
+    pub back: Endpoint<S>,
+    /// Index of the target in its group.
+    pub target: usize,
+    /// When the connect started.
+    pub started: Instant,
+    /// Its count in the target's `active` gauge, from the connect on, so least_connections
+    /// sees a burst of new connections before any of them is established (`None` in tests).
+    pub place: Option<TargetPlace>,
+}
+
+impl<S> Attempts<S> {
+    /// Attempts that will send `first` to the target before the client's bytes.
+    pub(crate) fn new(first: Vec<u8>, postgres: bool) -> Attempts<S> {
+        Attempts {
+            first,
+            postgres,
+            tried: Vec::new(),
+            last_error: None,
+            current: None,
+            tls: None,
+        }
+    }
+
+    /// Whether another attempt may start under `retries` (the first is not a retry).
+    pub(crate) fn may_try(&self, retries: u32) -> bool {
+        self.tried.len() <= retries as usize
+    }
+}
+
+impl<S: Socket> Connection<S> {
+    /// The worker picked `target` and opened `back` to it: the attempt is in flight.
+    pub(crate) fn connecting(
+        &mut self,
+        target: usize,
+        back: Endpoint<S>,
+        place: Option<TargetPlace>,
+        now: Instant,
+    ) {
+        if let Stage::Connecting(a) = &mut self.stage {
+            a.tried.push(target);
+            a.current = Some(Attempt {
+                back,
+                target,
+                started: now,
+                place,
+            });
+        }
+    }
+
+    /// The worker could not open a socket to `target` (a failure of the target's, e.g.
+    /// unreachable): counted as tried. Says what next, as [`Connection::connect_failed`].
+    pub(crate) fn open_failed(&mut self, target: usize, why: String, retries: u32) -> Action {
+        if let Stage::Connecting(a) = &mut self.stage {
+            a.tried.push(target);
+            a.last_error = Some(why);
+        }
+        self.next_attempt(retries)
+    }
+
+    /// The attempt in flight failed (`why` names the target): its socket is closed (dropped)
+    /// and its place given back; back to `Connecting` from `TargetPreamble` (the next attempt
+    /// starts with a connect, and a new TLS session). Returns the failed attempt's target and
+    /// what next: another connect, or giving up when `retries` are used up.
+    pub(crate) fn connect_failed(&mut self, why: String, retries: u32) -> (Option<usize>, Action) {
+        let mut failed = None;
+        match self.take_stage() {
+            Stage::Connecting(mut a) | Stage::TargetPreamble(mut a) => {
+                failed = a.current.take().map(|c| c.target);
+                a.tls = None;
+                a.last_error = Some(why);
+                self.set_stage(Stage::Connecting(a));
+            }
+            other => self.stage = other,
+        }
+        (failed, self.next_attempt(retries))
+    }
+
+    /// After a failed attempt: another, or give up.
+    fn next_attempt(&self, retries: u32) -> Action {
+        match &self.stage {
+            Stage::Connecting(a) if a.may_try(retries) => Action::Connect,
+            Stage::Connecting(_) => Action::GiveUp,
+            _ => Action::Wait,
+        }
+    }
+
+    /// The attempt in flight reached its target (and the target's preamble is over): moves to
+    /// `Established`, the first bytes queued for the target.
+    ///
+    /// # Errors
+    /// `Action::Close` when the first bytes cannot be queued (see [`Flow::new`]).
+    pub(crate) fn establish(
+        &mut self,
+        forwarding: Forwarding,
+        pool: &mut BufferPool,
+        now: Instant,
+    ) -> Result<(), Action> {
+        let stage = self.take_stage();
+        let (Stage::Connecting(mut a) | Stage::TargetPreamble(mut a)) = stage else {
+            self.stage = stage;
+            return Err(Action::Wait);
+        };
+        let Some(attempt) = a.current.take() else {
+            self.set_stage(Stage::Connecting(a));
+            return Err(Action::Connect);
+        };
+        match Flow::new(attempt, &a.first, forwarding, pool, now) {
+            Ok(flow) => {
+                self.set_stage(Stage::Established(flow));
+                Ok(())
+            }
+            Err(attempt) => {
+                a.current = Some(attempt);
+                self.set_stage(Stage::Connecting(a));
+                Err(Action::Close(super::Reset::BOTH, "preamble_overflow"))
+            }
+        }
+    }
+
+    /// The attempts of a connection in `Connecting` or `TargetPreamble`.
+    pub(crate) fn attempts(&mut self) -> Option<&mut Attempts<S>> {
+        match &mut self.stage {
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => Some(a),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The worker's side of the `Connecting` and `TargetPreamble` stages: asking the balancer
+//! for a target, opening the socket, telling a finished connect from a failed one, retries,
+//! and PostgreSQL's SSLRequest to the target. What counts as a try and when to give up is
+//! the connection's ([`crate::tcp::Attempts`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use mio::event::Event;
+use mio::net::TcpStream;
+
+use super::{Tag, TokenSlot, Worker, CONN_INTEREST};
+use crate::balancer;
+use crate::net::describe;
+use crate::tcp::preamble::SSL_REQUEST;
+use crate::tcp::pump::Endpoint;
+use crate::tcp::socket::Socket;
+use crate::tcp::{Action, Reset, Stage};
+
+impl Worker {
+    /// Starts a connect to the next target the balancer picks, skipping targets already tried;
+    /// closes the client when no attempt is left (`retries` used up, or no target left to
+    /// try) or when Ballast itself is out of descriptors or memory.
+    pub(super) fn connect_next(&mut self, key: usize) {
+        loop {
+            let tag = self.new_tag();
+            let Some(conn) = self.table.get_mut(key) else {
+                return;
+            };
+            let listener = &self.shared.listeners[conn.listener];
+            let retries = listener.config.retries;
+            let g = conn.group;
+            let group = &self.shared.groups[g];
+            let request = balancer::Request {
+                tuple: conn.request_tuple(),
+            };
+            let Some(attempts) = conn.attempts() else {
+                return;
+            };
+            if !attempts.may_try(retries) {
+                return self.give_up(key);
+            }
+            let exclude = balancer::retry_exclusions(&attempts.tried, group.targets.len());
+            let picker = &mut self.pickers[g];
+            let Some(t) = picker.choose(group, self.now, &request, exclude) else {
+                return self.give_up(key);
+            };
+            if !attempts.tried.is_empty() {
+                listener.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let address = group.targets[t].address;
+            let mut started = open_back(&self.poll, address, key, tag);
+            if started.as_ref().is_err_and(is_out_of_descriptors) && self.reserve.take().is_some() {
+                // What the reserve descriptor is for: this client, already accepted, still gets
+                // its target socket. Accepting waits until the reserve can be held again.
+                started = open_back(&self.poll, address, key, tag);
+            }
+            match started {
+                Ok(s) => {
+                    let place = Some(group.targets[t].hold());
+                    conn.connecting(t, Endpoint::new(s, tag), place, self.now);
+                    return;
+                }
+                Err(e) if is_local_exhaustion(&e) => {
+                    // Out of descriptors even so (a retry, or another worker took the one the
+                    // reserve freed), or out of local ports (EADDRNOTAVAIL). Not the target's
+                    // fault, and every other target would likely fail the same way: reset this
+                    // client, and leave the next ones in the listen backlog a while.
+                    let listener = conn.listener;
+                    self.close(key, &describe(&e), Reset::BOTH);
+                    // After the close, which would otherwise end the pause at once.
+                    return self.pause_accepts(listener, "cannot open a socket to a target", &e);
+                }
+                Err(e) => {
+                    let target = &group.targets[t];
+                    target.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    target.note_failure();
+                    log::debug!("{}: connect to {address} failed: {e}", conn.tuple);
+                    let why = format!("{address}: {}", describe(&e));
+                    match conn.open_failed(t, why, retries) {
+                        Action::Connect => continue,
+                        _ => return self.give_up(key),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The current connect attempt failed with `reason`: try the next target or give up.
+    pub(super) fn connect_failed(&mut self, key: usize, reason: String) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let retries = self.shared.listeners[conn.listener].config.retries;
+        let group = &self.shared.groups[conn.group];
+        let address = conn.target().map(|t| group.targets[t].address);
+        let why = match address {
+            Some(a) => format!("{a}: {reason}"),
+            None => reason,
+        };
+        let (failed, next) = conn.connect_failed(why, retries);
+        if let Some(target) = failed.map(|t| &group.targets[t]) {
+            target.connect_failures.fetch_add(1, Ordering::Relaxed);
+            target.note_failure();
+            log::debug!("{}: connect to {} failed", conn.tuple, target.address);
+        }
+        self.act(key, next);
+    }
+
+    /// No target accepted the client: it is reset (a clean EOF would read as an empty answer).
+    pub(super) fn give_up(&mut self, key: usize) {
+        if let Some(conn) = self.table.get_mut(key) {
+            let (i, client) = (conn.listener, conn.tuple.client);
+            let (tried, last) = conn
+                .attempts()
+                .map_or((0, None), |a| (a.tried.len(), a.last_error.take()));
+            if let Some(unlogged) = self.listeners[i].give_ups.allow(self.now) {
+                log::warn!(
+                    "listener {}: resetting client {client}: no target accepted the connection \
+                     after {tried} attempt(s) (last: {}; {unlogged} more such clients since the \
+                     last report)",
+                    self.shared.listeners[i].config.name,
+                    last.as_deref().unwrap_or("no target to try"),
+                );
+            }
+        }
+        self.close(key, "no target", Reset::BOTH);
+    }
+
+    /// A `Connecting` connection's target socket had an event: connected (on to the target's
+    /// preamble, if any, else established), failed (the next target), or neither yet.
+    pub(super) fn connect_event(&mut self, key: usize, event: &Event) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let Stage::Connecting(a) = &conn.stage else {
+            return;
+        };
+        let Some(attempt) = &a.current else {
+            return;
+        };
+        // Linux reports EPOLLOUT on a connecting socket only once the connect has finished,
+        // and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means connected, with
+        // no syscall to ask.
+        let clean = event.is_writable() && !event.is_error() && !event.is_write_closed();
+        let result = if clean {
+            Ok(())
+        } else {
+            match connect_outcome(&attempt.back.stream, event.is_error()) {
+                Some(result) => result,
+                None => return,
+            }
+        };
+        let postgres = a.postgres;
+        let target_tls = self.shared.groups[conn.group].config.target_tls.is_some();
+        match result {
+            Ok(()) if postgres => self.start_target_preamble(key),
+            Ok(()) if target_tls => self.start_target_tls(key),
+            Ok(()) => self.established(key),
+            Err(reason) => self.connect_failed(key, reason),
+        }
+    }
+
+    /// `postgres_starttls`: the client's SSLRequest was answered by Ballast; the target gets
+    /// one too before the ClientHello (which waits in the up direction).
+    fn start_target_preamble(&mut self, key: usize) {
+        use std::io::Write;
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let Some(back) = conn.back_mut() else {
+            return;
+        };
+        // A fresh connection's send buffer takes 8 bytes at once.
+        match back.stream.write(&SSL_REQUEST) {
+            Ok(8) => {
+                if let Stage::Connecting(a) = conn.take_stage() {
+                    conn.set_stage(Stage::TargetPreamble(a));
+                }
+                self.target_preamble_event(key);
+            }
+            Ok(n) => self.connect_failed(key, format!("SSLRequest cut short ({n} of 8 bytes)")),
+            Err(e) => self.connect_failed(key, describe(&e)),
+        }
+    }
+
+    /// `TargetPreamble`: the target's TLS handshake goes on, or its one-byte answer to the
+    /// SSLRequest is read: `S` goes on (established, the byte not passed on: the client had
+    /// Ballast's); anything else is a failed connect.
+    pub(super) fn target_preamble_event(&mut self, key: usize) {
+        use std::io::Read;
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        if conn.attempts().is_some_and(|a| a.tls.is_some()) {
+            return self.handle_target_tls(key);
+        }
+        let Some(back) = conn.back_mut() else {
+            return;
+        };
+        let mut answer = [0u8; 1];
+        let result = loop {
+            match back.stream.read(&mut answer) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(1) if answer == *b"S" => self.established(key),
+            Ok(1) => self.connect_failed(
+                key,
+                format!(
+                    "refused TLS: answered {:?} to the SSLRequest",
+                    char::from(answer[0])
+                ),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(_) => self.connect_failed(key, "closed before answering the SSLRequest".into()),
+            Err(e) => self.connect_failed(key, describe(&e)),
+        }
+    }
+}
+
+/// Asks a connecting socket how its connect ended: `None` while it is still in progress (a
+/// spurious wake-up), else `Ok` or the reason it failed. `error`: the event said EPOLLERR.
+fn connect_outcome<S: Socket>(stream: &S, error: bool) -> Option<Result<(), String>> {
+    Some(match stream.take_error() {
+        Ok(Some(e)) | Err(e) => Err(describe(&e)),
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                if error {
+                    Err("connect failed".to_string())
+                } else {
+                    return None;
+                }
+            }
+            Err(e) => Err(describe(&e)),
+        },
+    })
+}
+
+/// Opens a non-blocking connect to `address` and registers it as the target side of
+/// connection `key` with `tag`. TCP_NODELAY (no Nagle delay added) and SO_OOBINLINE (urgent
+/// data stays in the stream) are set, as the listener sets them for accepted clients.
+fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize, tag: Tag) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect(address)?;
+    s.set_nodelay(true)?;
+    socket2::SockRef::from(&s).set_out_of_band_inline(true)?;
+    poll.registry()
+        .register(&mut s, TokenSlot::Back(key, tag).token(), CONN_INTEREST)?;
+    Ok(s)
+}
+
+/// Whether `e` means this process ran out of descriptors or kernel memory (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM): what the reserve descriptor is for.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether `e` is this host's shortage rather than the target's fault: out of descriptors or
+/// memory ([`is_out_of_descriptors`]), or out of local ports (EADDRNOTAVAIL).
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    is_out_of_descriptors(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}
