@@ -42,6 +42,8 @@ pub(crate) mod flow;
 pub(crate) mod pool;
 pub(crate) mod preamble;
 pub(crate) mod pump;
+#[cfg(test)]
+mod sim;
 pub(crate) mod socket;
 pub(crate) mod tls;
 pub(crate) mod transport;

@@ -31,6 +31,8 @@ pub(crate) struct BufferPool {
     pipes: Vec<Pipe>,
     /// Pipes taken and not given back.
     pipes_out: usize,
+    /// Buffers taken and not given back.
+    buffers_out: usize,
 }
 
 impl BufferPool {
@@ -38,15 +40,25 @@ impl BufferPool {
     const MAX_FREE: usize = 256;
 
     pub(super) fn take(&mut self) -> Box<[u8]> {
+        self.buffers_out += 1;
         self.free
             .pop()
             .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
     }
 
     pub(super) fn give(&mut self, buf: Box<[u8]>) {
+        debug_assert!(self.buffers_out > 0, "a buffer given back twice");
+        self.buffers_out = self.buffers_out.saturating_sub(1);
         if self.free.len() < Self::MAX_FREE {
             self.free.push(buf);
         }
+    }
+
+    /// Buffers and pipes taken and not given back: 0 and 0 once every connection of the
+    /// worker has ended.
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> (usize, usize) {
+        (self.buffers_out, self.pipes_out)
     }
 
     /// An empty pipe for a direction about to splice: a free one or a new one; `Ok(None)`
