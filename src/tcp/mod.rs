@@ -339,6 +339,25 @@ impl<S: Socket> Connection<S> {
         std::mem::replace(&mut self.stage, Stage::Passing)
     }
 
+    /// Lets go of what the connection holds, as it ends: the sides `reset` names will send a
+    /// reset when their sockets close (the others a FIN), its buffers and pipes go back to
+    /// `pool`, and its places under the limits are given back. The sockets close when the
+    /// connection is dropped; its addresses and byte counts stay for the access log.
+    pub(crate) fn release(&mut self, reset: Reset, pool: &mut pump::BufferPool) {
+        if reset.front {
+            self.front.reset_on_close();
+        }
+        if let Some(back) = self.back().filter(|_| reset.back) {
+            back.reset_on_close();
+        }
+        if let Stage::Established(f) | Stage::Closing(f, _) = &mut self.stage {
+            f.release(pool);
+            f.target_place = None;
+        }
+        self.place = None;
+        self.source_place = None;
+    }
+
     /// Notes which side aborted first, once one has.
     pub(crate) fn note_aborts(&mut self) {
         if self.first_abort.is_none() {

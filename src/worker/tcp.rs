@@ -403,18 +403,7 @@ impl Worker {
         // No deregister: closing a socket removes it from epoll (we never dup fds), and
         // two epoll_ctl calls per connection are measurable at high connection rates.
         let mut conn = self.table.remove(key)?;
-        if reset.front {
-            conn.front.reset_on_close();
-        }
-        if let Some(back) = conn.back().filter(|_| reset.back) {
-            back.reset_on_close();
-        }
-        if let Stage::Established(f) | Stage::Closing(f, _) = &mut conn.stage {
-            f.release(&mut self.pool);
-            f.target_place = None;
-        }
-        conn.place = None;
-        conn.source_place = None;
+        conn.release(reset, &mut self.pool);
         self.descriptors_freed();
         if self.listeners[conn.listener].full {
             self.ready.push_back(Ready::Listener(conn.listener));

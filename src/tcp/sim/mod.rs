@@ -381,15 +381,7 @@ impl Run {
             return;
         };
         self.note(Step::Close(reset, reason));
-        if reset.front {
-            conn.front.reset_on_close();
-        }
-        if let Some(back) = conn.back().filter(|_| reset.back) {
-            back.reset_on_close();
-        }
-        if let Stage::Established(f) | Stage::Closing(f, _) = &mut conn.stage {
-            f.release(&mut self.pool);
-        }
+        conn.release(reset, &mut self.pool);
         drop(conn);
         self.closed = Some((reset, reason));
     }
