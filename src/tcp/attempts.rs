@@ -1,12 +1,14 @@
 //! The `Connecting` and `TargetPreamble` stages: the attempts to reach a target, one at a
 //! time, with what must go to the target before the client's bytes.
 
+use std::io;
 use std::time::Instant;
 
 use super::pump::{BufferPool, Endpoint};
 use super::socket::Socket;
-use super::{Action, Connection, Flow, Stage};
+use super::{Action, Connection, Event, Flow, Stage};
 use crate::config::Forwarding;
+use crate::net::describe;
 use crate::target::TargetPlace;
 
 /// The connect attempts of a connection, and what waits for the target that accepts.
@@ -148,6 +150,43 @@ impl<S: Socket> Connection<S> {
                 self.set_stage(Stage::Connecting(a));
                 Err(Action::Close(super::Reset::BOTH, "preamble_overflow"))
             }
+        }
+    }
+
+    /// The target socket of a `Connecting` connection had event `ev`: how its connect ended,
+    /// `None` while it is still in flight (a spurious wake-up), else `Ok` or the reason it
+    /// failed. Linux reports EPOLLOUT on a connecting socket only once the connect has
+    /// finished, and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means
+    /// connected, with no syscall to ask; else `SO_ERROR` and the peer's address tell.
+    pub(crate) fn connect_outcome(&self, ev: Event) -> Option<Result<(), String>> {
+        let Stage::Connecting(a) = &self.stage else {
+            return None;
+        };
+        let stream = &a.current.as_ref()?.back.stream;
+        if ev.writable && !ev.error && !ev.write_closed {
+            return Some(Ok(()));
+        }
+        Some(match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(describe(&e)),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                    if ev.error {
+                        Err("connect failed".to_string())
+                    } else {
+                        return None;
+                    }
+                }
+                Err(e) => Err(describe(&e)),
+            },
+        })
+    }
+
+    /// The connect attempts made so far (the one that reached the target among them).
+    pub(crate) fn attempts_made(&self) -> usize {
+        match &self.stage {
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => a.tried.len(),
+            _ => 0,
         }
     }
 

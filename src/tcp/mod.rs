@@ -145,6 +145,41 @@ pub(crate) enum Action {
     /// No target accepted the client (`retries` used up, or no target left to try): it is
     /// reset, and the worker says so in its log.
     GiveUp,
+    /// The stage's time is up, and how that ends is the worker's to say: a preamble is
+    /// refused or sent to the default route (by the listener's options); a connect fails
+    /// ([`Connection::connect_failed`]) and the next target is tried.
+    Expired,
+}
+
+/// What one poll event said about a socket (the worker's `mio` event, or the simulation's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Event {
+    /// EPOLLIN.
+    pub readable: bool,
+    /// EPOLLOUT.
+    pub writable: bool,
+    /// EPOLLRDHUP or EPOLLHUP: the peer's FIN, or the connection is gone.
+    pub read_closed: bool,
+    /// EPOLLHUP, or EPOLLERR on the write side.
+    pub write_closed: bool,
+    /// EPOLLERR.
+    pub error: bool,
+    /// EPOLLPRI: urgent data.
+    pub priority: bool,
+}
+
+impl Event {
+    /// What the event says about the socket's readiness. Errors and hang-ups count as both
+    /// readable and writable, so the next syscall finds out what happened.
+    pub(crate) fn readiness(self) -> pump::Readiness {
+        pump::Readiness {
+            readable: self.readable || self.read_closed || self.error || self.priority,
+            writable: self.writable || self.write_closed || self.error,
+            read_closed: self.read_closed || self.error,
+            error: self.error,
+            urgent: self.priority,
+        }
+    }
 }
 
 /// The timeouts a connection's stages wait by (its listener's, from the configuration).
@@ -378,6 +413,34 @@ impl<S: Socket> Connection<S> {
             Some(Side::Front) => "client_reset",
             Some(Side::Back) => "target_reset",
         }
+    }
+
+    /// The connection's timer entry is due at `now`: the flow's own timer in `Established`
+    /// and `Closing` ([`Connection::flow_timer`]); in other stages `Schedule` when the
+    /// stage's deadline is later (the entry moves), `Expired` when it has passed.
+    pub(crate) fn on_timer(&mut self, now: Instant, timeouts: &Timeouts) -> Action {
+        if self.stage.flow().is_some() {
+            return self.flow_timer(now, timeouts);
+        }
+        match self.deadline(timeouts) {
+            None => Action::Wait,
+            Some(deadline) if deadline > now => Action::Schedule(deadline),
+            Some(_) => Action::Expired,
+        }
+    }
+
+    /// The client's socket reported an error before the connection was established: a
+    /// client that reset while its target connect is pending. It is closed at once, freeing
+    /// both descriptors, and the target side, which may already be connected, is reset.
+    /// `None` when the socket holds no error after all.
+    pub(crate) fn client_gone_early(&mut self) -> Option<Action> {
+        if let Ok(Some(e)) | Err(e) = self.front.stream.take_error() {
+            log::debug!("{}: client gone while connecting: {e}", self.tuple);
+            self.front.aborted = true;
+            self.note_aborts();
+            return Some(Action::Close(Reset::BACK, "client_reset"));
+        }
+        None
     }
 
     /// When the stage's wait is over: the preamble's timeout from the accept, the connect

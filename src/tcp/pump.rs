@@ -46,6 +46,17 @@ pub(crate) struct Readiness {
     pub urgent: bool,
 }
 
+impl Readiness {
+    /// Adds what an event reported (flags are cleared only by `WouldBlock`).
+    pub(crate) fn merge(&mut self, other: Readiness) {
+        self.readable |= other.readable;
+        self.writable |= other.writable;
+        self.read_closed |= other.read_closed;
+        self.error |= other.error;
+        self.urgent |= other.urgent;
+    }
+}
+
 /// One socket of a connection with what is known of its readiness.
 #[derive(Debug)]
 pub(crate) struct Endpoint<S = TcpStream> {

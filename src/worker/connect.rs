@@ -7,7 +7,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::{Tag, TokenSlot, Worker, CONN_INTEREST};
@@ -15,7 +14,6 @@ use crate::balancer;
 use crate::net::describe;
 use crate::tcp::preamble::SSL_REQUEST;
 use crate::tcp::pump::Endpoint;
-use crate::tcp::socket::Socket;
 use crate::tcp::{Action, Reset, Stage};
 
 impl Worker {
@@ -112,9 +110,8 @@ impl Worker {
     pub(super) fn give_up(&mut self, key: usize) {
         if let Some(conn) = self.table.get_mut(key) {
             let (i, client) = (conn.listener, conn.tuple.client);
-            let (tried, last) = conn
-                .attempts()
-                .map_or((0, None), |a| (a.tried.len(), a.last_error.take()));
+            let tried = conn.attempts_made();
+            let last = conn.attempts().and_then(|a| a.last_error.take());
             if let Some(unlogged) = self.listeners[i].give_ups.allow(self.now) {
                 log::warn!(
                     "listener {}: resetting client {client}: no target accepted the connection \
@@ -130,29 +127,14 @@ impl Worker {
 
     /// A `Connecting` connection's target socket had an event: connected (on to the target's
     /// preamble, if any, else established), failed (the next target), or neither yet.
-    pub(super) fn connect_event(&mut self, key: usize, event: &Event) {
+    pub(super) fn connect_event(&mut self, key: usize, ev: crate::tcp::Event) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let Stage::Connecting(a) = &conn.stage else {
+        let Some(result) = conn.connect_outcome(ev) else {
             return;
         };
-        let Some(attempt) = &a.current else {
-            return;
-        };
-        // Linux reports EPOLLOUT on a connecting socket only once the connect has finished,
-        // and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means connected, with
-        // no syscall to ask.
-        let clean = event.is_writable() && !event.is_error() && !event.is_write_closed();
-        let result = if clean {
-            Ok(())
-        } else {
-            match connect_outcome(&attempt.back.stream, event.is_error()) {
-                Some(result) => result,
-                None => return,
-            }
-        };
-        let postgres = a.postgres;
+        let postgres = conn.attempts().is_some_and(|a| a.postgres);
         let target_tls = self.shared.groups[conn.group].config.target_tls.is_some();
         match result {
             Ok(()) if postgres => self.start_target_preamble(key),
@@ -220,25 +202,6 @@ impl Worker {
             Err(e) => self.connect_failed(key, describe(&e)),
         }
     }
-}
-
-/// Asks a connecting socket how its connect ended: `None` while it is still in progress (a
-/// spurious wake-up), else `Ok` or the reason it failed. `error`: the event said EPOLLERR.
-fn connect_outcome<S: Socket>(stream: &S, error: bool) -> Option<Result<(), String>> {
-    Some(match stream.take_error() {
-        Ok(Some(e)) | Err(e) => Err(describe(&e)),
-        Ok(None) => match stream.peer_addr() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                if error {
-                    Err("connect failed".to_string())
-                } else {
-                    return None;
-                }
-            }
-            Err(e) => Err(describe(&e)),
-        },
-    })
 }
 
 /// Opens a non-blocking connect to `address` and registers it as the target side of

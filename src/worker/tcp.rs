@@ -19,7 +19,7 @@ use crate::conntrack::FiveTuple;
 use crate::generation::{HandshakeFailure, ListenerPlace, Refusal};
 use crate::tcp::preamble::{read_client_hello, read_proxy_header, read_ssl_request};
 use crate::tcp::preamble::{HeaderRead, HelloRead};
-use crate::tcp::pump::{Endpoint, Readiness};
+use crate::tcp::pump::Endpoint;
 use crate::tcp::{Action, Attempts, Connection, Reset, Stage, Timeouts};
 use crate::timers::Due;
 
@@ -267,18 +267,13 @@ impl Worker {
         if conn.front.tag != tag {
             return; // for a socket closed earlier in this batch (see the token plan)
         }
-        mark(&mut conn.front.ready, event);
+        let ev = of(event);
+        conn.front.ready.merge(ev.readiness());
         match &conn.stage {
             Stage::Established(_) => self.drive(key),
-            Stage::Preamble(_) | Stage::Connecting(_) | Stage::TargetPreamble(_)
-                if event.is_error() =>
-            {
-                // A client that resets while its target connect is pending: free both
-                // descriptors now, and reset the target side, which may already be connected.
-                if let Ok(Some(e)) | Err(e) = conn.front.stream.take_error() {
-                    log::debug!("{}: client gone while connecting: {e}", conn.tuple);
-                    conn.front.aborted = true;
-                    self.close(key, "client_reset", Reset::BACK);
+            Stage::Preamble(_) | Stage::Connecting(_) | Stage::TargetPreamble(_) if ev.error => {
+                if let Some(action) = conn.client_gone_early() {
+                    self.act(key, action);
                 }
             }
             Stage::Preamble(_) => self.handle_preamble(key),
@@ -294,10 +289,11 @@ impl Worker {
         let Some(back) = conn.back_mut().filter(|b| b.tag == tag) else {
             return; // for a socket closed earlier in this batch (see the token plan)
         };
-        mark(&mut back.ready, event);
+        let ev = of(event);
+        back.ready.merge(ev.readiness());
         match &conn.stage {
             Stage::Established(_) => self.drive(key),
-            Stage::Connecting(_) => self.connect_event(key, event),
+            Stage::Connecting(_) => self.connect_event(key, ev),
             Stage::TargetPreamble(_) => self.target_preamble_event(key),
             Stage::Preamble(_) | Stage::Closing(..) | Stage::Passing => {}
         }
@@ -361,6 +357,8 @@ impl Worker {
             Action::Schedule(at) => self.timers.schedule(at, Due { key, id }),
             Action::Close(reset, reason) => self.close(key, reason, reset),
             Action::GiveUp => self.give_up(key),
+            // Only timers expire, and `run_timers` handles that itself.
+            Action::Expired => {}
         }
     }
 
@@ -426,20 +424,13 @@ impl Worker {
             if conn.id != due.id {
                 continue;
             }
-            let config = &self.shared.listeners[conn.listener].config;
-            let t = timeouts(config);
-            if conn.stage.flow().is_some() {
-                let action = conn.flow_timer(self.now, &t);
-                self.act(due.key, action);
-                continue;
-            }
-            match conn.deadline(&t) {
-                Some(deadline) if deadline > self.now => {
-                    self.timers.schedule(deadline, due);
+            let t = timeouts(&self.shared.listeners[conn.listener].config);
+            match conn.on_timer(self.now, &t) {
+                Action::Expired => {}
+                action => {
+                    self.act(due.key, action);
                     continue;
                 }
-                None => continue,
-                Some(_) => {}
             }
             if let Stage::Preamble(p) = &conn.stage {
                 let state = &self.shared.listeners[conn.listener];
@@ -493,23 +484,15 @@ impl Worker {
     }
 }
 
-/// Records what a readiness event says about a socket. Errors and hang-ups count as both
-/// readable and writable, so the next syscall finds out what happened.
-fn mark(ready: &mut Readiness, event: &Event) {
-    if event.is_readable() || event.is_read_closed() || event.is_error() || event.is_priority() {
-        ready.readable = true;
-    }
-    if event.is_read_closed() || event.is_error() {
-        ready.read_closed = true;
-    }
-    if event.is_error() {
-        ready.error = true;
-    }
-    if event.is_priority() {
-        ready.urgent = true;
-    }
-    if event.is_writable() || event.is_write_closed() || event.is_error() {
-        ready.writable = true;
+/// What a poll event says, in the connection's terms.
+fn of(event: &Event) -> crate::tcp::Event {
+    crate::tcp::Event {
+        readable: event.is_readable(),
+        writable: event.is_writable(),
+        read_closed: event.is_read_closed(),
+        write_closed: event.is_write_closed(),
+        error: event.is_error(),
+        priority: event.is_priority(),
     }
 }
 

@@ -19,8 +19,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
-use crate::tcp::pump::Readiness;
 use crate::tcp::socket::Socket;
+use crate::tcp::Event;
 
 /// SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): small, fast, and the same sequence for the
 /// same seed everywhere.
@@ -60,9 +60,24 @@ impl Rng {
     }
 }
 
+/// How a connect from Ballast to a target ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Connect {
+    /// Connected (for a client: accepted).
+    Open,
+    /// Refused (ECONNREFUSED, reported once through `SO_ERROR`).
+    Refused,
+    /// Nothing answers: the connect timeout ends it.
+    Silent,
+}
+
 /// One TCP connection between a peer and Ballast.
 #[derive(Debug)]
 pub(super) struct Wire {
+    /// How Ballast's connect ends (`Open` for the client's).
+    pub connect: Connect,
+    /// The refusal's error was taken (`SO_ERROR` is read once).
+    pub refusal_taken: bool,
     /// Which connection ("client" or "target"), for messages.
     pub name: &'static str,
     /// Peer → Ballast: in Ballast's receive queue, not yet read.
@@ -98,7 +113,10 @@ pub(super) struct Wire {
     /// `reset_on_close` was called.
     pub linger_reset: bool,
     /// Readiness changes not yet reported to Ballast: its next event for this socket.
-    pub event: Readiness,
+    pub event: Event,
+    /// The connection exists (the client's from the start; a target's once Ballast's
+    /// connect reached it): only then does the peer send.
+    pub connected: bool,
     /// Whether `event` holds anything.
     pub event_pending: bool,
     /// Partial reads and writes are drawn from here.
@@ -114,6 +132,8 @@ impl Wire {
             _ => rng.upto(256 * 1024),
         };
         Wire {
+            connect: Connect::Open,
+            refusal_taken: false,
             name,
             to_ballast: VecDeque::new(),
             rcv_cap: size(rng),
@@ -131,7 +151,8 @@ impl Wire {
             reset_by_ballast: false,
             ballast_closed: false,
             linger_reset: false,
-            event: Readiness::default(),
+            event: Event::default(),
+            connected: true,
             event_pending: false,
             rng: Rng::new(rng.next()),
         }
@@ -166,7 +187,7 @@ impl Wire {
     }
 
     /// Notes a readiness change for Ballast's next event on this socket.
-    pub(super) fn signal(&mut self, f: impl FnOnce(&mut Readiness)) {
+    pub(super) fn signal(&mut self, f: impl FnOnce(&mut Event)) {
         f(&mut self.event);
         self.event_pending = true;
     }
@@ -362,11 +383,24 @@ impl Socket for SimSocket {
     }
 
     fn take_error(&self) -> io::Result<Option<io::Error>> {
+        let mut w = self.0.borrow_mut();
+        if w.connect == Connect::Refused && !w.refusal_taken {
+            w.refusal_taken = true;
+            return Ok(Some(io::Error::from_raw_os_error(libc::ECONNREFUSED)));
+        }
+        // SO_ERROR takes the reset's error: a read then finds only the end.
+        if w.peer_rst && !w.rst_reported {
+            w.rst_reported = true;
+            return Ok(Some(io::Error::from_raw_os_error(libc::ECONNRESET)));
+        }
         Ok(None)
     }
 
     fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        Ok(([127, 0, 0, 1], 1).into())
+        match self.0.borrow().connect {
+            Connect::Open => Ok(([127, 0, 0, 1], 1).into()),
+            _ => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
     }
 }
 
