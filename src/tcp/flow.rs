@@ -31,15 +31,14 @@ pub(crate) struct Flow<S> {
     pub up: Half,
     /// Target → client.
     pub down: Half,
-    /// When the connect that reached the target started (a target that speaks first is
-    /// timed from there).
-    pub connect_started: Instant,
     /// When bytes last moved either way (or the connection was established).
     pub last_active: Instant,
-    /// When the first bytes went to the target (the request, for client-first protocols).
-    pub first_up: Option<Instant>,
-    /// Whether the target's first bytes back have been timed (for least_response_time).
-    pub responded: bool,
+    /// Timing the target's first answer (for least_response_time): from the connect's start
+    /// (a target that speaks first), moved to the first bytes sent up (the request); `None`
+    /// once the answer came.
+    pub answer_clock: Option<Instant>,
+    /// Bytes have gone up (the request's start is on the clock).
+    pub request_sent: bool,
 }
 
 /// In [`Stage::Closing`]: the bounds of the wait for the acknowledgement.
@@ -91,10 +90,9 @@ impl<S: Socket> Flow<S> {
             target_place: attempt.place,
             up,
             down: Half::new(forwarding),
-            connect_started: attempt.started,
             last_active: now,
-            first_up: None,
-            responded: false,
+            answer_clock: Some(attempt.started),
+            request_sent: false,
         })
     }
 
@@ -149,15 +147,18 @@ impl<S: Socket> Connection<S> {
         };
         if up + down > 0 {
             flow.last_active = now;
-            if up > 0 && flow.first_up.is_none() {
-                flow.first_up = Some(now);
+            if up > 0 && !flow.request_sent {
+                flow.request_sent = true;
+                if flow.answer_clock.is_some() {
+                    flow.answer_clock = Some(now);
+                }
             }
-            if down > 0 && !flow.responded {
+            if down > 0 {
                 // The target's first answer: from the request, or from the connect's start
                 // when the target speaks first.
-                flow.responded = true;
-                let from = flow.first_up.unwrap_or(flow.connect_started);
-                moved.response = Some(now.saturating_duration_since(from));
+                if let Some(from) = flow.answer_clock.take() {
+                    moved.response = Some(now.saturating_duration_since(from));
+                }
             }
         }
         let finished = flow.finished();

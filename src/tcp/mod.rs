@@ -225,7 +225,8 @@ pub(crate) struct Connection<S = TcpStream> {
     /// connection is dropped).
     pub place: Option<ListenerPlace>,
     /// Its place under the listener's `per_source.max_connections` (given back when dropped).
-    pub source_place: Option<SourcePlace>,
+    /// Boxed: only with per-source limits, and four words inline.
+    pub source_place: Option<Box<SourcePlace>>,
     /// What a trusted PROXY protocol header said: (client, the address the client used).
     /// Then *the* client for logs, stickiness, hashing and headers passed on. Boxed: rare,
     /// and two addresses would double the size of every connection.
@@ -456,5 +457,25 @@ impl<S: Socket> Connection<S> {
             Stage::Closing(_, c) => Some(c.recheck_at),
             Stage::Passing => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        println!("Connection {}", size_of::<Connection>());
+        println!("Stage {}", size_of::<Stage>());
+        println!("Flow {}", size_of::<Flow<TcpStream>>());
+        println!("Endpoint {}", size_of::<Endpoint>());
+        println!("Half {}", size_of::<pump::Half>());
+        println!("Preamble {}", size_of::<Preamble>());
+        println!("Attempts {}", size_of::<Attempts<TcpStream>>());
+        println!("Closing {}", size_of::<Closing>());
+        println!("FiveTuple {}", size_of::<FiveTuple>());
+        println!("Readiness {}", size_of::<pump::Readiness>());
     }
 }

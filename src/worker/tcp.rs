@@ -140,7 +140,7 @@ impl Worker {
             // is reset at once rather than left in the backlog, which every source shares.
             if let Some(t) = &state.sources {
                 match t.admit(conn.client().ip(), self.now) {
-                    Ok(place) => conn.source_place = place,
+                    Ok(place) => conn.source_place = place.map(Box::new),
                     Err(over) => {
                         state.refuse(Refusal::from(over));
                         return self.refuse(key);
