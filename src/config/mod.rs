@@ -10,6 +10,7 @@ mod check;
 mod descriptors;
 mod discover;
 mod file;
+pub mod plan;
 pub mod scaling;
 pub mod schema;
 pub mod steps;
