@@ -18,7 +18,7 @@ use crate::control::Control;
 use crate::generation::Generation;
 
 /// How often the files are looked at.
-pub const INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
 /// What identifies one version of a file.
 type Stamp = Option<(SystemTime, u64, u64)>;
@@ -67,7 +67,7 @@ fn stamps(shared: &Generation) -> BTreeMap<PathBuf, Stamp> {
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
+pub(crate) fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak: Weak<Control> = Arc::downgrade(control);
     // The first look now, not a second later: a file replaced meanwhile is a change.
     let mut seen = stamps(&control.shared());

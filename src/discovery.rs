@@ -43,7 +43,7 @@ struct Source {
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
+pub(crate) fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak = Arc::downgrade(control);
     std::thread::Builder::new()
         .name("ballast-discovery".into())

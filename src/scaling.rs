@@ -31,7 +31,7 @@ use crate::control::Control;
 use crate::target::{AdminState, TargetGroup};
 
 /// How often the groups' load is sampled.
-pub const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// A group's scaling state between ticks.
 #[derive(Debug, Default)]
@@ -49,7 +49,7 @@ struct GroupState {
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
+pub(crate) fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak = Arc::downgrade(control);
     std::thread::Builder::new()
         .name("ballast-scaling".into())

@@ -109,7 +109,7 @@ struct NodeLabels {
 /// The exposition text for everything in `shared`, the thread restarts counted in
 /// `restarts`, the node's state and readiness (`node`), the scaling hooks' samples and
 /// runs (`scaling`), and the workers' loads and how connections are placed (`steering`).
-pub fn encode(
+pub(crate) fn encode(
     shared: &Generation,
     restarts: &crate::fault::Restarts,
     node: &crate::node::Node,

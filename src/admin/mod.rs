@@ -44,7 +44,7 @@
 //! status. Changes made through the API live until the next reload, which applies the file
 //! as written.
 
-pub mod metrics;
+pub(crate) mod metrics;
 mod page;
 mod server;
 mod slots;
@@ -66,7 +66,7 @@ use crate::target::AdminState;
 
 /// The running admin server.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     server: server::Server,
 }
 
@@ -76,7 +76,7 @@ impl Admin {
     ///
     /// # Errors
     /// When an address cannot be bound or the thread cannot start.
-    pub fn start(control: Arc<Control>) -> io::Result<Admin> {
+    pub(crate) fn start(control: Arc<Control>) -> io::Result<Admin> {
         let admin = control.shared().config.admin.clone();
         let server = server::Server::start(control, admin.bind, admin.unix.as_deref())?;
         log::info!("admin API on http://{}", server.addr());
@@ -87,12 +87,12 @@ impl Admin {
     }
 
     /// Where the API listens (TCP).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
     /// Stops serving and waits for the thread.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.server.stop();
     }
 }
@@ -123,7 +123,12 @@ fn error(status: u16, message: &str) -> Reply {
 /// Whether `token` (the bearer token sent, if any) opens `path` under `shared`'s
 /// configuration: always without a configured token, and for `GET /healthz` and `/livez`;
 /// else it must equal the configured token, compared in constant time (`subtle`).
-pub fn authorized(shared: &Generation, method: &Method, path: &str, token: Option<&str>) -> bool {
+pub(crate) fn authorized(
+    shared: &Generation,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+) -> bool {
     use subtle::ConstantTimeEq;
     let open = *method == Method::GET && matches!(path, "/healthz" | "/livez");
     match shared.config.admin.token.as_deref() {
@@ -151,7 +156,7 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
 }
 
 /// Largest request body read, bytes (a target is a few dozen).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The answer to one admin API request: `method` on `url` (path and query) with the bearer
 /// `token` sent, if any; `body` reads the request body, called only by endpoints that take

@@ -8,8 +8,8 @@
 //! passes.
 
 mod outlier;
-pub mod probe;
-pub mod threshold;
+pub(crate) mod probe;
+pub(crate) mod threshold;
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ fn all_down(group: &crate::target::TargetGroup) -> bool {
 
 /// Handle to the running prober thread.
 #[derive(Debug)]
-pub struct Prober {
+pub(crate) struct Prober {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -51,7 +51,7 @@ impl Prober {
     ///
     /// # Errors
     /// When the poll or its waker cannot be created, or the thread cannot be spawned.
-    pub fn start(control: Arc<Control>) -> io::Result<Prober> {
+    pub(crate) fn start(control: Arc<Control>) -> io::Result<Prober> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), PROBER_WAKER_TOKEN)?);
         control.set_prober_waker(waker.clone());
@@ -68,7 +68,7 @@ impl Prober {
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shutdown();
     }
 

@@ -26,5 +26,5 @@
     )
 )]
 
-pub mod batch;
-pub mod session;
+pub(crate) mod batch;
+pub(crate) mod session;
