@@ -38,8 +38,8 @@ fn picks(c: &mut Criterion) {
         "least_response_time",
     ] {
         let cfg = config::parse(Path::new("bench.yaml"), &group_yaml(algorithm)).unwrap();
-        let shared = Generation::new(cfg);
-        let group = &shared.groups[0];
+        let generation = Generation::new(cfg);
+        let group = &generation.groups[0];
         let mut b = for_algorithm(group.config.algorithm, group.config.hash_key);
         let mut port = 0u16;
         c.bench_function(&format!("pick/{algorithm}/100 targets"), |bench| {

@@ -5,7 +5,7 @@
 //! `POST /reload`), targets added and removed through the admin API, admin states, and the
 //! prober's health flips. A change builds the next generation, binds the sockets of new
 //! listeners first (so a bad address fails the change with nothing applied), stores it, and
-//! hands it to every worker over its command channel, waking its poll.
+//! hands it to every worker over its message channel, waking its poll.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -103,28 +103,28 @@ pub struct ScalingStats {
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
-            .field("generation", &self.shared().generation)
+            .field("generation", &self.generation().generation)
             .finish_non_exhaustive()
     }
 }
 
 impl Control {
-    /// Control over `shared` (the first generation), reaching the workers through `workers`.
-    pub fn new(shared: Arc<Generation>, workers: Vec<WorkerLink>) -> Arc<Control> {
-        let steering = Arc::new(Steering::hash_only(shared.config.workers));
-        Control::with_steering(shared, workers, steering)
+    /// Control over `generation` (the first one), reaching the workers through `workers`.
+    pub fn new(generation: Arc<Generation>, workers: Vec<WorkerLink>) -> Arc<Control> {
+        let steering = Arc::new(Steering::hash_only(generation.config.workers));
+        Control::with_steering(generation, workers, steering)
     }
 
     /// As [`Control::new`], with the process's connection steering (see [`crate::steering`]),
     /// which restarted workers join and `/metrics` reads.
     pub(crate) fn with_steering(
-        shared: Arc<Generation>,
+        generation: Arc<Generation>,
         workers: Vec<WorkerLink>,
         steering: Arc<Steering>,
     ) -> Arc<Control> {
         Arc::new(Control {
             steering,
-            current: ArcSwap::new(shared),
+            current: ArcSwap::new(generation),
             lock: Mutex::new(()),
             workers: RwLock::new(workers),
             prober: OnceLock::new(),
@@ -137,11 +137,11 @@ impl Control {
     }
 
     /// The current generation.
-    pub fn shared(&self) -> Arc<Generation> {
+    pub fn generation(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 
-    /// The workers' command links (a copy: a restarted worker gets a new one).
+    /// The workers' message links (a copy: a restarted worker gets a new one).
     pub fn workers(&self) -> Vec<WorkerLink> {
         self.workers
             .read()
@@ -184,9 +184,9 @@ impl Control {
     pub(crate) fn share_sockets(&self) -> Vec<(ListenerInfo, Vec<std::os::fd::OwnedFd>)> {
         let answers = self.ask_workers(Message::ShareSockets);
         self.steering.release();
-        let shared = self.shared();
+        let generation = self.generation();
         by_listener(answers, |i| {
-            let l = shared.listeners.get(i).filter(|l| !l.removed)?;
+            let l = generation.listeners.get(i).filter(|l| !l.removed)?;
             Some(ListenerInfo {
                 name: l.config.name.clone(),
                 protocol: l.config.protocol,
@@ -232,7 +232,7 @@ impl Control {
         start: impl FnOnce(&Arc<Generation>) -> Result<WorkerLink, E>,
     ) -> Result<(), E> {
         let _locked = self.locked();
-        let link = start(&self.shared())?;
+        let link = start(&self.generation())?;
         let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = workers.get_mut(id) {
             *slot = link;
@@ -306,16 +306,20 @@ impl Control {
                 self.node.set(Service::Serving, Some(epoch));
             }
             Service::Drained => {
-                let shared = self.shared();
-                let live: Vec<usize> = (0..shared.listeners.len())
-                    .filter(|&i| !shared.listeners[i].removed)
+                let generation = self.generation();
+                let live: Vec<usize> = (0..generation.listeners.len())
+                    .filter(|&i| !generation.listeners[i].removed)
                     .collect();
-                let configs: Vec<_> = live.iter().map(|&i| &shared.listeners[i].config).collect();
-                let (sockets, _) = bind_each(&configs, shared.config.workers, &shared.config.path)?;
+                let configs: Vec<_> = live
+                    .iter()
+                    .map(|&i| &generation.listeners[i].config)
+                    .collect();
+                let (sockets, _) =
+                    bind_each(&configs, generation.config.workers, &generation.config.path)?;
                 self.node.set(Service::Serving, Some(epoch));
                 for (link, sockets) in self.workers().iter().zip(sockets) {
                     link.send(Message::Reload {
-                        shared: shared.clone(),
+                        shared: generation.clone(),
                         sockets: live.iter().copied().zip(sockets).collect(),
                     });
                 }
@@ -325,7 +329,7 @@ impl Control {
             }
         }
         log::info!("node enabled: serving");
-        crate::notify::changed(&self.shared());
+        crate::notify::changed(&self.generation());
         Ok(Service::Serving)
     }
 
@@ -345,7 +349,7 @@ impl Control {
     /// # Errors
     /// As [`Control::apply`]; the running configuration stays.
     pub fn reload(&self) -> Result<Summary, ChangeError> {
-        let path = self.shared().config.path.clone();
+        let path = self.generation().config.path.clone();
         let result = config::load(&path)
             .map_err(ChangeError::from)
             .and_then(|mut config| {
@@ -376,7 +380,7 @@ impl Control {
     /// certificates stay.
     pub fn reload_certificates(&self) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
-        let config = crate::config::reload_tls(&self.shared().config)?;
+        let config = crate::config::reload_tls(&self.generation().config)?;
         self.apply_locked(config)
     }
 
@@ -393,7 +397,7 @@ impl Control {
     }
 
     fn apply_locked(&self, mut config: Config) -> Result<Summary, ChangeError> {
-        let old = self.shared();
+        let old = self.generation();
         for (what, changed) in [
             ("workers", config.workers != old.config.workers),
             (
@@ -472,7 +476,7 @@ impl Control {
         if before == found {
             return Ok(None);
         }
-        let mut config = self.shared().config.clone();
+        let mut config = self.generation().config.clone();
         let g = group_config(&mut config, group)?;
         g.targets
             .retain(|t| !before.contains_key(&t.address) || found.contains_key(&t.address));
@@ -488,8 +492,8 @@ impl Control {
         let summary = self.apply_locked(config)?;
         // Vanished targets drain, then what is still open after drain_timeout is closed, as
         // for a target removed through the API.
-        let shared = self.shared();
-        if let Some((gi, g)) = shared.group(group) {
+        let generation = self.generation();
+        if let Some((gi, g)) = generation.group(group) {
             for address in before.keys().filter(|a| !found.contains_key(a)) {
                 if let Some((ti, _)) =
                     g.targets.iter().enumerate().find(|(_, t)| {
@@ -531,7 +535,7 @@ impl Control {
     /// rules refuse it (port 0, a `maglev_table_size` too small for one more target).
     pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
-        let mut config = self.shared().config.clone();
+        let mut config = self.generation().config.clone();
         let g = group_config(&mut config, group)?;
         if target.address.port() == 0 {
             return Err(ChangeError::Invalid("target port must not be 0".into()));
@@ -559,7 +563,7 @@ impl Control {
         address: SocketAddr,
     ) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
-        let mut config = self.shared().config.clone();
+        let mut config = self.generation().config.clone();
         let g = group_config(&mut config, group)?;
         let Some(pos) = g.targets.iter().position(|t| t.address == address) else {
             return Err(no_target(group, address));
@@ -572,9 +576,9 @@ impl Control {
         g.targets.remove(pos);
         let drain = g.drain_timeout;
         let summary = self.apply_locked(config)?;
-        let shared = self.shared();
-        if let Some((gi, _)) = shared.group(group) {
-            if let Some(ti) = shared.groups[gi]
+        let generation = self.generation();
+        if let Some((gi, _)) = generation.group(group) {
+            if let Some(ti) = generation.groups[gi]
                 .targets
                 .iter()
                 .position(|t| t.address == address)
@@ -598,8 +602,8 @@ impl Control {
         state: AdminState,
     ) -> Result<(usize, usize, bool), ChangeError> {
         let _guard = self.locked();
-        let shared = self.shared();
-        let (gi, g) = shared
+        let generation = self.generation();
+        let (gi, g) = generation
             .group(group)
             .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?;
         let (ti, _) = g.target(address).ok_or_else(|| no_target(group, address))?;
@@ -617,7 +621,7 @@ impl Control {
     /// whether that changed anything.
     pub fn set_ejected(&self, group: usize, target: usize, ejected: bool) -> bool {
         let _guard = self.locked();
-        self.shared().groups[group].set_ejected(target, ejected)
+        self.generation().groups[group].set_ejected(target, ejected)
     }
 
     /// The prober's verdict on target `target` of group `group`; returns whether it changed.
@@ -625,22 +629,22 @@ impl Control {
     /// connections reset.
     pub fn set_healthy(&self, group: usize, target: usize, healthy: bool) -> bool {
         let _guard = self.locked();
-        let shared = self.shared();
-        let changed = shared.groups[group].set_healthy(target, healthy);
+        let generation = self.generation();
+        let changed = generation.groups[group].set_healthy(target, healthy);
         if changed
             && !healthy
-            && shared.groups[group].config.on_unhealthy == UnhealthyConnections::Close
+            && generation.groups[group].config.on_unhealthy == UnhealthyConnections::Close
         {
             // `on_unhealthy: close`: the open TCP connections go too, reset (a primary that
             // lost its role must take no more writes; clients reconnect elsewhere).
-            let open = shared.groups[group].targets[target]
+            let open = generation.groups[group].targets[target]
                 .active
                 .load(std::sync::atomic::Ordering::Relaxed);
             log::info!(
                 "target group {}: {}: unhealthy; resetting its {open} open connection(s) \
                  (on_unhealthy: close)",
-                shared.groups[group].name(),
-                shared.groups[group].targets[target].address
+                generation.groups[group].name(),
+                generation.groups[group].targets[target].address
             );
             for w in &self.workers() {
                 w.send(Message::CloseTarget {
@@ -659,8 +663,8 @@ impl Control {
     /// the caller answers at once.
     fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
         let spawned = self.after("ballast-drain", wait, move |control| {
-            let shared = control.shared();
-            let (group, target) = (&shared.groups[g], &shared.groups[g].targets[index]);
+            let generation = control.generation();
+            let (group, target) = (&generation.groups[g], &generation.groups[g].targets[index]);
             if target.admin_state() == expect
                 && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
             {

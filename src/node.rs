@@ -108,7 +108,7 @@ impl Node {
     /// is healthy and in service in its group (a backup counts; the
     /// fail-open of [`crate::target::TargetGroup::eligible`] does not). Listeners with `readiness: listening` need
     /// only be open, which they are whenever the node is serving.
-    pub fn readiness(&self, shared: &Generation) -> Vec<String> {
+    pub fn readiness(&self, generation: &Generation) -> Vec<String> {
         let mut reasons = Vec::new();
         match self.service().0 {
             Service::Serving => {}
@@ -125,11 +125,11 @@ impl Node {
         if down > 0 {
             reasons.push(format!("{down} worker(s) restarting after a crash"));
         }
-        for l in shared.listeners.iter().filter(|l| !l.removed) {
+        for l in generation.listeners.iter().filter(|l| !l.removed) {
             if l.config.readiness != Readiness::HealthyTarget {
                 continue;
             }
-            let group = &shared.groups[l.config.target_group];
+            let group = &generation.groups[l.config.target_group];
             // Not `eligible`, which fails open to every target when none is healthy.
             let health = group.health();
             let any = (0..health.len()).any(|i| health[i] && group.targets[i].in_service());

@@ -71,13 +71,13 @@ fn run(control: Weak<Control>) {
                 g.last_end = Some(Instant::now());
             }
         }
-        let shared = control.shared();
+        let generation = control.generation();
         groups.retain(|name, _| {
-            shared
+            generation
                 .group(name)
                 .is_some_and(|(_, g)| g.config.scaling.is_some())
         });
-        for group in shared.groups.iter().filter(|g| !g.removed) {
+        for group in generation.groups.iter().filter(|g| !g.removed) {
             let Some(scaling) = &group.config.scaling else {
                 continue;
             };

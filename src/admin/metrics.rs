@@ -106,11 +106,11 @@ struct NodeLabels {
     state: &'static str,
 }
 
-/// The exposition text for everything in `shared`, the thread restarts counted in
+/// The exposition text for everything in `generation`, the thread restarts counted in
 /// `restarts`, the node's state and readiness (`node`), the scaling hooks' samples and
 /// runs (`scaling`), and the workers' loads and how connections are placed (`steering`).
 pub(crate) fn encode(
-    shared: &Generation,
+    generation: &Generation,
     restarts: &crate::fault::Restarts,
     node: &crate::node::Node,
     scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
@@ -120,7 +120,7 @@ pub(crate) fn encode(
     register_scaling(&mut registry, scaling);
     register_steering(&mut registry, steering);
     let ready = Gauge::<i64>::default();
-    ready.set(i64::from(node.readiness(shared).is_empty()));
+    ready.set(i64::from(node.readiness(generation).is_empty()));
     registry.register(
         "node_ready",
         "1 while GET /healthz answers 200 (serving, workers running, healthy targets), else 0",
@@ -164,7 +164,7 @@ pub(crate) fn encode(
     let l_down = Family::<ListenerLabels, Counter>::default();
     let l_refused = Family::<RefusedLabels, Counter>::default();
     let l_evicted = Family::<ListenerLabels, Counter>::default();
-    for l in shared.listeners.iter().filter(|l| !l.removed) {
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
         for why in crate::generation::Refusal::ALL {
             let n = l
                 .refused
@@ -247,7 +247,7 @@ pub(crate) fn encode(
         l_retries,
     );
 
-    register_tls(&mut registry, shared);
+    register_tls(&mut registry, generation);
 
     let t_healthy = Family::<TargetLabels, Gauge>::default();
     let t_active = Family::<TargetLabels, Gauge>::default();
@@ -259,7 +259,7 @@ pub(crate) fn encode(
     let t_bytes_out = Family::<TargetLabels, Counter>::default();
     let mut latencies = CheckLatencies::default();
     let g_slots = Family::<GroupLabels, Gauge>::default();
-    for g in shared.groups.iter().filter(|g| !g.removed) {
+    for g in generation.groups.iter().filter(|g| !g.removed) {
         g_slots
             .get_or_create(&GroupLabels {
                 target_group: g.name().to_string(),
@@ -360,7 +360,7 @@ pub(crate) fn encode(
 }
 
 /// The `tls` listeners' handshakes, failures by reason, and each certificate's time to expiry.
-fn register_tls(registry: &mut Registry, shared: &Generation) {
+fn register_tls(registry: &mut Registry, generation: &Generation) {
     let handshakes = Family::<TlsListenerLabels, Counter>::default();
     let resumed = Family::<TlsListenerLabels, Counter>::default();
     let failed = Family::<HandshakeFailureLabels, Counter>::default();
@@ -368,7 +368,7 @@ fn register_tls(registry: &mut Registry, shared: &Generation) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    for l in shared.listeners.iter().filter(|l| !l.removed) {
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
         let Some(tls) = &l.config.tls else {
             continue;
         };

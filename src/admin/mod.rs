@@ -20,7 +20,7 @@
 //! - `GET /listeners`: per listener: protocol, the address bound, target group and SNI
 //!   routes, open, accepted and refused connections.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
-//! - `GET /connections?limit=N`: the workers' connection tables (asked over their command
+//! - `GET /connections?limit=N`: the workers' connection tables (asked over their message
 //!   channels, each woken through its poll's waker).
 //! - `POST /target-groups/{group}/targets` with `{"address": "host:port", "weight": 1,
 //!   "backup": false, "max_connections": N}` (all but `address` optional): adds a target; it
@@ -77,7 +77,7 @@ impl Admin {
     /// # Errors
     /// When an address cannot be bound or the thread cannot start.
     pub(crate) fn start(control: Arc<Control>) -> io::Result<Admin> {
-        let admin = control.shared().config.admin.clone();
+        let admin = control.generation().config.admin.clone();
         let server = server::Server::start(control, admin.bind, admin.unix.as_deref())?;
         log::info!("admin API on http://{}", server.addr());
         if let Some(path) = &admin.unix {
@@ -120,18 +120,18 @@ fn error(status: u16, message: &str) -> Reply {
     json_response(status, json!({ "error": message }))
 }
 
-/// Whether `token` (the bearer token sent, if any) opens `path` under `shared`'s
+/// Whether `token` (the bearer token sent, if any) opens `path` under `generation`'s
 /// configuration: always without a configured token, and for `GET /healthz` and `/livez`;
 /// else it must equal the configured token, compared in constant time (`subtle`).
 pub(crate) fn authorized(
-    shared: &Generation,
+    generation: &Generation,
     method: &Method,
     path: &str,
     token: Option<&str>,
 ) -> bool {
     use subtle::ConstantTimeEq;
     let open = *method == Method::GET && matches!(path, "/healthz" | "/livez");
-    match shared.config.admin.token.as_deref() {
+    match generation.config.admin.token.as_deref() {
         None => true,
         Some(_) if open => true,
         Some(want) => token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(want.as_bytes()))),
@@ -169,7 +169,7 @@ pub fn answer(
     token: Option<&str>,
     body: impl FnOnce() -> Result<String, String>,
 ) -> Reply {
-    let shared = control.shared();
+    let generation = control.generation();
     let path = url.split('?').next().unwrap_or("");
     // HEAD is GET without the body (hyper leaves the body out).
     let method = if *method == Method::HEAD {
@@ -177,12 +177,12 @@ pub fn answer(
     } else {
         method
     };
-    if !authorized(&shared, method, path, token) {
+    if !authorized(&generation, method, path, token) {
         return error(401, "missing or wrong bearer token");
     }
     match (method, path) {
         (&Method::GET, "/healthz") => {
-            let reasons = control.node.readiness(&shared);
+            let reasons = control.node.readiness(&generation);
             if reasons.is_empty() {
                 json_response(200, json!({ "status": "ready" }))
             } else {
@@ -190,20 +190,20 @@ pub fn answer(
             }
         }
         (&Method::GET, "/livez") => json_response(200, json!({ "status": "alive" })),
-        (&Method::GET, "/node") => json_response(200, node_json(control, &shared)),
+        (&Method::GET, "/node") => json_response(200, node_json(control, &generation)),
         (&Method::POST, "/node/drain") => match query_duration(url, "grace") {
             Ok(grace) => {
-                control.drain_node(grace.unwrap_or(shared.config.node_drain_grace));
-                json_response(202, node_json(control, &shared))
+                control.drain_node(grace.unwrap_or(generation.config.node_drain_grace));
+                json_response(202, node_json(control, &generation))
             }
             Err(message) => error(400, &message),
         },
         (&Method::POST, "/node/enable") => match control.enable_node() {
-            Ok(_) => json_response(200, node_json(control, &control.shared())),
+            Ok(_) => json_response(200, node_json(control, &control.generation())),
             Err(e) => error(e.status(), &e.to_string()),
         },
-        (&Method::GET, "/targets") => json_response(200, targets(&shared)),
-        (&Method::GET, "/listeners") => json_response(200, listeners(&shared)),
+        (&Method::GET, "/targets") => json_response(200, targets(&generation)),
+        (&Method::GET, "/listeners") => json_response(200, listeners(&generation)),
         (&Method::GET, "/" | page::SCRIPT | page::STYLE) => page::asset(path),
         (&Method::GET, "/connections") => match limit(url) {
             Ok(limit) => json_response(200, connections(control, limit)),
@@ -213,7 +213,7 @@ pub fn answer(
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: metrics::encode(
-                &shared,
+                &generation,
                 &control.restarts,
                 &control.node,
                 &control.scaling,
@@ -291,12 +291,12 @@ fn query_duration(url: &str, key: &str) -> Result<Option<Duration>, String> {
 }
 
 /// `GET /node`, and the answer to a node drain or enable.
-fn node_json(control: &Control, shared: &Generation) -> serde_json::Value {
+fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
     let (service, _) = control.node.service();
-    let reasons = control.node.readiness(shared);
+    let reasons = control.node.readiness(generation);
     let mut doc = json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "generation": shared.generation,
+        "generation": generation.generation,
         "service": service.to_string(),
         "ready": reasons.is_empty(),
         "reasons": reasons,
@@ -407,7 +407,7 @@ fn target_request(
             };
             match control.set_admin_state(group, address, state) {
                 Ok((g, t, _)) => {
-                    json_response(200, target_json(&control.shared().groups[g].targets[t]))
+                    json_response(200, target_json(&control.generation().groups[g].targets[t]))
                 }
                 Err(e) => error(e.status(), &e.to_string()),
             }
@@ -446,8 +446,8 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
 
 /// The `GET /targets` document: groups in the configuration, and their targets (removed ones
 /// only while connections to them remain).
-fn targets(shared: &Generation) -> serde_json::Value {
-    let groups: Vec<serde_json::Value> = shared
+fn targets(generation: &Generation) -> serde_json::Value {
+    let groups: Vec<serde_json::Value> = generation
         .groups
         .iter()
         .filter(|g| !g.removed)
@@ -468,14 +468,14 @@ fn targets(shared: &Generation) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "target_groups": groups, "generation": shared.generation })
+    json!({ "target_groups": groups, "generation": generation.generation })
 }
 
 /// The `GET /listeners` document: each listener served, where it is bound (port 0 resolved),
 /// its default target group and SNI routes, and its connection counts.
-fn listeners(shared: &Generation) -> serde_json::Value {
-    let group = |i: usize| shared.groups.get(i).map(|g| g.name().to_string());
-    let list: Vec<serde_json::Value> = shared
+fn listeners(generation: &Generation) -> serde_json::Value {
+    let group = |i: usize| generation.groups.get(i).map(|g| g.name().to_string());
+    let list: Vec<serde_json::Value> = generation
         .listeners
         .iter()
         .filter(|l| !l.removed)
@@ -499,5 +499,5 @@ fn listeners(shared: &Generation) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "listeners": list, "generation": shared.generation })
+    json!({ "listeners": list, "generation": generation.generation })
 }

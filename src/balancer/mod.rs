@@ -423,8 +423,8 @@ pub(crate) mod tests {
             );
         }
         let cfg = config::parse(Path::new("t.yaml"), &yaml).unwrap();
-        let shared = Generation::new(cfg);
-        std::sync::Arc::try_unwrap(shared)
+        let generation = Generation::new(cfg);
+        std::sync::Arc::try_unwrap(generation)
             .unwrap()
             .groups
             .pop()
