@@ -119,6 +119,18 @@ pub(crate) fn encode(
     let mut registry = Registry::with_prefix("ballast");
     register_scaling(&mut registry, scaling);
     register_steering(&mut registry, steering);
+    register_node(&mut registry, node, generation);
+    register_threads(&mut registry, restarts);
+    register_listeners(&mut registry, generation);
+    register_tls(&mut registry, generation);
+    register_targets(&mut registry, generation);
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// The node's readiness (`/healthz`) and service state.
+fn register_node(registry: &mut Registry, node: &crate::node::Node, generation: &Generation) {
     let ready = Gauge::<i64>::default();
     ready.set(i64::from(node.readiness(generation).is_empty()));
     registry.register(
@@ -138,6 +150,10 @@ pub(crate) fn encode(
         "1 for the node's current service state (node drain: serving, draining, drained; stopping)",
         state,
     );
+}
+
+/// Threads restarted after a panic, and access-log lines dropped.
+fn register_threads(registry: &mut Registry, restarts: &crate::fault::Restarts) {
     let thread_restarts = Family::<ThreadLabels, Counter>::default();
     for (thread, n) in restarts.counts() {
         thread_restarts
@@ -156,6 +172,11 @@ pub(crate) fn encode(
         "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
         thread_restarts,
     );
+}
+
+/// Per listener: open, accepted, refused (by reason), retries, and UDP's datagrams and
+/// evictions.
+fn register_listeners(registry: &mut Registry, generation: &Generation) {
     let l_active = Family::<ListenerLabels, Gauge>::default();
     let l_accepted = Family::<ListenerLabels, Counter>::default();
     let l_dropped = Family::<ListenerLabels, Counter>::default();
@@ -246,9 +267,11 @@ pub(crate) fn encode(
         "Connect attempts after a failed one (TCP)",
         l_retries,
     );
+}
 
-    register_tls(&mut registry, generation);
-
+/// Per group its slots; per target its health, ejection, connections, failures, bytes and
+/// check latencies (removed targets while connections to them remain).
+fn register_targets(registry: &mut Registry, generation: &Generation) {
     let t_healthy = Family::<TargetLabels, Gauge>::default();
     let t_active = Family::<TargetLabels, Gauge>::default();
     let t_total = Family::<TargetLabels, Counter>::default();
@@ -354,9 +377,6 @@ pub(crate) fn encode(
         "Time health checks of the target took (a timed-out check counts its timeout)",
         latencies,
     );
-    let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-    text
 }
 
 /// The `tls` listeners' handshakes, failures by reason, and each certificate's time to expiry.
