@@ -7,9 +7,9 @@ use std::io::Write;
 use super::scaling::ScalingRule;
 use super::steps::CheckStep;
 use super::{
-    open_file_limit, Config, HealthCheckKind, NoServerName, TlsListener, UnhealthyConnections,
+    open_file_limit, AccessLogSink, Config, HealthCheckKind, NoServerName, TlsListener,
+    UnhealthyConnections,
 };
-use crate::access_log::Sink;
 
 /// Prints the plan of `c` on standard output (see the module's doc).
 pub fn print(c: &Config) {
@@ -34,9 +34,9 @@ pub fn print(c: &Config) {
         open_file_limit().map_or("unlimited".to_string(), |n| n.to_string())
     );
     let access = match &c.access_log {
-        Sink::Off => "off".to_string(),
-        Sink::Stderr => "stderr".to_string(),
-        Sink::File(p) => p.display().to_string(),
+        AccessLogSink::Off => "off".to_string(),
+        AccessLogSink::Stderr => "stderr".to_string(),
+        AccessLogSink::File(p) => p.display().to_string(),
     };
     let _ = writeln!(
         out,
