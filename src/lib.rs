@@ -133,6 +133,7 @@ pub(crate) mod generation;
 pub(crate) mod handover;
 pub(crate) mod hash;
 pub(crate) mod health;
+pub(crate) mod listener;
 pub(crate) mod net;
 pub(crate) mod node;
 pub(crate) mod notify;

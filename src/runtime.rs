@@ -177,7 +177,7 @@ fn exit_reporter(
     let (events, control) = (events.clone(), control.clone());
     move |crashed| {
         if crashed {
-            control.node.worker_down();
+            control.node().worker_down();
         }
         let _ = events.send(Event::WorkerExited { id, crashed });
     }
@@ -370,7 +370,7 @@ impl Running {
                 Event::Signal(SIGTERM)
                     if grace_ends.is_none()
                         && !self.generation().config.shutdown_grace.is_zero()
-                        && self.control.node.accepting() =>
+                        && self.control.node().accepting() =>
                 {
                     let grace = self.generation().config.shutdown_grace;
                     log::info!(
@@ -425,7 +425,7 @@ impl Running {
         let mut thread = None;
         let started = self.control.replace_worker(id, |generation| {
             // Under the change lock, so no drain or enable slips in between.
-            let accepting = self.control.node.accepting();
+            let accepting = self.control.node().accepting();
             let mut sockets = Vec::new();
             for (i, l) in generation.listeners.iter().enumerate() {
                 // A drained node's workers hold no listening sockets.
@@ -438,7 +438,7 @@ impl Running {
                 .as_ref()
                 .map_or_else(AccessLog::off, Writer::handle);
             let (worker, link) =
-                new_worker(id, generation, sockets, access, &self.control.steering)?;
+                new_worker(id, generation, sockets, access, self.control.steering())?;
             thread = Some(spawn_worker(id, worker, reporter)?);
             Ok::<_, io::Error>(link)
         });
@@ -447,8 +447,11 @@ impl Running {
             (Err(e), _) => fatal(&format!("worker {id} crashed and cannot be restarted: {e}")),
             (Ok(()), None) => fatal(&format!("worker {id} crashed and was not restarted")),
         };
-        self.control.restarts.worker.fetch_add(1, Ordering::Relaxed);
-        self.control.node.worker_up();
+        self.control
+            .restarts()
+            .worker
+            .fetch_add(1, Ordering::Relaxed);
+        self.control.node().worker_up();
         let link = self.control.workers()[id].clone();
         let old = std::mem::replace(&mut self.handles[id], WorkerHandle { link, thread });
         let _ = old.thread.join();
@@ -458,7 +461,7 @@ impl Running {
     /// Stops gracefully: listeners close at once, open connections get up to
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
-        self.control.node.stopping();
+        self.control.node().stopping();
         if !self.handed_over {
             crate::notify::stopping();
         }

@@ -113,7 +113,7 @@ pub(crate) fn encode(
     generation: &Generation,
     restarts: &crate::fault::Restarts,
     node: &crate::node::Node,
-    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
+    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::scaling::ScalingStats>>,
     steering: &crate::steering::Steering,
 ) -> String {
     let mut registry = Registry::with_prefix("ballast");
@@ -186,7 +186,7 @@ fn register_listeners(registry: &mut Registry, generation: &Generation) {
     let l_refused = Family::<RefusedLabels, Counter>::default();
     let l_evicted = Family::<ListenerLabels, Counter>::default();
     for l in generation.listeners.iter().filter(|l| !l.removed) {
-        for why in crate::generation::Refusal::ALL {
+        for why in crate::listener::Refusal::ALL {
             let n = l
                 .refused
                 .get(why as usize)
@@ -401,7 +401,7 @@ fn register_tls(registry: &mut Registry, generation: &Generation) {
         resumed
             .get_or_create(&labels)
             .inc_by(l.tls_resumed.load(Ordering::Relaxed));
-        for why in crate::generation::HandshakeFailure::ALL {
+        for why in crate::listener::HandshakeFailure::ALL {
             let n = l
                 .tls_failed
                 .get(why as usize)
@@ -449,7 +449,7 @@ fn register_tls(registry: &mut Registry, generation: &Generation) {
 /// The scaling hooks' last samples and the commands they ran.
 fn register_scaling(
     registry: &mut Registry,
-    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
+    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::scaling::ScalingStats>>,
 ) {
     let samples =
         Family::<ScalingSampleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();

@@ -147,7 +147,7 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
             _ => error(404, &format!("no worker {n}")),
         },
         ["prober"] => {
-            control.faults.panic_prober();
+            control.faults().panic_prober();
             json_response(202, json!({ "panic": which }))
         }
         ["admin"] => crate::fault::injected_panic("an admin request handler"),
@@ -182,7 +182,7 @@ pub fn answer(
     }
     match (method, path) {
         (&Method::GET, "/healthz") => {
-            let reasons = control.node.readiness(&generation);
+            let reasons = control.node().readiness(&generation);
             if reasons.is_empty() {
                 json_response(200, json!({ "status": "ready" }))
             } else {
@@ -214,10 +214,10 @@ pub fn answer(
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: metrics::encode(
                 &generation,
-                &control.restarts,
-                &control.node,
-                &control.scaling,
-                &control.steering,
+                control.restarts(),
+                control.node(),
+                control.scaling_stats(),
+                control.steering(),
             )
             .into_bytes(),
         },
@@ -292,8 +292,8 @@ fn query_duration(url: &str, key: &str) -> Result<Option<Duration>, String> {
 
 /// `GET /node`, and the answer to a node drain or enable.
 fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
-    let (service, _) = control.node.service();
-    let reasons = control.node.readiness(generation);
+    let (service, _) = control.node().service();
+    let reasons = control.node().readiness(generation);
     let mut doc = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": generation.generation,

@@ -332,7 +332,7 @@ async fn handle(
         }));
         handling.set_busy(false);
         if result.is_err() {
-            control.restarts.admin.fetch_add(1, Ordering::Relaxed);
+            control.restarts().admin.fetch_add(1, Ordering::Relaxed);
             log::error!("admin API: a request handler panicked; serving on");
         }
         result

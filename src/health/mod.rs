@@ -200,7 +200,10 @@ impl ProberLoop {
             if outcome.is_ok() {
                 return;
             }
-            self.control.restarts.prober.fetch_add(1, Ordering::Relaxed);
+            self.control
+                .restarts()
+                .prober
+                .fetch_add(1, Ordering::Relaxed);
             log::error!("the prober panicked; restarting it with fresh checks");
             self.slots.clear();
             let generation = self.control.generation();
@@ -212,7 +215,7 @@ impl ProberLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Acquire) {
-            self.control.faults.check_prober();
+            self.control.faults().check_prober();
             let current = self.control.generation();
             if current.generation != self.generation.generation {
                 self.resync(current);

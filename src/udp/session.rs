@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::conntrack::{ConnTable, FiveTuple};
-use crate::generation::ListenerPlace;
+use crate::listener::ListenerPlace;
 use crate::target::TargetPlace;
 use crate::timers::{Due, Timers};
 
