@@ -1,4 +1,5 @@
-//! Layers that only point down: no import cycle among the crate's top-level modules.
+//! The crate's structure: layers that only point down (no import cycle among the top-level
+//! modules), and the no-panic lint block on the modules lib.rs lists.
 //!
 //! Reads every file under `src/`, takes the `crate::module` paths its code names (comments and
 //! `#[cfg(test)]` parts left out) as edges from the file's top-level module, and fails naming
@@ -83,5 +84,103 @@ fn top_level_modules_import_without_cycles() {
         if let Some(c) = cycle(&deps, node, &mut Vec::new(), &mut done) {
             panic!("import cycle: {}", c.join(" -> "));
         }
+    }
+}
+
+/// The lints a `#![cfg_attr(not(test), deny(…))]` at the top of `text` denies, if it has one.
+fn denied_outside_tests(text: &str) -> Option<BTreeSet<String>> {
+    let start = text.find("#![cfg_attr(")?;
+    let rest = &text[start..];
+    let block = &rest[..rest.find(")]")? + 2];
+    if !block.contains("not(test)") || !block.contains("deny(") {
+        return None;
+    }
+    let lints = block
+        .split("clippy::")
+        .skip(1)
+        .map(|l| {
+            l.chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        })
+        .collect();
+    Some(lints)
+}
+
+/// lib.rs's "Lint policy": the no-panic lints, and for each module listed, the lints it must
+/// deny (all of them, or all but the one its line excepts with "all but LINT").
+fn no_panic_modules(lib: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let lines: Vec<&str> = lib
+        .lines()
+        .map(|l| l.trim_start_matches("//!").trim())
+        .collect();
+    let all: BTreeSet<String> = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("no-panic lints:"))
+        .expect("lib.rs lists the no-panic lints")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let mut modules = BTreeMap::new();
+    for rest in lines.iter().filter_map(|l| l.strip_prefix("no-panic:")) {
+        let module = rest.split_whitespace().next().unwrap().to_string();
+        let mut lints = all.clone();
+        if let Some((_, but)) = rest.split_once("all but ") {
+            let except: String = but
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            assert!(
+                lints.remove(&except),
+                "{module}: `{except}` is no no-panic lint"
+            );
+        }
+        modules.insert(module, lints);
+    }
+    modules
+}
+
+#[test]
+fn the_no_panic_modules_carry_the_lint_block_lib_rs_lists() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let listed = no_panic_modules(&lib);
+    assert!(
+        listed.len() >= 3,
+        "too few no-panic modules listed: {listed:?}"
+    );
+    for (module, lints) in &listed {
+        let root = [
+            src.join(module).join("mod.rs"),
+            src.join(format!("{module}.rs")),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no module `{module}`"));
+        let text = std::fs::read_to_string(&root).unwrap();
+        let denied = denied_outside_tests(&text)
+            .unwrap_or_else(|| panic!("{}: no no-panic block", root.display()));
+        assert_eq!(&denied, lints, "{}: the no-panic block", root.display());
+    }
+    // And no module carries the block without being listed.
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    for path in all {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(denied) = denied_outside_tests(&text) else {
+            continue;
+        };
+        if !denied.contains("unwrap_used") {
+            continue;
+        }
+        let rel = path.strip_prefix(&src).unwrap();
+        let module = rel.iter().next().unwrap().to_str().unwrap();
+        let module = module.trim_end_matches(".rs");
+        let root = rel.components().count() == 1 || rel.ends_with("mod.rs");
+        assert!(
+            listed.contains_key(module) && root,
+            "{} carries the no-panic block but lib.rs's Lint policy does not list it",
+            rel.display()
+        );
     }
 }

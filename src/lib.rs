@@ -67,6 +67,26 @@
 //!   config, conntrack, net, hash, timers, fault     the ground floor
 //! ```
 //!
+//! ## Lint policy
+//! Crate-wide (below): `missing_docs` denied; `unreachable_pub`, `missing_debug_implementations`
+//! and `clippy::undocumented_unsafe_blocks` (every `unsafe` block says why it is sound in a
+//! `// SAFETY:` comment) warned, and CI denies warnings. The rustdoc lint on links into
+//! crate-private items is off: these docs are read with `--document-private-items`.
+//!
+//! The data path must not panic on anything that arrives from the network (README, "Limits and
+//! faults"). These modules say so at their top, outside tests (unit tests may unwrap), with
+//! `#![cfg_attr(not(test), deny(…))]` of the lints named here; `integration/layers.rs` checks
+//! that each one listed carries exactly these, and that no other module carries the block:
+//!
+//! ```text
+//!   no-panic lints: unwrap_used expect_used panic unreachable todo unimplemented indexing_slicing
+//!   no-panic: tcp        parses what arrives (PROXY headers, ClientHellos) and pumps bytes
+//!   no-panic: udp        the session table and the recvmmsg/sendmmsg batches
+//!   no-panic: worker     all but indexing_slicing: its indices are its own (listener, group
+//!                        and target indices of a generation; its tables' slot keys), never
+//!                        taken from the network
+//! ```
+//!
 //! ## The path of one TCP connection
 //! A connection goes through stages (`tcp::Stage`): `Preamble` (whatever must be read from
 //! the client before a target is chosen; nothing yet), `Connecting`, `Established`, `Closing`.
@@ -96,6 +116,7 @@
 //!    session ends after `max_responses` replies or `session_idle_timeout` of silence.
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 // These docs are for the crate's developers as much as for its few library users: read them
 // with `cargo doc --document-private-items`, where links into crate-private modules resolve.
 #![allow(rustdoc::private_intra_doc_links)]

@@ -80,8 +80,12 @@ impl Batch {
     /// Buffers for `capacity` (≥ 1) datagrams: `capacity × 64 KiB` of memory.
     pub(crate) fn new(capacity: usize) -> Batch {
         let capacity = capacity.max(1);
-        // SAFETY: all-zero is a valid value for these plain C structs.
+        // SAFETY: sockaddr_storage is a plain C struct of integers and byte arrays, for which
+        // all-zero is a valid value (family AF_UNSPEC).
         let zero_name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid value (null name, iovec and
+        // control pointers with zero lengths), and every pointer is set before each call that
+        // reads it (`recv`, `send`).
         let zero_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
         Batch {
             data: vec![0u8; capacity * SLOT],
