@@ -1,10 +1,11 @@
-//! The crate's structure: layers that only point down (no import cycle among the top-level
-//! modules), and the no-panic lint block on the modules lib.rs lists.
+//! The crate's structure as lib.rs's docs state it: the layers (every module in its place, and
+//! none importing from a layer above it), no import cycle among the top-level modules, and the
+//! no-panic lint block on the modules its "Lint policy" lists.
 //!
 //! Reads every file under `src/`, takes the `crate::module` paths its code names (comments and
 //! `#[cfg(test)]` parts left out) as edges from the file's top-level module, and fails naming
-//! a cycle if there is one. `cargo modules dependencies` (crate cargo-modules) draws the same
-//! graph; this keeps it acyclic in every test run without installing it.
+//! each import from above, or a cycle. `cargo modules dependencies` (crate cargo-modules) draws
+//! the same graph; this checks it in every test run without installing it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -75,6 +76,76 @@ fn cycle(
     None
 }
 
+/// lib.rs's "Layers": each module's place, 0 at the top; peers share one. `main` (the binary,
+/// not a module of the library) is left out.
+fn places(lib: &str) -> BTreeMap<String, usize> {
+    let after = lib
+        .split("//! ## Layers")
+        .nth(1)
+        .expect("lib.rs has a Layers section");
+    let block = after
+        .split("//! ```text")
+        .nth(1)
+        .and_then(|b| b.split("//! ```").next())
+        .expect("the Layers section draws them in a text block");
+    let mut places = BTreeMap::new();
+    let mut place = 0;
+    for line in block.lines().map(|l| l.trim_start_matches("//!").trim()) {
+        // The names, then two spaces or more, then what the row is.
+        let names = line.split("  ").next().unwrap_or("");
+        if names.is_empty() {
+            continue;
+        }
+        for group in names.split('→') {
+            for name in group.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let earlier = places.insert(name.to_string(), place);
+                assert!(earlier.is_none(), "lib.rs's Layers lists `{name}` twice");
+            }
+            place += 1;
+        }
+    }
+    places.remove("main");
+    places
+}
+
+/// The `src/` folder, and lib.rs's text (where the layers and the lint policy are written).
+fn src_and_lib() -> (std::path::PathBuf, String) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    (src, lib)
+}
+
+#[test]
+fn modules_import_only_from_their_place_or_below_as_lib_rs_draws_them() {
+    let (src, lib) = src_and_lib();
+    let places = places(&lib);
+    let mut modules = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if path.is_dir() || name.ends_with(".rs") {
+            modules.insert(name.trim_end_matches(".rs").to_string());
+        }
+    }
+    modules.remove("lib");
+    modules.remove("main");
+    let listed: BTreeSet<String> = places.keys().cloned().collect();
+    assert_eq!(listed, modules, "lib.rs's Layers and the modules of src/");
+    let mut above = Vec::new();
+    for (module, deps) in graph() {
+        for dep in deps {
+            let (from, to) = (
+                places[&module],
+                places.get(&dep).copied().unwrap_or(usize::MAX),
+            );
+            if to < from {
+                above.push(format!("{module} imports {dep}, a layer above it"));
+            }
+        }
+    }
+    assert!(above.is_empty(), "{}", above.join("\n"));
+}
+
 #[test]
 fn top_level_modules_import_without_cycles() {
     let deps = graph();
@@ -142,8 +213,7 @@ fn no_panic_modules(lib: &str) -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn the_no_panic_modules_carry_the_lint_block_lib_rs_lists() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let (src, lib) = src_and_lib();
     let listed = no_panic_modules(&lib);
     assert!(
         listed.len() >= 3,

@@ -47,24 +47,28 @@
 //!   runtime to stop accepting and drain.
 //!
 //! Shared state is one *generation* of the configuration ([`generation::Generation`]) in an
-//! `Arc`, with atomics for what changes while it runs: per-target health and counters, per-listener
-//! connection counts, each group's round-robin cursor, stickiness table and lookup table
-//! (swapped whole with `arc-swap`). A reload builds the next generation aside and sends it to
+//! `Arc`, with atomics for what changes while it runs: per-target health and counters
+//! ([`target`]), per-listener counts and refusals ([`listener`]), each group's round-robin
+//! cursor, stickiness table and lookup table (swapped whole with `arc-swap`). A reload builds the next generation aside and sends it to
 //! each worker, which switches between two events; indices of listeners, groups and targets
 //! never change, so connections in flight keep finding their target.
 //!
 //! ## Layers
-//! Modules import only downward (a test, `integration/layers.rs`, keeps it so):
+//! Modules import only downward (a test, `integration/layers.rs`, reads this list and keeps it
+//! so). Each row is a layer, from the top; within a row `a → b` puts `a` above `b`, and names
+//! between commas are peers (they may import each other, never in a cycle). A module imports
+//! from its own place or below, never from above; every module of `src/` is listed once.
 //!
 //! ```text
-//!   main, ctl, cli, deploy, client          the command line and the admin API's client
-//!   runtime → supervise                     start, signals, stop; replacing crashed workers
-//!   admin → control → node                  the HTTP API; the control plane; node state
-//!   health                                  the prober thread
-//!   worker → tcp, udp, access_log, bind     the event loop; connections; sessions; logging
-//!   bind → handover                         binding listeners, or taking them over
-//!   generation → balancer → target          one generation; the algorithms; groups, targets
-//!   config, conntrack, net, hash, timers, fault     the ground floor
+//!   main → ctl → cli, deploy → client, progress     the command line; the admin API's client
+//!   runtime → supervise                             start, signals, stop; crashed workers
+//!   admin, cert_watch, discovery, health            threads that drive the control plane
+//!   control → node, notify, scaling                 the control plane; node state; hooks
+//!   worker → tcp, udp, access_log                   the event loop; connections; sessions
+//!   bind → activation, handover, steering           binding listeners, or taking them over
+//!   generation → listener, balancer → target, per_source    one generation and its parts
+//!   hash → conntrack → config                       hashing; the 5-tuple; the configuration
+//!   tls, sni, proxy_protocol, net, timers, fault, throttle  the ground floor
 //! ```
 //!
 //! ## Lint policy

@@ -258,7 +258,7 @@ pub(super) fn listeners(
 }
 
 /// A UDP listener's settings, and the limits it set itself (the others are sized later, see
-/// [`udp_defaults`]).
+/// [`udp_defaults`](super::super::descriptors::udp_defaults)).
 fn udp_settings(raw: Option<FileUdp>) -> (UdpSettings, UdpExplicit) {
     let defaults = UdpSettings::default();
     let Some(u) = raw else {

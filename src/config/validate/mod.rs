@@ -11,7 +11,7 @@ pub use groups::check_group;
 #[cfg(test)]
 pub(crate) use groups::is_prime;
 
-/// A key path and what is wrong there; [`validate`] names the file.
+/// A key path and what is wrong there; [`validate()`] names the file.
 type Wrong = (String, String);
 
 /// Indices by name (of target groups, of listeners).
