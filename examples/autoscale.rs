@@ -105,11 +105,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join("autoscale.yaml");
     std::fs::write(&path, yaml)?;
     let running = runtime::start(config::load(&path)?)?;
-    let shared = running.shared();
-    let listener = shared.listeners[0].config.bind;
+    let generation = running.generation();
+    let listener = generation.listeners[0].config.bind;
     let targets = || -> Vec<(SocketAddr, String, u64)> {
-        let shared = running.shared();
-        shared.groups[0]
+        let generation = running.generation();
+        generation.groups[0]
             .targets
             .iter()
             .map(|t| {

@@ -78,7 +78,7 @@ fn send(to: SocketAddr, n: usize) {
 /// Waits (at most `limit`) until target `index` of the first group has health `healthy`.
 fn wait_health(running: &runtime::Running, index: usize, healthy: bool, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    let group = &running.shared().groups[0];
+    let group = &running.generation().groups[0];
     while Instant::now() < deadline {
         if group.targets[index].is_healthy() == healthy {
             return true;

@@ -6,10 +6,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use ballast::balancer::{self, Request};
 use ballast::config::{self, Protocol};
-use ballast::conntrack::FiveTuple;
-use ballast::generation::Generation;
+use ballast::{for_algorithm, FiveTuple, Generation, Request};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn group_yaml(algorithm: &str) -> String {
@@ -40,9 +38,9 @@ fn picks(c: &mut Criterion) {
         "least_response_time",
     ] {
         let cfg = config::parse(Path::new("bench.yaml"), &group_yaml(algorithm)).unwrap();
-        let shared = Generation::new(cfg);
-        let group = &shared.groups[0];
-        let mut b = balancer::for_algorithm(group.config.algorithm, group.config.hash_key);
+        let generation = Generation::new(cfg);
+        let group = &generation.groups[0];
+        let mut b = for_algorithm(group.config.algorithm, group.config.hash_key);
         let mut port = 0u16;
         c.bench_function(&format!("pick/{algorithm}/100 targets"), |bench| {
             bench.iter(|| {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ballast::control::Control;
+use ballast::Control;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,7 +42,7 @@ fn udp_control_seeds_parse() {
     let mut found = 0;
     for (path, bytes) in corpus("udp_control") {
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        let got = ballast::udp::batch::pktinfo_in(&bytes);
+        let got = ballast::pktinfo_in(&bytes);
         match name.as_str() {
             "v4" | "ts_then_v4" => assert_eq!(got, Some("127.0.0.2".parse().unwrap()), "{name}"),
             "v6" | "ts_then_v6" => assert_eq!(got, Some("::1".parse().unwrap()), "{name}"),
@@ -62,16 +62,15 @@ fn admin_seeds_answer() {
          '127.0.0.1:10', weight: 3}]\n",
     )
     .unwrap();
-    let control: Arc<Control> =
-        Control::new(ballast::generation::Generation::new(config), Vec::new());
+    let control: Arc<Control> = Control::new(ballast::Generation::new(config), Vec::new());
     for (path, bytes) in corpus("admin") {
         let text = String::from_utf8(bytes).unwrap();
         let mut parts = text.splitn(4, '\n');
-        let method: ballast::admin::Method = parts.next().unwrap().parse().unwrap();
+        let method: ballast::Method = parts.next().unwrap().parse().unwrap();
         let url = parts.next().unwrap_or("");
         let token = parts.next().filter(|t| !t.is_empty());
         let body = parts.next().unwrap_or("").to_string();
-        let reply = ballast::admin::answer(&control, &method, url, token, || Ok(body));
+        let reply = ballast::answer(&control, &method, url, token, || Ok(body));
         let status = reply.status;
         assert!((200..500).contains(&status), "{}: {status}", path.display());
     }

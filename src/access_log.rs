@@ -35,18 +35,18 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 /// Buffers of lines waiting for the writer thread, at most (each one worker's lines of one
 /// event-loop turn). Past this, lines are dropped rather than the worker made to wait.
-pub const QUEUE: usize = 1024;
+pub(crate) const QUEUE: usize = 1024;
 /// Access-log lines dropped since start because the writer could not keep up (or its writes
 /// failed). Process-wide, as the access log is.
-pub static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 /// How often the writer reports dropped lines, at most.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-pub use crate::config::AccessLogSink as Sink;
+pub(crate) use crate::config::AccessLogSink as Sink;
 
 /// One finished connection or session.
 #[derive(Debug, Clone)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// `tcp` or `udp`.
     pub protocol: &'a str,
     /// Listener name.
@@ -68,7 +68,7 @@ pub struct Entry<'a> {
 }
 
 /// One worker's side of the access log: a buffer of formatted lines and the writer's queue.
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     /// `None` when the access log is off.
     queue: Option<Queue>,
     buf: Vec<u8>,
@@ -87,20 +87,15 @@ impl std::fmt::Debug for AccessLog {
 
 impl AccessLog {
     /// An access log that writes nothing.
-    pub fn off() -> AccessLog {
+    pub(crate) fn off() -> AccessLog {
         AccessLog {
             queue: None,
             buf: Vec::new(),
         }
     }
 
-    /// Whether lines are written at all.
-    pub fn is_on(&self) -> bool {
-        self.queue.is_some()
-    }
-
     /// Buffers the line for `entry` (formatted straight into the buffer).
-    pub fn record(&mut self, entry: &Entry) {
+    pub(crate) fn record(&mut self, entry: &Entry) {
         if self.queue.is_some() {
             let _ = write_line(&mut self.buf, SystemTime::now(), entry);
         }
@@ -108,7 +103,7 @@ impl AccessLog {
 
     /// Hands the buffered lines to the writer thread; called once per event-loop turn. Never
     /// waits: with the writer's queue full the lines are dropped and counted.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let Some(queue) = &self.queue else {
             return;
         };
@@ -130,7 +125,7 @@ impl AccessLog {
 }
 
 /// The access log's writer thread (none when the access log is off).
-pub struct Writer {
+pub(crate) struct Writer {
     sink: Sink,
     lines: Option<Sender<Vec<u8>>>,
     spare: Receiver<Vec<u8>>,
@@ -149,7 +144,7 @@ impl Writer {
     ///
     /// # Errors
     /// When the file cannot be opened for appending, or the thread cannot start.
-    pub fn start(sink: &Sink) -> io::Result<Writer> {
+    pub(crate) fn start(sink: &Sink) -> io::Result<Writer> {
         let (lines_tx, lines) = bounded::<Vec<u8>>(QUEUE);
         let (spare_tx, spare) = bounded::<Vec<u8>>(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
@@ -174,7 +169,7 @@ impl Writer {
     }
 
     /// A worker's side of this access log.
-    pub fn handle(&self) -> AccessLog {
+    pub(crate) fn handle(&self) -> AccessLog {
         AccessLog {
             queue: self.lines.as_ref().map(|lines| Queue {
                 lines: lines.clone(),
@@ -185,7 +180,7 @@ impl Writer {
     }
 
     /// Asks the writer to reopen the file by its path before its next write (SIGUSR1).
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
         // Wake the writer if it is idle; with the queue full it reopens at its next buffer.
         if let Some(lines) = &self.lines {
@@ -195,7 +190,7 @@ impl Writer {
 
     /// Writes what the workers handed over, then stops the thread. Call after the workers
     /// have ended.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.lines = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -284,7 +279,7 @@ fn write_loop(
 ///
 /// # Errors
 /// As `out`'s writes.
-pub fn write_line(out: &mut impl Write, now: SystemTime, e: &Entry) -> io::Result<()> {
+pub(crate) fn write_line(out: &mut impl Write, now: SystemTime, e: &Entry) -> io::Result<()> {
     write!(
         out,
         "{} {} listener={} client={} target={} duration_ms={} bytes_up={} bytes_down={}",
@@ -303,8 +298,9 @@ pub fn write_line(out: &mut impl Write, now: SystemTime, e: &Entry) -> io::Resul
     writeln!(out, " reason={}", Underscored(e.reason))
 }
 
-/// The line for `entry` at `now`, as a string.
-pub fn format_line(now: SystemTime, e: &Entry) -> String {
+/// The line for `entry` at `now`, as a string (for the tests).
+#[cfg(test)]
+fn format_line(now: SystemTime, e: &Entry) -> String {
     let mut line = Vec::new();
     let _ = write_line(&mut line, now, e);
     String::from_utf8_lossy(&line).into_owned()

@@ -18,15 +18,15 @@ use crate::control::Control;
 use crate::generation::Generation;
 
 /// How often the files are looked at.
-pub const INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
 /// What identifies one version of a file.
 type Stamp = Option<(SystemTime, u64, u64)>;
 
-/// Every file the TLS configurations of `shared` were read from.
-fn files(shared: &Generation) -> Vec<PathBuf> {
+/// Every file the TLS configurations of `generation` were read from.
+fn files(generation: &Generation) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for l in shared.config.listeners.iter() {
+    for l in generation.config.listeners.iter() {
         if let Some(tls) = &l.tls {
             for pair in &tls.certificates {
                 out.push(pair.cert.clone());
@@ -34,7 +34,7 @@ fn files(shared: &Generation) -> Vec<PathBuf> {
             }
         }
     }
-    for g in &shared.config.target_groups {
+    for g in &generation.config.target_groups {
         if let Some(t) = &g.target_tls {
             out.extend(t.ca.clone());
             if let Some(pair) = &t.client_cert {
@@ -53,8 +53,8 @@ fn stamp(path: &std::path::Path) -> Stamp {
 }
 
 /// Each file's current stamp.
-fn stamps(shared: &Generation) -> BTreeMap<PathBuf, Stamp> {
-    files(shared)
+fn stamps(generation: &Generation) -> BTreeMap<PathBuf, Stamp> {
+    files(generation)
         .into_iter()
         .map(|p| {
             let s = stamp(&p);
@@ -67,10 +67,10 @@ fn stamps(shared: &Generation) -> BTreeMap<PathBuf, Stamp> {
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
+pub(crate) fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak: Weak<Control> = Arc::downgrade(control);
     // The first look now, not a second later: a file replaced meanwhile is a change.
-    let mut seen = stamps(&control.shared());
+    let mut seen = stamps(&control.generation());
     std::thread::Builder::new()
         .name("ballast-certs".into())
         .spawn(move || {
@@ -79,7 +79,7 @@ pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
                 let Some(control) = weak.upgrade() else {
                     return;
                 };
-                let now = stamps(&control.shared());
+                let now = stamps(&control.generation());
                 // A file new to the watch (a reload added it) is not a change.
                 let changed: Vec<_> = now
                     .iter()

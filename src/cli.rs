@@ -92,6 +92,15 @@ pub enum Command {
     },
     /// Print the manual page (roff): `ballast man | man -l -`.
     Man,
+    /// The subcommands that talk to a running Ballast's admin API (flattened: `ballast
+    /// targets`, `ballast drain …`, as the others).
+    #[command(flatten)]
+    Api(ApiCommand),
+}
+
+/// The subcommands that talk to a running Ballast's admin API ([`crate::ctl`] runs them).
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
     /// List target groups and targets of a running Ballast: health, state, connections.
     Targets {
         /// Where the admin API is.

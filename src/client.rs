@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// Default admin API URL, matching the default `admin.bind`.
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
+pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9100";
 
 /// Why a request to the admin API failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum ClientError {
 
 /// The admin API at one base URL, with an optional bearer token.
 #[derive(Debug, Clone)]
-pub struct AdminClient {
+pub(crate) struct AdminClient {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
@@ -56,7 +56,7 @@ impl AdminClient {
     ///
     /// # Errors
     /// [`ClientError::TokenFile`] when the file cannot be read.
-    pub fn new(base: &str, token_file: Option<&Path>) -> Result<AdminClient, ClientError> {
+    pub(crate) fn new(base: &str, token_file: Option<&Path>) -> Result<AdminClient, ClientError> {
         let token = match token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -79,7 +79,7 @@ impl AdminClient {
     }
 
     /// The same client with requests timing out after `timeout` instead.
-    pub fn with_timeout(mut self, timeout: Duration) -> AdminClient {
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> AdminClient {
         self.agent = ureq::AgentBuilder::new().timeout(timeout).build();
         self
     }
@@ -88,7 +88,7 @@ impl AdminClient {
     ///
     /// # Errors
     /// As [`ClientError`].
-    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+    pub(crate) fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call("GET", path, None)
     }
 
@@ -96,7 +96,7 @@ impl AdminClient {
     ///
     /// # Errors
     /// As [`ClientError`].
-    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    pub(crate) fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         self.call("POST", path, body)
     }
 
@@ -104,7 +104,7 @@ impl AdminClient {
     ///
     /// # Errors
     /// As [`ClientError`].
-    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
+    pub(crate) fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.call("DELETE", path, None)
     }
 
@@ -149,12 +149,12 @@ impl AdminClient {
 }
 
 /// `/target-groups/{group}/targets/{address}` with `suffix` appended (`""`, `"/drain"`, …).
-pub fn target_path(group: &str, address: &str, suffix: &str) -> String {
+pub(crate) fn target_path(group: &str, address: &str, suffix: &str) -> String {
     format!("/target-groups/{group}/targets/{address}{suffix}")
 }
 
 /// The `GET /targets` entry of `address` in `group`, from a `/targets` document.
-pub fn find_target<'d>(doc: &'d Value, group: &str, address: &str) -> Option<&'d Value> {
+pub(crate) fn find_target<'d>(doc: &'d Value, group: &str, address: &str) -> Option<&'d Value> {
     doc["target_groups"]
         .as_array()?
         .iter()

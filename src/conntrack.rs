@@ -31,7 +31,7 @@ impl fmt::Display for FiveTuple {
 
 /// A slab of entries with a 5-tuple index.
 #[derive(Debug)]
-pub struct ConnTable<T> {
+pub(crate) struct ConnTable<T> {
     entries: Slab<(FiveTuple, T)>,
     index: HashMap<FiveTuple, usize>,
 }
@@ -50,7 +50,7 @@ impl<T> ConnTable<T> {
     ///
     /// # Errors
     /// Gives `value` back when an entry with the same 5-tuple is already in the table.
-    pub fn insert(&mut self, tuple: FiveTuple, value: T) -> Result<usize, T> {
+    pub(crate) fn insert(&mut self, tuple: FiveTuple, value: T) -> Result<usize, T> {
         if self.index.contains_key(&tuple) {
             return Err(value);
         }
@@ -60,7 +60,7 @@ impl<T> ConnTable<T> {
     }
 
     /// Removes the entry with `key`, if present.
-    pub fn remove(&mut self, key: usize) -> Option<T> {
+    pub(crate) fn remove(&mut self, key: usize) -> Option<T> {
         let (tuple, value) = self.entries.try_remove(key)?;
         let removed = self.index.remove(&tuple);
         debug_assert_eq!(removed, Some(key), "index and slab disagree");
@@ -68,37 +68,37 @@ impl<T> ConnTable<T> {
     }
 
     /// The entry with `key`, to read.
-    pub fn get(&self, key: usize) -> Option<&T> {
+    pub(crate) fn get(&self, key: usize) -> Option<&T> {
         self.entries.get(key).map(|(_, v)| v)
     }
 
     /// The entry with `key`.
-    pub fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         self.entries.get_mut(key).map(|(_, v)| v)
     }
 
     /// The key of the entry for `tuple`.
-    pub fn find(&self, tuple: &FiveTuple) -> Option<usize> {
+    pub(crate) fn find(&self, tuple: &FiveTuple) -> Option<usize> {
         self.index.get(tuple).copied()
     }
 
     /// Number of entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Every entry.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|(_, (_, v))| v)
     }
 
     /// Keys of every entry.
-    pub fn keys(&self) -> Vec<usize> {
+    pub(crate) fn keys(&self) -> Vec<usize> {
         self.entries.iter().map(|(k, _)| k).collect()
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli::{Api, Command, NodeAction, TargetRef};
+use crate::cli::{Api, ApiCommand, NodeAction, TargetRef};
 use crate::client::{find_target, target_path, AdminClient, ClientError};
 use crate::deploy::{deploy, DeployError, DeployPlan};
 use crate::progress::{connections_open, Progress};
@@ -34,17 +34,13 @@ fn client(api: &Api) -> Result<AdminClient, ClientError> {
     AdminClient::new(&api.admin, api.token_file.as_deref())
 }
 
-/// Runs `command` (one of the API subcommands; `run` and `check` are `main`'s), printing to
-/// `out`.
+/// Runs `command` (one of the API subcommands), printing to `out`.
 ///
 /// # Errors
 /// As [`CtlError`].
-///
-/// # Panics
-/// On `run`, `check`, `completions`, `man` or `schema`.
-pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
+pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
     match command {
-        Command::Targets { api, json } => {
+        ApiCommand::Targets { api, json } => {
             let doc = client(api)?.get("/targets")?;
             if *json {
                 let _ = writeln!(out, "{doc:#}");
@@ -52,7 +48,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 print_targets(&doc, out);
             }
         }
-        Command::Connections { api, limit, json } => {
+        ApiCommand::Connections { api, limit, json } => {
             let doc = client(api)?.get(&format!("/connections?limit={limit}"))?;
             if *json {
                 let _ = writeln!(out, "{doc:#}");
@@ -60,7 +56,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 print_connections(&doc, out);
             }
         }
-        Command::Drain {
+        ApiCommand::Drain {
             target,
             api,
             wait,
@@ -73,8 +69,8 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 wait_drained(&c, target, *timeout, out)?;
             }
         }
-        Command::Enable { target, api } | Command::Disable { target, api } => {
-            let action = if matches!(command, Command::Enable { .. }) {
+        ApiCommand::Enable { target, api } | ApiCommand::Disable { target, api } => {
+            let action = if matches!(command, ApiCommand::Enable { .. }) {
                 "/enable"
             } else {
                 "/disable"
@@ -82,7 +78,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
             let t = client(api)?.post(&path(target, action), None)?;
             let _ = writeln!(out, "{}: {}", target.address, t["admin_state"]);
         }
-        Command::Add {
+        ApiCommand::Add {
             target,
             api,
             weight,
@@ -99,11 +95,11 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 s["targets_added"], s["generation"]
             );
         }
-        Command::Remove { target, api } => {
+        ApiCommand::Remove { target, api } => {
             let s = client(api)?.delete(&path(target, ""))?;
             let _ = writeln!(out, "removed {:?}; it drains", s["targets_removed"]);
         }
-        Command::Reload { api } => {
+        ApiCommand::Reload { api } => {
             let s = client(api)?.post("/reload", None)?;
             let _ = writeln!(
                 out,
@@ -115,7 +111,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 s["targets_removed"]
             );
         }
-        Command::Deploy {
+        ApiCommand::Deploy {
             group,
             exec,
             drain_timeout,
@@ -132,7 +128,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
             };
             deploy(&client(api)?, &plan, out)?;
         }
-        Command::Health {
+        ApiCommand::Health {
             api,
             timeout,
             quiet,
@@ -142,7 +138,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 let _ = writeln!(out, "ready");
             }
         }
-        Command::Node { action, api } => {
+        ApiCommand::Node { action, api } => {
             let c = client(api)?;
             let doc = match action {
                 NodeAction::Drain { grace } => {
@@ -154,15 +150,6 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), CtlError> {
                 NodeAction::Status => c.get("/node")?,
             };
             print_node(&doc, out);
-        }
-        Command::Run { .. }
-        | Command::Check { .. }
-        | Command::Completions { .. }
-        | Command::Man
-        | Command::Schema => {
-            unreachable!(
-                "`run`, `check`, `completions`, `man` and `schema` do not use the admin API"
-            )
         }
     }
     Ok(())

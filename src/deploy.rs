@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// What `ballast deploy` was asked to do.
 #[derive(Debug, Clone)]
-pub struct DeployPlan {
+pub(crate) struct DeployPlan {
     /// The target group to deploy.
     pub group: String,
     /// Shell command run (by `sh -c`) for each target, `{address}` replaced by its address.
@@ -75,7 +75,7 @@ pub enum DeployError {
 /// [`DeployError::Step`] at the first failed step (the target is disabled first), or
 /// [`DeployError::Api`] / [`DeployError::NoTargets`] / [`DeployError::BadAddress`] before
 /// anything changed.
-pub fn deploy(
+pub(crate) fn deploy(
     client: &AdminClient,
     plan: &DeployPlan,
     out: &mut dyn Write,

@@ -43,7 +43,7 @@ struct Source {
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
+pub(crate) fn start(control: &Arc<Control>) -> std::io::Result<()> {
     let weak = Arc::downgrade(control);
     std::thread::Builder::new()
         .name("ballast-discovery".into())
@@ -90,8 +90,8 @@ fn run(control: Weak<Control>) {
         let Some(control) = control.upgrade() else {
             return;
         };
-        let shared = control.shared();
-        if shared
+        let generation = control.generation();
+        if generation
             .config
             .target_groups
             .iter()
@@ -117,7 +117,7 @@ fn run(control: Weak<Control>) {
         let Some(rt) = runtime.as_ref() else {
             continue;
         };
-        let servers = shared.config.resolvers.clone();
+        let servers = generation.config.resolvers.clone();
         if current.as_ref().is_none_or(|(s, _)| *s != servers) {
             // Built inside the runtime: the resolver's transports belong to it.
             let _entered = rt.enter();
@@ -132,7 +132,7 @@ fn run(control: Weak<Control>) {
             };
         }
         // Sources as configured now; those a reload dropped are forgotten.
-        let wanted: Vec<(String, Discover)> = shared
+        let wanted: Vec<(String, Discover)> = generation
             .config
             .target_groups
             .iter()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Threads replaced (or, for admin requests, caught) after a panic, since start.
 #[derive(Debug, Default)]
-pub struct Restarts {
+pub(crate) struct Restarts {
     /// Worker threads restarted.
     pub worker: AtomicU64,
     /// Prober restarts.
@@ -21,7 +21,7 @@ pub struct Restarts {
 
 impl Restarts {
     /// `(thread label, count)` for each kind, as `/metrics` shows them.
-    pub fn counts(&self) -> [(&'static str, u64); 3] {
+    pub(crate) fn counts(&self) -> [(&'static str, u64); 3] {
         [
             ("worker", self.worker.load(Ordering::Relaxed)),
             ("prober", self.prober.load(Ordering::Relaxed)),
@@ -32,21 +32,21 @@ impl Restarts {
 
 /// Panics asked for by a test (see the module docs); workers get theirs as a command.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     prober: AtomicBool,
 }
 
 impl Faults {
     /// Whether fault injection is built in: debug builds and the `fault-injection` feature.
-    pub const ENABLED: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
+    pub(crate) const ENABLED: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
 
     /// Asks the prober to panic at its next loop turn.
-    pub fn panic_prober(&self) {
+    pub(crate) fn panic_prober(&self) {
         self.prober.store(true, Ordering::Release);
     }
 
     /// Panics if a prober panic was asked for (never when not [`Faults::ENABLED`]).
-    pub fn check_prober(&self) {
+    pub(crate) fn check_prober(&self) {
         if Self::ENABLED && self.prober.swap(false, Ordering::AcqRel) {
             injected_panic("the prober");
         }

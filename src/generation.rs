@@ -9,244 +9,15 @@
 //! finds the same thing in any later generation. What changes while a generation runs (health, admin states, counters)
 //! lives in atomics shared by all generations.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::balancer::table_builder;
 use crate::config::{Config, ListenerConfig};
-use crate::per_source::SourceLimits;
+// The listener's state moved to `crate::listener`; the workers still name it from here.
+pub(crate) use crate::listener::{
+    HandshakeFailure, ListenerPlace, ListenerState, ListenerStats, Refusal,
+};
 use crate::target::TargetGroup;
-
-/// One listener as a generation sees it; dereferences to its counters, which are kept across
-/// reloads while the listener keeps its name, protocol and address.
-#[derive(Debug)]
-pub struct ListenerState {
-    /// The listener's validated configuration, its `target_group` an index into
-    /// [`Generation::groups`].
-    pub config: ListenerConfig,
-    /// The listener is gone from the configuration: workers have closed its sockets.
-    pub removed: bool,
-    /// Its per-source tables (`per_source:`), kept across reloads while the limits stay.
-    pub sources: Option<Arc<SourceLimits>>,
-    stats: Arc<ListenerStats>,
-}
-
-impl std::ops::Deref for ListenerState {
-    type Target = ListenerStats;
-    fn deref(&self) -> &ListenerStats {
-        &self.stats
-    }
-}
-
-/// A listener's counters, shared by the workers.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Open client connections (TCP) or sessions (UDP) across all workers, for
-    /// `max_connections` and `udp.max_sessions`.
-    pub active: AtomicUsize,
-    /// Client connections accepted (TCP) or sessions created (UDP) since start.
-    pub accepted: AtomicU64,
-    /// Datagrams dropped (UDP): new flows past `max_sessions`, no target, full socket buffers.
-    pub dropped: AtomicU64,
-    /// Connect attempts after a failed one (TCP).
-    pub retries: AtomicU64,
-    /// Datagrams forwarded client → target (UDP).
-    pub datagrams_up: AtomicU64,
-    /// Datagrams forwarded target → client (UDP).
-    pub datagrams_down: AtomicU64,
-    /// UDP sessions ended unanswered to make room for a new flow (the table was full).
-    pub evicted: AtomicU64,
-    /// Clients refused before any target was touched, by [`Refusal`] (its index).
-    pub refused: [AtomicU64; Refusal::ALL.len()],
-    /// TLS handshakes completed (`protocol: tls`).
-    pub tls_handshakes: AtomicU64,
-    /// Of those, sessions resumed (a ticket or a session ID) rather than a full handshake.
-    pub tls_resumed: AtomicU64,
-    /// TLS handshakes failed, by [`HandshakeFailure`] (its index).
-    pub tls_failed: [AtomicU64; HandshakeFailure::ALL.len()],
-}
-
-/// Why a client's TLS handshake failed (counted per listener in `/metrics` as
-/// `ballast_listener_tls_handshake_failures_total{reason}`; the client is reset, no target is
-/// touched).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// Not complete within `tls.handshake_timeout`.
-    Timeout,
-    /// The client closed or reset during the handshake.
-    ClientClosed,
-    /// Not TLS, or a malformed TLS message.
-    Malformed,
-    /// No TLS version, cipher suite, key exchange group or signature scheme in common.
-    Incompatible,
-    /// The client sent an alert: most often it refused the certificate (unknown CA, a name
-    /// that does not match).
-    ClientAlert,
-    /// `tls.alpn` is set and the client offered none of those protocols.
-    NoApplicationProtocol,
-    /// Anything else rustls refused.
-    Other,
-}
-
-impl HandshakeFailure {
-    /// Every reason, in counter order.
-    pub const ALL: [HandshakeFailure; 7] = [
-        HandshakeFailure::Timeout,
-        HandshakeFailure::ClientClosed,
-        HandshakeFailure::Malformed,
-        HandshakeFailure::Incompatible,
-        HandshakeFailure::ClientAlert,
-        HandshakeFailure::NoApplicationProtocol,
-        HandshakeFailure::Other,
-    ];
-
-    /// The `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::Timeout => "timeout",
-            HandshakeFailure::ClientClosed => "client_closed",
-            HandshakeFailure::Malformed => "malformed",
-            HandshakeFailure::Incompatible => "incompatible",
-            HandshakeFailure::ClientAlert => "client_alert",
-            HandshakeFailure::NoApplicationProtocol => "no_application_protocol",
-            HandshakeFailure::Other => "other",
-        }
-    }
-
-    /// The reason for a failed handshake.
-    pub fn of(e: &crate::tls::io::HandshakeError) -> HandshakeFailure {
-        use crate::tls::io::HandshakeError;
-        match e {
-            HandshakeError::Closed | HandshakeError::Io(_) => HandshakeFailure::ClientClosed,
-            HandshakeError::Tls(e) => match e {
-                rustls::Error::InvalidMessage(_)
-                | rustls::Error::InappropriateMessage { .. }
-                | rustls::Error::InappropriateHandshakeMessage { .. } => {
-                    HandshakeFailure::Malformed
-                }
-                rustls::Error::PeerIncompatible(_) => HandshakeFailure::Incompatible,
-                rustls::Error::AlertReceived(_) => HandshakeFailure::ClientAlert,
-                rustls::Error::NoApplicationProtocol => HandshakeFailure::NoApplicationProtocol,
-                _ => HandshakeFailure::Other,
-            },
-        }
-    }
-}
-
-impl ListenerStats {
-    /// Counts one failed TLS handshake.
-    pub fn handshake_failed(&self, why: HandshakeFailure) {
-        if let Some(c) = self.tls_failed.get(why as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts one client (or datagram) refused for `why`.
-    pub fn refuse(&self, why: Refusal) {
-        self.refuse_many(why, 1);
-    }
-
-    /// Counts `n` datagrams refused for `why`.
-    pub fn refuse_many(&self, why: Refusal, n: usize) {
-        if let Some(c) = self.refused.get(why as usize) {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Why a client was refused at the front door (counted per listener in `/metrics` as
-/// `ballast_listener_refused_total{reason}`, never logged one by one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Its address is outside `allow` or inside `deny` (TCP connection or UDP datagram).
-    Denied,
-    /// `accept_proxy_protocol`: the peer is not in `trusted`.
-    UntrustedProxy,
-    /// `accept_proxy_protocol`: no valid PROXY header (malformed, oversize, or the client
-    /// closed first).
-    BadProxyHeader,
-    /// `accept_proxy_protocol`: the header was not complete within its timeout.
-    ProxyTimeout,
-    /// `per_source`: the source has `max_connections` / `max_sessions` open.
-    SourceLimit,
-    /// `per_source`: the source's `connection_rate` is used up.
-    SourceRate,
-    /// `routes` with `without_server_name: close`: no route for the client's ClientHello (no
-    /// TLS, no server name, an unknown one, or none in time).
-    NoRoute,
-}
-
-impl From<crate::per_source::Over> for Refusal {
-    fn from(over: crate::per_source::Over) -> Refusal {
-        match over {
-            crate::per_source::Over::Open => Refusal::SourceLimit,
-            crate::per_source::Over::Rate => Refusal::SourceRate,
-        }
-    }
-}
-
-impl Refusal {
-    /// Every reason, in counter order.
-    pub const ALL: [Refusal; 7] = [
-        Refusal::Denied,
-        Refusal::UntrustedProxy,
-        Refusal::BadProxyHeader,
-        Refusal::ProxyTimeout,
-        Refusal::SourceLimit,
-        Refusal::SourceRate,
-        Refusal::NoRoute,
-    ];
-
-    /// The `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Denied => "denied",
-            Refusal::UntrustedProxy => "untrusted_proxy",
-            Refusal::BadProxyHeader => "bad_proxy_header",
-            Refusal::ProxyTimeout => "proxy_timeout",
-            Refusal::SourceLimit => "source_limit",
-            Refusal::SourceRate => "source_rate",
-            Refusal::NoRoute => "no_route",
-        }
-    }
-}
-
-/// A place under a listener's `max_connections` (TCP) or `udp.max_sessions` (UDP), held by
-/// one connection or session and given back when dropped: every way out (a close, a failed
-/// accept, a worker that panics and unwinds) gives it back, with no decrement to pair by hand.
-#[derive(Debug)]
-pub struct ListenerPlace(Arc<ListenerStats>);
-
-impl Drop for ListenerPlace {
-    fn drop(&mut self) {
-        let before = self.0.active.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(before > 0, "listener active count below zero");
-    }
-}
-
-impl ListenerState {
-    /// Takes a place, unless `max` are taken already across all workers (`None`: no limit).
-    /// Reserved before accepting, so workers together never exceed the limit.
-    pub fn reserve(&self, max: Option<usize>) -> Option<ListenerPlace> {
-        let before = self.stats.active.fetch_add(1, Ordering::AcqRel);
-        let place = ListenerPlace(self.stats.clone());
-        // Over the limit: dropping `place` gives the place straight back.
-        max.is_none_or(|m| before < m).then_some(place)
-    }
-}
-
-/// The per-source tables for listener `config`: `old`'s when its limits are the same (open
-/// connections stay counted across a reload), fresh ones otherwise.
-fn source_tables(
-    config: &ListenerConfig,
-    old: Option<&Arc<SourceLimits>>,
-) -> Option<Arc<SourceLimits>> {
-    let limits = config.per_source.as_ref()?;
-    match old {
-        Some(t) if t.limits() == limits => Some(t.clone()),
-        _ => Some(Arc::new(SourceLimits::new(limits.clone()))),
-    }
-}
 
 /// Everything the threads share: one generation, built from a [`Config`].
 #[derive(Debug)]
@@ -274,12 +45,7 @@ impl Generation {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| ListenerState {
-                config: l.clone(),
-                removed: false,
-                sources: source_tables(l, None),
-                stats: Arc::default(),
-            })
+            .map(|l| ListenerState::new(l.clone()))
             .collect();
         Arc::new(Generation {
             config,
@@ -337,24 +103,14 @@ impl Generation {
                     .iter()
                     .find(|c| !old.removed && same_socket(c, &old.config));
                 let config = next.map_or_else(|| old.config.clone(), |c| layout(c.clone()));
-                ListenerState {
-                    sources: source_tables(&config, old.sources.as_ref()),
-                    config,
-                    removed: next.is_none(),
-                    stats: old.stats.clone(),
-                }
+                old.successor(config, next.is_none())
             })
             .collect();
         let mut added = Vec::new();
         for i in self.added_listeners(&config) {
             added.push(listeners.len());
             let c = layout(config.listeners[i].clone());
-            listeners.push(ListenerState {
-                sources: source_tables(&c, None),
-                config: c,
-                removed: false,
-                stats: Arc::default(),
-            });
+            listeners.push(ListenerState::new(c));
         }
         let next = Generation {
             config,

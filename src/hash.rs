@@ -65,16 +65,17 @@ pub(crate) fn hash_tuple(t: &FiveTuple) -> u64 {
 /// SplitMix64 (Steele, Lea, Flood, OOPSLA 2014): a small, fast, seedable generator, one per
 /// worker's balancer; not for anything secret.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    /// A generator starting from `seed`.
-    pub fn new(seed: u64) -> Rng {
+    /// A generator starting from `seed` (tests: the same draws every run).
+    #[cfg(test)]
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
     /// A generator seeded from the clock and the thread, different per worker and per run.
-    pub fn from_entropy() -> Rng {
+    pub(crate) fn from_entropy() -> Rng {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -83,14 +84,14 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix(self.0)
     }
 
     /// A number in `0..n` (`n` ≥ 1), by Lemire's multiply-shift (bias below 2^-32 for the
     /// sizes used here).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }

@@ -47,24 +47,48 @@
 //!   runtime to stop accepting and drain.
 //!
 //! Shared state is one *generation* of the configuration ([`generation::Generation`]) in an
-//! `Arc`, with atomics for what changes while it runs: per-target health and counters, per-listener
-//! connection counts, each group's round-robin cursor, stickiness table and lookup table
-//! (swapped whole with `arc-swap`). A reload builds the next generation aside and sends it to
+//! `Arc`, with atomics for what changes while it runs: per-target health and counters
+//! ([`target`]), per-listener counts and refusals ([`listener`]), each group's round-robin
+//! cursor, stickiness table and lookup table (swapped whole with `arc-swap`). A reload builds the next generation aside and sends it to
 //! each worker, which switches between two events; indices of listeners, groups and targets
 //! never change, so connections in flight keep finding their target.
 //!
 //! ## Layers
-//! Modules import only downward (a test, `integration/layers.rs`, keeps it so):
+//! Modules import only downward (a test, `integration/layers.rs`, reads this list and keeps it
+//! so). Each row is a layer, from the top; within a row `a → b` puts `a` above `b`, and names
+//! between commas are peers (they may import each other, never in a cycle). A module imports
+//! from its own place or below, never from above; every module of `src/` is listed once.
 //!
 //! ```text
-//!   main, ctl, cli, deploy, client          the command line and the admin API's client
-//!   runtime → supervise                     start, signals, stop; replacing crashed workers
-//!   admin → control → node                  the HTTP API; the control plane; node state
-//!   health                                  the prober thread
-//!   worker → tcp, udp, access_log, bind     the event loop; connections; sessions; logging
-//!   bind → handover                         binding listeners, or taking them over
-//!   generation → balancer → target          one generation; the algorithms; groups, targets
-//!   config, conntrack, net, hash, timers, fault     the ground floor
+//!   main → ctl → cli, deploy → client, progress     the command line; the admin API's client
+//!   runtime → supervise                             start, signals, stop; crashed workers
+//!   admin, cert_watch, discovery, health            threads that drive the control plane
+//!   control → node, notify, scaling                 the control plane; node state; hooks
+//!   worker → tcp, udp, access_log                   the event loop; connections; sessions
+//!   bind → activation, handover, steering           binding listeners, or taking them over
+//!   generation → listener, balancer → target, per_source    one generation and its parts
+//!   hash → conntrack → config                       hashing; the 5-tuple; the configuration
+//!   tls, sni, proxy_protocol, net, timers, fault, throttle  the ground floor
+//! ```
+//!
+//! ## Lint policy
+//! Crate-wide (below): `missing_docs` denied; `unreachable_pub`, `missing_debug_implementations`
+//! and `clippy::undocumented_unsafe_blocks` (every `unsafe` block says why it is sound in a
+//! `// SAFETY:` comment) warned, and CI denies warnings. The rustdoc lint on links into
+//! crate-private items is off: these docs are read with `--document-private-items`.
+//!
+//! The data path must not panic on anything that arrives from the network (README, "Limits and
+//! faults"). These modules say so at their top, outside tests (unit tests may unwrap), with
+//! `#![cfg_attr(not(test), deny(…))]` of the lints named here; `integration/layers.rs` checks
+//! that each one listed carries exactly these, and that no other module carries the block:
+//!
+//! ```text
+//!   no-panic lints: unwrap_used expect_used panic unreachable todo unimplemented indexing_slicing
+//!   no-panic: tcp        parses what arrives (PROXY headers, ClientHellos) and pumps bytes
+//!   no-panic: udp        the session table and the recvmmsg/sendmmsg batches
+//!   no-panic: worker     all but indexing_slicing: its indices are its own (listener, group
+//!                        and target indices of a generation; its tables' slot keys), never
+//!                        taken from the network
 //! ```
 //!
 //! ## The path of one TCP connection
@@ -96,41 +120,58 @@
 //!    session ends after `max_responses` replies or `session_idle_timeout` of silence.
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+// These docs are for the crate's developers as much as for its few library users: read them
+// with `cargo doc --document-private-items`, where links into crate-private modules resolve.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub mod access_log;
-pub mod activation;
-pub mod admin;
-pub mod balancer;
-pub(crate) mod bind;
-pub mod cert_watch;
+// The public API: what `main.rs`, the integration tests, the benches, the examples and the
+// fuzz targets use. `cli` and `ctl` are the binary's; `config` and `runtime` start Ballast from
+// a library (examples/); `proxy_protocol` is a codec of its own, fuzzed and checked against
+// HAProxy. Everything else is the crate's, with the few items used outside re-exported below.
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod conntrack;
-pub mod control;
 pub mod ctl;
-pub mod deploy;
-pub mod discovery;
-pub(crate) mod fault;
-pub mod generation;
-pub mod handover;
-pub(crate) mod hash;
-pub mod health;
-pub(crate) mod net;
-pub mod node;
-pub(crate) mod notify;
-pub mod per_source;
-pub mod progress;
 pub mod proxy_protocol;
 pub mod runtime;
-pub mod scaling;
-pub mod sni;
+
+pub use admin::{answer, Method};
+pub use balancer::{for_algorithm, Request};
+pub use conntrack::FiveTuple;
+pub use control::Control;
+pub use generation::Generation;
+pub use udp::batch::pktinfo_in;
+
+pub(crate) mod access_log;
+pub(crate) mod activation;
+pub(crate) mod admin;
+pub(crate) mod balancer;
+pub(crate) mod bind;
+pub(crate) mod cert_watch;
+pub(crate) mod client;
+pub(crate) mod conntrack;
+pub(crate) mod control;
+pub(crate) mod deploy;
+pub(crate) mod discovery;
+pub(crate) mod fault;
+pub(crate) mod generation;
+pub(crate) mod handover;
+pub(crate) mod hash;
+pub(crate) mod health;
+pub(crate) mod listener;
+pub(crate) mod net;
+pub(crate) mod node;
+pub(crate) mod notify;
+pub(crate) mod per_source;
+pub(crate) mod progress;
+pub(crate) mod scaling;
+pub(crate) mod sni;
 pub(crate) mod steering;
 pub(crate) mod supervise;
-pub mod target;
+pub(crate) mod target;
 pub(crate) mod tcp;
 pub(crate) mod throttle;
 pub(crate) mod timers;
-pub mod tls;
-pub mod udp;
+pub(crate) mod tls;
+pub(crate) mod udp;
 pub(crate) mod worker;

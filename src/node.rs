@@ -43,7 +43,7 @@ impl std::fmt::Display for Service {
 
 /// The node's service state and the liveness of its workers.
 #[derive(Debug)]
-pub struct Node {
+pub(crate) struct Node {
     /// The state, and a count of transitions so a grace timer can tell it is stale.
     state: Mutex<(Service, u64)>,
     /// Workers whose thread has ended in a crash and is not yet replaced.
@@ -61,7 +61,7 @@ impl Default for Node {
 
 impl Node {
     /// The current state and its transition number.
-    pub fn service(&self) -> (Service, u64) {
+    pub(crate) fn service(&self) -> (Service, u64) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -83,7 +83,7 @@ impl Node {
     }
 
     /// Whether the listeners are open (serving or draining).
-    pub fn accepting(&self) -> bool {
+    pub(crate) fn accepting(&self) -> bool {
         matches!(
             self.service().0,
             Service::Serving | Service::Draining { .. }
@@ -108,7 +108,7 @@ impl Node {
     /// is healthy and in service in its group (a backup counts; the
     /// fail-open of [`crate::target::TargetGroup::eligible`] does not). Listeners with `readiness: listening` need
     /// only be open, which they are whenever the node is serving.
-    pub fn readiness(&self, shared: &Generation) -> Vec<String> {
+    pub(crate) fn readiness(&self, generation: &Generation) -> Vec<String> {
         let mut reasons = Vec::new();
         match self.service().0 {
             Service::Serving => {}
@@ -125,11 +125,11 @@ impl Node {
         if down > 0 {
             reasons.push(format!("{down} worker(s) restarting after a crash"));
         }
-        for l in shared.listeners.iter().filter(|l| !l.removed) {
+        for l in generation.listeners.iter().filter(|l| !l.removed) {
             if l.config.readiness != Readiness::HealthyTarget {
                 continue;
             }
-            let group = &shared.groups[l.config.target_group];
+            let group = &generation.groups[l.config.target_group];
             // Not `eligible`, which fails open to every target when none is healthy.
             let health = group.health();
             let any = (0..health.len()).any(|i| health[i] && group.targets[i].in_service());

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Fewest seconds between two plain progress lines.
-pub const PLAIN_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const PLAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// One wait's progress: `prefix` (e.g. `[2/3] 10.0.0.7:5432`) and a status that changes.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     prefix: String,
     bar: Option<ProgressBar>,
     started: Instant,
@@ -24,7 +24,7 @@ pub struct Progress {
 
 impl Progress {
     /// Starts showing progress for `prefix`: a spinner when stderr is a terminal.
-    pub fn start(prefix: &str) -> Progress {
+    pub(crate) fn start(prefix: &str) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             let style = ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})")
@@ -45,7 +45,7 @@ impl Progress {
     /// The status is now `status` (e.g. `draining: 3 connections open`): the spinner's line
     /// is redrawn; piped, a line goes to `out` if the status differs from the last line
     /// written and [`PLAIN_EVERY`] has passed since.
-    pub fn update(&mut self, status: &str, out: &mut dyn Write) {
+    pub(crate) fn update(&mut self, status: &str, out: &mut dyn Write) {
         if let Some(bar) = &self.bar {
             bar.set_message(status.to_string());
             return;
@@ -73,7 +73,7 @@ impl Drop for Progress {
 }
 
 /// `n connection(s) open`.
-pub fn connections_open(n: u64) -> String {
+pub(crate) fn connections_open(n: u64) -> String {
     format!("{n} connection{} open", if n == 1 { "" } else { "s" })
 }
 

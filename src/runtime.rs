@@ -130,7 +130,7 @@ impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Running")
             .field("workers", &self.handles.len())
-            .field("generation", &self.shared().generation)
+            .field("generation", &self.generation().generation)
             .finish_non_exhaustive()
     }
 }
@@ -155,14 +155,14 @@ pub struct Running {
     handed_over: bool,
 }
 
-/// Starts the access log's writer thread as `shared` configures it.
-fn start_access_log(shared: &Generation) -> Result<Writer, RunError> {
-    Writer::start(&shared.config.access_log).map_err(|source| RunError::AccessLog {
-        path: match &shared.config.access_log {
+/// Starts the access log's writer thread as `generation` configures it.
+fn start_access_log(generation: &Generation) -> Result<Writer, RunError> {
+    Writer::start(&generation.config.access_log).map_err(|source| RunError::AccessLog {
+        path: match &generation.config.access_log {
             Sink::File(p) => p.display().to_string(),
             other => format!("{other:?}"),
         },
-        config: shared.config.path.display().to_string(),
+        config: generation.config.path.display().to_string(),
         source,
     })
 }
@@ -177,7 +177,7 @@ fn exit_reporter(
     let (events, control) = (events.clone(), control.clone());
     move |crashed| {
         if crashed {
-            control.node.worker_down();
+            control.node().worker_down();
         }
         let _ = events.send(Event::WorkerExited { id, crashed });
     }
@@ -222,11 +222,11 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         Sockets::None => None,
     };
     let workers = config.workers;
-    let shared = Generation::new(config);
+    let generation = Generation::new(config);
     let (events_tx, events) = unbounded();
-    let access = start_access_log(&shared)?;
+    let access = start_access_log(&generation)?;
     // Workers and their links first, so the admin API can reach every worker.
-    let steering = Arc::new(match shared.config.accept_steering {
+    let steering = Arc::new(match generation.config.accept_steering {
         AcceptSteering::LeastConnections => Steering::new(workers),
         AcceptSteering::Hash => Steering::hash_only(workers),
     });
@@ -235,15 +235,15 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         let access = access.handle();
         let sockets = sockets.into_iter().enumerate().collect();
         built.push(
-            new_worker(id, &shared, sockets, access, &steering)
+            new_worker(id, &generation, sockets, access, &steering)
                 .map_err(RunError::io("cannot set up a worker"))?,
         );
     }
     let links = built.iter().map(|(_, link)| link.clone()).collect();
-    let control = Control::with_steering(shared.clone(), links, steering);
+    let control = Control::with_steering(generation.clone(), links, steering);
     let admin = Admin::start(control.clone()).map_err(|source| RunError::AdminBind {
-        addr: shared.config.admin.bind,
-        config: shared.config.path.display().to_string(),
+        addr: generation.config.admin.bind,
+        config: generation.config.path.display().to_string(),
         source,
     })?;
     let prober = Prober::start(control.clone()).map_err(RunError::io("cannot start the prober"))?;
@@ -271,7 +271,10 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         running.handles.push(WorkerHandle { link, thread });
     }
     log::info!("ballast running with {workers} workers");
-    crate::notify::ready(&running.shared(), running.admin.as_ref().map(Admin::addr));
+    crate::notify::ready(
+        &running.generation(),
+        running.admin.as_ref().map(Admin::addr),
+    );
     if let Some(i) = inherited {
         match i.finish() {
             Ok(pid) => log::info!("upgrade: serving; process {pid} stops accepting and drains"),
@@ -285,8 +288,8 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
 impl Running {
     /// Serves `upgrade_socket`, when configured.
     fn serve_upgrades(&self) -> Result<Option<Offer>, RunError> {
-        let shared = self.shared();
-        let Some(path) = &shared.config.upgrade_socket else {
+        let generation = self.generation();
+        let Some(path) = &generation.config.upgrade_socket else {
             return Ok(None);
         };
         let (control, rejoin) = (self.control.clone(), self.control.clone());
@@ -302,15 +305,15 @@ impl Running {
         .map(Some)
         .map_err(|source| RunError::UpgradeSocket {
             path: path.display().to_string(),
-            config: shared.config.path.display().to_string(),
+            config: generation.config.path.display().to_string(),
             source,
         })
     }
 
     /// The current generation of the state shared with the workers and the prober (health,
     /// counters).
-    pub fn shared(&self) -> Arc<Generation> {
-        self.control.shared()
+    pub fn generation(&self) -> Arc<Generation> {
+        self.control.generation()
     }
 
     /// Blocks until one of `signals` is SIGINT or SIGTERM, or a worker ends on its own; a
@@ -361,15 +364,15 @@ impl Running {
                     // Errors are logged by reload; the running configuration stays, and the
                     // service manager hears it is ready again.
                     if self.control.reload().is_err() {
-                        crate::notify::changed(&self.shared());
+                        crate::notify::changed(&self.generation());
                     }
                 }
                 Event::Signal(SIGTERM)
                     if grace_ends.is_none()
-                        && !self.shared().config.shutdown_grace.is_zero()
-                        && self.control.node.accepting() =>
+                        && !self.generation().config.shutdown_grace.is_zero()
+                        && self.control.node().accepting() =>
                 {
-                    let grace = self.shared().config.shutdown_grace;
+                    let grace = self.generation().config.shutdown_grace;
                     log::info!(
                         "SIGTERM: /healthz fails now; accepting for shutdown_grace {} more, \
                          then stopping (SIGINT or a second SIGTERM stops at once)",
@@ -386,7 +389,7 @@ impl Running {
                     };
                     log::info!(
                         "{name}: stopping; open connections get up to {}",
-                        humantime::format_duration(self.shared().config.shutdown_timeout)
+                        humantime::format_duration(self.generation().config.shutdown_timeout)
                     );
                     return Ok(());
                 }
@@ -394,7 +397,7 @@ impl Running {
                     log::info!(
                         "upgrade: a new process serves the listeners; stopping accepting, open \
                          connections get up to {}",
-                        humantime::format_duration(self.shared().config.shutdown_timeout)
+                        humantime::format_duration(self.generation().config.shutdown_timeout)
                     );
                     self.handed_over = true;
                     return Ok(());
@@ -420,11 +423,11 @@ impl Running {
         }
         let reporter = exit_reporter(id, &self.events_tx, &self.control);
         let mut thread = None;
-        let started = self.control.replace_worker(id, |shared| {
+        let started = self.control.replace_worker(id, |generation| {
             // Under the change lock, so no drain or enable slips in between.
-            let accepting = self.control.node.accepting();
+            let accepting = self.control.node().accepting();
             let mut sockets = Vec::new();
-            for (i, l) in shared.listeners.iter().enumerate() {
+            for (i, l) in generation.listeners.iter().enumerate() {
                 // A drained node's workers hold no listening sockets.
                 if !l.removed && accepting {
                     sockets.push((i, self.spares.socket_for(&l.config, id)?));
@@ -434,7 +437,8 @@ impl Running {
                 .access
                 .as_ref()
                 .map_or_else(AccessLog::off, Writer::handle);
-            let (worker, link) = new_worker(id, shared, sockets, access, &self.control.steering)?;
+            let (worker, link) =
+                new_worker(id, generation, sockets, access, self.control.steering())?;
             thread = Some(spawn_worker(id, worker, reporter)?);
             Ok::<_, io::Error>(link)
         });
@@ -443,8 +447,11 @@ impl Running {
             (Err(e), _) => fatal(&format!("worker {id} crashed and cannot be restarted: {e}")),
             (Ok(()), None) => fatal(&format!("worker {id} crashed and was not restarted")),
         };
-        self.control.restarts.worker.fetch_add(1, Ordering::Relaxed);
-        self.control.node.worker_up();
+        self.control
+            .restarts()
+            .worker
+            .fetch_add(1, Ordering::Relaxed);
+        self.control.node().worker_up();
         let link = self.control.workers()[id].clone();
         let old = std::mem::replace(&mut self.handles[id], WorkerHandle { link, thread });
         let _ = old.thread.join();
@@ -454,7 +461,7 @@ impl Running {
     /// Stops gracefully: listeners close at once, open connections get up to
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
-        self.control.node.stopping();
+        self.control.node().stopping();
         if !self.handed_over {
             crate::notify::stopping();
         }
@@ -474,8 +481,8 @@ impl Running {
         let acks = (0..self.handles.len())
             .take_while(|_| closed.recv_deadline(deadline).is_ok())
             .count();
-        let shared = self.shared();
-        let open: usize = shared
+        let generation = self.generation();
+        let open: usize = generation
             .listeners
             .iter()
             .map(|l| l.active.load(std::sync::atomic::Ordering::Acquire))
@@ -483,7 +490,7 @@ impl Running {
         log::info!(
             "stopped accepting on every listener ({acks} workers); waiting up to {} for {open} \
              open connections",
-            humantime::format_duration(shared.config.shutdown_timeout)
+            humantime::format_duration(generation.config.shutdown_timeout)
         );
         for h in self.handles.drain(..) {
             let _ = h.thread.join();

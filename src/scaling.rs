@@ -22,16 +22,39 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::scaling::{Scaling, ScalingMetric, ScalingRule};
 use crate::config::TargetConfig;
-use crate::control::Control;
+use crate::generation::Generation;
 use crate::target::{AdminState, TargetGroup};
 
 /// How often the groups' load is sampled.
-pub const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+
+/// One group's scaling: the last samples of its metrics and the commands run (for `/metrics`).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ScalingStats {
+    /// The last sample of each metric, by name.
+    pub(crate) samples: BTreeMap<&'static str, f64>,
+    /// Commands run, by (action, result): `scale_out`/`scale_in`, `ok`/`failed`/`timeout`.
+    pub(crate) runs: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// What the scaling hooks need of the control plane, which implements it: the hooks sit below
+/// it (`crate::control` holds their statistics), reaching it only through this.
+pub(crate) trait ScalingControl: Send + Sync + 'static {
+    /// The current generation.
+    fn generation(&self) -> Arc<Generation>;
+    /// Adds `target` to `group`; the error is the refusal's message.
+    fn add_target(&self, group: &str, target: TargetConfig) -> Result<(), String>;
+    /// Removes the target at `address` from `group` (it drains); the error is the refusal's
+    /// message.
+    fn remove_target(self: &Arc<Self>, group: &str, address: SocketAddr) -> Result<(), String>;
+    /// What the hooks saw and did, by group name.
+    fn scaling_stats(&self) -> &Mutex<BTreeMap<String, ScalingStats>>;
+}
 
 /// A group's scaling state between ticks.
 #[derive(Debug, Default)]
@@ -49,7 +72,7 @@ struct GroupState {
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
+pub(crate) fn start<C: ScalingControl>(control: &Arc<C>) -> std::io::Result<()> {
     let weak = Arc::downgrade(control);
     std::thread::Builder::new()
         .name("ballast-scaling".into())
@@ -57,7 +80,7 @@ pub fn start(control: &Arc<Control>) -> std::io::Result<()> {
         .map(drop)
 }
 
-fn run(control: Weak<Control>) {
+fn run<C: ScalingControl>(control: Weak<C>) {
     let mut groups: BTreeMap<String, GroupState> = BTreeMap::new();
     let (done_tx, done) = mpsc::channel::<String>();
     loop {
@@ -71,20 +94,20 @@ fn run(control: Weak<Control>) {
                 g.last_end = Some(Instant::now());
             }
         }
-        let shared = control.shared();
+        let generation = control.generation();
         groups.retain(|name, _| {
-            shared
+            generation
                 .group(name)
                 .is_some_and(|(_, g)| g.config.scaling.is_some())
         });
-        for group in shared.groups.iter().filter(|g| !g.removed) {
+        for group in generation.groups.iter().filter(|g| !g.removed) {
             let Some(scaling) = &group.config.scaling else {
                 continue;
             };
             let state = groups.entry(group.name().to_string()).or_default();
             let now = Instant::now();
             let samples = sample(group, state, now);
-            if let Ok(mut stats) = control.scaling.lock() {
+            if let Ok(mut stats) = control.scaling_stats().lock() {
                 let entry = stats.entry(group.name().to_string()).or_default();
                 for (metric, value) in &samples {
                     entry.samples.insert(metric.name(), *value);
@@ -223,8 +246,8 @@ fn decide(
 }
 
 /// Runs `action`'s command on its own thread; sends the group's name on `done` at the end.
-fn launch(
-    control: &Arc<Control>,
+fn launch<C: ScalingControl>(
+    control: &Arc<C>,
     group: &TargetGroup,
     scaling: &Scaling,
     action: Action,
@@ -303,8 +326,13 @@ fn launch(
     }
 }
 
-fn record(control: &Control, group: &str, action: &'static str, result: &'static str) {
-    if let Ok(mut stats) = control.scaling.lock() {
+fn record<C: ScalingControl>(
+    control: &Arc<C>,
+    group: &str,
+    action: &'static str,
+    result: &'static str,
+) {
+    if let Ok(mut stats) = control.scaling_stats().lock() {
         *stats
             .entry(group.to_string())
             .or_default()
@@ -377,7 +405,7 @@ fn execute(
 }
 
 /// Applies the `add ADDRESS [WEIGHT]` and `remove ADDRESS` lines a command printed.
-fn apply(control: &Arc<Control>, group: &str, out: &str) {
+fn apply<C: ScalingControl>(control: &Arc<C>, group: &str, out: &str) {
     for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let result = match words[..] {
@@ -387,15 +415,13 @@ fn apply(control: &Arc<Control>, group: &str, out: &str) {
                     .parse::<SocketAddr>()
                     .map_err(|e| e.to_string())
                     .and_then(|address| {
-                        control
-                            .add_target(group, TargetConfig::new(address, weight))
-                            .map_err(|e| e.to_string())
+                        control.add_target(group, TargetConfig::new(address, weight))
                     })
             }
             ["remove", address] => address
                 .parse::<SocketAddr>()
                 .map_err(|e| e.to_string())
-                .and_then(|a| control.remove_target(group, a).map_err(|e| e.to_string())),
+                .and_then(|a| control.remove_target(group, a)),
             _ => {
                 log::debug!("target group {group}: scaling command said `{line}` (ignored)");
                 continue;

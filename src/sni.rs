@@ -7,11 +7,11 @@ use rustls::server::Acceptor;
 
 /// Most ClientHello bytes read before giving up on finding a server name (one full TLS
 /// record and its header; hellos with post-quantum key shares stay well under it).
-pub const MAX_HELLO: usize = 16 * 1024 + 5;
+pub(crate) const MAX_HELLO: usize = 16 * 1024 + 5;
 
 /// What a client's first bytes say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hello {
+pub(crate) enum Hello {
     /// A TLS ClientHello may still be arriving: read more.
     Incomplete,
     /// A whole ClientHello, with the server name it asks for (`None`: no SNI extension).
@@ -21,7 +21,7 @@ pub enum Hello {
 }
 
 /// Reads the ClientHello at the start of `bytes`.
-pub fn peek(bytes: &[u8]) -> Hello {
+pub(crate) fn peek(bytes: &[u8]) -> Hello {
     let mut acceptor = Acceptor::default();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -51,7 +51,7 @@ pub fn peek(bytes: &[u8]) -> Hello {
 
 /// Whether route name `pattern` (lowercase; `*.example.com` for one label under
 /// example.com) matches `name` (lowercase).
-pub fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
         None => pattern == name,
         Some(suffix) => name

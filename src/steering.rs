@@ -82,7 +82,7 @@ struct Group {
 }
 
 /// The process's steering: worker loads, and one program per TCP listener address.
-pub struct Steering {
+pub(crate) struct Steering {
     workers: usize,
     loads: Loads,
     /// By listener address; touched only when a worker registers a listening socket.

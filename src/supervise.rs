@@ -4,7 +4,7 @@
 //! The dying thread catches its own panic, resets its connections and ends its sessions through
 //! the usual close paths (giving back the shared counts they held, see
 //! [`Worker::abandon`]), and reports the crash; the main thread then starts a new worker with a
-//! fresh poll and fresh SO_REUSEPORT sockets for the current generation, and swaps its command
+//! fresh poll and fresh SO_REUSEPORT sockets for the current generation, and swaps its message
 //! link in [`crate::control::Control`]. Clients of the dead worker see resets, never clean ends; connections
 //! queued on its listening sockets are reset by the kernel when those close.
 //!
@@ -37,25 +37,25 @@ pub(crate) const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// A worker and the link other threads reach it by, before its thread starts.
 pub(crate) fn new_worker(
     id: usize,
-    shared: &Arc<Generation>,
+    generation: &Arc<Generation>,
     sockets: Vec<(usize, Bound)>,
     access: AccessLog,
     steering: &Arc<Steering>,
 ) -> io::Result<(Worker, WorkerLink)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
-    let (commands_tx, commands) = unbounded();
+    let (messages_tx, messages) = unbounded();
     let worker = Worker::new(
         id,
         poll,
-        shared.clone(),
+        generation.clone(),
         sockets,
-        commands,
+        messages,
         access,
         steering.clone(),
     )?;
     let link = WorkerLink {
-        commands: commands_tx,
+        commands: messages_tx,
         waker,
     };
     Ok((worker, link))

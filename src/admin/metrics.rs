@@ -106,21 +106,33 @@ struct NodeLabels {
     state: &'static str,
 }
 
-/// The exposition text for everything in `shared`, the thread restarts counted in
+/// The exposition text for everything in `generation`, the thread restarts counted in
 /// `restarts`, the node's state and readiness (`node`), the scaling hooks' samples and
 /// runs (`scaling`), and the workers' loads and how connections are placed (`steering`).
-pub fn encode(
-    shared: &Generation,
+pub(crate) fn encode(
+    generation: &Generation,
     restarts: &crate::fault::Restarts,
     node: &crate::node::Node,
-    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
+    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::scaling::ScalingStats>>,
     steering: &crate::steering::Steering,
 ) -> String {
     let mut registry = Registry::with_prefix("ballast");
     register_scaling(&mut registry, scaling);
     register_steering(&mut registry, steering);
+    register_node(&mut registry, node, generation);
+    register_threads(&mut registry, restarts);
+    register_listeners(&mut registry, generation);
+    register_tls(&mut registry, generation);
+    register_targets(&mut registry, generation);
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// The node's readiness (`/healthz`) and service state.
+fn register_node(registry: &mut Registry, node: &crate::node::Node, generation: &Generation) {
     let ready = Gauge::<i64>::default();
-    ready.set(i64::from(node.readiness(shared).is_empty()));
+    ready.set(i64::from(node.readiness(generation).is_empty()));
     registry.register(
         "node_ready",
         "1 while GET /healthz answers 200 (serving, workers running, healthy targets), else 0",
@@ -138,6 +150,10 @@ pub fn encode(
         "1 for the node's current service state (node drain: serving, draining, drained; stopping)",
         state,
     );
+}
+
+/// Threads restarted after a panic, and access-log lines dropped.
+fn register_threads(registry: &mut Registry, restarts: &crate::fault::Restarts) {
     let thread_restarts = Family::<ThreadLabels, Counter>::default();
     for (thread, n) in restarts.counts() {
         thread_restarts
@@ -156,6 +172,11 @@ pub fn encode(
         "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
         thread_restarts,
     );
+}
+
+/// Per listener: open, accepted, refused (by reason), retries, and UDP's datagrams and
+/// evictions.
+fn register_listeners(registry: &mut Registry, generation: &Generation) {
     let l_active = Family::<ListenerLabels, Gauge>::default();
     let l_accepted = Family::<ListenerLabels, Counter>::default();
     let l_dropped = Family::<ListenerLabels, Counter>::default();
@@ -164,8 +185,8 @@ pub fn encode(
     let l_down = Family::<ListenerLabels, Counter>::default();
     let l_refused = Family::<RefusedLabels, Counter>::default();
     let l_evicted = Family::<ListenerLabels, Counter>::default();
-    for l in shared.listeners.iter().filter(|l| !l.removed) {
-        for why in crate::generation::Refusal::ALL {
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
+        for why in crate::listener::Refusal::ALL {
             let n = l
                 .refused
                 .get(why as usize)
@@ -246,9 +267,11 @@ pub fn encode(
         "Connect attempts after a failed one (TCP)",
         l_retries,
     );
+}
 
-    register_tls(&mut registry, shared);
-
+/// Per group its slots; per target its health, ejection, connections, failures, bytes and
+/// check latencies (removed targets while connections to them remain).
+fn register_targets(registry: &mut Registry, generation: &Generation) {
     let t_healthy = Family::<TargetLabels, Gauge>::default();
     let t_active = Family::<TargetLabels, Gauge>::default();
     let t_total = Family::<TargetLabels, Counter>::default();
@@ -259,7 +282,7 @@ pub fn encode(
     let t_bytes_out = Family::<TargetLabels, Counter>::default();
     let mut latencies = CheckLatencies::default();
     let g_slots = Family::<GroupLabels, Gauge>::default();
-    for g in shared.groups.iter().filter(|g| !g.removed) {
+    for g in generation.groups.iter().filter(|g| !g.removed) {
         g_slots
             .get_or_create(&GroupLabels {
                 target_group: g.name().to_string(),
@@ -354,13 +377,10 @@ pub fn encode(
         "Time health checks of the target took (a timed-out check counts its timeout)",
         latencies,
     );
-    let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-    text
 }
 
 /// The `tls` listeners' handshakes, failures by reason, and each certificate's time to expiry.
-fn register_tls(registry: &mut Registry, shared: &Generation) {
+fn register_tls(registry: &mut Registry, generation: &Generation) {
     let handshakes = Family::<TlsListenerLabels, Counter>::default();
     let resumed = Family::<TlsListenerLabels, Counter>::default();
     let failed = Family::<HandshakeFailureLabels, Counter>::default();
@@ -368,7 +388,7 @@ fn register_tls(registry: &mut Registry, shared: &Generation) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    for l in shared.listeners.iter().filter(|l| !l.removed) {
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
         let Some(tls) = &l.config.tls else {
             continue;
         };
@@ -381,7 +401,7 @@ fn register_tls(registry: &mut Registry, shared: &Generation) {
         resumed
             .get_or_create(&labels)
             .inc_by(l.tls_resumed.load(Ordering::Relaxed));
-        for why in crate::generation::HandshakeFailure::ALL {
+        for why in crate::listener::HandshakeFailure::ALL {
             let n = l
                 .tls_failed
                 .get(why as usize)
@@ -429,7 +449,7 @@ fn register_tls(registry: &mut Registry, shared: &Generation) {
 /// The scaling hooks' last samples and the commands they ran.
 fn register_scaling(
     registry: &mut Registry,
-    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::control::ScalingStats>>,
+    scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::scaling::ScalingStats>>,
 ) {
     let samples =
         Family::<ScalingSampleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();

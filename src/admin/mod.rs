@@ -20,7 +20,7 @@
 //! - `GET /listeners`: per listener: protocol, the address bound, target group and SNI
 //!   routes, open, accepted and refused connections.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
-//! - `GET /connections?limit=N`: the workers' connection tables (asked over their command
+//! - `GET /connections?limit=N`: the workers' connection tables (asked over their message
 //!   channels, each woken through its poll's waker).
 //! - `POST /target-groups/{group}/targets` with `{"address": "host:port", "weight": 1,
 //!   "backup": false, "max_connections": N}` (all but `address` optional): adds a target; it
@@ -44,7 +44,7 @@
 //! status. Changes made through the API live until the next reload, which applies the file
 //! as written.
 
-pub mod metrics;
+pub(crate) mod metrics;
 mod page;
 mod server;
 mod slots;
@@ -66,7 +66,7 @@ use crate::target::AdminState;
 
 /// The running admin server.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     server: server::Server,
 }
 
@@ -76,8 +76,8 @@ impl Admin {
     ///
     /// # Errors
     /// When an address cannot be bound or the thread cannot start.
-    pub fn start(control: Arc<Control>) -> io::Result<Admin> {
-        let admin = control.shared().config.admin.clone();
+    pub(crate) fn start(control: Arc<Control>) -> io::Result<Admin> {
+        let admin = control.generation().config.admin.clone();
         let server = server::Server::start(control, admin.bind, admin.unix.as_deref())?;
         log::info!("admin API on http://{}", server.addr());
         if let Some(path) = &admin.unix {
@@ -87,12 +87,12 @@ impl Admin {
     }
 
     /// Where the API listens (TCP).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
     /// Stops serving and waits for the thread.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.server.stop();
     }
 }
@@ -120,13 +120,18 @@ fn error(status: u16, message: &str) -> Reply {
     json_response(status, json!({ "error": message }))
 }
 
-/// Whether `token` (the bearer token sent, if any) opens `path` under `shared`'s
+/// Whether `token` (the bearer token sent, if any) opens `path` under `generation`'s
 /// configuration: always without a configured token, and for `GET /healthz` and `/livez`;
 /// else it must equal the configured token, compared in constant time (`subtle`).
-pub fn authorized(shared: &Generation, method: &Method, path: &str, token: Option<&str>) -> bool {
+pub(crate) fn authorized(
+    generation: &Generation,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+) -> bool {
     use subtle::ConstantTimeEq;
     let open = *method == Method::GET && matches!(path, "/healthz" | "/livez");
-    match shared.config.admin.token.as_deref() {
+    match generation.config.admin.token.as_deref() {
         None => true,
         Some(_) if open => true,
         Some(want) => token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(want.as_bytes()))),
@@ -142,7 +147,7 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
             _ => error(404, &format!("no worker {n}")),
         },
         ["prober"] => {
-            control.faults.panic_prober();
+            control.faults().panic_prober();
             json_response(202, json!({ "panic": which }))
         }
         ["admin"] => crate::fault::injected_panic("an admin request handler"),
@@ -151,7 +156,7 @@ fn inject_panic(control: &Arc<Control>, which: &str) -> Reply {
 }
 
 /// Largest request body read, bytes (a target is a few dozen).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The answer to one admin API request: `method` on `url` (path and query) with the bearer
 /// `token` sent, if any; `body` reads the request body, called only by endpoints that take
@@ -164,7 +169,7 @@ pub fn answer(
     token: Option<&str>,
     body: impl FnOnce() -> Result<String, String>,
 ) -> Reply {
-    let shared = control.shared();
+    let generation = control.generation();
     let path = url.split('?').next().unwrap_or("");
     // HEAD is GET without the body (hyper leaves the body out).
     let method = if *method == Method::HEAD {
@@ -172,12 +177,12 @@ pub fn answer(
     } else {
         method
     };
-    if !authorized(&shared, method, path, token) {
+    if !authorized(&generation, method, path, token) {
         return error(401, "missing or wrong bearer token");
     }
     match (method, path) {
         (&Method::GET, "/healthz") => {
-            let reasons = control.node.readiness(&shared);
+            let reasons = control.node().readiness(&generation);
             if reasons.is_empty() {
                 json_response(200, json!({ "status": "ready" }))
             } else {
@@ -185,20 +190,20 @@ pub fn answer(
             }
         }
         (&Method::GET, "/livez") => json_response(200, json!({ "status": "alive" })),
-        (&Method::GET, "/node") => json_response(200, node_json(control, &shared)),
+        (&Method::GET, "/node") => json_response(200, node_json(control, &generation)),
         (&Method::POST, "/node/drain") => match query_duration(url, "grace") {
             Ok(grace) => {
-                control.drain_node(grace.unwrap_or(shared.config.node_drain_grace));
-                json_response(202, node_json(control, &shared))
+                control.drain_node(grace.unwrap_or(generation.config.node_drain_grace));
+                json_response(202, node_json(control, &generation))
             }
             Err(message) => error(400, &message),
         },
         (&Method::POST, "/node/enable") => match control.enable_node() {
-            Ok(_) => json_response(200, node_json(control, &control.shared())),
+            Ok(_) => json_response(200, node_json(control, &control.generation())),
             Err(e) => error(e.status(), &e.to_string()),
         },
-        (&Method::GET, "/targets") => json_response(200, targets(&shared)),
-        (&Method::GET, "/listeners") => json_response(200, listeners(&shared)),
+        (&Method::GET, "/targets") => json_response(200, targets(&generation)),
+        (&Method::GET, "/listeners") => json_response(200, listeners(&generation)),
         (&Method::GET, "/" | page::SCRIPT | page::STYLE) => page::asset(path),
         (&Method::GET, "/connections") => match limit(url) {
             Ok(limit) => json_response(200, connections(control, limit)),
@@ -208,11 +213,11 @@ pub fn answer(
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: metrics::encode(
-                &shared,
-                &control.restarts,
-                &control.node,
-                &control.scaling,
-                &control.steering,
+                &generation,
+                control.restarts(),
+                control.node(),
+                control.scaling_stats(),
+                control.steering(),
             )
             .into_bytes(),
         },
@@ -286,12 +291,12 @@ fn query_duration(url: &str, key: &str) -> Result<Option<Duration>, String> {
 }
 
 /// `GET /node`, and the answer to a node drain or enable.
-fn node_json(control: &Control, shared: &Generation) -> serde_json::Value {
-    let (service, _) = control.node.service();
-    let reasons = control.node.readiness(shared);
+fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
+    let (service, _) = control.node().service();
+    let reasons = control.node().readiness(generation);
     let mut doc = json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "generation": shared.generation,
+        "generation": generation.generation,
         "service": service.to_string(),
         "ready": reasons.is_empty(),
         "reasons": reasons,
@@ -402,7 +407,7 @@ fn target_request(
             };
             match control.set_admin_state(group, address, state) {
                 Ok((g, t, _)) => {
-                    json_response(200, target_json(&control.shared().groups[g].targets[t]))
+                    json_response(200, target_json(&control.generation().groups[g].targets[t]))
                 }
                 Err(e) => error(e.status(), &e.to_string()),
             }
@@ -441,8 +446,8 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
 
 /// The `GET /targets` document: groups in the configuration, and their targets (removed ones
 /// only while connections to them remain).
-fn targets(shared: &Generation) -> serde_json::Value {
-    let groups: Vec<serde_json::Value> = shared
+fn targets(generation: &Generation) -> serde_json::Value {
+    let groups: Vec<serde_json::Value> = generation
         .groups
         .iter()
         .filter(|g| !g.removed)
@@ -463,14 +468,14 @@ fn targets(shared: &Generation) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "target_groups": groups, "generation": shared.generation })
+    json!({ "target_groups": groups, "generation": generation.generation })
 }
 
 /// The `GET /listeners` document: each listener served, where it is bound (port 0 resolved),
 /// its default target group and SNI routes, and its connection counts.
-fn listeners(shared: &Generation) -> serde_json::Value {
-    let group = |i: usize| shared.groups.get(i).map(|g| g.name().to_string());
-    let list: Vec<serde_json::Value> = shared
+fn listeners(generation: &Generation) -> serde_json::Value {
+    let group = |i: usize| generation.groups.get(i).map(|g| g.name().to_string());
+    let list: Vec<serde_json::Value> = generation
         .listeners
         .iter()
         .filter(|l| !l.removed)
@@ -494,5 +499,5 @@ fn listeners(shared: &Generation) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "listeners": list, "generation": shared.generation })
+    json!({ "listeners": list, "generation": generation.generation })
 }

@@ -268,24 +268,24 @@ async fn handle(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let path = parts.uri.path().to_string();
-    let shared = control.shared();
+    let generation = control.generation();
     let (token, ambient) = match credentials(&parts.headers) {
         Some(Credentials::Bearer(t)) => (Some(t), false),
         Some(Credentials::Basic(t)) => (Some(t), true),
         None => (None, false),
     };
     if let Origin::Tcp(local) = origin {
-        if let Err(reply) = same_origin(&shared, &judged, &parts.headers, local, ambient) {
+        if let Err(reply) = same_origin(&generation, &judged, &parts.headers, local, ambient) {
             return Ok(respond(reply));
         }
-        if !authorized(&shared, &judged, &path, token.as_deref()) {
+        if !authorized(&generation, &judged, &path, token.as_deref()) {
             return Ok(respond(error(401, "missing or wrong bearer token")));
         }
     }
     // Over the UNIX socket the file's permissions authenticate: the configured token stands
     // in for the one not sent.
     let token = match origin {
-        Origin::Unix => shared.config.admin.token.clone(),
+        Origin::Unix => generation.config.admin.token.clone(),
         Origin::Tcp(_) => token,
     };
     let body = if takes_body(&judged) {
@@ -332,7 +332,7 @@ async fn handle(
         }));
         handling.set_busy(false);
         if result.is_err() {
-            control.restarts.admin.fetch_add(1, Ordering::Relaxed);
+            control.restarts().admin.fetch_add(1, Ordering::Relaxed);
             log::error!("admin API: a request handler panicked; serving on");
         }
         result
@@ -361,13 +361,13 @@ fn takes_body(method: &Method) -> bool {
 /// own address (a DNS-rebound page sends its own name). Reads stay open to any Host (`curl`
 /// by name works); a bearer token is never sent by a browser unasked.
 fn same_origin(
-    shared: &crate::generation::Generation,
+    generation: &crate::generation::Generation,
     method: &Method,
     headers: &HeaderMap,
     local: SocketAddr,
     ambient: bool,
 ) -> Result<(), Reply> {
-    let explicit = shared.config.admin.token.is_some() && !ambient;
+    let explicit = generation.config.admin.token.is_some() && !ambient;
     if explicit || matches!(*method, Method::GET | Method::HEAD) {
         return Ok(());
     }

@@ -20,7 +20,7 @@ use crate::target::{TargetGroup, TargetState};
 /// Fewest active connections per weight; among equals, the next in a rotation shared by the
 /// workers (the group's cursor), so equal targets take turns instead of the first one winning.
 #[derive(Debug, Default)]
-pub struct LeastConnections {
+pub(crate) struct LeastConnections {
     cache: EligibleCache,
     /// One per member of `cache`, rebuilt with it.
     scaled: Vec<Member>,

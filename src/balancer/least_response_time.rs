@@ -14,7 +14,7 @@ use crate::target::TargetGroup;
 
 /// Lowest `ewma × (active + 1) / weight`.
 #[derive(Debug, Default)]
-pub struct LeastResponseTime {
+pub(crate) struct LeastResponseTime {
     cache: EligibleCache,
 }
 

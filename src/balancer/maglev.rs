@@ -28,7 +28,7 @@ use crate::target::TargetGroup;
 /// their turns in the order of their names, not in the order given, so nodes whose
 /// configurations list the same targets in another order (or that added them through the
 /// admin API in another order) build the same table.
-pub fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTable {
+pub(crate) fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTable {
     if targets.is_empty() {
         return LookupTable::new(Vec::new());
     }
@@ -69,7 +69,7 @@ pub fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTable {
 }
 
 /// The Maglev table for `group`'s eligible targets.
-pub fn for_group(group: &TargetGroup, size: usize) -> LookupTable {
+pub(crate) fn for_group(group: &TargetGroup, size: usize) -> LookupTable {
     let targets: Vec<(String, u32, usize)> = candidates(group, &[])
         .into_iter()
         .map(|i| {
@@ -82,13 +82,13 @@ pub fn for_group(group: &TargetGroup, size: usize) -> LookupTable {
 
 /// Looks connections up in the group's current table.
 #[derive(Debug)]
-pub struct Maglev {
+pub(crate) struct Maglev {
     key: HashKey,
 }
 
 impl Maglev {
     /// A balancer hashing `key`.
-    pub fn new(key: HashKey) -> Self {
+    pub(crate) fn new(key: HashKey) -> Self {
         Maglev { key }
     }
 }

@@ -9,15 +9,15 @@
 //! computes the same cycle for the same healthy set, so N workers together walk one cycle and
 //! the split across targets is exact, with no lock.
 
-pub mod least_connections;
-pub mod least_response_time;
-pub mod maglev;
-pub mod power_of_two;
-pub mod random;
-pub mod round_robin;
-pub mod schedule;
-pub mod source_hash;
-pub mod weighted_round_robin;
+pub(crate) mod least_connections;
+pub(crate) mod least_response_time;
+pub(crate) mod maglev;
+pub(crate) mod power_of_two;
+pub(crate) mod random;
+pub(crate) mod round_robin;
+pub(crate) mod schedule;
+pub(crate) mod source_hash;
+pub(crate) mod weighted_round_robin;
 
 use std::sync::atomic::Ordering;
 
@@ -63,7 +63,7 @@ pub fn for_algorithm(algorithm: Algorithm, hash_key: HashKey) -> Box<dyn Balance
 /// sums, rebuilt only when the group's health changes, so a pick without exclusions reads no
 /// health and allocates nothing.
 #[derive(Debug, Default)]
-pub struct EligibleCache {
+pub(crate) struct EligibleCache {
     generation: Option<u64>,
     members: Vec<(usize, u32)>,
     prefix: Vec<u64>,
@@ -71,7 +71,7 @@ pub struct EligibleCache {
 
 impl EligibleCache {
     /// Brings the cache up to date with `group`'s health.
-    pub fn refresh(&mut self, group: &TargetGroup) -> &Self {
+    pub(crate) fn refresh(&mut self, group: &TargetGroup) -> &Self {
         let generation = group.health_generation();
         if self.generation != Some(generation) {
             self.members = eligible(group, &group.health())
@@ -93,12 +93,12 @@ impl EligibleCache {
     }
 
     /// `(target index, weight)` of each eligible target.
-    pub fn members(&self) -> &[(usize, u32)] {
+    pub(crate) fn members(&self) -> &[(usize, u32)] {
         &self.members
     }
 
     /// A member drawn with probability proportional to its weight.
-    pub fn draw(&self, rng: &mut crate::hash::Rng) -> Option<usize> {
+    pub(crate) fn draw(&self, rng: &mut crate::hash::Rng) -> Option<usize> {
         let total = *self.prefix.last()?;
         let point = rng.below(total);
         let k = self.prefix.partition_point(|&p| p <= point);
@@ -108,7 +108,7 @@ impl EligibleCache {
 
 /// The [`eligible`] targets not in `exclude`; when a retry has excluded all of those, any
 /// healthy target not yet tried, then any target not yet tried.
-pub fn candidates(group: &TargetGroup, exclude: &[usize]) -> Vec<usize> {
+pub(crate) fn candidates(group: &TargetGroup, exclude: &[usize]) -> Vec<usize> {
     let health = group.health();
     let untried = |i: &usize| !exclude.contains(i);
     let pool: Vec<usize> = eligible(group, &health)
@@ -177,7 +177,7 @@ fn weighted_choice(
 /// With `tried` in attempt order and `targets` targets, a connection first tries distinct
 /// targets; once all have failed it may try them again, in a new round (so a one-target group
 /// still gets its `retries`, as HAProxy retries the same server).
-pub fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
+pub(crate) fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
     if targets == 0 {
         return tried;
     }
@@ -186,7 +186,7 @@ pub fn retry_exclusions(tried: &[usize], targets: usize) -> &[usize] {
 
 /// One worker's chooser for one target group: stickiness first, then the group's algorithm,
 /// then slow start's damping of targets that just turned healthy.
-pub struct Picker {
+pub(crate) struct Picker {
     balancer: Box<dyn Balancer>,
     /// Per target: slow start's accumulated share, in picks (see [`Picker::choose`]).
     credits: Vec<f64>,
@@ -200,7 +200,7 @@ impl std::fmt::Debug for Picker {
 
 impl Picker {
     /// A chooser for `group` using its configured algorithm.
-    pub fn new(group: &TargetGroup) -> Picker {
+    pub(crate) fn new(group: &TargetGroup) -> Picker {
         Picker {
             balancer: for_algorithm(group.config.algorithm, group.config.hash_key),
             credits: vec![0.0; group.targets.len()],
@@ -218,7 +218,7 @@ impl Picker {
     ///    without it. Deterministic, so the ramp is smooth, not noisy.
     ///
     /// `now` is the caller's clock.
-    pub fn choose(
+    pub(crate) fn choose(
         &mut self,
         group: &TargetGroup,
         now: std::time::Instant,
@@ -269,14 +269,14 @@ impl Picker {
     }
 
     /// The algorithm alone (no stickiness, no slow start): for moving a UDP session.
-    pub fn balancer(&mut self) -> &mut dyn Balancer {
+    pub(crate) fn balancer(&mut self) -> &mut dyn Balancer {
         self.balancer.as_mut()
     }
 }
 
 /// Records that `client` reached `target` (a connection established, a session created), for
 /// stickiness.
-pub fn remember(
+pub(crate) fn remember(
     group: &TargetGroup,
     client: std::net::IpAddr,
     target: usize,
@@ -290,13 +290,13 @@ pub fn remember(
 
 /// The targets a pick may choose from, given every target's `health`: see
 /// [`TargetGroup::eligible`].
-pub fn eligible(group: &TargetGroup, health: &[bool]) -> Vec<usize> {
+pub(crate) fn eligible(group: &TargetGroup, health: &[bool]) -> Vec<usize> {
     group.eligible(health)
 }
 
 /// The lookup table a group configured as `config` keeps, rebuilt on every health change:
 /// Maglev's (NSDI 2016, §3.4) or source_hash's rendezvous buckets; `None` for the others.
-pub fn table_builder(config: &crate::config::TargetGroupConfig) -> Option<TableBuilder> {
+pub(crate) fn table_builder(config: &crate::config::TargetGroupConfig) -> Option<TableBuilder> {
     match config.algorithm {
         Algorithm::Maglev => Some(|g| maglev::for_group(g, g.config.maglev_table_size)),
         Algorithm::SourceHash => Some(source_hash::for_group),
@@ -423,8 +423,8 @@ pub(crate) mod tests {
             );
         }
         let cfg = config::parse(Path::new("t.yaml"), &yaml).unwrap();
-        let shared = Generation::new(cfg);
-        std::sync::Arc::try_unwrap(shared)
+        let generation = Generation::new(cfg);
+        std::sync::Arc::try_unwrap(generation)
             .unwrap()
             .groups
             .pop()

@@ -8,14 +8,14 @@ use crate::target::TargetGroup;
 /// Two weighted random draws; the one with fewer active connections per weight wins (the first
 /// on a tie).
 #[derive(Debug)]
-pub struct PowerOfTwo {
+pub(crate) struct PowerOfTwo {
     rng: Rng,
     cache: EligibleCache,
 }
 
 impl PowerOfTwo {
     /// A balancer drawing from `rng`.
-    pub fn new(rng: Rng) -> Self {
+    pub(crate) fn new(rng: Rng) -> Self {
         PowerOfTwo {
             rng,
             cache: EligibleCache::default(),

@@ -6,14 +6,14 @@ use crate::target::TargetGroup;
 
 /// Weighted random choice among the candidates; each worker has its own generator.
 #[derive(Debug)]
-pub struct Random {
+pub(crate) struct Random {
     rng: Rng,
     cache: EligibleCache,
 }
 
 impl Random {
     /// A balancer drawing from `rng`.
-    pub fn new(rng: Rng) -> Self {
+    pub(crate) fn new(rng: Rng) -> Self {
         Random {
             rng,
             cache: EligibleCache::default(),

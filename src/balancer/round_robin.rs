@@ -6,7 +6,7 @@ use crate::target::TargetGroup;
 
 /// Round robin over the healthy targets, one cycle shared by all workers of the group.
 #[derive(Debug, Default)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     schedule: Schedule,
 }
 

@@ -6,7 +6,7 @@ use crate::target::TargetGroup;
 
 /// A cycle of target indices, rebuilt by each worker when the group's health changes.
 #[derive(Debug, Default)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     generation: Option<u64>,
     cycle: Vec<usize>,
 }
@@ -19,7 +19,7 @@ impl Schedule {
     ///
     /// `build` turns the health of every target into the cycle; it runs only when the group's
     /// health generation has changed since the last call.
-    pub fn pick(
+    pub(crate) fn pick(
         &mut self,
         group: &TargetGroup,
         exclude: &[usize],

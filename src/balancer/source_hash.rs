@@ -18,11 +18,11 @@ use crate::target::TargetGroup;
 
 /// Buckets of client IPs: enough that each of a few hundred targets gets its weight's share
 /// within a few percent.
-pub const BUCKETS: usize = 65536;
+pub(crate) const BUCKETS: usize = 65536;
 
 /// Weighted rendezvous hashing of the client IP over the candidates.
 #[derive(Debug, Default)]
-pub struct SourceHash;
+pub(crate) struct SourceHash;
 
 /// A target's fixed hash seed, from its address.
 fn seed(target: SocketAddr) -> u64 {
@@ -52,7 +52,7 @@ fn scored(group: &TargetGroup, pool: &[usize]) -> Vec<(u64, u32, usize)> {
 }
 
 /// The bucket table for `group`'s eligible targets.
-pub fn for_group(group: &TargetGroup) -> LookupTable {
+pub(crate) fn for_group(group: &TargetGroup) -> LookupTable {
     let targets = scored(group, &candidates(group, &[]));
     if targets.is_empty() {
         return LookupTable::new(Vec::new());

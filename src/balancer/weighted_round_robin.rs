@@ -11,7 +11,7 @@ use crate::target::TargetGroup;
 
 /// Smooth weighted round robin over the healthy targets, one cycle shared by all workers.
 #[derive(Debug, Default)]
-pub struct WeightedRoundRobin {
+pub(crate) struct WeightedRoundRobin {
     schedule: Schedule,
 }
 
@@ -30,20 +30,15 @@ impl Balancer for WeightedRoundRobin {
 
 /// Longest cycle built, entries: a bound on each worker's memory (8 bytes an entry) and on the
 /// rebuild's time (`O(MAX_CYCLE × targets)`), whatever the weights (each up to 10,000).
-pub const MAX_CYCLE: u64 = 1 << 16;
+pub(crate) const MAX_CYCLE: u64 = 1 << 16;
 
 /// One full cycle of smooth weighted round robin over `weights` (indices into `weights`).
 /// Weights are first divided by their greatest common divisor, so 100:200 cycles like 1:2.
 /// Length: `sum(weights) / gcd`, exact shares, up to [`MAX_CYCLE`]; beyond it the weights are
 /// scaled down in proportion (each at least 1), so each share is within one pick per cycle of
-/// exact. Empty input gives an empty cycle.
-///
-/// ```
-/// use ballast::balancer::weighted_round_robin::smooth_cycle;
-/// assert_eq!(smooth_cycle(&[1, 2, 3]), [2, 1, 0, 2, 1, 2]);
-/// assert_eq!(smooth_cycle(&[5, 5]), [0, 1]);
-/// ```
-pub fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
+/// exact. Empty input gives an empty cycle. For example (a test below keeps it so),
+/// `smooth_cycle(&[1, 2, 3])` is `[2, 1, 0, 2, 1, 2]` and `smooth_cycle(&[5, 5])` is `[0, 1]`.
+pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
     let g = weights.iter().fold(0u32, |a, &w| gcd(a, w)).max(1);
     let mut w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
     let sum: i64 = w.iter().sum();
@@ -78,6 +73,12 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_weights_interleave_and_common_factors_cancel() {
+        assert_eq!(smooth_cycle(&[1, 2, 3]), [2, 1, 0, 2, 1, 2]);
+        assert_eq!(smooth_cycle(&[5, 5]), [0, 1]);
+    }
 
     #[test]
     fn large_weights_give_a_bounded_cycle_with_near_exact_shares() {

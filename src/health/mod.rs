@@ -8,8 +8,8 @@
 //! passes.
 
 mod outlier;
-pub mod probe;
-pub mod threshold;
+pub(crate) mod probe;
+pub(crate) mod threshold;
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ fn all_down(group: &crate::target::TargetGroup) -> bool {
 
 /// Handle to the running prober thread.
 #[derive(Debug)]
-pub struct Prober {
+pub(crate) struct Prober {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -51,7 +51,7 @@ impl Prober {
     ///
     /// # Errors
     /// When the poll or its waker cannot be created, or the thread cannot be spawned.
-    pub fn start(control: Arc<Control>) -> io::Result<Prober> {
+    pub(crate) fn start(control: Arc<Control>) -> io::Result<Prober> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), PROBER_WAKER_TOKEN)?);
         control.set_prober_waker(waker.clone());
@@ -68,7 +68,7 @@ impl Prober {
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shutdown();
     }
 
@@ -102,7 +102,7 @@ struct ProbeSlot {
 struct ProberLoop {
     control: Arc<Control>,
     /// The generation the slots were built for.
-    shared: Arc<Generation>,
+    generation: Arc<Generation>,
     poll: Poll,
     stop: Arc<AtomicBool>,
     slots: Vec<ProbeSlot>,
@@ -112,29 +112,29 @@ struct ProberLoop {
 
 impl ProberLoop {
     fn new(control: Arc<Control>, poll: Poll, stop: Arc<AtomicBool>) -> Self {
-        let shared = control.shared();
+        let generation = control.generation();
         let mut prober = ProberLoop {
             control,
-            shared: shared.clone(),
+            generation: generation.clone(),
             poll,
             stop,
             slots: Vec::new(),
             ejections: outlier::Ejections::default(),
         };
-        prober.resync(shared);
+        prober.resync(generation);
         prober
     }
 
-    /// Rebuilds the slots for generation `shared`: a target checked before keeps its slot
+    /// Rebuilds the slots for `generation`: a target checked before keeps its slot
     /// (schedule, check in flight, consecutive results); a new target is checked at once;
     /// removed targets and groups are no longer checked.
-    fn resync(&mut self, shared: Arc<Generation>) {
+    fn resync(&mut self, generation: Arc<Generation>) {
         let now = Instant::now();
         let mut old: Vec<Option<ProbeSlot>> = std::mem::take(&mut self.slots)
             .into_iter()
             .map(Some)
             .collect();
-        for (gi, group) in shared.groups.iter().enumerate() {
+        for (gi, group) in generation.groups.iter().enumerate() {
             if group.removed {
                 continue;
             }
@@ -188,7 +188,7 @@ impl ProberLoop {
                 );
             }
         }
-        self.shared = shared;
+        self.generation = generation;
     }
 
     /// Runs the loop; a panic in it is caught, counted and logged, and the loop starts again
@@ -200,27 +200,30 @@ impl ProberLoop {
             if outcome.is_ok() {
                 return;
             }
-            self.control.restarts.prober.fetch_add(1, Ordering::Relaxed);
+            self.control
+                .restarts()
+                .prober
+                .fetch_add(1, Ordering::Relaxed);
             log::error!("the prober panicked; restarting it with fresh checks");
             self.slots.clear();
-            let shared = self.control.shared();
-            self.resync(shared.clone());
-            self.shared = shared;
+            let generation = self.control.generation();
+            self.resync(generation.clone());
+            self.generation = generation;
         }
     }
 
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Acquire) {
-            self.control.faults.check_prober();
-            let current = self.control.shared();
-            if current.generation != self.shared.generation {
+            self.control.faults().check_prober();
+            let current = self.control.generation();
+            if current.generation != self.generation.generation {
                 self.resync(current);
             }
             let now = Instant::now();
             self.start_due(now);
             self.expire(now);
-            let sweep = self.ejections.sweep(&self.shared, &self.control, now);
+            let sweep = self.ejections.sweep(&self.generation, &self.control, now);
             let timeout = self
                 .slots
                 .iter()
@@ -260,7 +263,7 @@ impl ProberLoop {
             if slot.in_flight.is_some() || slot.next_due > now {
                 continue;
             }
-            let group = &self.shared.groups[slot.group].config;
+            let group = &self.generation.groups[slot.group].config;
             let (hc, group_tls) = (&group.health_check, group.target_tls.as_ref());
             // Keep the schedule on its grid, but never fire a backlog of missed checks.
             slot.next_due += hc.interval;
@@ -286,7 +289,7 @@ impl ProberLoop {
     fn expire(&mut self, now: Instant) {
         for i in 0..self.slots.len() {
             if matches!(&self.slots[i].in_flight, Some((_, _, deadline)) if *deadline <= now) {
-                let timeout = self.shared.groups[self.slots[i].group]
+                let timeout = self.generation.groups[self.slots[i].group]
                     .config
                     .health_check
                     .timeout;
@@ -315,7 +318,7 @@ impl ProberLoop {
             }
             None => Instant::now(), // the check could not even start
         };
-        let group = &self.shared.groups[slot.group];
+        let group = &self.generation.groups[slot.group];
         let address = group.targets[slot.target].address;
         let passed = outcome == Outcome::Pass;
         group.targets[slot.target]

@@ -28,12 +28,12 @@ impl Ejections {
     /// detection).
     pub(super) fn sweep(
         &mut self,
-        shared: &Generation,
+        generation: &Generation,
         control: &Control,
         now: Instant,
     ) -> Option<Duration> {
         let mut any = false;
-        for (g, group) in shared.groups.iter().enumerate() {
+        for (g, group) in generation.groups.iter().enumerate() {
             if group.removed {
                 continue;
             }

@@ -16,7 +16,7 @@ const MAX_STATUS_LINE: usize = 4096;
 
 /// Result of one finished check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The check passed.
     Pass,
     /// The check failed, with a short reason such as `connection refused` or `HTTP status 503`.
@@ -69,7 +69,7 @@ enum Socket {
 /// A check of one target: a TCP connect; for HTTP, `GET path` and the status line; for
 /// send/expect checks, their steps; for UDP, a datagram out and one back.
 #[derive(Debug)]
-pub struct Probe {
+pub(crate) struct Probe {
     socket: Socket,
 }
 
@@ -83,7 +83,7 @@ impl Probe {
     ///
     /// # Errors
     /// When the socket cannot be created, or the connect or send fails at once (e.g. no route).
-    pub fn start(
+    pub(crate) fn start(
         addr: SocketAddr,
         kind: &HealthCheckKind,
         proxy: Option<crate::proxy_protocol::Version>,
@@ -150,7 +150,7 @@ impl Probe {
     }
 
     /// The socket to register with the poll.
-    pub fn source(&mut self) -> &mut dyn Source {
+    pub(crate) fn source(&mut self) -> &mut dyn Source {
         match &mut self.socket {
             Socket::Tcp(c) => &mut c.stream,
             Socket::Udp { socket, .. } => socket,
@@ -158,7 +158,7 @@ impl Probe {
     }
 
     /// Advances the check on a readiness event; returns the outcome once it is known.
-    pub fn handle_event(&mut self, event: &Event) -> Option<Outcome> {
+    pub(crate) fn handle_event(&mut self, event: &Event) -> Option<Outcome> {
         match self.advance(event) {
             Ok(outcome) => outcome,
             Err(e) => Some(Outcome::Fail(describe(&e))),
@@ -167,7 +167,7 @@ impl Probe {
 
     /// What the check is waiting for, for the message when it times out: an `expect` step's
     /// pattern and what was received instead.
-    pub fn waiting_for(&self) -> Option<String> {
+    pub(crate) fn waiting_for(&self) -> Option<String> {
         let Socket::Tcp(check) = &self.socket else {
             return None;
         };

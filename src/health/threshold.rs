@@ -2,7 +2,7 @@
 
 /// A change of health decided by [`Thresholds::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     /// The target reached `healthy_threshold` consecutive passes.
     BecameHealthy {
         /// Consecutive passes counted.
@@ -17,7 +17,7 @@ pub enum Transition {
 
 /// Health of one target as its checks have found it, with the run of equal results so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     healthy: bool,
     run: u32,
     healthy_threshold: u32,
@@ -26,7 +26,7 @@ pub struct Thresholds {
 
 impl Thresholds {
     /// A healthy target (targets start healthy) with these thresholds (each ≥ 1).
-    pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
+    pub(crate) fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
         debug_assert!(healthy_threshold >= 1 && unhealthy_threshold >= 1);
         Thresholds {
             healthy: true,
@@ -38,20 +38,20 @@ impl Thresholds {
 
     /// The same thresholds for a target whose health is currently `healthy` (a target added
     /// at run time starts unhealthy).
-    pub fn starting(mut self, healthy: bool) -> Self {
+    pub(crate) fn starting(mut self, healthy: bool) -> Self {
         self.healthy = healthy;
         self
     }
 
     /// Current health.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy
     }
 
     /// Counts one check result; returns the transition when this result completes a run of
     /// `healthy_threshold` passes (while unhealthy) or `unhealthy_threshold` failures (while
     /// healthy). A result that agrees with the current health resets the opposite run.
-    pub fn record(&mut self, passed: bool) -> Option<Transition> {
+    pub(crate) fn record(&mut self, passed: bool) -> Option<Transition> {
         if passed == self.healthy {
             self.run = 0;
             return None;

@@ -11,9 +11,9 @@
 //! workers) and each group's round-robin position. A target's state lives in its own `Arc`,
 //! carried from one generation to the next, so counters survive a reload.
 
-pub mod record;
-pub mod sticky;
-pub mod table;
+pub(crate) mod record;
+pub(crate) mod sticky;
+pub(crate) mod table;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -282,11 +282,11 @@ pub struct TargetGroup {
 }
 
 /// Builds a group's lookup table for its current health (`maglev`, `source_hash`).
-pub type TableBuilder = fn(&TargetGroup) -> LookupTable;
+pub(crate) type TableBuilder = fn(&TargetGroup) -> LookupTable;
 
 /// Which [`TableBuilder`] a group configured so needs, if any: the balancer's answer, passed
 /// in so this module does not depend on the algorithms.
-pub type TableBuilders = fn(&TargetGroupConfig) -> Option<TableBuilder>;
+pub(crate) type TableBuilders = fn(&TargetGroupConfig) -> Option<TableBuilder>;
 
 impl TargetGroup {
     /// A group for `config`, every target healthy; `tables` says which lookup table it keeps.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds of the check-latency histogram's buckets, in seconds (the last bucket, +Inf,
 /// is implied).
-pub const LATENCY_BUCKETS_S: [f64; 12] = [
+pub(crate) const LATENCY_BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 

@@ -35,7 +35,7 @@ pub struct CertInfo {
 
 /// Which file of a pair an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     /// The certificate file.
     Cert,
     /// The key file.
@@ -44,7 +44,7 @@ pub enum Part {
 
 impl Part {
     /// The config key: `cert` or `key`.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Part::Cert => "cert",
             Part::Key => "key",
@@ -56,7 +56,7 @@ impl Part {
 ///
 /// # Errors
 /// A message naming `path`: unreadable, not PEM, or no `CERTIFICATE` block.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -71,7 +71,7 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 ///
 /// # Errors
 /// A message naming `path`: unreadable, or no private key block in it.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| format!("{}: no private key in it ({e})", path.display()))
@@ -83,7 +83,9 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 ///
 /// # Errors
 /// `(which file, message naming it)`.
-pub fn load_pair(files: &KeyPairFiles) -> Result<(Arc<CertifiedKey>, CertInfo), (Part, String)> {
+pub(crate) fn load_pair(
+    files: &KeyPairFiles,
+) -> Result<(Arc<CertifiedKey>, CertInfo), (Part, String)> {
     let chain = read_certs(&files.cert).map_err(|m| (Part::Cert, m))?;
     let key = read_key(&files.key).map_err(|m| (Part::Key, m))?;
     let info = describe(&files.cert, &chain[0]).map_err(|m| (Part::Cert, m))?;
@@ -147,7 +149,7 @@ fn describe(file: &Path, der: &CertificateDer<'_>) -> Result<CertInfo, String> {
 /// for the same name, the first whose key can sign with a scheme the client offers (an RSA
 /// and an ECDSA certificate may be listed side by side).
 #[derive(Debug)]
-pub struct ByServerName {
+pub(crate) struct ByServerName {
     exact: HashMap<String, Vec<Arc<CertifiedKey>>>,
     wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
     all: Vec<Arc<CertifiedKey>>,
@@ -155,7 +157,7 @@ pub struct ByServerName {
 
 impl ByServerName {
     /// Indexes `pairs` by the names in their infos; the first is the default.
-    pub fn new(pairs: &[(Arc<CertifiedKey>, CertInfo)]) -> ByServerName {
+    pub(crate) fn new(pairs: &[(Arc<CertifiedKey>, CertInfo)]) -> ByServerName {
         let mut exact: HashMap<String, Vec<Arc<CertifiedKey>>> = HashMap::new();
         let mut wildcard: HashMap<String, Vec<Arc<CertifiedKey>>> = HashMap::new();
         for (key, info) in pairs {

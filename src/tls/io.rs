@@ -17,7 +17,7 @@ const MAX_PLAIN_PER_WRITE: usize = 4 * 16 * 1024;
 
 /// How a handshake step went.
 #[derive(Debug)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// Done: application data may flow (output such as TLS 1.3 session tickets may still be
     /// queued; [`flush`] sends it).
     Done,
@@ -51,7 +51,7 @@ impl std::fmt::Display for HandshakeError {
 }
 
 /// Advances the handshake of `tls` over `socket` as far as the socket allows.
-pub fn handshake<S: Read + Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> Handshake {
+pub(crate) fn handshake<S: Read + Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> Handshake {
     loop {
         match flush(tls, socket) {
             Ok(()) => {}
@@ -81,7 +81,7 @@ pub fn handshake<S: Read + Write + ?Sized>(tls: &mut Connection, socket: &mut S)
 ///
 /// # Errors
 /// `WouldBlock` when the socket is full with some still queued; the socket's own errors.
-pub fn flush<S: Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> io::Result<()> {
+pub(crate) fn flush<S: Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> io::Result<()> {
     while tls.wants_write() {
         match tls.write_tls(&mut &mut *socket) {
             Ok(_) => {}
@@ -95,7 +95,7 @@ pub fn flush<S: Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> io::Res
 /// What a TCP FIN without a TLS close_notify before it means (RFC 8446 §6.1: a close_notify
 /// ends the data; a FIN alone may be an attacker on the path cutting the stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UncleanEnd {
+pub(crate) enum UncleanEnd {
     /// The end of the stream: for clients, most of which close without a close_notify (the
     /// bytes before it were each authenticated).
     Eof,
@@ -115,7 +115,7 @@ pub enum UncleanEnd {
 /// reset); `InvalidData` when a record fails (a forged or corrupted stream: an abort, never
 /// an end); `ConnectionAborted` for a FIN without close_notify when `unclean` is
 /// [`UncleanEnd::Abort`].
-pub fn read_plain<S: Read + Write + ?Sized>(
+pub(crate) fn read_plain<S: Read + Write + ?Sized>(
     tls: &mut Connection,
     socket: &mut S,
     buf: &mut [u8],
@@ -166,7 +166,7 @@ pub fn read_plain<S: Read + Write + ?Sized>(
 /// # Errors
 /// `WouldBlock` when earlier output is still queued and the socket is full; the socket's
 /// errors.
-pub fn write_plain<S: Write + ?Sized>(
+pub(crate) fn write_plain<S: Write + ?Sized>(
     tls: &mut Connection,
     socket: &mut S,
     buf: &[u8],

@@ -9,8 +9,8 @@
 //! is an error naming its file, and a reload (SIGHUP, `POST /reload`, or a certificate file
 //! that changed) builds them afresh: connections open before keep the session they have.
 
-pub mod certs;
-pub mod io;
+pub(crate) mod certs;
+pub(crate) mod io;
 
 use std::fmt;
 use std::path::Path;
@@ -21,7 +21,7 @@ use rustls::server::ProducesTickets;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-pub use certs::{CertInfo, KeyPairFiles, Part};
+pub(crate) use certs::{CertInfo, KeyPairFiles, Part};
 
 /// The lowest TLS version a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,7 +108,7 @@ pub struct ServerSide {
 ///
 /// # Errors
 /// `(index into pairs, which file, message naming the file)`.
-pub fn server_config(
+pub(crate) fn server_config(
     pairs: &[KeyPairFiles],
     min_version: TlsVersion,
     alpn: &[String],
@@ -140,7 +140,7 @@ pub fn server_config(
 }
 
 /// Where `client_config` failed: the key under `target_tls` and the message.
-pub type ClientConfigError = (&'static str, String);
+pub(crate) type ClientConfigError = (&'static str, String);
 
 /// Builds the client configuration for a group's `target_tls`: targets' certificates verified
 /// against the CA certificates in `ca` (PEM), or the system's trust store when `None`;
@@ -149,7 +149,7 @@ pub type ClientConfigError = (&'static str, String);
 ///
 /// # Errors
 /// The key (`ca`, `client_cert.cert`, `client_cert.key`) and a message naming the file.
-pub fn client_config(
+pub(crate) fn client_config(
     ca: Option<&Path>,
     client_cert: Option<&KeyPairFiles>,
     verify: bool,
@@ -252,7 +252,10 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// The name a target's certificate is checked against: `server_name` when configured, else
 /// the target's IP address (its certificate must then carry it as an IP SAN).
-pub fn target_name(server_name: Option<&str>, address: std::net::IpAddr) -> ServerName<'static> {
+pub(crate) fn target_name(
+    server_name: Option<&str>,
+    address: std::net::IpAddr,
+) -> ServerName<'static> {
     match server_name.and_then(|n| ServerName::try_from(n.to_string()).ok()) {
         Some(n) => n,
         None => ServerName::IpAddress(address.into()),
@@ -263,7 +266,7 @@ pub fn target_name(server_name: Option<&str>, address: std::net::IpAddr) -> Serv
 ///
 /// # Errors
 /// rustls' (out of memory for the first flight, in practice never).
-pub fn client_session(
+pub(crate) fn client_session(
     config: &Arc<ClientConfig>,
     name: ServerName<'static>,
 ) -> Result<rustls::Connection, rustls::Error> {
@@ -274,6 +277,8 @@ pub fn client_session(
 ///
 /// # Errors
 /// rustls' (never in practice).
-pub fn server_session(config: &Arc<ServerConfig>) -> Result<rustls::Connection, rustls::Error> {
+pub(crate) fn server_session(
+    config: &Arc<ServerConfig>,
+) -> Result<rustls::Connection, rustls::Error> {
     rustls::ServerConnection::new(config.clone()).map(rustls::Connection::from)
 }

@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use socket2::SockAddr;
 
 /// Bytes per slot: the largest UDP datagram fits.
-pub const SLOT: usize = 65536;
+pub(crate) const SLOT: usize = 65536;
 
 /// `UDP_SEGMENT` from `linux/udp.h` (not in the libc crate): the segment size of a UDP GSO send.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -37,7 +37,7 @@ const GSO_MAX_SEGMENT: usize = 1472;
 static GSO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Preallocated buffers and headers for up to `capacity` datagrams.
-pub struct Batch {
+pub(crate) struct Batch {
     data: Vec<u8>,
     lens: Vec<usize>,
     names: Vec<libc::sockaddr_storage>,
@@ -78,10 +78,14 @@ fn os_result(n: isize) -> io::Result<usize> {
 
 impl Batch {
     /// Buffers for `capacity` (≥ 1) datagrams: `capacity × 64 KiB` of memory.
-    pub fn new(capacity: usize) -> Batch {
+    pub(crate) fn new(capacity: usize) -> Batch {
         let capacity = capacity.max(1);
-        // SAFETY: all-zero is a valid value for these plain C structs.
+        // SAFETY: sockaddr_storage is a plain C struct of integers and byte arrays, for which
+        // all-zero is a valid value (family AF_UNSPEC).
         let zero_name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid value (null name, iovec and
+        // control pointers with zero lengths), and every pointer is set before each call that
+        // reads it (`recv`, `send`).
         let zero_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
         Batch {
             data: vec![0u8; capacity * SLOT],
@@ -104,7 +108,7 @@ impl Batch {
     }
 
     /// How many datagrams one call can move.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.lens.len()
     }
 
@@ -119,7 +123,7 @@ impl Batch {
     // Slot indices here are below `max`, or below `range.end`, clamped to the capacity, which
     // every vector of the batch has; counts the kernel returns are at most those asked for.
     #[allow(clippy::indexing_slicing)]
-    pub fn recv(&mut self, fd: RawFd, max: usize, want_local: bool) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd, max: usize, want_local: bool) -> io::Result<usize> {
         let max = max.clamp(1, self.capacity());
         let base = self.data.as_mut_ptr();
         if max == 1 && !want_local {
@@ -184,18 +188,18 @@ impl Batch {
 
     /// The address received datagram `i` was sent to: `Some` when [`Batch::recv`] was asked
     /// for it and the kernel gave it.
-    pub fn local(&self, i: usize) -> Option<IpAddr> {
+    pub(crate) fn local(&self, i: usize) -> Option<IpAddr> {
         self.locals.get(i).copied().flatten()
     }
 
     /// The payload of received datagram `i` (empty for a slot out of range).
-    pub fn payload(&self, i: usize) -> &[u8] {
+    pub(crate) fn payload(&self, i: usize) -> &[u8] {
         let len = self.lens.get(i).copied().unwrap_or(0).min(SLOT);
         self.data.get(i * SLOT..i * SLOT + len).unwrap_or(&[])
     }
 
     /// The source address of received datagram `i`.
-    pub fn source(&self, i: usize) -> Option<SocketAddr> {
+    pub(crate) fn source(&self, i: usize) -> Option<SocketAddr> {
         let (name, len) = (self.names.get(i)?, self.name_lens.get(i)?);
         // SAFETY: the name was filled by the kernel with `len` valid bytes.
         let addr = unsafe { SockAddr::new(*name, *len) };
@@ -285,7 +289,7 @@ impl Batch {
     ///
     /// # Errors
     /// As [`Batch::send`].
-    pub fn send_prefixed(
+    pub(crate) fn send_prefixed(
         &mut self,
         fd: RawFd,
         range: Range<usize>,
@@ -332,7 +336,7 @@ impl Batch {
     // Slot indices here are below `max`, or below `range.end`, clamped to the capacity, which
     // every vector of the batch has; counts the kernel returns are at most those asked for.
     #[allow(clippy::indexing_slicing)]
-    pub fn send(
+    pub(crate) fn send(
         &mut self,
         fd: RawFd,
         range: Range<usize>,

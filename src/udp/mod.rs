@@ -11,8 +11,8 @@
 //! - [`batch`]: `recvmmsg`/`sendmmsg` over preallocated buffers: no allocation per datagram.
 //!
 //! The worker's glue (`worker/udp.rs`) ties them to the poll.
-// The data path: nothing reachable from network input may panic (see README, Limits and
-// faults). Unit tests may unwrap.
+// The data path: nothing reachable from network input may panic (the no-panic block of
+// lib.rs's "Lint policy"; integration/layers.rs keeps it identical). Unit tests may unwrap.
 #![cfg_attr(
     not(test),
     deny(
@@ -26,5 +26,5 @@
     )
 )]
 
-pub mod batch;
-pub mod session;
+pub(crate) mod batch;
+pub(crate) mod session;

@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::conntrack::{ConnTable, FiveTuple};
-use crate::generation::ListenerPlace;
+use crate::listener::ListenerPlace;
 use crate::target::TargetPlace;
 use crate::timers::{Due, Timers};
 
 /// One client flow and its NAT mapping.
 #[derive(Debug)]
-pub struct Session<T> {
+pub(crate) struct Session<T> {
     /// Unique within the worker (slab keys are reused; ids are not).
     pub id: u64,
     /// Index of the listener the flow arrived on.
@@ -63,7 +63,7 @@ pub struct Session<T> {
 
 /// Datagram and byte counts of one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     /// Datagrams passed.
     pub datagrams: u64,
     /// Payload bytes passed.
@@ -72,7 +72,7 @@ pub struct Traffic {
 
 impl Traffic {
     /// Counts one datagram of `len` bytes.
-    pub fn add(&mut self, len: usize) {
+    pub(crate) fn add(&mut self, len: usize) {
         self.datagrams += 1;
         self.bytes += len as u64;
     }
@@ -81,7 +81,7 @@ impl Traffic {
 impl<T> Session<T> {
     /// A new session for `client` on `listener`, pinned to `target` of `group`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         listener: usize,
         group: usize,
         client: SocketAddr,
@@ -116,7 +116,7 @@ impl<T> Session<T> {
     }
 
     /// How many more replies may pass before the session ends (`u32::MAX` when unlimited).
-    pub fn replies_left(&self) -> u32 {
+    pub(crate) fn replies_left(&self) -> u32 {
         if self.max_responses == 0 {
             u32::MAX
         } else {
@@ -125,12 +125,12 @@ impl<T> Session<T> {
     }
 
     /// True once `max_responses` replies have passed.
-    pub fn replies_done(&self) -> bool {
+    pub(crate) fn replies_done(&self) -> bool {
         self.replies_left() == 0
     }
 
     /// When the session ends unless a datagram passes first.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         let timeout = match self.unreplied_timeout {
             Some(u) if !self.replied() => u.min(self.idle_timeout),
             _ => self.idle_timeout,
@@ -139,14 +139,14 @@ impl<T> Session<T> {
     }
 
     /// Whether the target has answered yet.
-    pub fn replied(&self) -> bool {
+    pub(crate) fn replied(&self) -> bool {
         self.replied
     }
 }
 
 /// Sessions by 5-tuple, with idle expiry.
 #[derive(Debug)]
-pub struct SessionTable<T> {
+pub(crate) struct SessionTable<T> {
     table: ConnTable<Session<T>>,
     timers: Timers,
     next_id: u64,
@@ -173,7 +173,7 @@ impl<T> Default for SessionTable<T> {
 impl<T> SessionTable<T> {
     /// An empty table whose first session gets id `after + 1` (tests of the long life start
     /// it next to a wrap point: see [`crate::fault::near_wrap`]).
-    pub fn with_ids_after(after: u64) -> Self {
+    pub(crate) fn with_ids_after(after: u64) -> Self {
         SessionTable {
             next_id: after,
             ..Self::default()
@@ -181,7 +181,7 @@ impl<T> SessionTable<T> {
     }
 
     /// The key of the session for `tuple`.
-    pub fn find(&self, tuple: &FiveTuple) -> Option<usize> {
+    pub(crate) fn find(&self, tuple: &FiveTuple) -> Option<usize> {
         self.table.find(tuple)
     }
 
@@ -189,7 +189,7 @@ impl<T> SessionTable<T> {
     ///
     /// # Errors
     /// Gives the session back when one with the same 5-tuple exists.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         tuple: FiveTuple,
         mut session: Session<T>,
@@ -221,7 +221,7 @@ impl<T> SessionTable<T> {
     /// Removes and returns the oldest session of `listener` that has had no reply (to make
     /// room for a new flow when the table is full: a flood of spoofed or unanswered flows
     /// then pushes out only its own kind, never sessions the target answers).
-    pub fn evict_unreplied(&mut self, listener: usize) -> Option<Session<T>> {
+    pub(crate) fn evict_unreplied(&mut self, listener: usize) -> Option<Session<T>> {
         loop {
             let (key, id) = self.by_age.get_mut(listener)?.pop_front()?;
             if self
@@ -235,14 +235,14 @@ impl<T> SessionTable<T> {
     }
 
     /// Sessions of `listener` the target has not answered yet.
-    pub fn unreplied(&self, listener: usize) -> usize {
+    pub(crate) fn unreplied(&self, listener: usize) -> usize {
         self.unreplied.get(listener).copied().unwrap_or(0)
     }
 
     /// Records that the target of session `key` has answered: it is no longer counted as
     /// unreplied, nor evicted as such, and lives to its idle timeout. The one way a session
     /// becomes replied.
-    pub fn mark_replied(&mut self, key: usize) {
+    pub(crate) fn mark_replied(&mut self, key: usize) {
         let Some(s) = self.table.get_mut(key).filter(|s| !s.replied) else {
             return;
         };
@@ -254,13 +254,13 @@ impl<T> SessionTable<T> {
     }
 
     /// The session with `key`.
-    pub fn get_mut(&mut self, key: usize) -> Option<&mut Session<T>> {
+    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut Session<T>> {
         self.table.get_mut(key)
     }
 
     /// Removes the session with `key`. Every way out of the table goes through here, so the
     /// unreplied counts stay true.
-    pub fn remove(&mut self, key: usize) -> Option<Session<T>> {
+    pub(crate) fn remove(&mut self, key: usize) -> Option<Session<T>> {
         let s = self.table.remove(key)?;
         if let Some(n) = self.unreplied.get_mut(s.listener).filter(|_| !s.replied) {
             debug_assert!(*n > 0, "unreplied count below zero");
@@ -271,7 +271,7 @@ impl<T> SessionTable<T> {
 
     /// Removes and returns every session idle past its timeout at `now`. Sessions that were
     /// active since their deadline was scheduled are rescheduled, not removed.
-    pub fn expire(&mut self, now: Instant) -> Vec<Session<T>> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Session<T>> {
         let mut ended = Vec::new();
         while let Some(due) = self.timers.pop_due(now) {
             let Some(session) = self.table.get_mut(due.key) else {
@@ -291,27 +291,27 @@ impl<T> SessionTable<T> {
     }
 
     /// The earliest time [`SessionTable::expire`] may end a session.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.timers.next()
     }
 
     /// Number of sessions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
 
     /// Whether there are no sessions.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
     /// Every session.
-    pub fn iter(&self) -> impl Iterator<Item = &Session<T>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Session<T>> {
         self.table.iter()
     }
 
     /// Removes and returns the sessions `pick` selects.
-    pub fn drain_where(&mut self, pick: impl Fn(&Session<T>) -> bool) -> Vec<Session<T>> {
+    pub(crate) fn drain_where(&mut self, pick: impl Fn(&Session<T>) -> bool) -> Vec<Session<T>> {
         let keys: Vec<usize> = self
             .table
             .keys()
@@ -322,7 +322,7 @@ impl<T> SessionTable<T> {
     }
 
     /// Removes and returns every session.
-    pub fn drain(&mut self) -> Vec<Session<T>> {
+    pub(crate) fn drain(&mut self) -> Vec<Session<T>> {
         self.drain_where(|_| true)
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use ballast::control::Control;
+use ballast::Control;
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: &str = "
@@ -23,7 +23,7 @@ fn control() -> &'static Arc<Control> {
     CONTROL.get_or_init(|| {
         let config = ballast::config::parse(std::path::Path::new("fuzz.yaml"), CONFIG)
             .expect("the fuzz target's config is valid");
-        Control::new(ballast::generation::Generation::new(config), Vec::new())
+        Control::new(ballast::Generation::new(config), Vec::new())
     })
 }
 
@@ -38,12 +38,12 @@ fuzz_target!(|data: &[u8]| {
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
     );
-    let Ok(method) = method.parse::<ballast::admin::Method>() else {
+    let Ok(method) = method.parse::<ballast::Method>() else {
         return;
     };
     if url.contains("/debug/") || url.contains("/reload") {
         return;
     }
     let token = (!token.is_empty()).then_some(token);
-    let _ = ballast::admin::answer(control(), &method, url, token, || Ok(body.to_string()));
+    let _ = ballast::answer(control(), &method, url, token, || Ok(body.to_string()));
 });

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ballast::udp::batch::pktinfo_in(data);
+    let _ = ballast::pktinfo_in(data);
 });

@@ -5,7 +5,10 @@
 //! `POST /reload`), targets added and removed through the admin API, admin states, and the
 //! prober's health flips. A change builds the next generation, binds the sockets of new
 //! listeners first (so a bad address fails the change with nothing applied), stores it, and
-//! hands it to every worker over its command channel, waking its poll.
+//! hands it to every worker over its message channel, waking its poll. Changes to targets
+//! (the admin API's, discovery's, the prober's) are in [`targets`].
+
+mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -15,11 +18,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::bind::{bind_each, bind_listeners, BindError};
-use crate::config::{self, Config, ConfigError, TargetConfig, UnhealthyConnections};
+use crate::config::{self, Config, ConfigError, TargetConfig};
 use crate::fault::{Faults, Restarts};
 use crate::generation::Generation;
 use crate::handover::{by_listener, ListenerInfo};
 use crate::node::{draining_until, Node, Service};
+use crate::scaling::{ScalingControl, ScalingStats};
 use crate::steering::Steering;
 use crate::target::AdminState;
 use crate::worker::{ConnInfo, Message, WorkerLink};
@@ -77,54 +81,64 @@ pub struct Control {
     /// Replaced when a worker is restarted (under `lock`); read by the admin API.
     workers: RwLock<Vec<WorkerLink>>,
     prober: OnceLock<Arc<mio::Waker>>,
-    /// Threads restarted after a panic.
-    pub restarts: Restarts,
-    /// Panics asked for by tests (debug builds and the `fault-injection` feature only).
-    pub faults: Faults,
-    /// The node's service state (drain) and readiness.
-    pub node: Node,
+    restarts: Restarts,
+    faults: Faults,
+    node: Node,
     /// Targets found by `discover:`, by group name: address → weight (kept across reloads).
     discovered: Mutex<HashMap<String, BTreeMap<SocketAddr, u32>>>,
     /// What the scaling hooks saw and did, by group name (for `/metrics`).
-    pub scaling: Mutex<BTreeMap<String, ScalingStats>>,
+    scaling: Mutex<BTreeMap<String, ScalingStats>>,
     /// How new TCP connections are spread across workers, and the workers' loads.
-    pub(crate) steering: Arc<Steering>,
+    steering: Arc<Steering>,
 }
 
-/// One group's scaling: the last samples of its metrics and the commands run.
-#[derive(Debug, Default, Clone)]
-pub struct ScalingStats {
-    /// The last sample of each metric, by name.
-    pub samples: BTreeMap<&'static str, f64>,
-    /// Commands run, by (action, result): `scale_out`/`scale_in`, `ok`/`failed`/`timeout`.
-    pub runs: BTreeMap<(&'static str, &'static str), u64>,
+impl ScalingControl for Control {
+    fn generation(&self) -> Arc<Generation> {
+        Control::generation(self)
+    }
+
+    fn add_target(&self, group: &str, target: TargetConfig) -> Result<(), String> {
+        Control::add_target(self, group, target)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove_target(self: &Arc<Self>, group: &str, address: SocketAddr) -> Result<(), String> {
+        Control::remove_target(self, group, address)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn scaling_stats(&self) -> &Mutex<BTreeMap<String, ScalingStats>> {
+        &self.scaling
+    }
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
-            .field("generation", &self.shared().generation)
+            .field("generation", &self.generation().generation)
             .finish_non_exhaustive()
     }
 }
 
 impl Control {
-    /// Control over `shared` (the first generation), reaching the workers through `workers`.
-    pub fn new(shared: Arc<Generation>, workers: Vec<WorkerLink>) -> Arc<Control> {
-        let steering = Arc::new(Steering::hash_only(shared.config.workers));
-        Control::with_steering(shared, workers, steering)
+    /// Control over `generation` (the first one), reaching the workers through `workers`.
+    pub fn new(generation: Arc<Generation>, workers: Vec<WorkerLink>) -> Arc<Control> {
+        let steering = Arc::new(Steering::hash_only(generation.config.workers));
+        Control::with_steering(generation, workers, steering)
     }
 
     /// As [`Control::new`], with the process's connection steering (see [`crate::steering`]),
     /// which restarted workers join and `/metrics` reads.
     pub(crate) fn with_steering(
-        shared: Arc<Generation>,
+        generation: Arc<Generation>,
         workers: Vec<WorkerLink>,
         steering: Arc<Steering>,
     ) -> Arc<Control> {
         Arc::new(Control {
             steering,
-            current: ArcSwap::new(shared),
+            current: ArcSwap::new(generation),
             lock: Mutex::new(()),
             workers: RwLock::new(workers),
             prober: OnceLock::new(),
@@ -137,11 +151,37 @@ impl Control {
     }
 
     /// The current generation.
-    pub fn shared(&self) -> Arc<Generation> {
+    pub fn generation(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 
-    /// The workers' command links (a copy: a restarted worker gets a new one).
+    /// Threads restarted after a panic.
+    pub(crate) fn restarts(&self) -> &Restarts {
+        &self.restarts
+    }
+
+    /// Panics asked for by tests (debug builds and the `fault-injection` feature only).
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The node's service state (drain) and readiness.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// What the scaling hooks saw and did, by group name (for `/metrics`).
+    pub(crate) fn scaling_stats(&self) -> &Mutex<BTreeMap<String, ScalingStats>> {
+        &self.scaling
+    }
+
+    /// How new TCP connections are spread across workers, and the workers' loads (restarted
+    /// workers join it).
+    pub(crate) fn steering(&self) -> &Arc<Steering> {
+        &self.steering
+    }
+
+    /// The workers' message links (a copy: a restarted worker gets a new one).
     pub fn workers(&self) -> Vec<WorkerLink> {
         self.workers
             .read()
@@ -184,9 +224,9 @@ impl Control {
     pub(crate) fn share_sockets(&self) -> Vec<(ListenerInfo, Vec<std::os::fd::OwnedFd>)> {
         let answers = self.ask_workers(Message::ShareSockets);
         self.steering.release();
-        let shared = self.shared();
+        let generation = self.generation();
         by_listener(answers, |i| {
-            let l = shared.listeners.get(i).filter(|l| !l.removed)?;
+            let l = generation.listeners.get(i).filter(|l| !l.removed)?;
             Some(ListenerInfo {
                 name: l.config.name.clone(),
                 protocol: l.config.protocol,
@@ -232,7 +272,7 @@ impl Control {
         start: impl FnOnce(&Arc<Generation>) -> Result<WorkerLink, E>,
     ) -> Result<(), E> {
         let _locked = self.locked();
-        let link = start(&self.shared())?;
+        let link = start(&self.generation())?;
         let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = workers.get_mut(id) {
             *slot = link;
@@ -306,16 +346,20 @@ impl Control {
                 self.node.set(Service::Serving, Some(epoch));
             }
             Service::Drained => {
-                let shared = self.shared();
-                let live: Vec<usize> = (0..shared.listeners.len())
-                    .filter(|&i| !shared.listeners[i].removed)
+                let generation = self.generation();
+                let live: Vec<usize> = (0..generation.listeners.len())
+                    .filter(|&i| !generation.listeners[i].removed)
                     .collect();
-                let configs: Vec<_> = live.iter().map(|&i| &shared.listeners[i].config).collect();
-                let (sockets, _) = bind_each(&configs, shared.config.workers, &shared.config.path)?;
+                let configs: Vec<_> = live
+                    .iter()
+                    .map(|&i| &generation.listeners[i].config)
+                    .collect();
+                let (sockets, _) =
+                    bind_each(&configs, generation.config.workers, &generation.config.path)?;
                 self.node.set(Service::Serving, Some(epoch));
                 for (link, sockets) in self.workers().iter().zip(sockets) {
                     link.send(Message::Reload {
-                        shared: shared.clone(),
+                        shared: generation.clone(),
                         sockets: live.iter().copied().zip(sockets).collect(),
                     });
                 }
@@ -325,7 +369,7 @@ impl Control {
             }
         }
         log::info!("node enabled: serving");
-        crate::notify::changed(&self.shared());
+        crate::notify::changed(&self.generation());
         Ok(Service::Serving)
     }
 
@@ -345,7 +389,7 @@ impl Control {
     /// # Errors
     /// As [`Control::apply`]; the running configuration stays.
     pub fn reload(&self) -> Result<Summary, ChangeError> {
-        let path = self.shared().config.path.clone();
+        let path = self.generation().config.path.clone();
         let result = config::load(&path)
             .map_err(ChangeError::from)
             .and_then(|mut config| {
@@ -376,7 +420,7 @@ impl Control {
     /// certificates stay.
     pub fn reload_certificates(&self) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
-        let config = crate::config::reload_tls(&self.shared().config)?;
+        let config = crate::config::reload_tls(&self.generation().config)?;
         self.apply_locked(config)
     }
 
@@ -393,7 +437,7 @@ impl Control {
     }
 
     fn apply_locked(&self, mut config: Config) -> Result<Summary, ChangeError> {
-        let old = self.shared();
+        let old = self.generation();
         for (what, changed) in [
             ("workers", config.workers != old.config.workers),
             (
@@ -455,235 +499,6 @@ impl Control {
         Ok(summarize(&old, &next))
     }
 
-    /// The targets `discover:` found for group `group` are now `found` (address → weight):
-    /// new ones are added (taking traffic once they pass their health check), vanished ones
-    /// removed (they drain). Returns `None` when nothing changed.
-    ///
-    /// # Errors
-    /// As [`Control::add_target`]: an unknown group, a `maglev_table_size` too small.
-    pub fn set_discovered(
-        self: &Arc<Self>,
-        group: &str,
-        found: BTreeMap<SocketAddr, u32>,
-    ) -> Result<Option<Summary>, ChangeError> {
-        let _guard = self.locked();
-        let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        let before = known.get(group).cloned().unwrap_or_default();
-        if before == found {
-            return Ok(None);
-        }
-        let mut config = self.shared().config.clone();
-        let g = group_config(&mut config, group)?;
-        g.targets
-            .retain(|t| !before.contains_key(&t.address) || found.contains_key(&t.address));
-        for (&address, &weight) in &found {
-            match g.targets.iter_mut().find(|t| t.address == address) {
-                Some(t) if before.contains_key(&address) => t.weight = weight,
-                Some(_) => {} // also listed in the file: the file's settings stay
-                None => g.targets.push(TargetConfig::new(address, weight)),
-            }
-        }
-        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
-        let drain = g.drain_timeout;
-        let summary = self.apply_locked(config)?;
-        // Vanished targets drain, then what is still open after drain_timeout is closed, as
-        // for a target removed through the API.
-        let shared = self.shared();
-        if let Some((gi, g)) = shared.group(group) {
-            for address in before.keys().filter(|a| !found.contains_key(a)) {
-                if let Some((ti, _)) =
-                    g.targets.iter().enumerate().find(|(_, t)| {
-                        t.address == *address && t.admin_state() == AdminState::Removed
-                    })
-                {
-                    self.close_after(gi, ti, drain, AdminState::Removed);
-                }
-            }
-        }
-        known.insert(group.to_string(), found);
-        Ok(Some(summary))
-    }
-
-    /// A reload's `config` keeps what `discover:` found for the groups that still discover.
-    fn keep_discovered(&self, config: &mut Config) {
-        let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        known.retain(|name, _| {
-            config
-                .target_groups
-                .iter()
-                .any(|g| &g.name == name && !g.discover.is_empty())
-        });
-        for g in &mut config.target_groups {
-            for (&address, &weight) in known.get(&g.name).into_iter().flatten() {
-                if !g.targets.iter().any(|t| t.address == address) {
-                    g.targets.push(TargetConfig::new(address, weight));
-                }
-            }
-        }
-    }
-
-    /// Adds `target` to group `group` (it takes traffic once it passes `healthy_threshold`
-    /// checks).
-    ///
-    /// # Errors
-    /// [`ChangeError::NotFound`] for an unknown group, [`ChangeError::Conflict`] when the
-    /// address is already a target of the group, [`ChangeError::Invalid`] when the group's
-    /// rules refuse it (port 0, a `maglev_table_size` too small for one more target).
-    pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
-        let _guard = self.locked();
-        let mut config = self.shared().config.clone();
-        let g = group_config(&mut config, group)?;
-        if target.address.port() == 0 {
-            return Err(ChangeError::Invalid("target port must not be 0".into()));
-        }
-        if g.targets.iter().any(|t| t.address == target.address) {
-            return Err(ChangeError::Conflict(format!(
-                "target group `{group}` already has target {}",
-                target.address
-            )));
-        }
-        g.targets.push(target);
-        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
-        self.apply_locked(config)
-    }
-
-    /// Removes `address` from group `group`: it takes nothing new, its open connections go
-    /// on, and whatever is still open after the group's `drain_timeout` is closed.
-    ///
-    /// # Errors
-    /// [`ChangeError::NotFound`] for an unknown group or target, [`ChangeError::Invalid`]
-    /// for a group's last target.
-    pub fn remove_target(
-        self: &Arc<Self>,
-        group: &str,
-        address: SocketAddr,
-    ) -> Result<Summary, ChangeError> {
-        let _guard = self.locked();
-        let mut config = self.shared().config.clone();
-        let g = group_config(&mut config, group)?;
-        let Some(pos) = g.targets.iter().position(|t| t.address == address) else {
-            return Err(no_target(group, address));
-        };
-        if g.targets.len() == 1 {
-            return Err(ChangeError::Invalid(format!(
-                "{address} is the last target of `{group}`; a group needs at least one"
-            )));
-        }
-        g.targets.remove(pos);
-        let drain = g.drain_timeout;
-        let summary = self.apply_locked(config)?;
-        let shared = self.shared();
-        if let Some((gi, _)) = shared.group(group) {
-            if let Some(ti) = shared.groups[gi]
-                .targets
-                .iter()
-                .position(|t| t.address == address)
-            {
-                self.close_after(gi, ti, drain, AdminState::Removed);
-            }
-        }
-        Ok(summary)
-    }
-
-    /// Sets the admin state of `address` in `group`; returns `(group index, target index,
-    /// whether it changed)`. Disabling also closes what is still open after the group's
-    /// `drain_timeout`.
-    ///
-    /// # Errors
-    /// [`ChangeError::NotFound`] for an unknown group or target.
-    pub fn set_admin_state(
-        self: &Arc<Self>,
-        group: &str,
-        address: SocketAddr,
-        state: AdminState,
-    ) -> Result<(usize, usize, bool), ChangeError> {
-        let _guard = self.locked();
-        let shared = self.shared();
-        let (gi, g) = shared
-            .group(group)
-            .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?;
-        let (ti, _) = g.target(address).ok_or_else(|| no_target(group, address))?;
-        let changed = g.set_admin_state(ti, state);
-        if changed {
-            log::info!("target group {group}: {address} is now {state} (admin API)");
-            if state == AdminState::Disabled {
-                self.close_after(gi, ti, g.config.drain_timeout, AdminState::Disabled);
-            }
-        }
-        Ok((gi, ti, changed))
-    }
-
-    /// Outlier detection ejects target `target` of group `group` or lets it back; returns
-    /// whether that changed anything.
-    pub fn set_ejected(&self, group: usize, target: usize, ejected: bool) -> bool {
-        let _guard = self.locked();
-        self.shared().groups[group].set_ejected(target, ejected)
-    }
-
-    /// The prober's verdict on target `target` of group `group`; returns whether it changed.
-    /// A target turning unhealthy in a group with `on_unhealthy: close` has its open TCP
-    /// connections reset.
-    pub fn set_healthy(&self, group: usize, target: usize, healthy: bool) -> bool {
-        let _guard = self.locked();
-        let shared = self.shared();
-        let changed = shared.groups[group].set_healthy(target, healthy);
-        if changed
-            && !healthy
-            && shared.groups[group].config.on_unhealthy == UnhealthyConnections::Close
-        {
-            // `on_unhealthy: close`: the open TCP connections go too, reset (a primary that
-            // lost its role must take no more writes; clients reconnect elsewhere).
-            let open = shared.groups[group].targets[target]
-                .active
-                .load(std::sync::atomic::Ordering::Relaxed);
-            log::info!(
-                "target group {}: {}: unhealthy; resetting its {open} open connection(s) \
-                 (on_unhealthy: close)",
-                shared.groups[group].name(),
-                shared.groups[group].targets[target].address
-            );
-            for w in &self.workers() {
-                w.send(Message::CloseTarget {
-                    group,
-                    target,
-                    sessions: false,
-                    reason: "target_unhealthy",
-                });
-            }
-        }
-        changed
-    }
-
-    /// After `wait`, closes whatever is still open to target `index` of group `g`, if it is
-    /// still in state `expect` (not enabled or re-added meanwhile). A timer thread waits, so
-    /// the caller answers at once.
-    fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
-        let spawned = self.after("ballast-drain", wait, move |control| {
-            let shared = control.shared();
-            let (group, target) = (&shared.groups[g], &shared.groups[g].targets[index]);
-            if target.admin_state() == expect
-                && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
-            {
-                log::info!(
-                    "target group {}: {}: drain_timeout passed; closing what is still open",
-                    group.name(),
-                    target.address
-                );
-                for w in &control.workers() {
-                    w.send(Message::CloseTarget {
-                        group: g,
-                        target: index,
-                        sessions: true,
-                        reason: "disabled",
-                    });
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            log::warn!("cannot start the drain timer: {e}");
-        }
-    }
-
     /// Runs `then` on a new thread named `name` after `wait` (a grace or a drain_timeout,
     /// not a stand-in for an event), so the caller answers at once.
     ///
@@ -704,21 +519,6 @@ impl Control {
             })
             .map(drop)
     }
-}
-
-fn group_config<'c>(
-    config: &'c mut Config,
-    group: &str,
-) -> Result<&'c mut config::TargetGroupConfig, ChangeError> {
-    config
-        .target_groups
-        .iter_mut()
-        .find(|g| g.name == group)
-        .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))
-}
-
-fn no_target(group: &str, address: SocketAddr) -> ChangeError {
-    ChangeError::NotFound(format!("target group `{group}` has no target `{address}`"))
 }
 
 /// What changed from `old` to `next`.

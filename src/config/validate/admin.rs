@@ -1,0 +1,74 @@
+//! `admin:`: where the admin API listens, and its bearer token.
+
+use super::super::file::*;
+use super::super::*;
+
+/// The admin API's settings (defaults when the section is left out).
+///
+/// # Errors
+/// `(key, message)`: an unreadable, empty or group- or world-readable token file, a bind
+/// address reachable from other hosts without a token, an empty `unix` path.
+pub(super) fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
+    let raw = raw.unwrap_or(FileAdmin {
+        bind: None,
+        token_file: None,
+        unix: None,
+    });
+    let bind = raw.bind.map_or_else(
+        || DEFAULT_ADMIN_BIND.parse().expect("a valid default"),
+        |a| a.0,
+    );
+    let token = match raw.token_file {
+        None => None,
+        Some(file) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file)
+                .map(|m| m.permissions().mode())
+                .map_err(|e| {
+                    (
+                        "admin.token_file".to_string(),
+                        format!("cannot read {file}: {e}"),
+                    )
+                })?;
+            if mode & 0o077 != 0 {
+                return Err((
+                    "admin.token_file".into(),
+                    format!(
+                        "{file} can be read by group or others (mode {:o}): `chmod 600 {file}`",
+                        mode & 0o777
+                    ),
+                ));
+            }
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                (
+                    "admin.token_file".to_string(),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(("admin.token_file".into(), format!("{file} is empty")));
+            }
+            Some(token)
+        }
+    };
+    if !bind.ip().is_loopback() && token.is_none() {
+        return Err((
+            "admin.bind".into(),
+            format!(
+                "{bind} is reachable from other hosts: set admin.token_file, or bind 127.0.0.1"
+            ),
+        ));
+    }
+    let unix = match raw.unix.as_deref() {
+        None => None,
+        Some("") => {
+            return Err((
+                "admin.unix".into(),
+                "give a path, or leave the key out".into(),
+            ))
+        }
+        Some(p) => Some(p.into()),
+    };
+    Ok(AdminConfig { bind, token, unix })
+}

@@ -1,0 +1,253 @@
+//! Whole-file checks: from the raw [`FileConfig`] to a [`Config`] that cannot be invalid.
+
+mod admin;
+mod groups;
+mod listeners;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+pub use groups::check_group;
+#[cfg(test)]
+pub(crate) use groups::is_prime;
+
+/// A key path and what is wrong there; [`validate()`] names the file.
+type Wrong = (String, String);
+
+/// Indices by name (of target groups, of listeners).
+type ByName = HashMap<String, usize>;
+
+use super::descriptors::udp_defaults;
+use super::file::*;
+use super::*;
+
+/// Builds a [`Config`] from the parsed file.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key for: no listeners, duplicate listener or group
+/// names, a listener naming a missing group, an empty target list, an `http` check without `path` (or a `path` on a `tcp` check), port 0 in a target
+/// or health check, a health-check `timeout` longer than its `interval`, TCP-only keys on a
+/// UDP listener (and `udp:` on a TCP one), a udp check without `send`.
+pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    // TLS files given relative are found beside the config file.
+    let base = path.parent().unwrap_or(Path::new(""));
+    if raw.listeners.is_empty() {
+        return Err(invalid(
+            "listeners".into(),
+            "at least one listener is needed".into(),
+        ));
+    }
+    let (target_groups, group_index) =
+        groups::target_groups(raw.target_groups, base).map_err(|(k, m)| invalid(k, m))?;
+    let (mut listeners, udp_explicit) =
+        listeners::listeners(raw.listeners, &group_index, &target_groups, base)
+            .map_err(|(k, m)| invalid(k, m))?;
+
+    let workers = match raw.workers {
+        Some(n) => n.get() as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let sized = udp_defaults(&listeners, &udp_explicit, workers, open_file_limit());
+    for (l, sized) in listeners.iter_mut().zip(sized) {
+        if let (Some(u), Some((sessions, unreplied))) = (l.udp.as_mut(), sized) {
+            u.max_sessions = sessions;
+            u.max_unreplied = unreplied;
+        }
+    }
+    let admin = admin::admin(raw.admin).map_err(|(k, m)| invalid(k, m))?;
+    let resolvers = raw
+        .resolvers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.0)
+        .collect();
+    Ok(Config {
+        path: path.to_path_buf(),
+        admin,
+        resolvers,
+        workers,
+        accept_steering: raw
+            .accept_steering
+            .unwrap_or(AcceptSteering::LeastConnections),
+        shutdown_timeout: raw
+            .shutdown_timeout
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        shutdown_grace: raw.shutdown_grace.map_or(Duration::ZERO, |d| d.0),
+        node_drain_grace: raw
+            .node_drain_grace
+            .map_or(DEFAULT_NODE_DRAIN_GRACE, |d| d.0),
+        upgrade_socket: match raw.upgrade_socket.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(invalid(
+                    "upgrade_socket".into(),
+                    "give a path for the UNIX socket, or leave the key out".into(),
+                ))
+            }
+            Some(p) => Some(p.into()),
+        },
+        access_log: match raw.access_log.as_deref() {
+            None | Some("stderr") => super::AccessLogSink::Stderr,
+            Some("off") => super::AccessLogSink::Off,
+            Some("") => {
+                return Err(invalid(
+                    "access_log".into(),
+                    "give `off`, `stderr` or a file path".into(),
+                ))
+            }
+            Some(path) => super::AccessLogSink::File(path.into()),
+        },
+        listeners,
+        target_groups,
+    })
+}
+
+/// Records `name` (of a `what`, at `index`) and refuses it when empty or seen before.
+fn unique_name(
+    seen: &mut HashMap<String, usize>,
+    name: &str,
+    index: usize,
+    what: &str,
+) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if seen.insert(name.to_string(), index).is_some() {
+        return Err(format!("duplicate {what} name `{name}`"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+workers: 2
+shutdown_timeout: 10s
+listeners:
+  - name: pg
+    protocol: tcp
+    bind: 127.0.0.1:6432
+    target_group: pg
+    max_connections: 100
+    connect_timeout: 3s
+target_groups:
+  - name: pg
+    algorithm: weighted_round_robin
+    health_check:
+      protocol: http
+      path: /healthz
+      interval: 2s
+      timeout: 500ms
+      healthy_threshold: 3
+    targets:
+      - address: 127.0.0.1:5432
+        weight: 2
+      - address: 127.0.0.1:5433
+";
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("test.yaml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accept_steering_is_least_connections_or_hash() {
+        let hash = parse_str(&GOOD.replace("workers: 2", "workers: 2\naccept_steering: hash"));
+        assert_eq!(hash.unwrap().accept_steering, AcceptSteering::Hash);
+        let e = err(&GOOD.replace("workers: 2", "workers: 2\naccept_steering: random"));
+        assert!(
+            e.contains("accept_steering") && e.contains("least_connections"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn good_file_fills_defaults() {
+        let c = parse_str(GOOD).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.accept_steering, AcceptSteering::LeastConnections);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        let l = &c.listeners[0];
+        assert_eq!(l.max_connections, Some(100));
+        assert_eq!(l.connect_timeout, Duration::from_secs(3));
+        assert_eq!(l.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(l.retries, 2);
+        let g = &c.target_groups[l.target_group];
+        assert_eq!(g.algorithm, Algorithm::WeightedRoundRobin);
+        assert_eq!(g.health_check.healthy_threshold, 3);
+        assert_eq!(g.health_check.unhealthy_threshold, 2);
+        assert_eq!(g.targets[0].weight, 2);
+        assert_eq!(g.targets[1].weight, 1);
+    }
+
+    #[test]
+    fn parse_errors_name_file_key_and_line() {
+        let e = err(&GOOD.replace("max_connections: 100", "max_conections: 100"));
+        assert!(e.contains("test.yaml"), "{e}");
+        assert!(e.contains("unknown field `max_conections`"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
+        let e = err(&GOOD.replace("interval: 2s", "interval: 0s"));
+        assert!(e.contains("target_groups[0].health_check.interval"), "{e}");
+        assert!(e.contains("greater than zero"), "{e}");
+        let e = err(&GOOD.replace("healthy_threshold: 3", "healthy_threshold: 0"));
+        assert!(e.contains("healthy_threshold"), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:5433", "127.0.0.1:notaport"));
+        assert!(e.contains("targets[1].address"), "{e}");
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        let two = GOOD.replace(
+            "target_groups:",
+            "  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:6433\n    target_group: pg\ntarget_groups:",
+        );
+        assert!(err(&two).contains("listeners[1].name: duplicate listener name `pg`"));
+        let e = err(&GOOD.replace("target_group: pg", "target_group: nope"));
+        assert!(e.contains("listeners[0].target_group"), "{e}");
+        let e = err(&GOOD.replace("protocol: tcp", "protocol: udp"));
+        assert!(
+            e.contains("listeners[0].max_connections: `max_connections` applies to tcp"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("timeout: 500ms", "timeout: 5s"));
+        assert!(e.contains("must not exceed interval"), "{e}");
+        let e = err(&GOOD.replace("path: /healthz", "port: 8080"));
+        assert!(e.contains("http checks need a `path`"), "{e}");
+        let maglev = GOOD.replace("weighted_round_robin", "maglev");
+        let c = parse_str(&maglev.replace(
+            "    health_check:",
+            "    hash_key: source_ip\n    health_check:",
+        ))
+        .unwrap();
+        assert_eq!(c.target_groups[0].hash_key, HashKey::SourceIp);
+        assert_eq!(c.target_groups[0].maglev_table_size, 65537);
+        let e = err(&GOOD.replace(
+            "    health_check:",
+            "    hash_key: source_ip\n    health_check:",
+        ));
+        assert!(
+            e.contains("target_groups[0].hash_key: `hash_key` applies to `algorithm: maglev` only"),
+            "{e}"
+        );
+        let e = err(&maglev.replace(
+            "    health_check:",
+            "    maglev_table_size: 65536\n    health_check:",
+        ));
+        assert!(e.contains("must be a prime"), "{e}");
+        let e = err(&maglev.replace(
+            "    health_check:",
+            "    maglev_table_size: 101\n    health_check:",
+        ));
+        assert!(e.contains("at least 100 × targets (200)"), "{e}");
+    }
+}

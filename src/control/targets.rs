@@ -1,0 +1,260 @@
+//! The changes to target groups' targets: added and removed (the admin API, `discover:`,
+//! scaling hooks), admin states (drain, disable, enable), and the prober's health and
+//! outlier-detection flips; a target taken out is closed once its group's `drain_timeout` has
+//! passed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ChangeError, Control, Summary};
+use crate::config::{self, Config, TargetConfig, UnhealthyConnections};
+use crate::target::AdminState;
+use crate::worker::Message;
+
+impl Control {
+    /// The targets `discover:` found for group `group` are now `found` (address → weight):
+    /// new ones are added (taking traffic once they pass their health check), vanished ones
+    /// removed (they drain). Returns `None` when nothing changed.
+    ///
+    /// # Errors
+    /// As [`Control::add_target`]: an unknown group, a `maglev_table_size` too small.
+    pub fn set_discovered(
+        self: &Arc<Self>,
+        group: &str,
+        found: BTreeMap<SocketAddr, u32>,
+    ) -> Result<Option<Summary>, ChangeError> {
+        let _guard = self.locked();
+        let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        let before = known.get(group).cloned().unwrap_or_default();
+        if before == found {
+            return Ok(None);
+        }
+        let mut config = self.generation().config.clone();
+        let g = group_config(&mut config, group)?;
+        g.targets
+            .retain(|t| !before.contains_key(&t.address) || found.contains_key(&t.address));
+        for (&address, &weight) in &found {
+            match g.targets.iter_mut().find(|t| t.address == address) {
+                Some(t) if before.contains_key(&address) => t.weight = weight,
+                Some(_) => {} // also listed in the file: the file's settings stay
+                None => g.targets.push(TargetConfig::new(address, weight)),
+            }
+        }
+        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        let drain = g.drain_timeout;
+        let summary = self.apply_locked(config)?;
+        // Vanished targets drain, then what is still open after drain_timeout is closed, as
+        // for a target removed through the API.
+        let generation = self.generation();
+        if let Some((gi, g)) = generation.group(group) {
+            for address in before.keys().filter(|a| !found.contains_key(a)) {
+                if let Some((ti, _)) =
+                    g.targets.iter().enumerate().find(|(_, t)| {
+                        t.address == *address && t.admin_state() == AdminState::Removed
+                    })
+                {
+                    self.close_after(gi, ti, drain, AdminState::Removed);
+                }
+            }
+        }
+        known.insert(group.to_string(), found);
+        Ok(Some(summary))
+    }
+
+    /// A reload's `config` keeps what `discover:` found for the groups that still discover.
+    pub(super) fn keep_discovered(&self, config: &mut Config) {
+        let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|name, _| {
+            config
+                .target_groups
+                .iter()
+                .any(|g| &g.name == name && !g.discover.is_empty())
+        });
+        for g in &mut config.target_groups {
+            for (&address, &weight) in known.get(&g.name).into_iter().flatten() {
+                if !g.targets.iter().any(|t| t.address == address) {
+                    g.targets.push(TargetConfig::new(address, weight));
+                }
+            }
+        }
+    }
+
+    /// Adds `target` to group `group` (it takes traffic once it passes `healthy_threshold`
+    /// checks).
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group, [`ChangeError::Conflict`] when the
+    /// address is already a target of the group, [`ChangeError::Invalid`] when the group's
+    /// rules refuse it (port 0, a `maglev_table_size` too small for one more target).
+    pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
+        let _guard = self.locked();
+        let mut config = self.generation().config.clone();
+        let g = group_config(&mut config, group)?;
+        if target.address.port() == 0 {
+            return Err(ChangeError::Invalid("target port must not be 0".into()));
+        }
+        if g.targets.iter().any(|t| t.address == target.address) {
+            return Err(ChangeError::Conflict(format!(
+                "target group `{group}` already has target {}",
+                target.address
+            )));
+        }
+        g.targets.push(target);
+        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        self.apply_locked(config)
+    }
+
+    /// Removes `address` from group `group`: it takes nothing new, its open connections go
+    /// on, and whatever is still open after the group's `drain_timeout` is closed.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group or target, [`ChangeError::Invalid`]
+    /// for a group's last target.
+    pub fn remove_target(
+        self: &Arc<Self>,
+        group: &str,
+        address: SocketAddr,
+    ) -> Result<Summary, ChangeError> {
+        let _guard = self.locked();
+        let mut config = self.generation().config.clone();
+        let g = group_config(&mut config, group)?;
+        let Some(pos) = g.targets.iter().position(|t| t.address == address) else {
+            return Err(no_target(group, address));
+        };
+        if g.targets.len() == 1 {
+            return Err(ChangeError::Invalid(format!(
+                "{address} is the last target of `{group}`; a group needs at least one"
+            )));
+        }
+        g.targets.remove(pos);
+        let drain = g.drain_timeout;
+        let summary = self.apply_locked(config)?;
+        let generation = self.generation();
+        if let Some((gi, _)) = generation.group(group) {
+            if let Some(ti) = generation.groups[gi]
+                .targets
+                .iter()
+                .position(|t| t.address == address)
+            {
+                self.close_after(gi, ti, drain, AdminState::Removed);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Sets the admin state of `address` in `group`; returns `(group index, target index,
+    /// whether it changed)`. Disabling also closes what is still open after the group's
+    /// `drain_timeout`.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group or target.
+    pub fn set_admin_state(
+        self: &Arc<Self>,
+        group: &str,
+        address: SocketAddr,
+        state: AdminState,
+    ) -> Result<(usize, usize, bool), ChangeError> {
+        let _guard = self.locked();
+        let generation = self.generation();
+        let (gi, g) = generation
+            .group(group)
+            .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?;
+        let (ti, _) = g.target(address).ok_or_else(|| no_target(group, address))?;
+        let changed = g.set_admin_state(ti, state);
+        if changed {
+            log::info!("target group {group}: {address} is now {state} (admin API)");
+            if state == AdminState::Disabled {
+                self.close_after(gi, ti, g.config.drain_timeout, AdminState::Disabled);
+            }
+        }
+        Ok((gi, ti, changed))
+    }
+
+    /// Outlier detection ejects target `target` of group `group` or lets it back; returns
+    /// whether that changed anything.
+    pub fn set_ejected(&self, group: usize, target: usize, ejected: bool) -> bool {
+        let _guard = self.locked();
+        self.generation().groups[group].set_ejected(target, ejected)
+    }
+
+    /// The prober's verdict on target `target` of group `group`; returns whether it changed.
+    /// A target turning unhealthy in a group with `on_unhealthy: close` has its open TCP
+    /// connections reset.
+    pub fn set_healthy(&self, group: usize, target: usize, healthy: bool) -> bool {
+        let _guard = self.locked();
+        let generation = self.generation();
+        let changed = generation.groups[group].set_healthy(target, healthy);
+        if changed
+            && !healthy
+            && generation.groups[group].config.on_unhealthy == UnhealthyConnections::Close
+        {
+            // `on_unhealthy: close`: the open TCP connections go too, reset (a primary that
+            // lost its role must take no more writes; clients reconnect elsewhere).
+            let open = generation.groups[group].targets[target]
+                .active
+                .load(std::sync::atomic::Ordering::Relaxed);
+            log::info!(
+                "target group {}: {}: unhealthy; resetting its {open} open connection(s) \
+                 (on_unhealthy: close)",
+                generation.groups[group].name(),
+                generation.groups[group].targets[target].address
+            );
+            for w in &self.workers() {
+                w.send(Message::CloseTarget {
+                    group,
+                    target,
+                    sessions: false,
+                    reason: "target_unhealthy",
+                });
+            }
+        }
+        changed
+    }
+
+    /// After `wait`, closes whatever is still open to target `index` of group `g`, if it is
+    /// still in state `expect` (not enabled or re-added meanwhile). A timer thread waits, so
+    /// the caller answers at once.
+    fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
+        let spawned = self.after("ballast-drain", wait, move |control| {
+            let generation = control.generation();
+            let (group, target) = (&generation.groups[g], &generation.groups[g].targets[index]);
+            if target.admin_state() == expect
+                && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
+            {
+                log::info!(
+                    "target group {}: {}: drain_timeout passed; closing what is still open",
+                    group.name(),
+                    target.address
+                );
+                for w in &control.workers() {
+                    w.send(Message::CloseTarget {
+                        group: g,
+                        target: index,
+                        sessions: true,
+                        reason: "disabled",
+                    });
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the drain timer: {e}");
+        }
+    }
+}
+
+fn group_config<'c>(
+    config: &'c mut Config,
+    group: &str,
+) -> Result<&'c mut config::TargetGroupConfig, ChangeError> {
+    config
+        .target_groups
+        .iter_mut()
+        .find(|g| g.name == group)
+        .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))
+}
+
+fn no_target(group: &str, address: SocketAddr) -> ChangeError {
+    ChangeError::NotFound(format!("target group `{group}` has no target `{address}`"))
+}
