@@ -55,7 +55,7 @@ pub(crate) fn new_worker(
         steering.clone(),
     )?;
     let link = WorkerLink {
-        commands: messages_tx,
+        messages: messages_tx,
         waker,
     };
     Ok((worker, link))

@@ -359,7 +359,7 @@ impl Control {
                 self.node.set(Service::Serving, Some(epoch));
                 for (link, sockets) in self.workers().iter().zip(sockets) {
                     link.send(Message::Reload {
-                        shared: generation.clone(),
+                        generation: generation.clone(),
                         sockets: live.iter().copied().zip(sockets).collect(),
                     });
                 }
@@ -483,7 +483,7 @@ impl Control {
                 .zip(std::mem::take(&mut sockets[w]))
                 .collect();
             link.send(Message::Reload {
-                shared: next.clone(),
+                generation: next.clone(),
                 sockets: mine,
             });
         }

@@ -22,8 +22,8 @@
 //!
 //! The worker owns the sockets' registration and the target choice; this module owns what a
 //! connection knows about itself and how bytes move ([`pump`]).
-// The data path: nothing reachable from network input may panic (see README, Limits and
-// faults). Unit tests may unwrap.
+// The data path: nothing reachable from network input may panic (the no-panic block of
+// lib.rs's "Lint policy"; integration/layers.rs keeps it identical). Unit tests may unwrap.
 #![cfg_attr(
     not(test),
     deny(

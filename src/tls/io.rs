@@ -51,7 +51,10 @@ impl std::fmt::Display for HandshakeError {
 }
 
 /// Advances the handshake of `tls` over `socket` as far as the socket allows.
-pub(crate) fn handshake<S: Read + Write + ?Sized>(tls: &mut Connection, socket: &mut S) -> Handshake {
+pub(crate) fn handshake<S: Read + Write + ?Sized>(
+    tls: &mut Connection,
+    socket: &mut S,
+) -> Handshake {
     loop {
         match flush(tls, socket) {
             Ok(()) => {}

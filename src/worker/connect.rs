@@ -26,10 +26,10 @@ impl Worker {
             let Some(conn) = self.table.get_mut(key) else {
                 return;
             };
-            let listener = &self.shared.listeners[conn.listener];
+            let listener = &self.generation.listeners[conn.listener];
             let retries = listener.config.retries;
             let g = conn.group;
-            let group = &self.shared.groups[g];
+            let group = &self.generation.groups[g];
             let request = balancer::Request {
                 tuple: conn.request_tuple(),
             };
@@ -90,8 +90,8 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let retries = self.shared.listeners[conn.listener].config.retries;
-        let group = &self.shared.groups[conn.group];
+        let retries = self.generation.listeners[conn.listener].config.retries;
+        let group = &self.generation.groups[conn.group];
         let address = conn.target().map(|t| group.targets[t].address);
         let why = match address {
             Some(a) => format!("{a}: {reason}"),
@@ -117,7 +117,7 @@ impl Worker {
                     "listener {}: resetting client {client}: no target accepted the connection \
                      after {tried} attempt(s) (last: {}; {unlogged} more such clients since the \
                      last report)",
-                    self.shared.listeners[i].config.name,
+                    self.generation.listeners[i].config.name,
                     last.as_deref().unwrap_or("no target to try"),
                 );
             }
@@ -135,7 +135,10 @@ impl Worker {
             return;
         };
         let postgres = conn.attempts().is_some_and(|a| a.postgres);
-        let target_tls = self.shared.groups[conn.group].config.target_tls.is_some();
+        let target_tls = self.generation.groups[conn.group]
+            .config
+            .target_tls
+            .is_some();
         match result {
             Ok(()) if postgres => self.start_target_preamble(key),
             Ok(()) if target_tls => self.start_target_tls(key),

@@ -151,7 +151,7 @@ impl Worker {
             log::warn!(
                 "listener {}: {what}: {}; pausing accepts for {}ms ({unlogged} more such errors \
                  since the last report)",
-                self.shared.listeners[i].config.name,
+                self.generation.listeners[i].config.name,
                 crate::net::describe(e),
                 ACCEPT_BACKOFF.as_millis(),
             );
@@ -183,8 +183,8 @@ impl Worker {
 
     /// Accepts up to [`ACCEPT_BUDGET`] clients on listener `i`.
     pub(super) fn accept(&mut self, i: usize) {
-        let shared = self.shared.clone();
-        let state = &shared.listeners[i];
+        let generation = self.generation.clone();
+        let state = &generation.listeners[i];
         let max = state.config.max_connections;
         for _ in 0..ACCEPT_BUDGET {
             if self.listeners[i].paused_until.is_some() {
@@ -201,7 +201,7 @@ impl Worker {
                 return;
             };
             // Every target at its max_connections: leave the client in the backlog.
-            if !shared.groups[state.config.target_group].has_room() {
+            if !generation.groups[state.config.target_group].has_room() {
                 slot.full = true;
                 return;
             }

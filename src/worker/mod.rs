@@ -20,8 +20,8 @@
 //! Every drain loop is capped (accepts per wake, bytes per direction per wake); work left over
 //! goes on a ready queue that the next loop turn runs before sleeping, because with
 //! edge-triggered readiness no new event would come for it.
-// The data path: nothing reachable from network input may panic (see README, Limits and
-// faults). Unit tests may unwrap. Indexing stays allowed here: the indices are the worker's own
+// The data path: nothing reachable from network input may panic (lib.rs's "Lint policy";
+// integration/layers.rs checks the block). Unit tests may unwrap. Indexing stays allowed here: the indices are the worker's own
 // (listener, group and target indices of a generation, which later generations only extend;
 // slot keys of its tables), never taken from the network; `tcp/` and `udp/`, which parse what
 // arrives, deny unchecked indexing too.
@@ -101,7 +101,7 @@ fn session_tag(id: u64) -> Tag {
 /// What a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenSlot {
-    /// The worker's waker (commands are waiting).
+    /// The worker's waker (messages are waiting).
     Waker,
     /// Listener index.
     Listener(usize),
@@ -173,7 +173,7 @@ pub enum Message {
     /// listener's socket).
     Reload {
         /// The new generation.
-        shared: Arc<Generation>,
+        generation: Arc<Generation>,
         /// `(listener index, socket)` for each new listener.
         sockets: Vec<(usize, Bound)>,
     },
@@ -230,15 +230,15 @@ pub struct ConnInfo {
 #[derive(Debug, Clone)]
 pub struct WorkerLink {
     /// Commands to the worker.
-    pub commands: crossbeam_channel::Sender<Message>,
-    /// Wakes the worker's poll so it reads its commands.
+    pub messages: crossbeam_channel::Sender<Message>,
+    /// Wakes the worker's poll so it reads its messages.
     pub waker: Arc<mio::Waker>,
 }
 
 impl WorkerLink {
     /// Sends `command` and wakes the worker; false when the worker is gone.
-    pub fn send(&self, command: Message) -> bool {
-        self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+    pub fn send(&self, message: Message) -> bool {
+        self.messages.send(message).is_ok() && self.waker.wake().is_ok()
     }
 }
 
@@ -250,10 +250,10 @@ enum Ready {
     Session { key: usize, id: u64 },
 }
 
-/// The largest `udp.batch` of `shared`'s UDP listeners (the size of a worker's datagram
+/// The largest `udp.batch` of `generation`'s UDP listeners (the size of a worker's datagram
 /// buffers); `None` without UDP listeners.
-fn udp_batch_size(shared: &Generation) -> Option<usize> {
-    shared
+fn udp_batch_size(generation: &Generation) -> Option<usize> {
+    generation
         .listeners
         .iter()
         .filter(|l| !l.removed)
@@ -275,7 +275,7 @@ impl std::fmt::Debug for Worker {
 pub(crate) struct Worker {
     id: usize,
     poll: Poll,
-    shared: Arc<Generation>,
+    generation: Arc<Generation>,
     listeners: Vec<ListenerSlot>,
     table: ConnTable<Connection>,
     sessions: SessionTable<UdpSocket>,
@@ -292,7 +292,7 @@ pub(crate) struct Worker {
     /// socket for an accepted client meets EMFILE, so no accepted client is closed for want of
     /// one; accepting waits until it is held again.
     reserve: Option<socket2::Socket>,
-    commands: Receiver<Message>,
+    messages: Receiver<Message>,
     stop_deadline: Option<Instant>,
     access: AccessLog,
     next_id: u64,
@@ -306,9 +306,9 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// A worker over `sockets` (`(listener index, socket)` for each listener of `shared` it
-    /// serves, already bound and, for TCP, listening; non-blocking) that takes commands from
-    /// `commands` and writes its access-log lines to `access`. The caller makes the waker on
+    /// A worker over `sockets` (`(listener index, socket)` for each listener of `generation` it
+    /// serves, already bound and, for TCP, listening; non-blocking) that takes messages from
+    /// `messages` and writes its access-log lines to `access`. The caller makes the waker on
     /// `poll`'s registry with [`WAKER_TOKEN`].
     ///
     /// # Errors
@@ -316,9 +316,9 @@ impl Worker {
     pub(crate) fn new(
         id: usize,
         poll: Poll,
-        shared: Arc<Generation>,
+        generation: Arc<Generation>,
         sockets: Vec<(usize, Bound)>,
-        commands: Receiver<Message>,
+        messages: Receiver<Message>,
         access: AccessLog,
         steering: Arc<Steering>,
     ) -> io::Result<Worker> {
@@ -329,17 +329,17 @@ impl Worker {
             }
             listeners.push(ListenerSlot::register(&poll, i, socket, (&steering, id))?);
         }
-        while listeners.len() < shared.listeners.len() {
+        while listeners.len() < generation.listeners.len() {
             listeners.push(ListenerSlot::closed());
         }
-        let batch = udp_batch_size(&shared).map(Batch::new);
-        let pickers = shared.groups.iter().map(Picker::new).collect();
+        let batch = udp_batch_size(&generation).map(Batch::new);
+        let pickers = generation.groups.iter().map(Picker::new).collect();
         // Tests of the long life start the wrapping counters just short of their wrap.
         let first_tag = crate::fault::near_wrap().map_or(0, |n| TAG_MASK - n.min(TAG_MASK));
         Ok(Worker {
             id,
             poll,
-            shared,
+            generation,
             listeners,
             table: ConnTable::default(),
             sessions: SessionTable::with_ids_after(first_tag.into()),
@@ -350,7 +350,7 @@ impl Worker {
             ready: VecDeque::new(),
             starved: false,
             reserve: Some(reserve_descriptor()?),
-            commands,
+            messages,
             stop_deadline: None,
             access,
             next_id: 0,
@@ -379,7 +379,7 @@ impl Worker {
             self.now = Instant::now();
             for event in events.iter() {
                 match TokenSlot::of(event.token()) {
-                    TokenSlot::Waker => self.handle_commands(),
+                    TokenSlot::Waker => self.handle_messages(),
                     TokenSlot::Listener(i) => self.handle_listener(i),
                     TokenSlot::Front(key, tag) => self.handle_front_event(key, tag, event),
                     TokenSlot::Back(key, tag) => self.handle_back_event(key, tag, event),
@@ -448,9 +448,9 @@ impl Worker {
         next.map(|t| t.saturating_duration_since(Instant::now()))
     }
 
-    fn handle_commands(&mut self) {
+    fn handle_messages(&mut self) {
         loop {
-            match self.commands.try_recv() {
+            match self.messages.try_recv() {
                 Ok(Message::Stop(closed)) => {
                     self.begin_stop();
                     let _ = closed.send(self.id);
@@ -469,7 +469,10 @@ impl Worker {
                         crate::fault::injected_panic(&format!("worker {}", self.id));
                     }
                 }
-                Ok(Message::Reload { shared, sockets }) => self.reload(shared, sockets),
+                Ok(Message::Reload {
+                    generation,
+                    sockets,
+                }) => self.reload(generation, sockets),
                 Ok(Message::CloseListeners) => self.close_listeners("node_drained"),
                 Ok(Message::ShareSockets(reply)) => {
                     let _ = reply.send(self.share_sockets());
@@ -488,7 +491,7 @@ impl Worker {
         }
     }
 
-    fn reload(&mut self, shared: Arc<Generation>, sockets: Vec<(usize, Bound)>) {
+    fn reload(&mut self, generation: Arc<Generation>, sockets: Vec<(usize, Bound)>) {
         for (index, socket) in sockets {
             if self.stop_deadline.is_some() {
                 break; // stopping: new listeners would only be closed again
@@ -503,24 +506,24 @@ impl Worker {
                 Err(e) => log::error!(
                     "worker {}: cannot register listener {}: {e}",
                     self.id,
-                    shared.listeners[index].config.name
+                    generation.listeners[index].config.name
                 ),
             }
         }
         let mut closed = Vec::new();
-        for (i, state) in shared.listeners.iter().enumerate() {
+        for (i, state) in generation.listeners.iter().enumerate() {
             if state.removed && self.listeners.get(i).is_some_and(|s| s.socket.is_some()) {
                 self.listeners[i].close(&self.poll);
                 closed.push(i);
             }
         }
         self.end_sessions_where(|s| closed.contains(&s.listener), "listener removed");
-        let want = udp_batch_size(&shared);
+        let want = udp_batch_size(&generation);
         if want.is_some_and(|w| self.batch.as_ref().is_none_or(|b| b.capacity() < w)) {
             self.batch = want.map(Batch::new);
         }
-        self.pickers = shared.groups.iter().map(Picker::new).collect();
-        self.shared = shared;
+        self.pickers = generation.groups.iter().map(Picker::new).collect();
+        self.generation = generation;
         // New listeners may have clients waiting already; edge-triggered, so look now.
         for i in 0..self.listeners.len() {
             self.ready.push_back(Ready::Listener(i));
@@ -555,12 +558,12 @@ impl Worker {
             };
             let target = conn
                 .reached()
-                .map(|t| self.shared.groups[conn.group].targets[t].address);
+                .map(|t| self.generation.groups[conn.group].targets[t].address);
             let (bytes_up, bytes_down) = conn.bytes();
             out.push(ConnInfo {
                 protocol: Protocol::Tcp,
                 client: conn.tuple.client,
-                listener: self.shared.listeners[conn.listener].config.name.clone(),
+                listener: self.generation.listeners[conn.listener].config.name.clone(),
                 local: conn.tuple.listener,
                 target,
                 stage: conn.stage.to_string(),
@@ -575,9 +578,9 @@ impl Worker {
             out.push(ConnInfo {
                 protocol: Protocol::Udp,
                 client: s.client,
-                listener: self.shared.listeners[s.listener].config.name.clone(),
+                listener: self.generation.listeners[s.listener].config.name.clone(),
                 local: udp::session_address(self.listeners[s.listener].local, s.reply_from),
-                target: Some(self.shared.groups[s.group].targets[s.target].address),
+                target: Some(self.generation.groups[s.group].targets[s.target].address),
                 stage: "session".to_string(),
                 age: self.now.saturating_duration_since(s.started),
                 bytes_up: s.up.bytes,
@@ -593,7 +596,7 @@ impl Worker {
             return;
         }
         self.close_listeners("stopping");
-        let timeout = self.shared.config.shutdown_timeout;
+        let timeout = self.generation.config.shutdown_timeout;
         self.stop_deadline = Some(self.now + timeout);
         log::debug!(
             "worker {}: stopped accepting; {} open connections",

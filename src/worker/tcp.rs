@@ -32,7 +32,7 @@ impl Worker {
         place: ListenerPlace,
     ) {
         let tag = self.new_tag();
-        let state = &self.shared.listeners[i];
+        let state = &self.generation.listeners[i];
         let config = &state.config;
         // The front door, before anything is set up: with `accept_proxy_protocol` the peer
         // must be a trusted balancer (the access rules then judge the client its header
@@ -108,7 +108,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let state = &self.shared.listeners[conn.listener];
+        let state = &self.generation.listeners[conn.listener];
         let Stage::Preamble(p) = &mut conn.stage else {
             return;
         };
@@ -209,7 +209,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let group = &self.shared.groups[conn.group].config;
+        let group = &self.generation.groups[conn.group].config;
         let mut first = match group.proxy_protocol {
             // With `target_tls` the header goes in the clear before the handshake instead.
             Some(v) if group.target_tls.is_none() => {
@@ -304,12 +304,12 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let forwarding = self.shared.listeners[conn.listener].config.forwarding;
+        let forwarding = self.generation.listeners[conn.listener].config.forwarding;
         if let Err(action) = conn.establish(forwarding, &mut self.pool, self.now) {
             return self.act(key, action);
         }
         if let Some(t) = conn.reached() {
-            let group = &self.shared.groups[conn.group];
+            let group = &self.generation.groups[conn.group];
             let target = &group.targets[t];
             target.total.fetch_add(1, Ordering::Relaxed);
             balancer::remember(group, conn.client().ip(), t, self.now);
@@ -324,12 +324,12 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let t = timeouts(&self.shared.listeners[conn.listener].config);
+        let t = timeouts(&self.generation.listeners[conn.listener].config);
         let (moved, action) = conn.drive(&mut self.pool, PUMP_BUDGET, self.now, &t);
         if let Some(target) = conn
             .reached()
             .filter(|_| moved.up + moved.down > 0)
-            .map(|t| &self.shared.groups[conn.group].targets[t])
+            .map(|t| &self.generation.groups[conn.group].targets[t])
         {
             if let Some(response) = moved.response {
                 target.record_response(response);
@@ -368,10 +368,10 @@ impl Worker {
         let Some(conn) = self.remove(key, reset) else {
             return;
         };
-        let listener = &self.shared.listeners[conn.listener];
+        let listener = &self.generation.listeners[conn.listener];
         let target = conn
             .reached()
-            .map(|t| &self.shared.groups[conn.group].targets[t]);
+            .map(|t| &self.generation.groups[conn.group].targets[t]);
         // Passive checks: a reset from the target is a failure, a clean end a success.
         if let Some(t) = target {
             match conn.first_abort {
@@ -424,7 +424,7 @@ impl Worker {
             if conn.id != due.id {
                 continue;
             }
-            let t = timeouts(&self.shared.listeners[conn.listener].config);
+            let t = timeouts(&self.generation.listeners[conn.listener].config);
             match conn.on_timer(self.now, &t) {
                 Action::Expired => {}
                 action => {
@@ -433,7 +433,7 @@ impl Worker {
                 }
             }
             if let Stage::Preamble(p) = &conn.stage {
-                let state = &self.shared.listeners[conn.listener];
+                let state = &self.generation.listeners[conn.listener];
                 match (&state.config.sni, p.front_door_passed) {
                     (_, false) if state.config.accept_proxy.is_some() => {
                         state.refuse(Refusal::ProxyTimeout);

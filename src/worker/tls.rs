@@ -92,7 +92,7 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let group = &self.shared.groups[conn.group];
+        let group = &self.generation.groups[conn.group];
         let header = group
             .config
             .proxy_protocol

@@ -42,7 +42,7 @@ impl Worker {
         // A wildcard listener learns each datagram's destination, to key its session by the
         // real 5-tuple and reply from that address.
         let wildcard = self.listeners[i].local.ip().is_unspecified();
-        let Some(vlen) = self.shared.listeners[i]
+        let Some(vlen) = self.generation.listeners[i]
             .config
             .udp
             .as_ref()
@@ -76,12 +76,12 @@ impl Worker {
                     end += 1;
                 }
                 if flow.0.is_some_and(|c| self.refuses(i, c, flow.1)) {
-                    self.shared.listeners[i].refuse_many(Refusal::Denied, end - start);
+                    self.generation.listeners[i].refuse_many(Refusal::Denied, end - start);
                 } else {
                     match flow.0.map(|c| self.session_for(i, c, flow.1)) {
                         Some(Ok(key)) => self.send_up(key, &mut batch, start..end),
                         Some(Err(Some(why))) => {
-                            self.shared.listeners[i].refuse_many(why, end - start)
+                            self.generation.listeners[i].refuse_many(why, end - start)
                         }
                         Some(Err(None)) | None => self.count_drops(i, end - start, "no session"),
                     }
@@ -104,7 +104,7 @@ impl Worker {
     /// (rules are judged at a flow's first datagram). Refused datagrams are counted, never
     /// logged one by one.
     fn refuses(&self, i: usize, client: SocketAddr, local: Option<IpAddr>) -> bool {
-        let access = &self.shared.listeners[i].config.access;
+        let access = &self.generation.listeners[i].config.access;
         if access.is_empty() || access.admits(client.ip()) {
             return false;
         }
@@ -134,8 +134,8 @@ impl Worker {
             self.maybe_rebalance(key);
             return Ok(key);
         }
-        let shared = self.shared.clone();
-        let state = &shared.listeners[i];
+        let generation = self.generation.clone();
+        let state = &generation.listeners[i];
         let settings = state.config.udp.as_ref().ok_or(None)?;
         // Per-source limits, at a flow's first datagram (a place held by the session).
         let source_place = match &state.sources {
@@ -149,7 +149,7 @@ impl Worker {
         // share), or with `max_sessions` full: the oldest session no reply has come to makes
         // room, as a SYN backlog drops its oldest, so a flood of unanswered flows pushes out
         // its own kind and never an answered session.
-        if self.sessions.unreplied(i) >= settings.unreplied_per_worker(shared.config.workers) {
+        if self.sessions.unreplied(i) >= settings.unreplied_per_worker(generation.config.workers) {
             self.evict_oldest_unreplied(i);
         }
         let mut place = state.reserve(Some(settings.max_sessions));
@@ -168,7 +168,7 @@ impl Worker {
             return Err(None);
         };
         let g = state.config.target_group;
-        let group = &shared.groups[g];
+        let group = &generation.groups[g];
         let target = self.pickers[g].choose(group, self.now, &Request { tuple }, &[]);
         if let Some(t) = target {
             remember(group, client.ip(), t, self.now);
@@ -236,7 +236,7 @@ impl Worker {
         let Some(old) = self.sessions.evict_unreplied(i) else {
             return false;
         };
-        self.shared.listeners[i]
+        self.generation.listeners[i]
             .evicted
             .fetch_add(1, Ordering::Relaxed);
         self.finish_session(old, "evicted");
@@ -249,11 +249,11 @@ impl Worker {
         let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
-        let listener = &self.shared.listeners[session.listener].config;
+        let listener = &self.generation.listeners[session.listener].config;
         if listener.udp.as_ref().map(|u| u.on_unhealthy) != Some(OnUnhealthy::Rebalance) {
             return;
         }
-        let group = &self.shared.groups[session.group];
+        let group = &self.generation.groups[session.group];
         let old = session.target;
         if group.targets[old].is_healthy() {
             return;
@@ -336,8 +336,8 @@ impl Worker {
         session.last_active = self.now;
         let (listener, group, target) = (session.listener, session.group, session.target);
         let (target, listener_state) = (
-            &self.shared.groups[group].targets[target],
-            &self.shared.listeners[listener],
+            &self.generation.groups[group].targets[target],
+            &self.generation.listeners[listener],
         );
         let (target_bytes, datagrams, why) = match way {
             Way::Up => (
@@ -371,7 +371,7 @@ impl Worker {
                 break;
             };
             let (listener, client, from) = (session.listener, session.client, session.reply_from);
-            let vlen = self.shared.listeners[listener]
+            let vlen = self.generation.listeners[listener]
                 .config
                 .udp
                 .as_ref()
@@ -400,7 +400,7 @@ impl Worker {
             let first = session.responses == 0;
             if first {
                 // The first reply: the target's response time, for least_response_time.
-                self.shared.groups[session.group].targets[session.target]
+                self.generation.groups[session.group].targets[session.target]
                     .record_response(self.now.saturating_duration_since(session.started));
             }
             session.responses = session.responses.saturating_add(n as u32);
@@ -430,7 +430,7 @@ impl Worker {
     }
 
     fn count_drops(&mut self, listener: usize, n: usize, why: &str) {
-        let state = &self.shared.listeners[listener];
+        let state = &self.generation.listeners[listener];
         state.dropped.fetch_add(n as u64, Ordering::Relaxed);
         log::trace!(
             "listener {}: dropped {n} datagrams: {why}",
@@ -480,7 +480,7 @@ impl Worker {
         session.place = None;
         session.target_place = None;
         self.descriptors_freed();
-        let listener = &self.shared.listeners[session.listener].config.name;
+        let listener = &self.generation.listeners[session.listener].config.name;
         if reason == "evicted" && session.down.datagrams == 0 {
             // Never answered and pushed out by newer flows: a flood's own kind, counted in
             // `ballast_listener_evicted_sessions_total` and summarised here, since an access-log
@@ -496,7 +496,7 @@ impl Worker {
             }
             return;
         }
-        let target = &self.shared.groups[session.group].targets[session.target];
+        let target = &self.generation.groups[session.group].targets[session.target];
         self.access.record(&Entry {
             protocol: "udp",
             listener,
