@@ -3,10 +3,11 @@
 //! Entries live in a slab (the slab key becomes the connection's mio tokens) with a hash index
 //! from the 5-tuple to the key. Each worker owns its table; nothing here is shared or locked.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 
+use hashbrown::HashTable;
 use slab::Slab;
 
 use crate::config::Protocol;
@@ -29,57 +30,98 @@ impl fmt::Display for FiveTuple {
     }
 }
 
+/// An entry that knows its own 5-tuple (the table's index holds only slab keys).
+pub(crate) trait Keyed {
+    /// The entry's 5-tuple, fixed for its life in the table.
+    fn tuple(&self) -> &FiveTuple;
+}
+
 /// A slab of entries with a 5-tuple index.
-#[derive(Debug)]
+///
+/// The index holds slab keys only, hashed by the 5-tuple the entry itself carries (a
+/// `hashbrown::HashTable`): a tuple is stored once per connection, not three times (the slab,
+/// the index and the entry), which is most of an idle connection's memory. The hash is
+/// keyed per table (std's `RandomState`, SipHash-1-3): clients choose their ports, and must not
+/// be able to choose colliding ones.
 pub(crate) struct ConnTable<T> {
-    entries: Slab<(FiveTuple, T)>,
-    index: HashMap<FiveTuple, usize>,
+    entries: Slab<T>,
+    index: HashTable<usize>,
+    hasher: RandomState,
+}
+
+impl<T> fmt::Debug for ConnTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnTable")
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Default for ConnTable<T> {
     fn default() -> Self {
         ConnTable {
             entries: Slab::new(),
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
         }
     }
 }
 
-impl<T> ConnTable<T> {
-    /// Adds an entry and returns its key.
+impl<T: Keyed> ConnTable<T> {
+    /// Adds an entry (keyed by its own 5-tuple) and returns its slab key.
     ///
     /// # Errors
     /// Gives `value` back when an entry with the same 5-tuple is already in the table.
-    pub(crate) fn insert(&mut self, tuple: FiveTuple, value: T) -> Result<usize, T> {
-        if self.index.contains_key(&tuple) {
+    pub(crate) fn insert(&mut self, value: T) -> Result<usize, T> {
+        let hash = self.hasher.hash_one(value.tuple());
+        if self.find_hashed(hash, value.tuple()).is_some() {
             return Err(value);
         }
-        let key = self.entries.insert((tuple, value));
-        self.index.insert(tuple, key);
+        let key = self.entries.insert(value);
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.insert_unique(hash, key, |&k| {
+            entries.get(k).map_or(0, |e| hasher.hash_one(e.tuple()))
+        });
         Ok(key)
     }
 
     /// Removes the entry with `key`, if present.
     pub(crate) fn remove(&mut self, key: usize) -> Option<T> {
-        let (tuple, value) = self.entries.try_remove(key)?;
-        let removed = self.index.remove(&tuple);
-        debug_assert_eq!(removed, Some(key), "index and slab disagree");
+        let value = self.entries.try_remove(key)?;
+        let hash = self.hasher.hash_one(value.tuple());
+        match self.index.find_entry(hash, |&k| k == key) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => debug_assert!(false, "index and slab disagree"),
+        }
         Some(value)
-    }
-
-    /// The entry with `key`, to read.
-    pub(crate) fn get(&self, key: usize) -> Option<&T> {
-        self.entries.get(key).map(|(_, v)| v)
-    }
-
-    /// The entry with `key`.
-    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
-        self.entries.get_mut(key).map(|(_, v)| v)
     }
 
     /// The key of the entry for `tuple`.
     pub(crate) fn find(&self, tuple: &FiveTuple) -> Option<usize> {
-        self.index.get(tuple).copied()
+        self.find_hashed(self.hasher.hash_one(tuple), tuple)
+    }
+
+    fn find_hashed(&self, hash: u64, tuple: &FiveTuple) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(hash, |&k| {
+                entries.get(k).is_some_and(|e| e.tuple() == tuple)
+            })
+            .copied()
+    }
+}
+
+impl<T> ConnTable<T> {
+    /// The entry with `key`, to read.
+    pub(crate) fn get(&self, key: usize) -> Option<&T> {
+        self.entries.get(key)
+    }
+
+    /// The entry with `key`.
+    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+        self.entries.get_mut(key)
     }
 
     /// Number of entries.
@@ -94,7 +136,7 @@ impl<T> ConnTable<T> {
 
     /// Every entry.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.entries.iter().map(|(_, (_, v))| v)
+        self.entries.iter().map(|(_, v)| v)
     }
 
     /// Keys of every entry.
@@ -115,18 +157,56 @@ mod tests {
         }
     }
 
+    #[derive(Debug, PartialEq)]
+    struct E(FiveTuple, &'static str);
+
+    impl Keyed for E {
+        fn tuple(&self) -> &FiveTuple {
+            &self.0
+        }
+    }
+
     #[test]
     fn insert_find_remove() {
         let mut t = ConnTable::default();
-        let a = t.insert(tuple(1), "a").unwrap();
-        let b = t.insert(tuple(2), "b").unwrap();
-        assert_eq!(t.insert(tuple(1), "dup"), Err("dup"));
+        let a = t.insert(E(tuple(1), "a")).unwrap();
+        let b = t.insert(E(tuple(2), "b")).unwrap();
+        assert_eq!(t.insert(E(tuple(1), "dup")), Err(E(tuple(1), "dup")));
         assert_eq!(t.find(&tuple(2)), Some(b));
-        assert_eq!(t.remove(a), Some("a"));
+        assert_eq!(t.remove(a), Some(E(tuple(1), "a")));
         assert_eq!(t.remove(a), None);
         assert_eq!(t.find(&tuple(1)), None);
         assert_eq!(t.len(), 1);
-        let c = t.insert(tuple(1), "c").unwrap();
-        assert_eq!(t.get_mut(c), Some(&mut "c"));
+        let c = t.insert(E(tuple(1), "c")).unwrap();
+        assert_eq!(t.get(c), Some(&E(tuple(1), "c")));
+    }
+
+    /// Slab keys are reused and the index rehashes as it grows and shrinks: after thousands
+    /// of inserts and removes in a shuffled order, the index finds exactly the live entries.
+    #[test]
+    fn the_index_follows_the_slab_through_reuse_and_growth() {
+        let mut t = ConnTable::default();
+        let mut live = std::collections::HashMap::new();
+        let mut x: u64 = 7;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let port = (x >> 33) as u16 % 3000;
+            match live.remove(&port) {
+                Some(key) => assert!(t.remove(key).is_some()),
+                None => {
+                    live.insert(port, t.insert(E(tuple(port), "x")).unwrap());
+                }
+            }
+        }
+        assert_eq!(t.len(), live.len());
+        for port in 0..3000 {
+            assert_eq!(
+                t.find(&tuple(port)),
+                live.get(&port).copied(),
+                "port {port}"
+            );
+        }
     }
 }

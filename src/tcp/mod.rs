@@ -275,6 +275,12 @@ impl Reset {
     };
 }
 
+impl<S> crate::conntrack::Keyed for Connection<S> {
+    fn tuple(&self) -> &FiveTuple {
+        &self.tuple
+    }
+}
+
 impl<S: Socket> Connection<S> {
     /// A newly accepted client, in its preamble.
     pub(crate) fn new(

@@ -4,7 +4,7 @@
 //! tests use `()`), and every call that depends on time takes `now`. Idle expiry uses the
 //! lazily checked deadline heap of `timers`, so a wake-up never scans the table.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::conntrack::{ConnTable, FiveTuple};
@@ -21,8 +21,8 @@ pub(crate) struct Session<T> {
     pub listener: usize,
     /// Index of the target group.
     pub group: usize,
-    /// The client's address and port.
-    pub client: SocketAddr,
+    /// The flow: the client's address and port, and the listener's it sent to.
+    pub tuple: FiveTuple,
     /// The address the client sent to, when the listener is bound to a wildcard address:
     /// replies leave from it. `None` on a listener bound to one address.
     pub reply_from: Option<IpAddr>,
@@ -78,13 +78,19 @@ impl Traffic {
     }
 }
 
+impl<T> crate::conntrack::Keyed for Session<T> {
+    fn tuple(&self) -> &FiveTuple {
+        &self.tuple
+    }
+}
+
 impl<T> Session<T> {
-    /// A new session for `client` on `listener`, pinned to `target` of `group`.
+    /// A new session for the flow `tuple` on `listener`, pinned to `target` of `group`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         listener: usize,
         group: usize,
-        client: SocketAddr,
+        tuple: FiveTuple,
         target: usize,
         upstream: T,
         idle_timeout: Duration,
@@ -95,7 +101,7 @@ impl<T> Session<T> {
             id: 0,
             listener,
             group,
-            client,
+            tuple,
             reply_from: None,
             target,
             upstream,
@@ -198,7 +204,8 @@ impl<T> SessionTable<T> {
         session.id = self.next_id;
         let (id, deadline, listener) = (session.id, session.deadline(), session.listener);
         let replied = session.replied();
-        let key = self.table.insert(tuple, session).map_err(Box::new)?;
+        debug_assert_eq!(session.tuple, tuple, "a session filed under another flow");
+        let key = self.table.insert(session).map_err(Box::new)?;
         self.timers.schedule(deadline, Due { key, id });
         if self.by_age.len() <= listener {
             self.by_age.resize_with(listener + 1, Default::default);
@@ -329,18 +336,19 @@ impl<T> SessionTable<T> {
 
 #[cfg(test)]
 mod eviction_tests {
+    use std::net::SocketAddr;
+
     use super::*;
     use crate::config::Protocol;
 
     fn flow(port: u16, now: Instant) -> (FiveTuple, Session<()>) {
-        let client = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = Session::new(0, 0, client, 0, (), Duration::from_secs(30), 0, now);
-        s.unreplied_timeout = Some(Duration::from_secs(2));
         let tuple = FiveTuple {
             protocol: Protocol::Udp,
-            client,
+            client: SocketAddr::from(([127, 0, 0, 1], port)),
             listener: SocketAddr::from(([127, 0, 0, 1], 53)),
         };
+        let mut s = Session::new(0, 0, tuple, 0, (), Duration::from_secs(30), 0, now);
+        s.unreplied_timeout = Some(Duration::from_secs(2));
         (tuple, s)
     }
 
@@ -361,9 +369,9 @@ mod eviction_tests {
         let now = Instant::now();
         let (mut t, keys) = flows(4, now);
         t.mark_replied(keys[0]); // port 1 was answered
-        assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 2);
-        assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 3);
-        assert_eq!(t.evict_unreplied(0).unwrap().client.port(), 4);
+        assert_eq!(t.evict_unreplied(0).unwrap().tuple.client.port(), 2);
+        assert_eq!(t.evict_unreplied(0).unwrap().tuple.client.port(), 3);
+        assert_eq!(t.evict_unreplied(0).unwrap().tuple.client.port(), 4);
         assert!(t.evict_unreplied(0).is_none());
         assert_eq!(t.len(), 1);
         assert!(t.evict_unreplied(7).is_none(), "another listener");
@@ -380,7 +388,7 @@ mod eviction_tests {
         t.mark_replied(ka);
         let ended = t.expire(now + Duration::from_secs(3));
         assert_eq!(ended.len(), 1);
-        assert_eq!(ended[0].client.port(), 2);
+        assert_eq!(ended[0].tuple.client.port(), 2);
         assert_eq!(t.expire(now + Duration::from_secs(31)).len(), 1);
     }
 
@@ -421,6 +429,8 @@ mod eviction_tests {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
     use crate::config::Protocol;
 
@@ -436,7 +446,7 @@ mod tests {
         Session::new(
             0,
             0,
-            tuple(port).client,
+            tuple(port),
             0,
             (),
             Duration::from_secs(30),
@@ -457,11 +467,11 @@ mod tests {
         assert!(table.expire(t0 + Duration::from_secs(29)).is_empty());
         let ended = table.expire(t0 + Duration::from_secs(30));
         assert_eq!(ended.len(), 1);
-        assert_eq!(ended[0].client.port(), 2);
+        assert_eq!(ended[0].tuple.client.port(), 2);
         assert_eq!(table.len(), 1);
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(50)));
         let ended = table.expire(t0 + Duration::from_secs(50));
-        assert_eq!(ended[0].client.port(), 1);
+        assert_eq!(ended[0].tuple.client.port(), 1);
         assert!(table.is_empty());
         assert_eq!(table.next_deadline(), None);
     }

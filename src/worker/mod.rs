@@ -577,7 +577,7 @@ impl Worker {
         for s in self.sessions.iter().take(left) {
             out.push(ConnInfo {
                 protocol: Protocol::Udp,
-                client: s.client,
+                client: s.tuple.client,
                 listener: self.generation.listeners[s.listener].config.name.clone(),
                 local: udp::session_address(self.listeners[s.listener].local, s.reply_from),
                 target: Some(self.generation.groups[s.group].targets[s.target].address),

@@ -72,7 +72,7 @@ impl Worker {
         if let Some(old) = self.table.find(&tuple) {
             self.client_reused_port(old);
         }
-        let key = match self.table.insert(tuple, conn) {
+        let key = match self.table.insert(conn) {
             Ok(key) => key,
             Err(_) => {
                 debug_assert!(false, "two live TCP connections with one 5-tuple: {tuple}");

@@ -195,7 +195,7 @@ impl Worker {
         let mut session = Session::new(
             i,
             g,
-            client,
+            tuple,
             t,
             socket,
             settings.session_idle_timeout,
@@ -261,7 +261,7 @@ impl Worker {
         let request = Request {
             tuple: FiveTuple {
                 protocol: Protocol::Udp,
-                client: session.client,
+                client: session.tuple.client,
                 listener: session_address(
                     self.listeners[session.listener].local,
                     session.reply_from,
@@ -280,7 +280,7 @@ impl Worker {
         if let Err(e) = session.upstream.connect(group.targets[t].address) {
             log::debug!(
                 "session of {}: cannot move to {}: {e}",
-                session.client,
+                session.tuple.client,
                 group.targets[t].address
             );
             return;
@@ -289,7 +289,7 @@ impl Worker {
         session.target_place = Some(group.targets[t].hold()); // the old one is given back
         log::debug!(
             "session of {}: moved from unhealthy {} to {}",
-            session.client,
+            session.tuple.client,
             group.targets[old].address,
             group.targets[t].address
         );
@@ -370,7 +370,8 @@ impl Worker {
                 drained = true;
                 break;
             };
-            let (listener, client, from) = (session.listener, session.client, session.reply_from);
+            let (listener, client, from) =
+                (session.listener, session.tuple.client, session.reply_from);
             let vlen = self.generation.listeners[listener]
                 .config
                 .udp
@@ -500,7 +501,7 @@ impl Worker {
         self.access.record(&Entry {
             protocol: "udp",
             listener,
-            client: session.client,
+            client: session.tuple.client,
             target: Some(target.address),
             duration: self.now.saturating_duration_since(session.started),
             bytes_up: session.up.bytes,
