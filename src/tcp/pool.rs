@@ -27,8 +27,12 @@ pub(crate) const MAX_FREE_PIPES: usize = 32;
 /// none.
 #[derive(Debug, Default)]
 pub(crate) struct BufferPool {
-    free: Vec<Box<[u8]>>,
-    pipes: Vec<Pipe>,
+    free: Vec<Buffer>,
+    #[allow(
+        clippy::vec_box,
+        reason = "free pipes stay boxed: taking one allocates nothing"
+    )]
+    pipes: Vec<Box<Pipe>>,
     /// Pipes taken and not given back.
     pipes_out: usize,
     /// Buffers taken and not given back.
@@ -39,14 +43,14 @@ impl BufferPool {
     /// Most buffers kept free; beyond this, returned buffers are freed.
     const MAX_FREE: usize = 256;
 
-    pub(super) fn take(&mut self) -> Box<[u8]> {
+    pub(super) fn take(&mut self) -> Buffer {
         self.buffers_out += 1;
         self.free
             .pop()
-            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+            .unwrap_or_else(|| Box::new([0u8; BUFFER_SIZE]))
     }
 
-    pub(super) fn give(&mut self, buf: Box<[u8]>) {
+    pub(super) fn give(&mut self, buf: Buffer) {
         debug_assert!(self.buffers_out > 0, "a buffer given back twice");
         self.buffers_out = self.buffers_out.saturating_sub(1);
         if self.free.len() < Self::MAX_FREE {
@@ -66,13 +70,13 @@ impl BufferPool {
     ///
     /// # Errors
     /// When a new pipe cannot be made (`pipe2`: EMFILE, ENFILE).
-    pub(super) fn take_pipe(&mut self) -> io::Result<Option<Pipe>> {
+    pub(super) fn take_pipe(&mut self) -> io::Result<Option<Box<Pipe>>> {
         if self.pipes_out >= MAX_PIPES {
             return Ok(None);
         }
         let pipe = match self.pipes.pop() {
             Some(p) => p,
-            None => Pipe::new()?,
+            None => Box::new(Pipe::new()?),
         };
         self.pipes_out += 1;
         Ok(Some(pipe))
@@ -80,7 +84,7 @@ impl BufferPool {
 
     /// Takes a pipe back: kept for reuse when empty and there is room, else closed (a pipe
     /// still holding bytes nobody will read is never reused).
-    pub(super) fn give_pipe(&mut self, pipe: Pipe) {
+    pub(super) fn give_pipe(&mut self, pipe: Box<Pipe>) {
         debug_assert!(self.pipes_out > 0, "a pipe given back twice");
         self.pipes_out = self.pipes_out.saturating_sub(1);
         if pipe.pending == 0 && self.pipes.len() < MAX_FREE_PIPES {
@@ -88,6 +92,10 @@ impl BufferPool {
         }
     }
 }
+
+/// A user-space buffer, a thin pointer (its size is known): a direction's carrier stays two
+/// words.
+pub(super) type Buffer = Box<[u8; BUFFER_SIZE]>;
 
 /// A pipe used as the in-kernel buffer for `splice(2)`.
 #[derive(Debug)]

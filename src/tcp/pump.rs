@@ -22,7 +22,7 @@ use std::os::fd::AsFd;
 use mio::net::TcpStream;
 
 pub(crate) use super::pool::BufferPool;
-use super::pool::Pipe;
+use super::pool::{Buffer, Pipe};
 use super::socket::Socket;
 use super::transport::{Plain, Transport};
 use crate::config::Forwarding;
@@ -114,13 +114,11 @@ impl<S: Socket> Endpoint<S> {
 enum Carrier {
     /// No bytes held (no buffer taken from the pool).
     Idle,
-    /// Bytes `start..end` of the buffer are read and not yet written.
-    Buffer {
-        buf: Box<[u8]>,
-        start: usize,
-        end: usize,
-    },
-    Pipe(Pipe),
+    /// Bytes `start..end` of the buffer are read and not yet written (offsets in a
+    /// `BUFFER_SIZE` buffer: `u32` keeps a direction three words).
+    Buffer { buf: Buffer, start: u32, end: u32 },
+    /// Boxed: a pipe is rare beside buffers, and inline it would widen every direction.
+    Pipe(Box<Pipe>),
 }
 
 /// What one [`Half::pump`] call did.
@@ -180,9 +178,10 @@ impl Half {
         let Carrier::Buffer { buf, end, .. } = &mut self.carrier else {
             return Err(());
         };
-        let room = buf.get_mut(*end..*end + bytes.len()).ok_or(())?;
+        let at = *end as usize;
+        let room = buf.get_mut(at..at + bytes.len()).ok_or(())?;
         room.copy_from_slice(bytes);
-        *end += bytes.len();
+        *end += bytes.len() as u32;
         Ok(())
     }
 
@@ -190,7 +189,7 @@ impl Half {
     pub(crate) fn pending(&self) -> usize {
         match &self.carrier {
             Carrier::Idle => 0,
-            Carrier::Buffer { start, end, .. } => end - start,
+            Carrier::Buffer { start, end, .. } => (end - start) as usize,
             Carrier::Pipe(p) => p.pending,
         }
     }
@@ -299,16 +298,16 @@ impl Half {
                 if *start == *end {
                     (*start, *end) = (0, 0);
                 }
-                if *end == buf.len() {
+                if *end as usize == buf.len() {
                     return false;
                 }
-                let Some(space) = buf.get_mut(*end..) else {
+                let Some(space) = buf.get_mut(*end as usize..) else {
                     return false;
                 };
                 let room = space.len();
                 match src.transport.read(&mut src.stream, space) {
                     Ok(n) => {
-                        *end += n;
+                        *end += n as u32;
                         // A short read emptied the socket: epoll reports the next arrival
                         // anyway, so skip the read that would only say WouldBlock (as tokio
                         // does on Linux). After a reported FIN no event will come, but none
@@ -416,12 +415,12 @@ impl Half {
             // Nothing of ours left: what the transport still holds goes out.
             Carrier::Idle => transport.flush(stream).map(|()| 0),
             Carrier::Buffer { buf, start, end } => {
-                let Some(bytes) = buf.get(*start..*end) else {
+                let Some(bytes) = buf.get(*start as usize..*end as usize) else {
                     return 0;
                 };
                 let len = bytes.len();
                 transport.write(stream, bytes).inspect(|&n| {
-                    *start += n;
+                    *start += n as u32;
                     // A short write filled the socket's send buffer: wait for writable.
                     if n < len {
                         ready.writable = false;
