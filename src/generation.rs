@@ -14,9 +14,7 @@ use std::sync::Arc;
 use crate::balancer::table_builder;
 use crate::config::{Config, ListenerConfig};
 // The listener's state moved to `crate::listener`; the workers still name it from here.
-pub(crate) use crate::listener::{
-    HandshakeFailure, ListenerPlace, ListenerState, ListenerStats, Refusal,
-};
+pub(crate) use crate::listener::{HandshakeFailure, ListenerPlace, ListenerState, Refusal};
 use crate::target::TargetGroup;
 
 /// Everything the threads share: one generation, built from a [`Config`].

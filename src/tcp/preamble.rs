@@ -6,9 +6,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use super::pump::Endpoint;
 use super::socket::Socket;
+use super::tls::FrontTls;
+use super::{Action, Attempts, Connection, Stage};
+use crate::config::{ListenerConfig, NoServerName, TargetGroupConfig};
+use crate::listener::{HandshakeFailure, ListenerState, Refusal};
 
 /// What the `Preamble` stage has read and done so far.
 #[derive(Debug, Default)]
@@ -169,6 +174,163 @@ pub(crate) fn read_proxy_header<S: Socket>(
             Fill::Eof => return HeaderRead::Refused("closed before a whole PROXY header".into()),
             Fill::Full => return HeaderRead::Refused("header too long".into()),
             Fill::Gone => return HeaderRead::ClientGone,
+        }
+    }
+}
+
+/// Where the `Preamble` stage stands after the client's latest event.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// More is to come: wait for the client (or the preamble's timeout).
+    Wait,
+    /// The client reset or closed before its preamble was whole.
+    ClientGone,
+    /// Refused at the front door: reset, counted as this, and no access-log line (a flood of
+    /// refused clients must not become a flood of log lines).
+    Refused(Refusal),
+    /// The client's TLS handshake failed (and why, for the debug log). Closed with a FIN, not
+    /// a reset: a reset would throw away the alert that tells the client why.
+    HandshakeFailed(HandshakeFailure, String),
+    /// Whole: its target group is chosen ([`Connection::group`]); on to the first connect
+    /// ([`Connection::start_connecting`]).
+    Done,
+}
+
+/// How a preamble that ran out of time ends, by the listener's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// Refused, counted as this.
+    Refused(Refusal),
+    /// A `tls` listener's handshake timed out (refused, counted as a handshake failure).
+    HandshakeTimeout,
+    /// No whole ClientHello in time, and the routes' `otherwise: default`: what was read goes
+    /// to the listener's target group.
+    DefaultRoute,
+    /// Reset both sides (`preamble_timeout`).
+    Close,
+}
+
+impl<S: Socket> Connection<S> {
+    /// The `Preamble` stage: reads what must be read from the client before a target is
+    /// chosen, going on from where the last event left it: the PROXY protocol header on
+    /// listeners with `accept_proxy_protocol`, after which the access rules and the
+    /// per-source limits judge the client it declares; PostgreSQL's SSLRequest
+    /// (`postgres_starttls`); the TLS handshake (`protocol: tls`) or the ClientHello to route
+    /// by (`routes`). The only I/O is the client socket's, through [`Socket`]; a per-source
+    /// place is taken here (given back when the connection is dropped).
+    pub(crate) fn read_preamble(&mut self, listener: &ListenerState, now: Instant) -> Step {
+        let config = &listener.config;
+        let Stage::Preamble(p) = &mut self.stage else {
+            return Step::Wait;
+        };
+        let front = &mut self.front;
+        if !p.front_door_passed {
+            if config.accept_proxy.is_some() {
+                match read_proxy_header(p, front) {
+                    HeaderRead::Wait => return Step::Wait,
+                    HeaderRead::ClientGone => return Step::ClientGone,
+                    HeaderRead::Refused(why) => {
+                        log::debug!("{}: refused: {why}", self.tuple);
+                        return Step::Refused(Refusal::BadProxyHeader);
+                    }
+                    HeaderRead::Done(addresses) => {
+                        self.origin = addresses.map(Box::new).or(self.origin.take());
+                    }
+                }
+                if !config.access.admits(self.client().ip()) {
+                    return Step::Refused(Refusal::Denied);
+                }
+            }
+            // Per-source limits, on the client the preamble settled on. Past one, the client
+            // is reset at once rather than left in the backlog, which every source shares.
+            if let Some(t) = &listener.sources {
+                match t.admit(self.client().ip(), now) {
+                    Ok(place) => self.source_place = place.map(Box::new),
+                    Err(over) => return Step::Refused(Refusal::from(over)),
+                }
+            }
+            if let Stage::Preamble(p) = &mut self.stage {
+                p.front_door_passed = true;
+            }
+        }
+        let Stage::Preamble(p) = &mut self.stage else {
+            return Step::Wait;
+        };
+        let front = &mut self.front;
+        let sni = config.sni.as_ref();
+        if sni.is_some_and(|s| s.postgres_starttls) && p.postgres.is_none() {
+            match read_ssl_request(p, front) {
+                HelloRead::Wait => return Step::Wait,
+                HelloRead::ClientGone => return Step::ClientGone,
+                HelloRead::Done(_) => {}
+            }
+            if config.tls.is_some() {
+                // TLS ends here: the target gets plain PostgreSQL, no SSLRequest to replay.
+                p.postgres = Some(false);
+            }
+        }
+        let name = if let Some(tls) = &config.tls {
+            match super::tls::front_handshake(p, front, &tls.server.config, listener) {
+                FrontTls::Wait => return Step::Wait,
+                FrontTls::Failed(why, message) => return Step::HandshakeFailed(why, message),
+                FrontTls::Done { server_name } => server_name,
+            }
+        } else if sni.is_some() {
+            match read_client_hello(p, front) {
+                HelloRead::Wait => return Step::Wait,
+                HelloRead::ClientGone => return Step::ClientGone,
+                HelloRead::Done(name) => name,
+            }
+        } else {
+            None
+        };
+        if let Some(sni) = sni {
+            match name.as_deref().and_then(|n| sni.group_for(n)) {
+                Some(g) => self.group = g,
+                None if sni.otherwise == NoServerName::Close => {
+                    return Step::Refused(Refusal::NoRoute)
+                }
+                None => {} // the default route: the listener's target group
+            }
+        }
+        Step::Done
+    }
+
+    /// The preamble is complete: what goes to the target first — `group`'s PROXY header,
+    /// and the client bytes the preamble read (past an incoming PROXY header; a ClientHello,
+    /// unchanged) — waits in the attempts, and the connection is `Connecting`; the worker is
+    /// to start the first connect.
+    pub(crate) fn start_connecting(&mut self, group: &TargetGroupConfig) -> Action {
+        let mut first = match group.proxy_protocol {
+            // With `target_tls` the header goes in the clear before the handshake instead.
+            Some(v) if group.target_tls.is_none() => {
+                crate::proxy_protocol::header(v, self.client(), self.local(), false)
+            }
+            _ => Vec::new(),
+        };
+        let Stage::Preamble(mut p) = self.take_stage() else {
+            return Action::Wait;
+        };
+        first.append(&mut p.read);
+        let attempts = Attempts::new(first, p.postgres == Some(true));
+        self.set_stage(Stage::Connecting(Box::new(attempts)));
+        Action::Connect
+    }
+
+    /// How a preamble that ran out of time ends, by the listener's options: before the
+    /// PROXY header was read, a `proxy_timeout` refusal; a `tls` listener's handshake, a
+    /// handshake timeout; a ClientHello not whole in time goes to the default route (or is
+    /// refused, `no_route`, under `otherwise: close`).
+    pub(crate) fn preamble_expired(&self, config: &ListenerConfig) -> Expiry {
+        let Stage::Preamble(p) = &self.stage else {
+            return Expiry::Close;
+        };
+        match (&config.sni, p.front_door_passed) {
+            (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
+            (_, true) if config.tls.is_some() => Expiry::HandshakeTimeout,
+            (Some(sni), true) if sni.otherwise == NoServerName::Default => Expiry::DefaultRoute,
+            (Some(_), true) => Expiry::Refused(Refusal::NoRoute),
+            _ => Expiry::Close,
         }
     }
 }

@@ -7,9 +7,15 @@
 
 use std::io;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::preamble::Preamble;
+use super::pump::Endpoint;
 use super::socket::Socket;
 use super::transport::Transport;
-use crate::tls::io::{self as tls_io, UncleanEnd};
+use crate::listener::HandshakeFailure;
+use crate::tls::io::{self as tls_io, handshake, Handshake, UncleanEnd};
 
 /// A rustls session (client or server) over the endpoint's socket, after its handshake.
 #[derive(Debug)]
@@ -78,5 +84,74 @@ impl Transport for Tls {
 
     fn end_is_a_message(&self) -> bool {
         true
+    }
+}
+
+/// How a client's handshake stands.
+pub(crate) enum FrontTls {
+    /// Waiting for the client (or for room to send to it).
+    Wait,
+    /// Failed: the client is to be reset and the failure counted.
+    Failed(HandshakeFailure, String),
+    /// Over: the session is the client side's transport now.
+    Done {
+        /// The SNI the client sent (lowercase), for `routes`.
+        server_name: Option<String>,
+    },
+}
+
+/// Advances the TLS handshake of a `tls` listener's client, starting it with `config` on the
+/// first call. Client bytes the preamble read before (past a PROXY header or an SSLRequest)
+/// are the session's first input.
+pub(crate) fn front_handshake<S: Socket>(
+    p: &mut Preamble,
+    front: &mut Endpoint<S>,
+    config: &Arc<rustls::ServerConfig>,
+    stats: &crate::listener::ListenerStats,
+) -> FrontTls {
+    if p.tls.is_none() {
+        match crate::tls::server_session(config) {
+            Ok(s) => p.tls = Some(Box::new(s)),
+            Err(e) => return FrontTls::Failed(HandshakeFailure::Other, e.to_string()),
+        }
+    }
+    let Some(session) = p.tls.as_mut() else {
+        return FrontTls::Wait;
+    };
+    if !p.read.is_empty() {
+        let mut rest = &p.read[..];
+        while !rest.is_empty() {
+            if session.read_tls(&mut rest).is_err() {
+                break; // more than rustls buffers: process_new_packets says what is wrong
+            }
+        }
+        p.read.clear();
+        if let Err(e) = session.process_new_packets() {
+            let _ = session.write_tls(&mut front.stream);
+            let err = crate::tls::io::HandshakeError::Tls(e);
+            return FrontTls::Failed(HandshakeFailure::of(&err), err.to_string());
+        }
+    }
+    match handshake(session, &mut front.stream) {
+        Handshake::Wait => FrontTls::Wait,
+        Handshake::Failed(e) => FrontTls::Failed(HandshakeFailure::of(&e), e.to_string()),
+        Handshake::Done => {
+            let Some(session) = p.tls.take() else {
+                return FrontTls::Wait;
+            };
+            let server_name = match &*session {
+                rustls::Connection::Server(s) => s.server_name().map(str::to_ascii_lowercase),
+                rustls::Connection::Client(_) => None,
+            };
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.tls_resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            front.transport = Box::new(Tls::client(session));
+            // Application data may have come with the client's last flight, decrypted and
+            // waiting inside the session: no event will announce it.
+            front.ready.readable = true;
+            FrontTls::Done { server_name }
+        }
     }
 }

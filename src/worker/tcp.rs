@@ -10,17 +10,15 @@ use std::time::Duration;
 use mio::event::Event;
 use mio::net::TcpStream;
 
-use super::tls::{front_handshake, FrontTls};
 use super::{Ready, Tag, TokenSlot, Worker, CONN_INTEREST, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
-use crate::config::{ListenerConfig, NoServerName, Protocol};
+use crate::config::{ListenerConfig, Protocol};
 use crate::conntrack::FiveTuple;
 use crate::generation::{HandshakeFailure, ListenerPlace, Refusal};
-use crate::tcp::preamble::{read_client_hello, read_proxy_header, read_ssl_request};
-use crate::tcp::preamble::{HeaderRead, HelloRead};
+use crate::tcp::preamble::{Expiry, Step};
 use crate::tcp::pump::Endpoint;
-use crate::tcp::{Action, Attempts, Connection, Reset, Stage, Timeouts};
+use crate::tcp::{Action, Connection, Reset, Stage, Timeouts};
 use crate::timers::Due;
 
 impl Worker {
@@ -99,131 +97,38 @@ impl Worker {
         self.handle_preamble(key);
     }
 
-    /// The `Preamble` stage: reads what must be read from the client before a target is
-    /// chosen (called again on each client event until complete): the PROXY protocol header
-    /// on listeners with `accept_proxy_protocol`, after which the access rules and the
-    /// per-source limits judge the client it declares; PostgreSQL's SSLRequest; the TLS
-    /// handshake or the ClientHello to route by. Then on to `Connecting`.
+    /// The `Preamble` stage, on each client event until it is whole (see
+    /// [`Connection::read_preamble`]): counts a refusal or a failed handshake, or moves on to
+    /// the first connect.
     fn handle_preamble(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
         let state = &self.generation.listeners[conn.listener];
-        let Stage::Preamble(p) = &mut conn.stage else {
-            return;
-        };
-        let front = &mut conn.front;
-        if !p.front_door_passed {
-            if state.config.accept_proxy.is_some() {
-                match read_proxy_header(p, front) {
-                    HeaderRead::Wait => return,
-                    HeaderRead::ClientGone => {
-                        return self.close(key, "client_reset", Reset::NONE);
-                    }
-                    HeaderRead::Refused(why) => {
-                        log::debug!("{}: refused: {why}", conn.tuple);
-                        state.refuse(Refusal::BadProxyHeader);
-                        return self.refuse(key);
-                    }
-                    HeaderRead::Done(addresses) => {
-                        if let Some(a) = addresses {
-                            conn.origin = Some(Box::new(a));
-                        }
-                    }
-                }
-                if !state.config.access.admits(conn.client().ip()) {
-                    state.refuse(Refusal::Denied);
-                    return self.refuse(key);
-                }
+        match conn.read_preamble(state, self.now) {
+            Step::Wait => {}
+            Step::ClientGone => self.close(key, "client_reset", Reset::NONE),
+            Step::Refused(why) => {
+                state.refuse(why);
+                self.refuse(key);
             }
-            // Per-source limits, on the client the preamble settled on. Past one, the client
-            // is reset at once rather than left in the backlog, which every source shares.
-            if let Some(t) = &state.sources {
-                match t.admit(conn.client().ip(), self.now) {
-                    Ok(place) => conn.source_place = place.map(Box::new),
-                    Err(over) => {
-                        state.refuse(Refusal::from(over));
-                        return self.refuse(key);
-                    }
-                }
+            Step::HandshakeFailed(why, message) => {
+                log::debug!("{}: TLS handshake failed: {message}", conn.tuple);
+                state.handshake_failed(why);
+                self.remove(key, Reset::NONE);
             }
-            if let Stage::Preamble(p) = &mut conn.stage {
-                p.front_door_passed = true;
-            }
+            Step::Done => self.start_connecting(key),
         }
-        let Stage::Preamble(p) = &mut conn.stage else {
-            return;
-        };
-        let front = &mut conn.front;
-        let sni = state.config.sni.as_ref();
-        if sni.is_some_and(|s| s.postgres_starttls) && p.postgres.is_none() {
-            match read_ssl_request(p, front) {
-                HelloRead::Wait => return,
-                HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
-                HelloRead::Done(_) => {}
-            }
-            if state.config.tls.is_some() {
-                // TLS ends here: the target gets plain PostgreSQL, no SSLRequest to replay.
-                p.postgres = Some(false);
-            }
-        }
-        let name = if let Some(tls) = &state.config.tls {
-            match front_handshake(p, front, &tls.server.config, state) {
-                FrontTls::Wait => return,
-                FrontTls::Failed(why, message) => {
-                    log::debug!("{}: TLS handshake failed: {message}", conn.tuple);
-                    state.handshake_failed(why);
-                    // Closed with a FIN, not a reset: a reset would throw away the alert that
-                    // tells the client why (a bad certificate, no common version).
-                    self.remove(key, Reset::NONE);
-                    return;
-                }
-                FrontTls::Done { server_name } => server_name,
-            }
-        } else if sni.is_some() {
-            match read_client_hello(p, front) {
-                HelloRead::Wait => return,
-                HelloRead::ClientGone => return self.close(key, "client_reset", Reset::NONE),
-                HelloRead::Done(name) => name,
-            }
-        } else {
-            None
-        };
-        if let Some(sni) = sni {
-            match name.as_deref().and_then(|n| sni.group_for(n)) {
-                Some(g) => conn.group = g,
-                None if sni.otherwise == NoServerName::Close => {
-                    state.refuse(Refusal::NoRoute);
-                    return self.refuse(key);
-                }
-                None => {} // the default route: the listener's target group
-            }
-        }
-        self.finish_preamble(key);
     }
 
-    /// The preamble is complete: what goes to the target first — the group's PROXY header,
-    /// and the client bytes the preamble read (past an incoming PROXY header; a ClientHello,
-    /// unchanged) — waits in the attempts, and the first connect starts.
-    fn finish_preamble(&mut self, key: usize) {
+    /// The preamble is complete: on to the first connect (see
+    /// [`Connection::start_connecting`]).
+    fn start_connecting(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let group = &self.generation.groups[conn.group].config;
-        let mut first = match group.proxy_protocol {
-            // With `target_tls` the header goes in the clear before the handshake instead.
-            Some(v) if group.target_tls.is_none() => {
-                crate::proxy_protocol::header(v, conn.client(), conn.local(), false)
-            }
-            _ => Vec::new(),
-        };
-        let Stage::Preamble(mut p) = conn.take_stage() else {
-            return;
-        };
-        first.append(&mut p.read);
-        let attempts = Attempts::new(first, p.postgres == Some(true));
-        conn.set_stage(Stage::Connecting(Box::new(attempts)));
-        self.connect_next(key);
+        let action = conn.start_connecting(&self.generation.groups[conn.group].config);
+        self.act(key, action);
     }
 
     /// Closes a client refused at the front door (see [`Refusal`]): reset, counted by the
@@ -432,27 +337,22 @@ impl Worker {
                     continue;
                 }
             }
-            if let Stage::Preamble(p) = &conn.stage {
+            if matches!(conn.stage, Stage::Preamble(_)) {
                 let state = &self.generation.listeners[conn.listener];
-                match (&state.config.sni, p.front_door_passed) {
-                    (_, false) if state.config.accept_proxy.is_some() => {
-                        state.refuse(Refusal::ProxyTimeout);
+                match conn.preamble_expired(&state.config) {
+                    Expiry::Refused(why) => {
+                        state.refuse(why);
                         self.refuse(due.key);
                     }
-                    (_, true) if state.config.tls.is_some() => {
+                    Expiry::HandshakeTimeout => {
                         state.handshake_failed(HandshakeFailure::Timeout);
                         self.refuse(due.key);
                     }
-                    // No whole ClientHello in time: what was read goes to the default route.
-                    (Some(sni), true) if sni.otherwise == NoServerName::Default => {
-                        self.finish_preamble(due.key);
+                    Expiry::DefaultRoute => {
+                        self.start_connecting(due.key);
                         self.reschedule(due, &t);
                     }
-                    (Some(_), true) => {
-                        state.refuse(Refusal::NoRoute);
-                        self.refuse(due.key);
-                    }
-                    _ => self.close(due.key, "preamble_timeout", Reset::BOTH),
+                    Expiry::Close => self.close(due.key, "preamble_timeout", Reset::BOTH),
                 }
             } else {
                 let reason = format!(
