@@ -179,7 +179,7 @@ pub(crate) fn read_proxy_header<S: Socket>(
 }
 
 /// Where the `Preamble` stage stands after the client's latest event.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Step {
     /// More is to come: wait for the client (or the preamble's timeout).
     Wait,

@@ -19,6 +19,7 @@
 //! Seeds that found defects are kept in [`FOUND`] and run first.
 
 mod net;
+mod preamble;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
