@@ -92,15 +92,20 @@
 //! ```
 //!
 //! ## The path of one TCP connection
-//! A connection goes through stages (`tcp::Stage`): `Preamble` (whatever must be read from
-//! the client before a target is chosen; nothing yet), `Connecting`, `Established`, `Closing`.
-//! Each side's bytes cross a `tcp::transport::Transport` (plain TCP today).
+//! A connection goes through stages (`tcp::Stage`), each holding only what it needs:
+//! `Preamble` (whatever must be read from the client before a target is chosen: a PROXY
+//! header, PostgreSQL's SSLRequest, a TLS handshake or a ClientHello), `Connecting`,
+//! `TargetPreamble` (the target's SSLRequest answer or TLS handshake), `Established`,
+//! `Closing`. The stages decide (`tcp::Action`) and the worker acts; the only I/O of the
+//! decisions goes through `tcp::socket::Socket`, so `tcp::sim` drives them over simulated
+//! sockets from a seed. Each side's bytes cross a `tcp::transport::Transport` (plain or TLS).
 //! 1. A listener is readable: the worker accepts (at most a budget per wake) after reserving a
 //!    place under the listener's `max_connections` (a guard, given back when dropped).
 //! 2. The preamble is complete; the group's [`balancer`] picks a healthy target; a
 //!    non-blocking connect starts.
 //! 3. The target socket becomes writable: `take_error` tells whether the connect worked. A
-//!    failure (refused, unreachable, `connect_timeout`) tries the next target, up to `retries`.
+//!    failure (refused, unreachable, `connect_timeout`) tries the next target, up to `retries`;
+//!    the connection counts its tries (`tcp::Attempts`).
 //! 4. Established: `tcp::pump` moves bytes both ways through a pooled buffer, switching to
 //!    `splice(2)` once a direction carries bulk data. A direction whose destination is full
 //!    stops reading its source; nothing is dropped or reordered.

@@ -1,8 +1,8 @@
-//! Configuration: the YAML file ([`file`]) and the validated [`Config`] built from it.
+//! Configuration: the YAML file ([`file`](mod@file)) and the validated [`Config`] built from it.
 //!
 //! Loading happens in two layers. `serde_yaml` parses the text into the raw `File*` structs,
 //! which refuse unknown keys and check single values (addresses, durations, thresholds) with the
-//! key path, line and column in the message. [`validate`] then checks the file as a whole and
+//! key path, line and column in the message. [`validate`](mod@validate) then checks the file as a whole and
 //! builds a [`Config`], which cannot hold an invalid value: every listener names a group that
 //! exists (by index), every group has at least one target, every duration is positive.
 

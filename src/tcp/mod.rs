@@ -1,14 +1,32 @@
-//! One proxied TCP connection: its state machine and its two directions.
+//! One proxied TCP connection: its stages, the decisions that move it between them, and its
+//! two directions.
 //!
 //! ```text
-//!   accept ──▶ Connecting ──(connect ok)──▶ Established ──(both directions over)──▶ closed
-//!                 │  ▲   │                         │            │
-//!                 └──┘   │ client reset,           │            └─(a side aborted: its peer's
-//!      connect failed:   │ no target left          │               unacknowledged bytes first)
-//!      next target       ▼                         ▼                      ▼
-//!                   closed with RST      (idle timeout: FIN;        Closing ──▶ closed with RST
-//!                                         stop, disable: RST)
+//!                 Preamble { read, postgres, tls, front_door_passed }
+//!   accept ──▶   (PROXY header, SSLRequest, TLS handshake or ClientHello)
+//!                    │ Step::Done: start_connecting          ╲ Refused, ClientGone,
+//!                    ▼                                        ╲ HandshakeFailed, Expired
+//!                 Connecting { first, tried, last_error, current: Attempt { back, … } }
+//!                    │  ▲ connect_failed / open_failed:        ╲ GiveUp (retries used up,
+//!                    │  └─ Action::Connect (next target)        ╲ none left): reset
+//!                    ▼ connect_outcome Ok
+//!                 TargetPreamble (same Attempts; SSLRequest answer or target TLS handshake)
+//!                    │ establish: the Attempt and the first bytes become a Flow
+//!                    ▼
+//!                 Established(Flow { back, up, down, last_active, answer_clock, … })
+//!                    │ drive: both directions over          ╲ flow_timer: idle timeout
+//!                    │   (a side to reset has unacknowledged  ╲ (FIN, or both reset when
+//!                    ▼    bytes: Closing first)                ╲ bytes would be lost)
+//!                 Closing(Flow, Closing { until, recheck_at }) ──▶ closed (reset)
 //! ```
+//!
+//! Each stage owns what it needs: a field of one stage cannot be read in another, and a
+//! transition builds the next stage from the last. The decisions take an event (a socket's
+//! readiness: [`Event`]), the time, or the balancer's pick, and answer what the worker is to do
+//! ([`Action`], [`preamble::Step`]); the worker owns the poll, the sockets' registration, the
+//! balancer, the timers and the tables, and carries them out. The only I/O in here goes
+//! through the [`socket::Socket`] trait, so the simulation (`tcp::sim`, tests only) drives the
+//! same code over simulated sockets and a clock of its own, from a seed.
 //!
 //! How a connection ends is what the two ends see, so it is chosen with care:
 //! - both directions passed on their EOF: both sockets close normally (FIN);
@@ -20,8 +38,7 @@
 //! - Ballast gives up (no target accepted, connect timeout, shutdown timeout, a disabled target):
 //!   reset, because a clean EOF would read as an empty answer.
 //!
-//! The worker owns the sockets' registration and the target choice; this module owns what a
-//! connection knows about itself and how bytes move ([`pump`]).
+//! Bytes move in [`pump`], through each side's [`transport::Transport`] (plain TCP or TLS).
 // The data path: nothing reachable from network input may panic (the no-panic block of
 // lib.rs's "Lint policy"; integration/layers.rs keeps it identical). Unit tests may unwrap.
 #![cfg_attr(
@@ -65,8 +82,8 @@ use socket::Socket;
 
 /// Where a connection is in its life, with what that stage alone needs: a field of one stage
 /// cannot be read in another. The worker matches on it to carry an event to the stage's
-/// handler; a transition builds the next stage from the last (see [`Attempts::establish`],
-/// [`Flow::into_closing`]).
+/// handler; a transition builds the next stage from the last (see [`Connection::establish`],
+/// which turns the attempt in flight and the first bytes into a [`Flow`]).
 ///
 /// Adding a stage (routing by a PostgreSQL StartupMessage, say) means a variant here with
 /// its data, its arm in the worker's two event handlers and in [`Connection::deadline`], and

@@ -3,7 +3,7 @@
 //! Every struct denies unknown keys, and the value types that can be checked on their own
 //! (addresses, durations, thresholds) are checked while parsing, so `serde_yaml` attaches the
 //! key path, line and column to the error. Checks that need the whole file (duplicate names,
-//! references between listeners and groups) live in [`super::validate`]. The sections are
+//! references between listeners and groups) live in [`super::validate`](mod@super::validate). The sections are
 //! here; the values that check themselves are in [`values`].
 
 mod values;
@@ -76,7 +76,7 @@ pub struct FileListener {
     /// `ip:port` or `host:port`; port 0 picks a free port (logged at start).
     pub bind: Address,
     /// Optional: only traffic arriving on this interface (SO_BINDTODEVICE); with bind 0.0.0.0
-    /// or [::], every address of that interface.
+    /// or `[::]`, every address of that interface.
     pub interface: Option<String>,
     /// Optional: bind an address no interface holds yet (IP_FREEBIND), e.g. a VIP keepalived
     /// will move here; the host-wide alternative is `sysctl net.ipv4.ip_nonlocal_bind=1`
