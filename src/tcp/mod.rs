@@ -62,6 +62,7 @@ pub(crate) mod pump;
 #[cfg(test)]
 mod sim;
 pub(crate) mod socket;
+pub(crate) mod target_preamble;
 pub(crate) mod tls;
 pub(crate) mod transport;
 

@@ -12,9 +12,9 @@ use mio::net::TcpStream;
 use super::{Tag, TokenSlot, Worker, CONN_INTEREST};
 use crate::balancer;
 use crate::net::describe;
-use crate::tcp::preamble::SSL_REQUEST;
 use crate::tcp::pump::Endpoint;
-use crate::tcp::{Action, Reset, Stage};
+use crate::tcp::target_preamble::{TargetHello, TargetStep};
+use crate::tcp::{Action, Reset};
 
 impl Worker {
     /// Starts a connect to the next target the balancer picks, skipping targets already tried;
@@ -126,83 +126,59 @@ impl Worker {
     }
 
     /// A `Connecting` connection's target socket had an event: connected (on to the target's
-    /// preamble, if any, else established), failed (the next target), or neither yet.
+    /// preamble, if its group or listener needs one, else established), failed (the next
+    /// target), or neither yet.
     pub(super) fn connect_event(&mut self, key: usize, ev: crate::tcp::Event) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let Some(result) = conn.connect_outcome(ev) else {
+        match conn.connect_outcome(ev) {
+            None => {}
+            Some(Ok(())) => self.connected(key),
+            Some(Err(reason)) => self.connect_failed(key, reason),
+        }
+    }
+
+    /// The attempt in flight connected: what its target is sent first, if anything (an
+    /// SSLRequest for `postgres_starttls`; the PROXY header and a TLS session for
+    /// `target_tls`), then established.
+    fn connected(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
             return;
         };
+        let group = &self.generation.groups[conn.group];
         let postgres = conn.attempts().is_some_and(|a| a.postgres);
-        let target_tls = self.generation.groups[conn.group]
-            .config
-            .target_tls
-            .is_some();
-        match result {
-            Ok(()) if postgres => self.start_target_preamble(key),
-            Ok(()) if target_tls => self.start_target_tls(key),
-            Ok(()) => self.established(key),
-            Err(reason) => self.connect_failed(key, reason),
-        }
+        let hello = match (&group.config.target_tls, conn.target()) {
+            _ if postgres => TargetHello::SslRequest,
+            (Some(tls), Some(t)) => match tls.session(group.targets[t].address.ip()) {
+                Ok(session) => TargetHello::Tls {
+                    header: group.config.proxy_protocol.map(|v| {
+                        crate::proxy_protocol::header(v, conn.client(), conn.local(), false)
+                    }),
+                    session: Box::new(session),
+                },
+                Err(e) => return self.connect_failed(key, format!("TLS: {e}")),
+            },
+            _ => return self.established(key),
+        };
+        let step = conn.start_target_preamble(hello);
+        self.target_step(key, step);
     }
 
-    /// `postgres_starttls`: the client's SSLRequest was answered by Ballast; the target gets
-    /// one too before the ClientHello (which waits in the up direction).
-    fn start_target_preamble(&mut self, key: usize) {
-        use std::io::Write;
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        let Some(back) = conn.back_mut() else {
-            return;
-        };
-        // A fresh connection's send buffer takes 8 bytes at once.
-        match back.stream.write(&SSL_REQUEST) {
-            Ok(8) => {
-                if let Stage::Connecting(a) = conn.take_stage() {
-                    conn.set_stage(Stage::TargetPreamble(a));
-                }
-                self.target_preamble_event(key);
-            }
-            Ok(n) => self.connect_failed(key, format!("SSLRequest cut short ({n} of 8 bytes)")),
-            Err(e) => self.connect_failed(key, describe(&e)),
-        }
-    }
-
-    /// `TargetPreamble`: the target's TLS handshake goes on, or its one-byte answer to the
-    /// SSLRequest is read: `S` goes on (established, the byte not passed on: the client had
-    /// Ballast's); anything else is a failed connect.
+    /// `TargetPreamble`: the target's socket had an event.
     pub(super) fn target_preamble_event(&mut self, key: usize) {
-        use std::io::Read;
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        if conn.attempts().is_some_and(|a| a.tls.is_some()) {
-            return self.handle_target_tls(key);
+        if let Some(conn) = self.table.get_mut(key) {
+            let step = conn.target_preamble_event();
+            self.target_step(key, step);
         }
-        let Some(back) = conn.back_mut() else {
-            return;
-        };
-        let mut answer = [0u8; 1];
-        let result = loop {
-            match back.stream.read(&mut answer) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        match result {
-            Ok(1) if answer == *b"S" => self.established(key),
-            Ok(1) => self.connect_failed(
-                key,
-                format!(
-                    "refused TLS: answered {:?} to the SSLRequest",
-                    char::from(answer[0])
-                ),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Ok(_) => self.connect_failed(key, "closed before answering the SSLRequest".into()),
-            Err(e) => self.connect_failed(key, describe(&e)),
+    }
+
+    /// Carries out where the target's preamble stands.
+    fn target_step(&mut self, key: usize, step: TargetStep) {
+        match step {
+            TargetStep::Wait => {}
+            TargetStep::Done => self.established(key),
+            TargetStep::Failed(reason) => self.connect_failed(key, reason),
         }
     }
 }

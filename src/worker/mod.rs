@@ -40,7 +40,6 @@
 mod connect;
 mod listen;
 mod tcp;
-mod tls;
 mod udp;
 
 use listen::{reserve_descriptor, ListenSocket, ListenerSlot, FULL_RECHECK};

@@ -19,7 +19,10 @@ impl Run {
                     "the {name} received bytes the other side did not send in that order"
                 ));
             }
-            if let Some((other_sent, other_reset, _)) = to.eof {
+            // A target that refused the SSLRequest was never part of the flow: its end is that
+            // of an attempt given up, which a FIN closes.
+            let flow_end = self.established || name == "client";
+            if let Some((other_sent, other_reset, _)) = to.eof.filter(|_| flow_end) {
                 if to.received.len() != other_sent {
                     self.fail(&format!(
                         "the {name} read a clean end after {} of {other_sent} bytes",
@@ -44,7 +47,7 @@ impl Run {
                 Stage::Closing(_, c) if self.now > c.until + RESET_RECHECK => {
                     self.fail("closing past its linger")
                 }
-                Stage::Connecting(a) => {
+                Stage::Connecting(a) | Stage::TargetPreamble(a) => {
                     if let Some(c) = a.current.as_ref() {
                         if self.now > c.started + self.timeouts.connect {
                             self.fail("connecting past its connect timeout");

@@ -39,6 +39,9 @@ pub(super) struct Peer {
     pub(super) eof: Option<(usize, bool, bool)>,
     /// It saw a reset from Ballast.
     pub(super) reset_seen: bool,
+    /// It sends nothing (yet): a PostgreSQL target before it answered the SSLRequest, or
+    /// after it refused it.
+    pub(super) hold: bool,
 }
 
 impl Peer {
@@ -73,6 +76,7 @@ impl Peer {
             received: Vec::new(),
             eof: None,
             reset_seen: false,
+            hold: false,
         }
     }
 
@@ -119,7 +123,7 @@ impl Peer {
     /// ends its chunk, as `send(MSG_OOB)` puts the mark on the last byte sent.
     pub(super) fn send(&mut self, rng: &mut Rng) -> bool {
         let mut w = self.wire.borrow_mut();
-        if self.ended || !w.connected || w.reset_by_ballast || w.ballast_closed {
+        if self.ended || self.hold || !w.connected || w.reset_by_ballast || w.ballast_closed {
             return false;
         }
         let left = self.to_send() - self.sent;

@@ -12,7 +12,9 @@ use super::net::{Connect, Rng, SimSocket, Wire};
 use super::peer::Peer;
 use crate::config::{Forwarding, Protocol};
 use crate::conntrack::FiveTuple;
+use crate::tcp::preamble::SSL_REQUEST;
 use crate::tcp::pump::{BufferPool, Endpoint};
+use crate::tcp::target_preamble::{TargetHello, TargetStep};
 use crate::tcp::{Action, Attempts, Connection, Reset, Stage, Timeouts};
 
 /// A step of the trace printed with a failure.
@@ -30,6 +32,8 @@ pub(super) enum Step {
     Timer(Action),
     /// The connection closed.
     Close(Reset, &'static str),
+    /// The target's preamble: over (true), or not yet or failed.
+    Target(bool),
     /// A connect to this target started, to end so.
     Connect(usize, Connect),
     /// The attempt in flight failed; what next.
@@ -49,6 +53,7 @@ pub(super) struct Seen {
     pub(super) idle_close: usize,
     pub(super) urgent_with_splice: usize,
     pub(super) clean_both_ways: usize,
+    pub(super) target_refused: usize,
 }
 
 impl Seen {
@@ -61,10 +66,11 @@ impl Seen {
         self.idle_close += o.idle_close;
         self.urgent_with_splice += o.urgent_with_splice;
         self.clean_both_ways += o.clean_both_ways;
+        self.target_refused += o.target_refused;
     }
 
     /// The paths a default run of seeds must reach, with how often each was reached.
-    pub(super) fn paths(&self) -> [(&'static str, usize); 8] {
+    pub(super) fn paths(&self) -> [(&'static str, usize); 9] {
         [
             ("gave up", self.gave_up),
             (
@@ -77,6 +83,7 @@ impl Seen {
             ("idle close", self.idle_close),
             ("urgent bytes with splice", self.urgent_with_splice),
             ("clean both ways", self.clean_both_ways),
+            ("a target refusing the SSLRequest", self.target_refused),
         ]
     }
 }
@@ -108,6 +115,10 @@ pub(super) struct Run {
     pub(super) back_wire: Option<Rc<RefCell<Wire>>>,
     /// The connection reached its target.
     pub(super) established: bool,
+    /// A `postgres_starttls` run: the target's answer to the SSLRequest.
+    pub(super) postgres: Option<u8>,
+    /// The target has answered it.
+    pub(super) answered: bool,
     /// Why the connection closed, once it has.
     pub(super) closed: Option<(Reset, &'static str)>,
     /// It closed because a `Closing` linger ran out (bytes may have been dropped by design).
@@ -175,11 +186,20 @@ impl Run {
                 first = (0..rng.upto(300)).map(|_| rng.next() as u8).collect();
             }
         }
-        client.prepend(&first);
+        // Some runs are `postgres_starttls` without termination: a target that connects is
+        // sent an SSLRequest first and answers `S` (on), or `N` (a refusal: the next target).
+        let postgres = through_connect && rng.chance(20);
+        let answer = if rng.chance(75) { b'S' } else { b'N' };
+        let sent_first = match postgres {
+            true => [&SSL_REQUEST[..], &first].concat(),
+            false => first.clone(),
+        };
+        client.prepend(&sent_first);
+        target.hold = postgres;
         target.wire.borrow_mut().connected = false;
         let front = Endpoint::new(SimSocket(client.wire.clone()), 1);
         let mut conn = Connection::new(1, 0, 0, tuple, front, start);
-        conn.stage = Stage::Connecting(Box::new(Attempts::new(first, false)));
+        conn.stage = Stage::Connecting(Box::new(Attempts::new(first, postgres)));
         conn.front.ready.readable = true;
         conn.front.ready.writable = true;
         let mut timers = BinaryHeap::new();
@@ -207,6 +227,8 @@ impl Run {
             closed: None,
             linger_ran_out: false,
             trace: std::collections::VecDeque::new(),
+            postgres: postgres.then_some(answer),
+            answered: false,
         };
         run.connect_next();
         if !through_connect {
@@ -266,8 +288,34 @@ impl Run {
         }
     }
 
-    /// The attempt in flight reached its target.
+    /// The attempt in flight reached its target: on to the target's preamble (the
+    /// SSLRequest), or established.
     pub(super) fn connected(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if self.postgres.is_some() {
+            let step = conn.start_target_preamble(TargetHello::SslRequest);
+            return self.target_step(step);
+        }
+        self.establish();
+    }
+
+    /// Where the target's preamble stands.
+    fn target_step(&mut self, step: TargetStep) {
+        self.note(Step::Target(matches!(step, TargetStep::Done)));
+        match step {
+            TargetStep::Wait => {}
+            TargetStep::Done => self.establish(),
+            TargetStep::Failed(why) => {
+                self.seen.target_refused += 1;
+                self.connect_failed(why);
+            }
+        }
+    }
+
+    /// The attempt in flight (and its preamble) is over: established.
+    fn establish(&mut self) {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
@@ -402,6 +450,10 @@ impl Run {
                 Some(Ok(())) => self.connected(),
                 Some(Err(why)) => self.connect_failed(why),
             },
+            (Stage::TargetPreamble(_), false) => {
+                let step = conn.target_preamble_event();
+                self.target_step(step);
+            }
             _ => {}
         }
     }
@@ -473,6 +525,19 @@ impl Run {
     pub(super) fn read(&mut self) -> bool {
         let a = self.client.read(&mut self.rng, self.target.state());
         let b = self.target.read(&mut self.rng, self.client.state());
+        // A PostgreSQL target answers the SSLRequest once it has read it, before anything
+        // of its own.
+        if let Some(answer) = self.postgres.filter(|_| !self.answered) {
+            if self.target.received.len() >= SSL_REQUEST.len() {
+                self.answered = true;
+                let mut w = self.target.wire.borrow_mut();
+                if !w.ballast_closed {
+                    w.to_ballast.push_back(answer);
+                    w.signal(|e| e.readable = true);
+                }
+                self.target.hold = answer != b'S';
+            }
+        }
         a || b
     }
 
