@@ -45,9 +45,7 @@ impl BufferPool {
 
     pub(super) fn take(&mut self) -> Buffer {
         self.buffers_out += 1;
-        self.free
-            .pop()
-            .unwrap_or_else(|| Box::new([0u8; BUFFER_SIZE]))
+        self.free.pop().unwrap_or_else(new_buffer)
     }
 
     pub(super) fn give(&mut self, buf: Buffer) {
@@ -90,6 +88,16 @@ impl BufferPool {
         if pipe.pending == 0 && self.pipes.len() < MAX_FREE_PIPES {
             self.pipes.push(pipe);
         }
+    }
+}
+
+/// A zeroed buffer straight from the allocator (`calloc`: its pages are touched only as bytes
+/// arrive, and never built on the stack first).
+fn new_buffer() -> Buffer {
+    match vec![0u8; BUFFER_SIZE].into_boxed_slice().try_into() {
+        Ok(buffer) => buffer,
+        // Not reached: the slice has exactly BUFFER_SIZE bytes.
+        Err(_) => Box::new([0u8; BUFFER_SIZE]),
     }
 }
 
