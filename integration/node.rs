@@ -101,7 +101,9 @@ fn health_fails_when_nothing_answers() {
 #[test]
 fn node_drain_fails_healthz_at_once_keeps_accepting_for_the_grace_then_closes() {
     let target = Backend::start(named_echo("a"));
-    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    // Closed by the drain and bound again by the enable: a port no bind(:0) is given.
+    let yaml = on_stable_port(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let lb = Ballast::start(&yaml);
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     // A connection open before the drain must live through it.
     let mut open = client(addr);

@@ -137,7 +137,9 @@ fn a_failed_upgrade_puts_the_sockets_back_into_steering() {
     );
     let lb = Ballast::start(&yaml);
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
-    // A new process that asks for the sockets, reads what it is offered, and goes away.
+    // A new process that asks for the sockets, reads what it is offered, and goes away. (The
+    // handover thread binds its socket beside the listeners: it may not be there yet.)
+    wait_until("the upgrade socket", || socket.exists());
     let mut c = UnixStream::connect(&socket).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     c.write_all(b"take\n").unwrap();
@@ -156,7 +158,10 @@ fn a_failed_upgrade_puts_the_sockets_back_into_steering() {
 #[test]
 fn listeners_bound_afresh_after_a_node_drain_are_steered_too() {
     let target = Backend::start(echo());
-    let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    // A port below the ephemeral range: the drain gives it back, and a parallel test's
+    // bind(:0) must not take it before the enable binds it again.
+    let yaml = on_stable_port(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    let lb = Ballast::start(&yaml);
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     assert_eq!(http(admin, "POST", "/node/drain?grace=0s", None, "").0, 202);
     wait_until("the node to be drained", || {

@@ -183,6 +183,26 @@ pub fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A TCP port free on 127.0.0.1 below the kernel's ephemeral range (32768 and up by
+/// default): for a listener that closes and binds again (a node drain, then enable), whose
+/// port must not be handed meanwhile to another test's `bind(:0)`.
+pub fn stable_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
+/// `yaml` (from `config`) with its first listener on a [`stable_port`].
+pub fn on_stable_port(yaml: &str) -> String {
+    yaml.replacen(
+        "bind: 127.0.0.1:0",
+        &format!("bind: 127.0.0.1:{}", stable_port()),
+        1,
+    )
+}
+
 /// A TCP port free on 127.0.0.1 right now (for a server that must be told its port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
