@@ -226,3 +226,21 @@ fn freebind_listens_on_an_address_no_interface_holds() {
     let stderr = run_refused(&refused);
     assert!(stderr.contains("set `freebind: true`"), "{stderr}");
 }
+
+/// `drained` means the listeners are closed: an enable right after a drain with no grace
+/// binds every address again (it was refused, now and then, as "another process already
+/// serves" the address, while a worker had not yet closed its socket).
+#[test]
+fn an_enable_right_after_a_drain_binds_again() {
+    let target = Backend::start(named_echo("a"));
+    let yaml = on_stable_port(&config("round_robin", &[(target.addr, 1)], "", NO_CHECKS));
+    // Workers that take 200 ms to get to the drain's message, as busy ones may.
+    let lb = Ballast::start_with_env(&yaml, &[("BALLAST_FAULT_SLOW_CLOSE", "200")]);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    for round in 0..5 {
+        assert_eq!(http(admin, "POST", "/node/drain?grace=0s", None, "").0, 202);
+        let (status, body) = http(admin, "POST", "/node/enable", None, "");
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    assert!(served(addr), "not accepting after the last enable");
+}

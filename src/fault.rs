@@ -61,20 +61,33 @@ impl Faults {
 /// sockets' tags).
 pub(crate) fn near_wrap() -> Option<u32> {
     static NEAR: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *NEAR.get_or_init(|| {
-        let value = std::env::var("BALLAST_FAULT_NEAR_WRAP").ok()?;
-        if !Faults::ENABLED {
-            log::warn!("BALLAST_FAULT_NEAR_WRAP ignored: fault injection is not built in");
-            return None;
+    *NEAR.get_or_init(|| number_from_env("BALLAST_FAULT_NEAR_WRAP"))
+}
+
+/// How long a worker lingers before it closes its listeners for a node drain, in ms, from
+/// `BALLAST_FAULT_SLOW_CLOSE` (read once; `None` when unset or fault injection is not built
+/// in): a busy worker, for the test that a drain is over only once every listener is closed.
+pub(crate) fn slow_close() -> Option<std::time::Duration> {
+    static SLOW: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    SLOW.get_or_init(|| number_from_env("BALLAST_FAULT_SLOW_CLOSE"))
+        .map(|ms| std::time::Duration::from_millis(ms.into()))
+}
+
+/// A number from the environment variable `name`, when set and fault injection is built in
+/// (else `None`, with a warning when it was set but cannot be used).
+fn number_from_env(name: &str) -> Option<u32> {
+    let value = std::env::var(name).ok()?;
+    if !Faults::ENABLED {
+        log::warn!("{name} ignored: fault injection is not built in");
+        return None;
+    }
+    match value.parse() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            log::warn!("{name}={value:?} ignored: {e}");
+            None
         }
-        match value.parse() {
-            Ok(n) => Some(n),
-            Err(e) => {
-                log::warn!("BALLAST_FAULT_NEAR_WRAP={value:?} ignored: {e}");
-                None
-            }
-        }
-    })
+    }
 }
 
 /// Panics on purpose, naming `thread` (tests of the supervision only).

@@ -28,6 +28,9 @@ use crate::steering::Steering;
 use crate::target::AdminState;
 use crate::worker::{ConnInfo, Message, WorkerLink};
 
+/// Longest a node drain waits for the workers to close their listeners (a worker being
+/// replaced after a crash may not answer).
+const LISTENERS_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -324,8 +327,24 @@ impl Control {
         if self.node.set(Service::Drained, Some(epoch)).is_none() {
             return; // enabled (or stopping) meanwhile
         }
-        for w in &self.workers() {
-            w.send(Message::CloseListeners);
+        // Drained means closed: an enable right after binds every address afresh, and a
+        // socket a worker has not closed yet would look like another process serving it.
+        let (done, closed) = crossbeam_channel::unbounded();
+        let asked = self
+            .workers()
+            .iter()
+            .filter(|w| w.send(Message::CloseListeners(done.clone())))
+            .count();
+        let deadline = std::time::Instant::now() + LISTENERS_CLOSE_WAIT;
+        for _ in 0..asked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if closed.recv_timeout(left).is_err() {
+                log::warn!(
+                    "node drain: a worker did not close its listeners within {}",
+                    humantime::format_duration(LISTENERS_CLOSE_WAIT)
+                );
+                break;
+            }
         }
         log::info!("node drained: listeners closed; open connections go on");
         crate::notify::status("drained: not accepting");

@@ -177,8 +177,10 @@ pub enum Message {
         sockets: Vec<(usize, Bound)>,
     },
     /// Close every listening socket and end every UDP session (a node drain's grace is
-    /// over); TCP connections go on. A `Reload` with sockets opens listeners again.
-    CloseListeners,
+    /// over); TCP connections go on; then say so on the channel (the node is drained once
+    /// every worker has, so an enable that follows binds addresses nobody holds). A `Reload`
+    /// with sockets opens listeners again.
+    CloseListeners(crossbeam_channel::Sender<()>),
     /// Send a duplicate of each of this worker's listening sockets, by listener index (a
     /// handover to a new process: the sockets, and their backlogs, outlive this process).
     ShareSockets(crossbeam_channel::Sender<Vec<(usize, std::os::fd::OwnedFd)>>),
@@ -472,7 +474,13 @@ impl Worker {
                     generation,
                     sockets,
                 }) => self.reload(generation, sockets),
-                Ok(Message::CloseListeners) => self.close_listeners("node_drained"),
+                Ok(Message::CloseListeners(done)) => {
+                    if let Some(pause) = crate::fault::slow_close() {
+                        std::thread::sleep(pause); // a busy worker (tests only)
+                    }
+                    self.close_listeners("node_drained");
+                    let _ = done.send(());
+                }
                 Ok(Message::ShareSockets(reply)) => {
                     let _ = reply.send(self.share_sockets());
                 }
