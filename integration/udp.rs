@@ -104,23 +104,10 @@ fn upstream_sockets(pid: u32, peer: std::net::SocketAddr) -> usize {
                 .map(str::to_string)
         })
         .collect();
-    let std::net::SocketAddr::V4(v4) = peer else {
-        panic!("IPv4 peers only");
-    };
-    // /proc shows the address as the in-memory u32 in hex (little-endian here), then the port.
-    let want = format!(
-        "{:08X}:{:04X}",
-        u32::from_le_bytes(v4.ip().octets()),
-        v4.port()
-    );
-    std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            f.len() > 9 && f[2] == want && inodes.contains(f[9])
-        })
+    let want = proc_net_address(peer);
+    proc_net_rows(&format!("/proc/{pid}/net/udp"))
+        .iter()
+        .filter(|f| f.len() > 9 && f[2] == want && inodes.contains(&f[9]))
         .count()
 }
 

@@ -54,29 +54,42 @@ pub fn wait_listening(addr: std::net::SocketAddr) {
     }
 }
 
+/// `addr` (IPv4) as the kernel's socket tables (`/proc/net/tcp`, `/proc/net/udp`) write it:
+/// the address as the in-memory u32 in hex (little-endian here), then the port.
+pub fn proc_net_address(addr: std::net::SocketAddr) -> String {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 addresses only: {addr}");
+    };
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    )
+}
+
+/// The rows of a kernel socket table (`/proc/net/udp`, `/proc/PID/net/tcp`…), split into
+/// fields: 1 the local address, 2 the remote one, 3 the state, 9 the inode.
+pub fn proc_net_rows(table: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(table)
+        .unwrap_or_else(|e| panic!("{table}: {e}"))
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
 /// Whether the kernel's socket table (`/proc/net/tcp` or `/proc/net/udp` of this network
 /// namespace) has a socket bound to `addr` (IPv4), listening if TCP: whoever holds it (a
 /// service manager binding for socket activation, say).
 pub fn socket_bound(addr: std::net::SocketAddr, udp: bool) -> bool {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 addresses only: {addr}");
-    };
-    // The address as the in-memory u32 in hex (little-endian here), then the port.
-    let local = format!(
-        "{:08X}:{:04X}",
-        u32::from_le_bytes(v4.ip().octets()),
-        v4.port()
-    );
+    let local = proc_net_address(addr);
     let table = if udp {
         "/proc/net/udp"
     } else {
         "/proc/net/tcp"
     };
-    std::fs::read_to_string(table)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        // State 0A is TCP_LISTEN; a bound UDP socket has no other state to wait for.
+    // State 0A is TCP_LISTEN; a bound UDP socket has no other state to wait for.
+    proc_net_rows(table)
+        .iter()
         .any(|f| f.len() > 3 && f[1] == local && (udp || f[3] == "0A"))
 }
