@@ -36,6 +36,7 @@ fn upgradable(target: SocketAddr, socket: &std::path::Path, listener_extra: &str
 /// Waits until `old` has handed its listeners over and stopped accepting: its `/node` says it
 /// is stopping (its admin API answers until its last connection ends; it tells the service
 /// manager nothing then, the new process having taken its place).
+#[track_caller]
 fn wait_handed_over(old: &Ballast) {
     let admin = old.admin_addr();
     wait_state(

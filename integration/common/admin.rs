@@ -108,6 +108,7 @@ pub fn unlabelled(admin: SocketAddr, name: &str) -> Option<f64> {
 /// Waits (bounded by `timeout`) until the sample `name` with `labels` in `/metrics` at
 /// `admin` is there and `done` holds for its value; returns the value. Panics with the last
 /// value seen (`None`: no such sample).
+#[track_caller]
 pub fn wait_metric(
     admin: SocketAddr,
     name: &str,
@@ -152,6 +153,7 @@ pub fn target_in(
 
 /// Waits (bounded by `timeout`) until `GET /targets` at `admin` lists `address` in `group`
 /// and `done` holds for it; returns its JSON. Panics naming `what` and the target as last seen.
+#[track_caller]
 pub fn wait_target(
     admin: SocketAddr,
     group: &str,
@@ -172,6 +174,7 @@ pub fn wait_target(
 
 /// Waits (bounded by [`WAIT`]) until `GET /targets` at `admin` shows `address` of `group`
 /// with `health` (`healthy` or `unhealthy`); returns its JSON.
+#[track_caller]
 pub fn wait_health(
     admin: SocketAddr,
     group: &str,
@@ -186,6 +189,7 @@ pub fn wait_health(
 /// Waits (bounded by [`WAIT`]) until `GET /targets` at `admin` shows at least `checks`
 /// finished health checks of `address` in `group` (the prober closes a check's socket before
 /// it counts it).
+#[track_caller]
 pub fn wait_checks(
     admin: SocketAddr,
     group: &str,
@@ -200,6 +204,7 @@ pub fn wait_checks(
 
 /// Waits (bounded by [`WAIT`]) until `/metrics` at `admin` counts `n` restarts of `thread`
 /// threads (`worker`, `prober`, `admin`); a worker is counted once its replacement runs.
+#[track_caller]
 pub fn wait_restarts(admin: SocketAddr, thread: &str, n: f64) {
     let labels = [("thread", thread)];
     wait_metric(admin, "ballast_thread_restarts_total", &labels, WAIT, |v| {

@@ -119,20 +119,22 @@ impl Notifications {
     /// Waits (bounded by `timeout`) until a message after the first `mark` has the line
     /// `line` (an assignment such as `READY=1`); returns the messages from `mark` on. Panics
     /// with them on timeout.
+    #[track_caller]
     pub fn wait_line_after(&self, mark: usize, line: &str, timeout: Duration) -> Vec<String> {
         let has = |m: &String| m.lines().any(|l| l == line);
-        self.wait(timeout, |s| {
+        let since = self.wait(timeout, |s| {
             s.messages[mark..]
                 .iter()
                 .any(has)
                 .then(|| s.messages[mark..].to_vec())
-        })
-        .unwrap_or_else(|| {
-            panic!(
+        });
+        match since {
+            Some(messages) => messages,
+            None => panic!(
                 "no notification with {line:?} within {timeout:?}; since the mark: {:?}",
                 &self.messages()[mark..]
-            )
-        })
+            ),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Waits (bounded by [`WAIT`]) until `cond` holds; panics naming `what` otherwise. For
 /// states no event announces (a file's contents, an fd count), so it polls.
+#[track_caller]
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     wait_state(what, WAIT, &mut cond, |held| *held);
 }
@@ -15,6 +16,7 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 /// that. On timeout, panics naming `what` and the last thing `look` returned. For state the
 /// admin API, `/metrics` or the kernel shows (see `admin.rs`'s `wait_target`, `wait_metric`),
 /// rather than log lines, whose wording is for people.
+#[track_caller]
 pub fn wait_state<T: std::fmt::Debug>(
     what: &str,
     timeout: Duration,
