@@ -135,8 +135,7 @@ fn a_restarted_worker_serves_the_passed_socket_again_and_urgent_data_stays_in_li
         drop(TcpStream::connect(addr).unwrap());
     });
     let admin = lb.admin_addr();
-    for worker in ["0", "1"] {
-        let mark = lb.log_len();
+    for (restarts, worker) in [(1.0, "0"), (2.0, "1")] {
         let (status, body) = http(
             admin,
             "POST",
@@ -145,7 +144,7 @@ fn a_restarted_worker_serves_the_passed_socket_again_and_urgent_data_stays_in_li
             "",
         );
         assert_eq!(status, 202, "{body}");
-        lb.wait_log_after(&format!("worker {worker} restarted"), mark, WAIT);
+        wait_restarts(admin, "worker", restarts);
     }
     for i in 0..20 {
         let mut s = client(addr);

@@ -344,7 +344,10 @@ fn disable_closes_what_is_left_after_the_drain_timeout() {
             && closed_after < std::time::Duration::from_secs(3),
         "closed after {closed_after:?}"
     );
-    lb.wait_log("drain_timeout passed", WAIT);
+    // The drain is over: a is disabled and holds nothing.
+    wait_target(admin, "g", a.addr, WAIT, "disabled, nothing open", |t| {
+        t["admin_state"] == "disabled" && t["active"] == 0
+    });
 }
 
 /// Ballast in front of an echo target, its admin API requiring the token `s3cret` (`extra`:

@@ -83,7 +83,7 @@ fn client_stays_together(algorithm: &str, extra: &str) {
     let first = ["a", "b", "c"].iter().position(|n| *n == names[0]).unwrap();
     let dead = backends[first].addr;
     backends[first].stop();
-    lb.wait_log(&format!("{dead} is now unhealthy"), WAIT);
+    wait_health(lb.admin_addr(), "g", dead, "unhealthy");
     let names: Vec<String> = (0..30).map(|_| open_named(addr).1).collect();
     assert!(
         names.iter().all(|n| *n == names[0]),
@@ -138,10 +138,10 @@ fn slow_start_ramps_a_returning_targets_share_up() {
         "",
         health,
     ));
-    let addr = lb.addr("l");
-    lb.wait_log(&format!("{b_addr} is now unhealthy"), WAIT);
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    wait_health(admin, "g", b_addr, "unhealthy");
     let _b = Backend::start_on(b_addr, named_echo("b"));
-    lb.wait_log(&format!("{b_addr} is now healthy"), WAIT);
+    wait_health(admin, "g", b_addr, "healthy");
     let t0 = std::time::Instant::now();
     // b's share per 0.5 s window over the 2 s ramp (and a little after).
     let mut windows = [(0usize, 0usize); 5];

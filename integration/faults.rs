@@ -201,10 +201,10 @@ fn a_client_that_resets_while_its_connect_is_pending_is_freed_at_once() {
             NO_CHECKS
         )
     );
-    let lb = Ballast::start_with_level(&yaml, "debug");
+    let lb = Ballast::start(&yaml);
     // The check at start connects to the silent target too, and holds a socket until its
-    // timeout: the baseline is taken once it is over (logged after its socket is closed).
-    lb.wait_log("check of", WAIT);
+    // timeout: the baseline is taken once it is over (counted after its socket is closed).
+    wait_checks(lb.admin_addr(), "g", silent, 1);
     let before = lb.fd_count();
     let s = client(lb.addr("l"));
     // Accepted and connecting: the client socket and the target socket.

@@ -151,11 +151,11 @@ fn idle_spliced_connections_hold_no_pipes() {
          forwarding: splice}}\ntarget_groups:\n  - name: g\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n",
         echo_target.addr
     );
-    let lb = Ballast::start_with_level(&yaml, "debug");
+    let lb = Ballast::start(&yaml);
     let addr = lb.addr("t");
-    // The start-up health check's socket must be gone before the baseline (logged after it
-    // is closed).
-    lb.wait_log("check of", WAIT);
+    // The start-up health check's socket must be gone before the baseline (closed before the
+    // check is counted).
+    wait_checks(lb.admin_addr(), "g", echo_target.addr, 1);
     let baseline = lb.fd_count();
     let payload = random_bytes(256 * 1024, 3);
     let held: Vec<std::net::TcpStream> = (0..50)

@@ -152,11 +152,16 @@ fn an_invalid_reload_keeps_the_running_config() {
     assert_eq!(fetch(addr).unwrap(), "a\n", "the old config still serves");
     assert_eq!(target_states(admin), before);
 
-    // SIGHUP with the same file: logged, nothing changes.
-    let from = lb.log_len();
+    // SIGHUP with the same file: nothing changes. The service manager hears RELOADING=1,
+    // then READY=1 once the attempt is over, refused or not.
+    let generation = get_json(admin, "/node")["generation"].clone();
+    let mark = lb.notifications.count();
     lb.signal(libc::SIGHUP);
-    lb.wait_log_after("reload refused", from, WAIT);
+    let said = lb.notifications.wait_line_after(mark, "READY=1", WAIT);
+    assert!(said[0].lines().any(|l| l == "RELOADING=1"), "{said:?}");
+    assert_eq!(get_json(admin, "/node")["generation"], generation);
     assert_eq!(fetch(addr).unwrap(), "a\n");
+    assert_eq!(target_states(admin), before);
 }
 
 #[test]
@@ -171,9 +176,16 @@ fn sighup_adds_and_removes_listeners_while_connections_go_on() {
     // Listener `l` goes, listener `m` comes, in front of the same group.
     let m_yaml = yaml.replace("name: l\n", "name: m\n");
     lb.rewrite_config(&m_yaml);
-    let from = lb.log_len();
+    let admin = lb.admin_addr();
+    let generation = |admin| get_json(admin, "/node")["generation"].as_u64();
+    let next = generation(admin).map(|g| g + 1);
     lb.signal(libc::SIGHUP);
-    lb.wait_log_after("reloaded", from, WAIT);
+    wait_state(
+        "the reload applied: the next generation in /node",
+        WAIT,
+        || generation(admin),
+        |now| *now == next,
+    );
     let m = lb.addr("m");
     assert_eq!(open_named(m).1, "a", "the new listener serves");
     wait_until("the removed listener refuses", || {

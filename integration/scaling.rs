@@ -54,19 +54,12 @@ fn open(addr: std::net::SocketAddr) -> (TcpStream, String) {
     (s, name.trim().to_string())
 }
 
-/// When each line containing `needle` was logged, as the log's own timestamps say.
-fn times(log: &str, needle: &str) -> Vec<Duration> {
-    log.lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| {
-            // [2026-12-03T15:05:13.773Z INFO …
-            let t = l.get(12..24)?; // 15:05:13.773
-            let mut parts = t.split(':');
-            let h: f64 = parts.next()?.parse().ok()?;
-            let m: f64 = parts.next()?.parse().ok()?;
-            let s: f64 = parts.next()?.parse().ok()?;
-            Some(Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s))
-        })
+/// The addresses of group `g`'s targets in service, as `GET /targets` at `admin` lists them.
+fn in_service(admin: std::net::SocketAddr) -> Vec<String> {
+    group_targets(admin, "g")
+        .iter()
+        .filter(|t| t["admin_state"] != "removed")
+        .map(|t| t["address"].as_str().unwrap().to_string())
         .collect()
 }
 
@@ -103,62 +96,57 @@ fn load_scales_out_through_the_hook_once_per_cooldown_then_back_in() {
         first.addr
     );
     let lb = Ballast::start(&yaml);
-    let addr = lb.addr("l");
-    // Eight clients on the one target: 8 per target, above 3.
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let per_target = [
+        ("target_group", "g"),
+        ("metric", "active_connections_per_target"),
+    ];
+    let ok_runs =
+        |action: &'static str| [("target_group", "g"), ("action", action), ("result", "ok")];
+    let runs = "ballast_scaling_runs_total";
+    // Eight clients on the one target: 8 per target, above 3 (sampled so for the rule's 1 s
+    // before its command runs).
     let mut held: Vec<(TcpStream, String)> = (0..8).map(|_| open(addr)).collect();
     assert!(held.iter().all(|(_, n)| n == "a"));
-    lb.wait_log("scale_out: active_connections_per_target is 8.00", WAIT);
-    let added = lb.wait_log("scaling: add 127.0.0.1:", WAIT);
-    let port = added.rsplit(':').next().unwrap().trim().to_string();
-    lb.wait_log(&format!("127.0.0.1:{port} is now healthy"), WAIT);
+    wait_metric(admin, "ballast_scaling_sample", &per_target, WAIT, |v| {
+        v == 8.0
+    });
+    // A run is counted once the target its command printed is added.
+    wait_metric(admin, runs, &ok_runs("scale_out"), WAIT, |n| n == 1.0);
+    let first_done = Instant::now();
+    let added: Vec<String> = in_service(admin)
+        .into_iter()
+        .filter(|a| *a != first.addr.to_string())
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    wait_health(admin, "g", &added[0], "healthy");
+    let port = added[0].rsplit(':').next().unwrap();
     // The new backend takes the next clients (least_connections: it has none).
     let (s, name) = open(addr);
     assert_eq!(name, format!("b{port}"), "the started backend serves");
     held.push((s, name));
-    // Still 9 over 2 targets (> 3): a second scale_out, but only after the cooldown.
-    let deadline = Instant::now() + 4 * WAIT;
-    while times(&lb.log(), "scale_out: active_connections_per_target").len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no second scale_out:\n{}",
-            lb.log()
-        );
-        std::thread::sleep(Duration::from_millis(100)); // polls the log, a state no event announces
-    }
-    let runs = times(&lb.log(), "scale_out: active_connections_per_target");
-    let dones = times(&lb.log(), "scale_out: command done");
+    // Still 9 over 2 targets (> 3): a second scale_out, but only after the cooldown, which
+    // runs from the first run's end (the second is counted at its own end, later still).
+    wait_metric(admin, runs, &ok_runs("scale_out"), 4 * WAIT, |n| n == 2.0);
+    let gap = first_done.elapsed();
     assert!(
-        runs[1] >= dones[0] + Duration::from_millis(2900),
-        "the second run came within the cooldown: runs {runs:?}, first done {:?}",
-        dones[0]
+        gap >= Duration::from_millis(2900),
+        "the second run came within the cooldown: done {gap:?} after the first"
     );
-    lb.wait_log("scaling: add 127.0.0.1:", WAIT);
     // Three targets now: 9 / 3 = 3, not above 3; max_targets reached anyway.
+    assert_eq!(in_service(admin).len(), 3, "{:?}", in_service(admin));
 
     // The load goes: below 1 per target for 1 s, one target drained and removed, its
     // backend stopped by the hook.
     drop(held);
-    let line = lb.wait_log("scale_in: active_connections_per_target is 0.00", 2 * WAIT);
-    let removed = line.rsplit("for ").next().unwrap().trim().to_string();
-    lb.wait_log("scale_in: command done", WAIT);
-    let (_, body) = http(lb.admin_addr(), "GET", "/targets", None, "");
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let state = doc["target_groups"][0]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["address"] == removed.as_str())
-        .map(|t| t["admin_state"].as_str().unwrap().to_string());
-    assert!(
-        state.is_none() || state.as_deref() == Some("removed"),
-        "{removed} still in service: {body}"
+    wait_metric(
+        admin,
+        "ballast_scaling_sample",
+        &per_target,
+        2 * WAIT,
+        |v| v == 0.0,
     );
-    let (scrape, text) = scrape(lb.admin_addr());
-    let ok = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "ballast_scaling_runs_total")
-        .filter(|s| s.labels.get("result") == Some("ok"))
-        .count();
-    assert!(ok >= 2, "{text}");
+    wait_metric(admin, runs, &ok_runs("scale_in"), 2 * WAIT, |n| n == 1.0);
+    let left = in_service(admin);
+    assert_eq!(left.len(), 2, "one target removed: {left:?}");
 }

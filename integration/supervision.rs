@@ -51,8 +51,7 @@ fn a_worker_that_panics_is_replaced_and_the_others_finish_their_streams() {
     }
     let (status, body) = http(admin, "POST", "/debug/panic/worker/0", None, "");
     assert_eq!(status, 202, "{body}");
-    lb.wait_log("worker 0 restarted", WAIT);
-    assert_eq!(restarts(admin, "worker"), 1.0);
+    wait_restarts(admin, "worker", 1.0);
     // Streams on worker 1 go on to a whole, clean end; those on worker 0 were reset, never
     // ended cleanly with bytes missing.
     let (mut whole, mut reset) = (0, 0);
@@ -101,7 +100,7 @@ fn a_single_worker_that_panics_is_replaced_and_serves_again() {
         http(admin, "POST", "/debug/panic/worker/0", None, "").0,
         202
     );
-    lb.wait_log("worker 0 restarted", WAIT);
+    wait_restarts(admin, "worker", 1.0);
     for _ in 0..5 {
         assert_eq!(open_named(addr).1, "a");
     }
@@ -118,9 +117,7 @@ fn a_prober_that_panics_restarts_and_health_still_flips() {
     let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", FAST_CHECKS));
     let admin = lb.admin_addr();
     assert_eq!(http(admin, "POST", "/debug/panic/prober", None, "").0, 202);
-    wait_until("prober restart counted", || {
-        restarts(admin, "prober") == 1.0
-    });
+    wait_restarts(admin, "prober", 1.0);
     target.stop();
     wait_until("the stopped target turns unhealthy", || {
         let (_, body) = http(admin, "GET", "/targets", None, "");

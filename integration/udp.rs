@@ -104,23 +104,10 @@ fn upstream_sockets(pid: u32, peer: std::net::SocketAddr) -> usize {
                 .map(str::to_string)
         })
         .collect();
-    let std::net::SocketAddr::V4(v4) = peer else {
-        panic!("IPv4 peers only");
-    };
-    // /proc shows the address as the in-memory u32 in hex (little-endian here), then the port.
-    let want = format!(
-        "{:08X}:{:04X}",
-        u32::from_le_bytes(v4.ip().octets()),
-        v4.port()
-    );
-    std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            f.len() > 9 && f[2] == want && inodes.contains(f[9])
-        })
+    let want = proc_net_address(peer);
+    proc_net_rows(&format!("/proc/{pid}/net/udp"))
+        .iter()
+        .filter(|f| f.len() > 9 && f[2] == want && inodes.contains(&f[9]))
         .count()
 }
 
@@ -130,11 +117,12 @@ fn idle_sessions_end_and_close_their_sockets() {
     // 1s: long enough that no session expires while the 20 are still being opened on a
     // loaded machine (the fd count right after would then be short of 20).
     let yaml = udp_config(&[echo.addr], "session_idle_timeout: 1s", NO_CHECKS);
-    let lb = Ballast::start_with_level(&yaml, "debug");
+    let lb = Ballast::start(&yaml);
     let addr = lb.addr("l");
-    lb.wait_log("check of", WAIT); // the one check at start is over: its socket is closed
-                                   // Ballast's sockets connected to the echo backend: the sessions' upstream sockets (counted
-                                   // by what they are, not by the process's descriptor count, which other threads move).
+    // The one check at start is over: its socket is closed.
+    wait_checks(lb.admin_addr(), "g", echo.addr, 1);
+    // Ballast's sockets connected to the echo backend: the sessions' upstream sockets (counted
+    // by what they are, not by the process's descriptor count, which other threads move).
     let upstream = || upstream_sockets(lb.pid(), echo.addr);
     assert_eq!(upstream(), 0);
     let clients: Vec<_> = (0..20).map(|_| udp_client(addr)).collect();
@@ -170,7 +158,14 @@ fn max_sessions_drops_new_flows_and_keeps_the_old_ones() {
         eleventh.recv(&mut [0u8; 8]).is_err(),
         "the 11th flow was served"
     );
-    lb.wait_log("max_sessions (10) reached", WAIT);
+    let dropped = [("listener", "l")];
+    wait_metric(
+        lb.admin_addr(),
+        "ballast_listener_dropped_datagrams_total",
+        &dropped,
+        WAIT,
+        |n| n >= 1.0,
+    );
     for c in &clients {
         c.send(b"2").unwrap();
         assert_eq!(
@@ -187,7 +182,7 @@ struct Killed {
     lb: Ballast,
     /// Per flow, the target id of the first reply after the kill, if any.
     after: Vec<Option<u8>>,
-    /// From the kill to the log line saying the target is unhealthy.
+    /// From the kill to `GET /targets` showing the target unhealthy.
     unhealthy_after: Duration,
     /// The four flows.
     clients: Vec<std::net::UdpSocket>,
@@ -222,11 +217,11 @@ fn kill_a_target(on_unhealthy: &str) -> Killed {
         2,
         "{before:?}"
     );
-    let one_addr = one.addr;
+    let (one_addr, admin) = (one.addr, lb.admin_addr());
     let killed = Instant::now();
     let _ = addr;
     one.stop();
-    lb.wait_log(&format!("{one_addr} is now unhealthy"), WAIT);
+    wait_health(admin, "g", one_addr, "unhealthy");
     let unhealthy_after = killed.elapsed();
     let mut after = Vec::new();
     for (i, c) in clients.iter().enumerate() {

@@ -33,6 +33,20 @@ fn upgradable(target: SocketAddr, socket: &std::path::Path, listener_extra: &str
         )
 }
 
+/// Waits until `old` has handed its listeners over and stopped accepting: its `/node` says it
+/// is stopping (its admin API answers until its last connection ends; it tells the service
+/// manager nothing then, the new process having taken its place).
+#[track_caller]
+fn wait_handed_over(old: &Ballast) {
+    let admin = old.admin_addr();
+    wait_state(
+        "the old process to stop after the handover",
+        WAIT,
+        || get_json(admin, "/node")["service"].clone(),
+        |service| *service == "stopping",
+    );
+}
+
 /// One request through `addr`: bytes out, the same bytes back, a clean end.
 fn round_trip(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, WAIT).map_err(|e| format!("connect: {e}"))?;
@@ -81,7 +95,7 @@ fn clients_waiting_in_the_backlog_are_served_by_the_new_process() {
     );
 
     let new = Ballast::start_with_args(&yaml, &["--upgrade-from", socket.to_str().unwrap()]);
-    old.wait_log("upgrade: a new process serves the listeners", WAIT);
+    wait_handed_over(&old);
     // The old process still holds its connection, and ends when it does.
     holder.write_all(b"more").unwrap();
     holder.read_exact(&mut buf).unwrap();
@@ -174,7 +188,7 @@ fn upgrade_under_load_fails_no_connection_and_cuts_no_stream() {
 
     wait_until("traffic flows", || done.load(Ordering::Relaxed) > 50);
     let new = Ballast::start_with_args(&yaml, &["--upgrade-from", socket.to_str().unwrap()]);
-    old.wait_log("upgrade: a new process serves the listeners", WAIT);
+    wait_handed_over(&old);
     let handed = done.load(Ordering::Relaxed);
     wait_until("the new process serves", || {
         done.load(Ordering::Relaxed) > handed + 200

@@ -1,9 +1,11 @@
-//! A small client of the admin API: requests, and `/metrics` parsed.
+//! A small client of the admin API: requests, `/metrics` parsed, and bounded waits for the
+//! state they show (a target's health, a counter's value).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
-use super::waits::WAIT;
+use super::waits::{wait_state, WAIT};
 
 /// `METHOD path` over HTTP/1.0 with an optional bearer token and body; returns (status, body).
 /// Panics when no HTTP response comes back (see [`try_http`]).
@@ -68,10 +70,19 @@ pub fn sample(
     key: &str,
     value: &str,
 ) -> Option<f64> {
+    labelled(scrape, name, &[(key, value)])
+}
+
+/// As [`sample`], for the sample whose labels include every `(key, value)` of `labels`.
+pub fn labelled(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     scrape
         .samples
         .iter()
-        .find(|s| s.metric == name && s.labels.get(key) == Some(value))
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .and_then(|s| match s.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
@@ -92,4 +103,111 @@ pub fn unlabelled(admin: SocketAddr, name: &str) -> Option<f64> {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => Some(v),
             _ => None,
         })
+}
+
+/// Waits (bounded by `timeout`) until the sample `name` with `labels` in `/metrics` at
+/// `admin` is there and `done` holds for its value; returns the value. Panics with the last
+/// value seen (`None`: no such sample).
+#[track_caller]
+pub fn wait_metric(
+    admin: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    timeout: Duration,
+    mut done: impl FnMut(f64) -> bool,
+) -> f64 {
+    let what = format!("{name}{labels:?} in /metrics");
+    wait_state(
+        &what,
+        timeout,
+        || labelled(&scrape(admin).0, name, labels),
+        |v| v.is_some_and(&mut done),
+    )
+    .unwrap()
+}
+
+/// The targets of group `group` as `GET /targets` at `admin` lists them, as JSON.
+pub fn group_targets(admin: SocketAddr, group: &str) -> Vec<serde_json::Value> {
+    let doc = get_json(admin, "/targets");
+    doc["target_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["name"] == group)
+        .flat_map(|g| g["targets"].as_array().unwrap().clone())
+        .collect()
+}
+
+/// Target `address` of group `group` as `GET /targets` at `admin` shows it; `None` while it
+/// is not listed.
+pub fn target_in(
+    admin: SocketAddr,
+    group: &str,
+    address: impl std::fmt::Display,
+) -> Option<serde_json::Value> {
+    let address = address.to_string();
+    group_targets(admin, group)
+        .into_iter()
+        .find(|t| t["address"] == address.as_str())
+}
+
+/// Waits (bounded by `timeout`) until `GET /targets` at `admin` lists `address` in `group`
+/// and `done` holds for it; returns its JSON. Panics naming `what` and the target as last seen.
+#[track_caller]
+pub fn wait_target(
+    admin: SocketAddr,
+    group: &str,
+    address: impl std::fmt::Display,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let what = format!("{address} in group {group}: {what}");
+    wait_state(
+        &what,
+        timeout,
+        || target_in(admin, group, &address),
+        |t| t.as_ref().is_some_and(&mut done),
+    )
+    .unwrap()
+}
+
+/// Waits (bounded by [`WAIT`]) until `GET /targets` at `admin` shows `address` of `group`
+/// with `health` (`healthy` or `unhealthy`); returns its JSON.
+#[track_caller]
+pub fn wait_health(
+    admin: SocketAddr,
+    group: &str,
+    address: impl std::fmt::Display,
+    health: &str,
+) -> serde_json::Value {
+    wait_target(admin, group, address, WAIT, health, |t| {
+        t["health"] == health
+    })
+}
+
+/// Waits (bounded by [`WAIT`]) until `GET /targets` at `admin` shows at least `checks`
+/// finished health checks of `address` in `group` (the prober closes a check's socket before
+/// it counts it).
+#[track_caller]
+pub fn wait_checks(
+    admin: SocketAddr,
+    group: &str,
+    address: impl std::fmt::Display,
+    checks: u64,
+) -> serde_json::Value {
+    let what = format!("{checks} checks done");
+    wait_target(admin, group, address, WAIT, &what, |t| {
+        t["last_check"]["checks"].as_u64() >= Some(checks)
+    })
+}
+
+/// Waits (bounded by [`WAIT`]) until `/metrics` at `admin` counts `n` restarts of `thread`
+/// threads (`worker`, `prober`, `admin`); a worker is counted once its replacement runs.
+#[track_caller]
+pub fn wait_restarts(admin: SocketAddr, thread: &str, n: f64) {
+    let labels = [("thread", thread)];
+    wait_metric(admin, "ballast_thread_restarts_total", &labels, WAIT, |v| {
+        v == n
+    });
 }

@@ -110,6 +110,32 @@ impl Notifications {
     pub fn messages(&self) -> Vec<String> {
         self.state.0.lock().unwrap().messages.clone()
     }
+
+    /// How many messages so far (a mark for [`Notifications::wait_line_after`]).
+    pub fn count(&self) -> usize {
+        self.state.0.lock().unwrap().messages.len()
+    }
+
+    /// Waits (bounded by `timeout`) until a message after the first `mark` has the line
+    /// `line` (an assignment such as `READY=1`); returns the messages from `mark` on. Panics
+    /// with them on timeout.
+    #[track_caller]
+    pub fn wait_line_after(&self, mark: usize, line: &str, timeout: Duration) -> Vec<String> {
+        let has = |m: &String| m.lines().any(|l| l == line);
+        let since = self.wait(timeout, |s| {
+            s.messages[mark..]
+                .iter()
+                .any(has)
+                .then(|| s.messages[mark..].to_vec())
+        });
+        match since {
+            Some(messages) => messages,
+            None => panic!(
+                "no notification with {line:?} within {timeout:?}; since the mark: {:?}",
+                &self.messages()[mark..]
+            ),
+        }
+    }
 }
 
 impl Drop for Notifications {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::configs::write_config;
 use super::notify;
-use super::waits::WAIT;
+use super::waits::{socket_bound, wait_state, WAIT};
 
 /// Lines a process has printed, with a condition variable to wait for more.
 #[derive(Default)]
@@ -142,9 +142,17 @@ impl Ballast {
             notifications,
             _config: config,
         };
-        if !activate.is_empty() {
-            // Its sockets are bound once it says so; only then can `trigger` reach them.
-            b.wait_log("Listening on", WAIT);
+        // The manager's sockets must be bound before `trigger` can reach them.
+        let udp = activate.contains(&"--datagram");
+        for addr in activate.iter().filter_map(|a| a.strip_prefix("--listen=")) {
+            let addr: SocketAddr = addr.parse().expect("--listen=IP:PORT");
+            // Unbound, what it has printed so far (bound: `Ok`, all there is to it).
+            let _ = wait_state(
+                &format!("systemd-socket-activate to bind {addr}"),
+                WAIT,
+                || socket_bound(addr, udp).then_some(()).ok_or_else(|| b.log()),
+                Result::is_ok,
+            );
         }
         trigger();
         if b.notifications
@@ -171,6 +179,9 @@ impl Ballast {
     }
 
     /// Waits until a log line contains `needle`; returns it. Panics with the log on timeout.
+    /// Only where a test checks what is logged (a message for the operator): state is waited
+    /// for through the admin API, `/metrics` or the notifications (`waits.rs`, `admin.rs`),
+    /// not through the wording of a message, which is for people and changes.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
         self.wait_log_after(needle, 0, timeout)
     }
