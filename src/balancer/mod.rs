@@ -229,7 +229,7 @@ impl Picker {
             let now_ms = now.saturating_duration_since(group.epoch).as_millis() as u64;
             if let Some(t) = sticky.get(request.tuple.client.ip(), now_ms) {
                 if t < group.targets.len()
-                    && group.targets[t].is_available()
+                    && group.available(t)
                     && group.targets[t].in_service()
                     && !group.targets[t].is_full()
                     && !exclude.contains(&t)

@@ -279,6 +279,12 @@ pub struct TargetGroup {
     pub removed: bool,
     /// Builds `table` for the current health (from the balancer; `None`: no table).
     table_builder: Option<TableBuilder>,
+    /// The target being taken out (turning unhealthy or ejected), `usize::MAX` for none: it
+    /// counts as unavailable while the table is rebuilt without it, before its own flag
+    /// flips, so no worker finds it gone while the table still names it (one client's
+    /// connections move together, to the table's next choice). Set only under the control
+    /// plane's lock.
+    leaving: AtomicUsize,
 }
 
 /// Builds a group's lookup table for its current health (`maglev`, `source_hash`).
@@ -319,6 +325,7 @@ impl TargetGroup {
             targets,
             cursor: AtomicUsize::new(0),
             health_generation: AtomicU64::new(0),
+            leaving: AtomicUsize::new(usize::MAX),
             table: None,
             sticky,
             epoch,
@@ -409,12 +416,34 @@ impl TargetGroup {
             let now_ms = self.epoch.elapsed().as_millis() as u64;
             target.healthy_since_ms.store(now_ms, Ordering::Release);
         }
+        if !healthy && target.is_healthy() {
+            self.leaving_first(index);
+        }
         let was = target.healthy.swap(healthy, Ordering::AcqRel);
+        self.leaving.store(usize::MAX, Ordering::Release);
         if was != healthy {
             target.checks.state_changed();
-            self.eligibility_changed();
+            if healthy {
+                // After the flip: a table naming a target its workers still find down
+                // would send its clients elsewhere meanwhile.
+                self.eligibility_changed();
+            }
         }
         was != healthy
+    }
+
+    /// Target `index` is about to be taken out: the table is rebuilt without it first (see
+    /// `leaving`).
+    fn leaving_first(&self, index: usize) {
+        self.leaving.store(index, Ordering::Release);
+        self.eligibility_changed();
+    }
+
+    /// Whether target `index` may be picked, health-wise (healthy and not ejected),
+    /// counting a target being taken out as gone already.
+    pub fn available(&self, index: usize) -> bool {
+        self.leaving.load(Ordering::Acquire) != index
+            && self.targets.get(index).is_some_and(|t| t.is_available())
     }
 
     /// Ejects target `index` (outlier detection) or lets it back; returns whether that
@@ -427,7 +456,11 @@ impl TargetGroup {
         if !ejected {
             target.consecutive_failures.store(0, Ordering::Relaxed);
         }
+        if ejected && !target.is_ejected() {
+            self.leaving_first(index);
+        }
         let was = target.ejected.swap(ejected, Ordering::AcqRel);
+        self.leaving.store(usize::MAX, Ordering::Release);
         if was != ejected {
             if ejected {
                 target.ejections.fetch_add(1, Ordering::Relaxed);
@@ -436,8 +469,9 @@ impl TargetGroup {
                     Ordering::Relaxed,
                     |k| k.checked_add(1),
                 );
+            } else {
+                self.eligibility_changed();
             }
-            self.eligibility_changed();
         }
         was != ejected
     }
@@ -524,7 +558,7 @@ impl TargetGroup {
     /// Health of every target, in order, as the balancer takes it: healthy and not ejected
     /// by outlier detection ([`TargetState::is_available`]).
     pub fn health(&self) -> Vec<bool> {
-        self.targets.iter().map(|t| t.is_available()).collect()
+        (0..self.targets.len()).map(|i| self.available(i)).collect()
     }
 }
 
@@ -552,5 +586,52 @@ mod tests {
         assert_eq!(t.consecutive_failures.load(Ordering::Relaxed), u32::MAX);
         t.note_success();
         assert_eq!(t.consecutive_failures.load(Ordering::Relaxed), 0);
+    }
+
+    thread_local! {
+        /// What each table build saw: the group's health for picks, and the targets' own flags.
+        static BUILDS: std::cell::RefCell<Vec<(Vec<bool>, Vec<bool>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn recording_builder(g: &TargetGroup) -> LookupTable {
+        let flags = g.targets.iter().map(|t| t.is_available()).collect();
+        BUILDS.with(|b| b.borrow_mut().push((g.health(), flags)));
+        LookupTable::new(Vec::new())
+    }
+
+    /// A target taken out (unhealthy, or ejected) is out of the table before it is out of the
+    /// workers' picks: the table is rebuilt without it while its own flag still says
+    /// available, so a worker never finds it gone while the table still names it (it then sent
+    /// a client's connections to a fallback until the new table came, and one client's
+    /// connections split). A target coming back is in the picks before it is in the table.
+    #[test]
+    fn a_target_leaves_the_table_before_it_leaves_the_picks() {
+        let yaml =
+            "listeners:\n  - {name: l, protocol: tcp, bind: '127.0.0.1:1', target_group: g}\n\
+                    target_groups:\n  - name: g\n    algorithm: maglev\n    targets:\n      \
+                    - {address: '127.0.0.1:1001'}\n      - {address: '127.0.0.1:1002'}\n";
+        let config = crate::config::parse(std::path::Path::new("t.yaml"), yaml).unwrap();
+        let group = TargetGroup::new(&config.target_groups[0], |_| Some(recording_builder));
+        BUILDS.with(|b| b.borrow_mut().clear());
+        assert!(group.set_healthy(0, false));
+        assert!(group.set_healthy(0, true));
+        assert!(group.set_ejected(1, true));
+        assert!(group.set_ejected(1, false));
+        let builds = BUILDS.with(|b| b.borrow().clone());
+        let (t, f) = (true, false);
+        assert_eq!(
+            builds,
+            [
+                // 0 leaving: out of the table (and the picks) while its flag still says up.
+                (vec![f, t], vec![t, t]),
+                // 0 back: in the table after its flag.
+                (vec![t, t], vec![t, t]),
+                // 1 ejected: the same as 0 leaving.
+                (vec![t, f], vec![t, t]),
+                (vec![t, t], vec![t, t]),
+            ]
+        );
+        assert!(group.targets[0].is_available() && group.available(0));
     }
 }
