@@ -180,3 +180,90 @@ fn idle_spliced_connections_hold_no_pipes() {
     );
     drop(held);
 }
+
+/// A client that closed cleanly and comes back at once from the same port (Linux lets its SYN
+/// reuse Ballast's TIME_WAIT) must not cut off what it uploaded: the old connection finishes
+/// on its own and its target gets every byte and a clean end. (It was taken for a client
+/// that reset: the target got a truncated upload and a reset.)
+#[test]
+fn a_clean_close_then_the_same_port_again_loses_nothing() {
+    use socket2::{Domain, Socket, Type};
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::{mpsc, Arc, Mutex};
+    const UPLOAD: usize = 4 << 20;
+    let (tx, rx) = mpsc::channel::<(usize, bool)>();
+    let tx = Arc::new(Mutex::new(tx));
+    // The target answers and ends its side first, then reads the upload late (so Ballast
+    // still holds part of it when the client is long done), and says what it got.
+    let target = Backend::start(Arc::new(move |mut s: TcpStream| {
+        if s.write_all(b"answer").is_err() {
+            return;
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut got = 0;
+        let mut buf = [0u8; 65536];
+        let clean = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got += n,
+                Err(_) => break false,
+            }
+        };
+        let _ = tx.lock().unwrap().send((got, clean));
+    }));
+    let yaml = config("round_robin", &[(target.addr, 1)], "", "")
+        .replacen("workers: 2", "workers: 1", 1)
+        .replacen(
+            "    target_group: g\n",
+            "    target_group: g\n    forwarding: buffered\n",
+            1,
+        );
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("l");
+    let local = SocketAddr::from(([127, 0, 0, 1], stable_port()));
+    let connect_from = |local: SocketAddr| {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&local.into()).unwrap();
+        s.connect(&addr.into()).unwrap();
+        TcpStream::from(s)
+    };
+    let mut first = connect_from(local);
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = Vec::new();
+    first.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"answer");
+    first.write_all(&vec![7u8; UPLOAD]).unwrap();
+    first.shutdown(std::net::Shutdown::Write).unwrap();
+    // Until the client's side is closed (its FIN acknowledged), then the same port again.
+    wait_until("the client's socket to close", || tcp_state(&first) == 7);
+    drop(first);
+    let _second = connect_from(local);
+    // The health checks' connections upload nothing: the first connection's is the one
+    // that got bytes, or the one cut.
+    let (got, clean) = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(20)).ok())
+        .find(|&(got, clean)| got > 0 || !clean)
+        .expect("the first connection's target never finished");
+    assert_eq!((got, clean), (UPLOAD, true), "the first upload was cut");
+}
+
+/// The kernel's TCP state of `s` (`tcpi_state`; 7 is TCP_CLOSE).
+fn tcp_state(s: &std::net::TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0);
+    info.tcpi_state
+}

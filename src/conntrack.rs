@@ -85,17 +85,28 @@ impl<T: Keyed> ConnTable<T> {
         Ok(key)
     }
 
-    /// Removes the entry with `key`, if present.
+    /// Removes the entry with `key`, if present (indexed or not).
     pub(crate) fn remove(&mut self, key: usize) -> Option<T> {
         let value = self.entries.try_remove(key)?;
-        let hash = self.hasher.hash_one(value.tuple());
-        match self.index.find_entry(hash, |&k| k == key) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => debug_assert!(false, "index and slab disagree"),
-        }
+        self.unindex_hashed(key, value.tuple());
         Some(value)
+    }
+
+    /// Takes the entry with `key` out of the index, keeping it in the slab under its key: its
+    /// 5-tuple is free for a new entry while it finishes (a client that closed cleanly and
+    /// reuses its port at once, through the kernel's TIME_WAIT reuse, while Ballast still
+    /// delivers what it sent).
+    pub(crate) fn unindex(&mut self, key: usize) {
+        if let Some(tuple) = self.entries.get(key).map(|e| *e.tuple()) {
+            self.unindex_hashed(key, &tuple);
+        }
+    }
+
+    fn unindex_hashed(&mut self, key: usize, tuple: &FiveTuple) {
+        let hash = self.hasher.hash_one(tuple);
+        if let Ok(entry) = self.index.find_entry(hash, |&k| k == key) {
+            entry.remove();
+        }
     }
 
     /// The key of the entry for `tuple`.
@@ -179,6 +190,17 @@ mod tests {
         assert_eq!(t.len(), 1);
         let c = t.insert(E(tuple(1), "c")).unwrap();
         assert_eq!(t.get(c), Some(&E(tuple(1), "c")));
+        // Out of the index, still in the slab: its tuple is free for a new entry.
+        t.unindex(c);
+        assert_eq!(t.find(&tuple(1)), None);
+        let d = t.insert(E(tuple(1), "d")).unwrap();
+        assert_eq!(t.find(&tuple(1)), Some(d));
+        assert_eq!(t.remove(c), Some(E(tuple(1), "c")));
+        assert_eq!(
+            t.find(&tuple(1)),
+            Some(d),
+            "removing the unindexed entry kept the new one"
+        );
     }
 
     /// Slab keys are reused and the index rehashes as it grows and shrinks: after thousands

@@ -139,14 +139,31 @@ impl Worker {
     }
 
     /// The kernel accepted a new client with the 5-tuple of connection `key`, so that one is
-    /// over on the client's side: the client reset it and reused its port at once, before this
-    /// worker saw the reset. The old connection delivers to its target what the client sent
-    /// before, then its target is reset; it leaves the table now (without waiting for the
-    /// target to acknowledge, as its 5-tuple is needed).
+    /// over on the client's side. Either the client closed it cleanly (its FIN is in, no
+    /// error: the kernel let the new SYN reuse the TIME_WAIT), and the old connection leaves
+    /// the index and finishes on its own, delivering to its target what the client sent; or
+    /// the client reset it and reused its port at once, before this worker saw the reset:
+    /// the old connection delivers to its target what the client sent before, then its target
+    /// is reset, and it leaves the table now (without waiting for the target to acknowledge).
     fn client_reused_port(&mut self, key: usize) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
+        let established = matches!(conn.stage, Stage::Established(_));
+        let closed_cleanly = established
+            && !conn.front.aborted
+            && matches!(conn.front.stream.take_error(), Ok(None));
+        if closed_cleanly {
+            log::debug!(
+                "{}: port reused by a new client after a clean close; the old connection \
+                 finishes outside the index",
+                conn.tuple
+            );
+            conn.front.ready.readable = true;
+            conn.front.ready.read_closed = true;
+            self.table.unindex(key);
+            return self.drive(key);
+        }
         log::debug!(
             "{}: port reused by a new client; ending the old connection",
             conn.tuple
@@ -155,7 +172,7 @@ impl Worker {
         conn.front.ready.readable = true;
         conn.front.ready.error = true;
         conn.note_aborts();
-        if matches!(conn.stage, Stage::Established(_)) {
+        if established {
             self.drive(key);
         }
         let Some(conn) = self.table.get_mut(key) else {
