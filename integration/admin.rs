@@ -475,3 +475,40 @@ fn a_token_file_others_can_read_is_refused() {
     ));
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
+
+/// A disable's drain timer belongs to that disable: disabled, enabled and disabled again, the
+/// target's connections get the second disable's whole `drain_timeout` (the first one's timer
+/// closed them early).
+#[test]
+fn a_disable_timer_from_before_an_enable_closes_nothing() {
+    let (a, b) = (
+        Backend::start(named_echo("a")),
+        Backend::start(named_echo("b")),
+    );
+    let health = format!("    drain_timeout: 1s\n{NO_CHECKS}");
+    let lb = Ballast::start(&config(
+        "round_robin",
+        &[(a.addr, 1), (b.addr, 1)],
+        "",
+        &health,
+    ));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut on_a = loop {
+        let (s, name) = open_named(addr);
+        if name == "a" {
+            break s;
+        }
+    };
+    let target = |verb: &str| format!("/target-groups/g/targets/{}/{verb}", a.addr);
+    let first = std::time::Instant::now();
+    assert_eq!(post(admin, &target("disable")).0, 200);
+    assert_eq!(post(admin, &target("enable")).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500)); // the second disable, later
+    assert_eq!(post(admin, &target("disable")).0, 200);
+    // Past the first disable's deadline (1 s), within the second's (1.5 s): still open.
+    std::thread::sleep(std::time::Duration::from_millis(1250).saturating_sub(first.elapsed()));
+    on_a.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    on_a.read_exact(&mut one)
+        .expect("closed by the first disable's timer");
+}

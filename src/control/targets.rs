@@ -214,13 +214,18 @@ impl Control {
     }
 
     /// After `wait`, closes whatever is still open to target `index` of group `g`, if it is
-    /// still in state `expect` (not enabled or re-added meanwhile). A timer thread waits, so
-    /// the caller answers at once.
+    /// still in state `expect` from this very change (not enabled, re-added, or disabled
+    /// again since: that change has a timer of its own). A timer thread waits, so the caller
+    /// answers at once.
     fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
+        let set = self.generation().groups[g].targets[index].state().clone();
+        let change = set.admin_changes();
         let spawned = self.after("ballast-drain", wait, move |control| {
             let generation = control.generation();
             let (group, target) = (&generation.groups[g], &generation.groups[g].targets[index]);
             if target.admin_state() == expect
+                && Arc::ptr_eq(target.state(), &set)
+                && set.admin_changes() == change
                 && target.active.load(std::sync::atomic::Ordering::Relaxed) > 0
             {
                 log::info!(

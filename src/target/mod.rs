@@ -53,6 +53,9 @@ impl std::ops::Deref for Target {
 pub struct TargetState {
     /// [`AdminState`] as a number: set through the admin API.
     admin_state: AtomicU8,
+    /// How many times the admin state changed: a timer set at one change (a disable's
+    /// `drain_timeout`) acts only if no other change came since.
+    admin_changes: AtomicU64,
     healthy: AtomicBool,
     /// When the target last turned healthy, in ms since the group's epoch; `u64::MAX` when it
     /// has been healthy since the start (no slow start then).
@@ -88,6 +91,7 @@ impl TargetState {
     fn new(healthy: bool) -> Arc<TargetState> {
         Arc::new(TargetState {
             admin_state: AtomicU8::new(AdminState::Active as u8),
+            admin_changes: AtomicU64::new(0),
             healthy: AtomicBool::new(healthy),
             healthy_since_ms: AtomicU64::new(u64::MAX),
             active: AtomicU64::new(0),
@@ -157,9 +161,15 @@ impl TargetState {
     fn set_admin_state(&self, state: AdminState) -> bool {
         let was = self.admin_state.swap(state as u8, Ordering::AcqRel);
         if was != state as u8 {
+            self.admin_changes.fetch_add(1, Ordering::AcqRel);
             self.checks.state_changed();
         }
         was != state as u8
+    }
+
+    /// How many times the admin state has changed (see `admin_changes`).
+    pub fn admin_changes(&self) -> u64 {
+        self.admin_changes.load(Ordering::Acquire)
     }
 
     /// The target's admin state.
