@@ -299,24 +299,8 @@ fn connections_lists_the_workers_tables() {
 
 #[test]
 fn disable_closes_what_is_left_after_the_drain_timeout() {
-    let (a, b) = (
-        Backend::start(named_echo("a")),
-        Backend::start(named_echo("b")),
-    );
-    let health = format!("    drain_timeout: 300ms\n{NO_CHECKS}");
-    let lb = Ballast::start(&config(
-        "round_robin",
-        &[(a.addr, 1), (b.addr, 1)],
-        "",
-        &health,
-    ));
-    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
-    let mut on_a = loop {
-        let (s, name) = open_named(addr);
-        if name == "a" {
-            break s;
-        }
-    };
+    let (targets, lb, mut on_a) = a_connection_on_a("300ms");
+    let (addr, admin, a) = (lb.addr("l"), lb.admin_addr(), &targets[0]);
     let disabled = std::time::Instant::now();
     let (status, body) = post(
         admin,
@@ -481,24 +465,8 @@ fn a_token_file_others_can_read_is_refused() {
 /// closed them early).
 #[test]
 fn a_disable_timer_from_before_an_enable_closes_nothing() {
-    let (a, b) = (
-        Backend::start(named_echo("a")),
-        Backend::start(named_echo("b")),
-    );
-    let health = format!("    drain_timeout: 1s\n{NO_CHECKS}");
-    let lb = Ballast::start(&config(
-        "round_robin",
-        &[(a.addr, 1), (b.addr, 1)],
-        "",
-        &health,
-    ));
-    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
-    let mut on_a = loop {
-        let (s, name) = open_named(addr);
-        if name == "a" {
-            break s;
-        }
-    };
+    let (targets, lb, mut on_a) = a_connection_on_a("1s");
+    let (admin, a) = (lb.admin_addr(), &targets[0]);
     let target = |verb: &str| format!("/target-groups/g/targets/{}/{verb}", a.addr);
     let first = std::time::Instant::now();
     assert_eq!(post(admin, &target("disable")).0, 200);
@@ -511,4 +479,23 @@ fn a_disable_timer_from_before_an_enable_closes_nothing() {
     let mut one = [0u8; 1];
     on_a.read_exact(&mut one)
         .expect("closed by the first disable's timer");
+}
+
+/// Targets `a` and `b` behind a Ballast whose group drains for `drain_timeout`, and a
+/// connection that reached `a`.
+fn a_connection_on_a(drain_timeout: &str) -> ([Backend; 2], Ballast, TcpStream) {
+    let targets = [
+        Backend::start(named_echo("a")),
+        Backend::start(named_echo("b")),
+    ];
+    let health = format!("    drain_timeout: {drain_timeout}\n{NO_CHECKS}");
+    let addrs = [(targets[0].addr, 1), (targets[1].addr, 1)];
+    let lb = Ballast::start(&config("round_robin", &addrs, "", &health));
+    let on_a = loop {
+        let (s, name) = open_named(lb.addr("l"));
+        if name == "a" {
+            break s;
+        }
+    };
+    (targets, lb, on_a)
 }
