@@ -568,7 +568,9 @@ impl TargetGroup {
     /// Health of every target, in order, as the balancer takes it: healthy and not ejected
     /// by outlier detection ([`TargetState::is_available`]).
     pub fn health(&self) -> Vec<bool> {
-        (0..self.targets.len()).map(|i| self.available(i)).collect()
+        let leaving = self.leaving.load(Ordering::Acquire);
+        let up = |(i, t): (usize, &Target)| i != leaving && t.is_available();
+        self.targets.iter().enumerate().map(up).collect()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::net::describe;
 use crate::target::TargetPlace;
 
 /// The connect attempts of a connection, and what waits for the target that accepts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Attempts<S> {
     /// Bytes for the target before the client's: the group's PROXY header (unless it goes
     /// before a `target_tls` handshake), and client bytes the preamble read.

@@ -233,9 +233,8 @@ impl<S: Socket> Connection<S> {
                         log::debug!("{}: refused: {why}", self.tuple);
                         return Step::Refused(Refusal::BadProxyHeader);
                     }
-                    HeaderRead::Done(addresses) => {
-                        self.origin = addresses.map(Box::new).or(self.origin.take());
-                    }
+                    HeaderRead::Done(Some(addresses)) => self.origin = Some(Box::new(addresses)),
+                    HeaderRead::Done(None) => {} // LOCAL or UNKNOWN: the peer is the client
                 }
                 if !config.access.admits(self.client().ip()) {
                     return Step::Refused(Refusal::Denied);

@@ -195,16 +195,11 @@ impl<T> SessionTable<T> {
     ///
     /// # Errors
     /// Gives the session back when one with the same 5-tuple exists.
-    pub(crate) fn insert(
-        &mut self,
-        tuple: FiveTuple,
-        mut session: Session<T>,
-    ) -> Result<usize, Box<Session<T>>> {
+    pub(crate) fn insert(&mut self, mut session: Session<T>) -> Result<usize, Box<Session<T>>> {
         self.next_id += 1;
         session.id = self.next_id;
         let (id, deadline, listener) = (session.id, session.deadline(), session.listener);
         let replied = session.replied();
-        debug_assert_eq!(session.tuple, tuple, "a session filed under another flow");
         let key = self.table.insert(session).map_err(Box::new)?;
         self.timers.schedule(deadline, Due { key, id });
         if self.by_age.len() <= listener {
@@ -341,7 +336,7 @@ mod eviction_tests {
     use super::*;
     use crate::config::Protocol;
 
-    fn flow(port: u16, now: Instant) -> (FiveTuple, Session<()>) {
+    fn flow(port: u16, now: Instant) -> Session<()> {
         let tuple = FiveTuple {
             protocol: Protocol::Udp,
             client: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -349,18 +344,13 @@ mod eviction_tests {
         };
         let mut s = Session::new(0, 0, tuple, 0, (), Duration::from_secs(30), 0, now);
         s.unreplied_timeout = Some(Duration::from_secs(2));
-        (tuple, s)
+        s
     }
 
     /// A table of `n` unreplied flows from ports 1 to `n`, begun at `now`, and their keys.
     fn flows(n: u16, now: Instant) -> (SessionTable<()>, Vec<usize>) {
         let mut t = SessionTable::default();
-        let keys = (1..=n)
-            .map(|p| {
-                let (tuple, s) = flow(p, now);
-                t.insert(tuple, s).unwrap()
-            })
-            .collect();
+        let keys = (1..=n).map(|p| t.insert(flow(p, now)).unwrap()).collect();
         (t, keys)
     }
 
@@ -381,10 +371,8 @@ mod eviction_tests {
     fn unreplied_sessions_expire_early_answered_ones_at_idle_timeout() {
         let now = Instant::now();
         let mut t = SessionTable::default();
-        let (a, s) = flow(1, now);
-        let ka = t.insert(a, s).unwrap();
-        let (b, s) = flow(2, now);
-        t.insert(b, s).unwrap();
+        let ka = t.insert(flow(1, now)).unwrap();
+        t.insert(flow(2, now)).unwrap();
         t.mark_replied(ka);
         let ended = t.expire(now + Duration::from_secs(3));
         assert_eq!(ended.len(), 1);
@@ -408,8 +396,7 @@ mod eviction_tests {
         assert_eq!(t.unreplied(0), 2);
         assert_eq!(t.expire(now + Duration::from_secs(3)).len(), 2);
         assert_eq!(t.unreplied(0), 0);
-        let (tuple, s) = flow(9, now);
-        t.insert(tuple, s).unwrap();
+        t.insert(flow(9, now)).unwrap();
         t.drain();
         assert_eq!(t.unreplied(0), 0);
     }
@@ -419,8 +406,7 @@ mod eviction_tests {
         let now = Instant::now();
         let mut t = SessionTable::default();
         for p in 0..10_000u16 {
-            let (tuple, s) = flow(p, now);
-            let k = t.insert(tuple, s).unwrap();
+            let k = t.insert(flow(p, now)).unwrap();
             t.remove(k);
         }
         assert!(t.by_age[0].len() <= 64 + 2, "{}", t.by_age[0].len());
@@ -459,8 +445,8 @@ mod tests {
     fn idle_sessions_expire_and_active_ones_do_not() {
         let t0 = Instant::now();
         let mut table = SessionTable::default();
-        let a = table.insert(tuple(1), session(1, t0, 0)).unwrap();
-        let _b = table.insert(tuple(2), session(2, t0, 0)).unwrap();
+        let a = table.insert(session(1, t0, 0)).unwrap();
+        let _b = table.insert(session(2, t0, 0)).unwrap();
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(30)));
         // a sees traffic at 20s; b does not.
         table.get_mut(a).unwrap().last_active = t0 + Duration::from_secs(20);
@@ -480,10 +466,10 @@ mod tests {
     fn a_reused_key_is_not_expired_by_its_predecessor_entry() {
         let t0 = Instant::now();
         let mut table = SessionTable::default();
-        let a = table.insert(tuple(1), session(1, t0, 0)).unwrap();
+        let a = table.insert(session(1, t0, 0)).unwrap();
         table.remove(a);
         let later = t0 + Duration::from_secs(10);
-        let b = table.insert(tuple(2), session(2, later, 0)).unwrap();
+        let b = table.insert(session(2, later, 0)).unwrap();
         assert_eq!(a, b, "slab reuses the key");
         assert!(table.expire(t0 + Duration::from_secs(30)).is_empty());
         assert_eq!(table.expire(later + Duration::from_secs(30)).len(), 1);
@@ -493,8 +479,8 @@ mod tests {
     fn duplicate_tuples_are_refused() {
         let t0 = Instant::now();
         let mut table = SessionTable::default();
-        table.insert(tuple(1), session(1, t0, 0)).unwrap();
-        assert!(table.insert(tuple(1), session(1, t0, 0)).is_err());
+        table.insert(session(1, t0, 0)).unwrap();
+        assert!(table.insert(session(1, t0, 0)).is_err());
         assert_eq!(table.find(&tuple(1)), Some(0));
     }
 

@@ -97,11 +97,11 @@ impl Worker {
             Some(a) => format!("{a}: {reason}"),
             None => reason,
         };
+        log::debug!("{}: connect failed: {why}", conn.tuple);
         let (failed, next) = conn.connect_failed(why, retries);
         if let Some(target) = failed.map(|t| &group.targets[t]) {
             target.connect_failures.fetch_add(1, Ordering::Relaxed);
             target.note_failure();
-            log::debug!("{}: connect to {} failed", conn.tuple, target.address);
         }
         self.act(key, next);
     }

@@ -210,7 +210,7 @@ impl Worker {
             crate::proxy_protocol::header(v, client, tuple.listener, true).into_boxed_slice()
         });
         session.target_place = Some(group.targets[t].hold());
-        let Ok(key) = self.sessions.insert(tuple, session) else {
+        let Ok(key) = self.sessions.insert(session) else {
             return Err(None); // the session and its places are dropped
         };
         let target = &group.targets[t];
