@@ -100,7 +100,7 @@ handshakes() {
   timeout $((SECS + 10)) openssl s_time -connect "127.0.0.1:$1" -new -time "$SECS" 2>/dev/null |
     awk '/connections in .* real seconds/ {split($0, a, " "); print a[1] / a[4]; exit}'
 }
-resumed() { curl -s "http://127.0.0.1:9100/metrics" | awk -v l="$1" '$1 ~ "tls_resumed_handshakes_total\\{listener=\""l"\"" {r=$2} $1 ~ "tls_handshakes_total\\{listener=\""l"\"" {h=$2} END {printf "%s/%s", r+0, h+0}'; }
+resumed() { curl -s "http://127.0.0.1:7390/metrics" | awk -v l="$1" '$1 ~ "tls_resumed_handshakes_total\\{listener=\""l"\"" {r=$2} $1 ~ "tls_handshakes_total\\{listener=\""l"\"" {h=$2} END {printf "%s/%s", r+0, h+0}'; }
 
 echo "workers=$WORKERS rounds=$ROUNDS secs=$SECS (ratios to direct plain HTTP)"
 for r in $(seq "$ROUNDS"); do

@@ -102,7 +102,7 @@ fn access_log_has_a_line_per_finished_connection() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
     for i in 0..5 {
-        let want = format!("bytes_up={} bytes_down={} reason=done", 100 + i, 100 + i);
+        let want = format!("bytes_up={} bytes_down={} retries=0", 100 + i, 100 + i);
         assert!(
             lines.iter().any(|l| l.contains(&want)),
             "no line with {want}: {text}"
@@ -110,6 +110,47 @@ fn access_log_has_a_line_per_finished_connection() {
     }
     for l in &lines {
         assert!(l.contains(" tcp listener=l client=127.0.0.1:"), "{l}");
+        assert!(l.contains(" retries=0 connect_ms="), "{l}");
         assert!(l.contains(&format!("target={}", echo.addr)), "{l}");
+    }
+}
+
+/// A connection that reached its target only after a refused one says so: `retries=1`, and
+/// the time until a target accepted (`connect_ms`); one that went straight there, `retries=0`.
+#[test]
+fn access_log_lines_count_retries_and_time_to_connect() {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    // Round robin over a refusing target and a live one: connections try the refusing one
+    // first at least half the time (its single failed check leaves it healthy: threshold 3).
+    let lb = Ballast::start(&format!(
+        "access_log: {}\n{}",
+        path.display(),
+        config(
+            "round_robin",
+            &[(dead_addr(), 1), (echo.addr, 1)],
+            "",
+            NO_CHECKS
+        )
+    ));
+    let addr = lb.addr("l");
+    for i in 0..4 {
+        round_trip(addr, i);
+    }
+    let text = wait_for_lines(&path, 4);
+    let connect_ms = |l: &str| -> f64 {
+        let v = l.split(" connect_ms=").nth(1).unwrap().split(' ').next();
+        v.unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("connect_ms in {l}"))
+    };
+    let retried = text.lines().filter(|l| l.contains(" retries=1 ")).count();
+    let direct = text.lines().filter(|l| l.contains(" retries=0 ")).count();
+    assert!(retried >= 2 && retried + direct == 4, "{text}");
+    for l in text.lines() {
+        assert!(l.contains(&format!("target={}", echo.addr)), "{l}");
+        assert!(l.ends_with("reason=done"), "{l}");
+        assert!((0.0..1000.0).contains(&connect_ms(l)), "{l}");
     }
 }

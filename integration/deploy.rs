@@ -26,14 +26,6 @@ fn ballast(admin: SocketAddr, args: &[&str]) -> Output {
         .expect("run ballast")
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// A backend that reads a line `K` and answers its name, then `K` chunks of [`CHUNK`] bytes
 /// (chunk `i` filled with `i % 251`) 10 ms apart, then closes: `K = 0` is a quick request,
 /// `K = 100` a stream of about a second. Once `killed` is set, its streams end at once, cut
@@ -395,7 +387,7 @@ fn a_stream_longer_than_the_drain_timeout_is_closed_cleanly_not_hung() {
     });
     let out = deploy_fleet(admin, &fleet, "300ms");
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("drain timeout (300ms) passed with 1 connections open"));
+    assert!(stdout(&out).contains("drain timeout (300ms) passed with 1 connection open"));
     for s in streams {
         // Each ends (EOF, within the client's bounded read) short of its bytes: closed, not hung.
         let result = s.join().unwrap();

@@ -1,12 +1,15 @@
 //! The access log: one line per finished TCP connection or UDP session.
 //!
 //! ```text
-//! 2026-11-21T01:20:00.123Z tcp listener=pg client=127.0.0.1:50432 target=127.0.0.1:5432 duration_ms=1520 bytes_up=310 bytes_down=18022 reason=done
+//! 2026-11-21T01:20:00.123Z tcp listener=pg client=127.0.0.1:50432 target=127.0.0.1:5432 duration_ms=1520 bytes_up=310 bytes_down=18022 retries=1 connect_ms=0.412 reason=done
 //! 2026-11-21T01:20:01.004Z udp listener=dns client=127.0.0.1:41000 target=127.0.0.1:5301 duration_ms=1 bytes_up=32 bytes_down=48 datagrams_up=1 datagrams_down=1 reason=max_responses
 //! ```
 //!
 //! Fields are `key=value` (logfmt), in this order; `target=-` when no target was reached.
-//! `bytes_up` go client → target, `bytes_down` target → client. `reason` is why it ended:
+//! `bytes_up` go client → target, `bytes_down` target → client. TCP lines carry `retries`
+//! (connect attempts after the first: targets that refused or timed out before one accepted,
+//! or before giving up) and `connect_ms` (from the first attempt's start until a target
+//! accepted, µs precision; `-` when none did). `reason` is why it ended:
 //! `done` (both sides finished), `client_reset` / `target_reset` (that side aborted first; the
 //! other side was reset), `idle`, `max_responses`, `no target`, `disabled`, `listener removed`,
 //! `shutdown timeout`, `stopping`, `worker_restart`, `node_drained`, `preamble_timeout`, or a
@@ -63,6 +66,11 @@ pub(crate) struct Entry<'a> {
     pub bytes_down: u64,
     /// Datagrams up and down (UDP only).
     pub datagrams: Option<(u64, u64)>,
+    /// TCP: connect attempts after the first (0 when the first target accepted).
+    pub retries: u32,
+    /// TCP: from the first connect attempt's start until a target accepted (`None` when
+    /// none did, and for UDP).
+    pub connect: Option<Duration>,
     /// Why it ended.
     pub reason: &'a str,
 }
@@ -294,6 +302,12 @@ pub(crate) fn write_line(out: &mut impl Write, now: SystemTime, e: &Entry) -> io
     )?;
     if let Some((up, down)) = e.datagrams {
         write!(out, " datagrams_up={up} datagrams_down={down}")?;
+    } else {
+        write!(out, " retries={}", e.retries)?;
+        match e.connect {
+            Some(c) => write!(out, " connect_ms={:.3}", c.as_secs_f64() * 1e3)?,
+            None => write!(out, " connect_ms=-")?,
+        }
     }
     writeln!(out, " reason={}", Underscored(e.reason))
 }
@@ -348,6 +362,8 @@ mod tests {
             bytes_up: 32,
             bytes_down: 48,
             datagrams: Some((1, 1)),
+            retries: 0,
+            connect: None,
             reason: "max_responses",
         };
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
@@ -364,7 +380,18 @@ mod tests {
             reason: "no target",
             ..e
         };
+        assert!(format_line(at, &e).ends_with(
+            "target=- duration_ms=3 bytes_up=32 bytes_down=48 retries=0 connect_ms=- \
+             reason=no_target\n"
+        ));
+        let e = Entry {
+            target: Some("127.0.0.1:5432".parse().unwrap()),
+            retries: 2,
+            connect: Some(Duration::from_micros(1_250)),
+            reason: "done",
+            ..e
+        };
         assert!(format_line(at, &e)
-            .ends_with("target=- duration_ms=3 bytes_up=32 bytes_down=48 reason=no_target\n"));
+            .ends_with("bytes_up=32 bytes_down=48 retries=2 connect_ms=1.250 reason=done\n"));
     }
 }

@@ -275,13 +275,14 @@ fn bind_listeners_from(
         l.bind = addr;
         let group = &config.target_groups[l.target_group];
         log::info!(
-            "listener {} ({}) on {} -> target group {} ({}, {} targets)",
+            "listener {} ({}) on {} -> target group {} ({}, {} target{})",
             l.name,
             l.kind(),
             l.endpoint(),
             group.name,
             group.algorithm,
-            group.targets.len()
+            group.targets.len(),
+            if group.targets.len() == 1 { "" } else { "s" }
         );
     }
     Ok(sockets)

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::DEFAULT_ADMIN_URL;
-
 /// Ballast: an L4 (TCP and UDP) load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "ballast", version, about)]
@@ -19,14 +17,21 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the admin API of a running Ballast is.
+/// Where the admin API of a running Ballast is: `--admin`, else the `admin:` section of
+/// `--config` (or of /etc/ballast/ballast.yaml when it exists), else the default address.
 #[derive(Debug, Clone, Args)]
 pub struct Api {
-    /// Base URL of the admin API.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL, global = true)]
-    pub admin: String,
-    /// File holding the bearer token (as `admin.token_file` in the config).
-    #[arg(long, value_name = "FILE", global = true)]
+    /// The admin API: http://HOST:PORT, HOST:PORT or unix:/PATH (default: found from the
+    /// config, else http://127.0.0.1:7390).
+    #[arg(long, value_name = "URL", env = "BALLAST_ADMIN", global = true)]
+    pub admin: Option<String>,
+    /// The running Ballast's configuration file: its `admin:` section says where the API is
+    /// (its UNIX socket when this user may use it, else `bind`) and which token to send
+    /// (default /etc/ballast/ballast.yaml when it exists).
+    #[arg(long, value_name = "FILE", env = "BALLAST_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// File holding the bearer token (default: the config's `admin.token_file`).
+    #[arg(long, value_name = "FILE", env = "BALLAST_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cli::{Api, ApiCommand, NodeAction, TargetRef};
-use crate::client::{find_target, target_path, AdminClient, ClientError};
+use crate::client::{find_target, target_path, AdminClient, ClientError, Where};
 use crate::deploy::{deploy, DeployError, DeployPlan};
 use crate::progress::{connections_open, Progress};
 
@@ -31,7 +31,11 @@ pub enum CtlError {
 }
 
 fn client(api: &Api) -> Result<AdminClient, ClientError> {
-    AdminClient::new(&api.admin, api.token_file.as_deref())
+    AdminClient::locate(&Where {
+        admin: api.admin.as_deref(),
+        config: api.config.as_deref(),
+        token_file: api.token_file.as_deref(),
+    })
 }
 
 /// Runs `command` (one of the API subcommands), printing to `out`.
@@ -64,7 +68,7 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
         } => {
             let c = client(api)?;
             let t = c.post(&path(target, "/drain"), None)?;
-            let _ = writeln!(out, "{}: {}", target.address, t["admin_state"]);
+            let _ = writeln!(out, "{}: {}", target.address, text(&t["admin_state"]));
             if *wait {
                 wait_drained(&c, target, *timeout, out)?;
             }
@@ -76,7 +80,7 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
                 "/disable"
             };
             let t = client(api)?.post(&path(target, action), None)?;
-            let _ = writeln!(out, "{}: {}", target.address, t["admin_state"]);
+            let _ = writeln!(out, "{}: {}", target.address, text(&t["admin_state"]));
         }
         ApiCommand::Add {
             target,
@@ -91,25 +95,31 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
             )?;
             let _ = writeln!(
                 out,
-                "added {:?} (generation {})",
-                s["targets_added"], s["generation"]
+                "added {} to {} (generation {}); it takes traffic once its check passes",
+                target.address, target.group, s["generation"]
             );
         }
         ApiCommand::Remove { target, api } => {
-            let s = client(api)?.delete(&path(target, ""))?;
-            let _ = writeln!(out, "removed {:?}; it drains", s["targets_removed"]);
+            client(api)?.delete(&path(target, ""))?;
+            let _ = writeln!(
+                out,
+                "removed {} from {}; it drains",
+                target.address, target.group
+            );
         }
         ApiCommand::Reload { api } => {
             let s = client(api)?.post("/reload", None)?;
-            let _ = writeln!(
-                out,
-                "reloaded: generation {}; listeners +{} -{}; targets +{} -{}",
-                s["generation"],
-                s["listeners_added"],
-                s["listeners_removed"],
-                s["targets_added"],
-                s["targets_removed"]
-            );
+            let _ = writeln!(out, "reloaded: generation {}", s["generation"]);
+            for (what, key) in [
+                ("listeners added", "listeners_added"),
+                ("listeners removed", "listeners_removed"),
+                ("targets added", "targets_added"),
+                ("targets removed", "targets_removed"),
+            ] {
+                if s[key].as_array().is_some_and(|a| !a.is_empty()) {
+                    let _ = writeln!(out, "  {what}: {}", list(&s[key]));
+                }
+            }
         }
         ApiCommand::Deploy {
             group,
@@ -233,6 +243,16 @@ fn wait_drained(
     }
 }
 
+/// A JSON list of strings (or a number) as `a, b, c`; `none` when empty.
+fn list(v: &Value) -> String {
+    match v.as_array() {
+        Some(items) if items.is_empty() => "none".into(),
+        Some(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        None => text(v),
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -241,25 +261,70 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch now.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `12s`, `5m`, `3h`, `2d` ago: how long since `at_unix_ms` (`-` for none), one unit.
+fn ago(at_unix_ms: &Value, now_ms: u64) -> String {
+    let Some(at) = at_unix_ms.as_u64() else {
+        return "-".into();
+    };
+    let s = now_ms.saturating_sub(at) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// The last check, and why the last failed one failed while the target is not healthy (a
+/// target passing its way back up says why it went down): `pass`, `fail: connection
+/// refused`, `pass (failed 40s ago: connection refused)`.
+fn last_check(t: &Value, now_ms: u64) -> String {
+    let result = text(&t["last_check"]["result"]);
+    let failure = &t["last_failure"];
+    match (result.as_str(), failure["reason"].as_str()) {
+        ("fail", Some(r)) => format!("fail: {r}"),
+        ("pass", Some(r)) if t["health"] != "healthy" => {
+            format!(
+                "pass (failed {} ago: {r})",
+                ago(&failure["at_unix_ms"], now_ms)
+            )
+        }
+        _ => result,
+    }
+}
+
 fn print_targets(doc: &Value, out: &mut dyn Write) {
+    let now = unix_ms_now();
     let _ = writeln!(
         out,
-        "{:<16} {:<24} {:<9} {:<9} {:>7} {:>9} {:>6}  LAST CHECK",
-        "GROUP", "TARGET", "HEALTH", "STATE", "ACTIVE", "TOTAL", "WEIGHT"
+        "{:<16} {:<24} {:<9} {:<9} {:>5} {:>7} {:>9} {:>6}  LAST CHECK",
+        "GROUP", "TARGET", "HEALTH", "STATE", "SINCE", "ACTIVE", "TOTAL", "WEIGHT"
     );
     for g in doc["target_groups"].as_array().into_iter().flatten() {
         for t in g["targets"].as_array().into_iter().flatten() {
+            let health = match (t["ejected"].as_bool(), t["health"].as_str()) {
+                (Some(true), _) => "ejected".to_string(),
+                _ => text(&t["health"]),
+            };
             let _ = writeln!(
                 out,
-                "{:<16} {:<24} {:<9} {:<9} {:>7} {:>9} {:>6}  {}",
+                "{:<16} {:<24} {:<9} {:<9} {:>5} {:>7} {:>9} {:>6}  {}",
                 text(&g["name"]),
                 text(&t["address"]),
-                text(&t["health"]),
+                health,
                 text(&t["admin_state"]),
+                ago(&t["last_state_change_unix_ms"], now),
                 text(&t["active"]),
                 text(&t["total"]),
                 text(&t["weight"]),
-                text(&t["last_check"]["result"]),
+                last_check(t, now),
             );
         }
     }

@@ -129,7 +129,12 @@ pub(crate) fn deploy(
             });
         }
     }
-    let _ = writeln!(out, "deploy of {} done: {n} targets", plan.group);
+    let _ = writeln!(
+        out,
+        "deploy of {} done: {}",
+        plan.group,
+        crate::progress::count(n as u64, "target")
+    );
     Ok(())
 }
 
@@ -211,8 +216,9 @@ impl Step<'_> {
             say(
                 out,
                 format!(
-                    "drain timeout ({}) passed with {open} connections open; going on",
-                    humantime::format_duration(self.plan.drain_timeout)
+                    "drain timeout ({}) passed with {}; going on",
+                    humantime::format_duration(self.plan.drain_timeout),
+                    crate::progress::connections_open(open)
                 ),
             );
         }

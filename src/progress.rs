@@ -74,7 +74,12 @@ impl Drop for Progress {
 
 /// `n connection(s) open`.
 pub(crate) fn connections_open(n: u64) -> String {
-    format!("{n} connection{} open", if n == 1 { "" } else { "s" })
+    format!("{} open", count(n, "connection"))
+}
+
+/// `1 target`, `2 targets`: `n` and the noun, plural unless `n` is 1 (nouns with a plain `s`).
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]

@@ -306,3 +306,13 @@ pub fn run_refused(yaml: &str) -> String {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     stderr
 }
+
+/// A finished command's standard output, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's standard error, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -16,7 +16,8 @@
 //!   health, admin state, counters and rates, and drain / disable / enable buttons.
 //! - `GET /targets`: per group and target: health, admin state, weight, backup, active and
 //!   total connections, bytes each way, connect failures, the last check's result, time and
-//!   latency, the time of the last state change.
+//!   latency, the last failed check's reason and time (`last_failure`: kept after the target
+//!   recovers), the time of the last state change.
 //! - `GET /listeners`: per listener: protocol, the address bound, target group and SNI
 //!   routes, open, accepted and refused connections.
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
@@ -440,6 +441,10 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
             "consecutive_passes": checks.consecutive_passes,
             "checks": checks.count,
         },
+        "last_failure": checks.last_failure.as_ref().map(|f| json!({
+            "reason": f.reason,
+            "at_unix_ms": f.at_unix_ms,
+        })),
         "last_state_change_unix_ms": (checks.last_change_ms > 0).then_some(checks.last_change_ms),
     })
 }

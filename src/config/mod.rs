@@ -137,7 +137,7 @@ impl std::fmt::Display for DiscoverSource {
 }
 
 /// Default `admin.bind`.
-pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9100";
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:7390";
 
 /// The admin API's settings (`Debug` leaves the token out).
 #[derive(Clone, PartialEq, Eq)]
@@ -652,14 +652,14 @@ mod debug_tests {
     #[test]
     fn the_admin_token_never_shows_in_debug_output() {
         let admin = AdminConfig {
-            bind: "127.0.0.1:9100".parse().unwrap(),
+            bind: "127.0.0.1:7390".parse().unwrap(),
             token: Some("s3cret-token".into()),
             unix: None,
         };
         let shown = format!("{admin:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(
-            shown.contains("<redacted>") && shown.contains("9100"),
+            shown.contains("<redacted>") && shown.contains("7390"),
             "{shown}"
         );
     }

@@ -321,9 +321,13 @@ impl ProberLoop {
         let group = &self.generation.groups[slot.group];
         let address = group.targets[slot.target].address;
         let passed = outcome == Outcome::Pass;
+        let failure = match &outcome {
+            Outcome::Pass => None,
+            Outcome::Fail(reason) => Some(reason.as_str()),
+        };
         group.targets[slot.target]
             .checks
-            .record(passed, started.elapsed());
+            .record(failure, started.elapsed());
         log::debug!(
             "target group {}: check of {address} ({}): {outcome:?}",
             group.name(),

@@ -3,6 +3,7 @@
 //! Written by the prober (and by state changes), read by the admin thread; plain atomics.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds of the check-latency histogram's buckets, in seconds (the last bucket, +Inf,
@@ -27,6 +28,19 @@ pub struct CheckRecord {
     last_latency_us: AtomicU64,
     /// Passes since the last failure.
     consecutive_passes: AtomicU64,
+    /// Why the last failed check failed, and when (ms since the Unix epoch). Behind a lock:
+    /// written by the prober once per failed check, read by the admin API; never by a worker.
+    last_failure: Mutex<Option<Failure>>,
+}
+
+/// One failed check: why, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What the check saw, as the log says it (`connection refused`, `expected "+PONG"`,
+    /// `timed out after 1s waiting for the answer`, a TLS error, …).
+    pub reason: String,
+    /// When the check ended, in ms since the Unix epoch.
+    pub at_unix_ms: u64,
 }
 
 /// A copy of a [`CheckRecord`] at one moment.
@@ -46,6 +60,8 @@ pub struct CheckSnapshot {
     pub count: u64,
     /// Checks passed since the last failure.
     pub consecutive_passes: u64,
+    /// The last failed check (kept after later passes: "why was it down?").
+    pub last_failure: Option<Failure>,
     /// `(upper bound in seconds, checks in this bucket)`, non-cumulative, +Inf last.
     pub buckets: Vec<(f64, u64)>,
 }
@@ -57,16 +73,25 @@ fn unix_ms() -> u64 {
 }
 
 impl CheckRecord {
-    /// Records one finished check: passed or not, and how long it took (a timeout counts as
-    /// the time waited).
-    pub fn record(&self, passed: bool, latency: Duration) {
+    /// Records one finished check: passed (`failure` is `None`) or failed and why, and how
+    /// long it took (a timeout counts as the time waited).
+    pub fn record(&self, failure: Option<&str>, latency: Duration) {
+        let now = unix_ms();
         self.last_result
-            .store(if passed { 1 } else { 2 }, Ordering::Relaxed);
-        self.last_check_ms.store(unix_ms(), Ordering::Relaxed);
-        if passed {
-            self.consecutive_passes.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.consecutive_passes.store(0, Ordering::Relaxed);
+            .store(if failure.is_none() { 1 } else { 2 }, Ordering::Relaxed);
+        self.last_check_ms.store(now, Ordering::Relaxed);
+        match failure {
+            None => {
+                self.consecutive_passes.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(reason) => {
+                self.consecutive_passes.store(0, Ordering::Relaxed);
+                let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+                *last = Some(Failure {
+                    reason: reason.to_string(),
+                    at_unix_ms: now,
+                });
+            }
         }
         let s = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS_S
@@ -102,6 +127,11 @@ impl CheckRecord {
             last_latency_s: self.last_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
             count: counts.iter().sum(),
             consecutive_passes: self.consecutive_passes.load(Ordering::Relaxed),
+            last_failure: self
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             buckets: LATENCY_BUCKETS_S
                 .iter()
                 .copied()
@@ -120,9 +150,10 @@ mod tests {
     fn latencies_land_in_their_buckets() {
         let r = CheckRecord::default();
         assert_eq!(r.snapshot().last_passed, None);
-        r.record(true, Duration::from_micros(300));
-        r.record(false, Duration::from_millis(30));
-        r.record(false, Duration::from_secs(10));
+        r.record(None, Duration::from_micros(300));
+        assert_eq!(r.snapshot().last_failure, None);
+        r.record(Some("connection refused"), Duration::from_millis(30));
+        r.record(Some("timed out after 10s"), Duration::from_secs(10));
         let s = r.snapshot();
         assert_eq!(s.last_passed, Some(false));
         assert_eq!(s.count, 3);
@@ -133,8 +164,11 @@ mod tests {
         assert!(s.last_check_ms > 0);
         assert_eq!(s.consecutive_passes, 0);
         assert!((s.last_latency_s - 10.0).abs() < 1e-9);
-        r.record(true, Duration::from_millis(1));
+        r.record(None, Duration::from_millis(1));
         assert_eq!(r.snapshot().consecutive_passes, 1);
+        let failure = r.snapshot().last_failure.expect("kept after a pass");
+        assert_eq!(failure.reason, "timed out after 10s");
+        assert!(failure.at_unix_ms > 0);
         assert!((r.snapshot().last_latency_s - 0.001).abs() < 1e-9);
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct Attempts<S> {
     pub postgres: bool,
     /// Targets tried for this connection, in order.
     pub tried: Vec<usize>,
+    /// When the first attempt started (the access log's `connect_ms` runs from here).
+    pub began: Option<Instant>,
     /// Why the last attempt failed, for the log line when every attempt has.
     pub last_error: Option<String>,
     /// The attempt in flight.
@@ -51,6 +53,7 @@ impl<S> Attempts<S> {
             first,
             postgres,
             tried: Vec::new(),
+            began: None,
             last_error: None,
             current: None,
             tls: None,
@@ -60,6 +63,11 @@ impl<S> Attempts<S> {
     /// Whether another attempt may start under `retries` (the first is not a retry).
     pub(crate) fn may_try(&self, retries: u32) -> bool {
         self.tried.len() <= retries as usize
+    }
+
+    /// Attempts after the first so far (the access log's `retries`).
+    pub(crate) fn retries(&self) -> u32 {
+        u32::try_from(self.tried.len().saturating_sub(1)).unwrap_or(u32::MAX)
     }
 }
 
@@ -74,6 +82,7 @@ impl<S: Socket> Connection<S> {
     ) {
         if let Stage::Connecting(a) = &mut self.stage {
             a.tried.push(target);
+            a.began.get_or_insert(now);
             a.current = Some(Attempt {
                 back,
                 target,
@@ -140,8 +149,11 @@ impl<S: Socket> Connection<S> {
             self.set_stage(Stage::Connecting(a));
             return Err(Action::Connect);
         };
+        let connect = now.saturating_duration_since(a.began.unwrap_or(attempt.started));
         match Flow::new(attempt, &a.first, forwarding, pool, now) {
-            Ok(flow) => {
+            Ok(mut flow) => {
+                flow.retries = u16::try_from(a.retries()).unwrap_or(u16::MAX);
+                flow.connect_us = u32::try_from(connect.as_micros()).unwrap_or(u32::MAX);
                 self.set_stage(Stage::Established(flow));
                 Ok(())
             }
@@ -187,6 +199,19 @@ impl<S: Socket> Connection<S> {
         match &self.stage {
             Stage::Connecting(a) | Stage::TargetPreamble(a) => a.tried.len(),
             _ => 0,
+        }
+    }
+
+    /// For the access log: connect attempts after the first, and the time from the first
+    /// attempt's start to established (`None` when no target was reached).
+    pub(crate) fn connect_stats(&self) -> (u32, Option<std::time::Duration>) {
+        match &self.stage {
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => (a.retries(), None),
+            Stage::Established(f) | Stage::Closing(f, _) => (
+                u32::from(f.retries),
+                Some(std::time::Duration::from_micros(u64::from(f.connect_us))),
+            ),
+            Stage::Preamble(_) | Stage::Passing => (0, None),
         }
     }
 

@@ -39,6 +39,11 @@ pub(crate) struct Flow<S> {
     pub answer_clock: Option<Instant>,
     /// Bytes have gone up (the request's start is on the clock).
     pub request_sent: bool,
+    /// Connect attempts before the one that succeeded (the access log's `retries`).
+    pub retries: u16,
+    /// From the first connect attempt's start to established, in µs (saturating at ~71
+    /// minutes; the access log's `connect_ms`).
+    pub connect_us: u32,
 }
 
 /// In [`Stage::Closing`]: the bounds of the wait for the acknowledgement.
@@ -93,6 +98,8 @@ impl<S: Socket> Flow<S> {
             last_active: now,
             answer_clock: Some(attempt.started),
             request_sent: false,
+            retries: 0,
+            connect_us: 0,
         })
     }
 

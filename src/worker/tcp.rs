@@ -303,6 +303,7 @@ impl Worker {
             }
         }
         let (bytes_up, bytes_down) = conn.bytes();
+        let (retries, connect) = conn.connect_stats();
         self.access.record(&Entry {
             protocol: "tcp",
             listener: &listener.config.name,
@@ -312,6 +313,8 @@ impl Worker {
             bytes_up,
             bytes_down,
             datagrams: None,
+            retries,
+            connect,
             reason,
         });
     }

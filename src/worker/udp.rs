@@ -507,6 +507,8 @@ impl Worker {
             bytes_up: session.up.bytes,
             bytes_down: session.down.bytes,
             datagrams: Some((session.up.datagrams, session.down.datagrams)),
+            retries: 0,
+            connect: None,
             reason,
         });
     }

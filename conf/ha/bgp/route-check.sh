@@ -6,10 +6,10 @@
 #
 # Usage: route-check.sh [BIRD_CONTROL_SOCKET]   (default /run/bird/bird.ctl)
 # Environment: BALLAST (the binary, default /usr/local/bin/ballast), BALLAST_ADMIN (the
-# admin API URL, default http://127.0.0.1:9100), PROTOCOL (default vip), INTERVAL (seconds
+# admin API URL, default http://127.0.0.1:7390), PROTOCOL (default vip), INTERVAL (seconds
 # between checks, default 0.5). Run it under systemd beside bird (Restart=always).
 BALLAST=${BALLAST:-/usr/local/bin/ballast}
-ADMIN=${BALLAST_ADMIN:-http://127.0.0.1:9100}
+ADMIN=${BALLAST_ADMIN:-http://127.0.0.1:7390}
 SOCKET=${1:-/run/bird/bird.ctl}
 PROTOCOL=${PROTOCOL:-vip}
 INTERVAL=${INTERVAL:-0.5}

@@ -55,7 +55,7 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
-    /// Default 127.0.0.1:9100; a non-loopback address needs token_file.
+    /// Default 127.0.0.1:7390; a non-loopback address needs token_file.
     pub bind: Option<Address>,
     /// Optional: requests then need `Authorization: Bearer <token>` (the file must be mode
     /// 0600).

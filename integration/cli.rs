@@ -1,0 +1,173 @@
+//! The CLI as an operator uses it: it finds the admin API from the running configuration
+//! (its UNIX socket, or its address with its token), reloads with an exit status that tells,
+//! and prints what happened in words.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+const CHECKS: &str = "    health_check: {protocol: tcp, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1}\n";
+
+/// Runs `ballast ARGS` with `env`, and nothing of the caller's environment that would say
+/// where an API is.
+fn ballast(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .env_remove("BALLAST_ADMIN")
+        .env_remove("BALLAST_CONFIG")
+        .env_remove("BALLAST_TOKEN_FILE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ballast")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_cli_finds_the_api_from_the_config_over_its_unix_socket() {
+    let a = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let lb = Ballast::start(&format!(
+        "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+        socket.display(),
+        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    ));
+    let config = path(lb.config_path());
+    // --config: the socket the file names.
+    let out = ballast(&["targets", "--config", config], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&a.addr.to_string()),
+        "{}",
+        stdout(&out)
+    );
+    // BALLAST_CONFIG does the same; a subcommand's subcommand takes it too.
+    let out = ballast(&["node", "status"], &[("BALLAST_CONFIG", config)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("node: serving"),
+        "{}",
+        stdout(&out)
+    );
+    // --admin unix:PATH, and BALLAST_ADMIN.
+    let url = format!("unix:{}", socket.display());
+    let out = ballast(&["health", "--admin", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ballast(&["targets", "--json"], &[("BALLAST_ADMIN", &url)]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["target_groups"][0]["name"], "g");
+    // A socket nobody listens on: a clear error, exit 1.
+    let out = ballast(&["targets", "--admin", "unix:/nonexistent/admin.sock"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the admin API at unix:/nonexistent/admin.sock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_cli_sends_the_configs_token_to_the_configs_address() {
+    let a = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    write_token(&token, "s3cret");
+    let port = stable_port();
+    let lb = Ballast::start(&format!(
+        "admin: {{bind: '0.0.0.0:{port}', token_file: '{}'}}\n{}",
+        token.display(),
+        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    ));
+    let config = path(lb.config_path());
+    // 0.0.0.0 is asked on loopback, with the file's token.
+    let out = ballast(&["reload", "--config", config], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("reloaded: generation 1"),
+        "{}",
+        stdout(&out)
+    );
+    // Without it (the address alone), refused.
+    let out = ballast(&["reload", "--admin", &format!("127.0.0.1:{port}")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+}
+
+/// `ExecReload=ballast reload --config FILE`: a broken file fails the reload with the
+/// reason (systemctl reload then fails too), and the running configuration stays.
+#[test]
+fn a_reload_of_a_broken_file_exits_non_zero_with_the_reason() {
+    let a = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let good = format!(
+        "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+        socket.display(),
+        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    );
+    let lb = Ballast::start(&good);
+    let config = path(lb.config_path());
+    lb.rewrite_config(&good.replace("algorithm: round_robin", "algorithm: round_robbin"));
+    let out = ballast(&["reload", "--config", config], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("400") && err.contains("round_robbin"),
+        "the reason: {err}"
+    );
+    assert_eq!(echo_once(lb.addr("l"), b"still"), b"still");
+    lb.rewrite_config(&good);
+    let out = ballast(&["reload", "--config", config], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn the_cli_speaks_in_words_and_says_why_a_check_fails() {
+    let a = Backend::start(echo());
+    let dead = dead_addr();
+    let lb = Ballast::start(&config(
+        "round_robin",
+        &[(a.addr, 1), (dead, 1)],
+        "",
+        CHECKS,
+    ));
+    let admin = format!("http://{}", lb.admin_addr());
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin", &admin]);
+        let out = ballast(&all, &[]);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    wait_health(lb.admin_addr(), "g", dead, "unhealthy");
+    let table = run(&["targets"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&dead.to_string()))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("unhealthy") && row.contains("fail: connection refused"),
+        "the reason, not only `fail`: {row}"
+    );
+    let doc = get_json(lb.admin_addr(), "/targets");
+    let t = &doc["target_groups"][0]["targets"][1];
+    assert_eq!(t["last_failure"]["reason"], "connection refused", "{t}");
+    assert!(t["last_failure"]["at_unix_ms"].as_u64().unwrap() > 0, "{t}");
+
+    let a = a.addr.to_string();
+    assert_eq!(run(&["drain", "g", &a]), format!("{a}: draining\n"));
+    assert_eq!(run(&["enable", "g", &a]), format!("{a}: active\n"));
+    let added = run(&["add", "g", "127.0.0.1:9"]);
+    assert!(
+        added.starts_with("added 127.0.0.1:9 to g (generation "),
+        "no debug formatting: {added}"
+    );
+    let removed = run(&["remove", "g", "127.0.0.1:9"]);
+    assert_eq!(removed, "removed 127.0.0.1:9 from g; it drains\n");
+}
