@@ -114,12 +114,22 @@ fn a_reload_of_a_broken_file_exits_non_zero_with_the_reason() {
     let lb = Ballast::start(&good);
     let config = path(lb.config_path());
     lb.rewrite_config(&good.replace("algorithm: round_robin", "algorithm: round_robbin"));
+    let mark = lb.notifications.count();
     let out = ballast(&["reload", "--config", config], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(
         err.contains("400") && err.contains("round_robbin"),
         "the reason: {err}"
+    );
+    // The service manager hears it too (`systemctl status` shows STATUS=).
+    let said = lb.notifications.wait_line_after(mark, "READY=1", WAIT);
+    assert!(
+        said.iter().any(
+            |m| m.contains("STATUS=reload refused, generation 0 stays: ")
+                && m.contains("round_robbin")
+        ),
+        "{said:?}"
     );
     assert_eq!(echo_once(lb.addr("l"), b"still"), b"still");
     lb.rewrite_config(&good);
@@ -170,4 +180,101 @@ fn the_cli_speaks_in_words_and_says_why_a_check_fails() {
     );
     let removed = run(&["remove", "g", "127.0.0.1:9"]);
     assert_eq!(removed, "removed 127.0.0.1:9 from g; it drains\n");
+}
+
+/// `check` probes what `run` would fail on: an address another process serves (with
+/// `--probe-binds`), an access log in a directory that does not exist; and says what it did
+/// not probe.
+#[test]
+fn check_refuses_what_run_would_refuse() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config("round_robin", &[(dead_addr(), 1)], "", CHECKS).replace(
+        "bind: 127.0.0.1:0",
+        &format!("bind: {}", taken.local_addr().unwrap()),
+    );
+    let file = dir.path().join("ballast.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = ballast(&["check", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("not probed: listener addresses (--probe-binds"),
+        "{}",
+        stdout(&out)
+    );
+    let out = ballast(&["check", "--probe-binds", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("address in use"), "{}", stderr(&out));
+    drop(taken);
+    let out = ballast(&["check", "--probe-binds", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok: listeners: every address can be bound"));
+
+    let log = dir.path().join("missing/access.log");
+    std::fs::write(&file, format!("access_log: {}\n{yaml}", log.display())).unwrap();
+    let out = ballast(&["check", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("access_log {}: cannot be created", log.display())),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::create_dir(dir.path().join("missing")).unwrap();
+    let out = ballast(&["check", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok: access_log"), "{}", stdout(&out));
+}
+
+/// The packaged unit's `ExecReload=` line, run as systemd would run it (the binary and the
+/// config path swapped for this build's and this test's): it fails on a file Ballast refuses.
+#[test]
+fn the_units_reload_command_fails_when_the_reload_does() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/systemd/ballast.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("an ExecReload= line");
+    let a = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!(
+        "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+        dir.path().join("admin.sock").display(),
+        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    );
+    let lb = Ballast::start(&good);
+    let exec_reload = || {
+        let words: Vec<String> = line
+            .replace("/usr/bin/ballast", env!("CARGO_BIN_EXE_ballast"))
+            .replace("/etc/ballast/ballast.yaml", path(lb.config_path()))
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        Command::new(&words[0])
+            .args(&words[1..])
+            .env_remove("BALLAST_ADMIN")
+            .output()
+            .unwrap()
+    };
+    let out = exec_reload();
+    assert!(out.status.success(), "{line}: {}", stderr(&out));
+    lb.rewrite_config(&good.replace("algorithm:", "algoritm:"));
+    let out = exec_reload();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{line}: a refused reload must fail"
+    );
+    assert!(stderr(&out).contains("400"), "{}", stderr(&out));
+    // Not even YAML: the command cannot read where the API is, and fails saying why.
+    lb.rewrite_config(&good.replace("listeners:\n", "listeners: [\n"));
+    let out = exec_reload();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{line}: a refused reload must fail"
+    );
+    assert!(stderr(&out).contains("line "), "{}", stderr(&out));
 }

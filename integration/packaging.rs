@@ -83,7 +83,13 @@ fn the_systemd_units_verify_without_a_warning() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/systemd/ballast.service"),
     )
     .unwrap();
-    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(unit.contains("Type=notify"));
+    // A reload that fails says so (not a signal that cannot fail), and the logs have a home.
+    assert!(
+        unit.contains("\nExecReload=/usr/bin/ballast reload --config /etc/ballast/ballast.yaml\n")
+            && unit.contains("\nLogsDirectory=ballast\n"),
+        "{unit}"
+    );
     // Verified with this build's binary where the unit names /usr/bin/ballast.
     let path = dir.path().join("ballast.service");
     std::fs::write(

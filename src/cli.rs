@@ -87,6 +87,11 @@ pub enum Command {
         /// `.` for the top level). From the same types that read the file.
         #[arg(long, value_name = "KEY")]
         explain: Option<String>,
+        /// Also bind every listener's address as `run` would, and close it again: fails
+        /// when another process serves one (on a node where Ballast runs, its own
+        /// listeners count as in use).
+        #[arg(long)]
+        probe_binds: bool,
     },
     /// Print the configuration file's JSON Schema (for YAML language servers and editors).
     Schema,

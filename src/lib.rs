@@ -61,7 +61,8 @@
 //!
 //! ```text
 //!   main → ctl → cli, deploy → client, progress     the command line; the admin API's client
-//!   runtime → supervise                             start, signals, stop; crashed workers
+//!   runtime, preflight → supervise                  start, signals, stop; crashed workers;
+//!                                                   what `check` probes of the host
 //!   admin, cert_watch, discovery, health            threads that drive the control plane
 //!   control → node, notify, scaling                 the control plane; node state; hooks
 //!   worker → tcp, udp, access_log                   the event loop; connections; sessions
@@ -131,12 +132,13 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 // The public API: what `main.rs`, the integration tests, the benches, the examples and the
-// fuzz targets use. `cli` and `ctl` are the binary's; `config` and `runtime` start Ballast from
+// fuzz targets use. `cli`, `ctl` and `preflight` are the binary's; `config` and `runtime` start Ballast from
 // a library (examples/); `proxy_protocol` is a codec of its own, fuzzed and checked against
 // HAProxy. Everything else is the crate's, with the few items used outside re-exported below.
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod preflight;
 pub mod proxy_protocol;
 pub mod runtime;
 

@@ -8,6 +8,7 @@ use clap::Parser;
 
 use ballast::cli::{ApiCommand, Cli, Command};
 use ballast::config;
+use ballast::preflight::Finding;
 use ballast::runtime::{self, RunError};
 
 fn main() -> ExitCode {
@@ -46,8 +47,9 @@ fn main() -> ExitCode {
         }
         Command::Check {
             config: Some(config),
+            probe_binds,
             ..
-        } => check(&config),
+        } => check(&config, probe_binds),
         Command::Run {
             config,
             upgrade_from,
@@ -98,11 +100,28 @@ fn explain(key: &str) -> ExitCode {
 }
 
 /// `check --config FILE`: the plan, or exit 2 for a configuration that does not load.
-fn check(path: &Path) -> ExitCode {
+/// `check`: the plan on stdout, then what was probed of the host (`ok:`, `not probed:`) on
+/// stdout and what `run` would fail on (`error:`) on stderr; exit 2 for either kind of error.
+fn check(path: &Path, probe_binds: bool) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             config::plan::print(&c);
-            ExitCode::SUCCESS
+            let mut failed = false;
+            for finding in ballast::preflight::probe(&c, probe_binds) {
+                match finding {
+                    Finding::Ok(m) => println!("ok: {m}"),
+                    Finding::NotProbed(m) => println!("not probed: {m}"),
+                    Finding::Fails(m) => {
+                        eprintln!("error: {m}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -86,6 +86,16 @@ pub(crate) fn status(message: &str) {
     send(&format!("STATUS={message}"));
 }
 
+/// A reload was refused (`why`, its first line): ready again with the running generation,
+/// and the reason in `STATUS=` (`systemctl status` shows it).
+pub(crate) fn refused(generation: &Generation, why: &str) {
+    send(&format!(
+        "READY=1\nSTATUS=reload refused, generation {} stays: {}",
+        generation.generation,
+        why.lines().next().unwrap_or_default()
+    ));
+}
+
 /// A graceful stop begins.
 pub(crate) fn stopping() {
     send("STOPPING=1\nSTATUS=stopping");

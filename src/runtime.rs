@@ -361,11 +361,10 @@ impl Running {
                 Event::Signal(SIGHUP) => {
                     log::info!("SIGHUP: reloading the configuration");
                     crate::notify::reloading();
-                    // Errors are logged by reload; the running configuration stays, and the
-                    // service manager hears it is ready again.
-                    if self.control.reload().is_err() {
-                        crate::notify::changed(&self.generation());
-                    }
+                    // Either way the service manager hears it is ready again: a refusal is
+                    // logged by reload, which says why in STATUS=; the running
+                    // configuration stays.
+                    let _ = self.control.reload();
                 }
                 Event::Signal(SIGTERM)
                     if grace_ends.is_none()

@@ -425,7 +425,10 @@ impl Control {
                 s.targets_added,
                 s.targets_removed
             ),
-            Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+            Err(e) => {
+                log::error!("reload refused, the running configuration stays: {e}");
+                crate::notify::refused(&self.generation(), &e.to_string());
+            }
         }
         result
     }

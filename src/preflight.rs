@@ -1,0 +1,180 @@
+//! What `ballast check` probes beyond the file: what `run` would need of this host. The file's
+//! own checks (keys, values, token file modes, certificates) are [`crate::config::load`]'s;
+//! here are the files and directories `run` writes (the access log, the upgrade socket, the
+//! admin API's UNIX socket) and, with `--probe-binds`, the listeners' addresses, bound as
+//! `run` binds them (SO_REUSEPORT, and refused when another process already serves one).
+//!
+//! Each probe is a [`Finding`]: passed, failed (`check` then exits 2, as `run` would), or
+//! not probed and why, so an operator knows what a green `check` did not cover.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use crate::config::{AccessLogSink, Config};
+
+/// One probe's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// What was probed, and that it would work.
+    Ok(String),
+    /// What `run` would fail on, and why.
+    Fails(String),
+    /// What was not probed, and why.
+    NotProbed(String),
+}
+
+/// Probes what `config` needs of this host (see the module's doc); binds listeners only when
+/// `binds` is set (a running Ballast's own listeners would count as in use).
+pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
+    let mut found = Vec::new();
+    if let AccessLogSink::File(path) = &config.access_log {
+        found.push(writable_file("access_log", path));
+    }
+    if let Some(path) = &config.upgrade_socket {
+        found.push(socket_directory("upgrade_socket", path));
+    }
+    if let Some(path) = &config.admin.unix {
+        found.push(socket_directory("admin.unix", path));
+    }
+    if binds {
+        let all: Vec<_> = config.listeners.iter().collect();
+        // One worker's sockets: the others bind beside them the same way.
+        found.push(match crate::bind::bind_each(&all, 1, &config.path) {
+            Ok((_sockets, addrs)) => Finding::Ok(format!(
+                "listeners: every address can be bound ({})",
+                addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(e) => Finding::Fails(e.to_string()),
+        });
+    } else {
+        found.push(Finding::NotProbed(
+            "listener addresses (--probe-binds binds them as `run` would; on a node where \
+             Ballast runs, its own listeners count as in use)"
+                .into(),
+        ));
+    }
+    found.push(Finding::NotProbed(
+        "targets (reachability is the health checks' work once running)".into(),
+    ));
+    found
+}
+
+/// `path` can be appended to by this user: it exists and is writable, or its directory
+/// exists and is.
+fn writable_file(key: &str, path: &Path) -> Finding {
+    if path.exists() {
+        return match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(_) => Finding::Ok(format!("{key} {}: writable", path.display())),
+            Err(e) => Finding::Fails(format!("{key} {}: cannot open: {e}", path.display())),
+        };
+    }
+    let dir = parent(path);
+    match writable_directory(dir) {
+        Ok(()) => Finding::Ok(format!(
+            "{key} {}: will be created in {}",
+            path.display(),
+            dir.display()
+        )),
+        Err(why) => Finding::Fails(format!(
+            "{key} {}: cannot be created: {} {why}",
+            path.display(),
+            dir.display()
+        )),
+    }
+}
+
+/// A socket `run` creates at `path`: its directory must be writable. A directory that does
+/// not exist yet is not a failure: a service manager makes it at start (systemd's
+/// `RuntimeDirectory=` makes /run/ballast, and removes it at stop).
+fn socket_directory(key: &str, path: &Path) -> Finding {
+    let dir = parent(path);
+    if !dir.exists() {
+        return Finding::NotProbed(format!(
+            "{key} {}: {} does not exist yet (a service manager may make it at start: \
+             RuntimeDirectory=)",
+            path.display(),
+            dir.display()
+        ));
+    }
+    match writable_directory(dir) {
+        Ok(()) => Finding::Ok(format!(
+            "{key} {}: its directory is writable",
+            path.display()
+        )),
+        Err(why) => Finding::Fails(format!(
+            "{key} {}: cannot be created: {} {why}",
+            path.display(),
+            dir.display()
+        )),
+    }
+}
+
+/// The directory of `path` (`.` for a bare name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `Ok` when `dir` is a directory this user may create files in; else why not.
+fn writable_directory(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Err(e) => return Err(format!("is missing or unreadable ({e})")),
+        Ok(m) if !m.is_dir() => return Err("is not a directory".into()),
+        Ok(_) => {}
+    }
+    let c = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| "has a NUL byte in its name".to_string())?;
+    // SAFETY: access(2) with a valid NUL-terminated path; it only reads the path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "is not writable by this user ({})",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_probed_where_run_will_write_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("access.log");
+        assert!(
+            matches!(writable_file("access_log", &file), Finding::Ok(m) if m.contains("will be created"))
+        );
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            matches!(writable_file("access_log", &file), Finding::Ok(m) if m.ends_with("writable"))
+        );
+        let missing = dir.path().join("nope/access.log");
+        assert!(
+            matches!(writable_file("access_log", &missing), Finding::Fails(m) if m.contains("is missing"))
+        );
+        assert!(matches!(
+            socket_directory("admin.unix", &missing),
+            Finding::NotProbed(_)
+        ));
+        let read_only = dir.path().join("ro");
+        std::fs::create_dir(&read_only).unwrap();
+        let file_in_it = read_only.join("admin.sock");
+        assert!(matches!(
+            socket_directory("admin.unix", &file_in_it),
+            Finding::Ok(_)
+        ));
+        // A file where the directory should be.
+        let under_file = file.join("x.sock");
+        assert!(
+            matches!(socket_directory("admin.unix", &under_file), Finding::Fails(m) if m.contains("not a directory"))
+        );
+    }
+}
