@@ -48,7 +48,7 @@ fn served(addr: SocketAddr) -> bool {
 }
 
 #[test]
-fn healthz_fails_with_the_reason_when_a_group_has_no_healthy_target() {
+fn healthz_fails_with_the_reason_when_the_node_reaches_no_target() {
     let mut target = Backend::start(named_echo("a"));
     let lb = Ballast::start(&config("round_robin", &[(target.addr, 1)], "", FAST_CHECKS));
     let admin = lb.admin_addr();
@@ -58,12 +58,15 @@ fn healthz_fails_with_the_reason_when_a_group_has_no_healthy_target() {
     wait_until("/healthz turns 503", || healthz(admin).0 == 503);
     let (_, body) = healthz(admin);
     assert!(
-        body.contains("listener l: target group g has no healthy target in service"),
+        body.contains(
+            "no target reachable from this node: every target in service is unhealthy \
+             (target groups g)"
+        ),
         "{body}"
     );
     let (code, text) = cli(admin, &["health"]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("no healthy target"), "{text}");
+    assert!(text.contains("no target reachable"), "{text}");
     // Liveness is another question: the process is fine.
     assert_eq!(http(admin, "GET", "/livez", None, "").0, 200);
     // The target comes back: ready again.
@@ -89,6 +92,75 @@ fn a_listener_marked_listening_is_ready_without_healthy_targets() {
             .contains("\"unhealthy\"")
     });
     assert_eq!(healthz(admin).0, 200);
+}
+
+/// Two services on one node, a PostgreSQL-like group `pg` with one target and a Redis-like
+/// group `redis`. By default (`readiness: node`) neither an operator draining pg's only
+/// target nor that target dying makes the node unready: Redis keeps its VIP. With
+/// `readiness: healthy_target` on pg's listener, the dead target does; the drain still does
+/// not (intended, not a fault).
+fn two_services(pg: SocketAddr, redis: SocketAddr, pg_readiness: &str) -> String {
+    [
+        "workers: 1".to_string(),
+        "listeners:".into(),
+        format!(
+            "  - {{name: pg, protocol: tcp, bind: 127.0.0.1:0, target_group: pg{pg_readiness}}}"
+        ),
+        "  - {name: redis, protocol: tcp, bind: 127.0.0.1:0, target_group: redis}".into(),
+        "target_groups:".into(),
+        format!("  - name: pg\n{FAST_CHECKS}    targets: [{{address: '{pg}'}}]"),
+        format!("  - name: redis\n{FAST_CHECKS}    targets: [{{address: '{redis}'}}]\n"),
+    ]
+    .join("\n")
+}
+
+#[test]
+fn an_admin_drain_or_one_dead_service_leaves_the_node_ready() {
+    let mut pg = Backend::start(named_echo("a"));
+    let redis = Backend::start(named_echo("a"));
+    let lb = Ballast::start(&two_services(pg.addr, redis.addr, ""));
+    let admin = lb.admin_addr();
+    wait_health(admin, "pg", pg.addr, "healthy");
+    assert_eq!(healthz(admin).0, 200);
+    // The operator drains pg's only target: intended, the node stays ready.
+    let drain = format!("/target-groups/pg/targets/{}/drain", pg.addr);
+    assert_eq!(http(admin, "POST", &drain, None, "").0, 200);
+    assert_eq!(healthz(admin), (200, r#"{"status":"ready"}"#.into()));
+    let enable = format!("/target-groups/pg/targets/{}/enable", pg.addr);
+    assert_eq!(http(admin, "POST", &enable, None, "").0, 200);
+    // pg's target dies: the node still reaches redis's, and stays ready.
+    pg.stop();
+    wait_health(admin, "pg", pg.addr, "unhealthy");
+    assert_eq!(healthz(admin), (200, r#"{"status":"ready"}"#.into()));
+    assert!(served(lb.addr("redis")));
+    // The status page's node line agrees with /healthz.
+    assert_eq!(get_json(admin, "/node")["ready"], true);
+}
+
+#[test]
+fn healthy_target_readiness_is_an_opt_in_that_a_drain_does_not_trip() {
+    let mut pg = Backend::start(named_echo("a"));
+    let redis = Backend::start(named_echo("a"));
+    let lb = Ballast::start(&two_services(
+        pg.addr,
+        redis.addr,
+        ", readiness: healthy_target",
+    ));
+    let admin = lb.admin_addr();
+    wait_health(admin, "pg", pg.addr, "healthy");
+    let drain = format!("/target-groups/pg/targets/{}/drain", pg.addr);
+    assert_eq!(http(admin, "POST", &drain, None, "").0, 200);
+    assert_eq!(healthz(admin).0, 200, "a drained group is no fault");
+    let enable = format!("/target-groups/pg/targets/{}/enable", pg.addr);
+    assert_eq!(http(admin, "POST", &enable, None, "").0, 200);
+    pg.stop();
+    wait_until("/healthz turns 503", || healthz(admin).0 == 503);
+    let (_, body) = healthz(admin);
+    assert!(
+        body.contains("listener pg: target group pg has no healthy target in service"),
+        "{body}"
+    );
+    assert_eq!(get_json(admin, "/node")["ready"], false);
 }
 
 #[test]

@@ -103,11 +103,13 @@ impl Node {
     }
 
     /// Why the node is not ready to serve (`GET /healthz`, `ballast health`); empty when it
-    /// is. Ready means: serving (not draining, drained or stopping), every worker running,
-    /// and every listener whose `readiness` is `healthy_target` has at least one target that
-    /// is healthy and in service in its group (a backup counts; the
-    /// fail-open of [`crate::target::TargetGroup::eligible`] does not). Listeners with `readiness: listening` need
-    /// only be open, which they are whenever the node is serving.
+    /// is. Ready means: serving (not draining, drained or stopping; a serving node's
+    /// listeners are bound), every worker running, and the targets as each listener's
+    /// [`Readiness`] asks: for `node` listeners (the default), at least one healthy target in
+    /// service among all their groups' targets in service; for a `healthy_target` listener,
+    /// one in its own group. A target is healthy here when the prober says so (the fail-open
+    /// of [`crate::target::TargetGroup::eligible`] does not count); targets drained or
+    /// disabled by an operator count neither way, so a group emptied by a drain is no fault.
     pub(crate) fn readiness(&self, generation: &Generation) -> Vec<String> {
         let mut reasons = Vec::new();
         match self.service().0 {
@@ -125,24 +127,53 @@ impl Node {
         if down > 0 {
             reasons.push(format!("{down} worker(s) restarting after a crash"));
         }
+        // Groups of `node` listeners with targets in service: (group index, any healthy).
+        let mut reach: Vec<(usize, bool)> = Vec::new();
         for l in generation.listeners.iter().filter(|l| !l.removed) {
-            if l.config.readiness != Readiness::HealthyTarget {
-                continue;
-            }
-            let group = &generation.groups[l.config.target_group];
-            // Not `eligible`, which fails open to every target when none is healthy.
-            let health = group.health();
-            let any = (0..health.len()).any(|i| health[i] && group.targets[i].in_service());
-            if !any {
-                reasons.push(format!(
+            let g = l.config.target_group;
+            let Some(healthy) = in_service_healthy(&generation.groups[g]) else {
+                continue; // nothing in service: drained by an operator, or empty
+            };
+            match l.config.readiness {
+                Readiness::Listening => {}
+                Readiness::HealthyTarget if !healthy => reasons.push(format!(
                     "listener {}: target group {} has no healthy target in service",
                     l.config.name,
-                    group.name()
-                ));
+                    generation.groups[g].name()
+                )),
+                Readiness::HealthyTarget => {}
+                Readiness::Node if !reach.iter().any(|&(seen, _)| seen == g) => {
+                    reach.push((g, healthy))
+                }
+                Readiness::Node => {}
             }
+        }
+        if !reach.is_empty() && reach.iter().all(|&(_, healthy)| !healthy) {
+            let names: Vec<&str> = reach
+                .iter()
+                .map(|&(g, _)| generation.groups[g].name())
+                .collect();
+            reasons.push(format!(
+                "no target reachable from this node: every target in service is unhealthy \
+                 (target groups {})",
+                names.join(", ")
+            ));
         }
         reasons
     }
+}
+
+/// Whether `group` has a healthy target in service; `None` when it has none in service.
+fn in_service_healthy(group: &crate::target::TargetGroup) -> Option<bool> {
+    let health = group.health();
+    let mut any = None;
+    for (i, target) in group.targets.iter().enumerate() {
+        if target.in_service() {
+            let healthy = health.get(i).copied().unwrap_or(false);
+            any = Some(any.unwrap_or(false) || healthy);
+        }
+    }
+    any
 }
 
 /// How long a drain keeps accepting: `grace`, or none.

@@ -4,8 +4,9 @@
 //! - `GET /healthz`: readiness, for whatever routes clients to this node (keepalived's
 //!   `track_script`, a BGP speaker's check, a cloud balancer): 200 `{"status": "ready"}` only
 //!   while the node serves; 503 `{"status": "unavailable", "reasons": [...]}` while it drains,
-//!   is drained or stopping, a worker is being restarted, or a listener with `readiness:
-//!   healthy_target` (the default) has no healthy target in service ([`crate::node`]).
+//!   is drained or stopping, a worker is being restarted, no target in service is reachable
+//!   from the node, or a listener with `readiness: healthy_target` has no healthy target in
+//!   service ([`crate::node::Node::readiness`]).
 //! - `GET /livez`: liveness: 200 whenever the admin thread answers, ready or not.
 //! - `GET /node`: the node's service state (`serving`, `draining`, `drained`, `stopping`),
 //!   whether it is ready, and why not.

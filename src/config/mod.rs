@@ -205,12 +205,21 @@ pub enum Forwarding {
 }
 
 /// What a listener needs for the node to count as ready (`GET /healthz`, `ballast health`).
+/// Targets an operator drained or disabled never count against readiness: a drain is
+/// intended, not a fault of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Readiness {
-    /// Its sockets are open and its target group has at least one healthy target in service
-    /// (backup targets count). The default: a node that cannot reach any target steps aside.
+    /// The default: its sockets are open, and its target group counts toward the node's
+    /// reach: the node is unready only when, of every target in service in the groups of all
+    /// such listeners, it sees none healthy (its own network is the likelier fault then, and
+    /// a peer may see them). One group without a healthy target leaves the node, and every
+    /// other service on it, ready.
     #[default]
+    Node,
+    /// Its sockets are open and its target group has at least one healthy target in service
+    /// (backup targets count), unless every target of the group is drained or disabled:
+    /// opt-in, for a node that serves one service and should step aside without it.
     HealthyTarget,
     /// Its sockets are open; the targets' health does not matter (when every node shares the
     /// targets, withdrawing every node at once gains nothing).
@@ -220,6 +229,7 @@ pub enum Readiness {
 impl std::fmt::Display for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Readiness::Node => "node",
             Readiness::HealthyTarget => "healthy_target",
             Readiness::Listening => "listening",
         })

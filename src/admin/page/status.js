@@ -170,9 +170,11 @@ function renderNode(node) {
   const reasons = node.ready ? "ready" : `not ready: ${node.reasons.join("; ")}`;
   const el = $("node");
   el.replaceChildren();
+  // The pill says what /healthz says: green only when the node is serving and ready.
   const badge = document.createElement("span");
-  badge.className = `badge ${node.service}`;
-  badge.textContent = node.service;
+  const notReady = node.service === "serving" && !node.ready;
+  badge.className = notReady ? "badge not-ready" : `badge ${node.service}`;
+  badge.textContent = notReady ? "serving, not ready" : node.service;
   el.append(badge, ` ${reasons} · version ${node.version} · generation ${node.generation}`);
 }
 

@@ -82,8 +82,10 @@ pub struct FileListener {
     /// will move here; the host-wide alternative is `sysctl net.ipv4.ip_nonlocal_bind=1`
     /// (net.ipv6.ip_nonlocal_bind).
     pub freebind: Option<bool>,
-    /// Optional: what /healthz needs of this listener: healthy_target (default: a healthy
-    /// target in service in its group) | listening.
+    /// Optional: what /healthz needs of this listener: node (default: its group counts toward
+    /// the node's reach: unready only when no group of such listeners has a healthy target in
+    /// service) | healthy_target (its own group must have one) | listening. Drained and
+    /// disabled targets never count against readiness.
     pub readiness: Option<Readiness>,
     /// Optional, tcp only: a balancer in front sends a PROXY header (v1 or v2).
     pub accept_proxy_protocol: Option<FileAcceptProxy>,
