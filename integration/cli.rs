@@ -278,3 +278,82 @@ fn the_units_reload_command_fails_when_the_reload_does() {
     );
     assert!(stderr(&out).contains("line "), "{}", stderr(&out));
 }
+
+/// The runtime controls HAProxy users reach for: a target's weight, and one connection ended.
+#[test]
+fn a_weight_set_at_runtime_shifts_traffic_and_one_connection_can_be_ended() {
+    let (a, b) = (
+        Backend::start(named_echo("a")),
+        Backend::start(named_echo("b")),
+    );
+    let lb = Ballast::start(&config(
+        "weighted_round_robin",
+        &[(a.addr, 1), (b.addr, 1)],
+        "",
+        CHECKS,
+    ));
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let url = format!("http://{admin}");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin", &url]);
+        ballast(&all, &[])
+    };
+    let out = run(&["weight", "g", &b.addr.to_string(), "9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{}: weight 9\n", b.addr));
+    let to_b = (0..20).filter(|_| open_named(addr).1 == "b").count();
+    assert!(to_b >= 16, "weight 9 against 1: {to_b} of 20 to b");
+    // Out of range, an unknown target, a bad body: 4xx with a message.
+    let out = run(&["weight", "g", &b.addr.to_string(), "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("400: weight must be 1 to 10000"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["weight", "g", "127.0.0.1:1", "2"]);
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    let weight = format!("/target-groups/g/targets/{}/weight", b.addr);
+    let (status, body) = http(admin, "POST", &weight, None, r#"{"weight": "heavy"}"#);
+    assert_eq!(status, 400, "{body}");
+
+    // Two open connections; end one by its ID: it is reset, the other goes on.
+    let (mut kept, _) = open_named(addr);
+    let (mut ended, _) = open_named(addr);
+    let mut ids = Vec::new();
+    wait_until("both connections listed", || {
+        let doc = get_json(admin, "/connections");
+        ids = doc["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["stage"] == "established")
+            .map(|c| {
+                (
+                    c["client"].as_str().unwrap().to_string(),
+                    c["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        ids.len() == 2
+    });
+    let mine = ended.local_addr().unwrap().to_string();
+    let (_, id) = ids.iter().find(|(client, _)| *client == mine).unwrap();
+    let out = run(&["disconnect", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ended.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 16];
+    use std::io::{Read, Write};
+    let err = ended.read(&mut buf).expect_err("reset, not a clean end");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    kept.write_all(b"still here").unwrap();
+    kept.set_read_timeout(Some(WAIT)).unwrap();
+    let n = kept.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still here");
+    // Gone now: 404; nonsense: 400.
+    let out = run(&["disconnect", id]);
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    let (status, _) = http(admin, "DELETE", "/connections/nonsense", None, "");
+    assert_eq!(status, 400);
+}

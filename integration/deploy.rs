@@ -363,7 +363,7 @@ fn cli_subcommands_over_the_api() {
     let out = ballast(admin, &["enable", "g", &a.addr.to_string()]);
     assert!(stdout(&out).contains("active"), "{}", stdout(&out));
     let out = ballast(admin, &["connections"]);
-    assert!(out.status.success() && stdout(&out).starts_with("PROTO"));
+    assert!(out.status.success() && stdout(&out).starts_with("ID "));
     let out = ballast(admin, &["reload"]);
     assert!(stdout(&out).contains("generation 1"), "{}", stdout(&out));
 

@@ -189,7 +189,28 @@ pub enum ApiCommand {
         #[command(flatten)]
         api: Api,
     },
-    /// Re-read the configuration file of a running Ballast (as SIGHUP).
+    /// Set a target's weight (1 to 10000) for weighted algorithms, until the next reload.
+    Weight {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// The new weight.
+        weight: u32,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// End one TCP connection (both sides reset) or UDP session, by the ID `ballast
+    /// connections` lists.
+    Disconnect {
+        /// The connection's ID (WORKER.N).
+        id: String,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Re-read the configuration file of a running Ballast (as SIGHUP), and wait for the
+    /// outcome: exit 1 with the reason when the file is refused (systemd's ExecReload).
     Reload {
         /// Where the admin API is.
         #[command(flatten)]

@@ -1,6 +1,6 @@
 //! The CLI subcommands that talk to a running Ballast over its admin API: `targets`,
-//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `reload`, `deploy`, `health`,
-//! `node`.
+//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `weight`, `disconnect`,
+//! `reload`, `deploy`, `health`, `node`.
 //! Output goes to stdout; errors are returned for `main` to print (exit 1).
 
 use std::io::Write;
@@ -106,6 +106,19 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
                 "removed {} from {}; it drains",
                 target.address, target.group
             );
+        }
+        ApiCommand::Weight {
+            target,
+            weight,
+            api,
+        } => {
+            let body = json!({ "weight": weight });
+            let t = client(api)?.post(&path(target, "/weight"), Some(&body))?;
+            let _ = writeln!(out, "{}: weight {}", target.address, text(&t["weight"]));
+        }
+        ApiCommand::Disconnect { id, api } => {
+            client(api)?.delete(&format!("/connections/{id}"))?;
+            let _ = writeln!(out, "{id}: closed");
         }
         ApiCommand::Reload { api } => {
             let s = client(api)?.post("/reload", None)?;
@@ -333,13 +346,14 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
 fn print_connections(doc: &Value, out: &mut dyn Write) {
     let _ = writeln!(
         out,
-        "{:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
-        "PROTO", "CLIENT", "LISTENER", "LOCAL", "TARGET", "AGE_MS", "BYTES_UP", "BYTES_DOWN"
+        "{:<10} {:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
+        "ID", "PROTO", "CLIENT", "LISTENER", "LOCAL", "TARGET", "AGE_MS", "BYTES_UP", "BYTES_DOWN"
     );
     for c in doc["connections"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
+            "{:<10} {:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
+            text(&c["id"]),
             text(&c["protocol"]),
             text(&c["client"]),
             text(&c["listener"]),

@@ -34,6 +34,11 @@
 //! - `POST /target-groups/{group}/targets/{address}/disable`: drain, then close what is still
 //!   open after the group's `drain_timeout`.
 //! - `POST /target-groups/{group}/targets/{address}/enable`: back in service.
+//! - `POST /target-groups/{group}/targets/{address}/weight` with `{"weight": N}` (1 to
+//!   10,000): the target's weight, the group's algorithm rebuilt with it; open connections
+//!   keep their targets.
+//! - `DELETE /connections/{id}` (`id` as `GET /connections` lists it, `WORKER.N`): ends that
+//!   TCP connection (both sides reset) or UDP session; 404 when it has ended already.
 //! - `POST /reload`: re-read the configuration file (as SIGHUP); 400 with the message when it
 //!   is invalid, and the running configuration stays.
 //! - `POST /debug/panic/{worker/N|prober|admin}`: only in debug builds and with the
@@ -43,8 +48,9 @@
 //! call without secrets) needs `Authorization: Bearer <token>`, or HTTP Basic with the token
 //! as password (what a browser sends after the status page's log-in prompt; held to the
 //! cross-site rules of [`server`]); 401 otherwise. Errors are `{"error": "..."}` with a 4xx
-//! status. Changes made through the API live until the next reload, which applies the file
-//! as written.
+//! status. Targets added or removed and weights set through the API last until the next
+//! reload, which applies the file's targets and weights; admin states (drained, disabled) of
+//! targets still in the file survive a reload.
 
 pub(crate) mod metrics;
 mod page;
@@ -211,6 +217,15 @@ pub fn answer(
             Ok(limit) => json_response(200, connections(control, limit)),
             Err(message) => error(400, &message),
         },
+        (&Method::DELETE, _) if path.starts_with("/connections/") => {
+            match parse_connection_id(&path["/connections/".len()..]) {
+                Ok((worker, id)) => match control.close_connection(worker, id) {
+                    Ok(()) => json_response(200, json!({"closed": format!("{worker}.{id}")})),
+                    Err(e) => error(e.status(), &e.to_string()),
+                },
+                Err(message) => error(400, &message),
+            }
+        }
         (&Method::GET, "/metrics") => Reply {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -318,6 +333,7 @@ fn connections(control: &Control, limit: usize) -> serde_json::Value {
         .iter()
         .map(|c| {
             json!({
+                "id": format!("{}.{}", c.worker, c.id),
                 "protocol": c.protocol.to_string(),
                 "client": c.client.to_string(),
                 "listener": c.listener,
@@ -363,6 +379,32 @@ impl NewTarget {
     }
 }
 
+/// The body of `POST …/weight`: `{"weight": N}`.
+fn parse_weight(body: &str) -> Result<u32, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Weight {
+        weight: u32,
+    }
+    serde_json::from_str::<Weight>(body)
+        .map(|w| w.weight)
+        .map_err(|e| {
+            format!(
+                "expected {{\"weight\": N}} (N from 1 to {}): {e}",
+                crate::config::MAX_WEIGHT
+            )
+        })
+}
+
+/// A connection's id in the admin API, `{worker}.{id}`.
+fn parse_connection_id(text: &str) -> Result<(usize, u64), String> {
+    text.split_once('.')
+        .and_then(|(w, id)| Some((w.parse().ok()?, id.parse().ok()?)))
+        .ok_or_else(|| {
+            format!("`{text}` is not a connection id (WORKER.ID, as GET /connections lists them)")
+        })
+}
+
 /// A target address from a request path or body: percent-decoded (clients may encode `[`, `]`
 /// and `:`), then parsed as the config file parses addresses.
 fn resolve(address: &str) -> Result<SocketAddr, String> {
@@ -391,6 +433,22 @@ fn target_request(
             Err(message) => error(400, &message),
         },
         (_, ["target-groups", _, "targets", _]) => error(405, "use DELETE"),
+        (&Method::POST, ["target-groups", group, "targets", address, "weight"]) => {
+            let weight = match body.and_then(|b| parse_weight(&b)) {
+                Ok(w) => w,
+                Err(message) => return error(400, &message),
+            };
+            let address = match resolve(address) {
+                Ok(a) => a,
+                Err(message) => return error(400, &message),
+            };
+            match control.set_weight(group, address, weight) {
+                Ok((g, t)) => {
+                    json_response(200, target_json(&control.generation().groups[g].targets[t]))
+                }
+                Err(e) => error(e.status(), &e.to_string()),
+            }
+        }
         (&Method::POST, ["target-groups", group, "targets", address, action]) => {
             let state = match *action {
                 "drain" => AdminState::Draining,
@@ -399,7 +457,7 @@ fn target_request(
                 other => {
                     return error(
                         404,
-                        &format!("unknown action `{other}`: drain, disable or enable"),
+                        &format!("unknown action `{other}`: drain, disable, enable or weight"),
                     )
                 }
             };

@@ -204,6 +204,29 @@ impl Control {
         entries
     }
 
+    /// Ends connection or UDP session `id` of worker `worker` (as `GET /connections` names
+    /// it): a TCP connection is reset on both sides, a session ends; the access log says
+    /// `admin_closed`.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] when that worker has no such entry (it ended already, or
+    /// the worker did not answer within a second).
+    pub fn close_connection(&self, worker: usize, id: u64) -> Result<(), ChangeError> {
+        let missing = || ChangeError::NotFound(format!("no connection or session {worker}.{id}"));
+        let link = self.workers().get(worker).cloned().ok_or_else(missing)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if !link.send(Message::CloseConnection { id, reply }) {
+            return Err(missing());
+        }
+        match answer.recv_timeout(Duration::from_secs(1)) {
+            Ok(true) => {
+                log::info!("connection {worker}.{id} closed (admin API)");
+                Ok(())
+            }
+            _ => Err(missing()),
+        }
+    }
+
     /// Sends every worker the message `ask` makes around a reply channel (each is woken
     /// through its poll and answers between two events) and collects the answers; a worker
     /// that does not answer within a second is left out rather than waited for.

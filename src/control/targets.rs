@@ -144,6 +144,49 @@ impl Control {
         Ok(summary)
     }
 
+    /// Sets the weight of `address` in `group` (1 to [`config::MAX_WEIGHT`]): the group's
+    /// algorithm is rebuilt with it (a new generation; open connections keep their targets).
+    /// It lasts until the next reload, which applies the file's weight. Returns the new
+    /// generation's `(group index, target index)`.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group or target; [`ChangeError::Invalid`]
+    /// for a weight out of range, or one the group's rules refuse (`maglev_table_size`).
+    pub fn set_weight(
+        &self,
+        group: &str,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Result<(usize, usize), ChangeError> {
+        if weight == 0 || u64::from(weight) > config::MAX_WEIGHT {
+            return Err(ChangeError::Invalid(format!(
+                "weight must be 1 to {}, not {weight} (to stop new connections, drain the \
+                 target)",
+                config::MAX_WEIGHT
+            )));
+        }
+        let _guard = self.locked();
+        let mut config = self.generation().config.clone();
+        let g = group_config(&mut config, group)?;
+        let t = g
+            .targets
+            .iter_mut()
+            .find(|t| t.address == address)
+            .ok_or_else(|| no_target(group, address))?;
+        let before = std::mem::replace(&mut t.weight, weight);
+        if before != weight {
+            config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+            self.apply_locked(config)?;
+            log::info!("target group {group}: {address}: weight {before} -> {weight} (admin API)");
+        }
+        let generation = self.generation();
+        let (gi, g) = generation
+            .group(group)
+            .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?;
+        let (ti, _) = g.target(address).ok_or_else(|| no_target(group, address))?;
+        Ok((gi, ti))
+    }
+
     /// Sets the admin state of `address` in `group`; returns `(group index, target index,
     /// whether it changed)`. Disabling also closes what is still open after the group's
     /// `drain_timeout`.

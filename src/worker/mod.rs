@@ -189,6 +189,14 @@ pub enum Message {
     JoinSteering(crossbeam_channel::Sender<()>),
     /// Panic now (tests of the supervision; ignored unless `fault::Faults::ENABLED`).
     Panic,
+    /// End the TCP connection (reset on both sides) or UDP session with this id, and say on
+    /// `reply` whether there was one.
+    CloseConnection {
+        /// The connection's or session's id (unique within the worker).
+        id: u64,
+        /// Whether it was found.
+        reply: crossbeam_channel::Sender<bool>,
+    },
     /// Send up to `limit` entries of the connection table (TCP connections, then UDP
     /// sessions) on `reply`.
     Snapshot {
@@ -202,6 +210,9 @@ pub enum Message {
 /// One connection-table entry as the admin API shows it.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// Unique within its worker for the worker's life (the admin API's id is
+    /// `{worker}.{id}`).
+    pub id: u64,
     /// `tcp` or `udp`.
     pub protocol: Protocol,
     /// The client's address.
@@ -459,6 +470,9 @@ impl Worker {
                 Ok(Message::Snapshot { limit, reply }) => {
                     let _ = reply.send(self.snapshot(limit));
                 }
+                Ok(Message::CloseConnection { id, reply }) => {
+                    let _ = reply.send(self.close_by_id(id));
+                }
                 Ok(Message::CloseTarget {
                     group,
                     target,
@@ -557,6 +571,20 @@ impl Worker {
         }
     }
 
+    /// Ends the connection or session `id` (an operator's request); whether there was one.
+    fn close_by_id(&mut self, id: u64) -> bool {
+        let key = self
+            .table
+            .keys()
+            .into_iter()
+            .find(|&k| self.table.get_mut(k).is_some_and(|c| c.id == id));
+        if let Some(key) = key {
+            self.close(key, "admin_closed", crate::tcp::Reset::BOTH);
+            return true;
+        }
+        self.end_sessions_where(|s| s.id == id, "admin_closed") > 0
+    }
+
     fn snapshot(&mut self, limit: usize) -> Vec<ConnInfo> {
         let mut out = Vec::new();
         for key in self.table.keys().into_iter().take(limit) {
@@ -568,6 +596,7 @@ impl Worker {
                 .map(|t| self.generation.groups[conn.group].targets[t].address);
             let (bytes_up, bytes_down) = conn.bytes();
             out.push(ConnInfo {
+                id: conn.id,
                 protocol: Protocol::Tcp,
                 client: conn.tuple.client,
                 listener: self.generation.listeners[conn.listener].config.name.clone(),
@@ -583,6 +612,7 @@ impl Worker {
         let left = limit.saturating_sub(out.len());
         for s in self.sessions.iter().take(left) {
             out.push(ConnInfo {
+                id: s.id,
                 protocol: Protocol::Udp,
                 client: s.tuple.client,
                 listener: self.generation.listeners[s.listener].config.name.clone(),

@@ -451,15 +451,18 @@ impl Worker {
         }
     }
 
-    /// Ends the sessions `pick` selects.
+    /// Ends the sessions `pick` selects; returns how many.
     pub(super) fn end_sessions_where(
         &mut self,
         pick: impl Fn(&Session<UdpSocket>) -> bool,
         reason: &str,
-    ) {
-        for session in self.sessions.drain_where(pick) {
+    ) -> usize {
+        let ended = self.sessions.drain_where(pick);
+        let n = ended.len();
+        for session in ended {
             self.finish_session(session, reason);
         }
+        n
     }
 
     /// Ends every session (the worker is stopping).
