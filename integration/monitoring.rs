@@ -73,7 +73,8 @@ fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
         .collect();
     assert!(wanted.len() >= 15, "{wanted:?}");
 
-    // A Ballast with a TCP, a UDP and a TLS listener exports every family (empty ones too).
+    // A Ballast with a TCP, a UDP and a TLS listener, and a target with a limit, exports
+    // every family.
     let pki = common::pki::Pki::new();
     let tcp = Backend::start(echo());
     let dir = tempfile::tempdir().unwrap();
@@ -88,7 +89,7 @@ fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
          \x20 - {{name: s, protocol: tls, bind: '127.0.0.1:0', target_group: g, \
          tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}}}\n\
          target_groups:\n  - name: g\n    health_check: {{protocol: tcp, interval: 60s, \
-         timeout: 1s}}\n    targets: [{{address: '{}'}}]\n",
+         timeout: 1s}}\n    targets: [{{address: '{}', max_connections: 100}}]\n",
         cert.display(),
         key.display(),
         tcp.addr

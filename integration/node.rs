@@ -126,6 +126,17 @@ fn an_admin_drain_or_one_dead_service_leaves_the_node_ready() {
     let drain = format!("/target-groups/pg/targets/{}/drain", pg.addr);
     assert_eq!(http(admin, "POST", &drain, None, "").0, 200);
     assert_eq!(healthz(admin), (200, r#"{"status":"ready"}"#.into()));
+    // Monitoring sees the drain too (BallastTargetDown leaves drained targets out).
+    let pg_addr = pg.addr.to_string();
+    let state = |state: &str| {
+        let labels = [
+            ("target_group", "pg"),
+            ("target", pg_addr.as_str()),
+            ("state", state),
+        ];
+        labelled(&scrape(admin).0, "ballast_target_admin_state", &labels)
+    };
+    assert_eq!((state("draining"), state("active")), (Some(1.0), Some(0.0)));
     let enable = format!("/target-groups/pg/targets/{}/enable", pg.addr);
     assert_eq!(http(admin, "POST", &enable, None, "").0, 200);
     // pg's target dies: the node still reaches redis's, and stays ready.

@@ -55,6 +55,13 @@ impl EncodeMetric for CheckLatencies {
 
 /// Labels of `ballast_thread_restarts_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminStateLabels {
+    target_group: String,
+    target: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ThreadLabels {
     thread: &'static str,
 }
@@ -124,6 +131,7 @@ pub(crate) fn encode(
     register_listeners(&mut registry, generation);
     register_tls(&mut registry, generation);
     register_targets(&mut registry, generation);
+    register_capacity(&mut registry, generation);
     let mut text = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
     text
@@ -376,6 +384,76 @@ fn register_targets(registry: &mut Registry, generation: &Generation) {
         "target_check_latency_seconds",
         "Time health checks of the target took (a timed-out check counts its timeout)",
         latencies,
+    );
+}
+
+/// Per target its admin state (so an alert on an unhealthy target can leave drained ones
+/// out); per listener and target the most they take, beside `listener_active` and
+/// `target_active` (saturation: active over the limit).
+fn register_capacity(registry: &mut Registry, generation: &Generation) {
+    use crate::target::AdminState;
+    let states = Family::<AdminStateLabels, Gauge>::default();
+    let t_max = Family::<TargetLabels, Gauge>::default();
+    let l_max = Family::<ListenerLabels, Gauge>::default();
+    for g in generation.groups.iter().filter(|g| !g.removed) {
+        for t in g.targets.iter() {
+            let now = t.admin_state();
+            if now == AdminState::Removed && t.active.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            for state in [
+                AdminState::Active,
+                AdminState::Draining,
+                AdminState::Disabled,
+                AdminState::Removed,
+            ] {
+                states
+                    .get_or_create(&AdminStateLabels {
+                        target_group: g.name().to_string(),
+                        target: t.address.to_string(),
+                        state: state.as_str(),
+                    })
+                    .set(i64::from(now == state));
+            }
+            if let Some(max) = t.max_connections {
+                t_max
+                    .get_or_create(&TargetLabels {
+                        target_group: g.name().to_string(),
+                        target: t.address.to_string(),
+                    })
+                    .set(i64::try_from(max).unwrap_or(i64::MAX));
+            }
+        }
+    }
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
+        let max = match &l.config.udp {
+            Some(udp) => Some(udp.max_sessions),
+            None => l.config.max_connections,
+        };
+        if let Some(max) = max {
+            l_max
+                .get_or_create(&ListenerLabels {
+                    listener: l.config.name.clone(),
+                    protocol: l.config.kind().to_string(),
+                })
+                .set(i64::try_from(max).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "target_admin_state",
+        "1 for the target's current admin state (active, draining, disabled, removed)",
+        states,
+    );
+    registry.register(
+        "target_max_connections",
+        "The target's max_connections (targets without a limit are left out)",
+        t_max,
+    );
+    registry.register(
+        "listener_max_active",
+        "The most open TCP connections (max_connections) or UDP sessions (max_sessions) the \
+         listener takes (unlimited TCP listeners are left out)",
+        l_max,
     );
 }
 

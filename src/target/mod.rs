@@ -123,14 +123,21 @@ pub enum AdminState {
     Removed = 3,
 }
 
-impl std::fmt::Display for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl AdminState {
+    /// The state's name, as the admin API and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             AdminState::Active => "active",
             AdminState::Draining => "draining",
             AdminState::Disabled => "disabled",
             AdminState::Removed => "removed",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
