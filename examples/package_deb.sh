@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package with cargo-deb: target/debian/ballast_<version>-1_<arch>.deb, with
 # /usr/bin/ballast, the systemd units (ballast.service, and ballast.socket for socket
-# activation; neither enabled on install), /etc/ballast/ballast.yaml (a conffile), the man
-# page, bash/zsh/fish completions, the monitoring kit and the example configurations.
+# activation; neither enabled on install), /etc/ballast/ballast.yaml (a conffile), the
+# schema in /usr/share/ballast, the man page, bash/zsh/fish completions, the monitoring kit and
+# the example configurations. The binary is stripped; its debug symbols go to
+# ballast-dbgsym_<version>-1_<arch>.ddeb beside it (install both to debug a core dump).
 #
 #   examples/package_deb.sh                 # release build (cargo install cargo-deb first)
 #   PROFILE=dev examples/package_deb.sh     # a quick package from the debug build
@@ -25,4 +27,6 @@ mkdir -p "$assets"
 "$bin" completions bash > "$assets/ballast.bash"
 "$bin" completions zsh > "$assets/_ballast"
 "$bin" completions fish > "$assets/ballast.fish"
-cargo deb --no-build --profile "$profile" "$@"
+sed 's|\$schema=ballast.schema.json|$schema=/usr/share/ballast/ballast.schema.json|' \
+  conf/ballast.yaml > "$assets/ballast.yaml"
+cargo deb --no-build --profile "$profile" --dbgsym "$@"

@@ -68,8 +68,48 @@ fn the_man_page_renders_with_the_subcommands() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "man: {out:?}");
-    for needle in ["SYNOPSIS", "ballast-run(1)", "load balancer"] {
+    for needle in [
+        "SYNOPSIS",
+        "ballast-run(1)",
+        "load balancer",
+        "FILES",
+        "/etc/ballast/ballast.yaml",
+        "SIGNALS",
+        "SIGHUP",
+        "EXIT STATUS",
+        "CONFIGURATION",
+        "target_groups.health_check.healthy_threshold",
+        "listeners.tls.min_version",
+    ] {
         assert!(text.contains(needle), "man page lacks {needle}: {text}");
+    }
+    // Roff escapes hold: no line of the reference turned into a request by mistake.
+    let warnings = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} man | groff -k -man -Tutf8 -ww -z 2>&1",
+            env!("CARGO_BIN_EXE_ballast")
+        ))
+        .output()
+        .unwrap();
+    let warned = String::from_utf8_lossy(&warnings.stdout);
+    assert!(warned.trim().is_empty(), "groff warns: {warned}");
+}
+
+/// Piped into `head`, the output ends quietly when the pipe closes: no "Broken pipe" error.
+#[test]
+fn output_piped_into_head_ends_quietly() {
+    for command in ["man", "schema", "completions bash"] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} {command} | head -c 10 >/dev/null",
+                env!("CARGO_BIN_EXE_ballast")
+            ))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "ballast {command} | head: {stderr}");
     }
 }
 
@@ -137,6 +177,7 @@ fn the_debian_package_holds_the_binary_units_config_man_page_and_completions() {
     // From the debug build this test run has just made (cargo test built it).
     let out = Command::new("bash")
         .arg(manifest.join("examples/package_deb.sh"))
+        .arg("--fast") // lighter compression: the debug build's symbols are large
         .arg("--output")
         .arg(dir.path())
         .env("PROFILE", "dev")
@@ -164,12 +205,42 @@ fn the_debian_package_holds_the_binary_units_config_man_page_and_completions() {
         "./usr/share/fish/vendor_completions.d/ballast.fish",
         "./usr/share/doc/ballast/monitoring/alerts.yml",
         "./usr/share/doc/ballast/copyright",
+        "./usr/share/ballast/ballast.schema.json",
     ] {
         assert!(
             contents.contains(file),
             "{file} not in the package:\n{contents}"
         );
     }
+    // The binary is stripped; its symbols are in the -dbgsym package beside it.
+    let unpacked = dir.path().join("root");
+    output("dpkg-deb", &["-x".as_ref(), deb, unpacked.as_os_str()]);
+    let sections = output(
+        "readelf",
+        &["-S".as_ref(), unpacked.join("usr/bin/ballast").as_os_str()],
+    );
+    assert!(
+        !sections.contains(".debug_info"),
+        "not stripped: {sections}"
+    );
+    let dbgsym = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("dbgsym"))
+        .expect("a -dbgsym package");
+    let symbols = output("dpkg-deb", &["--contents".as_ref(), dbgsym.as_os_str()]);
+    assert!(
+        symbols.contains("./usr/lib/debug/.build-id/") && symbols.contains(".debug"),
+        "{symbols}"
+    );
+    // The packaged config's editor modeline names the installed schema.
+    let yaml = std::fs::read_to_string(unpacked.join("etc/ballast/ballast.yaml")).unwrap();
+    assert!(
+        yaml.starts_with(
+            "# yaml-language-server: $schema=/usr/share/ballast/ballast.schema.json\n"
+        ),
+        "{yaml:.120}"
+    );
     let info = output("dpkg-deb", &["--info".as_ref(), deb]);
     assert!(
         info.contains("Package: ballast") && info.contains("Depends: libc6"),
@@ -184,9 +255,10 @@ fn the_debian_package_holds_the_binary_units_config_man_page_and_completions() {
         &["--control".as_ref(), deb, control.as_os_str()],
     );
     let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
-    assert!(
-        conffiles.contains("/etc/ballast/ballast.yaml"),
-        "{conffiles}"
+    assert_eq!(
+        conffiles.trim(),
+        "/etc/ballast/ballast.yaml",
+        "the config, and nothing of the program's"
     );
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     let once = postinst

@@ -260,3 +260,92 @@ pub enum ApiCommand {
         api: Api,
     },
 }
+
+/// The manual page (roff): clap's sections from this command line, then FILES, SIGNALS, EXIT
+/// STATUS and CONFIGURATION (every key of the file, from the schema `check --explain`
+/// reads).
+///
+/// # Errors
+/// Writing to `out` failed.
+pub fn manual(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cli).render(out)?;
+    out.write_all(MANUAL_SECTIONS.as_bytes())?;
+    writeln!(out, ".SH CONFIGURATION")?;
+    writeln!(
+        out,
+        "The YAML file's keys (\\fBballast check \\-\\-explain\\fR \\fIKEY\\fR prints one; \
+         \\fBballast schema\\fR the JSON Schema). A key inside a list (listeners, \
+         target_groups, targets) is a key of each entry."
+    )?;
+    for (key, form, description) in crate::config::schema::reference() {
+        let form = if form.starts_with("a section") {
+            "section".to_string()
+        } else {
+            form
+        };
+        writeln!(out, ".TP\n\\fB{}\\fR ({})", roff(&key), roff(&form))?;
+        writeln!(out, "{}", roff(&description))?;
+    }
+    Ok(())
+}
+
+/// Text safe in a roff line: backslashes doubled, a leading `.` or `'` escaped.
+fn roff(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with('.') || text.starts_with('\'') {
+        format!("\\&{text}")
+    } else {
+        text
+    }
+}
+
+/// The hand-written sections of the manual page.
+const MANUAL_SECTIONS: &str = r#".SH FILES
+.TP
+\fB/etc/ballast/ballast.yaml\fR
+The configuration (the packaged unit runs \fBballast run \-\-config\fR with it; the API
+subcommands read its \fBadmin:\fR section to find the admin API).
+.TP
+\fB/run/ballast/admin.sock\fR
+The admin API's UNIX socket in the packaged configuration (\fBadmin.unix\fR).
+.TP
+\fB/var/log/ballast/\fR
+Where the packaged unit lets the service write (\fBaccess_log:\fR).
+.TP
+\fB/usr/share/ballast/ballast.schema.json\fR
+The configuration's JSON Schema, for editors.
+.SH ENVIRONMENT
+.TP
+\fBBALLAST_ADMIN\fR, \fBBALLAST_CONFIG\fR, \fBBALLAST_TOKEN_FILE\fR
+Defaults for \fB\-\-admin\fR, \fB\-\-config\fR and \fB\-\-token\-file\fR of the API subcommands.
+.TP
+\fBRUST_LOG\fR
+Log filter (\fB\-\-log\-level\fR overrides it).
+.TP
+\fBNOTIFY_SOCKET\fR, \fBLISTEN_FDS\fR
+systemd's notification socket and socket activation.
+.SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Reload the configuration file (as \fBballast reload\fR, which also reports the outcome).
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop: listeners close (after \fBshutdown_grace\fR for SIGTERM, with /healthz failing meanwhile),
+open connections get \fBshutdown_timeout\fR to finish. A second signal stops at once.
+.TP
+\fBSIGUSR1\fR
+Reopen the access log file (logrotate).
+.SH EXIT STATUS
+.TP
+\fB0\fR
+Success, including a graceful stop.
+.TP
+\fB1\fR
+A runtime failure; for the API subcommands, an API that refused the request or could not be
+reached, or \fBballast health\fR finding the node not ready.
+.TP
+\fB2\fR
+Bad usage, or a configuration \fBrun\fR or \fBcheck\fR refuses (including an address in use
+or a file that cannot be written).
+"#;

@@ -23,6 +23,13 @@ fn main() -> ExitCode {
             };
         }
     };
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command whose output is piped into `head` ends quietly when the pipe closes, as
+        // other Unix tools do, instead of failing on EPIPE ("Broken pipe"). Not for `run`:
+        // its sockets and splice pipes must never raise SIGPIPE.
+        // SAFETY: signal(2) with a valid signal number and SIG_DFL; no handler is installed.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if let Some(level) = cli.log_level {
@@ -75,8 +82,7 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
 }
 
 fn man() -> ExitCode {
-    let cli = <Cli as clap::CommandFactory>::command();
-    match clap_mangen::Man::new(cli).render(&mut std::io::stdout()) {
+    match ballast::cli::manual(&mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -99,8 +105,7 @@ fn explain(key: &str) -> ExitCode {
     }
 }
 
-/// `check --config FILE`: the plan, or exit 2 for a configuration that does not load.
-/// `check`: the plan on stdout, then what was probed of the host (`ok:`, `not probed:`) on
+/// `check --config FILE`: the plan on stdout, then what was probed of the host (`ok:`, `not probed:`) on
 /// stdout and what `run` would fail on (`error:`) on stderr; exit 2 for either kind of error.
 fn check(path: &Path, probe_binds: bool) -> ExitCode {
     match config::load(path) {

@@ -241,6 +241,49 @@ pub fn explain(key: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Every key of the file, depth first in the file's order: `(dotted path, form,
+/// description)`, the top level's keys first (for the manual page's CONFIGURATION section).
+/// The same text as [`explain`], from the same schema.
+pub fn reference() -> Vec<(String, String, String)> {
+    let root = schema();
+    let defs = root.get("definitions").cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    walk(&resolve(&root, &defs), &defs, "", 0, &mut out);
+    out
+}
+
+fn walk(
+    node: &Value,
+    defs: &Value,
+    path: &str,
+    depth: usize,
+    out: &mut Vec<(String, String, String)>,
+) {
+    // The file is at most five sections deep; the bound keeps a recursive type finite.
+    let Some(props) = node
+        .get("properties")
+        .and_then(Value::as_object)
+        .filter(|_| depth < 6)
+    else {
+        return;
+    };
+    for (k, v) in props {
+        let v = resolve(v, defs);
+        let key = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        let description = v
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .replace('\n', " ");
+        out.push((key.clone(), form(&v), description));
+        walk(&v, defs, &key, depth + 1, out);
+    }
+}
+
 /// `schema` with `$ref`s followed and `Option`'s null alternative dropped; an array's items
 /// stand for the array (a key inside `listeners` is a key of each listener), but the
 /// array's own description is kept.

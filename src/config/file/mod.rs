@@ -302,11 +302,12 @@ pub struct FileDiscover {
 pub struct FileScaling {
     /// `{when: <metric> above <value> for <duration>, exec: <command>}`: asks for more targets.
     pub scale_out: Option<FileScalingRule>,
-    /// `{when: <metric> below <value> for <duration>, exec: <command>}`: asks for fewer.
+    /// `{when: <metric> below <value> for <duration>, exec: <command>}`: asks for one
+    /// target fewer.
     pub scale_in: Option<FileScalingRule>,
     /// Default 1m: from the end of one command to the next.
     pub cooldown: Option<BoundedDuration>,
-    /// Default 1; max_targets default 100.
+    /// Default 1: scale_in never leaves fewer targets.
     pub min_targets: Option<NonZeroU32>,
     /// Default 100: scale_out never runs at or past this many targets.
     pub max_targets: Option<NonZeroU32>,
@@ -374,8 +375,8 @@ pub struct FileHealthCheck {
     pub send: Option<Payload>,
     /// UDP only, optional: bytes the reply must contain.
     pub expect: Option<Payload>,
-    /// TCP only, optional: send/expect after the connect, in order `unless` (optional) fails
-    /// the check at once if it comes first.
+    /// TCP only, optional: `send`/`expect` steps after the connect, run in order. A step's
+    /// `unless` (optional) fails the check at once if it comes before its `expect`.
     pub steps: Option<Vec<FileStep>>,
     /// TCP only, optional, instead of steps: PING, INFO replication shows role:master (replica:
     /// role:slave), QUIT; `password` sends AUTH.
