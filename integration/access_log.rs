@@ -154,3 +154,118 @@ fn access_log_lines_count_retries_and_time_to_connect() {
         assert!((0.0..1000.0).contains(&connect_ms(l)), "{l}");
     }
 }
+
+/// Two listeners in front of the same echo target: `a` and `b`.
+fn two_listeners(access_log: &str, echo: &Backend) -> Ballast {
+    Ballast::start(&format!(
+        "workers: 2\naccess_log: {access_log}\nlisteners:\n\
+         \x20 - {{name: a, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n\
+         \x20 - {{name: b, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n",
+        echo.addr
+    ))
+}
+
+/// `format: json` writes one JSON object per line; `listeners:` keeps only theirs.
+#[test]
+fn a_json_access_log_for_one_listener() {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.json");
+    let lb = two_listeners(
+        &format!("{{to: '{}', format: json, listeners: [a]}}", path.display()),
+        &echo,
+    );
+    for i in 0..3 {
+        round_trip(lb.addr("b"), i); // not logged
+        round_trip(lb.addr("a"), i);
+    }
+    // Each b connection ended before its a twin: were b logged, its lines would be among
+    // the first.
+    let text = wait_for_lines(&path, 3);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for v in &lines {
+        assert_eq!(v["listener"], "a", "{v}");
+        assert_eq!(v["target"], echo.addr.to_string());
+        assert_eq!(
+            (v["bytes_up"].as_u64(), v["reason"].as_str()),
+            (Some(7), Some("done"))
+        );
+        assert_eq!(v["client_ip"], "127.0.0.1");
+    }
+}
+
+/// `to: syslog`: RFC 5424 messages over a UNIX datagram socket (as /dev/log) or UDP, one per
+/// connection, in the chosen format.
+#[test]
+fn the_access_log_goes_to_syslog_over_a_unix_socket_or_udp() {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("log.sock");
+    let unix = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    unix.set_read_timeout(Some(WAIT)).unwrap();
+    let lb = two_listeners(
+        &format!(
+            "{{to: syslog, syslog: {{address: '{}', facility: local3, tag: lb-edge}}, \
+             format: '{{client}} -> {{target}} {{reason}}'}}",
+            socket.display()
+        ),
+        &echo,
+    );
+    round_trip(lb.addr("a"), 0);
+    let mut buf = [0u8; 2048];
+    let n = unix.recv(&mut buf).expect("a syslog message");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG; local3.info = 19 * 8 + 6.
+    let fields: Vec<&str> = message.splitn(8, ' ').collect();
+    assert_eq!(fields[0], "<158>1", "{message}");
+    assert_eq!(fields[3], "lb-edge", "{message}");
+    assert_eq!(fields[4], lb.pid().to_string(), "{message}");
+    assert!(
+        fields[7].starts_with("127.0.0.1:")
+            && fields[7].ends_with(&format!(" -> {} done", echo.addr)),
+        "{message}"
+    );
+    drop(lb);
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(WAIT)).unwrap();
+    let lb = two_listeners(
+        &format!(
+            "{{to: syslog, syslog: {{address: '{}'}}}}",
+            udp.local_addr().unwrap()
+        ),
+        &echo,
+    );
+    round_trip(lb.addr("b"), 1);
+    let n = udp.recv(&mut buf).expect("a syslog datagram");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        message.starts_with("<134>1 "),
+        "local0.info by default: {message}"
+    );
+    assert!(message.contains(" ballast "), "{message}");
+    assert!(
+        message.contains(" tcp listener=b client=127.0.0.1:"),
+        "logfmt: {message}"
+    );
+}
+
+/// A syslog socket nobody listens on is refused at start (exit 2) and by `check`.
+#[test]
+fn an_unreachable_syslog_socket_is_refused_at_start() {
+    let echo = Backend::start(echo());
+    let yaml = format!(
+        "access_log: {{to: syslog, syslog: {{address: /nonexistent/log.sock}}}}\n{}",
+        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
+    );
+    let stderr = run_refused(&yaml);
+    assert!(
+        stderr.contains("syslog unix:/nonexistent/log.sock"),
+        "{stderr}"
+    );
+}

@@ -46,6 +46,9 @@ pub(crate) static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) use crate::config::AccessLogSink as Sink;
+use crate::config::{AccessLogConfig, LogFormat, SyslogAddress};
+
+mod format;
 
 /// One finished connection or session.
 #[derive(Debug, Clone)]
@@ -80,6 +83,9 @@ pub(crate) struct AccessLog {
     /// `None` when the access log is off.
     queue: Option<Queue>,
     buf: Vec<u8>,
+    format: Arc<LogFormat>,
+    /// Only these listeners' lines (`access_log.listeners`); `None` for all.
+    listeners: Option<Arc<[String]>>,
 }
 
 struct Queue {
@@ -99,14 +105,23 @@ impl AccessLog {
         AccessLog {
             queue: None,
             buf: Vec::new(),
+            format: Arc::new(LogFormat::Logfmt),
+            listeners: None,
         }
     }
 
-    /// Buffers the line for `entry` (formatted straight into the buffer).
+    /// Buffers the line for `entry` (formatted straight into the buffer), unless its
+    /// listener is not one the log is for.
     pub(crate) fn record(&mut self, entry: &Entry) {
-        if self.queue.is_some() {
-            let _ = write_line(&mut self.buf, SystemTime::now(), entry);
+        if self.queue.is_none() {
+            return;
         }
+        if let Some(only) = &self.listeners {
+            if !only.iter().any(|l| l == entry.listener) {
+                return;
+            }
+        }
+        let _ = format::write_entry(&mut self.buf, SystemTime::now(), entry, &self.format);
     }
 
     /// Hands the buffered lines to the writer thread; called once per event-loop turn. Never
@@ -135,6 +150,8 @@ impl AccessLog {
 /// The access log's writer thread (none when the access log is off).
 pub(crate) struct Writer {
     sink: Sink,
+    format: Arc<LogFormat>,
+    listeners: Option<Arc<[String]>>,
     lines: Option<Sender<Vec<u8>>>,
     spare: Receiver<Vec<u8>>,
     reopen: Arc<AtomicBool>,
@@ -148,16 +165,20 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Opens `sink` and starts the writer thread.
+    /// Opens `config`'s sink and starts the writer thread.
     ///
     /// # Errors
-    /// When the file cannot be opened for appending, or the thread cannot start.
-    pub(crate) fn start(sink: &Sink) -> io::Result<Writer> {
+    /// When the file cannot be opened for appending, the syslog socket cannot be reached, or
+    /// the thread cannot start.
+    pub(crate) fn start(config: &AccessLogConfig) -> io::Result<Writer> {
+        let sink = &config.sink;
         let (lines_tx, lines) = bounded::<Vec<u8>>(QUEUE);
         let (spare_tx, spare) = bounded::<Vec<u8>>(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
         let mut writer = Writer {
             sink: sink.clone(),
+            format: Arc::new(config.format.clone()),
+            listeners: config.listeners.as_deref().map(Arc::from),
             lines: None,
             spare,
             reopen: reopen.clone(),
@@ -184,6 +205,8 @@ impl Writer {
                 spare: self.spare.clone(),
             }),
             buf: Vec::new(),
+            format: self.format.clone(),
+            listeners: self.listeners.clone(),
         }
     }
 
@@ -210,6 +233,7 @@ impl Writer {
 enum Output {
     Stderr,
     File(File),
+    Syslog(Box<syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>>),
 }
 
 impl Output {
@@ -220,6 +244,7 @@ impl Output {
             Sink::File(path) => Some(Output::File(
                 OpenOptions::new().create(true).append(true).open(path)?,
             )),
+            Sink::Syslog(target) => Some(Output::Syslog(Box::new(syslog_logger(target)?))),
         })
     }
 
@@ -227,8 +252,46 @@ impl Output {
         match self {
             Output::Stderr => io::stderr().lock().write_all(bytes),
             Output::File(f) => f.write_all(bytes),
+            // One RFC 5424 message (one datagram) per line; the first failure stops the rest
+            // of the buffer, which is counted as dropped.
+            Output::Syslog(logger) => bytes
+                .split(|&b| b == b'\n')
+                .filter(|line| !line.is_empty())
+                .try_for_each(|line| {
+                    let text = String::from_utf8_lossy(line);
+                    logger
+                        .info((0u32, std::collections::BTreeMap::new(), text))
+                        .map_err(|e| io::Error::other(e.to_string()))
+                }),
         }
     }
+}
+
+/// A syslog client for `target`: RFC 5424 over its UNIX socket or UDP.
+fn syslog_logger(
+    target: &crate::config::SyslogTarget,
+) -> io::Result<syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>> {
+    let formatter = syslog::Formatter5424 {
+        facility: target
+            .facility
+            .parse()
+            .map_err(|_| io::Error::other(format!("unknown facility {}", target.facility)))?,
+        hostname: syslog::Formatter5424::default().hostname,
+        process: target.tag.clone(),
+        pid: std::process::id(),
+    };
+    let connected = match &target.address {
+        SyslogAddress::Unix(path) => syslog::unix_custom(formatter, path),
+        SyslogAddress::Udp(server) => {
+            let local: SocketAddr = if server.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            syslog::udp(formatter, local, *server)
+        }
+    };
+    connected.map_err(|e| io::Error::other(format!("syslog {}: {e}", target.address)))
 }
 
 /// The writer thread: writes each buffer, reopens the file when asked, reports drops. Ends
@@ -280,118 +343,5 @@ fn write_loop(
         if buf.capacity() <= 1 << 20 {
             let _ = spare.try_send(buf);
         }
-    }
-}
-
-/// Writes the line for `entry` at `now`, newline included.
-///
-/// # Errors
-/// As `out`'s writes.
-pub(crate) fn write_line(out: &mut impl Write, now: SystemTime, e: &Entry) -> io::Result<()> {
-    write!(
-        out,
-        "{} {} listener={} client={} target={} duration_ms={} bytes_up={} bytes_down={}",
-        humantime::format_rfc3339_millis(now),
-        e.protocol,
-        e.listener,
-        e.client,
-        Target(e.target),
-        e.duration.as_millis(),
-        e.bytes_up,
-        e.bytes_down,
-    )?;
-    if let Some((up, down)) = e.datagrams {
-        write!(out, " datagrams_up={up} datagrams_down={down}")?;
-    } else {
-        write!(out, " retries={}", e.retries)?;
-        match e.connect {
-            Some(c) => write!(out, " connect_ms={:.3}", c.as_secs_f64() * 1e3)?,
-            None => write!(out, " connect_ms=-")?,
-        }
-    }
-    writeln!(out, " reason={}", Underscored(e.reason))
-}
-
-/// The line for `entry` at `now`, as a string (for the tests).
-#[cfg(test)]
-fn format_line(now: SystemTime, e: &Entry) -> String {
-    let mut line = Vec::new();
-    let _ = write_line(&mut line, now, e);
-    String::from_utf8_lossy(&line).into_owned()
-}
-
-/// A target address, or `-` for none.
-struct Target(Option<SocketAddr>);
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("-"),
-        }
-    }
-}
-
-/// Text with its spaces written as underscores, so a value stays one logfmt token.
-struct Underscored<'a>(&'a str);
-
-impl std::fmt::Display for Underscored<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, part) in self.0.split(' ').enumerate() {
-            if i > 0 {
-                f.write_str("_")?;
-            }
-            f.write_str(part)?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_format() {
-        let e = Entry {
-            protocol: "udp",
-            listener: "dns",
-            client: "127.0.0.1:41000".parse().unwrap(),
-            target: Some("127.0.0.1:5301".parse().unwrap()),
-            duration: Duration::from_millis(3),
-            bytes_up: 32,
-            bytes_down: 48,
-            datagrams: Some((1, 1)),
-            retries: 0,
-            connect: None,
-            reason: "max_responses",
-        };
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
-        assert_eq!(
-            format_line(at, &e),
-            "2026-11-18T11:06:40.123Z udp listener=dns client=127.0.0.1:41000 \
-             target=127.0.0.1:5301 duration_ms=3 bytes_up=32 bytes_down=48 datagrams_up=1 \
-             datagrams_down=1 reason=max_responses\n"
-        );
-        let e = Entry {
-            target: None,
-            datagrams: None,
-            protocol: "tcp",
-            reason: "no target",
-            ..e
-        };
-        assert!(format_line(at, &e).ends_with(
-            "target=- duration_ms=3 bytes_up=32 bytes_down=48 retries=0 connect_ms=- \
-             reason=no_target\n"
-        ));
-        let e = Entry {
-            target: Some("127.0.0.1:5432".parse().unwrap()),
-            retries: 2,
-            connect: Some(Duration::from_micros(1_250)),
-            reason: "done",
-            ..e
-        };
-        assert!(format_line(at, &e)
-            .ends_with("bytes_up=32 bytes_down=48 retries=2 connect_ms=1.250 reason=done\n"));
     }
 }

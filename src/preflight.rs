@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::path::Path;
 
-use crate::config::{AccessLogSink, Config};
+use crate::config::{AccessLogSink, Config, SyslogAddress};
 
 /// One probe's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +27,15 @@ pub enum Finding {
 /// `binds` is set (a running Ballast's own listeners would count as in use).
 pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
     let mut found = Vec::new();
-    if let AccessLogSink::File(path) = &config.access_log {
-        found.push(writable_file("access_log", path));
+    match &config.access_log.sink {
+        AccessLogSink::File(path) => found.push(writable_file("access_log", path)),
+        AccessLogSink::Syslog(target) => found.push(match &target.address {
+            SyslogAddress::Unix(path) => syslog_socket(path),
+            SyslogAddress::Udp(addr) => Finding::NotProbed(format!(
+                "access_log syslog udp:{addr} (UDP is not acknowledged: watch the daemon)"
+            )),
+        }),
+        AccessLogSink::Off | AccessLogSink::Stderr => {}
     }
     if let Some(path) = &config.upgrade_socket {
         found.push(socket_directory("upgrade_socket", path));
@@ -61,6 +68,19 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
         "targets (reachability is the health checks' work once running)".into(),
     ));
     found
+}
+
+/// A syslog daemon's UNIX socket `run` would send to: it must take a datagram (or a stream
+/// connection, as some daemons listen).
+fn syslog_socket(path: &Path) -> Finding {
+    let datagram = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path));
+    match datagram.or_else(|_| std::os::unix::net::UnixStream::connect(path).map(drop)) {
+        Ok(()) => Finding::Ok(format!("access_log syslog {}: reachable", path.display())),
+        Err(e) => Finding::Fails(format!(
+            "access_log syslog {}: cannot connect: {e}",
+            path.display()
+        )),
+    }
 }
 
 /// `path` can be appended to by this user: it exists and is writable, or its directory

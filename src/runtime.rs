@@ -15,7 +15,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::access_log::{AccessLog, Sink, Writer};
+use crate::access_log::{AccessLog, Writer};
 use crate::activation::{Activated, ActivationError};
 use crate::admin::Admin;
 pub use crate::bind::Sockets;
@@ -158,10 +158,7 @@ pub struct Running {
 /// Starts the access log's writer thread as `generation` configures it.
 fn start_access_log(generation: &Generation) -> Result<Writer, RunError> {
     Writer::start(&generation.config.access_log).map_err(|source| RunError::AccessLog {
-        path: match &generation.config.access_log {
-            Sink::File(p) => p.display().to_string(),
-            other => format!("{other:?}"),
-        },
+        path: generation.config.access_log.sink.to_string(),
         config: generation.config.path.display().to_string(),
         source,
     })

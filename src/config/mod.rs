@@ -6,6 +6,7 @@
 //! builds a [`Config`], which cannot hold an invalid value: every listener names a group that
 //! exists (by index), every group has at least one target, every duration is positive.
 
+pub mod access_log;
 mod admission;
 mod check;
 mod descriptors;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use access_log::{AccessLogConfig, AccessLogSink, LogFormat, SyslogAddress, SyslogTarget};
 pub use admission::{
     AcceptProxy, AccessRules, NoServerName, PerSource, Rate, SniRoute, SniRoutes,
     DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_PROXY_TIMEOUT,
@@ -49,17 +51,6 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/healthz` failing (1 s checks, `fall 1`), the BIRD one withdraws the route within about
 /// 2 s (1 s route check, then the update reaches the router); 5 s covers both with room.
 pub const DEFAULT_NODE_DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// Where access-log lines go (`access_log:`): [`crate::access_log`] writes them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogSink {
-    /// Not written.
-    Off,
-    /// Standard error, beside the process's own log.
-    Stderr,
-    /// Appended to this file (created if missing).
-    File(std::path::PathBuf),
-}
-
 /// A validated configuration. Immutable once built.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -86,7 +77,7 @@ pub struct Config {
     /// (`ballast run --upgrade-from PATH`); `None`: no handover.
     pub upgrade_socket: Option<PathBuf>,
     /// Where access-log lines go.
-    pub access_log: AccessLogSink,
+    pub access_log: AccessLogConfig,
     /// The admin API.
     pub admin: AdminConfig,
     /// Listeners, in file order.

@@ -7,8 +7,7 @@ use std::io::Write;
 use super::scaling::ScalingRule;
 use super::steps::CheckStep;
 use super::{
-    open_file_limit, AccessLogSink, Config, HealthCheckKind, NoServerName, TlsListener,
-    UnhealthyConnections,
+    open_file_limit, Config, HealthCheckKind, NoServerName, TlsListener, UnhealthyConnections,
 };
 
 /// Prints the plan of `c` on standard output (see the module's doc).
@@ -33,11 +32,7 @@ pub fn print(c: &Config) {
         "open-file limit: {}",
         open_file_limit().map_or("unlimited".to_string(), |n| n.to_string())
     );
-    let access = match &c.access_log {
-        AccessLogSink::Off => "off".to_string(),
-        AccessLogSink::Stderr => "stderr".to_string(),
-        AccessLogSink::File(p) => p.display().to_string(),
-    };
+    let access = &c.access_log;
     let _ = writeln!(
         out,
         "admin API on {}{}{}, access log: {access}",

@@ -176,7 +176,8 @@ pub fn explain(key: &str) -> Result<String, String> {
     let mut node = resolve(&root, &defs);
     let mut walked = Vec::new();
     for part in key.split('.').filter(|p| !p.is_empty()) {
-        let props = node.get("properties").and_then(Value::as_object);
+        let section = section(&node, &defs);
+        let props = section.get("properties").and_then(Value::as_object);
         let Some(next) = props.and_then(|p| p.get(part)) else {
             let here = if walked.is_empty() {
                 "the top level".to_string()
@@ -209,8 +210,9 @@ pub fn explain(key: &str) -> Result<String, String> {
         out += &format!("  {}\n", d.replace('\n', " "));
     }
     out += &format!("  form: {}\n", form(&node));
-    if let Some(props) = node.get("properties").and_then(Value::as_object) {
-        let required: Vec<&str> = node
+    let section = section(&node, &defs);
+    if let Some(props) = section.get("properties").and_then(Value::as_object) {
+        let required: Vec<&str> = section
             .get("required")
             .and_then(Value::as_array)
             .map(|r| r.iter().filter_map(Value::as_str).collect())
@@ -260,6 +262,7 @@ fn walk(
     out: &mut Vec<(String, String, String)>,
 ) {
     // The file is at most five sections deep; the bound keeps a recursive type finite.
+    let node = section(node, defs);
     let Some(props) = node
         .get("properties")
         .and_then(Value::as_object)
@@ -282,6 +285,30 @@ fn walk(
         out.push((key.clone(), form(&v), description));
         walk(&v, defs, &key, depth + 1, out);
     }
+}
+
+/// The section `node` is, or the section among its alternatives (a key that takes a string
+/// or a section, as `access_log`); `node` itself when it has no section form.
+fn section(node: &Value, defs: &Value) -> Value {
+    if node.get("properties").is_some() {
+        return node.clone();
+    }
+    node.get("anyOf")
+        .or_else(|| node.get("oneOf"))
+        .and_then(Value::as_array)
+        .and_then(|alts| {
+            alts.iter()
+                .map(|a| {
+                    // A documented alternative wraps its reference in a one-item `allOf`.
+                    let one = a
+                        .get("allOf")
+                        .and_then(Value::as_array)
+                        .and_then(|all| all.first());
+                    resolve(one.unwrap_or(a), defs)
+                })
+                .find(|a| a.get("properties").is_some())
+        })
+        .unwrap_or_else(|| node.clone())
 }
 
 /// `schema` with `$ref`s followed and `Option`'s null alternative dropped; an array's items

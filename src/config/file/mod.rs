@@ -39,8 +39,10 @@ pub struct FileConfig {
     pub node_drain_grace: Option<BoundedDuration>,
     /// UNIX socket path on which a new process takes the listening sockets over.
     pub upgrade_socket: Option<String>,
-    /// `off`, `stderr`, or a file path.
-    pub access_log: Option<String>,
+    /// `off`, `stderr`, or a file path (logfmt, every listener); or a section: `to` (off |
+    /// stderr | syslog | a file path), `format` (logfmt | json | a template), `listeners`,
+    /// `syslog` (see "Access log").
+    pub access_log: Option<super::access_log::FileAccessLog>,
     /// The admin API.
     pub admin: Option<FileAdmin>,
     /// DNS servers for `discover:` (default: the system's).

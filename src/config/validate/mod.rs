@@ -91,16 +91,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             }
             Some(p) => Some(p.into()),
         },
-        access_log: match raw.access_log.as_deref() {
-            None | Some("stderr") => super::AccessLogSink::Stderr,
-            Some("off") => super::AccessLogSink::Off,
-            Some("") => {
-                return Err(invalid(
-                    "access_log".into(),
-                    "give `off`, `stderr` or a file path".into(),
-                ))
-            }
-            Some(path) => super::AccessLogSink::File(path.into()),
+        access_log: {
+            let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+            super::access_log::validate(raw.access_log, &names).map_err(|(k, m)| invalid(k, m))?
         },
         listeners,
         target_groups,
