@@ -499,3 +499,49 @@ fn a_connection_on_a(drain_timeout: &str) -> ([Backend; 2], Ballast, TcpStream) 
     };
     (targets, lb, on_a)
 }
+
+/// `?format=csv`: the tables as a spreadsheet takes them, one row per target or listener.
+#[test]
+fn targets_and_listeners_export_as_csv() {
+    let a = Backend::start(named("a"));
+    let dead = dead_addr();
+    let lb = Ballast::start(&config(
+        "round_robin",
+        &[(a.addr, 1), (dead, 3)],
+        "    deny: [127.0.0.2/32]\n",
+        "    health_check: {protocol: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1}\n",
+    ));
+    let admin = lb.admin_addr();
+    wait_health(admin, "g", dead, "unhealthy");
+    let (status, csv) = get(admin, "/targets?format=csv", None);
+    assert_eq!(status, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and a row per target: {csv}");
+    assert!(
+        lines[0].starts_with("group,target,health,admin_state,weight,"),
+        "{csv}"
+    );
+    let row = lines
+        .iter()
+        .find(|l| l.contains(&dead.to_string()))
+        .unwrap();
+    assert!(
+        row.starts_with(&format!("g,{dead},unhealthy,active,3,"))
+            && row.contains(",connection refused,"),
+        "{row}"
+    );
+    let (status, csv) = get(admin, "/listeners?format=csv", None);
+    assert_eq!(status, 200, "{csv}");
+    assert!(
+        csv.starts_with("listener,protocol,bind,target_group,"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().next().unwrap().contains(",refused_denied,"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().nth(1).unwrap().starts_with("l,tcp,127.0.0.1:"),
+        "{csv}"
+    );
+}

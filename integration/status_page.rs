@@ -270,6 +270,85 @@ async fn the_page_shows_health_live_and_drains_a_target_after_confirmation() {
     let message = element(&browser, "#message").await.text().await.unwrap();
     assert!(message.contains("draining"), "{message}");
 
+    // Why b is down, and for how long; process facts; numbers as people write them.
+    let b_text = element(&browser, &format!("{row_b}[data-health='unhealthy']"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(b_text.contains("fail: connection refused"), "{b_text}");
+    assert!(b_text.contains("unhealthy · "), "time in state: {b_text}");
+    let process = element(&browser, "#process").await.text().await.unwrap();
+    assert!(
+        process.contains(&format!("PID {}", ballast.pid())) && process.contains("2 workers"),
+        "{process}"
+    );
+    let page = browser
+        .execute("return document.body.innerText", vec![])
+        .await
+        .unwrap();
+    let page = page.as_str().unwrap_or_default().to_string();
+    let long_fraction = regex::Regex::new(r"\d\.\d{4,}").unwrap();
+    assert!(
+        !long_fraction.is_match(&page),
+        "an unformatted number: {:?}",
+        long_fraction.find(&page)
+    );
+    // At 1440 px nothing scrolls sideways.
+    browser.set_window_size(1440, 900).await.unwrap();
+    let widths = browser
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth, \
+             Math.max(...[...document.querySelectorAll('.scroll')].map(e => e.scrollWidth - e.clientWidth))]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let widths: Vec<i64> = serde_json::from_value(widths).unwrap();
+    assert!(
+        widths[0] <= widths[1] && widths[2] <= 0,
+        "scrolls sideways at 1440 px: page {} of {}, a table by {}",
+        widths[0],
+        widths[1],
+        widths[2]
+    );
+
+    // The node drain button, after a confirmation; then Enable node serves again.
+    element(&browser, "#node-action[data-action='drain']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let question = element(&browser, "dialog#confirm[open]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(question.contains("Drain this node?"), "{question}");
+    element(&browser, "#confirm-ok")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_until("the node draining in /node", || {
+        get_json(admin, "/node")["service"] == "draining"
+    });
+    element(&browser, "#node .badge.draining").await;
+    element(&browser, "#node-action[data-action='enable']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    element(&browser, "#confirm-ok")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_until("the node serving in /node", || {
+        get_json(admin, "/node")["service"] == "serving"
+    });
+    element(&browser, "#node-action[data-action='drain']").await;
+
     artefact("status-page.png", &browser.screenshot().await.unwrap());
     let errors = console_errors(&browser).await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");

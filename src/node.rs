@@ -48,6 +48,8 @@ pub(crate) struct Node {
     state: Mutex<(Service, u64)>,
     /// Workers whose thread has ended in a crash and is not yet replaced.
     workers_down: AtomicUsize,
+    /// When the process started serving (the status page's uptime).
+    started: Instant,
 }
 
 impl Default for Node {
@@ -55,11 +57,17 @@ impl Default for Node {
         Node {
             state: Mutex::new((Service::Serving, 0)),
             workers_down: AtomicUsize::new(0),
+            started: Instant::now(),
         }
     }
 }
 
 impl Node {
+    /// How long since the process started serving.
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The current state and its transition number.
     pub(crate) fn service(&self) -> (Service, u64) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner())

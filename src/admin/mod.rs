@@ -9,7 +9,7 @@
 //!   service ([`crate::node::Node::readiness`]).
 //! - `GET /livez`: liveness: 200 whenever the admin thread answers, ready or not.
 //! - `GET /node`: the node's service state (`serving`, `draining`, `drained`, `stopping`),
-//!   whether it is ready, and why not.
+//!   whether it is ready, and why not; version, PID, uptime, workers, generation.
 //! - `POST /node/drain[?grace=DURATION]`: node drain: `/healthz` fails at once, listeners keep
 //!   accepting for the grace (default `node_drain_grace`, 5 s), then close; open connections go on.
 //!   202. `POST /node/enable`: serving again (listeners bound afresh if they had closed).
@@ -20,7 +20,9 @@
 //!   latency, the last failed check's reason and time (`last_failure`: kept after the target
 //!   recovers), the time of the last state change.
 //! - `GET /listeners`: per listener: protocol, the address bound, target group and SNI
-//!   routes, open, accepted and refused connections.
+//!   routes, open, accepted and refused connections (and refusals by reason).
+//! - `GET /targets?format=csv`, `GET /listeners?format=csv`: the same as CSV, one row per
+//!   target or listener, for spreadsheets and scripts (as HAProxy's `;csv`).
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
 //! - `GET /connections?limit=N`: the workers' connection tables (asked over their message
 //!   channels, each woken through its poll's waker).
@@ -52,6 +54,7 @@
 //! reload, which applies the file's targets and weights; admin states (drained, disabled) of
 //! targets still in the file survive a reload.
 
+mod csv;
 pub(crate) mod metrics;
 mod page;
 mod server;
@@ -210,6 +213,12 @@ pub fn answer(
             Ok(_) => json_response(200, node_json(control, &control.generation())),
             Err(e) => error(e.status(), &e.to_string()),
         },
+        (&Method::GET, "/targets") if query(url, "format") == Some("csv") => {
+            csv::reply(csv::targets(&targets(&generation)))
+        }
+        (&Method::GET, "/listeners") if query(url, "format") == Some("csv") => {
+            csv::reply(csv::listeners(&listeners(&generation)))
+        }
         (&Method::GET, "/targets") => json_response(200, targets(&generation)),
         (&Method::GET, "/listeners") => json_response(200, listeners(&generation)),
         (&Method::GET, "/" | page::SCRIPT | page::STYLE) => page::asset(path),
@@ -313,6 +322,9 @@ fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
     let reasons = control.node().readiness(generation);
     let mut doc = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_s": control.node().uptime().as_secs(),
+        "workers": generation.config.workers,
         "generation": generation.generation,
         "service": service.to_string(),
         "ready": reasons.is_empty(),
@@ -550,6 +562,14 @@ fn listeners(generation: &Generation) -> serde_json::Value {
             let routes: Vec<serde_json::Value> =
                 l.config.sni.iter().flat_map(|s| &s.routes).map(route).collect();
             let refused: u64 = l.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            let by_reason: serde_json::Map<String, serde_json::Value> =
+                crate::listener::Refusal::ALL
+                    .iter()
+                    .map(|&why| {
+                        let n = l.refused.get(why as usize).map_or(0, |c| c.load(Ordering::Relaxed));
+                        (why.as_str().to_string(), n.into())
+                    })
+                    .collect();
             json!({
                 "name": l.config.name,
                 "protocol": l.config.kind(),
@@ -560,6 +580,7 @@ fn listeners(generation: &Generation) -> serde_json::Value {
                 "active": l.active.load(Ordering::Relaxed),
                 "accepted": l.accepted.load(Ordering::Relaxed),
                 "refused": refused,
+                "refused_by_reason": by_reason,
             })
         })
         .collect();

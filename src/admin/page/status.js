@@ -64,7 +64,21 @@ function bytes(n) {
     n /= 1024;
     i += 1;
   }
-  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+  return `${i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+}
+
+// A whole count with thousands separators (12,345).
+function count(n) {
+  return Number(n).toLocaleString("en-US");
+}
+
+// A duration in seconds in one or two units: 42 s, 5 min, 3 h 12 min, 2 d 4 h.
+function duration(s) {
+  s = Math.max(0, Math.round(s));
+  if (s < 90) return `${s} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.round((s % 86400) / 3600)} h`;
 }
 
 function rate(n, unit) {
@@ -74,10 +88,7 @@ function rate(n, unit) {
 
 function ago(unixMs, now) {
   if (!unixMs) return "never";
-  const s = Math.max(0, Math.round((now - unixMs) / 1000));
-  if (s < 90) return `${s} s ago`;
-  if (s < 5400) return `${Math.round(s / 60)} min ago`;
-  return `${Math.round(s / 3600)} h ago`;
+  return `${duration((now - unixMs) / 1000)} ago`;
 }
 
 // --- rates and sparklines -------------------------------------------------------------------
@@ -110,8 +121,8 @@ function prune(now) {
 }
 
 function sparkline(cell, points, unit, what) {
-  const width = 80;
-  const height = 24;
+  const width = 72;
+  const height = 28;
   let svg = cell.querySelector("svg");
   if (!svg) {
     svg = document.createElementNS(SVG, "svg");
@@ -119,7 +130,10 @@ function sparkline(cell, points, unit, what) {
     svg.setAttribute("width", width);
     svg.setAttribute("height", height);
     svg.setAttribute("role", "img");
-    svg.append(document.createElementNS(SVG, "polyline"));
+    // The area under the line, then the line: a rate reads at a glance, not only its shape.
+    const area = document.createElementNS(SVG, "polygon");
+    area.setAttribute("class", "area");
+    svg.append(area, document.createElementNS(SVG, "polyline"));
     const label = document.createElement("span");
     label.className = "rate";
     cell.append(svg, label);
@@ -134,8 +148,12 @@ function sparkline(cell, points, unit, what) {
     return `${(start + i * step).toFixed(1)},${y.toFixed(1)}`;
   });
   svg.querySelector("polyline").setAttribute("points", coords.join(" "));
+  const floor = coords.length
+    ? `${coords.join(" ")} ${(start + (points.length - 1) * step).toFixed(1)},${height} ${start.toFixed(1)},${height}`
+    : "";
+  svg.querySelector("polygon").setAttribute("points", floor);
   const now = points.length ? points[points.length - 1] : 0;
-  const text = points.length ? rate(now, unit) : "–";
+  const text = points.length ? `${rate(now, unit)} · peak ${rate(max, unit)}` : "–";
   svg.setAttribute("aria-label", points.length
     ? `${what}: now ${rate(now, unit)}, peak ${rate(max, unit)} over the last ${Math.ceil(points.length * POLL_MS / 60000)} min`
     : `${what}: no rate yet`);
@@ -175,7 +193,16 @@ function renderNode(node) {
   const notReady = node.service === "serving" && !node.ready;
   badge.className = notReady ? "badge not-ready" : `badge ${node.service}`;
   badge.textContent = notReady ? "serving, not ready" : node.service;
-  el.append(badge, ` ${reasons} · version ${node.version} · generation ${node.generation}`);
+  el.append(badge, ` ${reasons}`);
+  const about = $("process");
+  setText(about, `version ${node.version} · generation ${node.generation} · PID ${node.pid} · `
+    + `up ${duration(node.uptime_s)} · ${node.workers} worker${node.workers === 1 ? "" : "s"}`);
+  // Drain the node, or serve again after a drain.
+  const button = $("node-action");
+  const action = node.service === "serving" ? "drain" : "enable";
+  button.dataset.action = action;
+  button.textContent = action === "drain" ? "Drain node" : "Enable node";
+  button.disabled = node.service === "stopping";
 }
 
 function renderListeners(listeners, now) {
@@ -186,8 +213,12 @@ function renderListeners(listeners, now) {
     const tr = row(tbody, l.name, 8);
     const routes = l.routes.map((r) => `${r.server_name} → ${r.target_group}`);
     const group = routes.length ? `${l.target_group} (default); ${routes.join(", ")}` : l.target_group;
-    const cap = l.max_connections ? ` / ${l.max_connections}` : "";
-    const cells = [l.name, l.protocol, l.bind, group, `${l.active}${cap}`, String(l.accepted), String(l.refused)];
+    const cap = l.max_connections ? ` / ${count(l.max_connections)}` : "";
+    const why = Object.entries(l.refused_by_reason ?? {})
+      .filter(([, n]) => n > 0)
+      .map(([reason, n]) => `${reason.replaceAll("_", " ")} ${count(n)}`);
+    const refused = why.length ? `${count(l.refused)} (${why.join(", ")})` : count(l.refused);
+    const cells = [l.name, l.protocol, l.bind, group, `${count(l.active)}${cap}`, count(l.accepted), refused];
     cells.forEach((text, i) => setText(tr.cells[i], text, i >= 4 ? "number" : ""));
     const points = sample(`listener/${l.name}`, now, { accepted: l.accepted });
     sparkline(tr.cells[7], points.accepted, "/s", `New connections per second on ${l.name}`);
@@ -197,7 +228,7 @@ function renderListeners(listeners, now) {
 
 const TARGET_COLUMNS = [
   "Target", "Health", "State", "Weight", "Active", "Total", "Connections/s",
-  "Bytes to / from", "Bytes/s", "Connect failures", "Last check", "Actions",
+  "Bytes/s", "Connect failures", "Last check", "Actions",
 ];
 
 function groupSection(group) {
@@ -251,24 +282,37 @@ function renderTarget(tr, group, t, now) {
   tr.dataset.state = t.admin_state;
   setText(c[0], t.backup ? `${t.address} (backup)` : t.address);
   const health = t.ejected ? `${t.health}, ejected` : t.health;
-  setText(c[1], health, `health ${t.health}${t.ejected ? " ejected" : ""}`);
+  // How long in this state: a target down for a minute and one down for a day differ.
+  const since = t.last_state_change_unix_ms ? ` · ${ago(t.last_state_change_unix_ms, now).replace(" ago", "")}` : "";
+  setText(c[1], `${health}${since}`, `health ${t.health}${t.ejected ? " ejected" : ""}`);
   setText(c[2], t.admin_state, `state ${t.admin_state}`);
-  setText(c[3], String(t.weight), "number");
-  setText(c[4], String(t.active), "number");
-  setText(c[5], String(t.total), "number");
+  setText(c[3], count(t.weight), "number");
+  setText(c[4], count(t.active), "number");
+  setText(c[5], count(t.total), "number");
   const points = sample(`target/${group}/${t.address}`, now, {
     total: t.total,
     bytes: t.bytes_to_target + t.bytes_from_target,
   });
   sparkline(c[6], points.total, "/s", `Connections per second to ${t.address}`);
-  setText(c[7], `${bytes(t.bytes_to_target)} / ${bytes(t.bytes_from_target)}`, "number");
-  sparkline(c[8], points.bytes, "B/s", `Bytes per second to and from ${t.address}`);
-  setText(c[9], String(t.connect_failures), t.connect_failures > 0 ? "number warn" : "number");
+  sparkline(c[7], points.bytes, "B/s", `Bytes per second to and from ${t.address}`);
+  c[7].title = `${bytes(t.bytes_to_target)} to the target, ${bytes(t.bytes_from_target)} from it in all`;
+  setText(c[8], count(t.connect_failures), t.connect_failures > 0 ? "number warn" : "number");
+  setText(c[9], lastCheck(t, now), t.last_check.result === "fail" ? "check warn" : "check");
+  actions(c[10], group, t);
+}
+
+// The last check, with why the last failed one failed while the target is not healthy.
+function lastCheck(t, now) {
   const check = t.last_check;
+  if (!check.result) return "no check yet";
   const latency = check.latency_ms == null ? "" : ` · ${check.latency_ms.toFixed(1)} ms`;
-  setText(c[10], check.result ? `${check.result}${latency} · ${ago(check.at_unix_ms, now)}` : "no check yet",
-    check.result === "fail" ? "warn" : "");
-  actions(c[11], group, t);
+  const failure = t.last_failure;
+  if (check.result === "fail" && failure) {
+    return `fail: ${failure.reason} · ${ago(check.at_unix_ms, now)}`;
+  }
+  const why = failure && t.health !== "healthy"
+    ? ` (failed ${ago(failure.at_unix_ms, now)}: ${failure.reason})` : "";
+  return `${check.result}${latency} · ${ago(check.at_unix_ms, now)}${why}`;
 }
 
 const ACTIONS = {
@@ -302,6 +346,22 @@ function actions(cell, group, t) {
 
 let pending = null;
 
+const NODE_ACTIONS = {
+  drain: "This node's /healthz fails at once (keepalived or BGP move traffic away); its "
+    + "listeners keep accepting for the node_drain_grace, then close. Open connections go on.",
+  enable: "This node serves again: its listeners are bound again if they had closed.",
+};
+
+function confirmNode() {
+  const action = $("node-action").dataset.action;
+  pending = { node: true, action };
+  const verb = action === "drain" ? "Drain" : "Enable";
+  $("confirm-title").textContent = `${verb} this node?`;
+  $("confirm-text").textContent = NODE_ACTIONS[action];
+  $("confirm-ok").textContent = `${verb} node`;
+  $("confirm").showModal();
+}
+
 function confirmAction(group, address, action) {
   pending = { group, address, action };
   const verb = action[0].toUpperCase() + action.slice(1);
@@ -316,7 +376,7 @@ async function perform() {
   pending = null;
   $("confirm").close();
   if (!p) return;
-  const path = `/target-groups/${encodeURIComponent(p.group)}/targets/`
+  const path = p.node ? `/node/${p.action}` : `/target-groups/${encodeURIComponent(p.group)}/targets/`
     + `${encodeURIComponent(p.address)}/${p.action}`;
   try {
     const response = await fetch(api(path), {
@@ -326,9 +386,9 @@ async function perform() {
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
-    showMessage(`${p.address} in ${p.group}: ${body.admin_state}.`, false);
+    showMessage(p.node ? `Node: ${body.service}.` : `${p.address} in ${p.group}: ${body.admin_state}.`, false);
   } catch (e) {
-    showMessage(`Could not ${p.action} ${p.address}: ${e.message}`, true);
+    showMessage(`Could not ${p.action} ${p.node ? "the node" : p.address}: ${e.message}`, true);
   }
   schedule(0);
 }
@@ -342,6 +402,7 @@ function showMessage(text, failed) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("confirm-ok").addEventListener("click", perform);
+  $("node-action").addEventListener("click", confirmNode);
   $("confirm-cancel").addEventListener("click", () => {
     pending = null;
     $("confirm").close();
