@@ -545,3 +545,41 @@ fn targets_and_listeners_export_as_csv() {
         "{csv}"
     );
 }
+
+/// Drains undone before their drain_timeout leave nothing behind: no thread sleeps out each
+/// cancelled timer (500 disable/enable cycles made 500 threads before).
+#[test]
+fn cancelled_drain_timers_do_not_pile_up_threads() {
+    let a = Backend::start(named("a"));
+    let lb = Ballast::start(&format!(
+        "{}    drain_timeout: 10m\n",
+        config(
+            "round_robin",
+            &[(a.addr, 1), (dead_addr(), 1)],
+            "",
+            NO_CHECKS
+        )
+    ));
+    let admin = lb.admin_addr();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", lb.pid()))
+            .unwrap()
+            .count()
+    };
+    let path = format!("/target-groups/g/targets/{}", a.addr);
+    let cycles = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(post(admin, &format!("{path}/disable")).0, 200);
+            assert_eq!(post(admin, &format!("{path}/enable")).0, 200);
+        }
+    };
+    // Warm up: the timer thread and the admin API's handler pool are there after this.
+    cycles(10);
+    let before = threads();
+    cycles(200);
+    let after = threads();
+    assert!(
+        after <= before + 1,
+        "{before} threads before, {after} after"
+    );
+}

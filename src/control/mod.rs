@@ -8,6 +8,7 @@
 //! hands it to every worker over its message channel, waking its poll. Changes to targets
 //! (the admin API's, discovery's, the prober's) are in [`targets`].
 
+mod later;
 mod targets;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,6 +94,8 @@ pub struct Control {
     scaling: Mutex<BTreeMap<String, ScalingStats>>,
     /// How new TCP connections are spread across workers, and the workers' loads.
     steering: Arc<Steering>,
+    /// Graces and drain timeouts waiting to act.
+    later: later::Later,
 }
 
 impl ScalingControl for Control {
@@ -150,6 +153,7 @@ impl Control {
             node: Node::default(),
             discovered: Mutex::default(),
             scaling: Mutex::default(),
+            later: later::Later::default(),
         })
     }
 
@@ -544,25 +548,20 @@ impl Control {
         Ok(summarize(&old, &next))
     }
 
-    /// Runs `then` on a new thread named `name` after `wait` (a grace or a drain_timeout,
-    /// not a stand-in for an event), so the caller answers at once.
+    /// Runs `then` after `wait` (a grace or a drain_timeout, not a stand-in for an event) on
+    /// the control plane's timer thread ([`later`]), so the caller answers at once.
     ///
     /// # Errors
-    /// When the thread cannot start.
+    /// When the timer thread cannot start.
     fn after(
         self: &Arc<Self>,
         name: &str,
         wait: Duration,
         then: impl FnOnce(&Arc<Control>) + Send + 'static,
     ) -> std::io::Result<()> {
-        let control = self.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                std::thread::sleep(wait);
-                then(&control);
-            })
-            .map(drop)
+        let at = std::time::Instant::now() + wait;
+        self.later
+            .at(at, name, Arc::downgrade(self), Box::new(then))
     }
 }
 
