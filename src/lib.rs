@@ -61,8 +61,7 @@
 //!
 //! ```text
 //!   main → ctl → cli, deploy → client, progress     the command line; the admin API's client
-//!   runtime, preflight → supervise                  start, signals, stop; crashed workers;
-//!                                                   what `check` probes of the host
+//!   runtime, preflight → supervise                  start, stop, crashes; `check`'s probes
 //!   admin, cert_watch, discovery, health            threads that drive the control plane
 //!   control → node, notify, scaling                 the control plane; node state; hooks
 //!   worker → tcp, udp, access_log                   the event loop; connections; sessions
