@@ -1,5 +1,5 @@
-//! Every bad configuration is refused with exit code 2 and one message naming the file, the
-//! key and, where the YAML parser gives one, the line.
+//! Every bad configuration is refused with exit code 2 and a message for each thing wrong,
+//! one a line: `file:line:column: key.path: message`.
 
 mod common;
 
@@ -73,7 +73,7 @@ fn unknown_key() {
             "    target_group: pg\n",
             "    target_group: pg\n    max_conns: 5\n",
         ),
-        &["listeners[0]", "unknown field `max_conns`", "line 6"],
+        &[":6:5: listeners[0].max_conns: unknown field `max_conns`"],
     );
 }
 
@@ -81,7 +81,7 @@ fn unknown_key() {
 fn missing_field() {
     refused(
         &GOOD.replace("    target_group: pg\n", ""),
-        &["listeners[0]", "missing field `target_group`", "line 2"],
+        &[":2:5: listeners[0]: missing field `target_group`"],
     );
 }
 
@@ -89,15 +89,11 @@ fn missing_field() {
 fn bad_address() {
     refused(
         &GOOD.replace("127.0.0.1:5432", "127.0.0.1:99999"),
-        &[
-            "target_groups[0].targets[0].address",
-            "bad address",
-            "line 12",
-        ],
+        &[":12:18: target_groups[0].targets[0].address: bad address"],
     );
     refused(
         &GOOD.replace("bind: 127.0.0.1:0", "bind: nowhere"),
-        &["listeners[0].bind", "ip:port", "line 4"],
+        &[":4:11: listeners[0].bind: bad address `nowhere`", "ip:port"],
     );
 }
 
@@ -106,17 +102,15 @@ fn zero_and_negative_interval() {
     refused(
         &GOOD.replace("interval: 2s", "interval: 0s"),
         &[
-            "target_groups[0].health_check.interval",
+            ":9:17: target_groups[0].health_check.interval",
             "greater than zero",
-            "line 9",
         ],
     );
     refused(
         &GOOD.replace("interval: 2s", "interval: -2s"),
         &[
-            "target_groups[0].health_check.interval",
+            ":9:17: target_groups[0].health_check.interval",
             "bad duration",
-            "line 9",
         ],
     );
 }
@@ -125,7 +119,7 @@ fn zero_and_negative_interval() {
 fn zero_threshold() {
     refused(
         &GOOD.replace("healthy_threshold: 2", "healthy_threshold: 0"),
-        &["target_groups[0].health_check.healthy_threshold", "line 10"],
+        &[":10:26: target_groups[0].health_check.healthy_threshold"],
     );
 }
 
@@ -150,7 +144,7 @@ fn duplicate_names() {
 fn listener_naming_a_missing_group() {
     refused(
         &GOOD.replace("    target_group: pg", "    target_group: mysql"),
-        &["listeners[0].target_group", "`mysql`", "not defined"],
+        &[":5:19: listeners[0].target_group", "`mysql`", "not defined"],
     );
 }
 
@@ -581,5 +575,196 @@ fn check_explain_tells_a_keys_meaning_form_and_neighbours() {
     assert!(
         err.contains("no key `bnd` in listeners") && err.contains("bind"),
         "{err}"
+    );
+}
+
+/// `ballast ARGS --config PATH` with `env` set: (exit code, stdout, stderr).
+fn ballast_on(
+    args: &[&str],
+    path: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn every_error_in_a_file_is_reported_at_once_by_check_and_run() {
+    let yaml = "\
+listeners:
+  - {name: a, protocol: tcp, bind: '127.0.0.1:0', target_group: g, helth: 1}
+  - {name: b, protocol: tcp, bind: 'nowhere', target_group: g}
+target_groups:
+  - name: g
+    healthcheck: {}
+    targets: [{address: '127.0.0.1:5432'}]
+";
+    let file = write_config(yaml);
+    let path = file.path().display().to_string();
+    let want = [
+        format!("{path}:2:68: listeners[0].helth: unknown field `helth`"),
+        format!("{path}:3:36: listeners[1].bind: bad address `nowhere`"),
+        format!("{path}:6:5: target_groups[0].healthcheck: unknown field `healthcheck`: did you mean `health_check`?"),
+    ];
+    let (code, _, stderr) = ballast_on(&["check"], file.path(), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.starts_with(want.as_str()), "{line}\nwant {want}");
+    }
+    let (code, _, stderr) = ballast_on(&["run"], file.path(), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    for want in &want {
+        assert!(stderr.contains(want.as_str()), "run lacks {want}: {stderr}");
+    }
+
+    // The whole-file checks: every finding, each with its line and column.
+    let yaml = "\
+listeners:
+  - {name: a, protocol: tcp, bind: '127.0.0.1:0', target_group: nope}
+  - {name: b, protocol: udp, bind: '127.0.0.1:0', target_group: g, retries: 1}
+target_groups:
+  - {name: g, targets: [{address: '127.0.0.1:5432'}]}
+  - {name: g, targets: [{address: '127.0.0.1:5433'}]}
+";
+    let (out, stderr, path) = ballast(&["check"], yaml);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{path}:6:12: target_groups[1].name: duplicate target group name `g`, first at {path}:5:12"),
+            format!("{path}:2:65: listeners[0].target_group: listener `a` names target group `nope`, which is not defined"),
+            format!("{path}:3:77: listeners[1].retries: `retries` applies to tcp listeners only"),
+        ]
+    );
+}
+
+#[test]
+fn environment_variables_fill_values() {
+    let yaml = "\
+workers: ${BALLAST_TEST_WORKERS}
+listeners:
+  - {name: 'a$$b', protocol: tcp, bind: '127.0.0.1:${BALLAST_TEST_UNSET:-0}', target_group: g}
+target_groups:
+  - {name: g, targets: [{address: '127.0.0.1:${BALLAST_TEST_PORT}'}]}
+";
+    let file = write_config(yaml);
+    let env = [("BALLAST_TEST_WORKERS", "3"), ("BALLAST_TEST_PORT", "5433")];
+    let (code, stdout, stderr) = ballast_on(&["check"], file.path(), &env);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("workers: 3,"), "{stdout}");
+    assert!(
+        stdout.contains("listener a$b (tcp) on 127.0.0.1:0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target 127.0.0.1:5433 weight 1"),
+        "{stdout}"
+    );
+    // Unset, with no default: refused at its place, naming the variable.
+    let (code, _, stderr) = ballast_on(&["check"], file.path(), &env[..1]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let path = file.path().display();
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "{path}:5:35: target_groups[0].targets[0].address: environment variable \
+             `BALLAST_TEST_PORT` is not set (write ${{BALLAST_TEST_PORT:-default}} for a default)"
+        )
+    );
+    // A value is a value: a newline and `key: value` in it add nothing to the file.
+    let (code, _, stderr) = ballast_on(
+        &["check"],
+        file.path(),
+        &[("BALLAST_TEST_WORKERS", "2\ntarget_groups: []"), env[1]],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{path}:1:10: workers: invalid type: string")),
+        "{stderr}"
+    );
+}
+
+/// `bind: ":PORT"` (HAProxy's `bind :PORT`) listens on every IPv4 address.
+#[test]
+fn bind_without_an_address_listens_on_every_address() {
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = format!(
+        "listeners:\n  - {{name: l, protocol: tcp, bind: ':0', target_group: g}}\n\
+         target_groups:\n  - {{name: g, targets: [{{address: '{}'}}]}}\n",
+        target.local_addr().unwrap()
+    );
+    let (out, stderr, _) = ballast(&["check"], &yaml.replace("':0'", "'*:0'"));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listener l (tcp) on 0.0.0.0:0"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let running = Ballast::start(&yaml);
+    let addr = running.addr("l");
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    std::net::TcpStream::connect(loopback).expect("reachable on 127.0.0.1");
+    target.accept().expect("forwarded to the target");
+}
+
+#[test]
+fn included_files_are_checked_and_named_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    let main = dir.path().join("ballast.yaml");
+    std::fs::write(&main, "include: [conf.d/*.yaml]\nlisteners:\n  - {name: l, protocol: tcp, bind: '127.0.0.1:0', target_group: g}\n").unwrap();
+    let part = dir.path().join("conf.d/g.yaml");
+    std::fs::write(
+        &part,
+        "target_groups:\n  - {name: g, targets: [{address: '127.0.0.1:5432'}]}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = ballast_on(&["check"], &main, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("included {}", part.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("listener l (tcp) on 127.0.0.1:0 -> target group g"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &part,
+        "target_groups:\n  - {name: g, targets: [{adress: '127.0.0.1:5432'}]}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = ballast_on(&["check"], &main, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:2:26: target_groups[0].targets[0].adress: unknown field `adress`: did you mean `address`?",
+            part.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::write(&main, "include: [conf.d/missing.yaml]\nlisteners: []\n").unwrap();
+    let (code, _, stderr) = ballast_on(&["check"], &main, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:1:11: include[0]: cannot read ",
+            main.display()
+        )),
+        "{stderr}"
     );
 }

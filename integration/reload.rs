@@ -144,10 +144,9 @@ fn an_invalid_reload_keeps_the_running_config() {
     assert_eq!(status, 400, "{body}");
     let message = json(&body)["error"].as_str().unwrap().to_string();
     assert!(
-        message.contains(&lb.config_path().display().to_string())
-            && message.contains("algorithmm")
-            && message.contains("line"),
-        "the message names file, key and line: {message}"
+        message.starts_with(&format!("{}:", lb.config_path().display()))
+            && message.contains(": target_groups[0].algorithmm: unknown field `algorithmm`"),
+        "the message names file, line, column and key: {message}"
     );
     assert_eq!(fetch(addr).unwrap(), "a\n", "the old config still serves");
     assert_eq!(target_states(admin), before);
@@ -451,4 +450,72 @@ fn the_service_manager_hears_ready_reloading_and_stopping() {
     let stopping = lb.notifications.wait(WAIT, |s| s.stopping.then_some(()));
     assert!(stopping.is_some(), "{:?}", lb.notifications.messages());
     assert!(lb.wait_exit(WAIT).is_some_and(|s| s.success()));
+}
+
+/// `include:`: a reload (`POST /reload`, SIGHUP) reads the included files again: a changed
+/// one takes effect, a new one adds its listener, a broken one is refused naming it.
+#[test]
+fn a_reload_reads_the_included_files_again() {
+    let (a, b) = (Backend::start(named("a")), Backend::start(named("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    let group = |target: SocketAddr| {
+        format!("target_groups:\n  - name: g\n{CHECKS}    targets: [{{address: '{target}'}}]\n")
+    };
+    std::fs::write(conf_d.join("10-g.yaml"), group(a.addr)).unwrap();
+    let main = format!(
+        "workers: 2\ninclude: ['{}/*.yaml']\nlisteners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n",
+        conf_d.display()
+    );
+    let lb = Ballast::start(&main);
+    let (l, admin) = (lb.addr("l"), lb.admin_addr());
+    lb.rewrite_config(&main.replace("127.0.0.1:0", &l.to_string()));
+    assert_eq!(fetch(l).unwrap(), "a\n");
+
+    // The included file changes; the main file does not.
+    std::fs::write(conf_d.join("10-g.yaml"), group(b.addr)).unwrap();
+    let (status, body) = http(admin, "POST", "/reload", None, "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["targets_added"][0],
+        format!("g/{}", b.addr),
+        "{body}"
+    );
+    wait_until("the changed included file's target serves", || {
+        fetch(l).is_ok_and(|name| name == "b\n")
+    });
+
+    // A new file in conf.d adds a listener, on SIGHUP.
+    std::fs::write(
+        conf_d.join("20-m.yaml"),
+        "listeners:\n  - {name: m, protocol: tcp, bind: '127.0.0.1:0', target_group: g}\n",
+    )
+    .unwrap();
+    lb.signal(libc::SIGHUP);
+    assert_eq!(
+        fetch(lb.addr("m")).unwrap(),
+        "b\n",
+        "the included listener serves"
+    );
+
+    // A broken included file is refused, naming it, its line and its key; b still serves.
+    let broken = conf_d.join("20-m.yaml");
+    std::fs::write(
+        &broken,
+        "listeners:\n  - {name: m, protocol: tcp, bind: '127.0.0.1:0', target_grup: g}\n",
+    )
+    .unwrap();
+    let (status, body) = http(admin, "POST", "/reload", None, "");
+    assert_eq!(status, 400, "{body}");
+    let message = json(&body)["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!(
+            "{}:2:51: listeners[0].target_grup: unknown field `target_grup`: did you mean \
+             `target_group`?",
+            broken.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(fetch(l).unwrap(), "b\n");
 }

@@ -342,7 +342,7 @@ struct Found {
 }
 
 /// Reads the `admin:` section of `config` (only it: the rest need not be valid, nor its
-/// certificates readable by this user). The UNIX socket when set and this user can write to
+/// certificates readable by this user), `${VAR}`s substituted as `run` does. The UNIX socket when set and this user can write to
 /// it; else `bind` (an unspecified address asked on loopback); else the default.
 fn from_config(config: &Path) -> Result<Found, ClientError> {
     let error = |message: String| ClientError::Config {
@@ -352,10 +352,15 @@ fn from_config(config: &Path) -> Result<Found, ClientError> {
     let text = std::fs::read_to_string(config).map_err(|e| error(e.to_string()))?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| error(e.to_string()))?;
     let admin = &doc["admin"];
+    // `${VAR}` as `run` substitutes it (the same function).
     let field = |key: &str| -> Result<Option<String>, ClientError> {
         match &admin[key] {
             serde_yaml::Value::Null => Ok(None),
-            serde_yaml::Value::String(s) => Ok(Some(s.clone())),
+            serde_yaml::Value::String(s) => {
+                crate::config::expand_env(s, &crate::config::process_env)
+                    .map(Some)
+                    .map_err(|m| error(format!("admin.{key}: {m}")))
+            }
             other => Err(error(format!("admin.{key} is not a string: {other:?}"))),
         }
     };
@@ -471,6 +476,12 @@ mod tests {
         assert_eq!(
             from_config(&file).unwrap().endpoint,
             Endpoint::Http("http://[::1]:8002".into())
+        );
+        // `${VAR}` as `run` reads it.
+        write("admin: {bind: '127.0.0.1:${BALLAST_TEST_UNSET_PORT:-8003}'}\n");
+        assert_eq!(
+            from_config(&file).unwrap().endpoint,
+            Endpoint::Http("http://127.0.0.1:8003".into())
         );
         write("admin: {bind: 8002}\n");
         assert!(matches!(

@@ -128,6 +128,11 @@ fn check(path: &Path, probe_binds: bool) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Err(e @ config::ConfigError::Problems(_)) => {
+            // One problem a line, `file:line:column: key: message`, for editors to jump to.
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -141,7 +146,9 @@ fn run(path: &Path, upgrade_from: Option<&Path>) -> ExitCode {
     let c = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            log::error!("{e}");
+            for line in e.to_string().lines() {
+                log::error!("{line}");
+            }
             return ExitCode::from(2);
         }
     };

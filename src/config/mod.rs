@@ -2,9 +2,12 @@
 //!
 //! Loading happens in two layers. `serde_yaml` parses the text into the raw `File*` structs,
 //! which refuse unknown keys and check single values (addresses, durations, thresholds) with the
-//! key path, line and column in the message. [`validate`](mod@validate) then checks the file as a whole and
-//! builds a [`Config`], which cannot hold an invalid value: every listener names a group that
-//! exists (by index), every group has at least one target, every duration is positive.
+//! key path, line and column in the message; `${VAR}` is substituted in values as they are read
+//! (`file::env`), and `include:` brings in more listeners and target groups (`file::include`).
+//! [`validate`](mod@validate) then checks the files as a whole and builds a [`Config`], which
+//! cannot hold an invalid value: every listener names a group that exists (by index), every
+//! group has at least one target, every duration is positive. [`load`](mod@load) runs both and
+//! reports every error at once, each a [`Problem`] with its file, line and column.
 
 pub mod access_log;
 mod admission;
@@ -12,7 +15,9 @@ mod check;
 mod descriptors;
 mod discover;
 mod file;
+mod load;
 pub mod plan;
+mod problem;
 pub mod scaling;
 pub mod schema;
 pub mod steps;
@@ -21,7 +26,7 @@ mod udp;
 pub(crate) mod validate;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +36,12 @@ pub use admission::{
     DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_PROXY_TIMEOUT,
 };
 pub use descriptors::{descriptors_needed, open_file_limit};
-pub use file::{parse_address, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
+pub(crate) use file::env::{expand as expand_env, process_env};
+pub use file::{
+    parse_address, parse_bind, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT,
+};
+pub use load::{load, parse};
+pub use problem::Problem;
 pub(crate) use tls::reload_tls;
 pub use udp::{
     OnUnhealthy, UdpSettings, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -56,6 +66,8 @@ pub const DEFAULT_NODE_DRAIN_GRACE: Duration = Duration::from_secs(5);
 pub struct Config {
     /// Where it was read from (for messages).
     pub path: PathBuf,
+    /// The files its `include:` brought in, in the order read.
+    pub included: Vec<PathBuf>,
     /// Number of worker threads (event loops), at least 1.
     pub workers: usize,
     /// How new TCP connections are spread over the workers.
@@ -573,11 +585,10 @@ impl TargetConfig {
     }
 }
 
-/// Why a configuration was refused. Every message names the file; parse errors also name the
-/// key path, line and column.
+/// Why a configuration was refused. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
+    /// The main file could not be read.
     #[error("cannot read config {path}: {source}")]
     Read {
         /// The file.
@@ -585,65 +596,27 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The YAML did not parse into the schema (syntax, unknown key, missing field, bad value).
-    #[error("bad config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// serde_yaml's message: `key.path: what at line L column C`.
-        message: String,
-    },
-    /// The file parsed but breaks a rule that spans keys (duplicate names, missing group, …).
+    /// What is wrong in the files (syntax, unknown key, bad value, a rule that spans keys),
+    /// all of it, one problem a line: `file:line:column: key.path: message`.
+    #[error("{}", lines(.0))]
+    Problems(Vec<Problem>),
+    /// A TLS file no longer loads on a certificate reload (the configuration file is not read
+    /// again, so there is no line to name).
     #[error("bad config {path}: {key}: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Key path, e.g. `listeners[1].name`.
+        /// Key path, e.g. `listeners[1].tls.certificates[0].cert`.
         key: String,
         /// What is wrong.
         message: String,
     },
 }
 
-/// Reads, parses and validates the file at `path`.
-///
-/// # Errors
-/// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Parse`] when it is not
-/// valid YAML for the schema, [`ConfigError::Invalid`] when it breaks a cross-key rule.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
-}
-
-/// Parses and validates `text`, naming `path` in errors.
-///
-/// ```
-/// use std::path::Path;
-/// let yaml = "
-/// listeners:
-///   - {name: web, protocol: tcp, bind: '127.0.0.1:8080', target_group: web}
-/// target_groups:
-///   - name: web
-///     targets: [{address: '127.0.0.1:9000'}]
-/// ";
-/// let config = ballast::config::parse(Path::new("web.yaml"), yaml).unwrap();
-/// assert_eq!(config.listeners[0].retries, 2);
-///
-/// let err = ballast::config::parse(Path::new("web.yaml"), &yaml.replace("9000", "0")).unwrap_err();
-/// assert!(err.to_string().contains("target_groups[0].targets[0].address"));
-/// ```
-///
-/// # Errors
-/// As [`load`], less [`ConfigError::Read`].
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    validate(path, raw)
+/// One problem a line.
+fn lines(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
 }
 
 #[cfg(test)]

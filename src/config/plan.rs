@@ -14,6 +14,9 @@ use super::{
 pub fn print(c: &Config) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "config {} is valid", c.path.display());
+    for file in &c.included {
+        let _ = writeln!(out, "included {}", file.display());
+    }
     let _ = writeln!(
         out,
         "workers: {}, shutdown_timeout: {}, shutdown_grace: {}, node_drain_grace: {}, \

@@ -13,8 +13,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::Value;
 
 use super::file::{
-    Address, Bounded, BoundedDuration, Cidr, FileConfig, Matcher, Payload, PositiveDuration,
-    RateText, VersionText,
+    Address, BindAddress, Bounded, BoundedDuration, Cidr, FileConfig, Matcher, Payload,
+    PositiveDuration, RateText, VersionText,
 };
 
 /// A string schema with `pattern` and `description`, inlined where used.
@@ -63,6 +63,15 @@ inline_schema!(
         "type": "string",
         "description": "ip:port ([ipv6]:port) or host:port, resolved once at load.",
         "pattern": r"^.+:[0-9]{1,5}$"
+    })
+);
+inline_schema!(
+    BindAddress,
+    "BindAddress",
+    json_schema!({
+        "type": "string",
+        "description": "ip:port ([ipv6]:port) or host:port, resolved once at load; :port or *:port for every IPv4 address (0.0.0.0).",
+        "pattern": r"^.*:[0-9]{1,5}$"
     })
 );
 inline_schema!(

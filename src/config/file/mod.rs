@@ -6,6 +6,8 @@
 //! references between listeners and groups) live in [`super::validate`](mod@super::validate). The sections are
 //! here; the values that check themselves are in [`values`].
 
+pub(super) mod env;
+pub(super) mod include;
 mod values;
 
 use std::num::NonZeroU32;
@@ -13,18 +15,31 @@ use std::num::NonZeroU32;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use values::{parse_address, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT};
+pub use values::{
+    parse_address, parse_bind, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT,
+};
 pub(super) use values::{
-    Address, Bounded, BoundedDuration, Cidr, Matcher, Payload, PositiveDuration, RateText,
-    VersionText,
+    Address, BindAddress, Bounded, BoundedDuration, Cidr, Matcher, Payload, PositiveDuration,
+    RateText, VersionText,
 };
 
 use super::{AcceptSteering, Algorithm, Forwarding, HashKey, OnUnhealthy, Readiness};
 
-/// The whole file.
+/// The whole file. `L` and `G` are what each entry of `listeners` and `target_groups` is read
+/// as: the entries themselves, or `IgnoredAny` when the loader reads the rest of the file
+/// without them to report every error ([`super::load`]).
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
+#[serde(
+    deny_unknown_fields,
+    bound(deserialize = "L: Deserialize<'de>, G: Deserialize<'de>")
+)]
+#[schemars(rename = "FileConfig", description = "The whole file.")]
+pub struct FileConfig<L = FileListener, G = FileTargetGroup> {
+    /// Other files holding more `listeners` and `target_groups` (and nothing else): paths or
+    /// globs (`*`, `?` in the file name only), relative to this file's directory; each glob's
+    /// files in name order. A glob may match nothing (its directory must exist); a named
+    /// file must exist. Included files include nothing further; a reload reads them again.
+    pub include: Option<Vec<String>>,
     /// Worker threads (event loops); default: one per available core.
     pub workers: Option<NonZeroU32>,
     /// How new TCP connections are spread over the workers.
@@ -47,10 +62,24 @@ pub struct FileConfig {
     pub admin: Option<FileAdmin>,
     /// DNS servers for `discover:` (default: the system's).
     pub resolvers: Option<Vec<Address>>,
-    /// At least one listener.
-    pub listeners: Vec<FileListener>,
-    /// The target groups the listeners name.
-    pub target_groups: Vec<FileTargetGroup>,
+    /// At least one listener, counting those of included files (which may hold them all).
+    #[serde(default)]
+    pub listeners: Vec<L>,
+    /// The target groups the listeners name (here or in included files).
+    #[serde(default)]
+    pub target_groups: Vec<G>,
+}
+
+/// A file named by `include:`: more listeners and target groups, nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileIncluded<L = FileListener, G = FileTargetGroup> {
+    /// Listeners, after the main file's (and earlier included files').
+    #[serde(default = "Vec::new")]
+    pub listeners: Vec<L>,
+    /// Target groups, likewise.
+    #[serde(default = "Vec::new")]
+    pub target_groups: Vec<G>,
 }
 
 /// `admin:`.
@@ -75,8 +104,9 @@ pub struct FileListener {
     /// Tcp | udp | tls (a tcp and a udp listener may share an address); tls: TLS ends here,
     /// targets get plain TCP (see "TLS" below).
     pub protocol: FileProtocol,
-    /// `ip:port` or `host:port`; port 0 picks a free port (logged at start).
-    pub bind: Address,
+    /// `ip:port` or `host:port`, or `:port` (`*:port`) for every IPv4 address (0.0.0.0; `[::]:port`
+    /// for IPv6); port 0 picks a free port (logged at start).
+    pub bind: BindAddress,
     /// Optional: only traffic arriving on this interface (SO_BINDTODEVICE); with bind 0.0.0.0
     /// or `[::]`, every address of that interface.
     pub interface: Option<String>,

@@ -240,6 +240,48 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// A listener's `bind`: an address as [`Address`] takes it, or `:PORT` / `*:PORT` for every
+/// IPv4 address ([`parse_bind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for BindAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_with(
+            d,
+            "an address such as 127.0.0.1:5432, [::]:5432, or :5432 for every address",
+            |s| parse_bind(s).map(BindAddress),
+        )
+    }
+}
+
+/// A listener's bind address: `:5432` and `*:5432` mean every IPv4 address (`0.0.0.0:5432`),
+/// as HAProxy's `bind :5432` and nginx's `listen 5432` do; anything else as
+/// [`parse_address`]. Not dual-stack: Ballast's IPv6 sockets are IPV6_V6ONLY (see
+/// `net::listening_socket`), so one socket never mixes IPv4 clients in as `::ffff:a.b.c.d`, which
+/// `allow`/`deny` networks and per-source prefixes written for IPv4 would not match; an IPv6
+/// listener is a second one on `[::]:5432`.
+///
+/// # Errors
+/// A message naming `text`: a port that is not a number from 0 to 65535, or as
+/// [`parse_address`].
+pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    let trimmed = text.trim();
+    let port = trimmed
+        .strip_prefix("*:")
+        .or_else(|| trimmed.strip_prefix(':').filter(|p| !p.starts_with(':')));
+    match port {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+            .map_err(|_| format!("bad address `{text}`: `{port}` is not a port (0 to 65535)")),
+        None if trimmed.starts_with("::") || trimmed == "*" => Err(format!(
+            "bad address `{text}`: write :PORT for every IPv4 address, [::]:PORT for IPv6"
+        )),
+        None => parse_address(text),
+    }
+}
+
 /// Largest target weight (config and admin API): weights are relative, and a bound keeps every
 /// sum and product of weights far from overflow.
 pub const MAX_WEIGHT: u64 = 10_000;
@@ -379,6 +421,25 @@ mod tests {
         assert_eq!(parse_address("localhost:80").unwrap().port(), 80);
         assert!(parse_address("127.0.0.1").unwrap_err().contains("ip:port"));
         assert!(parse_address("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn bind_takes_every_address_forms() {
+        let any: SocketAddr = "0.0.0.0:5432".parse().unwrap();
+        assert_eq!(parse_bind(":5432").unwrap(), any);
+        assert_eq!(parse_bind("*:5432").unwrap(), any);
+        assert_eq!(parse_bind(" :0").unwrap().port(), 0);
+        assert_eq!(
+            parse_bind("[::]:5432").unwrap(),
+            "[::]:5432".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(parse_bind("127.0.0.1:1").unwrap().port(), 1);
+        for bad in [":", "*:", ":99999", "*:x", ":::5432", "*", ":5432:1"] {
+            let e = parse_bind(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
+        }
+        // A target or the admin API takes no `:PORT`.
+        assert!(parse_address(":5432").is_err());
     }
 
     #[test]

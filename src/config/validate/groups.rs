@@ -51,125 +51,141 @@ pub(crate) fn is_prime(n: usize) -> bool {
             .all(|d| !n.is_multiple_of(d))
 }
 
-/// The target groups, in the file's order, and the index of each by name.
-///
-/// # Errors
-/// `(key, message)` for the first group that is wrong. `base` is where relative TLS files are.
+/// The target groups, in the file's order (`None` for one that is wrong), and the index of
+/// each by name. Each wrong group's first problem is pushed to `wrong`; `base` is where
+/// relative TLS files are.
 pub(super) fn target_groups(
     raw: Vec<FileTargetGroup>,
     base: &Path,
-) -> Result<(Vec<TargetGroupConfig>, ByName), Wrong> {
+    wrong: &mut Vec<Wrong>,
+) -> (Vec<Option<TargetGroupConfig>>, ByName) {
     let mut group_index = HashMap::new();
     let mut target_groups = Vec::with_capacity(raw.len());
     for (i, g) in raw.into_iter().enumerate() {
         let key = format!("target_groups[{i}]");
-        unique_name(&mut group_index, &g.name, i, "target group")
-            .map_err(|m| (format!("{key}.name"), m))?;
-        let discover = discover(&key, g.discover.unwrap_or_default())?;
-        if g.targets.is_empty() && discover.is_empty() {
+        let group = unique_name(
+            &mut group_index,
+            &g.name,
+            i,
+            "target group",
+            "target_groups",
+        )
+        .map_err(|m| (format!("{key}.name"), m))
+        .and_then(|()| target_group(&key, g, base));
+        target_groups.push(group.map_err(|w| wrong.push(w)).ok());
+    }
+    (target_groups, group_index)
+}
+
+/// The group at `key`.
+///
+/// # Errors
+/// `(key, message)` of its first problem.
+fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGroupConfig, Wrong> {
+    let discover = discover(key, g.discover.unwrap_or_default())?;
+    if g.targets.is_empty() && discover.is_empty() {
+        return Err((
+            format!("{key}.targets"),
+            format!(
+                "target group `{}` has no targets; list at least one (or `discover` them)",
+                g.name
+            ),
+        ));
+    }
+    let mut targets = Vec::with_capacity(g.targets.len());
+    for (j, t) in g.targets.iter().enumerate() {
+        let tkey = format!("{key}.targets[{j}].address");
+        if t.address.0.port() == 0 {
+            return Err((tkey, "target port must not be 0".into()));
+        }
+        if targets
+            .iter()
+            .any(|x: &TargetConfig| x.address == t.address.0)
+        {
             return Err((
-                format!("{key}.targets"),
-                format!(
-                    "target group `{}` has no targets; list at least one (or `discover` them)",
-                    g.name
-                ),
+                tkey,
+                format!("duplicate target {} in group `{}`", t.address.0, g.name),
             ));
         }
-        let mut targets = Vec::with_capacity(g.targets.len());
-        for (j, t) in g.targets.iter().enumerate() {
-            let tkey = format!("{key}.targets[{j}].address");
-            if t.address.0.port() == 0 {
-                return Err((tkey, "target port must not be 0".into()));
-            }
-            if targets
-                .iter()
-                .any(|x: &TargetConfig| x.address == t.address.0)
-            {
+        targets.push(TargetConfig {
+            address: t.address.0,
+            weight: t.weight.map_or(1, |w| w.0 as u32),
+            backup: t.backup.unwrap_or(false),
+            max_connections: t.max_connections.map(|n| u64::from(n.get())),
+        });
+    }
+    let check_sends = g.health_check.as_ref().and_then(|h| h.proxy_protocol);
+    let mut health_check = health_check(key, g.health_check)?;
+    health_check.proxy_protocol = match (g.proxy_protocol, check_sends) {
+        (Some(v), None | Some(true)) => Some(v),
+        (None, Some(true)) => {
+            return Err((
+                format!("{key}.health_check.proxy_protocol"),
+                "checks send the group's PROXY protocol version: set `proxy_protocol: v1 | \
+                 v2` on the group"
+                    .into(),
+            ))
+        }
+        (_, Some(false)) | (None, None) => None,
+    };
+    let algorithm = g.algorithm.unwrap_or(Algorithm::RoundRobin);
+    if algorithm != Algorithm::Maglev {
+        for (name, set) in [
+            ("hash_key", g.hash_key.is_some()),
+            ("maglev_table_size", g.maglev_table_size.is_some()),
+        ] {
+            if set {
                 return Err((
-                    tkey,
-                    format!("duplicate target {} in group `{}`", t.address.0, g.name),
+                    format!("{key}.{name}"),
+                    format!("`{name}` applies to `algorithm: maglev` only"),
                 ));
             }
-            targets.push(TargetConfig {
-                address: t.address.0,
-                weight: t.weight.map_or(1, |w| w.0 as u32),
-                backup: t.backup.unwrap_or(false),
-                max_connections: t.max_connections.map(|n| u64::from(n.get())),
-            });
         }
-        let check_sends = g.health_check.as_ref().and_then(|h| h.proxy_protocol);
-        let mut health_check = health_check(&key, g.health_check)?;
-        health_check.proxy_protocol =
-            match (g.proxy_protocol, check_sends) {
-                (Some(v), None | Some(true)) => Some(v),
-                (None, Some(true)) => return Err((
-                    format!("{key}.health_check.proxy_protocol"),
-                    "checks send the group's PROXY protocol version: set `proxy_protocol: v1 | \
-                     v2` on the group"
-                        .into(),
-                )),
-                (_, Some(false)) | (None, None) => None,
-            };
-        let algorithm = g.algorithm.unwrap_or(Algorithm::RoundRobin);
-        if algorithm != Algorithm::Maglev {
-            for (name, set) in [
-                ("hash_key", g.hash_key.is_some()),
-                ("maglev_table_size", g.maglev_table_size.is_some()),
-            ] {
-                if set {
+    }
+    let maglev_table_size = g.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+    let group = TargetGroupConfig {
+        name: g.name,
+        algorithm,
+        hash_key: g.hash_key.unwrap_or(HashKey::FiveTuple),
+        maglev_table_size,
+        stickiness: g.stickiness.map(|st| Stickiness {
+            timeout: st.timeout.map_or(Duration::from_secs(600), |d| d.0),
+            max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
+        }),
+        slow_start: g.slow_start.map(|d| d.0),
+        drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        proxy_protocol: g.proxy_protocol,
+        on_unhealthy: g.on_unhealthy.unwrap_or_default(),
+        discover,
+        scaling: match g.scaling {
+            Some(raw) => Some(super::scaling::scaling(key, raw)?),
+            None => None,
+        },
+        outlier_detection: match g.outlier_detection {
+            None => None,
+            Some(o) => {
+                let od = OutlierDetection {
+                    consecutive_failures: o.consecutive_failures.map_or(5, NonZeroU32::get),
+                    base_ejection: o.base_ejection.map_or(Duration::from_secs(30), |d| d.0),
+                    max_ejection: o.max_ejection.map_or(Duration::from_secs(300), |d| d.0),
+                    max_ejected_percent: o.max_ejected_percent.map_or(50, |b| b.0 as u32),
+                };
+                if od.max_ejection < od.base_ejection {
                     return Err((
-                        format!("{key}.{name}"),
-                        format!("`{name}` applies to `algorithm: maglev` only"),
+                        format!("{key}.outlier_detection.max_ejection"),
+                        "must not be shorter than base_ejection".into(),
                     ));
                 }
+                Some(od)
             }
-        }
-        let maglev_table_size = g.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
-        target_groups.push(TargetGroupConfig {
-            name: g.name,
-            algorithm,
-            hash_key: g.hash_key.unwrap_or(HashKey::FiveTuple),
-            maglev_table_size,
-            stickiness: g.stickiness.map(|st| Stickiness {
-                timeout: st.timeout.map_or(Duration::from_secs(600), |d| d.0),
-                max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
-            }),
-            slow_start: g.slow_start.map(|d| d.0),
-            drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
-            proxy_protocol: g.proxy_protocol,
-            on_unhealthy: g.on_unhealthy.unwrap_or_default(),
-            discover,
-            scaling: match g.scaling {
-                Some(raw) => Some(super::scaling::scaling(&key, raw)?),
-                None => None,
-            },
-            outlier_detection: match g.outlier_detection {
-                None => None,
-                Some(o) => {
-                    let od = OutlierDetection {
-                        consecutive_failures: o.consecutive_failures.map_or(5, NonZeroU32::get),
-                        base_ejection: o.base_ejection.map_or(Duration::from_secs(30), |d| d.0),
-                        max_ejection: o.max_ejection.map_or(Duration::from_secs(300), |d| d.0),
-                        max_ejected_percent: o.max_ejected_percent.map_or(50, |b| b.0 as u32),
-                    };
-                    if od.max_ejection < od.base_ejection {
-                        return Err((
-                            format!("{key}.outlier_detection.max_ejection"),
-                            "must not be shorter than base_ejection".into(),
-                        ));
-                    }
-                    Some(od)
-                }
-            },
-            target_tls: match g.target_tls {
-                Some(raw) => Some(target_tls(&key, raw, base)?),
-                None => None,
-            },
-            health_check,
-            targets,
-        });
-        let group = target_groups.last().expect("just pushed");
-        check_group(group).map_err(|m| (format!("{key}.{}", m.0), m.1))?;
-    }
-    Ok((target_groups, group_index))
+        },
+        target_tls: match g.target_tls {
+            Some(raw) => Some(target_tls(key, raw, base)?),
+            None => None,
+        },
+        health_check,
+        targets,
+    };
+    check_group(&group).map_err(|m| (format!("{key}.{}", m.0), m.1))?;
+    Ok(group)
 }

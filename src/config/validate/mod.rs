@@ -11,8 +11,8 @@ pub use groups::check_group;
 #[cfg(test)]
 pub(crate) use groups::is_prime;
 
-/// A key path and what is wrong there; [`validate()`] names the file.
-type Wrong = (String, String);
+/// A key path and what is wrong there; the loader names the file, line and column.
+pub(crate) type Wrong = (String, String);
 
 /// Indices by name (of target groups, of listeners).
 type ByName = HashMap<String, usize>;
@@ -21,37 +21,58 @@ use super::descriptors::udp_defaults;
 use super::file::*;
 use super::*;
 
-/// Builds a [`Config`] from the parsed file.
+/// Builds a [`Config`] from the parsed file (its included files' entries merged in), or
+/// finds everything wrong with it: every listener and every target group is checked, each for
+/// its first problem.
 ///
 /// # Errors
-/// [`ConfigError::Invalid`] naming the key for: no listeners, duplicate listener or group
-/// names, a listener naming a missing group, an empty target list, an `http` check without `path` (or a `path` on a `tcp` check), port 0 in a target
-/// or health check, a health-check `timeout` longer than its `interval`, TCP-only keys on a
-/// UDP listener (and `udp:` on a TCP one), a udp check without `send`.
-pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
-    let invalid = |key: String, message: String| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        key,
-        message,
-    };
+/// `(key path, message)` for each problem, in file order: no listeners, duplicate listener or
+/// group names (the message ends `first at KEY`, the first one's key), a listener naming a
+/// missing group, an empty target list, an `http` check without `path` (or a `path` on a
+/// `tcp` check), port 0 in a target or health check, a health-check `timeout` longer than its
+/// `interval`, TCP-only keys on a UDP listener (and `udp:` on a TCP one), a udp check without
+/// `send`.
+pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
     // TLS files given relative are found beside the config file.
     let base = path.parent().unwrap_or(Path::new(""));
+    let mut wrong = Vec::new();
     if raw.listeners.is_empty() {
-        return Err(invalid(
-            "listeners".into(),
-            "at least one listener is needed".into(),
-        ));
+        wrong.push(("listeners".into(), "at least one listener is needed".into()));
     }
-    let (target_groups, group_index) =
-        groups::target_groups(raw.target_groups, base).map_err(|(k, m)| invalid(k, m))?;
-    let (mut listeners, udp_explicit) =
-        listeners::listeners(raw.listeners, &group_index, &target_groups, base)
-            .map_err(|(k, m)| invalid(k, m))?;
+    let (target_groups, group_index) = groups::target_groups(raw.target_groups, base, &mut wrong);
+    let (listeners, udp_explicit) = listeners::listeners(
+        raw.listeners,
+        &group_index,
+        &target_groups,
+        base,
+        &mut wrong,
+    );
+    let admin = admin::admin(raw.admin).map_err(|w| wrong.push(w)).ok();
+    let upgrade_socket = match raw.upgrade_socket.as_deref() {
+        None => None,
+        Some("") => {
+            wrong.push((
+                "upgrade_socket".into(),
+                "give a path for the UNIX socket, or leave the key out".into(),
+            ));
+            None
+        }
+        Some(p) => Some(p.into()),
+    };
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let access_log = super::access_log::validate(raw.access_log, &names)
+        .map_err(|w| wrong.push(w))
+        .unwrap_or_default();
+    let (Some(admin), true) = (admin, wrong.is_empty()) else {
+        return Err(wrong);
+    };
+    let target_groups = target_groups.into_iter().flatten().collect();
 
     let workers = match raw.workers {
         Some(n) => n.get() as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let mut listeners = listeners;
     let sized = udp_defaults(&listeners, &udp_explicit, workers, open_file_limit());
     for (l, sized) in listeners.iter_mut().zip(sized) {
         if let (Some(u), Some((sessions, unreplied))) = (l.udp.as_mut(), sized) {
@@ -59,7 +80,6 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
             u.max_unreplied = unreplied;
         }
     }
-    let admin = admin::admin(raw.admin).map_err(|(k, m)| invalid(k, m))?;
     let resolvers = raw
         .resolvers
         .unwrap_or_default()
@@ -68,6 +88,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         .collect();
     Ok(Config {
         path: path.to_path_buf(),
+        included: Vec::new(),
         admin,
         resolvers,
         workers,
@@ -81,39 +102,36 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, ConfigError> {
         node_drain_grace: raw
             .node_drain_grace
             .map_or(DEFAULT_NODE_DRAIN_GRACE, |d| d.0),
-        upgrade_socket: match raw.upgrade_socket.as_deref() {
-            None => None,
-            Some("") => {
-                return Err(invalid(
-                    "upgrade_socket".into(),
-                    "give a path for the UNIX socket, or leave the key out".into(),
-                ))
-            }
-            Some(p) => Some(p.into()),
-        },
-        access_log: {
-            let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-            super::access_log::validate(raw.access_log, &names).map_err(|(k, m)| invalid(k, m))?
-        },
+        upgrade_socket,
+        access_log,
         listeners,
         target_groups,
     })
 }
 
-/// Records `name` (of a `what`, at `index`) and refuses it when empty or seen before.
+/// Records `name` (of a `what`, at `index` of the list `list`) and refuses it when empty or
+/// seen before; the message then ends with the first one's key (`first at listeners[0].name`),
+/// which the loader turns into its file, line and column.
 fn unique_name(
     seen: &mut HashMap<String, usize>,
     name: &str,
     index: usize,
     what: &str,
+    list: &str,
 ) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
-    if seen.insert(name.to_string(), index).is_some() {
-        return Err(format!("duplicate {what} name `{name}`"));
+    match seen.entry(name.to_string()) {
+        std::collections::hash_map::Entry::Occupied(first) => Err(format!(
+            "duplicate {what} name `{name}`, first at {list}[{}].name",
+            first.get()
+        )),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(index);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -186,9 +204,11 @@ target_groups:
     #[test]
     fn parse_errors_name_file_key_and_line() {
         let e = err(&GOOD.replace("max_connections: 100", "max_conections: 100"));
-        assert!(e.contains("test.yaml"), "{e}");
-        assert!(e.contains("unknown field `max_conections`"), "{e}");
-        assert!(e.contains("line 9"), "{e}");
+        assert_eq!(
+            e,
+            "test.yaml:9:5: listeners[0].max_conections: unknown field `max_conections`: did \
+             you mean `max_connections`?"
+        );
         let e = err(&GOOD.replace("interval: 2s", "interval: 0s"));
         assert!(e.contains("target_groups[0].health_check.interval"), "{e}");
         assert!(e.contains("greater than zero"), "{e}");
@@ -206,7 +226,10 @@ target_groups:
         );
         assert!(err(&two).contains("listeners[1].name: duplicate listener name `pg`"));
         let e = err(&GOOD.replace("target_group: pg", "target_group: nope"));
-        assert!(e.contains("listeners[0].target_group"), "{e}");
+        assert!(
+            e.starts_with("test.yaml:8:19: listeners[0].target_group: "),
+            "{e}"
+        );
         let e = err(&GOOD.replace("protocol: tcp", "protocol: udp"));
         assert!(
             e.contains("listeners[0].max_connections: `max_connections` applies to tcp"),

@@ -1,0 +1,259 @@
+//! The loader end to end on text and on files in a temporary directory: every error at once,
+//! each placed; `${VAR}`; `include:`; `bind: ":PORT"`.
+
+use std::path::Path;
+
+use super::*;
+
+/// Variables for the tests (the process environment is shared by every test thread).
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PG_PORT" => Some("5432".into()),
+        "WORKERS" => Some("3".into()),
+        "EMPTY" => Some(String::new()),
+        "NEWLINE" => Some("a\ntarget_groups: []".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with(Path::new("t.yaml"), text, &env)
+}
+
+/// Every problem's line.
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string().lines().map(str::to_string).collect(),
+    }
+}
+
+const ONE: &str = "\
+listeners:
+  - {name: pg, protocol: tcp, bind: '127.0.0.1:6432', target_group: pg}
+target_groups:
+  - name: pg
+    targets: [{address: '127.0.0.1:5432'}]
+";
+
+#[test]
+fn every_entry_with_an_error_is_reported_each_at_its_place() {
+    let text = "\
+workers: 0
+listeners:
+  - {name: a, protocol: tcp, bind: '127.0.0.1:1', target_group: pg, retires: 2}
+  - {name: b, protocol: tcp, bind: 'nowhere', target_group: pg}
+  - {name: c, protocol: tcp, bind: '127.0.0.1:3', target_group: pg}
+target_groups:
+  - name: pg
+    healthcheck: {}
+    targets: [{address: '127.0.0.1:5432'}]
+";
+    assert_eq!(
+        problems(text),
+        [
+            "t.yaml:1:10: workers: invalid value: integer `0`, expected a nonzero u32",
+            "t.yaml:3:69: listeners[0].retires: unknown field `retires`: did you mean `retries`?",
+            "t.yaml:4:36: listeners[1].bind: bad address `nowhere`: expected ip:port or host:port",
+            "t.yaml:8:5: target_groups[0].healthcheck: unknown field `healthcheck`: did you mean \
+             `health_check`?",
+        ]
+    );
+}
+
+#[test]
+fn whole_file_checks_report_every_finding_with_line_and_column() {
+    let text = "\
+listeners:
+  - {name: a, protocol: tcp, bind: '127.0.0.1:1', target_group: nope}
+  - {name: a, protocol: tcp, bind: '127.0.0.1:2', target_group: pg}
+  - name: c
+    protocol: udp
+    bind: '127.0.0.1:3'
+    target_group: pg
+    retries: 1
+target_groups:
+  - name: pg
+    targets: [{address: '127.0.0.1:5432'}]
+  - name: pg
+    targets: []
+";
+    assert_eq!(
+        problems(text),
+        [
+            "t.yaml:12:11: target_groups[1].name: duplicate target group name `pg`, first at \
+             t.yaml:10:11",
+            "t.yaml:2:65: listeners[0].target_group: listener `a` names target group `nope`, \
+             which is not defined",
+            "t.yaml:3:12: listeners[1].name: duplicate listener name `a`, first at t.yaml:2:12",
+            "t.yaml:8:14: listeners[2].retries: `retries` applies to tcp listeners only",
+        ]
+    );
+    assert_eq!(
+        problems("listeners: []\ntarget_groups: []\n"),
+        ["t.yaml:1:12: listeners: at least one listener is needed"]
+    );
+}
+
+#[test]
+fn syntax_errors_and_odd_files_are_one_problem_each() {
+    let p = problems("listeners: [\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("t.yaml:2:1: "), "{p:?}");
+    assert_eq!(
+        problems("# nothing\n"),
+        ["t.yaml:1:1: the file is empty: it needs `listeners` and `target_groups`"]
+    );
+    let p = problems("- a\n- b\n");
+    assert!(
+        p[0].starts_with("t.yaml:1:1: invalid type: sequence"),
+        "{p:?}"
+    );
+    let p = problems("listeners: 5\ntarget_groups: {}\n");
+    assert!(
+        p[0].starts_with("t.yaml:1:12: listeners: invalid type"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn variables_are_substituted_in_values() {
+    let text = format!(
+        "workers: ${{WORKERS}}\n{}",
+        ONE.replace("5432'", "${PG_PORT}'")
+            .replace("'127.0.0.1:6432'", "':${LISTEN:-6432}'")
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.workers, 3);
+    assert_eq!(c.listeners[0].bind, "0.0.0.0:6432".parse().unwrap());
+    assert_eq!(c.target_groups[0].targets[0].address.port(), 5432);
+    // Unset, empty, and a value that would be structure in the text: each an error at its place.
+    let text = ONE
+        .replace("name: pg, protocol", "name: '${NEWLINE}', protocol")
+        .replace("target_group: pg}", "target_group: '${NO_SUCH}'}")
+        .replace("'127.0.0.1:5432'", "'${EMPTY}'");
+    assert_eq!(
+        problems(&text),
+        [
+            "t.yaml:2:79: listeners[0].target_group: environment variable `NO_SUCH` is not set \
+             (write ${NO_SUCH:-default} for a default)",
+            "t.yaml:5:25: target_groups[0].targets[0].address: bad address ``: expected ip:port \
+             or host:port (after substituting `${EMPTY}`)",
+        ]
+    );
+}
+
+/// Writes `files` (name, text) into a new temporary directory.
+fn directory(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+fn load_in(dir: &tempfile::TempDir) -> Result<Config, ConfigError> {
+    let main = dir.path().join("ballast.yaml");
+    parse_with(&main, &std::fs::read_to_string(&main).unwrap(), &env)
+}
+
+const GROUP_A: &str = "target_groups:\n  - {name: a, targets: [{address: '127.0.0.1:1'}]}\n";
+const LISTENER_A: &str =
+    "listeners:\n  - {name: a, protocol: tcp, bind: '127.0.0.1:0', target_group: a}\n";
+
+#[test]
+fn included_files_are_merged_in_name_order() {
+    let main = format!("include: [conf.d/*.yaml, more.yaml, 'empty/*.yaml']\n{ONE}");
+    let dir = directory(&[
+        ("ballast.yaml", &main),
+        (
+            "conf.d/20-b.yaml",
+            "target_groups:\n  - {name: b, targets: [{address: '127.0.0.1:2'}]}\n",
+        ),
+        ("conf.d/10-a.yaml", &format!("{LISTENER_A}{GROUP_A}")),
+        ("conf.d/notes.txt", "not yaml: ["),
+        ("more.yaml", "# nothing yet\n"),
+        ("empty/.keep", ""),
+    ]);
+    let c = load_in(&dir).unwrap();
+    let names: Vec<_> = c.target_groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["pg", "a", "b"]);
+    assert_eq!(c.listeners[1].target_group, 1);
+    let files: Vec<_> = c
+        .included
+        .iter()
+        .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(files, ["conf.d/10-a.yaml", "conf.d/20-b.yaml", "more.yaml"]);
+    // An empty list includes nothing.
+    let dir = directory(&[("ballast.yaml", &format!("include: []\n{ONE}"))]);
+    assert!(load_in(&dir).unwrap().included.is_empty());
+}
+
+#[test]
+fn errors_in_included_files_name_that_file_and_duplicates_both_places() {
+    let main = format!("include: [conf.d/*.yaml]\n{ONE}");
+    let dir = directory(&[
+        ("ballast.yaml", &main),
+        (
+            "conf.d/a.yaml",
+            "listeners:\n  - {name: pg, protocol: tcp, bind: '127.0.0.1:0', target_group: zz}\n",
+        ),
+        (
+            "conf.d/b.yaml",
+            "workers: 2\ntarget_groups:\n  - {name: b, targts: []}\n",
+        ),
+        ("conf.d/c.yaml", "include: [x.yaml]\n"),
+    ]);
+    let e = load_in(&dir).unwrap_err().to_string();
+    let d = dir.path().display();
+    assert_eq!(
+        e.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{d}/conf.d/b.yaml:1:1: workers: unknown field `workers`, expected `listeners` \
+                 or `target_groups` (an included file holds only listeners and target groups)"
+            ),
+            format!(
+                "{d}/conf.d/b.yaml:3:15: target_groups[0].targts: unknown field `targts`: did \
+                 you mean `targets`?"
+            ),
+            format!(
+                "{d}/conf.d/c.yaml:1:10: include: includes do not nest: only the main file may \
+                 have `include`"
+            ),
+        ]
+    );
+    // With the parse errors fixed, the whole-file checks place theirs in the included file.
+    std::fs::remove_file(dir.path().join("conf.d/b.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("conf.d/c.yaml")).unwrap();
+    let e = load_in(&dir).unwrap_err().to_string();
+    assert_eq!(
+        e.lines().collect::<Vec<_>>(),
+        [format!(
+            "{d}/conf.d/a.yaml:2:12: listeners[0].name: duplicate listener name `pg`, first \
+                 at {d}/ballast.yaml:3:12"
+        ),]
+    );
+}
+
+#[test]
+fn bad_include_entries_are_reported_at_the_entry() {
+    let main = format!("include:\n  - conf.d\n  - missing.yaml\n  - 'nodir/*.yaml'\n{ONE}");
+    let dir = directory(&[("ballast.yaml", &main), ("conf.d/a.yaml", GROUP_A)]);
+    let e = load_in(&dir).unwrap_err().to_string();
+    let lines: Vec<_> = e.lines().collect();
+    assert_eq!(lines.len(), 3, "{e}");
+    assert!(lines[0].contains("ballast.yaml:2:5: include[0]: "), "{e}");
+    assert!(lines[0].contains("is a directory"), "{e}");
+    assert!(
+        lines[1].contains("ballast.yaml:3:5: include[1]: cannot read"),
+        "{e}"
+    );
+    assert!(
+        lines[2].contains("ballast.yaml:4:5: include[2]: cannot read directory"),
+        "{e}"
+    );
+}
