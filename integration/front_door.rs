@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ballast::proxy_protocol::{parse, parse_datagram, Parsed};
 use common::*;
@@ -355,6 +356,29 @@ fn untrusted_malformed_and_slow_headers_are_refused_and_counted() {
             && refused(admin, "proxy_timeout") == 1.0
     });
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Each part of the preamble has its own time: the PROXY header its `timeout` from the
+/// accept, the ClientHello its `client_hello_timeout` from the header's end (the two used to
+/// be summed into one deadline, so a half header was held for both).
+#[test]
+fn the_proxy_header_and_the_client_hello_each_have_their_own_timeout() {
+    let extra = "    accept_proxy_protocol: {trusted: [127.0.0.1/32], timeout: 300ms}\n    \
+                 routes: [{server_name: a.test, target_group: g}]\n    client_hello_timeout: 4s\n";
+    let (lb, _target, _served) = behind(extra, proxy_reader());
+    let (addr, admin) = (lb.addr("l"), lb.admin_addr());
+    let mut slow = client(addr);
+    let started = Instant::now();
+    slow.write_all(b"PROXY TCP4 ").unwrap();
+    let mut buf = [0u8; 8];
+    let ended = slow.read(&mut buf);
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a half header held {:?} (timeout 300ms; the ClientHello's 4s must not add to it)",
+        started.elapsed()
+    );
+    wait_until("counted", || refused(admin, "proxy_timeout") == 1.0);
 }
 
 #[test]

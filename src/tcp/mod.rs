@@ -2,7 +2,7 @@
 //! two directions.
 //!
 //! ```text
-//!                 Preamble { read, postgres, tls, front_door_passed }
+//!                 Preamble { read, postgres, tls, front_door_passed (when) }
 //!   accept ──▶   (PROXY header, SSLRequest, TLS handshake or ClientHello)
 //!                    │ Step::Done: start_connecting          ╲ Refused, ClientGone,
 //!                    ▼                                        ╲ HandshakeFailed, Expired
@@ -203,7 +203,10 @@ impl Event {
 /// The timeouts a connection's stages wait by (its listener's, from the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timeouts {
-    /// The whole preamble (PROXY header, ClientHello, TLS handshake).
+    /// The PROXY header, from the accept (listeners with `accept_proxy_protocol`).
+    pub header: Option<Duration>,
+    /// The rest of the preamble (ClientHello, TLS handshake, SSLRequest): from the PROXY
+    /// header's end on a listener that reads one, else from the accept.
     pub preamble: Duration,
     /// Each connect attempt, including the target's preamble.
     pub connect: Duration,
@@ -215,7 +218,10 @@ impl Timeouts {
     /// The earliest of the three: the first timer of a new connection, which must never be
     /// later than its stage's deadline (entries only move later).
     pub(crate) fn first(&self) -> Duration {
-        self.preamble.min(self.connect).min(self.idle)
+        self.header
+            .unwrap_or(self.preamble)
+            .min(self.connect)
+            .min(self.idle)
     }
 }
 
@@ -468,12 +474,17 @@ impl<S: Socket> Connection<S> {
         None
     }
 
-    /// When the stage's wait is over: the preamble's timeout from the accept, the connect
+    /// When the stage's wait is over: the PROXY header's timeout from the accept, then the
+    /// rest of the preamble's from the header's end (from the accept without one), the connect
     /// timeout from the attempt's start, the idle timeout from the last byte moved, a
     /// `Closing` connection's next check. `None` between stages.
     pub(crate) fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
         match &self.stage {
-            Stage::Preamble(_) => Some(self.started + timeouts.preamble),
+            Stage::Preamble(p) => Some(match (timeouts.header, p.front_door_passed) {
+                (Some(header), None) => self.started + header,
+                (Some(_), Some(passed)) => passed + timeouts.preamble,
+                (None, _) => self.started + timeouts.preamble,
+            }),
             Stage::Connecting(a) | Stage::TargetPreamble(a) => {
                 a.current.as_ref().map(|c| c.started + timeouts.connect)
             }
@@ -504,7 +515,8 @@ mod size_tests {
                 size_of::<Flow<TcpStream>>(),
                 184,
             ),
-            ("Preamble (boxed)", size_of::<Preamble>(), 40),
+            // Boxed, only until the preamble is over: +16 for when the front door passed.
+            ("Preamble (boxed)", size_of::<Preamble>(), 56),
             // Boxed and only while connecting: +16 for the first attempt's start (connect_ms).
             ("Attempts (boxed)", size_of::<Attempts<TcpStream>>(), 184),
             ("Closing (boxed)", size_of::<Closing>(), 32),

@@ -27,9 +27,11 @@ pub(crate) struct Preamble {
     /// A `protocol: tls` listener's handshake with the client, in progress. Once over, the
     /// session moves into the client endpoint's transport.
     pub tls: Option<Box<rustls::Connection>>,
-    /// The front door's checks are done (PROXY header read, access rules and per-source
-    /// limits passed): later calls of the preamble go on from there.
-    pub front_door_passed: bool,
+    /// When the front door's checks were done (PROXY header read, access rules and
+    /// per-source limits passed): later calls of the preamble go on from there, and the
+    /// ClientHello's or handshake's timeout runs from then on a listener that reads a PROXY
+    /// header.
+    pub front_door_passed: Option<Instant>,
 }
 
 /// How reading a ClientHello went.
@@ -224,7 +226,7 @@ impl<S: Socket> Connection<S> {
             return Step::Wait;
         };
         let front = &mut self.front;
-        if !p.front_door_passed {
+        if p.front_door_passed.is_none() {
             if config.accept_proxy.is_some() {
                 match read_proxy_header(p, front) {
                     HeaderRead::Wait => return Step::Wait,
@@ -249,7 +251,7 @@ impl<S: Socket> Connection<S> {
                 }
             }
             if let Stage::Preamble(p) = &mut self.stage {
-                p.front_door_passed = true;
+                p.front_door_passed = Some(now);
             }
         }
         let Stage::Preamble(p) = &mut self.stage else {
@@ -324,7 +326,7 @@ impl<S: Socket> Connection<S> {
         let Stage::Preamble(p) = &self.stage else {
             return Expiry::Close;
         };
-        match (&config.sni, p.front_door_passed) {
+        match (&config.sni, p.front_door_passed.is_some()) {
             (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
             (_, true) if config.tls.is_some() => Expiry::HandshakeTimeout,
             (Some(sni), true) if sni.otherwise == NoServerName::Default => Expiry::DefaultRoute,

@@ -416,9 +416,9 @@ fn of(event: &Event) -> crate::tcp::Event {
     }
 }
 
-/// The timeouts of listener `config`'s connections. The preamble's: the PROXY header's
-/// timeout and the ClientHello's (a `tls` listener's handshake timeout), as configured;
-/// `connect_timeout` when neither is.
+/// The timeouts of listener `config`'s connections. The PROXY header's (from the accept),
+/// then the ClientHello's (a `tls` listener's handshake timeout) from the header's end,
+/// each as configured; `connect_timeout` for a preamble with neither.
 pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
     let proxy = config.accept_proxy.as_ref().map(|a| a.timeout);
     // A TLS listener's handshake timeout covers the ClientHello (and the SSLRequest).
@@ -426,12 +426,9 @@ pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
         Some(tls) => Some(tls.handshake_timeout),
         None => config.sni.as_ref().map(|s| s.timeout),
     };
-    let preamble = match (proxy, hello) {
-        (None, None) => config.connect_timeout,
-        (p, h) => p.unwrap_or_default() + h.unwrap_or_default(),
-    };
     Timeouts {
-        preamble,
+        header: proxy,
+        preamble: hello.unwrap_or(config.connect_timeout),
         connect: config.connect_timeout,
         idle: config.idle_timeout,
     }

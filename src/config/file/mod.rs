@@ -130,7 +130,8 @@ pub struct FileListener {
     pub per_source: Option<FilePerSource>,
     /// Optional, tcp only: SNI routing without termination (below).
     pub routes: Option<Vec<FileRoute>>,
-    /// With routes, default 3s: the ClientHello must arrive by then.
+    /// With routes, default 3s: the ClientHello must arrive by then (from the PROXY header's
+    /// end when one is read, else from the accept).
     pub client_hello_timeout: Option<PositiveDuration>,
     /// With routes: default (to target_group) | close (reset).
     pub without_server_name: Option<super::NoServerName>,
@@ -195,7 +196,8 @@ pub struct FilePerSource {
 pub struct FileAcceptProxy {
     /// Required: the only peers allowed to send one (others are reset).
     pub trusted: Vec<Cidr>,
-    /// Optional, default 3s: the whole header must arrive within it.
+    /// Optional, default 3s: the whole header must arrive within it of the accept (a
+    /// ClientHello or TLS handshake after it has its own timeout).
     pub timeout: Option<PositiveDuration>,
 }
 
@@ -242,7 +244,8 @@ pub struct FileTls {
     pub min_version: Option<VersionText>,
     /// Optional: ALPN protocols offered, in order of preference.
     pub alpn: Option<Vec<String>>,
-    /// Optional, default 10s: from accept to a finished handshake.
+    /// Optional, default 10s: from accept (from the PROXY header's end with
+    /// accept_proxy_protocol) to a finished handshake.
     pub handshake_timeout: Option<PositiveDuration>,
     /// Optional, default true: resumption by tickets (valid on every worker).
     pub session_tickets: Option<bool>,

@@ -139,6 +139,7 @@ impl Run {
             _ => Forwarding::Auto,
         };
         let timeouts = Timeouts {
+            header: None,
             preamble: Duration::from_secs(5),
             connect: Duration::from_secs(5),
             idle: Duration::from_millis(200 + rng.below(3000) as u64),
