@@ -768,3 +768,34 @@ fn included_files_are_checked_and_named_in_errors() {
         "{stderr}"
     );
 }
+
+/// A group only UDP listeners use, left with the default check (a TCP connect), would mark a
+/// UDP-only server unhealthy: `check` warns, and says what to set; a group given a check of
+/// its own, or also used by a TCP listener, gets no warning.
+#[test]
+fn check_warns_of_a_udp_group_left_with_the_tcp_check() {
+    let udp =
+        "listeners:\n  - {name: dns, protocol: udp, bind: '127.0.0.1:0', target_group: dns}\n\
+               target_groups:\n  - name: dns\n    targets: [{address: '127.0.0.1:5353'}]\n";
+    let (out, stderr, _) = ballast(&["check"], udp);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: target group dns serves UDP listeners only but checks its \
+                         targets with TCP connects"
+        ) && stderr.contains("protocol: udp"),
+        "{stderr}"
+    );
+    let checked = udp.replace(
+        "    targets:",
+        "    health_check: {protocol: udp, send: ping}\n    targets:",
+    );
+    let (_, stderr, _) = ballast(&["check"], &checked);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let also_tcp = udp.replace(
+        "target_groups:",
+        "  - {name: t, protocol: tcp, bind: '127.0.0.1:0', target_group: dns}\ntarget_groups:",
+    );
+    let (_, stderr, _) = ballast(&["check"], &also_tcp);
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -197,6 +197,9 @@ pub fn start(config: Config) -> Result<Running, RunError> {
 /// As [`start`], and [`RunError::UpgradeSocket`] when `upgrade_socket` cannot be served.
 pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, RunError> {
     check_descriptor_limit(&config);
+    for advice in crate::config::advice(&config) {
+        log::warn!("{advice}");
+    }
     match (&given, &config.upgrade_socket) {
         (Sockets::Upgrade(i), _) => fit_workers(&mut config, i),
         (_, Some(path)) => Offer::check_free(path).map_err(|source| RunError::UpgradeSocket {

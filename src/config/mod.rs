@@ -239,6 +239,37 @@ impl std::fmt::Display for Readiness {
     }
 }
 
+/// What a valid configuration may still get wrong, in words (`check` prints each as a warning,
+/// `run` logs it at start): a target group that only UDP listeners use, left with the default
+/// health check, checks its targets with TCP connects, which a UDP-only server fails (every
+/// target then unhealthy, traffic sent to all of them, and the node unready when it has no
+/// other group).
+pub fn advice(c: &Config) -> Vec<String> {
+    let mut said = Vec::new();
+    for (i, g) in c.target_groups.iter().enumerate() {
+        let users: Vec<&ListenerConfig> = c
+            .listeners
+            .iter()
+            .filter(|l| {
+                l.target_group == i
+                    || l.sni
+                        .as_ref()
+                        .is_some_and(|s| s.routes.iter().any(|r| r.target_group == i))
+            })
+            .collect();
+        let udp_only = !users.is_empty() && users.iter().all(|l| l.protocol == Protocol::Udp);
+        if udp_only && !g.health_check_given {
+            said.push(format!(
+                "target group {} serves UDP listeners only but checks its targets with TCP \
+                 connects (no health_check given): a UDP-only server fails them; set \
+                 health_check: {{protocol: udp, send: …, expect: …}}",
+                g.name
+            ));
+        }
+    }
+    said
+}
+
 /// One validated listener.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -555,6 +586,8 @@ pub struct TargetGroupConfig {
     pub target_tls: Option<TargetTls>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
+    /// Whether the file set `health_check:` (else the defaults: a TCP connect every 2 s).
+    pub health_check_given: bool,
     /// At least one target.
     pub targets: Vec<TargetConfig>,
 }

@@ -1,6 +1,7 @@
 //! `ballast check`'s plan: what `run` would start for a valid configuration, printed on
 //! standard output (listeners, target groups, their checks and limits), with a warning on
-//! standard error for each certificate that has expired or expires within 14 days.
+//! standard error for each certificate that has expired or expires within 14 days, and for
+//! what [`super::advice`] finds.
 
 use std::io::Write;
 
@@ -12,6 +13,9 @@ use super::{
 
 /// Prints the plan of `c` on standard output (see the module's doc).
 pub fn print(c: &Config) {
+    for advice in super::advice(c) {
+        eprintln!("warning: {advice}");
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "config {} is valid", c.path.display());
     for file in &c.included {

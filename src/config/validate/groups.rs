@@ -115,6 +115,7 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
         });
     }
     let check_sends = g.health_check.as_ref().and_then(|h| h.proxy_protocol);
+    let health_check_given = g.health_check.is_some();
     let mut health_check = health_check(key, g.health_check)?;
     health_check.proxy_protocol = match (g.proxy_protocol, check_sends) {
         (Some(v), None | Some(true)) => Some(v),
@@ -184,6 +185,7 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
             None => None,
         },
         health_check,
+        health_check_given,
         targets,
     };
     check_group(&group).map_err(|m| (format!("{key}.{}", m.0), m.1))?;
