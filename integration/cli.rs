@@ -357,3 +357,35 @@ fn a_weight_set_at_runtime_shifts_traffic_and_one_connection_can_be_ended() {
     let (status, _) = http(admin, "DELETE", "/connections/nonsense", None, "");
     assert_eq!(status, 400);
 }
+
+/// `admin.unix` (or `upgrade_socket`) naming a file that is not a socket: `check` and `run`
+/// refuse, and the file is left as it was (a typo must not delete a config).
+#[test]
+fn a_unix_socket_path_holding_a_file_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let yaml = format!(
+        "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+        precious.display(),
+        config("round_robin", &[(dead_addr(), 1)], "", CHECKS)
+    );
+    let file = dir.path().join("b.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = ballast(&["check", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("exists and is not a socket"),
+        "{}",
+        stderr(&out)
+    );
+    let refused = run_refused(&yaml);
+    assert!(refused.contains("exists and is not a socket"), "{refused}");
+    let upgrade = format!(
+        "upgrade_socket: '{}'\n{}",
+        precious.display(),
+        config("round_robin", &[(dead_addr(), 1)], "", CHECKS)
+    );
+    run_refused(&upgrade);
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}

@@ -33,17 +33,14 @@ fn upgradable(target: SocketAddr, socket: &std::path::Path, listener_extra: &str
         )
 }
 
-/// Waits until `old` has handed its listeners over and stopped accepting: its `/node` says it
-/// is stopping (its admin API answers until its last connection ends; it tells the service
-/// manager nothing then, the new process having taken its place).
+/// Waits until `old` has handed its listeners over and stopped accepting: its admin API stops
+/// answering (the new process serves the API now, on the same address when it is fixed).
 #[track_caller]
 fn wait_handed_over(old: &Ballast) {
     let admin = old.admin_addr();
-    wait_state(
-        "the old process to stop after the handover",
-        WAIT,
-        || get_json(admin, "/node")["service"].clone(),
-        |service| *service == "stopping",
+    wait_until(
+        "the old process to hand over and close its admin API",
+        || try_http(admin, "GET", "/node", None, "").is_err(),
     );
 }
 
@@ -239,4 +236,64 @@ fn a_second_process_without_upgrade_from_is_refused_and_a_bad_socket_is_an_error
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+/// The packaged way: the admin API on a fixed address and a UNIX socket. The new process binds
+/// the same address beside the old one (SO_REUSEPORT) and its own socket at the same path;
+/// after the handover only the new one answers, on both; the old one's exit removes nothing of
+/// the new one's. A second process *without* `--upgrade-from` is refused the admin address.
+#[test]
+fn an_upgrade_takes_a_fixed_admin_address_and_unix_socket_over() {
+    let target = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let unix = dir.path().join("admin.sock");
+    let admin_port = stable_port();
+    let yaml = format!(
+        "admin: {{bind: '127.0.0.1:{admin_port}', unix: '{}'}}\n{}",
+        unix.display(),
+        upgradable(target.addr, &socket, "")
+    );
+    let mut old = Ballast::start(&yaml);
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    assert_eq!(get_json(admin, "/node")["pid"], old.pid());
+    // Not an upgrade (and listeners of its own): the admin address is another process's.
+    let port = old.addr("l").port();
+    let other = yaml
+        .replace(&format!("upgrade_socket: {}", socket.display()), "")
+        .replace(&format!("bind: 127.0.0.1:{port}"), "bind: 127.0.0.1:0");
+    let refused = run_refused(&other);
+    assert!(
+        refused.contains("admin API") && refused.contains("in use"),
+        "{refused}"
+    );
+
+    let new = Ballast::start_with_args(&yaml, &["--upgrade-from", socket.to_str().unwrap()]);
+    wait_until("the new process answers the admin address", || {
+        get_json(admin, "/node")["pid"] == new.pid()
+    });
+    // For a while: every answer is the new one's (the old one closed its side).
+    for _ in 0..20 {
+        assert_eq!(get_json(admin, "/node")["pid"], new.pid());
+    }
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args([
+            "node",
+            "status",
+            "--admin",
+            &format!("unix:{}", unix.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", stderr(&cli));
+    assert!(
+        old.wait_exit(Duration::from_secs(30)).is_some(),
+        "the old process exits"
+    );
+    assert!(
+        unix.exists(),
+        "the old process's exit left the new one's socket"
+    );
+    assert_eq!(get_json(admin, "/node")["pid"], new.pid());
+    round_trip(new.addr("l"), b"still served").unwrap();
 }

@@ -12,8 +12,10 @@
 //! 1. N sends `take\n`.
 //! 2. R asks each worker for duplicates of its listening sockets and sends a header (4-byte
 //!    big-endian length, then JSON: `{"pid", "listeners": [{"name", "protocol", "bind",
-//!    "interface", "sockets"}]}`), then the descriptors in that order, at most
-//!    64 per `sendmsg` (SCM_RIGHTS, one data byte each).
+//!    "interface", "sockets"}], "admin"}`), then the descriptors in that order, and last the
+//!    admin API's TCP socket when `admin` names its address, at most 64 per `sendmsg`
+//!    (SCM_RIGHTS, one data byte each). The admin API is handed over like a listener, so a
+//!    health check waiting in its backlog is answered by N, not reset.
 //! 3. N binds its configuration, using a handed-over socket wherever a listener has the same
 //!    protocol, address and interface (fresh sockets for the rest), starts, says READY (with
 //!    its `MAINPID`) and sends `taken\n`.
@@ -25,7 +27,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,6 +81,19 @@ struct Described {
 struct Header {
     pid: u32,
     listeners: Vec<Described>,
+    /// The admin API's TCP address, when its socket follows the listeners' (absent from an
+    /// older Ballast's header).
+    #[serde(default)]
+    admin: Option<SocketAddr>,
+}
+
+/// What the running side hands over: its listeners' sockets, and the admin API's.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Each listener and its sockets (one per worker).
+    pub(crate) listeners: Vec<(ListenerInfo, Vec<OwnedFd>)>,
+    /// The admin API's TCP socket and its address.
+    pub(crate) admin: Option<(SocketAddr, OwnedFd)>,
 }
 
 /// Listening sockets taken over from a running process, not yet used.
@@ -87,6 +102,7 @@ pub struct Inherited {
     /// The running process's id.
     pub pid: u32,
     listeners: Vec<(Described, Vec<OwnedFd>)>,
+    admin: Option<(SocketAddr, OwnedFd)>,
     connection: UnixStream,
     path: PathBuf,
 }
@@ -122,7 +138,8 @@ impl Inherited {
             .map_err(io_err("cut off in the header"))?;
         let header: Header =
             serde_json::from_slice(&header).map_err(|e| garbled(format!("bad header: {e}")))?;
-        let total: usize = header.listeners.iter().map(|l| l.sockets).sum();
+        let total: usize = header.listeners.iter().map(|l| l.sockets).sum::<usize>()
+            + usize::from(header.admin.is_some());
         let mut fds = Vec::with_capacity(total);
         while fds.len() < total {
             let got = recv_fds(&c, FDS_PER_MESSAGE).map_err(io_err("cannot receive sockets"))?;
@@ -134,6 +151,10 @@ impl Inherited {
             }
             fds.extend(got);
         }
+        let admin = match header.admin {
+            Some(addr) => fds.pop().map(|fd| (addr, fd)),
+            None => None,
+        };
         let mut fds = fds.into_iter();
         let listeners = header
             .listeners
@@ -146,6 +167,7 @@ impl Inherited {
         Ok(Inherited {
             pid: header.pid,
             listeners,
+            admin,
             connection: c,
             path: path.to_path_buf(),
         })
@@ -180,6 +202,17 @@ impl Inherited {
             return Vec::new();
         };
         std::mem::take(fds)
+    }
+
+    /// The admin API's TCP socket handed over, if its address is `bind` (taken once).
+    pub(crate) fn admin_socket(&mut self, bind: SocketAddr) -> Option<OwnedFd> {
+        match self.admin.take() {
+            Some((addr, fd)) if addr == bind => Some(fd),
+            other => {
+                self.admin = other;
+                None
+            }
+        }
     }
 
     /// Step 3's end: tells the running process this one serves now, so it stops accepting.
@@ -249,18 +282,14 @@ impl Offer {
     /// When `path` cannot be bound.
     pub(crate) fn serve(
         path: &Path,
-        share: impl Fn() -> Vec<(ListenerInfo, Vec<OwnedFd>)> + Send + 'static,
+        share: impl Fn() -> Shared + Send + 'static,
         taken: impl FnOnce() + Send + 'static,
         failed: impl Fn() + Send + 'static,
     ) -> io::Result<Offer> {
-        let _ = std::fs::remove_file(path);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let inode = std::fs::metadata(path)?.ino();
+        let (listener, inode) = crate::net::bind_unix_socket(path)?;
         std::thread::Builder::new()
             .name("ballast-upgrade".into())
             .spawn(move || {
@@ -294,10 +323,7 @@ impl Offer {
 
     /// Removes the socket file, unless a new process has bound its own there meanwhile.
     pub(crate) fn remove(&self) {
-        use std::os::unix::fs::MetadataExt;
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        crate::net::remove_unix_socket(&self.path, self.inode);
     }
 }
 
@@ -311,10 +337,7 @@ pub(crate) struct ListenerInfo {
 }
 
 /// Step 2 and 4 on one connection: `Ok(true)` once the new process has said `taken`.
-fn offer(
-    mut c: UnixStream,
-    share: &impl Fn() -> Vec<(ListenerInfo, Vec<OwnedFd>)>,
-) -> io::Result<bool> {
+fn offer(mut c: UnixStream, share: &impl Fn() -> Shared) -> io::Result<bool> {
     c.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
     c.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
     let mut ask = [0u8; 5];
@@ -322,7 +345,7 @@ fn offer(
     if &ask != b"take\n" {
         return Ok(false);
     }
-    let listeners = share();
+    let Shared { listeners, admin } = share();
     let header = Header {
         pid: std::process::id(),
         listeners: listeners
@@ -335,6 +358,7 @@ fn offer(
                 sockets: fds.len(),
             })
             .collect(),
+        admin: admin.as_ref().map(|(addr, _)| *addr),
     };
     let header = serde_json::to_vec(&header).map_err(io::Error::other)?;
     c.write_all(&(header.len() as u32).to_be_bytes())?;
@@ -342,6 +366,7 @@ fn offer(
     let fds: Vec<RawFd> = listeners
         .iter()
         .flat_map(|(_, fds)| fds.iter().map(AsRawFd::as_raw_fd))
+        .chain(admin.as_ref().map(|(_, fd)| fd.as_raw_fd()))
         .collect();
     for chunk in fds.chunks(FDS_PER_MESSAGE) {
         send_fds(&c, chunk)?;
@@ -354,6 +379,7 @@ fn offer(
     );
     // Our duplicates close here; the new process holds its own.
     drop(listeners);
+    drop(admin);
     c.set_read_timeout(Some(TAKEN_TIMEOUT))?;
     let mut said = [0u8; 6];
     match c.read_exact(&mut said) {

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -208,4 +209,50 @@ pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::U
     let _ = socket.set_recv_buffer_size(UDP_BUFFER);
     socket.connect(&target.into())?;
     Ok(socket.into())
+}
+
+/// A UNIX listening socket at `path`, mode 0600 from the moment it has that name (bound under
+/// a temporary name in the same directory, restricted, then renamed over `path`), and its
+/// inode (for [`remove_unix_socket`]). A socket file already at `path` (a stale one, or a
+/// running Ballast's during an upgrade) is replaced; anything else there is left alone.
+///
+/// # Errors
+/// `AlreadyExists` when `path` holds something other than a socket (a typo must not delete a
+/// file); otherwise the bind's, chmod's or rename's error.
+pub(crate) fn bind_unix_socket(path: &Path) -> io::Result<(std::os::unix::net::UnixListener, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket: refusing to replace it",
+                    path.display()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = std::os::unix::net::UnixListener::bind(&temporary)?;
+    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    let inode = std::fs::metadata(path)?.ino();
+    Ok((listener, inode))
+}
+
+/// Removes the UNIX socket at `path` if it is still the one with `inode` (not one another
+/// process bound there since, as a new Ballast taking over does).
+pub(crate) fn remove_unix_socket(path: &Path, inode: u64) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == inode) {
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -111,6 +111,13 @@ fn writable_file(key: &str, path: &Path) -> Finding {
 /// not exist yet is not a failure: a service manager makes it at start (systemd's
 /// `RuntimeDirectory=` makes /run/ballast, and removes it at stop).
 fn socket_directory(key: &str, path: &Path) -> Finding {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
+        return Finding::Fails(format!(
+            "{key} {}: exists and is not a socket (run refuses to replace it)",
+            path.display()
+        ));
+    }
     let dir = parent(path);
     if !dir.exists() {
         return Finding::NotProbed(format!(
@@ -191,6 +198,10 @@ mod tests {
             socket_directory("admin.unix", &file_in_it),
             Finding::Ok(_)
         ));
+        // A file where the socket would go: never replaced.
+        assert!(
+            matches!(socket_directory("admin.unix", &file), Finding::Fails(m) if m.contains("not a socket"))
+        );
         // A file where the directory should be.
         let under_file = file.join("x.sock");
         assert!(

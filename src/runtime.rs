@@ -23,7 +23,7 @@ use crate::bind::{bind_all, BindError, Spares};
 use crate::config::{descriptors_needed, open_file_limit, AcceptSteering, Config};
 use crate::control::Control;
 use crate::generation::Generation;
-use crate::handover::{fit_workers, HandoverError, Inherited, Offer};
+use crate::handover::{fit_workers, HandoverError, Inherited, Offer, Shared};
 use crate::health::Prober;
 use crate::steering::Steering;
 use crate::supervise::{
@@ -209,6 +209,10 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         })?,
         (_, None) => {}
     }
+    let admin_socket = match &mut given {
+        Sockets::Upgrade(i) => i.admin_socket(config.admin.bind),
+        _ => None,
+    };
     let sockets = bind_all(&mut config, &mut given)?;
     let spares = Spares::keep(&config, &sockets).map_err(RunError::io(
         "cannot keep copies of the service manager's sockets",
@@ -241,11 +245,12 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
     }
     let links = built.iter().map(|(_, link)| link.clone()).collect();
     let control = Control::with_steering(generation.clone(), links, steering);
-    let admin = Admin::start(control.clone()).map_err(|source| RunError::AdminBind {
-        addr: generation.config.admin.bind,
-        config: generation.config.path.display().to_string(),
-        source,
-    })?;
+    let admin =
+        Admin::start(control.clone(), admin_socket).map_err(|source| RunError::AdminBind {
+            addr: generation.config.admin.bind,
+            config: generation.config.path.display().to_string(),
+            source,
+        })?;
     let prober = Prober::start(control.clone()).map_err(RunError::io("cannot start the prober"))?;
     crate::cert_watch::start(&control)
         .map_err(RunError::io("cannot start the certificate watcher"))?;
@@ -294,9 +299,23 @@ impl Running {
         };
         let (control, rejoin) = (self.control.clone(), self.control.clone());
         let events = self.events_tx.clone();
+        let admin = self.admin.as_ref().and_then(|a| match a.share() {
+            Ok(shared) => Some(shared),
+            Err(e) => {
+                log::warn!("upgrade: the admin API's socket cannot be shared ({e}): a new process binds its own");
+                None
+            }
+        });
         Offer::serve(
             path,
-            move || control.share_sockets(),
+            move || Shared {
+                listeners: control.share_sockets(),
+                admin: admin.as_ref().and_then(|(addr, l)| {
+                    l.try_clone()
+                        .ok()
+                        .map(|l| (*addr, std::os::fd::OwnedFd::from(l)))
+                }),
+            },
             move || {
                 let _ = events.send(Event::HandedOver);
             },
@@ -399,6 +418,11 @@ impl Running {
                         humantime::format_duration(self.generation().config.shutdown_timeout)
                     );
                     self.handed_over = true;
+                    // The new process serves the admin API now (on the same TCP address, and
+                    // its own UNIX socket at the same path): this one stops answering.
+                    if let Some(a) = self.admin.take() {
+                        a.stop();
+                    }
                     return Ok(());
                 }
                 Event::WorkerExited { id, crashed: true } => self.restart_worker(id),

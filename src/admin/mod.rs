@@ -82,14 +82,18 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    /// Binds the current configuration's `admin.bind` (and `admin.unix`, if set) and serves
+    /// Serves the current configuration's `admin.bind` (on `inherited`, the socket a running
+    /// Ballast handed over for that address, or a socket bound now) and `admin.unix`, if set,
     /// on a new thread.
     ///
     /// # Errors
     /// When an address cannot be bound or the thread cannot start.
-    pub(crate) fn start(control: Arc<Control>) -> io::Result<Admin> {
+    pub(crate) fn start(
+        control: Arc<Control>,
+        inherited: Option<std::os::fd::OwnedFd>,
+    ) -> io::Result<Admin> {
         let admin = control.generation().config.admin.clone();
-        let server = server::Server::start(control, admin.bind, admin.unix.as_deref())?;
+        let server = server::Server::start(control, admin.bind, admin.unix.as_deref(), inherited)?;
         log::info!("admin API on http://{}", server.addr());
         if let Some(path) = &admin.unix {
             log::info!("admin API on unix:{}", path.display());
@@ -100,6 +104,14 @@ impl Admin {
     /// Where the API listens (TCP).
     pub(crate) fn addr(&self) -> SocketAddr {
         self.server.addr()
+    }
+
+    /// The TCP socket and its address, duplicated for a new process taking over.
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
+    pub(crate) fn share(&self) -> io::Result<(SocketAddr, std::net::TcpListener)> {
+        Ok((self.server.addr(), self.server.share()?))
     }
 
     /// Stops serving and waits for the thread.

@@ -75,32 +75,46 @@ pub(crate) struct Server {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
-    unix: Option<PathBuf>,
+    /// The UNIX socket's path and inode (removed at stop only if still this one).
+    unix: Option<(PathBuf, u64)>,
+    /// A duplicate of the TCP socket, to hand over to a new process (an upgrade).
+    handover: std::net::TcpListener,
 }
 
 impl Server {
-    /// Binds `bind` (and `unix`, mode 0600, replacing a stale file) and serves on a new thread.
+    /// Serves on a new thread: on `inherited` (the TCP socket a running Ballast handed over,
+    /// [`crate::handover`]) or else a socket bound to `bind`, and on `unix` (mode 0600,
+    /// replacing a socket file there, never another kind of file).
     ///
     /// # Errors
-    /// When an address cannot be bound or the thread cannot start.
+    /// When an address cannot be bound, the UNIX path holds something other than a socket,
+    /// or the thread cannot start.
     pub(crate) fn start(
         control: Arc<Control>,
         bind: SocketAddr,
         unix: Option<&Path>,
+        inherited: Option<std::os::fd::OwnedFd>,
     ) -> io::Result<Server> {
-        let tcp = listen(bind)?;
+        let tcp = match inherited {
+            Some(fd) => {
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true)?;
+                l
+            }
+            None => listen(bind)?,
+        };
         let addr = tcp.local_addr()?;
+        let handover = tcp.try_clone()?;
         let unix_listener = match unix {
             None => None,
             Some(path) => {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::remove_file(path);
-                let l = std::os::unix::net::UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                let (l, inode) = crate::net::bind_unix_socket(path)?;
                 l.set_nonblocking(true)?;
-                Some(l)
+                Some((l, inode))
             }
         };
+        let unix_socket = unix_listener.as_ref().map(|(_, inode)| *inode);
+        let unix_listener = unix_listener.map(|(l, _)| l);
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("ballast-admin".into())
@@ -118,7 +132,8 @@ impl Server {
             addr,
             stop,
             thread: Some(thread),
-            unix: unix.map(Path::to_path_buf),
+            unix: unix.map(Path::to_path_buf).zip(unix_socket),
+            handover,
         })
     }
 
@@ -127,14 +142,22 @@ impl Server {
         self.addr
     }
 
+    /// Another duplicate of the TCP socket, for a handover.
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
+    pub(crate) fn share(&self) -> io::Result<std::net::TcpListener> {
+        self.handover.try_clone()
+    }
+
     /// Stops accepting, ends the connections, waits for the thread; removes the UNIX socket.
     pub(crate) fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Some(path) = &self.unix {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, inode)) = &self.unix {
+            crate::net::remove_unix_socket(path, *inode);
         }
     }
 }
