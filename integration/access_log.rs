@@ -269,3 +269,60 @@ fn an_unreachable_syslog_socket_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// A syslog daemon that stops reading never holds Ballast: forwarding goes on, lines are
+/// dropped and counted, and SIGTERM still stops it at once. A daemon restarted on the same
+/// socket gets lines again without a SIGUSR1.
+#[test]
+fn a_syslog_daemon_that_stalls_or_restarts_never_holds_ballast() {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("log.sock");
+    let stalled = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    let mut lb = two_listeners(
+        &format!(
+            "{{to: syslog, syslog: {{address: '{}'}}}}",
+            socket.display()
+        ),
+        &echo,
+    );
+    // The kernel queues a handful of datagrams for a reader that never reads.
+    for i in 0..200 {
+        round_trip(lb.addr("a"), i);
+    }
+    let admin = lb.admin_addr();
+    wait_metric(
+        admin,
+        "ballast_access_log_dropped_lines_total",
+        &[],
+        WAIT,
+        |v| v > 0.0,
+    );
+    // The daemon restarts: a new socket at the same path. Lines reach it again.
+    drop(stalled);
+    std::fs::remove_file(&socket).unwrap();
+    let fresh = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut i = 0;
+    wait_until("a line at the restarted daemon", || {
+        round_trip(lb.addr("b"), i);
+        i += 1;
+        fresh.recv(&mut buf).is_ok()
+    });
+    assert!(String::from_utf8_lossy(&buf).contains("listener=b"));
+    // A stalled daemon again, then SIGTERM: the process ends promptly.
+    for i in 0..100 {
+        round_trip(lb.addr("a"), i);
+    }
+    let asked = Instant::now();
+    lb.terminate();
+    assert!(lb.wait_exit(WAIT).is_some(), "still running after SIGTERM");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+}

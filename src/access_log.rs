@@ -44,6 +44,10 @@ pub(crate) const QUEUE: usize = 1024;
 pub(crate) static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 /// How often the writer reports dropped lines, at most.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How often the writer tries to reach a syslog daemon that went away, at most.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+/// Longest write to a syslog daemon over a stream socket.
+const SYSLOG_WRITE: Duration = Duration::from_secs(1);
 
 pub(crate) use crate::config::AccessLogSink as Sink;
 use crate::config::{AccessLogConfig, LogFormat, SyslogAddress};
@@ -248,21 +252,35 @@ impl Output {
         })
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes the buffer's lines; on failure, how many of them were lost, and why.
+    fn write_lines(&mut self, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+        let lines = || bytes.iter().filter(|&&b| b == b'\n').count();
         match self {
-            Output::Stderr => io::stderr().lock().write_all(bytes),
-            Output::File(f) => f.write_all(bytes),
-            // One RFC 5424 message (one datagram) per line; the first failure stops the rest
-            // of the buffer, which is counted as dropped.
-            Output::Syslog(logger) => bytes
-                .split(|&b| b == b'\n')
-                .filter(|line| !line.is_empty())
-                .try_for_each(|line| {
+            Output::Stderr => io::stderr()
+                .lock()
+                .write_all(bytes)
+                .map_err(|e| (lines(), e)),
+            Output::File(f) => f.write_all(bytes).map_err(|e| (lines(), e)),
+            // One RFC 5424 message per line. The socket never blocks (a daemon that stops
+            // reading must not hold the writer, nor the stop that waits for it): the first
+            // failure loses the rest of the buffer, counted.
+            Output::Syslog(logger) => {
+                let all: Vec<&[u8]> = bytes
+                    .split(|&b| b == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .collect();
+                for (i, line) in all.iter().enumerate() {
                     let text = String::from_utf8_lossy(line);
-                    logger
-                        .info((0u32, std::collections::BTreeMap::new(), text))
-                        .map_err(|e| io::Error::other(e.to_string()))
-                }),
+                    if let Err(e) = logger.info((0u32, std::collections::BTreeMap::new(), text)) {
+                        let e = match e {
+                            syslog::Error::Io(e) | syslog::Error::Write(e) => e,
+                            other => io::Error::other(other.to_string()),
+                        };
+                        return Err((all.len() - i, e));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -291,7 +309,19 @@ fn syslog_logger(
             syslog::udp(formatter, local, *server)
         }
     };
-    connected.map_err(|e| io::Error::other(format!("syslog {}: {e}", target.address)))
+    let logger =
+        connected.map_err(|e| io::Error::other(format!("syslog {}: {e}", target.address)))?;
+    // Never block on the daemon: datagrams are dropped (and counted) when its queue is full;
+    // a stream is given a second per write.
+    match &logger.backend {
+        syslog::LoggerBackend::Unix(s) => s.set_nonblocking(true)?,
+        syslog::LoggerBackend::Udp(s, _) => s.set_nonblocking(true)?,
+        syslog::LoggerBackend::UnixStream(s) => {
+            s.get_ref().set_write_timeout(Some(SYSLOG_WRITE))?
+        }
+        syslog::LoggerBackend::Tcp(s) => s.get_ref().set_write_timeout(Some(SYSLOG_WRITE))?,
+    }
+    Ok(logger)
 }
 
 /// The writer thread: writes each buffer, reopens the file when asked, reports drops. Ends
@@ -306,7 +336,21 @@ fn write_loop(
     let mut reported = 0u64;
     let mut last_report: Option<Instant> = None;
     let mut write_errors = 0u64;
+    // A syslog daemon that went away (restarted, its socket replaced): connect again, at most
+    // once per RECONNECT_EVERY, instead of failing every line until a SIGUSR1.
+    let mut reconnect_at: Option<Instant> = None;
     for mut buf in lines.iter() {
+        if reconnect_at.is_some_and(|t| Instant::now() >= t) {
+            match Output::open(sink) {
+                Ok(Some(o)) => {
+                    out = o;
+                    reconnect_at = None;
+                    log::info!("access log: connected to {sink} again");
+                }
+                Ok(None) => reconnect_at = None,
+                Err(_) => reconnect_at = Some(Instant::now() + RECONNECT_EVERY),
+            }
+        }
         if reopen.swap(false, Ordering::AcqRel) {
             match Output::open(sink) {
                 Ok(Some(o)) => {
@@ -320,12 +364,18 @@ fn write_loop(
             }
         }
         if !buf.is_empty() {
-            if let Err(e) = out.write_all(&buf) {
-                write_errors += 1;
-                let n = buf.iter().filter(|&&b| b == b'\n').count();
-                DROPPED_LINES.fetch_add(n as u64, Ordering::Relaxed);
-                if write_errors == 1 || write_errors.is_power_of_two() {
-                    log::warn!("access log: write failed ({write_errors} so far): {e}");
+            if let Err((lost, e)) = out.write_lines(&buf) {
+                DROPPED_LINES.fetch_add(lost as u64, Ordering::Relaxed);
+                // A full queue is the daemon being slow (counted, reported below); anything
+                // else is a write that failed.
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    write_errors += 1;
+                    if write_errors == 1 || write_errors.is_power_of_two() {
+                        log::warn!("access log: write failed ({write_errors} so far): {e}");
+                    }
+                    if matches!(sink, Sink::Syslog(_)) {
+                        reconnect_at.get_or_insert(Instant::now() + RECONNECT_EVERY);
+                    }
                 }
             }
         }
