@@ -180,6 +180,10 @@ fn the_cli_speaks_in_words_and_says_why_a_check_fails() {
     );
     let removed = run(&["remove", "g", "127.0.0.1:9"]);
     assert_eq!(removed, "removed 127.0.0.1:9 from g; it drains\n");
+    // An address that is a path stays one segment: no request reaches another endpoint.
+    let out = ballast(&["drain", "g", "x/../../../../node/drain?", "--admin", &admin], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(get_json(lb.admin_addr(), "/node")["service"], "serving");
 }
 
 /// `check` probes what `run` would fail on: an address another process serves (with

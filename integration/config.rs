@@ -799,3 +799,28 @@ fn check_warns_of_a_udp_group_left_with_the_tcp_check() {
     let (_, stderr, _) = ballast(&["check"], &also_tcp);
     assert!(!stderr.contains("warning"), "{stderr}");
 }
+
+/// Names go into log lines, metric labels, URL paths and terminals: a name with a newline,
+/// an escape, a space or a slash is refused with the key, not written into a forged log line.
+#[test]
+fn names_are_words_not_log_lines() {
+    for bad in [
+        "a b=c",
+        "x/y",
+        "a\\u001b[31m",
+        "fake\\ntcp listener=evil",
+        "../../node",
+    ] {
+        let yaml = GOOD.replace(
+            "  - name: pg\n    protocol",
+            &format!("  - name: \"{bad}\"\n    protocol"),
+        );
+        refused(&yaml, &["listeners[0].name", "letters, digits"]);
+    }
+    let long = "n".repeat(65);
+    let yaml = GOOD.replace(
+        "  - name: pg\n    protocol",
+        &format!("  - name: {long}\n    protocol"),
+    );
+    refused(&yaml, &["listeners[0].name", "at most", "64"]);
+}

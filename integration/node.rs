@@ -327,3 +327,25 @@ fn an_enable_right_after_a_drain_binds_again() {
     }
     assert!(served(addr), "not accepting after the last enable");
 }
+
+/// A group reached only through SNI routes counts toward the node's reach like a listener's
+/// own: its healthy target keeps the node ready while the default route's group is down.
+#[test]
+fn groups_behind_sni_routes_count_toward_readiness() {
+    let web = Backend::start(named_echo("a"));
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - {{name: sni, protocol: tcp, bind: '127.0.0.1:0', target_group: dead, \
+         routes: [{{server_name: app.example.com, target_group: web}}]}}\n\
+         target_groups:\n  - name: dead\n{FAST_CHECKS}    targets: [{{address: '{}'}}]\n\
+         \x20 - name: web\n{FAST_CHECKS}    targets: [{{address: '{}'}}]\n",
+        dead_addr(),
+        web.addr
+    );
+    let lb = Ballast::start(&yaml);
+    let admin = lb.admin_addr();
+    wait_health(admin, "web", web.addr, "healthy");
+    wait_until("the dead group's target unhealthy", || {
+        group_targets(admin, "dead")[0]["health"] == "unhealthy"
+    });
+    assert_eq!(healthz(admin), (200, r#"{"status":"ready"}"#.into()));
+}

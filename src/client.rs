@@ -102,7 +102,8 @@ impl Endpoint {
             None => text,
         };
         let host = rest.trim_end_matches('/');
-        if host.is_empty() || host.contains('/') {
+        // A path, query or fragment would be glued to every request's path.
+        if host.is_empty() || host.contains(['/', '?', '#', ' ', '@']) {
             return Err(bad());
         }
         Ok(Endpoint::Http(format!("http://{host}")))
@@ -374,9 +375,9 @@ fn from_config(config: &Path) -> Result<Found, ClientError> {
         }
     }
     let bind = field("bind")?.unwrap_or_else(|| crate::config::DEFAULT_ADMIN_BIND.into());
-    let addr: std::net::SocketAddr = bind
-        .parse()
-        .map_err(|_| error(format!("admin.bind `{bind}` is not an ip:port")))?;
+    // As `run` reads it: an ip:port, or host:port resolved now.
+    let addr = crate::config::parse_address(&bind)
+        .map_err(|m| error(format!("admin.bind `{bind}`: {m}")))?;
     let ip = match addr.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
@@ -400,9 +401,28 @@ fn may_connect(path: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// `/target-groups/{group}/targets/{address}` with `suffix` appended (`""`, `"/drain"`, …).
+/// What a path segment keeps as written: letters, digits and `-._~:[]` (addresses stay
+/// readable); everything else is percent-encoded, so a name holding `/`, `?` or `..` stays one
+/// segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'[')
+    .remove(b']');
+
+/// `/target-groups/{group}/targets/{address}` with `suffix` appended (`""`, `"/drain"`, …);
+/// the group and the address percent-encoded.
 pub(crate) fn target_path(group: &str, address: &str, suffix: &str) -> String {
-    format!("/target-groups/{group}/targets/{address}{suffix}")
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
+    let address = match address {
+        // A segment of only dots would be read as `.` or `..` by path normalizers.
+        "." | ".." => address.replace('.', "%2E"),
+        _ => enc(address),
+    };
+    format!("/target-groups/{}/targets/{address}{suffix}", enc(group))
 }
 
 /// The `GET /targets` entry of `address` in `group`, from a `/targets` document.
@@ -445,6 +465,8 @@ mod tests {
             "",
             "http://",
             "a/b",
+            "http://127.0.0.1:7390?a=b",
+            "127.0.0.1:7390#x",
         ] {
             assert!(
                 matches!(Endpoint::parse(bad), Err(ClientError::BadUrl(_))),
@@ -483,6 +505,11 @@ mod tests {
             from_config(&file).unwrap().endpoint,
             Endpoint::Http("http://127.0.0.1:8003".into())
         );
+        write("admin: {bind: 'localhost:8004'}\n");
+        assert!(matches!(
+            from_config(&file).unwrap().endpoint,
+            Endpoint::Http(url) if url.ends_with(":8004")
+        ));
         write("admin: {bind: 8002}\n");
         assert!(matches!(
             from_config(&file),

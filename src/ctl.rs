@@ -90,7 +90,7 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
         } => {
             let body = json!({"address": target.address, "weight": weight, "backup": backup});
             let s = client(api)?.post(
-                &format!("/target-groups/{}/targets", target.group),
+                target_path(&target.group, "", "").trim_end_matches('/'),
                 Some(&body),
             )?;
             let _ = writeln!(

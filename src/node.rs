@@ -138,22 +138,34 @@ impl Node {
         // Groups of `node` listeners with targets in service: (group index, any healthy).
         let mut reach: Vec<(usize, bool)> = Vec::new();
         for l in generation.listeners.iter().filter(|l| !l.removed) {
-            let g = l.config.target_group;
-            let Some(healthy) = in_service_healthy(&generation.groups[g]) else {
-                continue; // nothing in service: drained by an operator, or empty
-            };
-            match l.config.readiness {
-                Readiness::Listening => {}
-                Readiness::HealthyTarget if !healthy => reasons.push(format!(
-                    "listener {}: target group {} has no healthy target in service",
-                    l.config.name,
-                    generation.groups[g].name()
-                )),
-                Readiness::HealthyTarget => {}
-                Readiness::Node if !reach.iter().any(|&(seen, _)| seen == g) => {
-                    reach.push((g, healthy))
+            // Its default group, and the groups its SNI routes lead to.
+            let routes = l
+                .config
+                .sni
+                .iter()
+                .flat_map(|s| &s.routes)
+                .map(|r| r.target_group);
+            for (i, g) in std::iter::once(l.config.target_group)
+                .chain(routes)
+                .enumerate()
+            {
+                let Some(healthy) = in_service_healthy(&generation.groups[g]) else {
+                    continue; // nothing in service: drained by an operator, or empty
+                };
+                match l.config.readiness {
+                    Readiness::Listening => {}
+                    // The opt-in is about the listener's own (default) group.
+                    Readiness::HealthyTarget if i == 0 && !healthy => reasons.push(format!(
+                        "listener {}: target group {} has no healthy target in service",
+                        l.config.name,
+                        generation.groups[g].name()
+                    )),
+                    Readiness::HealthyTarget => {}
+                    Readiness::Node if !reach.iter().any(|&(seen, _)| seen == g) => {
+                        reach.push((g, healthy))
+                    }
+                    Readiness::Node => {}
                 }
-                Readiness::Node => {}
             }
         }
         if !reach.is_empty() && reach.iter().all(|&(_, healthy)| !healthy) {

@@ -443,7 +443,17 @@ fn target_request(
     path: &str,
     body: Result<String, String>,
 ) -> Reply {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Each segment percent-decoded on its own: a group named `a/b` arrives as `a%2Fb`.
+    let decoded: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (method, &parts[..]) {
         (&Method::POST, ["target-groups", group, "targets"]) => {
             match body.and_then(|b| NewTarget::parse(&b)) {

@@ -321,6 +321,13 @@ impl ProberLoop {
         let group = &self.generation.groups[slot.group];
         let address = group.targets[slot.target].address;
         let passed = outcome == Outcome::Pass;
+        // A reason may quote the target's own bytes (a status line, an answer): control
+        // characters are escaped and the length bounded before it reaches logs, terminals
+        // (`ballast targets`) and the API.
+        let outcome = match outcome {
+            Outcome::Fail(reason) => Outcome::Fail(printable(&reason)),
+            pass => pass,
+        };
         let failure = match &outcome {
             Outcome::Pass => None,
             Outcome::Fail(reason) => Some(reason.as_str()),
@@ -369,5 +376,39 @@ impl ProberLoop {
                 group.name()
             );
         }
+    }
+}
+
+/// The longest failure reason kept, in characters.
+const MAX_REASON: usize = 200;
+
+/// `reason` safe to print: control characters escaped (`\u{1b}`, `\r`), at most
+/// [`MAX_REASON`] characters (then `…`).
+fn printable(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_REASON + 3));
+    for (i, c) in reason.chars().enumerate() {
+        if i == MAX_REASON {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn reasons_from_targets_cannot_drive_a_terminal() {
+        assert_eq!(
+            super::printable("bad HTTP status line `\u{1b}[31mpass\r\u{7}`"),
+            "bad HTTP status line `\\u{1b}[31mpass\\r\\u{7}`"
+        );
+        let long = super::printable(&"x".repeat(5000));
+        assert_eq!(long.chars().count(), super::MAX_REASON + 1);
     }
 }

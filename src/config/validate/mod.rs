@@ -109,6 +109,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
     })
 }
 
+/// The longest listener or target group name.
+const MAX_NAME: usize = 64;
+
 /// Records `name` (of a `what`, at `index` of the list `list`) and refuses it when empty or
 /// seen before; the message then ends with the first one's key (`first at listeners[0].name`),
 /// which the loader turns into its file, line and column.
@@ -121,6 +124,15 @@ fn unique_name(
 ) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
+    }
+    // Names go into log lines (`listener=NAME`), metric labels, URL paths and terminals: no
+    // spaces, separators or control characters there.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-:@+".contains(c);
+    if name.len() > MAX_NAME || !name.chars().all(allowed) {
+        return Err(format!(
+            "`{}`: a name is letters, digits and . _ - : @ +, at most {MAX_NAME}",
+            name.escape_default()
+        ));
     }
     match seen.entry(name.to_string()) {
         std::collections::hash_map::Entry::Occupied(first) => Err(format!(
