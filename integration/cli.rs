@@ -181,7 +181,10 @@ fn the_cli_speaks_in_words_and_says_why_a_check_fails() {
     let removed = run(&["remove", "g", "127.0.0.1:9"]);
     assert_eq!(removed, "removed 127.0.0.1:9 from g; it drains\n");
     // An address that is a path stays one segment: no request reaches another endpoint.
-    let out = ballast(&["drain", "g", "x/../../../../node/drain?", "--admin", &admin], &[]);
+    let out = ballast(
+        &["drain", "g", "x/../../../../node/drain?", "--admin", &admin],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert_eq!(get_json(lb.admin_addr(), "/node")["service"], "serving");
 }
@@ -392,4 +395,65 @@ fn a_unix_socket_path_holding_a_file_is_refused_not_replaced() {
     );
     run_refused(&upgrade);
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}
+
+/// A file whose admin section was edited to name another instance's API: the CLI finds that
+/// the instance answering runs another file, and sends nothing (it reloaded the wrong one).
+#[test]
+fn the_cli_never_acts_on_an_instance_that_runs_another_file() {
+    let t = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let (sock_a, sock_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let yaml = |sock: &Path| {
+        format!(
+            "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+            sock.display(),
+            config("round_robin", &[(t.addr, 1)], "", CHECKS)
+        )
+    };
+    let a = Ballast::start(&yaml(&sock_a));
+    let b = Ballast::start(&yaml(&sock_b));
+    let config_a = path(a.config_path());
+    a.rewrite_config(&yaml(&sock_b));
+    let out = ballast(&["reload", "--config", config_a], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("serves the Ballast of"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        get_json(b.admin_addr(), "/node")["generation"],
+        0,
+        "b was not reloaded"
+    );
+    // Its own file: fine.
+    let out = ballast(&["reload", "--config", path(b.config_path())], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `admin.read_only` (the packaged default): over TCP, reads only; changes through the UNIX
+/// socket, whose file mode keeps them to root and Ballast's user.
+#[test]
+fn a_read_only_tcp_api_leaves_changes_to_the_unix_socket() {
+    let a = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let lb = Ballast::start(&format!(
+        "admin: {{bind: '127.0.0.1:0', unix: '{}', read_only: true}}\n{}",
+        socket.display(),
+        config("round_robin", &[(a.addr, 1)], "", CHECKS)
+    ));
+    let admin = lb.admin_addr();
+    assert_eq!(http(admin, "GET", "/targets", None, "").0, 200);
+    assert_eq!(http(admin, "GET", "/metrics", None, "").0, 200);
+    let drain = format!("/target-groups/g/targets/{}/drain", a.addr);
+    let (status, body) = http(admin, "POST", &drain, None, "");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.read_only"), "{body}");
+    assert_eq!(http(admin, "POST", "/node/drain", None, "").0, 403);
+    assert_eq!(get_json(admin, "/node")["service"], "serving");
+    let url = format!("unix:{}", socket.display());
+    let out = ballast(&["drain", "g", &a.addr.to_string(), "--admin", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -654,8 +654,9 @@ target_groups:
 fn environment_variables_fill_values() {
     let yaml = "\
 workers: ${BALLAST_TEST_WORKERS}
+access_log: '/tmp/ballast-test-$$HOME.log'
 listeners:
-  - {name: 'a$$b', protocol: tcp, bind: '127.0.0.1:${BALLAST_TEST_UNSET:-0}', target_group: g}
+  - {name: 'a', protocol: tcp, bind: '127.0.0.1:${BALLAST_TEST_UNSET:-0}', target_group: g}
 target_groups:
   - {name: g, targets: [{address: '127.0.0.1:${BALLAST_TEST_PORT}'}]}
 ";
@@ -665,7 +666,8 @@ target_groups:
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("workers: 3,"), "{stdout}");
     assert!(
-        stdout.contains("listener a$b (tcp) on 127.0.0.1:0"),
+        stdout.contains("listener a (tcp) on 127.0.0.1:0")
+            && stdout.contains("access log: /tmp/ballast-test-$HOME.log"),
         "{stdout}"
     );
     assert!(
@@ -679,7 +681,7 @@ target_groups:
     assert_eq!(
         stderr.trim(),
         format!(
-            "{path}:5:35: target_groups[0].targets[0].address: environment variable \
+            "{path}:6:35: target_groups[0].targets[0].address: environment variable \
              `BALLAST_TEST_PORT` is not set (write ${{BALLAST_TEST_PORT:-default}} for a default)"
         )
     );

@@ -53,6 +53,21 @@ pub enum ClientError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The API found from a configuration file serves another one (two instances, or a file
+    /// whose admin section was edited to name another instance's address).
+    #[error(
+        "the admin API at {url} (from {config}) serves the Ballast of {serving}, not of {config}; \
+         nothing was sent (admin settings take a restart: is the running instance's API \
+         elsewhere?)"
+    )]
+    WrongInstance {
+        /// The URL asked.
+        url: String,
+        /// The file given.
+        config: String,
+        /// The file that instance runs.
+        serving: String,
+    },
     /// The configuration file named to find the API could not be read.
     #[error("cannot find the admin API from {path}: {message}")]
     Config {
@@ -125,6 +140,8 @@ pub(crate) struct AdminClient {
     endpoint: Endpoint,
     /// Where the endpoint came from, for errors (` (from --config FILE)`), or empty.
     found: String,
+    /// The configuration file the endpoint was found from: the instance reached must run it.
+    config: Option<PathBuf>,
     token: Option<String>,
     timeout: Duration,
 }
@@ -159,6 +176,7 @@ impl AdminClient {
         Ok(AdminClient {
             endpoint: Endpoint::parse(base)?,
             found: String::new(),
+            config: None,
             token: token_file.map(read_token).transpose()?,
             timeout: TIMEOUT,
         })
@@ -190,9 +208,39 @@ impl AdminClient {
         Ok(AdminClient {
             endpoint: found.endpoint,
             found: format!(" (from {})", config.display()),
+            config: Some(config.to_path_buf()),
             token,
             timeout: TIMEOUT,
         })
+    }
+
+    /// When the API was found from a configuration file, checks that the instance answering
+    /// runs that file (`GET /node`'s `config`), before anything is changed through it.
+    ///
+    /// # Errors
+    /// [`ClientError::WrongInstance`]; as [`AdminClient::get`].
+    pub(crate) fn verify(&self) -> Result<(), ClientError> {
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        let node = self.get("/node")?;
+        // An older Ballast does not say which file it runs.
+        let Some(serving) = node["config"].as_str() else {
+            return Ok(());
+        };
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        if same(config, Path::new(serving)) {
+            Ok(())
+        } else {
+            Err(ClientError::WrongInstance {
+                url: self.endpoint.to_string(),
+                config: config.display().to_string(),
+                serving: serving.to_string(),
+            })
+        }
     }
 
     /// The same client with requests timing out after `timeout` instead.

@@ -30,12 +30,16 @@ pub enum CtlError {
     NotReady(Vec<String>),
 }
 
+/// The API as `api` says where it is; when found from a configuration file, checked to be
+/// the instance that runs that file.
 fn client(api: &Api) -> Result<AdminClient, ClientError> {
-    AdminClient::locate(&Where {
+    let c = AdminClient::locate(&Where {
         admin: api.admin.as_deref(),
         config: api.config.as_deref(),
         token_file: api.token_file.as_deref(),
-    })
+    })?;
+    c.verify()?;
+    Ok(c)
 }
 
 /// Runs `command` (one of the API subcommands), printing to `out`.

@@ -9,7 +9,8 @@
 //!   service ([`crate::node::Node::readiness`]).
 //! - `GET /livez`: liveness: 200 whenever the admin thread answers, ready or not.
 //! - `GET /node`: the node's service state (`serving`, `draining`, `drained`, `stopping`),
-//!   whether it is ready, and why not; version, PID, uptime, workers, generation.
+//!   whether it is ready, and why not; version, PID, uptime, workers, the configuration
+//!   file, generation.
 //! - `POST /node/drain[?grace=DURATION]`: node drain: `/healthz` fails at once, listeners keep
 //!   accepting for the grace (default `node_drain_grace`, 5 s), then close; open connections go on.
 //!   202. `POST /node/enable`: serving again (listeners bound afresh if they had closed).
@@ -337,6 +338,7 @@ fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
         "pid": std::process::id(),
         "uptime_s": control.node().uptime().as_secs(),
         "workers": generation.config.workers,
+        "config": generation.config.path.display().to_string(),
         "generation": generation.generation,
         "service": service.to_string(),
         "ready": reasons.is_empty(),

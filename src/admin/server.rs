@@ -304,6 +304,14 @@ async fn handle(
         if !authorized(&generation, &judged, &path, token.as_deref()) {
             return Ok(respond(error(401, "missing or wrong bearer token")));
         }
+        if generation.config.admin.read_only && judged != Method::GET {
+            return Ok(respond(error(
+                403,
+                "the admin API answers only reads over TCP here (admin.read_only): make \
+                 changes through its UNIX socket (`ballast … --config FILE`, as root or \
+                 Ballast's user)",
+            )));
+        }
     }
     // Over the UNIX socket the file's permissions authenticate: the configured token stands
     // in for the one not sent.

@@ -152,6 +152,10 @@ pub struct AdminConfig {
     /// A UNIX socket (mode 0600) serving the same API, as HAProxy's stats socket: its file
     /// permissions are its authentication (no token asked there).
     pub unix: Option<PathBuf>,
+    /// The TCP API answers reads only (GET: status page, metrics, health); changes go
+    /// through the UNIX socket. For a loopback API without a token on a host with other
+    /// users (the packaged default).
+    pub read_only: bool,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -160,6 +164,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("unix", &self.unix)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -662,6 +667,7 @@ mod debug_tests {
             bind: "127.0.0.1:7390".parse().unwrap(),
             token: Some("s3cret-token".into()),
             unix: None,
+            read_only: false,
         };
         let shown = format!("{admin:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

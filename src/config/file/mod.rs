@@ -93,6 +93,10 @@ pub struct FileAdmin {
     pub token_file: Option<String>,
     /// Optional: the same API on a UNIX socket (mode 0600).
     pub unix: Option<String>,
+    /// Optional, default false: over TCP only reads (status page, metrics, health) are
+    /// answered; changes go through `unix` (403 otherwise). For a loopback API without a
+    /// token on a host with other users.
+    pub read_only: Option<bool>,
 }
 
 /// One `listeners:` entry.

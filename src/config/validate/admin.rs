@@ -13,6 +13,7 @@ pub(super) fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, Stri
         bind: None,
         token_file: None,
         unix: None,
+        read_only: None,
     });
     let bind = raw.bind.map_or_else(
         || DEFAULT_ADMIN_BIND.parse().expect("a valid default"),
@@ -70,5 +71,10 @@ pub(super) fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, Stri
         }
         Some(p) => Some(p.into()),
     };
-    Ok(AdminConfig { bind, token, unix })
+    Ok(AdminConfig {
+        bind,
+        token,
+        unix,
+        read_only: raw.read_only.unwrap_or(false),
+    })
 }
