@@ -339,6 +339,7 @@ fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
         "uptime_s": control.node().uptime().as_secs(),
         "workers": generation.config.workers,
         "config": generation.config.path.display().to_string(),
+        "read_only": generation.config.admin.read_only,
         "generation": generation.generation,
         "service": service.to_string(),
         "ready": reasons.is_empty(),

@@ -11,6 +11,7 @@ const SVG = "http://www.w3.org/2000/svg"; // the SVG namespace, not a resource
 const series = new Map(); // key -> { last: {t, counters...}, points: {name: [rates]} }
 let timer = null;
 let refreshes = 0;
+let readOnly = false; // admin.read_only: this page can look, not change
 
 const $ = (id) => document.getElementById(id);
 
@@ -202,7 +203,9 @@ function renderNode(node) {
   const action = node.service === "serving" ? "drain" : "enable";
   button.dataset.action = action;
   button.textContent = action === "drain" ? "Drain node" : "Enable node";
-  button.disabled = node.service === "stopping";
+  readOnly = Boolean(node.read_only);
+  button.disabled = node.service === "stopping" || readOnly;
+  button.title = readOnly ? "read-only over TCP (admin.read_only): use the CLI on the host" : "";
 }
 
 function renderListeners(listeners, now) {
@@ -339,7 +342,10 @@ function actions(cell, group, t) {
     draining: ["disable", "enable"],
     disabled: ["enable"],
   }[t.admin_state] ?? [];
-  for (const b of cell.children) b.disabled = !useful.includes(b.dataset.action);
+  for (const b of cell.children) {
+    b.disabled = readOnly || !useful.includes(b.dataset.action);
+    b.title = readOnly ? "read-only over TCP (admin.read_only): use the CLI on the host" : "";
+  }
 }
 
 // --- actions --------------------------------------------------------------------------------
