@@ -457,3 +457,32 @@ fn a_read_only_tcp_api_leaves_changes_to_the_unix_socket() {
     let out = ballast(&["drain", "g", &a.addr.to_string(), "--admin", &url], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// round_robin ignores weights: setting one is refused (409) with what to use instead, and
+/// `check` warns of weights given in the file.
+#[test]
+fn a_weight_for_a_group_that_ignores_weights_is_refused_with_the_reason() {
+    let (a, b) = (Backend::start(echo()), Backend::start(echo()));
+    let yaml = config("round_robin", &[(a.addr, 1), (b.addr, 3)], "", CHECKS);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rr.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = ballast(&["check", "--config", path(&file)], &[]);
+    assert!(
+        stderr(&out).contains("uses round_robin, which ignores them"),
+        "{}",
+        stderr(&out)
+    );
+    let lb = Ballast::start(&yaml);
+    let admin = format!("http://{}", lb.admin_addr());
+    let out = ballast(
+        &["weight", "g", &a.addr.to_string(), "5", "--admin", &admin],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("409") && stderr(&out).contains("weighted_round_robin"),
+        "{}",
+        stderr(&out)
+    );
+}

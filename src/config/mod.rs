@@ -245,10 +245,10 @@ impl std::fmt::Display for Readiness {
 }
 
 /// What a valid configuration may still get wrong, in words (`check` prints each as a warning,
-/// `run` logs it at start): a target group that only UDP listeners use, left with the default
-/// health check, checks its targets with TCP connects, which a UDP-only server fails (every
-/// target then unhealthy, traffic sent to all of them, and the node unready when it has no
-/// other group).
+/// `run` logs it at start): weights given to a `round_robin` group, which ignores them; a
+/// target group that only UDP listeners use, left with the default health check, checks its
+/// targets with TCP connects, which a UDP-only server fails (every target then unhealthy,
+/// traffic sent to all of them, and the node unready when it has no other group).
 pub fn advice(c: &Config) -> Vec<String> {
     let mut said = Vec::new();
     for (i, g) in c.target_groups.iter().enumerate() {
@@ -263,6 +263,14 @@ pub fn advice(c: &Config) -> Vec<String> {
             })
             .collect();
         let udp_only = !users.is_empty() && users.iter().all(|l| l.protocol == Protocol::Udp);
+        let weighted = g.targets.iter().any(|t| t.weight != 1);
+        if g.algorithm == Algorithm::RoundRobin && weighted {
+            said.push(format!(
+                "target group {} gives its targets weights but uses round_robin, which ignores \
+                 them: use weighted_round_robin for the weights to count",
+                g.name
+            ));
+        }
         if udp_only && !g.health_check_given {
             said.push(format!(
                 "target group {} serves UDP listeners only but checks its targets with TCP \

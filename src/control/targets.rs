@@ -151,7 +151,8 @@ impl Control {
     ///
     /// # Errors
     /// [`ChangeError::NotFound`] for an unknown group or target; [`ChangeError::Invalid`]
-    /// for a weight out of range, or one the group's rules refuse (`maglev_table_size`).
+    /// for a weight out of range, or one the group's rules refuse (`maglev_table_size`);
+    /// [`ChangeError::Conflict`] for a `round_robin` group, which ignores weights.
     pub fn set_weight(
         &self,
         group: &str,
@@ -168,6 +169,12 @@ impl Control {
         let _guard = self.locked();
         let mut config = self.generation().config.clone();
         let g = group_config(&mut config, group)?;
+        if g.algorithm == config::Algorithm::RoundRobin {
+            return Err(ChangeError::Conflict(format!(
+                "target group `{group}` uses round_robin, which ignores weights: use \
+                 weighted_round_robin (or another weighted algorithm) for weights to count"
+            )));
+        }
         let t = g
             .targets
             .iter_mut()
