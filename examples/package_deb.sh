@@ -18,7 +18,7 @@ profile=${PROFILE:-release}
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 command -v cargo-deb >/dev/null || { echo "cargo-deb is missing: cargo install cargo-deb --locked" >&2; exit 2; }
 [ -n "${BUILT:-}" ] || cargo build --profile "$profile" --bin ballast
-bin=target/$dir/ballast
+bin=${CARGO_TARGET_DIR:-target}/$dir/ballast
 # Generated assets: the man page and the completions, from this build.
 assets=target/deb-assets
 rm -rf "$assets"

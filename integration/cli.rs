@@ -205,7 +205,7 @@ fn check_refuses_what_run_would_refuse() {
     let out = ballast(&["check", "--config", path(&file)], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("not probed: listener addresses (--probe-binds"),
+        stdout(&out).contains("not probed: listener and admin addresses (--probe-binds"),
         "{}",
         stdout(&out)
     );
@@ -215,7 +215,23 @@ fn check_refuses_what_run_would_refuse() {
     drop(taken);
     let out = ballast(&["check", "--probe-binds", "--config", path(&file)], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("ok: listeners: every address can be bound"));
+    assert!(
+        stdout(&out).contains("ok: listeners bound: 127.0.0.1:"),
+        "{}",
+        stdout(&out)
+    );
+    // The admin address too: taken, refused.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let with_admin = format!("admin: {{bind: '{}'}}\n{yaml}", admin.local_addr().unwrap());
+    std::fs::write(&file, &with_admin).unwrap();
+    let out = ballast(&["check", "--probe-binds", "--config", path(&file)], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("admin.bind 127.0.0.1:"),
+        "{}",
+        stderr(&out)
+    );
+    drop(admin);
 
     let log = dir.path().join("missing/access.log");
     std::fs::write(&file, format!("access_log: {}\n{yaml}", log.display())).unwrap();

@@ -44,23 +44,37 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
         found.push(socket_directory("admin.unix", path));
     }
     if binds {
-        let all: Vec<_> = config.listeners.iter().collect();
-        // One worker's sockets: the others bind beside them the same way.
-        found.push(match crate::bind::bind_each(&all, 1, &config.path) {
-            Ok((_sockets, addrs)) => Finding::Ok(format!(
-                "listeners: every address can be bound ({})",
-                addrs
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+        // One listener at a time, so every address that fails is named, not only the first;
+        // one worker's sockets (the others bind beside them the same way).
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            match crate::bind::bind_each(&[l], 1, &config.path) {
+                Ok((sockets, addrs)) => bound.push((sockets, addrs)),
+                Err(e) => found.push(Finding::Fails(e.to_string())),
+            }
+        }
+        let addrs: Vec<String> = bound
+            .iter()
+            .flat_map(|(_, a)| a.iter().map(ToString::to_string))
+            .collect();
+        if !addrs.is_empty() {
+            found.push(Finding::Ok(format!(
+                "listeners bound: {}",
+                addrs.join(", ")
+            )));
+        }
+        drop(bound);
+        found.push(match std::net::TcpListener::bind(config.admin.bind) {
+            Ok(_) => Finding::Ok(format!("admin.bind {}: can be bound", config.admin.bind)),
+            Err(e) => Finding::Fails(format!(
+                "admin.bind {}: cannot bind: {e}",
+                config.admin.bind
             )),
-            Err(e) => Finding::Fails(e.to_string()),
         });
     } else {
         found.push(Finding::NotProbed(
-            "listener addresses (--probe-binds binds them as `run` would; on a node where \
-             Ballast runs, its own listeners count as in use)"
+            "listener and admin addresses (--probe-binds binds them as `run` would; on a node \
+             where Ballast runs, its own count as in use)"
                 .into(),
         ));
     }
