@@ -206,6 +206,8 @@ fn the_debian_package_holds_the_binary_units_config_man_page_and_completions() {
         "./usr/share/doc/ballast/monitoring/alerts.yml",
         "./usr/share/doc/ballast/copyright",
         "./usr/share/ballast/ballast.schema.json",
+        "./usr/share/doc/ballast/examples/ballast.schema.json",
+        "./usr/share/doc/ballast/examples/tls/",
     ] {
         assert!(
             contents.contains(file),
