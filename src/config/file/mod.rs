@@ -27,7 +27,7 @@ use super::{AcceptSteering, Algorithm, Forwarding, HashKey, OnUnhealthy, Readine
 
 /// The whole file. `L` and `G` are what each entry of `listeners` and `target_groups` is read
 /// as: the entries themselves, or `IgnoredAny` when the loader reads the rest of the file
-/// without them to report every error ([`super::load`]).
+/// without them to report every error ([`super::load()`]).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
