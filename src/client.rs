@@ -440,13 +440,10 @@ fn from_config(config: &Path) -> Result<Found, ClientError> {
     })
 }
 
-/// Whether this user may connect to the UNIX socket at `path` (it exists and is writable).
+/// Whether this user can reach an API on the UNIX socket at `path`: it connects (a stale
+/// socket file, or one this user may not open, sends the CLI to the TCP address instead).
 fn may_connect(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: access(2) with a valid NUL-terminated path; it only reads the path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// What a path segment keeps as written: letters, digits and `-._~:[]` (addresses stay
@@ -552,6 +549,28 @@ mod tests {
         assert_eq!(
             from_config(&file).unwrap().endpoint,
             Endpoint::Http("http://127.0.0.1:8003".into())
+        );
+        // A stale socket file (its process gone): the TCP address instead.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        write(&format!(
+            "admin: {{bind: '127.0.0.1:8005', unix: '{}'}}\n",
+            stale.display()
+        ));
+        assert_eq!(
+            from_config(&file).unwrap().endpoint,
+            Endpoint::Http("http://127.0.0.1:8005".into())
+        );
+        // A live one: the socket.
+        let live = dir.path().join("live.sock");
+        let _listening = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        write(&format!(
+            "admin: {{bind: '127.0.0.1:8005', unix: '{}'}}\n",
+            live.display()
+        ));
+        assert_eq!(
+            from_config(&file).unwrap().endpoint,
+            Endpoint::Unix(live.clone())
         );
         write("admin: {bind: 'localhost:8004'}\n");
         assert!(matches!(
