@@ -251,7 +251,16 @@ impl<'de, V: Visitor<'de>> ExpandVisitor<'_, V> {
     /// `written` (which holds a `$`) substituted, offered to `inner` as it wants it.
     fn substituted<E: de::Error>(self, written: &str) -> Result<V::Value, E> {
         let text = expand(written, self.env).map_err(E::custom)?;
-        let context = |e: E| E::custom(format!("{e} (after substituting `{written}`)"));
+        // The error names the reference, never the value: a variable may hold a secret, and
+        // the message reaches logs and `POST /reload` answers.
+        let value = text.clone();
+        let context = |e: E| {
+            let mut message = e.to_string();
+            if !value.is_empty() && value != written {
+                message = message.replace(&value, "<value not shown>");
+            }
+            E::custom(format!("{message} (after substituting `{written}`)"))
+        };
         let inner = self.inner;
         match self.want {
             Want::Number | Want::Any => {

@@ -12,6 +12,7 @@ fn env(name: &str) -> Option<String> {
         "WORKERS" => Some("3".into()),
         "EMPTY" => Some(String::new()),
         "NEWLINE" => Some("a\ntarget_groups: []".into()),
+        "SECRET" => Some("hunter2-s3cret".into()),
         _ => None,
     }
 }
@@ -256,4 +257,12 @@ fn bad_include_entries_are_reported_at_the_entry() {
         lines[2].contains("ballast.yaml:4:5: include[2]: cannot read directory"),
         "{e}"
     );
+}
+
+#[test]
+fn a_substituted_value_never_shows_in_an_error() {
+    let text = "workers: ${SECRET}\nlisteners:\n  - {name: a, protocol: tcp, bind: '127.0.0.1:0', target_group: g}\ntarget_groups:\n  - {name: g, targets: [{address: '127.0.0.1:1'}]}\n";
+    let all = problems(text).join("\n");
+    assert!(all.contains("${SECRET}"), "names the reference: {all}");
+    assert!(!all.contains("hunter2"), "the value shows: {all}");
 }
