@@ -326,3 +326,98 @@ fn a_syslog_daemon_that_stalls_or_restarts_never_holds_ballast() {
         asked.elapsed()
     );
 }
+
+/// A syslog daemon on a UNIX *stream* socket (rsyslog can listen so): lines arrive NUL-ended;
+/// a daemon that stops reading costs dropped lines, never a stalled stop; one that closes
+/// the connection gets a new one; one whose listen backlog is full is refused at start at
+/// once instead of holding it.
+#[test]
+fn a_syslog_daemon_on_a_stream_socket_never_holds_ballast() {
+    use std::io::Read;
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sock");
+    let daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut lb = two_listeners(
+        &format!("{{to: syslog, syslog: {{address: '{}'}}}}", path.display()),
+        &echo,
+    );
+    let (mut reading, _) = daemon.accept().unwrap();
+    reading.set_read_timeout(Some(WAIT)).unwrap();
+    round_trip(lb.addr("a"), 0);
+    let mut got = Vec::new();
+    while !got.contains(&0u8) {
+        let mut buf = [0u8; 4096];
+        let n = reading.read(&mut buf).expect("a syslog message");
+        assert!(n > 0, "the connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let message = String::from_utf8_lossy(&got);
+    assert!(message.contains(" tcp listener=a "), "{message}");
+
+    // The daemon closes: Ballast connects again and lines flow on the new connection.
+    drop(reading);
+    let mut i = 1;
+    daemon.set_nonblocking(true).unwrap();
+    let mut again = None;
+    wait_until("a new connection from Ballast", || {
+        round_trip(lb.addr("b"), i);
+        i += 1;
+        again = daemon.accept().ok().map(|(s, _)| s);
+        again.is_some()
+    });
+    let stalled = again.unwrap();
+    // Now the daemon stops reading: its socket buffer fills, writes time out, lines are
+    // dropped and counted while forwarding goes on.
+    stalled.set_nonblocking(false).unwrap();
+    let admin = lb.admin_addr();
+    wait_until("lines dropped at a stalled stream", || {
+        for _ in 0..200 {
+            round_trip(lb.addr("a"), i);
+            i += 1;
+        }
+        labelled(
+            &scrape(admin).0,
+            "ballast_access_log_dropped_lines_total",
+            &[],
+        )
+        .is_some_and(|v| v > 0.0)
+    });
+    // Lines still queued for the stalled daemon: SIGTERM ends the process promptly.
+    for _ in 0..2000 {
+        round_trip(lb.addr("a"), i);
+        i += 1;
+    }
+    let asked = Instant::now();
+    lb.terminate();
+    assert!(lb.wait_exit(WAIT).is_some(), "still running after SIGTERM");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(stalled);
+    drop(daemon);
+
+    // A daemon whose listen backlog is full: start is refused with the reason, at once.
+    std::fs::remove_file(&path).unwrap();
+    let full = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    full.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+    full.listen(0).unwrap();
+    let mut waiting = Vec::new();
+    loop {
+        let c = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        c.set_nonblocking(true).unwrap();
+        if c.connect(&socket2::SockAddr::unix(&path).unwrap()).is_err() {
+            break;
+        }
+        waiting.push(c);
+        assert!(waiting.len() < 64, "the backlog never filled");
+    }
+    let stderr = run_refused(&format!(
+        "access_log: {{to: syslog, syslog: {{address: '{}'}}}}\n{}",
+        path.display(),
+        config("round_robin", &[(echo.addr, 1)], "", NO_CHECKS)
+    ));
+    assert!(stderr.contains("listen backlog is full"), "{stderr}");
+}

@@ -26,8 +26,7 @@
 //! [`Writer::reopen`] (SIGUSR1) makes the writer close and reopen the file by its path: the
 //! logrotate way (rename the file, then signal; or `copytruncate` without a signal).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,13 +45,13 @@ pub(crate) static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How often the writer tries to reach a syslog daemon that went away, at most.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
-/// Longest write to a syslog daemon over a stream socket.
-const SYSLOG_WRITE: Duration = Duration::from_secs(1);
 
 pub(crate) use crate::config::AccessLogSink as Sink;
-use crate::config::{AccessLogConfig, LogFormat, SyslogAddress};
+use crate::config::{AccessLogConfig, LogFormat};
+use output::Output;
 
 mod format;
+mod output;
 
 /// One finished connection or session.
 #[derive(Debug, Clone)]
@@ -158,7 +157,7 @@ pub(crate) struct Writer {
     listeners: Option<Arc<[String]>>,
     lines: Option<Sender<Vec<u8>>>,
     spare: Receiver<Vec<u8>>,
-    reopen: Arc<AtomicBool>,
+    flags: Arc<Flags>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -178,14 +177,14 @@ impl Writer {
         let sink = &config.sink;
         let (lines_tx, lines) = bounded::<Vec<u8>>(QUEUE);
         let (spare_tx, spare) = bounded::<Vec<u8>>(QUEUE);
-        let reopen = Arc::new(AtomicBool::new(false));
+        let flags = Arc::new(Flags::default());
         let mut writer = Writer {
             sink: sink.clone(),
             format: Arc::new(config.format.clone()),
             listeners: config.listeners.as_deref().map(Arc::from),
             lines: None,
             spare,
-            reopen: reopen.clone(),
+            flags: flags.clone(),
             thread: None,
         };
         let Some(out) = Output::open(sink)? else {
@@ -195,7 +194,7 @@ impl Writer {
         writer.thread = Some(
             std::thread::Builder::new()
                 .name("ballast-access-log".into())
-                .spawn(move || write_loop(out, &sink_for_thread, &lines, &spare_tx, &reopen))?,
+                .spawn(move || write_loop(out, &sink_for_thread, &lines, &spare_tx, &flags))?,
         );
         writer.lines = Some(lines_tx);
         Ok(writer)
@@ -216,16 +215,18 @@ impl Writer {
 
     /// Asks the writer to reopen the file by its path before its next write (SIGUSR1).
     pub(crate) fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
+        self.flags.reopen.store(true, Ordering::Release);
         // Wake the writer if it is idle; with the queue full it reopens at its next buffer.
         if let Some(lines) = &self.lines {
             let _ = lines.try_send(Vec::new());
         }
     }
 
-    /// Writes what the workers handed over, then stops the thread. Call after the workers
-    /// have ended.
+    /// Writes what the workers handed over, as far as the sink takes it without waiting
+    /// (a syslog daemon that went away or stalls loses the rest, counted), then stops the
+    /// thread. Call after the workers have ended.
     pub(crate) fn stop(mut self) {
+        self.flags.stopping.store(true, Ordering::Release);
         self.lines = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -233,149 +234,92 @@ impl Writer {
     }
 }
 
-/// Where the writer thread writes.
-enum Output {
-    Stderr,
-    File(File),
-    Syslog(Box<syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>>),
+/// Connects to the syslog daemon's UNIX socket as `run` would (datagram, else stream, never
+/// waiting on a full backlog), then lets go: `ballast check`'s probe.
+///
+/// # Errors
+/// When nothing listens at `path`, or its backlog is full.
+pub(crate) fn reach_syslog(path: &std::path::Path) -> io::Result<()> {
+    output::unix_backend(path).map(drop)
 }
 
-impl Output {
-    fn open(sink: &Sink) -> io::Result<Option<Output>> {
-        Ok(match sink {
-            Sink::Off => None,
-            Sink::Stderr => Some(Output::Stderr),
-            Sink::File(path) => Some(Output::File(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            )),
-            Sink::Syslog(target) => Some(Output::Syslog(Box::new(syslog_logger(target)?))),
-        })
-    }
-
-    /// Writes the buffer's lines; on failure, how many of them were lost, and why.
-    fn write_lines(&mut self, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
-        let lines = || bytes.iter().filter(|&&b| b == b'\n').count();
-        match self {
-            Output::Stderr => io::stderr()
-                .lock()
-                .write_all(bytes)
-                .map_err(|e| (lines(), e)),
-            Output::File(f) => f.write_all(bytes).map_err(|e| (lines(), e)),
-            // One RFC 5424 message per line. The socket never blocks (a daemon that stops
-            // reading must not hold the writer, nor the stop that waits for it): the first
-            // failure loses the rest of the buffer, counted.
-            Output::Syslog(logger) => {
-                let all: Vec<&[u8]> = bytes
-                    .split(|&b| b == b'\n')
-                    .filter(|line| !line.is_empty())
-                    .collect();
-                for (i, line) in all.iter().enumerate() {
-                    let text = String::from_utf8_lossy(line);
-                    if let Err(e) = logger.info((0u32, std::collections::BTreeMap::new(), text)) {
-                        let e = match e {
-                            syslog::Error::Io(e) | syslog::Error::Write(e) => e,
-                            other => io::Error::other(other.to_string()),
-                        };
-                        return Err((all.len() - i, e));
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// A syslog client for `target`: RFC 5424 over its UNIX socket or UDP.
-fn syslog_logger(
-    target: &crate::config::SyslogTarget,
-) -> io::Result<syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>> {
-    let formatter = syslog::Formatter5424 {
-        facility: target
-            .facility
-            .parse()
-            .map_err(|_| io::Error::other(format!("unknown facility {}", target.facility)))?,
-        hostname: syslog::Formatter5424::default().hostname,
-        process: target.tag.clone(),
-        pid: std::process::id(),
-    };
-    let connected = match &target.address {
-        SyslogAddress::Unix(path) => syslog::unix_custom(formatter, path),
-        SyslogAddress::Udp(server) => {
-            let local: SocketAddr = if server.is_ipv4() {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            syslog::udp(formatter, local, *server)
-        }
-    };
-    let logger =
-        connected.map_err(|e| io::Error::other(format!("syslog {}: {e}", target.address)))?;
-    // Never block on the daemon: datagrams are dropped (and counted) when its queue is full;
-    // a stream is given a second per write.
-    match &logger.backend {
-        syslog::LoggerBackend::Unix(s) => s.set_nonblocking(true)?,
-        syslog::LoggerBackend::Udp(s, _) => s.set_nonblocking(true)?,
-        syslog::LoggerBackend::UnixStream(s) => {
-            s.get_ref().set_write_timeout(Some(SYSLOG_WRITE))?
-        }
-        syslog::LoggerBackend::Tcp(s) => s.get_ref().set_write_timeout(Some(SYSLOG_WRITE))?,
-    }
-    Ok(logger)
+/// What the writer thread is asked between buffers.
+#[derive(Debug, Default)]
+struct Flags {
+    /// Reopen the sink before the next write (SIGUSR1).
+    reopen: AtomicBool,
+    /// The process is stopping: no more reconnects.
+    stopping: AtomicBool,
 }
 
 /// The writer thread: writes each buffer, reopens the file when asked, reports drops. Ends
-/// when every worker's sender is gone.
+/// when every worker's sender is gone; once `stopping`, it connects to nothing again and
+/// drops (counted) what it cannot write at once, so a stop waits for at most one write.
 fn write_loop(
-    mut out: Output,
+    out: Output,
     sink: &Sink,
     lines: &Receiver<Vec<u8>>,
     spare: &Sender<Vec<u8>>,
-    reopen: &AtomicBool,
+    flags: &Flags,
 ) {
+    let mut out = Some(out);
     let mut reported = 0u64;
     let mut last_report: Option<Instant> = None;
     let mut write_errors = 0u64;
-    // A syslog daemon that went away (restarted, its socket replaced): connect again, at most
-    // once per RECONNECT_EVERY, instead of failing every line until a SIGUSR1.
+    // A syslog daemon that went away (restarted, its socket replaced) or a stream that failed:
+    // connect again, at most once per RECONNECT_EVERY, instead of failing every line until a
+    // SIGUSR1. Lines meanwhile are dropped, counted.
     let mut reconnect_at: Option<Instant> = None;
     for mut buf in lines.iter() {
-        if reconnect_at.is_some_and(|t| Instant::now() >= t) {
+        let stopping = flags.stopping.load(Ordering::Acquire);
+        if !stopping && reconnect_at.is_some_and(|t| Instant::now() >= t) {
             match Output::open(sink) {
-                Ok(Some(o)) => {
+                Ok(o) => {
                     out = o;
                     reconnect_at = None;
                     log::info!("access log: connected to {sink} again");
                 }
-                Ok(None) => reconnect_at = None,
                 Err(_) => reconnect_at = Some(Instant::now() + RECONNECT_EVERY),
             }
         }
-        if reopen.swap(false, Ordering::AcqRel) {
+        if flags.reopen.swap(false, Ordering::AcqRel) {
             match Output::open(sink) {
                 Ok(Some(o)) => {
-                    out = o;
+                    out = Some(o);
+                    reconnect_at = None;
                     log::info!("access log reopened");
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    log::warn!("access log: cannot reopen {sink:?}: {e}; keeping the old file")
+                    log::warn!("access log: cannot reopen {sink:?}: {e}; keeping the old one")
                 }
             }
         }
         if !buf.is_empty() {
-            if let Err((lost, e)) = out.write_lines(&buf) {
+            let written = match &mut out {
+                Some(o) => o.write_lines(&buf).map_err(|(lost, e)| {
+                    let broken = o.broken_by(&e);
+                    (lost, e, broken)
+                }),
+                None => Err((
+                    buf.iter().filter(|&&b| b == b'\n').count(),
+                    io::Error::from(io::ErrorKind::NotConnected),
+                    false,
+                )),
+            };
+            if let Err((lost, e, broken)) = written {
                 DROPPED_LINES.fetch_add(lost as u64, Ordering::Relaxed);
-                // A full queue is the daemon being slow (counted, reported below); anything
-                // else is a write that failed.
-                if e.kind() != io::ErrorKind::WouldBlock {
+                // A full datagram queue is the daemon being slow (counted, reported below);
+                // anything else is a write that failed.
+                if out.is_some() && (broken || e.kind() != io::ErrorKind::WouldBlock) {
                     write_errors += 1;
                     if write_errors == 1 || write_errors.is_power_of_two() {
                         log::warn!("access log: write failed ({write_errors} so far): {e}");
                     }
-                    if matches!(sink, Sink::Syslog(_)) {
-                        reconnect_at.get_or_insert(Instant::now() + RECONNECT_EVERY);
-                    }
+                }
+                if broken {
+                    out = None;
+                    reconnect_at = Some(Instant::now() + RECONNECT_EVERY);
                 }
             }
         }

@@ -87,8 +87,7 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
 /// A syslog daemon's UNIX socket `run` would send to: it must take a datagram (or a stream
 /// connection, as some daemons listen).
 fn syslog_socket(path: &Path) -> Finding {
-    let datagram = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path));
-    match datagram.or_else(|_| std::os::unix::net::UnixStream::connect(path).map(drop)) {
+    match crate::access_log::reach_syslog(path) {
         Ok(()) => Finding::Ok(format!("access_log syslog {}: reachable", path.display())),
         Err(e) => Finding::Fails(format!(
             "access_log syslog {}: cannot connect: {e}",

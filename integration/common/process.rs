@@ -297,13 +297,37 @@ fn with_admin(yaml: &str) -> String {
 /// standard error.
 pub fn run_refused(yaml: &str) -> String {
     let file = write_config(&with_admin(yaml));
-    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args(["run", "--config"])
         .arg(file.path())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let mut pipe = child.stderr.take().unwrap();
+    // Read on a thread so a process that never ends cannot hold the test past WAIT.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running {WAIT:?} after start: {}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
     stderr
 }
 
