@@ -583,3 +583,35 @@ fn cancelled_drain_timers_do_not_pile_up_threads() {
         "{before} threads before, {after} after"
     );
 }
+
+/// A request being served when Ballast is told to stop is answered before the API closes
+/// (its connection is not dropped under it); then the process ends.
+#[test]
+fn a_request_in_flight_at_stop_is_answered() {
+    let mut lb = Ballast::start(&config("round_robin", &[(dead_addr(), 1)], "", NO_CHECKS));
+    let admin = lb.admin_addr();
+    let body = r#"{"address": "127.0.0.1:9", "weight": 2}"#;
+    let mut s = send_head(
+        admin,
+        &format!(
+            "POST /target-groups/g/targets HTTP/1.1\r\nHost: {admin}\r\nContent-Type: \
+             application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+    );
+    // "100 Continue": the handler is reading the body, so the request is being served.
+    let mut continued = [0u8; 25];
+    s.read_exact(&mut continued).unwrap();
+    assert!(
+        continued.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "{}",
+        String::from_utf8_lossy(&continued)
+    );
+    lb.terminate();
+    lb.wait_log("admin API: stopping; 1 connection get", WAIT);
+    s.write_all(body.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(lb.wait_exit(WAIT).is_some(), "still running after SIGTERM");
+}

@@ -419,9 +419,10 @@ impl Running {
                     );
                     self.handed_over = true;
                     // The new process serves the admin API now (on the same TCP address, and
-                    // its own UNIX socket at the same path): this one stops answering.
-                    if let Some(a) = self.admin.take() {
-                        a.stop();
+                    // its own UNIX socket at the same path): this one stops accepting, and
+                    // answers the requests it was serving without holding this thread.
+                    if let Some(a) = &self.admin {
+                        a.stop_accepting();
                     }
                     return Ok(());
                 }

@@ -115,7 +115,14 @@ impl Admin {
         Ok((self.server.addr(), self.server.share()?))
     }
 
-    /// Stops serving and waits for the thread.
+    /// Stops accepting (a new process serves the API now); the requests being served are
+    /// answered in the background. Returns at once; [`Admin::stop`] waits for them.
+    pub(crate) fn stop_accepting(&self) {
+        self.server.stop_accepting();
+    }
+
+    /// Stops serving: the requests being served are answered (up to
+    /// [`server::STOP_GRACE`]); waits for the thread.
     pub(crate) fn stop(self) {
         self.server.stop();
     }

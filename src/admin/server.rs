@@ -59,6 +59,9 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Handler threads (blocking pool).
 const HANDLER_THREADS: usize = 4;
+/// At a stop or an upgrade, how long requests already being served get to finish (their
+/// answers are sent, then the connections closed), at most.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +127,12 @@ impl Server {
                     .max_blocking_threads(HANDLER_THREADS)
                     .build();
                 match runtime {
-                    Ok(rt) => rt.block_on(serve(control, tcp, unix_listener, stopped)),
+                    Ok(rt) => {
+                        rt.block_on(serve(control, tcp, unix_listener, stopped));
+                        // A handler still running past STOP_GRACE (a stuck one) is left
+                        // behind rather than waited for.
+                        rt.shutdown_timeout(Duration::from_millis(100));
+                    }
                     Err(e) => log::error!("admin API: cannot start its runtime: {e}"),
                 }
             })?;
@@ -150,7 +158,14 @@ impl Server {
         self.handover.try_clone()
     }
 
-    /// Stops accepting, ends the connections, waits for the thread; removes the UNIX socket.
+    /// Stops accepting and asks each connection to close once the request it is serving
+    /// has been answered; returns at once ([`Server::stop`] waits).
+    pub(crate) fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops accepting, lets the requests being served finish (up to [`STOP_GRACE`]), closes
+    /// the connections, waits for the thread; removes the UNIX socket.
     pub(crate) fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
@@ -175,7 +190,8 @@ fn listen(bind: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts on both sockets until `stopped` turns true.
+/// Accepts on both sockets until `stopped` turns true; then waits (up to [`STOP_GRACE`])
+/// for the connections to answer the requests they were serving.
 async fn serve(
     control: Arc<Control>,
     tcp: std::net::TcpListener,
@@ -193,11 +209,13 @@ async fn serve(
         .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
     let unix = unix.and_then(|l| tokio::net::UnixListener::from_std(l).ok());
     let mut refused = LogLimiter::default();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let accepted: io::Result<(Box<dyn Connection>, Origin)> = tokio::select! {
             a = tcp.accept() => a.map(|(s, _)| (Box::new(s) as Box<dyn Connection>, Origin::Tcp(local))),
             a = accept_unix(unix.as_ref()) => a.map(|s| (Box::new(s) as Box<dyn Connection>, Origin::Unix)),
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => break,
         };
         let (stream, origin) = match accepted {
             Ok(c) => c,
@@ -235,7 +253,7 @@ async fn serve(
         };
         let control = control.clone();
         let mut stopping = stopped.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let slot = held.slot().clone();
             let service =
                 service_fn(move |request| handle(control.clone(), request, origin, slot.clone()));
@@ -248,12 +266,34 @@ async fn serve(
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
-                _ = stopping.changed() => connection.as_mut().graceful_shutdown(),
+                // Stopping: the request being served (if any) is answered, then the connection
+                // closes; an idle one closes at once.
+                _ = stopping.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.as_mut().await;
+                }
                 // Evicted to make room: dropping the connection closes it.
                 _ = held.slot().evicted() => {}
             }
             drop(held);
         });
+    }
+    drop((tcp, unix));
+    while connections.try_join_next().is_some() {}
+    if !connections.is_empty() {
+        log::info!(
+            "admin API: stopping; {} get up to {} to finish their requests",
+            crate::progress::count(connections.len() as u64, "connection"),
+            humantime::format_duration(STOP_GRACE)
+        );
+        let finished = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, finished).await.is_err() {
+            log::warn!(
+                "admin API: {} still open after {}; closing them",
+                crate::progress::count(connections.len() as u64, "connection"),
+                humantime::format_duration(STOP_GRACE)
+            );
+        }
     }
 }
 
