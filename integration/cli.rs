@@ -205,7 +205,7 @@ fn check_refuses_what_run_would_refuse() {
     let out = ballast(&["check", "--config", path(&file)], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("not probed: listener and admin addresses (--probe-binds"),
+        stdout(&out).contains("not probed: listener and admin addresses, live sockets"),
         "{}",
         stdout(&out)
     );
@@ -501,4 +501,44 @@ fn a_weight_for_a_group_that_ignores_weights_is_refused_with_the_reason() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `admin.unix` naming a socket another process serves: `run` refuses rather than take its
+/// place (`check --probe-binds` says so too), and that process keeps its socket. A stale
+/// socket file (nobody accepts on it) is replaced.
+#[test]
+fn another_process_s_live_admin_socket_is_refused_a_stale_one_replaced() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let other = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let inode = std::fs::metadata(&socket).unwrap().ino();
+    let yaml = format!(
+        "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+        socket.display(),
+        config("round_robin", &[(dead_addr(), 1)], "", CHECKS)
+    );
+    let refused = run_refused(&yaml);
+    assert!(
+        refused.contains("another process accepts connections on"),
+        "{refused}"
+    );
+    let file = dir.path().join("b.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = ballast(&["check", "--probe-binds", "--config", path(&file)], &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out))
+            .contains(&format!("admin.unix {}: another process", socket.display())),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&socket).unwrap().ino(), inode);
+    std::os::unix::net::UnixStream::connect(&socket).expect("the other process still serves");
+    drop(other);
+    // Stale now: Ballast replaces it.
+    let lb = Ballast::start(&yaml);
+    assert_ne!(std::fs::metadata(&socket).unwrap().ino(), inode);
+    drop(lb);
 }

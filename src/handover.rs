@@ -260,7 +260,7 @@ impl Offer {
     /// # Errors
     /// `AddrInUse` naming `--upgrade-from` when something answers on `path`.
     pub(crate) fn check_free(path: &Path) -> io::Result<()> {
-        if UnixStream::connect(path).is_ok() {
+        if crate::net::unix_socket_live(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
@@ -289,7 +289,8 @@ impl Offer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let (listener, inode) = crate::net::bind_unix_socket(path)?;
+        // Checked free (check_free) or taken over from the running Ballast (an upgrade).
+        let (listener, inode) = crate::net::bind_unix_socket(path, true)?;
         std::thread::Builder::new()
             .name("ballast-upgrade".into())
             .spawn(move || {

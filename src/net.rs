@@ -211,15 +211,20 @@ pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::U
     Ok(socket.into())
 }
 
-/// A UNIX listening socket at `path`, mode 0600 from the moment it has that name (bound under
-/// a temporary name in the same directory, restricted, then renamed over `path`), and its
-/// inode (for [`remove_unix_socket`]). A socket file already at `path` (a stale one, or a
-/// running Ballast's during an upgrade) is replaced; anything else there is left alone.
+/// A UNIX listening socket at `path`, mode 0600 before it accepts anything (bound under a
+/// temporary name in the same directory, restricted, then made to listen and renamed over
+/// `path`), and its inode (for [`remove_unix_socket`]). A stale socket file at `path` is
+/// replaced; a live one (a process accepts on it) only when `replace_live` (a new Ballast
+/// taking over from a running one); anything else there is left alone.
 ///
 /// # Errors
 /// `AlreadyExists` when `path` holds something other than a socket (a typo must not delete a
-/// file); otherwise the bind's, chmod's or rename's error.
-pub(crate) fn bind_unix_socket(path: &Path) -> io::Result<(std::os::unix::net::UnixListener, u64)> {
+/// file); `AddrInUse` when a process serves `path` and not `replace_live`; otherwise the
+/// bind's, chmod's, listen's or rename's error.
+pub(crate) fn bind_unix_socket(
+    path: &Path,
+    replace_live: bool,
+) -> io::Result<(std::os::unix::net::UnixListener, u64)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => {
@@ -231,21 +236,51 @@ pub(crate) fn bind_unix_socket(path: &Path) -> io::Result<(std::os::unix::net::U
                 ),
             ))
         }
+        Ok(_) if !replace_live && unix_socket_live(path) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another process accepts connections on {}: refusing to take its place",
+                    path.display()
+                ),
+            ))
+        }
         _ => {}
     }
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));
     let temporary = std::path::PathBuf::from(temporary);
     let _ = std::fs::remove_file(&temporary);
-    let listener = std::os::unix::net::UnixListener::bind(&temporary)?;
-    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    // Restricted between bind (which creates the file, with the umask's mode) and listen:
+    // a connect before listen is refused, so nobody the mode excludes ever gets in.
+    let placed = socket
+        .bind(&socket2::SockAddr::unix(&temporary)?)
+        .and_then(|()| std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600)))
+        .and_then(|()| socket.listen(1024))
         .and_then(|()| std::fs::rename(&temporary, path));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&temporary);
         return Err(e);
     }
     let inode = std::fs::metadata(path)?.ino();
-    Ok((listener, inode))
+    Ok((socket.into(), inode))
+}
+
+/// Whether a process accepts connections on the UNIX socket at `path` (a connect succeeds,
+/// or finds its backlog full). Never waits.
+pub(crate) fn unix_socket_live(path: &Path) -> bool {
+    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+        return false;
+    };
+    let Ok(address) = socket2::SockAddr::unix(path) else {
+        return false;
+    };
+    let _ = socket.set_nonblocking(true);
+    match socket.connect(&address) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
 }
 
 /// Removes the UNIX socket at `path` if it is still the one with `inode` (not one another

@@ -71,10 +71,22 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
                 config.admin.bind
             )),
         });
+        for (key, path) in [
+            ("admin.unix", config.admin.unix.as_deref()),
+            ("upgrade_socket", config.upgrade_socket.as_deref()),
+        ] {
+            if let Some(path) = path.filter(|p| crate::net::unix_socket_live(p)) {
+                found.push(Finding::Fails(format!(
+                    "{key} {}: another process accepts connections on it",
+                    path.display()
+                )));
+            }
+        }
     } else {
         found.push(Finding::NotProbed(
-            "listener and admin addresses (--probe-binds binds them as `run` would; on a node \
-             where Ballast runs, its own count as in use)"
+            "listener and admin addresses, live sockets at admin.unix and upgrade_socket \
+             (--probe-binds binds them as `run` would; on a node where Ballast runs, its own \
+             count as in use)"
                 .into(),
         ));
     }

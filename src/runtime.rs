@@ -217,6 +217,7 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
     let spares = Spares::keep(&config, &sockets).map_err(RunError::io(
         "cannot keep copies of the service manager's sockets",
     ))?;
+    let upgrading = matches!(given, Sockets::Upgrade(_));
     let inherited = match given {
         Sockets::Upgrade(i) => Some(i),
         Sockets::Activation(a) => {
@@ -245,12 +246,13 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
     }
     let links = built.iter().map(|(_, link)| link.clone()).collect();
     let control = Control::with_steering(generation.clone(), links, steering);
-    let admin =
-        Admin::start(control.clone(), admin_socket).map_err(|source| RunError::AdminBind {
+    let admin = Admin::start(control.clone(), admin_socket, upgrading).map_err(|source| {
+        RunError::AdminBind {
             addr: generation.config.admin.bind,
             config: generation.config.path.display().to_string(),
             source,
-        })?;
+        }
+    })?;
     let prober = Prober::start(control.clone()).map_err(RunError::io("cannot start the prober"))?;
     crate::cert_watch::start(&control)
         .map_err(RunError::io("cannot start the certificate watcher"))?;

@@ -85,16 +85,25 @@ pub(crate) struct Admin {
 impl Admin {
     /// Serves the current configuration's `admin.bind` (on `inherited`, the socket a running
     /// Ballast handed over for that address, or a socket bound now) and `admin.unix`, if set,
-    /// on a new thread.
+    /// on a new thread. `upgrading`: this process takes over from a running Ballast, whose
+    /// `admin.unix` socket it replaces (otherwise a live socket there is refused).
     ///
     /// # Errors
-    /// When an address cannot be bound or the thread cannot start.
+    /// When an address cannot be bound (or `admin.unix` is another process's live socket) or
+    /// the thread cannot start.
     pub(crate) fn start(
         control: Arc<Control>,
         inherited: Option<std::os::fd::OwnedFd>,
+        upgrading: bool,
     ) -> io::Result<Admin> {
         let admin = control.generation().config.admin.clone();
-        let server = server::Server::start(control, admin.bind, admin.unix.as_deref(), inherited)?;
+        let server = server::Server::start(
+            control,
+            admin.bind,
+            admin.unix.as_deref(),
+            inherited,
+            upgrading,
+        )?;
         log::info!("admin API on http://{}", server.addr());
         if let Some(path) = &admin.unix {
             log::info!("admin API on unix:{}", path.display());

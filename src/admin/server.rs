@@ -87,16 +87,18 @@ pub(crate) struct Server {
 impl Server {
     /// Serves on a new thread: on `inherited` (the TCP socket a running Ballast handed over,
     /// [`crate::handover`]) or else a socket bound to `bind`, and on `unix` (mode 0600,
-    /// replacing a socket file there, never another kind of file).
+    /// replacing a stale socket file there, a live one only when `upgrading` (the running
+    /// Ballast's), never another kind of file).
     ///
     /// # Errors
-    /// When an address cannot be bound, the UNIX path holds something other than a socket,
-    /// or the thread cannot start.
+    /// When an address cannot be bound, the UNIX path holds something other than a socket
+    /// or (not `upgrading`) a socket another process serves, or the thread cannot start.
     pub(crate) fn start(
         control: Arc<Control>,
         bind: SocketAddr,
         unix: Option<&Path>,
         inherited: Option<std::os::fd::OwnedFd>,
+        upgrading: bool,
     ) -> io::Result<Server> {
         let tcp = match inherited {
             Some(fd) => {
@@ -111,7 +113,7 @@ impl Server {
         let unix_listener = match unix {
             None => None,
             Some(path) => {
-                let (l, inode) = crate::net::bind_unix_socket(path)?;
+                let (l, inode) = crate::net::bind_unix_socket(path, upgrading)?;
                 l.set_nonblocking(true)?;
                 Some((l, inode))
             }
