@@ -542,3 +542,41 @@ fn another_process_s_live_admin_socket_is_refused_a_stale_one_replaced() {
     assert_ne!(std::fs::metadata(&socket).unwrap().ino(), inode);
     drop(lb);
 }
+
+/// Started with a relative `--config`, Ballast names its file absolutely (`/node`): a CLI
+/// run from another directory recognises the instance and reloads it.
+#[test]
+fn a_config_given_relative_is_recognised_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let file = dir.path().join("b.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
+            socket.display(),
+            config("round_robin", &[(dead_addr(), 1)], "", CHECKS)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["run", "--config", "b.yaml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the admin socket answering", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["reload", "--config", path(&file)])
+        .current_dir("/")
+        .env_remove("BALLAST_ADMIN")
+        .env_remove("BALLAST_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -143,7 +143,11 @@ fn check(path: &Path, probe_binds: bool) -> ExitCode {
 /// `run`: exit 2 for a bad configuration or what it names (addresses, files), 1 for a failure
 /// while running.
 fn run(path: &Path, upgrade_from: Option<&Path>) -> ExitCode {
-    let c = match config::load(path) {
+    // Absolute (symlinks kept, so a reload follows a swapped link): reloads read the same
+    // file whatever the working directory, and `/node` names it so a CLI started elsewhere
+    // recognises it.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let c = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             for line in e.to_string().lines() {
