@@ -501,6 +501,14 @@ fn a_weight_for_a_group_that_ignores_weights_is_refused_with_the_reason() {
         "{}",
         stderr(&out)
     );
+    // Nor is a weight given with a new target (one of 1, the default, is).
+    let c = dead_addr().to_string();
+    let out = ballast(&["add", "g", &c, "--weight", "4", "--admin", &admin], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("409"), "{}", stderr(&out));
+    assert!(group_targets(lb.admin_addr(), "g").len() == 2);
+    let out = ballast(&["add", "g", &c, "--admin", &admin], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// `admin.unix` naming a socket another process serves: `run` refuses rather than take its

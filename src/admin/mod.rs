@@ -29,7 +29,8 @@
 //!   channels, each woken through its poll's waker).
 //! - `POST /target-groups/{group}/targets` with `{"address": "host:port", "weight": 1,
 //!   "backup": false, "max_connections": N}` (all but `address` optional): adds a target; it
-//!   takes traffic once it passes the group's health check. 201; 409 if already there.
+//!   takes traffic once it passes the group's health check. 201; 409 if already there, or
+//!   for a weight other than 1 in a `round_robin` group (which ignores weights).
 //! - `DELETE /target-groups/{group}/targets/{address}`: removes a target: it takes nothing
 //!   new, its connections go on, what is left after the group's `drain_timeout` is closed.
 //! - `POST /target-groups/{group}/targets/{address}/drain`: the target takes no new

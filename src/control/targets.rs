@@ -86,8 +86,9 @@ impl Control {
     ///
     /// # Errors
     /// [`ChangeError::NotFound`] for an unknown group, [`ChangeError::Conflict`] when the
-    /// address is already a target of the group, [`ChangeError::Invalid`] when the group's
-    /// rules refuse it (port 0, a `maglev_table_size` too small for one more target).
+    /// address is already a target of the group or a weight other than 1 is asked of a
+    /// `round_robin` group (which ignores weights), [`ChangeError::Invalid`] when the
+    /// group's rules refuse it (port 0, a `maglev_table_size` too small for one more target).
     pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
         let mut config = self.generation().config.clone();
@@ -100,6 +101,9 @@ impl Control {
                 "target group `{group}` already has target {}",
                 target.address
             )));
+        }
+        if target.weight != 1 {
+            weights_count(g)?;
         }
         g.targets.push(target);
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
@@ -169,12 +173,7 @@ impl Control {
         let _guard = self.locked();
         let mut config = self.generation().config.clone();
         let g = group_config(&mut config, group)?;
-        if g.algorithm == config::Algorithm::RoundRobin {
-            return Err(ChangeError::Conflict(format!(
-                "target group `{group}` uses round_robin, which ignores weights: use \
-                 weighted_round_robin (or another weighted algorithm) for weights to count"
-            )));
-        }
+        weights_count(g)?;
         let t = g
             .targets
             .iter_mut()
@@ -312,4 +311,17 @@ fn group_config<'c>(
 
 fn no_target(group: &str, address: SocketAddr) -> ChangeError {
     ChangeError::NotFound(format!("target group `{group}` has no target `{address}`"))
+}
+
+/// Refuses a weight asked of group `g` when its algorithm ignores weights (`round_robin`):
+/// the operator would believe it counts.
+fn weights_count(g: &config::TargetGroupConfig) -> Result<(), ChangeError> {
+    if g.algorithm == config::Algorithm::RoundRobin {
+        return Err(ChangeError::Conflict(format!(
+            "target group `{}` uses round_robin, which ignores weights: use \
+             weighted_round_robin (or another weighted algorithm) for weights to count",
+            g.name
+        )));
+    }
+    Ok(())
 }

@@ -134,6 +134,10 @@ fn unique_name(
             name.escape_default()
         ));
     }
+    if name == "." || name == ".." {
+        // A URL path segment of its own (`/target-groups/../targets`) resolves away.
+        return Err(format!("`{name}` cannot be a name: it is a path segment"));
+    }
     match seen.entry(name.to_string()) {
         std::collections::hash_map::Entry::Occupied(first) => Err(format!(
             "duplicate {what} name `{name}`, first at {list}[{}].name",
@@ -228,6 +232,28 @@ target_groups:
         assert!(e.contains("healthy_threshold"), "{e}");
         let e = err(&GOOD.replace("127.0.0.1:5433", "127.0.0.1:notaport"));
         assert!(e.contains("targets[1].address"), "{e}");
+    }
+
+    /// Names go into URL paths, log lines and metric labels: only the safe characters, and
+    /// never a path segment of its own.
+    #[test]
+    fn names_are_refused_where_a_url_or_a_log_line_would_misread_them() {
+        for bad in [".", "..", "a b", "a/b", "", &"n".repeat(65)] {
+            let e = err(&GOOD.replace(
+                "  - name: pg\n    algorithm",
+                &format!("  - name: '{bad}'\n    algorithm"),
+            ));
+            assert!(e.contains("target_groups[0].name"), "{bad}: {e}");
+        }
+        for good in ["pg.primary", "a-b_c:d@e+f", "...", &"n".repeat(64)] {
+            let yaml = GOOD
+                .replace("target_group: pg", &format!("target_group: '{good}'"))
+                .replace(
+                    "  - name: pg\n    algorithm",
+                    &format!("  - name: '{good}'\n    algorithm"),
+                );
+            assert!(parse_str(&yaml).is_ok(), "{good}");
+        }
     }
 
     #[test]
