@@ -329,6 +329,29 @@ fn a_trusted_header_sets_the_client_for_logs_and_for_the_header_passed_on() {
         lines.lines().all(|l| l.contains("client=203.0.113.7:4242")),
         "{lines}"
     );
+    // `/connections` names the client as the log does, and the proxy in front as the peer.
+    let mut open = std::net::TcpStream::connect(addr).unwrap();
+    open.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut open,
+        b"PROXY TCP4 203.0.113.9 198.51.100.1 4243 443\r\nhi",
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).ends_with("hi") {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut open, &mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let listed = get_json(lb.admin_addr(), "/connections");
+    let conn = &listed["connections"][0];
+    assert_eq!(conn["client"], "203.0.113.9:4243", "{listed}");
+    assert_eq!(
+        conn["peer"],
+        open.local_addr().unwrap().to_string(),
+        "{listed}"
+    );
 }
 
 #[test]

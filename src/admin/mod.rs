@@ -26,7 +26,8 @@
 //!   target or listener, for spreadsheets and scripts (as HAProxy's `;csv`).
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
 //! - `GET /connections?limit=N`: the workers' connection tables (asked over their message
-//!   channels, each woken through its poll's waker).
+//!   channels, each woken through its poll's waker). `client` is as the access log has it
+//!   (a PROXY header's source when one was read), `peer` the 5-tuple's client side.
 //! - `POST /target-groups/{group}/targets` with `{"address": "host:port", "weight": 1,
 //!   "backup": false, "max_connections": N}` (all but `address` optional): adds a target; it
 //!   takes traffic once it passes the group's health check. 201; 409 if already there, or
@@ -380,6 +381,7 @@ fn connections(control: &Control, limit: usize) -> serde_json::Value {
                 "id": format!("{}.{}", c.worker, c.id),
                 "protocol": c.protocol.to_string(),
                 "client": c.client.to_string(),
+                "peer": c.peer.to_string(),
                 "listener": c.listener,
                 "local": c.local.to_string(),
                 "target": c.target.map(|t| t.to_string()),

@@ -215,8 +215,12 @@ pub struct ConnInfo {
     pub id: u64,
     /// `tcp` or `udp`.
     pub protocol: Protocol,
-    /// The client's address.
+    /// The client's address: as a PROXY header declared it (as the access log has it), else
+    /// the peer's.
     pub client: SocketAddr,
+    /// The address the connection came from (the client, or the proxy in front that sent a
+    /// PROXY header): the client side of the 5-tuple.
+    pub peer: SocketAddr,
     /// The listener's name.
     pub listener: String,
     /// The address the client connected or sent to (the listener side of the 5-tuple; on a
@@ -598,7 +602,8 @@ impl Worker {
             out.push(ConnInfo {
                 id: conn.id,
                 protocol: Protocol::Tcp,
-                client: conn.tuple.client,
+                client: conn.client(),
+                peer: conn.tuple.client,
                 listener: self.generation.listeners[conn.listener].config.name.clone(),
                 local: conn.tuple.listener,
                 target,
@@ -615,6 +620,7 @@ impl Worker {
                 id: s.id,
                 protocol: Protocol::Udp,
                 client: s.tuple.client,
+                peer: s.tuple.client,
                 listener: self.generation.listeners[s.listener].config.name.clone(),
                 local: udp::session_address(self.listeners[s.listener].local, s.reply_from),
                 target: Some(self.generation.groups[s.group].targets[s.target].address),
