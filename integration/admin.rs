@@ -590,7 +590,7 @@ fn cancelled_drain_timers_do_not_pile_up_threads() {
 fn a_request_in_flight_at_stop_is_answered() {
     let mut lb = Ballast::start(&config("round_robin", &[(dead_addr(), 1)], "", NO_CHECKS));
     let admin = lb.admin_addr();
-    let body = r#"{"address": "127.0.0.1:9", "weight": 2}"#;
+    let body = r#"{"address": "127.0.0.1:9", "backup": true}"#;
     let mut s = send_head(
         admin,
         &format!(

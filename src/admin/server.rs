@@ -283,16 +283,17 @@ async fn serve(
     drop((tcp, unix));
     while connections.try_join_next().is_some() {}
     if !connections.is_empty() {
+        let counted = |n: usize| format!("{n} connection{}", if n == 1 { "" } else { "s" });
         log::info!(
             "admin API: stopping; {} get up to {} to finish their requests",
-            crate::progress::count(connections.len() as u64, "connection"),
+            counted(connections.len()),
             humantime::format_duration(STOP_GRACE)
         );
         let finished = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(STOP_GRACE, finished).await.is_err() {
             log::warn!(
                 "admin API: {} still open after {}; closing them",
-                crate::progress::count(connections.len() as u64, "connection"),
+                counted(connections.len()),
                 humantime::format_duration(STOP_GRACE)
             );
         }
