@@ -68,7 +68,7 @@
 //!   bind → activation, handover, steering           binding listeners, or taking them over
 //!   generation → listener, balancer → target, per_source    one generation and its parts
 //!   hash → conntrack → config                       hashing; the 5-tuple; the configuration
-//!   tls, sni, proxy_protocol, net, timers, fault, throttle  the ground floor
+//!   tls, sni, proxy_protocol, postgres, net, timers, fault, throttle  the ground floor
 //! ```
 //!
 //! ## Lint policy
@@ -85,6 +85,7 @@
 //! ```text
 //!   no-panic lints: unwrap_used expect_used panic unreachable todo unimplemented indexing_slicing
 //!   no-panic: tcp        parses what arrives (PROXY headers, ClientHellos) and pumps bytes
+//!   no-panic: postgres   parses PostgreSQL's startup packets and the server's first messages
 //!   no-panic: udp        the session table and the recvmmsg/sendmmsg batches
 //!   no-panic: worker     all but indexing_slicing: its indices are its own (listener, group
 //!                        and target indices of a generation; its tables' slot keys), never
@@ -169,6 +170,7 @@ pub(crate) mod net;
 pub(crate) mod node;
 pub(crate) mod notify;
 pub(crate) mod per_source;
+pub(crate) mod postgres;
 pub(crate) mod progress;
 pub(crate) mod scaling;
 pub(crate) mod sni;

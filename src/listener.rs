@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::config::ListenerConfig;
 use crate::per_source::SourceLimits;
+use crate::postgres::CancelKeys;
 
 /// One listener as a generation sees it; dereferences to its counters, which are kept across
 /// reloads while the listener keeps its name, protocol and address.
@@ -21,6 +22,9 @@ pub struct ListenerState {
     pub removed: bool,
     /// Its per-source tables (`per_source:`), kept across reloads while the limits stay.
     pub sources: Option<Arc<SourceLimits>>,
+    /// `postgres:`: the cancel keys of its open connections, kept across reloads while the
+    /// listener has `postgres:`.
+    pub(crate) cancel_keys: Option<Arc<CancelKeys>>,
     stats: Arc<ListenerStats>,
 }
 
@@ -57,6 +61,11 @@ pub struct ListenerStats {
     pub tls_resumed: AtomicU64,
     /// TLS handshakes failed, by [`HandshakeFailure`] (its index).
     pub tls_failed: [AtomicU64; HandshakeFailure::ALL.len()],
+    /// `postgres:`: cancel requests sent to the server that issued their key.
+    pub cancels_routed: AtomicU64,
+    /// `postgres:`: cancel requests whose key no open connection holds (closed, as the
+    /// server would).
+    pub cancels_unknown: AtomicU64,
 }
 
 /// Why a client's TLS handshake failed (counted per listener in `/metrics` as
@@ -165,8 +174,12 @@ pub enum Refusal {
     /// `per_source`: the source's `connection_rate` is used up.
     SourceRate,
     /// `routes` with `without_server_name: close`: no route for the client's ClientHello (no
-    /// TLS, no server name, an unknown one, or none in time).
+    /// TLS, no server name, an unknown one, or none in time); `postgres.routes` with
+    /// `without_route: refuse`: none for the client's database, user and application.
     NoRoute,
+    /// `postgres:`: the client's StartupMessage was malformed, too long (over 10,000 bytes),
+    /// of another protocol, or not whole within `startup_timeout`.
+    BadStartup,
 }
 
 impl From<crate::per_source::Over> for Refusal {
@@ -180,7 +193,7 @@ impl From<crate::per_source::Over> for Refusal {
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Denied,
         Refusal::UntrustedProxy,
         Refusal::BadProxyHeader,
@@ -188,6 +201,7 @@ impl Refusal {
         Refusal::SourceLimit,
         Refusal::SourceRate,
         Refusal::NoRoute,
+        Refusal::BadStartup,
     ];
 
     /// The `reason` label.
@@ -200,6 +214,7 @@ impl Refusal {
             Refusal::SourceLimit => "source_limit",
             Refusal::SourceRate => "source_rate",
             Refusal::NoRoute => "no_route",
+            Refusal::BadStartup => "bad_startup",
         }
     }
 }
@@ -222,6 +237,7 @@ impl ListenerState {
     pub(crate) fn new(config: ListenerConfig) -> ListenerState {
         ListenerState {
             sources: source_tables(&config, None),
+            cancel_keys: config.postgres.as_ref().map(|_| Arc::default()),
             config,
             removed: false,
             stats: Arc::default(),
@@ -233,6 +249,10 @@ impl ListenerState {
     pub(crate) fn successor(&self, config: ListenerConfig, removed: bool) -> ListenerState {
         ListenerState {
             sources: source_tables(&config, self.sources.as_ref()),
+            cancel_keys: config
+                .postgres
+                .as_ref()
+                .map(|_| self.cancel_keys.clone().unwrap_or_default()),
             config,
             removed,
             stats: self.stats.clone(),

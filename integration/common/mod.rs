@@ -9,6 +9,7 @@ pub mod configs;
 pub mod netns;
 pub mod notify;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod servers;
 pub mod tcp_backends;

@@ -74,6 +74,12 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CancelLabels {
+    listener: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScalingSampleLabels {
     target_group: String,
     metric: &'static str,
@@ -129,6 +135,7 @@ pub(crate) fn encode(
     register_node(&mut registry, node, generation);
     register_threads(&mut registry, restarts);
     register_listeners(&mut registry, generation);
+    register_postgres(&mut registry, generation);
     register_tls(&mut registry, generation);
     register_targets(&mut registry, generation);
     register_capacity(&mut registry, generation);
@@ -179,6 +186,45 @@ fn register_threads(registry: &mut Registry, restarts: &crate::fault::Restarts) 
         "thread_restarts",
         "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
         thread_restarts,
+    );
+}
+
+/// Per `postgres:` listener: cancel requests by what became of them, and the cancel keys
+/// held (one per open PostgreSQL connection whose server sent one).
+fn register_postgres(registry: &mut Registry, generation: &Generation) {
+    let cancels = Family::<CancelLabels, Counter>::default();
+    let keys = Family::<ListenerLabels, Gauge>::default();
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
+        let Some(held) = &l.cancel_keys else {
+            continue;
+        };
+        for (result, n) in [
+            ("routed", &l.cancels_routed),
+            ("unknown", &l.cancels_unknown),
+        ] {
+            cancels
+                .get_or_create(&CancelLabels {
+                    listener: l.config.name.clone(),
+                    result,
+                })
+                .inc_by(n.load(Ordering::Relaxed));
+        }
+        keys.get_or_create(&ListenerLabels {
+            listener: l.config.name.clone(),
+            protocol: l.config.kind().to_string(),
+        })
+        .set(held.len() as i64);
+    }
+    registry.register(
+        "listener_postgres_cancels",
+        "PostgreSQL cancel requests: routed (to the server that issued the key) or unknown (no \
+         open connection holds the key; closed)",
+        cancels,
+    );
+    registry.register(
+        "listener_postgres_cancel_keys",
+        "Cancel keys held: open PostgreSQL connections whose server sent one",
+        keys,
     );
 }
 

@@ -17,6 +17,7 @@ mod discover;
 mod file;
 mod load;
 pub mod plan;
+mod postgres;
 mod problem;
 pub mod scaling;
 pub mod schema;
@@ -41,6 +42,9 @@ pub use file::{
     parse_address, parse_bind, parse_cidr, parse_duration, MAX_BATCH, MAX_DURATION, MAX_WEIGHT,
 };
 pub use load::{load, parse};
+pub use postgres::{
+    NamePattern, PostgresRoute, PostgresRouting, WithoutRoute, DEFAULT_STARTUP_TIMEOUT,
+};
 pub use problem::Problem;
 pub(crate) use tls::reload_tls;
 pub use udp::{
@@ -314,6 +318,9 @@ pub struct ListenerConfig {
     pub sni: Option<SniRoutes>,
     /// `protocol: tls`: TLS terminated here, the target gets the plaintext.
     pub tls: Option<TlsListener>,
+    /// `postgres:`: each client's StartupMessage is read (after TLS, on a `tls` listener) to
+    /// route it, and cancel requests go to the server that issued their key.
+    pub postgres: Option<PostgresRouting>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.

@@ -152,6 +152,9 @@ pub fn print(c: &Config) {
                 }
             );
         }
+        if let Some(pg) = &l.postgres {
+            print_postgres(&mut out, pg, c, &g.name);
+        }
         if let Some(p) = &l.per_source {
             let mut limits = Vec::new();
             if let Some(n) = p.max_open {
@@ -353,5 +356,41 @@ fn print_tls(out: &mut impl Write, tls: &TlsListener) {
                 }
             );
         }
+    }
+}
+
+/// A listener's `postgres:` lines: its routes, what takes the rest, and cancels.
+fn print_postgres(out: &mut impl Write, pg: &super::PostgresRouting, c: &Config, default: &str) {
+    let _ = writeln!(
+        out,
+        "  reads each PostgreSQL StartupMessage (within {}); cancel requests go to the server \
+         that issued their key",
+        humantime::format_duration(pg.startup_timeout)
+    );
+    for r in &pg.routes {
+        let fields: Vec<String> = [
+            ("database", &r.database),
+            ("user", &r.user),
+            ("application_name", &r.application_name),
+        ]
+        .iter()
+        .filter_map(|(k, p)| p.as_ref().map(|p| format!("{k} {}", p.0)))
+        .collect();
+        let _ = writeln!(
+            out,
+            "  route {} -> target group {}",
+            fields.join(", "),
+            c.target_groups[r.target_group].name
+        );
+    }
+    if !pg.routes.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no route: {}",
+            match pg.without_route {
+                super::WithoutRoute::Refuse => "refused with an error naming the database".into(),
+                super::WithoutRoute::Default => format!("target group {default}"),
+            }
+        );
     }
 }

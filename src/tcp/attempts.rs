@@ -30,6 +30,12 @@ pub(crate) struct Attempts<S> {
     pub current: Option<Attempt<S>>,
     /// A `target_tls` group's handshake with the target, in `TargetPreamble`.
     pub tls: Option<Box<rustls::Connection>>,
+    /// A PostgreSQL cancel: this target alone (the one that issued the key), whatever its
+    /// health, and no other after it.
+    pub pinned: Option<usize>,
+    /// `postgres:`: the client sent a StartupMessage: the target's answer is watched for
+    /// its cancel key ([`crate::postgres::KeyWatch`]).
+    pub watch_key: bool,
 }
 
 /// One connect in flight.
@@ -57,6 +63,8 @@ impl<S> Attempts<S> {
             last_error: None,
             current: None,
             tls: None,
+            pinned: None,
+            watch_key: false,
         }
     }
 
@@ -154,6 +162,9 @@ impl<S: Socket> Connection<S> {
             Ok(mut flow) => {
                 flow.retries = u16::try_from(a.retries()).unwrap_or(u16::MAX);
                 flow.connect_us = u32::try_from(connect.as_micros()).unwrap_or(u32::MAX);
+                if a.watch_key {
+                    flow.postgres = Some(Box::default());
+                }
                 self.set_stage(Stage::Established(flow));
                 Ok(())
             }

@@ -44,6 +44,9 @@ pub(crate) struct Flow<S> {
     /// From the first connect attempt's start to established, in µs (saturating at ~71
     /// minutes; the access log's `connect_ms`).
     pub connect_us: u32,
+    /// `postgres:`: the target's first messages, watched for its cancel key, and the key
+    /// once recorded. Boxed: PostgreSQL listeners only.
+    pub postgres: Option<Box<crate::postgres::KeyWatch>>,
 }
 
 /// In [`Stage::Closing`]: the bounds of the wait for the acknowledgement.
@@ -100,6 +103,7 @@ impl<S: Socket> Flow<S> {
             request_sent: false,
             retries: 0,
             connect_us: 0,
+            postgres: None,
         })
     }
 
@@ -116,6 +120,37 @@ impl<S: Socket> Flow<S> {
 }
 
 impl<S: Socket> Connection<S> {
+    /// The PostgreSQL cancel key the target just sent, once (see [`Flow::postgres`]).
+    pub(crate) fn take_backend_key(&mut self) -> Option<crate::postgres::CancelKey> {
+        match &mut self.stage {
+            Stage::Established(f) | Stage::Closing(f, _) => f.postgres.as_mut()?.take_found(),
+            _ => None,
+        }
+    }
+
+    /// Notes that `key` is recorded in the listener's table for `owner` (removed at the end).
+    pub(crate) fn set_registered_cancel_key(
+        &mut self,
+        key: crate::postgres::CancelKey,
+        owner: crate::postgres::cancel::Owner,
+    ) {
+        if let Stage::Established(f) | Stage::Closing(f, _) = &mut self.stage {
+            if let Some(w) = f.postgres.as_mut() {
+                w.registered = Some((key, owner));
+            }
+        }
+    }
+
+    /// The cancel key recorded for this connection, taken (to remove it from the table).
+    pub(crate) fn registered_cancel_key(
+        &mut self,
+    ) -> Option<(crate::postgres::CancelKey, crate::postgres::cancel::Owner)> {
+        match &mut self.stage {
+            Stage::Established(f) | Stage::Closing(f, _) => f.postgres.as_mut()?.registered.take(),
+            _ => None,
+        }
+    }
+
     /// Moves bytes both ways until both would block or `budget` bytes went each way; then
     /// says what next: close when both directions are over (through `Closing` when a side to
     /// be reset has bytes not yet acknowledged), drive again when the budget ran out.
@@ -138,8 +173,13 @@ impl<S: Socket> Connection<S> {
         let mut rounds = 0;
         loop {
             let aborted = (front.aborted, back.aborted);
-            let u = flow.up.pump(front, back, pool, budget, flow.down.done());
-            let d = flow.down.pump(back, front, pool, budget, flow.up.done());
+            let u = flow
+                .up
+                .pump(front, back, pool, budget, flow.down.done(), None);
+            let watch = flow.postgres.as_deref_mut().filter(|w| !w.done());
+            let d = flow
+                .down
+                .pump(back, front, pool, budget, flow.up.done(), watch);
             (up, down) = (up + u.bytes, down + d.bytes);
             more = u.more || d.more;
             rounds += 1;

@@ -62,6 +62,7 @@ pub(crate) mod pump;
 #[cfg(test)]
 mod sim;
 pub(crate) mod socket;
+pub(crate) mod startup;
 pub(crate) mod target_preamble;
 pub(crate) mod tls;
 pub(crate) mod transport;
@@ -508,17 +509,20 @@ mod size_tests {
     #[test]
     fn an_idle_connection_stays_small() {
         let sizes = [
-            ("Connection", size_of::<Connection>(), 376),
-            ("Stage", size_of::<Stage>(), 192),
+            // +8 for the Flow's boxed PostgreSQL key watch (`postgres:` listeners).
+            ("Connection", size_of::<Connection>(), 384),
+            ("Stage", size_of::<Stage>(), 200),
             (
                 "Flow (Established, Closing)",
                 size_of::<Flow<TcpStream>>(),
-                184,
+                192,
             ),
-            // Boxed, only until the preamble is over: +16 for when the front door passed.
-            ("Preamble (boxed)", size_of::<Preamble>(), 56),
-            // Boxed and only while connecting: +16 for the first attempt's start (connect_ms).
-            ("Attempts (boxed)", size_of::<Attempts<TcpStream>>(), 184),
+            // Boxed, only until the preamble is over: +16 for when the front door passed,
+            // +24 for the server name and whether a StartupMessage was read.
+            ("Preamble (boxed)", size_of::<Preamble>(), 80),
+            // Boxed and only while connecting: +16 for the first attempt's start (connect_ms),
+            // +16 for a cancel's pinned target and the key watch's flag.
+            ("Attempts (boxed)", size_of::<Attempts<TcpStream>>(), 200),
             ("Closing (boxed)", size_of::<Closing>(), 32),
             ("Endpoint", size_of::<Endpoint>(), 48),
             ("Half", size_of::<pump::Half>(), 40),

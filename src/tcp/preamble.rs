@@ -6,14 +6,17 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::pump::Endpoint;
 use super::socket::Socket;
+use super::startup::{read_startup, StartupRead};
 use super::tls::FrontTls;
 use super::{Action, Attempts, Connection, Stage};
-use crate::config::{ListenerConfig, NoServerName, TargetGroupConfig};
+use crate::config::{ListenerConfig, NoServerName, TargetGroupConfig, WithoutRoute};
 use crate::listener::{HandshakeFailure, ListenerState, Refusal};
+use crate::postgres;
 
 /// What the `Preamble` stage has read and done so far.
 #[derive(Debug, Default)]
@@ -32,6 +35,12 @@ pub(crate) struct Preamble {
     /// ClientHello's or handshake's timeout runs from then on a listener that reads a PROXY
     /// header.
     pub front_door_passed: Option<Instant>,
+    /// Once the TLS handshake or the ClientHello is over (or there is none): the server name
+    /// the client asked for, if any. Later calls go on from there.
+    pub hello: Option<Option<String>>,
+    /// `postgres:`: the client's StartupMessage was read (it is in `read`): the target's
+    /// answer is watched for its cancel key.
+    pub startup_read: bool,
 }
 
 /// How reading a ClientHello went.
@@ -98,7 +107,7 @@ pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint
 }
 
 /// What one read into `p.read` did.
-enum Fill {
+pub(super) enum Fill {
     /// Bytes were added.
     More,
     /// The socket is empty for now.
@@ -111,8 +120,13 @@ enum Fill {
     Gone,
 }
 
-/// Reads once from the client into `p.read`, up to `max` bytes held in all.
-fn fill_preamble<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>, max: usize) -> Fill {
+/// Reads once from the client into `p.read`, up to `max` bytes held in all, through its
+/// transport (plaintext once a `tls` listener's handshake is over).
+pub(super) fn fill_preamble<S: Socket>(
+    p: &mut Preamble,
+    front: &mut Endpoint<S>,
+    max: usize,
+) -> Fill {
     let mut chunk = [0u8; 4096];
     let room = max.saturating_sub(p.read.len()).min(chunk.len());
     if room == 0 {
@@ -122,7 +136,7 @@ fn fill_preamble<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>, max: usiz
         return Fill::Full;
     };
     loop {
-        return match front.stream.read(buf) {
+        return match front.transport.read(&mut front.stream, buf) {
             Ok(0) => Fill::Eof,
             Ok(n) => {
                 p.read.extend_from_slice(buf.get(..n).unwrap_or_default());
@@ -196,6 +210,13 @@ pub(crate) enum Step {
     /// Whole: its target group is chosen ([`Connection::group`]); on to the first connect
     /// ([`Connection::start_connecting`]).
     Done,
+    /// A PostgreSQL CancelRequest whose key a server at this address issued: to that target
+    /// alone.
+    Cancel(SocketAddr),
+    /// The client was answered (an `ErrorResponse`, or nothing for a cancel whose key no
+    /// connection holds) and sent its end of stream: close with a FIN, counting the refusal
+    /// if any.
+    Answered(Option<Refusal>),
 }
 
 /// How a preamble that ran out of time ends, by the listener's options.
@@ -210,6 +231,9 @@ pub(crate) enum Expiry {
     DefaultRoute,
     /// Reset both sides (`preamble_timeout`).
     Close,
+    /// `postgres:`: no whole StartupMessage in time: answered with an `ErrorResponse`,
+    /// refused.
+    StartupTimeout,
 }
 
 impl<S: Socket> Connection<S> {
@@ -259,34 +283,98 @@ impl<S: Socket> Connection<S> {
         };
         let front = &mut self.front;
         let sni = config.sni.as_ref();
-        if sni.is_some_and(|s| s.postgres_starttls) && p.postgres.is_none() {
-            match read_ssl_request(p, front) {
-                HelloRead::Wait => return Step::Wait,
-                HelloRead::ClientGone => return Step::ClientGone,
-                HelloRead::Done(_) => {}
+        if p.hello.is_none() {
+            if sni.is_some_and(|s| s.postgres_starttls) && p.postgres.is_none() {
+                match read_ssl_request(p, front) {
+                    HelloRead::Wait => return Step::Wait,
+                    HelloRead::ClientGone => return Step::ClientGone,
+                    HelloRead::Done(_) => {}
+                }
+                if config.tls.is_some() {
+                    // TLS ends here: the target gets plain PostgreSQL, no SSLRequest to replay.
+                    p.postgres = Some(false);
+                }
             }
-            if config.tls.is_some() {
-                // TLS ends here: the target gets plain PostgreSQL, no SSLRequest to replay.
-                p.postgres = Some(false);
-            }
+            let name = if let Some(tls) = &config.tls {
+                match super::tls::front_handshake(p, front, &tls.server.config, listener) {
+                    FrontTls::Wait => return Step::Wait,
+                    FrontTls::Failed(why, message) => return Step::HandshakeFailed(why, message),
+                    FrontTls::Done { server_name } => server_name,
+                }
+            } else if sni.is_some() {
+                match read_client_hello(p, front) {
+                    HelloRead::Wait => return Step::Wait,
+                    HelloRead::ClientGone => return Step::ClientGone,
+                    HelloRead::Done(name) => name,
+                }
+            } else {
+                None
+            };
+            p.hello = Some(name);
         }
-        let name = if let Some(tls) = &config.tls {
-            match super::tls::front_handshake(p, front, &tls.server.config, listener) {
-                FrontTls::Wait => return Step::Wait,
-                FrontTls::Failed(why, message) => return Step::HandshakeFailed(why, message),
-                FrontTls::Done { server_name } => server_name,
+        let name = p.hello.clone().flatten();
+        let sni_group = sni.zip(name.as_deref()).and_then(|(s, n)| s.group_for(n));
+        // PostgreSQL: the StartupMessage, unless the client's own TLS passes through (its
+        // SSLRequest was answered `S` and the target ends the TLS: routed by name only).
+        if let Some(pg) = config
+            .postgres
+            .as_ref()
+            .filter(|_| p.postgres != Some(true))
+        {
+            let startup = match read_startup(p, front, config.tls.is_some()) {
+                StartupRead::Wait => return Step::Wait,
+                StartupRead::ClientGone => return Step::ClientGone,
+                StartupRead::Invalid(why) => {
+                    log::debug!("{}: refused: {why}", self.tuple);
+                    let answer = postgres::error_response(postgres::PROTOCOL_VIOLATION, &why);
+                    self.answer_and_finish(&answer);
+                    return Step::Answered(Some(Refusal::BadStartup));
+                }
+                StartupRead::Cancel(key) => {
+                    let target = listener.cancel_keys.as_ref().and_then(|k| k.target(&key));
+                    return match target {
+                        Some(address) => {
+                            listener.cancels_routed.fetch_add(1, Ordering::Relaxed);
+                            Step::Cancel(address)
+                        }
+                        None => {
+                            // As the server does for a key it does not know: close, saying
+                            // nothing (a client must not learn which keys exist).
+                            listener.cancels_unknown.fetch_add(1, Ordering::Relaxed);
+                            self.answer_and_finish(&[]);
+                            Step::Answered(None)
+                        }
+                    };
+                }
+                StartupRead::Startup(s) => s,
+            };
+            p.startup_read = true;
+            let (database, user) = (startup.database(), startup.user());
+            if let Some(g) = pg.group_for(database, user, startup.application_name()) {
+                self.group = g;
+                return Step::Done;
             }
-        } else if sni.is_some() {
-            match read_client_hello(p, front) {
-                HelloRead::Wait => return Step::Wait,
-                HelloRead::ClientGone => return Step::ClientGone,
-                HelloRead::Done(name) => name,
+            if let Some(g) = sni_group {
+                self.group = g;
+                return Step::Done;
             }
-        } else {
-            None
-        };
+            if !pg.routes.is_empty() && pg.without_route == WithoutRoute::Refuse {
+                let answer = postgres::error_response(
+                    postgres::INVALID_CATALOG_NAME,
+                    &format!(
+                        "no route for database \"{}\" (user \"{}\") at listener {}",
+                        postgres::echo(database),
+                        postgres::echo(user),
+                        config.name
+                    ),
+                );
+                self.answer_and_finish(&answer);
+                return Step::Answered(Some(Refusal::NoRoute));
+            }
+            return Step::Done; // the listener's target group
+        }
         if let Some(sni) = sni {
-            match name.as_deref().and_then(|n| sni.group_for(n)) {
+            match sni_group {
                 Some(g) => self.group = g,
                 None if sni.otherwise == NoServerName::Close => {
                     return Step::Refused(Refusal::NoRoute)
@@ -313,7 +401,8 @@ impl<S: Socket> Connection<S> {
             return Action::Wait;
         };
         first.append(&mut p.read);
-        let attempts = Attempts::new(first, p.postgres == Some(true));
+        let mut attempts = Attempts::new(first, p.postgres == Some(true));
+        attempts.watch_key = p.startup_read;
         self.set_stage(Stage::Connecting(Box::new(attempts)));
         Action::Connect
     }
@@ -326,8 +415,11 @@ impl<S: Socket> Connection<S> {
         let Stage::Preamble(p) = &self.stage else {
             return Expiry::Close;
         };
+        let reading_startup =
+            config.postgres.is_some() && p.hello.is_some() && p.postgres != Some(true);
         match (&config.sni, p.front_door_passed.is_some()) {
             (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
+            _ if reading_startup => Expiry::StartupTimeout,
             (_, true) if config.tls.is_some() => Expiry::HandshakeTimeout,
             (Some(sni), true) if sni.otherwise == NoServerName::Default => Expiry::DefaultRoute,
             (Some(_), true) => Expiry::Refused(Refusal::NoRoute),

@@ -199,6 +199,10 @@ impl Half {
     /// connection closes as soon as this one is, and the close itself passes on the EOF, so the
     /// `shutdown(Write)` is skipped.
     ///
+    /// `watch`, when given, is fed every byte read from the source (a PostgreSQL server's
+    /// first messages, for its cancel key): the direction then moves bytes through buffers
+    /// (splice would keep them from user space), and stays so.
+    ///
     /// Errors end up in `src.aborted` / `dst.aborted` (see the module docs), never returned.
     pub(crate) fn pump<S: Socket>(
         &mut self,
@@ -207,10 +211,11 @@ impl Half {
         pool: &mut BufferPool,
         budget: usize,
         reverse_done: bool,
+        mut watch: Option<&mut crate::postgres::KeyWatch>,
     ) -> Pumped {
         let mut out = Pumped::default();
         if self.mode != Forwarding::Buffered
-            && !(src.transport.can_splice() && dst.transport.can_splice())
+            && (watch.is_some() || !(src.transport.can_splice() && dst.transport.can_splice()))
         {
             self.mode = Forwarding::Buffered; // splice only between two plain sockets
         }
@@ -229,7 +234,7 @@ impl Half {
             }
             let mut progress = false;
             if !self.eof && src.ready.readable {
-                progress |= self.fill(src, pool);
+                progress |= self.fill(src, pool, watch.as_deref_mut());
             }
             if (self.pending() > 0 || dst.transport.holds_output()) && dst.ready.writable {
                 let n = self.flush(dst, pool);
@@ -267,8 +272,14 @@ impl Half {
         self.release(pool);
     }
 
-    /// Reads once from `src`; returns whether anything happened (bytes, EOF or an error).
-    fn fill<S: Socket>(&mut self, src: &mut Endpoint<S>, pool: &mut BufferPool) -> bool {
+    /// Reads once from `src`, feeding what it read to `watch`; returns whether anything
+    /// happened (bytes, EOF or an error).
+    fn fill<S: Socket>(
+        &mut self,
+        src: &mut Endpoint<S>,
+        pool: &mut BufferPool,
+        watch: Option<&mut crate::postgres::KeyWatch>,
+    ) -> bool {
         if let Carrier::Idle = self.carrier {
             self.carrier = match self.mode {
                 Forwarding::Splice => match pool.take_pipe() {
@@ -307,6 +318,9 @@ impl Half {
                 let room = space.len();
                 match src.transport.read(&mut src.stream, space) {
                     Ok(n) => {
+                        if let (Some(w), Some(read)) = (watch, space.get(..n)) {
+                            w.feed(read);
+                        }
                         *end += n as u32;
                         // A short read emptied the socket: epoll reports the next arrival
                         // anyway, so skip the read that would only say WouldBlock (as tokio

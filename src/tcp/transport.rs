@@ -155,7 +155,7 @@ mod tests {
         while !half.done() {
             src.ready.readable = true;
             dst.ready.writable = true;
-            half.pump(&mut src, &mut dst, &mut pool, usize::MAX, false);
+            half.pump(&mut src, &mut dst, &mut pool, usize::MAX, false, None);
             let mut buf = [0u8; 65536];
             if got.len() < payload.len() {
                 let n = target.read(&mut buf).unwrap();

@@ -39,9 +39,16 @@ impl Worker {
             if !attempts.may_try(retries) {
                 return self.give_up(key);
             }
-            let exclude = balancer::retry_exclusions(&attempts.tried, group.targets.len());
-            let picker = &mut self.pickers[g];
-            let Some(t) = picker.choose(group, self.now, &request, exclude) else {
+            let picked = match attempts.pinned {
+                // A PostgreSQL cancel: to the target that issued its key, once.
+                Some(_) if !attempts.tried.is_empty() => None,
+                Some(t) => Some(t),
+                None => {
+                    let exclude = balancer::retry_exclusions(&attempts.tried, group.targets.len());
+                    self.pickers[g].choose(group, self.now, &request, exclude)
+                }
+            };
+            let Some(t) = picked else {
                 return self.give_up(key);
             };
             if !attempts.tried.is_empty() {

@@ -117,8 +117,45 @@ impl Worker {
                 state.handshake_failed(why);
                 self.remove(key, Reset::NONE);
             }
+            Step::Answered(why) => {
+                if let Some(why) = why {
+                    state.refuse(why);
+                }
+                self.remove(key, Reset::NONE);
+            }
             Step::Done => self.start_connecting(key),
+            Step::Cancel(address) => self.start_cancel(key, address),
         }
+    }
+
+    /// A PostgreSQL CancelRequest whose key `address` issued: to that target alone, in
+    /// whichever group holds it now (the listener's own first), whatever its health.
+    fn start_cancel(&mut self, key: usize, address: std::net::SocketAddr) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let groups = &self.generation.groups;
+        let holder = std::iter::once(conn.group)
+            .chain(0..groups.len())
+            .find_map(|g| {
+                let t = groups[g]
+                    .targets
+                    .iter()
+                    .position(|t| t.address == address)?;
+                Some((g, t))
+            });
+        let Some((g, t)) = holder else {
+            // Removed from every group since: its connections are being closed anyway.
+            conn.answer_and_finish(&[]);
+            self.remove(key, Reset::NONE);
+            return;
+        };
+        conn.group = g;
+        let action = conn.start_connecting(&groups[g].config);
+        if let Some(a) = conn.attempts() {
+            a.pinned = Some(t);
+        }
+        self.act(key, action);
     }
 
     /// The preamble is complete: on to the first connect (see
@@ -248,6 +285,12 @@ impl Worker {
         };
         let t = timeouts(&self.generation.listeners[conn.listener].config);
         let (moved, action) = conn.drive(&mut self.pool, PUMP_BUDGET, self.now, &t);
+        if let Some(found) = conn.take_backend_key() {
+            self.record_cancel_key(key, found);
+        }
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
         if let Some(target) = conn
             .reached()
             .filter(|_| moved.up + moved.down > 0)
@@ -264,6 +307,25 @@ impl Worker {
                 .fetch_add(moved.down as u64, Ordering::Relaxed);
         }
         self.act(key, action);
+    }
+
+    /// The target of connection `key` sent its PostgreSQL cancel key: recorded in the
+    /// listener's table, so a cancel landing on any worker reaches that target.
+    fn record_cancel_key(&mut self, key: usize, found: crate::postgres::CancelKey) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let listener = &self.generation.listeners[conn.listener];
+        let (Some(keys), Some(t)) = (&listener.cancel_keys, conn.reached()) else {
+            return;
+        };
+        let owner = crate::postgres::cancel::Owner {
+            target: self.generation.groups[conn.group].targets[t].address,
+            worker: self.id,
+            connection: conn.id,
+        };
+        keys.insert(found.clone(), owner);
+        conn.set_registered_cancel_key(found, owner);
     }
 
     /// Carries out what connection `key` asked for.
@@ -326,6 +388,11 @@ impl Worker {
         // No deregister: closing a socket removes it from epoll (we never dup fds), and
         // two epoll_ctl calls per connection are measurable at high connection rates.
         let mut conn = self.table.remove(key)?;
+        if let Some((k, owner)) = conn.registered_cancel_key() {
+            if let Some(keys) = &self.generation.listeners[conn.listener].cancel_keys {
+                keys.remove(&k, owner);
+            }
+        }
         conn.release(reset, &mut self.pool);
         self.descriptors_freed();
         if self.listeners[conn.listener].full {
@@ -373,6 +440,15 @@ impl Worker {
                         self.reschedule(due, &t);
                     }
                     Expiry::Close => self.close(due.key, "preamble_timeout", Reset::BOTH),
+                    Expiry::StartupTimeout => {
+                        let answer = crate::postgres::error_response(
+                            crate::postgres::PROTOCOL_VIOLATION,
+                            "no whole startup packet in time",
+                        );
+                        conn.answer_and_finish(&answer);
+                        state.refuse(crate::listener::Refusal::BadStartup);
+                        self.remove(due.key, Reset::NONE);
+                    }
                 }
             } else {
                 let reason = format!(
@@ -417,8 +493,9 @@ fn of(event: &Event) -> crate::tcp::Event {
 }
 
 /// The timeouts of listener `config`'s connections. The PROXY header's (from the accept),
-/// then the ClientHello's (a `tls` listener's handshake timeout) from the header's end,
-/// each as configured; `connect_timeout` for a preamble with neither.
+/// then the ClientHello's (a `tls` listener's handshake timeout, or the longer
+/// `postgres.startup_timeout`) from the header's end, each as configured; `connect_timeout`
+/// for a preamble with none of these.
 pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
     let proxy = config.accept_proxy.as_ref().map(|a| a.timeout);
     // A TLS listener's handshake timeout covers the ClientHello (and the SSLRequest).
@@ -426,9 +503,15 @@ pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
         Some(tls) => Some(tls.handshake_timeout),
         None => config.sni.as_ref().map(|s| s.timeout),
     };
+    // A PostgreSQL StartupMessage comes after any handshake, under the longer of the two.
+    let preamble = match (&config.postgres, hello) {
+        (Some(pg), Some(h)) => h.max(pg.startup_timeout),
+        (Some(pg), None) => pg.startup_timeout,
+        (None, h) => h.unwrap_or(config.connect_timeout),
+    };
     Timeouts {
         header: proxy,
-        preamble: hello.unwrap_or(config.connect_timeout),
+        preamble,
         connect: config.connect_timeout,
         idle: config.idle_timeout,
     }

@@ -145,6 +145,9 @@ pub struct FileListener {
     pub postgres_starttls: Option<bool>,
     /// TLS only (required there).
     pub tls: Option<FileTls>,
+    /// Optional, tcp/tls: PostgreSQL clients: route by the StartupMessage (below); cancel
+    /// requests go to the server that issued their key.
+    pub postgres: Option<FilePostgres>,
     /// A target_groups[].name.
     pub target_group: String,
     /// Optional, default unlimited; at the limit Ballast stops accepting and new clients wait
@@ -162,6 +165,35 @@ pub struct FileListener {
     pub forwarding: Option<Forwarding>,
     /// UDP listeners only, every key optional: session timeouts and limits, batching.
     pub udp: Option<FileUdp>,
+}
+
+/// `postgres:` of a listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilePostgres {
+    /// Optional: in order, the first whose every given field matches wins. Each names a
+    /// target_group and at least one of database, user, application_name (exact, or a prefix
+    /// and `*`).
+    pub routes: Option<Vec<FilePostgresRoute>>,
+    /// Optional, default refuse: refuse (an error naming the database; a mistyped name never
+    /// sends a password to another cluster) | default (to target_group).
+    pub without_route: Option<super::WithoutRoute>,
+    /// Optional, default 10s: the StartupMessage must have come by then.
+    pub startup_timeout: Option<PositiveDuration>,
+}
+
+/// One `postgres.routes:` entry.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilePostgresRoute {
+    /// The database (the user name when the client names none).
+    pub database: Option<String>,
+    /// The user name.
+    pub user: Option<String>,
+    /// The client's application_name.
+    pub application_name: Option<String>,
+    /// The target group for clients that match.
+    pub target_group: String,
 }
 
 /// One `routes:` entry of a TCP listener.

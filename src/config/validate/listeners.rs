@@ -245,6 +245,15 @@ fn listener(
             ));
         }
     }
+    let postgres = match l.postgres {
+        None => None,
+        Some(p) => Some(super::postgres::postgres(
+            &format!("{key}.postgres"),
+            p,
+            protocol,
+            group_index,
+        )?),
+    };
     let access = AccessRules {
         allow: l
             .allow
@@ -271,6 +280,7 @@ fn listener(
         per_source,
         sni,
         tls,
+        postgres,
         target_group,
         max_connections: l.max_connections.map(|n| n.get() as usize),
         connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),

@@ -3,6 +3,7 @@
 mod admin;
 mod groups;
 mod listeners;
+mod postgres;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,0 +1,332 @@
+//! PostgreSQL behind one listener with `postgres:` (real PostgreSQL 15 servers): routes by
+//! the StartupMessage's database, plain and with `sslmode=verify-full` through a TLS listener;
+//! a readable error for a database no route takes; cancel requests (psql's Ctrl-C) reaching
+//! the server that runs the query, whatever worker and target they land on; and malformed,
+//! oversized and slow startup packets answered with an error, never crashing a worker.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pki::Pki;
+use common::postgres::{psql, Postgres};
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// A `postgres:` listener `pg` over `groups` (name, server address); `postgres` is the
+/// section's body (flow style) and `listener_extra` more listener keys.
+fn pg_config(listener_extra: &str, postgres: &str, groups: &[(&str, SocketAddr)]) -> String {
+    let mut yaml = format!(
+        "workers: 2\nlisteners:\n  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
+         target_group: {}\n{listener_extra}    postgres: {postgres}\ntarget_groups:\n",
+        groups[0].0
+    );
+    for (name, addr) in groups {
+        yaml += &format!("  - name: {name}\n{NO_CHECKS}    targets: [{{address: '{addr}'}}]\n");
+    }
+    yaml
+}
+
+/// `psql -d a` and `psql -d b` on one address reach their own clusters; a prefix route takes
+/// every database it covers; a database no route takes gets an error psql prints, naming it.
+#[test]
+fn one_address_reaches_each_database_s_own_cluster() {
+    let pki = Pki::new();
+    let (a, b) = (
+        Postgres::start_with(&pki, "a", false),
+        Postgres::start_with(&pki, "b", false),
+    );
+    a.sql("postgres", "create database alpha");
+    b.sql("postgres", "create database beta");
+    b.sql("postgres", "create database beta_eu");
+    let lb = Ballast::start(&pg_config(
+        "",
+        "{routes: [{database: alpha, target_group: a}, {database: 'beta*', target_group: b}]}",
+        &[("a", a.addr), ("b", b.addr)],
+    ));
+    let addr = lb.addr("pg");
+    let port = "select inet_server_port()";
+    for (database, server) in [("alpha", &a), ("beta", &b), ("beta_eu", &b)] {
+        let got = psql(addr, database, "", port).unwrap_or_else(|e| panic!("{database}: {e}"));
+        assert_eq!(got, server.addr.port().to_string(), "{database}");
+    }
+    let refused = psql(addr, "gamma", "", port).unwrap_err();
+    assert!(
+        refused.contains("FATAL:  no route for database \"gamma\" (user \"postgres\")"),
+        "{refused}"
+    );
+    let scrape = scrape(lb.admin_addr()).0;
+    let no_route = labelled(
+        &scrape,
+        "ballast_listener_refused_total",
+        &[("reason", "no_route")],
+    );
+    assert_eq!(no_route, Some(1.0));
+}
+
+/// Through a `tls` listener (`postgres_starttls`), psql with `sslmode=verify-full` verifies
+/// Ballast's certificate, and the StartupMessage read after the handshake routes it.
+#[test]
+fn verify_full_clients_are_routed_by_the_database_after_the_handshake() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let (cert, key) = pki.leaf_pem(&["db.example.com"]);
+    std::fs::write(dir.path().join("lb.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("lb.key"), key).unwrap();
+    let (a, b) = (
+        Postgres::start_with(&pki, "a", false),
+        Postgres::start_with(&pki, "b", false),
+    );
+    a.sql("postgres", "create database alpha");
+    b.sql("postgres", "create database beta");
+    let yaml = pg_config(
+        &format!(
+            "    postgres_starttls: true\n    tls:\n      certificates:\n        \
+             - {{cert: {0}/lb.pem, key: {0}/lb.key}}\n",
+            dir.path().display()
+        ),
+        "{routes: [{database: alpha, target_group: a}, {database: beta, target_group: b}]}",
+        &[("a", a.addr), ("b", b.addr)],
+    )
+    .replace("protocol: tcp\n    bind", "protocol: tls\n    bind");
+    let lb = Ballast::start(&yaml);
+    let tls = format!(
+        "host=db.example.com sslmode=verify-full sslrootcert={}",
+        ca.display()
+    );
+    let query = "select inet_server_port()";
+    for (database, server) in [("alpha", &a), ("beta", &b)] {
+        let got = psql(lb.addr("pg"), database, &tls, query).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, server.addr.port().to_string(), "{database}");
+    }
+    let refused = psql(lb.addr("pg"), "gamma", &tls, query).unwrap_err();
+    assert!(
+        refused.contains("no route for database \"gamma\""),
+        "{refused}"
+    );
+}
+
+/// psql's Ctrl-C (SIGINT: libpq's PQcancel on a new connection, with the key the server
+/// sent) cancels a `pg_sleep(30)` within a second, with two workers and three targets: each
+/// cancel reaches the server running the query.
+#[test]
+fn ctrl_c_in_psql_cancels_the_query_on_its_own_server() {
+    let pki = Pki::new();
+    let servers: Vec<Postgres> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Postgres::start_with(&pki, n, false))
+        .collect();
+    let mut yaml = pg_config("", "{}", &[("g", servers[0].addr)]);
+    yaml = yaml.replace(
+        &format!("targets: [{{address: '{}'}}]", servers[0].addr),
+        &format!(
+            "targets: [{}]",
+            servers
+                .iter()
+                .map(|s| format!("{{address: '{}'}}", s.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let lb = Ballast::start(&yaml);
+    let addr = lb.addr("pg");
+    let sleeping = || -> usize {
+        servers
+            .iter()
+            .map(|s| {
+                s.sql(
+                    "postgres",
+                    "select count(*) from pg_stat_activity where state = 'active' and \
+                     query like 'select pg_sleep%'",
+                )
+                .parse::<usize>()
+                .unwrap()
+            })
+            .sum()
+    };
+    for round in 0..6 {
+        let mut client = Command::new("psql")
+            .args([
+                &format!(
+                    "hostaddr={} port={} user=postgres dbname=postgres connect_timeout=5",
+                    addr.ip(),
+                    addr.port()
+                ),
+                "-Xc",
+                "select pg_sleep(30)",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the query running", || sleeping() == 1);
+        let asked = Instant::now();
+        // SAFETY: kill(2) with the pid of a child we spawned.
+        unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+        let mut ended = None;
+        while asked.elapsed() < Duration::from_secs(5) {
+            if let Some(status) = client.try_wait().unwrap() {
+                ended = Some((status, asked.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let Some((_, took)) = ended else {
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!("round {round}: psql still waiting 5 s after Ctrl-C: the cancel went astray");
+        };
+        let mut stderr = String::new();
+        client
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            stderr.contains("canceling statement due to user request"),
+            "round {round}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+        wait_until("no query left running", || sleeping() == 0);
+    }
+    let scrape = scrape(lb.admin_addr()).0;
+    assert_eq!(
+        labelled(
+            &scrape,
+            "ballast_listener_postgres_cancels_total",
+            &[("result", "routed")]
+        ),
+        Some(6.0)
+    );
+}
+
+/// The `ErrorResponse` Ballast answered with: its SQLSTATE and message.
+fn error_from(addr: SocketAddr, send: &[u8]) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(send);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert_eq!(got.first(), Some(&b'E'), "{got:?}");
+    let text = String::from_utf8_lossy(&got[5..]).into_owned();
+    let field = |code: char| {
+        text.split('\0')
+            .find_map(|f| f.strip_prefix(code))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (field('C'), field('M'))
+}
+
+/// Malformed, oversized and late startup packets are answered with SQLSTATE 08P01 (what psql
+/// would print) and closed; encryption requests on a plain listener are answered `N`; an
+/// unknown cancel key is closed without a word; and 10,000 random first packets never stop a
+/// worker: psql works afterwards and no worker restarted.
+#[test]
+fn bad_startup_packets_get_an_error_and_never_crash_a_worker() {
+    let pki = Pki::new();
+    let a = Postgres::start_with(&pki, "a", false);
+    let lb = Ballast::start(&pg_config("", "{startup_timeout: 300ms}", &[("a", a.addr)]));
+    let addr = lb.addr("pg");
+    // Protocol 2, an over-long length, a broken layout, and nothing at all (late).
+    let (code, message) = error_from(addr, &[0, 0, 0, 8, 0, 2, 0, 0]);
+    assert_eq!(code, "08P01");
+    assert!(
+        message.contains("unsupported frontend protocol 2.0"),
+        "{message}"
+    );
+    let (code, message) = error_from(addr, &[0, 1, 0, 0, 0, 3, 0, 0]);
+    assert_eq!(
+        (code.as_str(), message.contains("too long")),
+        ("08P01", true),
+        "{message}"
+    );
+    let (code, _) = error_from(addr, &[0, 0, 0, 12, 0, 3, 0, 0, b'u', b's', b'e', b'r']);
+    assert_eq!(code, "08P01");
+    let asked = Instant::now();
+    let (code, message) = error_from(addr, &[]);
+    assert_eq!(code, "08P01");
+    assert!(message.contains("in time"), "{message}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    // SSLRequest, then GSSENCRequest: `N` each, then the StartupMessage goes on.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut one = [0u8; 1];
+    for code in [[0x04, 0xd2, 0x16, 0x2f], [0x04, 0xd2, 0x16, 0x30]] {
+        s.write_all(&[0, 0, 0, 8]).unwrap();
+        s.write_all(&code).unwrap();
+        s.read_exact(&mut one).unwrap();
+        assert_eq!(&one, b"N");
+    }
+    drop(s);
+    // A cancel nobody's key matches: closed, nothing said.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 1, 2, 3, 4])
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+
+    // 10,000 random first packets, half with a plausible header, from 8 threads.
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            scope.spawn(move || {
+                let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                let mut next = || {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                };
+                for _ in 0..1250 {
+                    let len = (next() % 300) as usize;
+                    let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                    if next() % 2 == 0 && len >= 8 {
+                        let declared = (next() % 400) as u32;
+                        bytes[..4].copy_from_slice(&declared.to_be_bytes());
+                        bytes[4..6].copy_from_slice(&[0, 3]);
+                    }
+                    let Ok(mut s) = TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = s.write_all(&bytes);
+                    if next() % 8 == 0 {
+                        // Wait for the answer (or the close) now and then.
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut sink = Vec::new();
+                        let _ = s.read_to_end(&mut sink);
+                    }
+                }
+            });
+        }
+    });
+    let got = psql(addr, "postgres", "", "select 1").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, "1");
+    let scrape = scrape(lb.admin_addr()).0;
+    assert_eq!(
+        labelled(
+            &scrape,
+            "ballast_thread_restarts_total",
+            &[("thread", "worker")]
+        ),
+        Some(0.0)
+    );
+    let bad = labelled(
+        &scrape,
+        "ballast_listener_refused_total",
+        &[("reason", "bad_startup")],
+    );
+    assert!(bad.is_some_and(|n| n > 1000.0), "{bad:?}");
+}

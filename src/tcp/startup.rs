@@ -1,0 +1,90 @@
+//! The PostgreSQL part of the `Preamble` stage (`postgres:` listeners): the client's first
+//! packets, read after any PROXY header and TLS handshake. An SSLRequest Ballast will not
+//! terminate and a GSSENCRequest are answered `N` (the client goes on in plaintext, or gives
+//! up if it insists on encryption); a CancelRequest or a StartupMessage ends the read; a
+//! malformed one is answered with an `ErrorResponse` the client prints
+//! ([`Connection::answer_and_finish`]). The StartupMessage stays in the preamble's bytes, to
+//! go to the target unchanged.
+
+use super::preamble::{fill_preamble, Fill, Preamble};
+use super::pump::Endpoint;
+use super::socket::Socket;
+use super::Connection;
+use crate::postgres::{parse_initial, CancelKey, Initial, Startup, MAX_STARTUP};
+
+/// How reading the client's first packets went.
+#[derive(Debug)]
+pub(crate) enum StartupRead {
+    /// Not whole yet.
+    Wait,
+    /// The client closed or reset first.
+    ClientGone,
+    /// A StartupMessage (still in the preamble's bytes, which go to the target).
+    Startup(Startup),
+    /// A CancelRequest for this key (its bytes too).
+    Cancel(CancelKey),
+    /// Not PostgreSQL as a server would take it: why.
+    Invalid(String),
+}
+
+/// Reads the client's first packets into `p.read` until a StartupMessage or a CancelRequest is
+/// whole, answering `N` to an encryption request on the way. `inside_tls`: the listener ended
+/// TLS already (a second SSLRequest is then a protocol violation).
+pub(crate) fn read_startup<S: Socket>(
+    p: &mut Preamble,
+    front: &mut Endpoint<S>,
+    inside_tls: bool,
+) -> StartupRead {
+    loop {
+        match parse_initial(&p.read) {
+            Initial::Incomplete => {}
+            Initial::SslRequest if inside_tls => {
+                return StartupRead::Invalid("an SSLRequest inside TLS".into())
+            }
+            Initial::SslRequest | Initial::GssEncRequest => {
+                // The client waits for the one byte before it sends anything more.
+                match front.transport.write(&mut front.stream, b"N") {
+                    Ok(1) => {
+                        p.read.drain(..8.min(p.read.len()));
+                        continue;
+                    }
+                    Ok(_) => return StartupRead::ClientGone,
+                    Err(e) => {
+                        front.abort(&e);
+                        return StartupRead::ClientGone;
+                    }
+                }
+            }
+            Initial::Cancel(key, _) => return StartupRead::Cancel(key),
+            Initial::Startup(s) => return StartupRead::Startup(s),
+            Initial::Invalid(why) => return StartupRead::Invalid(why),
+        }
+        match fill_preamble(p, front, MAX_STARTUP) {
+            Fill::More => {}
+            Fill::Wait => return StartupRead::Wait,
+            Fill::Eof | Fill::Gone => return StartupRead::ClientGone,
+            Fill::Full => {
+                return StartupRead::Invalid(format!("startup packet over {MAX_STARTUP} bytes"))
+            }
+        }
+    }
+}
+
+impl<S: Socket> Connection<S> {
+    /// Sends `message` to the client (an `ErrorResponse`, written whole or not at all into an
+    /// empty socket), then its end of stream: the worker then closes the socket with a FIN,
+    /// so the client reads the message rather than a reset. Best effort: a client that does
+    /// not take it loses it.
+    pub(crate) fn answer_and_finish(&mut self, message: &[u8]) {
+        let front = &mut self.front;
+        let mut rest = message;
+        while !rest.is_empty() {
+            match front.transport.write(&mut front.stream, rest) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            }
+        }
+        let _ = front.transport.flush(&mut front.stream);
+        let _ = front.transport.shutdown_write(&mut front.stream);
+    }
+}
