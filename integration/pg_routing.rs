@@ -112,6 +112,41 @@ fn verify_full_clients_are_routed_by_the_database_after_the_handshake() {
     );
 }
 
+/// SNI routes keep working beside the StartupMessage's: on a `tcp` listener with
+/// `postgres_starttls`, a client whose TLS passes through to its server is routed by the name
+/// it asks for, and a plain one by its database.
+#[test]
+fn passthrough_tls_clients_go_by_name_and_plain_ones_by_database() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let secure = Postgres::start_with(&pki, "db.example.com", true);
+    let plain = Postgres::start_with(&pki, "a", false);
+    plain.sql("postgres", "create database alpha");
+    let lb = Ballast::start(&pg_config(
+        "    postgres_starttls: true\n    routes: [{server_name: db.example.com, target_group: \
+         secure}]\n",
+        "{routes: [{database: alpha, target_group: plain}]}",
+        &[("plain", plain.addr), ("secure", secure.addr)],
+    ));
+    let query =
+        "select inet_server_port() || ' ' || ssl from pg_stat_ssl where pid = pg_backend_pid()";
+    let tls = format!(
+        "host=db.example.com sslmode=verify-full sslrootcert={}",
+        ca.display()
+    );
+    let got = psql(lb.addr("pg"), "postgres", &tls, query).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        got,
+        format!("{} true", secure.addr.port()),
+        "PostgreSQL's own TLS"
+    );
+    let got =
+        psql(lb.addr("pg"), "alpha", "sslmode=disable", query).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, format!("{} false", plain.addr.port()));
+}
+
 /// psql's Ctrl-C (SIGINT: libpq's PQcancel on a new connection, with the key the server
 /// sent) cancels a `pg_sleep(30)` within a second, with two workers and three targets: each
 /// cancel reaches the server running the query.
