@@ -138,17 +138,8 @@ impl Node {
         // Groups of `node` listeners with targets in service: (group index, any healthy).
         let mut reach: Vec<(usize, bool)> = Vec::new();
         for l in generation.listeners.iter().filter(|l| !l.removed) {
-            // Its default group, and the groups its SNI routes lead to.
-            let routes = l
-                .config
-                .sni
-                .iter()
-                .flat_map(|s| &s.routes)
-                .map(|r| r.target_group);
-            for (i, g) in std::iter::once(l.config.target_group)
-                .chain(routes)
-                .enumerate()
-            {
+            // Its default group, and the groups its SNI and PostgreSQL routes lead to.
+            for (i, g) in l.config.route_groups().enumerate() {
                 let Some(healthy) = in_service_healthy(&generation.groups[g]) else {
                     continue; // nothing in service: drained by an operator, or empty
                 };

@@ -74,6 +74,12 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueRefusedLabels {
+    target_group: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CancelLabels {
     listener: String,
     result: &'static str,
@@ -136,6 +142,7 @@ pub(crate) fn encode(
     register_threads(&mut registry, restarts);
     register_listeners(&mut registry, generation);
     register_postgres(&mut registry, generation);
+    register_queues(&mut registry, generation);
     register_tls(&mut registry, generation);
     register_targets(&mut registry, generation);
     register_capacity(&mut registry, generation);
@@ -186,6 +193,62 @@ fn register_threads(registry: &mut Registry, restarts: &crate::fault::Restarts) 
         "thread_restarts",
         "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
         thread_restarts,
+    );
+}
+
+/// Per group with a `queue:`: connections waiting now, those that waited and were served,
+/// refused (full, timeout), and the seconds waited in all (the mean wait is its rate over
+/// the served and timed-out ones').
+fn register_queues(registry: &mut Registry, generation: &Generation) {
+    let waiting = Family::<GroupLabels, Gauge>::default();
+    let served = Family::<GroupLabels, Counter>::default();
+    let refused = Family::<QueueRefusedLabels, Counter>::default();
+    let waited = Family::<GroupLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    for g in generation.groups.iter().filter(|g| !g.removed) {
+        if g.config.queue.is_none() {
+            continue;
+        }
+        let q = &g.queue;
+        let labels = GroupLabels {
+            target_group: g.name().to_string(),
+        };
+        waiting
+            .get_or_create(&labels)
+            .set(q.waiting.load(Ordering::Relaxed) as i64);
+        served
+            .get_or_create(&labels)
+            .inc_by(q.served.load(Ordering::Relaxed));
+        waited
+            .get_or_create(&labels)
+            .inc_by(q.waited_us.load(Ordering::Relaxed) as f64 / 1e6);
+        for (reason, n) in [("full", &q.refused_full), ("timeout", &q.refused_timeout)] {
+            refused
+                .get_or_create(&QueueRefusedLabels {
+                    target_group: g.name().to_string(),
+                    reason,
+                })
+                .inc_by(n.load(Ordering::Relaxed));
+        }
+    }
+    registry.register(
+        "target_group_queue_waiting",
+        "Connections waiting in the group's queue now (every target at max_connections)",
+        waiting,
+    );
+    registry.register(
+        "target_group_queue_served",
+        "Connections that waited in the queue, then went to a target",
+        served,
+    );
+    registry.register(
+        "target_group_queue_refused",
+        "Connections reset by the queue: full (queue.max waiting) or timeout (queue.timeout)",
+        refused,
+    );
+    registry.register(
+        "target_group_queue_wait_seconds",
+        "Seconds waited in the queue, in all, by connections served or timed out",
+        waited,
     );
 }
 

@@ -19,9 +19,10 @@
 //! - `GET /targets`: per group and target: health, admin state, weight, backup, active and
 //!   total connections, bytes each way, connect failures, the last check's result, time and
 //!   latency, the last failed check's reason and time (`last_failure`: kept after the target
-//!   recovers), the time of the last state change.
-//! - `GET /listeners`: per listener: protocol, the address bound, target group and SNI
-//!   routes, open, accepted and refused connections (and refusals by reason).
+//!   recovers), the time of the last state change; per group with a `queue:`, its size,
+//!   timeout, connections waiting now, served after waiting and refused (full, timeout).
+//! - `GET /listeners`: per listener: protocol, the address bound, target group, SNI and
+//!   PostgreSQL routes, open, accepted and refused connections (and refusals by reason).
 //! - `GET /targets?format=csv`, `GET /listeners?format=csv`: the same as CSV, one row per
 //!   target or listener, for spreadsheets and scripts (as HAProxy's `;csv`).
 //! - `GET /metrics`: Prometheus text exposition ([`metrics`]).
@@ -580,10 +581,21 @@ fn targets(generation: &Generation) -> serde_json::Value {
                 })
                 .map(target_json)
                 .collect();
+            let queue = g.config.queue.map(|q| {
+                json!({
+                    "max": q.max,
+                    "timeout_ms": q.timeout.as_millis() as u64,
+                    "waiting": g.queue.waiting.load(Ordering::Relaxed),
+                    "served": g.queue.served.load(Ordering::Relaxed),
+                    "refused_full": g.queue.refused_full.load(Ordering::Relaxed),
+                    "refused_timeout": g.queue.refused_timeout.load(Ordering::Relaxed),
+                })
+            });
             json!({
                 "name": g.name(),
                 "algorithm": g.config.algorithm.to_string(),
                 "healthy_threshold": g.config.health_check.healthy_threshold,
+                "queue": queue,
                 "targets": targets,
             })
         })
@@ -605,6 +617,21 @@ fn listeners(generation: &Generation) -> serde_json::Value {
             };
             let routes: Vec<serde_json::Value> =
                 l.config.sni.iter().flat_map(|s| &s.routes).map(route).collect();
+            let pattern = |p: &Option<crate::config::NamePattern>| p.as_ref().map(|p| p.0.clone());
+            let postgres_routes: Vec<serde_json::Value> = l
+                .config
+                .postgres
+                .iter()
+                .flat_map(|p| &p.routes)
+                .map(|r| {
+                    json!({
+                        "database": pattern(&r.database),
+                        "user": pattern(&r.user),
+                        "application_name": pattern(&r.application_name),
+                        "target_group": group(r.target_group),
+                    })
+                })
+                .collect();
             let refused: u64 = l.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             let by_reason: serde_json::Map<String, serde_json::Value> =
                 crate::listener::Refusal::ALL
@@ -620,6 +647,7 @@ fn listeners(generation: &Generation) -> serde_json::Value {
                 "bind": l.config.endpoint(),
                 "target_group": group(l.config.target_group),
                 "routes": routes,
+                "postgres_routes": postgres_routes,
                 "max_connections": l.config.max_connections,
                 "active": l.active.load(Ordering::Relaxed),
                 "accepted": l.accepted.load(Ordering::Relaxed),

@@ -259,12 +259,7 @@ pub fn advice(c: &Config) -> Vec<String> {
         let users: Vec<&ListenerConfig> = c
             .listeners
             .iter()
-            .filter(|l| {
-                l.target_group == i
-                    || l.sni
-                        .as_ref()
-                        .is_some_and(|s| s.routes.iter().any(|r| r.target_group == i))
-            })
+            .filter(|l| l.route_groups().any(|g| g == i))
             .collect();
         let udp_only = !users.is_empty() && users.iter().all(|l| l.protocol == Protocol::Udp);
         let weighted = g.targets.iter().any(|t| t.weight != 1);
@@ -272,6 +267,13 @@ pub fn advice(c: &Config) -> Vec<String> {
             said.push(format!(
                 "target group {} gives its targets weights but uses round_robin, which ignores \
                  them: use weighted_round_robin for the weights to count",
+                g.name
+            ));
+        }
+        if g.queue.is_some() && g.targets.iter().all(|t| t.max_connections.is_none()) {
+            said.push(format!(
+                "target group {} has a queue but no target sets max_connections: nothing \
+                 is ever full, so nothing waits",
                 g.name
             ));
         }
@@ -338,6 +340,22 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// The target groups its clients may reach: its `target_group`, then those of its SNI
+    /// routes and its PostgreSQL routes (an index may repeat).
+    pub fn route_groups(&self) -> impl Iterator<Item = usize> + '_ {
+        let sni = self
+            .sni
+            .iter()
+            .flat_map(|s| &s.routes)
+            .map(|r| r.target_group);
+        let pg = self
+            .postgres
+            .iter()
+            .flat_map(|p| &p.routes)
+            .map(|r| r.target_group);
+        std::iter::once(self.target_group).chain(sni).chain(pg)
+    }
+
     /// `tcp`, `udp` or `tls`, as the file says (a `tls` listener is TCP underneath).
     pub fn kind(&self) -> &'static str {
         match (self.protocol, &self.tls) {
@@ -604,6 +622,9 @@ pub struct TargetGroupConfig {
     pub scaling: Option<scaling::Scaling>,
     /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
     pub target_tls: Option<TargetTls>,
+    /// `queue:`: TCP connections that find every target at its `max_connections` wait, in
+    /// arrival order, instead of being left in the listen backlog.
+    pub queue: Option<Queue>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
     /// Whether the file set `health_check:` (else the defaults: a TCP connect every 2 s).
@@ -611,6 +632,18 @@ pub struct TargetGroupConfig {
     /// At least one target.
     pub targets: Vec<TargetConfig>,
 }
+
+/// A target group's `queue:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    /// Connections waiting at most, across all workers.
+    pub max: usize,
+    /// Longest wait.
+    pub timeout: Duration,
+}
+
+/// Default `queue.timeout`.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One validated target.
 #[derive(Debug, Clone, PartialEq, Eq)]

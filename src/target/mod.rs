@@ -11,6 +11,7 @@
 //! workers) and each group's round-robin position. A target's state lives in its own `Arc`,
 //! carried from one generation to the next, so counters survive a reload.
 
+pub(crate) mod queue;
 pub(crate) mod record;
 pub(crate) mod sticky;
 pub(crate) mod table;
@@ -251,6 +252,18 @@ impl Target {
         TargetPlace(self.state.clone())
     }
 
+    /// As [`Target::hold`], unless the target is at its `max_connections` (across all
+    /// workers: the count is taken first and given back when over, so two workers never both
+    /// take the last place).
+    pub fn try_hold(&self) -> Option<TargetPlace> {
+        let before = self.state.active.fetch_add(1, Ordering::AcqRel);
+        let place = TargetPlace(self.state.clone());
+        match self.max_connections {
+            Some(max) if before >= max => None, // dropping `place` gives the count back
+            _ => Some(place),
+        }
+    }
+
     /// The target's run-time state, shared with the other generations.
     pub fn state(&self) -> &Arc<TargetState> {
         &self.state
@@ -287,6 +300,8 @@ pub struct TargetGroup {
     health_generation: AtomicU64,
     /// Client IP → target, when the group has `stickiness` (kept across reloads).
     pub sticky: Option<Arc<StickyTable>>,
+    /// Its queue's count and statistics (`queue:`; kept across reloads).
+    pub queue: Arc<queue::QueueStats>,
     /// When the group was first built: the zero of the sticky table's and slow start's clocks.
     pub epoch: Instant,
     /// The lookup table of `maglev` and `source_hash`, rebuilt by whoever changes health (the
@@ -321,13 +336,15 @@ impl TargetGroup {
             .iter()
             .map(|t| Target::with_state(t, TargetState::new(true)))
             .collect();
-        Self::assemble(config, targets, None, Instant::now(), false, tables)
+        let queue = Arc::default();
+        Self::assemble(config, targets, None, queue, Instant::now(), false, tables)
     }
 
     fn assemble(
         config: &TargetGroupConfig,
         targets: Vec<Target>,
         sticky: Option<Arc<StickyTable>>,
+        queue: Arc<queue::QueueStats>,
         epoch: Instant,
         removed: bool,
         tables: TableBuilders,
@@ -345,6 +362,7 @@ impl TargetGroup {
             leaving: AtomicUsize::new(usize::MAX),
             table: None,
             sticky,
+            queue,
             epoch,
             removed,
             table_builder: tables(config),
@@ -401,6 +419,7 @@ impl TargetGroup {
             config,
             targets,
             self.sticky.clone(),
+            self.queue.clone(),
             self.epoch,
             next.is_none(),
             tables,
@@ -538,6 +557,18 @@ impl TargetGroup {
         if self.targets.iter().all(|t| t.max_connections.is_none()) {
             return true;
         }
+        self.target_has_room()
+    }
+
+    /// Whether a new connection may be accepted: some target has room, or the group has a
+    /// queue (which makes it wait, or refuses it when `queue.max` wait already: a client
+    /// past the queue is told so at once rather than left in the listen backlog).
+    pub fn can_accept(&self) -> bool {
+        self.config.queue.is_some() || self.has_room()
+    }
+
+    /// Some eligible target is below its `max_connections`.
+    fn target_has_room(&self) -> bool {
         self.eligible(&self.health())
             .into_iter()
             .any(|i| !self.targets[i].is_full())

@@ -36,6 +36,19 @@ pub(crate) struct Attempts<S> {
     /// `postgres:`: the client sent a StartupMessage: the target's answer is watched for
     /// its cancel key ([`crate::postgres::KeyWatch`]).
     pub watch_key: bool,
+    /// Waiting in the group's queue (every target was at its `max_connections`).
+    pub queued: Option<Box<Queued>>,
+}
+
+/// A connection waiting in its group's queue.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// Its place, counted in the group's `waiting`.
+    pub place: crate::target::queue::QueuePlace,
+    /// When it began to wait.
+    pub since: Instant,
+    /// When it stops waiting, served or not.
+    pub until: Instant,
 }
 
 /// One connect in flight.
@@ -65,6 +78,7 @@ impl<S> Attempts<S> {
             tls: None,
             pinned: None,
             watch_key: false,
+            queued: None,
         }
     }
 
@@ -223,6 +237,22 @@ impl<S: Socket> Connection<S> {
                 Some(std::time::Duration::from_micros(u64::from(f.connect_us))),
             ),
             Stage::Preamble(_) | Stage::Passing => (0, None),
+        }
+    }
+
+    /// Whether the connection waits in its group's queue.
+    pub(crate) fn is_queued(&self) -> bool {
+        matches!(&self.stage, Stage::Connecting(a) if a.queued.is_some())
+    }
+
+    /// Stops waiting in the queue at `now`: `served` (a target has room: on to the connect)
+    /// or not (timed out). Counted in the group's statistics.
+    pub(crate) fn leave_queue(&mut self, now: Instant, served: bool) {
+        if let Stage::Connecting(a) = &mut self.stage {
+            if let Some(q) = a.queued.take() {
+                q.place
+                    .leave(now.saturating_duration_since(q.since), served);
+            }
         }
     }
 

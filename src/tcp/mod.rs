@@ -76,7 +76,7 @@ use mio::net::TcpStream;
 use crate::conntrack::FiveTuple;
 use crate::generation::ListenerPlace;
 use crate::per_source::SourcePlace;
-pub(crate) use attempts::{Attempt, Attempts};
+pub(crate) use attempts::{Attempt, Attempts, Queued};
 pub(crate) use flow::{Closing, Flow};
 pub(crate) use preamble::Preamble;
 use pump::Endpoint;
@@ -486,9 +486,11 @@ impl<S: Socket> Connection<S> {
                 (Some(_), Some(passed)) => passed + timeouts.preamble,
                 (None, _) => self.started + timeouts.preamble,
             }),
-            Stage::Connecting(a) | Stage::TargetPreamble(a) => {
-                a.current.as_ref().map(|c| c.started + timeouts.connect)
-            }
+            Stage::Connecting(a) | Stage::TargetPreamble(a) => a
+                .current
+                .as_ref()
+                .map(|c| c.started + timeouts.connect)
+                .or_else(|| a.queued.as_ref().map(|q| q.until)),
             Stage::Established(f) => Some(f.last_active + timeouts.idle),
             Stage::Closing(_, c) => Some(c.recheck_at),
             Stage::Passing => None,
@@ -521,8 +523,8 @@ mod size_tests {
             // +24 for the server name and whether a StartupMessage was read.
             ("Preamble (boxed)", size_of::<Preamble>(), 80),
             // Boxed and only while connecting: +16 for the first attempt's start (connect_ms),
-            // +16 for a cancel's pinned target and the key watch's flag.
-            ("Attempts (boxed)", size_of::<Attempts<TcpStream>>(), 200),
+            // +24 for a cancel's pinned target, the key watch's flag and a place in the queue.
+            ("Attempts (boxed)", size_of::<Attempts<TcpStream>>(), 208),
             ("Closing (boxed)", size_of::<Closing>(), 32),
             ("Endpoint", size_of::<Endpoint>(), 48),
             ("Half", size_of::<pump::Half>(), 40),

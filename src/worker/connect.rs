@@ -3,6 +3,7 @@
 //! and PostgreSQL's SSLRequest to the target. What counts as a try and when to give up is
 //! the connection's ([`crate::tcp::Attempts`]).
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use crate::balancer;
 use crate::net::describe;
 use crate::tcp::pump::Endpoint;
 use crate::tcp::target_preamble::{TargetHello, TargetStep};
-use crate::tcp::{Action, Reset};
+use crate::tcp::{Action, Queued, Reset};
 
 impl Worker {
     /// Starts a connect to the next target the balancer picks, skipping targets already tried;
@@ -49,10 +50,27 @@ impl Worker {
                 }
             };
             let Some(t) = picked else {
+                // Every target at its max_connections: wait in the group's queue, if it has one.
+                if let Some(q) = group.config.queue.filter(|_| {
+                    attempts.pinned.is_none() && attempts.current.is_none() && !group.has_room()
+                }) {
+                    return self.enqueue(key, g, q);
+                }
                 return self.give_up(key);
+            };
+            // The place first: another worker may have taken the last one since the pick.
+            let place = match attempts.pinned {
+                Some(_) => group.targets[t].hold(), // a cancel is never refused a place
+                None => match group.targets[t].try_hold() {
+                    Some(place) => place,
+                    None => continue, // full now: the next pick leaves it out
+                },
             };
             if !attempts.tried.is_empty() {
                 listener.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            if attempts.queued.is_some() {
+                conn.leave_queue(self.now, true);
             }
             let address = group.targets[t].address;
             let mut started = open_back(&self.poll, address, key, tag);
@@ -63,8 +81,7 @@ impl Worker {
             }
             match started {
                 Ok(s) => {
-                    let place = Some(group.targets[t].hold());
-                    conn.connecting(t, Endpoint::new(s, tag), place, self.now);
+                    conn.connecting(t, Endpoint::new(s, tag), Some(place), self.now);
                     return;
                 }
                 Err(e) if is_local_exhaustion(&e) => {
@@ -87,6 +104,64 @@ impl Worker {
                         Action::Connect => continue,
                         _ => return self.give_up(key),
                     }
+                }
+            }
+        }
+    }
+
+    /// Every target of group `g` is at its `max_connections`: connection `key` waits in the
+    /// group's queue `q` (at the back; at the front again when it waited already and another
+    /// worker took the place it was woken for), or is reset when `q.max` wait already.
+    fn enqueue(&mut self, key: usize, g: usize, q: crate::config::Queue) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let id = conn.id;
+        if self.queues.len() <= g {
+            self.queues.resize_with(g + 1, VecDeque::new);
+        }
+        if conn.is_queued() {
+            self.queues[g].push_front((key, id));
+            return;
+        }
+        let Some(place) = crate::target::queue::enter(&self.generation.groups[g].queue, q.max)
+        else {
+            return self.close(key, "queue_full", Reset::BOTH);
+        };
+        let until = self.now + q.timeout;
+        if let Some(a) = conn.attempts() {
+            a.queued = Some(Box::new(Queued {
+                place,
+                since: self.now,
+                until,
+            }));
+        }
+        self.queues[g].push_back((key, id));
+        self.timers.schedule(until, crate::timers::Due { key, id });
+    }
+
+    /// Connects the connections waiting in the groups' queues, first come first served, while
+    /// their group has a target with room (freed by a connection that ended here or on
+    /// another worker). Called every turn of the loop; entries of connections that stopped
+    /// waiting are dropped on the way.
+    pub(super) fn serve_queues(&mut self) {
+        for g in 0..self.queues.len() {
+            while let Some(&(key, id)) = self.queues[g].front() {
+                let waiting = self
+                    .table
+                    .get_mut(key)
+                    .is_some_and(|c| c.id == id && c.is_queued());
+                if !waiting {
+                    self.queues[g].pop_front();
+                    continue;
+                }
+                if !self.generation.groups[g].has_room() {
+                    break;
+                }
+                self.queues[g].pop_front();
+                self.connect_next(key);
+                if self.queues[g].front() == Some(&(key, id)) {
+                    break; // another worker took the place first: it waits on at the head
                 }
             }
         }

@@ -200,8 +200,9 @@ impl Worker {
             let Some(ListenSocket::Tcp(socket)) = slot.socket.as_ref() else {
                 return;
             };
-            // Every target at its max_connections: leave the client in the backlog.
-            if !generation.groups[state.config.target_group].has_room() {
+            // Every target at its max_connections (and the group's queue, if any, full too):
+            // leave the client in the backlog.
+            if !generation.groups[state.config.target_group].can_accept() {
                 slot.full = true;
                 return;
             }

@@ -76,6 +76,9 @@ pub(crate) const CONN_BASE: usize = 1 << 20;
 
 /// Bytes per direction per wake before yielding to other connections.
 const PUMP_BUDGET: usize = 512 * 1024;
+/// How often a worker with connections in a group's queue looks for room freed by another
+/// worker (room freed by its own connections is seen in the same turn of its loop).
+const QUEUE_RECHECK: Duration = Duration::from_millis(1);
 /// Interest in both sockets of a connection: PRIORITY too, so urgent data is noticed (reads
 /// stop short at the urgent mark, see `Readiness::urgent`).
 const CONN_INTEREST: mio::Interest = mio::Interest::READABLE
@@ -319,6 +322,9 @@ pub(crate) struct Worker {
     steering: Arc<Steering>,
     /// The connection count last published.
     published: usize,
+    /// Per target group (by index): connections waiting in its `queue:`, in arrival order
+    /// (`(key, id)`; entries of connections that stopped waiting are dropped lazily).
+    queues: Vec<VecDeque<(usize, u64)>>,
 }
 
 impl Worker {
@@ -374,6 +380,7 @@ impl Worker {
             now: Instant::now(),
             steering,
             published: 0,
+            queues: Vec::new(),
         })
     }
 
@@ -411,6 +418,7 @@ impl Worker {
                 }
             }
             self.run_ready();
+            self.serve_queues();
             self.run_timers();
             self.expire_sessions();
             self.resume_listeners();
@@ -460,6 +468,10 @@ impl Worker {
         }
         if let Some(t) = self.stop_deadline {
             consider(t);
+        }
+        // A place freed on another worker wakes no one here: look again soon.
+        if self.queues.iter().any(|q| !q.is_empty()) {
+            consider(self.now + QUEUE_RECHECK);
         }
         next.map(|t| t.saturating_duration_since(Instant::now()))
     }

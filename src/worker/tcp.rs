@@ -450,6 +450,10 @@ impl Worker {
                         self.remove(due.key, Reset::NONE);
                     }
                 }
+            } else if conn.is_queued() {
+                // Waited its group's queue.timeout for a target with room: reset.
+                conn.leave_queue(self.now, false);
+                self.close(due.key, "queue_timeout", Reset::BOTH);
             } else {
                 let reason = format!(
                     "connect timed out after {}",

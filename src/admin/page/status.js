@@ -267,8 +267,12 @@ function renderGroups(groups, now) {
   for (const g of groups) {
     const section = groupSection(g);
     const healthy = g.targets.filter((t) => t.health === "healthy").length;
+    const queue = g.queue
+      ? ` · queue ${count(g.queue.waiting)} of ${count(g.queue.max)} waiting` +
+        ` (${count(g.queue.refused_full + g.queue.refused_timeout)} refused)`
+      : "";
     setText(section.querySelector("h3"),
-      `${g.name} · ${g.algorithm} · ${healthy} of ${g.targets.length} healthy`);
+      `${g.name} · ${g.algorithm} · ${healthy} of ${g.targets.length} healthy${queue}`);
     const tbody = section.querySelector("tbody");
     const rows = new Set();
     for (const t of g.targets) {

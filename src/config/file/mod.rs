@@ -167,6 +167,17 @@ pub struct FileListener {
     pub udp: Option<FileUdp>,
 }
 
+/// `queue:` of a target group.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    /// Connections waiting at most, across all workers (1 to 1,000,000); past it new ones
+    /// are reset (counted).
+    pub max: Bounded<1, 1_000_000>,
+    /// Optional, default 5s: a connection waiting this long is reset (counted).
+    pub timeout: Option<PositiveDuration>,
+}
+
 /// `postgres:` of a listener.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -344,6 +355,9 @@ pub struct FileTargetGroup {
     pub scaling: Option<FileScaling>,
     /// Optional: TLS to the targets (health checks too), verified by default.
     pub target_tls: Option<FileTargetTls>,
+    /// Optional, tcp: when every target is at its max_connections, new connections wait
+    /// (accepted and held, in arrival order) instead of staying in the listen backlog.
+    pub queue: Option<FileQueue>,
     /// Optional; every key has the default shown.
     pub health_check: Option<FileHealthCheck>,
     /// Optional: targets from DNS, re-resolved at the answer's TTL.

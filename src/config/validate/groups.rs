@@ -154,6 +154,10 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
             max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
         }),
         slow_start: g.slow_start.map(|d| d.0),
+        queue: g.queue.map(|q| Queue {
+            max: q.max.0 as usize,
+            timeout: q.timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
+        }),
         drain_timeout: g.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
         proxy_protocol: g.proxy_protocol,
         on_unhealthy: g.on_unhealthy.unwrap_or_default(),

@@ -1,0 +1,131 @@
+//! A target group's `queue:` (HAProxy's `maxqueue` and `timeout queue`): connections that find
+//! every target at its `max_connections` wait, accepted and held, in arrival order, and go to
+//! a target the moment a place frees; past `queue.max` or `queue.timeout` they are reset and
+//! counted.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// A target that holds each connection `hold` (its work), then answers `ok` and closes,
+/// counting how many it holds at once (the most in `peak`).
+fn slow_target(hold: Duration) -> (Backend, Arc<AtomicUsize>) {
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n, p) = (now.clone(), peak.clone());
+    let backend = Backend::start(Arc::new(move |mut s: TcpStream| {
+        // Counted once its client's byte is in (a health check's connect sends none).
+        let mut byte = [0u8; 1];
+        if s.read_exact(&mut byte).is_err() {
+            return;
+        }
+        let held = n.fetch_add(1, Ordering::SeqCst) + 1;
+        p.fetch_max(held, Ordering::SeqCst);
+        std::thread::sleep(hold);
+        n.fetch_sub(1, Ordering::SeqCst);
+        let _ = s.write_all(b"ok");
+    }));
+    (backend, peak)
+}
+
+/// Ballast over `target` at most 10 connections at once, with `queue`.
+fn queued(target: &Backend, queue: &str) -> Ballast {
+    Ballast::start(&format!(
+        "workers: 2\nlisteners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', \
+         target_group: g}}\ntarget_groups:\n  - name: g\n{NO_CHECKS}    queue: {queue}\n    \
+         targets: [{{address: '{}', max_connections: 10}}]\n",
+        target.addr
+    ))
+}
+
+/// `n` clients at once, each sending a byte and reading to the end: how many read `ok`.
+fn clients(addr: SocketAddr, n: usize) -> usize {
+    std::thread::scope(|scope| {
+        let all: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(WAIT)).unwrap();
+                    let _ = s.write_all(b"x");
+                    let mut got = Vec::new();
+                    let _ = s.read_to_end(&mut got);
+                    got == b"ok"
+                })
+            })
+            .collect();
+        all.into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&ok| ok)
+            .count()
+    })
+}
+
+fn queue_metric(lb: &Ballast, name: &str, labels: &[(&str, &str)]) -> f64 {
+    labelled(&scrape(lb.admin_addr()).0, name, labels).unwrap_or(-1.0)
+}
+
+/// 50 clients against a target limited to 10 at once, each held 200 ms: all 50 are served,
+/// never more than 10 at the target, none refused; the waits show in `/metrics`.
+#[test]
+fn fifty_clients_wait_their_turn_for_ten_places() {
+    let (target, peak) = slow_target(Duration::from_millis(200));
+    let lb = queued(&target, "{max: 100, timeout: 10s}");
+    assert_eq!(clients(lb.addr("l"), 50), 50);
+    assert!(peak.load(Ordering::SeqCst) <= 10, "{peak:?} at once");
+    let served = queue_metric(&lb, "ballast_target_group_queue_served_total", &[]);
+    assert!(served >= 30.0, "{served} waited");
+    let refused: f64 = ["full", "timeout"]
+        .iter()
+        .map(|r| {
+            queue_metric(
+                &lb,
+                "ballast_target_group_queue_refused_total",
+                &[("reason", r)],
+            )
+        })
+        .sum();
+    assert_eq!(refused, 0.0);
+    let waited = queue_metric(&lb, "ballast_target_group_queue_wait_seconds_total", &[]);
+    assert!(waited > 0.2, "{waited} s waited in all");
+    assert_eq!(
+        queue_metric(&lb, "ballast_target_group_queue_waiting", &[]),
+        0.0
+    );
+}
+
+/// With a 100 ms queue timeout and targets held 1 s, the 40 that cannot get a place in time
+/// are reset and counted as timed out; with room for 5 in the queue, 35 are refused at once.
+#[test]
+fn the_overflow_is_refused_and_counted() {
+    let (target, _) = slow_target(Duration::from_secs(1));
+    let lb = queued(&target, "{max: 100, timeout: 100ms}");
+    assert_eq!(clients(lb.addr("l"), 50), 10);
+    let timeout = [("reason", "timeout")];
+    assert_eq!(
+        queue_metric(&lb, "ballast_target_group_queue_refused_total", &timeout),
+        40.0
+    );
+    drop(lb);
+    let lb = queued(&target, "{max: 5, timeout: 10s}");
+    assert_eq!(
+        clients(lb.addr("l"), 50),
+        15,
+        "10 at once, then the 5 that waited"
+    );
+    let full = [("reason", "full")];
+    assert_eq!(
+        queue_metric(&lb, "ballast_target_group_queue_refused_total", &full),
+        35.0
+    );
+    assert_eq!(
+        queue_metric(&lb, "ballast_target_group_queue_served_total", &[]),
+        5.0
+    );
+}
