@@ -421,3 +421,57 @@ fn a_syslog_daemon_on_a_stream_socket_never_holds_ballast() {
     ));
     assert!(stderr.contains("listen backlog is full"), "{stderr}");
 }
+
+/// A syslog daemon on a stream socket that reads, but slowly (a few KiB every 300 ms: every
+/// write makes a little progress, so no write ever times out) never holds a stop: past a
+/// second the lines still queued are dropped, counted.
+#[test]
+fn a_slow_syslog_daemon_never_holds_a_stop() {
+    use std::io::Read;
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sock");
+    let daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut lb = two_listeners(
+        &format!("{{to: syslog, syslog: {{address: '{}'}}}}", path.display()),
+        &echo,
+    );
+    let (mut slow, _) = daemon.accept().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 3000];
+        // The daemon's pace, not a wait for anything: it ends when Ballast closes.
+        while slow.read(&mut buf).is_ok_and(|n| n > 0) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let admin = lb.admin_addr();
+    let mut i = 0;
+    wait_until("lines queued behind the slow daemon", || {
+        for _ in 0..500 {
+            round_trip(lb.addr("a"), i);
+            i += 1;
+        }
+        labelled(
+            &scrape(admin).0,
+            "ballast_access_log_dropped_lines_total",
+            &[],
+        )
+        .is_some_and(|v| v > 0.0)
+    });
+    let asked = Instant::now();
+    lb.terminate();
+    assert!(lb.wait_exit(WAIT).is_some(), "still running after SIGTERM");
+    // About a second of writing, then the rest dropped (not the 3 s backstop that leaves a
+    // blocked writer behind).
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(
+        !lb.log().contains("writer is still blocked"),
+        "{}",
+        lb.log()
+    );
+    reader.join().unwrap();
+}

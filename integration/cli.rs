@@ -528,7 +528,7 @@ fn another_process_s_live_admin_socket_is_refused_a_stale_one_replaced() {
     );
     let refused = run_refused(&yaml);
     assert!(
-        refused.contains("another process accepts connections on"),
+        refused.contains("another process holds a socket at"),
         "{refused}"
     );
     let file = dir.path().join("b.yaml");
@@ -545,36 +545,49 @@ fn another_process_s_live_admin_socket_is_refused_a_stale_one_replaced() {
     assert_eq!(std::fs::metadata(&socket).unwrap().ino(), inode);
     std::os::unix::net::UnixStream::connect(&socket).expect("the other process still serves");
     drop(other);
+    // A live socket of another type (a datagram socket, as /dev/log is) is refused too.
+    std::fs::remove_file(&socket).unwrap();
+    let datagram = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    let refused = run_refused(&yaml);
+    assert!(
+        refused.contains("another process holds a socket at"),
+        "{refused}"
+    );
+    assert!(socket.exists());
+    drop(datagram);
     // Stale now: Ballast replaces it.
+    let inode = std::fs::metadata(&socket).unwrap().ino();
     let lb = Ballast::start(&yaml);
     assert_ne!(std::fs::metadata(&socket).unwrap().ino(), inode);
     drop(lb);
 }
 
-/// Started with a relative `--config`, Ballast names its file absolutely (`/node`): a CLI
-/// run from another directory recognises the instance and reloads it.
+/// Started with a relative `--config`, Ballast names its file absolutely (`/node`), and takes
+/// a relative `admin.unix` from the file's directory, as the CLI does: a CLI run from another
+/// directory finds the socket and recognises the instance (the TCP API is read-only, so only
+/// the socket can take the reload).
 #[test]
 fn a_config_given_relative_is_recognised_from_another_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("admin.sock");
-    let file = dir.path().join("b.yaml");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let socket = dir.path().join("sub/admin.sock");
+    let file = dir.path().join("sub/b.yaml");
     std::fs::write(
         &file,
         format!(
-            "admin: {{bind: '127.0.0.1:0', unix: '{}'}}\n{}",
-            socket.display(),
+            "admin: {{bind: '127.0.0.1:0', unix: admin.sock, read_only: true}}\n{}",
             config("round_robin", &[(dead_addr(), 1)], "", CHECKS)
         ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(["run", "--config", "b.yaml"])
+        .args(["run", "--config", "sub/b.yaml"])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the admin socket answering", || {
+    wait_until("the admin socket answering beside the file", || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
     let out = Command::new(env!("CARGO_BIN_EXE_ballast"))

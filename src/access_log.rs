@@ -43,6 +43,11 @@ pub(crate) const QUEUE: usize = 1024;
 pub(crate) static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 /// How often the writer reports dropped lines, at most.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// At a stop, how long the writer may go on writing what the workers handed over (to a
+/// syslog daemon that reads slowly, say) before the rest is dropped, counted.
+const STOP_WRITING: Duration = Duration::from_secs(1);
+/// At a stop, how long to wait for the writer thread at most.
+const STOP_JOIN: Duration = Duration::from_secs(3);
 /// How often the writer tries to reach a syslog daemon that went away, at most.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
@@ -228,9 +233,25 @@ impl Writer {
     pub(crate) fn stop(mut self) {
         self.flags.stopping.store(true, Ordering::Release);
         self.lines = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        // A write that blocks for good (a FIFO nobody reads, a file on a hung mount) must
+        // not hold the stop: past STOP_JOIN the thread is left to end with the process.
+        let deadline = Instant::now() + STOP_JOIN;
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "access log: the writer is still blocked {} into the stop; its last lines \
+                     are lost",
+                    humantime::format_duration(STOP_JOIN)
+                );
+                return;
+            }
+            // Bounded by STOP_JOIN; the writer has no way to say it ended but ending.
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let _ = t.join();
     }
 }
 
@@ -254,7 +275,7 @@ struct Flags {
 
 /// The writer thread: writes each buffer, reopens the file when asked, reports drops. Ends
 /// when every worker's sender is gone; once `stopping`, it connects to nothing again and
-/// drops (counted) what it cannot write at once, so a stop waits for at most one write.
+/// gives a syslog daemon lines for at most [`STOP_WRITING`], dropping (counted) the rest.
 fn write_loop(
     out: Output,
     sink: &Sink,
@@ -270,8 +291,13 @@ fn write_loop(
     // connect again, at most once per RECONNECT_EVERY, instead of failing every line until a
     // SIGUSR1. Lines meanwhile are dropped, counted.
     let mut reconnect_at: Option<Instant> = None;
+    // Once stopping: when to stop writing (see STOP_WRITING).
+    let mut stop_by: Option<Instant> = None;
     for mut buf in lines.iter() {
         let stopping = flags.stopping.load(Ordering::Acquire);
+        if stopping && stop_by.is_none() {
+            stop_by = Some(Instant::now() + STOP_WRITING);
+        }
         if !stopping && reconnect_at.is_some_and(|t| Instant::now() >= t) {
             match Output::open(sink) {
                 Ok(o) => {
@@ -297,7 +323,7 @@ fn write_loop(
         }
         if !buf.is_empty() {
             let written = match &mut out {
-                Some(o) => o.write_lines(&buf).map_err(|(lost, e)| {
+                Some(o) => o.write_lines(&buf, stop_by).map_err(|(lost, e)| {
                     let broken = o.broken_by(&e);
                     (lost, e, broken)
                 }),

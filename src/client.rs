@@ -413,11 +413,14 @@ fn from_config(config: &Path) -> Result<Found, ClientError> {
             other => Err(error(format!("admin.{key} is not a string: {other:?}"))),
         }
     };
-    let token_file = field("token_file")?.map(PathBuf::from);
+    // Relative paths are the config file's directory's, as `run` takes them.
+    let base = config.parent().unwrap_or(Path::new(""));
+    let token_file = field("token_file")?.map(|f| crate::config::beside(base, Path::new(&f)));
     if let Some(unix) = field("unix")? {
-        if may_connect(Path::new(&unix)) {
+        let unix = crate::config::beside(base, Path::new(&unix));
+        if may_connect(&unix) {
             return Ok(Found {
-                endpoint: Endpoint::Unix(unix.into()),
+                endpoint: Endpoint::Unix(unix),
                 token_file,
             });
         }

@@ -64,8 +64,14 @@ impl Output {
         }
     }
 
-    /// Writes the buffer's lines; on failure, how many of them were lost, and why.
-    pub(super) fn write_lines(&mut self, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+    /// Writes the buffer's lines; on failure, how many of them were lost, and why. A syslog
+    /// daemon is given lines only until `deadline` (a stop's: a daemon that reads slowly
+    /// would otherwise hold it a write timeout per line); the rest are lost.
+    pub(super) fn write_lines(
+        &mut self,
+        bytes: &[u8],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), (usize, io::Error)> {
         let lines = || bytes.iter().filter(|&&b| b == b'\n').count();
         match self {
             Output::Stderr => io::stderr()
@@ -81,6 +87,13 @@ impl Output {
                     .filter(|line| !line.is_empty())
                     .collect();
                 for (i, line) in all.iter().enumerate() {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        let e = io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "stopping: the syslog daemon takes lines too slowly",
+                        );
+                        return Err((all.len() - i, e));
+                    }
                     let text = String::from_utf8_lossy(line);
                     if let Err(e) = logger.info((0u32, std::collections::BTreeMap::new(), text)) {
                         let e = match e {

@@ -58,6 +58,7 @@
 //! reload, which applies the file's targets and weights; admin states (drained, disabled) of
 //! targets still in the file survive a reload.
 
+mod accept;
 mod csv;
 pub(crate) mod metrics;
 mod page;

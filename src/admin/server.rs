@@ -33,15 +33,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use super::slots::{Slot, Slots, Taken};
+use super::slots::Slot;
 use super::{answer, authorized, error, Method, Reply, MAX_BODY};
 use crate::control::Control;
-use crate::throttle::LogLimiter;
 
 /// Connections served at once (TCP and UNIX together).
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
@@ -55,8 +52,6 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_BACKLOG: i32 = 4096;
 /// A request body must be read within this long.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause after an accept error (EMFILE and the like).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Handler threads (blocking pool).
 const HANDLER_THREADS: usize = 4;
 /// At a stop or an upgrade, how long requests already being served get to finish (their
@@ -65,7 +60,7 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
-enum Origin {
+pub(super) enum Origin {
     /// The TCP socket bound to this address.
     Tcp(SocketAddr),
     /// The UNIX socket.
@@ -113,7 +108,9 @@ impl Server {
         let unix_listener = match unix {
             None => None,
             Some(path) => {
-                let (l, inode) = crate::net::bind_unix_socket(path, upgrading)?;
+                let (l, inode) = crate::net::bind_unix_socket(path, upgrading).map_err(|e| {
+                    io::Error::new(e.kind(), format!("admin.unix {}: {e}", path.display()))
+                })?;
                 l.set_nonblocking(true)?;
                 Some((l, inode))
             }
@@ -130,7 +127,7 @@ impl Server {
                     .build();
                 match runtime {
                     Ok(rt) => {
-                        rt.block_on(serve(control, tcp, unix_listener, stopped));
+                        rt.block_on(super::accept::serve(control, tcp, unix_listener, stopped));
                         // A handler still running past STOP_GRACE (a stuck one) is left
                         // behind rather than waited for.
                         rt.shutdown_timeout(Duration::from_millis(100));
@@ -192,133 +189,14 @@ fn listen(bind: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts on both sockets until `stopped` turns true; then waits (up to [`STOP_GRACE`])
-/// for the connections to answer the requests they were serving.
-async fn serve(
-    control: Arc<Control>,
-    tcp: std::net::TcpListener,
-    unix: Option<std::os::unix::net::UnixListener>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let slots = Slots::new(MAX_CONNECTIONS);
-    let mut evictions = LogLimiter::default();
-    let tcp = match tokio::net::TcpListener::from_std(tcp) {
-        Ok(l) => l,
-        Err(e) => return log::error!("admin API: cannot serve its socket: {e}"),
-    };
-    let local = tcp
-        .local_addr()
-        .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
-    let unix = unix.and_then(|l| tokio::net::UnixListener::from_std(l).ok());
-    let mut refused = LogLimiter::default();
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let accepted: io::Result<(Box<dyn Connection>, Origin)> = tokio::select! {
-            a = tcp.accept() => a.map(|(s, _)| (Box::new(s) as Box<dyn Connection>, Origin::Tcp(local))),
-            a = accept_unix(unix.as_ref()) => a.map(|s| (Box::new(s) as Box<dyn Connection>, Origin::Unix)),
-            _ = stopped.changed() => break,
-        };
-        let (stream, origin) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(more) = refused.allow(std::time::Instant::now()) {
-                    log::warn!(
-                        "admin API: accept failed ({e}); trying again in 100 ms ({more} more \
-                         such failures since the last report)"
-                    );
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let held = match slots.take() {
-            Taken::Free(held) => held,
-            Taken::Evicted(held) => {
-                if let Some(more) = evictions.allow(std::time::Instant::now()) {
-                    log::warn!(
-                        "admin API: {MAX_CONNECTIONS} connections open; closed the oldest idle \
-                         one to serve a new one ({more} more since the last report)"
-                    );
-                }
-                held
-            }
-            Taken::Full => {
-                if let Some(more) = refused.allow(std::time::Instant::now()) {
-                    log::warn!(
-                        "admin API: {MAX_CONNECTIONS} requests being served; closing new \
-                         connections ({more} more since the last report)"
-                    );
-                }
-                continue; // `stream` is dropped: closed
-            }
-        };
-        let control = control.clone();
-        let mut stopping = stopped.clone();
-        connections.spawn(async move {
-            let slot = held.slot().clone();
-            let service =
-                service_fn(move |request| handle(control.clone(), request, origin, slot.clone()));
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .max_headers(MAX_HEADERS);
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                // Stopping: the request being served (if any) is answered, then the connection
-                // closes; an idle one closes at once.
-                _ = stopping.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.as_mut().await;
-                }
-                // Evicted to make room: dropping the connection closes it.
-                _ = held.slot().evicted() => {}
-            }
-            drop(held);
-        });
-    }
-    drop((tcp, unix));
-    while connections.try_join_next().is_some() {}
-    if !connections.is_empty() {
-        let counted = |n: usize| format!("{n} connection{}", if n == 1 { "" } else { "s" });
-        log::info!(
-            "admin API: stopping; {} get up to {} to finish their requests",
-            counted(connections.len()),
-            humantime::format_duration(STOP_GRACE)
-        );
-        let finished = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout(STOP_GRACE, finished).await.is_err() {
-            log::warn!(
-                "admin API: {} still open after {}; closing them",
-                counted(connections.len()),
-                humantime::format_duration(STOP_GRACE)
-            );
-        }
-    }
-}
-
-/// A socket hyper can serve.
-trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Connection for T {}
-
-/// The next UNIX connection, or never when there is no UNIX socket.
-async fn accept_unix(l: Option<&tokio::net::UnixListener>) -> io::Result<tokio::net::UnixStream> {
-    match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
-        None => std::future::pending().await,
-    }
-}
-
 /// One request: the cross-site checks, the token (before any body is read), the body
 /// (bounded), then [`answer`] on the blocking pool.
-async fn handle(
+pub(super) async fn handle(
     control: Arc<Control>,
     request: Request<Incoming>,
     origin: Origin,
     slot: Arc<Slot>,
+    stopping: watch::Receiver<bool>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
@@ -385,6 +263,14 @@ async fn handle(
         drop(body);
         Ok(String::new())
     };
+    // Stopping (or a new process serves the API now): a change made here would be lost.
+    if judged != Method::GET && *stopping.borrow() {
+        return Ok(respond(error(
+            503,
+            "Ballast is stopping, or a new process has taken over its API: nothing was \
+             changed; send the request again",
+        )));
+    }
     // Health checks are answered here, from a few atomics: behind the blocking pool they
     // would wait for every request queued there (thousands of pipelined /metrics, say).
     if judged == Method::GET && matches!(path.as_str(), "/healthz" | "/livez") {

@@ -51,6 +51,7 @@ pub use udp::{
     OnUnhealthy, UdpSettings, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT,
     DEFAULT_UDP_BATCH, DEFAULT_UNREPLIED_TIMEOUT,
 };
+pub(crate) use validate::beside;
 pub use validate::{check_group, validate};
 
 /// Default `connect_timeout` of a listener.

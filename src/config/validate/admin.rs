@@ -8,7 +8,11 @@ use super::super::*;
 /// # Errors
 /// `(key, message)`: an unreadable, empty or group- or world-readable token file, a bind
 /// address reachable from other hosts without a token, an empty `unix` path.
-pub(super) fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, String)> {
+/// Relative paths (`token_file`, `unix`) are taken from `base`, the config file's directory.
+pub(super) fn admin(
+    raw: Option<FileAdmin>,
+    base: &std::path::Path,
+) -> Result<AdminConfig, (String, String)> {
     let raw = raw.unwrap_or(FileAdmin {
         bind: None,
         token_file: None,
@@ -22,6 +26,9 @@ pub(super) fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, Stri
     let token = match raw.token_file {
         None => None,
         Some(file) => {
+            let file = super::beside(base, std::path::Path::new(&file))
+                .display()
+                .to_string();
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&file)
                 .map(|m| m.permissions().mode())
@@ -69,7 +76,11 @@ pub(super) fn admin(raw: Option<FileAdmin>) -> Result<AdminConfig, (String, Stri
                 "give a path, or leave the key out".into(),
             ))
         }
-        Some(p) => Some(p.into()),
+        Some(p) => {
+            let path = super::beside(base, std::path::Path::new(p));
+            super::socket_path(&path).map_err(|m| ("admin.unix".to_string(), m))?;
+            Some(path)
+        }
     };
     Ok(AdminConfig {
         bind,

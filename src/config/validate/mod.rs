@@ -34,7 +34,8 @@ use super::*;
 /// `interval`, TCP-only keys on a UDP listener (and `udp:` on a TCP one), a udp check without
 /// `send`.
 pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
-    // TLS files given relative are found beside the config file.
+    // Files given relative (TLS files, the token file, sockets, the access log) are found
+    // beside the config file, wherever Ballast or the CLI was started.
     let base = path.parent().unwrap_or(Path::new(""));
     let mut wrong = Vec::new();
     if raw.listeners.is_empty() {
@@ -48,7 +49,9 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
         base,
         &mut wrong,
     );
-    let admin = admin::admin(raw.admin).map_err(|w| wrong.push(w)).ok();
+    let admin = admin::admin(raw.admin, base)
+        .map_err(|w| wrong.push(w))
+        .ok();
     let upgrade_socket = match raw.upgrade_socket.as_deref() {
         None => None,
         Some("") => {
@@ -58,12 +61,21 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
             ));
             None
         }
-        Some(p) => Some(p.into()),
+        Some(p) => {
+            let path = beside(base, Path::new(p));
+            if let Err(m) = socket_path(&path) {
+                wrong.push(("upgrade_socket".into(), m));
+            }
+            Some(path)
+        }
     };
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-    let access_log = super::access_log::validate(raw.access_log, &names)
+    let mut access_log = super::access_log::validate(raw.access_log, &names)
         .map_err(|w| wrong.push(w))
         .unwrap_or_default();
+    if let AccessLogSink::File(p) = &mut access_log.sink {
+        *p = beside(base, p);
+    }
     let (Some(admin), true) = (admin, wrong.is_empty()) else {
         return Err(wrong);
     };
@@ -108,6 +120,29 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
         listeners,
         target_groups,
     })
+}
+
+/// `path` as found from `base` (the config file's directory) when relative.
+pub(crate) fn beside(base: &Path, path: &Path) -> std::path::PathBuf {
+    if path.is_relative() {
+        base.join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Refuses a UNIX socket path too long for `sun_path` once Ballast's temporary name is added.
+pub(crate) fn socket_path(path: &Path) -> Result<(), String> {
+    let len = path.as_os_str().len();
+    let max = crate::net::MAX_SOCKET_PATH;
+    if len > max {
+        return Err(format!(
+            "{}: {len} bytes, at most {max} (a UNIX socket's path holds 107, and Ballast binds \
+             a temporary name 12 bytes longer first)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The longest listener or target group name.
@@ -255,6 +290,34 @@ target_groups:
                 );
             assert!(parse_str(&yaml).is_ok(), "{good}");
         }
+    }
+
+    /// Relative paths are the config file's directory's; a socket path too long for
+    /// `sun_path` (with the temporary name) is refused where `check` sees it.
+    #[test]
+    fn relative_paths_are_beside_the_file_and_socket_paths_fit() {
+        let with_admin = |admin: &str| format!("admin: {admin}\n{GOOD}");
+        let c = parse(
+            Path::new("/etc/ballast/b.yaml"),
+            &with_admin("{unix: run/admin.sock}\nupgrade_socket: up.sock\naccess_log: a.log"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.unix.as_deref(),
+            Some(Path::new("/etc/ballast/run/admin.sock"))
+        );
+        assert_eq!(
+            c.upgrade_socket.as_deref(),
+            Some(Path::new("/etc/ballast/up.sock"))
+        );
+        assert_eq!(
+            c.access_log.sink,
+            AccessLogSink::File("/etc/ballast/a.log".into())
+        );
+        let long = format!("/tmp/{}", "s".repeat(91));
+        let e = err(&with_admin(&format!("{{unix: '{long}'}}")));
+        assert!(e.contains("admin.unix") && e.contains("at most 95"), "{e}");
+        assert!(parse_str(&with_admin(&format!("{{unix: '{}'}}", &long[..95]))).is_ok());
     }
 
     #[test]

@@ -4,9 +4,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+mod unix_socket;
+
+pub(crate) use unix_socket::{
+    bind_unix_socket, remove_unix_socket, unix_socket_live, MAX_SOCKET_PATH,
+};
 
 /// A short lower-case reason for an I/O error, for logs and check results: `connection
 /// refused`, `timed out`, … (the OS error number left out).
@@ -209,85 +214,4 @@ pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::U
     let _ = socket.set_recv_buffer_size(UDP_BUFFER);
     socket.connect(&target.into())?;
     Ok(socket.into())
-}
-
-/// A UNIX listening socket at `path`, mode 0600 before it accepts anything (bound under a
-/// temporary name in the same directory, restricted, then made to listen and renamed over
-/// `path`), and its inode (for [`remove_unix_socket`]). A stale socket file at `path` is
-/// replaced; a live one (a process accepts on it) only when `replace_live` (a new Ballast
-/// taking over from a running one); anything else there is left alone.
-///
-/// # Errors
-/// `AlreadyExists` when `path` holds something other than a socket (a typo must not delete a
-/// file); `AddrInUse` when a process serves `path` and not `replace_live`; otherwise the
-/// bind's, chmod's, listen's or rename's error.
-pub(crate) fn bind_unix_socket(
-    path: &Path,
-    replace_live: bool,
-) -> io::Result<(std::os::unix::net::UnixListener, u64)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.file_type().is_socket() => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket: refusing to replace it",
-                    path.display()
-                ),
-            ))
-        }
-        Ok(_) if !replace_live && unix_socket_live(path) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "another process accepts connections on {}: refusing to take its place",
-                    path.display()
-                ),
-            ))
-        }
-        _ => {}
-    }
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".{}.tmp", std::process::id()));
-    let temporary = std::path::PathBuf::from(temporary);
-    let _ = std::fs::remove_file(&temporary);
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    // Restricted between bind (which creates the file, with the umask's mode) and listen:
-    // a connect before listen is refused, so nobody the mode excludes ever gets in.
-    let placed = socket
-        .bind(&socket2::SockAddr::unix(&temporary)?)
-        .and_then(|()| std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600)))
-        .and_then(|()| socket.listen(1024))
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(e);
-    }
-    let inode = std::fs::metadata(path)?.ino();
-    Ok((socket.into(), inode))
-}
-
-/// Whether a process accepts connections on the UNIX socket at `path` (a connect succeeds,
-/// or finds its backlog full). Never waits.
-pub(crate) fn unix_socket_live(path: &Path) -> bool {
-    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
-        return false;
-    };
-    let Ok(address) = socket2::SockAddr::unix(path) else {
-        return false;
-    };
-    let _ = socket.set_nonblocking(true);
-    match socket.connect(&address) {
-        Ok(()) => true,
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-    }
-}
-
-/// Removes the UNIX socket at `path` if it is still the one with `inode` (not one another
-/// process bound there since, as a new Ballast taking over does).
-pub(crate) fn remove_unix_socket(path: &Path, inode: u64) {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == inode) {
-        let _ = std::fs::remove_file(path);
-    }
 }
