@@ -327,6 +327,25 @@ fn a_syslog_daemon_that_stalls_or_restarts_never_holds_ballast() {
     );
 }
 
+/// An echo target, and Ballast logging to a syslog daemon listening on a UNIX stream socket
+/// (`log.sock` in the directory returned).
+fn behind_a_stream_daemon() -> (
+    Backend,
+    tempfile::TempDir,
+    std::os::unix::net::UnixListener,
+    Ballast,
+) {
+    let echo = Backend::start(echo());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sock");
+    let daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let lb = two_listeners(
+        &format!("{{to: syslog, syslog: {{address: '{}'}}}}", path.display()),
+        &echo,
+    );
+    (echo, dir, daemon, lb)
+}
+
 /// A syslog daemon on a UNIX *stream* socket (rsyslog can listen so): lines arrive NUL-ended;
 /// a daemon that stops reading costs dropped lines, never a stalled stop; one that closes
 /// the connection gets a new one; one whose listen backlog is full is refused at start at
@@ -334,14 +353,8 @@ fn a_syslog_daemon_that_stalls_or_restarts_never_holds_ballast() {
 #[test]
 fn a_syslog_daemon_on_a_stream_socket_never_holds_ballast() {
     use std::io::Read;
-    let echo = Backend::start(echo());
-    let dir = tempfile::tempdir().unwrap();
+    let (echo, dir, daemon, mut lb) = behind_a_stream_daemon();
     let path = dir.path().join("log.sock");
-    let daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let mut lb = two_listeners(
-        &format!("{{to: syslog, syslog: {{address: '{}'}}}}", path.display()),
-        &echo,
-    );
     let (mut reading, _) = daemon.accept().unwrap();
     reading.set_read_timeout(Some(WAIT)).unwrap();
     round_trip(lb.addr("a"), 0);
@@ -428,14 +441,7 @@ fn a_syslog_daemon_on_a_stream_socket_never_holds_ballast() {
 #[test]
 fn a_slow_syslog_daemon_never_holds_a_stop() {
     use std::io::Read;
-    let echo = Backend::start(echo());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.sock");
-    let daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let mut lb = two_listeners(
-        &format!("{{to: syslog, syslog: {{address: '{}'}}}}", path.display()),
-        &echo,
-    );
+    let (_echo, _dir, daemon, mut lb) = behind_a_stream_daemon();
     let (mut slow, _) = daemon.accept().unwrap();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 3000];

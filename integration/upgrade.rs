@@ -238,12 +238,9 @@ fn a_second_process_without_upgrade_from_is_refused_and_a_bad_socket_is_an_error
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
 
-/// The packaged way: the admin API on a fixed address and a UNIX socket. The new process binds
-/// the same address beside the old one (SO_REUSEPORT) and its own socket at the same path;
-/// after the handover only the new one answers, on both; the old one's exit removes nothing of
-/// the new one's. A second process *without* `--upgrade-from` is refused the admin address.
-#[test]
-fn an_upgrade_takes_a_fixed_admin_address_and_unix_socket_over() {
+/// An echo target and an upgradable config with the admin API on a fixed address and a UNIX
+/// socket (`admin.sock`, beside `upgrade.sock`, in the directory returned).
+fn with_fixed_admin() -> (Backend, tempfile::TempDir, String, SocketAddr) {
     let target = Backend::start(echo());
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
@@ -254,8 +251,21 @@ fn an_upgrade_takes_a_fixed_admin_address_and_unix_socket_over() {
         unix.display(),
         upgradable(target.addr, &socket, "")
     );
+    (target, dir, yaml, ([127, 0, 0, 1], admin_port).into())
+}
+
+/// The packaged way: the admin API on a fixed address and a UNIX socket. The new process binds
+/// the same address beside the old one (SO_REUSEPORT) and its own socket at the same path;
+/// after the handover only the new one answers, on both; the old one's exit removes nothing of
+/// the new one's. A second process *without* `--upgrade-from` is refused the admin address.
+#[test]
+fn an_upgrade_takes_a_fixed_admin_address_and_unix_socket_over() {
+    let (_target, dir, yaml, admin) = with_fixed_admin();
+    let (socket, unix) = (
+        dir.path().join("upgrade.sock"),
+        dir.path().join("admin.sock"),
+    );
     let mut old = Ballast::start(&yaml);
-    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
     assert_eq!(get_json(admin, "/node")["pid"], old.pid());
     // Not an upgrade (and listeners of its own): the admin address is another process's.
     let port = old.addr("l").port();
@@ -305,18 +315,12 @@ fn an_upgrade_takes_a_fixed_admin_address_and_unix_socket_over() {
 /// it a few times in 50,000 requests; a debug build rarely does.)
 #[test]
 fn admin_clients_are_answered_through_an_upgrade() {
-    let target = Backend::start(echo());
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("upgrade.sock");
-    let unix = dir.path().join("admin.sock");
-    let admin_port = stable_port();
-    let yaml = format!(
-        "admin: {{bind: '127.0.0.1:{admin_port}', unix: '{}'}}\n{}",
-        unix.display(),
-        upgradable(target.addr, &socket, "")
+    let (_target, dir, yaml, admin) = with_fixed_admin();
+    let (socket, unix) = (
+        dir.path().join("upgrade.sock"),
+        dir.path().join("admin.sock"),
     );
     let mut old = Ballast::start(&yaml);
-    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
     let done = AtomicBool::new(false);
     let (asked, unanswered) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let request = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
