@@ -350,16 +350,32 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
 fn print_connections(doc: &Value, out: &mut dyn Write) {
     let _ = writeln!(
         out,
-        "{:<10} {:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
-        "ID", "PROTO", "CLIENT", "LISTENER", "LOCAL", "TARGET", "AGE_MS", "BYTES_UP", "BYTES_DOWN"
+        "{:<10} {:<5} {:<24} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
+        "ID",
+        "PROTO",
+        "CLIENT",
+        "PEER",
+        "LISTENER",
+        "LOCAL",
+        "TARGET",
+        "AGE_MS",
+        "BYTES_UP",
+        "BYTES_DOWN"
     );
     for c in doc["connections"].as_array().into_iter().flatten() {
+        // The peer when a PROXY header named another client (the balancer in front), else `-`.
+        let peer = if c["peer"] == c["client"] || c["peer"].is_null() {
+            "-".to_string()
+        } else {
+            text(&c["peer"])
+        };
         let _ = writeln!(
             out,
-            "{:<10} {:<5} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
+            "{:<10} {:<5} {:<24} {:<24} {:<16} {:<24} {:<24} {:>9} {:>12} {:>12}",
             text(&c["id"]),
             text(&c["protocol"]),
             text(&c["client"]),
+            peer,
             text(&c["listener"]),
             text(&c["local"]),
             text(&c["target"]),
@@ -367,5 +383,33 @@ fn print_connections(doc: &Value, out: &mut dyn Write) {
             text(&c["bytes_up"]),
             text(&c["bytes_down"]),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The PEER column names the balancer in front only when a PROXY header named another
+    /// client.
+    #[test]
+    fn connections_show_the_peer_only_when_it_is_not_the_client() {
+        let doc = serde_json::json!({"connections": [
+            {"id": "0.1", "protocol": "tcp", "client": "203.0.113.9:4243",
+             "peer": "10.0.0.5:51000", "listener": "l", "local": "10.0.0.1:80"},
+            {"id": "0.2", "protocol": "tcp", "client": "10.0.0.7:1234",
+             "peer": "10.0.0.7:1234", "listener": "l", "local": "10.0.0.1:80"},
+        ]});
+        let mut out = Vec::new();
+        print_connections(&doc, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("CLIENT") && lines[0].contains("PEER"),
+            "{text}"
+        );
+        assert!(lines[1].contains("203.0.113.9:4243") && lines[1].contains("10.0.0.5:51000"));
+        let fields: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(fields[2..4], ["10.0.0.7:1234", "-"], "{text}");
     }
 }
