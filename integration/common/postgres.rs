@@ -89,6 +89,33 @@ impl Postgres {
                 .unwrap();
             assert!(chown.success());
         }
+        Self::run(dir, ssl)
+    }
+
+    /// A streaming replica of `primary` (pg_basebackup -R), running, with ssl off.
+    pub fn replica_of(primary: &Postgres) -> Postgres {
+        let bin = postgres_bin();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let backup = as_postgres(&bin.join("pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-p", &primary.addr.port().to_string()])
+            .args(["-U", "postgres", "-R", "-X", "stream", "-D"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            backup.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&backup.stderr)
+        );
+        Self::run(dir, false)
+    }
+
+    /// Starts the server on the cluster in `dir`/data, on a free port, and waits until it
+    /// listens.
+    fn run(dir: tempfile::TempDir, ssl: bool) -> Postgres {
+        let bin = postgres_bin();
+        let data = dir.path().join("data");
         let port = free_port();
         let child = as_postgres(&bin.join("postgres"))
             .arg("-D")

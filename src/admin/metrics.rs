@@ -143,6 +143,7 @@ pub(crate) fn encode(
     register_listeners(&mut registry, generation);
     register_postgres(&mut registry, generation);
     register_queues(&mut registry, generation);
+    register_agents(&mut registry, generation);
     register_tls(&mut registry, generation);
     register_targets(&mut registry, generation);
     register_capacity(&mut registry, generation);
@@ -193,6 +194,60 @@ fn register_threads(registry: &mut Registry, restarts: &crate::fault::Restarts) 
         "thread_restarts",
         "Threads replaced after a panic or a failed poll (admin: request handlers that panicked)",
         thread_restarts,
+    );
+}
+
+/// Per target of a group with `agent_check`: what its agent asks (mode, weight percentage,
+/// down).
+fn register_agents(registry: &mut Registry, generation: &Generation) {
+    let modes = Family::<AdminStateLabels, Gauge>::default();
+    let percent = Family::<TargetLabels, Gauge>::default();
+    let down = Family::<TargetLabels, Gauge>::default();
+    for g in generation.groups.iter().filter(|g| !g.removed) {
+        if g.config.agent_check.is_none() {
+            continue;
+        }
+        for t in g.targets.iter() {
+            if t.admin_state() == crate::target::AdminState::Removed {
+                continue;
+            }
+            let labels = TargetLabels {
+                target_group: g.name().to_string(),
+                target: t.address.to_string(),
+            };
+            for mode in [
+                crate::target::AgentMode::Ready,
+                crate::target::AgentMode::Drain,
+                crate::target::AgentMode::Maint,
+            ] {
+                modes
+                    .get_or_create(&AdminStateLabels {
+                        target_group: labels.target_group.clone(),
+                        target: labels.target.clone(),
+                        state: mode.as_str(),
+                    })
+                    .set(i64::from(t.agent_mode() == mode));
+            }
+            percent
+                .get_or_create(&labels)
+                .set(i64::from(t.agent_percent()));
+            down.get_or_create(&labels).set(i64::from(t.agent_down()));
+        }
+    }
+    registry.register(
+        "target_agent_mode",
+        "1 for what the target's agent asks (ready, drain, maint)",
+        modes,
+    );
+    registry.register(
+        "target_agent_weight_percent",
+        "The weight the target's agent gives, as a percentage of the configured one",
+        percent,
+    );
+    registry.register(
+        "target_agent_down",
+        "1 while the target's agent says down (the target counts as unhealthy)",
+        down,
     );
 }
 

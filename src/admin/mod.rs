@@ -20,7 +20,9 @@
 //!   total connections, bytes each way, connect failures, the last check's result, time and
 //!   latency, the last failed check's reason and time (`last_failure`: kept after the target
 //!   recovers), the time of the last state change; per group with a `queue:`, its size,
-//!   timeout, connections waiting now, served after waiting and refused (full, timeout).
+//!   timeout, connections waiting now, served after waiting and refused (full, timeout); per
+//!   target with an `agent_check`, `agent`: what its agent last said (or why it could not be
+//!   asked) and what that set (mode `ready`/`drain`/`maint`, weight percent, down).
 //! - `GET /listeners`: per listener: protocol, the address bound, target group, SNI and
 //!   PostgreSQL routes, open, accepted and refused connections (and refusals by reason).
 //! - `GET /targets?format=csv`, `GET /listeners?format=csv`: the same as CSV, one row per
@@ -537,6 +539,17 @@ fn target_request(
 
 fn target_json(t: &crate::target::Target) -> serde_json::Value {
     let checks = t.checks.snapshot();
+    let record = t.agent_record.lock().ok().and_then(|r| r.clone());
+    let agent = record.map(|r| {
+        json!({
+            "mode": t.agent_mode().as_str(),
+            "weight_percent": t.agent_percent(),
+            "down": t.agent_down(),
+            "said": r.said,
+            "answered": r.answered,
+            "at_unix_ms": r.at_unix_ms,
+        })
+    });
     json!({
         "address": t.address.to_string(),
         "weight": t.weight,
@@ -563,6 +576,7 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
             "at_unix_ms": f.at_unix_ms,
         })),
         "last_state_change_unix_ms": (checks.last_change_ms > 0).then_some(checks.last_change_ms),
+        "agent": agent,
     })
 }
 

@@ -628,10 +628,26 @@ pub struct TargetGroupConfig {
     pub queue: Option<Queue>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,
+    /// `agent_check:`: an agent on each target's host reports its state and weight.
+    pub agent_check: Option<AgentCheck>,
     /// Whether the file set `health_check:` (else the defaults: a TCP connect every 2 s).
     pub health_check_given: bool,
     /// At least one target.
     pub targets: Vec<TargetConfig>,
+}
+
+/// A target group's `agent_check:` (HAProxy's `agent-check`, `agent-port`, `agent-inter`,
+/// `agent-send`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCheck {
+    /// The agent's TCP port on each target's host.
+    pub port: u16,
+    /// Time between two questions to one agent.
+    pub interval: Duration,
+    /// How long an agent may take to answer a line.
+    pub timeout: Duration,
+    /// Sent once connected (may be empty).
+    pub send: Vec<u8>,
 }
 
 /// A target group's `queue:`.

@@ -228,6 +228,18 @@ impl Control {
         self.generation().groups[group].set_ejected(target, ejected)
     }
 
+    /// An agent gave a target a new weight percentage (already stored in its state): the
+    /// running configuration is applied again, so every group's weights are built anew from
+    /// the file's and the agents' (a new generation; open connections keep their targets).
+    ///
+    /// # Errors
+    /// As [`Control::apply`] (cannot happen for the running configuration but for resources).
+    pub fn refresh_weights(&self) -> Result<(), ChangeError> {
+        let _guard = self.locked();
+        let config = self.generation().config.clone();
+        self.apply_locked(config).map(drop)
+    }
+
     /// The prober's verdict on target `target` of group `group`; returns whether it changed.
     /// A target turning unhealthy in a group with `on_unhealthy: close` has its open TCP
     /// connections reset.

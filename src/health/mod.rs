@@ -7,6 +7,7 @@
 //! lock. Unhealthy targets keep being checked, so they come back after `healthy_threshold`
 //! passes.
 
+mod agent;
 mod outlier;
 pub(crate) mod probe;
 pub(crate) mod threshold;
@@ -27,6 +28,8 @@ use probe::{Outcome, Probe};
 use threshold::{Thresholds, Transition};
 
 const PROBER_WAKER_TOKEN: Token = Token(usize::MAX);
+/// Agent questions' tokens: this plus their slot's index (health checks' are the index).
+const AGENT_TOKEN_BASE: usize = 1 << 40;
 
 /// Whether every target of `group` still in it is unhealthy (the group fails open then).
 fn all_down(group: &crate::target::TargetGroup) -> bool {
@@ -108,6 +111,8 @@ struct ProberLoop {
     slots: Vec<ProbeSlot>,
     /// Outlier detection's ejected targets and when they come back.
     ejections: outlier::Ejections,
+    /// One per target of a group with `agent_check`.
+    agents: Vec<agent::AgentSlot>,
 }
 
 impl ProberLoop {
@@ -120,6 +125,7 @@ impl ProberLoop {
             stop,
             slots: Vec::new(),
             ejections: outlier::Ejections::default(),
+            agents: Vec::new(),
         };
         prober.resync(generation);
         prober
@@ -147,13 +153,9 @@ impl ProberLoop {
                 if let Some(port) = hc.port {
                     address.set_port(port);
                 }
-                let kept = old
-                    .iter_mut()
-                    .find(|s| {
-                        s.as_ref()
-                            .is_some_and(|s| (s.group, s.target, s.address) == (gi, ti, address))
-                    })
-                    .and_then(Option::take);
+                let kept = take_kept(&mut old, (gi, ti, address), |s: &ProbeSlot| {
+                    (s.group, s.target, s.address)
+                });
                 let thresholds = Thresholds::new(hc.healthy_threshold, hc.unhealthy_threshold);
                 self.slots.push(match kept {
                     Some(slot) => ProbeSlot {
@@ -188,7 +190,54 @@ impl ProberLoop {
                 );
             }
         }
+        self.resync_agents(&generation);
         self.generation = generation;
+    }
+
+    /// Rebuilds the agent slots for `generation`, as [`ProberLoop::resync`] does the checks'.
+    fn resync_agents(&mut self, generation: &Generation) {
+        let now = Instant::now();
+        let mut old: Vec<Option<agent::AgentSlot>> = std::mem::take(&mut self.agents)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (gi, group) in generation.groups.iter().enumerate() {
+            let Some(check) = group.config.agent_check.as_ref().filter(|_| !group.removed) else {
+                continue;
+            };
+            for (ti, target) in group.targets.iter().enumerate() {
+                if target.admin_state() == AdminState::Removed {
+                    continue;
+                }
+                let mut address = target.address;
+                address.set_port(check.port);
+                let kept = take_kept(&mut old, (gi, ti, address), |s: &agent::AgentSlot| {
+                    (s.group, s.target, s.address)
+                });
+                self.agents.push(kept.unwrap_or(agent::AgentSlot {
+                    group: gi,
+                    target: ti,
+                    address,
+                    next_due: now,
+                    in_flight: None,
+                    malformed_logged: false,
+                }));
+            }
+        }
+        for slot in old.into_iter().flatten() {
+            if let Some((mut probe, _)) = slot.in_flight {
+                let _ = self.poll.registry().deregister(probe.source());
+            }
+        }
+        for (i, slot) in self.agents.iter_mut().enumerate() {
+            if let Some((probe, _)) = slot.in_flight.as_mut() {
+                let _ = self.poll.registry().reregister(
+                    probe.source(),
+                    Token(AGENT_TOKEN_BASE + i),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+            }
+        }
     }
 
     /// Runs the loop; a panic in it is caught, counted and logged, and the loop starts again
@@ -206,6 +255,7 @@ impl ProberLoop {
                 .fetch_add(1, Ordering::Relaxed);
             log::error!("the prober panicked; restarting it with fresh checks");
             self.slots.clear();
+            self.agents.clear();
             let generation = self.control.generation();
             self.resync(generation.clone());
             self.generation = generation;
@@ -223,11 +273,17 @@ impl ProberLoop {
             let now = Instant::now();
             self.start_due(now);
             self.expire(now);
+            self.ask_agents(now);
             let sweep = self.ejections.sweep(&self.generation, &self.control, now);
+            let agents = self
+                .agents
+                .iter()
+                .map(|s| s.in_flight.as_ref().map_or(s.next_due, |(_, d)| *d));
             let timeout = self
                 .slots
                 .iter()
                 .map(|s| s.in_flight.as_ref().map_or(s.next_due, |(_, _, d)| *d))
+                .chain(agents)
                 .min()
                 .map(|t| t.saturating_duration_since(now));
             let timeout = match (timeout, sweep) {
@@ -243,7 +299,20 @@ impl ProberLoop {
             }
             for event in events.iter() {
                 let i = event.token().0;
-                if i == PROBER_WAKER_TOKEN.0 || i >= self.slots.len() {
+                if i == PROBER_WAKER_TOKEN.0 {
+                    continue;
+                }
+                if let Some(a) = i.checked_sub(AGENT_TOKEN_BASE) {
+                    let answer = match self.agents.get_mut(a).and_then(|s| s.in_flight.as_mut()) {
+                        Some((probe, _)) => probe.handle_event(event),
+                        None => None,
+                    };
+                    if let Some(answer) = answer {
+                        self.agent_answered(a, answer);
+                    }
+                    continue;
+                }
+                if i >= self.slots.len() {
                     continue;
                 }
                 let outcome = match self.slots[i].in_flight.as_mut() {
@@ -344,8 +413,13 @@ impl ProberLoop {
             return;
         };
         let all_down_before = all_down(group);
-        self.control
-            .set_healthy(slot.group, slot.target, slot.thresholds.is_healthy());
+        // An agent that says `down` keeps the target out whatever its check says.
+        let agent_down = group.targets[slot.target].agent_down();
+        self.control.set_healthy(
+            slot.group,
+            slot.target,
+            slot.thresholds.is_healthy() && !agent_down,
+        );
         match (transition, &outcome) {
             (Transition::BecameUnhealthy { failures }, Outcome::Fail(reason)) => log::info!(
                 "target group {}: {address} is now unhealthy after {failures} failed checks: {reason}",
@@ -377,6 +451,18 @@ impl ProberLoop {
             );
         }
     }
+}
+
+/// Takes out of `old` the slot whose `(group, target, address)` (by `key_of`) is `key`: a
+/// target checked before keeps its slot across a new generation.
+fn take_kept<T>(
+    old: &mut [Option<T>],
+    key: (usize, usize, SocketAddr),
+    key_of: impl Fn(&T) -> (usize, usize, SocketAddr),
+) -> Option<T> {
+    old.iter_mut()
+        .find(|s| s.as_ref().is_some_and(|s| key_of(s) == key))
+        .and_then(Option::take)
 }
 
 /// The longest failure reason kept, in characters.

@@ -86,6 +86,49 @@ pub struct TargetState {
     pub ejections: AtomicU64,
     /// Ejections with no clean connection in between (the back-off's exponent).
     pub ejections_in_row: AtomicU32,
+    /// `agent_check`: what the target's agent last said ([`AgentMode`] as a number).
+    agent_mode: AtomicU8,
+    /// `agent_check`: the weight, as a percentage of the configured one, the agent last gave
+    /// (100 until it says otherwise).
+    agent_percent: AtomicU32,
+    /// `agent_check`: the agent said `down` (the target counts as unhealthy, whatever its
+    /// health check says, until it says `up`).
+    agent_down: AtomicBool,
+    /// `agent_check`: its last line (or why there was none), for the admin API.
+    pub agent_record: std::sync::Mutex<Option<AgentRecord>>,
+}
+
+/// What an agent said (`agent_check`), as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Its last line (escaped, bounded), or why no line came.
+    pub said: String,
+    /// Whether that was a line (not a failure to reach the agent).
+    pub answered: bool,
+    /// When, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// What a target's agent asks of it (`agent_check`), beside the operator's [`AdminState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Takes new connections (`ready`, or nothing said).
+    Ready = 0,
+    /// Takes no new connections; existing ones go on (`drain`, or a weight of `0%`).
+    Drain = 1,
+    /// Maintenance: takes no new connections (`maint`).
+    Maint = 2,
+}
+
+impl AgentMode {
+    /// The mode's name, as the admin API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentMode::Ready => "ready",
+            AgentMode::Drain => "drain",
+            AgentMode::Maint => "maint",
+        }
+    }
 }
 
 impl TargetState {
@@ -106,6 +149,10 @@ impl TargetState {
             ejected: AtomicBool::new(false),
             ejections: AtomicU64::new(0),
             ejections_in_row: AtomicU32::new(0),
+            agent_mode: AtomicU8::new(AgentMode::Ready as u8),
+            agent_percent: AtomicU32::new(100),
+            agent_down: AtomicBool::new(false),
+            agent_record: std::sync::Mutex::new(None),
         })
     }
 }
@@ -190,9 +237,42 @@ impl TargetState {
         }
     }
 
-    /// Whether the target may take new connections at all (its admin state is active).
+    /// Whether the target may take new connections at all: its admin state is active, and
+    /// its agent (if any) says neither `drain` nor `maint` nor a weight of `0%`.
     pub fn in_service(&self) -> bool {
         self.admin_state() == AdminState::Active
+            && self.agent_mode() == AgentMode::Ready
+            && self.agent_percent() > 0
+    }
+
+    /// What the target's agent last asked (`ready` without an agent).
+    pub fn agent_mode(&self) -> AgentMode {
+        match self.agent_mode.load(Ordering::Acquire) {
+            0 => AgentMode::Ready,
+            1 => AgentMode::Drain,
+            _ => AgentMode::Maint,
+        }
+    }
+
+    /// The weight the agent gave, as a percentage of the configured one (100 without one).
+    pub fn agent_percent(&self) -> u32 {
+        self.agent_percent.load(Ordering::Acquire)
+    }
+
+    /// Whether the agent said `down`.
+    pub fn agent_down(&self) -> bool {
+        self.agent_down.load(Ordering::Acquire)
+    }
+
+    /// Sets the agent's weight percentage; returns whether it changed (the group's weights
+    /// are then rebuilt by the control plane).
+    pub(crate) fn set_agent_percent(&self, percent: u32) -> bool {
+        self.agent_percent.swap(percent, Ordering::AcqRel) != percent
+    }
+
+    /// Sets whether the agent says `down`; returns whether it changed.
+    pub(crate) fn set_agent_down(&self, down: bool) -> bool {
+        self.agent_down.swap(down, Ordering::AcqRel) != down
     }
 
     /// Whether the prober currently counts this target healthy.
@@ -276,9 +356,14 @@ impl Target {
     }
 
     fn with_state(config: &TargetConfig, state: Arc<TargetState>) -> Target {
+        // An agent's percentage scales the configured weight (never below 1: a weight of 0%
+        // is a drain, in `in_service`).
+        let percent = u64::from(state.agent_percent());
+        let weight =
+            (u64::from(config.weight) * percent / 100).clamp(1, crate::config::MAX_WEIGHT) as u32;
         Target {
             address: config.address,
-            weight: config.weight,
+            weight,
             backup: config.backup,
             max_connections: config.max_connections,
             state,
@@ -519,6 +604,22 @@ impl TargetGroup {
     pub fn set_admin_state(&self, index: usize, state: AdminState) -> bool {
         let changed = self.targets[index].set_admin_state(state);
         if changed {
+            self.eligibility_changed();
+        }
+        changed
+    }
+
+    /// Sets what target `index`'s agent asks; returns whether that changed anything.
+    ///
+    /// # Panics
+    /// If `index` is out of range.
+    pub fn set_agent_mode(&self, index: usize, mode: AgentMode) -> bool {
+        let changed = self.targets[index]
+            .agent_mode
+            .swap(mode as u8, Ordering::AcqRel)
+            != mode as u8;
+        if changed {
+            self.targets[index].checks.state_changed();
             self.eligibility_changed();
         }
         changed

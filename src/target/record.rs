@@ -66,7 +66,8 @@ pub struct CheckSnapshot {
     pub buckets: Vec<(f64, u64)>,
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch now.
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -10,7 +10,7 @@ pub(super) mod env;
 pub(super) mod include;
 mod values;
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU16, NonZeroU32};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -165,6 +165,21 @@ pub struct FileListener {
     pub forwarding: Option<Forwarding>,
     /// UDP listeners only, every key optional: session timeouts and limits, batching.
     pub udp: Option<FileUdp>,
+}
+
+/// `agent_check:` of a target group.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileAgentCheck {
+    /// The agent's TCP port on each target's host.
+    pub port: NonZeroU16,
+    /// Optional, default 2s: time between two questions to one agent.
+    pub interval: Option<PositiveDuration>,
+    /// Optional, default 1s: an agent that has not answered a line by then is skipped (its
+    /// last word stands).
+    pub timeout: Option<PositiveDuration>,
+    /// Optional: text sent once connected (HAProxy's agent-send), e.g. "lag\n".
+    pub send: Option<String>,
 }
 
 /// `queue:` of a target group.
@@ -360,6 +375,9 @@ pub struct FileTargetGroup {
     pub queue: Option<FileQueue>,
     /// Optional; every key has the default shown.
     pub health_check: Option<FileHealthCheck>,
+    /// Optional: an agent on each target reports its state and weight (HAProxy's agent-check
+    /// protocol: `up`, `down`, `drain`, `maint`, `ready`, `75%`).
+    pub agent_check: Option<FileAgentCheck>,
     /// Optional: targets from DNS, re-resolved at the answer's TTL.
     pub discover: Option<Vec<FileDiscover>>,
     /// At least one, unless `discover` finds them.

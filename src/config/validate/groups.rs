@@ -154,6 +154,24 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
             max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
         }),
         slow_start: g.slow_start.map(|d| d.0),
+        agent_check: match g.agent_check {
+            None => None,
+            Some(a) => {
+                let check = AgentCheck {
+                    port: a.port.get(),
+                    interval: a.interval.map_or(Duration::from_secs(2), |d| d.0),
+                    timeout: a.timeout.map_or(Duration::from_secs(1), |d| d.0),
+                    send: a.send.map(String::into_bytes).unwrap_or_default(),
+                };
+                if check.timeout > check.interval {
+                    return Err((
+                        format!("{key}.agent_check.timeout"),
+                        "must not exceed agent_check.interval".into(),
+                    ));
+                }
+                Some(check)
+            }
+        },
         queue: g.queue.map(|q| Queue {
             max: q.max.0 as usize,
             timeout: q.timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
