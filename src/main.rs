@@ -163,7 +163,8 @@ fn run(path: &Path, upgrade_from: Option<&Path>) -> ExitCode {
             | RunError::AccessLog { .. }
             | RunError::UpgradeSocket { .. }
             | RunError::Activation(_)
-            | RunError::AdminBind { .. }),
+            | RunError::AdminBind { .. }
+            | RunError::Transparent { .. }),
         ) => {
             log::error!("{e}");
             ExitCode::from(2)

@@ -90,6 +90,20 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
                 .into(),
         ));
     }
+    if let Some(g) = config
+        .target_groups
+        .iter()
+        .find(|g| g.source == crate::config::SourceAddress::Client)
+    {
+        found.push(match crate::net::transparent_allowed() {
+            Ok(()) => Finding::Ok(format!(
+                "target group {}: source: client: transparent sockets allowed (return traffic \
+                 must be routed through this host: conf/tproxy/)",
+                g.name
+            )),
+            Err(e) => Finding::Fails(format!("target group {}: {e}", g.name)),
+        });
+    }
     found.push(Finding::NotProbed(
         "targets (reachability is the health checks' work once running)".into(),
     ));

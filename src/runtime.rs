@@ -86,6 +86,17 @@ pub enum RunError {
     /// code 2).
     #[error(transparent)]
     Activation(#[from] ActivationError),
+    /// A group has `source: client` and this process may not make transparent sockets (a
+    /// configuration problem: exit code 2).
+    #[error("target group {group} (config {config}): {source}")]
+    Transparent {
+        /// The group.
+        group: String,
+        /// The configuration file.
+        config: String,
+        /// Why (EPERM without CAP_NET_ADMIN).
+        source: io::Error,
+    },
 }
 
 impl RunError {
@@ -197,6 +208,17 @@ pub fn start(config: Config) -> Result<Running, RunError> {
 /// As [`start`], and [`RunError::UpgradeSocket`] when `upgrade_socket` cannot be served.
 pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, RunError> {
     check_descriptor_limit(&config);
+    if let Some(g) = config
+        .target_groups
+        .iter()
+        .find(|g| g.source == crate::config::SourceAddress::Client)
+    {
+        crate::net::transparent_allowed().map_err(|source| RunError::Transparent {
+            group: g.name.clone(),
+            config: config.path.display().to_string(),
+            source,
+        })?;
+    }
     for advice in crate::config::advice(&config) {
         log::warn!("{advice}");
     }

@@ -55,6 +55,25 @@ pub struct Postgres {
     _dir: tempfile::TempDir,
 }
 
+/// A fresh cluster (trust authentication, superuser `postgres`) in `data` of a new temporary
+/// directory, not started.
+pub fn initdb() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = dir.path().join("data");
+    let init = as_postgres(&postgres_bin().join("initdb"))
+        .args(["-A", "trust", "-U", "postgres", "-D"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    (dir, data)
+}
+
 impl Postgres {
     /// A fresh cluster with `ssl=on` and a certificate from `pki` for `name`.
     pub fn start(pki: &Pki, name: &str) -> Postgres {
@@ -63,20 +82,7 @@ impl Postgres {
 
     /// As [`Postgres::start`], with `ssl` on or off.
     pub fn start_with(pki: &Pki, name: &str, ssl: bool) -> Postgres {
-        let bin = postgres_bin();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let data = dir.path().join("data");
-        let init = as_postgres(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        let (dir, data) = initdb();
         let (cert, key) = pki.leaf_pem(&[name]);
         for (file, text, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
             let path = data.join(file);

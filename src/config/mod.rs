@@ -429,6 +429,19 @@ pub enum UnhealthyConnections {
     Close,
 }
 
+/// The source address of a group's TCP connections to its targets (`source:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceAddress {
+    /// The host's own (the default): targets see Ballast.
+    #[default]
+    Balancer,
+    /// The client's (IP_TRANSPARENT; HAProxy's `usesrc clientip`): targets see the client,
+    /// as `pg_stat_activity.client_addr` and `pg_hba.conf` need. Needs CAP_NET_ADMIN and
+    /// return traffic routed through this host (conf/tproxy/).
+    Client,
+}
+
 /// Balancing algorithm of a target group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -630,6 +643,8 @@ pub struct TargetGroupConfig {
     pub health_check: HealthCheckConfig,
     /// `agent_check:`: an agent on each target's host reports its state and weight.
     pub agent_check: Option<AgentCheck>,
+    /// Whose address TCP connections to the targets come from.
+    pub source: SourceAddress,
     /// Whether the file set `health_check:` (else the defaults: a TCP connect every 2 s).
     pub health_check_given: bool,
     /// At least one target.

@@ -500,6 +500,14 @@ impl Control {
                 log::warn!("reload: a change to `{what}` takes a restart; keeping the running one");
             }
         }
+        if let Some(g) = config
+            .target_groups
+            .iter()
+            .find(|g| g.source == crate::config::SourceAddress::Client)
+        {
+            crate::net::transparent_allowed()
+                .map_err(|e| ChangeError::Invalid(format!("target group {}: {e}", g.name)))?;
+        }
         config.workers = old.config.workers;
         config.accept_steering = old.config.accept_steering;
         config.admin = old.config.admin.clone();

@@ -215,3 +215,84 @@ pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::U
     socket.connect(&target.into())?;
     Ok(socket.into())
 }
+
+/// A non-blocking connect to `target` from `source` (the client's address, any port), with
+/// `IP_TRANSPARENT` (`IPV6_TRANSPARENT`) so the host may bind an address it does not hold:
+/// `source: client`. TCP_NODELAY and SO_OOBINLINE are set, as for every target socket. An
+/// IPv4-mapped `source` counts as IPv4.
+///
+/// # Errors
+/// `InvalidInput` when `source` and `target` are of different families; `PermissionDenied`
+/// without CAP_NET_ADMIN; the socket's, bind's or connect's error.
+pub(crate) fn connect_from(
+    target: SocketAddr,
+    source: std::net::IpAddr,
+) -> io::Result<std::net::TcpStream> {
+    let source = match source {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if source.is_ipv4() != target.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("source: client: the client {source} and the target {target} differ in family"),
+        ));
+    }
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    set_transparent(&socket, target.is_ipv6())?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_out_of_band_inline(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+/// Sets `IP_TRANSPARENT` (or `IPV6_TRANSPARENT`) on `socket`.
+fn set_transparent(socket: &Socket, v6: bool) -> io::Result<()> {
+    if !v6 {
+        return socket.set_ip_transparent(true);
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on a socket we own, with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this process may make transparent sockets (`source: client`): CAP_NET_ADMIN.
+///
+/// # Errors
+/// `PermissionDenied` (EPERM) naming what is missing; the socket's error.
+pub(crate) fn transparent_allowed() -> io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_ip_transparent(true).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "`source: client` connects from clients' addresses (IP_TRANSPARENT), which \
+                 needs CAP_NET_ADMIN: run as root, or give the service \
+                 AmbientCapabilities=CAP_NET_ADMIN",
+            )
+        } else {
+            e
+        }
+    })
+}

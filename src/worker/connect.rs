@@ -73,11 +73,13 @@ impl Worker {
                 conn.leave_queue(self.now, true);
             }
             let address = group.targets[t].address;
-            let mut started = open_back(&self.poll, address, key, tag);
+            let source = (group.config.source == crate::config::SourceAddress::Client)
+                .then(|| conn.client().ip());
+            let mut started = open_back(&self.poll, address, source, key, tag);
             if started.as_ref().is_err_and(is_out_of_descriptors) && self.reserve.take().is_some() {
                 // What the reserve descriptor is for: this client, already accepted, still gets
                 // its target socket. Accepting waits until the reserve can be held again.
-                started = open_back(&self.poll, address, key, tag);
+                started = open_back(&self.poll, address, source, key, tag);
             }
             match started {
                 Ok(s) => {
@@ -265,13 +267,26 @@ impl Worker {
     }
 }
 
-/// Opens a non-blocking connect to `address` and registers it as the target side of
-/// connection `key` with `tag`. TCP_NODELAY (no Nagle delay added) and SO_OOBINLINE (urgent
-/// data stays in the stream) are set, as the listener sets them for accepted clients.
-fn open_back(poll: &mio::Poll, address: SocketAddr, key: usize, tag: Tag) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect(address)?;
-    s.set_nodelay(true)?;
-    socket2::SockRef::from(&s).set_out_of_band_inline(true)?;
+/// Opens a non-blocking connect to `address` (from `source`, the client's address, for
+/// `source: client`) and registers it as the target side of connection `key` with `tag`.
+/// TCP_NODELAY (no Nagle delay added) and SO_OOBINLINE (urgent data stays in the stream) are
+/// set, as the listener sets them for accepted clients.
+fn open_back(
+    poll: &mio::Poll,
+    address: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    key: usize,
+    tag: Tag,
+) -> io::Result<TcpStream> {
+    let mut s = match source {
+        Some(ip) => TcpStream::from_std(crate::net::connect_from(address, ip)?),
+        None => {
+            let s = TcpStream::connect(address)?;
+            s.set_nodelay(true)?;
+            socket2::SockRef::from(&s).set_out_of_band_inline(true)?;
+            s
+        }
+    };
     poll.registry()
         .register(&mut s, TokenSlot::Back(key, tag).token(), CONN_INTEREST)?;
     Ok(s)

@@ -455,9 +455,19 @@ impl Worker {
                 conn.leave_queue(self.now, false);
                 self.close(due.key, "queue_timeout", Reset::BOTH);
             } else {
+                // From the client's address, a target whose answers do not come back through
+                // this host looks exactly like one that never answers: say where to look.
+                let transparent = self.generation.groups[conn.group].config.source
+                    == crate::config::SourceAddress::Client;
                 let reason = format!(
-                    "connect timed out after {}",
-                    humantime::format_duration(t.connect)
+                    "connect timed out after {}{}",
+                    humantime::format_duration(t.connect),
+                    if transparent {
+                        " (source: client: are the target's answers to clients routed back \
+                         through this host? see conf/tproxy/)"
+                    } else {
+                        ""
+                    }
                 );
                 self.connect_failed(due.key, reason);
                 self.reschedule(due, &t);

@@ -378,6 +378,10 @@ pub struct FileTargetGroup {
     /// Optional: an agent on each target reports its state and weight (HAProxy's agent-check
     /// protocol: `up`, `down`, `drain`, `maint`, `ready`, `75%`).
     pub agent_check: Option<FileAgentCheck>,
+    /// Optional, default balancer, tcp: balancer | client — connect to targets from the
+    /// client's address (IP_TRANSPARENT: needs CAP_NET_ADMIN and return traffic routed
+    /// through this host, see conf/tproxy/).
+    pub source: Option<super::SourceAddress>,
     /// Optional: targets from DNS, re-resolved at the answer's TTL.
     pub discover: Option<Vec<FileDiscover>>,
     /// At least one, unless `discover` finds them.

@@ -154,6 +154,7 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
             max_entries: st.max_entries.map_or(100_000, |n| n.get() as usize),
         }),
         slow_start: g.slow_start.map(|d| d.0),
+        source: g.source.unwrap_or_default(),
         agent_check: match g.agent_check {
             None => None,
             Some(a) => {
