@@ -42,9 +42,11 @@ origin 28080
 iperf3 -s -B 127.0.0.1 -p 25201 >/dev/null 2>&1 & pids+=($!)
 redis-server --port 26379 --bind 127.0.0.1 --save '' --appendonly no --maxclients 10000 >/dev/null 2>&1 & pids+=($!)
 # PostgreSQL refuses to run as root: the cluster belongs to the postgres user.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# exec: the server, started in the background, is then the process whose pid is kept (a
+# subshell, or runuser's fork, would be stopped and leave the server running).
+as_pg() { if [ "$(id -u)" = 0 ]; then exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else exec "$@"; fi; }
 mkdir -p "$dir/pg" && chmod 755 "$dir" && { [ "$(id -u)" != 0 ] || chown postgres "$dir/pg"; }
-as_pg "$PG/initdb" -A trust -U postgres -D "$dir/pg/data" >/dev/null || exit 1
+(as_pg "$PG/initdb" -A trust -U postgres -D "$dir/pg/data" >/dev/null) || exit 1
 as_pg "$PG/postgres" -D "$dir/pg/data" -k "$dir/pg" -c listen_addresses=127.0.0.1 -p 25432 \
   -c max_connections=200 -c fsync=off >"$dir/pg.log" 2>&1 & pids+=($!)
 
