@@ -157,8 +157,8 @@ fn yaml(a: SocketAddr, b: SocketAddr) -> String {
     format!(
         "workers: 2\nlisteners:\n  - {{name: web, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n\
          target_groups:\n  - name: g\n    health_check: {{protocol: tcp, interval: 100ms, timeout: 100ms, \
-         unhealthy_threshold: 1, healthy_threshold: 1}}\n    targets:\n      - {{address: '{a}'}}\n      \
-         - {{address: '{b}', weight: 2}}\n"
+         unhealthy_threshold: 1, healthy_threshold: 1}}\n    queue: {{max: 50}}\n    targets:\n      \
+         - {{address: '{a}', max_connections: 100}}\n      - {{address: '{b}', weight: 2}}\n"
     )
 }
 
@@ -189,6 +189,10 @@ async fn the_page_shows_health_live_and_drains_a_target_after_confirmation() {
     let listener = element(&browser, "#listeners tr[data-key='web']").await;
     let text = listener.text().await.unwrap();
     assert!(text.contains(&ballast.addr("web").to_string()), "{text}");
+    // The group's heading: its health, and its queue.
+    let heading = element(&browser, "section[data-group='g'] h3").await;
+    let text = heading.text().await.unwrap();
+    assert!(text.contains("queue 0 of 50 waiting (0 refused)"), "{text}");
     let row_a = format!("section[data-group='g'] tr[data-key='{}']", a.addr);
     let row_b = format!("section[data-group='g'] tr[data-key='{}']", b.addr);
     element(&browser, &format!("{row_a}[data-health='healthy']")).await;

@@ -20,7 +20,8 @@
 //!   total connections, bytes each way, connect failures, the last check's result, time and
 //!   latency, the last failed check's reason and time (`last_failure`: kept after the target
 //!   recovers), the time of the last state change; per group with a `queue:`, its size,
-//!   timeout, connections waiting now, served after waiting and refused (full, timeout); per
+//!   timeout, connections waiting now, served after waiting and refused (full, timeout), the
+//!   milliseconds they waited in all (served and timed out); per
 //!   target with an `agent_check`, `agent`: what its agent last said (or why it could not be
 //!   asked) and what that set (mode `ready`/`drain`/`maint`, weight percent, down).
 //! - `GET /listeners`: per listener: protocol, the address bound, target group, SNI and
@@ -604,6 +605,7 @@ fn targets(generation: &Generation) -> serde_json::Value {
                     "served": g.queue.served.load(Ordering::Relaxed),
                     "refused_full": g.queue.refused_full.load(Ordering::Relaxed),
                     "refused_timeout": g.queue.refused_timeout.load(Ordering::Relaxed),
+                    "waited_ms": g.queue.waited_us.load(Ordering::Relaxed) / 1000,
                 })
             });
             json!({

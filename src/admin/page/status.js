@@ -261,16 +261,21 @@ function groupSection(group) {
   return section;
 }
 
+// A group's queue: waiting now, the mean wait of those that waited, refusals.
+function queueText(q) {
+  const waited = q.served + q.refused_timeout;
+  const mean = waited > 0 ? ` · mean wait ${count(Math.round(q.waited_ms / waited))} ms` : "";
+  return ` · queue ${count(q.waiting)} of ${count(q.max)} waiting${mean}` +
+    ` (${count(q.refused_full + q.refused_timeout)} refused)`;
+}
+
 function renderGroups(groups, now) {
   const keep = new Set(groups.map((g) => g.name));
   for (const s of [...$("groups").children]) if (!keep.has(s.dataset.group)) s.remove();
   for (const g of groups) {
     const section = groupSection(g);
     const healthy = g.targets.filter((t) => t.health === "healthy").length;
-    const queue = g.queue
-      ? ` · queue ${count(g.queue.waiting)} of ${count(g.queue.max)} waiting` +
-        ` (${count(g.queue.refused_full + g.queue.refused_timeout)} refused)`
-      : "";
+    const queue = g.queue ? queueText(g.queue) : "";
     setText(section.querySelector("h3"),
       `${g.name} · ${g.algorithm} · ${healthy} of ${g.targets.length} healthy${queue}`);
     const tbody = section.querySelector("tbody");
