@@ -62,6 +62,10 @@ fn the_cli_finds_the_api_from_the_config_over_its_unix_socket() {
     let out = ballast(&["targets", "--json"], &[("BALLAST_ADMIN", &url)]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(doc["target_groups"][0]["name"], "g");
+    // A flag wins over the environment: --config with BALLAST_ADMIN naming another place.
+    let elsewhere = [("BALLAST_ADMIN", "unix:/nonexistent/admin.sock")];
+    let out = ballast(&["targets", "--config", config], &elsewhere);
+    assert!(out.status.success(), "{}", stderr(&out));
     // A socket nobody listens on: a clear error, exit 1.
     let out = ballast(&["targets", "--admin", "unix:/nonexistent/admin.sock"], &[]);
     assert_eq!(out.status.code(), Some(1));

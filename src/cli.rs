@@ -22,13 +22,14 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Api {
     /// The admin API: http://HOST:PORT, HOST:PORT or unix:/PATH (default: found from the
-    /// config, else http://127.0.0.1:7390).
-    #[arg(long, value_name = "URL", env = "BALLAST_ADMIN", global = true)]
+    /// config, else http://127.0.0.1:7390). Env: BALLAST_ADMIN (a flag, --admin or
+    /// --config, wins over either variable).
+    #[arg(long, value_name = "URL", global = true)]
     pub admin: Option<String>,
     /// The running Ballast's configuration file: its `admin:` section says where the API is
     /// (its UNIX socket when this user may use it, else `bind`) and which token to send
-    /// (default /etc/ballast/ballast.yaml when it exists).
-    #[arg(long, value_name = "FILE", env = "BALLAST_CONFIG", global = true)]
+    /// (default /etc/ballast/ballast.yaml when it exists). Env: BALLAST_CONFIG.
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// File holding the bearer token (default: the config's `admin.token_file`).
     #[arg(long, value_name = "FILE", env = "BALLAST_TOKEN_FILE", global = true)]

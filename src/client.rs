@@ -6,7 +6,8 @@
 //! `BALLAST_ADMIN`); else the `admin:` section of `--config FILE` (or `BALLAST_CONFIG`, or the
 //! packaged `/etc/ballast/ballast.yaml` when it exists): its UNIX socket when one is set and
 //! this user may open it (no token needed there), else its `bind` address with its
-//! `token_file`; else [`DEFAULT_ADMIN_URL`].
+//! `token_file`; else [`DEFAULT_ADMIN_URL`]. A flag wins over a variable (`ctl` settles that
+//! before asking here).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

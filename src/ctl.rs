@@ -33,9 +33,20 @@ pub enum CtlError {
 /// The API as `api` says where it is; when found from a configuration file, checked to be
 /// the instance that runs that file.
 fn client(api: &Api) -> Result<AdminClient, ClientError> {
+    // A flag wins over the environment: `--config F` with BALLAST_ADMIN set (for another
+    // instance, say) asks the instance F names. Then BALLAST_ADMIN, then BALLAST_CONFIG.
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let (env_admin, env_config) = (env("BALLAST_ADMIN"), env("BALLAST_CONFIG"));
+    let (admin, config) = match (&api.admin, &api.config) {
+        (None, None) => match (&env_admin, &env_config) {
+            (Some(a), _) => (a.to_str(), None),
+            (None, c) => (None, c.as_deref().map(std::path::Path::new)),
+        },
+        (a, c) => (a.as_deref(), c.as_deref()),
+    };
     let c = AdminClient::locate(&Where {
-        admin: api.admin.as_deref(),
-        config: api.config.as_deref(),
+        admin,
+        config,
         token_file: api.token_file.as_deref(),
     })?;
     c.verify()?;
