@@ -129,3 +129,40 @@ fn the_overflow_is_refused_and_counted() {
         5.0
     );
 }
+
+/// A client that keeps its socket open after the target said goodbye and closed (a refused
+/// login, say) holds no place: the target's `max_connections` counts it no more, and the
+/// next clients are served at once, without waiting in the queue.
+#[test]
+fn a_client_that_never_closes_after_the_target_did_holds_no_place() {
+    let bye = Backend::start(named("bye"));
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n{NO_CHECKS}    queue: {{max: 10, timeout: 500ms}}\n    \
+         targets: [{{address: '{}', max_connections: 2}}]\n",
+        bye.addr
+    ));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(lb.addr("l")).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut line = [0u8; 4];
+        s.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"bye\n");
+        held.push(s); // open, for as long as the test runs
+    }
+    let active = || group_targets(lb.admin_addr(), "g")[0]["active"].as_u64();
+    // At once, not when some timeout ends the connections.
+    common::netns::wait_for("the places given back", Duration::from_secs(2), || {
+        active() == Some(0)
+    });
+    for _ in 0..4 {
+        assert_eq!(fetch(lb.addr("l")).unwrap(), "bye\n");
+    }
+    let timeout = [("reason", "timeout")];
+    assert_eq!(
+        queue_metric(&lb, "ballast_target_group_queue_refused_total", &timeout),
+        0.0
+    );
+    drop(held);
+}

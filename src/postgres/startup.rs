@@ -147,6 +147,14 @@ fn params(mut rest: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
         }
         let (value, after) =
             cstring(after).ok_or("invalid startup packet layout: a parameter without a value")?;
+        // The server takes the last of a repeated name, a router might take the first: a
+        // repeat could route by one value and log in with another.
+        if out
+            .iter()
+            .any(|(k, _): &(String, String)| k.as_bytes() == name)
+        {
+            return Err("a startup parameter is given twice");
+        }
         out.push((
             String::from_utf8_lossy(name).into_owned(),
             String::from_utf8_lossy(value).into_owned(),
@@ -272,6 +280,14 @@ pub(crate) mod tests {
         let n = unterminated.len();
         unterminated[n - 1] = b'x';
         assert!(invalid(&unterminated));
+        assert!(
+            invalid(&startup_packet(&[
+                ("user", "a"),
+                ("database", "x"),
+                ("database", "y")
+            ])),
+            "a repeated name"
+        );
         let mut no_value = 196_608u32.to_be_bytes().to_vec();
         no_value.extend_from_slice(b"user\0");
         let mut packet = (no_value.len() as u32 + 4).to_be_bytes().to_vec();

@@ -17,6 +17,11 @@ use crate::target::TargetPlace;
 pub(crate) const RESET_LINGER: Duration = Duration::from_secs(5);
 /// How often a `Closing` connection asks whether its bytes are acknowledged (no event says so).
 pub(crate) const RESET_RECHECK: Duration = Duration::from_millis(5);
+/// Once the target has ended its side (its FIN passed on), how long the client may keep its
+/// own side open with nothing moving (never longer than the listener's `idle_timeout`): a
+/// client that never closes after the server said goodbye (a refused login, a cancel) must
+/// not hold the connection for the whole idle timeout (HAProxy's `timeout server-fin`).
+pub(crate) const HALF_CLOSED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection with its target: the target side and both directions.
 #[derive(Debug)]
@@ -105,6 +110,16 @@ impl<S: Socket> Flow<S> {
             connect_us: 0,
             postgres: None,
         })
+    }
+
+    /// How long the flow may go with no byte moving: the listener's `idle`, or less once the
+    /// target has ended its side ([`HALF_CLOSED_TIMEOUT`]).
+    pub(crate) fn idle_limit(&self, idle: Duration) -> Duration {
+        if self.down.done() {
+            idle.min(HALF_CLOSED_TIMEOUT)
+        } else {
+            idle
+        }
     }
 
     /// True when both directions are over.
@@ -209,11 +224,19 @@ impl<S: Socket> Connection<S> {
             }
         }
         let finished = flow.finished();
+        // The target ended its side: its place (max_connections, least_connections) is free
+        // now, whatever the client does with its own; and the client gets a shorter wait.
+        let mut sooner = None;
+        if flow.down.done() && flow.target_place.take().is_some() {
+            sooner = Some(flow.last_active + flow.idle_limit(timeouts.idle));
+        }
         self.note_aborts();
         let action = if finished {
             self.finish(now, timeouts)
         } else if more {
             Action::Again
+        } else if let Some(at) = sooner {
+            Action::Schedule(at)
         } else {
             Action::Wait
         };
@@ -297,7 +320,7 @@ impl<S: Socket> Connection<S> {
     pub(crate) fn flow_timer(&mut self, now: Instant, timeouts: &Timeouts) -> Action {
         match &mut self.stage {
             Stage::Established(f) => {
-                let deadline = f.last_active + timeouts.idle;
+                let deadline = f.last_active + f.idle_limit(timeouts.idle);
                 if deadline > now {
                     return Action::Schedule(deadline);
                 }

@@ -491,7 +491,7 @@ impl<S: Socket> Connection<S> {
                 .as_ref()
                 .map(|c| c.started + timeouts.connect)
                 .or_else(|| a.queued.as_ref().map(|q| q.until)),
-            Stage::Established(f) => Some(f.last_active + timeouts.idle),
+            Stage::Established(f) => Some(f.last_active + f.idle_limit(timeouts.idle)),
             Stage::Closing(_, c) => Some(c.recheck_at),
             Stage::Passing => None,
         }

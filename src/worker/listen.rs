@@ -202,7 +202,10 @@ impl Worker {
             };
             // Every target at its max_connections (and the group's queue, if any, full too):
             // leave the client in the backlog.
-            if !generation.groups[state.config.target_group].can_accept() {
+            // A listener with routes learns the group only from what the client sends: its
+            // default group being full must not keep the others' clients out.
+            let routed = state.config.sni.is_some() || state.config.postgres.is_some();
+            if !routed && !generation.groups[state.config.target_group].can_accept() {
                 slot.full = true;
                 return;
             }
