@@ -110,6 +110,18 @@ fn verify_full_clients_are_routed_by_the_database_after_the_handshake() {
         refused.contains("no route for database \"gamma\""),
         "{refused}"
     );
+    // Ctrl-C: libpq sends the cancel in the clear, before any TLS.
+    let conninfo = format!(
+        "hostaddr=127.0.0.1 port={} user=postgres dbname=alpha connect_timeout=5 {tls}",
+        lb.addr("pg").port()
+    );
+    ctrl_c_cancels(&conninfo, &[&a], "over TLS");
+    // A client without TLS is told, readably.
+    let refused = psql(lb.addr("pg"), "alpha", "sslmode=disable", query).unwrap_err();
+    assert!(
+        refused.contains("FATAL:  this listener takes TLS only"),
+        "{refused}"
+    );
 }
 
 /// SNI routes keep working beside the StartupMessage's: on a `tcp` listener with
@@ -170,7 +182,29 @@ fn ctrl_c_in_psql_cancels_the_query_on_its_own_server() {
         ),
     );
     let lb = Ballast::start(&yaml);
-    let addr = lb.addr("pg");
+    let conninfo = format!(
+        "hostaddr=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=5",
+        lb.addr("pg").port()
+    );
+    let servers: Vec<&Postgres> = servers.iter().collect();
+    for round in 0..6 {
+        ctrl_c_cancels(&conninfo, &servers, &format!("round {round}"));
+    }
+    let scrape = scrape(lb.admin_addr()).0;
+    assert_eq!(
+        labelled(
+            &scrape,
+            "ballast_listener_postgres_cancels_total",
+            &[("result", "routed")]
+        ),
+        Some(6.0)
+    );
+}
+
+/// Runs `select pg_sleep(30)` in psql through `conninfo`, presses Ctrl-C (SIGINT) once one of
+/// `servers` runs it, and checks the query was cancelled within a second (`what` names the
+/// case in failures).
+fn ctrl_c_cancels(conninfo: &str, servers: &[&Postgres], what: &str) {
     let sleeping = || -> usize {
         servers
             .iter()
@@ -185,61 +219,42 @@ fn ctrl_c_in_psql_cancels_the_query_on_its_own_server() {
             })
             .sum()
     };
-    for round in 0..6 {
-        let mut client = Command::new("psql")
-            .args([
-                &format!(
-                    "hostaddr={} port={} user=postgres dbname=postgres connect_timeout=5",
-                    addr.ip(),
-                    addr.port()
-                ),
-                "-Xc",
-                "select pg_sleep(30)",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_until("the query running", || sleeping() == 1);
-        let asked = Instant::now();
-        // SAFETY: kill(2) with the pid of a child we spawned.
-        unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
-        let mut ended = None;
-        while asked.elapsed() < Duration::from_secs(5) {
-            if let Some(status) = client.try_wait().unwrap() {
-                ended = Some((status, asked.elapsed()));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+    let mut client = Command::new("psql")
+        .args([conninfo, "-Xc", "select pg_sleep(30)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the query running", || sleeping() == 1);
+    let asked = Instant::now();
+    // SAFETY: kill(2) with the pid of a child we spawned.
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    let mut ended = None;
+    while asked.elapsed() < Duration::from_secs(5) {
+        if let Some(status) = client.try_wait().unwrap() {
+            ended = Some((status, asked.elapsed()));
+            break;
         }
-        let Some((_, took)) = ended else {
-            let _ = client.kill();
-            let _ = client.wait();
-            panic!("round {round}: psql still waiting 5 s after Ctrl-C: the cancel went astray");
-        };
-        let mut stderr = String::new();
-        client
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(
-            stderr.contains("canceling statement due to user request"),
-            "round {round}: {stderr}"
-        );
-        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
-        wait_until("no query left running", || sleeping() == 0);
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let scrape = scrape(lb.admin_addr()).0;
-    assert_eq!(
-        labelled(
-            &scrape,
-            "ballast_listener_postgres_cancels_total",
-            &[("result", "routed")]
-        ),
-        Some(6.0)
+    let Some((_, took)) = ended else {
+        let _ = client.kill();
+        let _ = client.wait();
+        panic!("{what}: psql still waiting 5 s after Ctrl-C: the cancel went astray");
+    };
+    let mut stderr = String::new();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{what}: {stderr}"
     );
+    assert!(took < Duration::from_secs(1), "{what}: {took:?}");
+    wait_until("no query left running", || sleeping() == 0);
 }
 
 /// The `ErrorResponse` Ballast answered with: its SQLSTATE and message.

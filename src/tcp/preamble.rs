@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::pump::Endpoint;
 use super::socket::Socket;
-use super::startup::{read_startup, StartupRead};
+use super::startup::{read_startup, BeforeTls, StartupRead};
 use super::tls::FrontTls;
 use super::{Action, Attempts, Connection, Stage};
 use crate::config::{ListenerConfig, NoServerName, TargetGroupConfig, WithoutRoute};
@@ -278,6 +278,25 @@ impl<S: Socket> Connection<S> {
                 p.front_door_passed = Some(now);
             }
         }
+        // A `tls` listener routing PostgreSQL: what comes before the handshake may also be a
+        // cancel (libpq sends it in the clear), a GSSENCRequest, or a client that does not do
+        // TLS at all.
+        if let Stage::Preamble(p) = &mut self.stage {
+            if config.tls.is_some() && config.postgres.is_some() && p.postgres.is_none() {
+                let before = super::startup::read_before_tls(p, &mut self.front);
+                match before {
+                    BeforeTls::Wait => return Step::Wait,
+                    BeforeTls::ClientGone => return Step::ClientGone,
+                    BeforeTls::Tls => p.postgres = Some(false),
+                    BeforeTls::Cancel(key) => return self.route_cancel(listener, &key),
+                    BeforeTls::Refused(sqlstate, why) => {
+                        log::debug!("{}: refused: {why}", self.tuple);
+                        self.answer_and_finish(&postgres::error_response(sqlstate, &why));
+                        return Step::Answered(Some(Refusal::BadStartup));
+                    }
+                }
+            }
+        }
         let Stage::Preamble(p) = &mut self.stage else {
             return Step::Wait;
         };
@@ -330,22 +349,7 @@ impl<S: Socket> Connection<S> {
                     self.answer_and_finish(&answer);
                     return Step::Answered(Some(Refusal::BadStartup));
                 }
-                StartupRead::Cancel(key) => {
-                    let target = listener.cancel_keys.as_ref().and_then(|k| k.target(&key));
-                    return match target {
-                        Some(address) => {
-                            listener.cancels_routed.fetch_add(1, Ordering::Relaxed);
-                            Step::Cancel(address)
-                        }
-                        None => {
-                            // As the server does for a key it does not know: close, saying
-                            // nothing (a client must not learn which keys exist).
-                            listener.cancels_unknown.fetch_add(1, Ordering::Relaxed);
-                            self.answer_and_finish(&[]);
-                            Step::Answered(None)
-                        }
-                    };
-                }
+                StartupRead::Cancel(key) => return self.route_cancel(listener, &key),
                 StartupRead::Startup(s) => s,
             };
             p.startup_read = true;
@@ -383,6 +387,23 @@ impl<S: Socket> Connection<S> {
             }
         }
         Step::Done
+    }
+
+    /// A PostgreSQL CancelRequest for `key`: to the target whose server issued it, or, for a
+    /// key no open connection holds, closed without a word (as the server does: a client must
+    /// not learn which keys exist).
+    fn route_cancel(&mut self, listener: &ListenerState, key: &postgres::CancelKey) -> Step {
+        match listener.cancel_keys.as_ref().and_then(|k| k.target(key)) {
+            Some(address) => {
+                listener.cancels_routed.fetch_add(1, Ordering::Relaxed);
+                Step::Cancel(address)
+            }
+            None => {
+                listener.cancels_unknown.fetch_add(1, Ordering::Relaxed);
+                self.answer_and_finish(&[]);
+                Step::Answered(None)
+            }
+        }
     }
 
     /// The preamble is complete: what goes to the target first — `group`'s PROXY header,

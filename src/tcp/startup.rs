@@ -70,6 +70,74 @@ pub(crate) fn read_startup<S: Socket>(
     }
 }
 
+/// What a `tls` listener routing PostgreSQL read before its handshake.
+#[derive(Debug)]
+pub(crate) enum BeforeTls {
+    /// Not whole yet.
+    Wait,
+    /// The client closed or reset first.
+    ClientGone,
+    /// On to the handshake: an SSLRequest was answered `S` (and taken out), or the client
+    /// opened with a ClientHello itself (PostgreSQL 17's direct TLS).
+    Tls,
+    /// A CancelRequest in the clear (libpq's PQcancel) for this key.
+    Cancel(CancelKey),
+    /// Refused with this SQLSTATE and message: a StartupMessage without TLS, or junk.
+    Refused(&'static str, String),
+}
+
+/// Reads a `tls` listener's PostgreSQL client until its handshake may start, answering a
+/// GSSENCRequest `N` on the way.
+pub(crate) fn read_before_tls<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>) -> BeforeTls {
+    loop {
+        // A TLS record's first byte (handshake): the client speaks TLS at once.
+        if p.read.first() == Some(&0x16) {
+            return BeforeTls::Tls;
+        }
+        match parse_initial(&p.read) {
+            Initial::Incomplete => {}
+            Initial::SslRequest | Initial::GssEncRequest => {
+                let tls = parse_initial(&p.read) == Initial::SslRequest;
+                let answer: &[u8] = if tls { b"S" } else { b"N" };
+                match front.stream.write(answer) {
+                    Ok(1) => p.read.drain(..8.min(p.read.len())).for_each(drop),
+                    Ok(_) => return BeforeTls::ClientGone,
+                    Err(e) => {
+                        front.abort(&e);
+                        return BeforeTls::ClientGone;
+                    }
+                }
+                if tls {
+                    return BeforeTls::Tls;
+                }
+                continue;
+            }
+            Initial::Cancel(key, _) => return BeforeTls::Cancel(key),
+            Initial::Startup(_) => {
+                return BeforeTls::Refused(
+                    "28000",
+                    "this listener takes TLS only: connect with sslmode=require (or stricter)"
+                        .into(),
+                )
+            }
+            Initial::Invalid(why) => {
+                return BeforeTls::Refused(crate::postgres::PROTOCOL_VIOLATION, why)
+            }
+        }
+        match fill_preamble(p, front, MAX_STARTUP) {
+            Fill::More => {}
+            Fill::Wait => return BeforeTls::Wait,
+            Fill::Eof | Fill::Gone => return BeforeTls::ClientGone,
+            Fill::Full => {
+                return BeforeTls::Refused(
+                    crate::postgres::PROTOCOL_VIOLATION,
+                    format!("startup packet over {MAX_STARTUP} bytes"),
+                )
+            }
+        }
+    }
+}
+
 impl<S: Socket> Connection<S> {
     /// Sends `message` to the client (an `ErrorResponse`, written whole or not at all into an
     /// empty socket), then its end of stream: the worker then closes the socket with a FIN,
