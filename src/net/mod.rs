@@ -222,8 +222,10 @@ pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::U
 /// IPv4-mapped `source` counts as IPv4.
 ///
 /// # Errors
-/// `InvalidInput` when `source` and `target` are of different families; `PermissionDenied`
-/// without CAP_NET_ADMIN; the socket's, bind's or connect's error.
+/// `InvalidInput` when `source` and `target` are of different families, or `source` is
+/// unspecified, multicast or broadcast (a PROXY header can declare anything); see
+/// [`source_unusable`]; `PermissionDenied` without CAP_NET_ADMIN; the socket's, bind's or
+/// connect's error.
 pub(crate) fn connect_from(
     target: SocketAddr,
     source: std::net::IpAddr,
@@ -234,6 +236,15 @@ pub(crate) fn connect_from(
             .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
         v4 => v4,
     };
+    let unusable = source.is_unspecified()
+        || source.is_multicast()
+        || matches!(source, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if unusable {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("source: client: the client address {source} cannot be a source"),
+        ));
+    }
     if source.is_ipv4() != target.is_ipv4() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -295,4 +306,34 @@ pub(crate) fn transparent_allowed() -> io::Result<()> {
             e
         }
     })
+}
+
+/// Whether `e`, from [`connect_from`], is the client address's fault (it cannot be used as a
+/// source: another family, unspecified, multicast, or refused by the bind), not the target's.
+pub(crate) fn source_unusable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::AddrNotAvailable
+    ) || e.raw_os_error() == Some(libc::EINVAL)
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    /// A client address that cannot be a source is the client's problem, said before any
+    /// socket is made (so it never counts against the target).
+    #[test]
+    fn unusable_client_addresses_are_refused_as_such() {
+        let target: SocketAddr = "10.0.2.10:5432".parse().unwrap();
+        for source in ["::1", "0.0.0.0", "224.0.0.1", "255.255.255.255"] {
+            let e = connect_from(target, source.parse().unwrap()).unwrap_err();
+            assert!(source_unusable(&e), "{source}: {e}");
+        }
+        // An IPv4-mapped IPv6 client is its IPv4 address: not refused for its family.
+        let mapped = connect_from(target, "::ffff:10.0.1.2".parse().unwrap());
+        assert!(mapped
+            .err()
+            .is_none_or(|e| !e.to_string().contains("differ in family")));
+    }
 }

@@ -96,6 +96,13 @@ impl Worker {
                     // After the close, which would otherwise end the pause at once.
                     return self.pause_accepts(listener, "cannot open a socket to a target", &e);
                 }
+                Err(e) if source.is_some() && crate::net::source_unusable(&e) => {
+                    // The client's address cannot be a source (another family than the
+                    // target's, one a PROXY header made up): the client's problem, not the
+                    // target's, so it counts against no target (outlier detection).
+                    log::debug!("{}: {}", conn.tuple, describe(&e));
+                    return self.close(key, "source_unusable", Reset::BOTH);
+                }
                 Err(e) => {
                     let target = &group.targets[t];
                     target.connect_failures.fetch_add(1, Ordering::Relaxed);
