@@ -327,6 +327,25 @@ fn a_syslog_daemon_that_stalls_or_restarts_never_holds_ballast() {
     );
 }
 
+/// Round trips through listener `a` of `lb` (numbered from `i`, `batch` between looks) until
+/// `/metrics` counts dropped access-log lines; returns the next number.
+fn until_lines_dropped(lb: &Ballast, mut i: usize, batch: usize, what: &str) -> usize {
+    let admin = lb.admin_addr();
+    wait_until(what, || {
+        for _ in 0..batch {
+            round_trip(lb.addr("a"), i);
+            i += 1;
+        }
+        labelled(
+            &scrape(admin).0,
+            "ballast_access_log_dropped_lines_total",
+            &[],
+        )
+        .is_some_and(|v| v > 0.0)
+    });
+    i
+}
+
 /// An echo target, and Ballast logging to a syslog daemon listening on a UNIX stream socket
 /// (`log.sock` in the directory returned).
 fn behind_a_stream_daemon() -> (
@@ -383,19 +402,7 @@ fn a_syslog_daemon_on_a_stream_socket_never_holds_ballast() {
     // Now the daemon stops reading: its socket buffer fills, writes time out, lines are
     // dropped and counted while forwarding goes on.
     stalled.set_nonblocking(false).unwrap();
-    let admin = lb.admin_addr();
-    wait_until("lines dropped at a stalled stream", || {
-        for _ in 0..200 {
-            round_trip(lb.addr("a"), i);
-            i += 1;
-        }
-        labelled(
-            &scrape(admin).0,
-            "ballast_access_log_dropped_lines_total",
-            &[],
-        )
-        .is_some_and(|v| v > 0.0)
-    });
+    i = until_lines_dropped(&lb, i, 200, "lines dropped at a stalled stream");
     // Lines still queued for the stalled daemon: SIGTERM ends the process promptly.
     for _ in 0..2000 {
         round_trip(lb.addr("a"), i);
@@ -450,20 +457,7 @@ fn a_slow_syslog_daemon_never_holds_a_stop() {
             std::thread::sleep(Duration::from_millis(300));
         }
     });
-    let admin = lb.admin_addr();
-    let mut i = 0;
-    wait_until("lines queued behind the slow daemon", || {
-        for _ in 0..500 {
-            round_trip(lb.addr("a"), i);
-            i += 1;
-        }
-        labelled(
-            &scrape(admin).0,
-            "ballast_access_log_dropped_lines_total",
-            &[],
-        )
-        .is_some_and(|v| v > 0.0)
-    });
+    until_lines_dropped(&lb, 0, 500, "lines queued behind the slow daemon");
     let asked = Instant::now();
     lb.terminate();
     assert!(lb.wait_exit(WAIT).is_some(), "still running after SIGTERM");

@@ -74,11 +74,7 @@ fn one_address_reaches_each_database_s_own_cluster() {
 fn verify_full_clients_are_routed_by_the_database_after_the_handshake() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pki.ca.pem()).unwrap();
-    let (cert, key) = pki.leaf_pem(&["db.example.com"]);
-    std::fs::write(dir.path().join("lb.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("lb.key"), key).unwrap();
+    let ca = pki.write_files(dir.path(), &["db.example.com"]);
     let (a, b) = (
         Postgres::start_with(&pki, "a", false),
         Postgres::start_with(&pki, "b", false),

@@ -60,11 +60,7 @@ fn psql_verifies_ballasts_certificate_and_postgres_gets_plain_postgresql() {
     // TLS ends at Ballast (`protocol: tls` with `postgres_starttls`): PostgreSQL has ssl off.
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pki.ca.pem()).unwrap();
-    let (cert, key) = pki.leaf_pem(&["db.example.com"]);
-    std::fs::write(dir.path().join("lb.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("lb.key"), key).unwrap();
+    let ca = pki.write_files(dir.path(), &["db.example.com"]);
     let db = Postgres::start_with(&pki, "unused.example.com", false);
     let yaml = format!(
         "listeners:\n  - name: pg\n    protocol: tls\n    bind: 127.0.0.1:0\n    \

@@ -57,6 +57,17 @@ impl Pki {
 }
 
 impl Pki {
+    /// Writes into `dir` the CA (`ca.pem`, for clients to verify with) and a certificate for
+    /// `names` with its key (`lb.pem`, `lb.key`, for a listener's `tls:`); returns the CA's path.
+    pub fn write_files(&self, dir: &std::path::Path, names: &[&str]) -> std::path::PathBuf {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, self.ca.pem()).unwrap();
+        let (cert, key) = self.leaf_pem(names);
+        std::fs::write(dir.join("lb.pem"), cert).unwrap();
+        std::fs::write(dir.join("lb.key"), key).unwrap();
+        ca
+    }
+
     /// A certificate for `names` and its key, PEM-encoded (for servers that read files).
     pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
