@@ -5,6 +5,7 @@ Run it on each replica's host, and point the read group's `agent_check` at its p
 
     target_groups:
       - name: reads
+        algorithm: least_connections   # weighs (round_robin ignores an agent's `N%`)
         agent_check: {port: 5480, interval: 2s, timeout: 1s}
         targets: [{address: 10.0.2.10:5432}, {address: 10.0.2.11:5432}]
 

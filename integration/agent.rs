@@ -68,14 +68,27 @@ fn agent_words_move_traffic_within_an_interval() {
     let b = Backend::start_on("127.0.0.3:0".parse().unwrap(), named("b"));
     let agent_a = Agent::start("127.0.0.2", 0);
     let agent_b = Agent::start("127.0.0.3", agent_a.port);
-    let lb = Ballast::start(&format!(
-        "workers: 1\nlisteners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', \
-         target_group: g}}\ntarget_groups:\n  - name: g\n    algorithm: weighted_round_robin\n    \
-         health_check: {{protocol: tcp, interval: 60s, timeout: 1s}}\n    \
-         agent_check: {{port: {}, interval: 200ms, timeout: 100ms}}\n    \
-         targets: [{{address: '{}', weight: 4}}, {{address: '{}', weight: 4}}]\n",
-        agent_a.port, a.addr, b.addr
-    ));
+    // Weights of 1: an agent's 75% must still count (not be truncated back to 1).
+    let yaml = |agent: bool| {
+        format!(
+            "workers: 1\nlisteners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', \
+             target_group: g}}\ntarget_groups:\n  - name: g\n    \
+             algorithm: weighted_round_robin\n    \
+             health_check: {{protocol: tcp, interval: 60s, timeout: 1s}}\n    {}\
+             targets: [{{address: '{}', weight: 1}}, {{address: '{}', weight: 1}}]\n",
+            if agent {
+                format!(
+                    "agent_check: {{port: {}, interval: 200ms, timeout: 100ms}}\n    ",
+                    agent_a.port
+                )
+            } else {
+                String::new()
+            },
+            a.addr,
+            b.addr
+        )
+    };
+    let lb = Ballast::start(&yaml(true));
     let (addr, admin) = (lb.addr("l"), lb.admin_addr());
     wait_until("both agents heard", || {
         [a.addr, b.addr]
@@ -96,10 +109,21 @@ fn agent_words_move_traffic_within_an_interval() {
         asked.elapsed()
     );
     assert_eq!(spread(addr, 8), (0, 8));
+    // The operator sees why in `ballast targets`: an agent's drain, not theirs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["targets", "--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table.lines().find(|l| l.contains(&a.addr.to_string()));
+    assert!(row.is_some_and(|r| r.contains("agt:drain")), "{table}");
 
-    // ready 75%: back, at 3 of b's 4.
+    // ready 75%: back, at three quarters of b's weight.
     agent_a.say("ready 75%");
-    wait_until("a back at 75%", || target(admin, a.addr)["weight"] == 3);
+    wait_until("a back at 75%", || {
+        target(admin, a.addr)["effective_weight"] == 75
+    });
+    assert_eq!(target(admin, a.addr)["weight"], 1, "the configured weight");
     assert_eq!(target(admin, a.addr)["agent"]["mode"], "ready");
     assert_eq!(spread(addr, 70), (30, 40));
 
@@ -133,9 +157,25 @@ fn agent_words_move_traffic_within_an_interval() {
     );
     let t = target(admin, a.addr);
     assert_eq!(
-        (t["health"].as_str(), t["weight"].as_u64()),
-        (Some("healthy"), Some(3))
+        (t["health"].as_str(), t["effective_weight"].as_u64()),
+        (Some("healthy"), Some(75))
     );
+
+    // agent_check removed by a reload while a's agent says drain and down: what it said no
+    // longer counts (a is back, healthy, at its own weight) and it is asked no more.
+    agent_a.say("drain down 50%");
+    wait_until("a drained and down", || {
+        let t = target(admin, a.addr);
+        t["agent"]["mode"] == "drain" && t["health"] == "unhealthy"
+    });
+    lb.rewrite_config(&yaml(false));
+    let (status, body) = http(admin, "POST", "/reload", None, "");
+    assert_eq!(status, 200, "{body}");
+    wait_until("a back in service", || {
+        let t = target(admin, a.addr);
+        t["health"] == "healthy" && t["agent"].is_null() && t["effective_weight"] == 1
+    });
+    assert_eq!(spread(addr, 8), (4, 4));
     drop(agent_b);
 }
 

@@ -166,3 +166,52 @@ fn a_client_that_never_closes_after_the_target_did_holds_no_place() {
     );
     drop(held);
 }
+
+/// A reload that removes `queue:` while clients wait: they wait no longer (reset at once, as
+/// no queue will serve them in order and its metrics are gone), not until the old timeout.
+#[test]
+fn clients_waiting_in_a_queue_a_reload_removes_are_let_go() {
+    let (target, _) = slow_target(Duration::from_secs(5));
+    let yaml = |queue: &str| {
+        format!(
+            "listeners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', \
+             target_group: g}}\ntarget_groups:\n  - name: g\n{NO_CHECKS}{queue}    \
+             targets: [{{address: '{}', max_connections: 1}}]\n",
+            target.addr
+        )
+    };
+    let lb = Ballast::start(&yaml("    queue: {max: 10, timeout: 30s}\n"));
+    let open = |n| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect(lb.addr("l")).unwrap();
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                s.write_all(b"x").unwrap();
+                s
+            })
+            .collect()
+    };
+    let held = open(1);
+    wait_until("the one place taken", || {
+        group_targets(lb.admin_addr(), "g")[0]["active"] == 1
+    });
+    let waiting = open(3);
+    wait_until("three waiting", || {
+        queue_metric(&lb, "ballast_target_group_queue_waiting", &[]) == 3.0
+    });
+    lb.rewrite_config(&yaml(""));
+    let (status, body) = http(lb.admin_addr(), "POST", "/reload", None, "");
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    for mut s in waiting {
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.is_empty(), "{got:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "let go after {:?}",
+        started.elapsed()
+    );
+    drop(held);
+}

@@ -339,7 +339,20 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
         for t in g["targets"].as_array().into_iter().flatten() {
             let health = match (t["ejected"].as_bool(), t["health"].as_str()) {
                 (Some(true), _) => "ejected".to_string(),
+                _ if t["agent"]["down"] == true => "agt:down".to_string(),
                 _ => text(&t["health"]),
+            };
+            // What the target's agent asks shows where the operator looks: an agent's drain
+            // is not the operator's, but the target takes no new connections all the same.
+            let state = match t["agent"]["mode"].as_str() {
+                Some(mode @ ("drain" | "maint")) if t["admin_state"] == "active" => {
+                    format!("agt:{mode}")
+                }
+                _ => text(&t["admin_state"]),
+            };
+            let weight = match t["agent"]["weight_percent"].as_u64() {
+                Some(p) if p != 100 => format!("{}@{p}%", text(&t["weight"])),
+                _ => text(&t["weight"]),
             };
             let _ = writeln!(
                 out,
@@ -347,11 +360,11 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
                 text(&g["name"]),
                 text(&t["address"]),
                 health,
-                text(&t["admin_state"]),
+                state,
                 ago(&t["last_state_change_unix_ms"], now),
                 text(&t["active"]),
                 text(&t["total"]),
-                text(&t["weight"]),
+                weight,
                 last_check(t, now),
             );
         }

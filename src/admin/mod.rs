@@ -553,7 +553,10 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
     });
     json!({
         "address": t.address.to_string(),
-        "weight": t.weight,
+        "weight": t.configured_weight,
+        // What the algorithms use: the weight, or with agent_check weight × the agent's
+        // percentage (hundredths).
+        "effective_weight": t.weight,
         "backup": t.backup,
         "health": if t.is_healthy() { "healthy" } else { "unhealthy" },
         "admin_state": t.admin_state().to_string(),

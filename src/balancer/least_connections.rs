@@ -59,7 +59,7 @@ fn scaled(group: &TargetGroup, members: &[(usize, u32)]) -> Vec<Member> {
     const LIMIT: u64 = 1 << 32;
     let lcm = members.iter().try_fold(1u64, |l, &(_, w)| {
         let w = u64::from(w);
-        let next = l / gcd(l, w) * w;
+        let next = l / super::gcd(l, w) * w;
         (next <= LIMIT).then_some(next)
     });
     let numerator = lcm.unwrap_or(LIMIT);
@@ -71,13 +71,6 @@ fn scaled(group: &TargetGroup, members: &[(usize, u32)]) -> Vec<Member> {
             state: group.targets[i].state().clone(),
         })
         .collect()
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 /// The least loaded of `pool`, scanning from the group's rotating cursor so the first minimum

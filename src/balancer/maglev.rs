@@ -41,6 +41,7 @@ pub(crate) fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTabl
             (mix(h) % m, mix(h ^ 0x5bd1_e995) % (m - 1) + 1)
         })
         .collect();
+    let per_round = per_round(size, targets.iter().map(|t| t.1));
     let mut next = vec![0u64; targets.len()];
     let mut slots = vec![u32::MAX; size];
     let mut filled = 0;
@@ -48,8 +49,8 @@ pub(crate) fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTabl
     turns.sort_by(|&a, &b| targets[a].0.cmp(&targets[b].0));
     'rounds: loop {
         for &t in &turns {
-            let (_, weight, index) = &targets[t];
-            for _ in 0..*weight {
+            let index = &targets[t].2;
+            for _ in 0..per_round[t] {
                 let (offset, skip) = walks[t];
                 let mut c = (offset + next[t] * skip) % m;
                 while slots[c as usize] != u32::MAX {
@@ -66,6 +67,30 @@ pub(crate) fn build(size: usize, targets: &[(String, u32, usize)]) -> LookupTabl
         }
     }
     LookupTable::new(slots)
+}
+
+/// How many slots each target claims per round: its weight divided by the weights' greatest
+/// common divisor, scaled down in proportion (each at least 1) when a round would claim more
+/// than 1/64 of the table. A target's share is exact but for the last, partial round, so a
+/// round must be small beside the table: weights of 10,000 each (or an agent's percentages,
+/// counted in hundredths) would otherwise fill it in a few rounds and the first in turn
+/// would take a share a round larger than its weight's.
+fn per_round(size: usize, weights: impl Iterator<Item = u32> + Clone) -> Vec<u64> {
+    let g = weights
+        .clone()
+        .fold(0, |a, w| super::gcd(a, u64::from(w)))
+        .max(1);
+    let reduced: Vec<u64> = weights.map(|w| u64::from(w) / g).collect();
+    let total: u64 = reduced.iter().sum();
+    let limit = u64::MAX;
+    let _ = size;
+    if total <= limit {
+        return reduced;
+    }
+    reduced
+        .iter()
+        .map(|&w| (w * limit / total).max(1))
+        .collect()
 }
 
 /// The Maglev table for `group`'s eligible targets.
@@ -144,6 +169,29 @@ mod tests {
             (shares[2] as f64 - 2.0 * ideal).abs() / (2.0 * ideal) < 0.01,
             "{shares:?}"
         );
+    }
+
+    /// Large weights (10,000 each, or an agent's 75% of 1 counted in hundredths) keep their
+    /// shares: a round is never a large part of the table.
+    #[test]
+    fn large_weights_keep_shares() {
+        let mut ts = targets(3);
+        for t in &mut ts {
+            t.1 = 10_000;
+        }
+        let shares = build(M, &ts).shares(3);
+        let ideal = M as f64 / 3.0;
+        assert!(
+            shares
+                .iter()
+                .all(|&s| (s as f64 - ideal).abs() / ideal < 0.01),
+            "{shares:?}"
+        );
+        let mut ts = targets(2);
+        (ts[0].1, ts[1].1) = (75, 100);
+        let shares = build(M, &ts).shares(2);
+        let want = M as f64 * 75.0 / 175.0;
+        assert!((shares[0] as f64 - want).abs() / want < 0.01, "{shares:?}");
     }
 
     /// The table maps keys to the same target names whatever order the targets come in.

@@ -134,6 +134,14 @@ pub(crate) fn candidates(group: &TargetGroup, exclude: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The greatest common divisor of `a` and `b` (Euclid); `gcd(0, b)` is `b`.
+pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// Active connections of target `i` (across workers).
 fn active(group: &TargetGroup, i: usize) -> u64 {
     group.targets[i].active.load(Ordering::Relaxed)

@@ -39,7 +39,10 @@ pub(crate) const MAX_CYCLE: u64 = 1 << 16;
 /// exact. Empty input gives an empty cycle. For example (a test below keeps it so),
 /// `smooth_cycle(&[1, 2, 3])` is `[2, 1, 0, 2, 1, 2]` and `smooth_cycle(&[5, 5])` is `[0, 1]`.
 pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
-    let g = weights.iter().fold(0u32, |a, &w| gcd(a, w)).max(1);
+    let g = weights
+        .iter()
+        .fold(0, |a, &w| super::gcd(a, u64::from(w)))
+        .max(1) as u32;
     let mut w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
     let sum: i64 = w.iter().sum();
     if sum as u64 > MAX_CYCLE {
@@ -60,14 +63,6 @@ pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
         cycle.push(best);
     }
     cycle
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 #[cfg(test)]
@@ -130,7 +125,7 @@ mod tests {
             turns in proptest::collection::vec(proptest::bool::ANY, 1..200),
         ) {
             let g = group(&weights);
-            let gcd = weights.iter().fold(0, |a, &w| super::gcd(a, w));
+            let gcd = weights.iter().fold(0, |a, &w| super::super::gcd(a, u64::from(w))) as u32;
             let cycle: u32 = weights.iter().map(|w| w / gcd).sum();
             let (mut a, mut b) = (WeightedRoundRobin::default(), WeightedRoundRobin::default());
             for round in 0..3 {

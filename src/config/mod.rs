@@ -250,7 +250,8 @@ impl std::fmt::Display for Readiness {
 }
 
 /// What a valid configuration may still get wrong, in words (`check` prints each as a warning,
-/// `run` logs it at start): weights given to a `round_robin` group, which ignores them; a
+/// `run` logs it at start): weights given to a `round_robin` group, which ignores them (as it
+/// ignores an agent's percentage); a queue no target can fill; a
 /// target group that only UDP listeners use, left with the default health check, checks its
 /// targets with TCP connects, which a UDP-only server fails (every target then unhealthy,
 /// traffic sent to all of them, and the node unready when it has no other group).
@@ -268,6 +269,14 @@ pub fn advice(c: &Config) -> Vec<String> {
             said.push(format!(
                 "target group {} gives its targets weights but uses round_robin, which ignores \
                  them: use weighted_round_robin for the weights to count",
+                g.name
+            ));
+        }
+        if g.algorithm == Algorithm::RoundRobin && g.agent_check.is_some() {
+            said.push(format!(
+                "target group {} has an agent_check but uses round_robin, which ignores \
+                 weights: an agent's percentage (`75%`) changes nothing (drain, maint, down \
+                 and 0% still count); use weighted_round_robin or least_connections",
                 g.name
             ));
         }
@@ -637,7 +646,7 @@ pub struct TargetGroupConfig {
     /// TLS to the targets (`target_tls:`), health checks included; `None`: plain TCP.
     pub target_tls: Option<TargetTls>,
     /// `queue:`: TCP connections that find every target at its `max_connections` wait, in
-    /// arrival order, instead of being left in the listen backlog.
+    /// arrival order on each worker, instead of being left in the listen backlog.
     pub queue: Option<Queue>,
     /// Health check run by the prober.
     pub health_check: HealthCheckConfig,

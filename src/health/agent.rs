@@ -57,8 +57,16 @@ pub(crate) fn parse(line: &str) -> Result<AgentReply, String> {
             "drain" => reply.mode = Some(AgentMode::Drain),
             "maint" => reply.mode = Some(AgentMode::Maint),
             w if w.starts_with("maxconn:") => {}
-            w => match w.strip_suffix('%').map(str::parse::<u32>) {
-                Some(Ok(p)) => reply.percent = Some(p.min(MAX_PERCENT)),
+            // A percentage of any length of digits is capped, not refused: `4294967296%`
+            // means "as much as you allow", as it would to HAProxy.
+            w => match w
+                .strip_suffix('%')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            {
+                Some(digits) => {
+                    let p = digits.parse::<u32>().unwrap_or(u32::MAX);
+                    reply.percent = Some(p.min(MAX_PERCENT));
+                }
                 _ => return Err(format!("unknown word `{}`", word.escape_debug())),
             },
         }
@@ -171,6 +179,8 @@ mod tests {
         assert_eq!(parse("stopped").unwrap().down, Some(true));
         assert_eq!(parse("maxconn:30 up").unwrap().down, Some(false));
         assert_eq!(parse("5000%").unwrap().percent, Some(MAX_PERCENT));
+        assert_eq!(parse("4294967296%").unwrap().percent, Some(MAX_PERCENT));
+        assert_eq!(parse("0%").unwrap().percent, Some(0));
         assert_eq!(parse("").unwrap(), AgentReply::default());
     }
 
@@ -179,6 +189,8 @@ mod tests {
         assert!(parse("up sideways").unwrap_err().contains("sideways"));
         assert!(parse("-5%").is_err());
         assert!(parse("75 %").is_err());
+        assert!(parse("%").is_err());
+        assert!(parse("+5%").is_err());
         assert!(parse("\u{1b}[31m").unwrap_err().contains("\\u{1b}"));
     }
 }
@@ -308,11 +320,7 @@ impl super::ProberLoop {
         }
         if let Some(down) = reply.down {
             if target.set_agent_down(down) {
-                let checked = self
-                    .slots
-                    .iter()
-                    .find(|s| (s.group, s.target) == (gi, ti))
-                    .is_none_or(|s| s.thresholds.is_healthy());
+                let checked = self.check_says_healthy(gi, ti);
                 log::info!(
                     "target group {}: agent of {} says {} (`{said}`)",
                     group.name(),

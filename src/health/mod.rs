@@ -203,6 +203,7 @@ impl ProberLoop {
             .collect();
         for (gi, group) in generation.groups.iter().enumerate() {
             let Some(check) = group.config.agent_check.as_ref().filter(|_| !group.removed) else {
+                self.forget_agents(gi, group);
                 continue;
             };
             for (ti, target) in group.targets.iter().enumerate() {
@@ -238,6 +239,40 @@ impl ProberLoop {
                 );
             }
         }
+    }
+
+    /// Group `gi` has no `agent_check` (any more): what its targets' agents last said no
+    /// longer counts. A drain or `maint` ends, a weight percentage goes back to 100, and a
+    /// target an agent held `down` is as healthy as its check says (or healthy without one).
+    fn forget_agents(&self, gi: usize, group: &crate::target::TargetGroup) {
+        for (ti, target) in group.targets.iter().enumerate() {
+            if let Ok(mut record) = target.agent_record.lock() {
+                *record = None;
+            }
+            if group.set_agent_mode(ti, crate::target::AgentMode::Ready) {
+                log::info!(
+                    "target group {}: {}: agent_check removed; what its agent said (drain or \
+                     maint) no longer counts",
+                    group.name(),
+                    target.address
+                );
+            }
+            // The weights of this generation were built without the agent's percentage.
+            target.set_agent_percent(100);
+            if target.set_agent_down(false) && !group.removed {
+                self.control
+                    .set_healthy(gi, ti, self.check_says_healthy(gi, ti));
+            }
+        }
+    }
+
+    /// Whether target `ti` of group `gi` is healthy by its active check alone (healthy when
+    /// it has none).
+    fn check_says_healthy(&self, gi: usize, ti: usize) -> bool {
+        self.slots
+            .iter()
+            .find(|s| (s.group, s.target) == (gi, ti))
+            .is_none_or(|s| s.thresholds.is_healthy())
     }
 
     /// Runs the loop; a panic in it is caught, counted and logged, and the loop starts again

@@ -33,8 +33,12 @@ use table::LookupTable;
 pub struct Target {
     /// Where to connect.
     pub address: SocketAddr,
-    /// Relative share for weighted algorithms (≥ 1).
+    /// Relative share for weighted algorithms (≥ 1): the configured weight, or in a group
+    /// with `agent_check` the configured weight × the agent's percentage (so 75% of a weight
+    /// of 1 is 75 against its peers' 100, not 1 again).
     pub weight: u32,
+    /// The weight the file or the admin API gave (1 to `MAX_WEIGHT`).
+    pub configured_weight: u32,
     /// Used only when no primary target is healthy.
     pub backup: bool,
     /// Most open connections to this target across all workers.
@@ -355,15 +359,21 @@ impl Target {
             .is_some_and(|max| self.active.load(Ordering::Relaxed) >= max)
     }
 
-    fn with_state(config: &TargetConfig, state: Arc<TargetState>) -> Target {
-        // An agent's percentage scales the configured weight (never below 1: a weight of 0%
-        // is a drain, in `in_service`).
-        let percent = u64::from(state.agent_percent());
-        let weight =
-            (u64::from(config.weight) * percent / 100).clamp(1, crate::config::MAX_WEIGHT) as u32;
+    /// The target `config` in a group whose agents' percentages count (`agent`) or not.
+    fn with_state(config: &TargetConfig, state: Arc<TargetState>, agent: bool) -> Target {
+        // In a group with agents every weight is counted in hundredths, so a percentage
+        // scales even a weight of 1 (never below 1: a weight of 0% is a drain, in
+        // `in_service`). All of a group's weights scale alike: shares are unchanged.
+        let weight = if agent {
+            (u64::from(config.weight) * u64::from(state.agent_percent()))
+                .clamp(1, u64::from(u32::MAX)) as u32
+        } else {
+            config.weight
+        };
         Target {
             address: config.address,
             weight,
+            configured_weight: config.weight,
             backup: config.backup,
             max_connections: config.max_connections,
             state,
@@ -419,7 +429,7 @@ impl TargetGroup {
         let targets = config
             .targets
             .iter()
-            .map(|t| Target::with_state(t, TargetState::new(true)))
+            .map(|t| Target::with_state(t, TargetState::new(true), config.agent_check.is_some()))
             .collect();
         let queue = Arc::default();
         Self::assemble(config, targets, None, queue, Instant::now(), false, tables)
@@ -468,6 +478,7 @@ impl TargetGroup {
         tables: TableBuilders,
     ) -> TargetGroup {
         let wanted: &[TargetConfig] = next.map_or(&[], |c| &c.targets);
+        let agent = next.is_some_and(|c| c.agent_check.is_some());
         let mut targets: Vec<Target> = Vec::with_capacity(self.targets.len());
         for old in &self.targets {
             let state = old.state.clone();
@@ -477,7 +488,7 @@ impl TargetGroup {
                         state.healthy.store(false, Ordering::Release);
                         state.set_admin_state(AdminState::Active);
                     }
-                    targets.push(Target::with_state(t, state));
+                    targets.push(Target::with_state(t, state, agent));
                 }
                 None => {
                     state.set_admin_state(AdminState::Removed);
@@ -489,7 +500,7 @@ impl TargetGroup {
             if targets.iter().any(|x| x.address == t.address) {
                 continue;
             }
-            let fresh = Target::with_state(t, TargetState::new(false));
+            let fresh = Target::with_state(t, TargetState::new(false), agent);
             // A removed target whose last connection has ended gives its slot to a new one,
             // so churn (DNS discovery, the admin API) does not grow the group for ever.
             match targets.iter().position(|x| {

@@ -149,6 +149,34 @@ impl Worker {
         self.timers.schedule(until, crate::timers::Due { key, id });
     }
 
+    /// After a reload: connections waiting in a queue that is gone (`queue:` removed, or its
+    /// group) wait no longer. Each goes to a target if one has room now, else is reset
+    /// (`queue_removed`): nothing would serve it in order any more, and it must not wait
+    /// unseen (the queue's metrics go with its configuration).
+    pub(super) fn release_removed_queues(&mut self) {
+        for g in 0..self.queues.len() {
+            let group = self.generation.groups.get(g);
+            if group.is_some_and(|x| x.config.queue.is_some() && !x.removed) {
+                continue;
+            }
+            for (key, id) in std::mem::take(&mut self.queues[g]) {
+                let waiting = self
+                    .table
+                    .get_mut(key)
+                    .is_some_and(|c| c.id == id && c.is_queued());
+                if !waiting {
+                    continue;
+                }
+                let group = &self.generation.groups[g];
+                if !group.removed && group.has_room() {
+                    self.connect_next(key);
+                } else {
+                    self.close(key, "queue_removed", Reset::BOTH);
+                }
+            }
+        }
+    }
+
     /// Connects the connections waiting in the groups' queues, first come first served, while
     /// their group has a target with room (freed by a connection that ended here or on
     /// another worker). Called every turn of the loop; entries of connections that stopped

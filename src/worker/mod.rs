@@ -561,6 +561,7 @@ impl Worker {
         }
         self.pickers = generation.groups.iter().map(Picker::new).collect();
         self.generation = generation;
+        self.release_removed_queues();
         // New listeners may have clients waiting already; edge-triggered, so look now.
         for i in 0..self.listeners.len() {
             self.ready.push_back(Ready::Listener(i));

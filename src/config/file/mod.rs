@@ -371,7 +371,7 @@ pub struct FileTargetGroup {
     /// Optional: TLS to the targets (health checks too), verified by default.
     pub target_tls: Option<FileTargetTls>,
     /// Optional, tcp: when every target is at its max_connections, new connections wait
-    /// (accepted and held, in arrival order) instead of staying in the listen backlog.
+    /// (accepted and held, in arrival order on each worker) instead of staying in the listen backlog.
     pub queue: Option<FileQueue>,
     /// Optional; every key has the default shown.
     pub health_check: Option<FileHealthCheck>,

@@ -266,3 +266,54 @@ fn a_substituted_value_never_shows_in_an_error() {
     assert!(all.contains("${SECRET}"), "names the reference: {all}");
     assert!(!all.contains("hunter2"), "the value shows: {all}");
 }
+
+/// PostgreSQL routes: a pattern that can never match is refused where it is written.
+#[test]
+fn postgres_routes_that_never_match_are_refused_at_their_key() {
+    let routed = |route: &str| {
+        ONE.replace(
+            "target_group: pg}",
+            &format!("target_group: pg, postgres: {{routes: [{route}]}}}}"),
+        )
+    };
+    let p = problems(&routed("{database: '', target_group: pg}"));
+    assert!(
+        p[0].contains("postgres.routes[0].database: an empty database never matches"),
+        "{p:?}"
+    );
+    let p = problems(&routed("{user: '', target_group: pg}"));
+    assert!(p[0].contains("routes[0].user: an empty user"), "{p:?}");
+    let p = problems(&routed("{database: 'a*b', target_group: pg}"));
+    assert!(p[0].contains("a `*` goes only at the end"), "{p:?}");
+    // A client that sets no application_name has an empty one: that may be matched.
+    let c = parse(&routed("{application_name: '', target_group: pg}")).unwrap();
+    let pg = c.listeners[0].postgres.as_ref().unwrap();
+    assert_eq!(pg.group_for("db", "u", ""), Some(0));
+    assert_eq!(pg.group_for("db", "u", "psql"), None);
+}
+
+/// What `check` warns of: weights or an agent's percentages under round_robin, a queue that
+/// nothing fills.
+#[test]
+fn advice_names_settings_that_change_nothing() {
+    let c = parse(&ONE.replace(
+        "    targets:",
+        "    agent_check: {port: 9999}\n    queue: {max: 10}\n    targets:",
+    ))
+    .unwrap();
+    let said = crate::config::advice(&c).join("\n");
+    assert!(
+        said.contains("has an agent_check but uses round_robin"),
+        "{said}"
+    );
+    assert!(
+        said.contains("has a queue but no target sets max_connections"),
+        "{said}"
+    );
+    let c = parse(&ONE.replace(
+        "    targets:",
+        "    algorithm: least_connections\n    agent_check: {port: 9999}\n    targets:",
+    ))
+    .unwrap();
+    assert_eq!(crate::config::advice(&c), Vec::<String>::new());
+}

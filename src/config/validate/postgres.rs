@@ -9,7 +9,7 @@ use super::{ByName, Wrong};
 ///
 /// # Errors
 /// `(key, message)` of its first problem: a UDP listener, a route naming no field or an
-/// unknown group, a `*` anywhere but at a pattern's end.
+/// unknown group, a `*` anywhere but at a pattern's end, an empty database or user.
 pub(super) fn postgres(
     key: &str,
     raw: FilePostgres,
@@ -51,6 +51,16 @@ fn route(rkey: &str, r: FilePostgresRoute, group_index: &ByName) -> Result<Postg
             Some(p) if p.trim_end_matches('*').contains('*') || p.ends_with("**") => Err((
                 format!("{rkey}.{field}"),
                 format!("`{p}`: a `*` goes only at the end (a prefix and `*`), or alone"),
+            )),
+            // PostgreSQL has no database or role with an empty name (a client that sends
+            // none for database means its user's): `''` would never match. An empty
+            // application_name is the one a client that sets none has, so it may be matched.
+            Some(p) if p.is_empty() && field != "application_name" => Err((
+                format!("{rkey}.{field}"),
+                format!(
+                    "an empty {field} never matches: PostgreSQL has no {field} named ``; \
+                     remove the key to match every {field}, or write `*`"
+                ),
             )),
             p => Ok(p.map(NamePattern)),
         }
