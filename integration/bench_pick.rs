@@ -45,13 +45,11 @@ fn picks(c: &mut Criterion) {
         c.bench_function(&format!("pick/{algorithm}/100 targets"), |bench| {
             bench.iter(|| {
                 port = port.wrapping_add(1);
-                let request = Request {
-                    tuple: FiveTuple {
-                        protocol: Protocol::Tcp,
-                        client: SocketAddr::from(([192, 0, 2, (port % 251) as u8], port)),
-                        listener: SocketAddr::from(([127, 0, 0, 1], 80)),
-                    },
-                };
+                let request = Request::new(FiveTuple {
+                    protocol: Protocol::Tcp,
+                    client: SocketAddr::from(([192, 0, 2, (port % 251) as u8], port)),
+                    listener: SocketAddr::from(([127, 0, 0, 1], 80)),
+                });
                 black_box(b.pick(group, black_box(&request), &[]))
             })
         });

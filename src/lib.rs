@@ -68,7 +68,7 @@
 //!   bind → activation, handover, steering           binding listeners, or taking them over
 //!   generation → listener, balancer → target, per_source    one generation and its parts
 //!   hash → conntrack → config                       hashing; the 5-tuple; the configuration
-//!   tls, sni, proxy_protocol, postgres, net, timers, fault, throttle  the ground floor
+//!   tls, sni, proxy_protocol, postgres, quic, net, timers, fault, throttle  the ground floor
 //! ```
 //!
 //! ## Lint policy
@@ -86,6 +86,7 @@
 //!   no-panic lints: unwrap_used expect_used panic unreachable todo unimplemented indexing_slicing
 //!   no-panic: tcp        parses what arrives (PROXY headers, ClientHellos) and pumps bytes
 //!   no-panic: postgres   parses PostgreSQL's startup packets and the server's first messages
+//!   no-panic: quic       parses QUIC headers and decodes QUIC-LB connection IDs
 //!   no-panic: udp        the session table and the recvmmsg/sendmmsg batches
 //!   no-panic: worker     all but indexing_slicing: its indices are its own (listener, group
 //!                        and target indices of a generation; its tables' slot keys), never
@@ -134,12 +135,14 @@
 // The public API: what `main.rs`, the integration tests, the benches, the examples and the
 // fuzz targets use. `cli`, `ctl` and `preflight` are the binary's; `config` and `runtime` start Ballast from
 // a library (examples/); `proxy_protocol` is a codec of its own, fuzzed and checked against
-// HAProxy. Everything else is the crate's, with the few items used outside re-exported below.
+// HAProxy; `quic` makes the QUIC-LB connection IDs a server in Rust issues (and the tests'
+// quinn servers do). Everything else is the crate's, with the few items used outside re-exported below.
 pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod preflight;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod runtime;
 
 pub use admin::{answer, Method};

@@ -66,6 +66,25 @@ pub struct ListenerStats {
     /// `postgres:`: cancel requests whose key no open connection holds (closed, as the
     /// server would).
     pub cancels_unknown: AtomicU64,
+    /// `quic:`: how datagrams were routed.
+    pub quic: QuicStats,
+}
+
+/// A `quic:` listener's datagrams, by how they were routed (each counted once, but
+/// `unknown_server_id`, a part of `fallback`, and `migrations`, a part of
+/// `by_connection_id`).
+#[derive(Debug, Default)]
+pub struct QuicStats {
+    /// To the target whose server ID their connection ID carries.
+    pub by_connection_id: AtomicU64,
+    /// Initial and 0-RTT packets of new flows, balanced on their connection ID.
+    pub balanced: AtomicU64,
+    /// By their 5-tuple: not QUIC, or an ID no server of the group issued.
+    pub fallback: AtomicU64,
+    /// Of the fallback: IDs of this configuration naming no target of the group.
+    pub unknown_server_id: AtomicU64,
+    /// Short header packets from an address without a session: a client that moved.
+    pub migrations: AtomicU64,
 }
 
 /// Why a client's TLS handshake failed (counted per listener in `/metrics` as

@@ -86,6 +86,12 @@ struct CancelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuicRouteLabels {
+    listener: String,
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScalingSampleLabels {
     target_group: String,
     metric: &'static str,
@@ -142,6 +148,7 @@ pub(crate) fn encode(
     register_threads(&mut registry, restarts);
     register_listeners(&mut registry, generation);
     register_postgres(&mut registry, generation);
+    register_quic(&mut registry, generation);
     register_queues(&mut registry, generation);
     register_agents(&mut registry, generation);
     register_tls(&mut registry, generation);
@@ -343,6 +350,60 @@ fn register_postgres(registry: &mut Registry, generation: &Generation) {
         "listener_postgres_cancel_keys",
         "Cancel keys held: open PostgreSQL connections whose server sent one",
         keys,
+    );
+}
+
+/// Per `quic:` listener: datagrams by how they were routed, and of those the unknown server
+/// IDs and the migrations.
+fn register_quic(registry: &mut Registry, generation: &Generation) {
+    let routed = Family::<QuicRouteLabels, Counter>::default();
+    let unknown = Family::<ListenerLabels, Counter>::default();
+    let migrations = Family::<ListenerLabels, Counter>::default();
+    for l in generation.listeners.iter().filter(|l| !l.removed) {
+        if l.config.quic.is_none() {
+            continue;
+        }
+        let q = &l.quic;
+        for (route, n) in [
+            ("connection_id", &q.by_connection_id),
+            ("balanced", &q.balanced),
+            ("fallback", &q.fallback),
+        ] {
+            routed
+                .get_or_create(&QuicRouteLabels {
+                    listener: l.config.name.clone(),
+                    route,
+                })
+                .inc_by(n.load(Ordering::Relaxed));
+        }
+        let labels = ListenerLabels {
+            listener: l.config.name.clone(),
+            protocol: l.config.kind().to_string(),
+        };
+        unknown
+            .get_or_create(&labels)
+            .inc_by(q.unknown_server_id.load(Ordering::Relaxed));
+        migrations
+            .get_or_create(&labels)
+            .inc_by(q.migrations.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "listener_quic_datagrams",
+        "QUIC datagrams by route: connection_id (the server its connection ID names), balanced \
+         (an Initial or 0-RTT packet of a new flow, on its connection ID) or fallback (by \
+         5-tuple)",
+        routed,
+    );
+    registry.register(
+        "listener_quic_unknown_server_id",
+        "QUIC datagrams whose connection ID names no target of the group (routed by 5-tuple)",
+        unknown,
+    );
+    registry.register(
+        "listener_quic_migrations",
+        "QUIC short header datagrams from an address without a session (a client that moved), \
+         sent to the server their connection ID names",
+        migrations,
     );
 }
 

@@ -409,6 +409,7 @@ struct NewTarget {
     weight: Option<u32>,
     backup: Option<bool>,
     max_connections: Option<u64>,
+    server_id: Option<u64>,
 }
 
 impl NewTarget {
@@ -426,6 +427,7 @@ impl NewTarget {
             weight: t.weight.unwrap_or(1),
             backup: t.backup.unwrap_or(false),
             max_connections: t.max_connections,
+            server_id: t.server_id,
         })
     }
 }

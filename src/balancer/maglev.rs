@@ -121,9 +121,10 @@ impl Maglev {
 impl Balancer for Maglev {
     fn pick(&mut self, group: &TargetGroup, request: &Request, exclude: &[usize]) -> Option<usize> {
         let table: Arc<LookupTable> = group.lookup_table()?;
-        let hash = match self.key {
-            HashKey::FiveTuple => hash_tuple(&request.tuple),
-            HashKey::SourceIp => hash_ip(request.tuple.client.ip()),
+        let hash = match (request.key, self.key) {
+            (Some(key), _) => mix(key),
+            (None, HashKey::FiveTuple) => hash_tuple(&request.tuple),
+            (None, HashKey::SourceIp) => hash_ip(request.tuple.client.ip()),
         };
         let first = table.lookup(hash)?;
         if !exclude.contains(&first) {

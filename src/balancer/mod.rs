@@ -30,6 +30,17 @@ use crate::target::{TableBuilder, TargetGroup};
 pub struct Request {
     /// Its 5-tuple (the client's address is what `source_hash` keys on).
     pub tuple: FiveTuple,
+    /// What the hashing algorithms (`maglev`, `source_hash`) key on instead of the tuple or
+    /// the client's address, when set: a QUIC Initial's destination connection ID, hashed, so
+    /// a retransmitted Initial from another address or node lands on the same target.
+    pub key: Option<u64>,
+}
+
+impl Request {
+    /// A request for the flow `tuple`, with no key of its own.
+    pub fn new(tuple: FiveTuple) -> Request {
+        Request { tuple, key: None }
+    }
 }
 
 /// Picks targets for new connections of one target group.
@@ -403,13 +414,11 @@ pub(crate) mod tests {
 
     /// A request from 127.0.0.1:`port`.
     pub(crate) fn request(port: u16) -> super::Request {
-        super::Request {
-            tuple: crate::conntrack::FiveTuple {
-                protocol: crate::config::Protocol::Tcp,
-                client: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                listener: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-            },
-        }
+        super::Request::new(crate::conntrack::FiveTuple {
+            protocol: crate::config::Protocol::Tcp,
+            client: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            listener: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        })
     }
 
     /// A group of targets on 127.0.0.1:1001.. with these weights.

@@ -65,7 +65,10 @@ pub(crate) fn for_group(group: &TargetGroup) -> LookupTable {
 
 impl Balancer for SourceHash {
     fn pick(&mut self, group: &TargetGroup, request: &Request, exclude: &[usize]) -> Option<usize> {
-        let bucket = hash_ip(request.tuple.client.ip()) % BUCKETS as u64;
+        let hash = request
+            .key
+            .map_or_else(|| hash_ip(request.tuple.client.ip()), mix);
+        let bucket = hash % BUCKETS as u64;
         if let Some(t) = group.lookup_table().and_then(|table| table.lookup(bucket)) {
             if !exclude.contains(&t) {
                 return Some(t);

@@ -19,6 +19,7 @@ mod load;
 pub mod plan;
 mod postgres;
 mod problem;
+mod quic;
 pub mod scaling;
 pub mod schema;
 pub mod steps;
@@ -46,6 +47,7 @@ pub use postgres::{
     NamePattern, PostgresRoute, PostgresRouting, WithoutRoute, DEFAULT_STARTUP_TIMEOUT,
 };
 pub use problem::Problem;
+pub use quic::{QuicAlgorithm, QuicKey, QuicRouting, DEFAULT_NONCE_LENGTH};
 pub(crate) use tls::reload_tls;
 pub use udp::{
     OnUnhealthy, UdpSettings, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -333,6 +335,8 @@ pub struct ListenerConfig {
     /// `postgres:`: each client's StartupMessage is read (after TLS, on a `tls` listener) to
     /// route it, and cancel requests go to the server that issued their key.
     pub postgres: Option<PostgresRouting>,
+    /// `quic:` (UDP): packets go to the target whose server ID their connection ID carries.
+    pub quic: Option<QuicRouting>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.
@@ -697,6 +701,8 @@ pub struct TargetConfig {
     pub backup: bool,
     /// Most open connections (or UDP sessions) to this target across all workers.
     pub max_connections: Option<u64>,
+    /// The QUIC-LB server ID its QUIC server encodes in its connection IDs (`quic:`).
+    pub server_id: Option<u64>,
 }
 
 impl TargetConfig {
@@ -708,6 +714,7 @@ impl TargetConfig {
             weight,
             backup: false,
             max_connections: None,
+            server_id: None,
         }
     }
 }

@@ -87,8 +87,10 @@ impl Control {
     /// # Errors
     /// [`ChangeError::NotFound`] for an unknown group, [`ChangeError::Conflict`] when the
     /// address is already a target of the group or a weight other than 1 is asked of a
-    /// `round_robin` group (which ignores weights), [`ChangeError::Invalid`] when the
-    /// group's rules refuse it (port 0, a `maglev_table_size` too small for one more target).
+    /// `round_robin` group (which ignores weights) or its `server_id` is another target's,
+    /// [`ChangeError::Invalid`] when the group's rules refuse it (port 0, a
+    /// `maglev_table_size` too small for one more target, a `server_id` too large for a
+    /// `quic:` listener of the group).
     pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
         let mut config = self.generation().config.clone();
@@ -105,6 +107,28 @@ impl Control {
         if target.weight != 1 {
             weights_count(g)?;
         }
+        if let Some(id) = target.server_id {
+            if let Some(t) = g.targets.iter().find(|t| t.server_id == Some(id)) {
+                return Err(ChangeError::Conflict(format!(
+                    "target {} of group `{group}` has server_id {id} already",
+                    t.address
+                )));
+            }
+            let name = g.name.clone();
+            for l in config.listeners.iter().filter(|l| {
+                config.target_groups.get(l.target_group).map(|g| &g.name) == Some(&name)
+            }) {
+                if let Some(q) = l.quic.as_ref().filter(|q| id > q.lb.max_server_id()) {
+                    return Err(ChangeError::Invalid(format!(
+                        "server_id {id} does not fit listener `{}`'s server_id_length (at \
+                         most {})",
+                        l.name,
+                        q.lb.max_server_id()
+                    )));
+                }
+            }
+        }
+        let g = group_config(&mut config, group)?;
         g.targets.push(target);
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
         self.apply_locked(config)

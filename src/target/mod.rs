@@ -39,6 +39,8 @@ pub struct Target {
     pub weight: u32,
     /// The weight the file or the admin API gave (1 to `MAX_WEIGHT`).
     pub configured_weight: u32,
+    /// The QUIC-LB server ID its server encodes in its connection IDs (`quic:` listeners).
+    pub server_id: Option<u64>,
     /// Used only when no primary target is healthy.
     pub backup: bool,
     /// Most open connections to this target across all workers.
@@ -374,6 +376,7 @@ impl Target {
             address: config.address,
             weight,
             configured_weight: config.weight,
+            server_id: config.server_id,
             backup: config.backup,
             max_connections: config.max_connections,
             state,
@@ -406,6 +409,8 @@ pub struct TargetGroup {
     pub removed: bool,
     /// Builds `table` for the current health (from the balancer; `None`: no table).
     table_builder: Option<TableBuilder>,
+    /// Targets by QUIC-LB server ID (removed targets left out).
+    server_ids: std::collections::HashMap<u64, usize>,
     /// The target being taken out (turning unhealthy or ejected), `usize::MAX` for none: it
     /// counts as unavailable while the table is rebuilt without it, before its own flag
     /// flips, so no worker finds it gone while the table still names it (one client's
@@ -461,7 +466,15 @@ impl TargetGroup {
             epoch,
             removed,
             table_builder: tables(config),
+            server_ids: std::collections::HashMap::new(),
         };
+        group.server_ids = group
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.admin_state() != AdminState::Removed)
+            .filter_map(|(i, t)| Some((t.server_id?, i)))
+            .collect();
         group.table = group.build_table().map(ArcSwap::from_pointee);
         group
     }
@@ -618,6 +631,11 @@ impl TargetGroup {
             self.eligibility_changed();
         }
         changed
+    }
+
+    /// The target whose QUIC-LB server ID is `id`, unless it was removed.
+    pub fn by_server_id(&self, id: u64) -> Option<usize> {
+        self.server_ids.get(&id).copied()
     }
 
     /// Sets what target `index`'s agent asks; returns whether that changed anything.

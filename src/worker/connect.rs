@@ -31,9 +31,7 @@ impl Worker {
             let retries = listener.config.retries;
             let g = conn.group;
             let group = &self.generation.groups[g];
-            let request = balancer::Request {
-                tuple: conn.request_tuple(),
-            };
+            let request = balancer::Request::new(conn.request_tuple());
             let Some(attempts) = conn.attempts() else {
                 return;
             };

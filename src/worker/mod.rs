@@ -39,6 +39,7 @@
 
 mod connect;
 mod listen;
+mod quic;
 mod tcp;
 mod udp;
 

@@ -23,6 +23,17 @@ use crate::udp::session::Session;
 /// `recvmmsg` calls per socket per wake before yielding to other work.
 const RECV_ROUNDS: usize = 16;
 
+/// How a flow's first datagram (or a routed one) finds its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Choice {
+    /// The flow's session, or the group's algorithm for a new one (keyed on this, when set,
+    /// instead of the flow).
+    Pick(Option<u64>),
+    /// This target (QUIC-LB routing): a new session goes there, and a session of the flow to
+    /// another target is moved to it.
+    Target(usize),
+}
+
 /// Which way datagrams of a session go.
 #[derive(Debug, Clone, Copy)]
 enum Way {
@@ -54,6 +65,8 @@ impl Worker {
         let Some(mut batch) = self.batch.take() else {
             return;
         };
+        let quic = self.generation.listeners[i].config.quic.clone();
+        let mut counts = super::quic::QuicCounts::default();
         let mut drained = false;
         for _ in 0..RECV_ROUNDS {
             let n = match batch.recv(fd, vlen, wildcard) {
@@ -77,8 +90,13 @@ impl Worker {
                 }
                 if flow.0.is_some_and(|c| self.refuses(i, c, flow.1)) {
                     self.generation.listeners[i].refuse_many(Refusal::Denied, end - start);
+                } else if let Some(q) = &quic {
+                    self.route_quic(i, q, &mut batch, start..end, &mut counts);
                 } else {
-                    match flow.0.map(|c| self.session_for(i, c, flow.1)) {
+                    match flow
+                        .0
+                        .map(|c| self.session_for(i, c, flow.1, Choice::Pick(None)))
+                    {
                         Some(Ok(key)) => self.send_up(key, &mut batch, start..end),
                         Some(Err(Some(why))) => {
                             self.generation.listeners[i].refuse_many(why, end - start)
@@ -94,8 +112,20 @@ impl Worker {
             }
         }
         self.batch = Some(batch);
+        if quic.is_some() {
+            self.add_quic_counts(i, &counts);
+        }
         if !drained {
             self.ready.push_back(Ready::Listener(i));
+        }
+    }
+
+    /// The 5-tuple of `client`'s flow to `local` on listener `i`.
+    pub(super) fn flow(&self, i: usize, client: SocketAddr, local: Option<IpAddr>) -> FiveTuple {
+        FiveTuple {
+            protocol: Protocol::Udp,
+            client,
+            listener: session_address(self.listeners[i].local, local),
         }
     }
 
@@ -108,30 +138,27 @@ impl Worker {
         if access.is_empty() || access.admits(client.ip()) {
             return false;
         }
-        let tuple = FiveTuple {
-            protocol: Protocol::Udp,
-            client,
-            listener: session_address(self.listeners[i].local, local),
-        };
-        self.sessions.find(&tuple).is_none()
+        self.sessions.find(&self.flow(i, client, local)).is_none()
     }
 
     /// The session of `client` on listener `i`: found, or created for the first datagram of a
-    /// flow. `local` is the address the client sent to, known on a wildcard listener. `None`
-    /// (the datagram is dropped) at `max_sessions`, or when no upstream socket can be made.
-    fn session_for(
+    /// flow, its target as `choice` says (a session found is moved to the target `choice`
+    /// names, if another). `local` is the address the client sent to, known on a wildcard
+    /// listener. `Err` (the datagram is dropped, with the refusal to count if any) at
+    /// `max_sessions`, or when no upstream socket can be made.
+    pub(super) fn session_for(
         &mut self,
         i: usize,
         client: SocketAddr,
         local: Option<IpAddr>,
+        choice: Choice,
     ) -> Result<usize, Option<Refusal>> {
-        let tuple = FiveTuple {
-            protocol: Protocol::Udp,
-            client,
-            listener: session_address(self.listeners[i].local, local),
-        };
+        let tuple = self.flow(i, client, local);
         if let Some(key) = self.sessions.find(&tuple) {
-            self.maybe_rebalance(key);
+            match choice {
+                Choice::Target(t) => self.move_session(key, t, "its connection ID names it"),
+                Choice::Pick(_) => self.maybe_rebalance(key),
+            }
             return Ok(key);
         }
         let generation = self.generation.clone();
@@ -169,10 +196,17 @@ impl Worker {
         };
         let g = state.config.target_group;
         let group = &generation.groups[g];
-        let target = self.pickers[g].choose(group, self.now, &Request { tuple }, &[]);
-        if let Some(t) = target {
-            remember(group, client.ip(), t, self.now);
-        }
+        let target = match choice {
+            Choice::Target(t) => Some(t),
+            Choice::Pick(key) => {
+                let request = Request { tuple, key };
+                let t = self.pickers[g].choose(group, self.now, &request, &[]);
+                if let Some(t) = t {
+                    remember(group, client.ip(), t, self.now);
+                }
+                t
+            }
+        };
         let socket = target.map(|t| connected_udp_socket(group.targets[t].address));
         let (t, socket) = match (target, socket) {
             (Some(t), Some(Ok(s))) => (t, UdpSocket::from_std(s)),
@@ -258,16 +292,11 @@ impl Worker {
         if group.targets[old].is_healthy() {
             return;
         }
-        let request = Request {
-            tuple: FiveTuple {
-                protocol: Protocol::Udp,
-                client: session.tuple.client,
-                listener: session_address(
-                    self.listeners[session.listener].local,
-                    session.reply_from,
-                ),
-            },
-        };
+        let request = Request::new(FiveTuple {
+            protocol: Protocol::Udp,
+            client: session.tuple.client,
+            listener: session_address(self.listeners[session.listener].local, session.reply_from),
+        });
         let Some(t) = self.pickers[session.group]
             .balancer()
             .pick(group, &request, &[old])
@@ -277,6 +306,21 @@ impl Worker {
         if !group.targets[t].is_healthy() {
             return; // every target is down: stay where we are (fail open)
         }
+        self.move_session(key, t, "unhealthy");
+    }
+
+    /// Moves session `key` to target `t` of its group (nothing when it is there already): its
+    /// upstream socket is connected there, so the client sees nothing change. `why` the old
+    /// target was left, for the log.
+    fn move_session(&mut self, key: usize, t: usize, why: &str) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let old = session.target;
+        if old == t {
+            return;
+        }
+        let group = &self.generation.groups[session.group];
         if let Err(e) = session.upstream.connect(group.targets[t].address) {
             log::debug!(
                 "session of {}: cannot move to {}: {e}",
@@ -288,7 +332,7 @@ impl Worker {
         session.target = t;
         session.target_place = Some(group.targets[t].hold()); // the old one is given back
         log::debug!(
-            "session of {}: moved from unhealthy {} to {}",
+            "session of {}: moved from {} ({why}) to {}",
             session.tuple.client,
             group.targets[old].address,
             group.targets[t].address
@@ -296,7 +340,7 @@ impl Worker {
     }
 
     /// Sends datagrams `range` of `batch` up session `key`'s socket.
-    fn send_up(&mut self, key: usize, batch: &mut Batch, range: Range<usize>) {
+    pub(super) fn send_up(&mut self, key: usize, batch: &mut Batch, range: Range<usize>) {
         let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
@@ -430,7 +474,7 @@ impl Worker {
         }
     }
 
-    fn count_drops(&mut self, listener: usize, n: usize, why: &str) {
+    pub(super) fn count_drops(&mut self, listener: usize, n: usize, why: &str) {
         let state = &self.generation.listeners[listener];
         state.dropped.fetch_add(n as u64, Ordering::Relaxed);
         log::trace!(

@@ -165,6 +165,34 @@ pub struct FileListener {
     pub forwarding: Option<Forwarding>,
     /// UDP listeners only, every key optional: session timeouts and limits, batching.
     pub udp: Option<FileUdp>,
+    /// Optional, udp only: QUIC connection-ID routing (QUIC-LB, below): a packet goes to the
+    /// target whose `server_id` its connection ID carries, from whatever address it comes.
+    pub quic: Option<FileQuic>,
+}
+
+/// `quic:` of a UDP listener (draft-ietf-quic-load-balancers-19).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuic {
+    /// Octets of server ID in each connection ID (1 to 8); each target's `server_id` must fit.
+    pub server_id_length: Bounded<1, 8>,
+    /// Optional, default 4: octets of nonce after the server ID (at least 4; the two at most
+    /// 19).
+    pub nonce_length: Option<Bounded<4, 18>>,
+    /// Optional, default plaintext: plaintext (the server ID readable by anyone) |
+    /// block_cipher (AES-128 with `key_file`; observers cannot link a migrated connection).
+    pub algorithm: Option<crate::config::QuicAlgorithm>,
+    /// With block_cipher: a file (mode 600) holding the 16-octet key as 32 hex digits,
+    /// the same on every node and server; relative paths are the config file's directory's.
+    pub key_file: Option<String>,
+    /// Optional, default 0: the configuration's codepoint (0 to 6), the first three bits of
+    /// each connection ID; a new key gets the next one, so old and new IDs route during the
+    /// change.
+    pub config_rotation: Option<Bounded<0, 6>>,
+    /// Optional, default 1 + server_id_length + nonce_length: the length of the connection IDs
+    /// the servers issue (short headers do not carry it), when they append octets of their
+    /// own.
+    pub connection_id_length: Option<Bounded<6, 20>>,
 }
 
 /// `agent_check:` of a target group.
@@ -548,4 +576,7 @@ pub struct FileTarget {
     /// Optional: a full target is skipped; when every target is full, listeners stop accepting
     /// and new clients wait in the backlog.
     pub max_connections: Option<NonZeroU32>,
+    /// Optional, with a `quic:` listener: the server ID this target's QUIC server encodes in
+    /// its connection IDs (unique in the group; fits the listener's server_id_length).
+    pub server_id: Option<u64>,
 }

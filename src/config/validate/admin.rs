@@ -25,40 +25,7 @@ pub(super) fn admin(
     );
     let token = match raw.token_file {
         None => None,
-        Some(file) => {
-            let file = super::beside(base, std::path::Path::new(&file))
-                .display()
-                .to_string();
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&file)
-                .map(|m| m.permissions().mode())
-                .map_err(|e| {
-                    (
-                        "admin.token_file".to_string(),
-                        format!("cannot read {file}: {e}"),
-                    )
-                })?;
-            if mode & 0o077 != 0 {
-                return Err((
-                    "admin.token_file".into(),
-                    format!(
-                        "{file} can be read by group or others (mode {:o}): `chmod 600 {file}`",
-                        mode & 0o777
-                    ),
-                ));
-            }
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                (
-                    "admin.token_file".to_string(),
-                    format!("cannot read {file}: {e}"),
-                )
-            })?;
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                return Err(("admin.token_file".into(), format!("{file} is empty")));
-            }
-            Some(token)
-        }
+        Some(file) => Some(super::read_secret("admin.token_file", base, &file)?),
     };
     if !bind.ip().is_loopback() && token.is_none() {
         return Err((

@@ -33,6 +33,17 @@ pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, Strin
             ));
         }
     }
+    let mut ids: Vec<u64> = group.targets.iter().filter_map(|t| t.server_id).collect();
+    ids.sort_unstable();
+    if let Some(twice) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err((
+            "targets",
+            format!(
+                "two targets have server_id {}: a QUIC server ID names one target",
+                twice[0]
+            ),
+        ));
+    }
     if group.stickiness.is_some() && n > 1 << 16 {
         return Err((
             "stickiness",
@@ -112,6 +123,7 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
             weight: t.weight.map_or(1, |w| w.0 as u32),
             backup: t.backup.unwrap_or(false),
             max_connections: t.max_connections.map(|n| u64::from(n.get())),
+            server_id: t.server_id,
         });
     }
     let check_sends = g.health_check.as_ref().and_then(|h| h.proxy_protocol);

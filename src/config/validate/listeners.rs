@@ -254,6 +254,16 @@ fn listener(
             group_index,
         )?),
     };
+    let quic = match l.quic {
+        None => None,
+        Some(q) => Some(super::quic::quic(
+            &format!("{key}.quic"),
+            q,
+            protocol,
+            target_groups.get(target_group).and_then(Option::as_ref),
+            base,
+        )?),
+    };
     let access = AccessRules {
         allow: l
             .allow
@@ -281,6 +291,7 @@ fn listener(
         sni,
         tls,
         postgres,
+        quic,
         target_group,
         max_connections: l.max_connections.map(|n| n.get() as usize),
         connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),

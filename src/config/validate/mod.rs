@@ -4,6 +4,7 @@ mod admin;
 mod groups;
 mod listeners;
 mod postgres;
+mod quic;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -120,6 +121,32 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
         listeners,
         target_groups,
     })
+}
+
+/// The secret in `file` (found from `base` when relative), trimmed: for the option at `key`.
+///
+/// # Errors
+/// `(key, message)` when the file cannot be read, is readable by group or others, or is empty.
+pub(super) fn read_secret(key: &str, base: &Path, file: &str) -> Result<String, Wrong> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = beside(base, Path::new(file)).display().to_string();
+    let wrong = |m: String| (key.to_string(), m);
+    let mode = std::fs::metadata(&file)
+        .map(|m| m.permissions().mode())
+        .map_err(|e| wrong(format!("cannot read {file}: {e}")))?;
+    if mode & 0o077 != 0 {
+        return Err(wrong(format!(
+            "{file} can be read by group or others (mode {:o}): `chmod 600 {file}`",
+            mode & 0o777
+        )));
+    }
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| wrong(format!("cannot read {file}: {e}")))?;
+    let secret = text.trim().to_string();
+    if secret.is_empty() {
+        return Err(wrong(format!("{file} is empty")));
+    }
+    Ok(secret)
 }
 
 /// `path` as found from `base` (the config file's directory) when relative.

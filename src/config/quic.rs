@@ -1,0 +1,55 @@
+//! `quic:` of a UDP listener: QUIC connection-ID routing (QUIC-LB,
+//! draft-ietf-quic-load-balancers-19). The servers encode their `server_id` in the connection
+//! IDs they issue; Ballast decodes it from each packet's destination connection ID
+//! ([`crate::quic`]) and sends the packet to that target, whatever address it comes from.
+
+use crate::quic::lb::LbConfig;
+
+/// Default `nonce_length`, octets: the draft's least; with a 3-octet server ID the connection
+/// ID is 8 octets, quinn's default length.
+pub const DEFAULT_NONCE_LENGTH: usize = 4;
+
+/// `algorithm:` of `quic:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuicAlgorithm {
+    /// The server ID as it is (§5.2): anyone on the path can read which server a connection
+    /// is on, and link a client's addresses before and after a migration.
+    Plaintext,
+    /// AES-128 (§5.4): one block when server ID and nonce make 16 octets, else a four-round
+    /// Feistel network.
+    BlockCipher,
+}
+
+/// A QUIC-LB key: 16 octets, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct QuicKey(pub [u8; 16]);
+
+impl std::fmt::Debug for QuicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuicKey(…)")
+    }
+}
+
+/// A listener's QUIC routing, as validated.
+#[derive(Debug, Clone)]
+pub struct QuicRouting {
+    /// The configuration servers and balancer share (codepoint, lengths, key).
+    pub lb: LbConfig,
+    /// `plaintext` or `block_cipher`.
+    pub algorithm: QuicAlgorithm,
+    /// The key of `block_cipher`.
+    pub key: Option<QuicKey>,
+    /// The length of a short header's destination connection ID, octets (short headers do
+    /// not carry it): 1 + server ID + nonce, or more when servers append octets.
+    pub connection_id_length: usize,
+}
+
+impl PartialEq for QuicRouting {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm == other.algorithm
+            && self.key == other.key
+            && self.connection_id_length == other.connection_id_length
+            && self.lb.params() == other.lb.params()
+    }
+}

@@ -1,0 +1,120 @@
+//! `quic:` of a UDP listener: the QUIC-LB configuration, its key, and its group's server IDs.
+
+use std::path::Path;
+
+use super::super::file::FileQuic;
+use super::super::*;
+use super::Wrong;
+use crate::quic::lb::LbConfig;
+
+/// The `quic:` section at `key` (`listeners[i].quic`) of a listener of `protocol` whose
+/// target group is `group` (`None` when the group is itself wrong). Relative `key_file`s are
+/// `base`'s.
+///
+/// # Errors
+/// `(key, message)` of its first problem: a TCP listener; lengths the draft refuses; a
+/// `block_cipher` without a key, a key with `plaintext`; a key file that cannot be read, is
+/// readable by others, or holds anything but 32 hex digits; a target's `server_id` too large
+/// for `server_id_length`.
+pub(super) fn quic(
+    key: &str,
+    raw: FileQuic,
+    protocol: Protocol,
+    group: Option<&TargetGroupConfig>,
+    base: &Path,
+) -> Result<QuicRouting, Wrong> {
+    if protocol != Protocol::Udp {
+        return Err((
+            key.to_string(),
+            "QUIC routing applies to udp listeners only".into(),
+        ));
+    }
+    let algorithm = raw.algorithm.unwrap_or(QuicAlgorithm::Plaintext);
+    let quic_key = match (algorithm, raw.key_file) {
+        (QuicAlgorithm::Plaintext, None) => None,
+        (QuicAlgorithm::Plaintext, Some(_)) => {
+            return Err((
+                format!("{key}.key_file"),
+                "a key goes with `algorithm: block_cipher` (plaintext uses none)".into(),
+            ))
+        }
+        (QuicAlgorithm::BlockCipher, None) => {
+            return Err((
+                format!("{key}.key_file"),
+                "`algorithm: block_cipher` needs a key_file (16 octets as 32 hex digits)".into(),
+            ))
+        }
+        (QuicAlgorithm::BlockCipher, Some(file)) => {
+            let fkey = format!("{key}.key_file");
+            let text = super::read_secret(&fkey, base, &file)?;
+            Some(QuicKey(parse_key(&text).map_err(|m| (fkey, m))?))
+        }
+    };
+    let server_id_len = raw.server_id_length.0 as usize;
+    let nonce_len = raw
+        .nonce_length
+        .map_or(DEFAULT_NONCE_LENGTH, |n| n.0 as usize);
+    let config_id = raw.config_rotation.map_or(0, |c| c.0 as u8);
+    let lb = LbConfig::new(
+        config_id,
+        server_id_len,
+        nonce_len,
+        quic_key.as_ref().map(|k| k.0),
+    )
+    .map_err(|m| (key.to_string(), m))?;
+    let connection_id_length = match raw.connection_id_length {
+        None => lb.cid_len(),
+        Some(n) if (n.0 as usize) < lb.cid_len() => {
+            return Err((
+                format!("{key}.connection_id_length"),
+                format!(
+                    "{} is shorter than 1 + server_id_length + nonce_length = {}",
+                    n.0,
+                    lb.cid_len()
+                ),
+            ))
+        }
+        Some(n) => n.0 as usize,
+    };
+    if let Some(g) = group {
+        for (j, t) in g.targets.iter().enumerate() {
+            if let Some(id) = t.server_id.filter(|&id| id > lb.max_server_id()) {
+                return Err((
+                    format!("{key}.server_id_length"),
+                    format!(
+                        "target {} (targets[{j}]) of group `{}` has server_id {id}, which does \
+                         not fit {server_id_len} octet(s) (at most {})",
+                        t.address,
+                        g.name,
+                        lb.max_server_id()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(QuicRouting {
+        lb,
+        algorithm,
+        key: quic_key,
+        connection_id_length,
+    })
+}
+
+/// A key written as 32 hex digits (spaces and a `0x` ignored).
+fn parse_key(text: &str) -> Result<[u8; 16], String> {
+    let digits: String = text
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let bad = || "the key is 16 octets written as 32 hex digits".to_string();
+    if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(key)
+}

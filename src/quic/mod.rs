@@ -1,0 +1,109 @@
+//! QUIC as a load balancer sees it: the invariant header fields that carry a destination
+//! connection ID (RFC 8999), and QUIC-LB connection IDs that name their server ([`lb`]).
+// The data path: nothing reachable from network input may panic (the no-panic block of
+// lib.rs's "Lint policy"; integration/layers.rs keeps it identical). Unit tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod lb;
+
+/// QUIC version 1 (RFC 9000).
+pub const VERSION_1: u32 = 1;
+/// QUIC version 2 (RFC 9369): the long header packet types are numbered differently.
+pub const VERSION_2: u32 = 0x6b33_43cf;
+
+/// What kind of packet a datagram starts with, as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A long header Initial or 0-RTT packet of QUIC v1 or v2: its destination connection
+    /// ID may be the client's own choice (the first flight), so it names no server.
+    ClientChosen,
+    /// Any other long header packet (Handshake, Retry, a version Ballast does not know).
+    OtherLong,
+    /// A short header (1-RTT) packet.
+    Short,
+}
+
+/// The routing-relevant part of a QUIC packet's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The kind of packet.
+    pub kind: Kind,
+    /// Its destination connection ID.
+    pub dcid: &'a [u8],
+}
+
+/// The header of the first packet in `datagram` (RFC 8999's invariants; RFC 9000 §17.2 and
+/// RFC 9369 §3.2 for the packet types), where short headers carry a destination connection
+/// ID of `short_dcid_len` octets. `None` for what cannot be QUIC: empty, truncated, a long
+/// header whose connection ID is over 255 octets' room, or version negotiation (version 0,
+/// which only servers send).
+pub fn header(datagram: &[u8], short_dcid_len: usize) -> Option<Header<'_>> {
+    let (&first, rest) = datagram.split_first()?;
+    if first & 0x80 == 0 {
+        return Some(Header {
+            kind: Kind::Short,
+            dcid: rest.get(..short_dcid_len)?,
+        });
+    }
+    let version = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let len = usize::from(*rest.get(4)?);
+    let dcid = rest.get(5..5 + len)?;
+    let packet_type = (first >> 4) & 0x03;
+    let kind = match (version, packet_type) {
+        (0, _) => return None,
+        (VERSION_1, 0 | 1) | (VERSION_2, 1 | 2) => Kind::ClientChosen,
+        _ => Kind::OtherLong,
+    };
+    Some(Header { kind, dcid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_each_kind() {
+        // v1 Initial: 0xc0 | type 0, version 1, DCID of 8, SCID of 0.
+        let mut initial = vec![0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        let h = header(&initial, 8).unwrap();
+        assert_eq!(
+            (h.kind, h.dcid),
+            (Kind::ClientChosen, &[1, 2, 3, 4, 5, 6, 7, 8][..])
+        );
+        initial[0] = 0xd0; // 0-RTT
+        assert_eq!(header(&initial, 8).unwrap().kind, Kind::ClientChosen);
+        initial[0] = 0xe0; // Handshake
+        assert_eq!(header(&initial, 8).unwrap().kind, Kind::OtherLong);
+        // v2: Initial is type 1, Handshake type 3.
+        initial[1..5].copy_from_slice(&VERSION_2.to_be_bytes());
+        initial[0] = 0xd0;
+        assert_eq!(header(&initial, 8).unwrap().kind, Kind::ClientChosen);
+        initial[0] = 0xf0;
+        assert_eq!(header(&initial, 8).unwrap().kind, Kind::OtherLong);
+        // A version Ballast does not know: its types mean nothing.
+        initial[1..5].copy_from_slice(&0xff00_001d_u32.to_be_bytes());
+        initial[0] = 0xc0;
+        assert_eq!(header(&initial, 8).unwrap().kind, Kind::OtherLong);
+        // Version negotiation, truncated headers.
+        initial[1..5].copy_from_slice(&[0; 4]);
+        assert_eq!(header(&initial, 8), None);
+        assert_eq!(header(&[0xc0, 0, 0, 0, 1, 9, 1, 2], 8), None);
+        assert_eq!(header(&[], 8), None);
+        // Short header: the DCID length is the configuration's.
+        let short = [0x40, 9, 8, 7, 6, 5, 4, 3, 2, 0xaa];
+        let h = header(&short, 8).unwrap();
+        assert_eq!((h.kind, h.dcid), (Kind::Short, &short[1..9]));
+        assert_eq!(header(&short[..5], 8), None);
+    }
+}

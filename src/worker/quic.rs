@@ -1,0 +1,160 @@
+//! The worker's side of `quic:` listeners: each datagram of a flow is routed by its QUIC
+//! destination connection ID before it goes up a session.
+//!
+//! The order (draft-ietf-quic-load-balancers-19 §3.2, with the sessions as the 4-tuple table):
+//! - A short header (1-RTT) packet whose connection ID carries a server ID of the group goes to
+//!   that target, whatever address it comes from: a client that moved (a new Wi-Fi, a NAT
+//!   rebinding) gets a new session to the same server, which sees a new path of the same
+//!   connection and answers on it.
+//! - A long header packet of a flow that has a session follows it: the handshake stays where
+//!   it began (clients do not migrate before the handshake is confirmed, RFC 9000 §9).
+//! - A long header packet without a session goes by its connection ID's server when that is a
+//!   target in service (a client reconnecting to a server it knows, or a flow whose session
+//!   expired); else an Initial or 0-RTT packet, whose connection ID the client chose, is
+//!   balanced by the group's algorithm on that ID (so a retransmitted Initial from another
+//!   address, or to another Ballast node, meets the same target under `maglev`).
+//! - Anything else (not QUIC, another configuration's IDs, an unknown server ID) is routed by
+//!   its 5-tuple, as any UDP flow: the fallback, counted.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use super::udp::Choice;
+use super::Worker;
+use crate::config::QuicRouting;
+use crate::quic::{header, Kind};
+use crate::udp::batch::Batch;
+
+/// What became of a flow's datagrams on a `quic:` listener, counted per `recvmmsg` batch and
+/// added to the listener's counters once.
+#[derive(Debug, Default)]
+pub(super) struct QuicCounts {
+    /// Routed by the server ID in their connection ID.
+    pub by_connection_id: u64,
+    /// Initial or 0-RTT packets of new flows balanced on their connection ID.
+    pub balanced: u64,
+    /// Routed by 5-tuple: not QUIC, or a connection ID no server of the group issued.
+    pub fallback: u64,
+    /// Of the fallback: a connection ID of this configuration naming no target of the group.
+    pub unknown_server_id: u64,
+    /// Short header packets that arrived from an address with no session: a migrated or
+    /// rebound client (or one whose session expired), taken to its server.
+    pub migrations: u64,
+}
+
+impl Worker {
+    /// Sends datagrams `range` of `batch` (one flow: `client` to `local` on listener `i`) up
+    /// the sessions their connection IDs route to, consecutive datagrams of one session in
+    /// one `sendmmsg`.
+    pub(super) fn route_quic(
+        &mut self,
+        i: usize,
+        quic: &QuicRouting,
+        batch: &mut Batch,
+        range: Range<usize>,
+        counts: &mut QuicCounts,
+    ) {
+        let (Some(client), local) = (batch.source(range.start), batch.local(range.start)) else {
+            return;
+        };
+        let g = self.generation.listeners[i].config.target_group;
+        let mut run: Option<(usize, Range<usize>)> = None;
+        for j in range.clone() {
+            let choice = self.quic_choice(i, g, quic, batch.payload(j), client, local, counts);
+            let key = match self.session_for(i, client, local, choice) {
+                Ok(key) => key,
+                Err(why) => {
+                    if let Some((key, r)) = run.take() {
+                        self.send_up(key, batch, r);
+                    }
+                    match why {
+                        Some(why) => self.generation.listeners[i].refuse_many(why, 1),
+                        None => self.count_drops(i, 1, "no session"),
+                    }
+                    continue;
+                }
+            };
+            run = match run.take() {
+                Some((k, r)) if k == key => Some((k, r.start..j + 1)),
+                Some((k, r)) => {
+                    self.send_up(k, batch, r);
+                    Some((key, j..j + 1))
+                }
+                None => Some((key, j..j + 1)),
+            };
+        }
+        if let Some((key, r)) = run {
+            self.send_up(key, batch, r);
+        }
+    }
+
+    /// Where one datagram (`payload`, from `client` to `local` on listener `i` of group `g`)
+    /// goes, by the order in this module's documentation.
+    #[allow(clippy::too_many_arguments)]
+    fn quic_choice(
+        &self,
+        i: usize,
+        g: usize,
+        quic: &QuicRouting,
+        payload: &[u8],
+        client: std::net::SocketAddr,
+        local: Option<std::net::IpAddr>,
+        counts: &mut QuicCounts,
+    ) -> Choice {
+        let Some(h) = header(payload, quic.connection_id_length) else {
+            counts.fallback += 1;
+            return Choice::Pick(None);
+        };
+        let group = &self.generation.groups[g];
+        let decoded = quic.lb.decode(h.dcid);
+        let server = decoded.and_then(|id| group.by_server_id(id));
+        if decoded.is_some() && server.is_none() {
+            counts.unknown_server_id += 1;
+        }
+        let has_session = || self.sessions.find(&self.flow(i, client, local)).is_some();
+        match (h.kind, server) {
+            (Kind::Short, Some(t)) => {
+                counts.by_connection_id += 1;
+                if !has_session() {
+                    counts.migrations += 1;
+                }
+                Choice::Target(t)
+            }
+            (Kind::ClientChosen | Kind::OtherLong, _) if has_session() => {
+                counts.by_connection_id += u64::from(server.is_some());
+                counts.fallback += u64::from(server.is_none());
+                Choice::Pick(None)
+            }
+            (Kind::ClientChosen | Kind::OtherLong, Some(t))
+                if group.targets[t].in_service() || h.kind == Kind::OtherLong =>
+            {
+                counts.by_connection_id += 1;
+                Choice::Target(t)
+            }
+            (Kind::ClientChosen, _) => {
+                counts.balanced += 1;
+                Choice::Pick(Some(crate::hash::fnv1a(h.dcid, 0)))
+            }
+            (Kind::Short | Kind::OtherLong, _) => {
+                counts.fallback += 1;
+                Choice::Pick(None)
+            }
+        }
+    }
+
+    /// Adds `counts` to listener `i`'s QUIC counters.
+    pub(super) fn add_quic_counts(&self, i: usize, counts: &QuicCounts) {
+        let stats = &self.generation.listeners[i].quic;
+        for (counter, n) in [
+            (&stats.by_connection_id, counts.by_connection_id),
+            (&stats.balanced, counts.balanced),
+            (&stats.fallback, counts.fallback),
+            (&stats.unknown_server_id, counts.unknown_server_id),
+            (&stats.migrations, counts.migrations),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
