@@ -66,15 +66,15 @@ pub struct ListenerStats {
     /// `postgres:`: cancel requests whose key no open connection holds (closed, as the
     /// server would).
     pub cancels_unknown: AtomicU64,
-    /// `quic:`: how datagrams were routed.
-    pub quic: QuicStats,
+    /// `quic:` and `token:`: how datagrams were routed.
+    pub routed: RouteStats,
 }
 
-/// A `quic:` listener's datagrams, by how they were routed (each counted once, but
+/// A routing listener's datagrams, by how they were routed (each counted once, but
 /// `unknown_server_id`, a part of `fallback`, and `migrations`, a part of
 /// `by_connection_id`).
 #[derive(Debug, Default)]
-pub struct QuicStats {
+pub struct RouteStats {
     /// To the target whose server ID their connection ID carries.
     pub by_connection_id: AtomicU64,
     /// Initial and 0-RTT packets of new flows, balanced on their connection ID.
@@ -85,6 +85,10 @@ pub struct QuicStats {
     pub unknown_server_id: AtomicU64,
     /// Short header packets from an address without a session: a client that moved.
     pub migrations: AtomicU64,
+    /// `token:`: to the target listing their token.
+    pub by_token: AtomicU64,
+    /// `token:`: dropped, no target lists their token.
+    pub unknown_token: AtomicU64,
 }
 
 /// Why a client's TLS handshake failed (counted per listener in `/metrics` as

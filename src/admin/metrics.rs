@@ -148,7 +148,7 @@ pub(crate) fn encode(
     register_threads(&mut registry, restarts);
     register_listeners(&mut registry, generation);
     register_postgres(&mut registry, generation);
-    register_quic(&mut registry, generation);
+    register_routed(&mut registry, generation);
     register_queues(&mut registry, generation);
     register_agents(&mut registry, generation);
     register_tls(&mut registry, generation);
@@ -354,16 +354,27 @@ fn register_postgres(registry: &mut Registry, generation: &Generation) {
 }
 
 /// Per `quic:` listener: datagrams by how they were routed, and of those the unknown server
-/// IDs and the migrations.
-fn register_quic(registry: &mut Registry, generation: &Generation) {
+/// IDs and the migrations; per `token:` listener, datagrams routed and dropped (unknown).
+fn register_routed(registry: &mut Registry, generation: &Generation) {
     let routed = Family::<QuicRouteLabels, Counter>::default();
     let unknown = Family::<ListenerLabels, Counter>::default();
     let migrations = Family::<ListenerLabels, Counter>::default();
+    let tokens = Family::<QuicRouteLabels, Counter>::default();
     for l in generation.listeners.iter().filter(|l| !l.removed) {
+        let q = &l.routed;
+        if l.config.token.is_some() {
+            for (route, n) in [("routed", &q.by_token), ("unknown", &q.unknown_token)] {
+                tokens
+                    .get_or_create(&QuicRouteLabels {
+                        listener: l.config.name.clone(),
+                        route,
+                    })
+                    .inc_by(n.load(Ordering::Relaxed));
+            }
+        }
         if l.config.quic.is_none() {
             continue;
         }
-        let q = &l.quic;
         for (route, n) in [
             ("connection_id", &q.by_connection_id),
             ("balanced", &q.balanced),
@@ -398,6 +409,12 @@ fn register_quic(registry: &mut Registry, generation: &Generation) {
         "listener_quic_unknown_server_id",
         "QUIC datagrams whose connection ID names no target of the group (routed by 5-tuple)",
         unknown,
+    );
+    registry.register(
+        "listener_token_datagrams",
+        "Datagrams of token listeners: routed (to the target listing their token) or unknown \
+         (no target lists it: dropped)",
+        tokens,
     );
     registry.register(
         "listener_quic_migrations",

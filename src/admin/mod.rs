@@ -46,6 +46,10 @@
 //! - `POST /target-groups/{group}/targets/{address}/weight` with `{"weight": N}` (1 to
 //!   10,000): the target's weight, the group's algorithm rebuilt with it; open connections
 //!   keep their targets.
+//! - `POST /target-groups/{group}/targets/{address}/tokens` with `{"add": ["t0k3n"],
+//!   "remove": [...]}` (each optional; a token as text or `base64:…`): the tokens a `token:`
+//!   listener routes to the target; 409 for a token another target holds, 400 for one of
+//!   another size than a listener reads. Answers the target's tokens.
 //! - `DELETE /connections/{id}` (`id` as `GET /connections` lists it, `WORKER.N`): ends that
 //!   TCP connection (both sides reset) or UDP session; 404 when it has ended already.
 //! - `POST /reload`: re-read the configuration file (as SIGHUP); 400 with the message when it
@@ -410,6 +414,7 @@ struct NewTarget {
     backup: Option<bool>,
     max_connections: Option<u64>,
     server_id: Option<u64>,
+    tokens: Option<Vec<String>>,
 }
 
 impl NewTarget {
@@ -428,7 +433,50 @@ impl NewTarget {
             backup: t.backup.unwrap_or(false),
             max_connections: t.max_connections,
             server_id: t.server_id,
+            tokens: t
+                .tokens
+                .iter()
+                .flatten()
+                .map(|text| crate::config::parse_token(text))
+                .collect::<Result<_, _>>()?,
         })
+    }
+}
+
+/// Tokens, as octets.
+type Tokens = Vec<Box<[u8]>>;
+
+/// The body of `POST …/tokens`: `{"add": [...], "remove": [...]}` (either optional), each
+/// token as text or `base64:…`.
+fn parse_tokens(body: &str) -> Result<(Tokens, Tokens), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        add: Option<Vec<String>>,
+        remove: Option<Vec<String>>,
+    }
+    let c: Change = serde_json::from_str(body).map_err(|e| {
+        format!("expected {{\"add\": [\"token\", …], \"remove\": [\"token\", …]}}: {e}")
+    })?;
+    let parse = |list: Option<Vec<String>>| -> Result<Tokens, String> {
+        list.into_iter()
+            .flatten()
+            .map(|t| crate::config::parse_token(&t))
+            .collect()
+    };
+    Ok((parse(c.add)?, parse(c.remove)?))
+}
+
+/// A token as the API shows it: its text when printable ASCII, else `base64:…`.
+fn show_token(token: &[u8]) -> String {
+    use base64::Engine;
+    if token.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && !token.starts_with(b"base64:") {
+        String::from_utf8_lossy(token).into_owned()
+    } else {
+        format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(token)
+        )
     }
 }
 
@@ -512,6 +560,33 @@ fn target_request(
                 Err(e) => error(e.status(), &e.to_string()),
             }
         }
+        (&Method::POST, ["target-groups", group, "targets", address, "tokens"]) => {
+            let (add, remove) = match body.and_then(|b| parse_tokens(&b)) {
+                Ok(change) => change,
+                Err(message) => return error(400, &message),
+            };
+            let address = match resolve(address) {
+                Ok(a) => a,
+                Err(message) => return error(400, &message),
+            };
+            match control.change_tokens(group, address, add, &remove) {
+                Ok((g, _)) => {
+                    let generation = control.generation();
+                    let tokens: Vec<String> = generation.groups[g]
+                        .config
+                        .targets
+                        .iter()
+                        .find(|t| t.address == address)
+                        .map(|t| t.tokens.iter().map(|k| show_token(k)).collect())
+                        .unwrap_or_default();
+                    json_response(
+                        200,
+                        json!({"address": address.to_string(), "tokens": tokens}),
+                    )
+                }
+                Err(e) => error(e.status(), &e.to_string()),
+            }
+        }
         (&Method::POST, ["target-groups", group, "targets", address, action]) => {
             let state = match *action {
                 "drain" => AdminState::Draining,
@@ -559,6 +634,7 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
         // What the algorithms use: the weight, or with agent_check weight × the agent's
         // percentage (hundredths).
         "effective_weight": t.weight,
+        "server_id": t.server_id,
         "backup": t.backup,
         "health": if t.is_healthy() { "healthy" } else { "unhealthy" },
         "admin_state": t.admin_state().to_string(),

@@ -47,7 +47,10 @@ pub use postgres::{
     NamePattern, PostgresRoute, PostgresRouting, WithoutRoute, DEFAULT_STARTUP_TIMEOUT,
 };
 pub use problem::Problem;
-pub use quic::{QuicAlgorithm, QuicKey, QuicRouting, DEFAULT_NONCE_LENGTH};
+pub use quic::{
+    parse_token, QuicAlgorithm, QuicKey, QuicRouting, TokenCapture, TokenRouting,
+    DEFAULT_NONCE_LENGTH,
+};
 pub(crate) use tls::reload_tls;
 pub use udp::{
     OnUnhealthy, UdpSettings, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -337,6 +340,8 @@ pub struct ListenerConfig {
     pub postgres: Option<PostgresRouting>,
     /// `quic:` (UDP): packets go to the target whose server ID their connection ID carries.
     pub quic: Option<QuicRouting>,
+    /// `token:` (UDP): datagrams go to the target listing their token.
+    pub token: Option<TokenRouting>,
     /// Index into [`Config::target_groups`].
     pub target_group: usize,
     /// Most open client connections across all workers; `None` is unlimited.
@@ -703,6 +708,8 @@ pub struct TargetConfig {
     pub max_connections: Option<u64>,
     /// The QUIC-LB server ID its QUIC server encodes in its connection IDs (`quic:`).
     pub server_id: Option<u64>,
+    /// The tokens whose datagrams go to this target (`token:` listeners), as octets.
+    pub tokens: Vec<Box<[u8]>>,
 }
 
 impl TargetConfig {
@@ -715,6 +722,7 @@ impl TargetConfig {
             backup: false,
             max_connections: None,
             server_id: None,
+            tokens: Vec::new(),
         }
     }
 }

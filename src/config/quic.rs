@@ -53,3 +53,60 @@ impl PartialEq for QuicRouting {
             && self.lb.params() == other.lb.params()
     }
 }
+
+/// `capture:` of `token:`: where a datagram carries its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenCapture {
+    /// The datagram's first `size` octets.
+    Prefix,
+    /// Its last `size` octets.
+    Suffix,
+}
+
+/// A listener's token routing (Quilkin's TokenRouter model), as validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRouting {
+    /// Where the token is.
+    pub capture: TokenCapture,
+    /// Its length, octets.
+    pub size: usize,
+    /// Whether it is removed before the datagram goes up.
+    pub strip: bool,
+}
+
+impl TokenRouting {
+    /// The token of `datagram`, `None` when it is shorter than a token.
+    pub fn token<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
+        match self.capture {
+            TokenCapture::Prefix => datagram.get(..self.size),
+            TokenCapture::Suffix => datagram.get(datagram.len().checked_sub(self.size)?..),
+        }
+    }
+
+    /// What to cut from a datagram's front and back to strip its token (nothing without
+    /// `strip`).
+    pub fn cut(&self) -> (usize, usize) {
+        match (self.strip, self.capture) {
+            (false, _) => (0, 0),
+            (true, TokenCapture::Prefix) => (self.size, 0),
+            (true, TokenCapture::Suffix) => (0, self.size),
+        }
+    }
+}
+
+/// A token as written in the file or the API: its text's octets, or after `base64:` the
+/// octets it encodes.
+///
+/// # Errors
+/// A message when the base64 is not valid.
+pub fn parse_token(text: &str) -> Result<Box<[u8]>, String> {
+    use base64::Engine;
+    match text.strip_prefix("base64:") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Vec::into_boxed_slice)
+            .map_err(|e| format!("token `{text}`: bad base64: {e}")),
+        None => Ok(text.as_bytes().into()),
+    }
+}

@@ -107,27 +107,7 @@ impl Control {
         if target.weight != 1 {
             weights_count(g)?;
         }
-        if let Some(id) = target.server_id {
-            if let Some(t) = g.targets.iter().find(|t| t.server_id == Some(id)) {
-                return Err(ChangeError::Conflict(format!(
-                    "target {} of group `{group}` has server_id {id} already",
-                    t.address
-                )));
-            }
-            let name = g.name.clone();
-            for l in config.listeners.iter().filter(|l| {
-                config.target_groups.get(l.target_group).map(|g| &g.name) == Some(&name)
-            }) {
-                if let Some(q) = l.quic.as_ref().filter(|q| id > q.lb.max_server_id()) {
-                    return Err(ChangeError::Invalid(format!(
-                        "server_id {id} does not fit listener `{}`'s server_id_length (at \
-                         most {})",
-                        l.name,
-                        q.lb.max_server_id()
-                    )));
-                }
-            }
-        }
+        routing_ids_fit(&config, group, &target, None)?;
         let g = group_config(&mut config, group)?;
         g.targets.push(target);
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
@@ -208,6 +188,54 @@ impl Control {
             config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
             self.apply_locked(config)?;
             log::info!("target group {group}: {address}: weight {before} -> {weight} (admin API)");
+        }
+        let generation = self.generation();
+        let (gi, g) = generation
+            .group(group)
+            .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?;
+        let (ti, _) = g.target(address).ok_or_else(|| no_target(group, address))?;
+        Ok((gi, ti))
+    }
+
+    /// Adds tokens `add` to and removes `remove` from target `address` of group `group`
+    /// (`token:` listeners route datagrams carrying them): a new generation, so a token a
+    /// matchmaker adds is routed within one. It lasts until the next reload, which applies
+    /// the file's tokens. Returns the new generation's `(group index, target index)`.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for an unknown group or target; [`ChangeError::Conflict`]
+    /// for a token another target holds; [`ChangeError::Invalid`] for one of a size a
+    /// listener of the group does not read.
+    pub fn change_tokens(
+        &self,
+        group: &str,
+        address: SocketAddr,
+        add: Vec<Box<[u8]>>,
+        remove: &[Box<[u8]>],
+    ) -> Result<(usize, usize), ChangeError> {
+        let _guard = self.locked();
+        let mut config = self.generation().config.clone();
+        let g = group_config(&mut config, group)?;
+        let t = g
+            .targets
+            .iter_mut()
+            .find(|t| t.address == address)
+            .ok_or_else(|| no_target(group, address))?;
+        let before = t.tokens.clone();
+        t.tokens.retain(|k| !remove.contains(k));
+        for k in add {
+            if !t.tokens.contains(&k) {
+                t.tokens.push(k);
+            }
+        }
+        if t.tokens != before {
+            let changed = t.clone();
+            routing_ids_fit(&config, group, &changed, Some(address))?;
+            self.apply_locked(config)?;
+            log::info!(
+                "target group {group}: {address}: {} token(s) now (admin API)",
+                changed.tokens.len()
+            );
         }
         let generation = self.generation();
         let (gi, g) = generation
@@ -343,6 +371,72 @@ fn group_config<'c>(
         .iter_mut()
         .find(|g| g.name == group)
         .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))
+}
+
+/// Whether `target`'s QUIC server ID and tokens can join group `group` (`except` being the
+/// target it replaces, if any): not another target's, and fitting every listener of the
+/// group (`quic.server_id_length`, `token.size`).
+///
+/// # Errors
+/// [`ChangeError::Conflict`] for a server ID or token another target holds,
+/// [`ChangeError::Invalid`] for one a listener cannot carry.
+fn routing_ids_fit(
+    config: &Config,
+    group: &str,
+    target: &TargetConfig,
+    except: Option<SocketAddr>,
+) -> Result<(), ChangeError> {
+    let Some((gi, g)) = config
+        .target_groups
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.name == group)
+    else {
+        return Err(ChangeError::NotFound(format!(
+            "unknown target group `{group}`"
+        )));
+    };
+    let others = || g.targets.iter().filter(|t| Some(t.address) != except);
+    if let Some(id) = target.server_id {
+        if let Some(t) = others().find(|t| t.server_id == Some(id)) {
+            return Err(ChangeError::Conflict(format!(
+                "target {} of group `{group}` has server_id {id} already",
+                t.address
+            )));
+        }
+    }
+    for token in &target.tokens {
+        if let Some(t) = others().find(|t| t.tokens.contains(token)) {
+            return Err(ChangeError::Conflict(format!(
+                "target {} of group `{group}` has token `{}` already",
+                t.address,
+                String::from_utf8_lossy(token).escape_debug()
+            )));
+        }
+    }
+    for l in config.listeners.iter().filter(|l| l.target_group == gi) {
+        if let (Some(q), Some(id)) = (&l.quic, target.server_id) {
+            if id > q.lb.max_server_id() {
+                return Err(ChangeError::Invalid(format!(
+                    "server_id {id} does not fit listener `{}`'s server_id_length (at most {})",
+                    l.name,
+                    q.lb.max_server_id()
+                )));
+            }
+        }
+        if let Some(k) = &l.token {
+            if let Some(bad) = target.tokens.iter().find(|t| t.len() != k.size) {
+                return Err(ChangeError::Invalid(format!(
+                    "token `{}` is {} octet(s); listener `{}` reads tokens of {}",
+                    String::from_utf8_lossy(bad).escape_debug(),
+                    bad.len(),
+                    l.name,
+                    k.size
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn no_target(group: &str, address: SocketAddr) -> ChangeError {

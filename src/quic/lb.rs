@@ -148,7 +148,11 @@ impl LbConfig {
             .get(..self.nonce_len)
             .ok_or_else(|| format!("a nonce of {} octets is needed", self.nonce_len))?;
         let octets = server_id.to_be_bytes();
-        let mut plain: Vec<u8> = octets.iter().skip(8 - self.server_id_len).copied().collect();
+        let mut plain: Vec<u8> = octets
+            .iter()
+            .skip(8 - self.server_id_len)
+            .copied()
+            .collect();
         plain.extend_from_slice(nonce);
         let body = match &self.cipher {
             None => plain,

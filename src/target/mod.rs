@@ -411,6 +411,8 @@ pub struct TargetGroup {
     table_builder: Option<TableBuilder>,
     /// Targets by QUIC-LB server ID (removed targets left out).
     server_ids: std::collections::HashMap<u64, usize>,
+    /// Targets by token (`token:` listeners; removed targets left out).
+    tokens: std::collections::HashMap<Box<[u8]>, usize>,
     /// The target being taken out (turning unhealthy or ejected), `usize::MAX` for none: it
     /// counts as unavailable while the table is rebuilt without it, before its own flag
     /// flips, so no worker finds it gone while the table still names it (one client's
@@ -467,6 +469,7 @@ impl TargetGroup {
             removed,
             table_builder: tables(config),
             server_ids: std::collections::HashMap::new(),
+            tokens: std::collections::HashMap::new(),
         };
         group.server_ids = group
             .targets
@@ -475,6 +478,19 @@ impl TargetGroup {
             .filter(|(_, t)| t.admin_state() != AdminState::Removed)
             .filter_map(|(i, t)| Some((t.server_id?, i)))
             .collect();
+        let index = |address| {
+            group
+                .targets
+                .iter()
+                .position(|t| t.address == address && t.admin_state() != AdminState::Removed)
+        };
+        let tokens = config
+            .targets
+            .iter()
+            .filter_map(|t| Some((index(t.address)?, &t.tokens)))
+            .flat_map(|(i, tokens)| tokens.iter().map(move |k| (k.clone(), i)))
+            .collect();
+        group.tokens = tokens;
         group.table = group.build_table().map(ArcSwap::from_pointee);
         group
     }
@@ -631,6 +647,11 @@ impl TargetGroup {
             self.eligibility_changed();
         }
         changed
+    }
+
+    /// The target listing `token`, unless it was removed.
+    pub fn by_token(&self, token: &[u8]) -> Option<usize> {
+        self.tokens.get(token).copied()
     }
 
     /// The target whose QUIC-LB server ID is `id`, unless it was removed.

@@ -198,6 +198,25 @@ impl Batch {
         self.data.get(i * SLOT..i * SLOT + len).unwrap_or(&[])
     }
 
+    /// Cuts `front` octets from the start and `back` from the end of received datagram `i`
+    /// (a routing token), in place; nothing when it is shorter than both.
+    pub(crate) fn trim(&mut self, i: usize, front: usize, back: usize) {
+        let Some(len) = self.lens.get(i).copied().map(|l| l.min(SLOT)) else {
+            return;
+        };
+        let Some(kept) = len.checked_sub(front + back) else {
+            return;
+        };
+        let start = i * SLOT;
+        if front > 0 {
+            self.data
+                .copy_within(start + front..start + front + kept, start);
+        }
+        if let Some(l) = self.lens.get_mut(i) {
+            *l = kept;
+        }
+    }
+
     /// The source address of received datagram `i`.
     pub(crate) fn source(&self, i: usize) -> Option<SocketAddr> {
         let (name, len) = (self.names.get(i)?, self.name_lens.get(i)?);

@@ -39,7 +39,7 @@
 
 mod connect;
 mod listen;
-mod quic;
+mod routed;
 mod tcp;
 mod udp;
 

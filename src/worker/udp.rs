@@ -66,7 +66,8 @@ impl Worker {
             return;
         };
         let quic = self.generation.listeners[i].config.quic.clone();
-        let mut counts = super::quic::QuicCounts::default();
+        let token = self.generation.listeners[i].config.token;
+        let mut counts = super::routed::RouteCounts::default();
         let mut drained = false;
         for _ in 0..RECV_ROUNDS {
             let n = match batch.recv(fd, vlen, wildcard) {
@@ -92,6 +93,8 @@ impl Worker {
                     self.generation.listeners[i].refuse_many(Refusal::Denied, end - start);
                 } else if let Some(q) = &quic {
                     self.route_quic(i, q, &mut batch, start..end, &mut counts);
+                } else if let Some(t) = token {
+                    self.route_tokens(i, t, &mut batch, start..end, &mut counts);
                 } else {
                     match flow
                         .0
@@ -112,8 +115,8 @@ impl Worker {
             }
         }
         self.batch = Some(batch);
-        if quic.is_some() {
-            self.add_quic_counts(i, &counts);
+        if quic.is_some() || token.is_some() {
+            self.add_route_counts(i, &counts);
         }
         if !drained {
             self.ready.push_back(Ready::Listener(i));

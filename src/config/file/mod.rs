@@ -168,6 +168,22 @@ pub struct FileListener {
     /// Optional, udp only: QUIC connection-ID routing (QUIC-LB, below): a packet goes to the
     /// target whose `server_id` its connection ID carries, from whatever address it comes.
     pub quic: Option<FileQuic>,
+    /// Optional, udp only: token routing (Quilkin's model, below): each datagram carries a
+    /// token naming its target; unknown tokens are dropped.
+    pub token: Option<FileToken>,
+}
+
+/// `token:` of a UDP listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileToken {
+    /// Where each datagram carries its token: prefix (its first `size` octets) | suffix
+    /// (its last).
+    pub capture: crate::config::TokenCapture,
+    /// The token's length in octets (1 to 64); every target's tokens have it.
+    pub size: Bounded<1, 64>,
+    /// Optional, default true: the token is removed before the datagram goes to the target.
+    pub strip: Option<bool>,
 }
 
 /// `quic:` of a UDP listener (draft-ietf-quic-load-balancers-19).
@@ -579,4 +595,7 @@ pub struct FileTarget {
     /// Optional, with a `quic:` listener: the server ID this target's QUIC server encodes in
     /// its connection IDs (unique in the group; fits the listener's server_id_length).
     pub server_id: Option<u64>,
+    /// Optional, with a `token:` listener: the tokens whose datagrams go to this target
+    /// (each `size` octets: text, or `base64:` and the octets encoded), unique in the group.
+    pub tokens: Option<Vec<String>>,
 }

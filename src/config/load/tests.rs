@@ -317,3 +317,84 @@ fn advice_names_settings_that_change_nothing() {
     .unwrap();
     assert_eq!(crate::config::advice(&c), Vec::<String>::new());
 }
+
+/// `quic:` mistakes, each at its key: a TCP listener, a key with plaintext or none with
+/// block_cipher, a key file others can read or that holds no key, lengths the draft refuses,
+/// server IDs too large or given twice.
+#[test]
+fn quic_mistakes_are_refused_at_their_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.display().to_string()
+    };
+    let good = write("good.key", "8f95f09245765f80256934e50c66207f\n", 0o600);
+    let open = write("open.key", "8f95f09245765f80256934e50c66207f\n", 0o644);
+    let short = write("short.key", "8f95f092", 0o600);
+    let udp = |quic: &str, targets: &str| {
+        format!(
+            "listeners:\n  - {{name: q, protocol: udp, bind: '127.0.0.1:4433', target_group: \
+             g, quic: {quic}}}\ntarget_groups:\n  - name: g\n    targets: [{targets}]\n"
+        )
+    };
+    let one = "{address: '127.0.0.1:4434', server_id: 1}";
+    let first = |text: &str| problems(text)[0].clone();
+    assert!(first(&ONE.replace(
+        "target_group: pg}",
+        "target_group: pg, quic: {server_id_length: 1}}"
+    ))
+    .contains("listeners[0].quic: QUIC routing applies to udp listeners only"));
+    assert!(first(&udp(
+        &format!("{{server_id_length: 1, key_file: '{good}'}}"),
+        one
+    ))
+    .contains("quic.key_file: a key goes with `algorithm: block_cipher`"));
+    assert!(
+        first(&udp("{server_id_length: 1, algorithm: block_cipher}", one))
+            .contains("needs a key_file")
+    );
+    assert!(first(&udp(
+        &format!("{{server_id_length: 1, algorithm: block_cipher, key_file: '{open}'}}"),
+        one
+    ))
+    .contains("can be read by group or others"));
+    assert!(first(&udp(
+        &format!("{{server_id_length: 1, algorithm: block_cipher, key_file: '{short}'}}"),
+        one
+    ))
+    .contains("32 hex digits"));
+    assert!(
+        first(&udp("{server_id_length: 8, nonce_length: 12}", one)).contains("at most 19 octets")
+    );
+    assert!(first(&udp("{server_id_length: 9}", one)).contains("quic.server_id_length"));
+    assert!(
+        first(&udp("{server_id_length: 1, config_rotation: 7}", one))
+            .contains("quic.config_rotation")
+    );
+    assert!(
+        first(&udp("{server_id_length: 1, connection_id_length: 5}", one))
+            .contains("connection_id_length")
+    );
+    assert!(first(&udp(
+        "{server_id_length: 1}",
+        "{address: '127.0.0.1:4434', server_id: 256}"
+    ))
+    .contains("server_id 256, which does not fit 1 octet(s) (at most 255)"));
+    assert!(first(&udp(
+        "{server_id_length: 1}",
+        "{address: '127.0.0.1:4434', server_id: 3}, {address: '127.0.0.1:4435', server_id: 3}"
+    ))
+    .contains("two targets have server_id 3"));
+    // And a good one: the key is read, never shown.
+    let c = parse(&udp(
+        &format!("{{server_id_length: 2, algorithm: block_cipher, key_file: '{good}'}}"),
+        one,
+    ))
+    .unwrap();
+    let q = c.listeners[0].quic.as_ref().unwrap();
+    assert_eq!(q.connection_id_length, 7);
+    assert!(!format!("{q:?}").contains("8f95"), "{q:?}");
+}

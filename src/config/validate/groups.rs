@@ -33,6 +33,21 @@ pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, Strin
             ));
         }
     }
+    let mut tokens: Vec<&[u8]> = group
+        .targets
+        .iter()
+        .flat_map(|t| t.tokens.iter().map(|k| &k[..]))
+        .collect();
+    tokens.sort_unstable();
+    if let Some(twice) = tokens.windows(2).find(|w| w[0] == w[1]) {
+        return Err((
+            "targets",
+            format!(
+                "token `{}` is listed twice: a token names one target",
+                String::from_utf8_lossy(twice[0]).escape_debug()
+            ),
+        ));
+    }
     let mut ids: Vec<u64> = group.targets.iter().filter_map(|t| t.server_id).collect();
     ids.sort_unstable();
     if let Some(twice) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -124,6 +139,13 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
             backup: t.backup.unwrap_or(false),
             max_connections: t.max_connections.map(|n| u64::from(n.get())),
             server_id: t.server_id,
+            tokens: t
+                .tokens
+                .iter()
+                .flatten()
+                .map(|text| parse_token(text))
+                .collect::<Result<_, _>>()
+                .map_err(|m| (format!("{key}.targets[{j}].tokens"), m))?,
         });
     }
     let check_sends = g.health_check.as_ref().and_then(|h| h.proxy_protocol);

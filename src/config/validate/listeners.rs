@@ -264,6 +264,16 @@ fn listener(
             base,
         )?),
     };
+    let token = match l.token {
+        None => None,
+        Some(t) => Some(super::quic::token(
+            &format!("{key}.token"),
+            t,
+            protocol,
+            quic.is_some(),
+            target_groups.get(target_group).and_then(Option::as_ref),
+        )?),
+    };
     let access = AccessRules {
         allow: l
             .allow
@@ -292,6 +302,7 @@ fn listener(
         tls,
         postgres,
         quic,
+        token,
         target_group,
         max_connections: l.max_connections.map(|n| n.get() as usize),
         connect_timeout: l.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::super::file::FileQuic;
+use super::super::file::{FileQuic, FileToken};
 use super::super::*;
 use super::Wrong;
 use crate::quic::lb::LbConfig;
@@ -97,6 +97,55 @@ pub(super) fn quic(
         algorithm,
         key: quic_key,
         connection_id_length,
+    })
+}
+
+/// The `token:` section at `key` (`listeners[i].token`) of a listener of `protocol` (with
+/// `quic:` too when `with_quic`) whose target group is `group` (`None` when it is wrong).
+///
+/// # Errors
+/// `(key, message)`: a TCP listener, `quic:` beside it, a target's token of another size.
+pub(super) fn token(
+    key: &str,
+    raw: FileToken,
+    protocol: Protocol,
+    with_quic: bool,
+    group: Option<&TargetGroupConfig>,
+) -> Result<TokenRouting, Wrong> {
+    if protocol != Protocol::Udp {
+        return Err((
+            key.to_string(),
+            "token routing applies to udp listeners only".into(),
+        ));
+    }
+    if with_quic {
+        return Err((
+            key.to_string(),
+            "a listener routes by `quic:` connection IDs or by `token:`, not both".into(),
+        ));
+    }
+    let size = raw.size.0 as usize;
+    if let Some(g) = group {
+        for (j, t) in g.targets.iter().enumerate() {
+            if let Some(bad) = t.tokens.iter().find(|k| k.len() != size) {
+                return Err((
+                    format!("{key}.size"),
+                    format!(
+                        "target {} (targets[{j}]) of group `{}` lists token `{}` of {} \
+                         octet(s); this listener's tokens are {size}",
+                        t.address,
+                        g.name,
+                        String::from_utf8_lossy(bad).escape_debug(),
+                        bad.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(TokenRouting {
+        capture: raw.capture,
+        size,
+        strip: raw.strip.unwrap_or(true),
     })
 }
 

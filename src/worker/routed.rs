@@ -1,7 +1,8 @@
-//! The worker's side of `quic:` listeners: each datagram of a flow is routed by its QUIC
-//! destination connection ID before it goes up a session.
+//! The worker's side of UDP listeners that route each datagram by what it carries: a QUIC
+//! connection ID (`quic:`) or a token (`token:`). Datagrams of one flow may go to different
+//! targets; consecutive ones to the same session go up in one `sendmmsg`.
 //!
-//! The order (draft-ietf-quic-load-balancers-19 §3.2, with the sessions as the 4-tuple table):
+//! **QUIC** (draft-ietf-quic-load-balancers-19 §3.2, with the sessions as the 4-tuple table):
 //! - A short header (1-RTT) packet whose connection ID carries a server ID of the group goes to
 //!   that target, whatever address it comes from: a client that moved (a new Wi-Fi, a NAT
 //!   rebinding) gets a new session to the same server, which sees a new path of the same
@@ -15,20 +16,25 @@
 //!   address, or to another Ballast node, meets the same target under `maglev`).
 //! - Anything else (not QUIC, another configuration's IDs, an unknown server ID) is routed by
 //!   its 5-tuple, as any UDP flow: the fallback, counted.
+//!
+//! **Tokens** (Quilkin's TokenRouter): a datagram goes to the target listing its token (a
+//! prefix or suffix of `size` octets), stripped first unless `strip: false`; a datagram with
+//! an unknown token, or too short to carry one, is dropped and counted, never sent to a guess.
+//! The flow's session carries the replies back, and moves when the client's token does.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use super::udp::Choice;
 use super::Worker;
-use crate::config::QuicRouting;
+use crate::config::{QuicRouting, TokenRouting};
 use crate::quic::{header, Kind};
 use crate::udp::batch::Batch;
 
-/// What became of a flow's datagrams on a `quic:` listener, counted per `recvmmsg` batch and
-/// added to the listener's counters once.
+/// What became of datagrams on a routing listener, counted per `recvmmsg` batch and added to
+/// the listener's counters once.
 #[derive(Debug, Default)]
-pub(super) struct QuicCounts {
+pub(super) struct RouteCounts {
     /// Routed by the server ID in their connection ID.
     pub by_connection_id: u64,
     /// Initial or 0-RTT packets of new flows balanced on their connection ID.
@@ -40,28 +46,33 @@ pub(super) struct QuicCounts {
     /// Short header packets that arrived from an address with no session: a migrated or
     /// rebound client (or one whose session expired), taken to its server.
     pub migrations: u64,
+    /// Routed by their token.
+    pub by_token: u64,
+    /// Dropped: no target lists their token (or too short to carry one).
+    pub unknown_token: u64,
 }
 
 impl Worker {
     /// Sends datagrams `range` of `batch` (one flow: `client` to `local` on listener `i`) up
-    /// the sessions their connection IDs route to, consecutive datagrams of one session in
-    /// one `sendmmsg`.
-    pub(super) fn route_quic(
+    /// the sessions `decide` routes each to (`None`: dropped, counted by `decide`),
+    /// consecutive datagrams of one session in one `sendmmsg`.
+    fn route_each(
         &mut self,
         i: usize,
-        quic: &QuicRouting,
         batch: &mut Batch,
         range: Range<usize>,
-        counts: &mut QuicCounts,
+        mut decide: impl FnMut(&Worker, &mut Batch, usize) -> Option<Choice>,
     ) {
         let (Some(client), local) = (batch.source(range.start), batch.local(range.start)) else {
             return;
         };
-        let g = self.generation.listeners[i].config.target_group;
         let mut run: Option<(usize, Range<usize>)> = None;
-        for j in range.clone() {
-            let choice = self.quic_choice(i, g, quic, batch.payload(j), client, local, counts);
-            let key = match self.session_for(i, client, local, choice) {
+        for j in range {
+            let key = match decide(self, batch, j) {
+                None => Err(None),
+                Some(choice) => self.session_for(i, client, local, choice),
+            };
+            let key = match key {
                 Ok(key) => key,
                 Err(why) => {
                     if let Some((key, r)) = run.take() {
@@ -69,7 +80,7 @@ impl Worker {
                     }
                     match why {
                         Some(why) => self.generation.listeners[i].refuse_many(why, 1),
-                        None => self.count_drops(i, 1, "no session"),
+                        None => self.count_drops(i, 1, "no session or no target"),
                     }
                     continue;
                 }
@@ -88,6 +99,51 @@ impl Worker {
         }
     }
 
+    /// Routes datagrams `range` of `batch` (one flow on listener `i`) by their QUIC
+    /// connection IDs.
+    pub(super) fn route_quic(
+        &mut self,
+        i: usize,
+        quic: &QuicRouting,
+        batch: &mut Batch,
+        range: Range<usize>,
+        counts: &mut RouteCounts,
+    ) {
+        let (Some(client), local) = (batch.source(range.start), batch.local(range.start)) else {
+            return;
+        };
+        let g = self.generation.listeners[i].config.target_group;
+        self.route_each(i, batch, range, |w, batch, j| {
+            Some(w.quic_choice(i, g, quic, batch.payload(j), client, local, counts))
+        });
+    }
+
+    /// Routes datagrams `range` of `batch` (one flow on listener `i`) by their tokens,
+    /// stripping them when asked.
+    pub(super) fn route_tokens(
+        &mut self,
+        i: usize,
+        token: TokenRouting,
+        batch: &mut Batch,
+        range: Range<usize>,
+        counts: &mut RouteCounts,
+    ) {
+        let g = self.generation.listeners[i].config.target_group;
+        let (front, back) = token.cut();
+        self.route_each(i, batch, range, |w, batch, j| {
+            let target = token
+                .token(batch.payload(j))
+                .and_then(|k| w.generation.groups[g].by_token(k));
+            let Some(t) = target else {
+                counts.unknown_token += 1;
+                return None;
+            };
+            counts.by_token += 1;
+            batch.trim(j, front, back);
+            Some(Choice::Target(t))
+        });
+    }
+
     /// Where one datagram (`payload`, from `client` to `local` on listener `i` of group `g`)
     /// goes, by the order in this module's documentation.
     #[allow(clippy::too_many_arguments)]
@@ -99,7 +155,7 @@ impl Worker {
         payload: &[u8],
         client: std::net::SocketAddr,
         local: Option<std::net::IpAddr>,
-        counts: &mut QuicCounts,
+        counts: &mut RouteCounts,
     ) -> Choice {
         let Some(h) = header(payload, quic.connection_id_length) else {
             counts.fallback += 1;
@@ -142,15 +198,17 @@ impl Worker {
         }
     }
 
-    /// Adds `counts` to listener `i`'s QUIC counters.
-    pub(super) fn add_quic_counts(&self, i: usize, counts: &QuicCounts) {
-        let stats = &self.generation.listeners[i].quic;
+    /// Adds `counts` to listener `i`'s routing counters.
+    pub(super) fn add_route_counts(&self, i: usize, counts: &RouteCounts) {
+        let stats = &self.generation.listeners[i].routed;
         for (counter, n) in [
             (&stats.by_connection_id, counts.by_connection_id),
             (&stats.balanced, counts.balanced),
             (&stats.fallback, counts.fallback),
             (&stats.unknown_server_id, counts.unknown_server_id),
             (&stats.migrations, counts.migrations),
+            (&stats.by_token, counts.by_token),
+            (&stats.unknown_token, counts.unknown_token),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);

@@ -1,0 +1,131 @@
+//! `token:` listeners (Quilkin's TokenRouter model): each datagram carries a token naming its
+//! target; Ballast strips it and sends the datagram there, whatever address it comes from.
+//! Unknown tokens are dropped and counted, never sent to a guess.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Target `i`'s token: 8 octets.
+fn token(i: usize) -> String {
+    format!("tok{i:05}")
+}
+
+/// One datagram to `to` from a fresh socket: the reply, or `None` within `wait`.
+fn ask(to: SocketAddr, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send_to(datagram, to).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+#[test]
+fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
+    let targets: Vec<UdpBackend> = (0..100)
+        .map(|i| UdpBackend::start(udp_tagged(i as u8)))
+        .collect();
+    let list: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{{address: '{}', tokens: ['{}']}}", t.addr, token(i)))
+        .collect();
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: t, protocol: udp, bind: '127.0.0.1:0', target_group: g, \
+         token: {{capture: prefix, size: 8}}}}\n  - {{name: s, protocol: udp, bind: \
+         '127.0.0.1:0', target_group: g, token: {{capture: suffix, size: 8, strip: false}}}}\n\
+         target_groups:\n  - name: g\n    \
+         health_check: {{protocol: udp, send: ping, expect: pong, interval: 60s, timeout: 1s}}\n    \
+         targets: [{}]\n",
+        list.join(", ")
+    ));
+    let (addr, admin) = (lb.addr("t"), lb.admin_addr());
+
+    // 1,000 clients, ten at a time: each reaches the target of its token, which sees the
+    // datagram without it.
+    std::thread::scope(|scope| {
+        for part in 0..10 {
+            scope.spawn(move || {
+                for c in (part * 100)..(part * 100 + 100) {
+                    let t = c % 100;
+                    let payload = format!("hello {c}");
+                    let reply = ask(addr, format!("{}{payload}", token(t)).as_bytes(), WAIT)
+                        .unwrap_or_else(|| panic!("client {c}: no reply"));
+                    assert_eq!(reply[0] as usize, t, "client {c}");
+                    assert_eq!(
+                        &reply[3..],
+                        payload.as_bytes(),
+                        "client {c}: token stripped"
+                    );
+                }
+            });
+        }
+    });
+
+    // The suffix listener, strip: false: the target sees the token at the end.
+    let reply = ask(lb.addr("s"), format!("ping!{}", token(42)).as_bytes(), WAIT).unwrap();
+    assert_eq!(reply[0], 42);
+    assert_eq!(&reply[3..], format!("ping!{}", token(42)).as_bytes());
+
+    // Unknown tokens, and datagrams too short for one: dropped, counted, delivered nowhere.
+    let received = || -> usize {
+        targets
+            .iter()
+            .map(|t| t.received.load(std::sync::atomic::Ordering::SeqCst))
+            .sum()
+    };
+    let before = received();
+    for bad in [&b"nobody00 hello"[..], b"tok0000", b"tok99999 x"] {
+        assert_eq!(ask(addr, bad, Duration::from_millis(200)), None);
+    }
+    let unknown = || {
+        labelled(
+            &scrape(admin).0,
+            "ballast_listener_token_datagrams_total",
+            &[("listener", "t"), ("route", "unknown")],
+        )
+    };
+    wait_until("3 unknown counted", || unknown() == Some(3.0));
+    assert_eq!(received(), before, "nothing delivered");
+    let routed = labelled(
+        &scrape(admin).0,
+        "ballast_listener_token_datagrams_total",
+        &[("listener", "t"), ("route", "routed")],
+    );
+    assert_eq!(routed, Some(1000.0));
+
+    // A matchmaker places a player: the token added through the API is routed within a
+    // second.
+    let path = format!("/target-groups/g/targets/{}/tokens", targets[7].addr);
+    let started = Instant::now();
+    let (status, body) = http(admin, "POST", &path, None, r#"{"add": ["player77"]}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("player77") && body.contains("tok00007"),
+        "{body}"
+    );
+    let reply = ask(addr, b"player77 joined", Duration::from_secs(1)).expect("routed");
+    assert_eq!((reply[0], &reply[3..]), (7, &b" joined"[..]));
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Mistakes: a token another target holds (409), one of another size (400), a bad body.
+    let path3 = format!("/target-groups/g/targets/{}/tokens", targets[3].addr);
+    let (status, body) = http(admin, "POST", &path3, None, r#"{"add": ["player77"]}"#);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http(admin, "POST", &path3, None, r#"{"add": ["short"]}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tokens of 8"), "{body}");
+    let (status, _) = http(admin, "POST", &path3, None, r#"{"add": "player78"}"#);
+    assert_eq!(status, 400);
+    // Removed: no longer routed.
+    let (status, body) = http(admin, "POST", &path, None, r#"{"remove": ["player77"]}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        ask(addr, b"player77 again", Duration::from_millis(300)),
+        None
+    );
+}
