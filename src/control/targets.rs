@@ -204,8 +204,8 @@ impl Control {
     ///
     /// # Errors
     /// [`ChangeError::NotFound`] for an unknown group or target; [`ChangeError::Conflict`]
-    /// for a token another target holds; [`ChangeError::Invalid`] for one of a size a
-    /// listener of the group does not read.
+    /// for a token another target holds, or tokens added to a draining or disabled target;
+    /// [`ChangeError::Invalid`] for one of a size a listener of the group does not read.
     pub fn change_tokens(
         &self,
         group: &str,
@@ -221,6 +221,18 @@ impl Control {
             .iter_mut()
             .find(|t| t.address == address)
             .ok_or_else(|| no_target(group, address))?;
+        // A draining or disabled target takes no new players: its tokens may only go.
+        let state = self
+            .generation()
+            .group(group)
+            .and_then(|(_, g)| g.target(address).map(|(_, t)| t.admin_state()));
+        if !add.is_empty() && state.is_some_and(|s| s != AdminState::Active) {
+            return Err(ChangeError::Conflict(format!(
+                "target {address} of group `{group}` is {}: it takes no new tokens (enable \
+                 it first)",
+                state.map_or(String::new(), |s| s.to_string())
+            )));
+        }
         let before = t.tokens.clone();
         t.tokens.retain(|k| !remove.contains(k));
         for k in add {

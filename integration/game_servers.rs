@@ -1,6 +1,7 @@
-//! `token:` listeners (Quilkin's TokenRouter model): each datagram carries a token naming its
-//! target; Ballast strips it and sends the datagram there, whatever address it comes from.
-//! Unknown tokens are dropped and counted, never sent to a guess.
+//! Game servers behind one port. `token:` listeners (Quilkin's TokenRouter model): each
+//! datagram carries a token naming its target; Ballast strips it and sends the datagram there,
+//! whatever address it comes from. Unknown tokens are dropped and counted, never sent to a
+//! guess. And a drained UDP target keeps its players: no new sessions, every live one flows.
 
 mod common;
 
@@ -128,4 +129,66 @@ fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
         ask(addr, b"player77 again", Duration::from_millis(300)),
         None
     );
+}
+
+/// Draining a UDP target: its 20 live sessions keep every reply, from the same target, while
+/// new flows go elsewhere; a drained target takes no new token, and its players' tokens still
+/// reach it.
+#[test]
+fn a_drained_udp_target_keeps_its_players_and_takes_no_new_ones() {
+    let (a, b) = (
+        UdpBackend::start(udp_tagged(1)),
+        UdpBackend::start(udp_tagged(2)),
+    );
+    let lb = Ballast::start(&format!(
+        "workers: 2\nlisteners:\n  - {{name: u, protocol: udp, bind: '127.0.0.1:0', \
+         target_group: g}}\n  - {{name: t, protocol: udp, bind: '127.0.0.1:0', target_group: \
+         g, token: {{capture: prefix, size: 8}}}}\ntarget_groups:\n  - name: g\n    \
+         health_check: {{protocol: udp, send: ping, expect: pong, interval: 60s, timeout: 1s}}\n    \
+         targets: [{{address: '{}', tokens: [player01]}}, {{address: '{}'}}]\n",
+        a.addr, b.addr
+    ));
+    let (addr, admin) = (lb.addr("u"), lb.admin_addr());
+    // 20 players, each a flow with a session; remember which target each is on.
+    let players: Vec<std::net::UdpSocket> = (0..20).map(|_| udp_client(addr)).collect();
+    let on: Vec<u8> = players
+        .iter()
+        .map(|p| {
+            p.send(b"join").unwrap();
+            let mut buf = [0u8; 64];
+            let n = p.recv(&mut buf).unwrap();
+            assert_eq!(&buf[3..n], b"join");
+            buf[0]
+        })
+        .collect();
+    let on_a = on.iter().filter(|&&t| t == 1).count();
+    assert!(on_a > 0 && on_a < 20, "{on:?}");
+
+    let drain = format!("/target-groups/g/targets/{}/drain", a.addr);
+    assert_eq!(http(admin, "POST", &drain, None, "").0, 200);
+    // Every live session: five more exchanges each, every reply back, from its own target.
+    for round in 0..5 {
+        for (p, &target) in players.iter().zip(&on) {
+            let said = format!("move {round}");
+            p.send(said.as_bytes()).unwrap();
+            let mut buf = [0u8; 64];
+            let n = p.recv(&mut buf).expect("a reply through the drain");
+            assert_eq!((buf[0], &buf[3..n]), (target, said.as_bytes()));
+        }
+    }
+    // New players: none to the drained target.
+    for _ in 0..10 {
+        let p = udp_client(addr);
+        p.send(b"join").unwrap();
+        let mut buf = [0u8; 64];
+        p.recv(&mut buf).unwrap();
+        assert_eq!(buf[0], 2, "a new session on the drained target");
+    }
+    // Tokens: the drained target takes no new one; its player's token still reaches it.
+    let tokens = format!("/target-groups/g/targets/{}/tokens", a.addr);
+    let (status, body) = http(admin, "POST", &tokens, None, r#"{"add": ["player02"]}"#);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    let reply = ask(lb.addr("t"), b"player01 still here", WAIT).unwrap();
+    assert_eq!((reply[0], &reply[3..]), (1, &b" still here"[..]));
 }
