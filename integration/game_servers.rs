@@ -192,3 +192,82 @@ fn a_drained_udp_target_keeps_its_players_and_takes_no_new_ones() {
     let reply = ask(lb.addr("t"), b"player01 still here", WAIT).unwrap();
     assert_eq!((reply[0], &reply[3..]), (1, &b" still here"[..]));
 }
+
+/// `ballast deploy` on a UDP group: each target in turn drains (its players keep every
+/// reply, and stay on it), is "deployed" once its sessions have ended, and comes back; the
+/// deploy succeeds and no datagram of a live session goes unanswered.
+#[test]
+fn a_rolling_deploy_of_udp_targets_loses_no_player_datagram() {
+    let (a, b) = (
+        UdpBackend::start(udp_tagged(1)),
+        UdpBackend::start(udp_tagged(2)),
+    );
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: u, protocol: udp, bind: '127.0.0.1:0', target_group: g, \
+         udp: {{session_idle_timeout: 500ms}}}}\ntarget_groups:\n  - name: g\n    \
+         health_check: {{protocol: udp, send: ping, expect: pong, interval: 200ms, \
+         timeout: 150ms, healthy_threshold: 1}}\n    \
+         targets: [{{address: '{}'}}, {{address: '{}'}}]\n",
+        a.addr, b.addr
+    ));
+    let (addr, admin) = (lb.addr("u"), lb.admin_addr());
+    let players: Vec<_> = (0..10)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let s = udp_client(addr);
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let (mut on, mut lost, mut moved) = (None, 0, 0);
+                let until = Instant::now() + Duration::from_secs(2);
+                let mut k = 0;
+                while Instant::now() < until {
+                    let said = format!("p{p} m{k}");
+                    s.send(said.as_bytes()).unwrap();
+                    let mut buf = [0u8; 64];
+                    match s.recv(&mut buf) {
+                        Ok(n) if &buf[3..n] == said.as_bytes() => {
+                            moved += usize::from(on.is_some_and(|t| t != buf[0]));
+                            on = Some(buf[0]);
+                        }
+                        _ => lost += 1,
+                    }
+                    k += 1;
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                (lost, moved, k)
+            })
+        })
+        .collect();
+    let deploy = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args([
+            "deploy",
+            "--group",
+            "g",
+            "--exec",
+            "true",
+            "--drain-timeout",
+            "10s",
+        ])
+        .args([
+            "--wait-healthy",
+            "10s",
+            "--admin",
+            &format!("http://{admin}"),
+        ])
+        .output()
+        .unwrap();
+    for p in players {
+        let (lost, moved, sent) = p.join().unwrap();
+        assert_eq!((lost, moved), (0, 0), "of {sent} datagrams");
+    }
+    assert!(
+        deploy.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&deploy.stdout),
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    let states: Vec<String> = group_targets(admin, "g")
+        .iter()
+        .map(|t| t["admin_state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["active", "active"]);
+}

@@ -99,6 +99,31 @@ pub fn print(c: &Config) {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if let Some(q) = &l.quic {
+            let (codepoint, sid, nonce) = q.lb.params();
+            let _ = writeln!(
+                out,
+                "  routes QUIC by connection ID (QUIC-LB {}, codepoint {codepoint}): server IDs \
+                 of {sid} octet(s), nonce {nonce}, short-header IDs of {} octets",
+                match q.algorithm {
+                    super::QuicAlgorithm::Plaintext => "plaintext: IDs readable on the path",
+                    super::QuicAlgorithm::BlockCipher => "block_cipher, key read",
+                },
+                q.connection_id_length
+            );
+        }
+        if let Some(t) = &l.token {
+            let _ = writeln!(
+                out,
+                "  routes by token: {} octets at the {}, {}; unknown tokens are dropped",
+                t.size,
+                match t.capture {
+                    super::TokenCapture::Prefix => "start",
+                    super::TokenCapture::Suffix => "end",
+                },
+                if t.strip { "stripped" } else { "kept" }
+            );
+        }
         if let Some(a) = &l.accept_proxy {
             let _ = writeln!(
                 out,
@@ -301,6 +326,12 @@ pub fn print(c: &Config) {
             }
             if let Some(max) = t.max_connections {
                 flags += &format!(" max_connections {max}");
+            }
+            if let Some(id) = t.server_id {
+                flags += &format!(" server_id {id}");
+            }
+            if !t.tokens.is_empty() {
+                flags += &format!(" tokens {}", t.tokens.len());
             }
             let _ = writeln!(out, "  target {} weight {}{flags}", t.address, t.weight);
         }
