@@ -122,6 +122,22 @@ fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
     assert!(body.contains("tokens of 8"), "{body}");
     let (status, _) = http(admin, "POST", &path3, None, r#"{"add": "player78"}"#);
     assert_eq!(status, 400);
+    // The CLI does the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args([
+            "tokens",
+            "g",
+            &targets[9].addr.to_string(),
+            "--add",
+            "player99",
+        ])
+        .args(["--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("tokens [tok00009, player99]"), "{said}");
+    let reply = ask(addr, b"player99!", WAIT).expect("routed");
+    assert_eq!(reply[0], 9);
     // Removed: no longer routed.
     let (status, body) = http(admin, "POST", &path, None, r#"{"remove": ["player77"]}"#);
     assert_eq!(status, 200, "{body}");

@@ -201,6 +201,22 @@ pub enum ApiCommand {
         #[command(flatten)]
         api: Api,
     },
+    /// Add or remove the tokens a `token:` listener routes to a target (a matchmaker placing
+    /// or releasing players), until the next reload; prints the target's tokens.
+    Tokens {
+        /// The target.
+        #[command(flatten)]
+        target: TargetRef,
+        /// A token to add (text, or `base64:…`); repeatable.
+        #[arg(long, value_name = "TOKEN")]
+        add: Vec<String>,
+        /// A token to remove; repeatable.
+        #[arg(long, value_name = "TOKEN")]
+        remove: Vec<String>,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
+    },
     /// End one TCP connection (both sides reset) or UDP session, by the ID `ballast
     /// connections` lists.
     Disconnect {

@@ -1,5 +1,5 @@
 //! The CLI subcommands that talk to a running Ballast over its admin API: `targets`,
-//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `weight`, `disconnect`,
+//! `connections`, `drain`, `enable`, `disable`, `add`, `remove`, `weight`, `tokens`, `disconnect`,
 //! `reload`, `deploy`, `health`, `node`.
 //! Output goes to stdout; errors are returned for `main` to print (exit 1).
 
@@ -130,6 +130,22 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
             let body = json!({ "weight": weight });
             let t = client(api)?.post(&path(target, "/weight"), Some(&body))?;
             let _ = writeln!(out, "{}: weight {}", target.address, text(&t["weight"]));
+        }
+        ApiCommand::Tokens {
+            target,
+            add,
+            remove,
+            api,
+        } => {
+            let body = json!({ "add": add, "remove": remove });
+            let t = client(api)?.post(&path(target, "/tokens"), Some(&body))?;
+            let tokens: Vec<String> = t["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            let _ = writeln!(out, "{}: tokens [{}]", target.address, tokens.join(", "));
         }
         ApiCommand::Disconnect { id, api } => {
             client(api)?.delete(&format!("/connections/{id}"))?;

@@ -71,6 +71,30 @@ pub fn header(datagram: &[u8], short_dcid_len: usize) -> Option<Header<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever arrives, parsing and decoding answer without panicking, and a decoded
+        /// server ID fits its length.
+        #[test]
+        fn any_datagram_parses_and_decodes_without_panic(
+            datagram in proptest::collection::vec(any::<u8>(), 0..64),
+            short in 0usize..24,
+            sid in 1usize..=8,
+            nonce in 4usize..=11,
+            keyed in any::<bool>(),
+        ) {
+            let lb = lb::LbConfig::new(0, sid, nonce, keyed.then_some([7u8; 16])).unwrap();
+            if let Some(h) = header(&datagram, short) {
+                if let Some(id) = lb.decode(h.dcid) {
+                    prop_assert!(id <= lb.max_server_id());
+                }
+            }
+            let _ = lb.decode(&datagram);
+        }
+    }
 
     #[test]
     fn headers_of_each_kind() {

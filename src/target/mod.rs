@@ -649,14 +649,28 @@ impl TargetGroup {
         changed
     }
 
-    /// The target listing `token`, unless it was removed.
+    /// The target listing `token`, while it is active or draining (a disabled or removed
+    /// target's players are not sent to it).
     pub fn by_token(&self, token: &[u8]) -> Option<usize> {
-        self.tokens.get(token).copied()
+        self.tokens
+            .get(token)
+            .copied()
+            .filter(|&t| self.keeps_flows(t))
     }
 
-    /// The target whose QUIC-LB server ID is `id`, unless it was removed.
+    /// The target whose QUIC-LB server ID is `id`, while it is active or draining.
     pub fn by_server_id(&self, id: u64) -> Option<usize> {
-        self.server_ids.get(&id).copied()
+        self.server_ids
+            .get(&id)
+            .copied()
+            .filter(|&t| self.keeps_flows(t))
+    }
+
+    /// Whether target `t` still serves the flows it has: active, or draining.
+    fn keeps_flows(&self, t: usize) -> bool {
+        self.targets
+            .get(t)
+            .is_some_and(|t| matches!(t.admin_state(), AdminState::Active | AdminState::Draining))
     }
 
     /// Sets what target `index`'s agent asks; returns whether that changed anything.
