@@ -285,10 +285,15 @@ impl ListenerState {
     /// Takes a place, unless `max` are taken already across all workers (`None`: no limit).
     /// Reserved before accepting, so workers together never exceed the limit.
     pub fn reserve(&self, max: Option<usize>) -> Option<ListenerPlace> {
-        let before = self.stats.active.fetch_add(1, Ordering::AcqRel);
-        let place = ListenerPlace(self.stats.clone());
-        // Over the limit: dropping `place` gives the place straight back.
-        max.is_none_or(|m| before < m).then_some(place)
+        // Taken only while under the limit (compare-and-swap), so the count never reads
+        // over it, not even for an instant a scrape could see.
+        self.stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                max.is_none_or(|m| n < m).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ListenerPlace(self.stats.clone()))
     }
 }
 

@@ -339,15 +339,19 @@ impl Target {
     }
 
     /// As [`Target::hold`], unless the target is at its `max_connections` (across all
-    /// workers: the count is taken first and given back when over, so two workers never both
-    /// take the last place).
+    /// workers: the count is taken by compare-and-swap, so two workers never both take the
+    /// last place).
     pub fn try_hold(&self) -> Option<TargetPlace> {
-        let before = self.state.active.fetch_add(1, Ordering::AcqRel);
-        let place = TargetPlace(self.state.clone());
-        match self.max_connections {
-            Some(max) if before >= max => None, // dropping `place` gives the count back
-            _ => Some(place),
-        }
+        // Taken only while under the limit (compare-and-swap): the count never reads over
+        // `max_connections`, not even for an instant.
+        let max = self.max_connections;
+        self.state
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                max.is_none_or(|m| n < m).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| TargetPlace(self.state.clone()))
     }
 
     /// The target's run-time state, shared with the other generations.

@@ -51,12 +51,12 @@ impl QueuePlace {
 /// Takes a place in the queue of `stats`, unless `max` connections wait already (then counted
 /// as refused).
 pub(crate) fn enter(stats: &Arc<QueueStats>, max: usize) -> Option<QueuePlace> {
-    let before = stats.waiting.fetch_add(1, Ordering::AcqRel);
-    let place = QueuePlace(stats.clone());
-    if before < max {
-        Some(place)
+    let taken = stats
+        .waiting
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+    if taken.is_ok() {
+        Some(QueuePlace(stats.clone()))
     } else {
-        drop(place);
         stats.refused_full.fetch_add(1, Ordering::Relaxed);
         None
     }
