@@ -134,6 +134,48 @@ fn a_client_that_moves_mid_stream_stays_on_its_server() {
     assert!(migrations.is_some_and(|m| m >= 1.0), "{text}");
 }
 
+/// `health_check: {protocol: quic}`: a QUIC server passes (it answers a reserved version
+/// with Version Negotiation), a UDP echo server and a closed port fail.
+#[test]
+fn a_quic_health_check_tells_a_quic_server_from_others() {
+    let server = QuicServer::start("a", None, 0);
+    let echo = UdpBackend::start(udp_echo());
+    let closed = free_udp_addr();
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: q, protocol: udp, bind: '127.0.0.1:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n    health_check: {{protocol: quic, interval: 200ms, \
+         timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1}}\n    \
+         targets: [{{address: '{}'}}, {{address: '{}'}}, {{address: '{}'}}]\n",
+        server.addr, echo.addr, closed
+    ));
+    let admin = lb.admin_addr();
+    // Targets start healthy: wait until each has been checked three times, then look.
+    wait_until("three checks of each", || {
+        group_targets(admin, "g")
+            .iter()
+            .all(|t| t["last_check"]["checks"].as_u64().is_some_and(|n| n >= 3))
+    });
+    let seen: Vec<(String, String)> = group_targets(admin, "g")
+        .iter()
+        .map(|t| {
+            (
+                t["health"].as_str().unwrap().to_string(),
+                t["last_check"]["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("healthy", "pass"),
+        ("unhealthy", "fail"),
+        ("unhealthy", "fail"),
+    ];
+    assert_eq!(
+        seen,
+        want.map(|(h, r)| (h.to_string(), r.to_string())),
+        "QUIC server, echo server, closed port"
+    );
+}
+
 /// The same move without `quic:`: the new address is a new flow, round_robin sends it to the
 /// other server, which knows nothing of the connection: it breaks.
 #[test]

@@ -26,7 +26,8 @@ pub(super) fn health_check(
                 return Err((
                     format!("{key}.{name}"),
                     format!(
-                        "`{name}` applies to udp checks only; set `protocol: udp` or remove it"
+                        "`{name}` applies to udp checks only; set `protocol: udp` or remove it \
+                         (a quic check sends its own probe)"
                     ),
                 ));
             }
@@ -54,7 +55,7 @@ pub(super) fn health_check(
         (None, None) => None,
     };
     let kind = match (protocol, h.path) {
-        (FileHealthProtocol::Udp, Some(_)) => {
+        (FileHealthProtocol::Udp | FileHealthProtocol::Quic, Some(_)) => {
             return Err((
                 format!("{key}.path"),
                 "`path` applies to http checks only".into(),
@@ -74,6 +75,11 @@ pub(super) fn health_check(
                 send: send.0,
                 expect: h.expect.map_or(Vec::new(), |e| e.0),
             }
+        }
+        // A probe every QUIC server answers, whatever its versions: Version Negotiation.
+        (FileHealthProtocol::Quic, None) => {
+            let (send, expect) = crate::quic::version_probe();
+            HealthCheckKind::Udp { send, expect }
         }
         (FileHealthProtocol::Tcp, None) => match script {
             Some(steps) => HealthCheckKind::Steps { steps },

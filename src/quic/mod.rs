@@ -22,6 +22,25 @@ pub const VERSION_1: u32 = 1;
 /// QUIC version 2 (RFC 9369): the long header packet types are numbered differently.
 pub const VERSION_2: u32 = 0x6b33_43cf;
 
+/// The source connection ID of [`version_probe`], which a server's Version Negotiation
+/// packet echoes as its destination connection ID.
+pub const PROBE_SCID: &[u8; 8] = b"ballastQ";
+
+/// A QUIC health probe (RFC 9000 §6, §15): a 1,200-octet long header packet of a reserved
+/// version (0x1a2a3a4a), which every QUIC server must answer with Version Negotiation
+/// whatever its own versions and configuration, and the bytes that answer contains: version
+/// 0, then [`PROBE_SCID`] as the destination connection ID.
+pub fn version_probe() -> (Vec<u8>, Vec<u8>) {
+    let mut probe = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8];
+    probe.extend_from_slice(b"\x5b\xa1\x1a\x57\x00\x00\x00\x01");
+    probe.push(8);
+    probe.extend_from_slice(PROBE_SCID);
+    probe.resize(1200, 0);
+    let mut answer = vec![0, 0, 0, 0, 8];
+    answer.extend_from_slice(PROBE_SCID);
+    (probe, answer)
+}
+
 /// What kind of packet a datagram starts with, as far as routing cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

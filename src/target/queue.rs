@@ -53,7 +53,9 @@ impl QueuePlace {
 pub(crate) fn enter(stats: &Arc<QueueStats>, max: usize) -> Option<QueuePlace> {
     let taken = stats
         .waiting
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        });
     if taken.is_ok() {
         Some(QueuePlace(stats.clone()))
     } else {

@@ -508,7 +508,9 @@ pub struct FileStickiness {
 #[serde(deny_unknown_fields)]
 pub struct FileHealthCheck {
     /// Default tcp. tcp: passes when a connect completes; http: GET `path`, passes on a 2xx
-    /// or 3xx status; udp: sends `send`, passes on a reply (containing `expect`, if set).
+    /// or 3xx status; udp: sends `send`, passes on a reply (containing `expect`, if set);
+    /// quic: sends a packet of a reserved QUIC version, passes on the Version Negotiation
+    /// every QUIC server must answer.
     pub protocol: Option<FileHealthProtocol>,
     /// Optional, default: the target's own port.
     pub port: Option<u16>,
@@ -577,6 +579,7 @@ pub enum FileHealthProtocol {
     Tcp,
     Http,
     Udp,
+    Quic,
 }
 
 /// One `targets:` entry.
