@@ -138,6 +138,14 @@ fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
     assert!(said.contains("tokens [tok00009, player99]"), "{said}");
     let reply = ask(addr, b"player99!", WAIT).expect("routed");
     assert_eq!(reply[0], 9);
+    let listed = group_targets(admin, "g")
+        .into_iter()
+        .find(|t| t["address"] == targets[9].addr.to_string())
+        .unwrap();
+    assert_eq!(
+        listed["tokens"],
+        serde_json::json!(["tok00009", "player99"])
+    );
     // Removed: no longer routed.
     let (status, body) = http(admin, "POST", &path, None, r#"{"remove": ["player77"]}"#);
     assert_eq!(status, 200, "{body}");

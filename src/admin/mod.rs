@@ -21,7 +21,8 @@
 //!   latency, the last failed check's reason and time (`last_failure`: kept after the target
 //!   recovers), the time of the last state change; per group with a `queue:`, its size,
 //!   timeout, connections waiting now, served after waiting and refused (full, timeout), the
-//!   milliseconds they waited in all (served and timed out); per
+//!   milliseconds they waited in all (served and timed out); `server_id` and `tokens` of
+//!   targets that have them; per
 //!   target with an `agent_check`, `agent`: what its agent last said (or why it could not be
 //!   asked) and what that set (mode `ready`/`drain`/`maint`, weight percent, down).
 //! - `GET /listeners`: per listener: protocol, the address bound, target group, SNI and
@@ -676,7 +677,15 @@ fn targets(generation: &Generation) -> serde_json::Value {
                 .filter(|t| {
                     t.admin_state() != AdminState::Removed || t.active.load(Ordering::Relaxed) > 0
                 })
-                .map(target_json)
+                .map(|t| {
+                    let mut doc = target_json(t);
+                    // Its tokens (`token:` listeners), from the group's configuration.
+                    let tokens = g.config.targets.iter().find(|c| c.address == t.address);
+                    if let Some(c) = tokens.filter(|c| !c.tokens.is_empty()) {
+                        doc["tokens"] = c.tokens.iter().map(|k| show_token(k)).collect();
+                    }
+                    doc
+                })
                 .collect();
             let queue = g.config.queue.map(|q| {
                 json!({
