@@ -215,3 +215,74 @@ fn clients_waiting_in_a_queue_a_reload_removes_are_let_go() {
     );
     drop(held);
 }
+
+/// A target that refuses connects while its health check has not noticed yet: a client
+/// whose connect it refused waits in the queue for the live target (full), instead of being
+/// reset because the dead one is not full.
+#[test]
+fn a_refused_connect_waits_in_the_queue_for_the_live_target() {
+    let (target, peak) = slow_target(Duration::from_millis(200));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let lb = Ballast::start(&format!(
+        "workers: 1\nlisteners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', \
+         target_group: g, retries: 2}}\ntarget_groups:\n  - name: g\n{NO_CHECKS}    \
+         queue: {{max: 20, timeout: 10s}}\n    targets: [{{address: '{}', max_connections: 1}}, \
+         {{address: '{dead_addr}', max_connections: 1}}]\n",
+        target.addr
+    ));
+    assert_eq!(
+        clients(lb.addr("l"), 4),
+        4,
+        "every client served by the live target"
+    );
+    assert!(peak.load(Ordering::SeqCst) <= 1);
+}
+
+/// A PostgreSQL client that gives up while queued (closes its side: psql's Ctrl-C) leaves the
+/// queue at once and is never connected to the server.
+#[test]
+fn a_postgresql_client_that_leaves_the_queue_is_never_connected() {
+    let (target, _) = slow_target(Duration::from_millis(1500));
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', target_group: g, \
+         postgres: {{routes: [{{database: d, target_group: g}}]}}}}\ntarget_groups:\n  - \
+         name: g\n{NO_CHECKS}    queue: {{max: 10, timeout: 10s}}\n    \
+         targets: [{{address: '{}', max_connections: 1}}]\n",
+        target.addr
+    ));
+    let startup = {
+        let body = b"\x00\x03\x00\x00user\0u\0database\0d\0\0";
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(body);
+        p
+    };
+    let open = || {
+        let mut s = TcpStream::connect(lb.addr("l")).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(&startup).unwrap();
+        s
+    };
+    let held = open();
+    wait_until("the one place taken", || {
+        group_targets(lb.admin_addr(), "g")[0]["active"] == 1
+    });
+    let gone = open();
+    wait_until("one waiting", || {
+        queue_metric(&lb, "ballast_target_group_queue_waiting", &[]) == 1.0
+    });
+    gone.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_until("it left the queue", || {
+        queue_metric(&lb, "ballast_target_group_queue_waiting", &[]) == 0.0
+    });
+    drop(held);
+    wait_until("the held one done", || {
+        group_targets(lb.admin_addr(), "g")[0]["active"] == 0
+    });
+    assert_eq!(
+        group_targets(lb.admin_addr(), "g")[0]["total"],
+        1,
+        "never connected"
+    );
+}

@@ -737,6 +737,18 @@ impl TargetGroup {
     }
 
     /// Some eligible target is below its `max_connections`.
+    /// Whether a target this connection has not tried yet (`tried`) has room: with none, a
+    /// connection whose connect failed waits in the queue for a place on a target that works,
+    /// rather than being reset because the failed one is not full.
+    pub fn has_room_besides(&self, tried: &[usize]) -> bool {
+        if self.targets.iter().all(|t| t.max_connections.is_none()) {
+            return true;
+        }
+        self.eligible(&self.health())
+            .into_iter()
+            .any(|i| !tried.contains(&i) && !self.targets[i].is_full())
+    }
+
     fn target_has_room(&self) -> bool {
         self.eligible(&self.health())
             .into_iter()

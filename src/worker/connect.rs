@@ -50,7 +50,9 @@ impl Worker {
             let Some(t) = picked else {
                 // Every target at its max_connections: wait in the group's queue, if it has one.
                 if let Some(q) = group.config.queue.filter(|_| {
-                    attempts.pinned.is_none() && attempts.current.is_none() && !group.has_room()
+                    attempts.pinned.is_none()
+                        && attempts.current.is_none()
+                        && !group.has_room_besides(&attempts.tried)
                 }) {
                     return self.enqueue(key, g, q);
                 }

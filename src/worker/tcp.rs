@@ -236,6 +236,19 @@ impl Worker {
                 }
             }
             Stage::Preamble(_) => self.handle_preamble(key),
+            // A PostgreSQL client never half-closes: its FIN while it waits in the queue
+            // means it is gone (psql's Ctrl-C), and connecting it later would open a session
+            // on the server for no one (HAProxy's `abortonclose`).
+            Stage::Connecting(_)
+                if ev.read_closed
+                    && conn.is_queued()
+                    && self.generation.listeners[conn.listener]
+                        .config
+                        .postgres
+                        .is_some() =>
+            {
+                self.close(key, "client_closed", crate::tcp::Reset::BOTH);
+            }
             Stage::Connecting(_) | Stage::TargetPreamble(_) | Stage::Closing(..) => {}
             Stage::Passing => {}
         }
