@@ -286,3 +286,29 @@ fn a_postgresql_client_that_leaves_the_queue_is_never_connected() {
         "never connected"
     );
 }
+
+/// A target that answers, then closes 10.5 s later (past the 10 s a client gets once the
+/// target has ended its side): the connection ends `done`, not `idle`: the client's wait runs
+/// from the target's close, not from its last byte.
+#[test]
+fn a_target_that_closes_long_after_its_answer_ends_done_not_idle() {
+    let slow_bye = Backend::start(Arc::new(|mut s: TcpStream| {
+        let _ = s.write_all(b"hi\n");
+        std::thread::sleep(Duration::from_millis(10_500));
+    }));
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: l, protocol: tcp, bind: '127.0.0.1:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n",
+        slow_bye.addr
+    ));
+    let mut s = TcpStream::connect(lb.addr("l")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hi\n");
+    drop(s);
+    wait_until("the access log line", || lb.log().contains("reason="));
+    let log = lb.log();
+    let line = log.lines().find(|l| l.contains("reason=")).unwrap();
+    assert!(line.ends_with("reason=done"), "{line}");
+}

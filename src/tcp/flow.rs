@@ -228,6 +228,9 @@ impl<S: Socket> Connection<S> {
         // now, whatever the client does with its own; and the client gets a shorter wait.
         let mut sooner = None;
         if flow.down.done() && flow.target_place.take().is_some() {
+            // Its FIN counts as activity: the client's shorter wait runs from it, not from
+            // the last byte (a target that answered, then closed 10 s later, is `done`).
+            flow.last_active = now;
             sooner = Some(flow.last_active + flow.idle_limit(timeouts.idle));
         }
         self.note_aborts();
