@@ -145,3 +145,32 @@ fn postgresql_sees_the_client_s_own_address() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("needs CAP_NET_ADMIN"), "{stderr}");
 }
+
+/// An IPv6 client of a group whose target is IPv4: its address cannot be a source there. It is
+/// reset at once, logged (rate-limited) and counted against no target.
+#[test]
+fn a_client_whose_address_cannot_be_the_source_is_reset_and_logged() {
+    let target = Backend::start(echo());
+    let lb = Ballast::start(&format!(
+        "listeners:\n  - {{name: l, protocol: tcp, bind: '[::1]:0', target_group: g}}\n\
+         target_groups:\n  - name: g\n    source: client\n    \
+         health_check: {{protocol: tcp, interval: 60s, timeout: 1s}}\n    \
+         targets: [{{address: '{}'}}]\n",
+        target.addr
+    ));
+    let mut s = std::net::TcpStream::connect(lb.addr("l")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut buf = [0u8; 8];
+    assert!(!matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0));
+    wait_until("the warning", || {
+        lb.log().contains("`source: client` cannot connect")
+    });
+    wait_until("the access log line", || {
+        lb.log().contains("reason=source_unusable")
+    });
+    assert_eq!(
+        group_targets(lb.admin_addr(), "g")[0]["connect_failures"],
+        0
+    );
+}

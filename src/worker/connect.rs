@@ -100,7 +100,16 @@ impl Worker {
                     // The client's address cannot be a source (another family than the
                     // target's, one a PROXY header made up): the client's problem, not the
                     // target's, so it counts against no target (outlier detection).
-                    log::debug!("{}: {}", conn.tuple, describe(&e));
+                    let (i, client) = (conn.listener, conn.client());
+                    if let Some(more) = self.listeners[i].give_ups.allow(self.now) {
+                        log::warn!(
+                            "listener {}: resetting client {client}: `source: client` cannot \
+                             connect to {address} from its address ({}; {more} more such \
+                             clients since the last report)",
+                            self.generation.listeners[i].config.name,
+                            describe(&e)
+                        );
+                    }
                     return self.close(key, "source_unusable", Reset::BOTH);
                 }
                 Err(e) => {
