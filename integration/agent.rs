@@ -131,6 +131,14 @@ fn agent_words_move_traffic_within_an_interval() {
     agent_a.say("down # replica lag 42s");
     wait_until("a down", || target(admin, a.addr)["health"] == "unhealthy");
     assert_eq!(spread(addr, 8), (0, 8));
+    // Both down: the group fails open, and says so.
+    agent_b.say("down");
+    wait_until("failing open logged", || {
+        lb.log()
+            .contains("target group g: every target is unhealthy; failing open")
+    });
+    agent_b.say("up");
+    wait_until("b up", || target(admin, b.addr)["health"] == "healthy");
     agent_a.say("up");
     wait_until("a up", || target(admin, a.addr)["health"] == "healthy");
     let (to_a, _) = spread(addr, 14);

@@ -327,7 +327,9 @@ impl super::ProberLoop {
                     target.address,
                     if down { "down" } else { "up" }
                 );
+                let all_down_before = super::all_down(group);
                 self.control.set_healthy(gi, ti, checked && !down);
+                super::fail_open_changed(group, all_down_before);
             }
         }
         if let Some(percent) = reply.percent {

@@ -472,19 +472,25 @@ impl ProberLoop {
                 )
             }
         }
-        let all_down = all_down(group);
-        if all_down && !all_down_before {
-            log::warn!(
-                "target group {}: every target is unhealthy; failing open (sending to all {} targets)",
-                group.name(),
-                group.targets.len()
-            );
-        } else if all_down_before && !all_down {
-            log::info!(
-                "target group {}: a healthy target is back; no longer failing open",
-                group.name()
-            );
-        }
+        fail_open_changed(group, all_down_before);
+    }
+}
+
+/// Logs `group` starting or ending to fail open, given whether every target was down before
+/// the change just made (a check's verdict or an agent's `down`/`up`).
+fn fail_open_changed(group: &crate::target::TargetGroup, all_down_before: bool) {
+    let all_down = all_down(group);
+    if all_down && !all_down_before {
+        log::warn!(
+            "target group {}: every target is unhealthy; failing open (sending to all {} targets)",
+            group.name(),
+            group.targets.len()
+        );
+    } else if all_down_before && !all_down {
+        log::info!(
+            "target group {}: a healthy target is back; no longer failing open",
+            group.name()
+        );
     }
 }
 
