@@ -45,6 +45,19 @@ pub struct QuicRouting {
     pub connection_id_length: usize,
 }
 
+impl QuicRouting {
+    /// Why `target`'s server ID cannot be carried by these connection IDs, if it cannot: the
+    /// one check of the file's targets and of those the API adds.
+    pub fn misfit(&self, target: &super::TargetConfig) -> Option<String> {
+        let (_, octets, _) = self.lb.params();
+        let max = self.lb.max_server_id();
+        let id = target.server_id.filter(|&id| id > max)?;
+        Some(format!(
+            "server_id {id}, which does not fit {octets} octet(s) (at most {max})"
+        ))
+    }
+}
+
 impl PartialEq for QuicRouting {
     fn eq(&self, other: &Self) -> bool {
         self.algorithm == other.algorithm
@@ -76,6 +89,17 @@ pub struct TokenRouting {
 }
 
 impl TokenRouting {
+    /// Why one of `target`'s tokens cannot be read here, if one cannot: another size.
+    pub fn misfit(&self, target: &super::TargetConfig) -> Option<String> {
+        let bad = target.tokens.iter().find(|k| k.len() != self.size)?;
+        Some(format!(
+            "token `{}` is {} octet(s); this listener reads tokens of {}",
+            String::from_utf8_lossy(bad).escape_debug(),
+            bad.len(),
+            self.size
+        ))
+    }
+
     /// The token of `datagram`, `None` when it is shorter than a token.
     pub fn token<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
         match self.capture {

@@ -427,25 +427,12 @@ fn routing_ids_fit(
         }
     }
     for l in config.listeners.iter().filter(|l| l.target_group == gi) {
-        if let (Some(q), Some(id)) = (&l.quic, target.server_id) {
-            if id > q.lb.max_server_id() {
-                return Err(ChangeError::Invalid(format!(
-                    "server_id {id} does not fit listener `{}`'s server_id_length (at most {})",
-                    l.name,
-                    q.lb.max_server_id()
-                )));
-            }
-        }
-        if let Some(k) = &l.token {
-            if let Some(bad) = target.tokens.iter().find(|t| t.len() != k.size) {
-                return Err(ChangeError::Invalid(format!(
-                    "token `{}` is {} octet(s); listener `{}` reads tokens of {}",
-                    String::from_utf8_lossy(bad).escape_debug(),
-                    bad.len(),
-                    l.name,
-                    k.size
-                )));
-            }
+        let misfit = l.quic.as_ref().and_then(|q| q.misfit(target));
+        if let Some(why) = misfit.or_else(|| l.token.as_ref().and_then(|k| k.misfit(target))) {
+            return Err(ChangeError::Invalid(format!(
+                "listener `{}`: {why}",
+                l.name
+            )));
         }
     }
     Ok(())

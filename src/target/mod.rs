@@ -482,19 +482,23 @@ impl TargetGroup {
             .filter(|(_, t)| t.admin_state() != AdminState::Removed)
             .filter_map(|(i, t)| Some((t.server_id?, i)))
             .collect();
-        let index = |address| {
-            group
+        if config.targets.iter().any(|t| !t.tokens.is_empty()) {
+            // Targets by address once, not a scan per configured target (groups from
+            // discovery may be large).
+            let index: std::collections::HashMap<SocketAddr, usize> = group
                 .targets
                 .iter()
-                .position(|t| t.address == address && t.admin_state() != AdminState::Removed)
-        };
-        let tokens = config
-            .targets
-            .iter()
-            .filter_map(|t| Some((index(t.address)?, &t.tokens)))
-            .flat_map(|(i, tokens)| tokens.iter().map(move |k| (k.clone(), i)))
-            .collect();
-        group.tokens = tokens;
+                .enumerate()
+                .filter(|(_, t)| t.admin_state() != AdminState::Removed)
+                .map(|(i, t)| (t.address, i))
+                .collect();
+            group.tokens = config
+                .targets
+                .iter()
+                .filter_map(|t| Some((*index.get(&t.address)?, &t.tokens)))
+                .flat_map(|(i, tokens)| tokens.iter().map(move |k| (k.clone(), i)))
+                .collect();
+        }
         group.table = group.build_table().map(ArcSwap::from_pointee);
         group
     }

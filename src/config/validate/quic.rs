@@ -76,28 +76,16 @@ pub(super) fn quic(
         }
         Some(n) => n.0 as usize,
     };
-    if let Some(g) = group {
-        for (j, t) in g.targets.iter().enumerate() {
-            if let Some(id) = t.server_id.filter(|&id| id > lb.max_server_id()) {
-                return Err((
-                    format!("{key}.server_id_length"),
-                    format!(
-                        "target {} (targets[{j}]) of group `{}` has server_id {id}, which does \
-                         not fit {server_id_len} octet(s) (at most {})",
-                        t.address,
-                        g.name,
-                        lb.max_server_id()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(QuicRouting {
+    let routing = QuicRouting {
         lb,
         algorithm,
         key: quic_key,
         connection_id_length,
-    })
+    };
+    misfits(&format!("{key}.server_id_length"), group, |t| {
+        routing.misfit(t)
+    })?;
+    Ok(routing)
 }
 
 /// The `token:` section at `key` (`listeners[i].token`) of a listener of `protocol` (with
@@ -125,28 +113,36 @@ pub(super) fn token(
         ));
     }
     let size = raw.size.0 as usize;
-    if let Some(g) = group {
-        for (j, t) in g.targets.iter().enumerate() {
-            if let Some(bad) = t.tokens.iter().find(|k| k.len() != size) {
-                return Err((
-                    format!("{key}.size"),
-                    format!(
-                        "target {} (targets[{j}]) of group `{}` lists token `{}` of {} \
-                         octet(s); this listener's tokens are {size}",
-                        t.address,
-                        g.name,
-                        String::from_utf8_lossy(bad).escape_debug(),
-                        bad.len()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(TokenRouting {
+    let routing = TokenRouting {
         capture: raw.capture,
         size,
         strip: raw.strip.unwrap_or(true),
-    })
+    };
+    misfits(&format!("{key}.size"), group, |t| routing.misfit(t))?;
+    Ok(routing)
+}
+
+/// The first of `group`'s targets `misfit` refuses, as an error at `key`.
+fn misfits(
+    key: &str,
+    group: Option<&TargetGroupConfig>,
+    misfit: impl Fn(&TargetConfig) -> Option<String>,
+) -> Result<(), Wrong> {
+    let Some(g) = group else {
+        return Ok(());
+    };
+    for (j, t) in g.targets.iter().enumerate() {
+        if let Some(why) = misfit(t) {
+            return Err((
+                key.to_string(),
+                format!(
+                    "target {} (targets[{j}]) of group `{}`: {why}",
+                    t.address, g.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A key written as 32 hex digits (spaces and a `0x` ignored).
