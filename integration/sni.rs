@@ -169,9 +169,16 @@ fn postgres_clients_sslrequest_is_answered_then_routed_by_name_and_replayed() {
         stream.get_mut().write_all(b"select 1\n").unwrap();
         let mut line = String::new();
         stream.read_line(&mut line).unwrap();
-        // The target refusing TLS (`N`) counts as a failed connect: the next one serves.
+        // The target refusing TLS (`N`) is passed over: the next one serves.
         assert_eq!(line, "pg:select 1\n");
     }
+    // ... and its health is not charged: the server is up, a client asked what it lacks.
+    let targets = group_targets(lb.admin_addr(), "db");
+    let declined = targets
+        .iter()
+        .find(|t| t["address"] == refusing.to_string())
+        .expect("the refusing target listed");
+    assert_eq!(declined["connect_failures"], 0, "{declined}");
     // A client without an SSLRequest (plain PostgreSQL) takes the default route unchanged.
     assert_eq!(
         echo_once(addr, b"\0\0\0\x08plain"),

@@ -91,6 +91,12 @@ fn postgresql_sees_the_client_s_own_address() {
         .replace(
             "workers: 2\n",
             "workers: 2\nadmin: {bind: '127.0.0.1:7390'}\n",
+        )
+        .replace(
+            "target_groups:",
+            "  - {name: behind, protocol: tcp, bind: '10.55.1.1:6433', target_group: db, \
+             accept_proxy_protocol: {trusted: [10.55.1.0/24]}, \
+             connect_timeout: 1s, retries: 0}\ntarget_groups:",
         );
     assert!(yaml.contains("source: client"), "{yaml}");
     let config = lab.dir().join("ballast.yaml");
@@ -129,6 +135,28 @@ fn postgresql_sees_the_client_s_own_address() {
     run("ip", &["netns", "exec", &lab.ns("lb"), "sh", setup]);
     let seen = client_addr_seen(&lab).unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     assert_eq!(seen, "10.55.1.2");
+
+    // A PROXY header naming the database host itself as the client: refused as a source at
+    // once (its SYN would come back to it from its own address and time out), counted
+    // against no target.
+    let header = "PROXY TCP4 10.55.2.2 10.55.1.1 40000 6433\r\n";
+    let send = format!(
+        "import socket; s = socket.create_connection(('10.55.1.1', 6433), 5); \
+         s.settimeout(5); s.sendall(b'{}'); s.recv(1)",
+        header.replace("\r\n", "\\r\\n")
+    );
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "python3", "-c", &send])
+        .output()
+        .unwrap();
+    wait_for("the refusal in the log", WAIT, || {
+        lab.process(lb).log().contains("is the target's own")
+    });
+    assert!(
+        !lab.process(lb).log().contains("reason=no target"),
+        "{}",
+        lab.process(lb).log()
+    );
 
     // Without CAP_NET_ADMIN (an unprivileged user): refused at start, saying what is missing.
     let out = Command::new("setpriv")

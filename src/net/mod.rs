@@ -223,7 +223,7 @@ pub(crate) fn connected_udp_socket(target: SocketAddr) -> io::Result<std::net::U
 ///
 /// # Errors
 /// `InvalidInput` when `source` and `target` are of different families, or `source` is
-/// unspecified, multicast or broadcast (a PROXY header can declare anything); see
+/// unspecified, multicast, broadcast or the target's own (a PROXY header can declare anything); see
 /// [`source_unusable`]; `PermissionDenied` without CAP_NET_ADMIN; the socket's, bind's or
 /// connect's error.
 pub(crate) fn connect_from(
@@ -245,6 +245,15 @@ pub(crate) fn connect_from(
             format!("source: client: the client address {source} cannot be a source"),
         ));
     }
+    if source == target.ip() && !is_local(source) {
+        // A PROXY header naming the target itself: the SYN would reach the target from its
+        // own address, which it drops, and the connect would time out against a healthy
+        // target. (A client on this host, the target's too, is an ordinary local connect.)
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("source: client: the client address {source} is the target's own"),
+        ));
+    }
     if source.is_ipv4() != target.is_ipv4() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -263,6 +272,11 @@ pub(crate) fn connect_from(
         Err(e) => return Err(e),
     }
     Ok(socket.into())
+}
+
+/// Whether `ip` is an address of this host: a plain bind to it (no `IP_TRANSPARENT`) works.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Sets `IP_TRANSPARENT` (or `IPV6_TRANSPARENT`) on `socket`.
@@ -309,7 +323,8 @@ pub(crate) fn transparent_allowed() -> io::Result<()> {
 }
 
 /// Whether `e`, from [`connect_from`], is the client address's fault (it cannot be used as a
-/// source: another family, unspecified, multicast, or refused by the bind), not the target's.
+/// source: another family, unspecified, multicast, the target's own, or refused by the bind),
+/// not the target's.
 pub(crate) fn source_unusable(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -326,7 +341,13 @@ mod source_tests {
     #[test]
     fn unusable_client_addresses_are_refused_as_such() {
         let target: SocketAddr = "10.0.2.10:5432".parse().unwrap();
-        for source in ["::1", "0.0.0.0", "224.0.0.1", "255.255.255.255"] {
+        for source in [
+            "::1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "10.0.2.10",
+        ] {
             let e = connect_from(target, source.parse().unwrap()).unwrap_err();
             assert!(source_unusable(&e), "{source}: {e}");
         }

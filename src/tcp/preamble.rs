@@ -41,7 +41,16 @@ pub(crate) struct Preamble {
     /// `postgres:`: the client's StartupMessage was read (it is in `read`): the target's
     /// answer is watched for its cancel key.
     pub startup_read: bool,
+    /// PostgreSQL: the encryption requests already answered ([`ASKED_SSL`], [`ASKED_GSS`]).
+    /// Each may come once (GSS then SSL, or SSL then GSS, as libpq tries them); a repeat is
+    /// a protocol violation, as the server takes it.
+    pub asked: u8,
 }
+
+/// [`Preamble::asked`]: an SSLRequest was answered.
+pub(crate) const ASKED_SSL: u8 = 1;
+/// [`Preamble::asked`]: a GSSENCRequest was answered.
+pub(crate) const ASKED_GSS: u8 = 2;
 
 /// How reading a ClientHello went.
 pub(crate) enum HelloRead {

@@ -6,7 +6,7 @@
 //! ([`Connection::answer_and_finish`]). The StartupMessage stays in the preamble's bytes, to
 //! go to the target unchanged.
 
-use super::preamble::{fill_preamble, Fill, Preamble};
+use super::preamble::{fill_preamble, Fill, Preamble, ASKED_GSS, ASKED_SSL};
 use super::pump::Endpoint;
 use super::socket::Socket;
 use super::Connection;
@@ -38,10 +38,13 @@ pub(crate) fn read_startup<S: Socket>(
     loop {
         match parse_initial(&p.read) {
             Initial::Incomplete => {}
-            Initial::SslRequest if inside_tls => {
-                return StartupRead::Invalid("an SSLRequest inside TLS".into())
+            Initial::SslRequest | Initial::GssEncRequest if inside_tls => {
+                return StartupRead::Invalid("an encryption request inside TLS".into())
             }
             Initial::SslRequest | Initial::GssEncRequest => {
+                if let Some(why) = asked_again(p, parse_initial(&p.read) == Initial::SslRequest) {
+                    return StartupRead::Invalid(why);
+                }
                 // The client waits for the one byte before it sends anything more.
                 match front.transport.write(&mut front.stream, b"N") {
                     Ok(1) => {
@@ -68,6 +71,23 @@ pub(crate) fn read_startup<S: Socket>(
             }
         }
     }
+}
+
+/// Notes an SSLRequest (`ssl`) or a GSSENCRequest as answered; `Some(why)` when one of its
+/// kind was answered already. PostgreSQL takes each once, in either order, and ends a client
+/// that asks again (postmaster's `ProcessStartupPacket`): a client looping on requests must
+/// not hold a preamble open with one-byte answers.
+fn asked_again(p: &mut Preamble, ssl: bool) -> Option<String> {
+    let (bit, name) = if ssl {
+        (ASKED_SSL, "SSLRequest")
+    } else {
+        (ASKED_GSS, "GSSENCRequest")
+    };
+    if p.asked & bit != 0 {
+        return Some(format!("a second {name}"));
+    }
+    p.asked |= bit;
+    None
 }
 
 /// What a `tls` listener routing PostgreSQL read before its handshake.
@@ -98,6 +118,9 @@ pub(crate) fn read_before_tls<S: Socket>(p: &mut Preamble, front: &mut Endpoint<
             Initial::Incomplete => {}
             Initial::SslRequest | Initial::GssEncRequest => {
                 let tls = parse_initial(&p.read) == Initial::SslRequest;
+                if let Some(why) = asked_again(p, tls) {
+                    return BeforeTls::Refused(crate::postgres::PROTOCOL_VIOLATION, why);
+                }
                 let answer: &[u8] = if tls { b"S" } else { b"N" };
                 match front.stream.write(answer) {
                     Ok(1) => p.read.drain(..8.min(p.read.len())).for_each(drop),

@@ -2,7 +2,8 @@
 //! client's bytes, and the answer awaited — PostgreSQL's SSLRequest (`postgres_starttls`
 //! without termination: the target's `S` is not passed on, the client had Ballast's), or the
 //! PROXY header in the clear and a TLS handshake (`target_tls`). A refusal or a failed
-//! handshake is a failed connect: the next target is tried.
+//! handshake is a failed connect: the next target is tried (a server declining TLS is not
+//! charged against its health).
 
 use std::io;
 
@@ -35,6 +36,10 @@ pub(crate) enum TargetStep {
     Done,
     /// The target refused, or the handshake failed: a failed connect, and why.
     Failed(String),
+    /// The target answered the SSLRequest with something other than `S`: it is up, but its
+    /// server does not take TLS. The next target is tried; this one's health is not charged
+    /// (a client asking for TLS must not take a healthy server out for everyone), and why.
+    Declined(String),
 }
 
 impl<S: Socket> Connection<S> {
@@ -99,7 +104,7 @@ impl<S: Socket> Connection<S> {
         };
         match result {
             Ok(1) if answer == *b"S" => TargetStep::Done,
-            Ok(1) => TargetStep::Failed(format!(
+            Ok(1) => TargetStep::Declined(format!(
                 "refused TLS: answered {:?} to the SSLRequest",
                 char::from(answer[0])
             )),

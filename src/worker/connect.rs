@@ -215,6 +215,13 @@ impl Worker {
 
     /// The current connect attempt failed with `reason`: try the next target or give up.
     pub(super) fn connect_failed(&mut self, key: usize, reason: String) {
+        self.attempt_failed(key, reason, true);
+    }
+
+    /// The attempt in flight did not reach a usable target: the next target is tried (or
+    /// the client reset). `charge`: the target's connect failures and passive health count
+    /// it (not so for a server that is up but declined what the client asked of it).
+    fn attempt_failed(&mut self, key: usize, reason: String, charge: bool) {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
@@ -227,7 +234,7 @@ impl Worker {
         };
         log::debug!("{}: connect failed: {why}", conn.tuple);
         let (failed, next) = conn.connect_failed(why, retries);
-        if let Some(target) = failed.map(|t| &group.targets[t]) {
+        if let Some(target) = failed.map(|t| &group.targets[t]).filter(|_| charge) {
             target.connect_failures.fetch_add(1, Ordering::Relaxed);
             target.note_failure();
         }
@@ -307,6 +314,31 @@ impl Worker {
             TargetStep::Wait => {}
             TargetStep::Done => self.established(key),
             TargetStep::Failed(reason) => self.connect_failed(key, reason),
+            TargetStep::Declined(reason) => {
+                self.declined(key, &reason);
+                self.attempt_failed(key, reason, false);
+            }
+        }
+    }
+
+    /// A target declined the TLS a `postgres_starttls` client asked for (answered `N`): a
+    /// misconfiguration the operator must hear of (rate-limited), not the client's fault.
+    fn declined(&mut self, key: usize, reason: &str) {
+        let Some(conn) = self.table.get(key) else {
+            return;
+        };
+        let (i, g) = (conn.listener, conn.group);
+        let address = conn
+            .target()
+            .map(|t| self.generation.groups[g].targets[t].address);
+        if let (Some(a), Some(more)) = (address, self.listeners[i].give_ups.allow(self.now)) {
+            log::warn!(
+                "listener {}: target {a} {reason}: its server does not take TLS, which \
+                 postgres_starttls passes through to it (ssl = on there); tried the next \
+                 target, not counted against this one's health ({more} more since the last \
+                 report)",
+                self.generation.listeners[i].config.name,
+            );
         }
     }
 }

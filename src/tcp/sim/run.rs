@@ -308,7 +308,7 @@ impl Run {
         match step {
             TargetStep::Wait => {}
             TargetStep::Done => self.establish(),
-            TargetStep::Failed(why) => {
+            TargetStep::Failed(why) | TargetStep::Declined(why) => {
                 self.seen.target_refused += 1;
                 self.connect_failed(why);
             }
