@@ -110,13 +110,30 @@ fn agent_words_move_traffic_within_an_interval() {
     );
     assert_eq!(spread(addr, 8), (0, 8));
     // The operator sees why in `ballast targets`: an agent's drain, not theirs.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(["targets", "--admin", &format!("http://{admin}")])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    let row = table.lines().find(|l| l.contains(&a.addr.to_string()));
-    assert!(row.is_some_and(|r| r.contains("agt:drain")), "{table}");
+    let row_of_a = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["targets", "--admin", &format!("http://{admin}")])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let row = table.lines().find(|l| l.contains(&a.addr.to_string()));
+        row.map_or(table.clone(), str::to_string)
+    };
+    assert!(row_of_a().contains("agt:drain"), "{}", row_of_a());
+    // Drained by the operator as well: both show (enabling it would not bring it back).
+    let drain = format!("/target-groups/g/targets/{}/drain", a.addr);
+    assert_eq!(http(admin, "POST", &drain, None, "").0, 200);
+    let row = row_of_a();
+    assert!(row.contains("draining,agt:drain"), "{row}");
+    let enable = format!("/target-groups/g/targets/{}/enable", a.addr);
+    assert_eq!(http(admin, "POST", &enable, None, "").0, 200);
+    // `0%` drains too: what the algorithms use is then nothing.
+    agent_a.say("ready 0%");
+    wait_until("a at 0%", || {
+        target(admin, a.addr)["agent"]["weight_percent"] == 0
+    });
+    assert_eq!(target(admin, a.addr)["effective_weight"], 0);
+    assert_eq!(spread(addr, 8), (0, 8));
 
     // ready 75%: back, at three quarters of b's weight.
     agent_a.say("ready 75%");

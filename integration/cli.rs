@@ -177,10 +177,19 @@ fn the_cli_speaks_in_words_and_says_why_a_check_fails() {
     let a = a.addr.to_string();
     assert_eq!(run(&["drain", "g", &a]), format!("{a}: draining\n"));
     assert_eq!(run(&["enable", "g", &a]), format!("{a}: active\n"));
-    let added = run(&["add", "g", "127.0.0.1:9"]);
+    let added = run(&["add", "g", "127.0.0.1:9", "--max-connections", "3"]);
     assert!(
         added.starts_with("added 127.0.0.1:9 to g (generation "),
         "no debug formatting: {added}"
+    );
+    let doc = get_json(lb.admin_addr(), "/targets");
+    let t = &doc["target_groups"][0]["targets"][2];
+    assert_eq!(t["max_connections"], 3, "{t}");
+    let table = run(&["targets"]);
+    let row = table.lines().find(|l| l.contains("127.0.0.1:9 ")).unwrap();
+    assert!(
+        row.contains(" 0/3 "),
+        "active out of max_connections: {row}"
     );
     let removed = run(&["remove", "g", "127.0.0.1:9"]);
     assert_eq!(removed, "removed 127.0.0.1:9 from g; it drains\n");

@@ -180,6 +180,10 @@ pub enum ApiCommand {
         /// Use only when no primary target is healthy.
         #[arg(long)]
         backup: bool,
+        /// At most this many connections at once (further ones try another target, or wait
+        /// in the group's queue).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_connections: Option<u64>,
     },
     /// Remove a target from a group: it drains, and what is open after drain_timeout is closed.
     Remove {

@@ -102,8 +102,14 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
             api,
             weight,
             backup,
+            max_connections,
         } => {
-            let body = json!({"address": target.address, "weight": weight, "backup": backup});
+            let body = json!({
+                "address": target.address,
+                "weight": weight,
+                "backup": backup,
+                "max_connections": max_connections,
+            });
             let s = client(api)?.post(
                 target_path(&target.group, "", "").trim_end_matches('/'),
                 Some(&body),
@@ -359,12 +365,21 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
                 _ => text(&t["health"]),
             };
             // What the target's agent asks shows where the operator looks: an agent's drain
-            // is not the operator's, but the target takes no new connections all the same.
+            // is not the operator's, but the target takes no new connections all the same;
+            // with both, both show (an operator's enable would not bring it back).
             let state = match t["agent"]["mode"].as_str() {
                 Some(mode @ ("drain" | "maint")) if t["admin_state"] == "active" => {
                     format!("agt:{mode}")
                 }
+                Some(mode @ ("drain" | "maint")) => {
+                    format!("{},agt:{mode}", text(&t["admin_state"]))
+                }
                 _ => text(&t["admin_state"]),
+            };
+            // Open connections, out of the target's max_connections when it has one.
+            let active = match t["max_connections"].as_u64() {
+                Some(max) => format!("{}/{max}", text(&t["active"])),
+                None => text(&t["active"]),
             };
             let weight = match t["agent"]["weight_percent"].as_u64() {
                 Some(p) if p != 100 => format!("{}@{p}%", text(&t["weight"])),
@@ -378,7 +393,7 @@ fn print_targets(doc: &Value, out: &mut dyn Write) {
                 health,
                 state,
                 ago(&t["last_state_change_unix_ms"], now),
-                text(&t["active"]),
+                active,
                 text(&t["total"]),
                 weight,
                 last_check(t, now),

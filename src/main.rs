@@ -123,6 +123,10 @@ fn check(path: &Path, probe_binds: bool) -> ExitCode {
                 }
             }
             if failed {
+                eprintln!(
+                    "error: {} is valid as a file, but `run` would fail on this host (above)",
+                    path.display()
+                );
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS

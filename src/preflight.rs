@@ -90,10 +90,11 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
                 .into(),
         ));
     }
-    if let Some(g) = config
+    if let Some((i, g)) = config
         .target_groups
         .iter()
-        .find(|g| g.source == crate::config::SourceAddress::Client)
+        .enumerate()
+        .find(|(_, g)| g.source == crate::config::SourceAddress::Client)
     {
         found.push(match crate::net::transparent_allowed() {
             Ok(()) => Finding::Ok(format!(
@@ -101,7 +102,11 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
                  must be routed through this host: conf/tproxy/)",
                 g.name
             )),
-            Err(e) => Finding::Fails(format!("target group {}: {e}", g.name)),
+            Err(e) => Finding::Fails(format!(
+                "{}: target_groups[{i}].source ({}): {e}",
+                config.path.display(),
+                g.name
+            )),
         });
     }
     found.push(Finding::NotProbed(

@@ -633,8 +633,9 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
         "address": t.address.to_string(),
         "weight": t.configured_weight,
         // What the algorithms use: the weight, or with agent_check weight × the agent's
-        // percentage (hundredths).
-        "effective_weight": t.weight,
+        // percentage (hundredths); 0 while an agent says `0%` (drained by it).
+        "effective_weight": if t.agent_percent() == 0 { 0 } else { t.weight },
+        "max_connections": t.max_connections,
         "server_id": t.server_id,
         "backup": t.backup,
         "health": if t.is_healthy() { "healthy" } else { "unhealthy" },

@@ -256,7 +256,8 @@ impl std::fmt::Display for Readiness {
 
 /// What a valid configuration may still get wrong, in words (`check` prints each as a warning,
 /// `run` logs it at start): weights given to a `round_robin` group, which ignores them (as it
-/// ignores an agent's percentage); a queue no target can fill; a
+/// ignores an agent's percentage); a queue no target can fill; `source: client` or a queue on
+/// a group only UDP listeners use (TCP-only settings); a
 /// target group that only UDP listeners use, left with the default health check, checks its
 /// targets with TCP connects, which a UDP-only server fails (every target then unhealthy,
 /// traffic sent to all of them, and the node unready when it has no other group).
@@ -285,10 +286,23 @@ pub fn advice(c: &Config) -> Vec<String> {
                 g.name
             ));
         }
-        if g.queue.is_some() && g.targets.iter().all(|t| t.max_connections.is_none()) {
+        if !udp_only && g.queue.is_some() && g.targets.iter().all(|t| t.max_connections.is_none()) {
             said.push(format!(
                 "target group {} has a queue but no target sets max_connections: nothing \
                  is ever full, so nothing waits",
+                g.name
+            ));
+        }
+        // TCP-only settings on a group only UDP listeners use do nothing: say so, rather
+        // than let an operator believe datagrams keep the client's address or wait.
+        let tcp_only = [
+            (g.source == SourceAddress::Client, "source: client"),
+            (g.queue.is_some(), "queue"),
+        ];
+        for (_, key) in tcp_only.iter().filter(|(set, _)| udp_only && *set) {
+            said.push(format!(
+                "target group {} sets {key}, which applies to TCP connections only, but only \
+                 UDP listeners use it: it changes nothing",
                 g.name
             ));
         }

@@ -252,6 +252,24 @@ pub fn print(c: &Config) {
         if g.on_unhealthy == UnhealthyConnections::Close {
             extras.push("on_unhealthy close (open connections reset)".into());
         }
+        if let Some(a) = &g.agent_check {
+            extras.push(format!(
+                "agent check on port {} every {}, timeout {}",
+                a.port,
+                humantime::format_duration(a.interval),
+                humantime::format_duration(a.timeout)
+            ));
+        }
+        if let Some(q) = &g.queue {
+            extras.push(format!(
+                "queue: up to {} waiting, {} each at most",
+                q.max,
+                humantime::format_duration(q.timeout)
+            ));
+        }
+        if g.source == super::SourceAddress::Client {
+            extras.push("source: client (connects from each client's own address)".into());
+        }
         if let Some(od) = &g.outlier_detection {
             extras.push(format!(
                 "outlier detection: eject after {} failures for {} up to {}, at most {}% out",

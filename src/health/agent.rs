@@ -13,7 +13,8 @@
 //!
 //! An agent that cannot be reached or does not answer in time changes nothing (its last word
 //! stands), as in HAProxy: reachability is the health check's business. A line with a word
-//! it does not know is ignored whole and logged once, until a good line comes.
+//! it does not know is ignored whole and logged once, until a good line comes. A NUL ends the
+//! line.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ const MAX_PERCENT: u32 = 1000;
 /// # Errors
 /// The first word it does not know (the line is then ignored whole).
 pub(crate) fn parse(line: &str) -> Result<AgentReply, String> {
+    // A NUL ends the line, as for HAProxy (which reads the answer as a C string).
+    let line = line.split('\0').next().unwrap_or_default();
     let words = line.split('#').next().unwrap_or_default();
     let mut reply = AgentReply::default();
     for word in words.split([' ', '\t', ',']).filter(|w| !w.is_empty()) {
@@ -164,6 +167,12 @@ mod tests {
 
     #[test]
     fn haproxy_agent_words_are_read() {
+        let r = parse("drain\0up").unwrap();
+        assert_eq!(
+            (r.down, r.mode),
+            (None, Some(AgentMode::Drain)),
+            "NUL ends it"
+        );
         let r = parse("up 75%").unwrap();
         assert_eq!((r.down, r.percent, r.mode), (Some(false), Some(75), None));
         let r = parse("drain").unwrap();

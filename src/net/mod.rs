@@ -302,7 +302,8 @@ fn set_transparent(socket: &Socket, v6: bool) -> io::Result<()> {
     }
 }
 
-/// Whether this process may make transparent sockets (`source: client`): CAP_NET_ADMIN.
+/// Whether this process may make transparent sockets (`source: client`): CAP_NET_ADMIN or
+/// CAP_NET_RAW (either lets Linux set IP_TRANSPARENT).
 ///
 /// # Errors
 /// `PermissionDenied` (EPERM) naming what is missing; the socket's error.
@@ -313,7 +314,7 @@ pub(crate) fn transparent_allowed() -> io::Result<()> {
             io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "`source: client` connects from clients' addresses (IP_TRANSPARENT), which \
-                 needs CAP_NET_ADMIN: run as root, or give the service \
+                 needs CAP_NET_ADMIN (or CAP_NET_RAW): run as root, or give the service \
                  AmbientCapabilities=CAP_NET_ADMIN",
             )
         } else {

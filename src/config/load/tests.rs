@@ -293,7 +293,7 @@ fn postgres_routes_that_never_match_are_refused_at_their_key() {
 }
 
 /// What `check` warns of: weights or an agent's percentages under round_robin, a queue that
-/// nothing fills.
+/// nothing fills, TCP-only settings on a UDP-only group.
 #[test]
 fn advice_names_settings_that_change_nothing() {
     let c = parse(&ONE.replace(
@@ -316,6 +316,17 @@ fn advice_names_settings_that_change_nothing() {
     ))
     .unwrap();
     assert_eq!(crate::config::advice(&c), Vec::<String>::new());
+    // TCP-only settings on a group only a UDP listener uses.
+    let c = parse(&ONE.replace("protocol: tcp", "protocol: udp").replace(
+        "    targets:",
+        "    health_check: {protocol: udp, send: a, expect: b}\n    source: client\n    \
+             queue: {max: 10}\n    targets:",
+    ))
+    .unwrap();
+    let said = crate::config::advice(&c);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("sets source: client, which applies to TCP connections only"));
+    assert!(said[1].contains("sets queue, which applies to TCP connections only"));
 }
 
 /// `quic:` mistakes, each at its key: a TCP listener, a key with plaintext or none with
