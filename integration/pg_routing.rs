@@ -120,6 +120,75 @@ fn verify_full_clients_are_routed_by_the_database_after_the_handshake() {
     );
 }
 
+/// On a `tls` listener the StartupMessage has its own `startup_timeout`, from the handshake's
+/// end: a client that finishes its handshake and says nothing is answered 08P01 well before
+/// the handshake timeout, and one that took longer than `startup_timeout` to start its
+/// handshake (within the handshake timeout) is still served.
+#[test]
+fn the_startup_message_has_its_own_time_after_the_handshake() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_files(dir.path(), &["db.example.com"]);
+    let a = Postgres::start_with(&pki, "a", false);
+    let yaml = pg_config(
+        &format!(
+            "    postgres_starttls: true\n    tls:\n      handshake_timeout: 3s\n      \
+             certificates:\n        - {{cert: {0}/lb.pem, key: {0}/lb.key}}\n",
+            dir.path().display()
+        ),
+        "{startup_timeout: 400ms}",
+        &[("a", a.addr)],
+    )
+    .replace("protocol: tcp\n    bind", "protocol: tls\n    bind");
+    let lb = Ballast::start(&yaml);
+    let handshake = |delay: Duration| {
+        let mut tcp = TcpStream::connect(lb.addr("pg")).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        // A slow client: its SSLRequest comes late (the stimulus, not a wait for Ballast).
+        std::thread::sleep(delay);
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .unwrap();
+        let mut s = [0u8; 1];
+        tcp.read_exact(&mut s).unwrap();
+        assert_eq!(&s, b"S");
+        let name = rustls::pki_types::ServerName::try_from("db.example.com").unwrap();
+        let mut tls = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        rustls::StreamOwned::new(tls, tcp)
+    };
+    // Silent after the handshake, prompt or late to it: refused at startup_timeout from the
+    // handshake's end, not at the handshake's 3 s.
+    for delay in [Duration::ZERO, Duration::from_millis(800)] {
+        let mut silent = handshake(delay);
+        let done = Instant::now();
+        let mut got = Vec::new();
+        let _ = silent.read_to_end(&mut got);
+        let waited = done.elapsed();
+        assert_eq!(got.first(), Some(&b'E'), "{got:?}");
+        assert!(
+            String::from_utf8_lossy(&got).contains("no whole startup packet in time"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+            "{delay:?} late: {waited:?}"
+        );
+    }
+    // Late to start (past startup_timeout from the accept), prompt after: served.
+    let mut late = handshake(Duration::from_millis(800));
+    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0postgres\0database\0postgres\0\0");
+    let len = (startup.len() as u32).to_be_bytes();
+    startup[..4].copy_from_slice(&len);
+    late.write_all(&startup).unwrap();
+    let mut first = [0u8; 1];
+    late.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"R", "the server's authentication request");
+}
+
 /// SNI routes keep working beside the StartupMessage's: on a `tcp` listener with
 /// `postgres_starttls`, a client whose TLS passes through to its server is routed by the name
 /// it asks for, and a plain one by its database.

@@ -2,7 +2,7 @@
 //! two directions.
 //!
 //! ```text
-//!                 Preamble { read, postgres, tls, front_door_passed (when) }
+//!                 Preamble { read, postgres, tls, part_began (when) }
 //!   accept ──▶   (PROXY header, SSLRequest, TLS handshake or ClientHello)
 //!                    │ Step::Done: start_connecting          ╲ Refused, ClientGone,
 //!                    ▼                                        ╲ HandshakeFailed, Expired
@@ -206,9 +206,13 @@ impl Event {
 pub(crate) struct Timeouts {
     /// The PROXY header, from the accept (listeners with `accept_proxy_protocol`).
     pub header: Option<Duration>,
-    /// The rest of the preamble (ClientHello, TLS handshake, SSLRequest): from the PROXY
-    /// header's end on a listener that reads one, else from the accept.
+    /// The rest of the preamble (ClientHello, TLS handshake, SSLRequest; a StartupMessage
+    /// on a `postgres:` listener with neither): from the PROXY header's end on a listener
+    /// that reads one, else from the accept.
     pub preamble: Duration,
+    /// A `postgres:` listener's StartupMessage after a TLS handshake or ClientHello: from
+    /// the handshake's end. `None` on other listeners.
+    pub startup: Option<Duration>,
     /// Each connect attempt, including the target's preamble.
     pub connect: Duration,
     /// Established with no byte moving either way.
@@ -221,6 +225,7 @@ impl Timeouts {
     pub(crate) fn first(&self) -> Duration {
         self.header
             .unwrap_or(self.preamble)
+            .min(self.startup.unwrap_or(Duration::MAX))
             .min(self.connect)
             .min(self.idle)
     }
@@ -456,7 +461,16 @@ impl<S: Socket> Connection<S> {
         }
         match self.deadline(timeouts) {
             None => Action::Wait,
-            Some(deadline) if deadline > now => Action::Schedule(deadline),
+            Some(deadline) if deadline > now => {
+                // Before a handshake whose end starts a shorter StartupMessage timeout, look
+                // again within that timeout: the one entry is never later than the deadline
+                // the handshake's end will set (entries only move later).
+                let before_startup = matches!(&self.stage, Stage::Preamble(p) if p.hello.is_none());
+                Action::Schedule(match timeouts.startup.filter(|_| before_startup) {
+                    Some(startup) => deadline.min(now + startup),
+                    None => deadline,
+                })
+            }
             Some(_) => Action::Expired,
         }
     }
@@ -481,10 +495,14 @@ impl<S: Socket> Connection<S> {
     /// `Closing` connection's next check. `None` between stages.
     pub(crate) fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
         match &self.stage {
-            Stage::Preamble(p) => Some(match (timeouts.header, p.front_door_passed) {
+            Stage::Preamble(p) => Some(match (timeouts.header, p.part_began) {
                 (Some(header), None) => self.started + header,
-                (Some(_), Some(passed)) => passed + timeouts.preamble,
-                (None, _) => self.started + timeouts.preamble,
+                // After a handshake or ClientHello, the StartupMessage's own timeout.
+                (_, Some(began)) => match timeouts.startup.filter(|_| p.hello.is_some()) {
+                    Some(startup) => began + startup,
+                    None => began + timeouts.preamble,
+                },
+                (None, None) => self.started + timeouts.preamble,
             }),
             Stage::Connecting(a) | Stage::TargetPreamble(a) => a
                 .current

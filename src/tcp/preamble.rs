@@ -30,11 +30,11 @@ pub(crate) struct Preamble {
     /// A `protocol: tls` listener's handshake with the client, in progress. Once over, the
     /// session moves into the client endpoint's transport.
     pub tls: Option<Box<rustls::Connection>>,
-    /// When the front door's checks were done (PROXY header read, access rules and
-    /// per-source limits passed): later calls of the preamble go on from there, and the
-    /// ClientHello's or handshake's timeout runs from then on a listener that reads a PROXY
-    /// header.
-    pub front_door_passed: Option<Instant>,
+    /// When the part of the preamble under way began: first when the front door's checks
+    /// were done (PROXY header read, access rules and per-source limits passed; later calls
+    /// go on from there), then, on a listener that reads a StartupMessage after a handshake
+    /// or ClientHello, when that ended. The part's timeout runs from it.
+    pub part_began: Option<Instant>,
     /// Once the TLS handshake or the ClientHello is over (or there is none): the server name
     /// the client asked for, if any. Later calls go on from there.
     pub hello: Option<Option<String>>,
@@ -259,7 +259,7 @@ impl<S: Socket> Connection<S> {
             return Step::Wait;
         };
         let front = &mut self.front;
-        if p.front_door_passed.is_none() {
+        if p.part_began.is_none() {
             if config.accept_proxy.is_some() {
                 match read_proxy_header(p, front) {
                     HeaderRead::Wait => return Step::Wait,
@@ -284,7 +284,7 @@ impl<S: Socket> Connection<S> {
                 }
             }
             if let Stage::Preamble(p) = &mut self.stage {
-                p.front_door_passed = Some(now);
+                p.part_began = Some(now);
             }
         }
         // A `tls` listener routing PostgreSQL: what comes before the handshake may also be a
@@ -339,6 +339,10 @@ impl<S: Socket> Connection<S> {
                 None
             };
             p.hello = Some(name);
+            if config.postgres.is_some() {
+                // The StartupMessage's own timeout runs from the handshake's end.
+                p.part_began = Some(now);
+            }
         }
         let name = p.hello.clone().flatten();
         let sni_group = sni.zip(name.as_deref()).and_then(|(s, n)| s.group_for(n));
@@ -447,7 +451,7 @@ impl<S: Socket> Connection<S> {
         };
         let reading_startup =
             config.postgres.is_some() && p.hello.is_some() && p.postgres != Some(true);
-        match (&config.sni, p.front_door_passed.is_some()) {
+        match (&config.sni, p.part_began.is_some()) {
             (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
             _ if reading_startup => Expiry::StartupTimeout,
             (_, true) if config.tls.is_some() => Expiry::HandshakeTimeout,

@@ -520,9 +520,9 @@ fn of(event: &Event) -> crate::tcp::Event {
 }
 
 /// The timeouts of listener `config`'s connections. The PROXY header's (from the accept),
-/// then the ClientHello's (a `tls` listener's handshake timeout, or the longer
-/// `postgres.startup_timeout`) from the header's end, each as configured; `connect_timeout`
-/// for a preamble with none of these.
+/// then the ClientHello's (a `tls` listener's handshake timeout) from the header's end, then
+/// `postgres.startup_timeout` from the handshake's end (from the header's without one), each
+/// as configured; `connect_timeout` for a preamble with none of these.
 pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
     let proxy = config.accept_proxy.as_ref().map(|a| a.timeout);
     // A TLS listener's handshake timeout covers the ClientHello (and the SSLRequest).
@@ -530,15 +530,17 @@ pub(super) fn timeouts(config: &ListenerConfig) -> Timeouts {
         Some(tls) => Some(tls.handshake_timeout),
         None => config.sni.as_ref().map(|s| s.timeout),
     };
-    // A PostgreSQL StartupMessage comes after any handshake, under the longer of the two.
-    let preamble = match (&config.postgres, hello) {
-        (Some(pg), Some(h)) => h.max(pg.startup_timeout),
-        (Some(pg), None) => pg.startup_timeout,
-        (None, h) => h.unwrap_or(config.connect_timeout),
+    // A PostgreSQL StartupMessage after a handshake has its own timeout, from the handshake's
+    // end; without one, it is the preamble's.
+    let (preamble, startup) = match (&config.postgres, hello) {
+        (Some(pg), Some(h)) => (h, Some(pg.startup_timeout)),
+        (Some(pg), None) => (pg.startup_timeout, None),
+        (None, h) => (h.unwrap_or(config.connect_timeout), None),
     };
     Timeouts {
         header: proxy,
         preamble,
+        startup,
         connect: config.connect_timeout,
         idle: config.idle_timeout,
     }

@@ -141,6 +141,7 @@ impl Run {
         let timeouts = Timeouts {
             header: None,
             preamble: Duration::from_secs(5),
+            startup: None,
             connect: Duration::from_secs(5),
             idle: Duration::from_millis(200 + rng.below(3000) as u64),
         };
