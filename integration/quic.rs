@@ -188,3 +188,81 @@ fn without_quic_routing_the_same_move_breaks_the_connection() {
     let lb = ballast(&[&a, &b], "");
     assert!(stream_across_a_move(lb.addr("q")).is_err());
 }
+
+/// Crafted packets (plaintext QUIC-LB, server IDs of one octet): an Initial whose client-chosen
+/// connection ID happens to look like this configuration's, naming no server, is balanced and
+/// not counted as an unknown server ID (only IDs a server must have issued are); a short
+/// header naming no server is; an Initial naming a server whose health check fails is
+/// balanced to a healthy one, as a new connection is; a v1 connection ID over 20 octets is
+/// not QUIC (the fallback).
+#[test]
+fn crafted_packets_are_routed_and_counted_as_documented() {
+    let a = UdpBackend::start(udp_tagged(1));
+    // Answers datagrams but not the health check: unhealthy, though it echoes.
+    let sick: UdpHandler = std::sync::Arc::new(|d: &[u8], _| (d != b"ping").then(|| vec![3]));
+    let c = UdpBackend::start(sick);
+    let lb = Ballast::start(&format!(
+        "workers: 1\nlisteners:\n  - {{name: q, protocol: udp, bind: '127.0.0.1:0', \
+         target_group: g, quic: {{server_id_length: 1, nonce_length: 4}}}}\n\
+         target_groups:\n  - name: g\n    algorithm: maglev\n    \
+         health_check: {{protocol: udp, send: ping, expect: pong, interval: 100ms, \
+         timeout: 100ms, unhealthy_threshold: 1}}\n    \
+         targets: [{{address: '{}', server_id: 1}}, {{address: '{}', server_id: 3}}]\n",
+        a.addr, c.addr
+    ));
+    let (addr, admin) = (lb.addr("q"), lb.admin_addr());
+    wait_health(admin, "g", c.addr, "unhealthy");
+    wait_health(admin, "g", a.addr, "healthy");
+    let lb_config = LbConfig::new(0, 1, 4, None).unwrap();
+    let initial = |server_id: u64, nonce: u8| {
+        let dcid = lb_config.encode(server_id, &[nonce; 4], 0).unwrap();
+        let mut p = vec![0xc0, 0, 0, 0, 1, dcid.len() as u8];
+        p.extend_from_slice(&dcid);
+        p.push(0); // no source connection ID
+        p.extend_from_slice(b"hello");
+        p
+    };
+    let reply = |packet: &[u8]| {
+        let s = udp_client(addr);
+        s.send(packet).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).expect("a reply");
+        buf[..n].to_vec()
+    };
+    let counted = || {
+        let (m, _) = scrape(admin);
+        let route = |r: &str| {
+            labelled(&m, "ballast_listener_quic_datagrams_total", &[("route", r)]).unwrap_or(0.0)
+        };
+        let unknown =
+            labelled(&m, "ballast_listener_quic_unknown_server_id_total", &[]).unwrap_or(0.0);
+        (route("balanced"), route("fallback"), unknown)
+    };
+    // Initials naming server 3, which fails its checks: balanced, so to a.
+    for nonce in 0..10 {
+        assert_eq!(reply(&initial(3, nonce))[0], 1, "to the healthy server");
+    }
+    // Initials naming server 9 (no target): balanced, not unknown.
+    let (balanced, fallback, unknown) = counted();
+    for nonce in 0..10 {
+        reply(&initial(9, nonce));
+    }
+    wait_until("counted", || counted().0 >= balanced + 10.0);
+    assert_eq!(counted(), (balanced + 10.0, fallback, unknown));
+    // Short headers naming server 9: routed by 5-tuple, and the ID counted as unknown.
+    for nonce in 0..3 {
+        let mut p = vec![0x40];
+        p.extend_from_slice(&lb_config.encode(9, &[nonce; 4], 0).unwrap());
+        p.extend_from_slice(b"short");
+        reply(&p);
+    }
+    wait_until("counted", || counted().1 >= fallback + 3.0);
+    assert_eq!(counted(), (balanced + 10.0, fallback + 3.0, unknown + 3.0));
+    // A v1 Initial with a 21-octet connection ID: not QUIC, the fallback.
+    let mut p = vec![0xc0, 0, 0, 0, 1, 21];
+    p.extend_from_slice(&[9; 21]);
+    p.push(0);
+    reply(&p);
+    wait_until("counted", || counted().1 >= fallback + 4.0);
+    assert_eq!(counted().0, balanced + 10.0);
+}

@@ -62,11 +62,14 @@ pub struct Header<'a> {
     pub dcid: &'a [u8],
 }
 
+/// The longest connection ID of QUIC v1 and v2, in octets (RFC 9000 §17.2).
+const MAX_CID_LEN: usize = 20;
+
 /// The header of the first packet in `datagram` (RFC 8999's invariants; RFC 9000 §17.2 and
 /// RFC 9369 §3.2 for the packet types), where short headers carry a destination connection
-/// ID of `short_dcid_len` octets. `None` for what cannot be QUIC: empty, truncated, a long
-/// header whose connection ID is over 255 octets' room, or version negotiation (version 0,
-/// which only servers send).
+/// ID of `short_dcid_len` octets. `None` for what cannot be QUIC: empty, truncated (a long
+/// header's connection IDs not whole), a v1 or v2 connection ID over 20 octets, or version
+/// negotiation (version 0, which only servers send).
 pub fn header(datagram: &[u8], short_dcid_len: usize) -> Option<Header<'_>> {
     let (&first, rest) = datagram.split_first()?;
     if first & 0x80 == 0 {
@@ -78,6 +81,13 @@ pub fn header(datagram: &[u8], short_dcid_len: usize) -> Option<Header<'_>> {
     let version = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
     let len = usize::from(*rest.get(4)?);
     let dcid = rest.get(5..5 + len)?;
+    // The source connection ID follows, whole (an invariant of every version).
+    let scid_len = usize::from(*rest.get(5 + len)?);
+    rest.get(6 + len..6 + len + scid_len)?;
+    let known = matches!(version, VERSION_1 | VERSION_2);
+    if known && (len > MAX_CID_LEN || scid_len > MAX_CID_LEN) {
+        return None; // v1 and v2 connection IDs are at most 20 octets (RFC 9000 §17.2)
+    }
     let packet_type = (first >> 4) & 0x03;
     let kind = match (version, packet_type) {
         (0, _) => return None,
@@ -143,6 +153,18 @@ mod tests {
         assert_eq!(header(&initial, 8), None);
         assert_eq!(header(&[0xc0, 0, 0, 0, 1, 9, 1, 2], 8), None);
         assert_eq!(header(&[], 8), None);
+        // A source connection ID longer than what is left; v1 IDs over 20 octets.
+        assert_eq!(header(&[0xc0, 0, 0, 0, 1, 1, 7, 3, 1], 8), None);
+        let mut long = vec![0xc0, 0, 0, 0, 1, 21];
+        long.extend_from_slice(&[5; 21]);
+        long.push(0);
+        assert_eq!(header(&long, 8), None);
+        long[1..5].copy_from_slice(&0xff00_001d_u32.to_be_bytes());
+        assert_eq!(
+            header(&long, 8).unwrap().kind,
+            Kind::OtherLong,
+            "any length elsewhere"
+        );
         // Short header: the DCID length is the configuration's.
         let short = [0x40, 9, 8, 7, 6, 5, 4, 3, 2, 0xaa];
         let h = header(&short, 8).unwrap();

@@ -10,12 +10,14 @@
 //! - A long header packet of a flow that has a session follows it: the handshake stays where
 //!   it began (clients do not migrate before the handshake is confirmed, RFC 9000 §9).
 //! - A long header packet without a session goes by its connection ID's server when that is a
-//!   target in service (a client reconnecting to a server it knows, or a flow whose session
-//!   expired); else an Initial or 0-RTT packet, whose connection ID the client chose, is
+//!   target in service and healthy, or for a Handshake packet any target still keeping its
+//!   flows (a client reconnecting to a server it knows, or a flow whose session expired);
+//!   else an Initial or 0-RTT packet, whose connection ID the client chose, is
 //!   balanced by the group's algorithm on that ID (so a retransmitted Initial from another
 //!   address, or to another Ballast node, meets the same target under `maglev`).
 //! - Anything else (not QUIC, another configuration's IDs, an unknown server ID) is routed by
-//!   its 5-tuple, as any UDP flow: the fallback, counted.
+//!   its 5-tuple, as any UDP flow: the fallback, counted (`unknown_server_id` too for an
+//!   unknown server ID outside an Initial, whose ID may be the client's random choice).
 //!
 //! **Tokens** (Quilkin's TokenRouter): a datagram goes to the target listing its token (a
 //! prefix or suffix of `size` octets), stripped first unless `strip: false`; a datagram with
@@ -164,7 +166,9 @@ impl Worker {
         let group = &self.generation.groups[g];
         let decoded = quic.lb.decode(h.dcid);
         let server = decoded.and_then(|id| group.by_server_id(id));
-        if decoded.is_some() && server.is_none() {
+        // An Initial's connection ID is often the client's own random choice, which may look
+        // like one of this configuration's: only IDs a server must have issued count.
+        if decoded.is_some() && server.is_none() && h.kind != Kind::ClientChosen {
             counts.unknown_server_id += 1;
         }
         let has_session = || self.sessions.find(&self.flow(i, client, local)).is_some();
@@ -181,8 +185,11 @@ impl Worker {
                 counts.fallback += u64::from(server.is_none());
                 Choice::Pick(None)
             }
+            // An Initial naming a server goes there only if it may take new connections
+            // (in service, healthy): else it is balanced, as a new connection is.
             (Kind::ClientChosen | Kind::OtherLong, Some(t))
-                if group.targets[t].in_service() || h.kind == Kind::OtherLong =>
+                if h.kind == Kind::OtherLong
+                    || group.targets[t].in_service() && group.targets[t].is_available() =>
             {
                 counts.by_connection_id += 1;
                 Choice::Target(t)
