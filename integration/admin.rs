@@ -115,6 +115,21 @@ fn send_head(admin: SocketAddr, head: &str) -> TcpStream {
     s
 }
 
+/// A body over the API's 64 KiB is answered 413 (Payload Too Large), and nothing changes.
+#[test]
+fn an_oversized_body_is_answered_413() {
+    let lb = Ballast::start(&config("round_robin", &[(dead_addr(), 1)], "", NO_CHECKS));
+    let admin = lb.admin_addr();
+    let body = format!(
+        r#"{{"address": "127.0.0.1:9", "pad": "{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let (status, said) = common::http(admin, "POST", "/target-groups/g/targets", None, &body);
+    assert_eq!(status, 413, "{said}");
+    assert!(said.contains("over 65536 bytes"), "{said}");
+    assert_eq!(group_targets(admin, "g").len(), 1);
+}
+
 /// A body promised and never sent is given up at its deadline (408, closed); an open endpoint
 /// answers without waiting for one; and 4,500 connections holding stalled bodies or sending
 /// nothing at all (more than the API's 4,096 slots) never keep `/healthz` from answering.

@@ -359,6 +359,11 @@ fn shipped_example_configs_are_valid() {
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(0), "{}: {stderr}", path.display());
+            if path.ends_with("quic.yaml") {
+                // Its QUIC health check is named as such, not as the UDP probe it is built on.
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(stdout.contains("health check quic"), "{stdout}");
+            }
             checked += 1;
         }
     }

@@ -25,6 +25,15 @@ fn ask(to: SocketAddr, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
     Some(buf[..n].to_vec())
 }
 
+/// `ballast ARGS --admin http://ADMIN`, run to its end.
+fn cli(admin: SocketAddr, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .args(["--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
     let targets: Vec<UdpBackend> = (0..100)
@@ -122,18 +131,22 @@ fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
     assert!(body.contains("tokens of 8"), "{body}");
     let (status, _) = http(admin, "POST", &path3, None, r#"{"add": "player78"}"#);
     assert_eq!(status, 400);
+    // A server ID in a group no `quic:` listener serves would route nothing.
+    let body = format!(r#"{{"address": "{}", "server_id": 3}}"#, free_udp_addr());
+    let (status, said) = http(admin, "POST", "/target-groups/g/targets", None, &body);
+    assert_eq!(status, 409, "{said}");
+    assert!(said.contains("has `quic:`"), "{said}");
     // The CLI does the same.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args([
+    let out = cli(
+        admin,
+        &[
             "tokens",
             "g",
             &targets[9].addr.to_string(),
             "--add",
             "player99",
-        ])
-        .args(["--admin", &format!("http://{admin}")])
-        .output()
-        .unwrap();
+        ],
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("tokens [tok00009, player99]"), "{said}");
     let reply = ask(addr, b"player99!", WAIT).expect("routed");
@@ -146,6 +159,17 @@ fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
         listed["tokens"],
         serde_json::json!(["tok00009", "player99"])
     );
+    // A new server, added with its first token by the CLI: routed by it.
+    let newcomer = UdpBackend::start(udp_tagged(200));
+    let newcomer_addr = newcomer.addr.to_string();
+    let out = cli(admin, &["add", "g", &newcomer_addr, "--token", "newbie01"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = ask(addr, b"newbie01hi", WAIT).expect("routed");
+    assert_eq!((reply[0], &reply[3..]), (200, &b"hi"[..]));
     // Removed: no longer routed.
     let (status, body) = http(admin, "POST", &path, None, r#"{"remove": ["player77"]}"#);
     assert_eq!(status, 200, "{body}");
@@ -153,6 +177,26 @@ fn a_hundred_servers_behind_one_port_each_reached_by_its_tokens() {
         ask(addr, b"player77 again", Duration::from_millis(300)),
         None
     );
+
+    // One client whose token changes: its session moves, and each target it is moved to
+    // counts it in `total` (so `active` never exceeds `total`).
+    let total = |i: usize| {
+        group_targets(admin, "g")
+            .into_iter()
+            .find(|t| t["address"] == targets[i].addr.to_string())
+            .unwrap()["total"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = (total(5), total(6));
+    let s = udp_client(addr);
+    let mut buf = [0u8; 64];
+    for t in [5, 6, 5] {
+        s.send(format!("{}hop", token(t)).as_bytes()).unwrap();
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!((buf[0] as usize, &buf[3..n]), (t, &b"hop"[..]));
+    }
+    assert_eq!((total(5), total(6)), (before.0 + 2, before.1 + 1));
 }
 
 /// Draining a UDP target: its 20 live sessions keep every reply, from the same target, while

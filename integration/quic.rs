@@ -265,4 +265,10 @@ fn crafted_packets_are_routed_and_counted_as_documented() {
     reply(&p);
     wait_until("counted", || counted().1 >= fallback + 4.0);
     assert_eq!(counted().0, balanced + 10.0);
+
+    // Tokens for a group no `token:` listener serves would route nothing: refused.
+    let path = format!("/target-groups/g/targets/{}/tokens", a.addr);
+    let (status, body) = http(admin, "POST", &path, None, r#"{"add": ["abcdefgh"]}"#);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("has `token:`"), "{body}");
 }

@@ -184,6 +184,12 @@ pub enum ApiCommand {
         /// in the group's queue).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_connections: Option<u64>,
+        /// Its QUIC-LB server ID (groups with a `quic:` listener), decimal or 0x-hex.
+        #[arg(long, value_name = "ID", value_parser = parse_server_id)]
+        server_id: Option<u64>,
+        /// A token a `token:` listener routes to it (text, or `base64:…`); repeatable.
+        #[arg(long = "token", value_name = "TOKEN")]
+        tokens: Vec<String>,
     },
     /// Remove a target from a group: it drains, and what is open after drain_timeout is closed.
     Remove {
@@ -370,3 +376,12 @@ reached, or \fBballast health\fR finding the node not ready.
 Bad usage, or a configuration \fBrun\fR or \fBcheck\fR refuses (including an address in use
 or a file that cannot be written).
 "#;
+
+/// A server ID as `--server-id` takes it: decimal, or hex after `0x`.
+fn parse_server_id(text: &str) -> Result<u64, String> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|e| format!("`{text}`: {e}"))
+}

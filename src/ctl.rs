@@ -103,12 +103,16 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
             weight,
             backup,
             max_connections,
+            server_id,
+            tokens,
         } => {
             let body = json!({
                 "address": target.address,
                 "weight": weight,
                 "backup": backup,
                 "max_connections": max_connections,
+                "server_id": server_id,
+                "tokens": tokens,
             });
             let s = client(api)?.post(
                 target_path(&target.group, "", "").trim_end_matches('/'),

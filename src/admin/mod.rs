@@ -468,19 +468,6 @@ fn parse_tokens(body: &str) -> Result<(Tokens, Tokens), String> {
     Ok((parse(c.add)?, parse(c.remove)?))
 }
 
-/// A token as the API shows it: its text when printable ASCII, else `base64:…`.
-fn show_token(token: &[u8]) -> String {
-    use base64::Engine;
-    if token.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && !token.starts_with(b"base64:") {
-        String::from_utf8_lossy(token).into_owned()
-    } else {
-        format!(
-            "base64:{}",
-            base64::engine::general_purpose::STANDARD.encode(token)
-        )
-    }
-}
-
 /// The body of `POST …/weight`: `{"weight": N}`.
 fn parse_weight(body: &str) -> Result<u32, String> {
     #[derive(serde::Deserialize)]
@@ -578,7 +565,12 @@ fn target_request(
                         .targets
                         .iter()
                         .find(|t| t.address == address)
-                        .map(|t| t.tokens.iter().map(|k| show_token(k)).collect())
+                        .map(|t| {
+                            t.tokens
+                                .iter()
+                                .map(|k| crate::config::show_token(k))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     json_response(
                         200,
@@ -683,7 +675,11 @@ fn targets(generation: &Generation) -> serde_json::Value {
                     // Its tokens (`token:` listeners), from the group's configuration.
                     let tokens = g.config.targets.iter().find(|c| c.address == t.address);
                     if let Some(c) = tokens.filter(|c| !c.tokens.is_empty()) {
-                        doc["tokens"] = c.tokens.iter().map(|k| show_token(k)).collect();
+                        doc["tokens"] = c
+                            .tokens
+                            .iter()
+                            .map(|k| crate::config::show_token(k))
+                            .collect();
                     }
                     doc
                 })

@@ -245,17 +245,17 @@ pub(super) async fn handle(
         match tokio::time::timeout(BODY_TIMEOUT, read).await {
             Ok(Ok(b)) => String::from_utf8(b.to_bytes().to_vec())
                 .map_err(|_| "the request body is not UTF-8".to_string()),
+            // The rest of the body is not read: the connection cannot go on after these.
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                let message = format!("the request body is over {MAX_BODY} bytes");
+                return Ok(closing(respond(error(413, &message))));
+            }
             Ok(Err(_)) => Err(format!(
                 "cannot read the request body (at most {MAX_BODY} bytes)"
             )),
             Err(_) => {
                 let message = format!("the request body did not arrive within {BODY_TIMEOUT:?}");
-                let mut reply = respond(error(408, &message));
-                reply.headers_mut().insert(
-                    hyper::header::CONNECTION,
-                    hyper::header::HeaderValue::from_static("close"),
-                );
-                return Ok(reply);
+                return Ok(closing(respond(error(408, &message))));
             }
         }
     } else {
@@ -446,6 +446,15 @@ fn respond(reply: Reply) -> Response<Full<Bytes>> {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
     }
     response
+}
+
+/// `reply`, telling the client the connection closes after it.
+fn closing<B>(mut reply: Response<B>) -> Response<B> {
+    reply.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    reply
 }
 
 #[cfg(test)]

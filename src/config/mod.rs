@@ -48,7 +48,7 @@ pub use postgres::{
 };
 pub use problem::Problem;
 pub use quic::{
-    parse_token, QuicAlgorithm, QuicKey, QuicRouting, TokenCapture, TokenRouting,
+    parse_token, show_token, QuicAlgorithm, QuicKey, QuicRouting, TokenCapture, TokenRouting,
     DEFAULT_NONCE_LENGTH,
 };
 pub(crate) use tls::reload_tls;
@@ -257,7 +257,8 @@ impl std::fmt::Display for Readiness {
 /// What a valid configuration may still get wrong, in words (`check` prints each as a warning,
 /// `run` logs it at start): weights given to a `round_robin` group, which ignores them (as it
 /// ignores an agent's percentage); a queue no target can fill; `source: client` or a queue on
-/// a group only UDP listeners use (TCP-only settings); a
+/// a group only UDP listeners use (TCP-only settings); tokens or server IDs no listener of the
+/// group routes by; a
 /// target group that only UDP listeners use, left with the default health check, checks its
 /// targets with TCP connects, which a UDP-only server fails (every target then unhealthy,
 /// traffic sent to all of them, and the node unready when it has no other group).
@@ -290,6 +291,28 @@ pub fn advice(c: &Config) -> Vec<String> {
             said.push(format!(
                 "target group {} has a queue but no target sets max_connections: nothing \
                  is ever full, so nothing waits",
+                g.name
+            ));
+        }
+        // Routing keys no listener of the group reads (a file that lost its `token:`).
+        let unread = [
+            (
+                g.targets.iter().any(|t| !t.tokens.is_empty()),
+                users.iter().any(|l| l.token.is_some()),
+                "tokens",
+                "token:",
+            ),
+            (
+                g.targets.iter().any(|t| t.server_id.is_some()),
+                users.iter().any(|l| l.quic.is_some()),
+                "server_id",
+                "quic:",
+            ),
+        ];
+        for (_, _, key, section) in unread.iter().filter(|(set, read, ..)| *set && !read) {
+            said.push(format!(
+                "target group {} gives targets {key}, but no listener of the group has \
+                 `{section}`: they route nothing",
                 g.name
             ));
         }

@@ -217,6 +217,11 @@ pub fn print(c: &Config) {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            HealthCheckKind::Udp { send, expect }
+                if (send.clone(), expect.clone()) == crate::quic::version_probe() =>
+            {
+                "quic (Version Negotiation answered to a reserved version)".to_string()
+            }
             HealthCheckKind::Udp { send, expect } => format!(
                 "udp ({} bytes out, reply must contain {} bytes)",
                 send.len(),

@@ -94,7 +94,7 @@ impl TokenRouting {
         let bad = target.tokens.iter().find(|k| k.len() != self.size)?;
         Some(format!(
             "token `{}` is {} octet(s); this listener reads tokens of {}",
-            String::from_utf8_lossy(bad).escape_debug(),
+            show_token(bad),
             bad.len(),
             self.size
         ))
@@ -116,6 +116,20 @@ impl TokenRouting {
             (true, TokenCapture::Prefix) => (self.size, 0),
             (true, TokenCapture::Suffix) => (0, self.size),
         }
+    }
+}
+
+/// A token as the API and messages show it: its text when printable ASCII, else `base64:…`
+/// (what [`parse_token`] reads back).
+pub fn show_token(token: &[u8]) -> String {
+    use base64::Engine;
+    if token.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && !token.starts_with(b"base64:") {
+        String::from_utf8_lossy(token).into_owned()
+    } else {
+        format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(token)
+        )
     }
 }
 

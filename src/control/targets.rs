@@ -107,7 +107,7 @@ impl Control {
         if target.weight != 1 {
             weights_count(g)?;
         }
-        routing_ids_fit(&config, group, &target, None)?;
+        routing_ids_fit(&config, group, &target, None, !target.tokens.is_empty())?;
         let g = group_config(&mut config, group)?;
         g.targets.push(target);
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
@@ -233,6 +233,7 @@ impl Control {
                 state.map_or(String::new(), |s| s.to_string())
             )));
         }
+        let adding = !add.is_empty();
         let before = t.tokens.clone();
         t.tokens.retain(|k| !remove.contains(k));
         for k in add {
@@ -242,7 +243,7 @@ impl Control {
         }
         if t.tokens != before {
             let changed = t.clone();
-            routing_ids_fit(&config, group, &changed, Some(address))?;
+            routing_ids_fit(&config, group, &changed, Some(address), adding)?;
             self.apply_locked(config)?;
             log::info!(
                 "target group {group}: {address}: {} token(s) now (admin API)",
@@ -386,17 +387,20 @@ fn group_config<'c>(
 }
 
 /// Whether `target`'s QUIC server ID and tokens can join group `group` (`except` being the
-/// target it replaces, if any): not another target's, and fitting every listener of the
-/// group (`quic.server_id_length`, `token.size`).
+/// target it replaces, if any): not another target's, fitting every listener of the group
+/// (`quic.server_id_length`, `token.size`), and read by one: a new target's server ID needs
+/// a `quic:` listener of the group, tokens being added (`adding_tokens`) a `token:` one.
 ///
 /// # Errors
-/// [`ChangeError::Conflict`] for a server ID or token another target holds,
-/// [`ChangeError::Invalid`] for one a listener cannot carry.
+/// [`ChangeError::Conflict`] for a server ID or token another target holds, or one no
+/// listener of the group would route by; [`ChangeError::Invalid`] for one a listener cannot
+/// carry.
 fn routing_ids_fit(
     config: &Config,
     group: &str,
     target: &TargetConfig,
     except: Option<SocketAddr>,
+    adding_tokens: bool,
 ) -> Result<(), ChangeError> {
     let Some((gi, g)) = config
         .target_groups
@@ -408,6 +412,19 @@ fn routing_ids_fit(
             "unknown target group `{group}`"
         )));
     };
+    let users = || config.listeners.iter().filter(|l| l.target_group == gi);
+    let unread = |what: &str, key: &str| {
+        ChangeError::Conflict(format!(
+            "no listener of target group `{group}` has `{key}`: {what} would route nothing \
+             (a matchmaker pointed at the wrong group?)"
+        ))
+    };
+    if except.is_none() && target.server_id.is_some() && !users().any(|l| l.quic.is_some()) {
+        return Err(unread("a server_id", "quic:"));
+    }
+    if adding_tokens && !users().any(|l| l.token.is_some()) {
+        return Err(unread("tokens", "token:"));
+    }
     let others = || g.targets.iter().filter(|t| Some(t.address) != except);
     if let Some(id) = target.server_id {
         if let Some(t) = others().find(|t| t.server_id == Some(id)) {
@@ -422,7 +439,7 @@ fn routing_ids_fit(
             return Err(ChangeError::Conflict(format!(
                 "target {} of group `{group}` has token `{}` already",
                 t.address,
-                String::from_utf8_lossy(token).escape_debug()
+                crate::config::show_token(token)
             )));
         }
     }

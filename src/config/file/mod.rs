@@ -202,8 +202,8 @@ pub struct FileQuic {
     /// the same on every node and server; relative paths are the config file's directory's.
     pub key_file: Option<String>,
     /// Optional, default 0: the configuration's codepoint (0 to 6), the first three bits of
-    /// each connection ID; a new key gets the next one, so old and new IDs route during the
-    /// change.
+    /// each connection ID. A listener holds one configuration: give a new key the next
+    /// codepoint, so IDs of the old one are told apart and routed by 5-tuple meanwhile.
     pub config_rotation: Option<Bounded<0, 6>>,
     /// Optional, default 1 + server_id_length + nonce_length: the length of the connection IDs
     /// the servers issue (short headers do not carry it), when they append octets of their

@@ -327,6 +327,23 @@ fn advice_names_settings_that_change_nothing() {
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(said[0].contains("sets source: client, which applies to TCP connections only"));
     assert!(said[1].contains("sets queue, which applies to TCP connections only"));
+    // Tokens and server IDs where no listener routes by them.
+    let c = parse(
+        &ONE.replace("protocol: tcp", "protocol: udp")
+            .replace(
+                "    targets:",
+                "    health_check: {protocol: udp, send: a, expect: b}\n    targets:",
+            )
+            .replace(
+                "'127.0.0.1:5432'}",
+                "'127.0.0.1:5432', tokens: [abcd], server_id: 1}",
+            ),
+    )
+    .unwrap();
+    let said = crate::config::advice(&c);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("gives targets tokens, but no listener of the group has `token:`"));
+    assert!(said[1].contains("gives targets server_id, but no listener of the group has `quic:`"));
 }
 
 /// `quic:` mistakes, each at its key: a TCP listener, a key with plaintext or none with
@@ -398,7 +415,23 @@ fn quic_mistakes_are_refused_at_their_key() {
         "{server_id_length: 1}",
         "{address: '127.0.0.1:4434', server_id: 3}, {address: '127.0.0.1:4435', server_id: 3}"
     ))
-    .contains("two targets have server_id 3"));
+    .contains(
+        "two targets have server_id 3 (targets[0] 127.0.0.1:4434 and targets[1] 127.0.0.1:4435)"
+    ));
+    // Tokens: a repeat names both holders; a wrong size shows unprintable octets as base64.
+    let tokens = |targets: &str| {
+        format!(
+            "listeners:\n  - {{name: t, protocol: udp, bind: '127.0.0.1:4433', target_group: \
+             g, token: {{capture: prefix, size: 4}}}}\ntarget_groups:\n  - name: g\n    \
+             targets: [{targets}]\n"
+        )
+    };
+    assert!(first(&tokens(
+        "{address: '127.0.0.1:1', tokens: [abcd]}, {address: '127.0.0.1:2', tokens: [abcd]}"
+    ))
+    .contains("token `abcd` is listed twice (targets[0] 127.0.0.1:1 and targets[1] 127.0.0.1:2)"));
+    let said = first(&tokens("{address: '127.0.0.1:1', tokens: ['base64:AAEC']}"));
+    assert!(said.contains("token `base64:AAEC` is 3 octet(s)"), "{said}");
     // And a good one: the key is read, never shown.
     let c = parse(&udp(
         &format!("{{server_id_length: 2, algorithm: block_cipher, key_file: '{good}'}}"),

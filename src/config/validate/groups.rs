@@ -33,29 +33,38 @@ pub fn check_group(group: &TargetGroupConfig) -> Result<(), (&'static str, Strin
             ));
         }
     }
-    let mut tokens: Vec<&[u8]> = group
+    // A token or server ID names one target: a repeat is refused naming both holders.
+    let mut tokens: Vec<(&[u8], usize)> = group
         .targets
         .iter()
-        .flat_map(|t| t.tokens.iter().map(|k| &k[..]))
+        .enumerate()
+        .flat_map(|(i, t)| t.tokens.iter().map(move |k| (&k[..], i)))
         .collect();
     tokens.sort_unstable();
-    if let Some(twice) = tokens.windows(2).find(|w| w[0] == w[1]) {
+    if let Some(w) = tokens.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err((
             "targets",
             format!(
-                "token `{}` is listed twice: a token names one target",
-                String::from_utf8_lossy(twice[0]).escape_debug()
+                "token `{}` is listed twice ({}): a token names one target",
+                crate::config::show_token(w[0].0),
+                holders(group, w[0].1, w[1].1)
             ),
         ));
     }
-    let mut ids: Vec<u64> = group.targets.iter().filter_map(|t| t.server_id).collect();
+    let mut ids: Vec<(u64, usize)> = group
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| Some((t.server_id?, i)))
+        .collect();
     ids.sort_unstable();
-    if let Some(twice) = ids.windows(2).find(|w| w[0] == w[1]) {
+    if let Some(w) = ids.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err((
             "targets",
             format!(
-                "two targets have server_id {}: a QUIC server ID names one target",
-                twice[0]
+                "two targets have server_id {} ({}): a QUIC server ID names one target",
+                w[0].0,
+                holders(group, w[0].1, w[1].1)
             ),
         ));
     }
@@ -247,4 +256,14 @@ fn target_group(key: &str, g: FileTargetGroup, base: &Path) -> Result<TargetGrou
     };
     check_group(&group).map_err(|m| (format!("{key}.{}", m.0), m.1))?;
     Ok(group)
+}
+
+/// Targets `a` and `b` of `group`, for a message: `targets[1] 10.0.0.1:7777 and targets[4] …`.
+fn holders(group: &TargetGroupConfig, a: usize, b: usize) -> String {
+    let one = |i: usize| format!("targets[{i}] {}", group.targets[i].address);
+    if a == b {
+        format!("{} lists it twice", one(a))
+    } else {
+        format!("{} and {}", one(a), one(b))
+    }
 }
