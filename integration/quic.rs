@@ -176,6 +176,36 @@ fn a_quic_health_check_tells_a_quic_server_from_others() {
     );
 }
 
+/// A key rotation in progress: server a still issues IDs of the old configuration
+/// (block_cipher, codepoint 0), server b those of the new one (plaintext, codepoint 1, shorter
+/// IDs); with the old one under `retiring:` a client of either keeps its connection across a
+/// move.
+#[test]
+fn during_a_key_rotation_both_configurations_route() {
+    let old = lb_config();
+    let new = LbConfig::new(1, 2, 4, None).unwrap();
+    let (a, b) = (
+        QuicServer::start("a", Some(old), 1),
+        QuicServer::start("b", Some(new), 2),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let quic = format!(
+        ", quic: {{server_id_length: 2, config_rotation: 1, retiring: {{server_id_length: 2, \
+         nonce_length: 6, algorithm: block_cipher, key_file: '{}', config_rotation: 0}}}}",
+        key_file(&dir).display()
+    );
+    let lb = ballast(&[&a, &b], &quic);
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let (data, name) =
+            stream_across_a_move(lb.addr("q")).expect("the stream survives the move");
+        assert_eq!(data.len(), 128 * 1024);
+        served.push(name);
+    }
+    served.sort();
+    assert_eq!(served, ["a", "b"], "one connection on each server");
+}
+
 /// The same move without `quic:`: the new address is a new flow, round_robin sends it to the
 /// other server, which knows nothing of the connection: it breaks.
 #[test]

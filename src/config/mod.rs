@@ -48,8 +48,8 @@ pub use postgres::{
 };
 pub use problem::Problem;
 pub use quic::{
-    parse_token, show_token, QuicAlgorithm, QuicKey, QuicRouting, TokenCapture, TokenRouting,
-    DEFAULT_NONCE_LENGTH,
+    parse_token, show_token, QuicAlgorithm, QuicKey, QuicRouting, RetiringLb, TokenCapture,
+    TokenRouting, DEFAULT_NONCE_LENGTH,
 };
 pub(crate) use tls::reload_tls;
 pub use udp::{

@@ -111,6 +111,15 @@ pub fn print(c: &Config) {
                 },
                 q.connection_id_length
             );
+            if let Some(r) = &q.retiring {
+                let (codepoint, sid, nonce) = r.lb.params();
+                let _ = writeln!(
+                    out,
+                    "  and still IDs of the retiring configuration (codepoint {codepoint}, \
+                     server IDs of {sid} octet(s), nonce {nonce}{})",
+                    if r.key.is_some() { ", key read" } else { "" }
+                );
+            }
         }
         if let Some(t) = &l.token {
             let _ = writeln!(

@@ -41,29 +41,58 @@ pub struct QuicRouting {
     /// The key of `block_cipher`.
     pub key: Option<QuicKey>,
     /// The length of a short header's destination connection ID, octets (short headers do
-    /// not carry it): 1 + server ID + nonce, or more when servers append octets.
+    /// not carry it): 1 + server ID + nonce, or more when servers append octets (at least
+    /// the retiring configuration's too).
     pub connection_id_length: usize,
+    /// `retiring:`: the configuration being replaced, routed beside `lb` (another codepoint).
+    pub retiring: Option<RetiringLb>,
+}
+
+/// `quic.retiring:` as validated: an older configuration still routed.
+#[derive(Debug, Clone)]
+pub struct RetiringLb {
+    /// Its codepoint, lengths and key.
+    pub lb: LbConfig,
+    /// Its key, for comparing configurations across reloads.
+    pub key: Option<QuicKey>,
 }
 
 impl QuicRouting {
-    /// Why `target`'s server ID cannot be carried by these connection IDs, if it cannot: the
-    /// one check of the file's targets and of those the API adds.
+    /// The server ID connection ID `cid` carries under the current configuration or the
+    /// retiring one (told apart by codepoint), `None` when under neither.
+    pub fn decode(&self, cid: &[u8]) -> Option<u64> {
+        self.lb
+            .decode(cid)
+            .or_else(|| self.retiring.as_ref()?.lb.decode(cid))
+    }
+
+    /// Why `target`'s server ID cannot be carried by these connection IDs (the current
+    /// configuration's or the retiring one's), if it cannot: the one check of the file's
+    /// targets and of those the API adds.
     pub fn misfit(&self, target: &super::TargetConfig) -> Option<String> {
-        let (_, octets, _) = self.lb.params();
-        let max = self.lb.max_server_id();
-        let id = target.server_id.filter(|&id| id > max)?;
-        Some(format!(
-            "server_id {id}, which does not fit {octets} octet(s) (at most {max})"
-        ))
+        let id = target.server_id?;
+        let retiring = self.retiring.as_ref().map(|r| (&r.lb, " (retiring)"));
+        std::iter::once((&self.lb, ""))
+            .chain(retiring)
+            .find(|(lb, _)| id > lb.max_server_id())
+            .map(|(lb, which)| {
+                let (_, octets, _) = lb.params();
+                format!(
+                    "server_id {id}, which does not fit {octets} octet(s){which} (at most {})",
+                    lb.max_server_id()
+                )
+            })
     }
 }
 
 impl PartialEq for QuicRouting {
     fn eq(&self, other: &Self) -> bool {
+        let retiring = |r: &Option<RetiringLb>| r.as_ref().map(|r| (r.lb.params(), r.key.clone()));
         self.algorithm == other.algorithm
             && self.key == other.key
             && self.connection_id_length == other.connection_id_length
             && self.lb.params() == other.lb.params()
+            && retiring(&self.retiring) == retiring(&other.retiring)
     }
 }
 

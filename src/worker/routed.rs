@@ -164,7 +164,7 @@ impl Worker {
             return Choice::Pick(None);
         };
         let group = &self.generation.groups[g];
-        let decoded = quic.lb.decode(h.dcid);
+        let decoded = quic.decode(h.dcid);
         let server = decoded.and_then(|id| group.by_server_id(id));
         // An Initial's connection ID is often the client's own random choice, which may look
         // like one of this configuration's: only IDs a server must have issued count.

@@ -202,13 +202,34 @@ pub struct FileQuic {
     /// the same on every node and server; relative paths are the config file's directory's.
     pub key_file: Option<String>,
     /// Optional, default 0: the configuration's codepoint (0 to 6), the first three bits of
-    /// each connection ID. A listener holds one configuration: give a new key the next
-    /// codepoint, so IDs of the old one are told apart and routed by 5-tuple meanwhile.
+    /// each connection ID. A new key (or new lengths) takes another codepoint, the old
+    /// configuration staying under `retiring:` while servers change over.
     pub config_rotation: Option<Bounded<0, 6>>,
     /// Optional, default 1 + server_id_length + nonce_length: the length of the connection IDs
     /// the servers issue (short headers do not carry it), when they append octets of their
     /// own.
     pub connection_id_length: Option<Bounded<6, 20>>,
+    /// Optional: the configuration being replaced, routed beside this one until every server
+    /// issues IDs of the new one (a key rotation, §3 of the draft): IDs of either codepoint
+    /// reach their server. Same keys as here but connection_id_length; its config_rotation
+    /// must differ.
+    pub retiring: Option<FileQuicRetiring>,
+}
+
+/// `quic.retiring:`: an older QUIC-LB configuration still routed.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuicRetiring {
+    /// Octets of server ID in its connection IDs (1 to 8); each target's `server_id` must fit.
+    pub server_id_length: Bounded<1, 8>,
+    /// Optional, default 4: octets of nonce after the server ID.
+    pub nonce_length: Option<Bounded<4, 18>>,
+    /// Optional, default plaintext: plaintext | block_cipher (with `key_file`).
+    pub algorithm: Option<crate::config::QuicAlgorithm>,
+    /// With block_cipher: its key file (mode 600, 32 hex digits).
+    pub key_file: Option<String>,
+    /// Its codepoint (0 to 6): not the current configuration's.
+    pub config_rotation: Bounded<0, 6>,
 }
 
 /// `agent_check:` of a target group.

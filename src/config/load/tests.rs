@@ -418,6 +418,37 @@ fn quic_mistakes_are_refused_at_their_key() {
     .contains(
         "two targets have server_id 3 (targets[0] 127.0.0.1:4434 and targets[1] 127.0.0.1:4435)"
     ));
+    // A retiring configuration: its own codepoint, its own key rules, server IDs fitting it.
+    assert!(first(&udp(
+        "{server_id_length: 1, retiring: {server_id_length: 2, config_rotation: 0}}",
+        one
+    ))
+    .contains("quic.retiring.config_rotation: 0 is the current configuration's codepoint"));
+    assert!(first(&udp(
+        "{server_id_length: 1, retiring: {server_id_length: 1, config_rotation: 1, \
+         algorithm: block_cipher}}",
+        one
+    ))
+    .contains("quic.retiring.key_file"));
+    assert!(first(&udp(
+        "{server_id_length: 2, retiring: {server_id_length: 1, config_rotation: 1}}",
+        "{address: '127.0.0.1:4434', server_id: 300}"
+    ))
+    .contains("server_id 300, which does not fit 1 octet(s) (retiring)"));
+    let c = parse(&udp(
+        "{server_id_length: 1, retiring: {server_id_length: 3, nonce_length: 6, \
+         config_rotation: 2}}",
+        one,
+    ))
+    .unwrap();
+    let q = c.listeners[0].quic.as_ref().unwrap();
+    assert_eq!(q.connection_id_length, 10, "the longer of 6 and 10");
+    assert!(first(&udp(
+        "{server_id_length: 1, connection_id_length: 8, retiring: {server_id_length: 3, \
+         nonce_length: 6, config_rotation: 2}}",
+        one
+    ))
+    .contains("(the retiring configuration's)"));
     // Tokens: a repeat names both holders; a wrong size shows unprintable octets as base64.
     let tokens = |targets: &str| {
         format!(

@@ -29,8 +29,98 @@ pub(super) fn quic(
             "QUIC routing applies to udp listeners only".into(),
         ));
     }
-    let algorithm = raw.algorithm.unwrap_or(QuicAlgorithm::Plaintext);
-    let quic_key = match (algorithm, raw.key_file) {
+    let config_id = raw.config_rotation.map_or(0, |c| c.0 as u8);
+    let (lb, algorithm, quic_key) = lb_config(
+        key,
+        raw.algorithm,
+        raw.key_file,
+        (
+            raw.server_id_length.0,
+            raw.nonce_length.map(|n| n.0),
+            config_id,
+        ),
+        base,
+    )?;
+    let retiring = match raw.retiring {
+        None => None,
+        Some(r) => {
+            let rkey = format!("{key}.retiring");
+            if r.config_rotation.0 as u8 == config_id {
+                return Err((
+                    format!("{rkey}.config_rotation"),
+                    format!(
+                        "{config_id} is the current configuration's codepoint: a retiring \
+                         one needs its own, or their IDs cannot be told apart"
+                    ),
+                ));
+            }
+            let (lb, _, key) = lb_config(
+                &rkey,
+                r.algorithm,
+                r.key_file,
+                (
+                    r.server_id_length.0,
+                    r.nonce_length.map(|n| n.0),
+                    r.config_rotation.0 as u8,
+                ),
+                base,
+            )?;
+            Some(RetiringLb { lb, key })
+        }
+    };
+    // Short headers are read at the longer of the two configurations' lengths (a decode
+    // ignores what follows its own).
+    let least = retiring
+        .as_ref()
+        .map_or(lb.cid_len(), |r| r.lb.cid_len().max(lb.cid_len()));
+    let connection_id_length = match raw.connection_id_length {
+        None => least,
+        Some(n) if (n.0 as usize) < least => {
+            return Err((
+                format!("{key}.connection_id_length"),
+                format!(
+                    "{} is shorter than 1 + server_id_length + nonce_length = {least}{}",
+                    n.0,
+                    if least > lb.cid_len() {
+                        " (the retiring configuration's)"
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+        Some(n) => n.0 as usize,
+    };
+    let routing = QuicRouting {
+        lb,
+        algorithm,
+        key: quic_key,
+        connection_id_length,
+        retiring,
+    };
+    misfits(&format!("{key}.server_id_length"), group, |t| {
+        routing.misfit(t)
+    })?;
+    Ok(routing)
+}
+
+/// One QUIC-LB configuration at `key` (`quic` or `quic.retiring`): `algorithm` (default
+/// plaintext) with `key_file` (read from `base`), and `(server_id_length, nonce_length,
+/// config_rotation)`.
+///
+/// # Errors
+/// `(key, message)`: a `block_cipher` without a key, a key with `plaintext`, a key file that
+/// cannot be read, is readable by others or holds anything but 32 hex digits, lengths the
+/// draft refuses.
+fn lb_config(
+    key: &str,
+    algorithm: Option<QuicAlgorithm>,
+    key_file: Option<String>,
+    (server_id_length, nonce_length, config_id): (u64, Option<u64>, u8),
+    base: &Path,
+) -> Result<(LbConfig, QuicAlgorithm, Option<QuicKey>), Wrong> {
+    let algorithm = algorithm.unwrap_or(QuicAlgorithm::Plaintext);
+    let quic_key = match (algorithm, key_file) {
         (QuicAlgorithm::Plaintext, None) => None,
         (QuicAlgorithm::Plaintext, Some(_)) => {
             return Err((
@@ -50,42 +140,15 @@ pub(super) fn quic(
             Some(QuicKey(parse_key(&text).map_err(|m| (fkey, m))?))
         }
     };
-    let server_id_len = raw.server_id_length.0 as usize;
-    let nonce_len = raw
-        .nonce_length
-        .map_or(DEFAULT_NONCE_LENGTH, |n| n.0 as usize);
-    let config_id = raw.config_rotation.map_or(0, |c| c.0 as u8);
+    let nonce_len = nonce_length.map_or(DEFAULT_NONCE_LENGTH, |n| n as usize);
     let lb = LbConfig::new(
         config_id,
-        server_id_len,
+        server_id_length as usize,
         nonce_len,
         quic_key.as_ref().map(|k| k.0),
     )
     .map_err(|m| (key.to_string(), m))?;
-    let connection_id_length = match raw.connection_id_length {
-        None => lb.cid_len(),
-        Some(n) if (n.0 as usize) < lb.cid_len() => {
-            return Err((
-                format!("{key}.connection_id_length"),
-                format!(
-                    "{} is shorter than 1 + server_id_length + nonce_length = {}",
-                    n.0,
-                    lb.cid_len()
-                ),
-            ))
-        }
-        Some(n) => n.0 as usize,
-    };
-    let routing = QuicRouting {
-        lb,
-        algorithm,
-        key: quic_key,
-        connection_id_length,
-    };
-    misfits(&format!("{key}.server_id_length"), group, |t| {
-        routing.misfit(t)
-    })?;
-    Ok(routing)
+    Ok((lb, algorithm, quic_key))
 }
 
 /// The `token:` section at `key` (`listeners[i].token`) of a listener of `protocol` (with
