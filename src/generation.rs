@@ -84,11 +84,8 @@ impl Generation {
                 .expect("every configured group has an index")
         };
         let layout = |mut l: ListenerConfig| {
-            l.target_group = index(l.target_group);
-            if let Some(sni) = l.sni.as_mut() {
-                for r in &mut sni.routes {
-                    r.target_group = index(r.target_group);
-                }
+            for g in l.route_groups_mut() {
+                *g = index(*g);
             }
             l
         };

@@ -412,6 +412,23 @@ impl ListenerConfig {
         std::iter::once(self.target_group).chain(sni).chain(pg)
     }
 
+    /// The same references as [`Self::route_groups`], to rewrite: a reload renumbers groups
+    /// by where the running generation holds them, and every one must follow (one list, so
+    /// a new kind of route cannot be forgotten in one place and not the other).
+    pub fn route_groups_mut(&mut self) -> impl Iterator<Item = &mut usize> + '_ {
+        let sni = self
+            .sni
+            .iter_mut()
+            .flat_map(|s| &mut s.routes)
+            .map(|r| &mut r.target_group);
+        let pg = self
+            .postgres
+            .iter_mut()
+            .flat_map(|p| &mut p.routes)
+            .map(|r| &mut r.target_group);
+        std::iter::once(&mut self.target_group).chain(sni).chain(pg)
+    }
+
     /// `tcp`, `udp` or `tls`, as the file says (a `tls` listener is TCP underneath).
     pub fn kind(&self) -> &'static str {
         match (self.protocol, &self.tls) {
