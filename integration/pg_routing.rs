@@ -514,3 +514,63 @@ fn routes_follow_their_groups_across_reloads() {
         );
     }
 }
+
+/// A `tcp` listener routing by SNI (`postgres_starttls`) and by StartupMessage: libpq's
+/// `gssencmode=prefer` order (GSSENCRequest, then SSLRequest) gets `N` then `S`; a plain client
+/// slower than `client_hello_timeout` is still routed by its database (refused here, as no
+/// route takes it), never sent to the listener's group unread; a silent one gets 08P01 at
+/// `startup_timeout` after the ClientHello's time.
+#[test]
+fn a_slow_plain_client_beside_sni_routes_is_still_routed_by_its_database() {
+    let main = Backend::start(named("main"));
+    let lb = Ballast::start(&format!(
+        "workers: 1\nlisteners:\n  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
+         target_group: main\n    postgres_starttls: true\n    client_hello_timeout: 300ms\n    \
+         routes: [{{server_name: db.example.com, target_group: main}}]\n    \
+         postgres: {{routes: [{{database: billing, target_group: main}}], startup_timeout: \
+         400ms}}\ntarget_groups:\n  - name: main\n{NO_CHECKS}    targets: [{{address: '{}'}}]\n",
+        main.addr
+    ));
+    let addr = lb.addr("pg");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut one = [0u8; 1];
+    for (request, answer) in [
+        ([0x04, 0xd2, 0x16, 0x30], b"N"),
+        ([0x04, 0xd2, 0x16, 0x2f], b"S"),
+    ] {
+        s.write_all(&[0, 0, 0, 8]).unwrap();
+        s.write_all(&request).unwrap();
+        s.read_exact(&mut one).unwrap();
+        assert_eq!(&one, answer);
+    }
+    drop(s);
+    // Late with its StartupMessage (the pause is the stimulus): routed by database, so
+    // refused, not passed to `main`.
+    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0u\0database\0other\0\0");
+    let len = (startup.len() as u32).to_be_bytes();
+    startup[..4].copy_from_slice(&len);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&startup[..2]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_all(&startup[2..]).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("no route for database \"other\""), "{text}");
+    // Silent: the ClientHello's 300 ms, then the StartupMessage's 400 ms.
+    let (code, message) = error_from(addr, &[]);
+    assert_eq!(code, "08P01", "{message}");
+    // One that gives up (its FIN) before a whole packet.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&startup[..3]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    // Each is in the access log, with why.
+    for reason in ["no_route", "startup_timeout", "client_closed"] {
+        wait_until(reason, || lb.log().contains(&format!("reason={reason}")));
+    }
+}

@@ -83,21 +83,40 @@ pub(crate) fn read_client_hello<S: Socket>(p: &mut Preamble, front: &mut Endpoin
 
 /// PostgreSQL's SSLRequest: length 8, code 80877103.
 pub(crate) const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// PostgreSQL's GSSENCRequest: length 8, code 80877104.
+const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
 
 /// `postgres_starttls`: reads the client's first 8 bytes; an SSLRequest is answered `S` (TLS
 /// welcome) and taken out, so the ClientHello follows; anything else stays, to be routed as a
 /// client without a ClientHello. Sets `p.postgres`.
 pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint<S>) -> HelloRead {
-    while p.read.len() < SSL_REQUEST.len() {
-        match fill_preamble(p, front, SSL_REQUEST.len()) {
-            Fill::More => {}
-            Fill::Wait => return HelloRead::Wait,
-            Fill::Eof | Fill::Full => break,
-            Fill::Gone => return HelloRead::ClientGone,
+    loop {
+        while p.read.len() < SSL_REQUEST.len() {
+            match fill_preamble(p, front, SSL_REQUEST.len()) {
+                Fill::More => {}
+                Fill::Wait => return HelloRead::Wait,
+                Fill::Eof | Fill::Full => break,
+                Fill::Gone => return HelloRead::ClientGone,
+            }
+            let n = p.read.len().min(SSL_REQUEST.len() - 1);
+            if p.read.get(..n) != SSL_REQUEST.get(..n) {
+                break; // neither an SSLRequest nor a GSSENCRequest
+            }
         }
-        if p.read.get(..p.read.len()) != SSL_REQUEST.get(..p.read.len()) {
-            break; // not an SSLRequest
+        // libpq with gssencmode=prefer asks for GSS encryption first, then for TLS on the
+        // same connection: `N` (Ballast does not do GSS), once, and on to the SSLRequest.
+        if !p.read.starts_with(&GSSENC_REQUEST) || p.asked & ASKED_GSS != 0 {
+            break;
         }
+        match front.stream.write(b"N") {
+            Ok(1) => p.read.drain(..GSSENC_REQUEST.len()).for_each(drop),
+            Ok(_) => return HelloRead::ClientGone,
+            Err(e) => {
+                front.abort(&e);
+                return HelloRead::ClientGone;
+            }
+        }
+        p.asked |= ASKED_GSS;
     }
     let is_request = p.read.starts_with(&SSL_REQUEST);
     if is_request {
@@ -110,6 +129,9 @@ pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint
                 return HelloRead::ClientGone;
             }
         }
+    }
+    if is_request {
+        p.asked |= ASKED_SSL;
     }
     p.postgres = Some(is_request);
     HelloRead::Done(None)
@@ -243,6 +265,9 @@ pub(crate) enum Expiry {
     /// `postgres:`: no whole StartupMessage in time: answered with an `ErrorResponse`,
     /// refused.
     StartupTimeout,
+    /// `postgres:` beside SNI routes: no whole ClientHello in time, so no TLS is coming; the
+    /// StartupMessage is read now, under its own timeout (never the default route unread).
+    ReadStartup,
 }
 
 impl<S: Socket> Connection<S> {
@@ -441,6 +466,16 @@ impl<S: Socket> Connection<S> {
         Action::Connect
     }
 
+    /// [`Expiry::ReadStartup`]: no ClientHello came in time; the StartupMessage (or what
+    /// has come of it) is read from now, under its own timeout.
+    pub(crate) fn no_client_hello(&mut self, now: Instant) {
+        if let Stage::Preamble(p) = &mut self.stage {
+            p.hello = Some(None);
+            p.postgres.get_or_insert(false);
+            p.part_began = Some(now);
+        }
+    }
+
     /// How a preamble that ran out of time ends, by the listener's options: before the
     /// PROXY header was read, a `proxy_timeout` refusal; a `tls` listener's handshake, a
     /// handshake timeout; a ClientHello not whole in time goes to the default route (or is
@@ -454,6 +489,9 @@ impl<S: Socket> Connection<S> {
         match (&config.sni, p.part_began.is_some()) {
             (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
             _ if reading_startup => Expiry::StartupTimeout,
+            (Some(_), true) if config.postgres.is_some() && config.tls.is_none() => {
+                Expiry::ReadStartup
+            }
             (_, true) if config.tls.is_some() => Expiry::HandshakeTimeout,
             (Some(sni), true) if sni.otherwise == NoServerName::Default => Expiry::DefaultRoute,
             (Some(_), true) => Expiry::Refused(Refusal::NoRoute),

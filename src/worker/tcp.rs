@@ -107,7 +107,15 @@ impl Worker {
         let state = &self.generation.listeners[conn.listener];
         match conn.read_preamble(state, self.now) {
             Step::Wait => {}
-            Step::ClientGone => self.close(key, "client_reset", Reset::NONE),
+            Step::ClientGone => {
+                // Its FIN (a client that gave up) or its reset: the access log tells them apart.
+                let reason = if conn.front.aborted {
+                    "client_reset"
+                } else {
+                    "client_closed"
+                };
+                self.close(key, reason, Reset::NONE);
+            }
             Step::Refused(why) => {
                 state.refuse(why);
                 self.refuse(key);
@@ -118,10 +126,16 @@ impl Worker {
                 self.remove(key, Reset::NONE);
             }
             Step::Answered(why) => {
-                if let Some(why) = why {
-                    state.refuse(why);
-                }
-                self.remove(key, Reset::NONE);
+                // A PostgreSQL client answered and closed: its line in the access log says
+                // why (an operator looks there for the database a client was refused).
+                let reason = match why {
+                    Some(why) => {
+                        state.refuse(why);
+                        why.as_str()
+                    }
+                    None => "cancel_unknown",
+                };
+                self.close(key, reason, Reset::NONE);
             }
             Step::Done => self.start_connecting(key),
             Step::Cancel(address) => self.start_cancel(key, address),
@@ -453,6 +467,11 @@ impl Worker {
                         self.reschedule(due, &t);
                     }
                     Expiry::Close => self.close(due.key, "preamble_timeout", Reset::BOTH),
+                    Expiry::ReadStartup => {
+                        conn.no_client_hello(self.now);
+                        self.handle_preamble(due.key);
+                        self.reschedule(due, &t);
+                    }
                     Expiry::StartupTimeout => {
                         let answer = crate::postgres::error_response(
                             crate::postgres::PROTOCOL_VIOLATION,
@@ -460,7 +479,7 @@ impl Worker {
                         );
                         conn.answer_and_finish(&answer);
                         state.refuse(crate::listener::Refusal::BadStartup);
-                        self.remove(due.key, Reset::NONE);
+                        self.close(due.key, "startup_timeout", Reset::NONE);
                     }
                 }
             } else if conn.is_queued() {
