@@ -125,8 +125,14 @@ fn agent_words_move_traffic_within_an_interval() {
     assert_eq!(http(admin, "POST", &drain, None, "").0, 200);
     let row = row_of_a();
     assert!(row.contains("draining,agt:drain"), "{row}");
-    let enable = format!("/target-groups/g/targets/{}/enable", a.addr);
-    assert_eq!(http(admin, "POST", &enable, None, "").0, 200);
+    // Enabled by the operator, it is still the agent's to bring back: the CLI says so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["enable", "g", &a.addr.to_string()])
+        .args(["--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("active (but its agent says drain"), "{said}");
     // `0%` drains too: what the algorithms use is then nothing.
     agent_a.say("ready 0%");
     wait_until("a at 0%", || {
@@ -134,6 +140,16 @@ fn agent_words_move_traffic_within_an_interval() {
     });
     assert_eq!(target(admin, a.addr)["effective_weight"], 0);
     assert_eq!(spread(addr, 8), (0, 8));
+    // What it said, as text (a tab is a tab), up to the NUL that ends the line.
+    agent_a.say("ready\tup\0junk 1%");
+    wait_until("the line recorded", || {
+        target(admin, a.addr)["agent"]["said"] == "ready\tup"
+    });
+    assert_eq!(
+        target(admin, a.addr)["agent"]["weight_percent"],
+        0,
+        "junk unread"
+    );
 
     // ready 75%: back, at three quarters of b's weight.
     agent_a.say("ready 75%");

@@ -95,7 +95,20 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
                 "/disable"
             };
             let t = client(api)?.post(&path(target, action), None)?;
-            let _ = writeln!(out, "{}: {}", target.address, text(&t["admin_state"]));
+            // Enabled, but its agent still keeps it out: say so, or the operator believes it
+            // serves again.
+            let agent = match t["agent"]["mode"].as_str() {
+                Some(mode @ ("drain" | "maint")) if t["admin_state"] == "active" => {
+                    format!(" (but its agent says {mode}: no new connections until it says ready)")
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{}: {}{agent}",
+                target.address,
+                text(&t["admin_state"])
+            );
         }
         ApiCommand::Add {
             target,

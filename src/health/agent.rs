@@ -278,13 +278,16 @@ impl super::ProberLoop {
         let (gi, ti) = (slot.group, slot.target);
         let group = &self.generation.groups[gi];
         let target = &group.targets[ti];
-        let said = match &answer {
-            Ok(line) => super::printable(line),
-            Err(why) => super::printable(why),
+        // The record keeps the line as text (up to a NUL, which ends it; JSON escapes the
+        // rest); the log gets it made printable.
+        let text = match &answer {
+            Ok(line) => line.split('\0').next().unwrap_or_default(),
+            Err(why) => why.as_str(),
         };
+        let said = super::printable(text);
         if let Ok(mut record) = target.agent_record.lock() {
             *record = Some(crate::target::AgentRecord {
-                said: said.clone(),
+                said: text.to_string(),
                 answered: answer.is_ok(),
                 at_unix_ms: crate::target::record::unix_ms(),
             });
