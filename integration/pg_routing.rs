@@ -152,10 +152,14 @@ fn the_startup_message_has_its_own_time_after_the_handshake() {
         tcp.read_exact(&mut s).unwrap();
         assert_eq!(&s, b"S");
         let name = rustls::pki_types::ServerName::try_from("db.example.com").unwrap();
-        let mut tls = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+        // As libpq 17 offers it; a `postgres:` listener accepts it by default.
+        let mut config = (*pki.client_config()).clone();
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
         while tls.is_handshaking() {
             tls.complete_io(&mut tcp).unwrap();
         }
+        assert_eq!(tls.alpn_protocol(), Some(&b"postgresql"[..]));
         rustls::StreamOwned::new(tls, tcp)
     };
     // Silent after the handshake, prompt or late to it: refused at startup_timeout from the

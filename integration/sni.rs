@@ -163,14 +163,8 @@ fn postgres_clients_sslrequest_is_answered_then_routed_by_name_and_replayed() {
         let mut welcome = [0u8; 1];
         tcp.read_exact(&mut welcome).unwrap();
         assert_eq!(&welcome, b"S");
-        let name = ServerName::try_from("db.example.com").unwrap();
-        let tls = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
-        let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
-        stream.get_mut().write_all(b"select 1\n").unwrap();
-        let mut line = String::new();
-        stream.read_line(&mut line).unwrap();
         // The target refusing TLS (`N`) is passed over: the next one serves.
-        assert_eq!(line, "pg:select 1\n");
+        assert_eq!(ask_over_tls(&pki, tcp), "pg:select 1\n");
     }
     // ... and its health is not charged: the server is up, a client asked what it lacks.
     let targets = group_targets(lb.admin_addr(), "db");
@@ -184,6 +178,39 @@ fn postgres_clients_sslrequest_is_answered_then_routed_by_name_and_replayed() {
         echo_once(addr, b"\0\0\0\x08plain"),
         b"plain\n\0\0\0\x08plain"
     );
+}
+
+/// Beside `postgres:` routing, a client that opens with a ClientHello itself (PostgreSQL 17's
+/// `sslnegotiation=direct`) passes through by its name: no StartupMessage is looked for in its
+/// TLS, no SSLRequest is replayed to its server.
+#[test]
+fn a_direct_tls_postgres_client_passes_through_by_name() {
+    let pki = Pki::new();
+    let db = tls_target(&pki, &["db.example.com"], "pg");
+    let plain = Backend::start(named_echo("plain"));
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
+         target_group: default\n    postgres_starttls: true\n    routes:\n      \
+         - {{server_name: db.example.com, target_group: db}}\n    postgres: {{without_route: \
+         default}}\ntarget_groups:\n  - name: default\n{NO_CHECKS}    targets: [{{address: \
+         '{}'}}]\n  - name: db\n{NO_CHECKS}    targets: [{{address: '{db}'}}]\n",
+        plain.addr
+    );
+    let lb = Ballast::start(&yaml);
+    let tcp = TcpStream::connect_timeout(&lb.addr("pg"), WAIT).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(ask_over_tls(&pki, tcp), "pg:select 1\n");
+}
+
+/// Over TLS to db.example.com on `tcp`: `select 1`, and the line answered.
+fn ask_over_tls(pki: &Pki, tcp: TcpStream) -> String {
+    let name = ServerName::try_from("db.example.com").unwrap();
+    let tls = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+    let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
+    stream.get_mut().write_all(b"select 1\n").unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).unwrap();
+    line
 }
 
 /// `openssl s_server -www` on a free port with a certificate for `name` from `pki`, files in

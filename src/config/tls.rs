@@ -12,11 +12,13 @@ use super::{Config, ConfigError, TargetTls, TlsListener};
 /// Default `tls.handshake_timeout`.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `tls:` of the listener at `key`: its files loaded, its server configuration built.
+/// `tls:` of the listener at `key`: its files loaded, its server configuration built;
+/// `default_alpn` offered when the file gives no `alpn`.
 pub(super) fn tls_listener(
     key: &str,
     raw: FileTls,
     base: &Path,
+    default_alpn: &[&str],
 ) -> Result<TlsListener, (String, String)> {
     let key = format!("{key}.tls");
     if raw.certificates.is_empty() {
@@ -26,7 +28,9 @@ pub(super) fn tls_listener(
                 .into(),
         ));
     }
-    let alpn = raw.alpn.unwrap_or_default();
+    let alpn = raw
+        .alpn
+        .unwrap_or_else(|| default_alpn.iter().map(ToString::to_string).collect());
     if let Some(bad) = alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err((
             format!("{key}.alpn"),

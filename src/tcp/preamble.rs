@@ -51,6 +51,10 @@ pub(crate) struct Preamble {
 pub(crate) const ASKED_SSL: u8 = 1;
 /// [`Preamble::asked`]: a GSSENCRequest was answered.
 pub(crate) const ASKED_GSS: u8 = 2;
+/// [`Preamble::asked`]: the client opened with a TLS ClientHello itself (PostgreSQL 17's
+/// `sslnegotiation=direct`): its TLS passes through, with no StartupMessage to read and no
+/// SSLRequest to replay.
+pub(crate) const DIRECT_TLS: u8 = 4;
 
 /// How reading a ClientHello went.
 pub(crate) enum HelloRead {
@@ -132,6 +136,8 @@ pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint
     }
     if is_request {
         p.asked |= ASKED_SSL;
+    } else if p.read.first() == Some(&0x16) {
+        p.asked |= DIRECT_TLS; // a TLS handshake record
     }
     p.postgres = Some(is_request);
     HelloRead::Done(None)
@@ -372,11 +378,11 @@ impl<S: Socket> Connection<S> {
         let name = p.hello.clone().flatten();
         let sni_group = sni.zip(name.as_deref()).and_then(|(s, n)| s.group_for(n));
         // PostgreSQL: the StartupMessage, unless the client's own TLS passes through (its
-        // SSLRequest was answered `S` and the target ends the TLS: routed by name only).
+        // SSLRequest was answered `S`, or it opened with a ClientHello: routed by name only).
         if let Some(pg) = config
             .postgres
             .as_ref()
-            .filter(|_| p.postgres != Some(true))
+            .filter(|_| p.postgres != Some(true) && p.asked & DIRECT_TLS == 0)
         {
             let startup = match read_startup(p, front, config.tls.is_some()) {
                 StartupRead::Wait => return Step::Wait,
@@ -484,8 +490,10 @@ impl<S: Socket> Connection<S> {
         let Stage::Preamble(p) = &self.stage else {
             return Expiry::Close;
         };
-        let reading_startup =
-            config.postgres.is_some() && p.hello.is_some() && p.postgres != Some(true);
+        let reading_startup = config.postgres.is_some()
+            && p.hello.is_some()
+            && p.postgres != Some(true)
+            && p.asked & DIRECT_TLS == 0;
         match (&config.sni, p.part_began.is_some()) {
             (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
             _ if reading_startup => Expiry::StartupTimeout,

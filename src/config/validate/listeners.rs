@@ -64,7 +64,15 @@ fn listener(
         FileProtocol::Udp => Protocol::Udp,
     };
     let tls = match (l.protocol, l.tls) {
-        (FileProtocol::Tls, Some(raw)) => Some(tls_listener(key, raw, base)?),
+        (FileProtocol::Tls, Some(raw)) => {
+            // PostgreSQL 17's direct TLS (sslnegotiation=direct) wants its ALPN accepted.
+            let default_alpn: &[&str] = if l.postgres.is_some() {
+                &["postgresql"]
+            } else {
+                &[]
+            };
+            Some(tls_listener(key, raw, base, default_alpn)?)
+        }
         (FileProtocol::Tls, None) => {
             return Err((
                 format!("{key}.tls"),
