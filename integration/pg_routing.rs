@@ -578,3 +578,42 @@ fn a_slow_plain_client_beside_sni_routes_is_still_routed_by_its_database() {
         wait_until(reason, || lb.log().contains(&format!("reason={reason}")));
     }
 }
+
+/// A PostgreSQL client refused after its StartupMessage was read is told why, as psql prints
+/// it (a FATAL with its SQLSTATE, then a clean close), not reset: a queue that had no room in
+/// time (53300), a group with no server that answers (08001).
+#[test]
+fn a_client_refused_after_its_startup_message_is_told_why() {
+    let held = Backend::start(named_echo("held"));
+    let lb = Ballast::start(&format!(
+        "workers: 1\nlisteners:\n  - name: pg\n    protocol: tcp\n    bind: 127.0.0.1:0\n    \
+         target_group: full\n    retries: 0\n    postgres: {{routes: [{{database: gone, \
+         target_group: gone}}], without_route: default}}\ntarget_groups:\n  - name: full\n\
+         {NO_CHECKS}    queue: {{max: 5, timeout: 200ms}}\n    \
+         targets: [{{address: '{}', max_connections: 1}}]\n  - name: gone\n\
+         {NO_CHECKS}    targets: [{{address: '{}'}}]\n",
+        held.addr,
+        dead_addr()
+    ));
+    let startup = |database: &str| {
+        let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
+        p.extend_from_slice(format!("user\0u\0database\0{database}\0\0").as_bytes());
+        let len = (p.len() as u32).to_be_bytes();
+        p[..4].copy_from_slice(&len);
+        p
+    };
+    // The one place, held.
+    let mut first = TcpStream::connect(lb.addr("pg")).unwrap();
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    first.write_all(&startup("db")).unwrap();
+    let mut hello = [0u8; 5];
+    first.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"held\n");
+    let (code, message) = error_from(lb.addr("pg"), &startup("db"));
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("had room within 200ms"), "{message}");
+    let (code, message) = error_from(lb.addr("pg"), &startup("gone"));
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("target group \"gone\""), "{message}");
+    drop(first);
+}

@@ -382,3 +382,58 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 fn is_local_exhaustion(e: &io::Error) -> bool {
     is_out_of_descriptors(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
+
+impl Worker {
+    /// A PostgreSQL client whose StartupMessage was read, refused before any server took it
+    /// (`reason`: no target, a full or timed-out queue, an unusable source): told why with
+    /// a FATAL `ErrorResponse` psql prints, then closed with a FIN rather than reset (a reset
+    /// would lose the message). Returns the resets still to do.
+    pub(super) fn tell_postgres_client(&mut self, key: usize, reason: &str, reset: Reset) -> Reset {
+        let Some(conn) = self.table.get_mut(key) else {
+            return reset;
+        };
+        let l = &self.generation.listeners[conn.listener].config;
+        let group = &self.generation.groups[conn.group].config;
+        let told = l.postgres.is_some()
+            && reset.front
+            && conn
+                .attempts()
+                .is_some_and(|a| a.watch_key && a.pinned.is_none());
+        if !told {
+            return reset;
+        }
+        let name = &group.name;
+        let queue = group.queue.map(|q| humantime::format_duration(q.timeout));
+        let (sqlstate, message) = match reason {
+            "no target" => (
+                "08001",
+                format!("no server of target group \"{name}\" accepted the connection"),
+            ),
+            "queue_full" => (
+                "53300",
+                format!("every server of target group \"{name}\" is full and so is its queue"),
+            ),
+            "queue_timeout" => (
+                "53300",
+                format!(
+                    "no server of target group \"{name}\" had room within {}",
+                    queue.map_or_else(String::new, |t| t.to_string())
+                ),
+            ),
+            "queue_removed" => (
+                "53300",
+                format!("every server of target group \"{name}\" is full (its queue was removed)"),
+            ),
+            "source_unusable" => (
+                "08001",
+                "this client's address cannot be the source of a connection to its server".into(),
+            ),
+            _ => return reset,
+        };
+        conn.answer_and_finish(&crate::postgres::error_response(sqlstate, &message));
+        Reset {
+            front: false,
+            ..reset
+        }
+    }
+}

@@ -376,6 +376,7 @@ impl Worker {
     /// Closes both sockets (resetting those `reset` names), releases buffers, gives back the
     /// connection's places and removes the table entry; writes its access-log line.
     pub(super) fn close(&mut self, key: usize, reason: &str, reset: Reset) {
+        let reset = self.tell_postgres_client(key, reason, reset);
         let Some(conn) = self.remove(key, reset) else {
             return;
         };
