@@ -31,9 +31,11 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use crate::bpf::*;
 
 /// Where the loads live: the mmapped BPF array, or plain memory when BPF is unavailable.
 enum Loads {
@@ -204,7 +206,7 @@ impl Steering {
         let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         for (local, group) in groups.iter() {
             for worker in 0..self.workers {
-                if let Err(e) = delete_elem(group.sockets.as_raw_fd(), worker as u32) {
+                if let Err(e) = delete_elem(group.sockets.as_raw_fd(), &(worker as u32)) {
                     // ENOENT: that worker's socket never joined.
                     if e.raw_os_error() != Some(libc::ENOENT) {
                         log::warn!(
@@ -247,11 +249,15 @@ impl Steering {
                 Entry::Vacant(e) => {
                     let sockets = create_map(MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, self.workers, 0)?;
                     let insns = program(self.workers, map.as_raw_fd(), sockets.as_raw_fd());
-                    let program = load_program(&insns)?;
+                    let program = load_program(PROG_TYPE_SK_REUSEPORT, &insns, "steering")?;
                     e.insert(Group { sockets, program })
                 }
             };
-            update_elem(group.sockets.as_raw_fd(), worker as u32, socket as u64)?;
+            update_elem(
+                group.sockets.as_raw_fd(),
+                &(worker as u32),
+                &(socket as u64),
+            )?;
             // Attaching to any socket of the group sets the group's program; doing it for
             // every socket covers a group whose first sockets came from another process
             // (an upgrade) or were replaced (a worker restart).
@@ -281,10 +287,6 @@ impl Steering {
     }
 }
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_PROG_LOAD: libc::c_long = 5;
 const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
 const PROG_TYPE_SK_REUSEPORT: u32 = 21;
@@ -294,98 +296,6 @@ const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 const FN_MAP_LOOKUP_ELEM: i32 = 1;
 const FN_SK_SELECT_REUSEPORT: i32 = 82;
 const SK_PASS: i32 = 1;
-
-/// `union bpf_attr` for BPF_MAP_CREATE (the fields used; the kernel zero-fills the rest).
-#[repr(C)]
-#[derive(Default)]
-struct MapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-/// `union bpf_attr` for BPF_MAP_UPDATE_ELEM.
-#[repr(C)]
-struct MapElem {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// `union bpf_attr` for BPF_PROG_LOAD (up to the log buffer).
-#[repr(C)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size passed; the kernel
-    // reads it (and for PROG_LOAD writes the log through the pointer inside, valid too).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            (attr as *mut T).cast::<libc::c_void>(),
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn create_map(
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    entries: usize,
-    flags: u32,
-) -> io::Result<OwnedFd> {
-    let mut attr = MapCreate {
-        map_type,
-        key_size,
-        value_size,
-        max_entries: entries as u32,
-        map_flags: flags,
-    };
-    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: BPF_MAP_CREATE returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-fn update_elem(map: RawFd, key: u32, value: u64) -> io::Result<()> {
-    let mut attr = MapElem {
-        map_fd: map as u32,
-        _pad: 0,
-        key: (&key as *const u32) as u64,
-        value: (&value as *const u64) as u64,
-        flags: 0, // BPF_ANY
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
-}
-
-fn delete_elem(map: RawFd, key: u32) -> io::Result<()> {
-    let mut attr = MapElem {
-        map_fd: map as u32,
-        _pad: 0,
-        key: (&key as *const u32) as u64,
-        value: 0,
-        flags: 0,
-    };
-    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
-}
 
 /// The loads map: one element of `2 × workers` u64 (`active` then `pending`), mapped here.
 fn map_loads(workers: usize) -> io::Result<Loads> {
@@ -415,51 +325,12 @@ fn map_loads(workers: usize) -> io::Result<Loads> {
     })
 }
 
-/// One eBPF instruction (`struct bpf_insn`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
-}
-
-// Opcodes (linux/bpf_common.h, linux/bpf.h).
-const MOV64_X: u8 = 0xbf;
-const MOV64_K: u8 = 0xb7;
-const ADD64_K: u8 = 0x07;
-const ADD64_X: u8 = 0x0f;
-const ST_W: u8 = 0x62;
-const STX_W: u8 = 0x63;
-const LDX_DW: u8 = 0x79;
-const ATOMIC_DW: u8 = 0xdb; // BPF_STX | BPF_ATOMIC | BPF_DW, imm BPF_ADD
-const LD_IMM64: u8 = 0x18;
-const JEQ_K: u8 = 0x15;
-const JNE_K: u8 = 0x55;
-const JGE_X: u8 = 0x3d;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-const PSEUDO_MAP_FD: u8 = 1;
-
 /// The program for `workers` workers (unrolled: one compare per worker), reading loads from
 /// map `loads` and selecting from socket array `sockets`. Registers: r6 ctx, r7 chosen
 /// worker, r8 its load, r9 the loads value.
 fn program(workers: usize, loads: RawFd, sockets: RawFd) -> Vec<Insn> {
     let mut p = Vec::with_capacity(24 + 8 * workers);
-    let map_fd = |p: &mut Vec<Insn>, dst: u8, fd: RawFd| {
-        p.push(insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd));
-        p.push(insn(0, 0, 0, 0, 0));
-    };
+    let map_fd = load_map_fd;
     p.push(insn(MOV64_X, 6, 1, 0, 0));
     p.push(insn(ST_W, 10, 0, -4, 0)); // key 0
     map_fd(&mut p, 1, loads);
@@ -502,36 +373,6 @@ fn program(workers: usize, loads: RawFd, sockets: RawFd) -> Vec<Insn> {
         p[at].off = (out - at - 1) as i16;
     }
     p
-}
-
-fn load_program(insns: &[Insn]) -> io::Result<OwnedFd> {
-    let license = c"MIT";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = ProgLoad {
-        prog_type: PROG_TYPE_SK_REUSEPORT,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-    };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
-        Err(e) => {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            let last = text.lines().rev().find(|l| !l.trim().is_empty());
-            Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "the kernel refused the steering program: {e} ({})",
-                    last.unwrap_or("no verifier log")
-                ),
-            ))
-        }
-    }
 }
 
 #[cfg(test)]
