@@ -18,8 +18,12 @@
 //! - **No backpressure.** A redirected segment leaves the receiving socket at once and waits
 //!   in the peer's psock queue, unbounded: with the target not reading, a client pushed
 //!   512 MiB in under 3 s and the host's available memory fell by as much. The worker must
-//!   bound it itself (a per-pair budget the program checks, refilled from the peer's
-//!   `bytes_acked`), or a slow target lets any client fill the kernel's memory.
+//!   bound it itself, or a slow target lets any client fill the kernel's memory. The program
+//!   cannot read the peer's acknowledgements (`bpf_tcp_sock` is refused to `SK_SKB`
+//!   programs; the sockhash lookup of the peer is allowed): so a per-pair budget the program
+//!   checks (bytes redirected ≤ budget, else the pair is diverted to the worker for good),
+//!   refilled by the worker from the peer's `tcpi_bytes_acked` + `SIOCOUTQ` — on a timer, or
+//!   when the program asks through a ring buffer the worker polls.
 //! - **A FIN overtakes queued bytes.** The client's FIN reaches the worker (a read of 0) while
 //!   redirected bytes still wait in that queue; a `shutdown(SHUT_WR)` of the peer at once
 //!   ended the stream after 3.9 MiB of 64 MiB. Before passing a FIN on, the worker must see
