@@ -234,3 +234,81 @@ fn attachment(cmd: libc::c_long, target: RawFd, program: RawFd, kind: u32) -> io
     };
     bpf(cmd, &mut attr).map(drop)
 }
+
+/// `BPF_F_MMAPABLE`: an array map this process can map and share with its programs.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const MAP_TYPE_ARRAY: u32 = 2;
+
+/// An array map of `entries` values of `value_size` bytes (a multiple of 8), mapped into this
+/// process: programs and this process share its words, which both touch only atomically.
+#[derive(Debug)]
+pub(crate) struct SharedArray {
+    map: OwnedFd,
+    ptr: *mut std::sync::atomic::AtomicU64,
+    len: usize,
+    mapped_bytes: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics; it lives as long as
+// the value and is unmapped once, in `drop`.
+unsafe impl Send for SharedArray {}
+// SAFETY: as above: every access goes through `AtomicU64`.
+unsafe impl Sync for SharedArray {}
+
+impl SharedArray {
+    /// A new array map of `entries` × `value_size` bytes, mapped here.
+    ///
+    /// # Errors
+    /// The kernel's (EPERM without CAP_BPF; mmapable arrays need Linux ≥ 5.5), mmap's.
+    pub(crate) fn new(entries: usize, value_size: usize) -> io::Result<SharedArray> {
+        debug_assert_eq!(value_size % 8, 0);
+        let map = create_map(
+            MAP_TYPE_ARRAY,
+            4,
+            value_size as u32,
+            entries,
+            BPF_F_MMAPABLE,
+        )?;
+        let page = 4096;
+        let mapped_bytes = (entries * value_size).div_ceil(page) * page;
+        // SAFETY: mapping a BPF array map created mmapable, shared, over its whole value area.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedArray {
+            map,
+            ptr: ptr.cast(),
+            len: entries * value_size / 8,
+            mapped_bytes,
+        })
+    }
+
+    /// The map, for programs to use.
+    pub(crate) fn fd(&self) -> RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.map)
+    }
+
+    /// Every word of every value, in order.
+    pub(crate) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` points at `len` u64 words of a live MAP_SHARED mapping (page-aligned),
+        // only ever accessed atomically.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for SharedArray {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the region mapped in `new`, once.
+        unsafe { libc::munmap(self.ptr.cast(), self.mapped_bytes) };
+    }
+}

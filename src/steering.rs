@@ -39,40 +39,15 @@ use crate::bpf::*;
 
 /// Where the loads live: the mmapped BPF array, or plain memory when BPF is unavailable.
 enum Loads {
-    Mapped {
-        map: OwnedFd,
-        ptr: *mut AtomicU64,
-        len: usize,
-        mapped_bytes: usize,
-    },
+    Mapped(SharedArray),
     Plain(Box<[AtomicU64]>),
 }
-
-// SAFETY: the mapping is shared memory accessed only through atomics; it lives as long as
-// the `Loads` value and is unmapped once, in `drop`.
-unsafe impl Send for Loads {}
-// SAFETY: as above: every access goes through `AtomicU64`.
-unsafe impl Sync for Loads {}
 
 impl Loads {
     fn slots(&self) -> &[AtomicU64] {
         match self {
-            // SAFETY: `ptr` points at `len` u64 slots of a live MAP_SHARED mapping (8-byte
-            // aligned, page-aligned in fact), only ever accessed atomically.
-            Loads::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            Loads::Mapped(array) => array.words(),
             Loads::Plain(slots) => slots,
-        }
-    }
-}
-
-impl Drop for Loads {
-    fn drop(&mut self) {
-        if let Loads::Mapped {
-            ptr, mapped_bytes, ..
-        } = self
-        {
-            // SAFETY: unmapping the region mapped in `Loads::map`, once.
-            unsafe { libc::munmap(ptr.cast(), *mapped_bytes) };
         }
     }
 }
@@ -157,7 +132,7 @@ impl Steering {
     /// Whether new connections are placed by load: the BPF map exists and every TCP
     /// listening socket so far joined its listener's program.
     pub(crate) fn load_aware(&self) -> bool {
-        matches!(self.loads, Loads::Mapped { .. })
+        matches!(self.loads, Loads::Mapped(_))
             && !self.failed.load(Ordering::Relaxed)
             && !self.released.load(Ordering::Relaxed)
     }
@@ -228,7 +203,7 @@ impl Steering {
     /// listener's socket array and makes sure the group's program is attached. Failures are
     /// logged (the kernel's hash then places this listener's connections), never returned.
     pub(crate) fn join(&self, worker: usize, local: SocketAddr, socket: RawFd) {
-        let Loads::Mapped { map, .. } = &self.loads else {
+        let Loads::Mapped(map) = &self.loads else {
             return;
         };
         // A socket without SO_REUSEPORT is shared by the workers (socket activation): one
@@ -248,7 +223,7 @@ impl Steering {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
                     let sockets = create_map(MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, self.workers, 0)?;
-                    let insns = program(self.workers, map.as_raw_fd(), sockets.as_raw_fd());
+                    let insns = program(self.workers, map.fd(), sockets.as_raw_fd());
                     let program = load_program(PROG_TYPE_SK_REUSEPORT, &insns, "steering")?;
                     e.insert(Group { sockets, program })
                 }
@@ -287,10 +262,8 @@ impl Steering {
     }
 }
 
-const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
 const PROG_TYPE_SK_REUSEPORT: u32 = 21;
-const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `SO_ATTACH_REUSEPORT_EBPF` (asm-generic/socket.h).
 const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 const FN_MAP_LOOKUP_ELEM: i32 = 1;
@@ -299,30 +272,7 @@ const SK_PASS: i32 = 1;
 
 /// The loads map: one element of `2 × workers` u64 (`active` then `pending`), mapped here.
 fn map_loads(workers: usize) -> io::Result<Loads> {
-    let value_size = 16 * workers;
-    let map = create_map(MAP_TYPE_ARRAY, 4, value_size as u32, 1, BPF_F_MMAPABLE)?;
-    let page = 4096;
-    let mapped_bytes = value_size.div_ceil(page) * page;
-    // SAFETY: mapping a BPF array map created mmapable, shared, over its whole value area.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            mapped_bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            map.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Loads::Mapped {
-        map,
-        ptr: ptr.cast(),
-        len: 2 * workers,
-        mapped_bytes,
-    })
+    SharedArray::new(1, 16 * workers).map(Loads::Mapped)
 }
 
 /// The program for `workers` workers (unrolled: one compare per worker), reading loads from
