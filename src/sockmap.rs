@@ -1,29 +1,29 @@
 //! Established TCP connections forwarded inside the kernel (`forwarding: sockmap`, issue 28:
-//! the loader and the kernel half; the worker does not use it yet).
+//! the maps, the program and their guarantees; the worker does not use it yet).
 //!
 //! Both sockets of a connection go into one BPF `SOCKHASH`, each **under its peer's socket
 //! cookie**, and an `SK_SKB` verdict program attached to the map runs on every segment either
 //! socket receives: it looks up the receiving socket's own cookie — which finds its peer —
 //! and redirects the bytes to that peer's egress (`bpf_sk_redirect_hash`), as Cilium's and
-//! Envoy's socket-level redirection do. One map, one lookup, no per-connection state in the
-//! program: eleven instructions (see [`program`]).
+//! Envoy's socket-level redirection do.
 //!
-//! A socket whose peer is not (or no longer) in the map keeps its bytes: the redirect fails,
-//! the program still answers `SK_PASS`, and the bytes land in the socket's own receive queue,
-//! where the worker reads them as it does today. So a connection half taken out of the map
-//! never drops a byte here; what the worker must still order is the bytes the kernel already
-//! queued for the peer against those it reads itself (the hard cases the issue lists).
+//! Each socket also has a **slot** (cookie → slot in a hash map; the slots in an array shared
+//! with this process by mmap): bytes redirected so far, and a **budget**, the bytes it may
+//! have redirected in all. A segment that would pass the budget, or finds no peer, is not
+//! redirected: it lands in the socket's own receive queue, the slot is marked *diverted*, and
+//! every later segment follows it there — so nothing is dropped or reordered, and a client
+//! whose target stops reading is held back by TCP once the budget is spent (its bytes wait in
+//! the receive queue the worker does not read), as it is without sockmap. The worker forwards
+//! what a diverted socket holds once the peer has taken what was redirected before it.
 //!
 //! What the kernel does not do, measured here (Linux 6.18, before the worker may use this):
 //! - **No backpressure.** A redirected segment leaves the receiving socket at once and waits
 //!   in the peer's psock queue, unbounded: with the target not reading, a client pushed
-//!   512 MiB in under 3 s and the host's available memory fell by as much. The worker must
-//!   bound it itself, or a slow target lets any client fill the kernel's memory. The program
-//!   cannot read the peer's acknowledgements (`bpf_tcp_sock` is refused to `SK_SKB`
-//!   programs; the sockhash lookup of the peer is allowed): so a per-pair budget the program
-//!   checks (bytes redirected ≤ budget, else the pair is diverted to the worker for good),
-//!   refilled by the worker from the peer's `tcpi_bytes_acked` + `SIOCOUTQ` — on a timer, or
-//!   when the program asks through a ring buffer the worker polls.
+//!   512 MiB in under 3 s and the host's available memory fell by as much. Hence the budget
+//!   (tested: with 1 MiB, the client is held back at a few MiB). The program cannot read the
+//!   peer's acknowledgements (`bpf_tcp_sock` is refused to `SK_SKB` programs), so the worker
+//!   raises the budget as the peer takes bytes (`tcpi_bytes_acked` + `SIOCOUTQ`): on a timer,
+//!   or when asked through a ring buffer — the next step.
 //! - **A FIN overtakes queued bytes.** The client's FIN reaches the worker (a read of 0) while
 //!   redirected bytes still wait in that queue; a `shutdown(SHUT_WR)` of the peer at once
 //!   ended the stream after 3.9 MiB of 64 MiB. Before passing a FIN on, the worker must see
@@ -35,89 +35,165 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bpf::*;
 
+const MAP_TYPE_HASH: u32 = 1;
 const MAP_TYPE_SOCKHASH: u32 = 18;
 const PROG_TYPE_SK_SKB: u32 = 14;
 /// `BPF_SK_SKB_VERDICT` (Linux 5.13): a verdict per segment, without a stream parser.
 const ATTACH_SK_SKB_VERDICT: u32 = 38;
 /// `BPF_SK_SKB_STREAM_VERDICT`: the older attachment, through the stream parser.
 const ATTACH_SK_SKB_STREAM_VERDICT: u32 = 5;
+const FN_MAP_LOOKUP_ELEM: i32 = 1;
 const FN_GET_SOCKET_COOKIE: i32 = 46;
 const FN_SK_REDIRECT_HASH: i32 = 72;
 const SK_PASS: i32 = 1;
 /// `SO_COOKIE` (asm-generic/socket.h): the socket's 64-bit cookie, unique while it lives.
 const SO_COOKIE: libc::c_int = 57;
 
-/// The map and its verdict program; sockets join and leave in pairs.
+/// Words per socket slot in the shared array: bytes redirected to the peer, the budget
+/// (bytes it may have redirected in all), diverted (1 once a segment went to the worker), and
+/// one spare.
+const SLOT_WORDS: usize = 4;
+const REDIRECTED: usize = 0;
+const BUDGET: usize = 1;
+const DIVERTED: usize = 2;
+
+/// The maps and the verdict program; sockets join and leave in pairs.
 #[derive(Debug)]
 pub(crate) struct Sockmap {
-    map: OwnedFd,
+    /// SOCKHASH: a socket's cookie → its peer.
+    peers: OwnedFd,
+    /// HASH: a socket's cookie → its slot in `slots` (u32).
+    index: OwnedFd,
+    /// The slots, shared with the program.
+    slots: SharedArray,
+    /// Slots not in use.
+    free: Vec<u32>,
     program: OwnedFd,
     /// The attachment made: [`ATTACH_SK_SKB_VERDICT`] or the stream verdict.
     attach_type: u32,
 }
 
+/// A joined pair: each side's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pair {
+    /// The first socket given to [`Sockmap::join`] (bytes it receives go to the second).
+    pub a: u32,
+    /// The second.
+    pub b: u32,
+}
+
 impl Sockmap {
-    /// A map for `pairs` connections (2 × `pairs` sockets) with the program attached.
+    /// Maps for `pairs` connections (2 × `pairs` sockets) with the program attached.
     ///
     /// # Errors
     /// Why the kernel refused (no CAP_BPF, no sockmap support, the verifier's last line).
     pub(crate) fn new(pairs: usize) -> io::Result<Sockmap> {
-        let map = create_map(MAP_TYPE_SOCKHASH, 8, 8, 2 * pairs.max(1), 0)?;
-        let program = load_program(
-            PROG_TYPE_SK_SKB,
-            &program(map.as_raw_fd()),
-            "sockmap verdict",
-        )?;
+        let sockets = 2 * pairs.max(1);
+        let peers = create_map(MAP_TYPE_SOCKHASH, 8, 8, sockets, 0)?;
+        let index = create_map(MAP_TYPE_HASH, 8, 4, sockets, 0)?;
+        let slots = SharedArray::new(sockets, 8 * SLOT_WORDS)?;
+        let insns = program(peers.as_raw_fd(), index.as_raw_fd(), slots.fd());
+        let program = load_program(PROG_TYPE_SK_SKB, &insns, "sockmap verdict")?;
         let mut attach_type = ATTACH_SK_SKB_VERDICT;
-        if let Err(e) = attach(map.as_raw_fd(), program.as_raw_fd(), attach_type) {
+        if let Err(e) = attach(peers.as_raw_fd(), program.as_raw_fd(), attach_type) {
             log::debug!("sockmap: BPF_SK_SKB_VERDICT refused ({e}); the stream verdict then");
             attach_type = ATTACH_SK_SKB_STREAM_VERDICT;
-            attach(map.as_raw_fd(), program.as_raw_fd(), attach_type)?;
+            attach(peers.as_raw_fd(), program.as_raw_fd(), attach_type)?;
         }
         Ok(Sockmap {
-            map,
+            peers,
+            index,
+            slots,
+            free: (0..sockets as u32).rev().collect(),
             program,
             attach_type,
         })
     }
 
-    /// From now on the kernel moves what `a` receives to `b`'s egress and back. Both must be
-    /// established TCP sockets with nothing left in their receive queues that the caller has
-    /// not read (bytes already queued stay there, for the caller).
+    /// From now on the kernel moves what `a` receives to `b`'s egress and back, each
+    /// direction up to `budget` bytes redirected in all (raise it with [`Self::set_budget`]
+    /// as the receiving side takes them); past it, or once a side has no peer, what a socket
+    /// receives stays in its own receive queue for the caller, and so does everything after
+    /// (the slot is *diverted*). Both must be established TCP sockets whose receive queues
+    /// the caller has read (bytes already queued stay there).
     ///
     /// # Errors
-    /// The kernel's (a socket not established: EOPNOTSUPP; the map full: E2BIG); on error
-    /// neither socket is in the map.
-    pub(crate) fn join(&self, a: RawFd, b: RawFd) -> io::Result<()> {
+    /// The kernel's (a socket not established: EOPNOTSUPP); no slot left (E2BIG); on error
+    /// neither socket is in the maps.
+    pub(crate) fn join(&mut self, a: RawFd, b: RawFd, budget: u64) -> io::Result<Pair> {
         let (ca, cb) = (cookie(a)?, cookie(b)?);
-        let map = self.map.as_raw_fd();
-        update_elem(map, &cb, &(a as u64))?;
-        if let Err(e) = update_elem(map, &ca, &(b as u64)) {
-            let _ = delete_elem(map, &cb);
+        if self.free.len() < 2 {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        let pair = Pair {
+            a: self.free.pop().unwrap_or_default(),
+            b: self.free.pop().unwrap_or_default(),
+        };
+        for slot in [pair.a, pair.b] {
+            let words = self.slot(slot);
+            words[REDIRECTED].store(0, Ordering::Relaxed);
+            words[BUDGET].store(budget, Ordering::Relaxed);
+            words[DIVERTED].store(0, Ordering::Release);
+        }
+        let result = (|| {
+            update_elem(self.index.as_raw_fd(), &ca, &pair.a)?;
+            update_elem(self.index.as_raw_fd(), &cb, &pair.b)?;
+            // Each socket under its peer's cookie: the program looks up its own.
+            update_elem(self.peers.as_raw_fd(), &cb, &(a as u64))?;
+            update_elem(self.peers.as_raw_fd(), &ca, &(b as u64))
+        })();
+        if let Err(e) = result {
+            self.remove(ca, cb, pair);
             return Err(e);
         }
-        Ok(())
+        Ok(pair)
     }
 
-    /// Takes the pair `a`, `b` out of the map: what each receives from then on stays in its
-    /// own receive queue. Sockets the kernel closed have left already (not an error).
-    pub(crate) fn leave(&self, a: RawFd, b: RawFd) {
-        let map = self.map.as_raw_fd();
-        for fd in [a, b] {
-            if let Ok(c) = cookie(fd) {
-                let _ = delete_elem(map, &c);
-            }
+    /// Takes the pair `a`, `b` (joined as `pair`) out of the maps: what each receives from
+    /// then on stays in its own receive queue. Sockets the kernel closed have left the
+    /// SOCKHASH already (not an error).
+    pub(crate) fn leave(&mut self, a: RawFd, b: RawFd, pair: Pair) {
+        let (ca, cb) = (cookie(a).unwrap_or(0), cookie(b).unwrap_or(0));
+        self.remove(ca, cb, pair);
+    }
+
+    fn remove(&mut self, ca: u64, cb: u64, pair: Pair) {
+        for c in [ca, cb] {
+            let _ = delete_elem(self.peers.as_raw_fd(), &c);
+            let _ = delete_elem(self.index.as_raw_fd(), &c);
         }
+        self.free.extend([pair.a, pair.b]);
+    }
+
+    /// Bytes slot `slot`'s socket has had redirected to its peer since it joined.
+    pub(crate) fn redirected(&self, slot: u32) -> u64 {
+        self.slot(slot)[REDIRECTED].load(Ordering::Acquire)
+    }
+
+    /// Whether slot `slot` is diverted: its socket keeps what it receives for the caller.
+    pub(crate) fn diverted(&self, slot: u32) -> bool {
+        self.slot(slot)[DIVERTED].load(Ordering::Acquire) != 0
+    }
+
+    /// Sets slot `slot`'s budget: the bytes its socket may have redirected in all.
+    pub(crate) fn set_budget(&self, slot: u32, budget: u64) {
+        self.slot(slot)[BUDGET].store(budget, Ordering::Release);
+    }
+
+    fn slot(&self, slot: u32) -> &[AtomicU64] {
+        let at = slot as usize * SLOT_WORDS;
+        &self.slots.words()[at..at + SLOT_WORDS]
     }
 }
 
 impl Drop for Sockmap {
     fn drop(&mut self) {
         let _ = detach(
-            self.map.as_raw_fd(),
+            self.peers.as_raw_fd(),
             self.program.as_raw_fd(),
             self.attach_type,
         );
@@ -147,21 +223,67 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
     Ok(value)
 }
 
-/// The verdict program over map `map`. Registers: r1 the `__sk_buff`, r6 a copy of it (r1 to
-/// r5 do not survive a call).
-pub(crate) fn program(map: RawFd) -> Vec<Insn> {
-    let mut p = Vec::with_capacity(12);
+/// The verdict program over the SOCKHASH `peers`, the cookie → slot map `index` and the
+/// slots `slots`. Registers: r6 the `__sk_buff`, r7 the slot, r8 the segment's length (r1 to
+/// r5 do not survive a call). Every way out answers `SK_PASS`: redirected, or kept in the
+/// receiving socket's own queue (no slot, diverted, over budget, no peer).
+pub(crate) fn program(peers: RawFd, index: RawFd, slots: RawFd) -> Vec<Insn> {
+    let mut p = Vec::with_capacity(40);
+    let key = |p: &mut Vec<Insn>, reg: u8| {
+        p.push(insn(MOV64_X, reg, 10, 0, 0)); // reg = fp
+        p.push(insn(ADD64_K, reg, 0, 0, -8)); //   - 8: the cookie
+    };
     p.push(insn(MOV64_X, 6, 1, 0, 0)); // r6 = skb
-    p.push(insn(CALL, 0, 0, 0, FN_GET_SOCKET_COOKIE)); // r0 = cookie of the receiving socket
-    p.push(insn(STX_DW, 10, 0, -8, 0)); // key on the stack: *(u64 *)(fp - 8) = r0
+    p.push(insn(CALL, 0, 0, 0, FN_GET_SOCKET_COOKIE)); // r0 = the receiving socket's cookie
+    p.push(insn(STX_DW, 10, 0, -8, 0)); // *(u64 *)(fp - 8) = r0
+    load_map_fd(&mut p, 1, index); // r1 = index
+    key(&mut p, 2);
+    p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM)); // r0 = &slot number, or null
+    let no_index = p.len();
+    p.push(insn(JEQ_K, 0, 0, 0, 0)); // not ours: keep
+    p.push(insn(LDX_W, 1, 0, 0, 0)); // r1 = slot number
+    p.push(insn(STX_W, 10, 1, -12, 0)); // *(u32 *)(fp - 12) = slot
+    load_map_fd(&mut p, 1, slots); // r1 = slots
+    p.push(insn(MOV64_X, 2, 10, 0, 0));
+    p.push(insn(ADD64_K, 2, 0, 0, -12)); // r2 = &slot
+    p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM)); // r0 = the slot's words, or null
+    let no_slot = p.len();
+    p.push(insn(JEQ_K, 0, 0, 0, 0)); // keep
+    p.push(insn(MOV64_X, 7, 0, 0, 0)); // r7 = slot
+    p.push(insn(LDX_DW, 1, 7, (8 * DIVERTED) as i16, 0)); // r1 = diverted
+    let is_diverted = p.len();
+    p.push(insn(JNE_K, 1, 0, 0, 0)); // diverted: keep (everything after stays in order)
+    p.push(insn(LDX_W, 8, 6, 0, 0)); // r8 = skb->len
+    p.push(insn(LDX_DW, 1, 7, (8 * REDIRECTED) as i16, 0)); // r1 = redirected
+    p.push(insn(ADD64_X, 1, 8, 0, 0)); //   + this segment
+    p.push(insn(LDX_DW, 2, 7, (8 * BUDGET) as i16, 0)); // r2 = budget
+    let over = p.len();
+    p.push(insn(JGT_X, 1, 2, 0, 0)); // over budget: divert
     p.push(insn(MOV64_X, 1, 6, 0, 0)); // r1 = skb
-    load_map_fd(&mut p, 2, map); // r2 = the SOCKHASH (two instructions)
-    p.push(insn(MOV64_X, 3, 10, 0, 0)); // r3 = fp
-    p.push(insn(ADD64_K, 3, 0, 0, -8)); //   - 8: the key
-    p.push(insn(MOV64_K, 4, 0, 0, 0)); // r4 = 0: to the peer's egress (not BPF_F_INGRESS)
-    p.push(insn(CALL, 0, 0, 0, FN_SK_REDIRECT_HASH)); // the peer, stored under our cookie
-    p.push(insn(MOV64_K, 0, 0, 0, SK_PASS)); // redirected, or (no peer) kept for the worker
+    load_map_fd(&mut p, 2, peers); // r2 = peers
+    key(&mut p, 3); // r3 = &cookie: the peer is stored under it
+    p.push(insn(MOV64_K, 4, 0, 0, 0)); // r4 = 0: to the peer's egress
+    p.push(insn(CALL, 0, 0, 0, FN_SK_REDIRECT_HASH));
+    let no_peer = p.len();
+    p.push(insn(JNE_K, 0, 0, 0, SK_PASS)); // no peer: divert
+    p.push(insn(ATOMIC_DW, 7, 8, (8 * REDIRECTED) as i16, 0)); // redirected += len
+    let done = p.len();
+    p.push(insn(JA, 0, 0, 0, 0)); // to `keep`'s answer: SK_PASS
+    let divert = p.len();
+    p.push(insn(ST_DW, 7, 0, (8 * DIVERTED) as i16, 1)); // diverted = 1
+    let keep = p.len();
+    p.push(insn(MOV64_K, 0, 0, 0, SK_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
+    for (at, to) in [
+        (no_index, keep),
+        (no_slot, keep),
+        (is_diverted, keep),
+        (over, divert),
+        (no_peer, divert),
+        (done, keep),
+    ] {
+        p[at].off = (to - at - 1) as i16;
+    }
     p
 }
 
@@ -170,7 +292,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// A connected pair on loopback: (the connecting side, the accepted side).
     fn pair() -> (TcpStream, TcpStream) {
@@ -183,29 +305,44 @@ mod tests {
         (c, s)
     }
 
-    #[test]
-    fn the_program_keeps_what_it_cannot_redirect() {
-        let p = program(7);
-        assert_eq!(p.len(), 12);
-        assert_eq!((p[10].code, p[10].imm), (MOV64_K, SK_PASS));
-        assert_eq!(p[11].code, EXIT);
-        assert_eq!(p[9].imm, FN_SK_REDIRECT_HASH);
+    /// Byte `i` of the test streams: a pattern whose every position is checked.
+    fn byte(i: usize) -> u8 {
+        (i % 251) as u8
     }
 
-    /// A client ↔ (a, b) ↔ server chain: with a and b in the map, what the client sends
-    /// reaches the server and back without this process reading a byte of it (a and b stay
-    /// empty); taken out, bytes go to a and b's own receive queues again.
+    #[test]
+    fn every_jump_lands_and_every_way_out_passes() {
+        let p = program(7, 8, 9);
+        let exit = p.len() - 1;
+        assert_eq!(p[exit].code, EXIT);
+        assert_eq!((p[exit - 1].code, p[exit - 1].imm), (MOV64_K, SK_PASS));
+        for (at, i) in p.iter().enumerate() {
+            if matches!(i.code, JEQ_K | JNE_K | JGT_X | JA) {
+                let to = at + 1 + i.off as usize;
+                assert!(to < p.len(), "jump at {at} lands past the end");
+                // Every jump ends at `keep` (the answer) or at `divert` just before it.
+                assert!(to >= exit - 2, "jump at {at} to {to}");
+            }
+        }
+        assert_eq!(p[exit - 2].code, ST_DW, "divert, then keep");
+    }
+
+    /// A client ↔ (a, b) ↔ server chain: with a and b joined, what the client sends reaches
+    /// the server and back without this process reading a byte of it (a stays empty);
+    /// after they leave, bytes go to a's own receive queue again.
     #[test]
     fn joined_sockets_forward_in_the_kernel_and_leave_cleanly() {
-        let sockmap = Sockmap::new(4).expect("sockmap (root, CONFIG_BPF_STREAM_PARSER)");
+        let mut sockmap = Sockmap::new(4).expect("sockmap (root, CONFIG_BPF_STREAM_PARSER)");
         assert_eq!(
             sockmap.attach_type, ATTACH_SK_SKB_VERDICT,
             "Linux ≥ 5.13 here"
         );
         let (mut client, a) = pair();
         let (b, mut server) = pair();
-        sockmap.join(a.as_raw_fd(), b.as_raw_fd()).unwrap();
-        let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let joined = sockmap
+            .join(a.as_raw_fd(), b.as_raw_fd(), u64::MAX)
+            .unwrap();
+        let payload: Vec<u8> = (0..256 * 1024).map(byte).collect();
         let writer = {
             let payload = payload.clone();
             let mut client = client.try_clone().unwrap();
@@ -215,22 +352,83 @@ mod tests {
         server.read_exact(&mut got).unwrap();
         writer.join().unwrap();
         assert!(got == payload, "every byte, in order");
+        assert_eq!(sockmap.redirected(joined.a), payload.len() as u64);
         server.write_all(b"pong").unwrap();
         let mut back = [0u8; 4];
         client.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"pong");
-        // Nothing reached this process's side of the pair.
+        assert_eq!(sockmap.redirected(joined.b), 4);
         a.set_nonblocking(true).unwrap();
-        assert!(
-            matches!((&a).read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        );
+        let empty = (&a).read(&mut [0u8; 1]);
+        assert!(matches!(empty, Err(e) if e.kind() == io::ErrorKind::WouldBlock));
 
-        sockmap.leave(a.as_raw_fd(), b.as_raw_fd());
+        sockmap.leave(a.as_raw_fd(), b.as_raw_fd(), joined);
         client.write_all(b"after").unwrap();
         a.set_nonblocking(false).unwrap();
-        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut after = [0u8; 5];
         (&a).read_exact(&mut after).unwrap();
-        assert_eq!(&after, b"after", "kept for the worker once out of the map");
+        assert_eq!(&after, b"after", "kept for the worker once out of the maps");
+        assert_eq!(sockmap.free.len(), 8, "both slots back");
+    }
+
+    /// With the server not reading, a client can push only the budget (plus socket buffers)
+    /// into the kernel — unbounded without it (512 MiB in 3 s measured) — and what came past
+    /// the budget waits in a's own queue: read and forwarded after the redirected bytes, the
+    /// server gets the whole stream in order.
+    #[test]
+    fn the_budget_bounds_a_stalled_target_and_loses_nothing() {
+        let mut sockmap = Sockmap::new(4).unwrap();
+        let (mut client, a) = pair();
+        let (b, mut server) = pair();
+        let budget = 1 << 20;
+        let joined = sockmap.join(a.as_raw_fd(), b.as_raw_fd(), budget).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut sent = 0usize;
+        let mut chunk = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        // Until the client is held back for a while (or far past any bound).
+        let mut stalled_since = None::<Instant>;
+        while started.elapsed() < Duration::from_secs(5) && sent < 256 << 20 {
+            for (k, c) in chunk.iter_mut().enumerate() {
+                *c = byte(sent + k);
+            }
+            match client.write(&chunk) {
+                Ok(n) => {
+                    sent += n;
+                    stalled_since = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_millis(300) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            sent < 48 << 20,
+            "held back near the budget, not {} MiB",
+            sent >> 20
+        );
+        assert!(
+            sockmap.diverted(joined.a),
+            "past the budget, kept for the worker"
+        );
+        let redirected = sockmap.redirected(joined.a) as usize;
+        assert!(redirected <= budget as usize, "{redirected}");
+        // The server takes the stream from here on; as the worker, this test forwards a's
+        // queue once the redirected bytes have reached it.
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; sent];
+            server.read_exact(&mut got).map(|()| got)
+        });
+        let mut rest = vec![0u8; sent - redirected];
+        (&a).read_exact(&mut rest).unwrap();
+        (&b).write_all(&rest).unwrap();
+        let got = reader.join().unwrap().expect("the whole stream");
+        let wrong = got.iter().enumerate().position(|(i, &c)| c != byte(i));
+        assert_eq!(wrong, None, "every byte, in order, of {sent}");
     }
 }
