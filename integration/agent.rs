@@ -110,12 +110,18 @@ fn agent_words_move_traffic_within_an_interval() {
     );
     assert_eq!(spread(addr, 8), (0, 8));
     // The operator sees why in `ballast targets`: an agent's drain, not theirs.
-    let row_of_a = || {
+    // `ballast ARGS` against this node: what it printed.
+    let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(["targets", "--admin", &format!("http://{admin}")])
+            .args(args)
+            .args(["--admin", &format!("http://{admin}")])
             .output()
             .unwrap();
-        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let a_addr = a.addr.to_string();
+    let row_of_a = || {
+        let table = cli(&["targets"]);
         let row = table.lines().find(|l| l.contains(&a.addr.to_string()));
         row.map_or(table.clone(), str::to_string)
     };
@@ -126,12 +132,7 @@ fn agent_words_move_traffic_within_an_interval() {
     let row = row_of_a();
     assert!(row.contains("draining,agt:drain"), "{row}");
     // Enabled by the operator, it is still the agent's to bring back: the CLI says so.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(["enable", "g", &a.addr.to_string()])
-        .args(["--admin", &format!("http://{admin}")])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = cli(&["enable", "g", &a_addr]);
     assert!(said.contains("active (but its agent says drain"), "{said}");
     // `0%` drains too: what the algorithms use is then nothing.
     agent_a.say("ready 0%");
@@ -140,6 +141,8 @@ fn agent_words_move_traffic_within_an_interval() {
     });
     assert_eq!(target(admin, a.addr)["effective_weight"], 0);
     assert_eq!(spread(addr, 8), (0, 8));
+    let said = cli(&["enable", "g", &a_addr]);
+    assert!(said.contains("(but its agent says 0%"), "{said}");
     // What it said, as text (a tab is a tab), up to the NUL that ends the line.
     agent_a.say("ready\tup\0junk 1%");
     wait_until("the line recorded", || {

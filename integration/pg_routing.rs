@@ -567,6 +567,19 @@ fn a_slow_plain_client_beside_sni_routes_is_still_routed_by_its_database() {
     // Silent: the ClientHello's 300 ms, then the StartupMessage's 400 ms.
     let (code, message) = error_from(addr, &[]);
     assert_eq!(code, "08P01", "{message}");
+    // Told `S`, then silent: it owes a ClientHello; refused when none comes in time, never
+    // connected to the listener's group unread.
+    let accepted = || main.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let before = accepted();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).unwrap();
+    s.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"S");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(accepted(), before, "main never reached");
     // One that gives up (its FIN) before a whole packet.
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&startup[..3]).unwrap();

@@ -196,10 +196,16 @@ fn a_direct_tls_postgres_client_passes_through_by_name() {
          '{}'}}]\n  - name: db\n{NO_CHECKS}    targets: [{{address: '{db}'}}]\n",
         plain.addr
     );
-    let lb = Ballast::start(&yaml);
-    let tcp = TcpStream::connect_timeout(&lb.addr("pg"), WAIT).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    assert_eq!(ask_over_tls(&pki, tcp), "pg:select 1\n");
+    // With postgres_starttls and without it (a listener that answers SSLRequests `N`).
+    for yaml in [
+        yaml.clone(),
+        yaml.replace("    postgres_starttls: true\n", ""),
+    ] {
+        let lb = Ballast::start(&yaml);
+        let tcp = TcpStream::connect_timeout(&lb.addr("pg"), WAIT).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        assert_eq!(ask_over_tls(&pki, tcp), "pg:select 1\n", "{yaml}");
+    }
 }
 
 /// Over TLS to db.example.com on `tcp`: `select 1`, and the line answered.

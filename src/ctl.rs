@@ -97,12 +97,21 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
             let t = client(api)?.post(&path(target, action), None)?;
             // Enabled, but its agent still keeps it out: say so, or the operator believes it
             // serves again.
-            let agent = match t["agent"]["mode"].as_str() {
-                Some(mode @ ("drain" | "maint")) if t["admin_state"] == "active" => {
-                    format!(" (but its agent says {mode}: no new connections until it says ready)")
+            let agent = &t["agent"];
+            let held = match agent["mode"].as_str() {
+                _ if t["admin_state"] != "active" => None,
+                Some(mode @ ("drain" | "maint")) => Some(format!(
+                    "its agent says {mode}: no new connections until it says ready"
+                )),
+                _ if agent["weight_percent"] == 0 => Some(
+                    "its agent says 0%: no new connections until it gives a weight".to_string(),
+                ),
+                _ if agent["down"] == true => {
+                    Some("its agent says down: unhealthy until it says up".to_string())
                 }
-                _ => String::new(),
+                _ => None,
             };
+            let agent = held.map_or(String::new(), |why| format!(" (but {why})"));
             let _ = writeln!(
                 out,
                 "{}: {}{agent}",

@@ -338,6 +338,21 @@ pub fn advice(c: &Config) -> Vec<String> {
             ));
         }
     }
+    for l in &c.listeners {
+        let passthrough = l.sni.as_ref().filter(|s| s.postgres_starttls);
+        if let (Some(sni), Some(_), None) = (passthrough, &l.postgres, &l.tls) {
+            if sni.otherwise == NoServerName::Default {
+                said.push(format!(
+                    "listener {} passes PostgreSQL TLS through by server name and routes plain \
+                     clients by database: a TLS client that names no server (libpq connecting \
+                     to an IP address, sslmode=prefer) goes to target group {} unread; \
+                     `without_server_name: close` makes such a libpq retry without TLS, routed \
+                     by its database",
+                    l.name, c.target_groups[l.target_group].name
+                ));
+            }
+        }
+    }
     said
 }
 

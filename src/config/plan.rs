@@ -173,9 +173,11 @@ pub fn print(c: &Config) {
             let _ = writeln!(
                 out,
                 "  {}: {}",
-                match &l.tls {
-                    Some(_) => "no SNI or another name".to_string(),
-                    None => format!(
+                match (&l.tls, &l.postgres) {
+                    (Some(_), _) => "no SNI or another name".to_string(),
+                    // Plain PostgreSQL clients go by database, whatever their timing.
+                    (None, Some(_)) => "TLS with another name or none".to_string(),
+                    (None, None) => format!(
                         "other names, no ClientHello within {} or not TLS",
                         humantime::format_duration(sni.timeout)
                     ),

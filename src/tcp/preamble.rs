@@ -136,8 +136,6 @@ pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint
     }
     if is_request {
         p.asked |= ASKED_SSL;
-    } else if p.read.first() == Some(&0x16) {
-        p.asked |= DIRECT_TLS; // a TLS handshake record
     }
     p.postgres = Some(is_request);
     HelloRead::Done(None)
@@ -361,11 +359,17 @@ impl<S: Socket> Connection<S> {
                     FrontTls::Done { server_name } => server_name,
                 }
             } else if sni.is_some() {
-                match read_client_hello(p, front) {
+                let name = match read_client_hello(p, front) {
                     HelloRead::Wait => return Step::Wait,
                     HelloRead::ClientGone => return Step::ClientGone,
                     HelloRead::Done(name) => name,
+                };
+                if p.postgres != Some(true) && p.read.first() == Some(&0x16) {
+                    // A TLS record where a StartupMessage could be: a direct TLS client
+                    // (with or without postgres_starttls), routed by its name alone.
+                    p.asked |= DIRECT_TLS;
                 }
+                name
             } else {
                 None
             };
@@ -497,6 +501,11 @@ impl<S: Socket> Connection<S> {
         match (&config.sni, p.part_began.is_some()) {
             (_, false) if config.accept_proxy.is_some() => Expiry::Refused(Refusal::ProxyTimeout),
             _ if reading_startup => Expiry::StartupTimeout,
+            // Told `S`, it owes a ClientHello: with none in time it is refused, not sent
+            // unread to the listener's group (where it would hold a server's place).
+            (Some(_), true) if config.postgres.is_some() && p.postgres == Some(true) => {
+                Expiry::Refused(Refusal::NoRoute)
+            }
             (Some(_), true) if config.postgres.is_some() && config.tls.is_none() => {
                 Expiry::ReadStartup
             }

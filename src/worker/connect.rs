@@ -403,11 +403,11 @@ impl Worker {
             return reset;
         }
         let name = &group.name;
-        let queue = group.queue.map(|q| humantime::format_duration(q.timeout));
+        let queue = group.queue.map(|q| q.timeout);
         let (sqlstate, message) = match reason {
             "no target" => (
                 "08001",
-                format!("no server of target group \"{name}\" accepted the connection"),
+                format!("no server of target group \"{name}\" could take the connection"),
             ),
             "queue_full" => (
                 "53300",
@@ -417,7 +417,7 @@ impl Worker {
                 "53300",
                 format!(
                     "no server of target group \"{name}\" had room within {}",
-                    queue.map_or_else(String::new, |t| t.to_string())
+                    queue.map_or_else(String::new, |t| format!("{t:?}"))
                 ),
             ),
             "queue_removed" => (

@@ -344,6 +344,22 @@ fn advice_names_settings_that_change_nothing() {
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(said[0].contains("gives targets tokens, but no listener of the group has `token:`"));
     assert!(said[1].contains("gives targets server_id, but no listener of the group has `quic:`"));
+    // TLS passed through by name beside database routing: a TLS client without a name.
+    let sni = ONE.replace(
+        "target_group: pg}",
+        "target_group: pg, postgres_starttls: true, routes: [{server_name: a.example, \
+         target_group: pg}], postgres: {}}",
+    );
+    let said = crate::config::advice(&parse(&sni).unwrap()).join("\n");
+    assert!(
+        said.contains("`without_server_name: close` makes such a libpq"),
+        "{said}"
+    );
+    let closed = sni.replace("postgres: {}", "without_server_name: close, postgres: {}");
+    assert_eq!(
+        crate::config::advice(&parse(&closed).unwrap()),
+        Vec::<String>::new()
+    );
 }
 
 /// `quic:` mistakes, each at its key: a TCP listener, a key with plaintext or none with
