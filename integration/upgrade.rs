@@ -280,13 +280,17 @@ fn an_upgrade_takes_a_fixed_admin_address_and_unix_socket_over() {
 
     let new = Ballast::start_with_args(&yaml, &["--upgrade-from", socket.to_str().unwrap()]);
     // Both serve the one socket until the old one hears `taken`: wait for that, then for its
-    // accept loop to end (the next answer the new one's).
+    // accept loop to end.
     wait_until("the old process hands over", || {
         old.log()
             .contains("upgrade: a new process serves the listeners")
     });
     wait_until("the new process answers the admin address", || {
         get_json(admin, "/node")["pid"] == new.pid()
+    });
+    // The old one drains what waited in the shared backlog, then closes its side.
+    wait_until("the old process stops accepting", || {
+        old.log().contains("admin API: no longer accepting")
     });
     // For a while: every answer is the new one's (the old one closed its side).
     for _ in 0..20 {

@@ -81,6 +81,8 @@ pub(super) async fn serve(
         admit.admit(stream, origin);
     }
     drop((tcp, unix));
+    // After an upgrade the new process answers every request from here on.
+    log::info!("admin API: no longer accepting");
     admit.wind_down().await;
 }
 
