@@ -9,8 +9,12 @@
 #   ROWS="keepalive close" CURVE= bash examples/bench_peers.sh  # some rows, no curve
 #   OUT=/tmp/b bash examples/bench_peers.sh                     # where results go (bench-out)
 #   BASELINE_BIN=/tmp/old/ballast bash examples/bench_peers.sh  # + an older Ballast, for before/after
+#   BASELINE_BIN=target/release/ballast BASELINE_EXTRA=", forwarding: buffered" \
+#     ROWS=iperf4 bash examples/bench_peers.sh                  # + the same with other listener keys
 #
-# Rows (ROWS): iperf1 (iperf3 single stream), iperf4 (-P 4), udp64 (iperf3 UDP, 64-byte
+# Rows (ROWS): iperf1 (iperf3 single stream) and iperf4 (-P 4), each with the balancer's CPU
+# time per GB moved (user + system, from /proc: a steadier measure than the rate on a machine
+# whose cores the clients, servers and balancer share), udp64 (iperf3 UDP, 64-byte
 # datagrams, packets received/s; HAProxy has no UDP), keepalive (wrk, 50 connections, rps and
 # p99), close (wrk, a new connection per request), redis (redis-benchmark SET and GET, 50
 # clients), pgbench (pgbench -S, 10 clients, against a throwaway PostgreSQL cluster).
@@ -78,12 +82,12 @@ done
   echo "  server { listen 127.0.0.1:22001 udp reuseport; proxy_pass 127.0.0.1:25201; proxy_timeout 10s; }"
   echo "}"
 } >"$dir/nginx.conf"
-ballast_config() { # base admin_port
+ballast_config() { # base admin_port [more TCP listener keys, e.g. ", forwarding: buffered"]
   echo "workers: 2"
   echo "admin: {bind: \"127.0.0.1:$2\"}"
   echo "listeners:"
   for k in 1 2 3 4; do
-    echo "  - {name: l$k, protocol: tcp, bind: \"127.0.0.1:$(($1 + k))\", target_group: g$k, max_connections: 7000}"
+    echo "  - {name: l$k, protocol: tcp, bind: \"127.0.0.1:$(($1 + k))\", target_group: g$k, max_connections: 7000${3:-}}"
   done
   echo "  - {name: u1, protocol: udp, bind: \"127.0.0.1:$(($1 + 1))\", target_group: g1}"
   echo "target_groups:"
@@ -97,7 +101,7 @@ nginx -c "$dir/nginx.conf" >/dev/null 2>&1 & pids+=($!); nginx_pid=$!
 "$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!); ballast_pid=$!
 targets="direct:0 haproxy:21000 nginx:22000 ballast:23000"
 if [ -n "${BASELINE_BIN:-}" ]; then
-  ballast_config 24000 29101 >"$dir/baseline.yaml"
+  ballast_config 24000 29101 "${BASELINE_EXTRA:-}" >"$dir/baseline.yaml"
   "$BASELINE_BIN" run --config "$dir/baseline.yaml" --log-level warn >"$dir/baseline.log" 2>&1 & pids+=($!); baseline_pid=$!
   targets="$targets baseline:24000"
   ready 24002 24003 24004 || exit 1
@@ -111,12 +115,31 @@ wrk_rps_p99() { awk '/Requests\/sec/{r=$2} / 99%/{p=$2} END{ if (p ~ /us$/) p = 
 redis_rps() { # test name -> rps from redis-benchmark --csv
   awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }
 
+balancer_pids() { # name -> the balancer's processes (none for direct)
+  case $1 in
+    haproxy) echo "$haproxy_pid" ;; ballast) echo "$ballast_pid" ;; baseline) echo "${baseline_pid:-}" ;;
+    nginx) echo "$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" ;;
+  esac
+}
+cpu_ticks() { # pids -> their user + system CPU, in clock ticks
+  local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+iperf() { # key name base [iperf3 flags] -> " key=Gbit/s key_cpu=ms of balancer CPU per GB moved"
+  local key=$1 name=$2 base=$3 json c0 c1; shift 3
+  local pids; pids=$(balancer_pids "$name")
+  c0=$(cpu_ticks $pids)
+  json=$(iperf3 -c 127.0.0.1 -p "$(port "$base" 1)" -t "$SECS" -J "$@" 2>/dev/null)
+  c1=$(cpu_ticks $pids)
+  echo -n " $key=$(gbps <<<"$json")"
+  [ -n "$pids" ] && echo -n " ${key}_cpu=$(python3 -c 'import json,sys; b=json.loads(sys.argv[1])["end"]["sum_received"]["bytes"]; print(round((int(sys.argv[2])*1000/int(sys.argv[3]))/(b/1e9),1))' "$json" "$((c1 - c0))" "$(getconf CLK_TCK)" 2>/dev/null || echo NA)"
+  echo
+}
+
 row() { # name base -> "key=value ..." for the chosen rows
   local name=$1 base=$2 out="" r
   for row in $ROWS; do
     case $row in
-      iperf1) r=$(iperf3 -c 127.0.0.1 -p "$(port "$base" 1)" -t "$SECS" -J 2>/dev/null | gbps); out+=" iperf1=$r" ;;
-      iperf4) r=$(iperf3 -c 127.0.0.1 -p "$(port "$base" 1)" -t "$SECS" -P 4 -J 2>/dev/null | gbps); out+=" iperf4=$r" ;;
+      iperf1) out+=$(iperf iperf1 "$name" "$base") ;;
+      iperf4) out+=$(iperf iperf4 "$name" "$base" -P 4) ;;
       udp64) r=NA; [ "$name" != haproxy ] && r=$(iperf3 -c 127.0.0.1 -p "$(port "$base" 1)" -u -b 0 -l 64 -t "$SECS" -J 2>/dev/null | kpps); out+=" udp64=$r" ;;
       keepalive) read -r a b <<<"$(wrk -t1 -c50 -d"${SECS}s" --latency "http://127.0.0.1:$(port "$base" 2)/" 2>/dev/null | wrk_rps_p99)"
         out+=" keepalive=$a keepalive_p99_ms=$b" ;;

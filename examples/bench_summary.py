@@ -15,7 +15,9 @@ TARGETS = ["direct", "haproxy", "nginx", "ballast"]
 BASELINE = "baseline"
 ROWS = [
     ("iperf1", "iperf3 single stream", "rate"),
+    ("iperf1_cpu", "iperf3 single stream: balancer CPU ms per GB", "latency"),
     ("iperf4", "iperf3 `-P 4`", "rate"),
+    ("iperf4_cpu", "iperf3 `-P 4`: balancer CPU ms per GB", "latency"),
     ("udp64", "iperf3 UDP 64 B, packets received/s", "rate"),
     ("keepalive", "HTTP keep-alive rps (wrk, 50 conns)", "rate"),
     ("keepalive_p99_ms", "keep-alive p99 (ms)", "latency"),
@@ -65,7 +67,7 @@ def main():
     rounds = sorted(by_round, key=int)
     baseline = any(BASELINE in by_round[r] for r in rounds)
     targets = TARGETS + ([BASELINE] if baseline else [])
-    print(f"Medians of {len(rounds)} rounds (per-round ratio to direct; latency in ms).\n")
+    print(f"Medians of {len(rounds)} rounds (per-round ratio to direct; latency in ms; CPU in ms per GB).\n")
     extra = " Ballast before | Ballast ÷ before |" if baseline else ""
     print("| row | direct | Ballast | HAProxy | nginx | Ballast ÷ HAProxy |" + extra)
     print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if baseline else ""))
