@@ -112,33 +112,41 @@ pub(crate) fn read_ssl_request<S: Socket>(p: &mut Preamble, front: &mut Endpoint
         if !p.read.starts_with(&GSSENC_REQUEST) || p.asked & ASKED_GSS != 0 {
             break;
         }
-        match front.stream.write(b"N") {
-            Ok(1) => p.read.drain(..GSSENC_REQUEST.len()).for_each(drop),
-            Ok(_) => return HelloRead::ClientGone,
-            Err(e) => {
-                front.abort(&e);
-                return HelloRead::ClientGone;
-            }
+        if !answer_request(p, front, b'N') {
+            return HelloRead::ClientGone;
         }
         p.asked |= ASKED_GSS;
     }
     let is_request = p.read.starts_with(&SSL_REQUEST);
     if is_request {
-        // The client waits for this one byte before it sends anything more.
-        match front.stream.write(b"S") {
-            Ok(1) => p.read.drain(..SSL_REQUEST.len()).for_each(drop),
-            Ok(_) => return HelloRead::ClientGone,
-            Err(e) => {
-                front.abort(&e);
-                return HelloRead::ClientGone;
-            }
+        if !answer_request(p, front, b'S') {
+            return HelloRead::ClientGone;
         }
-    }
-    if is_request {
         p.asked |= ASKED_SSL;
     }
     p.postgres = Some(is_request);
     HelloRead::Done(None)
+}
+
+/// Answers the 8-byte encryption request at the start of `p.read` with `byte` (`S` or `N`:
+/// the client waits for it before it sends anything more) and takes the request out of
+/// `p.read`. False when the client is gone (its endpoint marked aborted on an error).
+pub(super) fn answer_request<S: Socket>(
+    p: &mut Preamble,
+    front: &mut Endpoint<S>,
+    byte: u8,
+) -> bool {
+    match front.transport.write(&mut front.stream, &[byte]) {
+        Ok(1) => {
+            p.read.drain(..SSL_REQUEST.len().min(p.read.len()));
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            front.abort(&e);
+            false
+        }
+    }
 }
 
 /// What one read into `p.read` did.

@@ -6,7 +6,7 @@
 //! ([`Connection::answer_and_finish`]). The StartupMessage stays in the preamble's bytes, to
 //! go to the target unchanged.
 
-use super::preamble::{fill_preamble, Fill, Preamble, ASKED_GSS, ASKED_SSL};
+use super::preamble::{answer_request, fill_preamble, Fill, Preamble, ASKED_GSS, ASKED_SSL};
 use super::pump::Endpoint;
 use super::socket::Socket;
 use super::Connection;
@@ -45,18 +45,10 @@ pub(crate) fn read_startup<S: Socket>(
                 if let Some(why) = asked_again(p, parse_initial(&p.read) == Initial::SslRequest) {
                     return StartupRead::Invalid(why);
                 }
-                // The client waits for the one byte before it sends anything more.
-                match front.transport.write(&mut front.stream, b"N") {
-                    Ok(1) => {
-                        p.read.drain(..8.min(p.read.len()));
-                        continue;
-                    }
-                    Ok(_) => return StartupRead::ClientGone,
-                    Err(e) => {
-                        front.abort(&e);
-                        return StartupRead::ClientGone;
-                    }
+                if !answer_request(p, front, b'N') {
+                    return StartupRead::ClientGone;
                 }
+                continue;
             }
             Initial::Cancel(key, _) => return StartupRead::Cancel(key),
             Initial::Startup(s) => return StartupRead::Startup(s),
@@ -121,14 +113,8 @@ pub(crate) fn read_before_tls<S: Socket>(p: &mut Preamble, front: &mut Endpoint<
                 if let Some(why) = asked_again(p, tls) {
                     return BeforeTls::Refused(crate::postgres::PROTOCOL_VIOLATION, why);
                 }
-                let answer: &[u8] = if tls { b"S" } else { b"N" };
-                match front.stream.write(answer) {
-                    Ok(1) => p.read.drain(..8.min(p.read.len())).for_each(drop),
-                    Ok(_) => return BeforeTls::ClientGone,
-                    Err(e) => {
-                        front.abort(&e);
-                        return BeforeTls::ClientGone;
-                    }
+                if !answer_request(p, front, if tls { b'S' } else { b'N' }) {
+                    return BeforeTls::ClientGone;
                 }
                 if tls {
                     return BeforeTls::Tls;
