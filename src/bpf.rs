@@ -178,6 +178,11 @@ pub(crate) const CALL: u8 = 0x85;
 pub(crate) const EXIT: u8 = 0x95;
 const PSEUDO_MAP_FD: u8 = 1;
 
+/// Helper `bpf_map_lookup_elem` (linux/bpf.h's `enum bpf_func_id`).
+pub(crate) const FN_MAP_LOOKUP_ELEM: i32 = 1;
+/// What socket programs answer to let a connection or segment through.
+pub(crate) const SK_PASS: i32 = 1;
+
 /// Loads `insns` as a program of `prog_type` (GPL-compatible licence: the sockmap helpers
 /// need one); `what` names it in the error.
 ///

@@ -61,10 +61,8 @@ const PROG_TYPE_SK_SKB: u32 = 14;
 const ATTACH_SK_SKB_VERDICT: u32 = 38;
 /// `BPF_SK_SKB_STREAM_VERDICT`: the older attachment, through the stream parser.
 const ATTACH_SK_SKB_STREAM_VERDICT: u32 = 5;
-const FN_MAP_LOOKUP_ELEM: i32 = 1;
 const FN_GET_SOCKET_COOKIE: i32 = 46;
 const FN_SK_REDIRECT_HASH: i32 = 72;
-const SK_PASS: i32 = 1;
 /// `SO_COOKIE` (asm-generic/socket.h): the socket's 64-bit cookie, unique while it lives.
 const SO_COOKIE: libc::c_int = 57;
 
@@ -168,7 +166,7 @@ impl Sockmap {
             update_elem(self.peers.as_raw_fd(), &ca, &(b as u64))
         })();
         if let Err(e) = result {
-            self.remove(ca, cb, pair);
+            self.remove(Some(ca), Some(cb), pair);
             return Err(e);
         }
         Ok(pair)
@@ -178,12 +176,12 @@ impl Sockmap {
     /// then on stays in its own receive queue. Sockets the kernel closed have left the
     /// SOCKHASH already (not an error).
     pub(crate) fn leave(&mut self, a: RawFd, b: RawFd, pair: Pair) {
-        let (ca, cb) = (cookie(a).unwrap_or(0), cookie(b).unwrap_or(0));
-        self.remove(ca, cb, pair);
+        self.remove(cookie(a).ok(), cookie(b).ok(), pair);
     }
 
-    fn remove(&mut self, ca: u64, cb: u64, pair: Pair) {
-        for c in [ca, cb] {
+    /// Deletes the entries of the cookies given and frees the pair's slots.
+    fn remove(&mut self, ca: Option<u64>, cb: Option<u64>, pair: Pair) {
+        for c in [ca, cb].into_iter().flatten() {
             let _ = delete_elem(self.peers.as_raw_fd(), &c);
             let _ = delete_elem(self.index.as_raw_fd(), &c);
         }
@@ -438,6 +436,25 @@ mod tests {
         (&a).read_exact(&mut after).unwrap();
         assert_eq!(&after, b"after", "kept for the worker once out of the maps");
         assert_eq!(sockmap.free.len(), 8, "both slots back");
+    }
+
+    /// Full (one pair's room): another join is refused with E2BIG and changes nothing; a
+    /// leave gives the slots back for the next.
+    #[test]
+    fn a_full_map_refuses_a_join_until_a_pair_leaves() {
+        let mut sockmap = Sockmap::new(1).unwrap();
+        let ((_c1, a1), (b1, _s1)) = (pair(), pair());
+        let ((_c2, a2), (b2, _s2)) = (pair(), pair());
+        let first = sockmap
+            .join(a1.as_raw_fd(), b1.as_raw_fd(), 1 << 20)
+            .unwrap();
+        let refused = sockmap.join(a2.as_raw_fd(), b2.as_raw_fd(), 1 << 20);
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::E2BIG));
+        assert!(sockmap.free.is_empty());
+        sockmap.leave(a1.as_raw_fd(), b1.as_raw_fd(), first);
+        sockmap
+            .join(a2.as_raw_fd(), b2.as_raw_fd(), 1 << 20)
+            .unwrap();
     }
 
     /// A FIN passed on only once what was redirected has been taken by the peer's socket

@@ -266,9 +266,7 @@ const MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
 const PROG_TYPE_SK_REUSEPORT: u32 = 21;
 /// `SO_ATTACH_REUSEPORT_EBPF` (asm-generic/socket.h).
 const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
-const FN_MAP_LOOKUP_ELEM: i32 = 1;
 const FN_SK_SELECT_REUSEPORT: i32 = 82;
-const SK_PASS: i32 = 1;
 
 /// The loads map: one element of `2 × workers` u64 (`active` then `pending`), mapped here.
 fn map_loads(workers: usize) -> io::Result<Loads> {
