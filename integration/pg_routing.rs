@@ -183,11 +183,7 @@ fn the_startup_message_has_its_own_time_after_the_handshake() {
     }
     // Late to start (past startup_timeout from the accept), prompt after: served.
     let mut late = handshake(Duration::from_millis(800));
-    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
-    startup.extend_from_slice(b"user\0postgres\0database\0postgres\0\0");
-    let len = (startup.len() as u32).to_be_bytes();
-    startup[..4].copy_from_slice(&len);
-    late.write_all(&startup).unwrap();
+    late.write_all(&startup("postgres", "postgres")).unwrap();
     let mut first = [0u8; 1];
     late.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"R", "the server's authentication request");
@@ -324,6 +320,15 @@ fn ctrl_c_cancels(conninfo: &str, servers: &[&Postgres], what: &str) {
     );
     assert!(took < Duration::from_secs(1), "{what}: {took:?}");
     wait_until("no query left running", || sleeping() == 0);
+}
+
+/// A protocol 3.0 StartupMessage for `user` and `database`.
+fn startup(user: &str, database: &str) -> Vec<u8> {
+    let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    p.extend_from_slice(format!("user\0{user}\0database\0{database}\0\0").as_bytes());
+    let len = (p.len() as u32).to_be_bytes();
+    p[..4].copy_from_slice(&len);
+    p
 }
 
 /// The `ErrorResponse` Ballast answered with: its SQLSTATE and message.
@@ -486,13 +491,9 @@ fn routes_follow_their_groups_across_reloads() {
     let lb = Ballast::start(&yaml(&[m.clone(), b.clone()]));
     let admin = lb.admin_addr();
     let reached = |database: &str| {
-        let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
-        startup.extend_from_slice(format!("user\0u\0database\0{database}\0\0").as_bytes());
-        let len = (startup.len() as u32).to_be_bytes();
-        startup[..4].copy_from_slice(&len);
         let mut s = TcpStream::connect(lb.addr("pg")).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
-        s.write_all(&startup).unwrap();
+        s.write_all(&startup("u", database)).unwrap();
         let mut got = String::new();
         let _ = s.read_to_string(&mut got);
         got.trim().to_string()
@@ -551,10 +552,7 @@ fn a_slow_plain_client_beside_sni_routes_is_still_routed_by_its_database() {
     drop(s);
     // Late with its StartupMessage (the pause is the stimulus): routed by database, so
     // refused, not passed to `main`.
-    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
-    startup.extend_from_slice(b"user\0u\0database\0other\0\0");
-    let len = (startup.len() as u32).to_be_bytes();
-    startup[..4].copy_from_slice(&len);
+    let startup = startup("u", "other");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(&startup[..2]).unwrap();
@@ -608,24 +606,17 @@ fn a_client_refused_after_its_startup_message_is_told_why() {
         held.addr,
         dead_addr()
     ));
-    let startup = |database: &str| {
-        let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
-        p.extend_from_slice(format!("user\0u\0database\0{database}\0\0").as_bytes());
-        let len = (p.len() as u32).to_be_bytes();
-        p[..4].copy_from_slice(&len);
-        p
-    };
     // The one place, held.
     let mut first = TcpStream::connect(lb.addr("pg")).unwrap();
     first.set_read_timeout(Some(WAIT)).unwrap();
-    first.write_all(&startup("db")).unwrap();
+    first.write_all(&startup("u", "db")).unwrap();
     let mut hello = [0u8; 5];
     first.read_exact(&mut hello).unwrap();
     assert_eq!(&hello, b"held\n");
-    let (code, message) = error_from(lb.addr("pg"), &startup("db"));
+    let (code, message) = error_from(lb.addr("pg"), &startup("u", "db"));
     assert_eq!(code, "53300", "{message}");
     assert!(message.contains("had room within 200ms"), "{message}");
-    let (code, message) = error_from(lb.addr("pg"), &startup("gone"));
+    let (code, message) = error_from(lb.addr("pg"), &startup("u", "gone"));
     assert_eq!(code, "08001", "{message}");
     assert!(message.contains("target group \"gone\""), "{message}");
     drop(first);
