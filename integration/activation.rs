@@ -19,7 +19,7 @@ const NO_CHECKS: &str =
 #[test]
 fn a_passed_tcp_socket_serves_its_first_client_and_every_worker_shares_it() {
     let target = Backend::start(named("a"));
-    let addr = dead_addr();
+    let addr = free_addr();
     let yaml = config("round_robin", &[(target.addr, 1)], "", "")
         .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
     let mut first = None;
@@ -127,7 +127,7 @@ fn a_restarted_worker_serves_the_passed_socket_again_and_urgent_data_stays_in_li
             .unwrap();
         echo()(s)
     }));
-    let addr = dead_addr();
+    let addr = free_addr();
     let yaml = config("round_robin", &[(target.addr, 1)], "", "")
         .replace("bind: 127.0.0.1:0", &format!("bind: '{addr}'"));
     let listen = format!("--listen={addr}");

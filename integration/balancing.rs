@@ -129,7 +129,7 @@ fn stickiness_keeps_a_client_on_its_target_until_it_turns_unhealthy() {
 #[test]
 fn slow_start_ramps_a_returning_targets_share_up() {
     let a = Backend::start(named_echo("a"));
-    let b_addr = dead_addr();
+    let b_addr = free_addr();
     let health = "    slow_start: 2s\n    health_check: {protocol: tcp, interval: 100ms, \
                   timeout: 50ms, healthy_threshold: 1, unhealthy_threshold: 1}\n";
     let lb = Ballast::start(&config(

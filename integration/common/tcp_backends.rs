@@ -177,8 +177,25 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
-/// An address on 127.0.0.1 where nothing listens (bound, then closed).
+/// An address on 127.0.0.1 where nothing listens, and nothing will for the rest of the test
+/// process: a socket bound there without listening (a connect gets a reset) is kept open
+/// (leaked on purpose), so no other test's `bind(:0)` and no outgoing connect's ephemeral
+/// port is given that port meanwhile. A port merely bound and closed was: a target meant to
+/// refuse then accepted (and closed cleanly) another test's connections.
 pub fn dead_addr() -> SocketAddr {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(s);
+    addr
+}
+
+/// A port on 127.0.0.1 free for now (bound, then closed), for a test that binds it later
+/// (a target that comes back, a listener passed in by a service manager); unlike
+/// [`dead_addr`], another `bind(:0)` may be given it meanwhile, so only for short waits.
+pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
