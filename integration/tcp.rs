@@ -106,6 +106,13 @@ fn payload_64_mib_round_trips_intact() {
     echo_payload("auto", 64 << 20);
 }
 
+/// Through the kernel (`forwarding: sockmap`): the bulk spends its budget and goes on through
+/// buffers mid-stream, both ways, without a byte lost or moved.
+#[test]
+fn payload_64_mib_round_trips_intact_through_sockmap() {
+    echo_payload("sockmap", 64 << 20);
+}
+
 #[test]
 fn payload_round_trips_with_splice_and_buffered() {
     echo_payload("splice", 16 << 20);

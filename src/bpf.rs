@@ -182,6 +182,8 @@ const PSEUDO_MAP_FD: u8 = 1;
 pub(crate) const FN_MAP_LOOKUP_ELEM: i32 = 1;
 /// What socket programs answer to let a connection or segment through.
 pub(crate) const SK_PASS: i32 = 1;
+/// What they answer to drop it.
+pub(crate) const SK_DROP: i32 = 0;
 
 /// Loads `insns` as a program of `prog_type` (GPL-compatible licence: the sockmap helpers
 /// need one); `what` names it in the error.

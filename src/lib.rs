@@ -179,9 +179,6 @@ pub(crate) mod postgres;
 pub(crate) mod progress;
 pub(crate) mod scaling;
 pub(crate) mod sni;
-// The kernel half of `forwarding: sockmap` (issue 28), tested on its own; the worker's use of
-// it comes with the budget and drain it needs first (see the module's doc).
-#[allow(dead_code)]
 pub(crate) mod sockmap;
 pub(crate) mod steering;
 pub(crate) mod supervise;

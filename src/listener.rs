@@ -68,6 +68,50 @@ pub struct ListenerStats {
     pub cancels_unknown: AtomicU64,
     /// `quic:` and `token:`: how datagrams were routed.
     pub routed: RouteStats,
+    /// `forwarding: sockmap`: how connections were taken, by [`SockmapOutcome`] (its index).
+    pub sockmap: [AtomicU64; SockmapOutcome::ALL.len()],
+    /// `forwarding: sockmap`: directions that left the kernel before their end because they
+    /// spent their budget (bulk, or a destination that stopped reading) and went on in buffers.
+    pub sockmap_diverted: AtomicU64,
+}
+
+/// What `forwarding: sockmap` did with an established connection (counted per listener in
+/// `/metrics` as `ballast_listener_sockmap_connections_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockmapOutcome {
+    /// Joined: the kernel forwards it.
+    Joined,
+    /// TLS on a side, or a PostgreSQL key watch still open: forwarded in user space.
+    NotPlain,
+    /// The worker's maps were full: forwarded in user space.
+    MapFull,
+    /// The maps or the program could not be made (no CAP_BPF/CAP_NET_ADMIN, an older kernel):
+    /// forwarded in user space (logged once per worker).
+    Unavailable,
+    /// The kernel refused the sockets (e.g. one closed meanwhile): forwarded in user space.
+    Refused,
+}
+
+impl SockmapOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [SockmapOutcome; 5] = [
+        SockmapOutcome::Joined,
+        SockmapOutcome::NotPlain,
+        SockmapOutcome::MapFull,
+        SockmapOutcome::Unavailable,
+        SockmapOutcome::Refused,
+    ];
+
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SockmapOutcome::Joined => "joined",
+            SockmapOutcome::NotPlain => "not_plain",
+            SockmapOutcome::MapFull => "map_full",
+            SockmapOutcome::Unavailable => "unavailable",
+            SockmapOutcome::Refused => "refused",
+        }
+    }
 }
 
 /// A routing listener's datagrams, by how they were routed (each counted once, but
@@ -159,6 +203,13 @@ impl HandshakeFailure {
 }
 
 impl ListenerStats {
+    /// Counts one connection taken by `forwarding: sockmap` as `how`.
+    pub fn sockmap_took(&self, how: SockmapOutcome) {
+        if let Some(c) = self.sockmap.get(how as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts one failed TLS handshake.
     pub fn handshake_failed(&self, why: HandshakeFailure) {
         if let Some(c) = self.tls_failed.get(why as usize) {

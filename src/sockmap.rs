@@ -1,5 +1,6 @@
-//! Established TCP connections forwarded inside the kernel (`forwarding: sockmap`, issue 28:
-//! the maps, the program and their guarantees; the worker does not use it yet).
+//! Established TCP connections forwarded inside the kernel (`forwarding: sockmap`): the maps,
+//! the program and their guarantees. The worker's side is `worker::kernel`; the decisions
+//! about each direction, without I/O, are `tcp::kernel`.
 //!
 //! Both sockets of a connection go into one BPF `SOCKHASH`, each **under its peer's socket
 //! cookie**, and an `SK_SKB` verdict program attached to the map runs on every segment either
@@ -40,10 +41,11 @@
 //!   worker per socket, which a bulk stream saturates. So: sockmap for request/response, the
 //!   splice pump for bulk — a pair whose redirected bytes grow fast may be better off leaving.
 //!
-//! Still to build for the worker (issue 28): joining once a connection is established and its
-//! buffers are empty; raising budgets as peers take bytes; FIN, RST, idle timeout and drain
-//! through the drain check; byte counts for the access log from the counters; urgent data
-//! (the verdict sees it inline: SO_OOBINLINE is set); the fallback when loading fails.
+//! - **An empty segment (a bare FIN) is dropped.** Passed to its own socket while bytes wait
+//!   for that socket's egress, it queues behind them, and the kernel worker that sends them
+//!   takes its zero length for a broken pipe: it stops sending for good and sets EPIPE on the
+//!   socket (seen as stalled streams in the churn test). TCP has taken note of the FIN before
+//!   the program runs, so a read still ends at it.
 //!
 //! Needs `CAP_BPF` and `CAP_NET_ADMIN` (or root) and a kernel with `CONFIG_BPF_STREAM_PARSER`
 //! (Linux ≥ 5.13 for the parser-less `BPF_SK_SKB_VERDICT`, else the stream verdict).
@@ -215,6 +217,12 @@ impl Sockmap {
         self.slot(slot)[DIVERTED].load(Ordering::Acquire) != 0
     }
 
+    /// Diverts slot `slot` from now on: whatever its socket receives next stays in its own
+    /// receive queue, after what is there.
+    pub(crate) fn divert(&self, slot: u32) {
+        self.slot(slot)[DIVERTED].store(1, Ordering::Release);
+    }
+
     /// Sets slot `slot`'s budget: the bytes its socket may have redirected in all.
     pub(crate) fn set_budget(&self, slot: u32, budget: u64) {
         self.slot(slot)[BUDGET].store(budget, Ordering::Release);
@@ -267,6 +275,24 @@ pub(crate) fn taken(fd: RawFd) -> io::Result<u64> {
     Ok(info.tcpi_bytes_acked + queued.max(0) as u64)
 }
 
+/// Whether TCP socket `fd` holds something to read: bytes (in its own queue, or kept there by
+/// the program), its peer's FIN, or an error. A peek of one byte: `FIONREAD` does not serve,
+/// since for a socket in a sockmap it counts only the bytes the program kept, not those that
+/// arrived before the join.
+pub(crate) fn has_input(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`, which is valid and one byte long.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+}
+
 /// `fd`'s socket cookie.
 ///
 /// # Errors
@@ -292,8 +318,9 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
 
 /// The verdict program over the SOCKHASH `peers`, the cookie → slot map `index` and the
 /// slots `slots`. Registers: r6 the `__sk_buff`, r7 the slot, r8 the segment's length (r1 to
-/// r5 do not survive a call). Every way out answers `SK_PASS`: redirected, or kept in the
-/// receiving socket's own queue (no slot, diverted, over budget, no peer).
+/// r5 do not survive a call). Every way out but one answers `SK_PASS`: redirected, or kept in
+/// the receiving socket's own queue (no slot, diverted, over budget, no peer); an empty
+/// segment is dropped (`SK_DROP`).
 pub(crate) fn program(peers: RawFd, index: RawFd, slots: RawFd) -> Vec<Insn> {
     let mut p = Vec::with_capacity(40);
     let key = |p: &mut Vec<Insn>, reg: u8| {
@@ -301,6 +328,13 @@ pub(crate) fn program(peers: RawFd, index: RawFd, slots: RawFd) -> Vec<Insn> {
         p.push(insn(ADD64_K, reg, 0, 0, -8)); //   - 8: the cookie
     };
     p.push(insn(MOV64_X, 6, 1, 0, 0)); // r6 = skb
+    p.push(insn(LDX_W, 8, 6, 0, 0)); // r8 = skb->len
+    let empty = p.len();
+    // A segment with no bytes (a bare FIN: TCP has taken note of it already) is dropped.
+    // Passed, it may queue behind the bytes waiting for this socket's egress, where the
+    // kernel worker takes an empty one for a broken pipe and stops sending for good;
+    // redirected, it may reach the peer after the worker shut the peer's side (EPIPE there).
+    p.push(insn(JEQ_K, 8, 0, 0, 0));
     p.push(insn(CALL, 0, 0, 0, FN_GET_SOCKET_COOKIE)); // r0 = the receiving socket's cookie
     p.push(insn(STX_DW, 10, 0, -8, 0)); // *(u64 *)(fp - 8) = r0
     load_map_fd(&mut p, 1, index); // r1 = index
@@ -320,7 +354,6 @@ pub(crate) fn program(peers: RawFd, index: RawFd, slots: RawFd) -> Vec<Insn> {
     p.push(insn(LDX_DW, 1, 7, (8 * DIVERTED) as i16, 0)); // r1 = diverted
     let is_diverted = p.len();
     p.push(insn(JNE_K, 1, 0, 0, 0)); // diverted: keep (everything after stays in order)
-    p.push(insn(LDX_W, 8, 6, 0, 0)); // r8 = skb->len
     p.push(insn(LDX_DW, 1, 7, (8 * REDIRECTED) as i16, 0)); // r1 = redirected
     p.push(insn(ADD64_X, 1, 8, 0, 0)); //   + this segment
     p.push(insn(LDX_DW, 2, 7, (8 * BUDGET) as i16, 0)); // r2 = budget
@@ -341,7 +374,11 @@ pub(crate) fn program(peers: RawFd, index: RawFd, slots: RawFd) -> Vec<Insn> {
     let keep = p.len();
     p.push(insn(MOV64_K, 0, 0, 0, SK_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
+    let drop = p.len();
+    p.push(insn(MOV64_K, 0, 0, 0, SK_DROP));
+    p.push(insn(EXIT, 0, 0, 0, 0));
     for (at, to) in [
+        (empty, drop),
         (no_index, keep),
         (no_slot, keep),
         (is_diverted, keep),
@@ -378,19 +415,29 @@ mod tests {
     }
 
     #[test]
-    fn every_jump_lands_and_every_way_out_passes() {
+    fn every_jump_lands_and_every_way_out_passes_but_the_empty_one() {
         let p = program(7, 8, 9);
-        let exit = p.len() - 1;
+        let exit = p.len() - 3;
         assert_eq!(p[exit].code, EXIT);
         assert_eq!((p[exit - 1].code, p[exit - 1].imm), (MOV64_K, SK_PASS));
+        let drop = p.len() - 2;
+        assert_eq!((p[drop].code, p[drop].imm), (MOV64_K, SK_DROP));
+        assert_eq!(p[drop + 1].code, EXIT);
+        let mut to_drop = 0;
         for (at, i) in p.iter().enumerate() {
             if matches!(i.code, JEQ_K | JNE_K | JGT_X | JA) {
                 let to = at + 1 + i.off as usize;
                 assert!(to < p.len(), "jump at {at} lands past the end");
-                // Every jump ends at `keep` (the answer) or at `divert` just before it.
-                assert!(to >= exit - 2, "jump at {at} to {to}");
+                // Every jump ends at `keep` (the answer), at `divert` just before it, or
+                // (the empty segment's) at `drop`.
+                assert!(
+                    to == drop || (exit - 2..exit).contains(&to),
+                    "jump {at} to {to}"
+                );
+                to_drop += usize::from(to == drop);
             }
         }
+        assert_eq!(to_drop, 1, "only the empty segment is dropped");
         assert_eq!(p[exit - 2].code, ST_DW, "divert, then keep");
     }
 

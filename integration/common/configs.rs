@@ -15,13 +15,31 @@ pub fn write_config(yaml: &str) -> tempfile::NamedTempFile {
     f
 }
 
-/// A config with one listener `l` on a free port in front of group `g` with these targets.
+/// The forwarding this test binary runs its listeners with: a binary whose name ends in
+/// `_sockmap` (a second `[[test]]` target over the same file, see Cargo.toml) runs every test
+/// of that file again with `forwarding: sockmap`.
+pub fn forwarding_override() -> Option<&'static str> {
+    env!("CARGO_CRATE_NAME")
+        .ends_with("_sockmap")
+        .then_some("sockmap")
+}
+
+/// A config with one listener `l` on a free port in front of group `g` with these targets
+/// (with [`forwarding_override`]'s `forwarding`, unless `extra_listener` sets one).
 pub fn config(
     algorithm: &str,
     targets: &[(SocketAddr, u32)],
     extra_listener: &str,
     health: &str,
 ) -> String {
+    let forced;
+    let extra_listener = match forwarding_override() {
+        Some(f) if !extra_listener.contains("forwarding:") => {
+            forced = format!("{extra_listener}    forwarding: {f}\n");
+            forced.as_str()
+        }
+        _ => extra_listener,
+    };
     let mut yaml = format!(
         "workers: 2\nshutdown_timeout: 5s\nlisteners:\n  - name: l\n    protocol: tcp\n    bind: 127.0.0.1:0\n    target_group: g\n{extra_listener}\
          target_groups:\n  - name: g\n    algorithm: {algorithm}\n{health}    targets:\n"

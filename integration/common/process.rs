@@ -19,6 +19,11 @@ struct Lines {
     closed: AtomicBool,
 }
 
+thread_local! {
+    /// Capabilities the next launch on this thread drops (see [`Ballast::start_without`]).
+    static DROP_CAPS: std::cell::Cell<&'static [u32]> = const { std::cell::Cell::new(&[]) };
+}
+
 /// A running `ballast run` process.
 pub struct Ballast {
     child: Child,
@@ -67,6 +72,16 @@ impl Ballast {
         Self::launch_as(yaml, level, fd_limit, args, &[], &[], || {})
     }
 
+    /// As [`Ballast::start`], without the capabilities `caps` (numbers, as in
+    /// `linux/capability.h`): dropped from the bounding set before the exec, so root's Ballast
+    /// starts without them, as under a service manager's `CapabilityBoundingSet=`.
+    pub fn start_without(yaml: &str, caps: &'static [u32]) -> Ballast {
+        DROP_CAPS.with(|d| d.set(caps));
+        let b = Self::launch_as(yaml, "info", None, &[], &[], &[], || {});
+        DROP_CAPS.with(|d| d.set(&[]));
+        b
+    }
+
     /// Starts `ballast run`, directly or (with `activate`) under `systemd-socket-activate`,
     /// calls `trigger`, and waits until Ballast is ready.
     fn launch_as(
@@ -94,6 +109,21 @@ impl Ballast {
                 .arg(env!("CARGO_BIN_EXE_ballast"));
             c
         };
+        let caps = DROP_CAPS.with(|d| d.get());
+        if !caps.is_empty() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and changes only the child's bounding set.
+            unsafe {
+                command.pre_exec(move || {
+                    for &cap in caps {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(limit) = fd_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.

@@ -86,6 +86,12 @@ struct CancelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SockmapLabels {
+    listener: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QuicRouteLabels {
     listener: String,
     route: &'static str,
@@ -148,6 +154,7 @@ pub(crate) fn encode(
     register_threads(&mut registry, restarts);
     register_listeners(&mut registry, generation);
     register_postgres(&mut registry, generation);
+    register_sockmap(&mut registry, generation);
     register_routed(&mut registry, generation);
     register_queues(&mut registry, generation);
     register_agents(&mut registry, generation);
@@ -350,6 +357,48 @@ fn register_postgres(registry: &mut Registry, generation: &Generation) {
         "listener_postgres_cancel_keys",
         "Cancel keys held: open PostgreSQL connections whose server sent one",
         keys,
+    );
+}
+
+/// Per `forwarding: sockmap` listener: connections by what the kernel path did with them,
+/// and directions that left it for buffers.
+fn register_sockmap(registry: &mut Registry, generation: &Generation) {
+    use crate::listener::SockmapOutcome;
+    let taken = Family::<SockmapLabels, Counter>::default();
+    let diverted = Family::<ListenerLabels, Counter>::default();
+    let sockmap = crate::config::Forwarding::Sockmap;
+    for l in generation
+        .listeners
+        .iter()
+        .filter(|l| !l.removed && l.config.forwarding == sockmap)
+    {
+        for how in SockmapOutcome::ALL {
+            taken
+                .get_or_create(&SockmapLabels {
+                    listener: l.config.name.clone(),
+                    outcome: how.as_str(),
+                })
+                .inc_by(l.sockmap[how as usize].load(Ordering::Relaxed));
+        }
+        diverted
+            .get_or_create(&ListenerLabels {
+                listener: l.config.name.clone(),
+                protocol: l.config.kind().to_string(),
+            })
+            .inc_by(l.sockmap_diverted.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "listener_sockmap_connections",
+        "forwarding: sockmap: established connections by outcome: joined (the kernel forwards \
+         them), or forwarded in user space: not_plain (TLS, a PostgreSQL key watch), map_full, \
+         unavailable (no CAP_BPF/CAP_NET_ADMIN or kernel support), refused",
+        taken,
+    );
+    registry.register(
+        "listener_sockmap_diverted",
+        "forwarding: sockmap: directions that spent their kernel budget (bulk, or a peer not \
+         reading) and went on through buffers",
+        diverted,
     );
 }
 

@@ -220,6 +220,15 @@ pub enum Forwarding {
     Splice,
     /// Always `read`/`write` through a pooled user-space buffer.
     Buffered,
+    /// Once a plain connection is established, the kernel moves its bytes (a BPF `SOCKHASH`
+    /// and an `SK_SKB` verdict program, see "Forwarding in the kernel" in the README): no
+    /// wake-up of Ballast per message. A direction whose source sends its FIN, an error, or
+    /// more than the kernel may hold for a destination that does not read goes back to
+    /// buffers (never splice: a socket in the map is read through its own queue). Connections
+    /// with TLS on either side or a PostgreSQL watch still open, and every connection where the
+    /// kernel refuses the program (no CAP_BPF/CAP_NET_ADMIN), forward as `auto` does, counted
+    /// in `ballast_listener_sockmap_connections_total`. Opt-in.
+    Sockmap,
 }
 
 /// What a listener needs for the node to count as ready (`GET /healthz`, `ballast health`).
@@ -469,6 +478,7 @@ impl std::fmt::Display for Forwarding {
             Forwarding::Auto => "auto",
             Forwarding::Splice => "splice",
             Forwarding::Buffered => "buffered",
+            Forwarding::Sockmap => "sockmap",
         })
     }
 }

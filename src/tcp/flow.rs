@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::kernel::{Dir, KernelPath};
 use super::pump::{BufferPool, Endpoint, Half};
 use super::socket::Socket;
 use super::{Action, Attempt, Connection, Reset, Stage, Timeouts};
@@ -52,6 +53,10 @@ pub(crate) struct Flow<S> {
     /// `postgres:`: the target's first messages, watched for its cancel key, and the key
     /// once recorded. Boxed: PostgreSQL listeners only.
     pub postgres: Option<Box<crate::postgres::KeyWatch>>,
+    /// `forwarding: sockmap`: the kernel's part, once joined. Boxed: opt-in.
+    pub kernel: Option<Box<KernelPath>>,
+    /// `forwarding: sockmap`: the join was tried (joined, or refused for good).
+    pub kernel_tried: bool,
 }
 
 /// In [`Stage::Closing`]: the bounds of the wait for the acknowledgement.
@@ -109,6 +114,8 @@ impl<S: Socket> Flow<S> {
             retries: 0,
             connect_us: 0,
             postgres: None,
+            kernel: None,
+            kernel_tried: false,
         })
     }
 
@@ -186,15 +193,26 @@ impl<S: Socket> Connection<S> {
         // A side found aborted by one direction changes what the other does (it reads what
         // that side sent before it went away, or stops): pump again, at most once per side.
         let mut rounds = 0;
+        // A direction the kernel moves is not pumped, unless its destination is gone (the
+        // pump then ends it).
+        let pumps = |dir: Dir, dst_aborted: bool| {
+            dst_aborted || flow.kernel.as_ref().is_none_or(|k| k.pumps(dir))
+        };
         loop {
             let aborted = (front.aborted, back.aborted);
-            let u = flow
-                .up
-                .pump(front, back, pool, budget, flow.down.done(), None);
+            let mut u = super::pump::Pumped::default();
+            if pumps(Dir::Up, back.aborted) {
+                u = flow
+                    .up
+                    .pump(front, back, pool, budget, flow.down.done(), None);
+            }
             let watch = flow.postgres.as_deref_mut().filter(|w| !w.done());
-            let d = flow
-                .down
-                .pump(back, front, pool, budget, flow.up.done(), watch);
+            let mut d = super::pump::Pumped::default();
+            if pumps(Dir::Down, front.aborted) {
+                d = flow
+                    .down
+                    .pump(back, front, pool, budget, flow.up.done(), watch);
+            }
             (up, down) = (up + u.bytes, down + d.bytes);
             more = u.more || d.more;
             rounds += 1;
@@ -288,10 +306,20 @@ impl<S: Socket> Connection<S> {
             return (reset, "idle");
         };
         let back = &flow.back;
-        let lost_to_front =
-            flow.down.pending() > 0 || self.front.transport.holds_output() || back.unread() > 0;
+        // Bytes in the kernel's queue towards a side (`forwarding: sockmap`) are held too.
+        let (in_flight_up, in_flight_down) = flow
+            .kernel
+            .as_ref()
+            .map_or((0, 0), |k| (k.up.in_flight, k.down.in_flight));
+        let lost_to_front = flow.down.pending() > 0
+            || self.front.transport.holds_output()
+            || back.unread() > 0
+            || in_flight_down > 0;
         let lost_to_back = !back.aborted
-            && (flow.up.pending() > 0 || back.transport.holds_output() || self.front.unread() > 0);
+            && (flow.up.pending() > 0
+                || back.transport.holds_output()
+                || self.front.unread() > 0
+                || in_flight_up > 0);
         // Either side losing bytes resets both: the side whose stream was cut, and the side
         // that sent them, which must not take a FIN for "all delivered" (an uploader cut off
         // would read it as an empty answer).

@@ -56,6 +56,7 @@
 
 pub(crate) mod attempts;
 pub(crate) mod flow;
+pub(crate) mod kernel;
 pub(crate) mod pool;
 pub(crate) mod preamble;
 pub(crate) mod pump;
@@ -131,6 +132,14 @@ impl<S> Stage<S> {
     /// The flow, once the connection got as far as a target (established, or closing after
     /// it).
     pub(crate) fn flow(&self) -> Option<&Flow<S>> {
+        match self {
+            Stage::Established(f) | Stage::Closing(f, _) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The flow, mutable (see [`Stage::flow`]).
+    pub(crate) fn flow_mut(&mut self) -> Option<&mut Flow<S>> {
         match self {
             Stage::Established(f) | Stage::Closing(f, _) => Some(f),
             _ => None,

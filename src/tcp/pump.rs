@@ -149,7 +149,12 @@ impl Half {
     pub(crate) fn new(mode: Forwarding) -> Half {
         Half {
             carrier: Carrier::Idle,
-            mode,
+            // What the kernel does not forward of a `sockmap` connection, buffers do: a socket
+            // in the map is read through its own queue, which splice does not see.
+            mode: match mode {
+                Forwarding::Sockmap => Forwarding::Buffered,
+                m => m,
+            },
             eof: false,
             over: false,
             bytes: 0,

@@ -38,6 +38,7 @@
 )]
 
 mod connect;
+mod kernel;
 mod listen;
 mod routed;
 mod tcp;
@@ -326,6 +327,8 @@ pub(crate) struct Worker {
     /// Per target group (by index): connections waiting in its `queue:`, in arrival order
     /// (`(key, id)`; entries of connections that stopped waiting are dropped lazily).
     queues: Vec<VecDeque<(usize, u64)>>,
+    /// `forwarding: sockmap`: the maps, the joined connections, the sweep.
+    kernel: kernel::Kernel,
 }
 
 impl Worker {
@@ -355,6 +358,16 @@ impl Worker {
         while listeners.len() < generation.listeners.len() {
             listeners.push(ListenerSlot::closed());
         }
+        // `forwarding: sockmap`: the maps are made now, so a kernel that refuses them is
+        // said at start, not at the first connection.
+        let mut kernel = kernel::Kernel::default();
+        if let Some(l) = generation
+            .listeners
+            .iter()
+            .find(|l| l.config.forwarding == crate::config::Forwarding::Sockmap)
+        {
+            let _ = kernel.prepare(id, &l.config.name);
+        }
         let batch = udp_batch_size(&generation).map(Batch::new);
         let pickers = generation.groups.iter().map(Picker::new).collect();
         // Tests of the long life start the wrapping counters just short of their wrap.
@@ -382,6 +395,7 @@ impl Worker {
             steering,
             published: 0,
             queues: Vec::new(),
+            kernel,
         })
     }
 
@@ -421,6 +435,7 @@ impl Worker {
             self.run_ready();
             self.serve_queues();
             self.run_timers();
+            self.sweep_kernel();
             self.expire_sessions();
             self.resume_listeners();
             self.access.flush();
@@ -468,6 +483,9 @@ impl Worker {
             }
         }
         if let Some(t) = self.stop_deadline {
+            consider(t);
+        }
+        if let Some(t) = self.kernel.next_sweep() {
             consider(t);
         }
         // A place freed on another worker wakes no one here: look again soon.

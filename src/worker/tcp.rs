@@ -13,7 +13,7 @@ use mio::net::TcpStream;
 use super::{Ready, Tag, TokenSlot, Worker, CONN_INTEREST, PUMP_BUDGET};
 use crate::access_log::Entry;
 use crate::balancer;
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::{Forwarding, ListenerConfig, Protocol};
 use crate::conntrack::FiveTuple;
 use crate::generation::{HandshakeFailure, ListenerPlace, Refusal};
 use crate::tcp::preamble::{Expiry, Step};
@@ -290,7 +290,11 @@ impl Worker {
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let forwarding = self.generation.listeners[conn.listener].config.forwarding;
+        let forwarding = match self.generation.listeners[conn.listener].config.forwarding {
+            // Known not to join: as `auto` (splice pays for bulk).
+            Forwarding::Sockmap if self.kernel.unavailable() => Forwarding::Auto,
+            f => f,
+        };
         if let Err(action) = conn.establish(forwarding, &mut self.pool, self.now) {
             return self.act(key, action);
         }
@@ -307,6 +311,7 @@ impl Worker {
     /// Moves bytes both ways until both would block (see [`Connection::drive`]), counts them
     /// for the target, and does what the connection says next.
     pub(super) fn drive(&mut self, key: usize) {
+        self.settle(key);
         let Some(conn) = self.table.get_mut(key) else {
             return;
         };
@@ -332,6 +337,9 @@ impl Worker {
             target
                 .bytes_from_target
                 .fetch_add(moved.down as u64, Ordering::Relaxed);
+        }
+        if super::kernel::settled(&action) {
+            self.try_join(key);
         }
         self.act(key, action);
     }
@@ -421,6 +429,7 @@ impl Worker {
                 keys.remove(&k, owner);
             }
         }
+        self.unjoin(&mut conn);
         conn.release(reset, &mut self.pool);
         self.descriptors_freed();
         if self.listeners[conn.listener].full {
@@ -444,6 +453,12 @@ impl Worker {
             if conn.id != due.id {
                 continue;
             }
+            if self.kernel_timer(due.key) {
+                continue;
+            }
+            let Some(conn) = self.table.get_mut(due.key) else {
+                continue;
+            };
             let t = timeouts(&self.generation.listeners[conn.listener].config);
             match conn.on_timer(self.now, &t) {
                 Action::Expired => {}

@@ -1,0 +1,213 @@
+//! `forwarding: sockmap`: established connections forwarded by the kernel. That the kernel
+//! moves the bytes (Ballast reads none of them), that they are counted anyway, that a target
+//! which stops reading holds the client back instead of filling memory, that kernel traffic
+//! keeps a connection from going idle, and the fallback without the capabilities. The
+//! integrity tests (aborts, half-close, urgent data, idle cuts, churn) run again through the
+//! kernel as the `faults_sockmap` test binary; the 64 MiB echo is in `tcp.rs`.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
+
+/// Ballast with a `sockmap` listener (and `extra` keys) in front of `target`, an access log.
+fn start(target: SocketAddr, extra: &str) -> (Ballast, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "access_log: {}\n{}",
+        dir.path().join("access.log").display(),
+        config(
+            "round_robin",
+            &[(target, 1)],
+            &format!("    forwarding: sockmap\n{extra}"),
+            NO_CHECKS
+        )
+    );
+    (Ballast::start(&yaml), dir)
+}
+
+/// Waits until `n` connections of listener `l` have joined the kernel's maps.
+fn wait_joined(lb: &Ballast, n: f64) {
+    wait_metric(
+        lb.admin_addr(),
+        "ballast_listener_sockmap_connections_total",
+        &[("listener", "l"), ("outcome", "joined")],
+        WAIT,
+        |v| v >= n,
+    );
+}
+
+/// Bytes the process `pid` has read through read-like syscalls (`rchar` in /proc/PID/io).
+fn bytes_read_by(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Byte `i` of the test streams.
+fn byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+#[test]
+fn request_response_bytes_go_through_the_kernel_and_are_counted() {
+    let echo = Backend::start(echo());
+    let (lb, dir) = start(echo.addr, "");
+    let mut s = client(lb.addr("l"));
+    wait_joined(&lb, 1.0);
+    let read_before = bytes_read_by(lb.pid());
+    let message: Vec<u8> = (0..10_000).map(byte).collect();
+    let mut back = vec![0u8; message.len()];
+    for _ in 0..400 {
+        s.write_all(&message).unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert!(back == message, "every byte, in order");
+    }
+    let moved = 2 * 400 * message.len() as u64;
+    let read = bytes_read_by(lb.pid()) - read_before;
+    assert!(
+        read < moved / 10,
+        "Ballast read {read} bytes itself of the {moved} moved: not the kernel's work"
+    );
+    drop(s);
+    let log = wait_for_lines(&dir.path().join("access.log"), 1);
+    assert!(
+        log.contains("bytes_up=4000000 bytes_down=4000000") && log.contains("reason=done"),
+        "the kernel's bytes counted for the access log: {log}"
+    );
+    let t = &group_targets(lb.admin_addr(), "g")[0];
+    assert_eq!(
+        (
+            t["bytes_to_target"].as_u64(),
+            t["bytes_from_target"].as_u64()
+        ),
+        (Some(4_000_000), Some(4_000_000)),
+        "and for the target: {t}"
+    );
+}
+
+#[test]
+fn a_target_that_stops_reading_holds_the_client_back_and_loses_nothing() {
+    // The target reads nothing until told to, then everything.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Arc::new(std::sync::Mutex::new(wait));
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let got_tx = Arc::new(std::sync::Mutex::new(got_tx));
+    let target = Backend::start(Arc::new(move |mut s: TcpStream| {
+        if s.peek(&mut [0u8; 1]).unwrap_or(0) == 0 {
+            return; // the health check's connection
+        }
+        let _ = wait.lock().unwrap().recv_timeout(WAIT);
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let _ = got_tx.lock().unwrap().send(all);
+    }));
+    let (lb, _dir) = start(target.addr, "");
+    let s = client(lb.addr("l"));
+    wait_joined(&lb, 1.0);
+    s.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    let mut blocked_since = None::<Instant>;
+    // Until the client has been held back for 300 ms (or far past any bound, or 5 s).
+    while started.elapsed() < Duration::from_secs(5) && sent < 512 << 20 {
+        for (k, c) in chunk.iter_mut().enumerate() {
+            *c = byte(sent + k);
+        }
+        match (&s).write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Socket buffers on the way (client, Ballast's two, the target's: a few MiB each) and
+    // the kernel's budget; without the budget the client pushed 512 MiB in 3 s.
+    assert!(
+        sent < 64 << 20,
+        "held back, not {} MiB queued in the kernel",
+        sent >> 20
+    );
+    wait_metric(
+        lb.admin_addr(),
+        "ballast_listener_sockmap_diverted_total",
+        &[("listener", "l")],
+        WAIT,
+        |v| v >= 1.0,
+    );
+    go.send(()).unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let all = got_rx
+        .recv_timeout(WAIT)
+        .expect("the target read to the end");
+    assert_eq!(all.len(), sent, "every byte sent");
+    let wrong = all.iter().enumerate().position(|(i, &c)| c != byte(i));
+    assert_eq!(wrong, None, "in order, the kernel's then the worker's");
+}
+
+#[test]
+fn bytes_the_kernel_moves_keep_a_connection_from_going_idle() {
+    let echo = Backend::start(echo());
+    let (lb, dir) = start(echo.addr, "    idle_timeout: 1s\n");
+    let mut s = client(lb.addr("l"));
+    wait_joined(&lb, 1.0);
+    let started = Instant::now();
+    let mut back = [0u8; 4];
+    // A round trip every 250 ms for 3 idle timeouts: never 1 s without a byte.
+    while started.elapsed() < Duration::from_secs(3) {
+        s.write_all(b"ping").unwrap();
+        s.read_exact(&mut back).expect("still open");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Then quiet: closed for idleness after about a second, with a FIN (nothing was lost).
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let quiet = Instant::now();
+    assert_eq!(s.read(&mut back).unwrap(), 0, "a clean close");
+    assert!(quiet.elapsed() >= Duration::from_millis(700), "{quiet:?}");
+    let log = wait_for_lines(&dir.path().join("access.log"), 1);
+    assert!(log.contains("reason=idle"), "{log}");
+    assert!(!log.contains("bytes_up=0 "), "{log}");
+}
+
+#[test]
+fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let echo = Backend::start(echo());
+    let yaml = config(
+        "round_robin",
+        &[(echo.addr, 1)],
+        "    forwarding: sockmap\n",
+        NO_CHECKS,
+    );
+    let lb = Ballast::start_without(&yaml, &[CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF]);
+    lb.wait_log("forwarding: sockmap is unavailable", WAIT);
+    assert_eq!(echo_once(lb.addr("l"), b"still served"), b"still served");
+    wait_metric(
+        lb.admin_addr(),
+        "ballast_listener_sockmap_connections_total",
+        &[("listener", "l"), ("outcome", "unavailable")],
+        WAIT,
+        |v| v == 1.0,
+    );
+}

@@ -1,0 +1,260 @@
+//! A connection whose established bytes the kernel forwards (`forwarding: sockmap`): where
+//! each direction stands ([`Gate`]) and the decisions about it, without I/O — the worker makes
+//! the calls into [`crate::sockmap`] and feeds their answers here.
+//!
+//! A direction starts in the kernel and leaves it for good when its source sends its FIN, an
+//! error, or bytes the program kept in the source's own queue (the budget spent, or bytes that
+//! arrived between the worker's last read and the join). Leaving, the worker first waits for
+//! the bytes redirected before to reach the destination's socket (the kernel's queue for it
+//! is invisible to the destination: a FIN, a reset or bytes written before it empties would
+//! overtake them), then reads the source itself, as without sockmap.
+
+use std::time::{Duration, Instant};
+
+use crate::sockmap::Pair;
+
+/// Bytes a direction may have redirected beyond what its destination's socket has taken: the
+/// kernel's queue between them has no backpressure of its own, so this bounds what a client
+/// can push towards a target that stopped reading (and a target towards such a client).
+/// Raised by the worker's sweep as the destination takes bytes; a direction that spends it
+/// faster than the sweep raises it (bulk, over ~[`WINDOW`] / 2 per [`SWEEP`]) leaves the
+/// kernel for buffers.
+pub(crate) const WINDOW: u64 = 4 << 20;
+/// How often the worker raises budgets, counts the kernel's bytes (access log, metrics) and
+/// notes activity for the idle timeout, while it has connections in the kernel.
+pub(crate) const SWEEP: Duration = Duration::from_millis(10);
+/// The first wait before asking again whether a leaving direction's queue has drained.
+const RECHECK_FIRST: Duration = Duration::from_millis(1);
+/// The longest (the wait doubles: a destination that does not read costs a few syscalls a
+/// second, not a thousand).
+const RECHECK_MAX: Duration = Duration::from_millis(200);
+
+/// Where one direction's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// The kernel moves them; the worker reads nothing from the source.
+    Kernel,
+    /// Leaving the kernel: the worker waits for the bytes redirected before to reach the
+    /// destination's socket before it reads the source itself.
+    Leaving,
+    /// The worker moves them (the pump, through buffers).
+    User,
+}
+
+/// A direction of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Client → target: the client's socket is the source (`pair.a`).
+    Up,
+    /// Target → client.
+    Down,
+}
+
+impl Dir {
+    /// Both, up first.
+    pub(crate) const BOTH: [Dir; 2] = [Dir::Up, Dir::Down];
+}
+
+/// One direction of a joined connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Way {
+    /// Where its bytes go.
+    pub gate: Gate,
+    /// Bytes redirected already counted in the flow's half (and the target's counters).
+    pub counted: u64,
+    /// The budget last set (see [`WINDOW`]).
+    pub budget: u64,
+    /// Bytes redirected and not yet taken by the destination, at the last look: what an
+    /// idle timeout would cut.
+    pub in_flight: u64,
+}
+
+impl Way {
+    /// A direction just joined, with `WINDOW` bytes of budget.
+    fn new() -> Way {
+        Way {
+            gate: Gate::Kernel,
+            counted: 0,
+            budget: WINDOW,
+            in_flight: 0,
+        }
+    }
+
+    /// The budget this direction should have now that its destination has taken `taken`
+    /// bytes since the join, when it has `redirected` so far: raised to `taken + WINDOW` once
+    /// less than half the window is left; `None` to leave it.
+    pub(crate) fn raised_budget(&self, redirected: u64, taken: u64) -> Option<u64> {
+        let raised = taken.saturating_add(WINDOW);
+        (self.budget_low(redirected) && raised > self.budget).then_some(raised)
+    }
+
+    /// Whether, having redirected `redirected` bytes, it has less than half a window of its
+    /// budget left.
+    pub(crate) fn budget_low(&self, redirected: u64) -> bool {
+        redirected.saturating_add(WINDOW / 2) > self.budget
+    }
+
+    /// Counts `redirected` (the total since the join): returns what is new since the last
+    /// count.
+    pub(crate) fn count(&mut self, redirected: u64) -> u64 {
+        let new = redirected.saturating_sub(self.counted);
+        self.counted = self.counted.max(redirected);
+        new
+    }
+}
+
+/// The kernel's part of a joined connection.
+#[derive(Debug)]
+pub(crate) struct KernelPath {
+    /// The slots the sockets hold in the worker's maps (`a` the client's).
+    pub pair: Pair,
+    /// Client → target.
+    pub up: Way,
+    /// Target → client.
+    pub down: Way,
+    /// While a direction waits to leave: when to ask again, and the wait after that.
+    pub recheck: Option<(Instant, Duration)>,
+}
+
+impl KernelPath {
+    /// A pair just joined with `WINDOW` bytes of budget each way.
+    pub(crate) fn new(pair: Pair) -> KernelPath {
+        KernelPath {
+            pair,
+            up: Way::new(),
+            down: Way::new(),
+            recheck: None,
+        }
+    }
+
+    /// Direction `dir`.
+    pub(crate) fn way(&self, dir: Dir) -> &Way {
+        match dir {
+            Dir::Up => &self.up,
+            Dir::Down => &self.down,
+        }
+    }
+
+    /// Direction `dir`, mutable.
+    pub(crate) fn way_mut(&mut self, dir: Dir) -> &mut Way {
+        match dir {
+            Dir::Up => &mut self.up,
+            Dir::Down => &mut self.down,
+        }
+    }
+
+    /// The slot of direction `dir`'s source.
+    pub(crate) fn source_slot(&self, dir: Dir) -> u32 {
+        match dir {
+            Dir::Up => self.pair.a,
+            Dir::Down => self.pair.b,
+        }
+    }
+
+    /// What direction `dir`'s destination had taken to send at the join.
+    pub(crate) fn destination_base(&self, dir: Dir) -> u64 {
+        match dir {
+            Dir::Up => self.pair.b_taken,
+            Dir::Down => self.pair.a_taken,
+        }
+    }
+
+    /// Whether direction `dir` is the worker's to pump.
+    pub(crate) fn pumps(&self, dir: Dir) -> bool {
+        self.way(dir).gate == Gate::User
+    }
+
+    /// A direction still waits to leave: when to look again (the wait doubles up to
+    /// [`RECHECK_MAX`]). `None` when a look is already due then or sooner.
+    pub(crate) fn next_recheck(&mut self, now: Instant) -> Option<Instant> {
+        let wait = match self.recheck {
+            Some((at, _)) if at > now => return None,
+            Some((_, wait)) => wait,
+            None => RECHECK_FIRST,
+        };
+        let at = now + wait;
+        self.recheck = Some((at, (wait * 2).min(RECHECK_MAX)));
+        Some(at)
+    }
+
+    /// Whether a direction is still leaving.
+    pub(crate) fn leaving(&self) -> bool {
+        self.up.gate == Gate::Leaving || self.down.gate == Gate::Leaving
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> KernelPath {
+        KernelPath::new(Pair {
+            a: 0,
+            b: 1,
+            a_taken: 0,
+            b_taken: 0,
+        })
+    }
+
+    #[test]
+    fn the_budget_rises_with_what_the_destination_took_once_half_is_spent() {
+        let w = path().up;
+        assert_eq!(w.raised_budget(WINDOW / 2 - 1, 0), None, "half left");
+        assert_eq!(w.raised_budget(WINDOW / 2 + 1, 0), None, "nothing taken");
+        assert_eq!(w.raised_budget(WINDOW / 2 + 1, 100), Some(WINDOW + 100));
+        // Never lowered: what was allowed stays allowed.
+        assert_eq!(w.raised_budget(WINDOW, 0), None);
+        // Counters near their end saturate rather than wrap to a small budget.
+        let mut far = path().down;
+        far.budget = u64::MAX - 1;
+        assert_eq!(
+            far.raised_budget(u64::MAX - 2, u64::MAX - 5),
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn counting_takes_only_what_is_new_and_never_goes_back() {
+        let mut w = path().up;
+        assert_eq!(w.count(10), 10);
+        assert_eq!(w.count(15), 5);
+        assert_eq!(w.count(15), 0);
+        assert_eq!(w.count(3), 0, "a lower reading counts nothing");
+        assert_eq!(w.counted, 15);
+    }
+
+    #[test]
+    fn rechecks_back_off_and_are_not_doubled() {
+        let mut p = path();
+        let t0 = Instant::now();
+        assert_eq!(p.next_recheck(t0), Some(t0 + RECHECK_FIRST));
+        assert_eq!(p.next_recheck(t0), None, "one already due at t0 + 1 ms");
+        let t1 = t0 + RECHECK_FIRST;
+        assert_eq!(p.next_recheck(t1), Some(t1 + 2 * RECHECK_FIRST));
+        let mut t = t1;
+        for _ in 0..20 {
+            t += RECHECK_MAX;
+            p.next_recheck(t);
+        }
+        assert_eq!(p.recheck.map(|(_, w)| w), Some(RECHECK_MAX));
+    }
+
+    #[test]
+    fn the_slots_and_bases_follow_the_direction() {
+        let p = KernelPath::new(Pair {
+            a: 4,
+            b: 5,
+            a_taken: 40,
+            b_taken: 50,
+        });
+        assert_eq!(
+            (p.source_slot(Dir::Up), p.destination_base(Dir::Up)),
+            (4, 50)
+        );
+        assert_eq!(
+            (p.source_slot(Dir::Down), p.destination_base(Dir::Down)),
+            (5, 40)
+        );
+        assert!(!p.pumps(Dir::Up) && !p.leaving());
+    }
+}

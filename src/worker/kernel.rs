@@ -1,0 +1,346 @@
+//! `forwarding: sockmap` in the worker: joining established connections to the worker's maps
+//! ([`crate::sockmap`]), taking directions out of the kernel when their source ends or its
+//! bytes stay with the worker ([`crate::tcp::kernel`] decides), and a sweep every
+//! [`SWEEP`] that raises budgets, counts the kernel's bytes for the access log and the
+//! target's counters, and notes activity for the idle timeout.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::Worker;
+use crate::config::Forwarding;
+use crate::listener::SockmapOutcome;
+use crate::sockmap::{has_input, taken, Sockmap};
+use crate::tcp::kernel::{Dir, Gate, KernelPath, SWEEP, WINDOW};
+use crate::tcp::{Action, Connection, Stage};
+use crate::timers::Due;
+
+/// Connections one worker's maps can hold (two sockets each); the next ones forward in user
+/// space (`map_full`) until some end. About 6 MB of kernel memory per worker.
+const PAIRS: usize = 16_384;
+
+/// A worker's kernel path.
+#[derive(Debug, Default)]
+pub(super) struct Kernel {
+    /// The maps and the program, once made (at the first connection that asks); why not, once
+    /// that failed (logged then, not again).
+    map: Option<Result<Sockmap, String>>,
+    /// Joined connections, `(key, id)`; entries of those that ended leave at the next sweep.
+    joined: Vec<(usize, u64)>,
+    /// When the next sweep is due (`None` with nothing joined).
+    next_sweep: Option<Instant>,
+}
+
+impl Kernel {
+    /// Whether the maps could not be made (connections then forward as `auto`).
+    pub(super) fn unavailable(&self) -> bool {
+        matches!(self.map, Some(Err(_)))
+    }
+
+    /// The maps and the program, made at the first call (for a `sockmap` listener named
+    /// `listener`, of worker `worker`); when the kernel refuses them, the warning is logged
+    /// then, and every later call fails at once.
+    pub(super) fn prepare(&mut self, worker: usize, listener: &str) -> Result<&mut Sockmap, ()> {
+        let map = self.map.get_or_insert_with(|| {
+            Sockmap::new(PAIRS).map_err(|e| {
+                log::warn!(
+                    "worker {worker}: forwarding: sockmap is unavailable ({e}); listener \
+                     {listener} forwards in user space instead (it needs CAP_BPF and \
+                     CAP_NET_ADMIN, and Linux >= 5.13 with CONFIG_BPF_STREAM_PARSER)"
+                );
+                e.to_string()
+            })
+        });
+        map.as_mut().map_err(|_| ())
+    }
+
+    /// When the worker must wake for the next sweep.
+    pub(super) fn next_sweep(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+}
+
+impl Worker {
+    /// After a drive that left connection `key` with nothing to do: on a `sockmap` listener,
+    /// joins it to the maps if it is plain and quiet (nothing held, nothing unread reported,
+    /// no side ended); a connection that cannot be joined is counted once and forwards in
+    /// user space.
+    pub(super) fn try_join(&mut self, key: usize) {
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let listener = &self.generation.listeners[conn.listener];
+        if listener.config.forwarding != Forwarding::Sockmap {
+            return;
+        }
+        let Stage::Established(flow) = &mut conn.stage else {
+            return;
+        };
+        if flow.kernel_tried {
+            return;
+        }
+        if self.kernel.unavailable() {
+            flow.kernel_tried = true;
+            return listener.sockmap_took(SockmapOutcome::Unavailable);
+        }
+        let front = &conn.front;
+        let back = &flow.back;
+        let plain = front.transport.can_splice()
+            && back.transport.can_splice()
+            && flow.postgres.as_ref().is_none_or(|w| w.done());
+        if !plain {
+            flow.kernel_tried = true;
+            return listener.sockmap_took(SockmapOutcome::NotPlain);
+        }
+        let quiet = |e: &crate::tcp::pump::Endpoint| {
+            !(e.aborted || e.ready.readable || e.ready.read_closed || e.ready.error)
+        };
+        let quiet = quiet(front)
+            && quiet(back)
+            && flow.up.pending() == 0
+            && flow.down.pending() == 0
+            && !(flow.up.eof || flow.down.eof || flow.up.done() || flow.down.done());
+        if !quiet {
+            return; // at a later drive
+        }
+        flow.kernel_tried = true;
+        // Made at the worker's start, unless a reload brought the first sockmap listener.
+        let Ok(map) = self.kernel.prepare(self.id, &listener.config.name) else {
+            return listener.sockmap_took(SockmapOutcome::Unavailable);
+        };
+        match map.join(front.stream.as_raw_fd(), back.stream.as_raw_fd(), WINDOW) {
+            Ok(pair) => {
+                flow.kernel = Some(Box::new(KernelPath::new(pair)));
+                self.kernel.joined.push((key, conn.id));
+                self.kernel.next_sweep.get_or_insert(self.now + SWEEP);
+                listener.sockmap_took(SockmapOutcome::Joined);
+                log::trace!("{}: forwarded by the kernel", conn.tuple);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                listener.sockmap_took(SockmapOutcome::MapFull);
+            }
+            Err(e) => {
+                log::debug!("{}: sockmap refused the sockets: {e}", conn.tuple);
+                listener.sockmap_took(SockmapOutcome::Refused);
+            }
+        }
+    }
+
+    /// Before a drive of a joined connection: a direction whose source reported its FIN, an
+    /// error, or bytes kept in its own queue starts leaving the kernel (later bytes stay in
+    /// that queue too); a leaving one becomes the pump's once the kernel's queue towards its
+    /// destination is empty (or the destination is gone). While one waits, a recheck is
+    /// scheduled (no event says when the queue empties).
+    pub(super) fn settle(&mut self, key: usize) {
+        let Some(Ok(map)) = &self.kernel.map else {
+            return;
+        };
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let id = conn.id;
+        let Stage::Established(flow) = &mut conn.stage else {
+            return;
+        };
+        let Some(k) = flow.kernel.as_deref_mut() else {
+            return;
+        };
+        let listener = &self.generation.listeners[conn.listener];
+        let front = &mut conn.front;
+        let back = &mut flow.back;
+        for dir in Dir::BOTH {
+            let slot = k.source_slot(dir);
+            let (src, dst) = match dir {
+                Dir::Up => (&mut *front, &*back),
+                Dir::Down => (&mut *back, &*front),
+            };
+            let way = k.way_mut(dir);
+            if way.gate == Gate::Kernel {
+                let r = src.ready;
+                let spent = map.diverted(slot);
+                let kept = spent
+                    || r.read_closed
+                    || r.error
+                    || dst.aborted
+                    || (r.readable && has_input(src.stream.as_raw_fd()));
+                if !kept {
+                    src.ready.readable = false;
+                    continue;
+                }
+                if spent {
+                    listener.sockmap_diverted.fetch_add(1, Ordering::Relaxed);
+                }
+                // From here every segment the source receives stays in its queue, in order.
+                map.divert(slot);
+                way.gate = Gate::Leaving;
+                log::trace!(
+                    "{}: {dir:?} leaves the kernel (budget spent: {spent}; {r:?})",
+                    conn.tuple
+                );
+                // The program may be redirecting a segment as the slot is diverted (it read
+                // the flag before): look at the queue only after a recheck's wait.
+                if !dst.aborted {
+                    continue;
+                }
+            }
+            if way.gate == Gate::Leaving {
+                let drained = dst.aborted
+                    || match map.in_flight(&k.pair, dir == Dir::Up, dst.stream.as_raw_fd()) {
+                        Ok(n) => {
+                            k.way_mut(dir).in_flight = n;
+                            n == 0
+                        }
+                        Err(_) => true,
+                    };
+                if drained {
+                    log::trace!("{}: {dir:?} is the worker's", conn.tuple);
+                    let way = k.way_mut(dir);
+                    way.gate = Gate::User;
+                    way.in_flight = 0;
+                    src.ready.readable = true;
+                }
+            }
+        }
+        if k.leaving() {
+            if let Some(at) = k.next_recheck(self.now) {
+                self.timers.schedule(at, Due { key, id });
+            }
+        } else if k.recheck.take().is_some() {
+            // The rechecks may have used up the connection's timer entry: one for its idle
+            // timeout again.
+            let idle = super::tcp::timeouts(&listener.config).idle;
+            let at = flow.last_active + flow.idle_limit(idle);
+            self.timers.schedule(at, Due { key, id });
+        }
+    }
+
+    /// A timer entry of connection `key` came due: true when it was a joined connection's
+    /// recheck (handled here: settle, then drive), false for its own timer — whose decision
+    /// then needs the kernel's byte counts and queues first (activity, what an idle close
+    /// would cut), which this takes.
+    pub(super) fn kernel_timer(&mut self, key: usize) -> bool {
+        let now = self.now;
+        let Some(k) = self
+            .table
+            .get_mut(key)
+            .and_then(|c| c.stage.flow_mut())
+            .and_then(|f| f.kernel.as_deref_mut())
+        else {
+            return false;
+        };
+        if k.recheck.is_some_and(|(at, _)| at <= now) {
+            self.drive(key); // which settles first
+            return true;
+        }
+        self.count_kernel_bytes(key, true);
+        false
+    }
+
+    /// Every [`SWEEP`]: counts the kernel's bytes of every joined connection and raises the
+    /// budgets of directions whose destination took bytes; forgets connections that ended.
+    pub(super) fn sweep_kernel(&mut self) {
+        if self.kernel.next_sweep.is_none_or(|at| at > self.now) {
+            return;
+        }
+        let mut joined = std::mem::take(&mut self.kernel.joined);
+        joined.retain(|&(key, id)| {
+            let live = self
+                .table
+                .get_mut(key)
+                .is_some_and(|c| c.id == id && c.stage.flow().is_some_and(|f| f.kernel.is_some()));
+            if live {
+                self.count_kernel_bytes(key, false);
+            }
+            live
+        });
+        self.kernel.next_sweep = (!joined.is_empty()).then(|| self.now + SWEEP);
+        self.kernel.joined = joined;
+    }
+
+    /// Counts what the kernel moved for connection `key` since the last count (the flow's
+    /// byte counts, the target's counters, its activity); raises the budget of a direction
+    /// still in the kernel once half of it is spent; with `queues`, also notes what each
+    /// kernel direction still has queued towards its destination.
+    fn count_kernel_bytes(&mut self, key: usize, queues: bool) {
+        let Some(Ok(map)) = &self.kernel.map else {
+            return;
+        };
+        let Some(conn) = self.table.get_mut(key) else {
+            return;
+        };
+        let front = conn.front.stream.as_raw_fd();
+        let group = &self.generation.groups[conn.group];
+        let Some(flow) = conn.stage.flow_mut() else {
+            return;
+        };
+        let Some(k) = flow.kernel.as_deref_mut() else {
+            return;
+        };
+        let back = flow.back.stream.as_raw_fd();
+        let redirected = [
+            (Dir::Up, map.redirected(k.pair.a)),
+            (Dir::Down, map.redirected(k.pair.b)),
+        ];
+        let (up, down) = (k.up.count(redirected[0].1), k.down.count(redirected[1].1));
+        if up + down > 0 {
+            flow.up.bytes += up;
+            flow.down.bytes += down;
+            flow.last_active = self.now;
+            if let Some(t) = group.targets.get(flow.target) {
+                t.bytes_to_target.fetch_add(up, Ordering::Relaxed);
+                t.bytes_from_target.fetch_add(down, Ordering::Relaxed);
+            }
+        }
+        for (dir, redirected) in redirected {
+            let to = match dir {
+                Dir::Up => back,
+                Dir::Down => front,
+            };
+            let (slot, base) = (k.source_slot(dir), k.destination_base(dir));
+            let way = k.way_mut(dir);
+            if way.gate != Gate::Kernel || !(way.budget_low(redirected) || queues) {
+                continue;
+            }
+            let Ok(since) = taken(to).map(|t| t.saturating_sub(base)) else {
+                continue;
+            };
+            way.in_flight = redirected.saturating_sub(since);
+            if let Some(budget) = way.raised_budget(redirected, since) {
+                way.budget = budget;
+                map.set_budget(slot, budget);
+            }
+        }
+    }
+
+    /// Takes connection `conn` (leaving the table) out of the maps, its last kernel bytes
+    /// counted first.
+    pub(super) fn unjoin(&mut self, conn: &mut Connection) {
+        let Some(Ok(map)) = &mut self.kernel.map else {
+            return;
+        };
+        let front = conn.front.stream.as_raw_fd();
+        let Some(flow) = conn.stage.flow_mut() else {
+            return;
+        };
+        let Some(k) = flow.kernel.take() else {
+            return;
+        };
+        let mut k = *k;
+        let up = k.up.count(map.redirected(k.pair.a));
+        let down = k.down.count(map.redirected(k.pair.b));
+        flow.up.bytes += up;
+        flow.down.bytes += down;
+        if let Some(t) = self.generation.groups[conn.group].targets.get(flow.target) {
+            t.bytes_to_target.fetch_add(up, Ordering::Relaxed);
+            t.bytes_from_target.fetch_add(down, Ordering::Relaxed);
+        }
+        map.leave(front, flow.back.stream.as_raw_fd(), k.pair);
+    }
+}
+
+/// Whether `action`, the end of a drive, leaves the connection waiting for events: the
+/// moment to try a join.
+pub(super) fn settled(action: &Action) -> bool {
+    matches!(action, Action::Wait | Action::Schedule(_))
+}
