@@ -16,6 +16,10 @@ use common::*;
 
 const NO_CHECKS: &str = "    health_check: {protocol: tcp, interval: 60s, timeout: 1s}\n";
 
+/// CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_BPF (linux/capability.h): without them the kernel
+/// refuses the maps and the program.
+const BPF_CAPS: &[u32] = &[12, 21, 39];
+
 /// Ballast with a `sockmap` listener (and `extra` keys) in front of `target`, an access log.
 fn start(target: SocketAddr, extra: &str) -> (Ballast, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -190,9 +194,6 @@ fn bytes_the_kernel_moves_keep_a_connection_from_going_idle() {
 
 #[test]
 fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
     let echo = Backend::start(echo());
     let yaml = config(
         "round_robin",
@@ -200,7 +201,7 @@ fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
         "    forwarding: sockmap\n",
         NO_CHECKS,
     );
-    let lb = Ballast::start_without(&yaml, &[CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF]);
+    let lb = Ballast::start_without(&yaml, BPF_CAPS);
     lb.wait_log("forwarding: sockmap is unavailable", WAIT);
     assert_eq!(echo_once(lb.addr("l"), b"still served"), b"still served");
     wait_metric(
@@ -209,5 +210,51 @@ fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
         &[("listener", "l"), ("outcome", "unavailable")],
         WAIT,
         |v| v == 1.0,
+    );
+}
+
+/// `ballast check` tells before `run` whether the kernel takes the maps and the program here:
+/// `ok:` as root, a warning (and still exit 0: `run` works, in user space) without the
+/// capabilities.
+#[test]
+fn check_says_whether_the_kernel_takes_the_program() {
+    use std::os::unix::process::CommandExt;
+    let file = write_config(&config(
+        "round_robin",
+        &[(dead_addr(), 1)],
+        "    forwarding: sockmap\n",
+        NO_CHECKS,
+    ));
+    let check = |drop_caps: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"));
+        c.args(["check", "--config"]).arg(file.path());
+        if drop_caps {
+            // SAFETY: prctl is async-signal-safe and changes only the child's bounding set.
+            unsafe {
+                c.pre_exec(|| {
+                    for &cap in BPF_CAPS {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        c.output().unwrap()
+    };
+    let with = check(false);
+    assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
+    assert!(
+        stdout(&with).contains("ok: listener l: forwarding: sockmap: the kernel takes"),
+        "{}",
+        stdout(&with)
+    );
+    let without = check(true);
+    assert_eq!(without.status.code(), Some(0), "{}", stderr(&without));
+    assert!(
+        stderr(&without).contains("warning: listener l: forwarding: sockmap: the kernel refuses"),
+        "{}",
+        stderr(&without)
     );
 }

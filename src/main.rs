@@ -106,7 +106,8 @@ fn explain(key: &str) -> ExitCode {
 }
 
 /// `check --config FILE`: the plan on stdout, then what was probed of the host (`ok:`, `not probed:`) on
-/// stdout and what `run` would fail on (`error:`) on stderr; exit 2 for either kind of error.
+/// stdout, what `run` would do in a lesser way (`warning:`) and what it would fail on (`error:`)
+/// on stderr; exit 2 for either kind of error.
 fn check(path: &Path, probe_binds: bool) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
@@ -116,6 +117,7 @@ fn check(path: &Path, probe_binds: bool) -> ExitCode {
                 match finding {
                     Finding::Ok(m) => println!("ok: {m}"),
                     Finding::NotProbed(m) => println!("not probed: {m}"),
+                    Finding::Degraded(m) => eprintln!("warning: {m}"),
                     Finding::Fails(m) => {
                         eprintln!("error: {m}");
                         failed = true;

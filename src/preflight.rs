@@ -21,6 +21,8 @@ pub enum Finding {
     Fails(String),
     /// What was not probed, and why.
     NotProbed(String),
+    /// What `run` would do in a lesser way on this host (it still runs), and why.
+    Degraded(String),
 }
 
 /// Probes what `config` needs of this host (see the module's doc); binds listeners only when
@@ -106,6 +108,25 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
                 "{}: target_groups[{i}].source ({}): {e}",
                 config.path.display(),
                 g.name
+            )),
+        });
+    }
+    if let Some(l) = config
+        .listeners
+        .iter()
+        .find(|l| l.forwarding == crate::config::Forwarding::Sockmap)
+    {
+        // The maps and program a worker makes at start, once, and given back at once.
+        found.push(match crate::sockmap::Sockmap::new(1) {
+            Ok(_) => Finding::Ok(format!(
+                "listener {}: forwarding: sockmap: the kernel takes its maps and program",
+                l.name
+            )),
+            Err(e) => Finding::Degraded(format!(
+                "listener {}: forwarding: sockmap: the kernel refuses its maps or program here \
+                 ({e}); `run` would forward in user space (as auto) — it needs CAP_BPF and \
+                 CAP_NET_ADMIN, and Linux >= 5.13 with CONFIG_BPF_STREAM_PARSER",
+                l.name
             )),
         });
     }
