@@ -258,3 +258,61 @@ fn check_says_whether_the_kernel_takes_the_program() {
         stderr(&without)
     );
 }
+
+/// Bulk both ways at once, the client reading with pauses, then its FIN: the client's bytes
+/// past its budget wait in its socket's queue behind the target's bytes on their way out to
+/// the (slow) client, so the FIN can be read before them — passed on then, the upload was cut
+/// short and the end logged `done` (found by review: 5 of 12 such connections; fixed by
+/// holding the end until every byte received is accounted for). Every byte must come back.
+///
+/// Ignored in CI: about 1 run in 15 one of the eight connections gets 65,483 bytes more than
+/// was sent (the same count each time) — a known defect of the kernel path under bulk both
+/// ways, not yet understood (README, "Forwarding in the kernel"; issue 28's note). Run it with
+/// `cargo test --test sockmap -- --ignored`.
+#[test]
+#[ignore = "known defect: rare duplicated bytes under bulk both ways (issue 28)"]
+fn a_fin_after_bulk_both_ways_waits_for_the_bytes_still_queued() {
+    let echo = Backend::start(echo());
+    let (lb, _dir) = start(echo.addr, "");
+    let addr = lb.addr("l");
+    let total = 16 << 20;
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let s = client(addr);
+                let reader = {
+                    let mut r = s.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        let mut got = Vec::with_capacity(total);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        for k in 1.. {
+                            if k % 50 == 0 {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            match r.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                                Err(e) => panic!("client {i}: {e} after {}", got.len()),
+                            }
+                        }
+                        got
+                    })
+                };
+                let chunk: Vec<u8> = (0..256 * 1024).map(byte).collect();
+                let mut w = &s;
+                for _ in 0..total / chunk.len() {
+                    w.write_all(&chunk).unwrap();
+                }
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let got = reader.join().unwrap();
+                let whole = got.len() == total && got.chunks(chunk.len()).all(|c| c == chunk);
+                (got.len(), whole)
+            })
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (len, whole) = c.join().unwrap();
+        assert!(whole, "client {i}: {len} of {total} bytes came back");
+    }
+    wait_joined(&lb, 1.0);
+}

@@ -41,6 +41,10 @@
 //!   worker per socket, which a bulk stream saturates. So: sockmap for request/response, the
 //!   splice pump for bulk — a pair whose redirected bytes grow fast may be better off leaving.
 //!
+//! - **Kept bytes can wait behind the socket's own egress.** A segment kept for the worker
+//!   (budget spent) queues behind the bytes redirected *to* that socket and not yet sent,
+//!   and reaches the socket's queue only after them: a read can meet the FIN first. The worker
+//!   holds a FIN until the socket's `tcpi_bytes_received` ([`received`]) is accounted for.
 //! - **An empty segment (a bare FIN) is dropped.** Passed to its own socket while bytes wait
 //!   for that socket's egress, it queues behind them, and the kernel worker that sends them
 //!   takes its zero length for a broken pipe: it stops sending for good and sets EPIPE on the
@@ -251,6 +255,26 @@ impl Drop for Sockmap {
 /// # Errors
 /// getsockopt's or ioctl's.
 pub(crate) fn taken(fd: RawFd) -> io::Result<u64> {
+    let info = tcp_info(fd)?;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which is valid.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ as _, &mut queued) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_bytes_acked + queued.max(0) as u64)
+}
+
+/// Bytes TCP socket `fd` has received in order since it opened (`tcpi_bytes_received`):
+/// those read, redirected, dropped (none: only empty segments are) or still queued.
+///
+/// # Errors
+/// getsockopt's.
+pub(crate) fn received(fd: RawFd) -> io::Result<u64> {
+    Ok(tcp_info(fd)?.tcpi_bytes_received)
+}
+
+/// `TCP_INFO` of socket `fd`.
+fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -267,12 +291,7 @@ pub(crate) fn taken(fd: RawFd) -> io::Result<u64> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int through the pointer, which is valid.
-    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ as _, &mut queued) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info.tcpi_bytes_acked + queued.max(0) as u64)
+    Ok(info)
 }
 
 /// Whether TCP socket `fd` holds something to read: bytes (in its own queue, or kept there by

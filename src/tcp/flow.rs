@@ -311,15 +311,19 @@ impl<S: Socket> Connection<S> {
             .kernel
             .as_ref()
             .map_or((0, 0), |k| (k.up.in_flight, k.down.in_flight));
+        // And a held end (see `Half::hold_end`) still waits for bytes the kernel holds.
+        let held = |h: &Half| h.hold_end && h.end_seen;
         let lost_to_front = flow.down.pending() > 0
             || self.front.transport.holds_output()
             || back.unread() > 0
-            || in_flight_down > 0;
+            || in_flight_down > 0
+            || held(&flow.down);
         let lost_to_back = !back.aborted
             && (flow.up.pending() > 0
                 || back.transport.holds_output()
                 || self.front.unread() > 0
-                || in_flight_up > 0);
+                || in_flight_up > 0
+                || held(&flow.up));
         // Either side losing bytes resets both: the side whose stream was cut, and the side
         // that sent them, which must not take a FIN for "all delivered" (an uploader cut off
         // would read it as an empty answer).

@@ -67,6 +67,10 @@ pub(crate) struct Way {
     /// Bytes redirected and not yet taken by the destination, at the last look: what an
     /// idle timeout would cut.
     pub in_flight: u64,
+    /// The source's `tcpi_bytes_received` at the join.
+    pub received_at_join: u64,
+    /// The flow's half's byte count at the join (nothing was pending then).
+    pub bytes_at_join: u64,
 }
 
 impl Way {
@@ -77,7 +81,22 @@ impl Way {
             counted: 0,
             budget: WINDOW,
             in_flight: 0,
+            received_at_join: 0,
+            bytes_at_join: 0,
         }
+    }
+
+    /// Whether every byte the source received since the join is accounted for — redirected,
+    /// or read by the worker — once its FIN is in: `received` is its `tcpi_bytes_received`
+    /// now (which counts the FIN as one), `bytes` and `pending` what the half has moved
+    /// (kernel bytes counted in) and holds. Then a read of 0 is the end; before, bytes the
+    /// kernel holds for the source are still to come. (Bytes received before the join but
+    /// read after it make the right side larger, never the left.)
+    pub(crate) fn all_accounted(&self, received: u64, bytes: u64, pending: u64) -> bool {
+        let data = received
+            .saturating_sub(self.received_at_join)
+            .saturating_sub(1);
+        data <= (bytes + pending).saturating_sub(self.bytes_at_join)
     }
 
     /// The budget this direction should have now that its destination has taken `taken`
@@ -112,8 +131,11 @@ pub(crate) struct KernelPath {
     pub up: Way,
     /// Target → client.
     pub down: Way,
-    /// While a direction waits to leave: when to ask again, and the wait after that.
+    /// While a direction waits to leave, or a held end waits for the kernel's bytes: when to
+    /// ask again, and the wait after that.
     pub recheck: Option<(Instant, Duration)>,
+    /// A held end (see `Half::hold_end`) still waits for bytes the kernel holds.
+    pub ends_waiting: bool,
 }
 
 impl KernelPath {
@@ -124,6 +146,7 @@ impl KernelPath {
             up: Way::new(),
             down: Way::new(),
             recheck: None,
+            ends_waiting: false,
         }
     }
 
@@ -177,9 +200,9 @@ impl KernelPath {
         Some(at)
     }
 
-    /// Whether a direction is still leaving.
-    pub(crate) fn leaving(&self) -> bool {
-        self.up.gate == Gate::Leaving || self.down.gate == Gate::Leaving
+    /// Whether a direction is still leaving, or a held end still waits: rechecks go on.
+    pub(crate) fn waiting(&self) -> bool {
+        self.up.gate == Gate::Leaving || self.down.gate == Gate::Leaving || self.ends_waiting
     }
 }
 
@@ -211,6 +234,18 @@ mod tests {
             far.raised_budget(u64::MAX - 2, u64::MAX - 5),
             Some(u64::MAX)
         );
+    }
+
+    #[test]
+    fn an_end_is_an_end_once_every_byte_received_is_accounted_for() {
+        let mut w = path().up;
+        (w.received_at_join, w.bytes_at_join) = (1_000, 900);
+        // 500 received since the join, and the FIN (one more): 300 redirected (counted into
+        // `bytes`) + 150 read.
+        assert!(!w.all_accounted(1_501, 900 + 300 + 100, 50));
+        assert!(w.all_accounted(1_501, 900 + 300 + 150, 50));
+        // Bytes that arrived before the join, read after it, count on the right only.
+        assert!(w.all_accounted(1_501, 900 + 300 + 250, 0));
     }
 
     #[test]
@@ -255,6 +290,6 @@ mod tests {
             (p.source_slot(Dir::Down), p.destination_base(Dir::Down)),
             (5, 40)
         );
-        assert!(!p.pumps(Dir::Up) && !p.leaving());
+        assert!(!p.pumps(Dir::Up) && !p.waiting());
     }
 }

@@ -142,6 +142,12 @@ pub(crate) struct Half {
     pub over: bool,
     /// Bytes written to the destination so far.
     pub bytes: u64,
+    /// `forwarding: sockmap`: a read of 0 from the source may come before bytes the kernel
+    /// still holds for it (queued behind the bytes waiting to leave by the same socket), so
+    /// it is not the end until the worker has checked ([`Half::end_seen`] then).
+    pub hold_end: bool,
+    /// With [`Half::hold_end`]: a read returned 0 (the source's FIN), not yet taken as the end.
+    pub end_seen: bool,
 }
 
 impl Half {
@@ -158,6 +164,8 @@ impl Half {
             eof: false,
             over: false,
             bytes: 0,
+            hold_end: false,
+            end_seen: false,
         }
     }
 
@@ -338,6 +346,7 @@ impl Half {
                             && n < room
                             && !ready.error
                             && !ready.urgent
+                            && !self.hold_end
                             && src.transport.short_read_empties()
                         {
                             if ready.read_closed {
@@ -404,6 +413,13 @@ impl Half {
             }
         };
         match result {
+            Ok(0) if self.hold_end => {
+                // Not the end yet (see `hold_end`): the worker looks, then sets `eof`.
+                self.end_seen = true;
+                src.ready.readable = false;
+                self.release_if_empty(pool);
+                false
+            }
             Ok(0) => {
                 self.eof = true;
                 true

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::Worker;
 use crate::config::Forwarding;
 use crate::listener::SockmapOutcome;
-use crate::sockmap::{has_input, taken, Sockmap};
+use crate::sockmap::{has_input, received, taken, Sockmap};
 use crate::tcp::kernel::{Dir, Gate, KernelPath, SWEEP, WINDOW};
 use crate::tcp::{Action, Connection, Stage};
 use crate::timers::Due;
@@ -111,7 +111,15 @@ impl Worker {
         };
         match map.join(front.stream.as_raw_fd(), back.stream.as_raw_fd(), WINDOW) {
             Ok(pair) => {
-                flow.kernel = Some(Box::new(KernelPath::new(pair)));
+                let mut k = KernelPath::new(pair);
+                for (way, src, half) in [
+                    (&mut k.up, front, &flow.up),
+                    (&mut k.down, back, &flow.down),
+                ] {
+                    way.received_at_join = received(src.stream.as_raw_fd()).unwrap_or(0);
+                    way.bytes_at_join = half.bytes;
+                }
+                flow.kernel = Some(Box::new(k));
                 self.kernel.joined.push((key, conn.id));
                 self.kernel.next_sweep.get_or_insert(self.now + SWEEP);
                 listener.sockmap_took(SockmapOutcome::Joined);
@@ -199,10 +207,14 @@ impl Worker {
                     way.gate = Gate::User;
                     way.in_flight = 0;
                     src.ready.readable = true;
+                    match dir {
+                        Dir::Up => flow.up.hold_end = true,
+                        Dir::Down => flow.down.hold_end = true,
+                    }
                 }
             }
         }
-        if k.leaving() {
+        if k.waiting() {
             if let Some(at) = k.next_recheck(self.now) {
                 self.timers.schedule(at, Due { key, id });
             }
@@ -213,6 +225,62 @@ impl Worker {
             let at = flow.last_active + flow.idle_limit(idle);
             self.timers.schedule(at, Due { key, id });
         }
+    }
+
+    /// After a drive of a joined connection: a direction whose source's read returned 0
+    /// while its end is held (see `Half::hold_end`) ends now if every byte that source
+    /// received is accounted for (redirected, or read); else the bytes the kernel still holds
+    /// for it come first (a wake-up when they reach its queue, and a recheck meanwhile).
+    /// True when an end was released: drive again.
+    pub(super) fn release_ends(&mut self, key: usize) -> bool {
+        if !self
+            .table
+            .get_mut(key)
+            .and_then(|c| c.stage.flow())
+            .is_some_and(|f| f.up.end_seen || f.down.end_seen)
+        {
+            return false;
+        }
+        self.count_kernel_bytes(key, false);
+        let now = self.now;
+        let Some(conn) = self.table.get_mut(key) else {
+            return false;
+        };
+        let id = conn.id;
+        let front = conn.front.stream.as_raw_fd();
+        let Some(flow) = conn.stage.flow_mut() else {
+            return false;
+        };
+        let back = flow.back.stream.as_raw_fd();
+        let Some(k) = flow.kernel.as_deref_mut() else {
+            return false;
+        };
+        let (mut released, mut waiting) = (false, false);
+        for (way, half, src) in [
+            (&k.up, &mut flow.up, front),
+            (&k.down, &mut flow.down, back),
+        ] {
+            if !(half.hold_end && half.end_seen) {
+                continue;
+            }
+            // A socket that cannot say (closed under it) has nothing more to give.
+            let complete = received(src).map_or(true, |r| {
+                way.all_accounted(r, half.bytes, half.pending() as u64)
+            });
+            if complete {
+                (half.hold_end, half.end_seen, half.eof) = (false, false, true);
+                released = true;
+            } else {
+                waiting = true;
+            }
+        }
+        k.ends_waiting = waiting;
+        if waiting {
+            if let Some(at) = k.next_recheck(now) {
+                self.timers.schedule(at, Due { key, id });
+            }
+        }
+        released
     }
 
     /// A timer entry of connection `key` came due: true when it was a joined connection's

@@ -341,7 +341,11 @@ impl Worker {
         if super::kernel::settled(&action) {
             self.try_join(key);
         }
+        let released = super::kernel::settled(&action) && self.release_ends(key);
         self.act(key, action);
+        if released {
+            self.act(key, Action::Again); // the end is the pump's now
+        }
     }
 
     /// The target of connection `key` sent its PostgreSQL cancel key: recorded in the
