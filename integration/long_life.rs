@@ -212,7 +212,10 @@ fn a_clean_close_then_the_same_port_again_loses_nothing() {
         };
         let _ = tx.lock().unwrap().send((got, clean));
     }));
-    let yaml = config("round_robin", &[(target.addr, 1)], "", "")
+    // Health checks with time to spare: a probe that timed out under load would be reset
+    // and read here as a cut connection.
+    let checks = "    health_check: {protocol: tcp, interval: 60s, timeout: 10s}\n";
+    let yaml = config("round_robin", &[(target.addr, 1)], "", checks)
         .replacen("workers: 2", "workers: 1", 1)
         .replacen(
             "    target_group: g\n",

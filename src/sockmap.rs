@@ -44,10 +44,13 @@
 //! - **Kept bytes can wait behind the socket's own egress.** A segment kept for the worker
 //!   (budget spent) queues behind the bytes redirected *to* that socket and not yet sent,
 //!   and reaches the socket's queue only after them: a read can meet the FIN first. The worker
-//!   holds a FIN until the socket's `tcpi_bytes_received` ([`received`]) is accounted for —
-//!   which made lost uploads rarer, not impossible: under bulk both ways a connection in
-//!   5 to 15 test runs still ends short, or with bytes twice (a known defect, not yet
-//!   understood; `integration/sockmap.rs`, the ignored test).
+//!   holds a FIN until the socket's `tcpi_bytes_received` ([`received`]) is accounted for.
+//! - **Bytes left in a socket's queue at the join are handed to the program whole** at the
+//!   next arrival, even when part of them was read meanwhile (`tcp_read_skb` does not look at
+//!   how much of a segment was read): the worker joins only sockets read to the last byte.
+//! - **Known defect**: under bulk both ways, about 1 test run in 40 delivers one maximal
+//!   loopback segment (65,483 bytes) twice, counted twice by the program — not yet
+//!   understood (`integration/sockmap.rs`, the ignored test).
 //! - **An empty segment (a bare FIN) is dropped.** Passed to its own socket while bytes wait
 //!   for that socket's egress, it queues behind them, and the kernel worker that sends them
 //!   takes its zero length for a broken pipe: it stops sending for good and sets EPIPE on the

@@ -109,16 +109,20 @@ impl Worker {
         let Ok(map) = self.kernel.prepare(self.id, &listener.config.name) else {
             return listener.sockmap_took(SockmapOutcome::Unavailable);
         };
+        // Both sockets must be read to the last byte: bytes left in a socket's queue at the
+        // join are handed to the program whole at the next arrival, even if the worker has
+        // read part of them meanwhile (the kernel's `tcp_read_skb` does not look at how much
+        // of a segment was read) — seen as 65,483 bytes delivered twice. What each socket has
+        // received then is what the end of its direction is checked against.
+        let (Some(up), Some(down)) = (drained(front), drained(back)) else {
+            flow.kernel_tried = false;
+            return; // bytes still unread, or arriving as it looked: at a later drive
+        };
         match map.join(front.stream.as_raw_fd(), back.stream.as_raw_fd(), WINDOW) {
             Ok(pair) => {
                 let mut k = KernelPath::new(pair);
-                for (way, src, half) in [
-                    (&mut k.up, front, &flow.up),
-                    (&mut k.down, back, &flow.down),
-                ] {
-                    way.received_at_join = received(src.stream.as_raw_fd()).unwrap_or(0);
-                    way.bytes_at_join = half.bytes;
-                }
+                (k.up.consumed_at_join, k.up.bytes_at_join) = (up, flow.up.bytes);
+                (k.down.consumed_at_join, k.down.bytes_at_join) = (down, flow.down.bytes);
                 flow.kernel = Some(Box::new(k));
                 self.kernel.joined.push((key, conn.id));
                 self.kernel.next_sweep.get_or_insert(self.now + SWEEP);
@@ -168,6 +172,7 @@ impl Worker {
                 let r = src.ready;
                 let spent = map.diverted(slot);
                 let kept = spent
+                    || way.leftover
                     || r.read_closed
                     || r.error
                     || dst.aborted
@@ -346,6 +351,8 @@ impl Worker {
             return;
         };
         let back = flow.back.stream.as_raw_fd();
+        let id = conn.id;
+        let mut stuck = false;
         let redirected = [
             (Dir::Up, map.redirected(k.pair.a)),
             (Dir::Down, map.redirected(k.pair.b)),
@@ -366,7 +373,21 @@ impl Worker {
                 Dir::Down => front,
             };
             let (slot, base) = (k.source_slot(dir), k.destination_base(dir));
+            let from = match dir {
+                Dir::Up => front,
+                Dir::Down => back,
+            };
             let way = k.way_mut(dir);
+            if !way.looked && way.gate == Gate::Kernel {
+                // Once, a sweep after the join: every byte received since is the program's
+                // (redirected, as it is not diverted), unless some arrived as the pair joined.
+                way.looked = true;
+                let since = received(from).map_or(0, |r| r.saturating_sub(way.consumed_at_join));
+                if since > redirected {
+                    way.leftover = true;
+                    stuck = true;
+                }
+            }
             if way.gate != Gate::Kernel || !(way.budget_low(redirected) || queues) {
                 continue;
             }
@@ -378,6 +399,10 @@ impl Worker {
                 way.budget = budget;
                 map.set_budget(slot, budget);
             }
+        }
+        if stuck {
+            // No event will come for those bytes: drive it, which takes the direction out.
+            self.ready.push_back(super::Ready::Conn { key, id });
         }
     }
 
@@ -405,6 +430,15 @@ impl Worker {
         }
         map.leave(front, flow.back.stream.as_raw_fd(), k.pair);
     }
+}
+
+/// The bytes socket `e` has received (`tcpi_bytes_received`), when every one of them has been
+/// read and none arrived while it looked; `None` otherwise (or when it could not say).
+fn drained(e: &crate::tcp::pump::Endpoint) -> Option<u64> {
+    let fd = e.stream.as_raw_fd();
+    let before = received(fd).ok()?;
+    let unread = e.unread();
+    (unread == 0 && received(fd).ok()? == before).then_some(before)
 }
 
 /// Whether `action`, the end of a drive, leaves the connection waiting for events: the
