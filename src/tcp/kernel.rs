@@ -67,14 +67,7 @@ pub(crate) struct Way {
     /// Bytes redirected and not yet taken by the destination, at the last look: what an
     /// idle timeout would cut.
     pub in_flight: u64,
-    /// Whether the first sweep after the join has looked for bytes left in the source's own
-    /// queue (see `leftover`).
-    pub looked: bool,
-    /// The source's socket holds bytes the program has not seen: arrived as the pair joined,
-    /// they wait for the next arrival to reach the program, which may never come (a peer that
-    /// sent its answer and waits). The direction leaves the kernel for them.
-    pub leftover: bool,
-    /// Bytes the source's socket had received (and the worker read) at the join.
+    /// Bytes the source's socket had given up at the join (received, less what was unread).
     pub consumed_at_join: u64,
     /// The flow's half's byte count at the join (nothing was pending then).
     pub bytes_at_join: u64,
@@ -88,8 +81,6 @@ impl Way {
             counted: 0,
             budget: WINDOW,
             in_flight: 0,
-            looked: false,
-            leftover: false,
             consumed_at_join: 0,
             bytes_at_join: 0,
         }

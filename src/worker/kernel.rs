@@ -109,14 +109,12 @@ impl Worker {
         let Ok(map) = self.kernel.prepare(self.id, &listener.config.name) else {
             return listener.sockmap_took(SockmapOutcome::Unavailable);
         };
-        // Both sockets must be read to the last byte: bytes left in a socket's queue at the
-        // join are handed to the program whole at the next arrival, even if the worker has
-        // read part of them meanwhile (the kernel's `tcp_read_skb` does not look at how much
-        // of a segment was read) — seen as 65,483 bytes delivered twice. What each socket has
-        // received then is what the end of its direction is checked against.
-        let (Some(up), Some(down)) = (drained(front), drained(back)) else {
+        // What each socket has given up so far (received, less what is still unread in it),
+        // read before the join while its unread count is still the socket's own: the end of
+        // a direction is checked against it (`Way::all_accounted`).
+        let (Some(up), Some(down)) = (consumed(front), consumed(back)) else {
             flow.kernel_tried = false;
-            return; // bytes still unread, or arriving as it looked: at a later drive
+            return; // bytes arriving as it looked: at a later drive
         };
         match map.join(front.stream.as_raw_fd(), back.stream.as_raw_fd(), WINDOW) {
             Ok(pair) => {
@@ -172,7 +170,6 @@ impl Worker {
                 let r = src.ready;
                 let spent = map.diverted(slot);
                 let kept = spent
-                    || way.leftover
                     || r.read_closed
                     || r.error
                     || dst.aborted
@@ -351,8 +348,6 @@ impl Worker {
             return;
         };
         let back = flow.back.stream.as_raw_fd();
-        let id = conn.id;
-        let mut stuck = false;
         let redirected = [
             (Dir::Up, map.redirected(k.pair.a)),
             (Dir::Down, map.redirected(k.pair.b)),
@@ -373,21 +368,7 @@ impl Worker {
                 Dir::Down => front,
             };
             let (slot, base) = (k.source_slot(dir), k.destination_base(dir));
-            let from = match dir {
-                Dir::Up => front,
-                Dir::Down => back,
-            };
             let way = k.way_mut(dir);
-            if !way.looked && way.gate == Gate::Kernel {
-                // Once, a sweep after the join: every byte received since is the program's
-                // (redirected, as it is not diverted), unless some arrived as the pair joined.
-                way.looked = true;
-                let since = received(from).map_or(0, |r| r.saturating_sub(way.consumed_at_join));
-                if since > redirected {
-                    way.leftover = true;
-                    stuck = true;
-                }
-            }
             if way.gate != Gate::Kernel || !(way.budget_low(redirected) || queues) {
                 continue;
             }
@@ -399,10 +380,6 @@ impl Worker {
                 way.budget = budget;
                 map.set_budget(slot, budget);
             }
-        }
-        if stuck {
-            // No event will come for those bytes: drive it, which takes the direction out.
-            self.ready.push_back(super::Ready::Conn { key, id });
         }
     }
 
@@ -432,13 +409,13 @@ impl Worker {
     }
 }
 
-/// The bytes socket `e` has received (`tcpi_bytes_received`), when every one of them has been
-/// read and none arrived while it looked; `None` otherwise (or when it could not say).
-fn drained(e: &crate::tcp::pump::Endpoint) -> Option<u64> {
+/// Bytes socket `e` has given up to readers so far (`tcpi_bytes_received` less what is
+/// unread), from a consistent look: `None` when bytes arrived while it looked, or it could not.
+fn consumed(e: &crate::tcp::pump::Endpoint) -> Option<u64> {
     let fd = e.stream.as_raw_fd();
     let before = received(fd).ok()?;
-    let unread = e.unread();
-    (unread == 0 && received(fd).ok()? == before).then_some(before)
+    let unread = e.unread() as u64;
+    (received(fd).ok()? == before).then(|| before.saturating_sub(unread))
 }
 
 /// Whether `action`, the end of a drive, leaves the connection waiting for events: the
