@@ -266,7 +266,7 @@ fn check_says_whether_the_kernel_takes_the_program() {
 /// holding the end until every byte received is accounted for). Every byte must come back.
 ///
 /// Ignored in CI: the short uploads are gone (0 in 85 runs since the end is checked against
-/// the bytes received, counted from a join with both sockets read to the last byte), but about
+/// the bytes received, counted from what each socket had given up at the join), but about
 /// 1 run in 40 one of the eight connections gets one maximal loopback segment (65,483 bytes)
 /// twice, counted twice in `bytes_up` — a known defect of the kernel path under bulk both ways,
 /// not yet understood (README, "Forwarding in the kernel"; issue 28's note). Run it with

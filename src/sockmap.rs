@@ -47,7 +47,7 @@
 //!   holds a FIN until the socket's `tcpi_bytes_received` ([`received`]) is accounted for.
 //! - **Bytes left in a socket's queue at the join are handed to the program whole** at the
 //!   next arrival, even when part of them was read meanwhile (`tcp_read_skb` does not look at
-//!   how much of a segment was read): the worker joins only sockets read to the last byte.
+//!   how much of a segment was read): a lead for the duplication below, not yet closed.
 //! - **Known defect**: under bulk both ways, about 1 test run in 40 delivers one maximal
 //!   loopback segment (65,483 bytes) twice, counted twice by the program — not yet
 //!   understood (`integration/sockmap.rs`, the ignored test).
