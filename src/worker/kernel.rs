@@ -235,11 +235,13 @@ impl Worker {
     /// for it come first (a wake-up when they reach its queue, and a recheck meanwhile).
     /// True when an end was released: drive again.
     pub(super) fn release_ends(&mut self, key: usize) -> bool {
-        if !self
-            .table
-            .get_mut(key)
-            .and_then(|c| c.stage.flow())
-            .is_some_and(|f| f.up.end_seen || f.down.end_seen)
+        // Without maps no end is held: no lookup on every drive of every connection.
+        if self.kernel.map.is_none()
+            || !self
+                .table
+                .get_mut(key)
+                .and_then(|c| c.stage.flow())
+                .is_some_and(|f| f.up.end_seen || f.down.end_seen)
         {
             return false;
         }
@@ -286,7 +288,7 @@ impl Worker {
     }
 
     /// A timer entry of connection `key` came due: true when it was a joined connection's
-    /// recheck (handled here: settle, then drive), false for its own timer — whose decision
+    /// recheck (handled here: a drive, which settles first), false for its own timer — whose decision
     /// then needs the kernel's byte counts and queues first (activity, what an idle close
     /// would cut), which this takes.
     pub(super) fn kernel_timer(&mut self, key: usize) -> bool {
