@@ -115,6 +115,46 @@ fn a_client_reset_reaches_the_target_as_a_reset() {
     assert_ended_with(&dir, "client_reset");
 }
 
+/// A client of a target that answers (and perhaps resets) the moment it accepts: a blocking
+/// connect, since `connect_timeout`'s poll-then-`SO_ERROR` would report a reset that arrives
+/// as it waits as a failed connect.
+fn answered_client(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect to ballast");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// A target that answers and resets the moment it accepts, 1,000 times: its reset often
+/// arrives before Ballast has seen the connect end, so the connect's event already carries
+/// the error. Every client must still get the answer, then a reset — not a retry (the target
+/// did accept: the same bytes again, or no target at all after three tries, was what a
+/// client got when that error was taken for a failed connect).
+#[test]
+fn a_target_that_answers_and_resets_at_once_is_connected_not_retried() {
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        if s.write_all(&pattern(1000)).is_ok() {
+            reset(s);
+        }
+    }));
+    let (lb, dir) = start(&[target.addr], "");
+    for i in 0..1000 {
+        let mut s = answered_client(lb.addr("l"));
+        let (got, end) = read_all(&mut s);
+        assert_eq!(
+            got,
+            pattern(1000),
+            "connection {i}: the bytes before the reset"
+        );
+        assert_eq!(end, Err(ErrorKind::ConnectionReset), "connection {i}");
+    }
+    let log = access_lines(&dir, 1000);
+    assert_eq!(log.matches("reason=target_reset").count(), 1000, "{log}");
+    assert!(
+        !log.contains("retries=1") && !log.contains("retries=2"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_target_reset_reaches_the_client_after_its_bytes() {
     // Written and reset at once: Ballast may well see the bytes and the reset in one event.
@@ -124,7 +164,7 @@ fn a_target_reset_reaches_the_client_after_its_bytes() {
         }
     }));
     let (lb, dir) = start(&[target.addr], "");
-    let mut s = client(lb.addr("l"));
+    let mut s = answered_client(lb.addr("l"));
     let (got, end) = read_all(&mut s);
     assert_eq!(got, pattern(1000), "the bytes before the reset");
     assert_eq!(

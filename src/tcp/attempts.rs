@@ -194,13 +194,22 @@ impl<S: Socket> Connection<S> {
     /// `None` while it is still in flight (a spurious wake-up), else `Ok` or the reason it
     /// failed. Linux reports EPOLLOUT on a connecting socket only once the connect has
     /// finished, and adds EPOLLERR/EPOLLHUP when it failed: a clean EPOLLOUT means
-    /// connected, with no syscall to ask; else `SO_ERROR` and the peer's address tell.
+    /// connected, with no syscall to ask; else bytes waiting to be read (the target answered,
+    /// and perhaps reset, before the event was seen), `SO_ERROR` and the peer's address tell.
     pub(crate) fn connect_outcome(&self, ev: Event) -> Option<Result<(), String>> {
         let Stage::Connecting(a) = &self.stage else {
             return None;
         };
         let stream = &a.current.as_ref()?.back.stream;
         if ev.writable && !ev.error && !ev.write_closed {
+            return Some(Ok(()));
+        }
+        // Bytes to read: the target accepted and answered before this event was seen, and
+        // may have reset or closed since. Connected: its bytes go to the client, then its
+        // end (the error left in SO_ERROR for the pump to read after them). Taking the
+        // error here would lose both — the bytes, and the reset that a later read would
+        // report as a clean end.
+        if stream.unread() > 0 {
             return Some(Ok(()));
         }
         Some(match stream.take_error() {
