@@ -295,6 +295,16 @@ fn crafted_packets_are_routed_and_counted_as_documented() {
     reply(&p);
     wait_until("counted", || counted().1 >= fallback + 4.0);
     assert_eq!(counted().0, balanced + 10.0);
+    // A short header naming a disabled target's server (no session of its flow there): by
+    // 5-tuple, to a server in service; its ID is a target's, so not counted unknown.
+    let disable = format!("/target-groups/g/targets/{}/disable", c.addr);
+    assert_eq!(http(admin, "POST", &disable, None, "").0, 200);
+    let mut p = vec![0x40];
+    p.extend_from_slice(&lb_config.encode(3, &[7; 4], 0).unwrap());
+    p.extend_from_slice(b"short");
+    assert_eq!(reply(&p)[0], 1, "to the server in service");
+    wait_until("counted", || counted().1 >= fallback + 5.0);
+    assert_eq!(counted(), (balanced + 10.0, fallback + 5.0, unknown + 3.0));
 
     // Tokens for a group no `token:` listener serves would route nothing: refused.
     let path = format!("/target-groups/g/targets/{}/tokens", a.addr);

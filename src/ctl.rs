@@ -140,10 +140,19 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
                 target_path(&target.group, "", "").trim_end_matches('/'),
                 Some(&body),
             )?;
+            // Datagrams carrying its tokens go to it whatever its health (a match lives on
+            // one server): say so, not that traffic waits for the check.
             let _ = writeln!(
                 out,
-                "added {} to {} (generation {}); it takes traffic once its check passes",
-                target.address, target.group, s["generation"]
+                "added {} to {} (generation {}); {}",
+                target.address,
+                target.group,
+                s["generation"],
+                if tokens.is_empty() {
+                    "it takes traffic once its check passes"
+                } else {
+                    "datagrams with its tokens reach it now; other traffic once its check passes"
+                }
             );
         }
         ApiCommand::Remove { target, api } => {

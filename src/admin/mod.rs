@@ -588,7 +588,9 @@ fn target_request(
                 other => {
                     return error(
                         404,
-                        &format!("unknown action `{other}`: drain, disable, enable or weight"),
+                        &format!(
+                            "unknown action `{other}`: drain, disable, enable, weight or tokens"
+                        ),
                     )
                 }
             };

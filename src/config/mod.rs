@@ -338,12 +338,26 @@ pub fn advice(c: &Config) -> Vec<String> {
                 g.name
             ));
         }
+        let quic = users.iter().any(|l| l.quic.is_some());
         if udp_only && !g.health_check_given {
             said.push(format!(
                 "target group {} serves UDP listeners only but checks its targets with TCP \
                  connects (no health_check given): a UDP-only server fails them; set \
-                 health_check: {{protocol: udp, send: …, expect: …}}",
-                g.name
+                 health_check: {}",
+                g.name,
+                if quic {
+                    "{protocol: quic}"
+                } else {
+                    "{protocol: udp, send: …, expect: …}"
+                }
+            ));
+        }
+        if quic && !matches!(g.algorithm, Algorithm::Maglev | Algorithm::SourceHash) {
+            said.push(format!(
+                "target group {} balances QUIC Initials with {}, which does not hash their \
+                 connection ID: a retransmitted Initial from another address, or one reaching \
+                 another node, may meet another server; use algorithm: maglev",
+                g.name, g.algorithm
             ));
         }
     }

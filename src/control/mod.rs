@@ -440,7 +440,18 @@ impl Control {
             .map_err(ChangeError::from)
             .and_then(|mut config| {
                 self.keep_discovered(&mut config);
-                self.apply(config)
+                let dropped = targets::tokens_dropped(&self.generation().config, &config);
+                let summary = self.apply(config)?;
+                if dropped > 0 {
+                    // Tokens the API added last until a reload: say so, or a reload for
+                    // another reason silently sends every match in progress nowhere.
+                    log::warn!(
+                        "reload: {dropped} token(s) routed until now are not in {} (added \
+                         through the admin API?): their datagrams are dropped from now on",
+                        path.display()
+                    );
+                }
+                Ok(summary)
             });
         match &result {
             Ok(s) => log::info!(

@@ -221,7 +221,11 @@ impl Control {
             .iter_mut()
             .find(|t| t.address == address)
             .ok_or_else(|| no_target(group, address))?;
-        // A draining or disabled target takes no new players: its tokens may only go.
+        // Sets, not scans: a matchmaker's target may hold tens of thousands of tokens.
+        let held: std::collections::HashSet<&[u8]> = t.tokens.iter().map(|k| &k[..]).collect();
+        let add: Vec<Box<[u8]>> = add.into_iter().filter(|k| !held.contains(&k[..])).collect();
+        // A draining or disabled target takes no new players: its tokens may only go (adding
+        // one it holds already changes nothing, and is no error: a matchmaker may retry).
         let state = self
             .generation()
             .group(group)
@@ -234,14 +238,17 @@ impl Control {
             )));
         }
         let adding = !add.is_empty();
-        let before = t.tokens.clone();
-        t.tokens.retain(|k| !remove.contains(k));
+        let before = t.tokens.len();
+        let remove: std::collections::HashSet<&[u8]> = remove.iter().map(|k| &k[..]).collect();
+        t.tokens.retain(|k| !remove.contains(&k[..]));
+        let removed = before - t.tokens.len();
+        let mut added = std::collections::HashSet::new();
         for k in add {
-            if !t.tokens.contains(&k) {
+            if added.insert(k.clone()) {
                 t.tokens.push(k);
             }
         }
-        if t.tokens != before {
+        if removed > 0 || !added.is_empty() {
             let changed = t.clone();
             routing_ids_fit(&config, group, &changed, Some(address), adding)?;
             self.apply_locked(config)?;
@@ -434,11 +441,17 @@ fn routing_ids_fit(
             )));
         }
     }
-    for token in &target.tokens {
-        if let Some(t) = others().find(|t| t.tokens.contains(token)) {
+    if !target.tokens.is_empty() {
+        let holders: std::collections::HashMap<&[u8], SocketAddr> = others()
+            .flat_map(|t| t.tokens.iter().map(move |k| (&k[..], t.address)))
+            .collect();
+        if let Some((token, holder)) = target
+            .tokens
+            .iter()
+            .find_map(|k| holders.get(&k[..]).map(|a| (k, a)))
+        {
             return Err(ChangeError::Conflict(format!(
-                "target {} of group `{group}` has token `{}` already",
-                t.address,
+                "target {holder} of group `{group}` has token `{}` already",
                 crate::config::show_token(token)
             )));
         }
@@ -453,6 +466,24 @@ fn routing_ids_fit(
         }
     }
     Ok(())
+}
+
+/// How many tokens the running configuration `old` routes that `new` (a file being reloaded)
+/// gives no target of the same group and address: the players on them lose their server.
+pub(super) fn tokens_dropped(old: &Config, new: &Config) -> usize {
+    let kept: std::collections::HashSet<_> = routed_tokens(new).collect();
+    routed_tokens(old).filter(|key| !kept.contains(key)).count()
+}
+
+/// Every token of `config`, as (group, target address, token).
+fn routed_tokens(config: &Config) -> impl Iterator<Item = (&str, SocketAddr, &[u8])> {
+    config.target_groups.iter().flat_map(|g| {
+        g.targets.iter().flat_map(move |t| {
+            t.tokens
+                .iter()
+                .map(move |k| (g.name.as_str(), t.address, &k[..]))
+        })
+    })
 }
 
 fn no_target(group: &str, address: SocketAddr) -> ChangeError {

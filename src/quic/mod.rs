@@ -29,15 +29,19 @@ pub const PROBE_SCID: &[u8; 8] = b"ballastQ";
 /// A QUIC health probe (RFC 9000 §6, §15): a 1,200-octet long header packet of a reserved
 /// version (0x1a2a3a4a), which every QUIC server must answer with Version Negotiation
 /// whatever its own versions and configuration, and the bytes that answer contains: version
-/// 0, then [`PROBE_SCID`] as the destination connection ID.
+/// 0, then [`PROBE_SCID`] as the destination connection ID and the probe's destination
+/// connection ID as the source one (RFC 9000 §17.2.1: both copied from the probe).
 pub fn version_probe() -> (Vec<u8>, Vec<u8>) {
+    const DCID: &[u8; 8] = b"\x5b\xa1\x1a\x57\x00\x00\x00\x01";
     let mut probe = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8];
-    probe.extend_from_slice(b"\x5b\xa1\x1a\x57\x00\x00\x00\x01");
+    probe.extend_from_slice(DCID);
     probe.push(8);
     probe.extend_from_slice(PROBE_SCID);
     probe.resize(1200, 0);
     let mut answer = vec![0, 0, 0, 0, 8];
     answer.extend_from_slice(PROBE_SCID);
+    answer.push(8);
+    answer.extend_from_slice(DCID);
     (probe, answer)
 }
 

@@ -657,25 +657,22 @@ impl TargetGroup {
         changed
     }
 
-    /// The target listing `token`, while it is active or draining (a disabled or removed
-    /// target's players are not sent to it).
+    /// The target listing `token`, whatever its state: a disabled or removed target's token
+    /// still names it, for the flows already on it (until `drain_timeout` closes them); see
+    /// [`GroupState::keeps_flows`] for new ones.
     pub fn by_token(&self, token: &[u8]) -> Option<usize> {
-        self.tokens
-            .get(token)
-            .copied()
-            .filter(|&t| self.keeps_flows(t))
+        self.tokens.get(token).copied()
     }
 
-    /// The target whose QUIC-LB server ID is `id`, while it is active or draining.
+    /// The target whose QUIC-LB server ID is `id`, whatever its state (as [`GroupState::by_token`]).
     pub fn by_server_id(&self, id: u64) -> Option<usize> {
-        self.server_ids
-            .get(&id)
-            .copied()
-            .filter(|&t| self.keeps_flows(t))
+        self.server_ids.get(&id).copied()
     }
 
-    /// Whether target `t` still serves the flows it has: active, or draining.
-    fn keeps_flows(&self, t: usize) -> bool {
+    /// Whether target `t` takes flows routed to it by ID or token that are not on it yet:
+    /// active, or draining (a drain keeps what a target serves, and a player's or
+    /// connection's new address is still what it serves).
+    pub fn keeps_flows(&self, t: usize) -> bool {
         self.targets
             .get(t)
             .is_some_and(|t| matches!(t.admin_state(), AdminState::Active | AdminState::Draining))

@@ -256,6 +256,11 @@ impl<T> SessionTable<T> {
     }
 
     /// The session with `key`.
+    pub(crate) fn get(&self, key: usize) -> Option<&Session<T>> {
+        self.table.get(key)
+    }
+
+    /// The session with `key`.
     pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut Session<T>> {
         self.table.get_mut(key)
     }

@@ -70,7 +70,18 @@ impl Worker {
         };
         let mut run: Option<(usize, Range<usize>)> = None;
         for j in range {
-            let key = match decide(self, batch, j) {
+            let choice = decide(self, batch, j);
+            // A datagram for another target than its session's moves the session (its
+            // upstream socket is connected anew): those gathered before it go first, where
+            // they were routed.
+            if let (Some(Choice::Target(t)), Some((k, _))) = (&choice, &run) {
+                if self.sessions.get(*k).is_some_and(|s| s.target != *t) {
+                    if let Some((k, r)) = run.take() {
+                        self.send_up(k, batch, r);
+                    }
+                }
+            }
+            let key = match choice {
                 None => Err(None),
                 Some(choice) => self.session_for(i, client, local, choice),
             };
@@ -130,12 +141,19 @@ impl Worker {
         range: Range<usize>,
         counts: &mut RouteCounts,
     ) {
+        let (Some(client), local) = (batch.source(range.start), batch.local(range.start)) else {
+            return;
+        };
         let g = self.generation.listeners[i].config.target_group;
         let (front, back) = token.cut();
         self.route_each(i, batch, range, |w, batch, j| {
+            let group = &w.generation.groups[g];
+            // A disabled or removed target's players already on it go on (until its
+            // drain_timeout closes their sessions); no new flow is sent to it.
             let target = token
                 .token(batch.payload(j))
-                .and_then(|k| w.generation.groups[g].by_token(k));
+                .and_then(|k| group.by_token(k))
+                .filter(|&t| group.keeps_flows(t) || w.session_target(i, client, local) == Some(t));
             let Some(t) = target else {
                 counts.unknown_token += 1;
                 return None;
@@ -165,12 +183,16 @@ impl Worker {
         };
         let group = &self.generation.groups[g];
         let decoded = quic.decode(h.dcid);
-        let server = decoded.and_then(|id| group.by_server_id(id));
+        let named = decoded.and_then(|id| group.by_server_id(id));
         // An Initial's connection ID is often the client's own random choice, which may look
         // like one of this configuration's: only IDs a server must have issued count.
-        if decoded.is_some() && server.is_none() && h.kind != Kind::ClientChosen {
+        if decoded.is_some() && named.is_none() && h.kind != Kind::ClientChosen {
             counts.unknown_server_id += 1;
         }
+        // A disabled or removed target keeps the flows already on it (until its drain_timeout
+        // closes them); others naming it go by 5-tuple.
+        let server = named
+            .filter(|&t| group.keeps_flows(t) || self.session_target(i, client, local) == Some(t));
         let has_session = || self.sessions.find(&self.flow(i, client, local)).is_some();
         match (h.kind, server) {
             (Kind::Short, Some(t)) => {
@@ -203,6 +225,18 @@ impl Worker {
                 Choice::Pick(None)
             }
         }
+    }
+
+    /// The target of the session of the flow from `client` to `local` on listener `i`, if it
+    /// has one.
+    fn session_target(
+        &self,
+        i: usize,
+        client: std::net::SocketAddr,
+        local: Option<std::net::IpAddr>,
+    ) -> Option<usize> {
+        let key = self.sessions.find(&self.flow(i, client, local))?;
+        self.sessions.get(key).map(|s| s.target)
     }
 
     /// Adds `counts` to listener `i`'s routing counters.

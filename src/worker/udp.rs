@@ -334,8 +334,8 @@ impl Worker {
         }
         session.target = t;
         session.target_place = Some(group.targets[t].hold()); // the old one is given back
-                                                              // A session new to this target: its `total` counts it, as it counts every session
-                                                              // it is given (so `active` never exceeds `total`).
+                                                              // A session new to this target: its `total` counts it, as it counts every session it
+                                                              // is given (so `active` never exceeds `total`).
         group.targets[t].total.fetch_add(1, Ordering::Relaxed);
         log::debug!(
             "session of {}: moved from {} ({why}) to {}",

@@ -344,6 +344,26 @@ fn advice_names_settings_that_change_nothing() {
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(said[0].contains("gives targets tokens, but no listener of the group has `token:`"));
     assert!(said[1].contains("gives targets server_id, but no listener of the group has `quic:`"));
+    // A quic: listener's group: its Initials balanced without a hash of their ID; a UDP
+    // health check suggested as QUIC's.
+    let quic = ONE.replace("protocol: tcp", "protocol: udp").replace(
+        "target_group: pg}",
+        "target_group: pg, quic: {server_id_length: 1}}",
+    );
+    let said = crate::config::advice(&parse(&quic).unwrap()).join("\n");
+    assert!(
+        said.contains("balances QUIC Initials with round_robin")
+            && said.contains("{protocol: quic}"),
+        "{said}"
+    );
+    let maglev = quic.replace(
+        "    targets:",
+        "    algorithm: maglev\n    health_check: {protocol: quic}\n    targets:",
+    );
+    assert_eq!(
+        crate::config::advice(&parse(&maglev).unwrap()),
+        Vec::<String>::new()
+    );
     // TLS passed through by name beside database routing: a TLS client without a name.
     let sni = ONE.replace(
         "target_group: pg}",
