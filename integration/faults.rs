@@ -508,7 +508,10 @@ fn the_idle_timeout_resets_a_client_whose_answer_it_cuts() {
             let _ = s.write_all(&pattern(16 << 20));
         }
     }));
-    let (lb, dir) = start(&[target.addr], "    idle_timeout: 1s\n");
+    // 3 s, not 1: a target thread starved for a second by the binary's other tests (the
+    // churn runs) had sent nothing by then — an idle connection, rightly closed `idle` (seen
+    // through sockmap: the target's kernel had acknowledged "go", its thread never wrote).
+    let (lb, dir) = start(&[target.addr], "    idle_timeout: 3s\n");
     let mut s = client(lb.addr("l"));
     s.write_all(b"go").unwrap();
     let log = access_lines(&dir, 1);

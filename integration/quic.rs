@@ -295,17 +295,42 @@ fn crafted_packets_are_routed_and_counted_as_documented() {
     reply(&p);
     wait_until("counted", || counted().1 >= fallback + 4.0);
     assert_eq!(counted().0, balanced + 10.0);
-    // A short header naming a disabled target's server (no session of its flow there): by
-    // 5-tuple, to a server in service; its ID is a target's, so not counted unknown.
-    let disable = format!("/target-groups/g/targets/{}/disable", c.addr);
-    assert_eq!(http(admin, "POST", &disable, None, "").0, 200);
-    let mut p = vec![0x40];
-    p.extend_from_slice(&lb_config.encode(3, &[7; 4], 0).unwrap());
-    p.extend_from_slice(b"short");
-    assert_eq!(reply(&p)[0], 1, "to the server in service");
+    // A removed target keeps the flow already on it (until its drain_timeout); a short
+    // header naming it from another address goes by 5-tuple to a server in service, and its
+    // ID is a target's, so neither counts unknown.
+    let short = |nonce: u8| {
+        let mut p = vec![0x40];
+        p.extend_from_slice(&lb_config.encode(3, &[nonce; 4], 0).unwrap());
+        p.extend_from_slice(b"short");
+        p
+    };
+    let on_c = udp_client(addr);
+    let exchange = |packet: &[u8]| {
+        on_c.send(packet).unwrap();
+        let mut buf = [0u8; 64];
+        on_c.recv(&mut buf).expect("a reply");
+        buf[0]
+    };
+    assert_eq!(
+        exchange(&short(1)),
+        3,
+        "short headers go by their ID, health aside"
+    );
+    let remove = format!("/target-groups/g/targets/{}", c.addr);
+    let (status, body) = http(admin, "DELETE", &remove, None, "");
+    assert!(status == 200 || status == 204, "{status} {body}");
+    assert_eq!(
+        exchange(&short(2)),
+        3,
+        "the flow on the removed target goes on"
+    );
+    assert_eq!(
+        reply(&short(3))[0],
+        1,
+        "another address: to the server in service"
+    );
     wait_until("counted", || counted().1 >= fallback + 5.0);
     assert_eq!(counted(), (balanced + 10.0, fallback + 5.0, unknown + 3.0));
-
     // Tokens for a group no `token:` listener serves would route nothing: refused.
     let path = format!("/target-groups/g/targets/{}/tokens", a.addr);
     let (status, body) = http(admin, "POST", &path, None, r#"{"add": ["abcdefgh"]}"#);

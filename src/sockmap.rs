@@ -279,6 +279,28 @@ pub(crate) fn received(fd: RawFd) -> io::Result<u64> {
     Ok(tcp_info(fd)?.tcpi_bytes_received)
 }
 
+/// What TCP says of socket `fd`, for trace logs: state, bytes acknowledged, still queued to
+/// send (`SIOCOUTQ`), received, and unread by its own count (`SIOCINQ`).
+pub(crate) fn describe(fd: RawFd) -> String {
+    let Ok(info) = tcp_info(fd) else {
+        return "no TCP_INFO".into();
+    };
+    let (mut out, mut inq): (libc::c_int, libc::c_int) = (-1, -1);
+    // SAFETY: each ioctl writes one int through its pointer, which is valid.
+    unsafe {
+        libc::ioctl(fd, libc::TIOCOUTQ as _, &mut out);
+        libc::ioctl(fd, libc::FIONREAD as _, &mut inq);
+    }
+    format!(
+        "state {} acked {} outq {out} received {} inq {inq} retrans {} rto {}us",
+        info.tcpi_state,
+        info.tcpi_bytes_acked,
+        info.tcpi_bytes_received,
+        info.tcpi_total_retrans,
+        info.tcpi_rto
+    )
+}
+
 /// `TCP_INFO` of socket `fd`.
 fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
@@ -301,10 +323,15 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 }
 
 /// Whether TCP socket `fd` holds something to read: bytes (in its own queue, or kept there by
-/// the program), its peer's FIN, or an error. A peek of one byte: `FIONREAD` does not serve,
-/// since for a socket in a sockmap it counts only the bytes the program kept, not those that
-/// arrived before the join.
-pub(crate) fn has_input(fd: RawFd) -> bool {
+/// the program) or its peer's FIN — `Ok(true)` —, or nothing yet — `Ok(false)`. A peek of one
+/// byte: `FIONREAD` does not serve, since for a socket in a sockmap it counts only the bytes
+/// the program kept, not those that arrived before the join.
+///
+/// # Errors
+/// The socket's pending error (a reset that came after the event that led here), which the
+/// peek has **taken** (`SO_ERROR` is cleared by the read that reports it): the caller must
+/// keep it — a later read would find a clean end instead.
+pub(crate) fn has_input(fd: RawFd) -> io::Result<bool> {
     let mut byte = 0u8;
     // SAFETY: recv writes at most one byte into `byte`, which is valid and one byte long.
     let n = unsafe {
@@ -315,7 +342,15 @@ pub(crate) fn has_input(fd: RawFd) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+    if n >= 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Ok(false)
+        }
+        e => Err(e),
+    }
 }
 
 /// `fd`'s socket cookie.

@@ -447,7 +447,8 @@ impl Control {
                     // another reason silently sends every match in progress nowhere.
                     log::warn!(
                         "reload: {dropped} token(s) routed until now are not in {} (added \
-                         through the admin API?): their datagrams are dropped from now on",
+                         through the admin API, or taken out of the file): their datagrams \
+                         are dropped from now on",
                         path.display()
                     );
                 }

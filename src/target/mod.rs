@@ -475,13 +475,23 @@ impl TargetGroup {
             server_ids: std::collections::HashMap::new(),
             tokens: std::collections::HashMap::new(),
         };
-        group.server_ids = group
+        // A removed target still serving flows keeps its server ID for them (until they end),
+        // unless a configured target has taken it.
+        let removed = |t: &Target| t.admin_state() == AdminState::Removed;
+        let (serving, lingering): (Vec<_>, Vec<_>) = group
             .targets
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.admin_state() != AdminState::Removed)
-            .filter_map(|(i, t)| Some((t.server_id?, i)))
-            .collect();
+            .partition(|(_, t)| !removed(t));
+        for (i, t) in serving.into_iter().chain(
+            lingering
+                .into_iter()
+                .filter(|(_, t)| t.active.load(Ordering::Acquire) > 0),
+        ) {
+            if let Some(id) = t.server_id {
+                group.server_ids.entry(id).or_insert(i);
+            }
+        }
         if config.targets.iter().any(|t| !t.tokens.is_empty()) {
             // Targets by address once, not a scan per configured target (groups from
             // discovery may be large).
@@ -548,7 +558,7 @@ impl TargetGroup {
             }
         }
         let config = next.unwrap_or(&self.config);
-        Self::assemble(
+        let mut group = Self::assemble(
             config,
             targets,
             self.sticky.clone(),
@@ -556,7 +566,21 @@ impl TargetGroup {
             self.epoch,
             next.is_none(),
             tables,
-        )
+        );
+        // A removed target still serving flows keeps its tokens for them (until its
+        // drain_timeout closes them), unless a configured target has taken them: its players
+        // go on, as a disabled target's do.
+        for (token, &i) in &self.tokens {
+            let lingering = group.targets.get(i).is_some_and(|t| {
+                t.admin_state() == AdminState::Removed
+                    && t.address == self.targets[i].address
+                    && t.active.load(Ordering::Acquire) > 0
+            });
+            if lingering {
+                group.tokens.entry(token.clone()).or_insert(i);
+            }
+        }
+        group
     }
 
     /// A fresh lookup table for the current health, for the algorithms that use one.

@@ -173,7 +173,13 @@ impl Worker {
                     || r.read_closed
                     || r.error
                     || dst.aborted
-                    || (r.readable && has_input(src.stream.as_raw_fd()));
+                    || (r.readable
+                        && has_input(src.stream.as_raw_fd()).unwrap_or_else(|e| {
+                            // A reset the peek took: kept here, passed on as one (a read
+                            // would now find a clean end).
+                            src.abort(&e);
+                            true
+                        }));
                 if !kept {
                     src.ready.readable = false;
                     continue;
@@ -399,6 +405,16 @@ impl Worker {
             return;
         };
         let mut k = *k;
+        log::trace!(
+            "{}: leaves the maps: redirected up {} down {}; front: {}; back: {}; ways {:?} {:?}",
+            conn.tuple,
+            map.redirected(k.pair.a),
+            map.redirected(k.pair.b),
+            crate::sockmap::describe(front),
+            crate::sockmap::describe(flow.back.stream.as_raw_fd()),
+            k.up,
+            k.down
+        );
         let up = k.up.count(map.redirected(k.pair.a));
         let down = k.down.count(map.redirected(k.pair.b));
         flow.up.bytes += up;
