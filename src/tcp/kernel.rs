@@ -71,6 +71,10 @@ pub(crate) struct Way {
     pub consumed_at_join: u64,
     /// The flow's half's byte count at the join (nothing was pending then).
     pub bytes_at_join: u64,
+    /// When it started leaving: its queue is looked at no sooner than [`RECHECK_FIRST`]
+    /// after, whatever event drives the connection meanwhile (a verdict that read the slot
+    /// before the divert may still be handing a segment on).
+    pub left_at: Option<Instant>,
 }
 
 impl Way {
@@ -83,7 +87,13 @@ impl Way {
             in_flight: 0,
             consumed_at_join: 0,
             bytes_at_join: 0,
+            left_at: None,
         }
+    }
+
+    /// Whether a leaving direction has waited long enough to look at its queue, at `now`.
+    pub(crate) fn settled_since_leaving(&self, now: Instant) -> bool {
+        self.left_at.is_none_or(|at| now >= at + RECHECK_FIRST)
     }
 
     /// Whether every byte the source's socket received is accounted for — given up before

@@ -190,6 +190,7 @@ impl Worker {
                 // From here every segment the source receives stays in its queue, in order.
                 map.divert(slot);
                 way.gate = Gate::Leaving;
+                way.left_at = Some(self.now);
                 log::trace!(
                     "{}: {dir:?} leaves the kernel (budget spent: {spent}; {r:?})",
                     conn.tuple
@@ -200,7 +201,7 @@ impl Worker {
                     continue;
                 }
             }
-            if way.gate == Gate::Leaving {
+            if way.gate == Gate::Leaving && (dst.aborted || way.settled_since_leaving(self.now)) {
                 let drained = dst.aborted
                     || match map.in_flight(&k.pair, dir == Dir::Up, dst.stream.as_raw_fd()) {
                         Ok(n) => {
