@@ -212,10 +212,14 @@ fn a_clean_close_then_the_same_port_again_loses_nothing() {
         };
         let _ = tx.lock().unwrap().send((got, clean));
     }));
-    // Health checks with time to spare: a probe that timed out under load would be reset
-    // and read here as a cut connection.
-    let checks = "    health_check: {protocol: tcp, interval: 60s, timeout: 10s}\n";
-    let yaml = config("round_robin", &[(target.addr, 1)], "", checks)
+    // Health checks on another port: a probe reaching this target closes with "answer"
+    // unread, which resets — read here as a cut connection (seen under load).
+    let checked = Backend::start(Arc::new(|_s: TcpStream| {}));
+    let checks = format!(
+        "    health_check: {{protocol: tcp, port: {}, interval: 60s, timeout: 10s}}\n",
+        checked.addr.port()
+    );
+    let yaml = config("round_robin", &[(target.addr, 1)], "", &checks)
         .replacen("workers: 2", "workers: 1", 1)
         .replacen(
             "    target_group: g\n",
@@ -243,7 +247,7 @@ fn a_clean_close_then_the_same_port_again_loses_nothing() {
     wait_until("the client's socket to close", || tcp_state(&first) == 7);
     drop(first);
     let _second = connect_from(local);
-    // The health checks' connections upload nothing: the first connection's is the one
+    // The second connection uploads nothing: the first connection's report is the one
     // that got bytes, or the one cut.
     let (got, clean) = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(20)).ok())
         .find(|&(got, clean)| got > 0 || !clean)

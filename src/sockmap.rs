@@ -97,10 +97,18 @@ pub(crate) struct Sockmap {
     slots: SharedArray,
     /// Slots not in use.
     free: Vec<u32>,
+    /// Slots given back, with when: a verdict that looked its slot up just before the pair
+    /// left may still add to it (programs run under RCU, for microseconds), so a slot is
+    /// reused only [`COOL`] after — else that segment would count for the pair that reuses it.
+    cooling: std::collections::VecDeque<(std::time::Instant, u32)>,
     program: OwnedFd,
     /// The attachment made: [`ATTACH_SK_SKB_VERDICT`] or the stream verdict.
     attach_type: u32,
 }
+
+/// How long a slot given back waits before another pair may have it (see
+/// `Sockmap::cooling`): far beyond a verdict's run, short beside a map's life.
+const COOL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A joined pair: each side's slot, and what each socket had taken to send when it joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +146,7 @@ impl Sockmap {
             index,
             slots,
             free: (0..sockets as u32).rev().collect(),
+            cooling: std::collections::VecDeque::new(),
             program,
             attach_type,
         })
@@ -155,6 +164,11 @@ impl Sockmap {
     /// neither socket is in the maps.
     pub(crate) fn join(&mut self, a: RawFd, b: RawFd, budget: u64) -> io::Result<Pair> {
         let (ca, cb) = (cookie(a)?, cookie(b)?);
+        let now = std::time::Instant::now();
+        while let Some(&(_, slot)) = self.cooling.front().filter(|(at, _)| now >= *at + COOL) {
+            self.cooling.pop_front();
+            self.free.push(slot);
+        }
         if self.free.len() < 2 {
             return Err(io::Error::from_raw_os_error(libc::E2BIG));
         }
@@ -197,7 +211,8 @@ impl Sockmap {
             let _ = delete_elem(self.peers.as_raw_fd(), &c);
             let _ = delete_elem(self.index.as_raw_fd(), &c);
         }
-        self.free.extend([pair.a, pair.b]);
+        let now = std::time::Instant::now();
+        self.cooling.extend([(now, pair.a), (now, pair.b)]);
     }
 
     /// Bytes slot `slot`'s socket has had redirected to its peer since it joined.
@@ -542,11 +557,16 @@ mod tests {
         let mut after = [0u8; 5];
         (&a).read_exact(&mut after).unwrap();
         assert_eq!(&after, b"after", "kept for the worker once out of the maps");
-        assert_eq!(sockmap.free.len(), 8, "both slots back");
+        assert_eq!(
+            sockmap.free.len() + sockmap.cooling.len(),
+            8,
+            "both slots back"
+        );
     }
 
     /// Full (one pair's room): another join is refused with E2BIG and changes nothing; a
-    /// leave gives the slots back for the next.
+    /// leave gives the slots back for the next once they have cooled ([`COOL`]: a verdict
+    /// still running for the pair that left must not count for the next).
     #[test]
     fn a_full_map_refuses_a_join_until_a_pair_leaves() {
         let mut sockmap = Sockmap::new(1).unwrap();
@@ -558,10 +578,27 @@ mod tests {
         let refused = sockmap.join(a2.as_raw_fd(), b2.as_raw_fd(), 1 << 20);
         assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::E2BIG));
         assert!(sockmap.free.is_empty());
+        let left = Instant::now();
         sockmap.leave(a1.as_raw_fd(), b1.as_raw_fd(), first);
-        sockmap
-            .join(a2.as_raw_fd(), b2.as_raw_fd(), 1 << 20)
-            .unwrap();
+        let cooling = sockmap.join(a2.as_raw_fd(), b2.as_raw_fd(), 1 << 20);
+        assert_eq!(cooling.unwrap_err().raw_os_error(), Some(libc::E2BIG));
+        assert!(left.elapsed() < COOL, "too slow to mean anything");
+        let deadline = left + Duration::from_secs(5);
+        let joined = loop {
+            match sockmap.join(a2.as_raw_fd(), b2.as_raw_fd(), 1 << 20) {
+                Ok(p) => break p,
+                Err(e) if e.raw_os_error() == Some(libc::E2BIG) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(left.elapsed() >= COOL, "a slot reused before it cooled");
+        assert_eq!(
+            (joined.a, joined.b),
+            (first.b, first.a),
+            "the same slots, cooled"
+        );
     }
 
     /// A FIN passed on only once what was redirected has been taken by the peer's socket
