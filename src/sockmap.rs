@@ -48,9 +48,13 @@
 //! - **Bytes left in a socket's queue at the join are handed to the program whole** at the
 //!   next arrival, even when part of them was read meanwhile (`tcp_read_skb` does not look at
 //!   how much of a segment was read): a lead for the duplication below, not yet closed.
-//! - **Known defect**: under bulk both ways, about 1 test run in 40 delivers one maximal
-//!   loopback segment (65,483 bytes) twice, counted twice by the program — not yet
-//!   understood (`integration/sockmap.rs`, the ignored test).
+//! - **Known defect**: under bulk both ways, about 1 test run in 50 delivers one maximal
+//!   loopback segment (65,483 bytes) twice: the program counts what it redirects exactly, and
+//!   the worker's reads of the source (through the kernel's sockmap `recvmsg`, once the
+//!   direction has left) return one of those segments again (`integration/sockmap.rs`, the
+//!   ignored test). Without the peek in [`has_input`] — whose `recvmsg` also hands segments
+//!   queued before the join to the program — it happened in 37 runs of 100, most of them
+//!   stalls (bytes queued before the join never handed on).
 //! - **An empty segment (a bare FIN) is dropped.** Passed to its own socket while bytes wait
 //!   for that socket's egress, it queues behind them, and the kernel worker that sends them
 //!   takes its zero length for a broken pipe: it stops sending for good and sets EPIPE on the
@@ -340,7 +344,11 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 /// Whether TCP socket `fd` holds something to read: bytes (in its own queue, or kept there by
 /// the program) or its peer's FIN — `Ok(true)` —, or nothing yet — `Ok(false)`. A peek of one
 /// byte: `FIONREAD` does not serve, since for a socket in a sockmap it counts only the bytes
-/// the program kept, not those that arrived before the join.
+/// the program kept, not those that arrived before the join. The peek matters for its side
+/// effect too: the kernel's `recvmsg` for a socket in a sockmap hands segments still in the
+/// socket's queue to the program first; without it, segments queued before the join waited
+/// for the next arrival, which a closed window never sends (with no peek, 37 bulk runs of
+/// 100 stalled or went wrong).
 ///
 /// # Errors
 /// The socket's pending error (a reset that came after the event that led here), which the
