@@ -202,7 +202,10 @@ impl Worker {
                 }
             }
             if way.gate == Gate::Leaving && (dst.aborted || way.settled_since_leaving(self.now)) {
+                // A destination that reset or failed takes nothing more: what waits for it
+                // is lost whatever the worker does, and its own error ends the direction.
                 let drained = dst.aborted
+                    || dst.ready.error
                     || match map.in_flight(&k.pair, dir == Dir::Up, dst.stream.as_raw_fd()) {
                         Ok(n) => {
                             k.way_mut(dir).in_flight = n;
@@ -300,17 +303,33 @@ impl Worker {
     /// would cut), which this takes.
     pub(super) fn kernel_timer(&mut self, key: usize) -> bool {
         let now = self.now;
-        let Some(k) = self
-            .table
-            .get_mut(key)
-            .and_then(|c| c.stage.flow_mut())
-            .and_then(|f| f.kernel.as_deref_mut())
-        else {
+        let Some(conn) = self.table.get_mut(key) else {
+            return false;
+        };
+        let established = matches!(conn.stage, Stage::Established(_));
+        let Some(k) = conn.stage.flow_mut().and_then(|f| f.kernel.as_deref_mut()) else {
             return false;
         };
         if k.recheck.is_some_and(|(at, _)| at <= now) {
-            self.drive(key); // which settles first
-            return true;
+            if established {
+                self.drive(key); // which settles first
+                                 // Rechecks come every 200 ms at most while a direction leaves: the
+                                 // connection's own deadline (its idle timeout) must not wait behind them.
+                let own_due = self.table.get(key).is_some_and(|c| {
+                    let t = super::tcp::timeouts(&self.generation.listeners[c.listener].config);
+                    c.deadline(&t).is_some_and(|at| at <= now)
+                });
+                if !own_due {
+                    return true;
+                }
+                self.count_kernel_bytes(key, true);
+                return false;
+            }
+            // Closing: nothing settles any more, so a recheck would stay due and take every
+            // later timer of the connection for itself — its closing wait and idle timeout
+            // never ran, and a connection whose client reset mid-leave stayed open for good
+            // (outside review). The connection's own timer decides from here.
+            k.recheck = None;
         }
         self.count_kernel_bytes(key, true);
         false
