@@ -373,3 +373,50 @@ fn a_client_reset_while_a_direction_leaves_still_ends_the_connection() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A client that pushes for 3 s without reading a slowly streamed answer: its bytes, kept
+/// once its direction spent its budget, queued behind the answer in its socket's BPF queue,
+/// charged to no buffer — 700 MiB in 3 s (outside review). Now the connection is reset past
+/// 32 MiB held so (`kernel_overflow`), and the client never gets near that far.
+#[test]
+fn a_client_pushing_while_not_reading_cannot_pin_unbounded_kernel_memory() {
+    let target = Backend::start(Arc::new(|mut s: TcpStream| {
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let chunk = vec![9u8; 256 << 10];
+        for _ in 0..400 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = std::io::copy(&mut s, &mut std::io::sink());
+    }));
+    let (lb, dir) = start(target.addr, "");
+    let s = client(lb.addr("l"));
+    // The answer streams first, filling what the client does not read.
+    std::thread::sleep(Duration::from_millis(100));
+    s.set_nonblocking(true).unwrap();
+    let push = vec![7u8; 1 << 20];
+    let (began, mut pushed, mut reset) = (Instant::now(), 0usize, false);
+    while began.elapsed() < Duration::from_secs(3) {
+        match (&s).write(&push) {
+            Ok(n) => pushed += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => {
+                reset = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        pushed < 128 << 20,
+        "{} MiB pushed in 3 s with nothing read (reset: {reset})",
+        pushed >> 20
+    );
+    if reset {
+        let log = wait_for_lines(&dir.path().join("access.log"), 1);
+        assert!(log.contains("reason=kernel_overflow"), "{log}");
+    }
+}

@@ -16,6 +16,11 @@ use crate::tcp::kernel::{Dir, Gate, KernelPath, SWEEP, WINDOW};
 use crate::tcp::{Action, Connection, Stage};
 use crate::timers::Due;
 
+/// Bytes a side may have sent that sit in the kernel's queue, out of every socket buffer,
+/// before its connection is reset ([`Worker::kernel_overflow`]): well above a socket's
+/// largest receive buffer (`tcp_rmem`'s 6 MiB) plus a budget window.
+const OVERFLOW: u64 = 32 << 20;
+
 /// Connections one worker's maps can hold (two sockets each); the next ones forward in user
 /// space (`map_full`) until some end. About 6 MB of kernel memory per worker.
 const PAIRS: usize = 16_384;
@@ -349,11 +354,48 @@ impl Worker {
                 .is_some_and(|c| c.id == id && c.stage.flow().is_some_and(|f| f.kernel.is_some()));
             if live {
                 self.count_kernel_bytes(key, false);
+                if self.kernel_overflow(key) {
+                    log::warn!(
+                        "connection {key}: more than {} MiB a side sent is held in the \
+                         kernel's queue, out of any socket buffer (a client pushing while \
+                         not reading?): reset",
+                        OVERFLOW >> 20
+                    );
+                    self.close(key, "kernel_overflow", crate::tcp::Reset::BOTH);
+                    return false;
+                }
             }
             live
         });
         self.kernel.next_sweep = (!joined.is_empty()).then(|| self.now + SWEEP);
         self.kernel.joined = joined;
+    }
+
+    /// Whether a direction of connection `key` that left the kernel has more than
+    /// [`OVERFLOW`] bytes its source received and neither the program redirected nor the
+    /// worker read: kept bytes queued behind the other direction's in the source socket's
+    /// BPF queue, acknowledged by TCP and charged to no socket buffer — a client that pushes
+    /// while not reading a slowly streamed answer grew it without bound (outside review).
+    fn kernel_overflow(&mut self, key: usize) -> bool {
+        let Some(conn) = self.table.get_mut(key) else {
+            return false;
+        };
+        let front = conn.front.stream.as_raw_fd();
+        let Some(flow) = conn.stage.flow_mut() else {
+            return false;
+        };
+        let back = flow.back.stream.as_raw_fd();
+        let Some(k) = flow.kernel.as_deref() else {
+            return false;
+        };
+        [(&k.up, &flow.up, front), (&k.down, &flow.down, back)]
+            .into_iter()
+            .filter(|(way, ..)| way.gate != Gate::Kernel)
+            .any(|(way, half, src)| {
+                let moved = (half.bytes + half.pending() as u64).saturating_sub(way.bytes_at_join);
+                received(src)
+                    .is_ok_and(|r| r.saturating_sub(way.consumed_at_join + moved) > OVERFLOW)
+            })
     }
 
     /// Counts what the kernel moved for connection `key` since the last count (the flow's
