@@ -102,8 +102,16 @@ impl Way {
     /// `pending` what the half has moved (kernel bytes counted in) and holds. Then a read of 0
     /// is the end; before, bytes the kernel holds for the source are still to come.
     pub(crate) fn all_accounted(&self, received: u64, bytes: u64, pending: u64) -> bool {
+        self.held(received, bytes, pending) <= 1
+    }
+
+    /// Bytes the source's socket received (`received`, its `tcpi_bytes_received`, the FIN
+    /// counted as one) that were neither given up before the join nor, since, redirected or
+    /// read by the worker (`bytes` and `pending`, as [`Way::all_accounted`]): what the kernel
+    /// still holds for the worker from that source.
+    pub(crate) fn held(&self, received: u64, bytes: u64, pending: u64) -> u64 {
         let since = (bytes + pending).saturating_sub(self.bytes_at_join);
-        received.saturating_sub(1) <= self.consumed_at_join + since
+        received.saturating_sub(self.consumed_at_join + since)
     }
 
     /// The budget this direction should have now that its destination has taken `taken`

@@ -392,9 +392,8 @@ impl Worker {
             .into_iter()
             .filter(|(way, ..)| way.gate != Gate::Kernel)
             .any(|(way, half, src)| {
-                let moved = (half.bytes + half.pending() as u64).saturating_sub(way.bytes_at_join);
                 received(src)
-                    .is_ok_and(|r| r.saturating_sub(way.consumed_at_join + moved) > OVERFLOW)
+                    .is_ok_and(|r| way.held(r, half.bytes, half.pending() as u64) > OVERFLOW)
             })
     }
 
