@@ -11,6 +11,7 @@
 #   BASELINE_BIN=/tmp/old/ballast bash examples/bench_peers.sh  # + an older Ballast, for before/after
 #   BASELINE_BIN=target/release/ballast BASELINE_EXTRA=", forwarding: buffered" \
 #     ROWS=iperf4 bash examples/bench_peers.sh                  # + the same with other listener keys
+#   BALLAST_EXTRA=", forwarding: sockmap" bash examples/bench_peers.sh  # keys for Ballast's listeners
 #
 # Rows (ROWS): iperf1 (iperf3 single stream) and iperf4 (-P 4), each with the balancer's CPU
 # time per GB moved (user + system, from /proc: a steadier measure than the rate on a machine
@@ -95,7 +96,7 @@ ballast_config() { # base admin_port [more TCP listener keys, e.g. ", forwarding
     echo "  - {name: g$k, health_check: {protocol: tcp, interval: 60s, timeout: 1s}, targets: [{address: \"127.0.0.1:${origins[$k]}\"}]}"
   done
 }
-ballast_config 23000 29100 >"$dir/ballast.yaml"
+ballast_config 23000 29100 "${BALLAST_EXTRA:-}" >"$dir/ballast.yaml"
 haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 & pids+=($!); haproxy_pid=$!
 nginx -c "$dir/nginx.conf" >/dev/null 2>&1 & pids+=($!); nginx_pid=$!
 "$BIN" run --config "$dir/ballast.yaml" --log-level warn >"$dir/ballast.log" 2>&1 & pids+=($!); ballast_pid=$!

@@ -62,6 +62,36 @@ fn byte(i: usize) -> u8 {
     (i % 251) as u8
 }
 
+/// What a stream of 4-byte offsets (each word its own position when sent) holds, as runs
+/// "at position: offsets from..to": a duplicate, a gap or a reordering shows as a run that
+/// does not follow the one before.
+fn layout(got: &[u8]) -> String {
+    let word = |p: usize| {
+        got.get(p..p + 4)
+            .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+    };
+    let mut runs = Vec::new();
+    let mut p = 0;
+    while p + 4 <= got.len() && runs.len() < 12 {
+        // A run starts where a word holds an offset that is a multiple of 4.
+        let Some(start) =
+            (p..(p + 4).min(got.len() - 3)).find(|&q| word(q).is_some_and(|w| w % 4 == 0))
+        else {
+            runs.push(format!("{p}: unreadable"));
+            p += 4;
+            continue;
+        };
+        let first = word(start).unwrap();
+        let mut q = start;
+        while word(q + 4) == Some(word(q).unwrap().wrapping_add(4)) {
+            q += 4;
+        }
+        runs.push(format!("{start}: {first}..{}", word(q).unwrap() + 4));
+        p = q + 4;
+    }
+    runs.join(", ")
+}
+
 #[test]
 fn request_response_bytes_go_through_the_kernel_and_are_counted() {
     let echo = Backend::start(echo());
@@ -192,8 +222,9 @@ fn bytes_the_kernel_moves_keep_a_connection_from_going_idle() {
     assert!(!log.contains("bytes_up=0 "), "{log}");
 }
 
-#[test]
-fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
+/// Ballast started without capabilities `caps`: it logs `says`, serves through buffers and
+/// counts the connection `unavailable`.
+fn forwards_in_user_space_without(caps: &[u32], says: &str) {
     let echo = Backend::start(echo());
     let yaml = config(
         "round_robin",
@@ -201,8 +232,8 @@ fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
         "    forwarding: sockmap\n",
         NO_CHECKS,
     );
-    let lb = Ballast::start_without(&yaml, BPF_CAPS);
-    lb.wait_log("forwarding: sockmap is unavailable", WAIT);
+    let lb = Ballast::start_without(&yaml, caps);
+    lb.wait_log(says, WAIT);
     assert_eq!(echo_once(lb.addr("l"), b"still served"), b"still served");
     wait_metric(
         lb.admin_addr(),
@@ -211,6 +242,21 @@ fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
         WAIT,
         |v| v == 1.0,
     );
+}
+
+#[test]
+fn without_the_capabilities_it_forwards_in_user_space_and_says_so() {
+    forwards_in_user_space_without(BPF_CAPS, "forwarding: sockmap is unavailable");
+}
+
+/// The program reads the kernel's structs to cut bytes a retransmission repeats (see
+/// `src/sockmap.rs`), which takes CAP_PERFMON (or CAP_SYS_ADMIN) beside CAP_BPF and
+/// CAP_NET_ADMIN: without it the listener forwards in user space, saying what it lacks,
+/// rather than forward without the cut.
+#[test]
+fn without_cap_perfmon_it_forwards_in_user_space_and_says_so() {
+    // CAP_SYS_ADMIN (21) and CAP_PERFMON (38) dropped; CAP_BPF and CAP_NET_ADMIN kept.
+    forwards_in_user_space_without(&[21, 38], "the overlap guard needs CAP_PERFMON");
 }
 
 /// `ballast check` tells before `run` whether the kernel takes the maps and the program here:
@@ -300,14 +346,29 @@ fn a_fin_after_bulk_both_ways_waits_for_the_bytes_still_queued() {
                         got
                     })
                 };
-                let chunk: Vec<u8> = (0..256 * 1024).map(byte).collect();
+                // Every 4 bytes say where they were sent: a difference says what came instead.
                 let mut w = &s;
-                for _ in 0..total / chunk.len() {
+                for at in (0..total).step_by(256 * 1024) {
+                    let chunk: Vec<u8> = (at..at + 256 * 1024)
+                        .step_by(4)
+                        .flat_map(|o| (o as u32).to_le_bytes())
+                        .collect();
                     w.write_all(&chunk).unwrap();
                 }
                 s.shutdown(std::net::Shutdown::Write).unwrap();
                 let got = reader.join().unwrap();
-                let whole = got.len() == total && got.chunks(chunk.len()).all(|c| c == chunk);
+                let whole = got.len() == total
+                    && got
+                        .chunks(4)
+                        .enumerate()
+                        .all(|(k, c)| c == (4 * k as u32).to_le_bytes());
+                if !whole {
+                    eprintln!(
+                        "client {i}: {} bytes came back: {}",
+                        got.len(),
+                        layout(&got)
+                    );
+                }
                 (got.len(), whole)
             })
         })

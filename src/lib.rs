@@ -68,7 +68,8 @@
 //!   bind → activation, handover, steering           binding listeners, or taking them over
 //!   generation → listener, balancer → target, per_source    one generation and its parts
 //!   hash → conntrack → config                       hashing; the 5-tuple; the configuration
-//!   sockmap → bpf                                   the kernel's forwarding; eBPF syscalls
+//!   sockmap → bpf, btf                              the kernel's forwarding; eBPF syscalls;
+//!                                                   kernel struct offsets
 //!   tls, sni, proxy_protocol, postgres, quic, net, timers, fault, throttle  the ground floor
 //! ```
 //!
@@ -159,6 +160,7 @@ pub(crate) mod admin;
 pub(crate) mod balancer;
 pub(crate) mod bind;
 pub(crate) mod bpf;
+pub(crate) mod btf;
 pub(crate) mod cert_watch;
 pub(crate) mod client;
 pub(crate) mod conntrack;

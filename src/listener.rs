@@ -73,6 +73,9 @@ pub struct ListenerStats {
     /// `forwarding: sockmap`: directions that left the kernel before their end because they
     /// spent their budget (bulk, or a destination that stopped reading) and went on in buffers.
     pub sockmap_diverted: AtomicU64,
+    /// `forwarding: sockmap`: bytes clients or targets sent twice (a retransmission that
+    /// overlapped what had arrived) that the kernel path cut before forwarding.
+    pub sockmap_trimmed: AtomicU64,
 }
 
 /// What `forwarding: sockmap` did with an established connection (counted per listener in
@@ -85,7 +88,7 @@ pub enum SockmapOutcome {
     NotPlain,
     /// The worker's maps were full: forwarded in user space.
     MapFull,
-    /// The maps or the program could not be made (no CAP_BPF/CAP_NET_ADMIN, an older kernel):
+    /// The maps or the program could not be made (no CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON, an older kernel):
     /// forwarded in user space (logged once per worker).
     Unavailable,
     /// The kernel refused the sockets (e.g. one closed meanwhile): forwarded in user space.

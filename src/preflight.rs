@@ -124,8 +124,9 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
             )),
             Err(e) => Finding::Degraded(format!(
                 "listener {}: forwarding: sockmap: the kernel refuses its maps or program here \
-                 ({e}); `run` would forward in user space (as auto) — it needs CAP_BPF and \
-                 CAP_NET_ADMIN, and Linux >= 5.13 with CONFIG_BPF_STREAM_PARSER",
+                 ({e}); `run` would forward in user space (as auto) — it needs CAP_BPF, \
+                 CAP_NET_ADMIN and CAP_PERFMON, and Linux >= 5.13 with CONFIG_BPF_STREAM_PARSER \
+                 and BTF",
                 l.name
             )),
         });

@@ -45,24 +45,20 @@
 //!   (budget spent) queues behind the bytes redirected *to* that socket and not yet sent,
 //!   and reaches the socket's queue only after them: a read can meet the FIN first. The worker
 //!   holds a FIN until the socket's `tcpi_bytes_received` ([`received`]) is accounted for.
-//! - **Bytes left in a socket's queue at the join are handed to the program whole** at the
-//!   next arrival, even when part of them was read meanwhile (`tcp_read_skb` does not look at
-//!   how much of a segment was read): a lead for the duplication below, not yet closed.
-//! - **Known defect**: under bulk both ways, about 1 test run in 50 delivers one maximal
-//!   loopback segment (65,483 bytes) twice: the program counts what it redirects exactly, and
-//!   the worker's reads of the source (through the kernel's sockmap `recvmsg`, once the
-//!   direction has left) return one of those segments again (`integration/sockmap.rs`, the
-//!   ignored test). Without the peek in [`has_input`] — whose `recvmsg` also hands segments
-//!   queued before the join to the program — it happened in 37 runs of 100, most of them
-//!   stalls (bytes queued before the join never handed on).
+//! - **Bytes a reader had already are handed to the program again.** TCP queues a
+//!   retransmitted segment that overlaps what it had received whole (and a segment left
+//!   partly read at the join stays whole); `tcp_read_skb` hands each segment to the program
+//!   whole, ignoring the reader's position. Without the overlap guard of [`program`] one
+//!   segment reached the peer twice in about 1 bulk test run in 50; the guard cuts the
+//!   overlap by sequence number.
 //! - **An empty segment (a bare FIN) is dropped.** Passed to its own socket while bytes wait
 //!   for that socket's egress, it queues behind them, and the kernel worker that sends them
 //!   takes its zero length for a broken pipe: it stops sending for good and sets EPIPE on the
 //!   socket (seen as stalled streams in the churn test). TCP has taken note of the FIN before
 //!   the program runs, so a read still ends at it.
 //!
-//! Needs `CAP_BPF` and `CAP_NET_ADMIN` (or root) and a kernel with `CONFIG_BPF_STREAM_PARSER`
-//! (Linux ≥ 5.13 for the parser-less `BPF_SK_SKB_VERDICT`, else the stream verdict).
+//! Needs `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_PERFMON` (or root) and a kernel with
+//! `CONFIG_BPF_STREAM_PARSER`, BTF, and the parser-less `BPF_SK_SKB_VERDICT` (Linux ≥ 5.13).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -75,20 +71,25 @@ const MAP_TYPE_SOCKHASH: u32 = 18;
 const PROG_TYPE_SK_SKB: u32 = 14;
 /// `BPF_SK_SKB_VERDICT` (Linux 5.13): a verdict per segment, without a stream parser.
 const ATTACH_SK_SKB_VERDICT: u32 = 38;
-/// `BPF_SK_SKB_STREAM_VERDICT`: the older attachment, through the stream parser.
-const ATTACH_SK_SKB_STREAM_VERDICT: u32 = 5;
 const FN_GET_SOCKET_COOKIE: i32 = 46;
 const FN_SK_REDIRECT_HASH: i32 = 72;
 /// `SO_COOKIE` (asm-generic/socket.h): the socket's 64-bit cookie, unique while it lives.
 const SO_COOKIE: libc::c_int = 57;
 
 /// Words per socket slot in the shared array: bytes redirected to the peer, the budget
-/// (bytes it may have redirected in all), diverted (1 once a segment went to the worker), and
-/// one spare.
-const SLOT_WORDS: usize = 4;
+/// (bytes it may have redirected in all), diverted (1 once a segment went to the worker),
+/// the overlap guard's next expected sequence number (bit 32 set once known), the bytes it
+/// cut or dropped as received before, unsafe (1 once it could not tell: see [`program`]),
+/// and the verdicts that started and that finished (see [`Sockmap::verdicts_started`]).
+const SLOT_WORDS: usize = 8;
 const REDIRECTED: usize = 0;
 const BUDGET: usize = 1;
 const DIVERTED: usize = 2;
+const NEXT: usize = 3;
+const TRIMMED: usize = 4;
+const UNSAFE: usize = 5;
+const STARTED: usize = 6;
+const FINISHED: usize = 7;
 
 /// The maps and the verdict program; sockets join and leave in pairs.
 #[derive(Debug)]
@@ -106,7 +107,7 @@ pub(crate) struct Sockmap {
     /// reused only [`COOL`] after — else that segment would count for the pair that reuses it.
     cooling: std::collections::VecDeque<(std::time::Instant, u32)>,
     program: OwnedFd,
-    /// The attachment made: [`ATTACH_SK_SKB_VERDICT`] or the stream verdict.
+    /// The attachment made: [`ATTACH_SK_SKB_VERDICT`].
     attach_type: u32,
 }
 
@@ -137,14 +138,25 @@ impl Sockmap {
         let peers = create_map(MAP_TYPE_SOCKHASH, 8, 8, sockets, 0)?;
         let index = create_map(MAP_TYPE_HASH, 8, 4, sockets, 0)?;
         let slots = SharedArray::new(sockets, 8 * SLOT_WORDS)?;
-        let insns = program(peers.as_raw_fd(), index.as_raw_fd(), slots.fd());
-        let program = load_program(PROG_TYPE_SK_SKB, &insns, "sockmap verdict")?;
-        let mut attach_type = ATTACH_SK_SKB_VERDICT;
-        if let Err(e) = attach(peers.as_raw_fd(), program.as_raw_fd(), attach_type) {
-            log::debug!("sockmap: BPF_SK_SKB_VERDICT refused ({e}); the stream verdict then");
-            attach_type = ATTACH_SK_SKB_STREAM_VERDICT;
-            attach(peers.as_raw_fd(), program.as_raw_fd(), attach_type)?;
-        }
+        // Without the fields the overlap guard reads, no program: its bytes could repeat.
+        let fields = Fields::of_this_kernel()
+            .map_err(|e| io::Error::new(e.kind(), format!("the kernel's BTF: {e}")))?;
+        let insns = program(
+            peers.as_raw_fd(),
+            index.as_raw_fd(),
+            slots.fd(),
+            Some(fields),
+        );
+        let program = load_program(PROG_TYPE_SK_SKB, &insns, "sockmap verdict").map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{e} (the overlap guard needs CAP_PERFMON)"),
+            )
+        })?;
+        // The stream verdict (through the stream parser, Linux < 5.13) would put its own
+        // state where the guard reads the sequence number: not used.
+        let attach_type = ATTACH_SK_SKB_VERDICT;
+        attach(peers.as_raw_fd(), program.as_raw_fd(), attach_type)?;
         Ok(Sockmap {
             peers,
             index,
@@ -186,6 +198,11 @@ impl Sockmap {
             let words = self.slot(slot);
             words[REDIRECTED].store(0, Ordering::Relaxed);
             words[BUDGET].store(budget, Ordering::Relaxed);
+            words[NEXT].store(0, Ordering::Relaxed);
+            words[TRIMMED].store(0, Ordering::Relaxed);
+            words[UNSAFE].store(0, Ordering::Relaxed);
+            words[STARTED].store(0, Ordering::Relaxed);
+            words[FINISHED].store(0, Ordering::Relaxed);
             words[DIVERTED].store(0, Ordering::Release);
         }
         let result = (|| {
@@ -241,6 +258,19 @@ impl Sockmap {
         Ok(self.redirected(from).saturating_sub(since))
     }
 
+    /// Bytes slot `slot`'s socket received that the program cut or dropped because they
+    /// had come before (a retransmission overlapping what was received: see [`program`]).
+    pub(crate) fn trimmed(&self, slot: u32) -> u64 {
+        self.slot(slot)[TRIMMED].load(Ordering::Acquire)
+    }
+
+    /// Whether the program could not tell, for a segment slot `slot`'s socket received,
+    /// which of its bytes came before (it kept the segment): what the socket keeps must not
+    /// be forwarded.
+    pub(crate) fn unsafe_to_forward(&self, slot: u32) -> bool {
+        self.slot(slot)[UNSAFE].load(Ordering::Acquire) != 0
+    }
+
     /// Whether slot `slot` is diverted: its socket keeps what it receives for the caller.
     pub(crate) fn diverted(&self, slot: u32) -> bool {
         self.slot(slot)[DIVERTED].load(Ordering::Acquire) != 0
@@ -249,7 +279,24 @@ impl Sockmap {
     /// Diverts slot `slot` from now on: whatever its socket receives next stays in its own
     /// receive queue, after what is there.
     pub(crate) fn divert(&self, slot: u32) {
-        self.slot(slot)[DIVERTED].store(1, Ordering::Release);
+        // SeqCst, with the load in `verdicts_started`: a verdict either counted itself
+        // started before this store (and is waited for) or reads the flag after it.
+        self.slot(slot)[DIVERTED].store(1, Ordering::SeqCst);
+    }
+
+    /// Verdicts the program has started for slot `slot`'s socket (each counts itself before
+    /// it reads the diverted flag). Read after [`Self::divert`]: once
+    /// [`Self::verdicts_finished`] reaches it, no verdict that read the flag before the
+    /// divert is still running — so what it redirected is counted — without a guess at how
+    /// long a verdict takes (a virtual CPU can be descheduled in the middle of one). Verdicts
+    /// of one socket never overlap (the socket's lock).
+    pub(crate) fn verdicts_started(&self, slot: u32) -> u64 {
+        self.slot(slot)[STARTED].load(Ordering::SeqCst)
+    }
+
+    /// Verdicts the program has finished for slot `slot`'s socket.
+    pub(crate) fn verdicts_finished(&self, slot: u32) -> u64 {
+        self.slot(slot)[FINISHED].load(Ordering::SeqCst)
     }
 
     /// Sets slot `slot`'s budget: the bytes its socket may have redirected in all.
@@ -399,79 +446,252 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
     Ok(value)
 }
 
+/// Where the running kernel keeps what the overlap guard reads (offsets in bytes, from its
+/// BTF, [`crate::btf`]): `sk_buff.cb` (which starts with `tcp_skb_cb.seq`, the segment's
+/// first sequence number), `sk_buff.sk` and `tcp_sock.copied_seq` (the reader's position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fields {
+    pub cb: i32,
+    pub skb_sk: i32,
+    pub copied_seq: i32,
+}
+
+impl Fields {
+    /// The running kernel's.
+    ///
+    /// # Errors
+    /// No BTF (`CONFIG_DEBUG_INFO_BTF`), or a kernel without one of the members.
+    pub(crate) fn of_this_kernel() -> io::Result<Fields> {
+        let at = |s, m| crate::btf::member_offset(s, m).map(|o| o as i32);
+        Ok(Fields {
+            cb: at("sk_buff", "cb")?,
+            skb_sk: at("sk_buff", "sk")?,
+            copied_seq: at("tcp_sock", "copied_seq")?,
+        })
+    }
+}
+
+const FN_PROBE_READ_KERNEL: i32 = 113;
+const FN_SKB_ADJUST_ROOM: i32 = 50;
+/// The most `bpf_skb_adjust_room` takes off an `SK_SKB` segment's head at a time.
+const TRIM_STEP: i32 = 0xfff;
+/// Calls the guard makes at most: 17 × 4,095 bytes covers a 64 KiB segment's overlap.
+const TRIM_CALLS: usize = 17;
+// Opcodes the guard needs besides `crate::bpf`'s (linux/bpf_common.h, linux/bpf.h).
+const MOV32_X: u8 = 0xbc;
+const SUB32_X: u8 = 0x1c;
+const SUB64_X: u8 = 0x1f;
+const NEG64: u8 = 0x87;
+const LSH64_K: u8 = 0x67;
+const OR64_X: u8 = 0x4f;
+const JLE_K: u8 = 0xb5;
+/// `BPF_JMP32 | BPF_JSLE | BPF_K`: signed ≤ on the low 32 bits.
+const JSLE32_K: u8 = 0xd6;
+/// `BPF_JMP32 | BPF_JGE | BPF_X`: unsigned ≥ on the low 32 bits.
+const JGE32_X: u8 = 0x3e;
+
+/// Where a jump of the program goes, resolved once every instruction is placed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Label {
+    /// The overlap is cut; the segment's end is noted.
+    Advance,
+    /// The whole segment was received before: dropped.
+    Old,
+    /// The guard could not read or cut: the slot is marked, the segment kept.
+    Unsafe,
+    /// Kept in the socket's own queue, and every later segment too.
+    Divert,
+    /// The verdict counts itself finished, then answers `SK_PASS`.
+    Finished,
+    /// Answer `SK_PASS` (redirected, or kept).
+    Keep,
+    /// Answer `SK_DROP`.
+    Drop,
+}
+
 /// The verdict program over the SOCKHASH `peers`, the cookie → slot map `index` and the
-/// slots `slots`. Registers: r6 the `__sk_buff`, r7 the slot, r8 the segment's length (r1 to
-/// r5 do not survive a call). Every way out but one answers `SK_PASS`: redirected, or kept in
-/// the receiving socket's own queue (no slot, diverted, over budget, no peer); an empty
-/// segment is dropped (`SK_DROP`).
-pub(crate) fn program(peers: RawFd, index: RawFd, slots: RawFd) -> Vec<Insn> {
-    let mut p = Vec::with_capacity(40);
+/// slots `slots`. Registers: r6 the `__sk_buff`, r7 the slot, r8 the segment's length, r9
+/// its sequence number (r1 to r5 do not survive a call). Every way out but two answers
+/// `SK_PASS`: redirected, or kept in the receiving socket's own queue (no slot, diverted,
+/// over budget, no peer, or the guard unsure); an empty segment, and one all of whose bytes
+/// came before, are dropped (`SK_DROP`).
+///
+/// With `fields` (the `BPF_SK_SKB_VERDICT` attachment) the program first **cuts bytes that
+/// came before** off a segment's head. TCP queues a retransmitted segment that starts before
+/// what it had received (`seq < rcv_nxt < end_seq`, tcp_input.c's "partial packet") whole,
+/// for readers to skip the old part by `copied_seq`; `tcp_read_skb` (Linux ≥ 6.0, the path
+/// of this attachment) hands it to the program whole, so without the cut those bytes reach
+/// the peer twice — found as one 65,483-byte segment duplicated in about 1 bulk test run in
+/// 50 (loopback retransmits after receive-buffer drops), measured exactly equal to the
+/// overlap. The slot keeps the next expected sequence number (`NEXT`, from `copied_seq` at
+/// the first segment after the join); a segment starting before it loses the difference
+/// (`bpf_skb_adjust_room`, 4,095 bytes a call), counted in `TRIMMED`. Reading the kernel's
+/// structs needs `CAP_PERFMON` (or `CAP_SYS_ADMIN`): without it the program is refused and
+/// the listener forwards as `auto`. If a read or a cut fails the slot is marked `UNSAFE`
+/// and the segment kept: the worker resets such a connection rather than forward it.
+pub(crate) fn program(
+    peers: RawFd,
+    index: RawFd,
+    slots: RawFd,
+    fields: Option<Fields>,
+) -> Vec<Insn> {
+    let mut p = Vec::with_capacity(256);
+    let mut jumps: Vec<(usize, Label)> = Vec::new();
+    let mut labels: Vec<(Label, usize)> = Vec::new();
+    let jump = |p: &mut Vec<Insn>, jumps: &mut Vec<(usize, Label)>, i: Insn, to: Label| {
+        jumps.push((p.len(), to));
+        p.push(i);
+    };
     let key = |p: &mut Vec<Insn>, reg: u8| {
         p.push(insn(MOV64_X, reg, 10, 0, 0)); // reg = fp
         p.push(insn(ADD64_K, reg, 0, 0, -8)); //   - 8: the cookie
     };
     p.push(insn(MOV64_X, 6, 1, 0, 0)); // r6 = skb
     p.push(insn(LDX_W, 8, 6, 0, 0)); // r8 = skb->len
-    let empty = p.len();
-    // A segment with no bytes (a bare FIN: TCP has taken note of it already) is dropped.
-    // Passed, it may queue behind the bytes waiting for this socket's egress, where the
-    // kernel worker takes an empty one for a broken pipe and stops sending for good;
-    // redirected, it may reach the peer after the worker shut the peer's side (EPIPE there).
-    p.push(insn(JEQ_K, 8, 0, 0, 0));
+                                     // A segment with no bytes (a bare FIN: TCP has taken note of it already) is dropped.
+                                     // Passed, it may queue behind the bytes waiting for this socket's egress, where the
+                                     // kernel worker takes an empty one for a broken pipe and stops sending for good;
+                                     // redirected, it may reach the peer after the worker shut the peer's side (EPIPE there).
+    jump(&mut p, &mut jumps, insn(JEQ_K, 8, 0, 0, 0), Label::Drop);
     p.push(insn(CALL, 0, 0, 0, FN_GET_SOCKET_COOKIE)); // r0 = the receiving socket's cookie
     p.push(insn(STX_DW, 10, 0, -8, 0)); // *(u64 *)(fp - 8) = r0
     load_map_fd(&mut p, 1, index); // r1 = index
     key(&mut p, 2);
     p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM)); // r0 = &slot number, or null
-    let no_index = p.len();
-    p.push(insn(JEQ_K, 0, 0, 0, 0)); // not ours: keep
+    jump(&mut p, &mut jumps, insn(JEQ_K, 0, 0, 0, 0), Label::Keep); // not ours: keep
     p.push(insn(LDX_W, 1, 0, 0, 0)); // r1 = slot number
     p.push(insn(STX_W, 10, 1, -12, 0)); // *(u32 *)(fp - 12) = slot
     load_map_fd(&mut p, 1, slots); // r1 = slots
     p.push(insn(MOV64_X, 2, 10, 0, 0));
     p.push(insn(ADD64_K, 2, 0, 0, -12)); // r2 = &slot
     p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM)); // r0 = the slot's words, or null
-    let no_slot = p.len();
-    p.push(insn(JEQ_K, 0, 0, 0, 0)); // keep
+    jump(&mut p, &mut jumps, insn(JEQ_K, 0, 0, 0, 0), Label::Keep);
     p.push(insn(MOV64_X, 7, 0, 0, 0)); // r7 = slot
+    p.push(insn(MOV64_K, 1, 0, 0, 1));
+    p.push(insn(ATOMIC_DW, 7, 1, (8 * STARTED) as i16, 0)); // started += 1 (a full barrier)
+    if let Some(f) = fields {
+        guard(&mut p, &mut jumps, &mut labels, f);
+    }
     p.push(insn(LDX_DW, 1, 7, (8 * DIVERTED) as i16, 0)); // r1 = diverted
-    let is_diverted = p.len();
-    p.push(insn(JNE_K, 1, 0, 0, 0)); // diverted: keep (everything after stays in order)
+                                                          // Diverted: keep (everything after stays in order).
+    jump(&mut p, &mut jumps, insn(JNE_K, 1, 0, 0, 0), Label::Finished);
     p.push(insn(LDX_DW, 1, 7, (8 * REDIRECTED) as i16, 0)); // r1 = redirected
     p.push(insn(ADD64_X, 1, 8, 0, 0)); //   + this segment
     p.push(insn(LDX_DW, 2, 7, (8 * BUDGET) as i16, 0)); // r2 = budget
-    let over = p.len();
-    p.push(insn(JGT_X, 1, 2, 0, 0)); // over budget: divert
+    jump(&mut p, &mut jumps, insn(JGT_X, 1, 2, 0, 0), Label::Divert); // over budget
     p.push(insn(MOV64_X, 1, 6, 0, 0)); // r1 = skb
     load_map_fd(&mut p, 2, peers); // r2 = peers
     key(&mut p, 3); // r3 = &cookie: the peer is stored under it
     p.push(insn(MOV64_K, 4, 0, 0, 0)); // r4 = 0: to the peer's egress
     p.push(insn(CALL, 0, 0, 0, FN_SK_REDIRECT_HASH));
-    let no_peer = p.len();
-    p.push(insn(JNE_K, 0, 0, 0, SK_PASS)); // no peer: divert
+    jump(
+        &mut p,
+        &mut jumps,
+        insn(JNE_K, 0, 0, 0, SK_PASS),
+        Label::Divert,
+    ); // no peer
     p.push(insn(ATOMIC_DW, 7, 8, (8 * REDIRECTED) as i16, 0)); // redirected += len
-    let done = p.len();
-    p.push(insn(JA, 0, 0, 0, 0)); // to `keep`'s answer: SK_PASS
-    let divert = p.len();
+    jump(&mut p, &mut jumps, insn(JA, 0, 0, 0, 0), Label::Finished); // answer SK_PASS
+    if fields.is_some() {
+        labels.push((Label::Old, p.len()));
+        p.push(insn(ATOMIC_DW, 7, 8, (8 * TRIMMED) as i16, 0)); // trimmed += len
+        p.push(insn(MOV64_K, 1, 0, 0, 1));
+        p.push(insn(ATOMIC_DW, 7, 1, (8 * FINISHED) as i16, 0)); // finished += 1
+        jump(&mut p, &mut jumps, insn(JA, 0, 0, 0, 0), Label::Drop);
+        labels.push((Label::Unsafe, p.len()));
+        p.push(insn(ST_DW, 7, 0, (8 * UNSAFE) as i16, 1)); // unsafe = 1, then divert
+    }
+    labels.push((Label::Divert, p.len()));
     p.push(insn(ST_DW, 7, 0, (8 * DIVERTED) as i16, 1)); // diverted = 1
-    let keep = p.len();
+    labels.push((Label::Finished, p.len()));
+    p.push(insn(MOV64_K, 1, 0, 0, 1));
+    p.push(insn(ATOMIC_DW, 7, 1, (8 * FINISHED) as i16, 0)); // finished += 1
+    labels.push((Label::Keep, p.len()));
     p.push(insn(MOV64_K, 0, 0, 0, SK_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
-    let drop = p.len();
+    labels.push((Label::Drop, p.len()));
     p.push(insn(MOV64_K, 0, 0, 0, SK_DROP));
     p.push(insn(EXIT, 0, 0, 0, 0));
-    for (at, to) in [
-        (empty, drop),
-        (no_index, keep),
-        (no_slot, keep),
-        (is_diverted, keep),
-        (over, divert),
-        (no_peer, divert),
-        (done, keep),
-    ] {
+    for (at, label) in jumps {
+        let to = labels
+            .iter()
+            .find(|(l, _)| *l == label)
+            .expect("every label placed")
+            .1;
         p[at].off = (to - at - 1) as i16;
     }
     p
+}
+
+/// The overlap guard (see [`program`]), with r6 the skb, r7 the slot and r8 the length:
+/// leaves r8 the length after the cut; jumps to `Old` or `Unsafe`, or falls through.
+/// Stack: fp - 16 the sequence number read, fp - 24 the socket's address, fp - 32 the bytes
+/// still to cut.
+fn guard(
+    p: &mut Vec<Insn>,
+    jumps: &mut Vec<(usize, Label)>,
+    labels: &mut Vec<(Label, usize)>,
+    f: Fields,
+) {
+    let mut jump = |p: &mut Vec<Insn>, i: Insn, to: Label| {
+        jumps.push((p.len(), to));
+        p.push(i);
+    };
+    // bpf_probe_read_kernel(fp - at, size, r6 + off): the kernel's field at that offset.
+    let read = |p: &mut Vec<Insn>, at: i32, size: i32, base: u8, off: i32| {
+        p.push(insn(MOV64_X, 1, 10, 0, 0));
+        p.push(insn(ADD64_K, 1, 0, 0, -at));
+        p.push(insn(MOV64_K, 2, 0, 0, size));
+        p.push(insn(MOV64_X, 3, base, 0, 0));
+        p.push(insn(ADD64_K, 3, 0, 0, off));
+        p.push(insn(CALL, 0, 0, 0, FN_PROBE_READ_KERNEL));
+    };
+    read(p, 16, 4, 6, f.cb); // TCP_SKB_CB(skb)->seq
+    jump(p, insn(JNE_K, 0, 0, 0, 0), Label::Unsafe);
+    p.push(insn(LDX_W, 9, 10, -16, 0)); // r9 = seq
+    p.push(insn(LDX_DW, 2, 7, (8 * NEXT) as i16, 0)); // r2 = next (bit 32: set)
+    let have_next = p.len();
+    p.push(insn(JNE_K, 2, 0, 0, 0));
+    // The first segment since the join: the reader's position is where it starts.
+    read(p, 24, 8, 6, f.skb_sk); // skb->sk
+    jump(p, insn(JNE_K, 0, 0, 0, 0), Label::Unsafe);
+    p.push(insn(LDX_DW, 4, 10, -24, 0)); // r4 = the socket
+    read(p, 16, 4, 4, f.copied_seq); // its copied_seq
+    jump(p, insn(JNE_K, 0, 0, 0, 0), Label::Unsafe);
+    p.push(insn(LDX_W, 2, 10, -16, 0)); // r2 = copied_seq
+    p[have_next].off = (p.len() - have_next - 1) as i16;
+    p.push(insn(MOV32_X, 1, 2, 0, 0)); // w1 = next
+    p.push(insn(SUB32_X, 1, 9, 0, 0)); // w1 -= seq: bytes that came before
+    jump(p, insn(JSLE32_K, 1, 0, 0, 0), Label::Advance); // none
+    jump(p, insn(JGE32_X, 1, 8, 0, 0), Label::Old); // all of it
+    p.push(insn(STX_DW, 10, 1, -32, 0)); // to cut
+    p.push(insn(ATOMIC_DW, 7, 1, (8 * TRIMMED) as i16, 0)); // trimmed += them
+    for _ in 0..TRIM_CALLS {
+        p.push(insn(LDX_DW, 2, 10, -32, 0)); // r2 = left to cut
+        jump(p, insn(JEQ_K, 2, 0, 0, 0), Label::Advance);
+        p.push(insn(JLE_K, 2, 0, 1, TRIM_STEP)); // at most a step:
+        p.push(insn(MOV64_K, 2, 0, 0, TRIM_STEP));
+        p.push(insn(LDX_DW, 1, 10, -32, 0));
+        p.push(insn(SUB64_X, 1, 2, 0, 0));
+        p.push(insn(STX_DW, 10, 1, -32, 0)); // left -= this step
+        p.push(insn(NEG64, 2, 0, 0, 0));
+        p.push(insn(MOV64_X, 1, 6, 0, 0)); // bpf_skb_adjust_room(skb, -step, 0, 0)
+        p.push(insn(MOV64_K, 3, 0, 0, 0));
+        p.push(insn(MOV64_K, 4, 0, 0, 0));
+        p.push(insn(CALL, 0, 0, 0, FN_SKB_ADJUST_ROOM));
+        jump(p, insn(JNE_K, 0, 0, 0, 0), Label::Unsafe);
+    }
+    p.push(insn(LDX_DW, 2, 10, -32, 0));
+    jump(p, insn(JNE_K, 2, 0, 0, 0), Label::Unsafe); // more than the calls cut
+    labels.push((Label::Advance, p.len()));
+    p.push(insn(MOV64_X, 1, 9, 0, 0));
+    p.push(insn(ADD64_X, 1, 8, 0, 0)); // seq + the length before the cut: its end
+    p.push(insn(MOV32_X, 1, 1, 0, 0)); // (mod 2^32)
+    p.push(insn(MOV64_K, 2, 0, 0, 1));
+    p.push(insn(LSH64_K, 2, 0, 0, 32));
+    p.push(insn(OR64_X, 1, 2, 0, 0)); // | set
+    p.push(insn(STX_DW, 7, 1, (8 * NEXT) as i16, 0)); // next = it
+    p.push(insn(LDX_W, 8, 6, 0, 0)); // r8 = skb->len, after the cut
 }
 
 #[cfg(test)]
@@ -498,30 +718,94 @@ mod tests {
     }
 
     #[test]
-    fn every_jump_lands_and_every_way_out_passes_but_the_empty_one() {
-        let p = program(7, 8, 9);
-        let exit = p.len() - 3;
-        assert_eq!(p[exit].code, EXIT);
-        assert_eq!((p[exit - 1].code, p[exit - 1].imm), (MOV64_K, SK_PASS));
-        let drop = p.len() - 2;
-        assert_eq!((p[drop].code, p[drop].imm), (MOV64_K, SK_DROP));
-        assert_eq!(p[drop + 1].code, EXIT);
-        let mut to_drop = 0;
-        for (at, i) in p.iter().enumerate() {
-            if matches!(i.code, JEQ_K | JNE_K | JGT_X | JA) {
-                let to = at + 1 + i.off as usize;
-                assert!(to < p.len(), "jump at {at} lands past the end");
-                // Every jump ends at `keep` (the answer), at `divert` just before it, or
-                // (the empty segment's) at `drop`.
-                assert!(
-                    to == drop || (exit - 2..exit).contains(&to),
-                    "jump {at} to {to}"
-                );
-                to_drop += usize::from(to == drop);
+    fn every_jump_lands_and_every_way_out_passes_but_the_empty_and_the_old_ones() {
+        let fields = Fields {
+            cb: 40,
+            skb_sk: 24,
+            copied_seq: 1464,
+        };
+        for (guarded, drops) in [(None, 1), (Some(fields), 2)] {
+            let p = program(7, 8, 9, guarded);
+            let exit = p.len() - 3;
+            assert_eq!(p[exit].code, EXIT);
+            assert_eq!((p[exit - 1].code, p[exit - 1].imm), (MOV64_K, SK_PASS));
+            let drop = p.len() - 2;
+            assert_eq!((p[drop].code, p[drop].imm), (MOV64_K, SK_DROP));
+            assert_eq!(p[drop + 1].code, EXIT);
+            assert_eq!(p[exit - 4].code, ST_DW, "divert, then finish, then keep");
+            assert_eq!(
+                (p[exit - 2].code, p[exit - 2].off),
+                (ATOMIC_DW, 8 * FINISHED as i16)
+            );
+            // Every verdict with a slot counts itself started, once.
+            let started = p
+                .iter()
+                .filter(|i| i.code == ATOMIC_DW && i.off == 8 * STARTED as i16);
+            assert_eq!(started.count(), 1);
+            // ... and on every path from there to an exit, finished exactly once: the
+            // worker's wait for a verdict in flight (`verdicts_finished`) would otherwise
+            // never end, or end early. (The program only jumps forward: a DAG.)
+            let finishes =
+                |i: &Insn| usize::from(i.code == ATOMIC_DW && i.off == 8 * FINISHED as i16);
+            let mut counts: Vec<std::collections::BTreeSet<usize>> =
+                vec![Default::default(); p.len() + 1];
+            for at in (0..p.len()).rev() {
+                let i = p[at];
+                let next: Vec<usize> = match i.code {
+                    EXIT => vec![],
+                    JA => vec![at + 1 + i.off as usize],
+                    JEQ_K | JNE_K | JGT_X | JLE_K | JSLE32_K | JGE32_X => {
+                        vec![at + 1, at + 1 + i.off as usize]
+                    }
+                    LD_IMM64 => vec![at + 2],
+                    _ => vec![at + 1],
+                };
+                let mut here: std::collections::BTreeSet<usize> = next
+                    .iter()
+                    .flat_map(|&n| counts[n].iter().map(|c| c + finishes(&i)))
+                    .collect();
+                if i.code == EXIT {
+                    here.insert(0);
+                }
+                counts[at] = here;
             }
+            let after_start = p
+                .iter()
+                .position(|i| i.code == ATOMIC_DW && i.off == 8 * STARTED as i16)
+                .unwrap();
+            assert_eq!(
+                counts[after_start + 1].iter().copied().collect::<Vec<_>>(),
+                [1]
+            );
+            assert_eq!(
+                counts[0].iter().copied().collect::<Vec<_>>(),
+                [0, 1],
+                "no slot: none"
+            );
+            let mut to_drop = 0;
+            for (at, i) in p.iter().enumerate() {
+                if matches!(
+                    i.code,
+                    JEQ_K | JNE_K | JGT_X | JA | JLE_K | JSLE32_K | JGE32_X
+                ) {
+                    let to = at + 1 + i.off as usize;
+                    assert!(i.off >= 0 && to < p.len(), "jump at {at} lands outside");
+                    to_drop += usize::from(to == drop);
+                }
+            }
+            assert_eq!(
+                to_drop, drops,
+                "only empty (and wholly old) segments are dropped"
+            );
+            // The guard's cuts: enough calls for a 64 KiB segment's overlap.
+            let cuts = p
+                .iter()
+                .filter(|i| i.code == CALL && i.imm == FN_SKB_ADJUST_ROOM);
+            assert_eq!(
+                cuts.count() * TRIM_STEP as usize >= 65_535,
+                guarded.is_some()
+            );
         }
-        assert_eq!(to_drop, 1, "only the empty segment is dropped");
-        assert_eq!(p[exit - 2].code, ST_DW, "divert, then keep");
     }
 
     /// A client ↔ (a, b) ↔ server chain: with a and b joined, what the client sends reaches

@@ -366,6 +366,7 @@ fn register_sockmap(registry: &mut Registry, generation: &Generation) {
     use crate::listener::SockmapOutcome;
     let taken = Family::<SockmapLabels, Counter>::default();
     let diverted = Family::<ListenerLabels, Counter>::default();
+    let trimmed = Family::<ListenerLabels, Counter>::default();
     let sockmap = crate::config::Forwarding::Sockmap;
     for l in generation
         .listeners
@@ -380,18 +381,22 @@ fn register_sockmap(registry: &mut Registry, generation: &Generation) {
                 })
                 .inc_by(l.sockmap[how as usize].load(Ordering::Relaxed));
         }
+        let labels = ListenerLabels {
+            listener: l.config.name.clone(),
+            protocol: l.config.kind().to_string(),
+        };
         diverted
-            .get_or_create(&ListenerLabels {
-                listener: l.config.name.clone(),
-                protocol: l.config.kind().to_string(),
-            })
+            .get_or_create(&labels)
             .inc_by(l.sockmap_diverted.load(Ordering::Relaxed));
+        trimmed
+            .get_or_create(&labels)
+            .inc_by(l.sockmap_trimmed.load(Ordering::Relaxed));
     }
     registry.register(
         "listener_sockmap_connections",
         "forwarding: sockmap: established connections by outcome: joined (the kernel forwards \
          them), or forwarded in user space: not_plain (TLS, a PostgreSQL key watch), map_full, \
-         unavailable (no CAP_BPF/CAP_NET_ADMIN or kernel support), refused",
+         unavailable (no CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON or kernel support), refused",
         taken,
     );
     registry.register(
@@ -399,6 +404,12 @@ fn register_sockmap(registry: &mut Registry, generation: &Generation) {
         "forwarding: sockmap: directions that spent their kernel budget (bulk, or a peer not \
          reading) and went on through buffers",
         diverted,
+    );
+    registry.register(
+        "listener_sockmap_trimmed_bytes",
+        "forwarding: sockmap: bytes a peer sent again (a TCP retransmission overlapping what \
+         had arrived) that the kernel path cut instead of forwarding twice",
+        trimmed,
     );
 }
 

@@ -226,8 +226,8 @@ pub enum Forwarding {
     /// more than the kernel may hold for a destination that does not read goes back to
     /// buffers (never splice: a socket in the map is read through its own queue). Connections
     /// with TLS on either side or a PostgreSQL watch still open, and every connection where the
-    /// kernel refuses the program (no CAP_BPF/CAP_NET_ADMIN), forward as `auto` does, counted
-    /// in `ballast_listener_sockmap_connections_total`. Opt-in.
+    /// kernel refuses the program (no CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON), forward as `auto`
+    /// does, counted in `ballast_listener_sockmap_connections_total`. Opt-in.
     Sockmap,
 }
 

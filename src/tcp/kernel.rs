@@ -72,9 +72,12 @@ pub(crate) struct Way {
     /// The flow's half's byte count at the join (nothing was pending then).
     pub bytes_at_join: u64,
     /// When it started leaving: its queue is looked at no sooner than [`RECHECK_FIRST`]
-    /// after, whatever event drives the connection meanwhile (a verdict that read the slot
-    /// before the divert may still be handing a segment on).
+    /// after, whatever event drives the connection meanwhile.
     pub left_at: Option<Instant>,
+    /// The source's verdicts started when it started leaving: until as many have finished,
+    /// one that read the slot before the divert may still be handing a segment on (its
+    /// bytes not yet counted as redirected), and the worker's reads could overtake it.
+    pub verdicts_at_divert: u64,
 }
 
 impl Way {
@@ -88,6 +91,7 @@ impl Way {
             consumed_at_join: 0,
             bytes_at_join: 0,
             left_at: None,
+            verdicts_at_divert: 0,
         }
     }
 

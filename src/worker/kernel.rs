@@ -51,8 +51,9 @@ impl Kernel {
             Sockmap::new(PAIRS).map_err(|e| {
                 log::warn!(
                     "worker {worker}: forwarding: sockmap is unavailable ({e}); listener \
-                     {listener} forwards in user space instead (it needs CAP_BPF and \
-                     CAP_NET_ADMIN, and Linux >= 5.13 with CONFIG_BPF_STREAM_PARSER)"
+                     {listener} forwards in user space instead (it needs CAP_BPF, \
+                     CAP_NET_ADMIN and CAP_PERFMON, and Linux >= 5.13 with \
+                     CONFIG_BPF_STREAM_PARSER and BTF)"
                 );
                 e.to_string()
             })
@@ -158,6 +159,18 @@ impl Worker {
         let Stage::Established(flow) = &mut conn.stage else {
             return;
         };
+        if flow
+            .kernel
+            .as_deref()
+            .is_some_and(|k| map.unsafe_to_forward(k.pair.a) || map.unsafe_to_forward(k.pair.b))
+        {
+            log::warn!(
+                "{}: the kernel path could not tell which bytes of a segment had come before \
+                 (a retransmission); reset rather than risk forwarding them twice",
+                conn.tuple
+            );
+            return self.close(key, "kernel_overlap", crate::tcp::Reset::BOTH);
+        }
         let Some(k) = flow.kernel.as_deref_mut() else {
             return;
         };
@@ -194,6 +207,7 @@ impl Worker {
                 }
                 // From here every segment the source receives stays in its queue, in order.
                 map.divert(slot);
+                way.verdicts_at_divert = map.verdicts_started(slot);
                 way.gate = Gate::Leaving;
                 way.left_at = Some(self.now);
                 log::trace!(
@@ -201,12 +215,16 @@ impl Worker {
                     conn.tuple
                 );
                 // The program may be redirecting a segment as the slot is diverted (it read
-                // the flag before): look at the queue only after a recheck's wait.
+                // the flag before): look at the queue only once that verdict has finished,
+                // and after a recheck's wait.
                 if !dst.aborted {
                     continue;
                 }
             }
-            if way.gate == Gate::Leaving && (dst.aborted || way.settled_since_leaving(self.now)) {
+            let verdicts_done = map.verdicts_finished(slot) >= way.verdicts_at_divert;
+            if way.gate == Gate::Leaving
+                && (dst.aborted || (verdicts_done && way.settled_since_leaving(self.now)))
+            {
                 // A destination that reset or failed takes nothing more: what waits for it
                 // is lost whatever the worker does, and its own error ends the direction.
                 let drained = dst.aborted
@@ -467,14 +485,21 @@ impl Worker {
         };
         let mut k = *k;
         log::trace!(
-            "{}: leaves the maps: redirected up {} down {}; front: {}; back: {}; ways {:?} {:?}",
+            "{}: leaves the maps: redirected up {} down {} trimmed {} {}; front: {}; back: {}; ways {:?} {:?}",
             conn.tuple,
             map.redirected(k.pair.a),
             map.redirected(k.pair.b),
+            map.trimmed(k.pair.a),
+            map.trimmed(k.pair.b),
             crate::sockmap::describe(front),
             crate::sockmap::describe(flow.back.stream.as_raw_fd()),
             k.up,
             k.down
+        );
+        let listener = &self.generation.listeners[conn.listener];
+        listener.sockmap_trimmed.fetch_add(
+            map.trimmed(k.pair.a) + map.trimmed(k.pair.b),
+            Ordering::Relaxed,
         );
         let up = k.up.count(map.redirected(k.pair.a));
         let down = k.down.count(map.redirected(k.pair.b));
