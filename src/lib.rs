@@ -68,8 +68,7 @@
 //!   bind → activation, handover, steering           binding listeners, or taking them over
 //!   generation → listener, balancer → target, per_source    one generation and its parts
 //!   hash → conntrack → config                       hashing; the 5-tuple; the configuration
-//!   sockmap → bpf, btf                              the kernel's forwarding; eBPF syscalls;
-//!                                                   kernel struct offsets
+//!   sockmap → bpf, btf                              the kernel's forwarding; eBPF; offsets
 //!   tls, sni, proxy_protocol, postgres, quic, net, timers, fault, throttle  the ground floor
 //! ```
 //!
