@@ -135,10 +135,16 @@ impl Way {
     /// Counts `redirected` (the total since the join): returns what is new since the last
     /// count.
     pub(crate) fn count(&mut self, redirected: u64) -> u64 {
-        let new = redirected.saturating_sub(self.counted);
-        self.counted = self.counted.max(redirected);
-        new
+        advance(&mut self.counted, redirected)
     }
+}
+
+/// Moves `counted` up to `total` (a counter that only grows): what is new since the last
+/// look; a lower reading counts nothing.
+fn advance(counted: &mut u64, total: u64) -> u64 {
+    let new = total.saturating_sub(*counted);
+    *counted = (*counted).max(total);
+    new
 }
 
 /// The kernel's part of a joined connection.
@@ -155,6 +161,9 @@ pub(crate) struct KernelPath {
     pub recheck: Option<(Instant, Duration)>,
     /// A held end (see `Half::hold_end`) still waits for bytes the kernel holds.
     pub ends_waiting: bool,
+    /// Bytes the program cut or dropped as already forwarded (both sockets), already
+    /// counted in the listener's metric.
+    pub trimmed_counted: u64,
 }
 
 impl KernelPath {
@@ -166,7 +175,14 @@ impl KernelPath {
             down: Way::new(),
             recheck: None,
             ends_waiting: false,
+            trimmed_counted: 0,
         }
+    }
+
+    /// Counts `trimmed` (both sockets' total since the join): returns what is new since the
+    /// last count.
+    pub(crate) fn count_trimmed(&mut self, trimmed: u64) -> u64 {
+        advance(&mut self.trimmed_counted, trimmed)
     }
 
     /// Direction `dir`.
@@ -278,6 +294,15 @@ mod tests {
         assert_eq!(w.count(15), 0);
         assert_eq!(w.count(3), 0, "a lower reading counts nothing");
         assert_eq!(w.counted, 15);
+        // Trimmed bytes, counted by every sweep and at the leave, only once.
+        let mut p = path();
+        assert_eq!(p.count_trimmed(4_095), 4_095);
+        assert_eq!(
+            p.count_trimmed(4_095),
+            0,
+            "the leave after a sweep adds nothing"
+        );
+        assert_eq!(p.count_trimmed(5_000), 905);
     }
 
     #[test]

@@ -435,6 +435,13 @@ impl Worker {
             return;
         };
         let back = flow.back.stream.as_raw_fd();
+        let trimmed = k.count_trimmed(map.trimmed(k.pair.a) + map.trimmed(k.pair.b));
+        if trimmed > 0 {
+            let listener = &self.generation.listeners[conn.listener];
+            listener
+                .sockmap_trimmed
+                .fetch_add(trimmed, Ordering::Relaxed);
+        }
         let redirected = [
             (Dir::Up, map.redirected(k.pair.a)),
             (Dir::Down, map.redirected(k.pair.b)),
@@ -497,10 +504,10 @@ impl Worker {
             k.down
         );
         let listener = &self.generation.listeners[conn.listener];
-        listener.sockmap_trimmed.fetch_add(
-            map.trimmed(k.pair.a) + map.trimmed(k.pair.b),
-            Ordering::Relaxed,
-        );
+        let trimmed = k.count_trimmed(map.trimmed(k.pair.a) + map.trimmed(k.pair.b));
+        listener
+            .sockmap_trimmed
+            .fetch_add(trimmed, Ordering::Relaxed);
         let up = k.up.count(map.redirected(k.pair.a));
         let down = k.down.count(map.redirected(k.pair.b));
         flow.up.bytes += up;
