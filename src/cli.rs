@@ -43,10 +43,26 @@ pub struct TargetRef {
     pub group: String,
     /// Target address, as `GET /targets` lists it (e.g. 10.0.0.5:5432).
     pub address: String,
+    /// With a `cluster:`, change this node only (default: the fleet's state in etcd, which
+    /// every node applies).
+    #[arg(long)]
+    pub local: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s, true)
+}
+
+/// `ballast fleet …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum FleetAction {
+    /// Every node of the fleet as this node sees it in etcd (exit 1 when a node has not
+    /// applied the latest change, or etcd is not reached).
+    Status {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `ballast node …`.
@@ -255,6 +271,16 @@ pub enum ApiCommand {
         /// Print nothing when ready.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// The fleet this node is part of (`cluster:`): every node, its version, generation,
+    /// readiness and whether it has applied the fleet's latest change.
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        action: FleetAction,
+        /// Where the admin API is.
+        #[command(flatten)]
+        api: Api,
     },
     /// The node's own service state: drain it before maintenance, enable it after.
     Node {

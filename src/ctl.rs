@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli::{Api, ApiCommand, NodeAction, TargetRef};
+use crate::cli::{Api, ApiCommand, FleetAction, NodeAction, TargetRef};
 use crate::client::{find_target, target_path, AdminClient, ClientError, Where};
 use crate::deploy::{deploy, DeployError, DeployPlan};
 use crate::progress::{connections_open, Progress};
@@ -28,6 +28,9 @@ pub enum CtlError {
     /// `ballast health`: the node answered that it is not ready.
     #[error("not ready: {}", .0.join("; "))]
     NotReady(Vec<String>),
+    /// `ballast fleet status`: a node is behind, or etcd is not reached.
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// The API as `api` says where it is; when found from a configuration file, checked to be
@@ -137,7 +140,10 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
                 "tokens": tokens,
             });
             let s = client(api)?.post(
-                target_path(&target.group, "", "").trim_end_matches('/'),
+                &local(
+                    target,
+                    target_path(&target.group, "", "").trim_end_matches('/'),
+                ),
                 Some(&body),
             )?;
             // Datagrams carrying its tokens go to it whatever its health (a match lives on
@@ -233,6 +239,36 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
                 let _ = writeln!(out, "ready");
             }
         }
+        ApiCommand::Fleet {
+            action: FleetAction::Status { json },
+            api,
+        } => {
+            let doc = client(api)?.get("/fleet")?;
+            if *json {
+                let _ = writeln!(out, "{doc:#}");
+            } else {
+                print_fleet(&doc, out);
+            }
+            let behind: Vec<&str> = doc["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| n["up_to_date"] != true)
+                .filter_map(|n| n["id"].as_str())
+                .collect();
+            if doc["etcd_connected"] != true {
+                return Err(CtlError::Fleet(format!(
+                    "etcd not reached: {}",
+                    text(&doc["last_error"])
+                )));
+            }
+            if !behind.is_empty() {
+                return Err(CtlError::Fleet(format!(
+                    "not at the latest revision: {}",
+                    behind.join(", ")
+                )));
+            }
+        }
         ApiCommand::Node { action, api } => {
             let c = client(api)?;
             let doc = match action {
@@ -273,6 +309,47 @@ fn health(c: &AdminClient) -> Result<(), CtlError> {
     }
 }
 
+/// A table of `GET /fleet`'s nodes.
+fn print_fleet(doc: &Value, out: &mut dyn Write) {
+    let _ = writeln!(
+        out,
+        "fleet {} (etcd {}; revision {})",
+        text(&doc["prefix"]),
+        if doc["etcd_connected"] == true {
+            "connected"
+        } else {
+            "NOT REACHED"
+        },
+        doc["latest_revision"]
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<10} {:>10} {:<9} {:>9} applied",
+        "NODE", "VERSION", "GENERATION", "READY", "REVISION"
+    );
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        let me = if n["this_node"] == true { " *" } else { "" };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:>10} {:<9} {:>9} {}",
+            format!("{}{me}", text(&n["id"])),
+            text(&n["version"]),
+            n["generation"],
+            if n["ready"] == true {
+                "ready"
+            } else {
+                "not ready"
+            },
+            n["revision"],
+            if n["up_to_date"] == true {
+                "latest"
+            } else {
+                "BEHIND"
+            }
+        );
+    }
+}
+
 /// One line for `GET /node` (and a drain's or enable's answer), then the reasons.
 fn print_node(doc: &Value, out: &mut dyn Write) {
     let mut line = format!(
@@ -293,8 +370,19 @@ fn print_node(doc: &Value, out: &mut dyn Write) {
     }
 }
 
+/// The API path of `target` with `suffix`, asking for this node only with `--local`.
 fn path(target: &TargetRef, suffix: &str) -> String {
-    target_path(&target.group, &target.address, suffix)
+    let path = target_path(&target.group, &target.address, suffix);
+    local(target, path.trim_end_matches('/'))
+}
+
+/// `path`, with `?local=1` when `target` says `--local`.
+fn local(target: &TargetRef, path: &str) -> String {
+    if target.local {
+        format!("{path}?local=1")
+    } else {
+        path.to_string()
+    }
 }
 
 /// Polls until the target's active connections reach 0, at most `timeout`.

@@ -42,6 +42,9 @@
 //!   never blocks forwarding.
 //! - [`node`]: the node's service state (serving, draining, drained, stopping) and its
 //!   readiness (`/healthz`), for keepalived, BGP speakers and DNS; [`control`] drives a drain.
+//! - [`fleet`]: with `cluster:`, a thread with its own tokio runtime that follows the fleet's
+//!   state in etcd (targets, admin states, node records) and applies it through [`control`],
+//!   and writes the admin API's changes there ([`control::fleet`]).
 //! - [`handover`]: with `upgrade_socket`, a thread that passes duplicates of every listening
 //!   socket to a new process (`ballast run --upgrade-from`) over SCM_RIGHTS, then tells the
 //!   runtime to stop accepting and drain.
@@ -62,7 +65,7 @@
 //! ```text
 //!   main → ctl → cli, deploy → client, progress     the command line; the admin API's client
 //!   runtime, preflight → supervise                  start, stop, crashes; `check`'s probes
-//!   admin, cert_watch, discovery, health            threads that drive the control plane
+//!   admin, cert_watch, discovery, fleet, health     threads that drive the control plane
 //!   control → node, notify, scaling                 the control plane; node state; hooks
 //!   worker → tcp, udp, access_log                   the event loop; connections; sessions
 //!   bind → activation, handover, steering           binding listeners, or taking them over
@@ -167,6 +170,7 @@ pub(crate) mod control;
 pub(crate) mod deploy;
 pub(crate) mod discovery;
 pub(crate) mod fault;
+pub(crate) mod fleet;
 pub(crate) mod generation;
 pub(crate) mod handover;
 pub(crate) mod hash;

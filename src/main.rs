@@ -170,7 +170,8 @@ fn run(path: &Path, upgrade_from: Option<&Path>) -> ExitCode {
             | RunError::UpgradeSocket { .. }
             | RunError::Activation(_)
             | RunError::AdminBind { .. }
-            | RunError::Transparent { .. }),
+            | RunError::Transparent { .. }
+            | RunError::Fleet(_)),
         ) => {
             log::error!("{e}");
             ExitCode::from(2)

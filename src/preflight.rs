@@ -42,6 +42,9 @@ pub fn probe(config: &Config, binds: bool) -> Vec<Finding> {
     if let Some(path) = &config.upgrade_socket {
         found.push(socket_directory("upgrade_socket", path));
     }
+    if let Some(cluster) = &config.cluster {
+        found.extend(cluster.etcd.endpoints.iter().map(|e| etcd_endpoint(e)));
+    }
     if let Some(path) = &config.admin.unix {
         found.push(socket_directory("admin.unix", path));
     }
@@ -273,5 +276,32 @@ mod tests {
         assert!(
             matches!(socket_directory("admin.unix", &under_file), Finding::Fails(m) if m.contains("not a directory"))
         );
+    }
+}
+
+/// Whether etcd endpoint `url` (`http(s)://host:port`) takes a TCP connection within 2 s: a
+/// node that cannot reach any serves its file's targets until one answers.
+fn etcd_endpoint(url: &str) -> Finding {
+    use std::net::ToSocketAddrs;
+    let host_port = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let reached = host_port
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|addrs| {
+            let mut last = String::from("no address");
+            for a in addrs {
+                match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)) {
+                    Ok(_) => return Ok(a),
+                    Err(e) => last = format!("{a}: {e}"),
+                }
+            }
+            Err(last)
+        });
+    match reached {
+        Ok(a) => Finding::Ok(format!("cluster.etcd {url}: reachable ({a})")),
+        Err(e) => Finding::Degraded(format!(
+            "cluster.etcd {url}: not reachable ({e}): the node would serve its file's targets \
+             until etcd answers"
+        )),
     }
 }

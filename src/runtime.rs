@@ -86,6 +86,10 @@ pub enum RunError {
     /// code 2).
     #[error(transparent)]
     Activation(#[from] ActivationError),
+    /// The fleet (`cluster:`) cannot start: etcd refused the login (a configuration
+    /// problem: exit code 2).
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetStartError),
     /// A group has `source: client` and this process may not make transparent sockets (a
     /// configuration problem: exit code 2).
     #[error("target group {group} (config {config}): {source}")]
@@ -280,6 +284,8 @@ pub fn start_from(mut config: Config, mut given: Sockets) -> Result<Running, Run
         .map_err(RunError::io("cannot start the certificate watcher"))?;
     crate::discovery::start(&control).map_err(RunError::io("cannot start DNS discovery"))?;
     crate::scaling::start(&control).map_err(RunError::io("cannot start the scaling hooks"))?;
+    // Before the workers accept: a restarted node serves the fleet's targets, not its file's.
+    crate::fleet::start(&control)?;
     let mut running = Running {
         control,
         handles: Vec::with_capacity(workers),

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod configs;
+pub mod etcd;
 pub mod netns;
 pub mod notify;
 pub mod pki;

@@ -146,8 +146,12 @@ pub(crate) fn encode(
     node: &crate::node::Node,
     scaling: &std::sync::Mutex<std::collections::BTreeMap<String, crate::scaling::ScalingStats>>,
     steering: &crate::steering::Steering,
+    fleet: Option<&crate::control::fleet::FleetLink>,
 ) -> String {
     let mut registry = Registry::with_prefix("ballast");
+    if let Some(fleet) = fleet {
+        register_fleet(&mut registry, fleet);
+    }
     register_scaling(&mut registry, scaling);
     register_steering(&mut registry, steering);
     register_node(&mut registry, node, generation);
@@ -187,6 +191,48 @@ fn register_node(registry: &mut Registry, node: &crate::node::Node, generation: 
         "1 for the node's current service state (node drain: serving, draining, drained; stopping)",
         state,
     );
+}
+
+/// With `cluster:`: whether etcd answers, failed exchanges, changes not applied, the
+/// revision applied, and the nodes etcd lists.
+fn register_fleet(registry: &mut Registry, fleet: &crate::control::fleet::FleetLink) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let status = fleet
+        .status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let connected = Gauge::<i64>::default();
+    connected.set(i64::from(status.connected));
+    registry.register(
+        "fleet_etcd_connected",
+        "1 while the last exchange with etcd worked (cluster:), else 0: the node serves the state it applied last",
+        connected,
+    );
+    let errors = Counter::<u64>::default();
+    errors.inc_by(fleet.errors.load(Relaxed));
+    registry.register(
+        "fleet_etcd_errors",
+        "Failed exchanges with etcd (connects, reads, watches, lease renewals, writes)",
+        errors,
+    );
+    let refused = Counter::<u64>::default();
+    refused.inc_by(fleet.apply_errors.load(Relaxed));
+    registry.register(
+        "fleet_apply_errors",
+        "Fleet state this node could not apply (a value that does not parse, a list its checks refuse)",
+        refused,
+    );
+    let revision = Gauge::<i64>::default();
+    revision.set(status.applied_revision);
+    registry.register(
+        "fleet_applied_revision",
+        "The etcd revision of the newest change to targets or admin states this node applied",
+        revision,
+    );
+    let nodes = Gauge::<i64>::default();
+    nodes.set(status.nodes.len() as i64);
+    registry.register("fleet_nodes", "Nodes with a live record in etcd", nodes);
 }
 
 /// Threads restarted after a panic, and access-log lines dropped.

@@ -68,6 +68,7 @@
 
 mod accept;
 mod csv;
+mod fleet;
 pub(crate) mod metrics;
 mod page;
 mod server;
@@ -83,6 +84,7 @@ pub use hyper::Method;
 use serde_json::json;
 
 use crate::config::TargetConfig;
+use crate::control::fleet::FleetChange;
 use crate::control::{ChangeError, Control, Summary};
 use crate::fault::Faults;
 use crate::generation::Generation;
@@ -285,6 +287,7 @@ pub fn answer(
                 control.node(),
                 control.scaling_stats(),
                 control.steering(),
+                control.fleet().map(|f| &**f),
             )
             .into_bytes(),
         },
@@ -308,8 +311,10 @@ pub fn answer(
         (&Method::POST, _) if Faults::ENABLED && path.starts_with("/debug/panic/") => {
             inject_panic(control, path.trim_start_matches("/debug/panic/"))
         }
+        (&Method::GET, "/fleet") => fleet::status(control),
+        (_, "/fleet") => error(405, "method not allowed"),
         (_, _) if path.starts_with("/target-groups/") => {
-            target_request(control, method, path, body())
+            target_request(control, method, url, body())
         }
         _ => error(404, &format!("no such endpoint: {path}")),
     }
@@ -501,13 +506,16 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
     crate::config::parse_address(&decoded)
 }
 
-/// Everything under `/target-groups/`.
+/// Everything under `/target-groups/` (`url`: path and query). With `cluster:`, a change
+/// goes to the fleet unless the query says `local=1`.
 fn target_request(
     control: &Arc<Control>,
     method: &Method,
-    path: &str,
+    url: &str,
     body: Result<String, String>,
 ) -> Reply {
+    let path = url.split('?').next().unwrap_or("");
+    let fleet = fleet::fleet(control, url);
     // Each segment percent-decoded on its own: a group named `a/b` arrives as `a%2Fb`.
     let decoded: Vec<String> = path
         .trim_start_matches('/')
@@ -522,13 +530,33 @@ fn target_request(
     match (method, &parts[..]) {
         (&Method::POST, ["target-groups", group, "targets"]) => {
             match body.and_then(|b| NewTarget::parse(&b)) {
-                Ok(target) => changed(control.add_target(group, target), 201),
+                Ok(target) => match fleet {
+                    Some(link) => {
+                        let added = format!("{group}/{}", target.address);
+                        let change = FleetChange::Add {
+                            group: group.to_string(),
+                            target,
+                        };
+                        fleet_changed(control, fleet::write(link, change), 201, added, "added")
+                    }
+                    None => changed(control.add_target(group, target), 201),
+                },
                 Err(message) => error(400, &message),
             }
         }
         (_, ["target-groups", _, "targets"]) => error(405, "use POST"),
         (&Method::DELETE, ["target-groups", group, "targets", address]) => match resolve(address) {
-            Ok(address) => changed(control.remove_target(group, address), 200),
+            Ok(address) => match fleet {
+                Some(link) => {
+                    let change = FleetChange::Remove {
+                        group: group.to_string(),
+                        address,
+                    };
+                    let removed = format!("{group}/{address}");
+                    fleet_changed(control, fleet::write(link, change), 200, removed, "removed")
+                }
+                None => changed(control.remove_target(group, address), 200),
+            },
             Err(message) => error(400, &message),
         },
         (_, ["target-groups", _, "targets", _]) => error(405, "use DELETE"),
@@ -541,6 +569,14 @@ fn target_request(
                 Ok(a) => a,
                 Err(message) => return error(400, &message),
             };
+            if let Some(link) = fleet {
+                let change = FleetChange::Weight {
+                    group: group.to_string(),
+                    address,
+                    weight,
+                };
+                return fleet_target(control, fleet::write(link, change), group, address);
+            }
             match control.set_weight(group, address, weight) {
                 Ok((g, t)) => {
                     json_response(200, target_json(&control.generation().groups[g].targets[t]))
@@ -598,6 +634,14 @@ fn target_request(
                 Ok(a) => a,
                 Err(message) => return error(400, &message),
             };
+            if let Some(link) = fleet {
+                let change = FleetChange::State {
+                    group: group.to_string(),
+                    address,
+                    state,
+                };
+                return fleet_target(control, fleet::write(link, change), group, address);
+            }
             match control.set_admin_state(group, address, state) {
                 Ok((g, t, _)) => {
                     json_response(200, target_json(&control.generation().groups[g].targets[t]))
@@ -607,6 +651,64 @@ fn target_request(
         }
         (_, ["target-groups", _, "targets", _, _]) => error(405, "use POST"),
         _ => error(404, &format!("no such endpoint: {path}")),
+    }
+}
+
+/// The answer to an add or a removal made through the fleet: as [`changed`]'s, with the
+/// etcd revision that holds it.
+fn fleet_changed(
+    control: &Control,
+    written: Result<i64, Reply>,
+    status: u16,
+    target: String,
+    how: &str,
+) -> Reply {
+    match written {
+        Ok(revision) => {
+            let (added, removed) = if how == "added" {
+                (vec![target], vec![])
+            } else {
+                (vec![], vec![target])
+            };
+            json_response(
+                status,
+                json!({
+                    "generation": control.generation().generation,
+                    "listeners_added": [],
+                    "listeners_removed": [],
+                    "targets_added": added,
+                    "targets_removed": removed,
+                    "fleet_revision": revision,
+                }),
+            )
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// The answer to a target's change made through the fleet: the target as this node now has
+/// it, with the etcd revision that holds the change.
+fn fleet_target(
+    control: &Control,
+    written: Result<i64, Reply>,
+    group: &str,
+    address: std::net::SocketAddr,
+) -> Reply {
+    let revision = match written {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    let generation = control.generation();
+    match generation.group(group).and_then(|(_, g)| g.target(address)) {
+        Some((_, t)) => {
+            let mut doc = target_json(t);
+            doc["fleet_revision"] = json!(revision);
+            json_response(200, doc)
+        }
+        None => error(
+            404,
+            &format!("target group `{group}` has no target {address}"),
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod access_log;
 mod admission;
 mod check;
+pub mod cluster;
 mod descriptors;
 mod discover;
 mod file;
@@ -108,6 +109,9 @@ pub struct Config {
     pub target_groups: Vec<TargetGroupConfig>,
     /// DNS servers asked for `discover:`; empty: the system's (`/etc/resolv.conf`).
     pub resolvers: Vec<SocketAddr>,
+    /// The fleet this node is part of (`cluster:`), whose targets and admin states live in
+    /// etcd; `None`: a node on its own.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// One `discover:` source of a target group: names resolved again and again, their

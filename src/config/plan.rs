@@ -54,6 +54,23 @@ pub fn print(c: &Config) {
             ""
         }
     );
+    if let Some(cluster) = &c.cluster {
+        let e = &cluster.etcd;
+        let _ = writeln!(
+            out,
+            "fleet: node {} of {} in etcd ({}{}{}): from etcd, once the fleet holds them, each \
+             group's targets (address, weight, backup, max_connections, server_id) and every \
+             target's admin state; from this file, listeners, target groups, health checks, \
+             algorithms and tokens",
+            cluster.node_id,
+            e.prefix,
+            e.endpoints.join(", "),
+            if e.tls.is_some() { ", TLS" } else { "" },
+            e.user
+                .as_ref()
+                .map_or(String::new(), |(u, _)| format!(", user {u}"))
+        );
+    }
     for l in &c.listeners {
         let g = &c.target_groups[l.target_group];
         let settings = match &l.udp {

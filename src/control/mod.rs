@@ -8,6 +8,7 @@
 //! hands it to every worker over its message channel, waking its poll. Changes to targets
 //! (the admin API's, discovery's, the prober's) are in [`targets`].
 
+pub(crate) mod fleet;
 mod later;
 mod targets;
 
@@ -96,6 +97,9 @@ pub struct Control {
     steering: Arc<Steering>,
     /// Graces and drain timeouts waiting to act.
     later: later::Later,
+    /// With `cluster:`: the fleet's target lists (kept across reloads) and the link to the
+    /// thread that talks to etcd.
+    fleet: fleet::FleetPart,
 }
 
 impl ScalingControl for Control {
@@ -154,6 +158,7 @@ impl Control {
             discovered: Mutex::default(),
             scaling: Mutex::default(),
             later: later::Later::default(),
+            fleet: fleet::FleetPart::default(),
         })
     }
 
@@ -440,6 +445,7 @@ impl Control {
             .map_err(ChangeError::from)
             .and_then(|mut config| {
                 self.keep_discovered(&mut config);
+                self.keep_fleet(&mut config);
                 let dropped = targets::tokens_dropped(&self.generation().config, &config);
                 let summary = self.apply(config)?;
                 if dropped > 0 {
@@ -507,6 +513,7 @@ impl Control {
             ),
             ("admin", config.admin != old.config.admin),
             ("access_log", config.access_log != old.config.access_log),
+            ("cluster", config.cluster != old.config.cluster),
         ] {
             if changed {
                 log::warn!("reload: a change to `{what}` takes a restart; keeping the running one");
@@ -524,6 +531,7 @@ impl Control {
         config.accept_steering = old.config.accept_steering;
         config.admin = old.config.admin.clone();
         config.access_log = old.config.access_log.clone();
+        config.cluster = old.config.cluster.clone();
 
         let added_at = old.added_listeners(&config);
         if old.listeners.len() + added_at.len() > crate::worker::MAX_LISTENERS {

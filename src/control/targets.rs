@@ -93,24 +93,7 @@ impl Control {
     /// `quic:` listener of the group).
     pub fn add_target(&self, group: &str, target: TargetConfig) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
-        let mut config = self.generation().config.clone();
-        let g = group_config(&mut config, group)?;
-        if target.address.port() == 0 {
-            return Err(ChangeError::Invalid("target port must not be 0".into()));
-        }
-        if g.targets.iter().any(|t| t.address == target.address) {
-            return Err(ChangeError::Conflict(format!(
-                "target group `{group}` already has target {}",
-                target.address
-            )));
-        }
-        if target.weight != 1 {
-            weights_count(g)?;
-        }
-        routing_ids_fit(&config, group, &target, None, !target.tokens.is_empty())?;
-        let g = group_config(&mut config, group)?;
-        g.targets.push(target);
-        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        let config = with_target_added(self.generation().config.clone(), group, target)?;
         self.apply_locked(config)
     }
 
@@ -126,18 +109,8 @@ impl Control {
         address: SocketAddr,
     ) -> Result<Summary, ChangeError> {
         let _guard = self.locked();
-        let mut config = self.generation().config.clone();
-        let g = group_config(&mut config, group)?;
-        let Some(pos) = g.targets.iter().position(|t| t.address == address) else {
-            return Err(no_target(group, address));
-        };
-        if g.targets.len() == 1 {
-            return Err(ChangeError::Invalid(format!(
-                "{address} is the last target of `{group}`; a group needs at least one"
-            )));
-        }
-        g.targets.remove(pos);
-        let drain = g.drain_timeout;
+        let (config, drain) =
+            with_target_removed(self.generation().config.clone(), group, address)?;
         let summary = self.apply_locked(config)?;
         let generation = self.generation();
         if let Some((gi, _)) = generation.group(group) {
@@ -167,25 +140,11 @@ impl Control {
         address: SocketAddr,
         weight: u32,
     ) -> Result<(usize, usize), ChangeError> {
-        if weight == 0 || u64::from(weight) > config::MAX_WEIGHT {
-            return Err(ChangeError::Invalid(format!(
-                "weight must be 1 to {}, not {weight} (to stop new connections, drain the \
-                 target)",
-                config::MAX_WEIGHT
-            )));
-        }
         let _guard = self.locked();
-        let mut config = self.generation().config.clone();
-        let g = group_config(&mut config, group)?;
-        weights_count(g)?;
-        let t = g
-            .targets
-            .iter_mut()
-            .find(|t| t.address == address)
-            .ok_or_else(|| no_target(group, address))?;
-        let before = std::mem::replace(&mut t.weight, weight);
+        let config = self.generation().config.clone();
+        let before = target_config(&config, group, address)?.weight;
+        let config = with_weight(config, group, address, weight)?;
         if before != weight {
-            config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
             self.apply_locked(config)?;
             log::info!("target group {group}: {address}: weight {before} -> {weight} (admin API)");
         }
@@ -350,7 +309,13 @@ impl Control {
     /// still in state `expect` from this very change (not enabled, re-added, or disabled
     /// again since: that change has a timer of its own). A timer thread waits, so the caller
     /// answers at once.
-    fn close_after(self: &Arc<Self>, g: usize, index: usize, wait: Duration, expect: AdminState) {
+    pub(super) fn close_after(
+        self: &Arc<Self>,
+        g: usize,
+        index: usize,
+        wait: Duration,
+        expect: AdminState,
+    ) {
         let set = self.generation().groups[g].targets[index].state().clone();
         let change = set.admin_changes();
         let spawned = self.after("ballast-drain", wait, move |control| {
@@ -382,7 +347,111 @@ impl Control {
     }
 }
 
-fn group_config<'c>(
+/// `config` with `target` added to group `group`: the checks of [`Control::add_target`].
+///
+/// # Errors
+/// As [`Control::add_target`].
+pub(super) fn with_target_added(
+    mut config: Config,
+    group: &str,
+    target: TargetConfig,
+) -> Result<Config, ChangeError> {
+    let g = group_config(&mut config, group)?;
+    if target.address.port() == 0 {
+        return Err(ChangeError::Invalid("target port must not be 0".into()));
+    }
+    if g.targets.iter().any(|t| t.address == target.address) {
+        return Err(ChangeError::Conflict(format!(
+            "target group `{group}` already has target {}",
+            target.address
+        )));
+    }
+    if target.weight != 1 {
+        weights_count(g)?;
+    }
+    routing_ids_fit(&config, group, &target, None, !target.tokens.is_empty())?;
+    let g = group_config(&mut config, group)?;
+    g.targets.push(target);
+    config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+    Ok(config)
+}
+
+/// `config` without `address` in group `group`, and the group's `drain_timeout`: the checks
+/// of [`Control::remove_target`].
+///
+/// # Errors
+/// As [`Control::remove_target`].
+pub(super) fn with_target_removed(
+    mut config: Config,
+    group: &str,
+    address: SocketAddr,
+) -> Result<(Config, Duration), ChangeError> {
+    let g = group_config(&mut config, group)?;
+    let Some(pos) = g.targets.iter().position(|t| t.address == address) else {
+        return Err(no_target(group, address));
+    };
+    if g.targets.len() == 1 {
+        return Err(ChangeError::Invalid(format!(
+            "{address} is the last target of `{group}`; a group needs at least one"
+        )));
+    }
+    g.targets.remove(pos);
+    let drain = g.drain_timeout;
+    Ok((config, drain))
+}
+
+/// `config` with `address` of group `group` at `weight`: the checks of
+/// [`Control::set_weight`].
+///
+/// # Errors
+/// As [`Control::set_weight`].
+pub(super) fn with_weight(
+    mut config: Config,
+    group: &str,
+    address: SocketAddr,
+    weight: u32,
+) -> Result<Config, ChangeError> {
+    if weight == 0 || u64::from(weight) > config::MAX_WEIGHT {
+        return Err(ChangeError::Invalid(format!(
+            "weight must be 1 to {}, not {weight} (to stop new connections, drain the \
+             target)",
+            config::MAX_WEIGHT
+        )));
+    }
+    let g = group_config(&mut config, group)?;
+    weights_count(g)?;
+    let t = g
+        .targets
+        .iter_mut()
+        .find(|t| t.address == address)
+        .ok_or_else(|| no_target(group, address))?;
+    if std::mem::replace(&mut t.weight, weight) != weight {
+        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+    }
+    Ok(config)
+}
+
+/// Target `address` of group `group` in `config`.
+///
+/// # Errors
+/// [`ChangeError::NotFound`] for an unknown group or target.
+pub(super) fn target_config<'c>(
+    config: &'c Config,
+    group: &str,
+    address: SocketAddr,
+) -> Result<&'c TargetConfig, ChangeError> {
+    config
+        .target_groups
+        .iter()
+        .find(|g| g.name == group)
+        .ok_or_else(|| ChangeError::NotFound(format!("unknown target group `{group}`")))?
+        .targets
+        .iter()
+        .find(|t| t.address == address)
+        .ok_or_else(|| no_target(group, address))
+}
+
+pub(super) fn group_config<'c>(
     config: &'c mut Config,
     group: &str,
 ) -> Result<&'c mut config::TargetGroupConfig, ChangeError> {

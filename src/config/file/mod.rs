@@ -62,6 +62,10 @@ pub struct FileConfig<L = FileListener, G = FileTargetGroup> {
     pub admin: Option<FileAdmin>,
     /// DNS servers for `discover:` (default: the system's).
     pub resolvers: Option<Vec<Address>>,
+    /// Optional: a fleet kept in step through etcd: `node_id`, `etcd` (`endpoints`,
+    /// `prefix`, `tls`, `username`, `password_file`). Targets and admin states then come
+    /// from etcd; listeners, groups and checks from this file.
+    pub cluster: Option<super::cluster::FileCluster>,
     /// At least one listener, counting those of included files (which may hold them all).
     #[serde(default)]
     pub listeners: Vec<L>,

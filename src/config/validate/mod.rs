@@ -77,6 +77,14 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
     if let AccessLogSink::File(p) = &mut access_log.sink {
         *p = beside(base, p);
     }
+    let cluster = match raw.cluster.map(|c| super::cluster::validate(c, base)) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(w)) => {
+            wrong.push(w);
+            None
+        }
+    };
     let (Some(admin), true) = (admin, wrong.is_empty()) else {
         return Err(wrong);
     };
@@ -105,6 +113,7 @@ pub fn validate(path: &Path, raw: FileConfig) -> Result<Config, Vec<Wrong>> {
         included: Vec::new(),
         admin,
         resolvers,
+        cluster,
         workers,
         accept_steering: raw
             .accept_steering

@@ -1,0 +1,384 @@
+//! A fleet kept in step through etcd (`cluster:`): three Ballast nodes and a real etcd
+//! (Debian's etcd-server, started by each test on its own ports and data). A change made
+//! through one node's CLI reaches every node; a restarted node takes the fleet's state, not
+//! its file's; etcd going away costs no connection.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::*;
+
+const CHECKS: &str = "    health_check: {protocol: tcp, interval: 100ms, timeout: 100ms, \
+                      healthy_threshold: 1, unhealthy_threshold: 1}\n";
+
+/// A node's configuration: listener `web` on a free port in front of group `web` (weighted
+/// round robin over `targets`), in the fleet `/ballast/test` of `etcd`; `etcd_extra` adds
+/// keys to `cluster.etcd`.
+fn node_yaml(etcd: &Etcd, id: &str, targets: &[SocketAddr], etcd_extra: &str) -> String {
+    let targets: String = targets
+        .iter()
+        .map(|t| format!("      - {{address: '{t}'}}\n"))
+        .collect();
+    format!(
+        "workers: 1\n\
+         cluster:\n  node_id: {id}\n  etcd: {{endpoints: ['{}'], prefix: /ballast/test{etcd_extra}}}\n\
+         listeners:\n  - {{name: web, protocol: tcp, bind: '127.0.0.1:0', target_group: web}}\n\
+         target_groups:\n  - name: web\n    algorithm: weighted_round_robin\n{CHECKS}    targets:\n{targets}",
+        etcd.url()
+    )
+}
+
+/// Runs `ballast ARGS --admin ADMIN` (the CLI, as an operator would).
+fn cli(admin: SocketAddr, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .args(["--admin", &admin.to_string()])
+        .env_remove("BALLAST_ADMIN")
+        .env_remove("BALLAST_CONFIG")
+        .env_remove("BALLAST_TOKEN_FILE")
+        .output()
+        .expect("run ballast")
+}
+
+/// As [`cli`], asserting success; returns stdout.
+#[track_caller]
+fn cli_ok(admin: SocketAddr, args: &[&str]) -> String {
+    let out = cli(admin, args);
+    assert!(
+        out.status.success(),
+        "ballast {}: {}{}",
+        args.join(" "),
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// The name the target behind `lb`'s listener `web` answers with (one new connection).
+fn answer(lb: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(lb)?;
+    s.set_read_timeout(Some(WAIT))?;
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::other("closed without a name"));
+    }
+    Ok(line.trim().to_string())
+}
+
+/// The admin state of `target` on `node`.
+fn state(node: &Ballast, target: SocketAddr) -> String {
+    target_in(node.admin_addr(), "web", target)
+        .map(|t| t["admin_state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|| "absent".into())
+}
+
+/// How many connections `node` has sent to `target` so far.
+fn total(node: &Ballast, target: SocketAddr) -> u64 {
+    target_in(node.admin_addr(), "web", target).map_or(0, |t| t["total"].as_u64().unwrap())
+}
+
+/// Three nodes of the fleet in front of `targets`, each with every target healthy.
+fn three_nodes(etcd: &Etcd, targets: &[SocketAddr]) -> Vec<Ballast> {
+    let nodes: Vec<Ballast> = (1..=3)
+        .map(|i| Ballast::start(&node_yaml(etcd, &format!("n{i}"), targets, "")))
+        .collect();
+    for n in &nodes {
+        for &t in targets {
+            wait_health(n.admin_addr(), "web", t, "healthy");
+        }
+    }
+    nodes
+}
+
+#[test]
+fn a_drain_through_one_node_stops_new_connections_on_every_node_within_a_second() {
+    let etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    let start = Instant::now();
+    let said = cli_ok(
+        nodes[0].admin_addr(),
+        &["drain", "web", &a.addr.to_string()],
+    );
+    assert!(said.contains("draining"), "{said}");
+    for (i, n) in nodes.iter().enumerate() {
+        wait_state(
+            &format!("node {} to drain {}", i + 1, a.addr),
+            Duration::from_secs(1).saturating_sub(start.elapsed()),
+            || state(n, a.addr),
+            |s| s == "draining",
+        );
+    }
+    // New connections through every node go to b only: counted per node.
+    for (i, n) in nodes.iter().enumerate() {
+        let before = total(n, a.addr);
+        for _ in 0..10 {
+            assert_eq!(answer(n.addr("web")).unwrap(), "b", "node {}", i + 1);
+        }
+        assert_eq!(
+            total(n, a.addr),
+            before,
+            "node {} sent a connection to a",
+            i + 1
+        );
+    }
+    // The fleet's view: every node at the latest revision.
+    let status = cli_ok(nodes[2].admin_addr(), &["fleet", "status"]);
+    for id in ["n1", "n2", "n3"] {
+        assert!(status.contains(id), "{status}");
+    }
+    // etcd holds it, under the prefix.
+    let held = etcd.ctl(&["get", "--prefix", "/ballast/test/groups/web/states/"]);
+    assert!(held.contains("draining"), "{held}");
+    // `--local` keeps a change on one node: enabled on node 3 only.
+    cli_ok(
+        nodes[2].admin_addr(),
+        &["enable", "web", &a.addr.to_string(), "--local"],
+    );
+    assert_eq!(state(&nodes[2], a.addr), "active");
+    assert_eq!(state(&nodes[0], a.addr), "draining");
+    assert_eq!(state(&nodes[1], a.addr), "draining");
+}
+
+#[test]
+fn an_added_target_is_served_by_every_node_and_a_restarted_node_takes_the_fleets_state() {
+    let etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let c = Backend::start(named("c"));
+    let mut nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    let said = cli_ok(nodes[1].admin_addr(), &["add", "web", &c.addr.to_string()]);
+    assert!(said.contains("added"), "{said}");
+    cli_ok(
+        nodes[1].admin_addr(),
+        &["drain", "web", &a.addr.to_string()],
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        wait_health(n.admin_addr(), "web", c.addr, "healthy");
+        // b and c share what a no longer takes: c answers within a few connections.
+        let seen: Vec<String> = (0..6).map(|_| answer(n.addr("web")).unwrap()).collect();
+        assert!(seen.iter().any(|s| s == "c"), "node {}: {seen:?}", i + 1);
+        assert!(!seen.iter().any(|s| s == "a"), "node {}: {seen:?}", i + 1);
+    }
+    // Node 3 restarts with its file (a and b only): it comes back with the fleet's state.
+    let yaml = node_yaml(&etcd, "n3", &[a.addr, b.addr], "");
+    drop(nodes.pop());
+    let n3 = Ballast::start(&yaml);
+    assert_eq!(state(&n3, c.addr), "active", "{}", n3.log());
+    assert_eq!(state(&n3, a.addr), "draining", "{}", n3.log());
+    // Removed and reweighted through node 3: every node follows.
+    cli_ok(n3.admin_addr(), &["remove", "web", &b.addr.to_string()]);
+    cli_ok(
+        n3.admin_addr(),
+        &["weight", "web", &c.addr.to_string(), "7"],
+    );
+    nodes.push(n3);
+    for n in &nodes {
+        wait_target(n.admin_addr(), "web", c.addr, WAIT, "weight 7", |t| {
+            t["weight"] == 7
+        });
+        // Removed: listed as such while connections remain, then gone.
+        wait_state(
+            "b removed",
+            WAIT,
+            || state(n, b.addr),
+            |s| s == "removed" || s == "absent",
+        );
+    }
+    // A refused change is refused before etcd: nothing is written.
+    let out = cli(nodes[0].admin_addr(), &["remove", "web", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    // A reload keeps the fleet's targets, not the file's.
+    nodes[0].signal(libc::SIGHUP);
+    nodes[0].wait_log("reloaded", WAIT);
+    assert_eq!(state(&nodes[0], c.addr), "active");
+    assert!(matches!(
+        state(&nodes[0], b.addr).as_str(),
+        "removed" | "absent"
+    ));
+}
+
+#[test]
+fn etcd_away_for_ten_seconds_under_load_fails_no_connection_and_later_changes_reach_every_node() {
+    let mut etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    cli_ok(
+        nodes[0].admin_addr(),
+        &["drain", "web", &a.addr.to_string()],
+    );
+    let listeners: Vec<SocketAddr> = nodes.iter().map(|n| n.addr("web")).collect();
+    // ~100 connections a second through the three nodes, for the whole outage.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match answer(listeners[i % 3]) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                i += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            errors
+        })
+    };
+    etcd.stop();
+    let away = Instant::now();
+    for n in &nodes {
+        wait_metric(
+            n.admin_addr(),
+            "ballast_fleet_etcd_connected",
+            &[],
+            WAIT,
+            |v| v == 0.0,
+        );
+    }
+    // Away: the state stays, readiness too, and a fleet change says why it cannot be made.
+    let out = cli(
+        nodes[1].admin_addr(),
+        &["enable", "web", &a.addr.to_string()],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("503"), "{}", stderr(&out));
+    for n in &nodes {
+        assert_eq!(state(n, a.addr), "draining");
+        assert_eq!(get_json(n.admin_addr(), "/healthz")["status"], "ready");
+    }
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(away.elapsed()));
+    etcd.resume();
+    for n in &nodes {
+        wait_metric(
+            n.admin_addr(),
+            "ballast_fleet_etcd_connected",
+            &[],
+            WAIT,
+            |v| v == 1.0,
+        );
+    }
+    // Back: a change reaches every node.
+    cli_ok(
+        nodes[2].admin_addr(),
+        &["enable", "web", &a.addr.to_string()],
+    );
+    cli_ok(
+        nodes[2].admin_addr(),
+        &["drain", "web", &b.addr.to_string()],
+    );
+    for n in &nodes {
+        wait_state(
+            "a enabled, b drained",
+            WAIT,
+            || (state(n, a.addr), state(n, b.addr)),
+            |s| s.0 == "active" && s.1 == "draining",
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let errors = load.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(ok > 500, "only {ok} connections in the outage's ~12 s");
+    // Errors were counted, and said once per interval, not once per retry.
+    let (scrape, _) = scrape(nodes[0].admin_addr());
+    let errors = labelled(&scrape, "ballast_fleet_etcd_errors_total", &[]).unwrap();
+    assert!(errors >= 1.0, "{errors}");
+    let warnings = nodes[0]
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("fleet /ballast/test: etcd"))
+        .count();
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} warnings in ~10 s:\n{}",
+        nodes[0].log()
+    );
+}
+
+#[test]
+fn tls_with_client_certificates_and_a_password() {
+    let pki = common::pki::Pki::new();
+    let etcd = Etcd::start_tls(&pki);
+    // Authentication on, with a root user (etcd's own rule) and a user for the fleet.
+    etcd.ctl(&["user", "add", "root:rootpw"]);
+    etcd.ctl(&["user", "add", "ballast:s3cret"]);
+    etcd.ctl(&["role", "add", "fleet"]);
+    etcd.ctl(&[
+        "role",
+        "grant-permission",
+        "fleet",
+        "--prefix=true",
+        "readwrite",
+        "/ballast/test/",
+    ]);
+    etcd.ctl(&["user", "grant-role", "ballast", "fleet"]);
+    etcd.ctl(&["auth", "enable"]);
+    let t = etcd.tls.as_ref().unwrap();
+    let password = |name: &str, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = etcd.dir().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p.display().to_string()
+    };
+    let tls = format!(
+        ", tls: {{ca: '{}', cert: '{}', key: '{}'}}",
+        t.ca.display(),
+        t.client_cert.display(),
+        t.client_key.display()
+    );
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    // A wrong password: a clear error at start (exit 2), within seconds, not a hang.
+    let wrong = format!(
+        "{tls}, username: ballast, password_file: '{}'",
+        password("bad", "nope")
+    );
+    let started = Instant::now();
+    let said = run_refused(&node_yaml(&etcd, "n1", &[a.addr, b.addr], &wrong));
+    assert!(said.contains("etcd refused the login"), "{said}");
+    assert!(said.contains("ballast"), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // The right one: two nodes in step over TLS.
+    let right = format!(
+        "{tls}, username: ballast, password_file: '{}'",
+        password("ok", "s3cret")
+    );
+    let n1 = Ballast::start(&node_yaml(&etcd, "n1", &[a.addr, b.addr], &right));
+    let n2 = Ballast::start(&node_yaml(&etcd, "n2", &[a.addr, b.addr], &right));
+    cli_ok(n1.admin_addr(), &["drain", "web", &a.addr.to_string()]);
+    wait_state(
+        "n2 drains a",
+        WAIT,
+        || state(&n2, a.addr),
+        |s| s == "draining",
+    );
+    // Without a client certificate etcd does not answer: the node serves its file's state
+    // and says why.
+    let no_cert = format!(", tls: {{ca: '{}'}}", t.ca.display());
+    let n3 = Ballast::start(&node_yaml(&etcd, "n3", &[a.addr, b.addr], &no_cert));
+    assert_eq!(state(&n3, a.addr), "active");
+    n3.wait_log("not reached", WAIT);
+    let _ = std::io::stderr().flush();
+}

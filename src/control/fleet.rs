@@ -1,0 +1,311 @@
+//! The control plane's side of a fleet (`cluster:`): the target lists the fleet holds (kept
+//! across reloads, as `discover:`'s are), the changes the admin API asks of the fleet, and
+//! the link to the thread that talks to etcd ([`crate::fleet`], above this layer). The fleet
+//! thread applies what etcd says through the same methods the admin API uses
+//! ([`Control::set_fleet_targets`], [`Control::set_admin_state`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::targets::{
+    group_config, target_config, with_target_added, with_target_removed, with_weight,
+};
+use super::{ChangeError, Control, Summary};
+use crate::config::{self, Config, TargetConfig};
+use crate::target::AdminState;
+
+/// A change the admin API (or CLI) asks of the whole fleet: written to etcd, then applied by
+/// every node, this one included, when its watch sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetChange {
+    /// A target's admin state (drain, disable, enable).
+    State {
+        /// Target group name.
+        group: String,
+        /// The target.
+        address: SocketAddr,
+        /// Its new state (never `Removed`: that is [`FleetChange::Remove`]).
+        state: AdminState,
+    },
+    /// A target added.
+    Add {
+        /// Target group name.
+        group: String,
+        /// The target (its tokens stay on this node: tokens are not kept in the fleet).
+        target: TargetConfig,
+    },
+    /// A target removed (it drains).
+    Remove {
+        /// Target group name.
+        group: String,
+        /// The target.
+        address: SocketAddr,
+    },
+    /// A target's weight.
+    Weight {
+        /// Target group name.
+        group: String,
+        /// The target.
+        address: SocketAddr,
+        /// 1 to [`config::MAX_WEIGHT`].
+        weight: u32,
+    },
+}
+
+impl FleetChange {
+    /// The group it changes.
+    pub fn group(&self) -> &str {
+        match self {
+            FleetChange::State { group, .. }
+            | FleetChange::Add { group, .. }
+            | FleetChange::Remove { group, .. }
+            | FleetChange::Weight { group, .. } => group,
+        }
+    }
+}
+
+/// A change for the fleet thread, and where its answer goes: the etcd revision that holds
+/// it, or why it was refused (nothing written then).
+#[derive(Debug)]
+pub struct FleetRequest {
+    /// What to change.
+    pub change: FleetChange,
+    /// The answer.
+    pub reply: crossbeam_channel::Sender<Result<i64, FleetError>>,
+}
+
+/// Why a fleet change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// This node's checks refuse it (as the admin API's would).
+    #[error(transparent)]
+    Refused(#[from] ChangeError),
+    /// etcd did not take it (unreachable, timed out, refused): nothing changed.
+    #[error("etcd: {0}")]
+    Store(String),
+}
+
+impl FleetError {
+    /// The HTTP status the admin API answers with: the refusal's, or 503.
+    pub fn status(&self) -> u16 {
+        match self {
+            FleetError::Refused(e) => e.status(),
+            FleetError::Store(_) => 503,
+        }
+    }
+}
+
+/// One node's record in etcd (`<prefix>/nodes/<id>`, held by the node's lease: a node that
+/// stops renewing it drops out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetNode {
+    /// `cluster.node_id`.
+    pub id: String,
+    /// Ballast's version.
+    pub version: String,
+    /// Its running configuration's generation.
+    pub generation: u64,
+    /// Whether its `/healthz` says ready.
+    pub ready: bool,
+    /// The etcd revision of the fleet state it has applied.
+    pub revision: i64,
+}
+
+/// What the fleet thread knows, for `/fleet`, `/metrics` and the status page.
+#[derive(Debug, Clone, Default)]
+pub struct FleetStatus {
+    /// Whether the last exchange with etcd worked.
+    pub connected: bool,
+    /// The newest etcd revision seen.
+    pub latest_revision: i64,
+    /// The revision of the fleet state this node applied.
+    pub applied_revision: i64,
+    /// The last error talking to etcd, while not connected.
+    pub last_error: Option<String>,
+    /// Every node's record (this one's as last written), by id.
+    pub nodes: BTreeMap<String, FleetNode>,
+}
+
+/// The link to the fleet thread.
+#[derive(Debug)]
+pub struct FleetLink {
+    /// This node's id.
+    pub node_id: String,
+    /// The fleet's key prefix.
+    pub prefix: String,
+    /// Changes for the fleet thread.
+    pub requests: tokio::sync::mpsc::UnboundedSender<FleetRequest>,
+    /// What it knows.
+    pub status: Mutex<FleetStatus>,
+    /// Failed exchanges with etcd, counted (`ballast_fleet_etcd_errors_total`).
+    pub errors: AtomicU64,
+    /// Changes from etcd this node could not apply (a group it does not have, a list its
+    /// checks refuse), counted.
+    pub apply_errors: AtomicU64,
+}
+
+/// The fleet's part of [`Control`].
+#[derive(Debug, Default)]
+pub(super) struct FleetPart {
+    /// The target lists the fleet holds, by group name.
+    targets: Mutex<BTreeMap<String, Vec<TargetConfig>>>,
+    link: OnceLock<Arc<FleetLink>>,
+}
+
+impl Control {
+    /// The link to the fleet thread, with `cluster:`.
+    pub fn fleet(&self) -> Option<&Arc<FleetLink>> {
+        self.fleet.link.get()
+    }
+
+    /// Sets the link to the fleet thread (once; later calls are ignored).
+    pub fn set_fleet_link(&self, link: Arc<FleetLink>) {
+        let _ = self.fleet.link.set(link);
+    }
+
+    /// What `change` makes of its group's target list under the running configuration, with
+    /// the checks the admin API makes: the list after an add, a removal or a weight; `None`
+    /// for an admin state (the target must exist).
+    ///
+    /// # Errors
+    /// As [`Control::add_target`], [`Control::remove_target`], [`Control::set_weight`] and
+    /// [`Control::set_admin_state`].
+    pub fn plan_fleet_change(
+        &self,
+        change: &FleetChange,
+    ) -> Result<Option<Vec<TargetConfig>>, ChangeError> {
+        let config = self.generation().config.clone();
+        let group = change.group();
+        let config = match change {
+            FleetChange::State { address, .. } => {
+                target_config(&config, group, *address)?;
+                return Ok(None);
+            }
+            FleetChange::Add { target, .. } => with_target_added(config, group, target.clone())?,
+            FleetChange::Remove { address, .. } => with_target_removed(config, group, *address)?.0,
+            FleetChange::Weight {
+                address, weight, ..
+            } => with_weight(config, group, *address, *weight)?,
+        };
+        Ok(Some(targets_of(&config, group)))
+    }
+
+    /// The fleet's target list for group `group` is `list` (`None`: the fleet holds none,
+    /// the running list stays until a reload brings the file's back). Targets new to the
+    /// group are added (they take traffic once their check passes), missing ones removed
+    /// (they drain, closed after `drain_timeout`), changed ones updated; a target keeps the
+    /// tokens it has here. Returns `None` when nothing changed.
+    ///
+    /// # Errors
+    /// [`ChangeError::NotFound`] for a group this node does not have; [`ChangeError::Invalid`]
+    /// for an empty list or one the group's checks refuse. The running list stays.
+    pub fn set_fleet_targets(
+        self: &Arc<Self>,
+        group: &str,
+        list: Option<Vec<TargetConfig>>,
+    ) -> Result<Option<Summary>, ChangeError> {
+        let _guard = self.locked();
+        let mut lists = self.fleet.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut list) = list else {
+            lists.remove(group);
+            return Ok(None);
+        };
+        let mut config = self.generation().config.clone();
+        let g = group_config(&mut config, group)?;
+        if list.is_empty() {
+            return Err(ChangeError::Invalid(format!(
+                "the fleet lists no target for group `{group}`: a group needs at least one"
+            )));
+        }
+        keep_tokens(&mut list, &g.targets);
+        if same_targets(&g.targets, &list) {
+            lists.insert(group.to_string(), list);
+            return Ok(None);
+        }
+        let before: Vec<SocketAddr> = g.targets.iter().map(|t| t.address).collect();
+        g.targets = list.clone();
+        config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+        let drain = g.drain_timeout;
+        let summary = self.apply_locked(config)?;
+        lists.insert(group.to_string(), list.clone());
+        let generation = self.generation();
+        if let Some((gi, g)) = generation.group(group) {
+            for address in before
+                .iter()
+                .filter(|a| !list.iter().any(|t| t.address == **a))
+            {
+                if let Some((ti, _)) =
+                    g.targets.iter().enumerate().find(|(_, t)| {
+                        t.address == *address && t.admin_state() == AdminState::Removed
+                    })
+                {
+                    self.close_after(gi, ti, drain, AdminState::Removed);
+                }
+            }
+        }
+        Ok(Some(summary))
+    }
+
+    /// A reload's `config` keeps the fleet's target lists for the groups it still has.
+    pub(super) fn keep_fleet(&self, config: &mut Config) {
+        let lists = self.fleet.targets.lock().unwrap_or_else(|e| e.into_inner());
+        for g in &mut config.target_groups {
+            if let Some(list) = lists.get(&g.name) {
+                let mut list = list.clone();
+                keep_tokens(&mut list, &g.targets);
+                g.targets = list;
+            }
+        }
+    }
+}
+
+/// The targets of group `group` in `config` (empty for an unknown group).
+fn targets_of(config: &Config, group: &str) -> Vec<TargetConfig> {
+    config
+        .target_groups
+        .iter()
+        .find(|g| g.name == group)
+        .map(|g| g.targets.clone())
+        .unwrap_or_default()
+}
+
+/// Each target of `list` takes the tokens its address has in `current`.
+fn keep_tokens(list: &mut [TargetConfig], current: &[TargetConfig]) {
+    for t in list {
+        if let Some(c) = current.iter().find(|c| c.address == t.address) {
+            t.tokens.clone_from(&c.tokens);
+        }
+    }
+}
+
+/// Whether `a` and `b` hold the same targets, whatever their order.
+fn same_targets(a: &[TargetConfig], b: &[TargetConfig]) -> bool {
+    let sorted = |l: &[TargetConfig]| {
+        let mut l = l.to_vec();
+        l.sort_by_key(|t| t.address);
+        l
+    };
+    sorted(a) == sorted(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_targets_in_another_order_are_no_change() {
+        let a = TargetConfig::new("127.0.0.1:1".parse().unwrap(), 1);
+        let b = TargetConfig::new("127.0.0.1:2".parse().unwrap(), 1);
+        assert!(same_targets(
+            &[a.clone(), b.clone()],
+            &[b.clone(), a.clone()]
+        ));
+        let mut heavier = b.clone();
+        heavier.weight = 2;
+        assert!(!same_targets(&[a.clone(), b], &[a, heavier]));
+    }
+}

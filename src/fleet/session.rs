@@ -1,0 +1,560 @@
+//! The fleet thread's work with etcd: connect, read the fleet's keys, watch them, apply
+//! what changes, write what the admin API asks and this node's record (under a lease), and
+//! start again after a failure.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::keys::{state_value, Key, Keys, TargetRecord, View};
+use super::First;
+use crate::config::cluster::{ClusterConfig, EtcdConfig};
+use crate::control::fleet::{FleetChange, FleetError, FleetLink, FleetNode, FleetRequest};
+use crate::control::{ChangeError, Control};
+use crate::target::AdminState;
+use crate::throttle::LogLimiter;
+
+/// A node's record lives this long without renewal (seconds).
+const LEASE_TTL: i64 = 10;
+/// How often the lease is renewed.
+const KEEPALIVE: Duration = Duration::from_secs(3);
+/// How often this node's record is looked at (written when it changed).
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for one request to etcd.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait before connecting again; doubled up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait before connecting again.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What ended a session with etcd.
+#[derive(Debug, thiserror::Error)]
+enum Trouble {
+    #[error("{}", brief(.0))]
+    Etcd(#[from] etcd_client::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the watch ended")]
+    WatchEnded,
+    #[error("this node's lease expired")]
+    LeaseLost,
+}
+
+impl Trouble {
+    /// Whether etcd refused the credentials (not worth retrying at start): gRPC status
+    /// UNAUTHENTICATED (16) or PERMISSION_DENIED (7), or etcd's "authentication failed"
+    /// (sent as INVALID_ARGUMENT).
+    fn refused(&self) -> bool {
+        match self {
+            Trouble::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                matches!(s.code() as i32, 7 | 16) || s.message().contains("authentication failed")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `e` in a line: a gRPC status's message and its deepest cause ("tcp connect error:
+/// Connection refused (os error 111)"), not the whole debug chain.
+fn brief(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return e.to_string();
+    };
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(s);
+    let mut deepest = None;
+    while let Some(c) = cause {
+        deepest = Some(c.to_string());
+        cause = c.source();
+    }
+    match deepest {
+        Some(d) if d != s.message() => format!("{}: {d}", s.message()),
+        _ => s.message().to_string(),
+    }
+}
+
+/// The thread's body: a single-threaded runtime driving [`Fleet::run`].
+pub(super) fn run(
+    control: Weak<Control>,
+    cluster: ClusterConfig,
+    link: Arc<FleetLink>,
+    incoming: UnboundedReceiver<FleetRequest>,
+    first: Sender<First>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = first.send(First::Unreachable(format!("no runtime: {e}")));
+            log::error!("fleet: cannot start a runtime: {e}; etcd's state is not followed");
+            return;
+        }
+    };
+    let fleet = Fleet {
+        keys: Keys::new(&cluster.etcd.prefix),
+        control,
+        cluster,
+        link,
+        incoming,
+        first: Some(first),
+        view: View::default(),
+        revision: 0,
+        state_revision: 0,
+        failures: LogLimiter::default(),
+        record: None,
+        wait: RETRY_FIRST,
+    };
+    runtime.block_on(fleet.run());
+}
+
+/// The fleet thread's state.
+struct Fleet {
+    control: Weak<Control>,
+    cluster: ClusterConfig,
+    keys: Keys,
+    link: Arc<FleetLink>,
+    incoming: UnboundedReceiver<FleetRequest>,
+    /// Told how the first exchange went, then `None`.
+    first: Option<Sender<First>>,
+    /// The state applied.
+    view: View,
+    /// The revision the view is complete at (a watch resumes after it).
+    revision: i64,
+    /// The newest revision of a change to targets or states applied (node records left
+    /// out: writing this node's record must not change it).
+    state_revision: i64,
+    failures: LogLimiter,
+    /// This node's record as last written.
+    record: Option<FleetNode>,
+    /// The wait before the next connect.
+    wait: Duration,
+}
+
+impl Fleet {
+    /// Serves sessions with etcd until `control` is dropped.
+    async fn run(mut self) {
+        loop {
+            if self.control.strong_count() == 0 {
+                return;
+            }
+            let outcome = match connect(&self.cluster.etcd).await {
+                Ok(client) => self.serve(client).await,
+                Err(e) => Err(e),
+            };
+            let Err(e) = outcome else {
+                return;
+            };
+            if let Some(first) = self.first.take() {
+                let refused = e.refused();
+                let _ = first.send(if refused {
+                    First::Refused(e.to_string())
+                } else {
+                    First::Unreachable(e.to_string())
+                });
+                if refused {
+                    return;
+                }
+            }
+            self.failed(&e);
+            let until = tokio::time::Instant::now() + self.wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    request = self.incoming.recv() => match request {
+                        Some(r) => {
+                            let _ = r.reply.send(Err(FleetError::Store(format!(
+                                "unreachable ({e}); nothing changed: retry, or add --local \
+                                 (?local=1) to change this node only"
+                            ))));
+                        }
+                        None => return,
+                    },
+                }
+            }
+            self.wait = (self.wait * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Notes a failed exchange: status, counter, a warning at most every 10 s.
+    fn failed(&mut self, e: &Trouble) {
+        self.link.errors.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut status = self.link.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.connected = false;
+            status.last_error = Some(e.to_string());
+        }
+        if let Some(unlogged) = self.failures.allow(Instant::now()) {
+            log::warn!(
+                "fleet {}: etcd ({}): {e}; serving the state applied at revision {} \
+                 ({unlogged} more failures since the last warning)",
+                self.cluster.etcd.prefix,
+                self.cluster.etcd.endpoints.join(", "),
+                self.revision
+            );
+        }
+    }
+
+    /// One session: a lease, the state (read whole the first time, else watched from where
+    /// it stopped), then events, renewals, this node's record and the admin API's writes
+    /// until something fails. `Ok` once `control` is gone.
+    async fn serve(&mut self, mut client: Client) -> Result<(), Trouble> {
+        let lease = timed(client.lease_grant(LEASE_TTL, None)).await?.id();
+        let (mut keeper, mut renewals) = timed(client.lease_keep_alive(lease)).await?;
+        if self.revision == 0 {
+            self.load(&mut client).await?;
+        }
+        let mut watch = self.watch(&mut client).await?;
+        if self.write_record(&mut client, lease, true).await?.is_none() {
+            return Ok(());
+        }
+        {
+            let mut status = self.link.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.connected = true;
+            status.last_error = None;
+        }
+        if self.wait > RETRY_FIRST {
+            log::info!(
+                "fleet {}: etcd answers again; following it from revision {}",
+                self.cluster.etcd.prefix,
+                self.revision
+            );
+        }
+        self.wait = RETRY_FIRST;
+        if let Some(first) = self.first.take() {
+            let _ = first.send(First::Applied(self.revision));
+        }
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        let mut record = tokio::time::interval(RECORD_EVERY);
+        loop {
+            tokio::select! {
+                message = watch.message() => {
+                    let Some(m) = message? else {
+                        return Err(Trouble::WatchEnded);
+                    };
+                    if m.compact_revision() > 0 || m.canceled() {
+                        log::warn!(
+                            "fleet {}: revision {} is compacted away: reading the whole state \
+                             again",
+                            self.cluster.etcd.prefix,
+                            self.revision + 1
+                        );
+                        self.load(&mut client).await?;
+                        watch = self.watch(&mut client).await?;
+                        continue;
+                    }
+                    let header = m.header().map_or(0, |h| h.revision());
+                    let events: Vec<(bool, KeyValue)> = m
+                        .events()
+                        .iter()
+                        .filter_map(|e| Some((e.event_type() == EventType::Put, e.kv()?.clone())))
+                        .collect();
+                    self.take(&events, header);
+                    // At once, so `ballast fleet status` on any node sees this one caught up.
+                    if self.write_record(&mut client, lease, false).await?.is_none() {
+                        return Ok(());
+                    }
+                }
+                _ = keepalive.tick() => timed(keeper.keep_alive()).await?,
+                renewal = renewals.message() => match renewal? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Err(Trouble::LeaseLost),
+                },
+                _ = record.tick() => {
+                    if self.write_record(&mut client, lease, false).await?.is_none() {
+                        return Ok(());
+                    }
+                }
+                request = self.incoming.recv() => match request {
+                    Some(r) => self.write(&mut client, r).await,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Reads every key of the fleet and applies what differs from the view.
+    async fn load(&mut self, client: &mut Client) -> Result<(), Trouble> {
+        let all = self.keys.all();
+        let r = timed(client.get(all, Some(GetOptions::new().with_prefix()))).await?;
+        let mut next = View::default();
+        let mut state_revision = 0;
+        for kv in r.kvs() {
+            if let Some(key) = self.keys.parse(kv.key()) {
+                if !matches!(key, Key::Node(_)) {
+                    state_revision = state_revision.max(kv.mod_revision());
+                }
+                if let Err(e) = next.put(key, kv.value()) {
+                    self.bad_value(&e);
+                }
+            }
+        }
+        let revision = r.header().map_or(0, |h| h.revision());
+        self.apply(next, revision, state_revision.max(self.state_revision));
+        Ok(())
+    }
+
+    /// A watch of the fleet's keys from the revision after the view's.
+    async fn watch(&mut self, client: &mut Client) -> Result<WatchStream, Trouble> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.revision + 1);
+        timed(client.watch(self.keys.all(), Some(options))).await
+    }
+
+    /// Takes a watch message's `events` (put or not, and the key): applies the view they
+    /// make; `header` is the message's revision.
+    fn take(&mut self, events: &[(bool, KeyValue)], header: i64) {
+        let mut next = self.view.clone();
+        let mut revision = self.revision;
+        let mut state_revision = self.state_revision;
+        for (put, kv) in events {
+            revision = revision.max(kv.mod_revision());
+            let Some(key) = self.keys.parse(kv.key()) else {
+                continue;
+            };
+            if !matches!(key, Key::Node(_)) {
+                state_revision = state_revision.max(kv.mod_revision());
+            }
+            if !put {
+                next.delete(key);
+            } else if let Err(e) = next.put(key, kv.value()) {
+                self.bad_value(&e);
+            }
+        }
+        if events.is_empty() {
+            // A progress notification: every event up to `header` has been sent.
+            revision = revision.max(header);
+        }
+        self.apply(next, revision, state_revision);
+    }
+
+    /// A value that does not parse: left out, counted, logged.
+    fn bad_value(&self, e: &str) {
+        self.link.apply_errors.fetch_add(1, Ordering::Relaxed);
+        log::warn!("fleet {}: ignored: {e}", self.cluster.etcd.prefix);
+    }
+
+    /// Applies `next` (complete at `revision`) through the admin API's path: each group's
+    /// target list where the fleet's changed, then each admin state that changed (and those
+    /// of targets the list brought).
+    fn apply(&mut self, next: View, revision: i64, state_revision: i64) {
+        let Some(control) = self.control.upgrade() else {
+            return;
+        };
+        let old = std::mem::take(&mut self.view);
+        let groups: BTreeSet<&String> = old.groups.keys().chain(next.groups.keys()).collect();
+        for name in groups {
+            let (o, n) = (old.group(name), next.group(name));
+            let (before, after) = (o.list(), n.list());
+            let listed = before != after;
+            if listed {
+                match control.set_fleet_targets(name, after) {
+                    Ok(Some(s)) => log::info!(
+                        "fleet: target group {name}: targets +{:?} -{:?} (etcd revision \
+                         {revision}; generation {})",
+                        s.targets_added,
+                        s.targets_removed,
+                        s.generation
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.link.apply_errors.fetch_add(1, Ordering::Relaxed);
+                        log::warn!(
+                            "fleet: target group {name}: the fleet's list is not applied: {e}"
+                        );
+                    }
+                }
+            }
+            let brought = n
+                .targets
+                .keys()
+                .filter(|a| listed && !o.targets.contains_key(a));
+            let addresses: BTreeSet<SocketAddr> = o
+                .states
+                .keys()
+                .chain(n.states.keys())
+                .chain(brought)
+                .copied()
+                .collect();
+            for a in addresses {
+                let want = n.state(a);
+                let new_here = listed && n.targets.contains_key(&a) && !o.targets.contains_key(&a);
+                if o.state(a) == want && !new_here {
+                    continue;
+                }
+                match control.set_admin_state(name, a, want) {
+                    Ok((_, _, true)) => log::info!(
+                        "fleet: target group {name}: {a} is now {want} (etcd revision {revision})"
+                    ),
+                    Ok(_) => {}
+                    Err(ChangeError::NotFound(m)) => log::debug!("fleet: {m}"),
+                    Err(e) => log::warn!("fleet: target group {name}: {a}: {e}"),
+                }
+            }
+        }
+        self.view = next;
+        self.revision = revision;
+        self.state_revision = state_revision;
+        let mut status = self.link.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.latest_revision = status.latest_revision.max(revision);
+        status.applied_revision = state_revision;
+        status.nodes = self.view.nodes.clone();
+    }
+
+    /// Writes this node's record when it changed (or `force`); `None` once `control` is
+    /// gone.
+    async fn write_record(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        force: bool,
+    ) -> Result<Option<()>, Trouble> {
+        let Some(control) = self.control.upgrade() else {
+            return Ok(None);
+        };
+        let generation = control.generation();
+        let record = FleetNode {
+            id: self.cluster.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: generation.generation,
+            ready: control.node().readiness(&generation).is_empty(),
+            revision: self.state_revision,
+        };
+        drop(control);
+        if !force && self.record.as_ref() == Some(&record) {
+            return Ok(Some(()));
+        }
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        let key = self.keys.key(&Key::Node(record.id.clone()));
+        let options = PutOptions::new().with_lease(lease);
+        timed(client.put(key, value, Some(options))).await?;
+        self.record = Some(record);
+        Ok(Some(()))
+    }
+
+    /// Writes what `request` asks, once this node's checks pass it; answers with the
+    /// revision that holds it.
+    async fn write(&mut self, client: &mut Client, request: FleetRequest) {
+        let answer = match self.transaction(&request.change) {
+            Err(e) => Err(e),
+            Ok(txn) => match timed(client.txn(txn)).await {
+                Ok(r) => {
+                    let revision = r.header().map_or(0, |h| h.revision());
+                    log::info!(
+                        "fleet {}: wrote {:?} at revision {revision}",
+                        self.cluster.etcd.prefix,
+                        request.change
+                    );
+                    Ok(revision)
+                }
+                Err(e) => {
+                    self.link.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(FleetError::Store(format!(
+                        "{e}; it may or may not have been written: look with `ballast targets`"
+                    )))
+                }
+            },
+        };
+        let _ = request.reply.send(answer);
+    }
+
+    /// The transaction that makes `change`. A change to a group's list (add, remove,
+    /// weight) first hands the whole list to the fleet when it holds none yet (the
+    /// `seeded` key and every target, as this node has it), else changes the one target.
+    fn transaction(&self, change: &FleetChange) -> Result<Txn, FleetError> {
+        let control = self
+            .control
+            .upgrade()
+            .ok_or_else(|| FleetError::Store("stopping".into()))?;
+        let list = control.plan_fleet_change(change)?;
+        let group = change.group().to_string();
+        let target_key = |a: SocketAddr| self.keys.key(&Key::Target(group.clone(), a));
+        let state_key = |a: SocketAddr| self.keys.key(&Key::State(group.clone(), a));
+        let record = |t: &crate::config::TargetConfig| {
+            serde_json::to_vec(&TargetRecord::of(t)).unwrap_or_default()
+        };
+        if let FleetChange::State { address, state, .. } = change {
+            let op = if *state == AdminState::Active {
+                TxnOp::delete(state_key(*address), None)
+            } else {
+                TxnOp::put(state_key(*address), state_value(*state), None)
+            };
+            return Ok(Txn::new().and_then([op]));
+        }
+        let list = list
+            .ok_or_else(|| FleetError::Refused(ChangeError::Invalid("nothing to change".into())))?;
+        let seeded = self.keys.key(&Key::Seeded(group.clone()));
+        let mut seed = vec![TxnOp::put(
+            seeded.clone(),
+            self.cluster.node_id.clone(),
+            None,
+        )];
+        seed.extend(
+            list.iter()
+                .map(|t| TxnOp::put(target_key(t.address), record(t), None)),
+        );
+        let one = match change {
+            FleetChange::Add { target, .. } => {
+                vec![TxnOp::put(target_key(target.address), record(target), None)]
+            }
+            FleetChange::Weight { address, .. } => list
+                .iter()
+                .filter(|t| t.address == *address)
+                .map(|t| TxnOp::put(target_key(t.address), record(t), None))
+                .collect(),
+            FleetChange::Remove { address, .. } => {
+                seed.push(TxnOp::delete(state_key(*address), None));
+                vec![
+                    TxnOp::delete(target_key(*address), None),
+                    TxnOp::delete(state_key(*address), None),
+                ]
+            }
+            FleetChange::State { .. } => Vec::new(),
+        };
+        Ok(Txn::new()
+            .when([Compare::version(seeded, CompareOp::Equal, 0)])
+            .and_then(seed)
+            .or_else(one))
+    }
+}
+
+/// A client of `etcd` (logged in, when it has a user).
+async fn connect(etcd: &EtcdConfig) -> Result<Client, Trouble> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
+    if let Some((user, password)) = &etcd.user {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &etcd.tls {
+        let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(t);
+    }
+    timed(Client::connect(&etcd.endpoints, Some(options))).await
+}
+
+/// `f`, or [`Trouble::Timeout`] after twice [`REQUEST_TIMEOUT`] (the client's own timeout
+/// covers most requests; this bounds the rest, connecting included).
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Trouble> {
+    let limit = REQUEST_TIMEOUT * 2;
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Trouble::Timeout(limit)),
+    }
+}
