@@ -237,6 +237,33 @@ fn writable_directory(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Whether etcd endpoint `url` (`http(s)://host:port`) takes a TCP connection within 2 s: a
+/// node that cannot reach any serves its file's targets until one answers.
+fn etcd_endpoint(url: &str) -> Finding {
+    use std::net::ToSocketAddrs;
+    let host_port = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let reached = host_port
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|addrs| {
+            let mut last = String::from("no address");
+            for a in addrs {
+                match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)) {
+                    Ok(_) => return Ok(a),
+                    Err(e) => last = format!("{a}: {e}"),
+                }
+            }
+            Err(last)
+        });
+    match reached {
+        Ok(a) => Finding::Ok(format!("cluster.etcd {url}: reachable ({a})")),
+        Err(e) => Finding::Degraded(format!(
+            "cluster.etcd {url}: not reachable ({e}): the node would serve its file's targets \
+             until etcd answers"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,32 +303,5 @@ mod tests {
         assert!(
             matches!(socket_directory("admin.unix", &under_file), Finding::Fails(m) if m.contains("not a directory"))
         );
-    }
-}
-
-/// Whether etcd endpoint `url` (`http(s)://host:port`) takes a TCP connection within 2 s: a
-/// node that cannot reach any serves its file's targets until one answers.
-fn etcd_endpoint(url: &str) -> Finding {
-    use std::net::ToSocketAddrs;
-    let host_port = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let reached = host_port
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())
-        .and_then(|addrs| {
-            let mut last = String::from("no address");
-            for a in addrs {
-                match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)) {
-                    Ok(_) => return Ok(a),
-                    Err(e) => last = format!("{a}: {e}"),
-                }
-            }
-            Err(last)
-        });
-    match reached {
-        Ok(a) => Finding::Ok(format!("cluster.etcd {url}: reachable ({a})")),
-        Err(e) => Finding::Degraded(format!(
-            "cluster.etcd {url}: not reachable ({e}): the node would serve its file's targets \
-             until etcd answers"
-        )),
     }
 }
