@@ -22,6 +22,17 @@ const CHECKS: &str = "    health_check: {protocol: tcp, interval: 100ms, timeout
 /// round robin over `targets`), in the fleet `/ballast/test` of `etcd`; `etcd_extra` adds
 /// keys to `cluster.etcd`.
 fn node_yaml(etcd: &Etcd, id: &str, targets: &[SocketAddr], etcd_extra: &str) -> String {
+    node_yaml_with(etcd, id, targets, etcd_extra, "")
+}
+
+/// As [`node_yaml`], with `group_extra` (whole lines) in group `web`.
+fn node_yaml_with(
+    etcd: &Etcd,
+    id: &str,
+    targets: &[SocketAddr],
+    etcd_extra: &str,
+    group_extra: &str,
+) -> String {
     let targets: String = targets
         .iter()
         .map(|t| format!("      - {{address: '{t}'}}\n"))
@@ -30,7 +41,7 @@ fn node_yaml(etcd: &Etcd, id: &str, targets: &[SocketAddr], etcd_extra: &str) ->
         "workers: 1\n\
          cluster:\n  node_id: {id}\n  etcd: {{endpoints: ['{}'], prefix: /ballast/test{etcd_extra}}}\n\
          listeners:\n  - {{name: web, protocol: tcp, bind: '127.0.0.1:0', target_group: web}}\n\
-         target_groups:\n  - name: web\n    algorithm: weighted_round_robin\n{CHECKS}    targets:\n{targets}",
+         target_groups:\n  - name: web\n    algorithm: weighted_round_robin\n{CHECKS}{group_extra}    targets:\n{targets}",
         etcd.url()
     )
 }
@@ -381,4 +392,135 @@ fn tls_with_client_certificates_and_a_password() {
     assert_eq!(state(&n3, a.addr), "active");
     n3.wait_log("not reached", WAIT);
     let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn a_scaling_hook_runs_once_per_decision_in_a_fleet_of_three() {
+    let etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let c = Backend::start(named("c"));
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    // Always true with no load: one decision, then max_targets holds (a long cooldown).
+    // It takes 2 s (as starting capacity does): every node's condition holds meanwhile.
+    let hook = format!(
+        "echo $BALLAST_ACTION >> {}; sleep 2; echo add {}",
+        runs.display(),
+        c.addr
+    );
+    let scaling = format!(
+        "    scaling:\n      scale_out: {{when: active_connections_per_target below 1 for 1s, \
+         exec: '{hook}'}}\n      cooldown: 60s\n      max_targets: 2\n      timeout: 10s\n"
+    );
+    let nodes: Vec<Ballast> = (1..=3)
+        .map(|i| {
+            Ballast::start(&node_yaml_with(
+                &etcd,
+                &format!("n{i}"),
+                &[a.addr],
+                "",
+                &scaling,
+            ))
+        })
+        .collect();
+    // One node leads the group; the target its hook printed reaches all three.
+    for n in &nodes {
+        wait_health(n.admin_addr(), "web", c.addr, "healthy");
+    }
+    let leaders: Vec<String> = nodes
+        .iter()
+        .map(|n| get_json(n.admin_addr(), "/fleet")["leaders"]["web"].to_string())
+        .collect();
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0] && l != "null"),
+        "{leaders:?}"
+    );
+    // Three nodes sampled the same condition for seconds: the command ran once.
+    std::thread::sleep(Duration::from_secs(3));
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        ran.lines().count(),
+        1,
+        "the hook ran {} times: {ran}",
+        ran.lines().count()
+    );
+    // The leader stops: another node takes the group over (its lease is revoked or expires).
+    let leader = leaders[0].trim_matches('"').to_string();
+    let mut nodes = nodes;
+    let at = nodes
+        .iter()
+        .position(|n| get_json(n.admin_addr(), "/fleet")["node_id"] == leader.as_str())
+        .unwrap();
+    drop(nodes.remove(at));
+    let next = wait_state(
+        "another node to lead group web",
+        Duration::from_secs(15),
+        || get_json(nodes[0].admin_addr(), "/fleet")["leaders"]["web"].clone(),
+        |l| l.is_string() && *l != leader.as_str(),
+    );
+    assert_ne!(next, leader.as_str());
+}
+
+#[test]
+fn dns_discovery_is_looked_up_by_one_node_and_applied_by_all() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    let a = Backend::start(named("a"));
+    let d = Backend::start_on("127.0.0.2:0".parse().unwrap(), named("d"));
+    std::fs::write(&hosts, "127.0.0.2 web.test\n").unwrap();
+    let (dns, dns_addr) = dnsmasq(&[
+        &format!("--addn-hosts={}", hosts.display()),
+        "--local-ttl=1",
+        "--log-queries",
+        &format!("--log-facility={}", dir.path().join("dns.log").display()),
+    ]);
+    let discover = format!(
+        "    discover: [{{dns: 'web.test:{}', min_ttl: 1s, max_ttl: 1s}}]\n",
+        d.addr.port()
+    );
+    let nodes: Vec<Ballast> = (1..=3)
+        .map(|i| {
+            let yaml = node_yaml_with(&etcd, &format!("n{i}"), &[a.addr], "", &discover);
+            Ballast::start(&format!("resolvers: ['{dns_addr}']\n{yaml}"))
+        })
+        .collect();
+    for n in &nodes {
+        wait_health(n.admin_addr(), "web", d.addr, "healthy");
+    }
+    // Marked discovered in etcd, and looked up by the leader only: over 3 s of 1 s TTLs,
+    // about 6 lookups (one node), not about 18 (three).
+    let held = etcd.ctl(&["get", "--prefix", "/ballast/test/groups/web/targets/"]);
+    assert!(held.contains("\"discovered\":true"), "{held}");
+    let lookups = || {
+        let log = std::fs::read_to_string(dir.path().join("dns.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("query[A] web.test"))
+            .count()
+    };
+    let before = lookups();
+    std::thread::sleep(Duration::from_secs(6));
+    let made = lookups() - before;
+    assert!(
+        (1..=10).contains(&made),
+        "{made} lookups in 6 s from three nodes"
+    );
+    // The name moves to 127.0.0.3: every node adds the new address and removes the old.
+    let e = Backend::start_on(
+        format!("127.0.0.3:{}", d.addr.port()).parse().unwrap(),
+        named("e"),
+    );
+    std::fs::write(&hosts, "127.0.0.3 web.test\n").unwrap();
+    // SAFETY: kill(2) on the dnsmasq this test started: SIGHUP re-reads --addn-hosts.
+    unsafe { libc::kill(dns.0.id() as i32, libc::SIGHUP) };
+    for n in &nodes {
+        wait_health(n.admin_addr(), "web", e.addr, "healthy");
+        wait_state(
+            "d removed",
+            WAIT,
+            || state(n, d.addr),
+            |s| s == "removed" || s == "absent",
+        );
+    }
+    drop(dns);
 }

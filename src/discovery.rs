@@ -132,10 +132,12 @@ fn run(control: Weak<Control>) {
             };
         }
         // Sources as configured now; those a reload dropped are forgotten.
+        // In a fleet only the group's leader looks names up; it writes what it finds to etcd.
         let wanted: Vec<(String, Discover)> = generation
             .config
             .target_groups
             .iter()
+            .filter(|g| control.fleet().is_none_or(|f| f.leads(&g.name)))
             .flat_map(|g| g.discover.iter().map(|d| (g.name.clone(), d.clone())))
             .collect();
         sources.retain(|k, _| wanted.contains(k));

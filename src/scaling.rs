@@ -54,6 +54,10 @@ pub(crate) trait ScalingControl: Send + Sync + 'static {
     fn remove_target(self: &Arc<Self>, group: &str, address: SocketAddr) -> Result<(), String>;
     /// What the hooks saw and did, by group name.
     fn scaling_stats(&self) -> &Mutex<BTreeMap<String, ScalingStats>>;
+    /// Whether this node decides for group `group`: always on a node of its own; in a fleet
+    /// (`cluster:`), only the group's leader (the others sample, and follow what it adds and
+    /// removes).
+    fn leads(&self, group: &str) -> bool;
 }
 
 /// A group's scaling state between ticks.
@@ -112,6 +116,12 @@ fn run<C: ScalingControl>(control: Weak<C>) {
                 for (metric, value) in &samples {
                     entry.samples.insert(metric.name(), *value);
                 }
+            }
+            if !control.leads(group.name()) {
+                // A follower: its conditions start afresh should it become the leader.
+                state.out_since = None;
+                state.in_since = None;
+                continue;
             }
             if let Some(action) = decide(group, scaling, state, &samples, now) {
                 state.running = true;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,18 @@ pub enum FleetChange {
         /// The target.
         address: SocketAddr,
     },
+    /// What DNS discovery (`discover:`) found for the group, on the group's leader: targets
+    /// new to the group are added, those it found before (`before`, the fleet's targets
+    /// marked discovered) and no longer finds are removed, weights follow; a found address
+    /// that is also an operator's target keeps the operator's settings.
+    Discover {
+        /// Target group name.
+        group: String,
+        /// The fleet's discovered targets now: address → weight.
+        before: BTreeMap<SocketAddr, u32>,
+        /// What discovery found: address → weight.
+        found: BTreeMap<SocketAddr, u32>,
+    },
     /// A target's weight.
     Weight {
         /// Target group name.
@@ -63,6 +76,7 @@ impl FleetChange {
             FleetChange::State { group, .. }
             | FleetChange::Add { group, .. }
             | FleetChange::Remove { group, .. }
+            | FleetChange::Discover { group, .. }
             | FleetChange::Weight { group, .. } => group,
         }
     }
@@ -128,6 +142,10 @@ pub struct FleetStatus {
     pub last_error: Option<String>,
     /// Every node's record (this one's as last written), by id.
     pub nodes: BTreeMap<String, FleetNode>,
+    /// The node that runs each group's scaling hooks and DNS discovery, by group name.
+    pub leaders: BTreeMap<String, String>,
+    /// The fleet's targets that DNS discovery found, by group name: address → weight.
+    pub discovered: BTreeMap<String, BTreeMap<SocketAddr, u32>>,
 }
 
 /// The link to the fleet thread.
@@ -146,6 +164,60 @@ pub struct FleetLink {
     /// Changes from etcd this node could not apply (a group it does not have, a list its
     /// checks refuse), counted.
     pub apply_errors: AtomicU64,
+}
+
+impl FleetLink {
+    /// Longest wait for the fleet thread's answer (etcd's own timeouts are shorter).
+    const ANSWER_WAIT: Duration = Duration::from_secs(10);
+    /// Longest wait, once etcd holds a change, for this node to have applied it.
+    const APPLY_WAIT: Duration = Duration::from_secs(3);
+
+    /// Writes `change` to the fleet and waits (at most 3 s) until this node has applied it;
+    /// blocks the calling thread (never a worker's). Returns the etcd revision that holds it.
+    ///
+    /// # Errors
+    /// [`FleetError::Refused`] by this node's checks (nothing written);
+    /// [`FleetError::Store`] when etcd did not take it, did not answer within 10 s, or the
+    /// fleet thread has stopped.
+    pub fn write(&self, change: FleetChange) -> Result<i64, FleetError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if self.requests.send(FleetRequest { change, reply }).is_err() {
+            return Err(FleetError::Store("the fleet thread has stopped".into()));
+        }
+        let revision = answer.recv_timeout(Self::ANSWER_WAIT).map_err(|_| {
+            FleetError::Store(format!(
+                "no answer within {:?}: the change may or may not be made",
+                Self::ANSWER_WAIT
+            ))
+        })??;
+        let deadline = Instant::now() + Self::APPLY_WAIT;
+        while self.applied_revision() < revision && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(revision)
+    }
+
+    /// The revision of the fleet's state this node has applied.
+    pub fn applied_revision(&self) -> i64 {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied_revision
+    }
+
+    /// The fleet's targets of group `group` that DNS discovery found.
+    pub fn discovered(&self, group: &str) -> BTreeMap<SocketAddr, u32> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.discovered.get(group).cloned().unwrap_or_default()
+    }
+
+    /// Whether this node runs group `group`'s scaling hooks and DNS discovery for the
+    /// fleet: it holds the group's leader key and etcd answers (while it does not, no node
+    /// can write what they find, so none runs them).
+    pub fn leads(&self, group: &str) -> bool {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.connected && status.leaders.get(group) == Some(&self.node_id)
+    }
 }
 
 /// The fleet's part of [`Control`].
@@ -190,6 +262,9 @@ impl Control {
             FleetChange::Weight {
                 address, weight, ..
             } => with_weight(config, group, *address, *weight)?,
+            FleetChange::Discover { before, found, .. } => {
+                with_discovered(config, group, before, found)?
+            }
         };
         Ok(Some(targets_of(&config, group)))
     }
@@ -261,6 +336,34 @@ impl Control {
             }
         }
     }
+}
+
+/// `config` with group `group`'s targets changed from what discovery found `before` to
+/// what it found now (`found`): as [`Control::set_discovered`] does on a node of its own.
+fn with_discovered(
+    mut config: Config,
+    group: &str,
+    before: &BTreeMap<SocketAddr, u32>,
+    found: &BTreeMap<SocketAddr, u32>,
+) -> Result<Config, ChangeError> {
+    let g = group_config(&mut config, group)?;
+    g.targets
+        .retain(|t| !before.contains_key(&t.address) || found.contains_key(&t.address));
+    for (&address, &weight) in found {
+        match g.targets.iter_mut().find(|t| t.address == address) {
+            Some(t) if before.contains_key(&address) => t.weight = weight,
+            Some(_) => {} // an operator's target: its settings stay
+            None => g.targets.push(TargetConfig::new(address, weight)),
+        }
+    }
+    if g.targets.is_empty() {
+        return Err(ChangeError::Invalid(format!(
+            "discovery found nothing for `{group}` and it has no other target: keeping the \
+             last ones"
+        )));
+    }
+    config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
+    Ok(config)
 }
 
 /// The targets of group `group` in `config` (empty for an unknown group).

@@ -107,13 +107,29 @@ impl ScalingControl for Control {
         Control::generation(self)
     }
 
+    /// In a fleet, through etcd: every node adds it.
     fn add_target(&self, group: &str, target: TargetConfig) -> Result<(), String> {
+        if let Some(fleet) = self.fleet() {
+            let change = fleet::FleetChange::Add {
+                group: group.to_string(),
+                target,
+            };
+            return fleet.write(change).map(drop).map_err(|e| e.to_string());
+        }
         Control::add_target(self, group, target)
             .map(drop)
             .map_err(|e| e.to_string())
     }
 
+    /// In a fleet, through etcd: every node removes it.
     fn remove_target(self: &Arc<Self>, group: &str, address: SocketAddr) -> Result<(), String> {
+        if let Some(fleet) = self.fleet() {
+            let change = fleet::FleetChange::Remove {
+                group: group.to_string(),
+                address,
+            };
+            return fleet.write(change).map(drop).map_err(|e| e.to_string());
+        }
         Control::remove_target(self, group, address)
             .map(drop)
             .map_err(|e| e.to_string())
@@ -121,6 +137,10 @@ impl ScalingControl for Control {
 
     fn scaling_stats(&self) -> &Mutex<BTreeMap<String, ScalingStats>> {
         &self.scaling
+    }
+
+    fn leads(&self, group: &str) -> bool {
+        self.fleet().is_none_or(|f| f.leads(group))
     }
 }
 

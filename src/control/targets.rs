@@ -25,6 +25,24 @@ impl Control {
         group: &str,
         found: BTreeMap<SocketAddr, u32>,
     ) -> Result<Option<Summary>, ChangeError> {
+        if let Some(fleet) = self.fleet() {
+            // The group's leader writes it to etcd; every node (this one too) applies it from
+            // there.
+            let before = fleet.discovered(group);
+            if before == found {
+                return Ok(None);
+            }
+            let change = super::fleet::FleetChange::Discover {
+                group: group.to_string(),
+                before,
+                found,
+            };
+            return match fleet.write(change) {
+                Ok(_) => Ok(None),
+                Err(super::fleet::FleetError::Refused(e)) => Err(e),
+                Err(e) => Err(ChangeError::Invalid(e.to_string())),
+            };
+        }
         let _guard = self.locked();
         let mut known = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
         let before = known.get(group).cloned().unwrap_or_default();

@@ -11,6 +11,8 @@
 //! P/groups/<group>/states/<addr>     its admin state: "draining", "disabled" (no key:
 //!                                    active); for file targets too, seeded or not
 //! P/nodes/<id>                       a node's record (FleetNode as JSON), under its lease
+//! P/leaders/<group>                  the id of the node that runs the group's scaling
+//!                                    hooks and DNS discovery for the fleet, under its lease
 //! ```
 //!
 //! Each key is written whole by one request, so two writers of one key are ordered by
@@ -44,6 +46,9 @@ pub(crate) struct TargetRecord {
     /// QUIC-LB server ID.
     #[serde(default)]
     pub server_id: Option<u64>,
+    /// Found by DNS discovery (the group's leader removes it when DNS no longer lists it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovered: bool,
 }
 
 impl TargetRecord {
@@ -54,6 +59,7 @@ impl TargetRecord {
             backup: t.backup,
             max_connections: t.max_connections,
             server_id: t.server_id,
+            discovered: false,
         }
     }
 
@@ -87,6 +93,8 @@ pub(crate) enum Key {
     State(String, SocketAddr),
     /// `nodes/<id>`.
     Node(String),
+    /// `leaders/<group>`.
+    Leader(String),
 }
 
 impl Keys {
@@ -110,6 +118,7 @@ impl Keys {
             Key::Target(group, a) => format!("{}/groups/{}/targets/{a}", self.prefix, g(group)),
             Key::State(group, a) => format!("{}/groups/{}/states/{a}", self.prefix, g(group)),
             Key::Node(id) => format!("{}/nodes/{}", self.prefix, g(id)),
+            Key::Leader(group) => format!("{}/leaders/{}", self.prefix, g(group)),
         }
     }
 
@@ -128,6 +137,7 @@ impl Keys {
             ["groups", group, "targets", a] => Some(Key::Target(name(group)?, a.parse().ok()?)),
             ["groups", group, "states", a] => Some(Key::State(name(group)?, a.parse().ok()?)),
             ["nodes", id] => Some(Key::Node(name(id)?)),
+            ["leaders", group] => Some(Key::Leader(name(group)?)),
             _ => None,
         }
     }
@@ -142,6 +152,17 @@ pub(crate) struct GroupView {
     pub targets: BTreeMap<SocketAddr, TargetRecord>,
     /// Admin states other than active.
     pub states: BTreeMap<SocketAddr, AdminState>,
+}
+
+impl GroupView {
+    /// Its targets DNS discovery found: address → weight.
+    pub(crate) fn discovered(&self) -> BTreeMap<SocketAddr, u32> {
+        self.targets
+            .iter()
+            .filter(|(_, r)| r.discovered)
+            .map(|(&a, r)| (a, r.weight))
+            .collect()
+    }
 }
 
 impl GroupView {
@@ -171,6 +192,8 @@ pub(crate) struct View {
     pub groups: BTreeMap<String, GroupView>,
     /// Node records, by id.
     pub nodes: BTreeMap<String, FleetNode>,
+    /// The leader of each group that has one: group name → node id.
+    pub leaders: BTreeMap<String, String>,
 }
 
 impl View {
@@ -218,6 +241,9 @@ impl View {
                     serde_json::from_slice(value).map_err(|e| format!("node {id}: {e}: {text}"))?;
                 self.nodes.insert(id, record);
             }
+            Key::Leader(group) => {
+                self.leaders.insert(group, text.trim().to_string());
+            }
         }
         Ok(())
     }
@@ -242,6 +268,9 @@ impl View {
             }
             Key::Node(id) => {
                 self.nodes.remove(&id);
+            }
+            Key::Leader(group) => {
+                self.leaders.remove(&group);
             }
         }
     }
@@ -270,6 +299,7 @@ mod tests {
             Key::Target("pg".into(), a),
             Key::State("ü".into(), "10.0.0.1:80".parse().unwrap()),
             Key::Node("lb-1".into()),
+            Key::Leader("pg/1".into()),
         ] {
             let text = k.key(&key);
             assert!(text.starts_with(&k.all()), "{text}");
@@ -282,7 +312,11 @@ mod tests {
         );
         // Another fleet's keys, and keys this version does not know, are left alone.
         assert_eq!(k.parse(b"/ballast/prodx/nodes/a"), None);
-        assert_eq!(k.parse(b"/ballast/prod/leaders/pg"), None);
+        assert_eq!(
+            k.parse(b"/ballast/prod/leaders/pg"),
+            Some(Key::Leader("pg".into()))
+        );
+        assert_eq!(k.parse(b"/ballast/prod/elsewhere/pg"), None);
         assert_eq!(k.parse(b"/ballast/prod/groups/pg/targets/nonsense"), None);
     }
 

@@ -271,12 +271,19 @@ impl Fleet {
                 },
                 _ = record.tick() => {
                     if self.write_record(&mut client, lease, false).await?.is_none() {
+                        let _ = timed(client.lease_revoke(lease)).await;
                         return Ok(());
                     }
+                    self.campaign(&mut client, lease).await?;
                 }
                 request = self.incoming.recv() => match request {
                     Some(r) => self.write(&mut client, r).await,
-                    None => return Ok(()),
+                    None => {
+                        // Stopping: the lease goes, and this node's record and leader keys
+                        // with it, so another node leads at once.
+                        let _ = timed(client.lease_revoke(lease)).await;
+                        return Ok(());
+                    }
                 },
             }
         }
@@ -409,6 +416,53 @@ impl Fleet {
         status.latest_revision = status.latest_revision.max(revision);
         status.applied_revision = state_revision;
         status.nodes = self.view.nodes.clone();
+        status.leaders = self.view.leaders.clone();
+        status.discovered = self
+            .view
+            .groups
+            .iter()
+            .map(|(name, g)| (name.clone(), g.discovered()))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+    }
+
+    /// Stands for leader of each group with scaling hooks or DNS discovery that has none:
+    /// creates its leader key under this node's `lease` if no other node holds it (the first
+    /// writer wins; the others see its key and follow). A leader that stops renewing its
+    /// lease loses the key with it, and the others stand again.
+    async fn campaign(&mut self, client: &mut Client, lease: i64) -> Result<(), Trouble> {
+        let Some(control) = self.control.upgrade() else {
+            return Ok(());
+        };
+        let generation = control.generation();
+        drop(control);
+        let open: Vec<String> = generation
+            .groups
+            .iter()
+            .filter(|g| !g.removed)
+            .filter(|g| g.config.scaling.is_some() || !g.config.discover.is_empty())
+            .map(|g| g.name().to_string())
+            .filter(|name| !self.view.leaders.contains_key(name))
+            .collect();
+        for group in open {
+            let key = self.keys.key(&Key::Leader(group.clone()));
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    self.cluster.node_id.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if timed(client.txn(txn)).await?.succeeded() {
+                log::info!(
+                    "fleet {}: this node ({}) now runs target group {group}'s scaling hooks \
+                     and discovery for the fleet",
+                    self.cluster.etcd.prefix,
+                    self.cluster.node_id
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Writes this node's record when it changed (or `force`); `None` once `control` is
@@ -480,8 +534,16 @@ impl Fleet {
         let group = change.group().to_string();
         let target_key = |a: SocketAddr| self.keys.key(&Key::Target(group.clone(), a));
         let state_key = |a: SocketAddr| self.keys.key(&Key::State(group.clone(), a));
+        // A target the fleet has as discovered stays so (a weight change keeps the mark);
+        // with a discovery change, what it found now is.
+        let marked = match change {
+            FleetChange::Discover { found, .. } => found.clone(),
+            _ => self.view.group(&group).discovered(),
+        };
         let record = |t: &crate::config::TargetConfig| {
-            serde_json::to_vec(&TargetRecord::of(t)).unwrap_or_default()
+            let mut r = TargetRecord::of(t);
+            r.discovered = marked.contains_key(&t.address);
+            serde_json::to_vec(&r).unwrap_or_default()
         };
         if let FleetChange::State { address, state, .. } = change {
             let op = if *state == AdminState::Active {
@@ -518,6 +580,27 @@ impl Fleet {
                     TxnOp::delete(target_key(*address), None),
                     TxnOp::delete(state_key(*address), None),
                 ]
+            }
+            FleetChange::Discover { before, found, .. } => {
+                let gone = before.keys().filter(|a| !found.contains_key(a));
+                for &a in gone.clone() {
+                    seed.push(TxnOp::delete(state_key(a), None));
+                }
+                let mut ops: Vec<TxnOp> = list
+                    .iter()
+                    .filter(|t| found.contains_key(&t.address))
+                    .filter(|t| {
+                        // An operator's target DNS also lists keeps its record.
+                        before.contains_key(&t.address)
+                            || !self.view.group(&group).targets.contains_key(&t.address)
+                    })
+                    .map(|t| TxnOp::put(target_key(t.address), record(t), None))
+                    .collect();
+                for &a in gone {
+                    ops.push(TxnOp::delete(target_key(a), None));
+                    ops.push(TxnOp::delete(state_key(a), None));
+                }
+                ops
             }
             FleetChange::State { .. } => Vec::new(),
         };
