@@ -150,6 +150,10 @@ fn a_drain_through_one_node_stops_new_connections_on_every_node_within_a_second(
     // etcd holds it, under the prefix.
     let held = etcd.ctl(&["get", "--prefix", "/ballast/test/groups/web/states/"]);
     assert!(held.contains("draining"), "{held}");
+    // A fourth node started with node 1's id is told so.
+    let twin = Ballast::start(&node_yaml(&etcd, "n1", &[a.addr, b.addr], ""));
+    twin.wait_log("another node's record has this node's id `n1`", WAIT);
+    drop(twin);
     // `--local` keeps a change on one node: enabled on node 3 only.
     cli_ok(
         nodes[2].admin_addr(),
@@ -523,4 +527,70 @@ fn dns_discovery_is_looked_up_by_one_node_and_applied_by_all() {
         );
     }
     drop(dns);
+}
+
+/// `n` consecutive free ports on 127.0.0.1 (the first of them).
+fn free_run(n: u16) -> u16 {
+    for _ in 0..50 {
+        let base = free_port();
+        if base < 60000
+            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
+#[test]
+fn the_shipped_recipe_runs_a_fleet_of_three_on_one_host() {
+    use std::os::unix::process::CommandExt;
+    common::servers::need("etcd");
+    let (etcd, admin, port) = (free_run(2), free_run(4), free_run(4));
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/fleet/run.sh");
+    let mut run = Command::new("bash")
+        .arg(script)
+        .env("BALLAST", env!("CARGO_BIN_EXE_ballast"))
+        .env("ETCD_PORT", etcd.to_string())
+        .env("ETCD_PEER_PORT", (etcd + 1).to_string())
+        .env("ADMIN_BASE", admin.to_string())
+        .env("PORT_BASE", port.to_string())
+        .env("TARGET_A_PORT", a.addr.port().to_string())
+        .env("TARGET_B_PORT", b.addr.port().to_string())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the process group this test started (run.sh and its jobs).
+            unsafe { libc::kill(-(self.0 as i32), libc::SIGTERM) };
+        }
+    }
+    let _group = Group(run.id());
+    let admins: Vec<SocketAddr> = (1..=3)
+        .map(|i| format!("127.0.0.1:{}", admin + i).parse().unwrap())
+        .collect();
+    for &n in &admins {
+        wait_listening(n);
+        wait_health(n, "web", a.addr, "healthy");
+    }
+    cli_ok(admins[0], &["drain", "web", &a.addr.to_string()]);
+    for &n in &admins {
+        wait_target(n, "web", a.addr, Duration::from_secs(1), "draining", |t| {
+            t["admin_state"] == "draining"
+        });
+    }
+    let lb: SocketAddr = format!("127.0.0.1:{}", port + 3).parse().unwrap();
+    assert_eq!(answer(lb).unwrap(), "b");
+    let status = cli_ok(admins[2], &["fleet", "status"]);
+    assert!(
+        status.contains("node1") && status.contains("node3"),
+        "{status}"
+    );
+    drop(_group);
+    let _ = run.wait();
 }

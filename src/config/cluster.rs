@@ -21,8 +21,8 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
-    /// Optional: this node's name in the fleet (its record, `ballast fleet status`); default
-    /// the host name. Two nodes must not share one.
+    /// Optional: this node's name in the fleet (its record, `ballast fleet status`); left
+    /// out or empty (`${BALLAST_NODE_ID:-}`): the host name. Two nodes must not share one.
     pub node_id: Option<String>,
     /// The etcd cluster that holds the fleet's targets, admin states and node records.
     pub etcd: FileEtcd,
@@ -120,7 +120,7 @@ impl std::fmt::Debug for EtcdConfig {
 /// read or holds no PEM block, `cert` without `key`, an empty or unsafe `node_id`.
 pub fn validate(raw: FileCluster, base: &Path) -> Result<ClusterConfig, (String, String)> {
     let wrong = |key: &str, m: String| (format!("cluster.{key}"), m);
-    let node_id = match raw.node_id {
+    let node_id = match raw.node_id.filter(|id| !id.trim().is_empty()) {
         Some(id) => id,
         None => host_name().ok_or_else(|| {
             wrong(

@@ -485,11 +485,29 @@ impl Fleet {
             revision: self.state_revision,
         };
         drop(control);
-        if !force && self.record.as_ref() == Some(&record) {
+        // Written when it changed, or when etcd's copy is not it (expired with an old lease,
+        // overwritten by a node with the same id).
+        let in_etcd = self.view.nodes.get(&record.id) == Some(&record);
+        if !force && self.record.as_ref() == Some(&record) && in_etcd {
             return Ok(Some(()));
         }
         let value = serde_json::to_vec(&record).unwrap_or_default();
         let key = self.keys.key(&Key::Node(record.id.clone()));
+        if force && self.record.is_none() {
+            // At start, a record under another lease: another live node has this id (or this node's
+            // last run, whose lease has not expired yet).
+            let held = timed(client.get(key.clone(), None)).await?;
+            if held.kvs().iter().any(|kv| kv.lease() != lease) {
+                log::warn!(
+                    "fleet {}: another node's record has this node's id `{}` (its lease {:x}): \
+                     give every node its own cluster.node_id (if it is this node's last run, \
+                     its record expires within {LEASE_TTL} s)",
+                    self.cluster.etcd.prefix,
+                    record.id,
+                    held.kvs().first().map_or(0, KeyValue::lease)
+                );
+            }
+        }
         let options = PutOptions::new().with_lease(lease);
         timed(client.put(key, value, Some(options))).await?;
         self.record = Some(record);
