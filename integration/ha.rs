@@ -305,7 +305,7 @@ impl Load {
 #[test]
 fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
     let mut lab = Lab::new("ec");
-    for n in ["r", "c", "t", "n1", "n2", "n3"] {
+    for n in ["r", "c", "t", "e", "n1", "n2", "n3"] {
         lab.add(n);
     }
     lab.ip("r", &["link", "add", "br0", "type", "bridge"]);
@@ -331,6 +331,40 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
     }
     lab.ip("t", &["addr", "add", "10.88.0.22/24", "dev", "eth0"]);
     let stop_targets = targets_in(&lab.ns("t"), &["10.88.0.21:5432", "10.88.0.22:5432"]);
+    // The fleet's etcd (the recipe's cluster:), on the nodes' network.
+    lab.link("e", "eth0", "r", "pe");
+    lab.ip("r", &["link", "set", "pe", "master", "br0"]);
+    lab.ip("e", &["addr", "add", "10.88.0.30/24", "dev", "eth0"]);
+    let etcd_dir = lab.dir().join("etcd").display().to_string();
+    lab.spawn(
+        "e",
+        "etcd",
+        "etcd",
+        &[
+            "--name=e",
+            &format!("--data-dir={etcd_dir}"),
+            "--listen-client-urls=http://10.88.0.30:2379",
+            "--advertise-client-urls=http://10.88.0.30:2379",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=e=http://127.0.0.1:2380",
+        ],
+    );
+    let ns_e = lab.ns("e");
+    wait_for("etcd answers", WAIT, || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns_e,
+                "etcdctl",
+                "--endpoints=10.88.0.30:2379",
+            ])
+            .args(["endpoint", "health"])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
 
     let dir = lab.dir().to_path_buf();
     let ctl = |n: &str| dir.join(format!("{n}.ctl")).display().to_string();
@@ -346,7 +380,18 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
     let (mut ballast, mut checks) = (Vec::new(), Vec::new());
     for n in ["n1", "n2", "n3"] {
         lab.ip(n, &["addr", "add", "10.88.100.1/32", "dev", "lo"]);
-        ballast.push(start_ballast(&mut lab, n, &config));
+        ballast.push(lab.spawn(
+            n,
+            &format!("ballast-{n}"),
+            "env",
+            &[
+                &format!("BALLAST_NODE_ID={n}"),
+                BALLAST,
+                "run",
+                "--config",
+                &config,
+            ],
+        ));
         lab.spawn(
             n,
             &format!("bird-{n}"),
@@ -381,6 +426,37 @@ fn ecmp_fleet_spreads_flows_drains_without_failures_and_drops_a_dead_node() {
     }
     assert_eq!(per_node.len(), 3, "{per_node:?}");
     assert!(per_node.values().all(|&n| n >= 15), "{per_node:?}");
+
+    // One source of truth: a target drained through n3 is drained on all three within a
+    // second, and enabled again through n2.
+    let on = |n: &str, args: &[&str]| {
+        let mut all = vec!["netns", "exec"];
+        let ns = lab.ns(n);
+        all.push(&ns);
+        all.push(BALLAST);
+        all.extend_from_slice(args);
+        run("ip", &all)
+    };
+    let state_on = |n: &str| {
+        let doc: serde_json::Value = serde_json::from_str(&on(n, &["targets", "--json"])).unwrap();
+        doc["target_groups"][0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["address"] == "10.88.0.22:5432")
+            .map(|t| t["admin_state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    for (through, action, want) in [("n3", "drain", "draining"), ("n2", "enable", "active")] {
+        on(through, &[action, "db", "10.88.0.22:5432"]);
+        for n in ["n1", "n2", "n3"] {
+            wait_for(
+                &format!("{n}: 10.88.0.22 {want}"),
+                Duration::from_secs(1),
+                || state_on(n) == want,
+            );
+        }
+    }
 
     // Drain n1 under load: the route is withdrawn before its listeners close, and no
     // connection fails.
