@@ -438,3 +438,51 @@ async fn with_a_token_the_browser_logs_in_and_basic_credentials_keep_the_cross_s
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     browser.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn in_a_fleet_the_page_lists_every_node_and_says_when_etcd_is_away() {
+    let mut etcd = common::etcd::Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let node = |id: &str| {
+        Ballast::start(&format!(
+            "cluster:\n  node_id: {id}\n  etcd: {{endpoints: ['{}'], prefix: /ballast/page}}\n{}",
+            etcd.url(),
+            yaml(a.addr, b.addr)
+        ))
+    };
+    let (n1, _n2) = (node("n1"), node("n2"));
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!("http://{}/", n1.admin_addr()))
+        .await
+        .unwrap();
+    element(&browser, "#fleet tr[data-key='n2']").await;
+    let me = element(&browser, "#fleet tr[data-key='n1']").await;
+    let text = me.text().await.unwrap();
+    assert!(
+        text.contains("n1 (this node)") && text.contains("latest"),
+        "{text}"
+    );
+    let summary = element(&browser, "#fleet-summary").await;
+    assert!(summary.text().await.unwrap().contains("etcd connected"));
+    // etcd goes: the page says so within a few refreshes.
+    etcd.stop();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = summary.text().await.unwrap();
+        if text.contains("not reached") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    artefact(
+        "status-page-fleet.png",
+        &browser.screenshot().await.unwrap(),
+    );
+    let errors = console_errors(&browser).await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.close().await.unwrap();
+}

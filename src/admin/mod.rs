@@ -377,6 +377,8 @@ fn node_json(control: &Control, generation: &Generation) -> serde_json::Value {
         "service": service.to_string(),
         "ready": reasons.is_empty(),
         "reasons": reasons,
+        // Part of a fleet (cluster:): GET /fleet lists it.
+        "fleet": control.fleet().map(|f| f.node_id.clone()),
     });
     if let crate::node::Service::Draining { until } = service {
         doc["listeners_close_in_ms"] = json!(until

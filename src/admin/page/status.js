@@ -12,6 +12,7 @@ const series = new Map(); // key -> { last: {t, counters...}, points: {name: [ra
 let timer = null;
 let refreshes = 0;
 let readOnly = false; // admin.read_only: this page can look, not change
+let fleetNode = null; // this node's id in a fleet (cluster:), whose changes reach every node
 
 const $ = (id) => document.getElementById(id);
 
@@ -37,8 +38,12 @@ async function refresh() {
       getJson("/listeners"),
       getJson("/targets"),
     ]);
+    // Only a node of a fleet has /fleet (elsewhere it is a 404, a console error).
+    fleetNode = node.fleet ?? null;
+    const fleet = fleetNode ? await getJson("/fleet") : null;
     const now = Date.now();
     renderNode(node);
+    renderFleet(fleet);
     renderListeners(listeners.listeners, now);
     renderGroups(targets.target_groups, now);
     prune(now);
@@ -183,6 +188,31 @@ function dropRows(tbody, keep) {
 function setText(cell, text, className) {
   if (cell.textContent !== text) cell.textContent = text;
   if (className !== undefined) cell.className = className;
+}
+
+// The fleet this node is part of: etcd's state, the leaders, and every node's record.
+function renderFleet(fleet) {
+  $("fleet-section").hidden = !fleet;
+  if (!fleet) return;
+  const leaders = Object.entries(fleet.leaders ?? {}).map(([g, n]) => `${g} → ${n}`);
+  setText($("fleet-summary"), `${fleet.prefix}: etcd `
+    + (fleet.etcd_connected ? "connected" : `not reached (${fleet.last_error ?? "no answer yet"})`)
+    + ` · revision ${fleet.latest_revision}`
+    + (leaders.length ? ` · leaders: ${leaders.join(", ")}` : ""),
+    fleet.etcd_connected ? "" : "warn");
+  const tbody = $("fleet").tBodies[0];
+  const keep = new Set();
+  for (const n of fleet.nodes) {
+    keep.add(n.id);
+    const tr = row(tbody, n.id, 6);
+    setText(tr.cells[0], n.this_node ? `${n.id} (this node)` : n.id);
+    setText(tr.cells[1], n.version);
+    setText(tr.cells[2], count(n.generation), "number");
+    setText(tr.cells[3], n.ready ? "ready" : "not ready");
+    setText(tr.cells[4], count(n.revision), "number");
+    setText(tr.cells[5], n.up_to_date ? "latest" : "behind", n.up_to_date ? "" : "warn");
+  }
+  dropRows(tbody, keep);
 }
 
 function renderNode(node) {
@@ -381,7 +411,9 @@ function confirmAction(group, address, action) {
   pending = { group, address, action };
   const verb = action[0].toUpperCase() + action.slice(1);
   $("confirm-title").textContent = `${verb} ${address}?`;
-  $("confirm-text").textContent = `${address} in target group ${group} ${ACTIONS[action]}`;
+  // In a fleet the change goes to etcd, and every node applies it.
+  const where = fleetNode ? " This applies to every node of the fleet." : "";
+  $("confirm-text").textContent = `${address} in target group ${group} ${ACTIONS[action]}${where}`;
   $("confirm-ok").textContent = verb;
   $("confirm").showModal();
 }
