@@ -594,3 +594,47 @@ fn the_shipped_recipe_runs_a_fleet_of_three_on_one_host() {
     drop(_group);
     let _ = run.wait();
 }
+
+#[test]
+fn a_node_that_missed_compacted_revisions_reads_the_whole_state_again() {
+    let mut etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let (n1, n2) = (
+        Ballast::start(&node_yaml(&etcd, "n1", &[a.addr, b.addr], "")),
+        Ballast::start(&node_yaml(&etcd, "n2", &[a.addr, b.addr], "")),
+    );
+    cli_ok(n2.admin_addr(), &["drain", "web", &a.addr.to_string()]);
+    wait_state(
+        "n1 drains a",
+        WAIT,
+        || state(&n1, a.addr),
+        |s| s == "draining",
+    );
+    // n1 is frozen while etcd restarts (its connection is gone), changes are made and the
+    // history compacted: when it wakes, the revision it would resume from is gone.
+    n1.signal(libc::SIGSTOP);
+    etcd.stop();
+    etcd.resume();
+    wait_metric(
+        n2.admin_addr(),
+        "ballast_fleet_etcd_connected",
+        &[],
+        WAIT,
+        |v| v == 1.0,
+    );
+    cli_ok(n2.admin_addr(), &["enable", "web", &a.addr.to_string()]);
+    cli_ok(n2.admin_addr(), &["drain", "web", &b.addr.to_string()]);
+    let status: serde_json::Value =
+        serde_json::from_str(&etcd.ctl(&["endpoint", "status", "-w", "json"])).unwrap();
+    let revision = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
+    etcd.ctl(&["compact", &revision.to_string()]);
+    n1.signal(libc::SIGCONT);
+    n1.wait_log("compacted away", WAIT);
+    wait_state(
+        "n1 has the fleet's state",
+        WAIT,
+        || (state(&n1, a.addr), state(&n1, b.addr)),
+        |s| s.0 == "active" && s.1 == "draining",
+    );
+}
