@@ -150,6 +150,17 @@ fn a_drain_through_one_node_stops_new_connections_on_every_node_within_a_second(
     // etcd holds it, under the prefix.
     let held = etcd.ctl(&["get", "--prefix", "/ballast/test/groups/web/states/"]);
     assert!(held.contains("draining"), "{held}");
+    // A change that changes nothing (b is active) answers at once, not after a timeout.
+    let asked = Instant::now();
+    cli_ok(
+        nodes[1].admin_addr(),
+        &["enable", "web", &b.addr.to_string()],
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     // A fourth node started with node 1's id is told so.
     let twin = Ballast::start(&node_yaml(&etcd, "n1", &[a.addr, b.addr], ""));
     twin.wait_log("another node's record has this node's id `n1`", WAIT);

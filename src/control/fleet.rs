@@ -134,7 +134,7 @@ pub struct FleetNode {
 pub struct FleetStatus {
     /// Whether the last exchange with etcd worked.
     pub connected: bool,
-    /// The newest etcd revision seen.
+    /// The revision up to which every event of the fleet's keys is applied.
     pub latest_revision: i64,
     /// The revision of the fleet state this node applied.
     pub applied_revision: i64,
@@ -190,6 +190,7 @@ impl FleetLink {
                 Self::ANSWER_WAIT
             ))
         })??;
+        // Every write puts or deletes a key that exists, so an event at its revision comes.
         let deadline = Instant::now() + Self::APPLY_WAIT;
         while self.applied_revision() < revision && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

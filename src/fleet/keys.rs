@@ -8,8 +8,8 @@
 //!                                    on the file's targets of the group are not used)
 //! P/groups/<group>/targets/<addr>    a target: {"weight":1,"backup":false,
 //!                                    "max_connections":null,"server_id":null}
-//! P/groups/<group>/states/<addr>     its admin state: "draining", "disabled" (no key:
-//!                                    active); for file targets too, seeded or not
+//! P/groups/<group>/states/<addr>     its admin state: "active", "draining", "disabled"
+//!                                    (no key: active); for file targets too, seeded or not
 //! P/nodes/<id>                       a node's record (FleetNode as JSON), under its lease
 //! P/leaders/<group>                  the id of the node that runs the group's scaling
 //!                                    hooks and DNS discovery for the fleet, under its lease

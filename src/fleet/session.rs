@@ -20,7 +20,6 @@ use super::First;
 use crate::config::cluster::{ClusterConfig, EtcdConfig};
 use crate::control::fleet::{FleetChange, FleetError, FleetLink, FleetNode, FleetRequest};
 use crate::control::{ChangeError, Control};
-use crate::target::AdminState;
 use crate::throttle::LogLimiter;
 
 /// A node's record lives this long without renewal (seconds).
@@ -338,10 +337,10 @@ impl Fleet {
                 self.bad_value(&e);
             }
         }
-        if events.is_empty() {
-            // A progress notification: every event up to `header` has been sent.
-            revision = revision.max(header);
-        }
+        // A message without events (the watch's `created` answer) says nothing of what is
+        // complete: its header is the store's revision, whose events may still be on their
+        // way. Only events move the revision a watch resumes from.
+        let _ = header;
         self.apply(next, revision, state_revision);
     }
 
@@ -564,11 +563,9 @@ impl Fleet {
             serde_json::to_vec(&r).unwrap_or_default()
         };
         if let FleetChange::State { address, state, .. } = change {
-            let op = if *state == AdminState::Active {
-                TxnOp::delete(state_key(*address), None)
-            } else {
-                TxnOp::put(state_key(*address), state_value(*state), None)
-            };
+            // Written even when it is `active` (not deleted): a write always makes an event,
+            // which the writer waits to have applied.
+            let op = TxnOp::put(state_key(*address), state_value(*state), None);
             return Ok(Txn::new().and_then([op]));
         }
         let list = list
