@@ -224,6 +224,17 @@ fn an_added_target_is_served_by_every_node_and_a_restarted_node_takes_the_fleets
     let out = cli(nodes[0].admin_addr(), &["remove", "web", "127.0.0.1:1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    // Tokens stay per node: an add with tokens through the fleet says so.
+    let out = cli(
+        nodes[0].admin_addr(),
+        &["add", "web", "127.0.0.1:9", "--token", "match-1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("tokens are kept per node"),
+        "{}",
+        stderr(&out)
+    );
     // A reload keeps the fleet's targets, not the file's.
     nodes[0].signal(libc::SIGHUP);
     nodes[0].wait_log("reloaded", WAIT);

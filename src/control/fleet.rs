@@ -258,6 +258,14 @@ impl Control {
                 target_config(&config, group, *address)?;
                 return Ok(None);
             }
+            FleetChange::Add { target, .. } if !target.tokens.is_empty() => {
+                return Err(ChangeError::Invalid(format!(
+                    "tokens are kept per node, not in the fleet: add {} without tokens, then \
+                     give them on each node (`ballast tokens`), or add it to this node only \
+                     (`--local`)",
+                    target.address
+                )))
+            }
             FleetChange::Add { target, .. } => with_target_added(config, group, target.clone())?,
             FleetChange::Remove { address, .. } => with_target_removed(config, group, *address)?.0,
             FleetChange::Weight {
