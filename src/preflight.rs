@@ -256,7 +256,10 @@ fn etcd_endpoint(url: &str) -> Finding {
             Err(last)
         });
     match reached {
-        Ok(a) => Finding::Ok(format!("cluster.etcd {url}: reachable ({a})")),
+        Ok(a) => Finding::Ok(format!(
+            "cluster.etcd {url}: reachable over TCP ({a}; TLS and the login are checked by \
+             `run`, which stops on a refused login)"
+        )),
         Err(e) => Finding::Degraded(format!(
             "cluster.etcd {url}: not reachable ({e}): the node would serve its file's targets \
              until etcd answers"

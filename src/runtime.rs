@@ -516,6 +516,11 @@ impl Running {
     /// `shutdown_timeout` to finish; returns when every thread has ended.
     pub fn stop(mut self) {
         self.control.node().stopping();
+        // Out of the fleet first: its record and the groups it leads go now, not when its
+        // lease expires, so another node takes the scaling hooks and discovery over at once.
+        if let Some(fleet) = self.control.fleet() {
+            fleet.leave_fleet(std::time::Duration::from_secs(1));
+        }
         if !self.handed_over {
             crate::notify::stopping();
         }

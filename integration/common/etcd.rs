@@ -142,6 +142,36 @@ impl Etcd {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Stops it, loses its data (as a member rebuilt empty, or a restore gone wrong), and
+    /// starts it again: a new cluster at revision 1.
+    pub fn wipe(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.path().join("data")).unwrap();
+        self.resume();
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&self.ctl(&["endpoint", "status", "-w", "json"])).unwrap();
+        status[0]["Status"]["header"]["revision"].as_i64().unwrap()
+    }
+
+    /// `etcdctl put KEY` with the value read from `value` (on stdin: an argument is limited
+    /// to 128 KiB).
+    pub fn put_file(&self, key: &str, value: &Path) {
+        let file = std::fs::File::open(value).unwrap();
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url(), "--command-timeout", "10s"]);
+        let out = c.args(["put", key]).stdin(file).output().expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A scratch directory that lives as long as it (for password files and such).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -36,13 +36,14 @@ pub(super) fn status(control: &Control) -> Reply {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    // In step: the same state applied, whatever revisions each saw on the way (a node that
+    // read the state whole never saw the revisions of deletes before it).
     let latest = s
         .nodes
         .values()
         .map(|n| n.revision)
         .chain([s.applied_revision])
-        .max()
-        .unwrap_or(0);
+        .max();
     let nodes: Vec<_> = s
         .nodes
         .values()
@@ -53,7 +54,8 @@ pub(super) fn status(control: &Control) -> Reply {
                 "generation": n.generation,
                 "ready": n.ready,
                 "revision": n.revision,
-                "up_to_date": n.revision >= latest,
+                "state": n.state,
+                "up_to_date": n.state == s.state,
                 "this_node": n.id == link.node_id,
             })
         })
@@ -66,7 +68,8 @@ pub(super) fn status(control: &Control) -> Reply {
             "etcd_connected": s.connected,
             "last_error": s.last_error,
             "applied_revision": s.applied_revision,
-            "latest_revision": latest,
+            "latest_revision": latest.unwrap_or(0),
+            "state": s.state,
             "nodes": nodes,
             "leaders": s.leaders,
         }),

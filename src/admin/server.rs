@@ -52,8 +52,9 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_BACKLOG: i32 = 4096;
 /// A request body must be read within this long.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handler threads (blocking pool).
-const HANDLER_THREADS: usize = 4;
+/// Handler threads (blocking pool): enough that fleet changes waiting for etcd (at most
+/// `FleetLink::MAX_WAITING`, and a few waiting their turn) leave some for reads.
+const HANDLER_THREADS: usize = 8;
 /// At a stop or an upgrade, how long requests already being served get to finish (their
 /// answers are sent, then the connections closed), at most.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,10 @@ pub struct FleetNode {
     pub ready: bool,
     /// The etcd revision of the fleet state it has applied.
     pub revision: i64,
+    /// A digest of the fleet state it has applied (targets and admin states): nodes in step
+    /// have the same one, whatever revisions they saw on the way.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// What the fleet thread knows, for `/fleet`, `/metrics` and the status page.
@@ -146,6 +150,8 @@ pub struct FleetStatus {
     pub leaders: BTreeMap<String, String>,
     /// The fleet's targets that DNS discovery found, by group name: address → weight.
     pub discovered: BTreeMap<String, BTreeMap<SocketAddr, u32>>,
+    /// The digest of the state this node applied (see [`FleetNode::state`]).
+    pub state: String,
 }
 
 /// The link to the fleet thread.
@@ -164,11 +170,24 @@ pub struct FleetLink {
     /// Changes from etcd this node could not apply (a group it does not have, a list its
     /// checks refuse), counted.
     pub apply_errors: AtomicU64,
+    /// Fleet changes waiting for etcd now (at most [`FleetLink::MAX_WAITING`]).
+    pub waiting: AtomicUsize,
+    /// Told when the node stops: the fleet thread gives its lease up.
+    pub leave: tokio::sync::Notify,
+    /// Where the fleet thread says it has given its lease up.
+    pub left: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
 }
 
 impl FleetLink {
     /// Longest wait for the fleet thread's answer (etcd's own timeouts are shorter).
-    const ANSWER_WAIT: Duration = Duration::from_secs(10);
+    const ANSWER_WAIT: Duration = Duration::from_secs(6);
+    /// Most fleet changes waiting for etcd at once; others wait their turn.
+    pub const MAX_WAITING: usize = 3;
+    /// Longest wait for a turn; past it, a change is refused (503).
+    const TURN_WAIT: Duration = Duration::from_secs(1);
     /// Longest wait, once etcd holds a change, for this node to have applied it.
     const APPLY_WAIT: Duration = Duration::from_secs(3);
 
@@ -180,6 +199,27 @@ impl FleetLink {
     /// [`FleetError::Store`] when etcd did not take it, did not answer within 10 s, or the
     /// fleet thread has stopped.
     pub fn write(&self, change: FleetChange) -> Result<i64, FleetError> {
+        // Each waits on one of the admin API's few handler threads: at most MAX_WAITING wait
+        // for etcd, the others for a turn (briefly: with etcd answering, turns take
+        // milliseconds), so reads always find a thread.
+        let asked = Instant::now();
+        while self.waiting.fetch_add(1, Ordering::AcqRel) >= Self::MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if asked.elapsed() >= Self::TURN_WAIT {
+                return Err(FleetError::Store(format!(
+                    "{} fleet changes are waiting for etcd already; nothing changed: retry",
+                    Self::MAX_WAITING
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let result = self.write_one(change);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    /// [`FleetLink::write`], once admitted.
+    fn write_one(&self, change: FleetChange) -> Result<i64, FleetError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         if self.requests.send(FleetRequest { change, reply }).is_err() {
             return Err(FleetError::Store("the fleet thread has stopped".into()));
@@ -196,6 +236,13 @@ impl FleetLink {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(revision)
+    }
+
+    /// At a stop: has the fleet thread give its lease up (this node's record and the groups
+    /// it leads go at once, so another node leads), waiting at most `wait`.
+    pub fn leave_fleet(&self, wait: Duration) {
+        self.leave.notify_one();
+        let _ = self.left.1.recv_timeout(wait);
     }
 
     /// The revision of the fleet's state this node has applied.
@@ -278,8 +325,8 @@ impl Control {
         Ok(Some(targets_of(&config, group)))
     }
 
-    /// The fleet's target list for group `group` is `list` (`None`: the fleet holds none,
-    /// the running list stays until a reload brings the file's back). Targets new to the
+    /// The fleet's target list for group `group` is `list` (`None` or empty: the fleet holds
+    /// none, and the group goes back to its file's list, read again). Targets new to the
     /// group are added (they take traffic once their check passes), missing ones removed
     /// (they drain, closed after `drain_timeout`), changed ones updated; a target keeps the
     /// tokens it has here. Returns `None` when nothing changed.
@@ -294,20 +341,20 @@ impl Control {
     ) -> Result<Option<Summary>, ChangeError> {
         let _guard = self.locked();
         let mut lists = self.fleet.targets.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut list) = list else {
-            lists.remove(group);
-            return Ok(None);
-        };
         let mut config = self.generation().config.clone();
+        // No list (or an empty one) in the fleet: the file's list, on every node alike.
+        let held = list.filter(|l| !l.is_empty());
+        let mut list = match &held {
+            Some(list) => list.clone(),
+            None if lists.remove(group).is_none() => return Ok(None),
+            None => file_targets(&config, group)?,
+        };
         let g = group_config(&mut config, group)?;
-        if list.is_empty() {
-            return Err(ChangeError::Invalid(format!(
-                "the fleet lists no target for group `{group}`: a group needs at least one"
-            )));
-        }
         keep_tokens(&mut list, &g.targets);
         if same_targets(&g.targets, &list) {
-            lists.insert(group.to_string(), list);
+            if held.is_some() {
+                lists.insert(group.to_string(), list);
+            }
             return Ok(None);
         }
         let before: Vec<SocketAddr> = g.targets.iter().map(|t| t.address).collect();
@@ -315,7 +362,9 @@ impl Control {
         config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
         let drain = g.drain_timeout;
         let summary = self.apply_locked(config)?;
-        lists.insert(group.to_string(), list.clone());
+        if held.is_some() {
+            lists.insert(group.to_string(), list.clone());
+        }
         let generation = self.generation();
         if let Some((gi, g)) = generation.group(group) {
             for address in before
@@ -373,6 +422,23 @@ fn with_discovered(
     }
     config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
     Ok(config)
+}
+
+/// The targets group `group` has in the file `config` was read from (read again).
+///
+/// # Errors
+/// [`ChangeError::Config`] when the file no longer loads; [`ChangeError::NotFound`] when it
+/// no longer has the group.
+fn file_targets(config: &Config, group: &str) -> Result<Vec<TargetConfig>, ChangeError> {
+    let file = config::load(&config.path)?;
+    let targets = targets_of(&file, group);
+    if targets.is_empty() {
+        return Err(ChangeError::NotFound(format!(
+            "{} no longer has target group `{group}`",
+            config.path.display()
+        )));
+    }
+    Ok(targets)
 }
 
 /// The targets of group `group` in `config` (empty for an unknown group).

@@ -32,8 +32,8 @@ use crate::target::AdminState;
 const NAME: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
 /// A target as the fleet holds it (its tokens stay with each node).
+/// Fields it does not know are ignored (a newer version's, during a rolling upgrade).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct TargetRecord {
     /// Relative share for weighted algorithms.
     pub weight: u32,
@@ -202,6 +202,17 @@ impl View {
     /// # Errors
     /// A value that does not parse (the key is left as it was).
     pub(crate) fn put(&mut self, key: Key, value: &[u8]) -> Result<(), String> {
+        // A value that does not parse counts as no key at all, so a node that reads it now
+        // and one that saw the good value before agree.
+        let taken = self.take(key.clone(), value);
+        if taken.is_err() {
+            self.delete(key);
+        }
+        taken
+    }
+
+    /// [`View::put`] of a value that parses; an error changes nothing.
+    fn take(&mut self, key: Key, value: &[u8]) -> Result<(), String> {
         let text = String::from_utf8_lossy(value);
         match key {
             Key::Seeded(group) => self.groups.entry(group).or_default().seeded = true,
@@ -275,6 +286,22 @@ impl View {
         }
     }
 
+    /// A digest of the targets and admin states (FNV-1a, 64 bits, hex): nodes that applied
+    /// the same state have the same one.
+    pub(crate) fn digest(&self) -> String {
+        let mut text = String::new();
+        for (name, g) in &self.groups {
+            text += &format!("{name:?} {}\n", g.seeded);
+            for (a, r) in &g.targets {
+                text += &format!(" t {a} {r:?}\n");
+            }
+            for (a, s) in &g.states {
+                text += &format!(" s {a} {s}\n");
+            }
+        }
+        format!("{:016x}", crate::hash::fnv1a(text.as_bytes(), 0))
+    }
+
     /// The group `name` (empty when the fleet says nothing of it).
     pub(crate) fn group(&self, name: &str) -> GroupView {
         self.groups.get(name).cloned().unwrap_or_default()
@@ -334,12 +361,20 @@ mod tests {
         assert!(v
             .put(Key::Target("web".into(), a), br#"{"weight":0}"#)
             .is_err());
+        assert_eq!(v.group("web").list(), Some(vec![]));
+        v.put(Key::Target("web".into(), a), br#"{"weight":3}"#)
+            .unwrap();
+        let before = v.digest();
         assert!(v.put(Key::Target("web".into(), a), b"{").is_err());
         assert_eq!(
-            v.group("web").list().unwrap()[0].weight,
-            3,
-            "a bad value changes nothing"
+            v.group("web").list(),
+            Some(vec![]),
+            "a bad value is as no key, as a node reading it afresh sees it"
         );
+        assert_ne!(v.digest(), before);
+        let newer = br#"{"weight":3,"from_a_newer_version":1}"#;
+        v.put(Key::Target("web".into(), a), newer).unwrap();
+        assert_eq!(v.digest(), before);
         v.put(Key::State("web".into(), a), b"draining").unwrap();
         assert_eq!(v.group("web").state(a), AdminState::Draining);
         assert!(v.put(Key::State("web".into(), a), b"removed").is_err());

@@ -15,7 +15,7 @@
 mod keys;
 mod session;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ pub(crate) fn start(control: &Arc<Control>) -> Result<(), FleetStartError> {
         status: Mutex::new(FleetStatus::default()),
         errors: AtomicU64::new(0),
         apply_errors: AtomicU64::new(0),
+        waiting: AtomicUsize::new(0),
+        leave: tokio::sync::Notify::new(),
+        left: crossbeam_channel::bounded(1),
     });
     control.set_fleet_link(link.clone());
     let (first_tx, first) = crossbeam_channel::bounded(1);

@@ -26,8 +26,14 @@ use crate::throttle::LogLimiter;
 const LEASE_TTL: i64 = 10;
 /// How often the lease is renewed.
 const KEEPALIVE: Duration = Duration::from_secs(3);
-/// How often this node's record is looked at (written when it changed).
-const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// How often this node's record is looked at (written when it changed), and leaderless
+/// groups stood for.
+const RECORD_EVERY: Duration = Duration::from_millis(200);
+/// Largest answer taken from etcd (tonic's default is 4 MiB; a range read is paged, a watch
+/// message holds one transaction's events).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Keys per page of a range read.
+const PAGE: i64 = 256;
 /// Longest wait for one request to etcd.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// First wait before connecting again; doubled up to [`RETRY_MAX`].
@@ -110,8 +116,11 @@ pub(super) fn run(
         revision: 0,
         state_revision: 0,
         failures: LogLimiter::default(),
+        twins: LogLimiter::default(),
         record: None,
         wait: RETRY_FIRST,
+        lease: 0,
+        cluster_id: 0,
     };
     runtime.block_on(fleet.run());
 }
@@ -133,10 +142,16 @@ struct Fleet {
     /// out: writing this node's record must not change it).
     state_revision: i64,
     failures: LogLimiter,
-    /// This node's record as last written.
+    /// Says, at most every 10 s, that another node has this node's id.
+    twins: LogLimiter,
+    /// This node's record as last written (`None`: to be written again).
     record: Option<FleetNode>,
     /// The wait before the next connect.
     wait: Duration,
+    /// This session's lease.
+    lease: i64,
+    /// The etcd cluster followed (its id, from any answer's header).
+    cluster_id: u64,
 }
 
 impl Fleet {
@@ -169,6 +184,11 @@ impl Fleet {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => break,
+                    () = self.link.leave.notified() => {
+                        // No session: no lease to give up.
+                        let _ = self.link.left.0.try_send(());
+                        return;
+                    }
                     request = self.incoming.recv() => match request {
                         Some(r) => {
                             let _ = r.reply.send(Err(FleetError::Store(format!(
@@ -207,8 +227,14 @@ impl Fleet {
     /// it stopped), then events, renewals, this node's record and the admin API's writes
     /// until something fails. `Ok` once `control` is gone.
     async fn serve(&mut self, mut client: Client) -> Result<(), Trouble> {
-        let lease = timed(client.lease_grant(LEASE_TTL, None)).await?.id();
+        let grant = timed(client.lease_grant(LEASE_TTL, None)).await?;
+        let lease = grant.id();
+        self.lease = lease;
+        self.record = None;
         let (mut keeper, mut renewals) = timed(client.lease_keep_alive(lease)).await?;
+        if let Some(h) = grant.header() {
+            self.same_history(h.cluster_id(), h.revision());
+        }
         if self.revision == 0 {
             self.load(&mut client).await?;
         }
@@ -258,10 +284,6 @@ impl Fleet {
                         .filter_map(|e| Some((e.event_type() == EventType::Put, e.kv()?.clone())))
                         .collect();
                     self.take(&events, header);
-                    // At once, so `ballast fleet status` on any node sees this one caught up.
-                    if self.write_record(&mut client, lease, false).await?.is_none() {
-                        return Ok(());
-                    }
                 }
                 _ = keepalive.tick() => timed(keeper.keep_alive()).await?,
                 renewal = renewals.message() => match renewal? {
@@ -274,6 +296,14 @@ impl Fleet {
                         return Ok(());
                     }
                     self.campaign(&mut client, lease).await?;
+                }
+                () = self.link.leave.notified() => {
+                    // Stopping: the lease goes, and this node's record and the groups it
+                    // leads with it, so another node leads at once.
+                    let _ = timed(client.lease_revoke(lease)).await;
+                    let _ = self.link.left.0.try_send(());
+                    log::info!("fleet {}: left (lease given up)", self.cluster.etcd.prefix);
+                    std::future::pending::<()>().await;
                 }
                 request = self.incoming.recv() => match request {
                     Some(r) => self.write(&mut client, r).await,
@@ -288,25 +318,69 @@ impl Fleet {
         }
     }
 
-    /// Reads every key of the fleet and applies what differs from the view.
+    /// Reads every key of the fleet (in pages, all at one revision) and applies what
+    /// differs from the view.
     async fn load(&mut self, client: &mut Client) -> Result<(), Trouble> {
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         let all = self.keys.all();
-        let r = timed(client.get(all, Some(GetOptions::new().with_prefix()))).await?;
+        let end = prefix_end(&all);
+        let (mut from, mut revision) = (all.into_bytes(), 0);
         let mut next = View::default();
         let mut state_revision = 0;
-        for kv in r.kvs() {
-            if let Some(key) = self.keys.parse(kv.key()) {
-                if !matches!(key, Key::Node(_)) {
-                    state_revision = state_revision.max(kv.mod_revision());
-                }
-                if let Err(e) = next.put(key, kv.value()) {
-                    self.bad_value(&e);
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let r = timed(kv.get(from.clone(), Some(options))).await?;
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
+            }
+            for kv in r.kvs() {
+                if let Some(key) = self.keys.parse(kv.key()) {
+                    if !matches!(key, Key::Node(_)) {
+                        state_revision = state_revision.max(kv.mod_revision());
+                    }
+                    if let Err(e) = next.put(key, kv.value()) {
+                        self.bad_value(&e);
+                    }
                 }
             }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
-        let revision = r.header().map_or(0, |h| h.revision());
         self.apply(next, revision, state_revision.max(self.state_revision));
         Ok(())
+    }
+
+    /// Whether etcd still holds the history this node followed: another cluster (its id)
+    /// or a revision below the one applied (etcd restored from a backup, or its data lost)
+    /// means the whole state is read again.
+    fn same_history(&mut self, cluster_id: u64, revision: i64) {
+        let other = self.cluster_id != 0 && cluster_id != self.cluster_id;
+        if self.revision > 0 && (other || revision < self.revision) {
+            log::warn!(
+                "fleet {}: etcd is not the one followed until now ({}): reading the whole \
+                 state again",
+                self.cluster.etcd.prefix,
+                if other {
+                    format!("cluster {cluster_id:x}, was {:x}", self.cluster_id)
+                } else {
+                    format!(
+                        "revision {revision}, this node had applied {}",
+                        self.revision
+                    )
+                }
+            );
+            self.revision = 0;
+            self.state_revision = 0;
+        }
+        self.cluster_id = cluster_id;
     }
 
     /// A watch of the fleet's keys from the revision after the view's.
@@ -314,7 +388,8 @@ impl Fleet {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
-        timed(client.watch(self.keys.all(), Some(options))).await
+        let mut watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        timed(watch.watch(self.keys.all(), Some(options))).await
     }
 
     /// Takes a watch message's `events` (put or not, and the key): applies the view they
@@ -328,8 +403,10 @@ impl Fleet {
             let Some(key) = self.keys.parse(kv.key()) else {
                 continue;
             };
-            if !matches!(key, Key::Node(_)) {
-                state_revision = state_revision.max(kv.mod_revision());
+            match &key {
+                Key::Node(id) if *id == self.cluster.node_id => self.own_record(*put, kv),
+                Key::Node(_) => {}
+                _ => state_revision = state_revision.max(kv.mod_revision()),
             }
             if !put {
                 next.delete(key);
@@ -342,6 +419,27 @@ impl Fleet {
         // way. Only events move the revision a watch resumes from.
         let _ = header;
         self.apply(next, revision, state_revision);
+    }
+
+    /// An event on this node's own record: deleted (its lease expired), it is written again;
+    /// written under another lease, another node has this id — said, not fought over (each
+    /// rewriting the other's would never end).
+    fn own_record(&mut self, put: bool, kv: &KeyValue) {
+        if !put {
+            self.record = None;
+        } else if kv.lease() != self.lease {
+            if let Some(more) = self.twins.allow(Instant::now()) {
+                log::warn!(
+                    "fleet {}: another node writes this node's id `{}` (lease {:x}, this \
+                     node's {:x}): give every node its own cluster.node_id ({more} more \
+                     since the last warning)",
+                    self.cluster.etcd.prefix,
+                    self.cluster.node_id,
+                    kv.lease(),
+                    self.lease
+                );
+            }
+        }
     }
 
     /// A value that does not parse: left out, counted, logged.
@@ -416,6 +514,7 @@ impl Fleet {
         status.applied_revision = state_revision;
         status.nodes = self.view.nodes.clone();
         status.leaders = self.view.leaders.clone();
+        status.state = self.view.digest();
         status.discovered = self
             .view
             .groups
@@ -441,17 +540,26 @@ impl Fleet {
             .filter(|g| !g.removed)
             .filter(|g| g.config.scaling.is_some() || !g.config.discover.is_empty())
             .map(|g| g.name().to_string())
-            .filter(|name| !self.view.leaders.contains_key(name))
+            .filter(|name| {
+                // No leader, or one with no live record (written by hand, or by a node gone
+                // whose key outlived it).
+                self.view
+                    .leaders
+                    .get(name)
+                    .is_none_or(|id| !self.view.nodes.contains_key(id))
+            })
             .collect();
         for group in open {
             let key = self.keys.key(&Key::Leader(group.clone()));
-            let txn = Txn::new()
-                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key,
-                    self.cluster.node_id.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
+            let held = match self.view.leaders.get(&group) {
+                None => Compare::version(key.clone(), CompareOp::Equal, 0),
+                Some(id) => Compare::value(key.clone(), CompareOp::Equal, id.clone()),
+            };
+            let txn = Txn::new().when([held]).and_then([TxnOp::put(
+                key,
+                self.cluster.node_id.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
             if timed(client.txn(txn)).await?.succeeded() {
                 log::info!(
                     "fleet {}: this node ({}) now runs target group {group}'s scaling hooks \
@@ -482,12 +590,11 @@ impl Fleet {
             generation: generation.generation,
             ready: control.node().readiness(&generation).is_empty(),
             revision: self.state_revision,
+            state: self.view.digest(),
         };
         drop(control);
-        // Written when it changed, or when etcd's copy is not it (expired with an old lease,
-        // overwritten by a node with the same id).
-        let in_etcd = self.view.nodes.get(&record.id) == Some(&record);
-        if !force && self.record.as_ref() == Some(&record) && in_etcd {
+        // Written when it changed, or was deleted (see `own_record`).
+        if !force && self.record.as_ref() == Some(&record) {
             return Ok(Some(()));
         }
         let value = serde_json::to_vec(&record).unwrap_or_default();
@@ -655,4 +762,14 @@ async fn timed<T>(
         Ok(r) => Ok(r?),
         Err(_) => Err(Trouble::Timeout(limit)),
     }
+}
+
+/// The first key after every key that starts with `prefix` (its last byte raised; a
+/// prefix ends in `/`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
