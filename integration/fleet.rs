@@ -571,17 +571,18 @@ fn dns_discovery_is_looked_up_by_one_node_and_applied_by_all() {
     drop(dns);
 }
 
-/// `n` consecutive free ports on 127.0.0.1 (the first of them).
+/// `n` consecutive free ports on 127.0.0.1 (the first of them), below the kernel's
+/// ephemeral range (so no connection of another test takes one meanwhile).
 fn free_run(n: u16) -> u16 {
-    for _ in 0..50 {
-        let base = free_port();
-        if base < 60000
-            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let base = rng.gen_range(20_000..30_000);
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
-    panic!("no {n} consecutive free ports");
+    panic!("no {n} consecutive free ports in 20000-30000");
 }
 
 #[test]
