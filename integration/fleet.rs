@@ -838,3 +838,53 @@ fn hand_written_values_large_or_bad_leave_every_node_agreeing() {
         );
     }
 }
+
+#[test]
+fn a_drain_waits_for_the_connections_of_every_node() {
+    let etcd = Etcd::start();
+    let a = Backend::start(named_echo("a"));
+    let b = Backend::start(named_echo("b"));
+    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    // One connection to a, through node 2, held open.
+    let held = (0..10)
+        .find_map(|_| {
+            let s = TcpStream::connect(nodes[1].addr("web")).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut name = String::new();
+            BufReader::new(&s).read_line(&mut name).unwrap();
+            (name.trim() == "a").then_some(s)
+        })
+        .expect("a connection to a");
+    // Drained through node 1, which has no connection to a: the wait is for node 2's.
+    let out = cli(
+        nodes[0].admin_addr(),
+        &[
+            "drain",
+            "web",
+            &a.addr.to_string(),
+            "--wait",
+            "--timeout",
+            "2s",
+        ],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("1 connection"), "{}", stderr(&out));
+    let doc = target_in(nodes[0].admin_addr(), "web", a.addr).unwrap();
+    assert_eq!(
+        (doc["active"].as_u64(), doc["fleet_active"].as_u64()),
+        (Some(0), Some(1))
+    );
+    drop(held);
+    let said = cli_ok(
+        nodes[0].admin_addr(),
+        &[
+            "drain",
+            "web",
+            &a.addr.to_string(),
+            "--wait",
+            "--timeout",
+            "5s",
+        ],
+    );
+    assert!(said.contains("drained"), "{said}");
+}

@@ -474,6 +474,16 @@ pub(crate) fn target_path(group: &str, address: &str, suffix: &str) -> String {
     format!("/target-groups/{}/targets/{address}{suffix}", enc(group))
 }
 
+/// The connections still open to target `t` (an entry of `GET /targets`): on every node of
+/// its fleet when it is part of one (`fleet_active`; `None` while a node has not applied
+/// the latest change, so cannot tell), else on this node (`active`).
+pub(crate) fn open_connections(t: &Value) -> Option<u64> {
+    match t.get("fleet_active") {
+        Some(fleet) => fleet.as_u64(),
+        None => t["active"].as_u64(),
+    }
+}
+
 /// The `GET /targets` entry of `address` in `group`, from a `/targets` document.
 pub(crate) fn find_target<'d>(doc: &'d Value, group: &str, address: &str) -> Option<&'d Value> {
     doc["target_groups"]

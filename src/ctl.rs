@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cli::{Api, ApiCommand, FleetAction, NodeAction, TargetRef};
-use crate::client::{find_target, target_path, AdminClient, ClientError, Where};
+use crate::client::{find_target, open_connections, target_path, AdminClient, ClientError, Where};
 use crate::deploy::{deploy, DeployError, DeployPlan};
 use crate::progress::{connections_open, Progress};
 
@@ -396,22 +396,27 @@ fn wait_drained(
     let mut progress = Progress::start(&target.address);
     loop {
         let doc = c.get("/targets")?;
-        let active = find_target(&doc, &target.group, &target.address)
-            .and_then(|t| t["active"].as_u64())
-            .unwrap_or(0);
-        if active == 0 {
+        // Gone from the list: removed, nothing open. `None`: a node of the fleet has not
+        // applied the drain yet.
+        let open =
+            find_target(&doc, &target.group, &target.address).map_or(Some(0), open_connections);
+        if open == Some(0) {
             drop(progress);
             let _ = writeln!(out, "{}: drained", target.address);
             return Ok(());
         }
+        let status = open.map_or(
+            "draining: waiting for every node of the fleet".into(),
+            |n| format!("draining: {}", connections_open(n)),
+        );
         if Instant::now() >= deadline {
             return Err(CtlError::Timeout(format!(
-                "{}: still {active} connections after {}",
+                "{}: {status} after {}",
                 target.address,
                 humantime::format_duration(timeout)
             )));
         }
-        progress.update(&format!("draining: {}", connections_open(active)), out);
+        progress.update(&status, out);
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client::{find_target, target_path, AdminClient, ClientError};
+use crate::client::{find_target, open_connections, target_path, AdminClient, ClientError};
 use crate::progress::{connections_open, Progress};
 
 /// How often the waits ask the API.
@@ -197,12 +197,10 @@ impl Step<'_> {
         let started = Instant::now();
         let active = self.wait_for(
             self.plan.drain_timeout,
-            |t| t["active"] == 0,
-            |t| {
-                format!(
-                    "draining: {}",
-                    connections_open(t["active"].as_u64().unwrap_or(0))
-                )
+            |t| open_connections(t) == Some(0),
+            |t| match open_connections(t) {
+                Some(n) => format!("draining: {}", connections_open(n)),
+                None => "draining: waiting for every node of the fleet".into(),
             },
             out,
         )?;
@@ -212,7 +210,7 @@ impl Step<'_> {
                 format!("drained in {:.1}s", started.elapsed().as_secs_f64()),
             );
         } else {
-            let open = self.target()?["active"].as_u64().unwrap_or(0);
+            let open = open_connections(&self.target()?).unwrap_or(0);
             say(
                 out,
                 format!(

@@ -257,12 +257,12 @@ pub fn answer(
             Err(e) => error(e.status(), &e.to_string()),
         },
         (&Method::GET, "/targets") if query(url, "format") == Some("csv") => {
-            csv::reply(csv::targets(&targets(&generation)))
+            csv::reply(csv::targets(&targets(&generation, control.fleet())))
         }
         (&Method::GET, "/listeners") if query(url, "format") == Some("csv") => {
             csv::reply(csv::listeners(&listeners(&generation)))
         }
-        (&Method::GET, "/targets") => json_response(200, targets(&generation)),
+        (&Method::GET, "/targets") => json_response(200, targets(&generation, control.fleet())),
         (&Method::GET, "/listeners") => json_response(200, listeners(&generation)),
         (&Method::GET, "/" | page::SCRIPT | page::STYLE) => page::asset(path),
         (&Method::GET, "/connections") => match limit(url) {
@@ -764,7 +764,10 @@ fn target_json(t: &crate::target::Target) -> serde_json::Value {
 
 /// The `GET /targets` document: groups in the configuration, and their targets (removed ones
 /// only while connections to them remain).
-fn targets(generation: &Generation) -> serde_json::Value {
+fn targets(
+    generation: &Generation,
+    fleet: Option<&Arc<crate::control::fleet::FleetLink>>,
+) -> serde_json::Value {
     let groups: Vec<serde_json::Value> = generation
         .groups
         .iter()
@@ -778,6 +781,14 @@ fn targets(generation: &Generation) -> serde_json::Value {
                 })
                 .map(|t| {
                     let mut doc = target_json(t);
+                    // In a fleet: its open connections on every node (what a drain's wait,
+                    // `drain --wait` and `deploy`, waits for).
+                    // `null` while a node has not applied this node's state.
+                    if let Some(f) = fleet {
+                        let here = t.active.load(Ordering::Relaxed);
+                        let elsewhere = f.open_elsewhere(g.name(), t.address);
+                        doc["fleet_active"] = json!(elsewhere.map(|n| here + n));
+                    }
                     // Its tokens (`token:` listeners), from the group's configuration.
                     let tokens = g.config.targets.iter().find(|c| c.address == t.address);
                     if let Some(c) = tokens.filter(|c| !c.tokens.is_empty()) {

@@ -131,6 +131,10 @@ pub struct FleetNode {
     /// have the same one, whatever revisions they saw on the way.
     #[serde(default)]
     pub state: String,
+    /// Connections still open on it to targets out of service (draining, disabled, removed),
+    /// by `group/address`: what a fleet-wide drain waits for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub open: BTreeMap<String, u64>,
 }
 
 /// What the fleet thread knows, for `/fleet`, `/metrics` and the status page.
@@ -251,6 +255,23 @@ impl FleetLink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .applied_revision
+    }
+
+    /// Connections the other nodes of the fleet still have open to `address` of `group`, as
+    /// their records say (a target out of service only); `None` while a node has not applied
+    /// the state this one has (its record cannot tell yet: records follow within 0.2 s).
+    pub fn open_elsewhere(&self, group: &str, address: SocketAddr) -> Option<u64> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{group}/{address}");
+        let others = status.nodes.values().filter(|n| n.id != self.node_id);
+        let mut open = 0;
+        for n in others {
+            if n.state != status.state {
+                return None;
+            }
+            open += n.open.get(&key).copied().unwrap_or(0);
+        }
+        Some(open)
     }
 
     /// The fleet's targets of group `group` that DNS discovery found.

@@ -591,6 +591,17 @@ impl Fleet {
             ready: control.node().readiness(&generation).is_empty(),
             revision: self.state_revision,
             state: self.view.digest(),
+            open: generation
+                .groups
+                .iter()
+                .flat_map(|g| g.targets.iter().map(move |t| (g, t)))
+                .filter(|(_, t)| t.admin_state() != crate::target::AdminState::Active)
+                .map(|(g, t)| {
+                    let key = format!("{}/{}", g.name(), t.address);
+                    (key, t.active.load(Ordering::Relaxed))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         };
         drop(control);
         // Written when it changed, or was deleted (see `own_record`).
