@@ -856,17 +856,14 @@ fn a_drain_waits_for_the_connections_of_every_node() {
         })
         .expect("a connection to a");
     // Drained through node 1, which has no connection to a: the wait is for node 2's.
-    let out = cli(
-        nodes[0].admin_addr(),
-        &[
-            "drain",
-            "web",
-            &a.addr.to_string(),
-            "--wait",
-            "--timeout",
-            "2s",
-        ],
-    );
+    let a_addr = a.addr.to_string();
+    let drain_wait = |timeout| {
+        cli(
+            nodes[0].admin_addr(),
+            &["drain", "web", &a_addr, "--wait", "--timeout", timeout],
+        )
+    };
+    let out = drain_wait("2s");
     assert!(!out.status.success(), "{}", stdout(&out));
     assert!(stderr(&out).contains("1 connection"), "{}", stderr(&out));
     let doc = target_in(nodes[0].admin_addr(), "web", a.addr).unwrap();
@@ -875,16 +872,8 @@ fn a_drain_waits_for_the_connections_of_every_node() {
         (Some(0), Some(1))
     );
     drop(held);
-    let said = cli_ok(
-        nodes[0].admin_addr(),
-        &[
-            "drain",
-            "web",
-            &a.addr.to_string(),
-            "--wait",
-            "--timeout",
-            "5s",
-        ],
-    );
+    let out = drain_wait("5s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
     assert!(said.contains("drained"), "{said}");
 }
