@@ -1,0 +1,259 @@
+//! What this node writes to etcd: the changes the admin API asks of the fleet (one
+//! transaction each), its own record, and its bids for the leadership of groups.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
+
+use super::super::keys::{state_value, Key, TargetRecord};
+use super::{timed, Fleet, Trouble, LEASE_TTL};
+use crate::control::fleet::{FleetChange, FleetError, FleetNode, FleetRequest};
+use crate::control::ChangeError;
+
+impl Fleet {
+    /// An event on this node's own record: deleted (its lease expired), it is written again;
+    /// written under another lease, another node has this id — said, not fought over (each
+    /// rewriting the other's would never end).
+    pub(super) fn own_record(&mut self, put: bool, kv: &KeyValue) {
+        if !put {
+            self.record = None;
+        } else if kv.lease() != self.lease {
+            if let Some(more) = self.twins.allow(Instant::now()) {
+                log::warn!(
+                    "fleet {}: another node writes this node's id `{}` (lease {:x}, this \
+                     node's {:x}): give every node its own cluster.node_id ({more} more \
+                     since the last warning)",
+                    self.cluster.etcd.prefix,
+                    self.cluster.node_id,
+                    kv.lease(),
+                    self.lease
+                );
+            }
+        }
+    }
+
+    /// Stands for leader of each group with scaling hooks or DNS discovery that has none:
+    /// creates its leader key under this node's `lease` if no other node holds it (the first
+    /// writer wins; the others see its key and follow). A leader that stops renewing its
+    /// lease loses the key with it, and the others stand again.
+    pub(super) async fn campaign(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+    ) -> Result<(), Trouble> {
+        let Some(control) = self.control.upgrade() else {
+            return Ok(());
+        };
+        let generation = control.generation();
+        drop(control);
+        let open: Vec<String> = generation
+            .groups
+            .iter()
+            .filter(|g| !g.removed)
+            .filter(|g| g.config.scaling.is_some() || !g.config.discover.is_empty())
+            .map(|g| g.name().to_string())
+            .filter(|name| {
+                // No leader, or one with no live record (written by hand, or by a node gone
+                // whose key outlived it).
+                self.view
+                    .leaders
+                    .get(name)
+                    .is_none_or(|id| !self.view.nodes.contains_key(id))
+            })
+            .collect();
+        for group in open {
+            let key = self.keys.key(&Key::Leader(group.clone()));
+            let held = match self.view.leaders.get(&group) {
+                None => Compare::version(key.clone(), CompareOp::Equal, 0),
+                Some(id) => Compare::value(key.clone(), CompareOp::Equal, id.clone()),
+            };
+            let txn = Txn::new().when([held]).and_then([TxnOp::put(
+                key,
+                self.cluster.node_id.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+            if timed(client.txn(txn)).await?.succeeded() {
+                log::info!(
+                    "fleet {}: this node ({}) now runs target group {group}'s scaling hooks \
+                     and discovery for the fleet",
+                    self.cluster.etcd.prefix,
+                    self.cluster.node_id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes this node's record when it changed (or `force`); `None` once `control` is
+    /// gone.
+    pub(super) async fn write_record(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        force: bool,
+    ) -> Result<Option<()>, Trouble> {
+        let Some(control) = self.control.upgrade() else {
+            return Ok(None);
+        };
+        let generation = control.generation();
+        let record = FleetNode {
+            id: self.cluster.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: generation.generation,
+            ready: control.node().readiness(&generation).is_empty(),
+            revision: self.state_revision,
+            state: self.digest.clone(),
+            open: generation
+                .groups
+                .iter()
+                .flat_map(|g| g.targets.iter().map(move |t| (g, t)))
+                .filter(|(_, t)| t.admin_state() != crate::target::AdminState::Active)
+                .map(|(g, t)| {
+                    let key = format!("{}/{}", g.name(), t.address);
+                    (key, t.active.load(Ordering::Relaxed))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        };
+        drop(control);
+        // Written when it changed, or was deleted (see `own_record`).
+        if !force && self.record.as_ref() == Some(&record) {
+            return Ok(Some(()));
+        }
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        let key = self.keys.key(&Key::Node(record.id.clone()));
+        if force && self.record.is_none() {
+            // At start, a record under another lease: another live node has this id (or this node's
+            // last run, whose lease has not expired yet).
+            let held = timed(client.get(key.clone(), None)).await?;
+            if held.kvs().iter().any(|kv| kv.lease() != lease) {
+                log::warn!(
+                    "fleet {}: another node's record has this node's id `{}` (its lease {:x}): \
+                     give every node its own cluster.node_id (if it is this node's last run, \
+                     its record expires within {LEASE_TTL} s)",
+                    self.cluster.etcd.prefix,
+                    record.id,
+                    held.kvs().first().map_or(0, KeyValue::lease)
+                );
+            }
+        }
+        let options = PutOptions::new().with_lease(lease);
+        timed(client.put(key, value, Some(options))).await?;
+        self.record = Some(record);
+        Ok(Some(()))
+    }
+
+    /// Writes what `request` asks, once this node's checks pass it; answers with the
+    /// revision that holds it.
+    pub(super) async fn write(&mut self, client: &mut Client, request: FleetRequest) {
+        let answer = match self.transaction(&request.change) {
+            Err(e) => Err(e),
+            Ok(txn) => match timed(client.txn(txn)).await {
+                Ok(r) => {
+                    let revision = r.header().map_or(0, |h| h.revision());
+                    log::info!(
+                        "fleet {}: wrote {:?} at revision {revision}",
+                        self.cluster.etcd.prefix,
+                        request.change
+                    );
+                    Ok(revision)
+                }
+                Err(e) => {
+                    self.link.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(FleetError::Store(format!(
+                        "{e}; it may or may not have been written: look with `ballast targets`"
+                    )))
+                }
+            },
+        };
+        let _ = request.reply.send(answer);
+    }
+
+    /// The transaction that makes `change`. A change to a group's list (add, remove,
+    /// weight) first hands the whole list to the fleet when it holds none yet (the
+    /// `seeded` key and every target, as this node has it), else changes the one target.
+    fn transaction(&self, change: &FleetChange) -> Result<Txn, FleetError> {
+        let control = self
+            .control
+            .upgrade()
+            .ok_or_else(|| FleetError::Store("stopping".into()))?;
+        let list = control.plan_fleet_change(change)?;
+        let group = change.group().to_string();
+        let target_key = |a: SocketAddr| self.keys.key(&Key::Target(group.clone(), a));
+        let state_key = |a: SocketAddr| self.keys.key(&Key::State(group.clone(), a));
+        // A target the fleet has as discovered stays so (a weight change keeps the mark);
+        // with a discovery change, what it found now is.
+        let marked = match change {
+            FleetChange::Discover { found, .. } => found.clone(),
+            _ => self.view.group(&group).discovered(),
+        };
+        let record = |t: &crate::config::TargetConfig| {
+            let mut r = TargetRecord::of(t);
+            r.discovered = marked.contains_key(&t.address);
+            serde_json::to_vec(&r).unwrap_or_default()
+        };
+        if let FleetChange::State { address, state, .. } = change {
+            // Written even when it is `active` (not deleted): a write always makes an event,
+            // which the writer waits to have applied.
+            let op = TxnOp::put(state_key(*address), state_value(*state), None);
+            return Ok(Txn::new().and_then([op]));
+        }
+        let list = list
+            .ok_or_else(|| FleetError::Refused(ChangeError::Invalid("nothing to change".into())))?;
+        let seeded = self.keys.key(&Key::Seeded(group.clone()));
+        let mut seed = vec![TxnOp::put(
+            seeded.clone(),
+            self.cluster.node_id.clone(),
+            None,
+        )];
+        seed.extend(
+            list.iter()
+                .map(|t| TxnOp::put(target_key(t.address), record(t), None)),
+        );
+        let one = match change {
+            FleetChange::Add { target, .. } => {
+                vec![TxnOp::put(target_key(target.address), record(target), None)]
+            }
+            FleetChange::Weight { address, .. } => list
+                .iter()
+                .filter(|t| t.address == *address)
+                .map(|t| TxnOp::put(target_key(t.address), record(t), None))
+                .collect(),
+            FleetChange::Remove { address, .. } => {
+                seed.push(TxnOp::delete(state_key(*address), None));
+                vec![
+                    TxnOp::delete(target_key(*address), None),
+                    TxnOp::delete(state_key(*address), None),
+                ]
+            }
+            FleetChange::Discover { before, found, .. } => {
+                let gone = before.keys().filter(|a| !found.contains_key(a));
+                for &a in gone.clone() {
+                    seed.push(TxnOp::delete(state_key(a), None));
+                }
+                let mut ops: Vec<TxnOp> = list
+                    .iter()
+                    .filter(|t| found.contains_key(&t.address))
+                    .filter(|t| {
+                        // An operator's target DNS also lists keeps its record.
+                        before.contains_key(&t.address)
+                            || !self.view.group(&group).targets.contains_key(&t.address)
+                    })
+                    .map(|t| TxnOp::put(target_key(t.address), record(t), None))
+                    .collect();
+                for &a in gone {
+                    ops.push(TxnOp::delete(target_key(a), None));
+                    ops.push(TxnOp::delete(state_key(a), None));
+                }
+                ops
+            }
+            FleetChange::State { .. } => Vec::new(),
+        };
+        Ok(Txn::new()
+            .when([Compare::version(seeded, CompareOp::Equal, 0)])
+            .and_then(seed)
+            .or_else(one))
+    }
+}
