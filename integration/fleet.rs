@@ -645,7 +645,7 @@ fn the_shipped_recipe_runs_a_fleet_of_three_on_one_host() {
 }
 
 #[test]
-fn a_node_that_missed_compacted_revisions_reads_the_whole_state_again() {
+fn a_node_frozen_through_an_etcd_restart_and_a_compaction_takes_the_fleets_state() {
     let mut etcd = Etcd::start();
     let a = Backend::start(named("a"));
     let b = Backend::start(named("b"));
@@ -676,7 +676,6 @@ fn a_node_that_missed_compacted_revisions_reads_the_whole_state_again() {
     cli_ok(n2.admin_addr(), &["drain", "web", &b.addr.to_string()]);
     etcd.ctl(&["compact", &etcd.revision().to_string()]);
     n1.signal(libc::SIGCONT);
-    n1.wait_log("compacted away", WAIT);
     wait_state(
         "n1 has the fleet's state",
         WAIT,
@@ -837,6 +836,112 @@ fn hand_written_values_large_or_bad_leave_every_node_agreeing() {
             |s| s.0 == "active" && (s.1 == "removed" || s.1 == "absent"),
         );
     }
+    // The next change is made to that list, whole (second review: the fleet was left with
+    // the added target alone, every other one gone from every node).
+    cli_ok(nodes[1].admin_addr(), &["add", "web", &c.addr.to_string()]);
+    for n in &nodes {
+        wait_state(
+            "a, b and c",
+            WAIT,
+            || [a.addr, b.addr, c.addr].map(|t| state(n, t)),
+            |s| s.iter().all(|s| s == "active" || s == "draining"),
+        );
+    }
+}
+
+/// The lease of node `id`'s record, as etcdctl takes it (hex).
+fn node_lease(etcd: &Etcd, id: &str) -> String {
+    let key = format!("/ballast/test/nodes/{id}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&etcd.ctl(&["get", &key, "-w", "json"])).unwrap();
+    format!("{:x}", doc["kvs"][0]["lease"].as_i64().unwrap())
+}
+
+#[test]
+fn a_node_gone_without_leaving_keeps_a_drain_from_calling_itself_done() {
+    let etcd = Etcd::start();
+    let a = Backend::start(named_echo("a"));
+    let b = Backend::start(named_echo("b"));
+    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    // Node 3 is cut off (frozen; its record's lease revoked, as when it expires): it may
+    // still be serving connections to a, which no record counts.
+    nodes[2].signal(libc::SIGSTOP);
+    etcd.ctl(&["lease", "revoke", &node_lease(&etcd, "n3")]);
+    let vanished = || get_json(nodes[0].admin_addr(), "/fleet")["vanished"].clone();
+    wait_state("n3 gone without leaving", WAIT, vanished, |v| {
+        v.as_array().is_some_and(|v| !v.is_empty())
+    });
+    let a_addr = a.addr.to_string();
+    let drain_wait = |timeout| {
+        cli(
+            nodes[0].admin_addr(),
+            &["drain", "web", &a_addr, "--wait", "--timeout", timeout],
+        )
+    };
+    let out = drain_wait("1s");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("waiting for every node"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(nodes[0].admin_addr(), &["fleet", "status"]);
+    assert!(
+        stderr(&out).contains("gone without leaving"),
+        "{}",
+        stderr(&out)
+    );
+    // Back: its record again, and the drain's wait ends.
+    nodes[2].signal(libc::SIGCONT);
+    let out = drain_wait("10s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A node that stops leaves: no one calls it gone.
+    nodes[1].terminate();
+    let count = || {
+        get_json(nodes[0].admin_addr(), "/fleet")["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    wait_state("n2's record gone", WAIT, count, |n| *n == 2);
+    assert_eq!(vanished(), serde_json::json!([]));
+}
+
+#[test]
+fn a_node_cut_off_while_etcd_is_rebuilt_follows_the_new_history() {
+    let mut etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    let b_addr = b.addr.to_string();
+    cli_ok(nodes[0].admin_addr(), &["weight", "web", &b_addr, "2"]);
+    wait_target(
+        nodes[2].admin_addr(),
+        "web",
+        b.addr,
+        WAIT,
+        "weight 2",
+        |t| t["weight"] == 2,
+    );
+    // Node 3 frozen while etcd is rebuilt empty and its revisions climb past node 3's.
+    nodes[2].signal(libc::SIGSTOP);
+    etcd.wipe();
+    let admin = nodes[0].admin_addr();
+    wait_metric(admin, "ballast_fleet_etcd_connected", &[], WAIT, |v| {
+        v == 1.0
+    });
+    cli_ok(admin, &["drain", "web", &a.addr.to_string()]);
+    for w in 3..20 {
+        cli_ok(admin, &["weight", "web", &b_addr, &w.to_string()]);
+    }
+    nodes[2].signal(libc::SIGCONT);
+    let seen = || {
+        let weight = target_in(nodes[2].admin_addr(), "web", b.addr).map(|t| t["weight"].clone());
+        (weight, state(&nodes[2], a.addr))
+    };
+    wait_state("node 3 follows the rebuilt etcd", WAIT, seen, |(w, a)| {
+        *w == Some(serde_json::json!(19)) && a == "draining"
+    });
 }
 
 #[test]

@@ -462,7 +462,7 @@ async fn in_a_fleet_the_page_lists_every_node_and_says_when_etcd_is_away() {
     let me = element(&browser, "#fleet tr[data-key='n1']").await;
     let text = me.text().await.unwrap();
     assert!(
-        text.contains("n1 (this node)") && text.contains("latest"),
+        text.contains("n1 (this node)") && text.contains("in step"),
         "{text}"
     );
     let summary = element(&browser, "#fleet-summary").await;

@@ -264,8 +264,21 @@ pub fn run(command: &ApiCommand, out: &mut dyn Write) -> Result<(), CtlError> {
             }
             if !behind.is_empty() {
                 return Err(CtlError::Fleet(format!(
-                    "not at the latest revision: {}",
+                    "not in step (another fleet state applied): {}",
                     behind.join(", ")
+                )));
+            }
+            let vanished: Vec<String> = doc["vanished"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| format!("{} ({} s ago)", text(&v["id"]), v["seconds_ago"]))
+                .collect();
+            if !vanished.is_empty() {
+                return Err(CtlError::Fleet(format!(
+                    "gone without leaving (crashed, or cut off from etcd and perhaps still \
+                     serving): {}",
+                    vanished.join(", ")
                 )));
             }
         }
@@ -342,9 +355,9 @@ fn print_fleet(doc: &Value, out: &mut dyn Write) {
             },
             n["revision"],
             if n["up_to_date"] == true {
-                "latest"
+                "in step"
             } else {
-                "BEHIND"
+                "NOT IN STEP"
             }
         );
     }

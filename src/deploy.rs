@@ -210,13 +210,15 @@ impl Step<'_> {
                 format!("drained in {:.1}s", started.elapsed().as_secs_f64()),
             );
         } else {
-            let open = open_connections(&self.target()?).unwrap_or(0);
+            let open = open_connections(&self.target()?).map_or(
+                "connections on some node of the fleet unknown".into(),
+                crate::progress::connections_open,
+            );
             say(
                 out,
                 format!(
-                    "drain timeout ({}) passed with {}; going on",
+                    "drain timeout ({}) passed with {open}; going on",
                     humantime::format_duration(self.plan.drain_timeout),
-                    crate::progress::connections_open(open)
                 ),
             );
         }

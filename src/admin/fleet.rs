@@ -71,6 +71,10 @@ pub(super) fn status(control: &Control) -> Reply {
             "latest_revision": latest.unwrap_or(0),
             "state": s.state,
             "nodes": nodes,
+            "vanished": s.vanished.iter().map(|(id, at)| json!({
+                "id": id,
+                "seconds_ago": at.elapsed().as_secs(),
+            })).collect::<Vec<_>>(),
             "leaders": s.leaders,
         }),
     )

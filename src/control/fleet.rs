@@ -135,6 +135,10 @@ pub struct FleetNode {
     /// by `group/address`: what a fleet-wide drain waits for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub open: BTreeMap<String, u64>,
+    /// Written as it stops, just before its lease is given up: it leaves, and its
+    /// connections end with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
 /// What the fleet thread knows, for `/fleet`, `/metrics` and the status page.
@@ -156,6 +160,10 @@ pub struct FleetStatus {
     pub discovered: BTreeMap<String, BTreeMap<SocketAddr, u32>>,
     /// The digest of the state this node applied (see [`FleetNode::state`]).
     pub state: String,
+    /// Nodes whose record went without their saying they leave (its lease expired: crashed,
+    /// or cut off from etcd and perhaps still serving), and since when; forgotten after 5
+    /// minutes, or when they write a record again.
+    pub vanished: BTreeMap<String, Instant>,
 }
 
 /// The link to the fleet thread.
@@ -259,10 +267,14 @@ impl FleetLink {
 
     /// Connections the other nodes of the fleet still have open to `address` of `group`, as
     /// their records say (a target out of service only); `None` while a node has not applied
-    /// the state this one has (its record cannot tell yet: records follow within 0.2 s).
+    /// the state this one has (its record cannot tell yet: records follow within 0.2 s), or
+    /// a node is gone without leaving (see [`FleetStatus::vanished`]).
     pub fn open_elsewhere(&self, group: &str, address: SocketAddr) -> Option<u64> {
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let key = format!("{group}/{address}");
+        if !status.vanished.is_empty() {
+            return None;
+        }
         let others = status.nodes.values().filter(|n| n.id != self.node_id);
         let mut open = 0;
         for n in others {

@@ -198,7 +198,9 @@ function renderFleet(fleet) {
   setText($("fleet-summary"), `${fleet.prefix}: etcd `
     + (fleet.etcd_connected ? "connected" : `not reached (${fleet.last_error ?? "no answer yet"})`)
     + ` · revision ${fleet.latest_revision}`
-    + (leaders.length ? ` · leaders: ${leaders.join(", ")}` : ""),
+    + (leaders.length ? ` · leaders: ${leaders.join(", ")}` : "")
+    + (fleet.vanished.length
+      ? ` · gone without leaving: ${fleet.vanished.map((v) => v.id).join(", ")}` : ""),
     fleet.etcd_connected ? "" : "warn");
   const tbody = $("fleet").tBodies[0];
   const keep = new Set();
@@ -210,7 +212,7 @@ function renderFleet(fleet) {
     setText(tr.cells[2], count(n.generation), "number");
     setText(tr.cells[3], n.ready ? "ready" : "not ready");
     setText(tr.cells[4], count(n.revision), "number");
-    setText(tr.cells[5], n.up_to_date ? "latest" : "behind", n.up_to_date ? "" : "warn");
+    setText(tr.cells[5], n.up_to_date ? "in step" : "not in step", n.up_to_date ? "" : "warn");
   }
   dropRows(tbody, keep);
 }

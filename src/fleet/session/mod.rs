@@ -26,6 +26,8 @@ use crate::throttle::LogLimiter;
 
 /// A node's record lives this long without renewal (seconds).
 const LEASE_TTL: i64 = 10;
+/// How long a node gone without leaving is remembered (see `FleetStatus::vanished`).
+const VANISHED_MEMORY: Duration = Duration::from_secs(300);
 /// How often the lease is renewed.
 const KEEPALIVE: Duration = Duration::from_secs(3);
 /// How often this node's record is looked at (written when it changed), and leaderless
@@ -122,6 +124,7 @@ pub(super) fn run(
         record: None,
         wait: RETRY_FIRST,
         lease: 0,
+        leaving: BTreeSet::new(),
         digest: View::default().digest(),
         cluster_id: 0,
     };
@@ -153,6 +156,8 @@ struct Fleet {
     wait: Duration,
     /// This session's lease.
     lease: i64,
+    /// Nodes that said, in the events being taken, that they leave.
+    leaving: BTreeSet<String>,
     /// The digest of the view (computed when it changes, written every record).
     digest: String,
     /// The etcd cluster followed (its id, from any answer's header).
@@ -240,9 +245,11 @@ impl Fleet {
         if let Some(h) = grant.header() {
             self.same_history(h.cluster_id(), h.revision());
         }
-        if self.revision == 0 {
-            self.load(&mut client).await?;
-        }
+        // The whole state at every (re)connect, only its differences applied: whatever etcd
+        // went through meanwhile (a restore, a wipe whose revisions have climbed past this
+        // node's, a compaction), the node follows what it holds now (second review: a wipe
+        // while a node was cut off left it resuming a watch into another history).
+        self.load(&mut client).await?;
         let mut watch = self.watch(&mut client).await?;
         if self.write_record(&mut client, lease, true).await?.is_none() {
             return Ok(());
@@ -303,8 +310,13 @@ impl Fleet {
                     self.campaign(&mut client, lease).await?;
                 }
                 () = self.link.leave.notified() => {
-                    // Stopping: the lease goes, and this node's record and the groups it
-                    // leads with it, so another node leads at once.
+                    // Stopping: said in its record first (the others then know its
+                    // connections end with it), then the lease goes, and the record and the
+                    // groups it leads with it, so another node leads at once.
+                    if let Some(mut record) = self.record.clone() {
+                        record.left = true;
+                        let _ = self.put_record(&mut client, lease, &record).await;
+                    }
                     let _ = timed(client.lease_revoke(lease)).await;
                     let _ = self.link.left.0.try_send(());
                     log::info!("fleet {}: left (lease given up)", self.cluster.etcd.prefix);
@@ -410,6 +422,10 @@ impl Fleet {
             };
             match &key {
                 Key::Node(id) if *id == self.cluster.node_id => self.own_record(*put, kv),
+                // Its last record may come in the same message as its deletion.
+                Key::Node(id) if *put && kv.value().windows(11).any(|w| w == b"\"left\":true") => {
+                    self.leaving.insert(id.clone());
+                }
                 Key::Node(_) => {}
                 _ => state_revision = state_revision.max(kv.mod_revision()),
             }
@@ -490,10 +506,39 @@ impl Fleet {
                 }
             }
         }
+        // Nodes whose record went without their saying they leave (crashed, or cut off from
+        // etcd and maybe still serving): remembered a while, so a drain's wait cannot call
+        // their connections none.
+        let now = Instant::now();
+        let gone: Vec<String> = old
+            .nodes
+            .iter()
+            .filter(|(id, n)| {
+                !next.nodes.contains_key(*id)
+                    && !n.left
+                    && !self.leaving.contains(*id)
+                    && **id != self.cluster.node_id
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.leaving.clear();
+        for id in &gone {
+            log::warn!(
+                "fleet {}: node {id} is gone without leaving (its lease expired): its \
+                 connections are unknown for {} min",
+                self.cluster.etcd.prefix,
+                VANISHED_MEMORY.as_secs() / 60
+            );
+        }
         self.view = next;
         self.revision = revision;
         self.state_revision = state_revision;
         let mut status = self.link.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.vanished.extend(gone.into_iter().map(|id| (id, now)));
+        let nodes = &self.view.nodes;
+        status
+            .vanished
+            .retain(|id, at| !nodes.contains_key(id) && now.duration_since(*at) < VANISHED_MEMORY);
         status.latest_revision = status.latest_revision.max(revision);
         status.applied_revision = state_revision;
         status.nodes = self.view.nodes.clone();

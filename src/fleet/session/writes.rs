@@ -116,13 +116,13 @@ impl Fleet {
                 })
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            left: false,
         };
         drop(control);
         // Written when it changed, or was deleted (see `own_record`).
         if !force && self.record.as_ref() == Some(&record) {
             return Ok(Some(()));
         }
-        let value = serde_json::to_vec(&record).unwrap_or_default();
         let key = self.keys.key(&Key::Node(record.id.clone()));
         if force && self.record.is_none() {
             // At start, a record under another lease: another live node has this id (or this node's
@@ -139,10 +139,23 @@ impl Fleet {
                 );
             }
         }
-        let options = PutOptions::new().with_lease(lease);
-        timed(client.put(key, value, Some(options))).await?;
+        self.put_record(client, lease, &record).await?;
         self.record = Some(record);
         Ok(Some(()))
+    }
+
+    /// Puts `record` as this node's, under `lease`.
+    pub(super) async fn put_record(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        record: &FleetNode,
+    ) -> Result<(), Trouble> {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        let key = self.keys.key(&Key::Node(record.id.clone()));
+        let options = PutOptions::new().with_lease(lease);
+        timed(client.put(key, value, Some(options))).await?;
+        Ok(())
     }
 
     /// Writes what `request` asks, once this node's checks pass it; answers with the
@@ -251,6 +264,14 @@ impl Fleet {
             }
             FleetChange::State { .. } => Vec::new(),
         };
+        // The fleet holds a list marked but empty (every target key deleted, or none parses):
+        // every node serves its file's list, so the change is made to that, whole — writing
+        // only the one target would leave the fleet with it alone (second review: an add
+        // after the keys were deleted took every other target out of every node).
+        let view = self.view.group(&group);
+        if view.seeded && view.targets.is_empty() {
+            return Ok(Txn::new().and_then(seed));
+        }
         Ok(Txn::new()
             .when([Compare::version(seeded, CompareOp::Equal, 0)])
             .and_then(seed)
