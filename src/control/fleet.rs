@@ -88,6 +88,10 @@ impl FleetChange {
 pub struct FleetRequest {
     /// What to change.
     pub change: FleetChange,
+    /// Made as the group's leader (a scaling hook's or discovery's): written only while
+    /// etcd still names this node the group's leader, so a leader that was frozen past its
+    /// lease, and has not seen another take over, cannot act twice.
+    pub as_leader: bool,
     /// The answer.
     pub reply: crossbeam_channel::Sender<Result<i64, FleetError>>,
 }
@@ -160,6 +164,9 @@ pub struct FleetStatus {
     pub discovered: BTreeMap<String, BTreeMap<SocketAddr, u32>>,
     /// The digest of the state this node applied (see [`FleetNode::state`]).
     pub state: String,
+    /// Until when this node's lease surely lives (its last renewal's TTL, less a second):
+    /// past it, a node frozen (or cut off) may have lost the groups it led.
+    pub lease_until: Option<Instant>,
     /// Nodes whose record went without their saying they leave (its lease expired: crashed,
     /// or cut off from etcd and perhaps still serving), and since when; forgotten after 5
     /// minutes, or when they write a record again.
@@ -211,6 +218,19 @@ impl FleetLink {
     /// [`FleetError::Store`] when etcd did not take it, did not answer within 10 s, or the
     /// fleet thread has stopped.
     pub fn write(&self, change: FleetChange) -> Result<i64, FleetError> {
+        self.write_as(change, false)
+    }
+
+    /// [`FleetLink::write`] as the group's leader (see [`FleetRequest::as_leader`]).
+    ///
+    /// # Errors
+    /// As [`FleetLink::write`]; [`FleetError::Store`] too when etcd no longer names this node
+    /// the group's leader.
+    pub fn write_as_leader(&self, change: FleetChange) -> Result<i64, FleetError> {
+        self.write_as(change, true)
+    }
+
+    fn write_as(&self, change: FleetChange, as_leader: bool) -> Result<i64, FleetError> {
         // Each waits on one of the admin API's few handler threads: at most MAX_WAITING wait
         // for etcd, the others for a turn (briefly: with etcd answering, turns take
         // milliseconds), so reads always find a thread.
@@ -225,15 +245,20 @@ impl FleetLink {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let result = self.write_one(change);
+        let result = self.write_one(change, as_leader);
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         result
     }
 
     /// [`FleetLink::write`], once admitted.
-    fn write_one(&self, change: FleetChange) -> Result<i64, FleetError> {
+    fn write_one(&self, change: FleetChange, as_leader: bool) -> Result<i64, FleetError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        if self.requests.send(FleetRequest { change, reply }).is_err() {
+        let request = FleetRequest {
+            change,
+            as_leader,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
             return Err(FleetError::Store("the fleet thread has stopped".into()));
         }
         let revision = answer.recv_timeout(Self::ANSWER_WAIT).map_err(|_| {
@@ -297,7 +322,9 @@ impl FleetLink {
     /// can write what they find, so none runs them).
     pub fn leads(&self, group: &str) -> bool {
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.connected && status.leaders.get(group) == Some(&self.node_id)
+        status.connected
+            && status.lease_until.is_some_and(|t| Instant::now() < t)
+            && status.leaders.get(group) == Some(&self.node_id)
     }
 }
 

@@ -114,7 +114,8 @@ impl ScalingControl for Control {
                 group: group.to_string(),
                 target,
             };
-            return fleet.write(change).map(drop).map_err(|e| e.to_string());
+            let written = fleet.write_as_leader(change);
+            return written.map(drop).map_err(|e| e.to_string());
         }
         Control::add_target(self, group, target)
             .map(drop)
@@ -128,7 +129,8 @@ impl ScalingControl for Control {
                 group: group.to_string(),
                 address,
             };
-            return fleet.write(change).map(drop).map_err(|e| e.to_string());
+            let written = fleet.write_as_leader(change);
+            return written.map(drop).map_err(|e| e.to_string());
         }
         Control::remove_target(self, group, address)
             .map(drop)

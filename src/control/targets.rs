@@ -37,7 +37,7 @@ impl Control {
                 before,
                 found,
             };
-            return match fleet.write(change) {
+            return match fleet.write_as_leader(change) {
                 Ok(_) => Ok(None),
                 Err(super::fleet::FleetError::Refused(e)) => Err(e),
                 Err(e) => Err(ChangeError::Invalid(e.to_string())),

@@ -239,6 +239,7 @@ impl Fleet {
     async fn serve(&mut self, mut client: Client) -> Result<(), Trouble> {
         let grant = timed(client.lease_grant(LEASE_TTL, None)).await?;
         let lease = grant.id();
+        self.renewed(grant.ttl());
         self.lease = lease;
         self.record = None;
         let (mut keeper, mut renewals) = timed(client.lease_keep_alive(lease)).await?;
@@ -299,7 +300,7 @@ impl Fleet {
                 }
                 _ = keepalive.tick() => timed(keeper.keep_alive()).await?,
                 renewal = renewals.message() => match renewal? {
-                    Some(r) if r.ttl() > 0 => {}
+                    Some(r) if r.ttl() > 0 => self.renewed(r.ttl()),
                     _ => return Err(Trouble::LeaseLost),
                 },
                 _ = record.tick() => {
@@ -440,6 +441,14 @@ impl Fleet {
         // way. Only events move the revision a watch resumes from.
         let _ = header;
         self.apply(next, revision, state_revision);
+    }
+
+    /// The lease was granted or renewed for `ttl` seconds from now.
+    fn renewed(&self, ttl: i64) {
+        let sure = Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+            .saturating_sub(Duration::from_secs(1));
+        let mut status = self.link.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.lease_until = Some(Instant::now() + sure);
     }
 
     /// A value that does not parse: left out, counted, logged.

@@ -161,9 +161,24 @@ impl Fleet {
     /// Writes what `request` asks, once this node's checks pass it; answers with the
     /// revision that holds it.
     pub(super) async fn write(&mut self, client: &mut Client, request: FleetRequest) {
-        let answer = match self.transaction(&request.change) {
+        let group = request.change.group().to_string();
+        let txn = self.transaction(&request.change).map(|txn| {
+            if !request.as_leader {
+                return txn;
+            }
+            // Fenced: only while etcd still names this node the group's leader.
+            let leader = self.keys.key(&Key::Leader(group.clone()));
+            let me = self.cluster.node_id.clone();
+            Txn::new()
+                .when([Compare::value(leader, CompareOp::Equal, me)])
+                .and_then([TxnOp::txn(txn)])
+        });
+        let answer = match txn {
             Err(e) => Err(e),
             Ok(txn) => match timed(client.txn(txn)).await {
+                Ok(r) if request.as_leader && !r.succeeded() => Err(FleetError::Store(format!(
+                    "this node no longer leads target group {group}: nothing written"
+                ))),
                 Ok(r) => {
                     let revision = r.header().map_or(0, |h| h.revision());
                     log::info!(
