@@ -982,3 +982,98 @@ fn a_drain_waits_for_the_connections_of_every_node() {
     let said = stdout(&out);
     assert!(said.contains("drained"), "{said}");
 }
+
+#[test]
+fn a_group_whose_list_is_gone_is_handed_back_whole_and_once() {
+    let etcd = Etcd::start();
+    let a = Backend::start(named("a"));
+    let b = Backend::start(named("b"));
+    let c = Backend::start(named("c"));
+    let d = Backend::start(named("d"));
+    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    let admin = |i: usize| nodes[i].admin_addr();
+    let listed = |i: usize| {
+        let mut l: Vec<String> = group_targets(admin(i), "web")
+            .iter()
+            .filter(|t| t["admin_state"] != "removed")
+            .map(|t| t["address"].as_str().unwrap().to_string())
+            .collect();
+        l.sort();
+        l
+    };
+    let sorted = |l: &[SocketAddr]| {
+        let mut l: Vec<String> = l.iter().map(ToString::to_string).collect();
+        l.sort();
+        l
+    };
+    cli_ok(admin(0), &["add", "web", &c.addr.to_string()]);
+    // Only `seeded` deleted: every node serves its file's list (a, b); a remove through the
+    // fleet is made to that list, and c, left behind in etcd, does not come back (third
+    // review).
+    etcd.ctl(&["del", "/ballast/test/groups/web/seeded"]);
+    for i in 0..3 {
+        wait_state(
+            "the file's list",
+            WAIT,
+            || listed(i),
+            |l| *l == sorted(&[a.addr, b.addr]),
+        );
+    }
+    cli_ok(admin(1), &["remove", "web", &b.addr.to_string()]);
+    for i in 0..3 {
+        wait_state("a alone", WAIT, || listed(i), |l| *l == sorted(&[a.addr]));
+    }
+    // Every target key deleted, then two nodes change the group at once: both hold.
+    etcd.ctl(&["del", "--prefix", "/ballast/test/groups/web/targets/"]);
+    for i in 0..3 {
+        wait_state(
+            "the file's list",
+            WAIT,
+            || listed(i),
+            |l| *l == sorted(&[a.addr, b.addr]),
+        );
+    }
+    let (c_addr, d_addr) = (c.addr.to_string(), d.addr.to_string());
+    let (one, two) = std::thread::scope(|s| {
+        let one = s.spawn(|| cli(admin(0), &["add", "web", &c_addr]));
+        let two = s.spawn(|| cli(admin(1), &["add", "web", &d_addr]));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert!(two.status.success(), "{}", stderr(&two));
+    let want = [a.addr, b.addr, c.addr, d.addr];
+    for i in 0..3 {
+        wait_state(
+            "every change that was made",
+            WAIT,
+            || listed(i),
+            |l| *l == sorted(&want),
+        );
+    }
+    // A node whose file no longer loads when the list goes: it says so, refuses to hand
+    // the fleet its old list, and shows as not in step.
+    nodes[2].rewrite_config("listeners: [\n");
+    etcd.ctl(&["del", "--prefix", "/ballast/test/groups/"]);
+    for i in 0..2 {
+        wait_state(
+            "the file's list",
+            WAIT,
+            || listed(i),
+            |l| *l == sorted(&[a.addr, b.addr]),
+        );
+    }
+    let out = cli(admin(2), &["add", "web", &d_addr]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(".yaml"),
+        "names the file: {}",
+        stderr(&out)
+    );
+    let status = wait_state(
+        "node 3 not in step",
+        WAIT,
+        || cli(admin(0), &["fleet", "status"]),
+        |o| !o.status.success(),
+    );
+    assert!(stderr(&status).contains("n3"), "{}", stderr(&status));
+}

@@ -358,8 +358,21 @@ impl Control {
         &self,
         change: &FleetChange,
     ) -> Result<Option<Vec<TargetConfig>>, ChangeError> {
-        let config = self.generation().config.clone();
+        let mut config = self.generation().config.clone();
         let group = change.group();
+        // The fleet holds no list for the group: every node serves its file's, so the change
+        // is made to that (read again; a file that no longer loads refuses it, rather than
+        // hand the fleet whatever this node still runs).
+        let held = self
+            .fleet
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(group);
+        if !held && !matches!(change, FleetChange::State { .. }) {
+            let file = file_targets(&config, group)?;
+            group_config(&mut config, group)?.targets = file;
+        }
         let config = match change {
             FleetChange::State { address, .. } => {
                 target_config(&config, group, *address)?;
@@ -482,6 +495,31 @@ fn with_discovered(
     }
     config::check_group(g).map_err(|(_, m)| ChangeError::Invalid(m))?;
     Ok(config)
+}
+
+/// A digest of what `generation` serves (FNV-1a, 64 bits, hex): each group's targets in
+/// service (address, weight, backup, max_connections, server_id) and their admin states.
+/// Nodes in step serve alike, so have the same one; a node whose file list differs, or that
+/// could not apply a change, shows.
+pub(crate) fn served_digest(generation: &crate::generation::Generation) -> String {
+    let mut groups: Vec<_> = generation.groups.iter().filter(|g| !g.removed).collect();
+    groups.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut text = String::new();
+    for g in groups {
+        text += &format!("{:?}\n", g.name());
+        let mut targets: Vec<_> = g
+            .targets
+            .iter()
+            .filter(|t| t.admin_state() != AdminState::Removed)
+            .collect();
+        targets.sort_by_key(|t| t.address);
+        for t in targets {
+            let c = g.config.targets.iter().find(|c| c.address == t.address);
+            let record = c.map(|c| (c.weight, c.backup, c.max_connections, c.server_id));
+            text += &format!(" {} {record:?} {}\n", t.address, t.admin_state());
+        }
+    }
+    format!("{:016x}", crate::hash::fnv1a(text.as_bytes(), 0))
 }
 
 /// The targets group `group` has in the file `config` was read from (read again).

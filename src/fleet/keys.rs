@@ -122,6 +122,12 @@ impl Keys {
         }
     }
 
+    /// The prefix of every target key of group `group`.
+    pub(crate) fn targets_of(&self, group: &str) -> String {
+        let name = utf8_percent_encode(group, NAME);
+        format!("{}/groups/{name}/targets/", self.prefix)
+    }
+
     /// What `key` is; `None` for a key this version does not know (left alone).
     pub(crate) fn parse(&self, key: &[u8]) -> Option<Key> {
         let key = std::str::from_utf8(key).ok()?;
@@ -148,6 +154,9 @@ impl Keys {
 pub(crate) struct GroupView {
     /// Whether the fleet holds its target list.
     pub seeded: bool,
+    /// The revision its `seeded` key was last written at (0: none): a node that hands the
+    /// fleet a whole list does so only if no other did since it looked.
+    pub seeded_revision: i64,
     /// Its targets, when seeded.
     pub targets: BTreeMap<SocketAddr, TargetRecord>,
     /// Admin states other than active.
@@ -265,6 +274,7 @@ impl View {
             Key::Seeded(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.seeded = false;
+                    g.seeded_revision = 0;
                 }
             }
             Key::Target(group, address) => {
@@ -284,22 +294,6 @@ impl View {
                 self.leaders.remove(&group);
             }
         }
-    }
-
-    /// A digest of the targets and admin states (FNV-1a, 64 bits, hex): nodes that applied
-    /// the same state have the same one.
-    pub(crate) fn digest(&self) -> String {
-        let mut text = String::new();
-        for (name, g) in &self.groups {
-            text += &format!("{name:?} {}\n", g.seeded);
-            for (a, r) in &g.targets {
-                text += &format!(" t {a} {r:?}\n");
-            }
-            for (a, s) in &g.states {
-                text += &format!(" s {a} {s}\n");
-            }
-        }
-        format!("{:016x}", crate::hash::fnv1a(text.as_bytes(), 0))
     }
 
     /// The group `name` (empty when the fleet says nothing of it).
@@ -364,17 +358,17 @@ mod tests {
         assert_eq!(v.group("web").list(), Some(vec![]));
         v.put(Key::Target("web".into(), a), br#"{"weight":3}"#)
             .unwrap();
-        let before = v.digest();
+        let before = v.clone();
         assert!(v.put(Key::Target("web".into(), a), b"{").is_err());
         assert_eq!(
             v.group("web").list(),
             Some(vec![]),
             "a bad value is as no key, as a node reading it afresh sees it"
         );
-        assert_ne!(v.digest(), before);
+        assert_ne!(v, before);
         let newer = br#"{"weight":3,"from_a_newer_version":1}"#;
         v.put(Key::Target("web".into(), a), newer).unwrap();
-        assert_eq!(v.digest(), before);
+        assert_eq!(v, before);
         v.put(Key::State("web".into(), a), b"draining").unwrap();
         assert_eq!(v.group("web").state(a), AdminState::Draining);
         assert!(v.put(Key::State("web".into(), a), b"removed").is_err());

@@ -125,7 +125,6 @@ pub(super) fn run(
         wait: RETRY_FIRST,
         lease: 0,
         leaving: BTreeSet::new(),
-        digest: View::default().digest(),
         cluster_id: 0,
     };
     runtime.block_on(fleet.run());
@@ -158,8 +157,6 @@ struct Fleet {
     lease: i64,
     /// Nodes that said, in the events being taken, that they leave.
     leaving: BTreeSet<String>,
-    /// The digest of the view (computed when it changes, written every record).
-    digest: String,
     /// The etcd cluster followed (its id, from any answer's header).
     cluster_id: u64,
 }
@@ -359,7 +356,7 @@ impl Fleet {
                     if !matches!(key, Key::Node(_)) {
                         state_revision = state_revision.max(kv.mod_revision());
                     }
-                    if let Err(e) = next.put(key, kv.value()) {
+                    if let Err(e) = put_kv(&mut next, key, kv) {
                         self.bad_value(&e);
                     }
                 }
@@ -432,7 +429,7 @@ impl Fleet {
             }
             if !put {
                 next.delete(key);
-            } else if let Err(e) = next.put(key, kv.value()) {
+            } else if let Err(e) = put_kv(&mut next, key, kv) {
                 self.bad_value(&e);
             }
         }
@@ -552,8 +549,7 @@ impl Fleet {
         status.applied_revision = state_revision;
         status.nodes = self.view.nodes.clone();
         status.leaders = self.view.leaders.clone();
-        self.digest = self.view.digest();
-        status.state.clone_from(&self.digest);
+        status.state = crate::control::fleet::served_digest(&control.generation());
         status.discovered = self
             .view
             .groups
@@ -562,6 +558,17 @@ impl Fleet {
             .filter(|(_, d)| !d.is_empty())
             .collect();
     }
+}
+
+/// `next.put` of `kv`, noting when a group's `seeded` key was written.
+fn put_kv(next: &mut View, key: Key, kv: &KeyValue) -> Result<(), String> {
+    if let Key::Seeded(group) = &key {
+        next.groups
+            .entry(group.clone())
+            .or_default()
+            .seeded_revision = kv.mod_revision();
+    }
+    next.put(key, kv.value())
 }
 
 /// A client of `etcd` (logged in, when it has a user).

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, KeyValue, PutOptions, Txn, TxnOp};
 
 use super::super::keys::{state_value, Key, TargetRecord};
 use super::{timed, Fleet, Trouble, LEASE_TTL};
@@ -98,13 +98,21 @@ impl Fleet {
             return Ok(None);
         };
         let generation = control.generation();
+        // What this node serves, also for comparing the others with (`/fleet`).
+        let served = crate::control::fleet::served_digest(&generation);
+        self.link
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .clone_from(&served);
         let record = FleetNode {
             id: self.cluster.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             generation: generation.generation,
             ready: control.node().readiness(&generation).is_empty(),
             revision: self.state_revision,
-            state: self.digest.clone(),
+            state: served.clone(),
             open: generation
                 .groups
                 .iter()
@@ -161,48 +169,61 @@ impl Fleet {
     /// Writes what `request` asks, once this node's checks pass it; answers with the
     /// revision that holds it.
     pub(super) async fn write(&mut self, client: &mut Client, request: FleetRequest) {
-        let group = request.change.group().to_string();
-        let txn = self.transaction(&request.change).map(|txn| {
-            if !request.as_leader {
-                return txn;
-            }
-            // Fenced: only while etcd still names this node the group's leader.
-            let leader = self.keys.key(&Key::Leader(group.clone()));
-            let me = self.cluster.node_id.clone();
-            Txn::new()
-                .when([Compare::value(leader, CompareOp::Equal, me)])
-                .and_then([TxnOp::txn(txn)])
-        });
-        let answer = match txn {
+        let answer = match self.transactions(&request.change) {
             Err(e) => Err(e),
-            Ok(txn) => match timed(client.txn(txn)).await {
-                Ok(r) if request.as_leader && !r.succeeded() => Err(FleetError::Store(format!(
-                    "this node no longer leads target group {group}: nothing written"
-                ))),
-                Ok(r) => {
-                    let revision = r.header().map_or(0, |h| h.revision());
-                    log::info!(
-                        "fleet {}: wrote {:?} at revision {revision}",
-                        self.cluster.etcd.prefix,
-                        request.change
-                    );
-                    Ok(revision)
-                }
-                Err(e) => {
-                    self.link.errors.fetch_add(1, Ordering::Relaxed);
-                    Err(FleetError::Store(format!(
-                        "{e}; it may or may not have been written: look with `ballast targets`"
-                    )))
-                }
-            },
+            Ok(steps) => self.run_steps(client, &request, steps).await,
         };
+        if let Ok(revision) = &answer {
+            log::info!(
+                "fleet {}: wrote {:?} at revision {revision}",
+                self.cluster.etcd.prefix,
+                request.change
+            );
+        }
         let _ = request.reply.send(answer);
+    }
+
+    /// Runs `steps` in order (each fenced for a leader's write), stopping at the first that
+    /// fails: the revision of the last.
+    async fn run_steps(
+        &self,
+        client: &mut Client,
+        request: &FleetRequest,
+        steps: Vec<Txn>,
+    ) -> Result<i64, FleetError> {
+        let group = request.change.group();
+        let mut revision = 0;
+        for txn in steps {
+            let txn = if request.as_leader {
+                // Fenced: only while etcd still names this node the group's leader.
+                let leader = self.keys.key(&Key::Leader(group.to_string()));
+                let me = self.cluster.node_id.clone();
+                Txn::new()
+                    .when([Compare::value(leader, CompareOp::Equal, me)])
+                    .and_then([TxnOp::txn(txn)])
+            } else {
+                txn
+            };
+            let r = timed(client.txn(txn)).await.map_err(|e| {
+                self.link.errors.fetch_add(1, Ordering::Relaxed);
+                FleetError::Store(format!(
+                    "{e}; it may or may not have been written: look with `ballast targets`"
+                ))
+            })?;
+            if request.as_leader && !r.succeeded() {
+                return Err(FleetError::Store(format!(
+                    "this node no longer leads target group {group}: nothing written"
+                )));
+            }
+            revision = r.header().map_or(revision, |h| h.revision());
+        }
+        Ok(revision)
     }
 
     /// The transaction that makes `change`. A change to a group's list (add, remove,
     /// weight) first hands the whole list to the fleet when it holds none yet (the
     /// `seeded` key and every target, as this node has it), else changes the one target.
-    fn transaction(&self, change: &FleetChange) -> Result<Txn, FleetError> {
+    fn transactions(&self, change: &FleetChange) -> Result<Vec<Txn>, FleetError> {
         let control = self
             .control
             .upgrade()
@@ -226,11 +247,13 @@ impl Fleet {
             // Written even when it is `active` (not deleted): a write always makes an event,
             // which the writer waits to have applied.
             let op = TxnOp::put(state_key(*address), state_value(*state), None);
-            return Ok(Txn::new().and_then([op]));
+            return Ok(vec![Txn::new().and_then([op])]);
         }
         let list = list
             .ok_or_else(|| FleetError::Refused(ChangeError::Invalid("nothing to change".into())))?;
         let seeded = self.keys.key(&Key::Seeded(group.clone()));
+        // Seeding clears what is left of an earlier list first (third review: a list left
+        // behind after its `seeded` key was deleted came back).
         let mut seed = vec![TxnOp::put(
             seeded.clone(),
             self.cluster.node_id.clone(),
@@ -279,17 +302,33 @@ impl Fleet {
             }
             FleetChange::State { .. } => Vec::new(),
         };
-        // The fleet holds a list marked but empty (every target key deleted, or none parses):
-        // every node serves its file's list, so the change is made to that, whole — writing
-        // only the one target would leave the fleet with it alone (second review: an add
-        // after the keys were deleted took every other target out of every node).
+        // The fleet holds a list: the one target changes (a concurrent change of another
+        // target stands). It holds none, or an empty one (every node serves its file's
+        // list): the change is made to this node's file list and handed over whole (second
+        // review: writing the one target left the fleet with it alone) — only if no other
+        // node did so since this one looked (third review: two at once, one undid the
+        // other); else refused, to be tried again on the list the fleet now holds.
         let view = self.view.group(&group);
-        if view.seeded && view.targets.is_empty() {
-            return Ok(Txn::new().and_then(seed));
+        if view.seeded && !view.targets.is_empty() {
+            return Ok(vec![Txn::new().and_then(one)]);
         }
-        Ok(Txn::new()
-            .when([Compare::version(seeded, CompareOp::Equal, 0)])
-            .and_then(seed)
-            .or_else(one))
+        let unchanged = || {
+            if view.seeded {
+                Compare::mod_revision(seeded.clone(), CompareOp::Equal, view.seeded_revision)
+            } else {
+                Compare::version(seeded.clone(), CompareOp::Equal, 0)
+            }
+        };
+        // Two steps, as etcd takes no range and a key of it in one transaction: what is left
+        // of an earlier list goes (third review: a list left behind after its `seeded` key
+        // was deleted came back), then the list — each only while no other node handed the
+        // fleet one since this node looked; if one did, this change is made to that list
+        // instead (third review: two at once, the later undid the earlier).
+        let targets = self.keys.targets_of(&group);
+        let clear = TxnOp::delete(targets, Some(DeleteOptions::new().with_prefix()));
+        Ok(vec![
+            Txn::new().when([unchanged()]).and_then([clear]),
+            Txn::new().when([unchanged()]).and_then(seed).or_else(one),
+        ])
     }
 }
