@@ -862,15 +862,33 @@ fn a_node_gone_without_leaving_keeps_a_drain_from_calling_itself_done() {
     let etcd = Etcd::start();
     let a = Backend::start(named_echo("a"));
     let b = Backend::start(named_echo("b"));
-    let nodes = three_nodes(&etcd, &[a.addr, b.addr]);
+    let mut nodes = three_nodes(&etcd, &[a.addr, b.addr]);
     // Node 3 is cut off (frozen; its record's lease revoked, as when it expires): it may
     // still be serving connections to a, which no record counts.
     nodes[2].signal(libc::SIGSTOP);
     etcd.ctl(&["lease", "revoke", &node_lease(&etcd, "n3")]);
-    let vanished = || get_json(nodes[0].admin_addr(), "/fleet")["vanished"].clone();
-    wait_state("n3 gone without leaving", WAIT, vanished, |v| {
-        v.as_array().is_some_and(|v| !v.is_empty())
-    });
+    let gone = |n: &Ballast| get_json(n.admin_addr(), "/fleet")["vanished"].clone();
+    wait_state(
+        "n3 gone without leaving",
+        WAIT,
+        || gone(&nodes[0]),
+        |v| v.as_array().is_some_and(|v| !v.is_empty()),
+    );
+    // Node 1 restarts meanwhile: it knows too (the mark is in etcd, not in a process).
+    let mut first = nodes.remove(0);
+    first.terminate();
+    first.wait_exit(WAIT);
+    nodes.insert(
+        0,
+        Ballast::start(&node_yaml(&etcd, "n1", &[a.addr, b.addr], "")),
+    );
+    wait_state(
+        "the restarted node knows n3 gone",
+        WAIT,
+        || gone(&nodes[0]),
+        |v| v.as_array().is_some_and(|v| !v.is_empty()),
+    );
+    let vanished = || gone(&nodes[0]);
     let a_addr = a.addr.to_string();
     let drain_wait = |timeout| {
         cli(

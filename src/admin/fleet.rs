@@ -71,9 +71,9 @@ pub(super) fn status(control: &Control) -> Reply {
             "latest_revision": latest.unwrap_or(0),
             "state": s.state,
             "nodes": nodes,
-            "vanished": s.vanished.iter().map(|(id, at)| json!({
+            "vanished": s.vanished.iter().map(|(id, since)| json!({
                 "id": id,
-                "seconds_ago": at.elapsed().as_secs(),
+                "seconds_ago": crate::control::fleet::unix_ms().saturating_sub(*since) / 1000,
             })).collect::<Vec<_>>(),
             "leaders": s.leaders,
         }),

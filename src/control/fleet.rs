@@ -168,9 +168,10 @@ pub struct FleetStatus {
     /// past it, a node frozen (or cut off) may have lost the groups it led.
     pub lease_until: Option<Instant>,
     /// Nodes whose record went without their saying they leave (its lease expired: crashed,
-    /// or cut off from etcd and perhaps still serving), and since when; forgotten after 5
-    /// minutes, or when they write a record again.
-    pub vanished: BTreeMap<String, Instant>,
+    /// or cut off from etcd and perhaps still serving), and since when (unix time, ms), as
+    /// etcd keeps it for every node; forgotten after 5 minutes, or when they write a record
+    /// again.
+    pub vanished: BTreeMap<String, u64>,
 }
 
 /// The link to the fleet thread.
@@ -520,6 +521,13 @@ pub(crate) fn served_digest(generation: &crate::generation::Generation) -> Strin
         }
     }
     format!("{:016x}", crate::hash::fnv1a(text.as_bytes(), 0))
+}
+
+/// Now, as unix time in milliseconds (0 before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The targets group `group` has in the file `config` was read from (read again).

@@ -11,6 +11,9 @@
 //! P/groups/<group>/states/<addr>     its admin state: "active", "draining", "disabled"
 //!                                    (no key: active); for file targets too, seeded or not
 //! P/nodes/<id>                       a node's record (FleetNode as JSON), under its lease
+//! P/gone/<id>                        a node whose record expired without its leaving (the
+//!                                    unix time in ms it was seen gone); no lease: every node,
+//!                                    even one started since, knows; cleared when it returns
 //! P/leaders/<group>                  the id of the node that runs the group's scaling
 //!                                    hooks and DNS discovery for the fleet, under its lease
 //! ```
@@ -95,6 +98,8 @@ pub(crate) enum Key {
     Node(String),
     /// `leaders/<group>`.
     Leader(String),
+    /// `gone/<id>`.
+    Gone(String),
 }
 
 impl Keys {
@@ -119,6 +124,7 @@ impl Keys {
             Key::State(group, a) => format!("{}/groups/{}/states/{a}", self.prefix, g(group)),
             Key::Node(id) => format!("{}/nodes/{}", self.prefix, g(id)),
             Key::Leader(group) => format!("{}/leaders/{}", self.prefix, g(group)),
+            Key::Gone(id) => format!("{}/gone/{}", self.prefix, g(id)),
         }
     }
 
@@ -144,6 +150,7 @@ impl Keys {
             ["groups", group, "states", a] => Some(Key::State(name(group)?, a.parse().ok()?)),
             ["nodes", id] => Some(Key::Node(name(id)?)),
             ["leaders", group] => Some(Key::Leader(name(group)?)),
+            ["gone", id] => Some(Key::Gone(name(id)?)),
             _ => None,
         }
     }
@@ -203,6 +210,8 @@ pub(crate) struct View {
     pub nodes: BTreeMap<String, FleetNode>,
     /// The leader of each group that has one: group name → node id.
     pub leaders: BTreeMap<String, String>,
+    /// Nodes gone without leaving: id → unix time in ms they were seen gone.
+    pub gone: BTreeMap<String, u64>,
 }
 
 impl View {
@@ -264,6 +273,13 @@ impl View {
             Key::Leader(group) => {
                 self.leaders.insert(group, text.trim().to_string());
             }
+            Key::Gone(id) => {
+                let since = text
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("gone {id}: {e}: {text}"))?;
+                self.gone.insert(id, since);
+            }
         }
         Ok(())
     }
@@ -293,6 +309,9 @@ impl View {
             Key::Leader(group) => {
                 self.leaders.remove(&group);
             }
+            Key::Gone(id) => {
+                self.gone.remove(&id);
+            }
         }
     }
 
@@ -321,6 +340,7 @@ mod tests {
             Key::State("ü".into(), "10.0.0.1:80".parse().unwrap()),
             Key::Node("lb-1".into()),
             Key::Leader("pg/1".into()),
+            Key::Gone("lb-2".into()),
         ] {
             let text = k.key(&key);
             assert!(text.starts_with(&k.all()), "{text}");

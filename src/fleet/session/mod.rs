@@ -125,6 +125,7 @@ pub(super) fn run(
         wait: RETRY_FIRST,
         lease: 0,
         leaving: BTreeSet::new(),
+        to_mark: Vec::new(),
         cluster_id: 0,
     };
     runtime.block_on(fleet.run());
@@ -157,6 +158,8 @@ struct Fleet {
     lease: i64,
     /// Nodes that said, in the events being taken, that they leave.
     leaving: BTreeSet<String>,
+    /// Nodes seen gone without leaving, to be marked so in etcd.
+    to_mark: Vec<String>,
     /// The etcd cluster followed (its id, from any answer's header).
     cluster_id: u64,
 }
@@ -306,6 +309,7 @@ impl Fleet {
                         return Ok(());
                     }
                     self.campaign(&mut client, lease).await?;
+                    self.mark_gone(&mut client).await?;
                 }
                 () = self.link.leave.notified() => {
                     // Stopping: said in its record first (the others then know its
@@ -515,7 +519,6 @@ impl Fleet {
         // Nodes whose record went without their saying they leave (crashed, or cut off from
         // etcd and maybe still serving): remembered a while, so a drain's wait cannot call
         // their connections none.
-        let now = Instant::now();
         let gone: Vec<String> = old
             .nodes
             .iter()
@@ -536,15 +539,26 @@ impl Fleet {
                 VANISHED_MEMORY.as_secs() / 60
             );
         }
+        // Kept in etcd (written at the next tick), so a node started since knows too.
+        self.to_mark.extend(gone);
         self.view = next;
         self.revision = revision;
         self.state_revision = state_revision;
         let mut status = self.link.status.lock().unwrap_or_else(|p| p.into_inner());
-        status.vanished.extend(gone.into_iter().map(|id| (id, now)));
-        let nodes = &self.view.nodes;
-        status
-            .vanished
-            .retain(|id, at| !nodes.contains_key(id) && now.duration_since(*at) < VANISHED_MEMORY);
+        let now_ms = crate::control::fleet::unix_ms();
+        let memory = VANISHED_MEMORY.as_millis() as u64;
+        status.vanished = self
+            .view
+            .gone
+            .iter()
+            .filter(|(id, since)| {
+                !self.view.nodes.contains_key(*id) && now_ms.saturating_sub(**since) < memory
+            })
+            .map(|(id, since)| (id.clone(), *since))
+            .collect();
+        for id in &self.to_mark {
+            status.vanished.entry(id.clone()).or_insert(now_ms);
+        }
         status.latest_revision = status.latest_revision.max(revision);
         status.applied_revision = state_revision;
         status.nodes = self.view.nodes.clone();

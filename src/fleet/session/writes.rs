@@ -152,6 +152,41 @@ impl Fleet {
         Ok(Some(()))
     }
 
+    /// Marks in etcd the nodes seen gone without leaving (the first to see it writes the
+    /// time), and takes away marks older than their memory, or of nodes back.
+    pub(super) async fn mark_gone(&mut self, client: &mut Client) -> Result<(), Trouble> {
+        let now = crate::control::fleet::unix_ms();
+        for id in std::mem::take(&mut self.to_mark) {
+            let key = self.keys.key(&Key::Gone(id));
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, now.to_string(), None)]);
+            timed(client.txn(txn)).await?;
+        }
+        let memory = super::VANISHED_MEMORY.as_millis() as u64;
+        let stale: Vec<(String, u64)> = self
+            .view
+            .gone
+            .iter()
+            .filter(|(id, since)| {
+                self.view.nodes.contains_key(*id) || now.saturating_sub(**since) >= memory
+            })
+            .map(|(id, since)| (id.clone(), *since))
+            .collect();
+        for (id, since) in stale {
+            let key = self.keys.key(&Key::Gone(id));
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key.clone(),
+                    CompareOp::Equal,
+                    since.to_string(),
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            timed(client.txn(txn)).await?;
+        }
+        Ok(())
+    }
+
     /// Puts `record` as this node's, under `lease`.
     pub(super) async fn put_record(
         &self,
