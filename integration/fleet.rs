@@ -438,7 +438,7 @@ fn tls_with_client_certificates_and_a_password() {
 
 #[test]
 fn a_scaling_hook_runs_once_per_decision_in_a_fleet_of_three() {
-    let etcd = Etcd::start();
+    let mut etcd = Etcd::start();
     let a = Backend::start(named("a"));
     let c = Backend::start(named("c"));
     let dir = tempfile::tempdir().unwrap();
@@ -486,8 +486,25 @@ fn a_scaling_hook_runs_once_per_decision_in_a_fleet_of_three() {
         "the hook ran {} times: {ran}",
         ran.lines().count()
     );
-    // The leader stops: another node takes the group over (its lease is revoked or expires).
     let leader = leaders[0].trim_matches('"').to_string();
+    // etcd restarts: each node starts a session with a new lease, and the leader moves its
+    // key to it (else the key would lapse with the old lease and leadership move for
+    // nothing).
+    etcd.stop();
+    etcd.resume();
+    let lease_of = |key: &str| {
+        let doc: serde_json::Value =
+            serde_json::from_str(&etcd.ctl(&["get", key, "-w", "json"])).unwrap();
+        doc["kvs"][0]["lease"].as_i64()
+    };
+    let record = format!("/ballast/test/nodes/{leader}");
+    wait_state(
+        "the leader key under the leader's new lease",
+        WAIT,
+        || (lease_of("/ballast/test/leaders/web"), lease_of(&record)),
+        |(k, r)| k.is_some() && k == r,
+    );
+    // The leader stops: another node takes the group over (its lease is revoked or expires).
     let mut nodes = nodes;
     let at = nodes
         .iter()

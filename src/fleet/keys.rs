@@ -212,6 +212,8 @@ pub(crate) struct View {
     pub leaders: BTreeMap<String, String>,
     /// Nodes gone without leaving: id → unix time in ms they were seen gone.
     pub gone: BTreeMap<String, u64>,
+    /// The lease each leader key is held under (group name → lease id).
+    pub leader_leases: BTreeMap<String, i64>,
 }
 
 impl View {
@@ -308,6 +310,7 @@ impl View {
             }
             Key::Leader(group) => {
                 self.leaders.remove(&group);
+                self.leader_leases.remove(&group);
             }
             Key::Gone(id) => {
                 self.gone.remove(&id);

@@ -576,11 +576,15 @@ impl Fleet {
 
 /// `next.put` of `kv`, noting when a group's `seeded` key was written.
 fn put_kv(next: &mut View, key: Key, kv: &KeyValue) -> Result<(), String> {
-    if let Key::Seeded(group) = &key {
-        next.groups
-            .entry(group.clone())
-            .or_default()
-            .seeded_revision = kv.mod_revision();
+    match &key {
+        Key::Seeded(group) => {
+            let g = next.groups.entry(group.clone()).or_default();
+            g.seeded_revision = kv.mod_revision();
+        }
+        Key::Leader(group) => {
+            next.leader_leases.insert(group.clone(), kv.lease());
+        }
+        _ => {}
     }
     next.put(key, kv.value())
 }

@@ -56,8 +56,12 @@ impl Fleet {
             .map(|g| g.name().to_string())
             .filter(|name| {
                 // No leader, or one with no live record (written by hand, or by a node gone
-                // whose key outlived it).
-                self.view
+                // whose key outlived it), or this node under a lease of an earlier session
+                // (moved to this one's, so leadership does not lapse when that expires).
+                let mine = self.view.leaders.get(name) == Some(&self.cluster.node_id)
+                    && self.view.leader_leases.get(name) != Some(&lease);
+                mine || self
+                    .view
                     .leaders
                     .get(name)
                     .is_none_or(|id| !self.view.nodes.contains_key(id))
