@@ -831,3 +831,36 @@ fn names_are_words_not_log_lines() {
     );
     refused(&yaml, &["listeners[0].name", "at most", "64"]);
 }
+
+#[test]
+fn a_bad_cluster_section_names_its_key() {
+    let cluster = |etcd: &str| format!("cluster:\n  node_id: n1\n  etcd: {etcd}\n{GOOD}");
+    refused(
+        &cluster("{endpoints: ['127.0.0.1:2379'], prefix: ballast}"),
+        &["cluster.etcd.prefix", "starts with `/`"],
+    );
+    refused(
+        &cluster("{endpoints: [], prefix: /ballast}"),
+        &["cluster.etcd.endpoints", "at least one"],
+    );
+    refused(
+        &cluster("{endpoints: ['https://127.0.0.1:2379'], prefix: /ballast}"),
+        &["cluster.etcd.endpoints[0]", "https needs cluster.etcd.tls"],
+    );
+    refused(
+        &cluster("{endpoints: ['127.0.0.1:2379'], prefix: /b, username: u}"),
+        &["cluster.etcd.password_file", "username needs password_file"],
+    );
+    refused(
+        &cluster("{endpoints: ['127.0.0.1:2379'], prefix: /b, username: u, password_file: /nonexistent/p}"),
+        &["cluster.etcd.password_file", "cannot read /nonexistent/p"],
+    );
+    refused(
+        &cluster("{endpoints: ['127.0.0.1:2379'], prefix: /b, tls: {ca: /nonexistent/ca.pem}}"),
+        &["cluster.etcd.tls.ca", "cannot read"],
+    );
+    refused(
+        &format!("cluster:\n  node_id: 'a b'\n  etcd: {{endpoints: ['127.0.0.1:2379'], prefix: /b}}\n{GOOD}"),
+        &["cluster.node_id", "letters, digits"],
+    );
+}

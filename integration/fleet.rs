@@ -91,6 +91,21 @@ fn state(node: &Ballast, target: SocketAddr) -> String {
         .unwrap_or_else(|| "absent".into())
 }
 
+/// Waits (at most `timeout` for each node) until every node of `nodes` shows `target` in
+/// one of `states` (`absent`: not listed).
+#[track_caller]
+fn wait_every(nodes: &[Ballast], target: SocketAddr, states: &[&str], timeout: Duration) {
+    for (i, n) in nodes.iter().enumerate() {
+        let what = format!("node {}: {target} {}", i + 1, states.join(" or "));
+        wait_state(
+            &what,
+            timeout,
+            || state(n, target),
+            |s| states.contains(&s.as_str()),
+        );
+    }
+}
+
 /// How many connections `node` has sent to `target` so far.
 fn total(node: &Ballast, target: SocketAddr) -> u64 {
     target_in(node.admin_addr(), "web", target).map_or(0, |t| t["total"].as_u64().unwrap())
@@ -752,14 +767,7 @@ fn a_burst_of_changes_through_every_node_settles_at_once() {
     }
     // And a change now takes effect at once.
     cli_ok(admins[1], &["drain", "web", &a.addr.to_string()]);
-    for n in &nodes {
-        wait_state(
-            "a drains",
-            Duration::from_secs(1),
-            || state(n, a.addr),
-            |s| s == "draining",
-        );
-    }
+    wait_every(&nodes, a.addr, &["draining"], Duration::from_secs(1));
 }
 
 #[test]
@@ -772,32 +780,16 @@ fn an_etcd_that_lost_its_data_is_followed_from_scratch() {
         nodes[0].admin_addr(),
         &["drain", "web", &b.addr.to_string()],
     );
-    for n in &nodes {
-        wait_state("b drains", WAIT, || state(n, b.addr), |s| s == "draining");
-    }
+    wait_every(&nodes, b.addr, &["draining"], WAIT);
     // etcd comes back empty (revision 1): the nodes follow what it holds now, not the
     // revisions they had seen (the review: every later change was ignored).
     etcd.wipe();
-    for n in &nodes {
-        wait_state(
-            "b active again: etcd holds no drain",
-            WAIT,
-            || state(n, b.addr),
-            |s| s == "active",
-        );
-    }
+    wait_every(&nodes, b.addr, &["active"], WAIT);
     cli_ok(
         nodes[1].admin_addr(),
         &["drain", "web", &a.addr.to_string()],
     );
-    for n in &nodes {
-        wait_state(
-            "a drains",
-            Duration::from_secs(2),
-            || state(n, a.addr),
-            |s| s == "draining",
-        );
-    }
+    wait_every(&nodes, a.addr, &["draining"], Duration::from_secs(2));
 }
 
 #[test]
@@ -823,14 +815,7 @@ fn hand_written_values_large_or_bad_leave_every_node_agreeing() {
     // started now alike.
     let bad = format!("/ballast/test/groups/web/targets/{}", b.addr);
     etcd.ctl(&["put", &bad, "{\"weight\":1,"]);
-    for n in &nodes {
-        wait_state(
-            "b gone",
-            WAIT,
-            || state(n, b.addr),
-            |s| s == "removed" || s == "absent",
-        );
-    }
+    wait_every(&nodes, b.addr, &["removed", "absent"], WAIT);
     drop(nodes.pop());
     let n3 = Ballast::start(&node_yaml(&etcd, "n3", &[a.addr, b.addr], ""));
     assert_eq!(state(&n3, a.addr), "draining", "{}", n3.log());

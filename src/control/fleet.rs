@@ -150,8 +150,6 @@ pub struct FleetNode {
 pub struct FleetStatus {
     /// Whether the last exchange with etcd worked.
     pub connected: bool,
-    /// The revision up to which every event of the fleet's keys is applied.
-    pub latest_revision: i64,
     /// The revision of the fleet state this node applied.
     pub applied_revision: i64,
     /// The last error talking to etcd, while not connected.

@@ -324,11 +324,6 @@ impl View {
     }
 }
 
-/// The value of a state key.
-pub(crate) fn state_value(state: AdminState) -> &'static str {
-    state.as_str()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

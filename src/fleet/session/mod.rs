@@ -290,13 +290,12 @@ impl Fleet {
                         watch = self.watch(&mut client).await?;
                         continue;
                     }
-                    let header = m.header().map_or(0, |h| h.revision());
                     let events: Vec<(bool, KeyValue)> = m
                         .events()
                         .iter()
                         .filter_map(|e| Some((e.event_type() == EventType::Put, e.kv()?.clone())))
                         .collect();
-                    self.take(&events, header);
+                    self.take(&events);
                 }
                 _ = keepalive.tick() => timed(keeper.keep_alive()).await?,
                 renewal = renewals.message() => match renewal? {
@@ -412,8 +411,13 @@ impl Fleet {
     }
 
     /// Takes a watch message's `events` (put or not, and the key): applies the view they
-    /// make; `header` is the message's revision.
-    fn take(&mut self, events: &[(bool, KeyValue)], header: i64) {
+    /// make. A message without events (the watch's `created` answer) changes nothing: its
+    /// header is the store's revision, whose events may still be on their way, so only
+    /// events move the revision a watch resumes from.
+    fn take(&mut self, events: &[(bool, KeyValue)]) {
+        if events.is_empty() {
+            return;
+        }
         let mut next = self.view.clone();
         let mut revision = self.revision;
         let mut state_revision = self.state_revision;
@@ -425,7 +429,7 @@ impl Fleet {
             match &key {
                 Key::Node(id) if *id == self.cluster.node_id => self.own_record(*put, kv),
                 // Its last record may come in the same message as its deletion.
-                Key::Node(id) if *put && kv.value().windows(11).any(|w| w == b"\"left\":true") => {
+                Key::Node(id) if *put && said_it_leaves(kv) => {
                     self.leaving.insert(id.clone());
                 }
                 Key::Node(_) => {}
@@ -437,10 +441,6 @@ impl Fleet {
                 self.bad_value(&e);
             }
         }
-        // A message without events (the watch's `created` answer) says nothing of what is
-        // complete: its header is the store's revision, whose events may still be on their
-        // way. Only events move the revision a watch resumes from.
-        let _ = header;
         self.apply(next, revision, state_revision);
     }
 
@@ -559,7 +559,6 @@ impl Fleet {
         for id in &self.to_mark {
             status.vanished.entry(id.clone()).or_insert(now_ms);
         }
-        status.latest_revision = status.latest_revision.max(revision);
         status.applied_revision = state_revision;
         status.nodes = self.view.nodes.clone();
         status.leaders = self.view.leaders.clone();
@@ -572,6 +571,11 @@ impl Fleet {
             .filter(|(_, d)| !d.is_empty())
             .collect();
     }
+}
+
+/// Whether `kv` is a node record that says its node leaves.
+fn said_it_leaves(kv: &KeyValue) -> bool {
+    serde_json::from_slice::<FleetNode>(kv.value()).is_ok_and(|n| n.left)
 }
 
 /// `next.put` of `kv`, noting when a group's `seeded` key was written.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, KeyValue, PutOptions, Txn, TxnOp};
 
-use super::super::keys::{state_value, Key, TargetRecord};
+use super::super::keys::{Key, TargetRecord};
 use super::{timed, Fleet, Trouble, LEASE_TTL};
 use crate::control::fleet::{FleetChange, FleetError, FleetNode, FleetRequest};
 use crate::control::ChangeError;
@@ -285,7 +285,7 @@ impl Fleet {
         if let FleetChange::State { address, state, .. } = change {
             // Written even when it is `active` (not deleted): a write always makes an event,
             // which the writer waits to have applied.
-            let op = TxnOp::put(state_key(*address), state_value(*state), None);
+            let op = TxnOp::put(state_key(*address), state.as_str(), None);
             return Ok(vec![Txn::new().and_then([op])]);
         }
         let list = list
